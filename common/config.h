@@ -1,0 +1,62 @@
+/*
+ * config.h - DIR/walrelay.conf, an INI file (parsed with Debian's libinih).
+ *
+ * NOTES: read by every process (the supervisor passes workers the directory). Unknown
+ * sections and keys are errors, and every error names the file, the line and the key.
+ *
+ *   [pipeline]    name = demo                      (slot walrelay_<name>; [a-z0-9_], <= 40 bytes)
+ *   [source]      conninfo = host=... dbname=...   (libpq; .pgpass / PGPASSFILE / service work)
+ *                 publication = walrelay_pub
+ *   [destination] type = sqlite | null ; path = dest.db (relative to DIR)
+ *   [batch]       max_fill_ms = 200 ; max_bytes = 8388608
+ *   [sync]        max_table_sync_workers = 4 ; copy_batch_rows = 10000
+ *   [retry]       worker_max_failures = 5 ; backoff_initial_ms = 1000 ; backoff_max_ms = 60000
+ *                 healthy_reset_ms = 300000
+ *   [log]         level = info
+ */
+#ifndef WR_CONFIG_H
+#define WR_CONFIG_H
+
+#include "wr.h"
+
+#define WR_PIPELINE_NAME_MAX 40
+
+typedef struct wr_config_s {
+    char *dir;           /* absolute path of the config directory */
+    char *path;          /* DIR/walrelay.conf */
+    char *pipeline_name;
+    char *source_conninfo;
+    char *publication;
+    char *dest_type;     /* "sqlite", "null" */
+    char *dest_path;     /* absolute; sqlite only */
+    int batch_max_fill_ms;
+    int64_t batch_max_bytes;
+    int max_table_sync_workers;
+    int copy_batch_rows;
+    int worker_max_failures;
+    int backoff_initial_ms;
+    int backoff_max_ms;
+    int healthy_reset_ms;
+    int log_level;
+} wr_config_t;
+
+/* Fills defaults (no allocation for strings; they stay NULL). */
+void cfg_defaults(wr_config_t *cfg);
+/* Loads DIR/walrelay.conf. On error sets err (WR_ECONFIG) with "FILE:LINE: ..." and a hint. */
+int cfg_load(const char *dir, wr_config_t *cfg, wr_err_t *err) WR_MUST_CHECK;
+/* Parses an INI text as if it were `path` (for tests and fuzzing). */
+int cfg_parse_string(const char *text, const char *path, const char *dir, wr_config_t *cfg,
+                     wr_err_t *err) WR_MUST_CHECK;
+void cfg_free(wr_config_t *cfg);
+/* Slot of the apply worker: walrelay_<pipeline> (<= 63 bytes). */
+void cfg_apply_slot_name(const wr_config_t *cfg, char *buf, size_t len);
+/* Slot of a sync worker: walrelay_<pipeline>_s<relid> (<= 63 bytes). */
+void cfg_sync_slot_name(const wr_config_t *cfg, uint32_t relid, char *buf, size_t len);
+/* Checks a pipeline name ([a-z0-9_], 1..40 bytes). */
+bool cfg_pipeline_name_ok(const char *name);
+/* Writes a new DIR/walrelay.conf (mode 0600, refuses to overwrite). dest: "sqlite:PATH",
+ * "sqlite", or "null". */
+int cfg_write_new(const char *dir, const char *pipeline, const char *conninfo,
+                  const char *publication, const char *dest, wr_err_t *err) WR_MUST_CHECK;
+
+#endif

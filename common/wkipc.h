@@ -1,0 +1,49 @@
+/*
+ * wkipc.h - a worker's end of its supervisor channel (fd 3), blocking with poll().
+ *
+ * NOTES: used by walrelay-apply and walrelay-sync. Sends hello first and waits for
+ * welcome. A request (set_phase, schema) waits for its ack; other messages that arrive
+ * meanwhile are handed to the callback. EOF on the channel means the supervisor is gone:
+ * callers exit at once (WR_EEOF), so no orphan holds a slot.
+ */
+#ifndef WR_WKIPC_H
+#define WR_WKIPC_H
+
+#include "../proto/ipc.h"
+
+/* Called for every message that is not the awaited ack (table_state, stop, tables...).
+ * The message is cleared after the callback returns. */
+typedef void (*wk_msg_cb)(const ipc_msg_t *m, void *arg);
+
+typedef struct wk_chan_s {
+    int fd;
+    ipc_reader_t rd;
+    uint32_t next_req;
+    wk_msg_cb cb;
+    void *cb_arg;
+    bool stop_requested; /* set when ["stop"] arrived */
+} wk_chan_t;
+
+#define WK_CHAN_FD 3
+
+int wk_chan_init(wk_chan_t *c, int fd, wr_err_t *err) WR_MUST_CHECK;
+void wk_chan_close(wk_chan_t *c);
+void wk_chan_set_callback(wk_chan_t *c, wk_msg_cb cb, void *arg);
+/* hello -> welcome (checks version) -> tables. *tables is a decoded "tables" message the
+ * caller clears. */
+int wk_chan_handshake(wk_chan_t *c, const char *role, uint32_t relid, ipc_msg_t *tables,
+                      wr_err_t *err) WR_MUST_CHECK;
+/* Sends one message (blocking until written). */
+int wk_chan_send(wk_chan_t *c, const ipc_msg_t *m, wr_err_t *err) WR_MUST_CHECK;
+/* Reads what is available and dispatches whole messages to the callback, waiting at most
+ * timeout_ms (0 = don't wait, -1 = forever) for the first byte. Returns 0, or WR_EEOF /
+ * WR_EPROTO (a broken stream). Invalid but well-framed messages are logged and answered
+ * with ["error", ...]. */
+int wk_chan_poll(wk_chan_t *c, int timeout_ms, wr_err_t *err) WR_MUST_CHECK;
+/* set_phase request; waits for the ack. ok=false in the ack -> WR_ESTATE with its message. */
+int wk_chan_set_phase(wk_chan_t *c, uint32_t relid, wr_phase_t phase, wr_lsn_t lsn, const char *err_kind,
+                      const char *err_msg, const char *err_hint, wr_err_t *err) WR_MUST_CHECK;
+/* schema request; waits for the ack. */
+int wk_chan_put_schema(wk_chan_t *c, const wr_schema_t *s, wr_lsn_t lsn, wr_err_t *err) WR_MUST_CHECK;
+
+#endif

@@ -1,0 +1,2 @@
+/* placeholder: being written */
+typedef int wr_placeholder_wr_t;

@@ -1,0 +1,147 @@
+/*
+ * ipc.h - the messages between the supervisor, the workers and the CLI.
+ *
+ * NOTES: every message is one msgpack array whose first element is the type name
+ * (a string); the stream needs no other framing. Each type has a writer (ipc_encode) and a
+ * reader (ipc_decode) that checks the type, the arity, every element's type and sizes,
+ * and rejects anything else with an error naming the message and the element. Decoded
+ * strings and arrays are malloc'd copies owned by the message: ipc_msg_clear frees them.
+ *
+ *   worker -> supervisor
+ *     ["hello", version, role, pid, relid]             first message; role "apply"|"sync"
+ *     ["set_phase", req, relid, phase, lsn, err_kind, err_msg, err_hint]   -> ack
+ *     ["schema", req, relid, lsn, [nsp, name, replident, [[name, oid, typmod, flags]...]]] -> ack
+ *     ["progress", flush_lsn, received_lsn, events]     apply: durable position, for status
+ *     ["copy_progress", relid, rows]                    sync: rows copied so far
+ *   supervisor -> worker
+ *     ["welcome", version, pipeline]
+ *     ["tables", [[relid, nsp, name, phase, lsn], ...]] all tables (apply) or its one (sync)
+ *     ["table_state", relid, phase, lsn]                a persisted change
+ *     ["ack", req, ok, message]
+ *     ["stop"]                                          finish the write in flight, exit 0
+ *   CLI -> supervisor (control socket) and replies
+ *     ["status"] -> ["status_reply", ...]   ["stop"] -> ["ok", message]
+ *   either direction
+ *     ["error", message]                                your last message was rejected
+ */
+#ifndef WR_IPC_H
+#define WR_IPC_H
+
+#include <msgpack.h>
+#include "../common/phase.h"
+#include "../common/schema.h"
+
+#define IPC_PROTO_VERSION 1
+#define IPC_MAX_MSG (4u * 1024 * 1024) /* bigger messages are rejected */
+#define IPC_MAX_STR (64u * 1024)
+#define IPC_MAX_ITEMS 100000
+
+typedef enum {
+    IPC_HELLO = 1,
+    IPC_WELCOME,
+    IPC_TABLES,
+    IPC_TABLE_STATE,
+    IPC_SET_PHASE,
+    IPC_ACK,
+    IPC_SCHEMA,
+    IPC_PROGRESS,
+    IPC_COPY_PROGRESS,
+    IPC_STOP,
+    IPC_ERROR,
+    IPC_STATUS,
+    IPC_STATUS_REPLY,
+    IPC_OK,
+} ipc_type_t;
+
+typedef struct ipc_table_info_s {
+    uint32_t relid;
+    char *nsp;
+    char *name;
+    wr_phase_t phase;
+    wr_lsn_t lsn;
+    /* status_reply only (encoded only there): */
+    uint64_t rows_copied;
+    uint32_t attempts;
+    char *err_kind;
+    char *err_msg;
+    char *err_hint;
+} ipc_table_info_t;
+
+typedef struct ipc_worker_info_s {
+    char *role;      /* "apply" | "sync" */
+    uint32_t relid;  /* 0 for apply */
+    int64_t pid;     /* 0 when not running */
+    uint32_t restarts;
+    char *state;     /* "starting" | "running" | "backoff" | "stopping" | "failed" */
+} ipc_worker_info_t;
+
+typedef struct ipc_msg_s {
+    ipc_type_t type;
+    union {
+        struct { uint32_t version; char *role; int64_t pid; uint32_t relid; } hello;
+        struct { uint32_t version; char *pipeline; } welcome;
+        struct { uint32_t n; ipc_table_info_t *tables; } tables;
+        struct { uint32_t relid; wr_phase_t phase; wr_lsn_t lsn; } table_state;
+        struct {
+            uint32_t req;
+            uint32_t relid;
+            wr_phase_t phase;
+            wr_lsn_t lsn;
+            char *err_kind; /* "" when not errored */
+            char *err_msg;
+            char *err_hint;
+        } set_phase;
+        struct { uint32_t req; bool ok; char *message; } ack;
+        struct { uint32_t req; uint32_t relid; wr_lsn_t lsn; wr_schema_t *schema; } schema;
+        struct { wr_lsn_t flush_lsn; wr_lsn_t received_lsn; uint64_t events; } progress;
+        struct { uint32_t relid; uint64_t rows; } copy_progress;
+        struct { char *message; } error;
+        struct { char *message; } ok;
+        struct {
+            char *pipeline;
+            char *state; /* "running" | "stopping" | "degraded" */
+            int64_t pid;
+            wr_lsn_t flush_lsn;
+            wr_lsn_t received_lsn;
+            uint64_t events;
+            uint32_t nworkers;
+            ipc_worker_info_t *workers;
+            uint32_t ntables;
+            ipc_table_info_t *tables;
+        } status_reply;
+    } u;
+} ipc_msg_t;
+
+const char *ipc_type_name(ipc_type_t t);
+
+/* Appends the encoded message to sb. Returns 0 or WR_EINVAL (unknown type) / WR_ENOMEM. */
+int ipc_encode(const ipc_msg_t *m, msgpack_sbuffer *sb) WR_MUST_CHECK;
+/* Validates and decodes one unpacked object into m (zeroed first). On error m holds
+ * nothing to free and err names the message type and the offending element. */
+int ipc_decode(const msgpack_object *o, ipc_msg_t *m, wr_err_t *err) WR_MUST_CHECK;
+/* Frees what a decode allocated, and zeroes m. Safe on a zeroed message. Never frees
+ * memory of a message the caller filled by hand: only call it on decoded messages. */
+void ipc_msg_clear(ipc_msg_t *m);
+
+/* Stream reader: feed bytes, take whole messages. */
+typedef struct ipc_reader_s {
+    msgpack_unpacker up;
+    msgpack_unpacked result;
+    bool broken; /* after a framing error the stream cannot be resynchronised */
+} ipc_reader_t;
+
+int ipc_reader_init(ipc_reader_t *r) WR_MUST_CHECK;
+void ipc_reader_close(ipc_reader_t *r);
+/* Copies len bytes in. Returns 0, or WR_EPROTO if buffered bytes exceed IPC_MAX_MSG. */
+int ipc_reader_feed(ipc_reader_t *r, const char *data, size_t len, wr_err_t *err) WR_MUST_CHECK;
+/* Takes the next message: 1 = *m filled (call ipc_msg_clear after), 0 = need more bytes,
+ * WR_EPROTO = a well-framed but invalid message (skipped; the stream continues; answer
+ * with ["error", ...]), WR_EINVAL = bytes that are not msgpack (r->broken; close). */
+int ipc_reader_next(ipc_reader_t *r, ipc_msg_t *m, wr_err_t *err) WR_MUST_CHECK;
+
+/* Schema <-> msgpack ([nsp, name, replident, [[name, oid, typmod, flags]...]]), for the
+ * "schema" message; exposed for the state store and tests. */
+int ipc_pack_schema(msgpack_packer *pk, const wr_schema_t *s) WR_MUST_CHECK;
+int ipc_unpack_schema(const msgpack_object *o, uint32_t relid, wr_schema_t **out, wr_err_t *err) WR_MUST_CHECK;
+
+#endif
