@@ -1,2 +1,176 @@
+/*
+ * test_common.c - unit tests of common/wr.c, log.c (redaction), phase.c, schema.c.
+ */
 #include "unit.h"
-int main(void) { return unit_done(); }
+
+#include "common/log.h"
+#include "common/phase.h"
+#include "common/schema.h"
+
+static void
+test_lsn_parse_format(void)
+{
+    wr_lsn_t l = 0;
+    char buf[32];
+    CHECK_INT_EQ(wr_lsn_parse("16/B374D848", &l), 0);
+    CHECK_U64_EQ(l, 0x16B374D848ULL);
+    CHECK_STR_EQ(wr_lsn_format(l, buf, sizeof(buf)), "16/B374D848");
+    CHECK_INT_EQ(wr_lsn_parse("0/0", &l), 0);
+    CHECK_U64_EQ(l, 0);
+    CHECK_INT_EQ(wr_lsn_parse("FFFFFFFF/FFFFFFFF", &l), 0);
+    CHECK_U64_EQ(l, UINT64_MAX);
+    CHECK_STR_EQ(wr_lsn_format(l, buf, sizeof(buf)), "FFFFFFFF/FFFFFFFF");
+}
+
+static void
+test_lsn_parse_rejects(void)
+{
+    wr_lsn_t l = 7;
+    const char *bad[] = {"", "0", "/1", "1/", "1/2/3", "G/1", "1/G", "100000000/0", "1 /2", "1/2 "};
+    size_t i;
+    for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        if (wr_lsn_parse(bad[i], &l) != WR_EINVAL)
+            fprintf(stderr, "  accepted bad lsn \"%s\"\n", bad[i]);
+        CHECK_INT_EQ(wr_lsn_parse(bad[i], &l), WR_EINVAL);
+    }
+    CHECK_U64_EQ(l, 7); /* untouched on error */
+}
+
+static void
+test_err(void)
+{
+    wr_err_t e;
+    wr_err_clear(&e);
+    CHECK_INT_EQ(wr_err_set(&e, WR_ECONFIG, "bad key \"%s\"", "x"), WR_ECONFIG);
+    CHECK_STR_EQ(e.msg, "bad key \"x\"");
+    CHECK_STR_EQ(e.hint, "");
+    wr_err_hint(&e, "fix %d", 1);
+    CHECK_STR_EQ(e.hint, "fix 1");
+    wr_err_prefix(&e, "file:%d: ", 3);
+    CHECK_STR_EQ(e.msg, "file:3: bad key \"x\"");
+    CHECK_INT_EQ(wr_err_exit_code(WR_ECONFIG), WR_EXIT_CONFIG);
+    CHECK_INT_EQ(wr_err_exit_code(WR_ESOURCE), WR_EXIT_CONFIG);
+    CHECK_INT_EQ(wr_err_exit_code(WR_ECONN), WR_EXIT_ERROR);
+    CHECK_INT_EQ(wr_err_exit_code(WR_OK), WR_EXIT_OK);
+    CHECK_STR_EQ(wr_err_code_name(WR_ECONN), "connection");
+    /* a long prefix never overflows */
+    {
+        char big[2000];
+        memset(big, 'a', sizeof(big) - 1);
+        big[sizeof(big) - 1] = '\0';
+        wr_err_prefix(&e, "%s", big);
+        CHECK(strlen(e.msg) < sizeof(e.msg));
+        CHECK_CONTAINS(e.msg, "file:3: bad key");
+    }
+}
+
+static void
+test_phase_names(void)
+{
+    int i;
+    for (i = 0; i < PH_COUNT; i++) {
+        wr_phase_t p;
+        CHECK_INT_EQ(phase_parse(phase_name((wr_phase_t)i), &p), 0);
+        CHECK_INT_EQ(p, i);
+    }
+    {
+        wr_phase_t p;
+        CHECK_INT_EQ(phase_parse("SyncDone", &p), 0);
+        CHECK_INT_EQ(p, PH_SYNCDONE);
+        CHECK_INT_EQ(phase_parse("nope", &p), WR_EINVAL);
+        CHECK_INT_EQ(phase_parse(NULL, &p), WR_EINVAL);
+    }
+    CHECK_STR_EQ(phase_name((wr_phase_t)99), "invalid");
+}
+
+static void
+test_phase_transitions(void)
+{
+    /* the happy path */
+    CHECK(phase_transition_ok(PH_INIT, PH_DATASYNC));
+    CHECK(phase_transition_ok(PH_DATASYNC, PH_FINISHEDCOPY));
+    CHECK(phase_transition_ok(PH_DATASYNC, PH_DATASYNC));
+    CHECK(phase_transition_ok(PH_FINISHEDCOPY, PH_SYNCWAIT));
+    CHECK(phase_transition_ok(PH_SYNCWAIT, PH_CATCHUP));
+    CHECK(phase_transition_ok(PH_CATCHUP, PH_SYNCDONE));
+    CHECK(phase_transition_ok(PH_SYNCDONE, PH_READY));
+    /* errors and resets from anywhere */
+    for (int i = 0; i < PH_COUNT; i++) {
+        CHECK(phase_transition_ok((wr_phase_t)i, PH_ERRORED));
+        CHECK(phase_transition_ok((wr_phase_t)i, PH_INIT));
+    }
+    /* no skipping, no going back */
+    CHECK(!phase_transition_ok(PH_INIT, PH_READY));
+    CHECK(!phase_transition_ok(PH_DATASYNC, PH_SYNCWAIT));
+    CHECK(!phase_transition_ok(PH_CATCHUP, PH_DATASYNC));
+    CHECK(!phase_transition_ok(PH_READY, PH_SYNCDONE));
+    CHECK(!phase_transition_ok(PH_ERRORED, PH_READY));
+    CHECK(!phase_transition_ok(PH_SYNCWAIT, PH_SYNCDONE));
+    CHECK(!phase_transition_ok((wr_phase_t)42, PH_READY));
+    CHECK(phase_needs_sync_worker(PH_CATCHUP));
+    CHECK(!phase_needs_sync_worker(PH_SYNCDONE));
+    CHECK(!phase_needs_sync_worker(PH_READY));
+    CHECK(!phase_needs_sync_worker(PH_ERRORED));
+}
+
+static void
+test_schema(void)
+{
+    wr_schema_t *a = wr_schema_new(42, "public", "t", 2), *b;
+    CHECK(a != NULL);
+    if (!a)
+        return;
+    a->cols[0].name = wr_strdup("id");
+    a->cols[0].type_oid = 23;
+    a->cols[0].typmod = -1;
+    a->cols[0].is_key = true;
+    a->cols[1].name = wr_strdup("v");
+    a->cols[1].type_oid = 25;
+    a->cols[1].typmod = -1;
+    b = wr_schema_copy(a);
+    CHECK(b != NULL);
+    CHECK(wr_schema_equal(a, b));
+    CHECK_INT_EQ(wr_schema_nkeys(b), 1);
+    CHECK(b->cols[0].name != a->cols[0].name); /* deep copy */
+    b->cols[1].type_oid = 1043;
+    CHECK(!wr_schema_equal(a, b));
+    b->cols[1].type_oid = 25;
+    b->replident = 'f';
+    CHECK(!wr_schema_equal(a, b));
+    wr_schema_free(a);
+    wr_schema_free(b);
+    wr_schema_free(NULL);
+}
+
+static void
+test_redact(void)
+{
+    char buf[256];
+    log_redact_conninfo("host=db password=s3cret user=u", buf, sizeof(buf));
+    CHECK_STR_EQ(buf, "host=db password=*** user=u");
+    log_redact_conninfo("password = 'a b\\' c' dbname=x", buf, sizeof(buf));
+    CHECK_STR_EQ(buf, "password = *** dbname=x");
+    log_redact_conninfo("postgresql://u:s3cret@h:5432/db?sslmode=require", buf, sizeof(buf));
+    CHECK_STR_EQ(buf, "postgresql://u:***@h:5432/db?sslmode=require");
+    log_redact_conninfo("postgres://h/db?user=u&password=zz&x=1", buf, sizeof(buf));
+    CHECK_STR_EQ(buf, "postgres://h/db?user=u&password=***&x=1");
+    log_redact_conninfo("host=a mypassword=x", buf, sizeof(buf));
+    CHECK_STR_EQ(buf, "host=a mypassword=x");
+    CHECK(strstr(buf, "s3cret") == NULL);
+    /* tiny buffer: truncated, still terminated */
+    log_redact_conninfo("host=db password=s3cret", buf, 8);
+    CHECK_INT_EQ(strlen(buf), 7);
+}
+
+int
+main(void)
+{
+    RUN(test_lsn_parse_format);
+    RUN(test_lsn_parse_rejects);
+    RUN(test_err);
+    RUN(test_phase_names);
+    RUN(test_phase_transitions);
+    RUN(test_schema);
+    RUN(test_redact);
+    return unit_done();
+}
