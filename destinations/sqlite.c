@@ -1,2 +1,1392 @@
-/* placeholder: being written */
-typedef int wr_placeholder_sqlite_t;
+/*
+ * sqlite.c - the "sqlite" destination: one SQLite file (DIR/dest.db by default) holding a
+ * table per source table plus walrelay's own bookkeeping, written exactly once.
+ *
+ * NOTES: runs in walrelay-apply and in every walrelay-sync; each process opens its own
+ * connection to the same file (WAL mode, busy_timeout 60 s, synchronous=FULL so that a
+ * COMMIT is durable before the caller confirms the flush LSN to PostgreSQL). It owns and
+ * persists:
+ *   - _walrelay_progress(stream, commit_lsn, ordinal, updated_at): the resume key of the
+ *     last change applied per stream, upserted in the same transaction as the data;
+ *     commit_lsn holds the int64 bit pattern of the uint64 LSN.
+ *   - _walrelay_tables(relid, nsp, name, dest_name, columns_json, updated_at): which
+ *     destination table a source relid maps to, and the schema it was registered with.
+ *   - one table per registered source table, named by dest_table_name(), columns in the
+ *     source's order, declared types from pgt_sqlite_decl(), PRIMARY KEY(key columns).
+ * In memory it keeps relid -> table (schema, per-column storage class, cached INSERT,
+ * DELETE-by-key, UPDATE-all-by-key and a few UPDATE statements that leave unchanged
+ * TOAST columns out of SET). The per-row path allocates nothing: statements are reused,
+ * text binds point at the producer's buffer, bytea is decoded into one scratch buffer.
+ */
+#include "destination.h"
+
+#include "../common/pgtype.h"
+
+#include <sqlite3.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define SQ_BUCKETS       256
+#define SQ_PARTIAL_SLOTS 4
+#define SQ_NAME_MAX      256
+#define SQ_SHOW_MAX      64
+
+/* A cached UPDATE that leaves the columns with skip[i] = 1 out of SET. */
+typedef struct sq_partial_s {
+    uint8_t *skip; /* ncols entries, owned by the table */
+    sqlite3_stmt *stmt;
+} sq_partial_t;
+
+typedef struct sq_table_s {
+    struct sq_table_s *next; /* hash chain */
+    uint32_t relid;
+    wr_schema_t *schema; /* own copy */
+    char dest_name[SQ_NAME_MAX];
+    uint8_t *cls;     /* pgt_class_t per column */
+    uint8_t *is_bool; /* 1 if the column is bool (INTEGER 0/1) */
+    uint16_t *keys;   /* indexes of the key columns, in schema order */
+    int nkeys;
+    sqlite3_stmt *ins;   /* INSERT, params ?1..?ncols */
+    sqlite3_stmt *upd;   /* UPDATE SET all = ?i WHERE key = ?(ncols+1+j) */
+    sqlite3_stmt *del;   /* DELETE WHERE key = ?(ncols+1+j) */
+    sqlite3_stmt *trunc; /* DELETE FROM */
+    sq_partial_t partial[SQ_PARTIAL_SLOTS];
+    int partial_next;
+    bool created_in_txn; /* CREATE TABLE ran inside the caller's open transaction */
+} sq_table_t;
+
+typedef struct dest_sqlite_s {
+    dest_t base;
+    sqlite3 *db;
+    bool in_txn;
+    sq_table_t *buckets[SQ_BUCKETS];
+    sq_table_t *last; /* lookup cache */
+    sqlite3_stmt *st_begin;
+    sqlite3_stmt *st_commit;
+    sqlite3_stmt *st_rollback;
+    sqlite3_stmt *st_key_put;
+    sqlite3_stmt *st_key_get;
+    sqlite3_stmt *st_key_del;
+    uint8_t *scratch; /* decoded bytea of the row being bound */
+    size_t scratch_cap;
+    size_t scratch_off;
+} dest_sqlite_t;
+
+/* ---- small helpers ---------------------------------------------------------------- */
+
+/* Sets err to WR_EDEST with the message followed by SQLite's own error message. */
+static int sq_fail(dest_sqlite_t *d, wr_err_t *err, const char *fmt, ...) WR_PRINTF(3, 4);
+
+static int
+sq_fail(dest_sqlite_t *d, wr_err_t *err, const char *fmt, ...)
+{
+    char msg[768];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    return wr_err_set(err, WR_EDEST, "%s: %s", msg, d->db ? sqlite3_errmsg(d->db) : "no database");
+}
+
+/* A growable string for building SQL (not on the per-row path). */
+typedef struct sq_buf_s {
+    char *p;
+    size_t len;
+    size_t cap;
+    bool oom;
+} sq_buf_t;
+
+static void
+sb_addn(sq_buf_t *b, const char *s, size_t n)
+{
+    if (b->oom)
+        return;
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 128;
+        char *p;
+
+        while (b->len + n + 1 > cap)
+            cap *= 2;
+        p = realloc(b->p, cap);
+        if (p == NULL) {
+            b->oom = true;
+            return;
+        }
+        b->p = p;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+}
+
+static void
+sb_add(sq_buf_t *b, const char *s)
+{
+    sb_addn(b, s, strlen(s));
+}
+
+static void sb_addf(sq_buf_t *b, const char *fmt, ...) WR_PRINTF(2, 3);
+
+static void
+sb_addf(sq_buf_t *b, const char *fmt, ...)
+{
+    char tmp[64];
+    va_list ap;
+    int n;
+
+    va_start(ap, fmt);
+    n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= sizeof(tmp)) {
+        b->oom = true;
+        return;
+    }
+    sb_addn(b, tmp, (size_t)n);
+}
+
+/* Appends a double-quoted identifier, embedded quotes doubled. */
+static void
+sb_ident(sq_buf_t *b, const char *name)
+{
+    const char *s = name;
+
+    sb_addn(b, "\"", 1);
+    for (;;) {
+        const char *q = strchr(s, '"');
+
+        if (q == NULL) {
+            sb_add(b, s);
+            break;
+        }
+        sb_addn(b, s, (size_t)(q - s) + 1);
+        sb_addn(b, "\"", 1);
+        s = q + 1;
+    }
+    sb_addn(b, "\"", 1);
+}
+
+/* Appends a JSON string literal. */
+static void
+sb_json_str(sq_buf_t *b, const char *s)
+{
+    sb_addn(b, "\"", 1);
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+
+        if (c == '"' || c == '\\') {
+            char e[2] = {'\\', (char)c};
+            sb_addn(b, e, 2);
+        } else if (c < 0x20) {
+            sb_addf(b, "\\u%04x", c);
+        } else {
+            sb_addn(b, s, 1);
+        }
+    }
+    sb_addn(b, "\"", 1);
+}
+
+/* Writes a printable, truncated copy of a value for an error message. */
+static const char *
+sq_show(const wr_val_t *v, char *buf, size_t len)
+{
+    size_t n, i;
+
+    if (v->kind == WR_VAL_NULL)
+        return "NULL";
+    if (v->kind == WR_VAL_UNCHANGED)
+        return "(unchanged toast)";
+    if (v->kind == WR_VAL_BINARY) {
+        snprintf(buf, len, "(%u binary bytes)", (unsigned)v->len);
+        return buf;
+    }
+    n = v->len < SQ_SHOW_MAX ? v->len : SQ_SHOW_MAX;
+    if (n + 4 > len)
+        n = len - 4;
+    for (i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)v->data[i];
+        buf[i] = (c < 0x20 || c == 0x7f) ? '?' : (char)c;
+    }
+    if (n < v->len) {
+        memcpy(buf + i, "...", 3);
+        i += 3;
+    }
+    buf[i] = '\0';
+    return buf;
+}
+
+/* Formats "(k1, k2)=(v1, v2)" for the key columns taken from row. */
+static void
+sq_show_key(const sq_table_t *t, const wr_row_t *row, char *buf, size_t len)
+{
+    size_t off = 0;
+    char vb[SQ_SHOW_MAX + 8];
+
+    buf[0] = '\0';
+#define SQ_APPEND(...)                                                                             \
+    do {                                                                                           \
+        if (off < len) {                                                                           \
+            int _n = snprintf(buf + off, len - off, __VA_ARGS__);                                  \
+            off += _n > 0 ? (size_t)_n : 0;                                                        \
+        }                                                                                          \
+    } while (0)
+    SQ_APPEND("(");
+    for (int j = 0; j < t->nkeys; j++)
+        SQ_APPEND("%s%s", j ? ", " : "", t->schema->cols[t->keys[j]].name);
+    SQ_APPEND(")=(");
+    for (int j = 0; j < t->nkeys; j++) {
+        const char *s = "?";
+
+        if (row != NULL && t->keys[j] < row->ncols)
+            s = sq_show(&row->vals[t->keys[j]], vb, sizeof(vb));
+        SQ_APPEND("%s%s", j ? ", " : "", s);
+    }
+    SQ_APPEND(")");
+#undef SQ_APPEND
+}
+
+static const char *
+sq_class_name(int cls)
+{
+    switch (cls) {
+    case PGT_CLASS_INTEGER:
+        return "INTEGER";
+    case PGT_CLASS_REAL:
+        return "REAL";
+    case PGT_CLASS_BLOB:
+        return "BLOB";
+    default:
+        return "TEXT";
+    }
+}
+
+static int
+sq_prepare(dest_sqlite_t *d, const char *sql, sqlite3_stmt **out, wr_err_t *err)
+{
+    int rc = sqlite3_prepare_v3(d->db, sql, -1, SQLITE_PREPARE_PERSISTENT, out, NULL);
+
+    if (rc != SQLITE_OK) {
+        *out = NULL;
+        return sq_fail(d, err, "preparing \"%.200s\"", sql);
+    }
+    return 0;
+}
+
+/* Steps a statement that returns no row, then resets it. */
+static int
+sq_step_done(dest_sqlite_t *d, sqlite3_stmt *st, const char *what, wr_err_t *err)
+{
+    int rc = sqlite3_step(st);
+
+    if (rc != SQLITE_DONE && rc != SQLITE_ROW) {
+        sq_fail(d, err, "%s", what);
+        sqlite3_reset(st);
+        return WR_EDEST;
+    }
+    sqlite3_reset(st);
+    return 0;
+}
+
+static int
+sq_exec(dest_sqlite_t *d, const char *sql, wr_err_t *err)
+{
+    if (sqlite3_exec(d->db, sql, NULL, NULL, NULL) != SQLITE_OK)
+        return sq_fail(d, err, "running \"%.200s\"", sql);
+    return 0;
+}
+
+static int
+sq_need_txn(dest_sqlite_t *d, const char *what, wr_err_t *err)
+{
+    if (!d->in_txn)
+        return wr_err_set(err, WR_EINVAL, "%s outside a transaction (call begin first)", what);
+    return 0;
+}
+
+/* ---- the table map ---------------------------------------------------------------- */
+
+static sq_table_t *
+sq_lookup(dest_sqlite_t *d, uint32_t relid)
+{
+    sq_table_t *t;
+
+    if (d->last != NULL && d->last->relid == relid)
+        return d->last;
+    for (t = d->buckets[relid % SQ_BUCKETS]; t != NULL; t = t->next) {
+        if (t->relid == relid) {
+            d->last = t;
+            return t;
+        }
+    }
+    return NULL;
+}
+
+static int
+sq_get_table(dest_sqlite_t *d, uint32_t relid, sq_table_t **out, wr_err_t *err)
+{
+    *out = sq_lookup(d, relid);
+    if (*out == NULL)
+        return wr_err_set(err, WR_EINVAL,
+                          "table with relid %u is not registered (call ensure_table first)",
+                          (unsigned)relid);
+    return 0;
+}
+
+static void
+sq_table_free(sq_table_t *t)
+{
+    if (t == NULL)
+        return;
+    sqlite3_finalize(t->ins);
+    sqlite3_finalize(t->upd);
+    sqlite3_finalize(t->del);
+    sqlite3_finalize(t->trunc);
+    for (int i = 0; i < SQ_PARTIAL_SLOTS; i++) {
+        sqlite3_finalize(t->partial[i].stmt);
+        free(t->partial[i].skip);
+    }
+    wr_schema_free(t->schema);
+    free(t->cls);
+    free(t->is_bool);
+    free(t->keys);
+    free(t);
+}
+
+static void
+sq_unlink(dest_sqlite_t *d, sq_table_t *t)
+{
+    sq_table_t **pp = &d->buckets[t->relid % SQ_BUCKETS];
+
+    while (*pp != NULL && *pp != t)
+        pp = &(*pp)->next;
+    if (*pp == t)
+        *pp = t->next;
+    if (d->last == t)
+        d->last = NULL;
+}
+
+/* Appends "WHERE k1 = ?(n+1) AND ..." */
+static void
+sq_where_keys(sq_buf_t *b, const sq_table_t *t)
+{
+    sb_add(b, " WHERE ");
+    for (int j = 0; j < t->nkeys; j++) {
+        if (j)
+            sb_add(b, " AND ");
+        sb_ident(b, t->schema->cols[t->keys[j]].name);
+        sb_addf(b, " = ?%d", t->schema->ncols + 1 + j);
+    }
+}
+
+/* Builds an UPDATE setting every column whose skip flag is 0 (skip may be NULL). */
+static int
+sq_prepare_update(dest_sqlite_t *d, const sq_table_t *t, const uint8_t *skip, sqlite3_stmt **out,
+                  wr_err_t *err)
+{
+    sq_buf_t b = {0};
+    int nset = 0, rc;
+
+    sb_add(&b, "UPDATE ");
+    sb_ident(&b, t->dest_name);
+    sb_add(&b, " SET ");
+    for (int i = 0; i < t->schema->ncols; i++) {
+        if (skip != NULL && skip[i])
+            continue;
+        if (nset++)
+            sb_add(&b, ", ");
+        sb_ident(&b, t->schema->cols[i].name);
+        sb_addf(&b, " = ?%d", i + 1);
+    }
+    if (nset == 0) {
+        /* every column unchanged: still run the UPDATE so a missing row is noticed */
+        sb_ident(&b, t->schema->cols[0].name);
+        sb_add(&b, " = ");
+        sb_ident(&b, t->schema->cols[0].name);
+    }
+    sq_where_keys(&b, t);
+    if (b.oom) {
+        free(b.p);
+        return wr_err_set(err, WR_ENOMEM, "out of memory building an update of \"%s\"",
+                          t->dest_name);
+    }
+    rc = sq_prepare(d, b.p, out, err);
+    free(b.p);
+    return rc;
+}
+
+static int
+sq_table_prepare(dest_sqlite_t *d, sq_table_t *t, wr_err_t *err)
+{
+    sq_buf_t b = {0};
+    int rc;
+    const wr_schema_t *s = t->schema;
+
+    sb_add(&b, "INSERT INTO ");
+    sb_ident(&b, t->dest_name);
+    sb_add(&b, " (");
+    for (int i = 0; i < s->ncols; i++) {
+        if (i)
+            sb_add(&b, ", ");
+        sb_ident(&b, s->cols[i].name);
+    }
+    sb_add(&b, ") VALUES (");
+    for (int i = 0; i < s->ncols; i++)
+        sb_addf(&b, "%s?%d", i ? ", " : "", i + 1);
+    sb_add(&b, ")");
+    if (b.oom)
+        goto oom;
+    if ((rc = sq_prepare(d, b.p, &t->ins, err)) < 0)
+        goto out;
+
+    b.len = 0;
+    sb_add(&b, "DELETE FROM ");
+    sb_ident(&b, t->dest_name);
+    if (b.oom)
+        goto oom;
+    if ((rc = sq_prepare(d, b.p, &t->trunc, err)) < 0)
+        goto out;
+
+    if (t->nkeys > 0) {
+        sq_where_keys(&b, t);
+        if (b.oom)
+            goto oom;
+        if ((rc = sq_prepare(d, b.p, &t->del, err)) < 0)
+            goto out;
+        if ((rc = sq_prepare_update(d, t, NULL, &t->upd, err)) < 0)
+            goto out;
+    }
+    rc = 0;
+    goto out;
+oom:
+    rc = wr_err_set(err, WR_ENOMEM, "out of memory preparing statements for \"%s\"", t->dest_name);
+out:
+    free(b.p);
+    return rc;
+}
+
+/* Allocates a table entry for schema (statements not prepared yet). */
+static int
+sq_table_new(const wr_schema_t *schema, const char *dest_name, sq_table_t **out, wr_err_t *err)
+{
+    sq_table_t *t = calloc(1, sizeof(*t));
+    uint16_t n = schema->ncols;
+
+    *out = NULL;
+    if (t == NULL)
+        goto oom;
+    t->relid = schema->relid;
+    snprintf(t->dest_name, sizeof(t->dest_name), "%s", dest_name);
+    t->schema = wr_schema_copy(schema);
+    t->cls = calloc(n, 1);
+    t->is_bool = calloc(n, 1);
+    t->keys = calloc(n, sizeof(*t->keys));
+    if (t->schema == NULL || t->cls == NULL || t->is_bool == NULL || t->keys == NULL)
+        goto oom;
+    for (int i = 0; i < SQ_PARTIAL_SLOTS; i++) {
+        t->partial[i].skip = calloc(n, 1);
+        if (t->partial[i].skip == NULL)
+            goto oom;
+    }
+    for (uint16_t i = 0; i < n; i++) {
+        t->cls[i] = (uint8_t)pgt_class(schema->cols[i].type_oid);
+        t->is_bool[i] = schema->cols[i].type_oid == PGT_BOOL;
+        if (schema->cols[i].is_key)
+            t->keys[t->nkeys++] = i;
+    }
+    *out = t;
+    return 0;
+oom:
+    sq_table_free(t);
+    return wr_err_set(err, WR_ENOMEM, "out of memory registering table \"%s\"", dest_name);
+}
+
+/* ---- value binding ---------------------------------------------------------------- */
+
+/* Bytes of decoded bytea the values of row can need. */
+static size_t
+sq_blob_need(const sq_table_t *t, const wr_row_t *row)
+{
+    size_t need = 0;
+
+    if (row == NULL)
+        return 0;
+    for (uint16_t i = 0; i < row->ncols && i < t->schema->ncols; i++) {
+        if (t->cls[i] == PGT_CLASS_BLOB && row->vals[i].kind == WR_VAL_TEXT)
+            need += row->vals[i].len / 2;
+    }
+    return need;
+}
+
+/* Makes room for the decoded bytea of one statement; the scratch is reused afterwards. */
+static int
+sq_scratch_reserve(dest_sqlite_t *d, size_t need, wr_err_t *err)
+{
+    d->scratch_off = 0;
+    if (need > d->scratch_cap || d->scratch == NULL) {
+        size_t cap = d->scratch_cap ? d->scratch_cap : 4096;
+        uint8_t *p;
+
+        while (cap < need)
+            cap *= 2;
+        p = realloc(d->scratch, cap);
+        if (p == NULL)
+            return wr_err_set(err, WR_ENOMEM, "out of memory decoding %zu bytes of bytea", need);
+        d->scratch = p;
+        d->scratch_cap = cap;
+    }
+    return 0;
+}
+
+static int
+sq_bad_value(const sq_table_t *t, int col, const wr_val_t *v, wr_err_t *err)
+{
+    char vb[SQ_SHOW_MAX + 8];
+
+    return wr_err_set(err, WR_EDEST, "invalid %s value for column \"%s\" of table \"%s\": \"%s\"",
+                      t->is_bool[col] ? "boolean" : sq_class_name(t->cls[col]),
+                      t->schema->cols[col].name, t->dest_name, sq_show(v, vb, sizeof(vb)));
+}
+
+/* Binds value v of column col to parameter idx. Text is bound without a copy: the row's
+ * producer keeps it valid until the statement has been stepped. */
+static int
+sq_bind(dest_sqlite_t *d, const sq_table_t *t, sqlite3_stmt *st, int idx, int col,
+        const wr_val_t *v, wr_err_t *err)
+{
+    int rc;
+
+    switch (v->kind) {
+    case WR_VAL_NULL:
+        rc = sqlite3_bind_null(st, idx);
+        break;
+    case WR_VAL_BINARY:
+        if (v->len == 0 || v->data == NULL)
+            rc = sqlite3_bind_zeroblob(st, idx, 0);
+        else
+            rc = sqlite3_bind_blob64(st, idx, v->data, v->len, SQLITE_STATIC);
+        break;
+    case WR_VAL_TEXT: {
+        const char *s = v->len > 0 && v->data != NULL ? v->data : "";
+        size_t len = v->data != NULL ? v->len : 0;
+
+        switch (t->cls[col]) {
+        case PGT_CLASS_INTEGER: {
+            int64_t i64;
+
+            if (t->is_bool[col]) {
+                bool bv;
+                if (pgt_parse_bool(s, len, &bv) < 0)
+                    return sq_bad_value(t, col, v, err);
+                i64 = bv ? 1 : 0;
+            } else if (pgt_parse_int64(s, len, &i64) < 0) {
+                return sq_bad_value(t, col, v, err);
+            }
+            rc = sqlite3_bind_int64(st, idx, i64);
+            break;
+        }
+        case PGT_CLASS_REAL: {
+            double dv;
+            bool special = false;
+
+            if (pgt_parse_double(s, len, &dv, &special) < 0)
+                return sq_bad_value(t, col, v, err);
+            if (special) /* NaN, Infinity, -Infinity: kept as PostgreSQL spells them */
+                rc = sqlite3_bind_text64(st, idx, s, len, SQLITE_STATIC, SQLITE_UTF8);
+            else
+                rc = sqlite3_bind_double(st, idx, dv);
+            break;
+        }
+        case PGT_CLASS_BLOB: {
+            size_t outlen = 0;
+            uint8_t *out = d->scratch + d->scratch_off;
+
+            if (len < 2 || d->scratch_off + (len - 2) / 2 > d->scratch_cap)
+                return sq_bad_value(t, col, v, err);
+            if (pgt_decode_bytea_hex(s, len, out, &outlen) < 0)
+                return sq_bad_value(t, col, v, err);
+            d->scratch_off += outlen;
+            if (outlen == 0)
+                rc = sqlite3_bind_zeroblob(st, idx, 0);
+            else
+                rc = sqlite3_bind_blob64(st, idx, out, outlen, SQLITE_STATIC);
+            break;
+        }
+        default:
+            rc = sqlite3_bind_text64(st, idx, s, len, SQLITE_STATIC, SQLITE_UTF8);
+            break;
+        }
+        break;
+    }
+    case WR_VAL_UNCHANGED:
+        return wr_err_set(
+            err, WR_EINVAL,
+            "unchanged toast value for column \"%s\" of table \"%s\" where a value is needed",
+            t->schema->cols[col].name, t->dest_name);
+    default:
+        return wr_err_set(err, WR_EINVAL,
+                          "value of unknown kind %d for column \"%s\" of table \"%s\"", v->kind,
+                          t->schema->cols[col].name, t->dest_name);
+    }
+    if (rc != SQLITE_OK)
+        return sq_fail(d, err, "binding column \"%s\" of table \"%s\"", t->schema->cols[col].name,
+                       t->dest_name);
+    return 0;
+}
+
+static int
+sq_check_row(const sq_table_t *t, const wr_row_t *row, const char *what, wr_err_t *err)
+{
+    if (row == NULL)
+        return wr_err_set(err, WR_EINVAL, "%s of table \"%s\" without a row", what, t->dest_name);
+    if (row->ncols != t->schema->ncols)
+        return wr_err_set(err, WR_EINVAL, "%s of table \"%s\" has %u columns, the schema has %u",
+                          what, t->dest_name, (unsigned)row->ncols, (unsigned)t->schema->ncols);
+    return 0;
+}
+
+/* Binds the key columns of row to ?(ncols+1+j). */
+static int
+sq_bind_keys(dest_sqlite_t *d, const sq_table_t *t, sqlite3_stmt *st, const wr_row_t *row,
+             wr_err_t *err)
+{
+    for (int j = 0; j < t->nkeys; j++) {
+        int col = t->keys[j];
+        const wr_val_t *v = &row->vals[col];
+        int rc;
+
+        if (v->kind == WR_VAL_NULL || v->kind == WR_VAL_UNCHANGED)
+            return wr_err_set(err, WR_EINVAL, "key column \"%s\" of table \"%s\" has no value (%s)",
+                              t->schema->cols[col].name, t->dest_name,
+                              v->kind == WR_VAL_NULL ? "null" : "unchanged toast");
+        if ((rc = sq_bind(d, t, st, t->schema->ncols + 1 + j, col, v, err)) < 0)
+            return rc;
+    }
+    return 0;
+}
+
+static int
+sq_insert_row(dest_sqlite_t *d, sq_table_t *t, const wr_row_t *row, wr_err_t *err)
+{
+    sqlite3_stmt *st = t->ins;
+    int rc;
+
+    if ((rc = sq_check_row(t, row, "insert", err)) < 0)
+        return rc;
+    if ((rc = sq_scratch_reserve(d, sq_blob_need(t, row), err)) < 0)
+        return rc;
+    for (int i = 0; i < t->schema->ncols; i++) {
+        if ((rc = sq_bind(d, t, st, i + 1, i, &row->vals[i], err)) < 0) {
+            sqlite3_reset(st);
+            return rc;
+        }
+    }
+    if (sqlite3_step(st) != SQLITE_DONE) {
+        char kb[512];
+
+        sq_show_key(t, row, kb, sizeof(kb));
+        sq_fail(d, err, "insert into table \"%s\" failed%s%s", t->dest_name,
+                t->nkeys ? " for key " : "", t->nkeys ? kb : "");
+        sqlite3_reset(st);
+        return WR_EDEST;
+    }
+    sqlite3_reset(st);
+    return 0;
+}
+
+/* Runs a bound UPDATE/DELETE by key and checks that it matched a row. */
+static int
+sq_step_by_key(dest_sqlite_t *d, const sq_table_t *t, sqlite3_stmt *st, const char *what,
+               const wr_row_t *keyrow, wr_err_t *err)
+{
+    char kb[512];
+
+    if (sqlite3_step(st) != SQLITE_DONE) {
+        sq_show_key(t, keyrow, kb, sizeof(kb));
+        sq_fail(d, err, "%s of table \"%s\" failed for key %s", what, t->dest_name, kb);
+        sqlite3_reset(st);
+        return WR_EDEST;
+    }
+    sqlite3_reset(st);
+    if (sqlite3_changes(d->db) == 0) {
+        sq_show_key(t, keyrow, kb, sizeof(kb));
+        wr_err_set(err, WR_EDEST, "%s of table \"%s\" matched no row for key %s", what,
+                   t->dest_name, kb);
+        wr_err_hint(err, "the destination no longer matches the source; resync the table");
+        return WR_EDEST;
+    }
+    return 0;
+}
+
+static int
+sq_no_key(const sq_table_t *t, const char *what, wr_err_t *err)
+{
+    wr_err_set(err, WR_EUNSUPPORTED, "cannot apply %s to table \"%s\": it has no key columns", what,
+               t->dest_name);
+    wr_err_hint(
+        err,
+        "give the table a primary key, or REPLICA IDENTITY FULL support arrives in a later release");
+    return WR_EUNSUPPORTED;
+}
+
+/* The UPDATE statement for a new row: the full one, or a cached one leaving the unchanged
+ * TOAST columns out of SET. */
+static int
+sq_update_stmt(dest_sqlite_t *d, sq_table_t *t, const wr_row_t *nrow, sqlite3_stmt **out,
+               wr_err_t *err)
+{
+    uint16_t n = t->schema->ncols;
+    bool any = false;
+    sq_partial_t *p;
+    int rc;
+
+    for (uint16_t i = 0; i < n && !any; i++)
+        any = nrow->vals[i].kind == WR_VAL_UNCHANGED;
+    if (!any) {
+        *out = t->upd;
+        return 0;
+    }
+    for (int s = 0; s < SQ_PARTIAL_SLOTS; s++) {
+        uint16_t i;
+
+        p = &t->partial[s];
+        if (p->stmt == NULL)
+            continue;
+        for (i = 0; i < n; i++) {
+            if (p->skip[i] != (nrow->vals[i].kind == WR_VAL_UNCHANGED))
+                break;
+        }
+        if (i == n) {
+            *out = p->stmt;
+            return 0;
+        }
+    }
+    /* not cached: replace the oldest slot */
+    p = &t->partial[t->partial_next];
+    t->partial_next = (t->partial_next + 1) % SQ_PARTIAL_SLOTS;
+    sqlite3_finalize(p->stmt);
+    p->stmt = NULL;
+    for (uint16_t i = 0; i < n; i++)
+        p->skip[i] = nrow->vals[i].kind == WR_VAL_UNCHANGED;
+    if ((rc = sq_prepare_update(d, t, p->skip, &p->stmt, err)) < 0)
+        return rc;
+    *out = p->stmt;
+    return 0;
+}
+
+static int
+sq_update(dest_sqlite_t *d, sq_table_t *t, const dest_event_t *ev, wr_err_t *err)
+{
+    const wr_row_t *nrow = ev->new_row, *keyrow;
+    sqlite3_stmt *st;
+    int rc;
+
+    if (t->nkeys == 0)
+        return sq_no_key(t, "an update", err);
+    if ((rc = sq_check_row(t, nrow, "update", err)) < 0)
+        return rc;
+    if (ev->old_kind == 'K' || ev->old_kind == 'O') {
+        keyrow = ev->old_row;
+        if ((rc = sq_check_row(t, keyrow, "old key of update", err)) < 0)
+            return rc;
+    } else if (ev->old_kind == 0) {
+        keyrow = nrow;
+    } else {
+        return wr_err_set(err, WR_EINVAL, "update of table \"%s\" with unknown old row kind %d",
+                          t->dest_name, ev->old_kind);
+    }
+    if ((rc = sq_update_stmt(d, t, nrow, &st, err)) < 0)
+        return rc;
+    if ((rc = sq_scratch_reserve(d, sq_blob_need(t, nrow) + sq_blob_need(t, keyrow), err)) < 0)
+        return rc;
+    for (int i = 0; i < t->schema->ncols; i++) {
+        if (nrow->vals[i].kind == WR_VAL_UNCHANGED)
+            continue;
+        if ((rc = sq_bind(d, t, st, i + 1, i, &nrow->vals[i], err)) < 0)
+            goto fail;
+    }
+    if ((rc = sq_bind_keys(d, t, st, keyrow, err)) < 0)
+        goto fail;
+    return sq_step_by_key(d, t, st, "update", keyrow, err);
+fail:
+    sqlite3_reset(st);
+    return rc;
+}
+
+static int
+sq_delete(dest_sqlite_t *d, sq_table_t *t, const dest_event_t *ev, wr_err_t *err)
+{
+    int rc;
+
+    if (t->nkeys == 0)
+        return sq_no_key(t, "a delete", err);
+    if ((rc = sq_check_row(t, ev->old_row, "delete", err)) < 0)
+        return rc;
+    if ((rc = sq_scratch_reserve(d, sq_blob_need(t, ev->old_row), err)) < 0)
+        return rc;
+    if ((rc = sq_bind_keys(d, t, t->del, ev->old_row, err)) < 0) {
+        sqlite3_reset(t->del);
+        return rc;
+    }
+    return sq_step_by_key(d, t, t->del, "delete", ev->old_row, err);
+}
+
+static int
+sq_truncate(dest_sqlite_t *d, sq_table_t *t, wr_err_t *err)
+{
+    if (sqlite3_step(t->trunc) != SQLITE_DONE) {
+        sq_fail(d, err, "truncating table \"%s\"", t->dest_name);
+        sqlite3_reset(t->trunc);
+        return WR_EDEST;
+    }
+    sqlite3_reset(t->trunc);
+    return 0;
+}
+
+/* ---- ensure_table ------------------------------------------------------------------- */
+
+/* Compares the columns of an existing destination table with the schema, by name and
+ * order. Returns 0, 1 if the table does not exist, or an error naming the first
+ * differing column. */
+static int
+sq_verify_table(dest_sqlite_t *d, const wr_schema_t *s, const char *dest_name, wr_err_t *err)
+{
+    sqlite3_stmt *st = NULL;
+    int rc, n = 0, r;
+
+    if ((rc = sq_prepare(d, "SELECT name FROM pragma_table_info(?1) ORDER BY cid", &st, err)) < 0)
+        return rc;
+    sqlite3_bind_text(st, 1, dest_name, -1, SQLITE_STATIC);
+    rc = 0;
+    while ((r = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *name = (const char *)sqlite3_column_text(st, 0);
+
+        if (name == NULL)
+            name = "";
+        if (n >= s->ncols) {
+            wr_err_set(
+                err, WR_EUNSUPPORTED,
+                "destination table \"%s\" does not match the source: it has an extra column \"%s\" (column %d), the source has %u columns",
+                dest_name, name, n + 1, (unsigned)s->ncols);
+            rc = WR_EUNSUPPORTED;
+            break;
+        }
+        if (strcmp(name, s->cols[n].name) != 0) {
+            wr_err_set(
+                err, WR_EUNSUPPORTED,
+                "destination table \"%s\" does not match the source: column %d is \"%s\" in the destination, \"%s\" in the source",
+                dest_name, n + 1, name, s->cols[n].name);
+            rc = WR_EUNSUPPORTED;
+            break;
+        }
+        n++;
+    }
+    if (rc == 0 && r != SQLITE_DONE)
+        rc = sq_fail(d, err, "reading the columns of table \"%s\"", dest_name);
+    if (rc == 0 && n > 0 && n < s->ncols) {
+        wr_err_set(
+            err, WR_EUNSUPPORTED,
+            "destination table \"%s\" does not match the source: it has no column \"%s\" (column %d of the source)",
+            dest_name, s->cols[n].name, n + 1);
+        rc = WR_EUNSUPPORTED;
+    }
+    if (rc == WR_EUNSUPPORTED)
+        wr_err_hint(
+            err,
+            "schema changes arrive in a later release; rename or drop the destination table, then resync the table");
+    sqlite3_finalize(st);
+    if (rc == 0 && n == 0)
+        return 1;
+    return rc;
+}
+
+static int
+sq_create_table(dest_sqlite_t *d, const wr_schema_t *s, const char *dest_name, wr_err_t *err)
+{
+    sq_buf_t b = {0};
+    int rc, nk = 0;
+
+    sb_add(&b, "CREATE TABLE IF NOT EXISTS ");
+    sb_ident(&b, dest_name);
+    sb_add(&b, " (");
+    for (int i = 0; i < s->ncols; i++) {
+        if (i)
+            sb_add(&b, ", ");
+        sb_ident(&b, s->cols[i].name);
+        sb_add(&b, " ");
+        sb_add(&b, pgt_sqlite_decl(s->cols[i].type_oid));
+    }
+    for (int i = 0; i < s->ncols; i++) {
+        if (!s->cols[i].is_key)
+            continue;
+        sb_add(&b, nk++ ? ", " : ", PRIMARY KEY (");
+        sb_ident(&b, s->cols[i].name);
+    }
+    if (nk)
+        sb_add(&b, ")");
+    sb_add(&b, ")");
+    if (b.oom) {
+        free(b.p);
+        return wr_err_set(err, WR_ENOMEM, "out of memory creating table \"%s\"", dest_name);
+    }
+    if (sqlite3_exec(d->db, b.p, NULL, NULL, NULL) != SQLITE_OK)
+        rc = sq_fail(d, err, "creating table \"%s\"", dest_name);
+    else
+        rc = 0;
+    free(b.p);
+    return rc;
+}
+
+static int
+sq_record_table(dest_sqlite_t *d, const wr_schema_t *s, const char *dest_name, wr_err_t *err)
+{
+    static const char sql[] =
+        "INSERT INTO _walrelay_tables (relid, nsp, name, dest_name, columns_json, updated_at) "
+        "VALUES (?1, ?2, ?3, ?4, ?5, strftime('%Y-%m-%dT%H:%M:%fZ', 'now')) "
+        "ON CONFLICT (relid) DO UPDATE SET nsp = excluded.nsp, name = excluded.name, "
+        "dest_name = excluded.dest_name, columns_json = excluded.columns_json, "
+        "updated_at = excluded.updated_at";
+    sq_buf_t b = {0};
+    sqlite3_stmt *st = NULL;
+    int rc;
+
+    sb_add(&b, "[");
+    for (int i = 0; i < s->ncols; i++) {
+        const wr_column_t *c = &s->cols[i];
+
+        sb_add(&b, i ? ",{\"name\":" : "{\"name\":");
+        sb_json_str(&b, c->name);
+        sb_addf(&b, ",\"type_oid\":%u,\"typmod\":%d", (unsigned)c->type_oid, (int)c->typmod);
+        sb_addf(&b, ",\"key\":%s,\"not_null\":%s}", c->is_key ? "true" : "false",
+                c->not_null ? "true" : "false");
+    }
+    sb_add(&b, "]");
+    if (b.oom) {
+        free(b.p);
+        return wr_err_set(err, WR_ENOMEM, "out of memory recording table \"%s\"", dest_name);
+    }
+    if ((rc = sq_prepare(d, sql, &st, err)) < 0) {
+        free(b.p);
+        return rc;
+    }
+    sqlite3_bind_int64(st, 1, s->relid);
+    sqlite3_bind_text(st, 2, s->nsp ? s->nsp : "", -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, s->name, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, dest_name, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 5, b.p, (int)b.len, SQLITE_STATIC);
+    if (sqlite3_step(st) != SQLITE_DONE)
+        rc = sq_fail(d, err, "recording table \"%s\" in _walrelay_tables", dest_name);
+    sqlite3_finalize(st);
+    free(b.p);
+    return rc;
+}
+
+static int
+sq_ensure_table(dest_t *base, const wr_schema_t *s, wr_err_t *err)
+{
+    dest_sqlite_t *d = (dest_sqlite_t *)base;
+    char dest_name[SQ_NAME_MAX];
+    sq_table_t *old, *t = NULL;
+    bool own_txn = false, created = false;
+    int rc;
+
+    if (s == NULL || s->name == NULL)
+        return wr_err_set(err, WR_EINVAL, "ensure_table without a schema");
+    if (strlen(s->name) + (s->nsp ? strlen(s->nsp) : 0) + 3 > sizeof(dest_name))
+        return wr_err_set(err, WR_EINVAL, "table name \"%.64s\" is too long", s->name);
+    dest_table_name(s->nsp, s->name, dest_name, sizeof(dest_name));
+    if (s->ncols == 0) {
+        wr_err_set(err, WR_EUNSUPPORTED, "table \"%s\" has no columns", dest_name);
+        wr_err_hint(err, "add a column to the source table; sqlite tables need at least one");
+        return WR_EUNSUPPORTED;
+    }
+    for (int i = 0; i < s->ncols; i++) {
+        if (s->cols[i].name == NULL || s->cols[i].name[0] == '\0')
+            return wr_err_set(err, WR_EINVAL, "column %d of table \"%s\" has no name", i + 1,
+                              dest_name);
+    }
+    if (strncmp(dest_name, "_walrelay_", 10) == 0) {
+        wr_err_set(err, WR_EUNSUPPORTED, "table name \"%s\" is reserved for walrelay", dest_name);
+        wr_err_hint(err, "rename the source table or leave it out of the publication");
+        return WR_EUNSUPPORTED;
+    }
+    old = sq_lookup(d, s->relid);
+    if (old != NULL && strcmp(old->dest_name, dest_name) == 0 && wr_schema_equal(old->schema, s))
+        return 0;
+
+    if (!d->in_txn) {
+        if ((rc = sq_step_done(d, d->st_begin, "beginning a transaction", err)) < 0)
+            return rc;
+        own_txn = true;
+    }
+    rc = sq_verify_table(d, s, dest_name, err);
+    if (rc == 1) {
+        if ((rc = sq_create_table(d, s, dest_name, err)) < 0)
+            goto fail;
+        created = true;
+    } else if (rc < 0) {
+        goto fail;
+    }
+    if ((rc = sq_table_new(s, dest_name, &t, err)) < 0)
+        goto fail;
+    if ((rc = sq_table_prepare(d, t, err)) < 0)
+        goto fail;
+    if ((rc = sq_record_table(d, s, dest_name, err)) < 0)
+        goto fail;
+    if (own_txn) {
+        if ((rc = sq_step_done(d, d->st_commit, "committing the table definition", err)) < 0)
+            goto fail;
+        own_txn = false;
+    }
+    t->created_in_txn = created && d->in_txn;
+    if (old != NULL) {
+        t->created_in_txn = t->created_in_txn || old->created_in_txn;
+        sq_unlink(d, old);
+        sq_table_free(old);
+    }
+    t->next = d->buckets[t->relid % SQ_BUCKETS];
+    d->buckets[t->relid % SQ_BUCKETS] = t;
+    d->last = t;
+    return 0;
+fail:
+    sq_table_free(t);
+    if (own_txn && !sqlite3_get_autocommit(d->db))
+        sqlite3_exec(d->db, "ROLLBACK", NULL, NULL, NULL);
+    return rc;
+}
+
+/* ---- transactions and keys ---------------------------------------------------------- */
+
+/* After a rollback, forgets tables whose CREATE was rolled back. */
+static void
+sq_after_txn(dest_sqlite_t *d, bool committed)
+{
+    for (int b = 0; b < SQ_BUCKETS; b++) {
+        sq_table_t *t = d->buckets[b], *next;
+
+        for (; t != NULL; t = next) {
+            next = t->next;
+            if (!t->created_in_txn)
+                continue;
+            if (committed) {
+                t->created_in_txn = false;
+            } else {
+                sq_unlink(d, t);
+                sq_table_free(t);
+            }
+        }
+    }
+}
+
+static int
+sq_begin(dest_t *base, wr_err_t *err)
+{
+    dest_sqlite_t *d = (dest_sqlite_t *)base;
+    int rc;
+
+    if (d->in_txn)
+        return wr_err_set(err, WR_EINVAL, "begin inside a transaction (commit or roll back first)");
+    if ((rc = sq_step_done(d, d->st_begin, "beginning a transaction", err)) < 0)
+        return rc;
+    d->in_txn = true;
+    return 0;
+}
+
+static int
+sq_rollback(dest_t *base, wr_err_t *err)
+{
+    dest_sqlite_t *d = (dest_sqlite_t *)base;
+    int rc = 0;
+
+    if (!d->in_txn)
+        return 0; /* nothing open: error paths may call this unconditionally */
+    d->in_txn = false;
+    /* SQLite rolls back by itself after some errors (full disk, I/O, busy) */
+    if (!sqlite3_get_autocommit(d->db))
+        rc = sq_step_done(d, d->st_rollback, "rolling back", err);
+    sq_after_txn(d, false);
+    return rc;
+}
+
+static int
+sq_commit(dest_t *base, const char *stream, const dest_key_t *key, wr_err_t *err)
+{
+    dest_sqlite_t *d = (dest_sqlite_t *)base;
+    int rc;
+
+    if ((rc = sq_need_txn(d, "commit", err)) < 0)
+        return rc;
+    if (key != NULL) {
+        if (stream == NULL || stream[0] == '\0') {
+            sq_rollback(base, &(wr_err_t){0});
+            return wr_err_set(err, WR_EINVAL, "commit with a key but no stream");
+        }
+        sqlite3_bind_text(d->st_key_put, 1, stream, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(d->st_key_put, 2, (int64_t)key->commit_lsn);
+        sqlite3_bind_int64(d->st_key_put, 3, key->ordinal);
+        if (sqlite3_step(d->st_key_put) != SQLITE_DONE) {
+            sq_fail(d, err, "storing the key of stream \"%s\"", stream);
+            sqlite3_reset(d->st_key_put);
+            sq_rollback(base, &(wr_err_t){0});
+            return WR_EDEST;
+        }
+        sqlite3_reset(d->st_key_put);
+    }
+    if (sqlite3_step(d->st_commit) != SQLITE_DONE) {
+        sq_fail(d, err, "committing");
+        sqlite3_reset(d->st_commit);
+        sq_rollback(base, &(wr_err_t){0});
+        return WR_EDEST;
+    }
+    sqlite3_reset(d->st_commit);
+    d->in_txn = false;
+    sq_after_txn(d, true);
+    return 0;
+}
+
+static int
+sq_last_key(dest_t *base, const char *stream, dest_key_t *out, bool *found, wr_err_t *err)
+{
+    dest_sqlite_t *d = (dest_sqlite_t *)base;
+    sqlite3_stmt *st = d->st_key_get;
+    int r, rc = 0;
+
+    out->commit_lsn = 0;
+    out->ordinal = 0;
+    *found = false;
+    sqlite3_bind_text(st, 1, stream, -1, SQLITE_STATIC);
+    r = sqlite3_step(st);
+    if (r == SQLITE_ROW) {
+        int64_t ord = sqlite3_column_int64(st, 1);
+
+        if (ord < 0 || ord > (int64_t)UINT32_MAX) {
+            rc = wr_err_set(err, WR_EDEST, "stored ordinal %lld of stream \"%s\" is out of range",
+                            (long long)ord, stream);
+        } else {
+            out->commit_lsn = (wr_lsn_t)sqlite3_column_int64(st, 0);
+            out->ordinal = (uint32_t)ord;
+            *found = true;
+        }
+    } else if (r != SQLITE_DONE) {
+        rc = sq_fail(d, err, "reading the key of stream \"%s\"", stream);
+    }
+    sqlite3_reset(st);
+    return rc;
+}
+
+static int
+sq_clear_key(dest_t *base, const char *stream, wr_err_t *err)
+{
+    dest_sqlite_t *d = (dest_sqlite_t *)base;
+    char what[160];
+
+    snprintf(what, sizeof(what), "clearing the key of stream \"%s\"", stream);
+    sqlite3_bind_text(d->st_key_del, 1, stream, -1, SQLITE_STATIC);
+    return sq_step_done(d, d->st_key_del, what, err);
+}
+
+/* ---- data ------------------------------------------------------------------------- */
+
+static int
+sq_truncate_table(dest_t *base, uint32_t relid, wr_err_t *err)
+{
+    dest_sqlite_t *d = (dest_sqlite_t *)base;
+    sq_table_t *t;
+    int rc;
+
+    if ((rc = sq_need_txn(d, "truncate_table", err)) < 0)
+        return rc;
+    if ((rc = sq_get_table(d, relid, &t, err)) < 0)
+        return rc;
+    return sq_truncate(d, t, err);
+}
+
+static int
+sq_write_rows(dest_t *base, uint32_t relid, const wr_row_t *rows, size_t n, wr_err_t *err)
+{
+    dest_sqlite_t *d = (dest_sqlite_t *)base;
+    sq_table_t *t;
+    int rc;
+
+    if ((rc = sq_need_txn(d, "write_rows", err)) < 0)
+        return rc;
+    if ((rc = sq_get_table(d, relid, &t, err)) < 0)
+        return rc;
+    for (size_t i = 0; i < n; i++) {
+        if ((rc = sq_insert_row(d, t, &rows[i], err)) < 0)
+            return rc;
+    }
+    return 0;
+}
+
+static int
+sq_write_event(dest_t *base, const dest_event_t *ev, wr_err_t *err)
+{
+    dest_sqlite_t *d = (dest_sqlite_t *)base;
+    sq_table_t *t;
+    int rc;
+
+    if ((rc = sq_need_txn(d, "write_event", err)) < 0)
+        return rc;
+    if ((rc = sq_get_table(d, ev->relid, &t, err)) < 0)
+        return rc;
+    switch (ev->kind) {
+    case DEST_EV_INSERT:
+        return sq_insert_row(d, t, ev->new_row, err);
+    case DEST_EV_UPDATE:
+        return sq_update(d, t, ev, err);
+    case DEST_EV_DELETE:
+        return sq_delete(d, t, ev, err);
+    case DEST_EV_TRUNCATE:
+        return sq_truncate(d, t, err);
+    }
+    return wr_err_set(err, WR_EINVAL, "event of unknown kind %d for table \"%s\"", (int)ev->kind,
+                      t->dest_name);
+}
+
+static int64_t
+sq_count_rows(dest_t *base, uint32_t relid)
+{
+    dest_sqlite_t *d = (dest_sqlite_t *)base;
+    sq_table_t *t = sq_lookup(d, relid);
+    sq_buf_t b = {0};
+    sqlite3_stmt *st = NULL;
+    int64_t n = -1;
+
+    if (t == NULL)
+        return -1;
+    sb_add(&b, "SELECT count(*) FROM ");
+    sb_ident(&b, t->dest_name);
+    if (!b.oom && sqlite3_prepare_v2(d->db, b.p, -1, &st, NULL) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW)
+        n = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    free(b.p);
+    return n;
+}
+
+/* ---- open and close ----------------------------------------------------------------- */
+
+static void
+sq_close(dest_t *base)
+{
+    dest_sqlite_t *d = (dest_sqlite_t *)base;
+
+    if (d == NULL)
+        return;
+    if (d->in_txn && d->db != NULL)
+        sq_rollback(base, &(wr_err_t){0});
+    for (int b = 0; b < SQ_BUCKETS; b++) {
+        sq_table_t *t = d->buckets[b], *next;
+
+        for (; t != NULL; t = next) {
+            next = t->next;
+            sq_table_free(t);
+        }
+    }
+    sqlite3_finalize(d->st_begin);
+    sqlite3_finalize(d->st_commit);
+    sqlite3_finalize(d->st_rollback);
+    sqlite3_finalize(d->st_key_put);
+    sqlite3_finalize(d->st_key_get);
+    sqlite3_finalize(d->st_key_del);
+    if (d->db != NULL)
+        sqlite3_close(d->db);
+    free(d->scratch);
+    free(d);
+}
+
+static int
+sq_open(const wr_config_t *cfg, dest_t **out, wr_err_t *err)
+{
+    dest_sqlite_t *d;
+    sqlite3_stmt *st = NULL;
+    int rc;
+
+    *out = NULL;
+    if (cfg->dest_path == NULL || cfg->dest_path[0] == '\0') {
+        wr_err_set(err, WR_ECONFIG, "the sqlite destination needs a path");
+        wr_err_hint(err, "set path = dest.db in the [destination] section");
+        return WR_ECONFIG;
+    }
+    d = calloc(1, sizeof(*d));
+    if (d == NULL)
+        return wr_err_set(err, WR_ENOMEM, "out of memory opening the sqlite destination");
+    d->base.ops = &dest_sqlite_ops;
+    if (sqlite3_open_v2(cfg->dest_path, &d->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) !=
+        SQLITE_OK) {
+        rc = sq_fail(d, err, "opening destination database \"%s\"", cfg->dest_path);
+        goto fail;
+    }
+    /* several processes write this file: wait for each other's transactions */
+    sqlite3_busy_timeout(d->db, 60000);
+    if ((rc = sq_prepare(d, "PRAGMA journal_mode=WAL", &st, err)) < 0)
+        goto fail;
+    if (sqlite3_step(st) != SQLITE_ROW) {
+        rc = sq_fail(d, err, "setting journal_mode=WAL on \"%s\"", cfg->dest_path);
+        goto fail;
+    }
+    if (sqlite3_column_text(st, 0) == NULL ||
+        strcmp((const char *)sqlite3_column_text(st, 0), "wal") != 0) {
+        rc = wr_err_set(err, WR_EDEST,
+                        "destination database \"%s\" refused WAL mode (journal_mode is \"%s\")",
+                        cfg->dest_path,
+                        sqlite3_column_text(st, 0) ? (const char *)sqlite3_column_text(st, 0) : "");
+        goto fail;
+    }
+    sqlite3_finalize(st);
+    st = NULL;
+    /* a COMMIT must be on disk before its LSN is confirmed to PostgreSQL */
+    if ((rc = sq_exec(d, "PRAGMA synchronous=FULL", err)) < 0 ||
+        (rc = sq_exec(d, "PRAGMA foreign_keys=OFF", err)) < 0)
+        goto fail;
+    if ((rc = sq_exec(d,
+                      "CREATE TABLE IF NOT EXISTS _walrelay_progress ("
+                      "stream TEXT PRIMARY KEY, commit_lsn INTEGER NOT NULL, "
+                      "ordinal INTEGER NOT NULL, updated_at TEXT)",
+                      err)) < 0 ||
+        (rc = sq_exec(d,
+                      "CREATE TABLE IF NOT EXISTS _walrelay_tables ("
+                      "relid INTEGER PRIMARY KEY, nsp TEXT NOT NULL, name TEXT NOT NULL, "
+                      "dest_name TEXT NOT NULL, columns_json TEXT, updated_at TEXT)",
+                      err)) < 0)
+        goto fail;
+    if ((rc = sq_prepare(d, "BEGIN IMMEDIATE", &d->st_begin, err)) < 0 ||
+        (rc = sq_prepare(d, "COMMIT", &d->st_commit, err)) < 0 ||
+        (rc = sq_prepare(d, "ROLLBACK", &d->st_rollback, err)) < 0 ||
+        (rc = sq_prepare(d,
+                         "INSERT INTO _walrelay_progress (stream, commit_lsn, ordinal, updated_at) "
+                         "VALUES (?1, ?2, ?3, strftime('%Y-%m-%dT%H:%M:%fZ', 'now')) "
+                         "ON CONFLICT (stream) DO UPDATE SET commit_lsn = excluded.commit_lsn, "
+                         "ordinal = excluded.ordinal, updated_at = excluded.updated_at",
+                         &d->st_key_put, err)) < 0 ||
+        (rc = sq_prepare(d, "SELECT commit_lsn, ordinal FROM _walrelay_progress WHERE stream = ?1",
+                         &d->st_key_get, err)) < 0 ||
+        (rc = sq_prepare(d, "DELETE FROM _walrelay_progress WHERE stream = ?1", &d->st_key_del,
+                         err)) < 0)
+        goto fail;
+    *out = &d->base;
+    return 0;
+fail:
+    sqlite3_finalize(st);
+    sq_close(&d->base);
+    return rc;
+}
+
+const dest_ops_t dest_sqlite_ops = {
+    .name = "sqlite",
+    .open = sq_open,
+    .ensure_table = sq_ensure_table,
+    .begin = sq_begin,
+    .truncate_table = sq_truncate_table,
+    .write_rows = sq_write_rows,
+    .write_event = sq_write_event,
+    .commit = sq_commit,
+    .rollback = sq_rollback,
+    .last_key = sq_last_key,
+    .clear_key = sq_clear_key,
+    .count_rows = sq_count_rows,
+    .close = sq_close,
+};
