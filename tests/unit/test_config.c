@@ -1,2 +1,688 @@
+/*
+ * test_config.c - unit tests of common/config.c: parsing, defaults, every error kind (each
+ * naming file, line and key), cfg_write_new round trips, and slot names.
+ *
+ * NOTES: files go to a mkdtemp directory under /tmp, removed at the end.
+ */
 #include "unit.h"
-int main(void) { return unit_done(); }
+
+#include "common/config.h"
+#include "common/log.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define P "/x/walrelay.conf"
+
+static char tmpdir[256];
+
+static const char *const good_head = "[pipeline]\n"
+                                     "name = demo\n"
+                                     "[source]\n"
+                                     "conninfo = host=db dbname=app password=s3cret\n"
+                                     "publication = walrelay_pub\n";
+
+/* Parses text as /x/walrelay.conf (DIR /x); returns the code, fills err. */
+static int
+parse(const char *text, wr_config_t *cfg, wr_err_t *err)
+{
+    wr_err_clear(err);
+    return cfg_parse_string(text, P, "/x", cfg, err);
+}
+
+/* Parses good_head + extra and expects an error containing `want`; returns nothing. */
+static void
+expect_error(const char *text, const char *want, const char *want_hint)
+{
+    wr_config_t cfg;
+    wr_err_t err;
+    int rc = parse(text, &cfg, &err);
+    CHECK_INT_EQ(rc, WR_ECONFIG);
+    CHECK_INT_EQ(err.code, WR_ECONFIG);
+    CHECK_CONTAINS(err.msg, want);
+    if (want_hint)
+        CHECK_CONTAINS(err.hint, want_hint);
+    /* the conninfo, which holds a password, never shows up in an error */
+    CHECK(strstr(err.msg, "s3cret") == NULL);
+    CHECK(strstr(err.hint, "s3cret") == NULL);
+    /* on error nothing is left allocated */
+    CHECK(cfg.pipeline_name == NULL);
+    CHECK(cfg.source_conninfo == NULL);
+    CHECK(cfg.dir == NULL);
+    cfg_free(&cfg);
+}
+
+static char *
+cat(const char *a, const char *b)
+{
+    static char buf[8192];
+    snprintf(buf, sizeof(buf), "%s%s", a, b);
+    return buf;
+}
+
+static void
+write_file(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    CHECK(f != NULL);
+    if (!f)
+        return;
+    fputs(text, f);
+    fclose(f);
+}
+
+static void
+test_valid_file(void)
+{
+    wr_config_t cfg;
+    wr_err_t err;
+    const char *text = "\xEF\xBB\xBF# a comment\n"
+                       "; another comment\n"
+                       "[pipeline]\n"
+                       "name = orders_2\n"
+                       "\n"
+                       "[source]\r\n"
+                       "  conninfo = host=db port=5432 dbname=app password=a;b#c  \r\n"
+                       "\tpublication=pub1 ; inline comment\n"
+                       "[destination]\n"
+                       "type = sqlite\n"
+                       "path = out/orders.db\n"
+                       "[batch]\n"
+                       "max_fill_ms = 50\n"
+                       "max_bytes = 1048576\n"
+                       "[sync]\n"
+                       "max_table_sync_workers = 2\n"
+                       "copy_batch_rows = 500\n"
+                       "[retry]\n"
+                       "worker_max_failures = 3\n"
+                       "backoff_initial_ms = 2000\n"
+                       "backoff_max_ms = 30000\n"
+                       "healthy_reset_ms = 60000\n"
+                       "[log]\n"
+                       "level = debug\n";
+    int rc = parse(text, &cfg, &err);
+    CHECK_INT_EQ(rc, 0);
+    if (rc != 0) {
+        fprintf(stderr, "  error: %s (%s)\n", err.msg, err.hint);
+        return;
+    }
+    CHECK_STR_EQ(cfg.dir, "/x");
+    CHECK_STR_EQ(cfg.path, P);
+    CHECK_STR_EQ(cfg.pipeline_name, "orders_2");
+    /* ";" without a space before it and "#" inside a value are kept */
+    CHECK_STR_EQ(cfg.source_conninfo, "host=db port=5432 dbname=app password=a;b#c");
+    CHECK_STR_EQ(cfg.publication, "pub1");
+    CHECK_STR_EQ(cfg.dest_type, "sqlite");
+    CHECK_STR_EQ(cfg.dest_path, "/x/out/orders.db");
+    CHECK_INT_EQ(cfg.batch_max_fill_ms, 50);
+    CHECK_INT_EQ(cfg.batch_max_bytes, 1048576);
+    CHECK_INT_EQ(cfg.max_table_sync_workers, 2);
+    CHECK_INT_EQ(cfg.copy_batch_rows, 500);
+    CHECK_INT_EQ(cfg.worker_max_failures, 3);
+    CHECK_INT_EQ(cfg.backoff_initial_ms, 2000);
+    CHECK_INT_EQ(cfg.backoff_max_ms, 30000);
+    CHECK_INT_EQ(cfg.healthy_reset_ms, 60000);
+    CHECK_INT_EQ(cfg.log_level, LOG_LVL_DEBUG);
+    cfg_free(&cfg);
+    CHECK(cfg.pipeline_name == NULL);
+    CHECK(cfg.dest_path == NULL);
+}
+
+static void
+test_defaults(void)
+{
+    wr_config_t cfg;
+    wr_err_t err;
+    int rc;
+
+    cfg_defaults(&cfg);
+    CHECK(cfg.pipeline_name == NULL && cfg.dest_type == NULL && cfg.dir == NULL);
+    CHECK_INT_EQ(cfg.batch_max_fill_ms, 200);
+
+    rc = parse(good_head, &cfg, &err);
+    CHECK_INT_EQ(rc, 0);
+    if (rc != 0)
+        return;
+    CHECK_STR_EQ(cfg.dest_type, "sqlite");
+    CHECK_STR_EQ(cfg.dest_path, "/x/dest.db");
+    CHECK_INT_EQ(cfg.batch_max_fill_ms, 200);
+    CHECK_INT_EQ(cfg.batch_max_bytes, 8388608);
+    CHECK_INT_EQ(cfg.max_table_sync_workers, 4);
+    CHECK_INT_EQ(cfg.copy_batch_rows, 10000);
+    CHECK_INT_EQ(cfg.worker_max_failures, 5);
+    CHECK_INT_EQ(cfg.backoff_initial_ms, 1000);
+    CHECK_INT_EQ(cfg.backoff_max_ms, 60000);
+    CHECK_INT_EQ(cfg.healthy_reset_ms, 300000);
+    CHECK_INT_EQ(cfg.log_level, LOG_LVL_INFO);
+    cfg_free(&cfg);
+
+    /* null destination: no path; absolute sqlite path kept as is */
+    rc = parse(cat(good_head, "[destination]\ntype = null\npath = ignored.db\n"), &cfg, &err);
+    CHECK_INT_EQ(rc, 0);
+    CHECK_STR_EQ(cfg.dest_type, "null");
+    CHECK(cfg.dest_path == NULL);
+    cfg_free(&cfg);
+    rc = parse(cat(good_head, "[destination]\npath = /var/lib/w/d.db\n"), &cfg, &err);
+    CHECK_INT_EQ(rc, 0);
+    CHECK_STR_EQ(cfg.dest_path, "/var/lib/w/d.db");
+    cfg_free(&cfg);
+
+    /* boundaries of a range are accepted */
+    rc = parse(cat(good_head, "[batch]\nmax_fill_ms = 60000\n"), &cfg, &err);
+    CHECK_INT_EQ(rc, 0);
+    CHECK_INT_EQ(cfg.batch_max_fill_ms, 60000);
+    cfg_free(&cfg);
+    rc = parse(cat(good_head, "[batch]\nmax_fill_ms = 1\n"), &cfg, &err);
+    CHECK_INT_EQ(rc, 0);
+    CHECK_INT_EQ(cfg.batch_max_fill_ms, 1);
+    cfg_free(&cfg);
+}
+
+static void
+test_unknown_key(void)
+{
+    /* good_head is 5 lines: [batch] on 6, the bad key on 7 */
+    expect_error(cat(good_head, "[batch]\nmax_fil_ms = 100\n"),
+                 P ":7: unknown key \"max_fil_ms\" in section [batch]",
+                 "valid keys in [batch]: max_fill_ms, max_bytes");
+    expect_error(cat(good_head, "[source]\nconninf = x\n"),
+                 P ":7: unknown key \"conninf\" in section [source]", "conninfo, publication");
+    expect_error("name = demo\n[pipeline]\n", P ":1: key \"name\" is outside of any section",
+                 "[pipeline]");
+}
+
+static void
+test_invalid_values(void)
+{
+    expect_error(cat(good_head, "[batch]\nmax_fill_ms = abc\n"),
+                 P ":7: invalid value \"abc\" for [batch] max_fill_ms: expected an integer from 1 "
+                   "to 60000",
+                 NULL);
+    expect_error(cat(good_head, "[batch]\nmax_fill_ms = 0\n"),
+                 P ":7: invalid value \"0\" for [batch] max_fill_ms", NULL);
+    expect_error(cat(good_head, "[batch]\nmax_fill_ms = 60001\n"),
+                 P ":7: invalid value \"60001\" for [batch] max_fill_ms", NULL);
+    expect_error(cat(good_head, "[batch]\nmax_fill_ms = 12ms\n"),
+                 P ":7: invalid value \"12ms\" for [batch] max_fill_ms", NULL);
+    expect_error(cat(good_head, "[batch]\nmax_fill_ms =\n"),
+                 P ":7: invalid value \"\" for [batch] max_fill_ms", NULL);
+    expect_error(cat(good_head, "[batch]\nmax_bytes = 99999999999999999999999\n"),
+                 P ":7: invalid value \"99999999999999999999999\" for [batch] max_bytes: expected "
+                   "an integer from 1024 to 1073741824",
+                 NULL);
+    expect_error(cat(good_head, "[sync]\nmax_table_sync_workers = -1\n"),
+                 P ":7: invalid value \"-1\" for [sync] max_table_sync_workers", NULL);
+    expect_error(cat(good_head, "[destination]\ntype = postgres\n"),
+                 P ":7: invalid value \"postgres\" for [destination] type: expected \"sqlite\" or "
+                   "\"null\"",
+                 NULL);
+    expect_error(cat(good_head, "[destination]\npath =\n"),
+                 P ":7: empty value for [destination] path", NULL);
+    expect_error(cat(good_head, "[log]\nlevel = loud\n"),
+                 P ":7: invalid value \"loud\" for [log] level", NULL);
+    expect_error(cat(good_head, "[retry]\nbackoff_initial_ms = 5000\nbackoff_max_ms = 1000\n"),
+                 P ":8: [retry] backoff_max_ms (1000) is less than backoff_initial_ms (5000)",
+                 "backoff_max_ms");
+    expect_error("[pipeline]\nname = demo\n[source]\nconninfo =\npublication = p\n",
+                 P ":4: empty value for [source] conninfo", "conninfo = ");
+    expect_error("[pipeline]\nname = demo\n[source]\nconninfo = x\npublication =\n",
+                 P ":5: invalid value \"\" for [source] publication", NULL);
+}
+
+static void
+test_sections_and_syntax(void)
+{
+    expect_error(cat(good_head, "[bach]\nmax_fill_ms = 1\n"), P ":6: unknown section [bach]",
+                 "valid sections: [pipeline], [source], [destination]");
+    /* an empty unknown section is found too (inih calls no handler for it) */
+    expect_error(cat(good_head, "\n[metrics]\n"), P ":7: unknown section [metrics]", NULL);
+    expect_error(cat(good_head, "[batch] max_fill_ms = 5\n"),
+                 P ":6: unexpected text after section header [batch]", NULL);
+    expect_error(cat(good_head, "[batch\nmax_fill_ms = 5\n"),
+                 P ":6: missing \"]\" in section header", NULL);
+    expect_error(cat(good_head, "[batch]\nmax_fill_ms 5\n"),
+                 P ":7: syntax error: expected \"[section]\" or \"key = value\"", NULL);
+    /* the first error wins, whichever kind it is */
+    expect_error(cat(good_head, "[batch]\nbogus\nmax_fil_ms = 3\n"), P ":7: syntax error", NULL);
+    expect_error(cat(good_head, "[batch]\nmax_fil_ms = 3\nbogus\n"), P ":7: unknown key", NULL);
+}
+
+static void
+test_duplicates(void)
+{
+    expect_error(cat(good_head, "[batch]\nmax_fill_ms = 1\n\nmax_fill_ms = 2\n"),
+                 P ":9: duplicate key \"max_fill_ms\" in section [batch] (first set on line 7)",
+                 NULL);
+    /* a duplicate conninfo is reported without its value */
+    expect_error(cat(good_head, "[source]\nconninfo = password=s3cret\n"),
+                 P ":7: duplicate key \"conninfo\" in section [source] (first set on line 4)",
+                 NULL);
+    /* the same section twice is fine: its keys merge */
+    {
+        wr_config_t cfg;
+        wr_err_t err;
+        CHECK_INT_EQ(parse(cat(good_head, "[pipeline]\n[batch]\nmax_fill_ms=9\n"), &cfg, &err), 0);
+        CHECK_INT_EQ(cfg.batch_max_fill_ms, 9);
+        cfg_free(&cfg);
+    }
+}
+
+static void
+test_missing_required(void)
+{
+    expect_error("[pipeline]\nname = demo\n[source]\npublication = p\n",
+                 P ":3: missing required key \"conninfo\" in section [source]", "conninfo = host=");
+    expect_error("[pipeline]\nname = demo\n[source]\nconninfo = password=s3cret\n",
+                 P ":3: missing required key \"publication\" in section [source]",
+                 "publication = ");
+    expect_error("[source]\nconninfo = password=s3cret\npublication = p\n",
+                 P ": missing required key \"name\" in section [pipeline] (there is no [pipeline] "
+                   "section)",
+                 "below [pipeline]");
+    expect_error("", P ": missing required key \"name\" in section [pipeline]", NULL);
+}
+
+static void
+test_bad_pipeline_name(void)
+{
+    expect_error("[pipeline]\nname = Demo\n",
+                 P ":2: invalid value \"Demo\" for [pipeline] name: expected 1 to 40 characters",
+                 NULL);
+    expect_error("[pipeline]\nname = a-b\n", P ":2: invalid value \"a-b\" for [pipeline] name",
+                 NULL);
+    expect_error("[pipeline]\nname =\n", P ":2: invalid value \"\" for [pipeline] name", NULL);
+    expect_error("[pipeline]\nname = aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\n",
+                 P ":2: invalid value \"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"", NULL);
+
+    CHECK(cfg_pipeline_name_ok("a"));
+    CHECK(cfg_pipeline_name_ok("abc_123"));
+    CHECK(cfg_pipeline_name_ok("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"));   /* 40 */
+    CHECK(!cfg_pipeline_name_ok("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa")); /* 41 */
+    CHECK(!cfg_pipeline_name_ok(""));
+    CHECK(!cfg_pipeline_name_ok(NULL));
+    CHECK(!cfg_pipeline_name_ok("a b"));
+    CHECK(!cfg_pipeline_name_ok("A"));
+    CHECK(!cfg_pipeline_name_ok("\xc3\xa9"));
+}
+
+static void
+test_long_line_and_nul(void)
+{
+    char text[1024], secret[300];
+    /* a conninfo too long for libinih's 200-byte line: refused, never cut, never echoed */
+    memset(secret, 'x', 250);
+    memcpy(secret, "password=s3cret", 15);
+    secret[250] = '\0';
+    snprintf(text, sizeof(text),
+             "[pipeline]\nname = demo\n[source]\nconninfo = %s\npublication = p\n", secret);
+    expect_error(text, P ":4: line is too long (261 bytes, at most 198)", "service");
+
+    /* 199 bytes do not fit (inih needs room for "\n" and NUL in 200) */
+    memset(secret, 'y', 188);
+    secret[188] = '\0';
+    snprintf(text, sizeof(text),
+             "[pipeline]\nname = demo\n[source]\nconninfo = %s\npublication = p\n", secret);
+    expect_error(text, P ":4: line is too long (199 bytes, at most 198)", NULL);
+
+    /* 198 bytes fit */
+    memset(secret, 'y', 187);
+    secret[187] = '\0';
+    snprintf(text, sizeof(text),
+             "[pipeline]\nname = demo\n[source]\nconninfo = %s\npublication = p\n", secret);
+    {
+        wr_config_t cfg;
+        wr_err_t err;
+        int rc = parse(text, &cfg, &err);
+        CHECK_INT_EQ(rc, 0);
+        if (rc == 0)
+            CHECK_INT_EQ(strlen(cfg.source_conninfo), 187);
+        cfg_free(&cfg);
+    }
+}
+
+static void
+test_load_errors(void)
+{
+    wr_config_t cfg;
+    wr_err_t err;
+    char dir[512], msg[1024];
+    int rc;
+
+    snprintf(dir, sizeof(dir), "%s/nope", tmpdir);
+    rc = cfg_load(dir, &cfg, &err);
+    CHECK_INT_EQ(rc, WR_ECONFIG);
+    snprintf(msg, sizeof(msg), "cannot read %s/walrelay.conf: No such file or directory", dir);
+    CHECK_STR_EQ(err.msg, msg);
+    CHECK_CONTAINS(err.hint, "run walrelay init");
+
+    /* directory exists, file does not */
+    snprintf(dir, sizeof(dir), "%s/empty", tmpdir);
+    CHECK_INT_EQ(mkdir(dir, 0700), 0);
+    rc = cfg_load(dir, &cfg, &err);
+    CHECK_INT_EQ(rc, WR_ECONFIG);
+    snprintf(msg, sizeof(msg), "cannot read %s/walrelay.conf: No such file or directory", dir);
+    CHECK_STR_EQ(err.msg, msg);
+    CHECK_CONTAINS(err.hint, "walrelay init");
+
+    /* a directory where the file should be */
+    snprintf(msg, sizeof(msg), "%s/walrelay.conf", dir);
+    CHECK_INT_EQ(mkdir(msg, 0700), 0);
+    rc = cfg_load(dir, &cfg, &err);
+    CHECK_INT_EQ(rc, WR_ECONFIG);
+    CHECK_CONTAINS(err.msg, "not a regular file");
+    rmdir(msg);
+
+    /* errors of a loaded file name its absolute path and line; a NUL byte is refused */
+    {
+        FILE *f = fopen(msg, "w");
+        CHECK(f != NULL);
+        if (f) {
+            fputs(good_head, f);
+            fputs("[batch]\nmax_fill_ms = 1\n", f);
+            fwrite("max_bytes = 2048\0x\n", 1, 19, f);
+            fclose(f);
+        }
+        rc = cfg_load(dir, &cfg, &err);
+        CHECK_INT_EQ(rc, WR_ECONFIG);
+        {
+            char want[1100];
+            snprintf(want, sizeof(want), "%s:8: line contains a NUL byte", msg);
+            CHECK_STR_EQ(err.msg, want);
+        }
+        unlink(msg);
+    }
+}
+
+static void
+test_load_resolves_dir(void)
+{
+    wr_config_t cfg;
+    wr_err_t err;
+    char dir[512], path[PATH_MAX + 64], cwd[512], real[PATH_MAX];
+    int rc;
+
+    snprintf(dir, sizeof(dir), "%s/rel", tmpdir);
+    CHECK_INT_EQ(mkdir(dir, 0700), 0);
+    snprintf(path, sizeof(path), "%s/walrelay.conf", dir);
+    write_file(path, cat(good_head, "[destination]\npath = sub/d.db\n"));
+    CHECK(getcwd(cwd, sizeof(cwd)) != NULL);
+    CHECK_INT_EQ(chdir(tmpdir), 0);
+    rc = cfg_load("./rel/../rel", &cfg, &err);
+    CHECK_INT_EQ(chdir(cwd), 0);
+    CHECK_INT_EQ(rc, 0);
+    if (rc != 0) {
+        fprintf(stderr, "  error: %s\n", err.msg);
+        return;
+    }
+    CHECK(realpath(dir, real) != NULL);
+    CHECK_STR_EQ(cfg.dir, real);
+    snprintf(path, sizeof(path), "%s/walrelay.conf", real);
+    CHECK_STR_EQ(cfg.path, path);
+    snprintf(path, sizeof(path), "%s/sub/d.db", real);
+    CHECK_STR_EQ(cfg.dest_path, path);
+    CHECK_STR_EQ(cfg.source_conninfo, "host=db dbname=app password=s3cret");
+    cfg_free(&cfg);
+}
+
+static void
+test_write_new_roundtrip(void)
+{
+    wr_config_t cfg;
+    wr_err_t err;
+    char dir[512], path[PATH_MAX + 64], real[PATH_MAX];
+    struct stat st;
+    const char *conn = "host=db.example port=6432 dbname=app user=rep "
+                       "application_name='wal relay' sslmode=verify-full";
+    int rc;
+
+    snprintf(dir, sizeof(dir), "%s/new", tmpdir);
+    rc = cfg_write_new(dir, "demo", conn, "walrelay_pub", "sqlite:data/d.db", &err);
+    CHECK_INT_EQ(rc, 0);
+    if (rc != 0) {
+        fprintf(stderr, "  error: %s (%s)\n", err.msg, err.hint);
+        return;
+    }
+    /* directory created 0700, file 0600 */
+    CHECK_INT_EQ(stat(dir, &st), 0);
+    CHECK(S_ISDIR(st.st_mode));
+    CHECK_INT_EQ(st.st_mode & 0777, 0700);
+    snprintf(path, sizeof(path), "%s/walrelay.conf", dir);
+    CHECK_INT_EQ(stat(path, &st), 0);
+    CHECK_INT_EQ(st.st_mode & 0777, 0600);
+
+    rc = cfg_load(dir, &cfg, &err);
+    CHECK_INT_EQ(rc, 0);
+    if (rc != 0) {
+        fprintf(stderr, "  error: %s (%s)\n", err.msg, err.hint);
+        return;
+    }
+    CHECK(realpath(dir, real) != NULL);
+    CHECK_STR_EQ(cfg.pipeline_name, "demo");
+    CHECK_STR_EQ(cfg.source_conninfo, conn);
+    CHECK_STR_EQ(cfg.publication, "walrelay_pub");
+    CHECK_STR_EQ(cfg.dest_type, "sqlite");
+    snprintf(path, sizeof(path), "%s/data/d.db", real);
+    CHECK_STR_EQ(cfg.dest_path, path);
+    /* every default is written out and reads back as the default */
+    CHECK_INT_EQ(cfg.batch_max_fill_ms, 200);
+    CHECK_INT_EQ(cfg.batch_max_bytes, 8388608);
+    CHECK_INT_EQ(cfg.max_table_sync_workers, 4);
+    CHECK_INT_EQ(cfg.copy_batch_rows, 10000);
+    CHECK_INT_EQ(cfg.worker_max_failures, 5);
+    CHECK_INT_EQ(cfg.backoff_initial_ms, 1000);
+    CHECK_INT_EQ(cfg.backoff_max_ms, 60000);
+    CHECK_INT_EQ(cfg.healthy_reset_ms, 300000);
+    CHECK_INT_EQ(cfg.log_level, LOG_LVL_INFO);
+    cfg_free(&cfg);
+
+    /* the file holds every key, each with a comment */
+    {
+        char text[8192];
+        FILE *f;
+        size_t n;
+        snprintf(path, sizeof(path), "%s/walrelay.conf", dir);
+        f = fopen(path, "r");
+        CHECK(f != NULL);
+        if (f) {
+            n = fread(text, 1, sizeof(text) - 1, f);
+            text[n] = '\0';
+            fclose(f);
+            CHECK_CONTAINS(text, "\n[retry]\n# ");
+            CHECK_CONTAINS(text, "\nhealthy_reset_ms = 300000\n");
+            CHECK_CONTAINS(text, "\nmax_bytes = 8388608\n");
+            CHECK_CONTAINS(text, "\nlevel = info\n");
+            CHECK_CONTAINS(text, "\npath = data/d.db\n");
+        }
+    }
+
+    /* refuses to overwrite, and leaves the file alone */
+    rc = cfg_write_new(dir, "other", "host=x", "p", "null", &err);
+    CHECK_INT_EQ(rc, WR_ECONFIG);
+    snprintf(path, sizeof(path), "%s/walrelay.conf already exists", dir);
+    CHECK_STR_EQ(err.msg, path);
+    rc = cfg_load(dir, &cfg, &err);
+    CHECK_INT_EQ(rc, 0);
+    CHECK_STR_EQ(cfg.pipeline_name, "demo");
+    cfg_free(&cfg);
+}
+
+static void
+test_write_new_variants(void)
+{
+    wr_config_t cfg;
+    wr_err_t err;
+    char dir[512];
+    int rc;
+
+    /* default destination; conninfo whitespace trimmed (libpq ignores it) */
+    snprintf(dir, sizeof(dir), "%s/v1", tmpdir);
+    rc = cfg_write_new(dir, "v1", "  host=a dbname=b  ", "pub", "sqlite", &err);
+    CHECK_INT_EQ(rc, 0);
+    rc = cfg_load(dir, &cfg, &err);
+    CHECK_INT_EQ(rc, 0);
+    CHECK_STR_EQ(cfg.source_conninfo, "host=a dbname=b");
+    CHECK_STR_EQ(cfg.dest_type, "sqlite");
+    CHECK(cfg.dest_path != NULL && strstr(cfg.dest_path, "/v1/dest.db") != NULL);
+    cfg_free(&cfg);
+
+    snprintf(dir, sizeof(dir), "%s/v2", tmpdir);
+    rc = cfg_write_new(dir, "v2", "postgresql://rep@db:5432/app?sslmode=require", "pub", "null",
+                       &err);
+    CHECK_INT_EQ(rc, 0);
+    rc = cfg_load(dir, &cfg, &err);
+    CHECK_INT_EQ(rc, 0);
+    CHECK_STR_EQ(cfg.source_conninfo, "postgresql://rep@db:5432/app?sslmode=require");
+    CHECK_STR_EQ(cfg.dest_type, "null");
+    CHECK(cfg.dest_path == NULL);
+    cfg_free(&cfg);
+
+    snprintf(dir, sizeof(dir), "%s/v3", tmpdir);
+    rc = cfg_write_new(dir, "v3", "host=a", "pub", "sqlite:/abs/x.db", &err);
+    CHECK_INT_EQ(rc, 0);
+    rc = cfg_load(dir, &cfg, &err);
+    CHECK_INT_EQ(rc, 0);
+    CHECK_STR_EQ(cfg.dest_path, "/abs/x.db");
+    cfg_free(&cfg);
+}
+
+static void
+test_write_new_refusals(void)
+{
+    wr_err_t err;
+    char dir[512], path[600];
+    char longconn[256];
+    int rc;
+
+    snprintf(dir, sizeof(dir), "%s/refused", tmpdir);
+    snprintf(path, sizeof(path), "%s/walrelay.conf", dir);
+
+    rc = cfg_write_new(dir, "demo", "host=a password=x;y", "pub", NULL, &err);
+    CHECK_INT_EQ(rc, WR_ECONFIG);
+    CHECK_CONTAINS(err.msg, "conninfo contains \";\"");
+    CHECK(strstr(err.msg, "x;y") == NULL);
+    CHECK_CONTAINS(err.hint, "PGPASSFILE");
+    CHECK_CONTAINS(err.hint, "service");
+
+    rc = cfg_write_new(dir, "demo", "host=a password=x#y", "pub", NULL, &err);
+    CHECK_INT_EQ(rc, WR_ECONFIG);
+    CHECK_CONTAINS(err.msg, "conninfo contains \"#\"");
+    CHECK(strstr(err.msg, "x#y") == NULL);
+
+    rc = cfg_write_new(dir, "demo", "host=a\npassword=xy", "pub", NULL, &err);
+    CHECK_INT_EQ(rc, WR_ECONFIG);
+    CHECK_CONTAINS(err.msg, "conninfo contains a control character");
+
+    memset(longconn, 'z', 200);
+    longconn[200] = '\0';
+    rc = cfg_write_new(dir, "demo", longconn, "pub", NULL, &err);
+    CHECK_INT_EQ(rc, WR_ECONFIG);
+    CHECK_CONTAINS(err.msg, "conninfo is too long for one line of walrelay.conf (200 bytes, at "
+                            "most 187)");
+    CHECK(strstr(err.msg, "zzz") == NULL);
+
+    rc = cfg_write_new(dir, "demo", "   ", "pub", NULL, &err);
+    CHECK_INT_EQ(rc, WR_ECONFIG);
+    CHECK_CONTAINS(err.msg, "conninfo is empty");
+
+    rc = cfg_write_new(dir, "Bad-Name", "host=a", "pub", NULL, &err);
+    CHECK_INT_EQ(rc, WR_ECONFIG);
+    CHECK_CONTAINS(err.msg, "invalid pipeline name \"Bad-Name\"");
+
+    rc = cfg_write_new(dir, "demo", "host=a", "", NULL, &err);
+    CHECK_INT_EQ(rc, WR_ECONFIG);
+    CHECK_CONTAINS(err.msg, "publication name is empty");
+
+    rc = cfg_write_new(dir, "demo", "host=a", "pub", "postgres", &err);
+    CHECK_INT_EQ(rc, WR_ECONFIG);
+    CHECK_CONTAINS(err.msg,
+                   "invalid destination \"postgres\": expected \"sqlite\", \"sqlite:PATH\" or "
+                   "\"null\"");
+    rc = cfg_write_new(dir, "demo", "host=a", "pub", "sqlite:", &err);
+    CHECK_INT_EQ(rc, WR_ECONFIG);
+    rc = cfg_write_new(dir, "demo", "host=a", "pub", "sqlite:a ;b.db", &err);
+    CHECK_INT_EQ(rc, WR_ECONFIG);
+    CHECK_CONTAINS(err.msg, "destination path \"a ;b.db\" contains \";\"");
+
+    /* nothing was created by any refusal */
+    CHECK(access(dir, F_OK) != 0);
+
+    /* the parent of DIR must exist */
+    snprintf(dir, sizeof(dir), "%s/no/such", tmpdir);
+    rc = cfg_write_new(dir, "demo", "host=a", "pub", NULL, &err);
+    CHECK_INT_EQ(rc, WR_ECONFIG);
+    CHECK_CONTAINS(err.msg, "cannot create directory");
+    CHECK_CONTAINS(err.msg, "No such file or directory");
+}
+
+static void
+test_slot_names(void)
+{
+    wr_config_t cfg;
+    char buf[128], small[12];
+    const char *name40 = "abcdefghijabcdefghijabcdefghijabcdefghij";
+
+    cfg_defaults(&cfg);
+    cfg.pipeline_name = (char *)"demo";
+    cfg_apply_slot_name(&cfg, buf, sizeof(buf));
+    CHECK_STR_EQ(buf, "walrelay_demo");
+    cfg_sync_slot_name(&cfg, 16384, buf, sizeof(buf));
+    CHECK_STR_EQ(buf, "walrelay_demo_s16384");
+
+    /* the longest name and relid still fit PostgreSQL's 63-byte slot names */
+    CHECK_INT_EQ(strlen(name40), WR_PIPELINE_NAME_MAX);
+    CHECK(cfg_pipeline_name_ok(name40));
+    cfg.pipeline_name = (char *)name40;
+    cfg_apply_slot_name(&cfg, buf, sizeof(buf));
+    CHECK_INT_EQ(strlen(buf), 49);
+    cfg_sync_slot_name(&cfg, UINT32_MAX, buf, sizeof(buf));
+    CHECK_INT_EQ(strlen(buf), 61);
+    CHECK(strlen(buf) <= 63);
+    CHECK_CONTAINS(buf, "_s4294967295");
+
+    /* a short buffer is cut and terminated, never overrun */
+    memset(small, 'Q', sizeof(small));
+    cfg_sync_slot_name(&cfg, 1, small, 8);
+    CHECK_STR_EQ(small, "walrela");
+    CHECK_INT_EQ(small[8], 'Q');
+}
+
+static void
+rm_rf(const char *path)
+{
+    char cmd[600];
+    if (strncmp(path, "/tmp/", 5) != 0)
+        return;
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", path);
+    if (system(cmd) != 0)
+        fprintf(stderr, "could not remove %s\n", path);
+}
+
+int
+main(void)
+{
+    snprintf(tmpdir, sizeof(tmpdir), "/tmp/wr_test_config_XXXXXX");
+    if (!mkdtemp(tmpdir)) {
+        perror("mkdtemp");
+        return 1;
+    }
+    RUN(test_valid_file);
+    RUN(test_defaults);
+    RUN(test_unknown_key);
+    RUN(test_invalid_values);
+    RUN(test_sections_and_syntax);
+    RUN(test_duplicates);
+    RUN(test_missing_required);
+    RUN(test_bad_pipeline_name);
+    RUN(test_long_line_and_nul);
+    RUN(test_load_errors);
+    RUN(test_load_resolves_dir);
+    RUN(test_write_new_roundtrip);
+    RUN(test_write_new_variants);
+    RUN(test_write_new_refusals);
+    RUN(test_slot_names);
+    rm_rf(tmpdir);
+    return unit_done();
+}

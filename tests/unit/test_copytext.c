@@ -1,2 +1,491 @@
+/*
+ * test_copytext.c - unit tests of common/copytext.c (COPY text rows) and common/pgtype.c
+ * (storage classes and strict parsers of PostgreSQL text forms).
+ *
+ * NOTES: pure functions, no files, no server.
+ */
 #include "unit.h"
-int main(void) { return unit_done(); }
+
+#include "common/copytext.h"
+#include "common/pgtype.h"
+
+#include <math.h>
+
+/* Checks that value i of row is text equal to the `len` bytes at `want`, NUL-terminated. */
+#define CHECK_VAL(row, i, want, wlen)                                                              \
+    do {                                                                                           \
+        const wr_val_t *_v = &(row).vals[i];                                                       \
+        CHECK_INT_EQ(_v->kind, WR_VAL_TEXT);                                                       \
+        CHECK_INT_EQ(_v->len, (wlen));                                                             \
+        if (_v->kind == WR_VAL_TEXT && _v->len == (wlen)) {                                        \
+            CHECK(memcmp(_v->data, (want), (wlen)) == 0);                                          \
+            CHECK_INT_EQ(_v->data[_v->len], '\0');                                                 \
+        }                                                                                          \
+    } while (0)
+#define CHECK_TEXT(row, i, want) CHECK_VAL(row, i, want, strlen(want))
+#define CHECK_NULL(row, i)                                                                         \
+    do {                                                                                           \
+        CHECK_INT_EQ((row).vals[i].kind, WR_VAL_NULL);                                             \
+        CHECK((row).vals[i].data == NULL);                                                         \
+        CHECK_INT_EQ((row).vals[i].len, 0);                                                        \
+    } while (0)
+
+static int
+parse(copy_parser_t *p, const char *line, int expect, wr_row_t *row, wr_err_t *err)
+{
+    wr_err_clear(err);
+    return copy_parse_line(p, line, strlen(line), expect, row, err);
+}
+
+static void
+test_simple_row(void)
+{
+    copy_parser_t p;
+    wr_row_t row;
+    wr_err_t err;
+
+    copy_parser_init(&p);
+    CHECK_INT_EQ(parse(&p, "1\tabc\t\\N\n", 3, &row, &err), 0);
+    CHECK_INT_EQ(row.ncols, 3);
+    CHECK_TEXT(row, 0, "1");
+    CHECK_TEXT(row, 1, "abc");
+    CHECK_NULL(row, 2);
+
+    /* without its newline, and with "\r\n" */
+    CHECK_INT_EQ(parse(&p, "x\ty", 2, &row, &err), 0);
+    CHECK_TEXT(row, 0, "x");
+    CHECK_TEXT(row, 1, "y");
+    CHECK_INT_EQ(parse(&p, "x\ty\r\n", 2, &row, &err), 0);
+    CHECK_INT_EQ(row.ncols, 2);
+    CHECK_TEXT(row, 1, "y");
+
+    /* expect_cols 0: any width */
+    CHECK_INT_EQ(parse(&p, "a\tb\tc\td\n", 0, &row, &err), 0);
+    CHECK_INT_EQ(row.ncols, 4);
+    CHECK_TEXT(row, 3, "d");
+    copy_parser_close(&p);
+}
+
+static void
+test_escapes(void)
+{
+    copy_parser_t p;
+    wr_row_t row;
+    wr_err_t err;
+
+    copy_parser_init(&p);
+    CHECK_INT_EQ(parse(&p, "a\\tb\\nc\\\\d\\re\\bf\\fg\\vh\n", 1, &row, &err), 0);
+    CHECK_TEXT(row, 0, "a\tb\nc\\d\re\bf\fg\vh");
+
+    /* octal: 1 to 3 digits, value cut to a byte; \0 is a NUL byte inside the value */
+    CHECK_INT_EQ(parse(&p, "\\101\\7\\1234\\777\t\\0x\n", 2, &row, &err), 0);
+    CHECK_VAL(row, 0,
+              "A\a"
+              "S4\xff",
+              5);
+    CHECK_VAL(row, 1, "\0x", 2);
+
+    /* hex: 1 or 2 digits; \x without a hex digit is the letter x */
+    CHECK_INT_EQ(parse(&p, "\\x41\\x4g\\xZ\\x7e7\t\\x\n", 2, &row, &err), 0);
+    CHECK_VAL(row, 0, "A\x04gxZ~7", 7);
+    CHECK_TEXT(row, 1, "x");
+
+    /* any other escaped character is itself, including N inside a longer field */
+    CHECK_INT_EQ(parse(&p, "\\q\\.\\N\t\\Nx\tx\\N\t\\\\\n", 4, &row, &err), 0);
+    CHECK_TEXT(row, 0, "q.N");
+    CHECK_TEXT(row, 1, "Nx");
+    CHECK_TEXT(row, 2, "xN");
+    CHECK_TEXT(row, 3, "\\");
+
+    /* escaped tab does not split a field */
+    CHECK_INT_EQ(parse(&p, "a\\tb\tc\n", 2, &row, &err), 0);
+    CHECK_TEXT(row, 0, "a\tb");
+    CHECK_TEXT(row, 1, "c");
+
+    /* octal and hex escapes cut short by the end of the line are still complete */
+    CHECK_INT_EQ(parse(&p, "a\\1\n", 1, &row, &err), 0);
+    CHECK_VAL(row, 0, "a\x01", 2);
+    CHECK_INT_EQ(parse(&p, "a\\x4", 1, &row, &err), 0);
+    CHECK_VAL(row, 0, "a\x04", 2);
+    copy_parser_close(&p);
+}
+
+static void
+test_null_vs_text(void)
+{
+    copy_parser_t p;
+    wr_row_t row;
+    wr_err_t err;
+
+    copy_parser_init(&p);
+    /* the text "\N" is sent as \\N: text, not NULL */
+    CHECK_INT_EQ(parse(&p, "\\\\N\t\\N\n", 2, &row, &err), 0);
+    CHECK_TEXT(row, 0, "\\N");
+    CHECK_NULL(row, 1);
+
+    /* empty string vs NULL */
+    CHECK_INT_EQ(parse(&p, "\t\\N\t\n", 3, &row, &err), 0);
+    CHECK_TEXT(row, 0, "");
+    CHECK_NULL(row, 1);
+    CHECK_TEXT(row, 2, "");
+
+    /* an empty line is one empty string (a one-column table) */
+    CHECK_INT_EQ(parse(&p, "\n", 1, &row, &err), 0);
+    CHECK_INT_EQ(row.ncols, 1);
+    CHECK_TEXT(row, 0, "");
+    CHECK_INT_EQ(copy_parse_line(&p, "", 0, 1, &row, &err), 0);
+    CHECK_INT_EQ(row.ncols, 1);
+    CHECK_TEXT(row, 0, "");
+
+    /* a row of NULLs only */
+    CHECK_INT_EQ(parse(&p, "\\N\t\\N\n", 2, &row, &err), 0);
+    CHECK_NULL(row, 0);
+    CHECK_NULL(row, 1);
+    copy_parser_close(&p);
+}
+
+static void
+test_column_mismatch(void)
+{
+    copy_parser_t p;
+    wr_row_t row;
+    wr_err_t err;
+
+    copy_parser_init(&p);
+    CHECK_INT_EQ(parse(&p, "a\tb\n", 3, &row, &err), WR_EPROTO);
+    CHECK_STR_EQ(err.msg, "COPY row has 2 columns, expected 3");
+    CHECK_INT_EQ(parse(&p, "a\tb\tc\td\n", 3, &row, &err), WR_EPROTO);
+    CHECK_STR_EQ(err.msg, "COPY row has 4 columns, expected 3");
+    /* a trailing tab is one more (empty) column */
+    CHECK_INT_EQ(parse(&p, "a\tb\tc\t\n", 3, &row, &err), WR_EPROTO);
+    CHECK_CONTAINS(err.msg, "has 4 columns");
+    /* the parser is still usable after an error */
+    CHECK_INT_EQ(parse(&p, "a\tb\tc\n", 3, &row, &err), 0);
+    CHECK_TEXT(row, 2, "c");
+    copy_parser_close(&p);
+}
+
+static void
+test_malformed(void)
+{
+    copy_parser_t p;
+    wr_row_t row;
+    wr_err_t err;
+    char *wide;
+
+    copy_parser_init(&p);
+    /* truncated escape at the end of the line, with or without the newline */
+    CHECK_INT_EQ(parse(&p, "abc\\", 1, &row, &err), WR_EPROTO);
+    CHECK_STR_EQ(err.msg, "COPY row ends inside a backslash escape (column 1)");
+    CHECK_INT_EQ(parse(&p, "a\tb\\\n", 2, &row, &err), WR_EPROTO);
+    CHECK_STR_EQ(err.msg, "COPY row ends inside a backslash escape (column 2)");
+    CHECK_INT_EQ(parse(&p, "\\", 0, &row, &err), WR_EPROTO);
+    /* a raw newline or carriage return inside a row is not COPY text */
+    CHECK_INT_EQ(parse(&p, "a\nb\n", 0, &row, &err), WR_EPROTO);
+    CHECK_CONTAINS(err.msg, "unescaped newline");
+    CHECK_INT_EQ(parse(&p, "a\rb\tc\n", 0, &row, &err), WR_EPROTO);
+    CHECK_CONTAINS(err.msg, "unescaped carriage return in COPY row (column 1)");
+
+    /* more columns than a row can hold */
+    wide = malloc(70001);
+    CHECK(wide != NULL);
+    if (wide) {
+        memset(wide, '\t', 70000);
+        wide[70000] = '\0';
+        CHECK_INT_EQ(parse(&p, wide, 0, &row, &err), WR_EPROTO);
+        CHECK_CONTAINS(err.msg, "more than 65535 columns");
+        /* 1600 columns (PostgreSQL's limit) are fine */
+        wide[1599] = '\0';
+        CHECK_INT_EQ(parse(&p, wide, 1600, &row, &err), 0);
+        CHECK_INT_EQ(row.ncols, 1600);
+        CHECK_TEXT(row, 1599, "");
+        free(wide);
+    }
+    copy_parser_close(&p);
+}
+
+static void
+test_buffer_reuse(void)
+{
+    copy_parser_t p;
+    wr_row_t row;
+    wr_err_t err;
+    char line[4096], want[64];
+    char *buf;
+    wr_val_t *vals;
+    size_t cap, vcap;
+
+    copy_parser_init(&p);
+    /* warm up with a long, wide row */
+    memset(line, 'w', 3000);
+    line[3000] = '\0';
+    for (int i = 1; i < 40; i++) /* 39 tabs: 40 columns */
+        line[i * 50] = '\t';
+    CHECK_INT_EQ(parse(&p, line, 40, &row, &err), 0);
+    buf = p.buf;
+    cap = p.cap;
+    vals = p.vals;
+    vcap = p.vcap;
+    CHECK(cap >= 3001);
+    CHECK(vcap >= 40);
+
+    /* then many shorter rows: same buffers, right values each time */
+    for (int i = 0; i < 500; i++) {
+        snprintf(line, sizeof(line), "%d\tname %d\t%s\n", i, i, i % 2 ? "\\N" : "x\\ty");
+        CHECK_INT_EQ(parse(&p, line, 3, &row, &err), 0);
+        snprintf(want, sizeof(want), "%d", i);
+        CHECK_TEXT(row, 0, want);
+        snprintf(want, sizeof(want), "name %d", i);
+        CHECK_TEXT(row, 1, want);
+        if (i % 2)
+            CHECK_NULL(row, 2);
+        else
+            CHECK_TEXT(row, 2, "x\ty");
+    }
+    CHECK(p.buf == buf);
+    CHECK_U64_EQ(p.cap, cap);
+    CHECK(p.vals == vals);
+    CHECK_U64_EQ(p.vcap, vcap);
+    CHECK(row.vals == p.vals);
+
+    /* values point into the parser's buffer */
+    CHECK(row.vals[1].data >= p.buf && row.vals[1].data < p.buf + p.cap);
+
+    /* a longer row grows the buffer once */
+    memset(line, 'z', 4000);
+    line[4000] = '\0';
+    CHECK_INT_EQ(parse(&p, line, 1, &row, &err), 0);
+    CHECK_INT_EQ(row.vals[0].len, 4000);
+    CHECK(p.cap >= 4001);
+    copy_parser_close(&p);
+    CHECK(p.buf == NULL && p.vals == NULL && p.cap == 0);
+}
+
+static void
+test_copy_bytea(void)
+{
+    copy_parser_t p;
+    wr_row_t row;
+    wr_err_t err;
+    uint8_t out[8];
+    size_t n = 99;
+
+    /* bytea in COPY text: the backslash of \x is itself escaped */
+    copy_parser_init(&p);
+    CHECK_INT_EQ(parse(&p, "\\\\x0a0bff\n", 1, &row, &err), 0);
+    CHECK_TEXT(row, 0, "\\x0a0bff");
+    CHECK_INT_EQ(pgt_decode_bytea_hex(row.vals[0].data, row.vals[0].len, out, &n), 0);
+    CHECK_U64_EQ(n, 3);
+    CHECK_INT_EQ(out[0], 0x0a);
+    CHECK_INT_EQ(out[1], 0x0b);
+    CHECK_INT_EQ(out[2], 0xff);
+    copy_parser_close(&p);
+}
+
+/* --- pgtype ---------------------------------------------------------------------------- */
+
+static void
+test_pgt_class(void)
+{
+    CHECK_INT_EQ(pgt_class(PGT_INT2), PGT_CLASS_INTEGER);
+    CHECK_INT_EQ(pgt_class(PGT_INT4), PGT_CLASS_INTEGER);
+    CHECK_INT_EQ(pgt_class(PGT_INT8), PGT_CLASS_INTEGER);
+    CHECK_INT_EQ(pgt_class(PGT_OID), PGT_CLASS_INTEGER);
+    CHECK_INT_EQ(pgt_class(PGT_BOOL), PGT_CLASS_INTEGER);
+    CHECK_INT_EQ(pgt_class(PGT_FLOAT4), PGT_CLASS_REAL);
+    CHECK_INT_EQ(pgt_class(PGT_FLOAT8), PGT_CLASS_REAL);
+    CHECK_INT_EQ(pgt_class(PGT_BYTEA), PGT_CLASS_BLOB);
+    CHECK_INT_EQ(pgt_class(PGT_NUMERIC), PGT_CLASS_TEXT);
+    CHECK_INT_EQ(pgt_class(PGT_MONEY), PGT_CLASS_TEXT);
+    CHECK_INT_EQ(pgt_class(PGT_TEXT), PGT_CLASS_TEXT);
+    CHECK_INT_EQ(pgt_class(PGT_TIMESTAMPTZ), PGT_CLASS_TEXT);
+    CHECK_INT_EQ(pgt_class(PGT_JSONB), PGT_CLASS_TEXT);
+    CHECK_INT_EQ(pgt_class(PGT_UUID), PGT_CLASS_TEXT);
+    CHECK_INT_EQ(pgt_class(123456), PGT_CLASS_TEXT); /* a user type */
+
+    CHECK_STR_EQ(pgt_sqlite_decl(PGT_INT8), "INTEGER");
+    CHECK_STR_EQ(pgt_sqlite_decl(PGT_BOOL), "INTEGER");
+    CHECK_STR_EQ(pgt_sqlite_decl(PGT_FLOAT4), "REAL");
+    CHECK_STR_EQ(pgt_sqlite_decl(PGT_BYTEA), "BLOB");
+    CHECK_STR_EQ(pgt_sqlite_decl(PGT_NUMERIC), "TEXT");
+    CHECK_STR_EQ(pgt_sqlite_decl(PGT_VARCHAR), "TEXT");
+}
+
+static int
+int64_of(const char *s, int64_t *out)
+{
+    *out = 7777;
+    return pgt_parse_int64(s, strlen(s), out);
+}
+
+static void
+test_pgt_int64(void)
+{
+    int64_t v;
+
+    CHECK_INT_EQ(int64_of("0", &v), 0);
+    CHECK_INT_EQ(v, 0);
+    CHECK_INT_EQ(int64_of("-1", &v), 0);
+    CHECK_INT_EQ(v, -1);
+    CHECK_INT_EQ(int64_of("+42", &v), 0);
+    CHECK_INT_EQ(v, 42);
+    CHECK_INT_EQ(int64_of("007", &v), 0);
+    CHECK_INT_EQ(v, 7);
+    CHECK_INT_EQ(int64_of("9223372036854775807", &v), 0);
+    CHECK(v == INT64_MAX);
+    CHECK_INT_EQ(int64_of("-9223372036854775808", &v), 0);
+    CHECK(v == INT64_MIN);
+    CHECK_INT_EQ(int64_of("4294967295", &v), 0); /* oid */
+    CHECK_INT_EQ(v, 4294967295LL);
+
+    CHECK_INT_EQ(int64_of("9223372036854775808", &v), WR_EINVAL);
+    CHECK_INT_EQ(int64_of("-9223372036854775809", &v), WR_EINVAL);
+    CHECK_INT_EQ(int64_of("99999999999999999999999", &v), WR_EINVAL);
+    CHECK_INT_EQ(int64_of("", &v), WR_EINVAL);
+    CHECK_INT_EQ(int64_of("-", &v), WR_EINVAL);
+    CHECK_INT_EQ(int64_of("+", &v), WR_EINVAL);
+    CHECK_INT_EQ(int64_of("1a", &v), WR_EINVAL);
+    CHECK_INT_EQ(int64_of(" 1", &v), WR_EINVAL);
+    CHECK_INT_EQ(int64_of("1 ", &v), WR_EINVAL);
+    CHECK_INT_EQ(int64_of("--1", &v), WR_EINVAL);
+    CHECK_INT_EQ(int64_of("1.0", &v), WR_EINVAL);
+    CHECK_INT_EQ(v, 7777); /* untouched on error */
+
+    /* bounded by len, not by a NUL */
+    CHECK_INT_EQ(pgt_parse_int64("123xyz", 3, &v), 0);
+    CHECK_INT_EQ(v, 123);
+    CHECK_INT_EQ(pgt_parse_int64("12\0"
+                                 "3",
+                                 4, &v),
+                 WR_EINVAL);
+}
+
+static void
+test_pgt_bool(void)
+{
+    bool b = false;
+    CHECK_INT_EQ(pgt_parse_bool("t", 1, &b), 0);
+    CHECK(b);
+    CHECK_INT_EQ(pgt_parse_bool("f", 1, &b), 0);
+    CHECK(!b);
+    CHECK_INT_EQ(pgt_parse_bool("true", 4, &b), 0);
+    CHECK(b);
+    CHECK_INT_EQ(pgt_parse_bool("false", 5, &b), 0);
+    CHECK(!b);
+    CHECK_INT_EQ(pgt_parse_bool("tx", 1, &b), 0); /* len-bounded */
+    CHECK(b);
+    CHECK_INT_EQ(pgt_parse_bool("T", 1, &b), WR_EINVAL);
+    CHECK_INT_EQ(pgt_parse_bool("yes", 3, &b), WR_EINVAL);
+    CHECK_INT_EQ(pgt_parse_bool("", 0, &b), WR_EINVAL);
+    CHECK_INT_EQ(pgt_parse_bool("tr", 2, &b), WR_EINVAL);
+    CHECK_INT_EQ(pgt_parse_bool("truex", 5, &b), WR_EINVAL);
+    CHECK_INT_EQ(pgt_parse_bool("1", 1, &b), WR_EINVAL);
+}
+
+static int
+dbl_of(const char *s, double *d, bool *special)
+{
+    return pgt_parse_double(s, strlen(s), d, special);
+}
+
+static void
+test_pgt_double(void)
+{
+    double d;
+    bool sp = true;
+    char big[80];
+
+    CHECK_INT_EQ(dbl_of("1.5", &d, &sp), 0);
+    CHECK(d == 1.5);
+    CHECK(!sp);
+    CHECK_INT_EQ(dbl_of("-0", &d, &sp), 0);
+    CHECK(d == 0.0 && signbit(d));
+    CHECK_INT_EQ(dbl_of("1e+300", &d, &sp), 0);
+    CHECK(d == 1e300);
+    CHECK_INT_EQ(dbl_of("-1.7976931348623157e+308", &d, &sp), 0);
+    CHECK(d == -1.7976931348623157e+308);
+    CHECK_INT_EQ(dbl_of("5e-324", &d, &sp), 0); /* denormal */
+    CHECK(d > 0.0);
+    CHECK_INT_EQ(dbl_of("3.4028235e+38", &d, &sp), 0); /* float4 max */
+    CHECK(!sp);
+
+    CHECK_INT_EQ(dbl_of("NaN", &d, &sp), 0);
+    CHECK(sp);
+    CHECK(isnan(d));
+    CHECK_INT_EQ(dbl_of("Infinity", &d, &sp), 0);
+    CHECK(sp);
+    CHECK(isinf(d) && d > 0);
+    CHECK_INT_EQ(dbl_of("-Infinity", &d, &sp), 0);
+    CHECK(sp);
+    CHECK(isinf(d) && d < 0);
+    CHECK_INT_EQ(pgt_parse_double("NaN", 3, &d, NULL), 0); /* is_special may be NULL */
+
+    CHECK_INT_EQ(dbl_of("1e400", &d, &sp), WR_EINVAL);
+    CHECK_INT_EQ(dbl_of("inf", &d, &sp), WR_EINVAL);
+    CHECK_INT_EQ(dbl_of("nan", &d, &sp), WR_EINVAL);
+    CHECK_INT_EQ(dbl_of("+Infinity", &d, &sp), WR_EINVAL);
+    CHECK_INT_EQ(dbl_of("0x10", &d, &sp), WR_EINVAL);
+    CHECK_INT_EQ(dbl_of(" 1", &d, &sp), WR_EINVAL);
+    CHECK_INT_EQ(dbl_of("1 ", &d, &sp), WR_EINVAL);
+    CHECK_INT_EQ(dbl_of("1.5abc", &d, &sp), WR_EINVAL);
+    CHECK_INT_EQ(dbl_of("1e", &d, &sp), WR_EINVAL);
+    CHECK_INT_EQ(dbl_of("", &d, &sp), WR_EINVAL);
+    CHECK_INT_EQ(dbl_of("-", &d, &sp), WR_EINVAL);
+    CHECK_INT_EQ(dbl_of("1,5", &d, &sp), WR_EINVAL);
+    memset(big, '1', 70);
+    big[70] = '\0';
+    CHECK_INT_EQ(dbl_of(big, &d, &sp), WR_EINVAL);
+
+    /* bounded by len: the bytes after it are not read */
+    CHECK_INT_EQ(pgt_parse_double("2.5xyz", 3, &d, &sp), 0);
+    CHECK(d == 2.5);
+    CHECK_INT_EQ(pgt_parse_double("NaNx", 3, &d, &sp), 0);
+    CHECK(sp);
+}
+
+static void
+test_pgt_bytea(void)
+{
+    uint8_t out[8] = {0};
+    size_t n = 99;
+
+    CHECK_INT_EQ(pgt_decode_bytea_hex("\\x", 2, out, &n), 0);
+    CHECK_U64_EQ(n, 0);
+    CHECK_INT_EQ(pgt_decode_bytea_hex("\\x00aBfF", 8, out, &n), 0);
+    CHECK_U64_EQ(n, 3);
+    CHECK_INT_EQ(out[0], 0x00);
+    CHECK_INT_EQ(out[1], 0xab);
+    CHECK_INT_EQ(out[2], 0xff);
+
+    CHECK_INT_EQ(pgt_decode_bytea_hex("\\x0", 3, out, &n), WR_EINVAL);   /* odd */
+    CHECK_INT_EQ(pgt_decode_bytea_hex("\\xzz", 4, out, &n), WR_EINVAL);  /* not hex */
+    CHECK_INT_EQ(pgt_decode_bytea_hex("\\x0g", 4, out, &n), WR_EINVAL);  /* not hex */
+    CHECK_INT_EQ(pgt_decode_bytea_hex("x00", 3, out, &n), WR_EINVAL);    /* no backslash */
+    CHECK_INT_EQ(pgt_decode_bytea_hex("\\X00", 4, out, &n), WR_EINVAL);  /* upper X */
+    CHECK_INT_EQ(pgt_decode_bytea_hex("\\000", 4, out, &n), WR_EINVAL);  /* escape format */
+    CHECK_INT_EQ(pgt_decode_bytea_hex("\\x 00", 5, out, &n), WR_EINVAL); /* space */
+    CHECK_INT_EQ(pgt_decode_bytea_hex("\\", 1, out, &n), WR_EINVAL);
+    CHECK_INT_EQ(pgt_decode_bytea_hex("", 0, out, &n), WR_EINVAL);
+    /* bounded by len */
+    CHECK_INT_EQ(pgt_decode_bytea_hex("\\x0102zz", 6, out, &n), 0);
+    CHECK_U64_EQ(n, 2);
+    CHECK_INT_EQ(out[1], 0x02);
+}
+
+int
+main(void)
+{
+    RUN(test_simple_row);
+    RUN(test_escapes);
+    RUN(test_null_vs_text);
+    RUN(test_column_mismatch);
+    RUN(test_malformed);
+    RUN(test_buffer_reuse);
+    RUN(test_copy_bytea);
+    RUN(test_pgt_class);
+    RUN(test_pgt_int64);
+    RUN(test_pgt_bool);
+    RUN(test_pgt_double);
+    RUN(test_pgt_bytea);
+    return unit_done();
+}
