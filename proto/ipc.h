@@ -128,6 +128,19 @@ typedef struct ipc_reader_s {
     msgpack_unpacker up;
     msgpack_unpacked result;
     bool broken; /* after a framing error the stream cannot be resynchronised */
+    /* (added by the ipc implementation; private to ipc.c) msgpack headers are pre-scanned
+     * as bytes are fed, so that a declared array/map of more than IPC_MAX_ITEMS entries or
+     * a string longer than IPC_MAX_MSG never reaches the unpacker, which would allocate
+     * for the declared size at once. */
+    struct {
+        uint64_t skip;    /* body bytes still to pass over */
+        uint64_t bad_len; /* the declared size that broke a limit */
+        uint8_t hdr[9];   /* the header being collected */
+        uint8_t have, need;
+        bool stopped; /* an invalid byte: the unpacker will report it */
+        bool bad;     /* a header over the limits: nothing from it on was buffered */
+        char bad_kind; /* 'a' array, 'm' map, 's' string, binary or extension */
+    } scan;
 } ipc_reader_t;
 
 int ipc_reader_init(ipc_reader_t *r) WR_MUST_CHECK;
