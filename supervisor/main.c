@@ -1,1 +1,98 @@
-int main(void) { return 1; }
+/*
+ * main.c - the `walrelay` command: dispatches the first argument through a table of
+ * {word, handler, usage}; adding a command is one row.
+ *
+ * NOTES: runs in the user's shell (and, for `walrelay run`, becomes the supervisor).
+ * Exit codes: 0 success, 1 runtime failure (e.g. not running), 2 usage/config/preflight.
+ */
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "sup.h"
+
+typedef struct cli_cmd_s {
+    const char *word;
+    cli_handler_fn handler;
+    const char *usage;
+} cli_cmd_t;
+
+static const cli_cmd_t cli_cmds[] = {
+    {"init", cli_init,
+     "walrelay init DIR --source CONNINFO --publication NAME\n"
+     "              [--destination sqlite:PATH|sqlite|null] [--name PIPELINE]\n"
+     "    Writes DIR/walrelay.conf (creating DIR). The pipeline name defaults to the\n"
+     "    directory's name, lowercased, other characters mapped to '_'.\n"},
+    {"check", cli_check,
+     "walrelay check DIR\n"
+     "    Checks the source (reachable, wal_level, publication, REPLICATION privilege,\n"
+     "    free slots and walsenders, replica identity) and the destination.\n"
+     "    Exit 0 when nothing failed (warnings allowed), 2 otherwise.\n"},
+    {"run", cli_run,
+     "walrelay run DIR\n"
+     "    Runs the supervisor in the foreground (SIGTERM/SIGINT: graceful stop).\n"},
+    {"status", cli_status,
+     "walrelay status DIR [--json]\n"
+     "    Shows the pipeline, its workers and its tables (asks the running supervisor).\n"
+     "    Exit 1 when walrelay is not running for DIR.\n"},
+    {"stop", cli_stop,
+     "walrelay stop DIR [--timeout S]\n"
+     "    Asks the supervisor to stop and waits (default 60 s) until it has exited.\n"},
+};
+
+#define CLI_NCMDS (sizeof(cli_cmds) / sizeof(cli_cmds[0]))
+
+void
+cli_print_usage(const char *word, FILE *f)
+{
+    for (size_t i = 0; i < CLI_NCMDS; i++) {
+        if (strcmp(cli_cmds[i].word, word) == 0) {
+            fprintf(f, "usage: %s", cli_cmds[i].usage);
+            return;
+        }
+    }
+}
+
+static void
+print_main_usage(FILE *f)
+{
+    fprintf(f, "walrelay %s - PostgreSQL change data capture\n\n", WR_VERSION);
+    fprintf(f, "usage: walrelay COMMAND [ARGS]   (walrelay COMMAND --help for details)\n\n");
+    for (size_t i = 0; i < CLI_NCMDS; i++)
+        fprintf(f, "%s", cli_cmds[i].usage);
+}
+
+int
+main(int argc, char **argv)
+{
+    /* A write to a closed socket must be an error, not a death. */
+    signal(SIGPIPE, SIG_IGN);
+
+    if (argc < 2) {
+        print_main_usage(stderr);
+        return WR_EXIT_CONFIG;
+    }
+    if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
+        strcmp(argv[1], "help") == 0) {
+        print_main_usage(stdout);
+        return WR_EXIT_OK;
+    }
+    if (strcmp(argv[1], "--version") == 0) {
+        printf("walrelay %s\n", WR_VERSION);
+        return WR_EXIT_OK;
+    }
+    for (size_t i = 0; i < CLI_NCMDS; i++) {
+        if (strcmp(cli_cmds[i].word, argv[1]) != 0)
+            continue;
+        for (int a = 2; a < argc; a++) {
+            if (strcmp(argv[a], "--help") == 0 || strcmp(argv[a], "-h") == 0) {
+                printf("usage: %s", cli_cmds[i].usage);
+                return WR_EXIT_OK;
+            }
+        }
+        return cli_cmds[i].handler(argc - 1, argv + 1);
+    }
+    fprintf(stderr, "walrelay: unknown command \"%s\"\n\n", argv[1]);
+    print_main_usage(stderr);
+    return WR_EXIT_CONFIG;
+}

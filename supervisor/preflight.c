@@ -1,2 +1,456 @@
-/* placeholder: being written */
-typedef int wr_placeholder_preflight_t;
+/*
+ * preflight.c - checks that the source can be replicated before anything is written:
+ * reachable, wal_level, publication, REPLICATION privilege, free slots and walsenders,
+ * replica identity of every published table; and that the destination can be written.
+ *
+ * NOTES: runs in the supervisor before its loop starts (`walrelay run`) and in
+ * `walrelay check`, over one normal (non-replication) libpq connection. Blocking.
+ * Persists nothing. Returns the publication's tables to the supervisor.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../common/log.h"
+#include "../common/repl.h"
+#include "sup.h"
+
+typedef struct pf_s {
+    const wr_config_t *cfg;
+    sup_check_report_fn report;
+    void *arg;
+    PGconn *conn;
+    int first_fail_code;
+    wr_err_t *err; /* the first failure */
+} pf_t;
+
+static void pf_report(pf_t *pf, int level, const char *check, const char *hint, const char *fmt,
+                      ...) WR_PRINTF(5, 6);
+
+static void
+pf_report(pf_t *pf, int level, const char *check, const char *hint, const char *fmt, ...)
+{
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    if (pf->report)
+        pf->report(pf->arg, level, check, msg, hint);
+}
+
+/* Records a failure: reported, and kept as the function's error if it is the first. */
+static void pf_fail(pf_t *pf, int code, const char *check, const char *hint, const char *fmt, ...)
+    WR_PRINTF(5, 6);
+
+static void
+pf_fail(pf_t *pf, int code, const char *check, const char *hint, const char *fmt, ...)
+{
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    if (pf->report)
+        pf->report(pf->arg, SUP_CHECK_FAIL, check, msg, hint);
+    if (pf->first_fail_code == 0) {
+        pf->first_fail_code = code;
+        wr_err_set(pf->err, code, "%s", msg);
+        if (hint)
+            wr_err_hint(pf->err, "%s", hint);
+    }
+}
+
+/*
+ * Runs a query with text parameters; returns the result when its status is TUPLES_OK,
+ * else records a failure for check (naming what) and returns NULL.
+ */
+static PGresult *
+pf_query(pf_t *pf, const char *check, const char *what, const char *sql, int nparams,
+         const char *const *params)
+{
+    PGresult *r = PQexecParams(pf->conn, sql, nparams, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+        char msg[512];
+        snprintf(msg, sizeof(msg), "%s", PQresultErrorMessage(r));
+        size_t l = strlen(msg);
+        while (l > 0 && (msg[l - 1] == '\n' || msg[l - 1] == ' '))
+            msg[--l] = '\0';
+        PQclear(r);
+        bool lost = PQstatus(pf->conn) != CONNECTION_OK;
+        pf_fail(pf, lost ? WR_ECONN : WR_ESOURCE, check,
+                lost ? "check that the source server is up and reachable" : NULL, "%s failed: %s",
+                what, msg[0] ? msg : "no error message");
+        return NULL;
+    }
+    return r;
+}
+
+/* A single text value of a one-row query, or NULL (failure recorded). */
+static int
+pf_query_value(pf_t *pf, const char *check, const char *what, const char *sql, int nparams,
+               const char *const *params, char *buf, size_t len)
+{
+    PGresult *r = pf_query(pf, check, what, sql, nparams, params);
+    if (!r)
+        return -1;
+    if (PQntuples(r) != 1 || PQnfields(r) < 1 || PQgetisnull(r, 0, 0)) {
+        PQclear(r);
+        pf_fail(pf, WR_ESOURCE, check, NULL, "%s returned no value", what);
+        return -1;
+    }
+    snprintf(buf, len, "%s", PQgetvalue(r, 0, 0));
+    PQclear(r);
+    return 0;
+}
+
+static void
+check_wal_level(pf_t *pf)
+{
+    char v[64];
+    if (pf_query_value(pf, "wal_level", "SHOW wal_level", "SHOW wal_level", 0, NULL, v,
+                       sizeof(v)) != 0)
+        return;
+    if (strcmp(v, "logical") != 0) {
+        pf_fail(pf, WR_ESOURCE, "wal_level",
+                "set wal_level = logical in postgresql.conf and restart PostgreSQL",
+                "wal_level is \"%s\" on the source, logical replication needs \"logical\"", v);
+        return;
+    }
+    pf_report(pf, SUP_CHECK_OK, "wal_level", NULL, "logical");
+}
+
+static bool
+check_publication(pf_t *pf)
+{
+    const char *params[1] = {pf->cfg->publication};
+    PGresult *r = pf_query(pf, "publication", "looking up the publication",
+                           "SELECT puballtables FROM pg_publication WHERE pubname = $1", 1, params);
+    if (!r)
+        return false;
+    if (PQntuples(r) == 0) {
+        PQclear(r);
+        char *q = repl_quote_ident(pf->conn, pf->cfg->publication);
+        char hint[600];
+        snprintf(hint, sizeof(hint),
+                 "CREATE PUBLICATION %s FOR TABLE ... on the source, or set [source] "
+                 "publication in %s",
+                 q ? q : pf->cfg->publication, pf->cfg->path ? pf->cfg->path : "walrelay.conf");
+        if (q)
+            PQfreemem(q);
+        pf_fail(pf, WR_ESOURCE, "publication", hint, "publication \"%s\" does not exist",
+                pf->cfg->publication);
+        return false;
+    }
+    bool all = strcmp(PQgetvalue(r, 0, 0), "t") == 0;
+    PQclear(r);
+    pf_report(pf, SUP_CHECK_OK, "publication", NULL, "\"%s\" exists%s", pf->cfg->publication,
+              all ? " (FOR ALL TABLES)" : "");
+    return true;
+}
+
+static void
+check_role(pf_t *pf)
+{
+    PGresult *r = pf_query(pf, "privileges", "looking up the role",
+                           "SELECT current_user, rolreplication, rolsuper FROM pg_roles "
+                           "WHERE rolname = current_user",
+                           0, NULL);
+    if (!r)
+        return;
+    if (PQntuples(r) != 1) {
+        PQclear(r);
+        pf_fail(pf, WR_ESOURCE, "privileges", NULL, "cannot find the current role in pg_roles");
+        return;
+    }
+    char user[128];
+    snprintf(user, sizeof(user), "%s", PQgetvalue(r, 0, 0));
+    bool repl = strcmp(PQgetvalue(r, 0, 1), "t") == 0;
+    bool super = strcmp(PQgetvalue(r, 0, 2), "t") == 0;
+    PQclear(r);
+    if (!repl && !super) {
+        char *q = repl_quote_ident(pf->conn, user);
+        char hint[300];
+        snprintf(hint, sizeof(hint), "ALTER ROLE %s REPLICATION; (as a superuser on the source)",
+                 q ? q : user);
+        if (q)
+            PQfreemem(q);
+        pf_fail(pf, WR_ESOURCE, "privileges", hint,
+                "role \"%s\" has neither REPLICATION nor SUPERUSER, it cannot create "
+                "replication_slots",
+                user);
+        return;
+    }
+    pf_report(pf, SUP_CHECK_OK, "privileges", NULL, "role \"%s\" has %s", user,
+              super ? "SUPERUSER" : "REPLICATION");
+}
+
+/* Slots and walsenders: we need 1 (apply) + max_table_sync_workers. Our own existing
+ * slots (walrelay_<pipeline> and walrelay_<pipeline>_s<relid>) count as free. */
+static void
+check_capacity(pf_t *pf)
+{
+    char slot[64];
+    cfg_apply_slot_name(pf->cfg, slot, sizeof(slot));
+    char pattern[128];
+    snprintf(pattern, sizeof(pattern), "^%s(_s[0-9]+)?$", slot); /* slot is [a-z0-9_] */
+    const char *params[1] = {pattern};
+    PGresult *r = pf_query(
+        pf, "capacity", "counting replication slots and walsenders",
+        "SELECT current_setting('max_replication_slots')::int, "
+        "       current_setting('max_wal_senders')::int, "
+        "       (SELECT count(*) FROM pg_replication_slots)::int, "
+        "       (SELECT count(*) FROM pg_replication_slots WHERE slot_name ~ $1)::int, "
+        "       (SELECT count(*) FROM pg_stat_replication)::int, "
+        "       (SELECT count(*) FROM pg_replication_slots WHERE slot_name ~ $1 AND active)::int",
+        1, params);
+    if (!r)
+        return;
+    int max_slots = atoi(PQgetvalue(r, 0, 0));
+    int max_senders = atoi(PQgetvalue(r, 0, 1));
+    int slots_all = atoi(PQgetvalue(r, 0, 2));
+    int slots_ours = atoi(PQgetvalue(r, 0, 3));
+    int senders_all = atoi(PQgetvalue(r, 0, 4));
+    int senders_ours = atoi(PQgetvalue(r, 0, 5));
+    PQclear(r);
+
+    int need = 1 + pf->cfg->max_table_sync_workers;
+    int free_slots = max_slots - (slots_all - slots_ours);
+    int free_senders = max_senders - (senders_all - senders_ours);
+    char hint[512];
+
+    if (free_slots < 2) {
+        snprintf(hint, sizeof(hint),
+                 "raise max_replication_slots to at least %d in postgresql.conf and restart "
+                 "PostgreSQL, or drop unused slots (pg_drop_replication_slot)",
+                 slots_all - slots_ours + need);
+        pf_fail(pf, WR_ESOURCE, "replication_slots", hint,
+                "only %d of max_replication_slots = %d are free, walrelay needs %d (1 apply + "
+                "%d table sync)",
+                free_slots < 0 ? 0 : free_slots, max_slots, need, pf->cfg->max_table_sync_workers);
+    } else if (free_slots < need) {
+        snprintf(hint, sizeof(hint),
+                 "raise max_replication_slots to at least %d, or set [sync] "
+                 "max_table_sync_workers = %d",
+                 slots_all - slots_ours + need, free_slots - 1);
+        pf_report(pf, SUP_CHECK_WARN, "replication_slots", hint,
+                  "%d of max_replication_slots = %d are free, walrelay wants %d; table copies "
+                  "beyond %d at a time will fail and be retried",
+                  free_slots, max_slots, need, free_slots - 1);
+    } else {
+        pf_report(pf, SUP_CHECK_OK, "replication_slots", NULL,
+                  "%d of %d free (%d of them ours), %d needed", free_slots, max_slots, slots_ours,
+                  need);
+    }
+
+    if (free_senders < 2) {
+        snprintf(hint, sizeof(hint),
+                 "raise max_wal_senders to at least %d in postgresql.conf and restart PostgreSQL",
+                 senders_all - senders_ours + need);
+        pf_fail(pf, WR_ESOURCE, "wal_senders", hint,
+                "only %d of max_wal_senders = %d are free, walrelay needs %d",
+                free_senders < 0 ? 0 : free_senders, max_senders, need);
+    } else if (free_senders < need) {
+        snprintf(hint, sizeof(hint),
+                 "raise max_wal_senders to at least %d, or set [sync] max_table_sync_workers = %d",
+                 senders_all - senders_ours + need, free_senders - 1);
+        pf_report(pf, SUP_CHECK_WARN, "wal_senders", hint,
+                  "%d of max_wal_senders = %d are free, walrelay wants %d", free_senders,
+                  max_senders, need);
+    } else {
+        pf_report(pf, SUP_CHECK_OK, "wal_senders", NULL, "%d of %d free, %d needed", free_senders,
+                  max_senders, need);
+    }
+}
+
+/* Lists the publication's tables and warns about those whose updates/deletes cannot be
+ * replicated (replica identity NOTHING, or DEFAULT without a primary key, or INDEX whose
+ * index is gone) and those we cannot read. */
+static int
+list_tables(pf_t *pf, sup_pub_table_t **out, size_t *nout)
+{
+    const char *params[1] = {pf->cfg->publication};
+    PGresult *r = pf_query(
+        pf, "tables", "listing the publication's tables",
+        "SELECT c.oid, n.nspname, c.relname, c.relreplident, "
+        "       EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary), "
+        "       EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident), "
+        "       has_table_privilege(c.oid, 'SELECT') "
+        "FROM pg_get_publication_tables($1::text) g "
+        "JOIN pg_class c ON c.oid = g.relid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace ORDER BY 1",
+        1, params);
+    if (!r)
+        return -1;
+    int n = PQntuples(r);
+    sup_pub_table_t *tabs = calloc(n > 0 ? (size_t)n : 1, sizeof(*tabs));
+    if (!tabs) {
+        PQclear(r);
+        pf_fail(pf, WR_ENOMEM, "tables", NULL, "out of memory");
+        return -1;
+    }
+    int nwarn = 0;
+    for (int i = 0; i < n; i++) {
+        sup_pub_table_t *t = &tabs[i];
+        t->relid = (uint32_t)strtoul(PQgetvalue(r, i, 0), NULL, 10);
+        snprintf(t->nsp, sizeof(t->nsp), "%s", PQgetvalue(r, i, 1));
+        snprintf(t->name, sizeof(t->name), "%s", PQgetvalue(r, i, 2));
+        char ri = PQgetvalue(r, i, 3)[0];
+        bool has_pk = strcmp(PQgetvalue(r, i, 4), "t") == 0;
+        bool has_ri_index = strcmp(PQgetvalue(r, i, 5), "t") == 0;
+        bool can_read = strcmp(PQgetvalue(r, i, 6), "t") == 0;
+
+        char *qn = repl_quote_ident(pf->conn, t->nsp);
+        char *qt = repl_quote_ident(pf->conn, t->name);
+        char qual[600];
+        snprintf(qual, sizeof(qual), "%s.%s", qn ? qn : t->nsp, qt ? qt : t->name);
+        if (qn)
+            PQfreemem(qn);
+        if (qt)
+            PQfreemem(qt);
+
+        const char *why = NULL;
+        if (ri == 'n')
+            why = "has replica identity NOTHING";
+        else if (ri == 'd' && !has_pk)
+            why = "has no primary key and replica identity DEFAULT";
+        else if (ri == 'i' && !has_ri_index)
+            why = "has replica identity USING INDEX but that index no longer exists";
+        if (why) {
+            char hint[1400];
+            snprintf(hint, sizeof(hint),
+                     "ALTER TABLE %s REPLICA IDENTITY FULL, or add a primary key", qual);
+            pf_report(pf, SUP_CHECK_WARN, "replica_identity", hint,
+                      "table \"%s.%s\" %s: its updates and deletes cannot be replicated", t->nsp,
+                      t->name, why);
+            nwarn++;
+        }
+        if (!can_read) {
+            char hint[1400];
+            snprintf(hint, sizeof(hint), "GRANT SELECT ON %s TO the role in [source] conninfo",
+                     qual);
+            pf_report(pf, SUP_CHECK_WARN, "privileges", hint,
+                      "the role cannot SELECT from table \"%s.%s\": its initial copy will fail",
+                      t->nsp, t->name);
+            nwarn++;
+        }
+    }
+    PQclear(r);
+    if (n == 0) {
+        char *q = repl_quote_ident(pf->conn, pf->cfg->publication);
+        char hint[600];
+        snprintf(hint, sizeof(hint), "ALTER PUBLICATION %s ADD TABLE ...",
+                 q ? q : pf->cfg->publication);
+        if (q)
+            PQfreemem(q);
+        pf_report(pf, SUP_CHECK_WARN, "tables", hint,
+                  "publication \"%s\" has no tables: nothing will be replicated",
+                  pf->cfg->publication);
+    } else {
+        pf_report(pf, SUP_CHECK_OK, "tables", NULL, "%d table%s published%s", n, n == 1 ? "" : "s",
+                  nwarn ? " (see the warnings)" : "");
+    }
+    if (out) {
+        *out = tabs;
+        *nout = (size_t)n;
+    } else {
+        free(tabs);
+    }
+    return 0;
+}
+
+static void
+check_destination(pf_t *pf)
+{
+    const wr_config_t *cfg = pf->cfg;
+    if (!cfg->dest_type || strcmp(cfg->dest_type, "sqlite") != 0 || !cfg->dest_path) {
+        pf_report(pf, SUP_CHECK_OK, "destination", NULL, "%s",
+                  cfg->dest_type ? cfg->dest_type : "?");
+        return;
+    }
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof(dir), "%s", cfg->dest_path);
+    char *slash = strrchr(dir, '/');
+    if (slash && slash != dir)
+        *slash = '\0';
+    else if (slash)
+        dir[1] = '\0';
+    else
+        snprintf(dir, sizeof(dir), ".");
+    if (access(cfg->dest_path, F_OK) == 0) {
+        if (access(cfg->dest_path, R_OK | W_OK) != 0) {
+            pf_fail(pf, WR_ECONFIG, "destination", "check the file's owner and mode",
+                    "cannot write the destination \"%s\": %s", cfg->dest_path, strerror(errno));
+            return;
+        }
+    } else if (access(dir, W_OK | X_OK) != 0) {
+        pf_fail(pf, WR_ECONFIG, "destination",
+                "create the directory or fix its permissions, or change [destination] path",
+                "cannot create the destination \"%s\" in \"%s\": %s", cfg->dest_path, dir,
+                strerror(errno));
+        return;
+    }
+    pf_report(pf, SUP_CHECK_OK, "destination", NULL, "sqlite %s", cfg->dest_path);
+}
+
+int
+sup_preflight(const wr_config_t *cfg, sup_check_report_fn report, void *arg,
+              sup_pub_table_t **tables, size_t *ntables, PGconn **keep, wr_err_t *err)
+{
+    pf_t pf = {.cfg = cfg, .report = report, .arg = arg, .err = err};
+    if (tables) {
+        *tables = NULL;
+        *ntables = 0;
+    }
+    if (keep)
+        *keep = NULL;
+
+    wr_err_t cerr;
+    wr_err_clear(&cerr);
+    if (repl_connect(cfg->source_conninfo, false, "walrelay-preflight", &pf.conn, &cerr) != 0) {
+        pf.conn = NULL;
+        const char *hint = cerr.hint[0] ? cerr.hint
+                                        : "check [source] conninfo in walrelay.conf and that "
+                                          "the server is running and accepts connections";
+        /* repl_connect's message already says "cannot connect to the source: ..." */
+        pf_fail(&pf, WR_ECONN, "connection", hint, "%s",
+                cerr.msg[0] ? cerr.msg : "cannot connect to the source");
+        check_destination(&pf);
+        return pf.first_fail_code;
+    }
+    pf_report(&pf, SUP_CHECK_OK, "connection", NULL, "connected to PostgreSQL %d.%d",
+              PQserverVersion(pf.conn) / 10000, PQserverVersion(pf.conn) % 10000);
+    if (PQserverVersion(pf.conn) < 150000)
+        pf_report(&pf, SUP_CHECK_WARN, "connection",
+                  "walrelay is developed and tested against PostgreSQL 15",
+                  "server version %d is older than 15", PQserverVersion(pf.conn));
+
+    check_wal_level(&pf);
+    check_role(&pf);
+    check_capacity(&pf);
+    sup_pub_table_t *tabs = NULL;
+    size_t ntabs = 0;
+    if (check_publication(&pf))
+        (void)list_tables(&pf, &tabs, &ntabs);
+    check_destination(&pf);
+
+    if (pf.first_fail_code != 0) {
+        free(tabs);
+        PQfinish(pf.conn);
+        return pf.first_fail_code;
+    }
+    if (tables) {
+        *tables = tabs;
+        *ntables = ntabs;
+    } else {
+        free(tabs);
+    }
+    if (keep)
+        *keep = pf.conn;
+    else
+        PQfinish(pf.conn);
+    return 0;
+}

@@ -1,2 +1,1553 @@
-/* placeholder: being written */
-typedef int wr_placeholder_sup_t;
+/*
+ * sup.c - the supervisor (`walrelay run DIR`): one libuv loop that spawns, watches and
+ * restarts the workers and relays their coordination.
+ *
+ * NOTES: runs in the `walrelay run` process. Owns DIR/walrelay.pid (flock held for the
+ * life of the process), DIR/state.db (the only writer) and DIR/control.sock (control.c).
+ *
+ * Start: config -> pid lock -> preflight (nothing written yet) -> state.db -> reconcile the
+ * tables with the publication -> control socket -> apply worker -> sync workers for tables
+ * in Init..Catchup (at most [sync] max_table_sync_workers, lowest relid first) -> loop.
+ *
+ * Workers (walrelay-apply DIR, walrelay-sync DIR RELID) talk msgpack on their fd 3 (a
+ * socketpair). The first message must be hello; we answer welcome + tables. A set_phase is
+ * validated (phase_transition_ok), persisted, acked, and only then relayed as table_state
+ * to the apply worker and the table's sync worker (except the requester), so what is on
+ * disk is never behind what a worker believes.
+ *
+ * A worker's exit is handled once both its process has exited and its channel reached EOF
+ * (so every message it sent before exiting has been processed). Exit 0 = done or stopped;
+ * 2 = fatal (no restart: the table goes to Errored, or for apply the pipeline is
+ * degraded); anything else, a signal, or apply exiting 0 on its own = a failure, restarted
+ * after backoff_initial_ms doubling up to backoff_max_ms; worker_max_failures in a row
+ * stop the restarts; healthy_reset_ms of running resets the count. Sync failures in a row
+ * are persisted as the table's attempts.
+ *
+ * SIGTERM/SIGINT: stop starting workers, send ["stop"] to each, wait for all to exit
+ * (SIGKILL after 30 s), then close everything and exit 0. SIGHUP: not supported yet.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "../common/log.h"
+#include "../common/repl.h"
+#include "../common/state.h"
+#include "sup.h"
+
+#define SUP_TICK_MS          1000
+#define SUP_STOP_GRACE_MS    30000
+#define SUP_HELLO_TIMEOUT_MS 30000
+#define SUP_EOF_GRACE_MS     2000
+#define SUP_PROGRESS_SAVE_MS 1000
+#define SUP_RESTART_FLOOR_MS 1000
+
+typedef enum {
+    W_IDLE = 0, /* no process, nothing pending */
+    W_STARTING, /* spawned, no hello yet */
+    W_RUNNING,
+    W_BACKOFF,  /* waiting to restart */
+    W_STOPPING, /* sent ["stop"] */
+    W_FAILED,   /* not restarted (fatal exit or too many failures) */
+} sup_wstate_t;
+
+static const char *const wstate_names[] = {"idle",    "starting", "running",
+                                           "backoff", "stopping", "failed"};
+
+struct sup_worker_s;
+
+/* One spawned process and its channel; freed when both handles are closed. */
+typedef struct sup_proc_s {
+    struct sup_worker_s *w; /* NULL once its exit has been handled */
+    sup_t *sup;
+    uv_process_t proc;
+    uv_pipe_t chan;
+    ipc_reader_t rd;
+    bool rd_ok;
+    int open_handles;
+    int64_t pid;
+    bool hello;
+    bool exited;
+    int64_t exit_status;
+    int term_signal;
+    int64_t exited_at;
+    bool chan_done; /* EOF, read error, or closed by us */
+    bool fatal;     /* handshake refused: handle its exit like exit code 2 */
+    char fatal_msg[256];
+} sup_proc_t;
+
+typedef struct sup_table_s sup_table_t;
+
+typedef struct sup_worker_s {
+    sup_t *sup;
+    bool is_apply;
+    uint32_t relid;
+    sup_table_t *table; /* NULL for apply */
+    char name[32];      /* "apply" | "sync-<relid>" */
+    sup_wstate_t state;
+    sup_proc_t *p;     /* current process, NULL if none */
+    uint32_t restarts; /* spawns after the first */
+    uint32_t failures; /* failures in a row */
+    bool ever_started;
+    int64_t started_at;
+    uv_timer_t timer; /* backoff */
+    bool timer_ok;
+} sup_worker_t;
+
+struct sup_table_s {
+    uint32_t relid;
+    char nsp[128];
+    char name[128];
+    wr_phase_t phase;
+    wr_lsn_t lsn;
+    uint64_t rows_copied;
+    sup_worker_t sync;
+};
+
+struct sup_s {
+    wr_config_t cfg;
+    uv_loop_t loop;
+    bool loop_ok;
+    state_store_t *st;
+    sup_control_t ctl;
+    bool ctl_ok;
+    uv_signal_t sig_term, sig_int, sig_hup;
+    bool sig_ok;
+    uv_timer_t tick;
+    bool tick_ok;
+    sup_worker_t apply;
+    sup_table_t *tables;
+    size_t ntables;
+    bool stopping;
+    bool shut; /* handles are closing */
+    bool killed_all;
+    int64_t stop_deadline;
+    bool degraded;
+    char apply_path[PATH_MAX];
+    char sync_path[PATH_MAX];
+    char slot_name[64];
+    wr_lsn_t flush_lsn;
+    wr_lsn_t received_lsn;
+    uint64_t events;
+    bool progress_dirty;
+    int64_t progress_saved_at;
+    state_table_t *status_rows; /* rows behind the last status reply */
+    int lock_fd;
+    char pid_path[PATH_MAX];
+};
+
+static char sup_readbuf[65536];
+
+static void worker_spawn(sup_worker_t *w);
+static void sup_schedule(sup_t *s);
+static void sup_check_stopped(sup_t *s);
+
+/* ---- shared helpers (sup.h) ---- */
+
+int
+sup_path(const char *dir, const char *file, char *buf, size_t len, wr_err_t *err)
+{
+    int n = snprintf(buf, len, "%s/%s", dir, file);
+    if (n < 0 || (size_t)n >= len)
+        return wr_err_set(err, WR_EINVAL, "path \"%s/%s\" is too long", dir, file);
+    return 0;
+}
+
+int
+sup_sock_path(const char *dir, char *buf, size_t len, wr_err_t *err)
+{
+    char tmp[PATH_MAX];
+    if (sup_path(dir, SUP_SOCK_FILE, tmp, sizeof(tmp), err) != 0)
+        return WR_EINVAL;
+    size_t max = sizeof(((struct sockaddr_un *)0)->sun_path) - 1;
+    if (strlen(tmp) > max || strlen(tmp) >= len) {
+        wr_err_set(err, WR_ECONFIG,
+                   "control socket path \"%s\" is %zu bytes, unix sockets allow %zu", tmp,
+                   strlen(tmp), max);
+        wr_err_hint(err, "use a config directory with a shorter path");
+        return WR_ECONFIG;
+    }
+    memcpy(buf, tmp, strlen(tmp) + 1);
+    return 0;
+}
+
+typedef struct sup_wreq_s {
+    uv_write_t req;
+    char *data;
+} sup_wreq_t;
+
+static void
+stream_write_cb(uv_write_t *req, int status)
+{
+    sup_wreq_t *wr = (sup_wreq_t *)req;
+    if (status < 0 && status != UV_ECANCELED)
+        log_debug("write failed error=%s", uv_strerror(status));
+    free(wr->data);
+    free(wr);
+}
+
+int
+sup_stream_send(uv_stream_t *stream, const ipc_msg_t *m)
+{
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    int rc = ipc_encode(m, &sb);
+    if (rc != 0) {
+        msgpack_sbuffer_destroy(&sb);
+        return rc;
+    }
+    sup_wreq_t *wr = malloc(sizeof(*wr));
+    if (!wr) {
+        msgpack_sbuffer_destroy(&sb);
+        return WR_ENOMEM;
+    }
+    size_t len = sb.size;
+    wr->data = msgpack_sbuffer_release(&sb);
+    uv_buf_t buf = uv_buf_init(wr->data, (unsigned)len);
+    rc = uv_write(&wr->req, stream, &buf, 1, stream_write_cb);
+    if (rc != 0) {
+        log_debug("write failed error=%s", uv_strerror(rc));
+        free(wr->data);
+        free(wr);
+        return WR_EIO;
+    }
+    return 0;
+}
+
+uv_loop_t *
+sup_loop(sup_t *s)
+{
+    return &s->loop;
+}
+
+/* ---- tables ---- */
+
+static sup_table_t *
+find_table(sup_t *s, uint32_t relid)
+{
+    size_t lo = 0, hi = s->ntables;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (s->tables[mid].relid == relid)
+            return &s->tables[mid];
+        if (s->tables[mid].relid < relid)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return NULL;
+}
+
+static bool
+proc_can_talk(const sup_proc_t *p)
+{
+    return p && p->hello && !p->chan_done;
+}
+
+static void proc_kill(sup_proc_t *p, const char *why);
+
+static void
+proc_send(sup_proc_t *p, const ipc_msg_t *m)
+{
+    if (!p || p->chan_done)
+        return;
+    if (sup_stream_send((uv_stream_t *)&p->chan, m) != 0)
+        log_warn("cannot send to worker worker=%s type=%s", p->w ? p->w->name : "?",
+                 ipc_type_name(m->type));
+}
+
+static void
+proc_send_error(sup_proc_t *p, const char *msg)
+{
+    ipc_msg_t e;
+    memset(&e, 0, sizeof(e));
+    e.type = IPC_ERROR;
+    e.u.error.message = (char *)msg;
+    proc_send(p, &e);
+}
+
+/* table_state to the apply worker and the table's sync worker, except `except`. */
+static void
+broadcast_table_state(sup_t *s, const sup_table_t *t, const sup_proc_t *except)
+{
+    ipc_msg_t m;
+    memset(&m, 0, sizeof(m));
+    m.type = IPC_TABLE_STATE;
+    m.u.table_state.relid = t->relid;
+    m.u.table_state.phase = t->phase;
+    m.u.table_state.lsn = t->lsn;
+    if (proc_can_talk(s->apply.p) && s->apply.p != except)
+        proc_send(s->apply.p, &m);
+    if (proc_can_talk(t->sync.p) && t->sync.p != except)
+        proc_send(t->sync.p, &m);
+}
+
+static void
+persist_attempts(sup_t *s, sup_table_t *t)
+{
+    wr_err_t err;
+    wr_err_clear(&err);
+    if (s->st->ops->set_attempts(s->st, t->relid, t->sync.failures, &err) != 0)
+        log_err(LOG_LVL_ERROR, "persisting the failure count", &err);
+}
+
+/* Persists Errored for t (if not already), then tells the workers. */
+static void
+table_set_errored(sup_t *s, sup_table_t *t, const char *kind, const char *msg, const char *hint)
+{
+    if (t->phase == PH_ERRORED)
+        return;
+    wr_err_t err;
+    wr_err_clear(&err);
+    if (s->st->ops->set_phase(s->st, t->relid, PH_ERRORED, t->lsn, kind, msg, hint, &err) != 0) {
+        log_err(LOG_LVL_ERROR, "persisting the errored phase", &err);
+        return;
+    }
+    log_error("table errored table=%s.%s relid=%u kind=%s message=\"%s\"", t->nsp, t->name,
+              t->relid, kind, msg);
+    t->phase = PH_ERRORED;
+    broadcast_table_state(s, t, NULL);
+}
+
+/* ---- worker processes ---- */
+
+static void
+proc_free_if_closed(sup_proc_t *p)
+{
+    if (p->open_handles > 0)
+        return;
+    if (p->rd_ok)
+        ipc_reader_close(&p->rd);
+    free(p);
+}
+
+static void
+proc_handle_closed_cb(uv_handle_t *h)
+{
+    sup_proc_t *p = h->data;
+    p->open_handles--;
+    proc_free_if_closed(p);
+}
+
+static void worker_exited(sup_worker_t *w, sup_proc_t *p);
+
+/* The exit is handled when the process is gone AND every message it sent was read. */
+static void
+proc_maybe_finished(sup_proc_t *p)
+{
+    if (!p->exited || !p->chan_done || !p->w)
+        return;
+    sup_worker_t *w = p->w;
+    p->w = NULL;
+    if (w->p == p)
+        w->p = NULL;
+    worker_exited(w, p);
+}
+
+static void
+proc_close_chan(sup_proc_t *p)
+{
+    if (p->chan_done)
+        return;
+    p->chan_done = true;
+    uv_read_stop((uv_stream_t *)&p->chan);
+    uv_close((uv_handle_t *)&p->chan, proc_handle_closed_cb);
+}
+
+static void
+proc_kill(sup_proc_t *p, const char *why)
+{
+    if (!p->exited) {
+        log_warn("killing worker worker=%s pid=%lld reason=\"%s\"", p->w ? p->w->name : "?",
+                 (long long)p->pid, why);
+        int rc = uv_process_kill(&p->proc, SIGKILL);
+        if (rc != 0 && rc != UV_ESRCH)
+            log_error("kill failed worker=%s pid=%lld error=%s", p->w ? p->w->name : "?",
+                      (long long)p->pid, uv_strerror(rc));
+    }
+    proc_close_chan(p);
+}
+
+static void
+exit_cb(uv_process_t *h, int64_t exit_status, int term_signal)
+{
+    sup_proc_t *p = h->data;
+    p->exited = true;
+    p->exit_status = exit_status;
+    p->term_signal = term_signal;
+    p->exited_at = wr_now_ms();
+    uv_close((uv_handle_t *)&p->proc, proc_handle_closed_cb);
+    proc_maybe_finished(p);
+}
+
+/* ---- messages from workers ---- */
+
+static void
+send_ack(sup_proc_t *p, uint32_t req, bool ok, const char *msg)
+{
+    ipc_msg_t a;
+    memset(&a, 0, sizeof(a));
+    a.type = IPC_ACK;
+    a.u.ack.req = req;
+    a.u.ack.ok = ok;
+    a.u.ack.message = (char *)(msg ? msg : "");
+    proc_send(p, &a);
+}
+
+static int
+send_tables(sup_t *s, sup_proc_t *p, sup_worker_t *w)
+{
+    size_t n = w->is_apply ? s->ntables : 1;
+    ipc_table_info_t *ti = calloc(n ? n : 1, sizeof(*ti));
+    if (!ti)
+        return WR_ENOMEM;
+    for (size_t i = 0; i < n; i++) {
+        const sup_table_t *t = w->is_apply ? &s->tables[i] : w->table;
+        ti[i].relid = t->relid;
+        ti[i].nsp = (char *)t->nsp;
+        ti[i].name = (char *)t->name;
+        ti[i].phase = t->phase;
+        ti[i].lsn = t->lsn;
+    }
+    ipc_msg_t m;
+    memset(&m, 0, sizeof(m));
+    m.type = IPC_TABLES;
+    m.u.tables.n = (uint32_t)n;
+    m.u.tables.tables = ti;
+    proc_send(p, &m);
+    free(ti);
+    return 0;
+}
+
+static void refuse_handshake(sup_proc_t *p, const char *fmt, ...) WR_PRINTF(2, 3);
+
+static void
+refuse_handshake(sup_proc_t *p, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(p->fatal_msg, sizeof(p->fatal_msg), fmt, ap);
+    va_end(ap);
+    log_error("worker refused worker=%s pid=%lld reason=\"%s\"", p->w->name, (long long)p->pid,
+              p->fatal_msg);
+    proc_send_error(p, p->fatal_msg);
+    p->fatal = true;
+    proc_kill(p, "handshake refused");
+}
+
+static void
+on_hello(sup_t *s, sup_proc_t *p, const ipc_msg_t *m)
+{
+    sup_worker_t *w = p->w;
+    if (p->hello) {
+        proc_send_error(p, "duplicate \"hello\"");
+        return;
+    }
+    const char *want_role = w->is_apply ? "apply" : "sync";
+    if (m->u.hello.version != IPC_PROTO_VERSION) {
+        refuse_handshake(p, "protocol version %u is not supported, the supervisor speaks %u",
+                         m->u.hello.version, IPC_PROTO_VERSION);
+        return;
+    }
+    if (!m->u.hello.role || strcmp(m->u.hello.role, want_role) != 0) {
+        refuse_handshake(p, "role \"%s\" does not match \"%s\"",
+                         m->u.hello.role ? m->u.hello.role : "", want_role);
+        return;
+    }
+    if (!w->is_apply && m->u.hello.relid != w->relid) {
+        refuse_handshake(p, "relid %u does not match %u", m->u.hello.relid, w->relid);
+        return;
+    }
+    if (m->u.hello.pid != p->pid)
+        log_warn("worker reports another pid worker=%s pid=%lld reported=%lld", w->name,
+                 (long long)p->pid, (long long)m->u.hello.pid);
+    p->hello = true;
+    w->state = s->stopping ? W_STOPPING : W_RUNNING;
+    log_info("worker ready worker=%s pid=%lld", w->name, (long long)p->pid);
+
+    ipc_msg_t wm;
+    memset(&wm, 0, sizeof(wm));
+    wm.type = IPC_WELCOME;
+    wm.u.welcome.version = IPC_PROTO_VERSION;
+    wm.u.welcome.pipeline = s->cfg.pipeline_name;
+    proc_send(p, &wm);
+    if (send_tables(s, p, w) != 0) {
+        proc_kill(p, "out of memory sending tables");
+        return;
+    }
+    if (s->stopping) {
+        ipc_msg_t st;
+        memset(&st, 0, sizeof(st));
+        st.type = IPC_STOP;
+        proc_send(p, &st);
+    }
+}
+
+static void
+on_set_phase(sup_t *s, sup_proc_t *p, const ipc_msg_t *m)
+{
+    sup_worker_t *w = p->w;
+    uint32_t req = m->u.set_phase.req;
+    uint32_t relid = m->u.set_phase.relid;
+    wr_phase_t to = m->u.set_phase.phase;
+    char msg[600];
+
+    sup_table_t *t = find_table(s, relid);
+    if (!t) {
+        snprintf(msg, sizeof(msg), "unknown table relid %u", relid);
+        log_warn("set_phase refused worker=%s reason=\"%s\"", w->name, msg);
+        send_ack(p, req, false, msg);
+        return;
+    }
+    if (!w->is_apply && relid != w->relid) {
+        snprintf(msg, sizeof(msg), "the sync worker of relid %u cannot change table \"%s.%s\"",
+                 w->relid, t->nsp, t->name);
+        log_warn("set_phase refused worker=%s reason=\"%s\"", w->name, msg);
+        send_ack(p, req, false, msg);
+        return;
+    }
+    if (!phase_transition_ok(t->phase, to)) {
+        snprintf(msg, sizeof(msg), "illegal phase change for table \"%s.%s\": %s -> %s", t->nsp,
+                 t->name, phase_name(t->phase), phase_name(to));
+        log_warn("set_phase refused worker=%s reason=\"%s\"", w->name, msg);
+        send_ack(p, req, false, msg);
+        return;
+    }
+    bool errored = to == PH_ERRORED;
+    const char *kind = errored ? m->u.set_phase.err_kind : NULL;
+    const char *emsg = errored ? m->u.set_phase.err_msg : NULL;
+    const char *hint = errored ? m->u.set_phase.err_hint : NULL;
+    wr_err_t err;
+    wr_err_clear(&err);
+    if (s->st->ops->set_phase(s->st, relid, to, m->u.set_phase.lsn, kind, emsg, hint, &err) != 0) {
+        log_err(LOG_LVL_ERROR, "persisting a phase change", &err);
+        snprintf(msg, sizeof(msg), "cannot persist the phase change: %.400s", err.msg);
+        send_ack(p, req, false, msg);
+        return;
+    }
+    wr_phase_t from = t->phase;
+    t->phase = to;
+    t->lsn = m->u.set_phase.lsn;
+    if (errored)
+        log_error("table errored table=%s.%s relid=%u worker=%s kind=%s message=\"%s\"", t->nsp,
+                  t->name, relid, w->name, kind ? kind : "", emsg ? emsg : "");
+    else
+        log_info(
+            "table phase changed table=%s.%s relid=%u from=%s to=%s lsn=" WR_LSN_FMT " worker=%s",
+            t->nsp, t->name, relid, phase_name(from), phase_name(to), WR_LSN_ARGS(t->lsn), w->name);
+    if ((to == PH_SYNCDONE || to == PH_READY) && t->sync.failures > 0) {
+        t->sync.failures = 0;
+        persist_attempts(s, t);
+    }
+    if (to == PH_INIT && t->sync.state == W_FAILED) {
+        t->sync.state = W_IDLE;
+        t->sync.failures = 0;
+        persist_attempts(s, t);
+    }
+    send_ack(p, req, true, "");
+    broadcast_table_state(s, t, p);
+    sup_schedule(s);
+}
+
+static void
+on_schema(sup_t *s, sup_proc_t *p, const ipc_msg_t *m)
+{
+    sup_worker_t *w = p->w;
+    uint32_t req = m->u.schema.req;
+    uint32_t relid = m->u.schema.relid;
+    char msg[600];
+    sup_table_t *t = find_table(s, relid);
+    if (!t || !m->u.schema.schema) {
+        snprintf(msg, sizeof(msg), "unknown table relid %u", relid);
+        send_ack(p, req, false, msg);
+        return;
+    }
+    if (!w->is_apply && relid != w->relid) {
+        snprintf(msg, sizeof(msg),
+                 "the sync worker of relid %u cannot store the schema of \"%s.%s\"", w->relid,
+                 t->nsp, t->name);
+        send_ack(p, req, false, msg);
+        return;
+    }
+    wr_err_t err;
+    wr_err_clear(&err);
+    if (s->st->ops->put_schema(s->st, m->u.schema.schema, m->u.schema.lsn, &err) != 0) {
+        log_err(LOG_LVL_ERROR, "persisting a schema", &err);
+        snprintf(msg, sizeof(msg), "cannot persist the schema: %.400s", err.msg);
+        send_ack(p, req, false, msg);
+        return;
+    }
+    log_info("schema stored table=%s.%s relid=%u lsn=" WR_LSN_FMT " columns=%u worker=%s", t->nsp,
+             t->name, relid, WR_LSN_ARGS(m->u.schema.lsn), (unsigned)m->u.schema.schema->ncols,
+             w->name);
+    send_ack(p, req, true, "");
+}
+
+static void
+on_message(sup_t *s, sup_proc_t *p, const ipc_msg_t *m)
+{
+    sup_worker_t *w = p->w;
+    char msg[200];
+    if (!p->hello && m->type != IPC_HELLO) {
+        snprintf(msg, sizeof(msg), "expected \"hello\" first, got \"%s\"", ipc_type_name(m->type));
+        log_warn("protocol error worker=%s error=\"%s\"", w->name, msg);
+        proc_send_error(p, msg);
+        proc_kill(p, "no hello");
+        return;
+    }
+    switch (m->type) {
+    case IPC_HELLO:
+        on_hello(s, p, m);
+        return;
+    case IPC_SET_PHASE:
+        on_set_phase(s, p, m);
+        return;
+    case IPC_SCHEMA:
+        on_schema(s, p, m);
+        return;
+    case IPC_PROGRESS:
+        if (!w->is_apply)
+            break;
+        s->flush_lsn = m->u.progress.flush_lsn;
+        s->received_lsn = m->u.progress.received_lsn;
+        s->events = m->u.progress.events;
+        s->progress_dirty = true;
+        return;
+    case IPC_COPY_PROGRESS: {
+        sup_table_t *t = find_table(s, m->u.copy_progress.relid);
+        if (w->is_apply || !t || t->relid != w->relid)
+            break;
+        t->rows_copied = m->u.copy_progress.rows;
+        return;
+    }
+    case IPC_ERROR:
+        log_warn("worker rejected a message worker=%s message=\"%s\"", w->name,
+                 m->u.error.message ? m->u.error.message : "");
+        return;
+    default:
+        break;
+    }
+    snprintf(msg, sizeof(msg), "unexpected message \"%s\" from the %s worker",
+             ipc_type_name(m->type), w->is_apply ? "apply" : "sync");
+    log_warn("protocol error worker=%s error=\"%s\"", w->name, msg);
+    proc_send_error(p, msg);
+}
+
+static void
+chan_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    WR_UNUSED(h);
+    WR_UNUSED(suggested);
+    buf->base = sup_readbuf;
+    buf->len = sizeof(sup_readbuf);
+}
+
+static void
+chan_read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
+{
+    sup_proc_t *p = stream->data;
+    if (nread == 0)
+        return;
+    if (nread < 0) {
+        /* ECONNRESET: the worker exited with our last messages unread; same as EOF */
+        if (nread != UV_EOF && nread != UV_ECONNRESET)
+            log_warn("worker channel read failed worker=%s error=%s", p->w ? p->w->name : "?",
+                     uv_strerror((int)nread));
+        proc_close_chan(p);
+        proc_maybe_finished(p);
+        return;
+    }
+    if (!p->w) /* exit already handled; ignore leftovers */
+        return;
+    sup_t *s = p->sup;
+    wr_err_t err;
+    wr_err_clear(&err);
+    if (ipc_reader_feed(&p->rd, buf->base, (size_t)nread, &err) != 0) {
+        log_error("broken worker channel worker=%s error=\"%s\"", p->w->name, err.msg);
+        proc_kill(p, "broken channel");
+        return;
+    }
+    while (p->w && !p->chan_done) {
+        ipc_msg_t m;
+        int rc = ipc_reader_next(&p->rd, &m, &err);
+        if (rc == 0)
+            break;
+        if (rc == 1) {
+            on_message(s, p, &m);
+            ipc_msg_clear(&m);
+            continue;
+        }
+        if (rc == WR_EPROTO && !p->rd.broken) {
+            log_warn("invalid message from worker worker=%s error=\"%s\"", p->w->name, err.msg);
+            proc_send_error(p, err.msg[0] ? err.msg : "invalid message");
+            continue;
+        }
+        log_error("broken worker channel worker=%s error=\"%s\"", p->w->name,
+                  err.msg[0] ? err.msg : "not msgpack");
+        proc_kill(p, "broken channel");
+        break;
+    }
+}
+
+/* ---- spawning, exits and restarts ---- */
+
+static int64_t
+backoff_ms(const sup_t *s, uint32_t failures)
+{
+    int64_t d = s->cfg.backoff_initial_ms > 0 ? s->cfg.backoff_initial_ms : 1000;
+    for (uint32_t i = 1; i < failures && d < s->cfg.backoff_max_ms; i++)
+        d *= 2;
+    if (d > s->cfg.backoff_max_ms && s->cfg.backoff_max_ms > 0)
+        d = s->cfg.backoff_max_ms;
+    return d;
+}
+
+static void
+backoff_timer_cb(uv_timer_t *h)
+{
+    sup_worker_t *w = h->data;
+    sup_t *s = w->sup;
+    if (w->state != W_BACKOFF)
+        return;
+    w->state = W_IDLE;
+    if (s->stopping) {
+        sup_check_stopped(s);
+        return;
+    }
+    if (!w->is_apply && !phase_needs_sync_worker(w->table->phase)) {
+        sup_schedule(s);
+        return;
+    }
+    worker_spawn(w);
+    if (!w->is_apply)
+        sup_schedule(s);
+}
+
+static void
+worker_restart_later(sup_worker_t *w, int64_t delay)
+{
+    w->state = W_BACKOFF;
+    if (!w->timer_ok) {
+        uv_timer_init(&w->sup->loop, &w->timer);
+        w->timer.data = w;
+        w->timer_ok = true;
+    }
+    log_info("worker restart scheduled worker=%s in_ms=%lld failures=%u", w->name, (long long)delay,
+             w->failures);
+    uv_timer_start(&w->timer, backoff_timer_cb, (uint64_t)delay, 0);
+}
+
+/* What the exit was, for logs and error messages. */
+static void
+describe_exit(const sup_proc_t *p, char *buf, size_t len)
+{
+    if (p->fatal)
+        snprintf(buf, len, "refused at handshake: %s", p->fatal_msg);
+    else if (p->term_signal)
+        snprintf(buf, len, "killed by signal %d (%s)", p->term_signal, strsignal(p->term_signal));
+    else
+        snprintf(buf, len, "exit code %lld", (long long)p->exit_status);
+}
+
+/* Counts a failure; returns true if the worker should be restarted. */
+static bool
+worker_count_failure(sup_worker_t *w)
+{
+    w->failures++;
+    if (!w->is_apply)
+        persist_attempts(w->sup, w->table);
+    return (int)w->failures < w->sup->cfg.worker_max_failures;
+}
+
+static void
+apply_exited(sup_t *s, sup_worker_t *w, sup_proc_t *p, const char *how)
+{
+    bool fatal = p->fatal || (!p->term_signal && p->exit_status == WR_EXIT_CONFIG);
+    if (s->stopping) {
+        w->state = W_IDLE;
+        return;
+    }
+    if (fatal) {
+        w->state = W_FAILED;
+        s->degraded = true;
+        log_error("apply worker failed, not restarting; the pipeline is degraded worker=%s "
+                  "exit=\"%s\"",
+                  w->name, how);
+        return;
+    }
+    if (!p->term_signal && p->exit_status == 0)
+        log_warn("apply worker exited on its own, restarting worker=%s", w->name);
+    if (!worker_count_failure(w)) {
+        w->state = W_FAILED;
+        s->degraded = true;
+        log_error("apply worker failed %u times in a row, not restarting; the pipeline is "
+                  "degraded worker=%s last_exit=\"%s\"",
+                  w->failures, w->name, how);
+        return;
+    }
+    worker_restart_later(w, backoff_ms(s, w->failures));
+}
+
+static void
+sync_exited(sup_t *s, sup_worker_t *w, sup_proc_t *p, const char *how)
+{
+    sup_table_t *t = w->table;
+    bool clean = !p->fatal && !p->term_signal && p->exit_status == 0;
+    bool fatal = p->fatal || (!p->term_signal && p->exit_status == WR_EXIT_CONFIG);
+    if (s->stopping) {
+        w->state = W_IDLE;
+        return;
+    }
+    if (!phase_needs_sync_worker(t->phase)) {
+        /* done (SyncDone/Ready) or Errored: the slot is free whatever the exit code */
+        w->state = W_IDLE;
+        log_info("sync worker finished table=%s.%s phase=%s exit=\"%s\"", t->nsp, t->name,
+                 phase_name(t->phase), how);
+        return;
+    }
+    if (fatal) {
+        char msg[512];
+        if (p->fatal)
+            snprintf(msg, sizeof(msg), "sync worker %s", how);
+        else
+            snprintf(msg, sizeof(msg), "sync worker exited with code %lld",
+                     (long long)p->exit_status);
+        w->state = W_FAILED;
+        table_set_errored(s, t, "worker_failed", msg,
+                          "see the log; walrelay retry arrives in a later release");
+        return;
+    }
+    if (clean) {
+        /* stopped before its table was done: start it again, no failure counted */
+        worker_restart_later(w, s->cfg.backoff_initial_ms < SUP_RESTART_FLOOR_MS
+                                    ? s->cfg.backoff_initial_ms
+                                    : SUP_RESTART_FLOOR_MS);
+        return;
+    }
+    if (!worker_count_failure(w)) {
+        char msg[512];
+        snprintf(msg, sizeof(msg), "sync worker failed %u times in a row, last: %s", w->failures,
+                 how);
+        w->state = W_FAILED;
+        table_set_errored(s, t, "worker_crashed", msg,
+                          "see the log; walrelay retry arrives in a later release");
+        return;
+    }
+    worker_restart_later(w, backoff_ms(s, w->failures));
+}
+
+static void
+worker_exited(sup_worker_t *w, sup_proc_t *p)
+{
+    sup_t *s = w->sup;
+    char how[400];
+    describe_exit(p, how, sizeof(how));
+    if (p->term_signal)
+        log_warn("WORKER KILLED BY SIGNAL worker=%s pid=%lld signal=%d (%s) restarts=%u", w->name,
+                 (long long)p->pid, p->term_signal, strsignal(p->term_signal), w->restarts);
+    else if (p->exit_status == 0)
+        log_info("worker exited worker=%s pid=%lld status=0", w->name, (long long)p->pid);
+    else
+        log_warn("worker exited worker=%s pid=%lld status=%lld", w->name, (long long)p->pid,
+                 (long long)p->exit_status);
+    if (w->is_apply)
+        apply_exited(s, w, p, how);
+    else
+        sync_exited(s, w, p, how);
+    sup_schedule(s);
+    sup_check_stopped(s);
+}
+
+static void
+worker_spawn(sup_worker_t *w)
+{
+    sup_t *s = w->sup;
+    sup_proc_t *p = calloc(1, sizeof(*p));
+    if (!p || ipc_reader_init(&p->rd) != 0) {
+        free(p);
+        log_error("out of memory starting a worker worker=%s", w->name);
+        if (worker_count_failure(w))
+            worker_restart_later(w, backoff_ms(s, w->failures));
+        else
+            w->state = W_FAILED;
+        return;
+    }
+    p->rd_ok = true;
+    p->w = w;
+    p->sup = s;
+
+    char relid[16];
+    snprintf(relid, sizeof(relid), "%u", w->relid);
+    char *args[4];
+    args[0] = w->is_apply ? s->apply_path : s->sync_path;
+    args[1] = s->cfg.dir;
+    args[2] = w->is_apply ? NULL : relid;
+    args[3] = NULL;
+
+    uv_pipe_init(&s->loop, &p->chan, 0);
+    p->chan.data = p;
+    p->proc.data = p;
+    uv_stdio_container_t stdio[4];
+    stdio[0].flags = UV_IGNORE;
+    stdio[1].flags = UV_INHERIT_FD;
+    stdio[1].data.fd = 1;
+    stdio[2].flags = UV_INHERIT_FD;
+    stdio[2].data.fd = 2;
+    stdio[3].flags = UV_CREATE_PIPE | UV_READABLE_PIPE | UV_WRITABLE_PIPE;
+    stdio[3].data.stream = (uv_stream_t *)&p->chan;
+
+    uv_process_options_t opt;
+    memset(&opt, 0, sizeof(opt));
+    opt.file = args[0];
+    opt.args = args;
+    opt.exit_cb = exit_cb;
+    opt.stdio = stdio;
+    opt.stdio_count = 4;
+    /* Own session: a terminal's ^C reaches only the supervisor, which stops the workers
+     * in order. Workers still exit on EOF of fd 3 if the supervisor dies. */
+    opt.flags = UV_PROCESS_DETACHED;
+
+    p->open_handles = 2;
+    int rc = uv_spawn(&s->loop, &p->proc, &opt);
+    if (w->ever_started)
+        w->restarts++;
+    w->ever_started = true;
+    w->started_at = wr_now_ms();
+    if (rc != 0) {
+        log_error("cannot start worker worker=%s program=%s error=%s", w->name, args[0],
+                  uv_strerror(rc));
+        p->w = NULL;
+        p->chan_done = true;
+        uv_close((uv_handle_t *)&p->proc, proc_handle_closed_cb);
+        uv_close((uv_handle_t *)&p->chan, proc_handle_closed_cb);
+        if (!s->stopping && worker_count_failure(w)) {
+            worker_restart_later(w, backoff_ms(s, w->failures));
+        } else {
+            w->state = W_FAILED;
+            if (w->is_apply)
+                s->degraded = true;
+            else
+                table_set_errored(s, w->table, "worker_crashed", "cannot start the sync worker",
+                                  "see the log; walrelay retry arrives in a later release");
+        }
+        return;
+    }
+    p->pid = p->proc.pid;
+    w->p = p;
+    w->state = W_STARTING;
+    log_info("worker started worker=%s pid=%lld restarts=%u", w->name, (long long)p->pid,
+             w->restarts);
+    rc = uv_read_start((uv_stream_t *)&p->chan, chan_alloc_cb, chan_read_cb);
+    if (rc != 0) {
+        log_error("cannot read the worker channel worker=%s error=%s", w->name, uv_strerror(rc));
+        proc_kill(p, "channel unreadable");
+    }
+}
+
+/* Starts sync workers for tables in Init..Catchup, lowest relid first, up to the limit.
+ * A worker waiting in backoff keeps its place. */
+static void
+sup_schedule(sup_t *s)
+{
+    if (s->stopping)
+        return;
+    int busy = 0;
+    for (size_t i = 0; i < s->ntables; i++) {
+        sup_worker_t *w = &s->tables[i].sync;
+        if (w->p || w->state == W_BACKOFF)
+            busy++;
+    }
+    for (size_t i = 0; i < s->ntables && busy < s->cfg.max_table_sync_workers; i++) {
+        sup_table_t *t = &s->tables[i];
+        if (t->sync.state != W_IDLE || t->sync.p || !phase_needs_sync_worker(t->phase))
+            continue;
+        worker_spawn(&t->sync);
+        busy++;
+    }
+}
+
+/* ---- stop ---- */
+
+static void
+close_handle(uv_handle_t *h)
+{
+    if (!uv_is_closing(h))
+        uv_close(h, NULL);
+}
+
+static void
+save_progress(sup_t *s)
+{
+    state_progress_t pr;
+    memset(&pr, 0, sizeof(pr));
+    snprintf(pr.slot_name, sizeof(pr.slot_name), "%s", s->slot_name);
+    pr.confirmed_flush = s->flush_lsn;
+    wr_err_t err;
+    wr_err_clear(&err);
+    if (s->st->ops->set_progress(s->st, &pr, &err) != 0)
+        log_err(LOG_LVL_ERROR, "persisting progress", &err);
+    s->progress_dirty = false;
+    s->progress_saved_at = wr_now_ms();
+}
+
+static bool
+any_worker_alive(sup_t *s)
+{
+    if (s->apply.p)
+        return true;
+    for (size_t i = 0; i < s->ntables; i++)
+        if (s->tables[i].sync.p)
+            return true;
+    return false;
+}
+
+/* When stopping and every worker is gone: close all handles so the loop ends. */
+static void
+sup_check_stopped(sup_t *s)
+{
+    if (!s->stopping || s->shut || any_worker_alive(s))
+        return;
+    s->shut = true;
+    log_info("all workers stopped");
+    if (s->progress_dirty)
+        save_progress(s);
+    if (s->ctl_ok)
+        sup_control_close(&s->ctl);
+    if (s->tick_ok)
+        close_handle((uv_handle_t *)&s->tick);
+    if (s->sig_ok) {
+        close_handle((uv_handle_t *)&s->sig_term);
+        close_handle((uv_handle_t *)&s->sig_int);
+        close_handle((uv_handle_t *)&s->sig_hup);
+    }
+    if (s->apply.timer_ok)
+        close_handle((uv_handle_t *)&s->apply.timer);
+    for (size_t i = 0; i < s->ntables; i++)
+        if (s->tables[i].sync.timer_ok)
+            close_handle((uv_handle_t *)&s->tables[i].sync.timer);
+}
+
+static void
+stop_worker(sup_worker_t *w)
+{
+    if (w->state == W_BACKOFF) {
+        uv_timer_stop(&w->timer);
+        w->state = W_IDLE;
+    }
+    if (!w->p)
+        return;
+    if (proc_can_talk(w->p)) {
+        ipc_msg_t m;
+        memset(&m, 0, sizeof(m));
+        m.type = IPC_STOP;
+        proc_send(w->p, &m);
+        w->state = W_STOPPING;
+    }
+    /* a worker without hello gets ["stop"] right after its welcome (on_hello) */
+}
+
+void
+sup_stop_begin(sup_t *s, const char *why)
+{
+    if (s->stopping) {
+        log_info("already stopping reason=\"%s\"", why);
+        return;
+    }
+    s->stopping = true;
+    s->stop_deadline = wr_now_ms() + SUP_STOP_GRACE_MS;
+    log_info("stopping reason=\"%s\"", why);
+    stop_worker(&s->apply);
+    for (size_t i = 0; i < s->ntables; i++)
+        stop_worker(&s->tables[i].sync);
+    sup_check_stopped(s);
+}
+
+static void
+signal_cb(uv_signal_t *h, int signum)
+{
+    sup_t *s = h->data;
+    if (signum == SIGHUP) {
+        log_warn("reload is not supported yet; restart to apply config changes");
+        return;
+    }
+    char why[64];
+    snprintf(why, sizeof(why), "received %s", signum == SIGTERM ? "SIGTERM" : "SIGINT");
+    sup_stop_begin(s, why);
+}
+
+/* ---- periodic work ---- */
+
+static void
+tick_worker(sup_t *s, sup_worker_t *w, int64_t now)
+{
+    sup_proc_t *p = w->p;
+    if (p && !p->hello && !p->exited && now - w->started_at > SUP_HELLO_TIMEOUT_MS)
+        proc_kill(p, "no hello within 30 s");
+    if (p && p->exited && !p->chan_done && now - p->exited_at > SUP_EOF_GRACE_MS) {
+        /* a descendant kept fd 3 open: stop waiting for EOF */
+        proc_close_chan(p);
+        proc_maybe_finished(p);
+        return;
+    }
+    if (w->state == W_RUNNING && w->failures > 0 &&
+        now - w->started_at >= s->cfg.healthy_reset_ms) {
+        log_info("worker healthy, failure count reset worker=%s failures=%u", w->name, w->failures);
+        w->failures = 0;
+        if (!w->is_apply)
+            persist_attempts(s, w->table);
+    }
+}
+
+static void
+tick_cb(uv_timer_t *h)
+{
+    sup_t *s = h->data;
+    int64_t now = wr_now_ms();
+    tick_worker(s, &s->apply, now);
+    for (size_t i = 0; i < s->ntables; i++)
+        tick_worker(s, &s->tables[i].sync, now);
+    if (s->progress_dirty && now - s->progress_saved_at >= SUP_PROGRESS_SAVE_MS)
+        save_progress(s);
+    if (s->stopping && !s->killed_all && now >= s->stop_deadline) {
+        s->killed_all = true;
+        log_warn("workers did not stop within %d s, killing them", SUP_STOP_GRACE_MS / 1000);
+        if (s->apply.p)
+            proc_kill(s->apply.p, "stop timeout");
+        for (size_t i = 0; i < s->ntables; i++)
+            if (s->tables[i].sync.p)
+                proc_kill(s->tables[i].sync.p, "stop timeout");
+    }
+}
+
+/* ---- status ---- */
+
+int
+sup_status_build(sup_t *s, ipc_msg_t *out, wr_err_t *err)
+{
+    memset(out, 0, sizeof(*out));
+    out->type = IPC_STATUS_REPLY;
+    __typeof__(out->u.status_reply) *r = &out->u.status_reply;
+    r->pipeline = s->cfg.pipeline_name;
+    r->state = s->stopping ? "stopping" : s->degraded ? "degraded" : "running";
+    r->pid = (int64_t)getpid();
+    r->flush_lsn = s->flush_lsn;
+    r->received_lsn = s->received_lsn;
+    r->events = s->events;
+
+    state_table_t *st = NULL;
+    size_t nst = 0;
+    if (s->st->ops->list_tables(s->st, &st, &nst, err) != 0)
+        return err->code ? err->code : WR_ESTATE;
+    r->tables = calloc(nst ? nst : 1, sizeof(*r->tables));
+    r->workers = calloc(s->ntables + 1, sizeof(*r->workers));
+    if (!r->tables || !r->workers) {
+        free(st);
+        sup_status_free(out);
+        return wr_err_set(err, WR_ENOMEM, "out of memory");
+    }
+    /* The table entries point into the stored rows: they live until the next status. */
+    free(s->status_rows);
+    s->status_rows = st;
+    r->ntables = (uint32_t)nst;
+    for (size_t i = 0; i < nst; i++) {
+        ipc_table_info_t *ti = &r->tables[i];
+        const state_table_t *row = &st[i];
+        const sup_table_t *t = find_table(s, row->relid);
+        ti->relid = row->relid;
+        ti->nsp = (char *)(t ? t->nsp : row->nsp);
+        ti->name = (char *)(t ? t->name : row->name);
+        ti->phase = row->phase;
+        ti->lsn = row->lsn;
+        ti->rows_copied = t ? t->rows_copied : 0;
+        ti->attempts = row->attempts;
+        ti->err_kind = (char *)row->err_kind;
+        ti->err_msg = (char *)row->err_msg;
+        ti->err_hint = (char *)row->err_hint;
+    }
+
+    uint32_t nw = 0;
+    for (size_t i = 0; i <= s->ntables; i++) {
+        sup_worker_t *w = i == 0 ? &s->apply : &s->tables[i - 1].sync;
+        if (!w->is_apply && w->state == W_IDLE && !w->p)
+            continue;
+        ipc_worker_info_t *wi = &r->workers[nw++];
+        wi->role = w->is_apply ? "apply" : "sync";
+        wi->relid = w->relid;
+        wi->pid = w->p && !w->p->exited ? w->p->pid : 0;
+        wi->restarts = w->restarts;
+        wi->state = (char *)wstate_names[w->state];
+    }
+    r->nworkers = nw;
+    return 0;
+}
+
+void
+sup_status_free(ipc_msg_t *m)
+{
+    free(m->u.status_reply.tables);
+    free(m->u.status_reply.workers);
+    m->u.status_reply.tables = NULL;
+    m->u.status_reply.workers = NULL;
+}
+
+/* ---- start ---- */
+
+/*
+ * Takes DIR/walrelay.pid: open, flock(LOCK_EX|LOCK_NB), make sure the file we locked is
+ * still the one at the path (a stopping supervisor unlinks it), write our pid.
+ */
+static int
+lock_pidfile(sup_t *s, wr_err_t *err)
+{
+    if (sup_path(s->cfg.dir, SUP_PID_FILE, s->pid_path, sizeof(s->pid_path), err) != 0)
+        return WR_ECONFIG;
+    for (int attempt = 0; attempt < 5; attempt++) {
+        int fd = open(s->pid_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+        if (fd < 0)
+            return wr_err_set(err, WR_ECONFIG, "cannot open \"%s\": %s", s->pid_path,
+                              strerror(errno));
+        if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+            int e = errno;
+            char buf[32] = "";
+            ssize_t n = pread(fd, buf, sizeof(buf) - 1, 0);
+            buf[n > 0 ? n : 0] = '\0';
+            close(fd);
+            if (e == EWOULDBLOCK) {
+                long pid = strtol(buf, NULL, 10);
+                wr_err_set(err, WR_ECONFIG, "pipeline in %s is already running (pid %ld)",
+                           s->cfg.dir, pid);
+                wr_err_hint(err, "use `walrelay status %s`, or `walrelay stop %s` first",
+                            s->cfg.dir, s->cfg.dir);
+                return WR_ECONFIG;
+            }
+            return wr_err_set(err, WR_ECONFIG, "cannot lock \"%s\": %s", s->pid_path, strerror(e));
+        }
+        struct stat a, b;
+        if (fstat(fd, &a) == 0 && stat(s->pid_path, &b) == 0 && a.st_ino == b.st_ino &&
+            a.st_dev == b.st_dev) {
+            char buf[32];
+            int n = snprintf(buf, sizeof(buf), "%ld\n", (long)getpid());
+            if (ftruncate(fd, 0) != 0 || pwrite(fd, buf, (size_t)n, 0) != n) {
+                int e = errno;
+                close(fd);
+                return wr_err_set(err, WR_ECONFIG, "cannot write \"%s\": %s", s->pid_path,
+                                  strerror(e));
+            }
+            s->lock_fd = fd;
+            return 0;
+        }
+        close(fd); /* unlinked under us by an exiting supervisor: try again */
+    }
+    return wr_err_set(err, WR_ECONFIG, "cannot take the lock \"%s\"", s->pid_path);
+}
+
+static void
+unlock_pidfile(sup_t *s)
+{
+    if (s->lock_fd < 0)
+        return;
+    unlink(s->pid_path); /* while still holding the lock */
+    close(s->lock_fd);
+    s->lock_fd = -1;
+}
+
+static int
+find_program(const char *dir, const char *name, char *out, size_t len)
+{
+    int n = snprintf(out, len, "%s/%s", dir, name);
+    if (n < 0 || (size_t)n >= len)
+        return -1;
+    return access(out, X_OK) == 0 ? 0 : -1;
+}
+
+/* Worker programs: $WALRELAY_LIBEXEC_DIR, else next to our executable, else (installed
+ * layout) ../libexec/walrelay relative to it. */
+static int
+find_workers(sup_t *s, wr_err_t *err)
+{
+    char dir[PATH_MAX];
+    const char *env = getenv("WALRELAY_LIBEXEC_DIR");
+    if (env && env[0]) {
+        snprintf(dir, sizeof(dir), "%s", env);
+    } else {
+        ssize_t n = readlink("/proc/self/exe", dir, sizeof(dir) - 1);
+        if (n <= 0)
+            return wr_err_set(err, WR_ECONFIG, "cannot read /proc/self/exe: %s", strerror(errno));
+        dir[n] = '\0';
+        char *slash = strrchr(dir, '/');
+        if (slash)
+            *slash = '\0';
+    }
+    if (find_program(dir, "walrelay-apply", s->apply_path, sizeof(s->apply_path)) == 0 &&
+        find_program(dir, "walrelay-sync", s->sync_path, sizeof(s->sync_path)) == 0)
+        return 0;
+    if (!(env && env[0])) {
+        char alt[PATH_MAX];
+        int n = snprintf(alt, sizeof(alt), "%s/../libexec/walrelay", dir);
+        if (n > 0 && (size_t)n < sizeof(alt) &&
+            find_program(alt, "walrelay-apply", s->apply_path, sizeof(s->apply_path)) == 0 &&
+            find_program(alt, "walrelay-sync", s->sync_path, sizeof(s->sync_path)) == 0)
+            return 0;
+    }
+    wr_err_set(err, WR_ECONFIG,
+               "cannot find the worker programs walrelay-apply and walrelay-sync in \"%s\"", dir);
+    wr_err_hint(err, "set WALRELAY_LIBEXEC_DIR to the directory that holds them");
+    return WR_ECONFIG;
+}
+
+static void
+preflight_log(void *arg, int level, const char *check, const char *msg, const char *hint)
+{
+    WR_UNUSED(arg);
+    int lvl = level == SUP_CHECK_OK     ? LOG_LVL_INFO
+              : level == SUP_CHECK_WARN ? LOG_LVL_WARN
+                                        : LOG_LVL_ERROR;
+    const char *what = level == SUP_CHECK_OK     ? "ok"
+                       : level == SUP_CHECK_WARN ? "warning"
+                                                 : "failed";
+    if (hint && hint[0])
+        log_msg(lvl, "preflight %s: %s check=%s hint=\"%s\"", what, msg, check, hint);
+    else
+        log_msg(lvl, "preflight %s: %s check=%s", what, msg, check);
+}
+
+/* Adds published tables that are new, removes tables that are no longer published (their
+ * state, schemas and sync slot; destination data stays), then loads the table list. */
+static int
+reconcile_tables(sup_t *s, const sup_pub_table_t *pub, size_t npub, PGconn *conn, wr_err_t *err)
+{
+    state_table_t *st = NULL;
+    size_t nst = 0;
+    if (s->st->ops->list_tables(s->st, &st, &nst, err) != 0)
+        return err->code ? err->code : WR_ESTATE;
+    size_t i = 0, j = 0;
+    int rc = 0;
+    while (rc == 0 && (i < npub || j < nst)) {
+        if (j >= nst || (i < npub && pub[i].relid < st[j].relid)) {
+            rc = s->st->ops->add_table(s->st, pub[i].relid, pub[i].nsp, pub[i].name, err);
+            if (rc == 0)
+                log_info("table added table=%s.%s relid=%u", pub[i].nsp, pub[i].name, pub[i].relid);
+            i++;
+        } else if (i >= npub || st[j].relid < pub[i].relid) {
+            rc = s->st->ops->remove_table(s->st, st[j].relid, err);
+            if (rc == 0) {
+                log_info("table no longer published, state removed (destination data kept) "
+                         "table=%s.%s relid=%u",
+                         st[j].nsp, st[j].name, st[j].relid);
+                char slot[64];
+                cfg_sync_slot_name(&s->cfg, st[j].relid, slot, sizeof(slot));
+                wr_err_t serr;
+                wr_err_clear(&serr);
+                if (conn && repl_drop_slot(conn, slot, &serr) != 0)
+                    log_err(LOG_LVL_WARN, "dropping the sync slot of a removed table", &serr);
+            }
+            j++;
+        } else {
+            if (strcmp(pub[i].nsp, st[j].nsp) != 0 || strcmp(pub[i].name, st[j].name) != 0)
+                log_info("table renamed table=%s.%s was=%s.%s relid=%u", pub[i].nsp, pub[i].name,
+                         st[j].nsp, st[j].name, pub[i].relid);
+            i++;
+            j++;
+        }
+    }
+    free(st);
+    if (rc != 0)
+        return rc;
+
+    st = NULL;
+    nst = 0;
+    if (s->st->ops->list_tables(s->st, &st, &nst, err) != 0)
+        return err->code ? err->code : WR_ESTATE;
+    s->tables = calloc(nst ? nst : 1, sizeof(*s->tables));
+    if (!s->tables) {
+        free(st);
+        return wr_err_set(err, WR_ENOMEM, "out of memory");
+    }
+    s->ntables = nst;
+    for (size_t k = 0; k < nst; k++) {
+        sup_table_t *t = &s->tables[k];
+        t->relid = st[k].relid;
+        snprintf(t->nsp, sizeof(t->nsp), "%s", st[k].nsp);
+        snprintf(t->name, sizeof(t->name), "%s", st[k].name);
+        /* the publication's current name wins (renames) */
+        for (size_t q = 0; q < npub; q++) {
+            if (pub[q].relid == t->relid) {
+                snprintf(t->nsp, sizeof(t->nsp), "%s", pub[q].nsp);
+                snprintf(t->name, sizeof(t->name), "%s", pub[q].name);
+                break;
+            }
+        }
+        t->phase = st[k].phase;
+        t->lsn = st[k].lsn;
+        t->sync.sup = s;
+        t->sync.relid = t->relid;
+        t->sync.table = t;
+        t->sync.failures = st[k].attempts;
+        snprintf(t->sync.name, sizeof(t->sync.name), "sync-%u", t->relid);
+        log_info("table table=%s.%s relid=%u phase=%s lsn=" WR_LSN_FMT, t->nsp, t->name, t->relid,
+                 phase_name(t->phase), WR_LSN_ARGS(t->lsn));
+    }
+    free(st);
+    return 0;
+}
+
+static int
+init_progress(sup_t *s, wr_err_t *err)
+{
+    cfg_apply_slot_name(&s->cfg, s->slot_name, sizeof(s->slot_name));
+    state_progress_t pr;
+    bool found = false;
+    memset(&pr, 0, sizeof(pr));
+    if (s->st->ops->get_progress(s->st, &pr, &found, err) != 0)
+        return err->code ? err->code : WR_ESTATE;
+    if (found) {
+        s->flush_lsn = pr.confirmed_flush;
+        if (strcmp(pr.slot_name, s->slot_name) == 0)
+            return 0;
+    }
+    snprintf(pr.slot_name, sizeof(pr.slot_name), "%s", s->slot_name);
+    if (s->st->ops->set_progress(s->st, &pr, err) != 0)
+        return err->code ? err->code : WR_ESTATE;
+    return 0;
+}
+
+static void
+print_fatal(const wr_err_t *err)
+{
+    fprintf(stderr, "walrelay: %s\n", err->msg[0] ? err->msg : wr_err_code_name(err->code));
+    if (err->hint[0])
+        fprintf(stderr, "hint: %s\n", err->hint);
+}
+
+static void
+walk_close_cb(uv_handle_t *h, void *arg)
+{
+    WR_UNUSED(arg);
+    if (!uv_is_closing(h))
+        uv_close(h, NULL);
+}
+
+static void
+sup_free(sup_t *s)
+{
+    if (s->loop_ok) {
+        /* every handle is closed by now; be defensive anyway */
+        uv_walk(&s->loop, walk_close_cb, NULL);
+        uv_run(&s->loop, UV_RUN_DEFAULT);
+        if (uv_loop_close(&s->loop) != 0)
+            log_warn("event loop closed with handles still open");
+    }
+    state_close(s->st);
+    s->st = NULL;
+    free(s->status_rows);
+    free(s->tables);
+    unlock_pidfile(s);
+    cfg_free(&s->cfg);
+}
+
+int
+sup_run(const char *dir)
+{
+    static sup_t sup; /* one per process; its handles must outlive any callback */
+    sup_t *s = &sup;
+    memset(s, 0, sizeof(*s));
+    s->lock_fd = -1;
+    wr_err_t err;
+    wr_err_clear(&err);
+    int code = WR_EXIT_CONFIG;
+
+    cfg_defaults(&s->cfg);
+    if (cfg_load(dir, &s->cfg, &err) != 0) {
+        print_fatal(&err);
+        cfg_free(&s->cfg);
+        return WR_EXIT_CONFIG;
+    }
+    log_init(s->cfg.pipeline_name, "supervisor");
+    log_set_level(s->cfg.log_level);
+
+    char sock[sizeof(((struct sockaddr_un *)0)->sun_path)];
+    if (lock_pidfile(s, &err) != 0 || sup_sock_path(s->cfg.dir, sock, sizeof(sock), &err) != 0 ||
+        find_workers(s, &err) != 0) {
+        print_fatal(&err);
+        goto out;
+    }
+    log_info("starting version=%s pid=%ld dir=%s", WR_VERSION, (long)getpid(), s->cfg.dir);
+
+    sup_pub_table_t *pub = NULL;
+    size_t npub = 0;
+    PGconn *conn = NULL;
+    if (sup_preflight(&s->cfg, preflight_log, NULL, &pub, &npub, &conn, &err) != 0) {
+        print_fatal(&err);
+        log_error("cannot start: preflight failed (nothing was written)");
+        goto out;
+    }
+
+    char path[PATH_MAX];
+    int rc = sup_path(s->cfg.dir, SUP_STATE_FILE, path, sizeof(path), &err);
+    if (rc == 0)
+        rc = state_open_sqlite(path, &s->st, &err);
+    if (rc == 0)
+        rc = reconcile_tables(s, pub, npub, conn, &err);
+    if (rc == 0)
+        rc = init_progress(s, &err);
+    free(pub);
+    PQfinish(conn);
+    if (rc != 0) {
+        print_fatal(&err);
+        code =
+            wr_err_exit_code(err.code) == WR_EXIT_OK ? WR_EXIT_ERROR : wr_err_exit_code(err.code);
+        goto out;
+    }
+
+    rc = uv_loop_init(&s->loop);
+    if (rc != 0) {
+        fprintf(stderr, "walrelay: uv_loop_init: %s\n", uv_strerror(rc));
+        code = WR_EXIT_ERROR;
+        goto out;
+    }
+    s->loop_ok = true;
+    uv_signal_init(&s->loop, &s->sig_term);
+    uv_signal_init(&s->loop, &s->sig_int);
+    uv_signal_init(&s->loop, &s->sig_hup);
+    s->sig_term.data = s->sig_int.data = s->sig_hup.data = s;
+    uv_signal_start(&s->sig_term, signal_cb, SIGTERM);
+    uv_signal_start(&s->sig_int, signal_cb, SIGINT);
+    uv_signal_start(&s->sig_hup, signal_cb, SIGHUP);
+    s->sig_ok = true;
+    uv_timer_init(&s->loop, &s->tick);
+    s->tick.data = s;
+    uv_timer_start(&s->tick, tick_cb, SUP_TICK_MS, SUP_TICK_MS);
+    s->tick_ok = true;
+
+    if (sup_control_start(&s->ctl, s, sock, &err) != 0) {
+        print_fatal(&err);
+        code = WR_EXIT_CONFIG;
+        s->stopping = true;
+        sup_check_stopped(s);
+        goto out;
+    }
+    s->ctl_ok = true;
+
+    s->apply.sup = s;
+    s->apply.is_apply = true;
+    snprintf(s->apply.name, sizeof(s->apply.name), "apply");
+    log_info("running tables=%zu max_table_sync_workers=%d control=%s", s->ntables,
+             s->cfg.max_table_sync_workers, sock);
+    worker_spawn(&s->apply);
+    sup_schedule(s);
+
+    uv_run(&s->loop, UV_RUN_DEFAULT);
+    log_info("stopped%s", s->degraded ? " (the pipeline was degraded)" : "");
+    code = WR_EXIT_OK;
+out:
+    sup_free(s);
+    return code;
+}
