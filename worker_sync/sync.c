@@ -1,1 +1,1746 @@
-int main(void) { return 1; }
+/*
+ * sync.c - walrelay-sync: copies one table under its own slot's snapshot, then streams
+ * that slot until the apply worker can take the table over (PostgreSQL's tablesync).
+ *
+ * NOTES: runs as `walrelay-sync DIR RELID`, one process per table being synchronised,
+ * spawned by the supervisor with its channel on fd 3. It owns the replication slot
+ * walrelay_<pipeline>_s<relid> and the destination stream "sync_<relid>". It never
+ * writes state.db: every phase change is a set_phase request that the supervisor
+ * validates, persists, and only then acks; this worker acts on a phase only after the
+ * ack. It persists nothing itself except destination data and, in the same destination
+ * transaction, the resume key of its catch-up stream.
+ *
+ * PHASES THIS WORKER OWNS
+ *
+ *   Init / DataSync -> DataSync -> FinishedCopy(X) -> SyncWait(X) ... Catchup(L) -> SyncDone(S)
+ *
+ * (Catchup is granted by the apply worker; Ready is set by the apply worker; Errored can be
+ * requested by anyone.) Per phase, on start (the phase comes from the handshake's
+ * "tables" message, i.e. from state.db):
+ *
+ *   Init, DataSync   The copy. Request DATASYNC (DataSync -> DataSync is legal: a crash
+ *                    mid-copy redoes the copy). Drop the slot if it exists (a previous
+ *                    attempt's), BEGIN READ ONLY ISOLATION LEVEL REPEATABLE READ on a
+ *                    replication connection, CREATE_REPLICATION_SLOT ... (SNAPSHOT 'use')
+ *                    giving the consistent point X, read the schema in that snapshot, send
+ *                    it to the supervisor (schema message, lsn X), ensure the destination
+ *                    table, then in destination transactions: truncate + forget the sync
+ *                    stream's key + first batch; then one transaction per batch of
+ *                    cfg.copy_batch_rows rows. COMMIT the source transaction, request
+ *                    FINISHEDCOPY(X).
+ *                    Persisted: DataSync before any work; destination batches as they
+ *                    commit (worthless until FinishedCopy: a restart truncates them);
+ *                    FinishedCopy(X) after the last batch is durable.
+ *                    Restart action: redo the copy from scratch (the slot is dropped first).
+ *   FinishedCopy     Request SYNCWAIT(X). Restart action: the same (nothing else to do).
+ *   SyncWait         Wait on the channel for table_state Catchup(L) (or Errored -> exit 0,
+ *                    or Init -> start over). Persisted by the supervisor: SyncWait(X).
+ *                    Restart action: wait again.
+ *   Catchup(L)       START_REPLICATION on its own slot from 0/0 (the server resumes at the
+ *                    slot's confirmed_flush), apply only this relid's changes, skipping
+ *                    resume keys <= last_key("sync_<relid>"), one destination transaction
+ *                    per source transaction, committed with the key of its last change.
+ *                    Status updates report flush = end LSN of the last source commit whose
+ *                    effects are durable (or, outside a transaction, the keepalive's WAL
+ *                    end), so the slot's confirmed_flush is always <= what the destination
+ *                    holds. current = end LSN of the last processed commit, or the WAL end
+ *                    of a keepalive received outside a transaction. As soon as
+ *                    current >= L: request SYNCDONE(current), drop the slot, forget the
+ *                    stream's key, exit 0.
+ *                    Persisted: destination data + key per source transaction; the slot's
+ *                    confirmed_flush via status updates; SyncDone(S).
+ *                    Restart action: resume streaming (keys already applied are skipped);
+ *                    if confirmed_flush >= L already, go straight to SyncDone.
+ *   SyncDone, Ready  Drop the slot if it still exists (a crash after SyncDone was
+ *                    persisted), forget the stream's key, exit 0.
+ *   Errored          Exit 0 (the apply worker drops inactive sync slots of errored tables).
+ *
+ * Slot lifetime. During the copy the slot is disposable: every exit path of the copy
+ * (error, stop, signal, supervisor gone) drops it, and the next start drops it anyway.
+ * From FinishedCopy on the slot is the only way to resume, so exits with code 1 and
+ * stops keep it; only Errored (after the ack) and SyncDone (after the ack) drop it. If a
+ * set_phase request itself fails, the slot is kept, because the request may have been
+ * persisted with its ack lost.
+ *
+ * Errors. Exit 1 (restart with backoff; the supervisor escalates to Errored after
+ * cfg.worker_max_failures failures in a row) for everything that may go away on a
+ * retry: connections lost (WR_ECONN, WR_EEOF), local I/O and destination failures
+ * (WR_EIO, WR_EDEST, WR_ENOMEM), state store refusals (WR_ESTATE), protocol surprises
+ * from the server (WR_EPROTO from the stream). Errored + exit 2 for what a retry would
+ * only repeat, because it is in the data or the table: the table is gone
+ * ("table_missing"), a copied line does not parse against the schema ("copy_parse"), the
+ * destination refuses a value or a change with WR_EINVAL / WR_EPROTO / WR_EUNSUPPORTED
+ * ("dest_refused"), the table's columns changed under the handoff ("schema_changed"), the
+ * slot disappeared or was invalidated during Catchup ("slot_missing", "slot_invalidated"),
+ * anything else reported as WR_EUNSUPPORTED in the copy or the stream ("unsupported").
+ * Exit 2 without Errored for pipeline-wide misconfiguration (WR_ECONFIG, WR_ESOURCE).
+ *
+ * Copy batching. PQgetCopyData returns one line per call and copy_parse_line reuses its
+ * buffer for every line, so each parsed row's values are copied into a per-batch arena
+ * (one growing char buffer, emptied after every batch, never freed until exit) and the
+ * row/value arrays are allocated once: no allocation per row. A batch ends at
+ * cfg.copy_batch_rows rows or when the arena would pass cfg.batch_max_bytes, so memory
+ * stays bounded with wide rows. Value pointers are resolved from arena offsets just
+ * before write_rows, because the arena may move while it grows.
+ *
+ * Schema. Read in the copy snapshot: columns attnum > 0, not dropped, not generated, in
+ * attnum order; key = primary key, else the replica identity index (the contract's
+ * choice). Relation messages of the table are compared with it (names, types, typmods,
+ * replica identity), where the key flags are compared with what pgoutput derives from
+ * REPLICA IDENTITY (FULL: every column; DEFAULT: the primary key; INDEX: that index;
+ * NOTHING: none), not with the schema's key. Any difference is Errored "schema_changed".
+ *
+ * Not handled yet: publication column lists and row filters (PostgreSQL 15) are not
+ * applied to the copy (a column list shows up as "schema_changed" at the first change);
+ * partitioned tables (COPY of a partitioned table fails and is retried).
+ *
+ * EXAMPLE FLOWS (X = consistent point, L = Catchup LSN granted by apply)
+ *
+ *   A fresh copy:
+ *     sync:  tables says Init -> set DATASYNC (ack) -> create slot, X = 0/5000
+ *     sync:  schema (lsn 0/5000) -> COPY 1,000,000 rows in 100 batches -> COMMIT
+ *     sync:  set FINISHEDCOPY(0/5000) (ack) -> set SYNCWAIT(0/5000) (ack)
+ *     apply: at a commit with end 0/7000: set CATCHUP(max(0/5000, 0/7000) = 0/7000),
+ *            stops reading its stream
+ *     sync:  table_state CATCHUP(0/7000); START_REPLICATION from the slot (0/5000);
+ *            applies the table's rows of transactions committed between 0/5000 and
+ *            0/7000; after a commit with end 0/7100 >= 0/7000: set SYNCDONE(0/7100),
+ *            drops the slot, exit 0
+ *     apply: resumes; applies the table's changes of transactions with final_lsn
+ *            >= 0/7100 (earlier ones are in the destination already), sets READY once
+ *            its durable flush >= 0/7100.
+ *   (If apply was behind, e.g. at 0/4000, it grants CATCHUP(0/5000); the slot's
+ *   confirmed_flush is already 0/5000, so sync goes straight to SYNCDONE(0/5000).)
+ *
+ *   A restart in Catchup:
+ *     sync:  streaming with L = 0/9000; committed source transaction 0/8000 (end 0/8100)
+ *            to the destination with key (0/8000, 3) and reported flush 0/7F00 only;
+ *            midway through transaction 0/8200 (4 of its changes written to an open
+ *            destination transaction) it is killed -9.
+ *     sync:  restarted; tables says Catchup(0/9000); the slot's confirmed_flush is 0/7F00
+ *            < L; last_key("sync_<relid>") = (0/8000, 3); START_REPLICATION resumes at
+ *            0/7F00: transaction 0/8000 is replayed and all its changes skipped (keys
+ *            <= (0/8000, 3)); transaction 0/8200 is applied in full (its partial
+ *            destination transaction was rolled back by the crash); ... a keepalive
+ *            outside a transaction with WAL end 0/9100 >= L: set SYNCDONE(0/9100), drop
+ *            the slot, exit 0.
+ *   (A SIGTERM instead of the kill commits the open destination transaction with the key
+ *   (0/8200, 4) and exits 0; the replay then skips exactly those four changes.)
+ */
+
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/config.h"
+#include "common/copytext.h"
+#include "common/log.h"
+#include "common/pgoutput.h"
+#include "common/phase.h"
+#include "common/repl.h"
+#include "common/schema.h"
+#include "common/wkipc.h"
+#include "common/wr.h"
+#include "destinations/destination.h"
+
+/* Returned by a phase step that moved the table on: dispatch again. Steps that end the
+ * process return its exit code (0, 1, 2) instead. */
+#define SYW_CONTINUE (-1)
+
+#define SYW_STATUS_INTERVAL_MS  10000
+#define SYW_POLL_MS             1000
+#define SYW_DEFAULT_BATCH_ROWS  10000
+#define SYW_DEFAULT_BATCH_BYTES (8 * 1024 * 1024)
+
+typedef struct syw_s {
+    wr_config_t cfg;
+    uint32_t relid;
+    char worker[32]; /* "sync-<relid>" */
+    char slot[64];   /* walrelay_<pipeline>_s<relid> */
+    char stream[64]; /* sync_<relid> */
+    char table[300]; /* "nsp.name", for messages */
+    wk_chan_t chan;
+    bool chan_open;
+    dest_t *dest;
+    PGconn *sql;  /* plain connection: slot management, catalog reads in Catchup */
+    PGconn *repl; /* replication connection: the copy, then the stream */
+    /* latest known phase of the table: handshake, our acked requests, table_state */
+    wr_phase_t phase;
+    wr_lsn_t lsn;
+    bool stop; /* ["stop"] arrived */
+    /* schema read in the copy snapshot (or from the catalog when resuming Catchup) */
+    wr_schema_t *schema;
+    uint8_t *relflags;      /* per column: the key flag pgoutput's Relation message must carry */
+    bool schema_registered; /* ensure_table done on this destination handle */
+} syw_t;
+
+/* Values of one copy batch: rows and values allocated once, text in an arena. */
+typedef struct syw_batch_s {
+    uint16_t ncols;
+    size_t cap;     /* rows */
+    size_t n;       /* rows filled */
+    wr_row_t *rows; /* cap */
+    wr_val_t *vals; /* cap * ncols */
+    size_t *offs;   /* cap * ncols: arena offset of each text value */
+    char *arena;
+    size_t alen, acap;
+    size_t max_bytes; /* end the batch before the arena passes this (unless empty) */
+} syw_batch_t;
+
+static volatile sig_atomic_t syw_signalled;
+
+static void
+syw_on_signal(int sig)
+{
+    WR_UNUSED(sig);
+    syw_signalled = 1;
+}
+
+static bool
+syw_should_stop(const syw_t *w)
+{
+    return syw_signalled || w->stop || w->chan.stop_requested;
+}
+
+/* Channel callback: keeps the table's latest phase and notes a stop request. */
+static void
+syw_on_msg(const ipc_msg_t *m, void *arg)
+{
+    syw_t *w = arg;
+
+    switch (m->type) {
+    case IPC_TABLE_STATE:
+        if (m->u.table_state.relid != w->relid)
+            break;
+        w->phase = m->u.table_state.phase;
+        w->lsn = m->u.table_state.lsn;
+        log_debug("table state phase=%s lsn=" WR_LSN_FMT, phase_name(w->phase),
+                  WR_LSN_ARGS(w->lsn));
+        break;
+    case IPC_TABLES:
+        for (uint32_t i = 0; i < m->u.tables.n; i++) {
+            if (m->u.tables.tables[i].relid == w->relid) {
+                w->phase = m->u.tables.tables[i].phase;
+                w->lsn = m->u.tables.tables[i].lsn;
+            }
+        }
+        break;
+    case IPC_STOP:
+        w->stop = true;
+        break;
+    default:
+        log_debug("ignoring message type=%s", ipc_type_name(m->type));
+        break;
+    }
+}
+
+/* Exit code for an error that is not the table's fault, and logs it: 0 for WR_ESTOP (a
+ * stop arrived while waiting), 2 if the configuration or the source is wrong
+ * (WR_ECONFIG, WR_ESOURCE: no restart), else 1 (restart with backoff). Callers route
+ * WR_EUNSUPPORTED to Errored before they get here. */
+static int
+syw_fail(const char *what, const wr_err_t *err)
+{
+    if (err->code == WR_ESTOP) {
+        log_info("%s: %s", what, err->msg);
+        return WR_EXIT_OK;
+    }
+    log_err(LOG_LVL_ERROR, what, err);
+    if (err->code == WR_ECONFIG || err->code == WR_ESOURCE)
+        return WR_EXIT_CONFIG;
+    return WR_EXIT_ERROR;
+}
+
+/* True for destination / parser errors that a retry would only repeat: the data itself
+ * is refused. WR_EDEST is not among them: the sqlite destination uses it for I/O
+ * failures and for values it cannot convert alike, so it is retried (and turns into
+ * Errored through the supervisor's failure count). */
+static bool
+syw_is_data_error(int code)
+{
+    return code == WR_EINVAL || code == WR_EPROTO || code == WR_EUNSUPPORTED;
+}
+
+/* Requests ERRORED(kind, err) and returns the exit code: 2 once acked, 1 if the request
+ * failed (the table keeps its phase; the next start will meet the same problem). */
+static int
+syw_set_errored(syw_t *w, const char *kind, const wr_err_t *cause)
+{
+    wr_err_t err;
+
+    wr_err_clear(&err);
+    log_err(LOG_LVL_ERROR, kind, cause);
+    if (wk_chan_set_phase(&w->chan, w->relid, PH_ERRORED, 0, kind, cause->msg, cause->hint, &err) <
+        0) {
+        log_err(LOG_LVL_ERROR, "requesting phase errored", &err);
+        return WR_EXIT_ERROR;
+    }
+    w->phase = PH_ERRORED;
+    log_info("table errored table=%s kind=%s", w->table, kind);
+    return WR_EXIT_CONFIG;
+}
+
+static int
+syw_sql_connect(syw_t *w, wr_err_t *err)
+{
+    if (w->sql != NULL && PQstatus(w->sql) == CONNECTION_OK)
+        return 0;
+    if (w->sql != NULL) {
+        PQfinish(w->sql);
+        w->sql = NULL;
+    }
+    return repl_connect(w->cfg.source_conninfo, false, w->slot, &w->sql, err);
+}
+
+static void
+syw_repl_close(syw_t *w)
+{
+    if (w->repl != NULL) {
+        PQfinish(w->repl);
+        w->repl = NULL;
+    }
+}
+
+/* Closes the replication connection (so the slot is inactive) and drops the slot.
+ * Logs instead of failing: callers are on their way out. Returns 0 or the error code. */
+static int
+syw_drop_slot(syw_t *w)
+{
+    wr_err_t err;
+    int rc;
+
+    wr_err_clear(&err);
+    syw_repl_close(w);
+    rc = syw_sql_connect(w, &err);
+    if (rc == 0)
+        rc = repl_drop_slot(w->sql, w->slot, &err);
+    if (rc < 0) {
+        wr_err_prefix(&err, "dropping slot \"%s\": ", w->slot);
+        log_err(LOG_LVL_WARN, "slot not dropped", &err);
+        return rc;
+    }
+    log_info("slot dropped slot=%s", w->slot);
+    return 0;
+}
+
+/* Forgets the sync stream's resume key in its own destination transaction. */
+static int
+syw_clear_stream_key(syw_t *w, wr_err_t *err)
+{
+    int rc;
+
+    if ((rc = w->dest->ops->begin(w->dest, err)) < 0)
+        return rc;
+    if ((rc = w->dest->ops->clear_key(w->dest, w->stream, err)) < 0 ||
+        (rc = w->dest->ops->commit(w->dest, w->stream, NULL, err)) < 0) {
+        wr_err_t rerr;
+        if (w->dest->ops->rollback(w->dest, &rerr) < 0)
+            log_err(LOG_LVL_WARN, "destination rollback failed", &rerr);
+        return rc;
+    }
+    return 0;
+}
+
+static int
+syw_dest_open(syw_t *w, wr_err_t *err)
+{
+    if (w->dest != NULL)
+        return 0;
+    return dest_open(&w->cfg, &w->dest, err);
+}
+
+static void
+syw_schema_reset(syw_t *w)
+{
+    wr_schema_free(w->schema);
+    w->schema = NULL;
+    free(w->relflags);
+    w->relflags = NULL;
+    w->schema_registered = false;
+}
+
+/* Reads the table's schema with the connection's current snapshot (inside the copy
+ * transaction: the slot's snapshot). Columns: attnum > 0, not dropped, not generated,
+ * in attnum order. Key: primary key columns, else the replica identity index's. Also
+ * computes, per column, the key flag pgoutput will put in its Relation message (which
+ * follows REPLICA IDENTITY, not the primary key), so Relation messages can be compared.
+ * Uses the simple query protocol only: walsender connections refuse the extended one.
+ * *missing=true (and 0 returned) if the relation does not exist. */
+static int
+syw_load_schema(syw_t *w, PGconn *c, bool *missing, wr_err_t *err)
+{
+    char sql[1024];
+    PGresult *res;
+    char replident;
+    int ncols;
+    bool has_pk = false;
+
+    *missing = false;
+    syw_schema_reset(w);
+
+    /* A failing catalog query on a live connection is not a misconfiguration of the whole
+     * pipeline: both failures are reported as WR_ECONN, i.e. retried. */
+    snprintf(sql, sizeof(sql),
+             "SELECT n.nspname, c.relname, c.relreplident FROM pg_catalog.pg_class c "
+             "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = %u",
+             w->relid);
+    res = PQexec(c, sql);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        wr_err_set(err, WR_ECONN, "reading relation %u from pg_class: %s", w->relid,
+                   PQerrorMessage(c));
+        PQclear(res);
+        return err->code;
+    }
+    if (PQntuples(res) == 0) {
+        PQclear(res);
+        *missing = true;
+        return 0;
+    }
+    replident = PQgetvalue(res, 0, 2)[0];
+    snprintf(w->table, sizeof(w->table), "%s.%s", PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1));
+    w->schema = wr_schema_new(w->relid, PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1), 0);
+    PQclear(res);
+    if (w->schema == NULL)
+        return wr_err_set(err, WR_ENOMEM, "out of memory reading the schema of \"%s\"", w->table);
+
+    snprintf(sql, sizeof(sql),
+             "SELECT a.attname, a.atttypid, a.atttypmod, a.attnotnull, "
+             "COALESCE(a.attnum = ANY (pk.indkey::pg_catalog.int2[]), false), "
+             "COALESCE(a.attnum = ANY (ri.indkey::pg_catalog.int2[]), false) "
+             "FROM pg_catalog.pg_attribute a "
+             "LEFT JOIN pg_catalog.pg_index pk ON pk.indrelid = a.attrelid AND pk.indisprimary "
+             "LEFT JOIN pg_catalog.pg_index ri ON ri.indrelid = a.attrelid AND ri.indisreplident "
+             "WHERE a.attrelid = %u AND a.attnum > 0 AND NOT a.attisdropped "
+             "AND a.attgenerated = '' ORDER BY a.attnum",
+             w->relid);
+    res = PQexec(c, sql);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        wr_err_set(err, WR_ECONN, "reading the columns of \"%s\": %s", w->table, PQerrorMessage(c));
+        PQclear(res);
+        syw_schema_reset(w);
+        return err->code;
+    }
+    ncols = PQntuples(res);
+    if (ncols > UINT16_MAX) {
+        PQclear(res);
+        syw_schema_reset(w);
+        return wr_err_set(err, WR_EUNSUPPORTED, "table \"%s\" has %d columns (at most %d)",
+                          w->table, ncols, UINT16_MAX);
+    }
+    {
+        /* now with its columns */
+        wr_schema_t *s = wr_schema_new(w->relid, w->schema->nsp, w->schema->name, (uint16_t)ncols);
+        wr_schema_free(w->schema);
+        w->schema = s;
+    }
+    w->relflags = calloc(ncols > 0 ? (size_t)ncols : 1, 1);
+    if (w->schema == NULL || w->relflags == NULL) {
+        PQclear(res);
+        syw_schema_reset(w);
+        return wr_err_set(err, WR_ENOMEM, "out of memory reading the schema of \"%s\"", w->table);
+    }
+    w->schema->replident = replident;
+    for (int i = 0; i < ncols; i++)
+        if (PQgetvalue(res, i, 4)[0] == 't')
+            has_pk = true;
+    for (int i = 0; i < ncols; i++) {
+        wr_column_t *col = &w->schema->cols[i];
+        bool in_pk = PQgetvalue(res, i, 4)[0] == 't';
+        bool in_ri = PQgetvalue(res, i, 5)[0] == 't';
+        char *end = NULL;
+        unsigned long oid;
+        long typmod;
+
+        col->name = wr_strdup(PQgetvalue(res, i, 0));
+        if (col->name == NULL) {
+            PQclear(res);
+            syw_schema_reset(w);
+            return wr_err_set(err, WR_ENOMEM, "out of memory reading the schema of \"%s\"",
+                              w->table);
+        }
+        errno = 0;
+        oid = strtoul(PQgetvalue(res, i, 1), &end, 10);
+        if (errno != 0 || *end != '\0' || oid > UINT32_MAX) {
+            wr_err_set(err, WR_EPROTO, "column \"%s\" of \"%s\" has type oid \"%s\"", col->name,
+                       w->table, PQgetvalue(res, i, 1));
+            PQclear(res);
+            syw_schema_reset(w);
+            return err->code;
+        }
+        errno = 0;
+        typmod = strtol(PQgetvalue(res, i, 2), &end, 10);
+        if (errno != 0 || *end != '\0' || typmod < INT32_MIN || typmod > INT32_MAX) {
+            wr_err_set(err, WR_EPROTO, "column \"%s\" of \"%s\" has typmod \"%s\"", col->name,
+                       w->table, PQgetvalue(res, i, 2));
+            PQclear(res);
+            syw_schema_reset(w);
+            return err->code;
+        }
+        col->type_oid = (uint32_t)oid;
+        col->typmod = (int32_t)typmod;
+        col->not_null = PQgetvalue(res, i, 3)[0] == 't';
+        col->is_key = has_pk ? in_pk : in_ri;
+        /* what pgoutput flags (logicalrep_write_attrs): every column for FULL, the
+         * replica identity index's columns otherwise (the primary key for DEFAULT) */
+        switch (replident) {
+        case 'f':
+            w->relflags[i] = 1;
+            break;
+        case 'd':
+            w->relflags[i] = in_pk ? 1 : 0;
+            break;
+        case 'i':
+            w->relflags[i] = in_ri ? 1 : 0;
+            break;
+        default: /* 'n' */
+            w->relflags[i] = 0;
+            break;
+        }
+    }
+    PQclear(res);
+    return 0;
+}
+
+/* Compares a Relation message of our relid with the schema we copied under. Fills err
+ * (WR_EUNSUPPORTED) naming the first difference. */
+static int
+syw_check_relation(const syw_t *w, const pgo_msg_t *m, wr_err_t *err)
+{
+    const wr_schema_t *s = w->schema;
+
+    if (strcmp(m->u.relation.nsp, s->nsp) != 0 || strcmp(m->u.relation.name, s->name) != 0)
+        return wr_err_set(err, WR_EUNSUPPORTED, "table \"%s\" was renamed to \"%s.%s\"", w->table,
+                          m->u.relation.nsp, m->u.relation.name);
+    if (m->u.relation.replident != s->replident)
+        return wr_err_set(err, WR_EUNSUPPORTED,
+                          "replica identity of \"%s\" changed from '%c' to '%c'", w->table,
+                          s->replident, m->u.relation.replident);
+    if (m->u.relation.natts != s->ncols)
+        return wr_err_set(err, WR_EUNSUPPORTED, "table \"%s\" has %u columns, copied with %u",
+                          w->table, (unsigned)m->u.relation.natts, (unsigned)s->ncols);
+    for (uint16_t i = 0; i < s->ncols; i++) {
+        const pgo_relcol_t *rc = &m->u.relation.cols[i];
+        const wr_column_t *c = &s->cols[i];
+
+        if (strcmp(rc->name, c->name) != 0)
+            return wr_err_set(err, WR_EUNSUPPORTED,
+                              "column %u of \"%s\" is \"%s\", copied as \"%s\"", (unsigned)i + 1,
+                              w->table, rc->name, c->name);
+        if (rc->type_oid != c->type_oid || rc->typmod != c->typmod)
+            return wr_err_set(err, WR_EUNSUPPORTED,
+                              "column \"%s\" of \"%s\" has type %u (typmod %d), copied as type "
+                              "%u (typmod %d)",
+                              c->name, w->table, rc->type_oid, rc->typmod, c->type_oid, c->typmod);
+        if ((rc->flags & 1) != w->relflags[i])
+            return wr_err_set(err, WR_EUNSUPPORTED,
+                              "replica identity of \"%s\" changed at column \"%s\"", w->table,
+                              c->name);
+    }
+    return 0;
+}
+
+/* ---- copy ---------------------------------------------------------------- */
+
+static void
+syw_batch_close(syw_batch_t *b)
+{
+    free(b->rows);
+    free(b->vals);
+    free(b->offs);
+    free(b->arena);
+    memset(b, 0, sizeof(*b));
+}
+
+static int
+syw_batch_init(syw_batch_t *b, uint16_t ncols, size_t rows, size_t max_bytes, wr_err_t *err)
+{
+    size_t nv = rows * (ncols > 0 ? ncols : 1);
+
+    memset(b, 0, sizeof(*b));
+    b->ncols = ncols;
+    b->cap = rows;
+    b->max_bytes = max_bytes;
+    b->rows = calloc(rows, sizeof(*b->rows));
+    b->vals = calloc(nv, sizeof(*b->vals));
+    b->offs = calloc(nv, sizeof(*b->offs));
+    b->acap = 64 * 1024;
+    b->arena = malloc(b->acap);
+    if (b->rows == NULL || b->vals == NULL || b->offs == NULL || b->arena == NULL) {
+        syw_batch_close(b);
+        return wr_err_set(err, WR_ENOMEM, "out of memory for a copy batch of %zu rows", rows);
+    }
+    for (size_t i = 0; i < rows; i++) {
+        b->rows[i].ncols = ncols;
+        b->rows[i].vals = &b->vals[i * ncols];
+    }
+    return 0;
+}
+
+/* Bytes of text in a parsed row. */
+static size_t
+syw_row_bytes(const wr_row_t *row)
+{
+    size_t n = 0;
+
+    for (uint16_t i = 0; i < row->ncols; i++)
+        if (row->vals[i].kind == WR_VAL_TEXT || row->vals[i].kind == WR_VAL_BINARY)
+            n += row->vals[i].len;
+    return n;
+}
+
+/* True if the row does not fit the batch any more: the caller flushes first. */
+static bool
+syw_batch_full(const syw_batch_t *b, const wr_row_t *row)
+{
+    if (b->n == 0)
+        return false;
+    return b->n >= b->cap || b->alen + syw_row_bytes(row) > b->max_bytes;
+}
+
+/* Appends a copy of row (its values are in the parser's buffer). */
+static int
+syw_batch_add(syw_batch_t *b, const wr_row_t *row, wr_err_t *err)
+{
+    size_t need = syw_row_bytes(row);
+    wr_val_t *dst = &b->vals[b->n * b->ncols];
+    size_t *off = &b->offs[b->n * b->ncols];
+
+    if (row->ncols != b->ncols)
+        return wr_err_set(err, WR_EPROTO, "copied row has %u columns, expected %u",
+                          (unsigned)row->ncols, (unsigned)b->ncols);
+    if (b->alen + need > b->acap) {
+        size_t ncap = b->acap;
+        char *na;
+
+        while (b->alen + need > ncap)
+            ncap *= 2;
+        na = realloc(b->arena, ncap);
+        if (na == NULL)
+            return wr_err_set(err, WR_ENOMEM, "out of memory for a copy batch (%zu bytes)", ncap);
+        b->arena = na;
+        b->acap = ncap;
+    }
+    for (uint16_t i = 0; i < row->ncols; i++) {
+        const wr_val_t *v = &row->vals[i];
+
+        dst[i].kind = v->kind;
+        dst[i].len = v->len;
+        dst[i].data = NULL;
+        off[i] = b->alen;
+        if ((v->kind == WR_VAL_TEXT || v->kind == WR_VAL_BINARY) && v->len > 0) {
+            memcpy(b->arena + b->alen, v->data, v->len);
+            b->alen += v->len;
+        }
+    }
+    b->n++;
+    return 0;
+}
+
+/* Points the batch's values into the arena (which may have moved while growing). */
+static void
+syw_batch_resolve(syw_batch_t *b)
+{
+    for (size_t i = 0; i < b->n * b->ncols; i++)
+        if (b->vals[i].kind == WR_VAL_TEXT || b->vals[i].kind == WR_VAL_BINARY)
+            b->vals[i].data = b->arena + b->offs[i];
+}
+
+typedef struct syw_copy_s {
+    syw_batch_t batch;
+    copy_parser_t parser;
+    bool dest_open; /* a destination transaction is open */
+    uint64_t rows;
+    char *sql; /* the COPY statement */
+} syw_copy_t;
+
+/* Writes and commits the batch (the first transaction also holds the truncate). */
+static int
+syw_copy_flush(syw_t *w, syw_copy_t *cp, wr_err_t *err)
+{
+    int rc;
+
+    if (!cp->dest_open) {
+        if ((rc = w->dest->ops->begin(w->dest, err)) < 0)
+            return rc;
+        cp->dest_open = true;
+    }
+    if (cp->batch.n > 0) {
+        syw_batch_resolve(&cp->batch);
+        if ((rc = w->dest->ops->write_rows(w->dest, w->relid, cp->batch.rows, cp->batch.n, err)) <
+            0)
+            return rc;
+    }
+    if ((rc = w->dest->ops->commit(w->dest, w->stream, NULL, err)) < 0)
+        return rc;
+    cp->dest_open = false;
+    cp->rows += cp->batch.n;
+    cp->batch.n = 0;
+    cp->batch.alen = 0;
+    return 0;
+}
+
+/* After every batch: tells the supervisor how far the copy is and reads the channel (a
+ * stop or EOF is noticed here even while the server keeps sending). */
+static int
+syw_copy_progress(syw_t *w, syw_copy_t *cp, wr_err_t *err)
+{
+    ipc_msg_t msg;
+    int rc;
+
+    memset(&msg, 0, sizeof(msg));
+    msg.type = IPC_COPY_PROGRESS;
+    msg.u.copy_progress.relid = w->relid;
+    msg.u.copy_progress.rows = cp->rows;
+    if ((rc = wk_chan_send(&w->chan, &msg, err)) < 0)
+        return rc;
+    return wk_chan_poll(&w->chan, 0, err);
+}
+
+/* Builds COPY "nsp"."name" ("c1", ...) TO STDOUT. */
+static int
+syw_copy_statement(syw_t *w, char **out, wr_err_t *err)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    char *q;
+    bool ok = f != NULL;
+
+    *out = NULL;
+    if (!ok)
+        return wr_err_set(err, WR_ENOMEM, "out of memory building the COPY statement");
+    fputs("COPY ", f);
+    ok = (q = repl_quote_ident(w->repl, w->schema->nsp)) != NULL;
+    if (ok) {
+        fprintf(f, "%s.", q);
+        PQfreemem(q);
+        ok = (q = repl_quote_ident(w->repl, w->schema->name)) != NULL;
+    }
+    if (ok) {
+        fprintf(f, "%s (", q);
+        PQfreemem(q);
+    }
+    for (uint16_t i = 0; ok && i < w->schema->ncols; i++) {
+        ok = (q = repl_quote_ident(w->repl, w->schema->cols[i].name)) != NULL;
+        if (ok) {
+            fprintf(f, "%s%s", i > 0 ? ", " : "", q);
+            PQfreemem(q);
+        }
+    }
+    if (ok)
+        fputs(") TO STDOUT", f);
+    if (fclose(f) != 0)
+        ok = false;
+    if (!ok) {
+        free(buf);
+        return wr_err_set(err, WR_ENOMEM, "quoting identifiers of \"%s\": %s", w->table,
+                          PQerrorMessage(w->repl));
+    }
+    *out = buf;
+    return 0;
+}
+
+/* Waits until the copy connection or the channel is readable (or SYW_POLL_MS passed),
+ * then consumes what arrived. */
+static int
+syw_copy_wait(syw_t *w, wr_err_t *err)
+{
+    struct pollfd pf[2];
+    int rc;
+
+    pf[0].fd = PQsocket(w->repl);
+    pf[0].events = POLLIN;
+    pf[0].revents = 0;
+    pf[1].fd = w->chan.fd;
+    pf[1].events = POLLIN;
+    pf[1].revents = 0;
+    rc = poll(pf, 2, SYW_POLL_MS);
+    if (rc < 0 && errno != EINTR)
+        return wr_err_set(err, WR_EIO, "poll: %s", strerror(errno));
+    /* unconditionally: messages that came behind an ack sit in the reader, not the fd */
+    if ((rc = wk_chan_poll(&w->chan, 0, err)) < 0)
+        return rc;
+    if (PQconsumeInput(w->repl) == 0)
+        return wr_err_set(err, WR_ECONN, "copying \"%s\": %s", w->table, PQerrorMessage(w->repl));
+    return 0;
+}
+
+/* Ends a failed or interrupted copy: rolls the destination back, closes the source
+ * transaction and drops the slot. Returns exit_code. */
+static int
+syw_copy_abort(syw_t *w, syw_copy_t *cp, int exit_code)
+{
+    if (cp->dest_open) {
+        wr_err_t err;
+        if (w->dest->ops->rollback(w->dest, &err) < 0)
+            log_err(LOG_LVL_WARN, "destination rollback failed", &err);
+        cp->dest_open = false;
+    }
+    (void)syw_drop_slot(w); /* closes the replication connection first */
+    return exit_code;
+}
+
+/* Decides what a copy error means (see the header): Errored + 2 for refused data, else
+ * 1 (or 2 for a pipeline-wide configuration problem). Drops the slot either way. */
+static int
+syw_copy_error(syw_t *w, syw_copy_t *cp, const char *kind, wr_err_t *err)
+{
+    int code;
+
+    wr_err_prefix(err, "copying \"%s\": ", w->table);
+    if (kind == NULL && err->code == WR_EUNSUPPORTED)
+        kind = "unsupported";
+    if (kind != NULL && syw_is_data_error(err->code)) {
+        (void)syw_copy_abort(w, cp, 0);
+        return syw_set_errored(w, kind, err);
+    }
+    code = syw_fail("copy failed", err);
+    return syw_copy_abort(w, cp, code);
+}
+
+/* Contract step 1 (see the header). Returns SYW_CONTINUE with the table in FinishedCopy,
+ * or an exit code. */
+static int
+syw_copy(syw_t *w)
+{
+    syw_copy_t cp;
+    wr_err_t err;
+    wr_lsn_t x = 0;
+    bool missing = false;
+    int64_t t0;
+    int rc, code;
+    size_t batch_rows;
+    size_t batch_bytes;
+    PGresult *res;
+
+    memset(&cp, 0, sizeof(cp));
+    wr_err_clear(&err);
+    copy_parser_init(&cp.parser);
+
+    if (wk_chan_set_phase(&w->chan, w->relid, PH_DATASYNC, 0, "", "", "", &err) < 0) {
+        code = syw_fail("requesting phase datasync", &err);
+        goto out;
+    }
+    w->phase = PH_DATASYNC;
+    w->lsn = 0;
+
+    if (syw_sql_connect(w, &err) < 0 || syw_dest_open(w, &err) < 0) {
+        code = syw_fail("preparing the copy", &err);
+        goto out;
+    }
+    /* a previous attempt's slot (crash mid-copy, or a resync): its snapshot is useless */
+    {
+        bool found = false, active = false;
+        wr_lsn_t confirmed;
+
+        if (repl_slot_info(w->sql, w->slot, &found, &active, &confirmed, NULL, 0, &err) < 0 ||
+            (found && repl_drop_slot(w->sql, w->slot, &err) < 0)) {
+            code = syw_fail("dropping the previous slot", &err);
+            goto out;
+        }
+        if (found)
+            log_info("slot dropped slot=%s reason=recopy", w->slot);
+    }
+    if (repl_connect(w->cfg.source_conninfo, true, w->slot, &w->repl, &err) < 0 ||
+        repl_exec(w->repl, "BEGIN READ ONLY ISOLATION LEVEL REPEATABLE READ", &err) < 0) {
+        code = syw_fail("starting the copy transaction", &err);
+        syw_repl_close(w);
+        goto out;
+    }
+    if (repl_create_slot(w->repl, w->slot, true, &x, &err) < 0) {
+        /* the slot may exist if the command failed late: drop it too */
+        code = syw_copy_error(w, &cp, NULL, &err);
+        goto out;
+    }
+    t0 = wr_now_ms();
+    log_info("copy started table=%s slot=%s consistent_point=" WR_LSN_FMT, w->table, w->slot,
+             WR_LSN_ARGS(x));
+
+    if ((rc = syw_load_schema(w, w->repl, &missing, &err)) < 0) {
+        code = syw_copy_error(w, &cp, NULL, &err);
+        goto out;
+    }
+    if (missing) {
+        (void)syw_copy_abort(w, &cp, 0);
+        wr_err_set(&err, WR_EUNSUPPORTED, "table %u (\"%s\") no longer exists", w->relid, w->table);
+        wr_err_hint(&err, "remove it from the publication, or recreate it and run \"walrelay "
+                          "resync\"");
+        code = syw_set_errored(w, "table_missing", &err);
+        goto out;
+    }
+    if (w->schema->ncols == 0) {
+        (void)syw_copy_abort(w, &cp, 0);
+        wr_err_set(&err, WR_EUNSUPPORTED, "table \"%s\" has no columns", w->table);
+        wr_err_hint(&err, "add a column or remove the table from the publication");
+        code = syw_set_errored(w, "unsupported", &err);
+        goto out;
+    }
+    if (wr_schema_nkeys(w->schema) == 0)
+        log_warn("table has no key: updates and deletes will be refused table=%s", w->table);
+
+    if (wk_chan_put_schema(&w->chan, w->schema, x, &err) < 0) {
+        code = syw_copy_error(w, &cp, NULL, &err);
+        goto out;
+    }
+    if ((rc = w->dest->ops->ensure_table(w->dest, w->schema, &err)) < 0) {
+        code = syw_copy_error(w, &cp, "dest_refused", &err);
+        goto out;
+    }
+    w->schema_registered = true;
+
+    batch_rows =
+        w->cfg.copy_batch_rows > 0 ? (size_t)w->cfg.copy_batch_rows : SYW_DEFAULT_BATCH_ROWS;
+    batch_bytes =
+        w->cfg.batch_max_bytes > 0 ? (size_t)w->cfg.batch_max_bytes : SYW_DEFAULT_BATCH_BYTES;
+    if ((rc = syw_batch_init(&cp.batch, w->schema->ncols, batch_rows, batch_bytes, &err)) < 0) {
+        code = syw_copy_error(w, &cp, NULL, &err);
+        goto out;
+    }
+
+    /* first destination transaction: truncate, forget the catch-up key, first batch */
+    if ((rc = w->dest->ops->begin(w->dest, &err)) < 0) {
+        code = syw_copy_error(w, &cp, NULL, &err);
+        goto out;
+    }
+    cp.dest_open = true;
+    if ((rc = w->dest->ops->truncate_table(w->dest, w->relid, &err)) < 0 ||
+        (rc = w->dest->ops->clear_key(w->dest, w->stream, &err)) < 0) {
+        code = syw_copy_error(w, &cp, "dest_refused", &err);
+        goto out;
+    }
+
+    if ((rc = syw_copy_statement(w, &cp.sql, &err)) < 0) {
+        code = syw_copy_error(w, &cp, NULL, &err);
+        goto out;
+    }
+    res = PQexec(w->repl, cp.sql);
+    if (PQresultStatus(res) != PGRES_COPY_OUT) {
+        /* lost connection, or a refusal someone may fix (permissions): retried */
+        wr_err_set(&err, WR_ECONN, "%s", PQerrorMessage(w->repl));
+        PQclear(res);
+        code = syw_copy_error(w, &cp, NULL, &err);
+        goto out;
+    }
+    PQclear(res);
+
+    for (;;) {
+        char *line = NULL;
+        int n;
+        wr_row_t row;
+
+        if (syw_should_stop(w)) {
+            log_info("copy interrupted table=%s rows=%" PRIu64, w->table, cp.rows + cp.batch.n);
+            code = syw_copy_abort(w, &cp, WR_EXIT_OK);
+            goto out;
+        }
+        n = PQgetCopyData(w->repl, &line, 1);
+        if (n == 0) {
+            if ((rc = syw_copy_wait(w, &err)) < 0) {
+                code = syw_copy_error(w, &cp, NULL, &err);
+                goto out;
+            }
+            continue;
+        }
+        if (n == -1)
+            break;
+        if (n < 0) {
+            wr_err_set(&err, WR_ECONN, "%s", PQerrorMessage(w->repl));
+            code = syw_copy_error(w, &cp, NULL, &err);
+            goto out;
+        }
+        rc = copy_parse_line(&cp.parser, line, (size_t)n, w->schema->ncols, &row, &err);
+        if (rc == 0 && syw_batch_full(&cp.batch, &row)) {
+            /* the row lives in the parser's buffer: flushing does not touch it */
+            if ((rc = syw_copy_flush(w, &cp, &err)) < 0 ||
+                (rc = syw_copy_progress(w, &cp, &err)) < 0) {
+                PQfreemem(line);
+                code = syw_copy_error(w, &cp, cp.dest_open ? "dest_refused" : NULL, &err);
+                goto out;
+            }
+        }
+        if (rc == 0)
+            rc = syw_batch_add(&cp.batch, &row, &err);
+        PQfreemem(line);
+        if (rc < 0) {
+            code = syw_copy_error(w, &cp, "copy_parse", &err);
+            goto out;
+        }
+    }
+    /* the COPY's own result, then the end of results */
+    while ((res = PQgetResult(w->repl)) != NULL) {
+        if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+            wr_err_set(&err, WR_ECONN, "%s", PQerrorMessage(w->repl));
+            PQclear(res);
+            code = syw_copy_error(w, &cp, NULL, &err);
+            goto out;
+        }
+        PQclear(res);
+    }
+    if ((rc = syw_copy_flush(w, &cp, &err)) < 0 || (rc = syw_copy_progress(w, &cp, &err)) < 0) {
+        code = syw_copy_error(w, &cp, cp.dest_open ? "dest_refused" : NULL, &err);
+        goto out;
+    }
+    if (repl_exec(w->repl, "COMMIT", &err) < 0) {
+        code = syw_copy_error(w, &cp, NULL, &err);
+        goto out;
+    }
+    syw_repl_close(w);
+    {
+        double secs = (double)(wr_now_ms() - t0) / 1000.0;
+        log_info("copy finished table=%s rows=%" PRIu64 " seconds=%.3f rows_per_second=%.0f",
+                 w->table, cp.rows, secs, secs > 0 ? (double)cp.rows / secs : (double)cp.rows);
+    }
+
+    /* Keep the slot if this request fails: it may have been persisted with the ack lost,
+     * and then the slot is what the next start resumes from. */
+    if (wk_chan_set_phase(&w->chan, w->relid, PH_FINISHEDCOPY, x, "", "", "", &err) < 0) {
+        code = syw_fail("requesting phase finishedcopy", &err);
+        goto out;
+    }
+    w->phase = PH_FINISHEDCOPY;
+    w->lsn = x;
+    code = SYW_CONTINUE;
+
+out:
+    syw_batch_close(&cp.batch);
+    copy_parser_close(&cp.parser);
+    free(cp.sql);
+    return code;
+}
+
+/* ---- syncwait ------------------------------------------------------------ */
+
+/* Contract step 2: FinishedCopy(X) -> SyncWait(X). */
+static int
+syw_request_syncwait(syw_t *w)
+{
+    wr_err_t err;
+
+    wr_err_clear(&err);
+    if (wk_chan_set_phase(&w->chan, w->relid, PH_SYNCWAIT, w->lsn, "", "", "", &err) < 0)
+        return syw_fail("requesting phase syncwait", &err);
+    w->phase = PH_SYNCWAIT;
+    log_info("syncwait table=%s lsn=" WR_LSN_FMT, w->table, WR_LSN_ARGS(w->lsn));
+    return SYW_CONTINUE;
+}
+
+/* Waits on the channel until the table leaves SyncWait (Catchup from the apply worker, or
+ * Errored / Init from elsewhere). A stop or a signal exits 0 leaving SyncWait; EOF exits 1. */
+static int
+syw_wait_catchup(syw_t *w)
+{
+    wr_err_t err;
+
+    wr_err_clear(&err);
+    while (w->phase == PH_SYNCWAIT) {
+        if (syw_should_stop(w)) {
+            log_info("stopping while waiting for catchup table=%s", w->table);
+            return WR_EXIT_OK;
+        }
+        if (wk_chan_poll(&w->chan, SYW_POLL_MS, &err) < 0)
+            return syw_fail("waiting for catchup", &err);
+    }
+    return SYW_CONTINUE;
+}
+
+/* ---- catch-up ------------------------------------------------------------ */
+
+typedef struct syw_stream_s {
+    pgo_decoder_t dec;
+    wr_lsn_t catchup;  /* L */
+    wr_lsn_t received; /* write position reported */
+    wr_lsn_t flushed;  /* flush position reported: durable in the destination */
+    wr_lsn_t current;  /* end of the last processed commit, or idle keepalive WAL end */
+    int64_t next_status_ms;
+    bool in_txn;
+    bool dest_open;
+    bool relation_ok; /* a Relation of our relid was seen and matched */
+    wr_lsn_t final_lsn;
+    uint32_t xid;
+    uint32_t ordinal;
+    dest_key_t last;    /* last key durable in the destination (skip <= this) */
+    dest_key_t written; /* key of the last change written in the open transaction */
+    uint64_t applied;
+} syw_stream_t;
+
+static int
+syw_send_status(syw_t *w, syw_stream_t *st, bool reply, wr_err_t *err)
+{
+    wr_lsn_t write = st->received > st->flushed ? st->received : st->flushed;
+    int rc = repl_send_status(w->repl, write, st->flushed, st->flushed, reply, err);
+
+    if (rc == 0)
+        st->next_status_ms = wr_now_ms() + SYW_STATUS_INTERVAL_MS;
+    return rc;
+}
+
+/* Contract step 4, end: SyncDone(S), drop the slot, forget the stream key, exit 0. The
+ * slot is kept if the request fails (the phase may still be Catchup). */
+static int
+syw_syncdone(syw_t *w, wr_lsn_t s, uint64_t applied)
+{
+    wr_err_t err;
+
+    wr_err_clear(&err);
+    syw_repl_close(w);
+    if (wk_chan_set_phase(&w->chan, w->relid, PH_SYNCDONE, s, "", "", "", &err) < 0)
+        return syw_fail("requesting phase syncdone", &err);
+    w->phase = PH_SYNCDONE;
+    w->lsn = s;
+    log_info("syncdone table=%s lsn=" WR_LSN_FMT " applied=%" PRIu64, w->table, WR_LSN_ARGS(s),
+             applied);
+    (void)syw_drop_slot(w);
+    if (syw_clear_stream_key(w, &err) < 0)
+        log_err(LOG_LVL_WARN, "forgetting the catch-up key", &err);
+    return WR_EXIT_OK;
+}
+
+/* Errored during catch-up: close the stream, roll back, request ERRORED, and drop the
+ * slot only once that is acked. */
+static int
+syw_catchup_errored(syw_t *w, syw_stream_t *st, const char *kind, const wr_err_t *cause)
+{
+    int code;
+
+    if (st->dest_open) {
+        wr_err_t err;
+        if (w->dest->ops->rollback(w->dest, &err) < 0)
+            log_err(LOG_LVL_WARN, "destination rollback failed", &err);
+        st->dest_open = false;
+    }
+    syw_repl_close(w);
+    code = syw_set_errored(w, kind, cause);
+    if (code == WR_EXIT_CONFIG)
+        (void)syw_drop_slot(w);
+    return code;
+}
+
+/* A transient catch-up error: roll back the open transaction (it will be replayed), keep
+ * the slot, exit 1 (or 2 for configuration). WR_EUNSUPPORTED (something in the stream we
+ * cannot replicate) is the table's problem: Errored. */
+static int
+syw_catchup_fail(syw_t *w, syw_stream_t *st, const char *what, const wr_err_t *err)
+{
+    if (err->code == WR_EUNSUPPORTED)
+        return syw_catchup_errored(w, st, "unsupported", err);
+    if (st->dest_open) {
+        wr_err_t rerr;
+        if (w->dest->ops->rollback(w->dest, &rerr) < 0)
+            log_err(LOG_LVL_WARN, "destination rollback failed", &rerr);
+        st->dest_open = false;
+    }
+    syw_repl_close(w);
+    return syw_fail(what, err);
+}
+
+/* A destination write error: Errored for refused data, else transient. */
+static int
+syw_catchup_dest_error(syw_t *w, syw_stream_t *st, wr_err_t *err)
+{
+    wr_err_prefix(err, "applying changes of \"%s\": ", w->table);
+    if (syw_is_data_error(err->code))
+        return syw_catchup_errored(w, st, "dest_refused", err);
+    return syw_catchup_fail(w, st, "catch-up failed", err);
+}
+
+/* Writes one change of our relid unless its key is already in the destination. */
+static int
+syw_apply_event(syw_t *w, syw_stream_t *st, dest_event_t *ev, wr_err_t *err)
+{
+    int rc;
+
+    ev->key.commit_lsn = st->final_lsn;
+    ev->key.ordinal = st->ordinal;
+    ev->xid = st->xid;
+    ev->relid = w->relid;
+    if (dest_key_cmp(&ev->key, &st->last) <= 0)
+        return 0; /* applied before a restart */
+    if (!st->dest_open) {
+        if ((rc = w->dest->ops->begin(w->dest, err)) < 0)
+            return rc;
+        st->dest_open = true;
+    }
+    if ((rc = w->dest->ops->write_event(w->dest, ev, err)) < 0)
+        return rc;
+    st->written = ev->key;
+    st->applied++;
+    return 0;
+}
+
+/* Checks a change's tuple against our schema before writing it. */
+static int
+syw_check_tuple(const syw_t *w, const syw_stream_t *st, const wr_row_t *row, wr_err_t *err)
+{
+    if (!st->relation_ok)
+        return wr_err_set(err, WR_EPROTO, "change of \"%s\" before its relation message", w->table);
+    if (row->ncols != w->schema->ncols)
+        return wr_err_set(err, WR_EUNSUPPORTED, "change of \"%s\" has %u columns, expected %u",
+                          w->table, (unsigned)row->ncols, (unsigned)w->schema->ncols);
+    return 0;
+}
+
+/* Counts a change message in the transaction's ordinals. */
+static int
+syw_next_ordinal(const syw_t *w, syw_stream_t *st, wr_err_t *err)
+{
+    if (!st->in_txn)
+        return wr_err_set(err, WR_EPROTO, "change message outside a transaction on slot \"%s\"",
+                          w->slot);
+    if (st->ordinal == UINT32_MAX)
+        return wr_err_set(err, WR_EUNSUPPORTED, "transaction " WR_LSN_FMT " has too many changes",
+                          WR_LSN_ARGS(st->final_lsn));
+    st->ordinal++;
+    return 0;
+}
+
+/* Handles one pgoutput message. Returns SYW_CONTINUE or an exit code. */
+static int
+syw_handle_change(syw_t *w, syw_stream_t *st, const pgo_msg_t *m)
+{
+    wr_err_t err;
+    dest_event_t ev;
+    int rc;
+
+    wr_err_clear(&err);
+    memset(&ev, 0, sizeof(ev));
+    switch (m->type) {
+    case PGO_BEGIN:
+        if (st->in_txn) {
+            wr_err_set(&err, WR_EPROTO, "begin " WR_LSN_FMT " inside transaction " WR_LSN_FMT,
+                       WR_LSN_ARGS(m->u.begin.final_lsn), WR_LSN_ARGS(st->final_lsn));
+            return syw_catchup_fail(w, st, "catch-up stream", &err);
+        }
+        st->in_txn = true;
+        st->final_lsn = m->u.begin.final_lsn;
+        st->xid = m->u.begin.xid;
+        st->ordinal = 0;
+        return SYW_CONTINUE;
+    case PGO_COMMIT:
+        if (!st->in_txn || m->u.commit.commit_lsn != st->final_lsn) {
+            wr_err_set(&err, WR_EPROTO,
+                       "incorrect commit LSN " WR_LSN_FMT " in commit message (expected " WR_LSN_FMT
+                       ")",
+                       WR_LSN_ARGS(m->u.commit.commit_lsn), WR_LSN_ARGS(st->final_lsn));
+            return syw_catchup_fail(w, st, "catch-up stream", &err);
+        }
+        if (st->dest_open) {
+            if ((rc = w->dest->ops->commit(w->dest, w->stream, &st->written, &err)) < 0)
+                return syw_catchup_dest_error(w, st, &err);
+            st->dest_open = false;
+            st->last = st->written;
+        }
+        st->in_txn = false;
+        if (m->u.commit.end_lsn > st->current)
+            st->current = m->u.commit.end_lsn;
+        if (st->current > st->flushed)
+            st->flushed = st->current;
+        if (st->current >= st->catchup)
+            return syw_syncdone(w, st->current, st->applied);
+        return SYW_CONTINUE;
+    case PGO_RELATION:
+        if (m->u.relation.relid != w->relid)
+            return SYW_CONTINUE;
+        if (syw_check_relation(w, m, &err) < 0) {
+            wr_err_hint(&err, "schema changes during the initial copy are not supported yet; run "
+                              "\"walrelay resync\" for the table");
+            return syw_catchup_errored(w, st, "schema_changed", &err);
+        }
+        st->relation_ok = true;
+        return SYW_CONTINUE;
+    case PGO_INSERT:
+        if (syw_next_ordinal(w, st, &err) < 0)
+            return syw_catchup_fail(w, st, "catch-up stream", &err);
+        if (m->u.insert.relid != w->relid)
+            return SYW_CONTINUE;
+        if (syw_check_tuple(w, st, &m->u.insert.newtup, &err) < 0)
+            break;
+        ev.kind = DEST_EV_INSERT;
+        ev.new_row = &m->u.insert.newtup;
+        if (syw_apply_event(w, st, &ev, &err) < 0)
+            return syw_catchup_dest_error(w, st, &err);
+        return SYW_CONTINUE;
+    case PGO_UPDATE:
+        if (syw_next_ordinal(w, st, &err) < 0)
+            return syw_catchup_fail(w, st, "catch-up stream", &err);
+        if (m->u.update.relid != w->relid)
+            return SYW_CONTINUE;
+        if (syw_check_tuple(w, st, &m->u.update.newtup, &err) < 0)
+            break;
+        ev.kind = DEST_EV_UPDATE;
+        ev.old_kind = m->u.update.oldkind;
+        ev.old_row = m->u.update.oldkind != 0 ? &m->u.update.oldtup : NULL;
+        ev.new_row = &m->u.update.newtup;
+        if (syw_apply_event(w, st, &ev, &err) < 0)
+            return syw_catchup_dest_error(w, st, &err);
+        return SYW_CONTINUE;
+    case PGO_DELETE:
+        if (syw_next_ordinal(w, st, &err) < 0)
+            return syw_catchup_fail(w, st, "catch-up stream", &err);
+        if (m->u.delete_.relid != w->relid)
+            return SYW_CONTINUE;
+        if (syw_check_tuple(w, st, &m->u.delete_.oldtup, &err) < 0)
+            break;
+        ev.kind = DEST_EV_DELETE;
+        ev.old_kind = m->u.delete_.oldkind;
+        ev.old_row = &m->u.delete_.oldtup;
+        if (syw_apply_event(w, st, &ev, &err) < 0)
+            return syw_catchup_dest_error(w, st, &err);
+        return SYW_CONTINUE;
+    case PGO_TRUNCATE:
+        for (uint32_t i = 0; i < m->u.truncate.nrels; i++) {
+            if (syw_next_ordinal(w, st, &err) < 0)
+                return syw_catchup_fail(w, st, "catch-up stream", &err);
+            if (pgo_truncate_relid(m, i) != w->relid)
+                continue;
+            memset(&ev, 0, sizeof(ev));
+            ev.kind = DEST_EV_TRUNCATE;
+            ev.truncate_flags = m->u.truncate.flags;
+            if (syw_apply_event(w, st, &ev, &err) < 0)
+                return syw_catchup_dest_error(w, st, &err);
+        }
+        return SYW_CONTINUE;
+    default: /* Origin, Type, Message: nothing to apply, not counted */
+        return SYW_CONTINUE;
+    }
+    /* a tuple that does not match the schema (only reached via break) */
+    if (err.code == WR_EPROTO)
+        return syw_catchup_fail(w, st, "catch-up stream", &err);
+    wr_err_hint(&err, "schema changes during the initial copy are not supported yet; run "
+                      "\"walrelay resync\" for the table");
+    return syw_catchup_errored(w, st, "schema_changed", &err);
+}
+
+/* Handles one CopyData message from the stream ('w' or 'k'). */
+static int
+syw_handle_copydata(syw_t *w, syw_stream_t *st, const uint8_t *buf, size_t len)
+{
+    wr_err_t err;
+
+    wr_err_clear(&err);
+    if (len < 1) {
+        wr_err_set(&err, WR_EPROTO, "empty message on slot \"%s\"", w->slot);
+        return syw_catchup_fail(w, st, "catch-up stream", &err);
+    }
+    if (buf[0] == 'k') {
+        wr_lsn_t wal_end;
+        bool reply;
+
+        if (repl_parse_keepalive(buf, len, &wal_end, &reply, &err) < 0)
+            return syw_catchup_fail(w, st, "catch-up stream", &err);
+        if (wal_end > st->received)
+            st->received = wal_end;
+        if (!st->in_txn) {
+            /* nothing in flight: everything before wal_end was sent and handled */
+            if (wal_end > st->current)
+                st->current = wal_end;
+            if (st->current > st->flushed)
+                st->flushed = st->current;
+            if (st->current >= st->catchup)
+                return syw_syncdone(w, st->current, st->applied);
+        }
+        if (reply && syw_send_status(w, st, false, &err) < 0)
+            return syw_catchup_fail(w, st, "sending status", &err);
+        return SYW_CONTINUE;
+    }
+    if (buf[0] == 'w') {
+        wr_lsn_t start, wal_end;
+        const uint8_t *payload;
+        size_t plen;
+        pgo_msg_t m;
+
+        if (repl_parse_xlogdata(buf, len, &start, &wal_end, &payload, &plen, &err) < 0 ||
+            pgo_decode(&st->dec, payload, plen, &m, &err) < 0)
+            return syw_catchup_fail(w, st, "catch-up stream", &err);
+        if (start > st->received)
+            st->received = start;
+        if (wal_end > st->received)
+            st->received = wal_end;
+        return syw_handle_change(w, st, &m);
+    }
+    wr_err_set(&err, WR_EPROTO, "unexpected message type '%c' on slot \"%s\"",
+               (buf[0] >= 32 && buf[0] < 127) ? buf[0] : '?', w->slot);
+    return syw_catchup_fail(w, st, "catch-up stream", &err);
+}
+
+/* Stop or signal during catch-up: commit what is applied (with its key, so the replay
+ * skips it), report the flush position, exit 0 leaving Catchup. */
+static int
+syw_catchup_stop(syw_t *w, syw_stream_t *st)
+{
+    wr_err_t err;
+
+    wr_err_clear(&err);
+    if (st->dest_open) {
+        if (w->dest->ops->commit(w->dest, w->stream, &st->written, &err) < 0)
+            return syw_catchup_fail(w, st, "committing before stop", &err);
+        st->dest_open = false;
+        st->last = st->written;
+    }
+    if (syw_send_status(w, st, false, &err) < 0)
+        log_err(LOG_LVL_WARN, "final status", &err);
+    syw_repl_close(w);
+    log_info("catchup stopped table=%s applied=%" PRIu64 " flushed=" WR_LSN_FMT, w->table,
+             st->applied, WR_LSN_ARGS(st->flushed));
+    return WR_EXIT_OK;
+}
+
+/* The streaming loop; see syw_catchup. */
+static int
+syw_stream(syw_t *w, syw_stream_t *st)
+{
+    wr_err_t err;
+
+    wr_err_clear(&err);
+    for (;;) {
+        struct pollfd pf[2];
+        int64_t now;
+        int timeout, rc;
+
+        if (syw_should_stop(w))
+            return syw_catchup_stop(w, st);
+        if (w->phase != PH_CATCHUP) {
+            /* Errored or Init set elsewhere: let the dispatcher act on it */
+            log_info("table left catchup table=%s phase=%s", w->table, phase_name(w->phase));
+            if (st->dest_open) {
+                if (w->dest->ops->rollback(w->dest, &err) < 0)
+                    log_err(LOG_LVL_WARN, "destination rollback failed", &err);
+                st->dest_open = false;
+            }
+            syw_repl_close(w);
+            return SYW_CONTINUE;
+        }
+        if (w->lsn != st->catchup) {
+            log_info("catchup lsn changed table=%s lsn=" WR_LSN_FMT, w->table, WR_LSN_ARGS(w->lsn));
+            st->catchup = w->lsn;
+        }
+        /* drain what libpq has buffered */
+        for (;;) {
+            char *buf = NULL;
+            int n = repl_recv(w->repl, &buf, &err);
+
+            if (n == 0)
+                break;
+            if (n < 0)
+                return syw_catchup_fail(w, st, "catch-up stream", &err);
+            rc = syw_handle_copydata(w, st, (const uint8_t *)buf, (size_t)n);
+            PQfreemem(buf);
+            if (rc != SYW_CONTINUE)
+                return rc;
+            if (syw_should_stop(w))
+                return syw_catchup_stop(w, st);
+        }
+        now = wr_now_ms();
+        if (now >= st->next_status_ms && syw_send_status(w, st, false, &err) < 0)
+            return syw_catchup_fail(w, st, "sending status", &err);
+        timeout = (int)(st->next_status_ms - now);
+        if (timeout < 0)
+            timeout = 0;
+        if (timeout > SYW_POLL_MS)
+            timeout = SYW_POLL_MS;
+        pf[0].fd = PQsocket(w->repl);
+        pf[0].events = POLLIN;
+        pf[0].revents = 0;
+        pf[1].fd = w->chan.fd;
+        pf[1].events = POLLIN;
+        pf[1].revents = 0;
+        rc = poll(pf, 2, timeout);
+        if (rc < 0 && errno != EINTR) {
+            wr_err_set(&err, WR_EIO, "poll: %s", strerror(errno));
+            return syw_catchup_fail(w, st, "catch-up", &err);
+        }
+        /* unconditionally: messages that came behind an ack sit in the reader, not the fd */
+        if (wk_chan_poll(&w->chan, 0, &err) < 0)
+            return syw_catchup_fail(w, st, "supervisor channel", &err);
+        if (rc > 0 && pf[0].revents != 0 && PQconsumeInput(w->repl) == 0) {
+            wr_err_set(&err, WR_ECONN, "catch-up stream of \"%s\": %s", w->table,
+                       PQerrorMessage(w->repl));
+            return syw_catchup_fail(w, st, "catch-up stream", &err);
+        }
+    }
+}
+
+/* Contract step 4 (see the header). Returns SYW_CONTINUE if the table left Catchup
+ * through someone else, or an exit code. */
+static int
+syw_catchup(syw_t *w)
+{
+    syw_stream_t st;
+    wr_err_t err;
+    bool found = false, active = false, key_found = false, missing = false;
+    wr_lsn_t confirmed = 0;
+    char wal_status[32] = "";
+    int code;
+
+    memset(&st, 0, sizeof(st));
+    wr_err_clear(&err);
+    pgo_decoder_init(&st.dec);
+    st.catchup = w->lsn;
+    log_info("catchup granted table=%s lsn=" WR_LSN_FMT, w->table, WR_LSN_ARGS(st.catchup));
+
+    if (syw_sql_connect(w, &err) < 0 || syw_dest_open(w, &err) < 0) {
+        code = syw_fail("preparing catch-up", &err);
+        goto out;
+    }
+    if (repl_slot_info(w->sql, w->slot, &found, &active, &confirmed, wal_status, sizeof(wal_status),
+                       &err) < 0) {
+        code = syw_fail("reading the slot", &err);
+        goto out;
+    }
+    if (!found) {
+        wr_err_set(&err, WR_EUNSUPPORTED, "slot \"%s\" of table \"%s\" is missing in Catchup",
+                   w->slot, w->table);
+        wr_err_hint(&err, "the copy cannot be completed without it; run \"walrelay resync\" for "
+                          "the table");
+        code = syw_set_errored(w, "slot_missing", &err);
+        goto out;
+    }
+    if (strcmp(wal_status, "lost") == 0) {
+        wr_err_set(&err, WR_EUNSUPPORTED, "slot \"%s\" of table \"%s\" was invalidated", w->slot,
+                   w->table);
+        wr_err_hint(&err, "the server removed WAL the catch-up needs (max_slot_wal_keep_size); "
+                          "run \"walrelay resync\" for the table");
+        code = syw_set_errored(w, "slot_invalidated", &err);
+        if (code == WR_EXIT_CONFIG)
+            (void)syw_drop_slot(w);
+        goto out;
+    }
+
+    /* Resumed in Catchup: no copy-time schema in memory, take the catalog's. A change of
+     * columns since the copy then shows as a mismatch with the Relation messages. */
+    if (w->schema == NULL) {
+        if (syw_load_schema(w, w->sql, &missing, &err) < 0) {
+            code = syw_fail("reading the schema", &err);
+            goto out;
+        }
+        if (missing) {
+            wr_err_set(&err, WR_EUNSUPPORTED, "table %u (\"%s\") no longer exists", w->relid,
+                       w->table);
+            wr_err_hint(&err, "remove it from the publication, or recreate it and run \"walrelay "
+                              "resync\"");
+            code = syw_set_errored(w, "table_missing", &err);
+            if (code == WR_EXIT_CONFIG)
+                (void)syw_drop_slot(w);
+            goto out;
+        }
+    }
+    if (!w->schema_registered) {
+        if (w->dest->ops->ensure_table(w->dest, w->schema, &err) < 0) {
+            wr_err_prefix(&err, "registering \"%s\": ", w->table);
+            if (syw_is_data_error(err.code)) {
+                code = syw_catchup_errored(w, &st, "schema_changed", &err);
+                goto out;
+            }
+            code = syw_fail("catch-up", &err);
+            goto out;
+        }
+        w->schema_registered = true;
+    }
+    if (w->dest->ops->last_key(w->dest, w->stream, &st.last, &key_found, &err) < 0) {
+        code = syw_fail("reading the catch-up key", &err);
+        goto out;
+    }
+    if (!key_found)
+        memset(&st.last, 0, sizeof(st.last));
+    st.received = st.flushed = st.current = confirmed;
+
+    /* Already there (apply granted L <= X, or a crash after the slot reached L), and
+     * the destination holds nothing past the slot: no need to stream. */
+    if (confirmed >= st.catchup && st.last.commit_lsn < confirmed) {
+        code = syw_syncdone(w, confirmed, 0);
+        goto out;
+    }
+
+    if (repl_connect(w->cfg.source_conninfo, true, w->slot, &w->repl, &err) < 0 ||
+        repl_start(w->repl, w->slot, 0, w->cfg.publication, &err) < 0) {
+        syw_repl_close(w);
+        code = syw_fail("starting the catch-up stream", &err);
+        goto out;
+    }
+    log_info("catchup streaming table=%s slot=%s from=" WR_LSN_FMT " last_key=" WR_LSN_FMT "/%u",
+             w->table, w->slot, WR_LSN_ARGS(confirmed), WR_LSN_ARGS(st.last.commit_lsn),
+             st.last.ordinal);
+    st.next_status_ms = wr_now_ms() + SYW_STATUS_INTERVAL_MS;
+    code = syw_stream(w, &st);
+
+out:
+    pgo_decoder_close(&st.dec);
+    return code;
+}
+
+/* SyncDone / Ready on start: a previous run persisted SyncDone and may have died before
+ * dropping the slot or forgetting the key. */
+static int
+syw_finish_done(syw_t *w)
+{
+    wr_err_t err;
+    bool found = false, active = false;
+    wr_lsn_t confirmed;
+
+    wr_err_clear(&err);
+    if (syw_sql_connect(w, &err) < 0)
+        return syw_fail("connecting to drop the slot", &err);
+    if (repl_slot_info(w->sql, w->slot, &found, &active, &confirmed, NULL, 0, &err) < 0)
+        return syw_fail("reading the slot", &err);
+    if (found && syw_drop_slot(w) < 0)
+        return WR_EXIT_ERROR;
+    if (syw_dest_open(w, &err) == 0 && syw_clear_stream_key(w, &err) == 0)
+        return WR_EXIT_OK;
+    log_err(LOG_LVL_WARN, "forgetting the catch-up key", &err);
+    return WR_EXIT_OK;
+}
+
+/* The phase dispatcher: acts on the table's phase until an exit code comes out. */
+static int
+syw_run(syw_t *w)
+{
+    for (;;) {
+        int rc;
+
+        if (syw_should_stop(w))
+            return WR_EXIT_OK; /* nothing in flight between phases */
+        switch (w->phase) {
+        case PH_INIT:
+        case PH_DATASYNC:
+            rc = syw_copy(w);
+            break;
+        case PH_FINISHEDCOPY:
+            rc = syw_request_syncwait(w);
+            break;
+        case PH_SYNCWAIT:
+            rc = syw_wait_catchup(w);
+            break;
+        case PH_CATCHUP:
+            rc = syw_catchup(w);
+            break;
+        case PH_SYNCDONE:
+        case PH_READY:
+            return syw_finish_done(w);
+        case PH_ERRORED:
+            log_info("table is errored, nothing to do table=%s", w->table);
+            return WR_EXIT_OK;
+        default:
+            log_error("unknown phase table=%s phase=%d", w->table, (int)w->phase);
+            return WR_EXIT_ERROR;
+        }
+        if (rc != SYW_CONTINUE)
+            return rc;
+    }
+}
+
+static int
+syw_parse_relid(const char *s, uint32_t *out)
+{
+    char *end = NULL;
+    unsigned long v;
+
+    if (s == NULL || *s < '0' || *s > '9')
+        return WR_EINVAL;
+    errno = 0;
+    v = strtoul(s, &end, 10);
+    if (errno != 0 || *end != '\0' || v == 0 || v > UINT32_MAX)
+        return WR_EINVAL;
+    *out = (uint32_t)v;
+    return 0;
+}
+
+static void
+syw_close(syw_t *w)
+{
+    syw_repl_close(w);
+    if (w->sql != NULL) {
+        PQfinish(w->sql);
+        w->sql = NULL;
+    }
+    if (w->dest != NULL) {
+        w->dest->ops->close(w->dest);
+        w->dest = NULL;
+    }
+    if (w->chan_open) {
+        wk_chan_close(&w->chan);
+        w->chan_open = false;
+    }
+    syw_schema_reset(w);
+    cfg_free(&w->cfg);
+}
+
+int
+main(int argc, char **argv)
+{
+    syw_t w;
+    wr_err_t err;
+    ipc_msg_t tables;
+    struct sigaction sa;
+    bool known = false;
+    int code;
+
+    memset(&w, 0, sizeof(w));
+    wr_err_clear(&err);
+    cfg_defaults(&w.cfg);
+    if (argc != 3 || syw_parse_relid(argv[2], &w.relid) < 0) {
+        fprintf(stderr, "usage: walrelay-sync DIR RELID (started by \"walrelay run\")\n");
+        return WR_EXIT_CONFIG;
+    }
+    snprintf(w.worker, sizeof(w.worker), "sync-%u", w.relid);
+    log_init("-", w.worker);
+    if (cfg_load(argv[1], &w.cfg, &err) < 0) {
+        log_err(LOG_LVL_ERROR, "loading the configuration", &err);
+        cfg_free(&w.cfg);
+        return WR_EXIT_CONFIG;
+    }
+    log_init(w.cfg.pipeline_name, w.worker);
+    log_set_level(w.cfg.log_level);
+    cfg_sync_slot_name(&w.cfg, w.relid, w.slot, sizeof(w.slot));
+    dest_sync_stream(w.relid, w.stream, sizeof(w.stream));
+    snprintf(w.table, sizeof(w.table), "%u", w.relid);
+
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = syw_on_signal; /* no SA_RESTART: poll() returns EINTR */
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    sa.sa_handler = SIG_IGN;
+    sigaction(SIGPIPE, &sa, NULL);
+
+    if (wk_chan_init(&w.chan, WK_CHAN_FD, &err) < 0) {
+        code = syw_fail("opening the supervisor channel", &err);
+        goto out;
+    }
+    w.chan_open = true;
+    wk_chan_set_callback(&w.chan, syw_on_msg, &w);
+    memset(&tables, 0, sizeof(tables));
+    if (wk_chan_handshake(&w.chan, "sync", w.relid, &tables, &err) < 0) {
+        code = syw_fail("handshake with the supervisor", &err);
+        goto out;
+    }
+    for (uint32_t i = 0; i < tables.u.tables.n; i++) {
+        const ipc_table_info_t *t = &tables.u.tables.tables[i];
+
+        if (t->relid != w.relid)
+            continue;
+        known = true;
+        w.phase = t->phase;
+        w.lsn = t->lsn;
+        snprintf(w.table, sizeof(w.table), "%s.%s", t->nsp, t->name);
+    }
+    ipc_msg_clear(&tables);
+    if (!known) {
+        /* the supervisor decides which tables need a worker; none for this one */
+        log_warn("table not in the supervisor's list, nothing to do relid=%u", w.relid);
+        code = WR_EXIT_OK;
+        goto out;
+    }
+    log_info("sync worker started table=%s relid=%u phase=%s lsn=" WR_LSN_FMT, w.table, w.relid,
+             phase_name(w.phase), WR_LSN_ARGS(w.lsn));
+    code = syw_run(&w);
+    if (code == WR_EXIT_OK && syw_signalled)
+        log_info("stopped by signal table=%s phase=%s", w.table, phase_name(w.phase));
+
+out:
+    syw_close(&w);
+    return code;
+}
