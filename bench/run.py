@@ -1,0 +1,237 @@
+#!/usr/bin/python3
+"""walrelay benchmarks, each compared in the same run with what a user would use instead.
+
+  copy:  initial copy of a table of N rows (mixed types) into the `null` and `sqlite`
+         destinations, against `psql -c "COPY t TO STDOUT" > /dev/null`.
+  drain: a backlog of N changes (inserts, updates, deletes in 1000-row transactions)
+         drained into `null` by walrelay, against `pg_recvlogical` (pgoutput,
+         proto_version=1) draining the same backlog from a second slot.
+
+Times are wall clock, best of --repeat runs for the baselines. walrelay's times
+include process start, slot creation and the handoff (what a user waits for); the copy
+worker's own figure from its log line is reported beside it. Peak RSS (VmHWM) of every
+walrelay process is sampled during each run.
+
+Usage: bench/run.py [--rows 1000000] [--changes 1000000] [--build build] [--only copy|drain]
+"""
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from pgtmp import TmpPostgres, PGBIN  # noqa: E402
+
+import psycopg  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class Walrelay:
+    def __init__(self, build, pg, publication, dest, name):
+        self.bin = os.path.join(ROOT, build, "walrelay")
+        self.dir = tempfile.mkdtemp(prefix=f"walrelay-bench-{name}-")
+        self.pg = pg
+        self.name = name
+        subprocess.run([self.bin, "init", self.dir, "--source", pg.conninfo, "--publication",
+                        publication, "--destination", dest, "--name", name], check=True,
+                       stdout=subprocess.DEVNULL)
+        self.proc = None
+        self.log = os.path.join(self.dir, "run.log")
+        self.peak = {}
+
+    def start(self):
+        self.logf = open(self.log, "w")
+        self.proc = subprocess.Popen([self.bin, "run", self.dir], stdout=self.logf,
+                                     stderr=subprocess.STDOUT)
+
+    def status(self):
+        r = subprocess.run([self.bin, "status", self.dir, "--json"], capture_output=True, text=True)
+        if r.returncode != 0:
+            return None
+        return json.loads(r.stdout)
+
+    def sample_rss(self):
+        pids = {"supervisor": self.proc.pid}
+        try:
+            for c in open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read().split():
+                try:
+                    exe = os.readlink(f"/proc/{c}/exe")
+                except OSError:
+                    continue
+                pids[os.path.basename(exe)] = int(c)
+        except OSError:
+            return
+        for kind, pid in pids.items():
+            try:
+                for line in open(f"/proc/{pid}/status"):
+                    if line.startswith("VmHWM:"):
+                        kb = int(line.split()[1])
+                        self.peak[kind] = max(self.peak.get(kind, 0), kb)
+            except OSError:
+                pass
+
+    def wait(self, pred, timeout, what):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            self.sample_rss()
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"walrelay exited ({self.proc.returncode}) waiting for {what}; "
+                                   f"log: {open(self.log).read()[-3000:]}")
+            if pred():
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"timeout waiting for {what}; log: {open(self.log).read()[-3000:]}")
+
+    def all_ready(self):
+        st = self.status()
+        return bool(st and st["tables"] and all(t["phase"] == "ready" for t in st["tables"]))
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            subprocess.run([self.bin, "stop", self.dir], stdout=subprocess.DEVNULL)
+            self.proc.wait(timeout=120)
+        self.logf.close()
+
+    def copy_seconds_from_log(self):
+        m = re.findall(r"copy finished.*?seconds=([0-9.]+)", open(self.log).read())
+        return float(m[-1]) if m else None
+
+    def cleanup(self):
+        with psycopg.connect(self.pg.conninfo, autocommit=True) as c:
+            c.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                      "WHERE slot_name LIKE %s AND NOT active", (f"walrelay_{self.name}%",))
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def timed(cmd, **kw):
+    t = time.monotonic()
+    subprocess.run(cmd, check=True, **kw)
+    return time.monotonic() - t
+
+
+def mb(kb):
+    return f"{kb / 1024:.0f}"
+
+
+def bench_copy(pg, args, out):
+    with psycopg.connect(pg.conninfo, autocommit=True) as c:
+        c.execute("CREATE TABLE bench_copy (id bigint PRIMARY KEY, qty int, price numeric(12,2), "
+                  "name text, created timestamptz, active bool)")
+        c.execute("INSERT INTO bench_copy SELECT g, g % 1000, (g % 100000) / 100.0, "
+                  "'name-' || g, '2026-01-01'::timestamptz + g * interval '1 second', g % 2 = 0 "
+                  "FROM generate_series(1, %s) g", (args.rows,))
+        c.execute("VACUUM ANALYZE bench_copy")
+        c.execute("CREATE PUBLICATION pub_copy FOR TABLE bench_copy")
+        size = c.execute("SELECT pg_size_pretty(pg_table_size('bench_copy'))").fetchone()[0]
+    psql = [f"{PGBIN}/psql", pg.conninfo, "-X", "-q", "-c", "COPY bench_copy TO STDOUT"]
+    base = min(timed(psql, stdout=subprocess.DEVNULL) for _ in range(args.repeat))
+    out.append(f"\n### Copy of {args.rows:,} rows ({size}: bigint, int, numeric, text, timestamptz, bool)\n")
+    out.append("| what | seconds | rows/s | ratio to COPY | worker copy s | peak RSS MB (supervisor/apply/sync) |")
+    out.append("|---|---|---|---|---|---|")
+    out.append(f"| `psql -c \"COPY ... TO STDOUT\" > /dev/null` (best of {args.repeat}) | {base:.2f} | "
+               f"{args.rows / base:,.0f} | 1.00 | | |")
+    for dest in ("null", "sqlite"):
+        w = Walrelay(args.build, pg, "pub_copy", dest, f"copy_{dest}")
+        try:
+            t0 = time.monotonic()
+            w.start()
+            w.wait(w.all_ready, 1800, "table ready")
+            dt = time.monotonic() - t0
+            w.stop()
+            ws = w.copy_seconds_from_log()
+            p = w.peak
+            out.append(f"| walrelay → {dest} (run until ready) | {dt:.2f} | {args.rows / dt:,.0f} | "
+                       f"{dt / base:.2f} | {ws if ws is not None else '?'} | "
+                       f"{mb(p.get('supervisor', 0))}/{mb(p.get('walrelay-apply', 0))}/{mb(p.get('walrelay-sync', 0))} |")
+        finally:
+            w.stop() if w.proc and w.proc.poll() is None else None
+            w.cleanup()
+    print("\n".join(out[-(3 + 2):]), flush=True)
+
+
+def bench_drain(pg, args, out):
+    with psycopg.connect(pg.conninfo, autocommit=True) as c:
+        c.execute("CREATE TABLE bench_drain (id bigint PRIMARY KEY, v int, t text)")
+        c.execute("CREATE PUBLICATION pub_drain FOR TABLE bench_drain")
+    w = Walrelay(args.build, pg, "pub_drain", "null", "drain_null")
+    try:
+        w.start()
+        w.wait(w.all_ready, 300, "table ready")
+        w.stop()
+        with psycopg.connect(pg.conninfo, autocommit=True) as c:
+            c.execute("SELECT pg_create_logical_replication_slot('bench_recv', 'pgoutput')")
+            n = args.changes
+            ins, upd = n // 2, n // 4
+            dele = n - ins - upd
+            step = 1000
+            for lo in range(1, ins + 1, step):
+                c.execute("INSERT INTO bench_drain SELECT g, g, 'row-' || g FROM generate_series(%s, %s) g",
+                          (lo, min(lo + step - 1, ins)))
+            for lo in range(1, upd + 1, step):
+                c.execute("UPDATE bench_drain SET v = v + 1 WHERE id BETWEEN %s AND %s", (lo, min(lo + step - 1, upd)))
+            for lo in range(1, dele + 1, step):
+                c.execute("DELETE FROM bench_drain WHERE id BETWEEN %s AND %s", (lo, min(lo + step - 1, dele)))
+            endpos = c.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
+            c.execute("CHECKPOINT")
+        recv = [f"{PGBIN}/pg_recvlogical", "-d", pg.conninfo, "--slot", "bench_recv", "--start",
+                "--endpos", endpos, "-o", "proto_version=1", "-o", "publication_names=pub_drain",
+                "--no-loop", "-f", "/dev/null"]
+        base = timed(recv)
+
+        def flushed():
+            with psycopg.connect(pg.conninfo, autocommit=True) as c:
+                r = c.execute("SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots "
+                              "WHERE slot_name = 'walrelay_drain_null'", (endpos,)).fetchone()
+                return bool(r and r[0])
+        w.peak = {}
+        t0 = time.monotonic()
+        w.start()
+        w.wait(flushed, 1800, "slot confirmed past the backlog")
+        dt = time.monotonic() - t0
+        w.stop()
+        p = w.peak
+        out.append(f"\n### Drain of a {args.changes:,}-change backlog (½ inserts, ¼ updates, ¼ deletes; 1000-row transactions)\n")
+        out.append("| what | seconds | changes/s | ratio to pg_recvlogical | peak RSS MB (supervisor/apply) |")
+        out.append("|---|---|---|---|---|")
+        out.append(f"| `pg_recvlogical` pgoutput proto 1 → /dev/null | {base:.2f} | {args.changes / base:,.0f} | 1.00 | |")
+        out.append(f"| walrelay → null (until confirmed_flush ≥ end) | {dt:.2f} | {args.changes / dt:,.0f} | "
+                   f"{dt / base:.2f} | {mb(p.get('supervisor', 0))}/{mb(p.get('walrelay-apply', 0))} |")
+        with psycopg.connect(pg.conninfo, autocommit=True) as c:
+            c.execute("SELECT pg_drop_replication_slot('bench_recv')")
+    finally:
+        w.stop() if w.proc and w.proc.poll() is None else None
+        w.cleanup()
+    print("\n".join(out[-6:]), flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--changes", type=int, default=1_000_000)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--build", default="build")
+    ap.add_argument("--only", choices=["copy", "drain"])
+    args = ap.parse_args()
+    pg = TmpPostgres()
+    out = [f"## {time.strftime('%Y-%m-%d')} — `bench/run.py {' '.join(sys.argv[1:])}`",
+           f"\nmachine: {os.cpu_count()} cores, {os.uname().release}; PostgreSQL 15 (fsync on, "
+           "shared_buffers 256MB), source and walrelay on the same machine"]
+    try:
+        if args.only in (None, "copy"):
+            bench_copy(pg, args, out)
+        if args.only in (None, "drain"):
+            bench_drain(pg, args, out)
+    finally:
+        pg.stop()
+    print("\n===== markdown for bench/RESULTS.md =====\n")
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()

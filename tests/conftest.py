@@ -1,0 +1,50 @@
+"""Suite-wide pytest configuration: where the build is, and the one-line summary.
+
+NOTES: loaded for every test under tests/. scripts/test relies on the last line this
+prints ("N passed, N failed", plus ", N skipped" when some were); CI greps it.
+"""
+
+import pytest
+
+# Outcome of each test id: "failed" wins over "skipped", which wins over "passed", so a
+# test that passes but whose teardown fails (a leaked process, a leftover slot) counts as
+# failed once, not as one pass and one error.
+_outcomes = {}
+_RANK = {"passed": 0, "skipped": 1, "failed": 2}
+
+
+def _record(nodeid, outcome):
+    if _RANK[outcome] >= _RANK.get(_outcomes.get(nodeid), -1):
+        _outcomes[nodeid] = outcome
+
+
+def pytest_runtest_logreport(report):
+    if report.failed:
+        _record(report.nodeid, "failed")
+    elif report.skipped:
+        _record(report.nodeid, "skipped")
+    elif report.when == "call":
+        _record(report.nodeid, "passed")
+
+
+def pytest_collectreport(report):
+    if report.failed:  # a file that does not import is a failure, not silence
+        _record(report.nodeid or "<collection>", "failed")
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_sessionfinish(session, exitstatus):
+    # Outermost wrapper: runs after the terminal reporter printed its own summary, so
+    # this line is the very last one.
+    yield
+    counts = {"passed": 0, "failed": 0, "skipped": 0}
+    for outcome in _outcomes.values():
+        counts[outcome] += 1
+    line = "%d passed, %d failed" % (counts["passed"], counts["failed"])
+    if counts["skipped"]:
+        line += ", %d skipped" % counts["skipped"]
+    tr = session.config.pluginmanager.get_plugin("terminalreporter")
+    if tr is not None:
+        tr.write_line(line)
+    else:
+        print(line, flush=True)
