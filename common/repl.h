@@ -52,7 +52,7 @@ int repl_send_status(PGconn *repl, wr_lsn_t write, wr_lsn_t flush, wr_lsn_t appl
 /* Parses a 'k' keepalive; returns 0 or WR_EPROTO. */
 int repl_parse_keepalive(const uint8_t *buf, size_t len, wr_lsn_t *wal_end, bool *reply_requested,
                          wr_err_t *err) WR_MUST_CHECK;
-/* Parses the 'w' header; returns 0 or WR_EPROTO; *payload/*plen point to the pgoutput message. */
+/* Parses the 'w' header; returns 0 or WR_EPROTO; *payload and *plen point to the pgoutput message. */
 int repl_parse_xlogdata(const uint8_t *buf, size_t len, wr_lsn_t *start, wr_lsn_t *wal_end,
                         const uint8_t **payload, size_t *plen, wr_err_t *err) WR_MUST_CHECK;
 

@@ -30,7 +30,7 @@ int wk_chan_init(wk_chan_t *c, int fd, wr_err_t *err) WR_MUST_CHECK;
 void wk_chan_close(wk_chan_t *c);
 void wk_chan_set_callback(wk_chan_t *c, wk_msg_cb cb, void *arg);
 /* hello -> welcome (checks version) -> tables. *tables is a decoded "tables" message the
- * caller clears. */
+ * caller clears. WR_ESTOP if ["stop"] arrives first (added by the apply helper). */
 int wk_chan_handshake(wk_chan_t *c, const char *role, uint32_t relid, ipc_msg_t *tables,
                       wr_err_t *err) WR_MUST_CHECK;
 /* Sends one message (blocking until written). */

@@ -1,1 +1,1382 @@
-int main(void) { return 1; }
+/*
+ * apply.c - walrelay-apply: streams the pipeline's slot and applies the changes of Ready
+ * tables to the destination, confirms the flush LSN, and runs the apply side of the
+ * table handoff.
+ *
+ * NOTES: one process per pipeline, started by the supervisor as `walrelay-apply DIR`
+ * with its channel on fd 3. It owns the slot walrelay_<pipeline> (created here when
+ * missing) and the destination stream "apply" (its resume key). It persists nothing
+ * itself except through the destination (data + key in one transaction) and through
+ * set_phase / schema requests that the supervisor persists in state.db.
+ *
+ * THE STREAM LOOP
+ *
+ *   START_REPLICATION from 0/0: the server resumes at the slot's confirmed_flush. One
+ *   poll() waits on the replication socket and on fd 3, at most 1 s, less when a status
+ *   update or the open batch's fill deadline is due. Each CopyData is a keepalive 'k' or
+ *   an XLogData 'w' carrying one pgoutput message:
+ *
+ *     Begin     final_lsn = the commit LSN, ordinal = 0
+ *     Relation  cached per relid; a schema that differs from the cached one is sent to
+ *               the supervisor (schema request, lsn = the transaction's final_lsn, or
+ *               the last received position outside a transaction), and the table is
+ *               registered again with the destination before its next write
+ *     I/U/D     ordinal += 1; TRUNCATE: ordinal += 1 per listed relid. Every change
+ *               counts, also those of tables we skip, so that the resume key
+ *               (final_lsn, ordinal) of a change is the same in every replay
+ *     Commit    commit_lsn must equal Begin's final_lsn; end_lsn is the transaction's
+ *               position for feedback and the handoff
+ *     Type, Origin, Message: ignored
+ *
+ *   A change of table T is applied iff T is READY, or T is SYNCDONE(S) with
+ *   S <= final_lsn (the sync worker applied the earlier ones), and its key is greater
+ *   than the destination's last key of stream "apply" read at start (a replay after a
+ *   crash skips what is already there: exactly once).
+ *
+ * STATES THIS WORKER OWNS (see phase.h; the supervisor persists, then acks)
+ *
+ *   SYNCWAIT -> CATCHUP(L)   granted here, L = max(X, Y): X the sync worker's consistent
+ *                            point, Y the end_lsn of the last commit processed (or the
+ *                            last received WAL position when idle)
+ *   SYNCDONE(S) -> READY     once this worker's durable flush >= S
+ *   any -> ERRORED           when a change of the table cannot be applied (no key for an
+ *                            UPDATE, a value the destination rejects); the other tables
+ *                            go on, and the table's later changes are skipped
+ *
+ * THE HANDOFF SIDE (PostgreSQL's process_syncing_tables_for_apply)
+ *
+ *   At a transaction boundary - after a Commit, or when idle outside a transaction -
+ *   for each table in SYNCWAIT: commit the open destination batch, request CATCHUP(L),
+ *   and after the ack stop reading the replication stream (status updates still go out
+ *   every 10 s, so the walsender does not time us out) until the table's table_state is
+ *   no longer CATCHUP: SYNCDONE(S), or ERRORED / INIT when the sync failed or was reset.
+ *   Stopping is what makes L exact: nothing past Y is applied by us until the sync
+ *   worker has caught up to at least L, and from SYNCDONE(S) on we apply the table's
+ *   transactions with final_lsn >= S while the sync worker applied those before.
+ *   On (re)start, a table already in CATCHUP is waited for the same way before any
+ *   transaction is processed.
+ *
+ *   Example: sync copies at X = 0/1000 and asks SYNCWAIT. We are idle at Y = 0/1800:
+ *   CATCHUP(0/1800), we pause. Sync streams its slot from 0/1000, applies T's changes up
+ *   to the commit ending at 0/1900 (>= 0/1800) and stores SYNCDONE(0/1900). We resume;
+ *   the transaction committed at 0/18F0 (end 0/1900) is skipped for T (0/1900 > 0/18F0),
+ *   later ones are applied. Our flush passes 0/1900: READY.
+ *
+ *   Before READY is requested the destination key is brought up to the last processed
+ *   transaction (an empty destination commit if needed): after READY a replay from an
+ *   older confirmed_flush would otherwise apply T's changes that the sync worker
+ *   already applied, because T is now READY.
+ *
+ * BATCHING
+ *
+ *   Changes go straight into one open destination transaction (begun lazily at the
+ *   first write); memory stays bounded whatever the source transaction's size. The batch
+ *   is committed with the resume key
+ *     - at a source Commit when it is due: cfg.batch_max_fill_ms since its first write,
+ *       or cfg.batch_max_bytes written (sizes of the applied pgoutput messages); the key
+ *       is (final_lsn, last ordinal) of that transaction;
+ *     - in the middle of a transaction once the bytes exceed batch_max_bytes, with the
+ *       key (final_lsn, ordinal) of the last change processed; the flush does not move
+ *       past the previous complete transaction until this one's Commit is committed;
+ *     - when a poll times out with the batch open, and before any handoff step.
+ *   A transaction that wrote nothing with no batch open moves the flush directly.
+ *
+ * FEEDBACK
+ *
+ *   Standby status 'r': write = last received, flush = apply = end_lsn of the last
+ *   commit made durable in the destination; never regresses. With nothing in flight (not
+ *   in a transaction, no open batch) a keepalive's WAL end counts as flushed, so an idle
+ *   publication does not pin WAL. A keepalive asking for a reply is answered at once;
+ *   otherwise a status goes out when the flush moved (at most once a second) and at
+ *   least every 10 s. ["progress", flush, received, events] goes to the supervisor at
+ *   most once a second when it changed (events = changes applied by this process).
+ *
+ * RESTART BEHAVIOUR
+ *
+ *   Exit 0 on SIGTERM/SIGINT or ["stop"]: the open batch is committed if we are at a
+ *   transaction boundary, else rolled back (the server replays that transaction from
+ *   the confirmed flush and the key skips what was committed), a last status update
+ *   reports the durable flush. Exit 1 (restart with backoff): connection lost,
+ *   destination error, supervisor gone (EOF on fd 3, at once). Exit 2 (no restart): bad
+ *   config, source misconfigured, the slot lost required WAL. At start a missing slot is
+ *   created (SNAPSHOT 'nothing', after clearing the "apply" key, which belongs to the old
+ *   slot), and inactive sync slots of tables that are READY, SYNCDONE or ERRORED are
+ *   dropped (again whenever a table reaches one of those phases): a sync worker killed
+ *   with -9 leaves no slot behind.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/config.h"
+#include "common/log.h"
+#include "common/pgoutput.h"
+#include "common/repl.h"
+#include "common/wkipc.h"
+#include "destinations/destination.h"
+
+#define APW_STATUS_INTERVAL_MS 10000
+#define APW_STATUS_MIN_MS      1000
+#define APW_PROGRESS_MS        1000
+#define APW_POLL_MAX_MS        1000
+#define APW_STREAM             "apply"
+
+typedef struct apw_table_s {
+    uint32_t relid;
+    char *nsp; /* from the supervisor; NULL for a relid it did not list */
+    char *name;
+    bool known; /* listed by the supervisor (tables / table_state) */
+    wr_phase_t phase;
+    wr_lsn_t lsn;
+    wr_schema_t *schema; /* last Relation message; owned */
+    bool dest_ready;     /* ensure_table done with this schema in this process */
+} apw_table_t;
+
+typedef struct apw_s {
+    wr_config_t cfg;
+    char slot[64];
+    wk_chan_t chan;
+    dest_t *dest;
+    PGconn *sql;
+    PGconn *repl;
+    pgo_decoder_t dec;
+
+    /* relid -> table: entries array + open-addressing index */
+    apw_table_t **tabs;
+    size_t ntabs, tabcap;
+    apw_table_t **idx;
+    size_t idxcap; /* power of two */
+    int n_handoff; /* tables in SYNCWAIT, CATCHUP or SYNCDONE */
+    int n_catchup;
+    bool cleanup_due;
+    bool oom; /* set by the channel callback */
+
+    /* resume */
+    bool skip_found;
+    dest_key_t skip_key;    /* "apply" key at start: changes <= it are already applied */
+    dest_key_t durable_key; /* last key committed by this process (or skip_key) */
+    dest_key_t last_tx_key; /* (final_lsn, ordinal count) of the last complete transaction */
+
+    /* transaction being received */
+    bool in_tx;
+    wr_lsn_t tx_final;
+    uint32_t tx_ord;
+    uint32_t tx_xid;
+
+    /* destination batch */
+    bool batch_open;
+    int64_t batch_start_ms;
+    int64_t batch_bytes;
+    wr_lsn_t batch_pending_flush; /* end_lsn of the last complete transaction in it; 0 none */
+
+    /* positions */
+    wr_lsn_t received;
+    wr_lsn_t flush;
+    wr_lsn_t ka_end; /* WAL end of the last keepalive */
+    uint64_t events;
+
+    int64_t last_status_ms;
+    wr_lsn_t sent_flush, sent_write;
+    int64_t last_progress_ms;
+    wr_lsn_t prog_flush, prog_recv;
+    uint64_t prog_events;
+} apw_t;
+
+static volatile sig_atomic_t apw_signalled;
+
+static void
+apw_on_signal(int sig)
+{
+    WR_UNUSED(sig);
+    apw_signalled = 1;
+}
+
+static bool
+apw_stopping(const apw_t *a)
+{
+    return apw_signalled || a->chan.stop_requested;
+}
+
+static wr_lsn_t
+apw_max(wr_lsn_t x, wr_lsn_t y)
+{
+    return x > y ? x : y;
+}
+
+/* ---- the table map ------------------------------------------------------------------ */
+
+static size_t
+apw_hash(uint32_t relid, size_t cap)
+{
+    return (size_t)((relid * 2654435761u) & (uint32_t)(cap - 1));
+}
+
+static apw_table_t *
+apw_table_find(const apw_t *a, uint32_t relid)
+{
+    if (a->idxcap == 0)
+        return NULL;
+    for (size_t i = apw_hash(relid, a->idxcap);; i = (i + 1) & (a->idxcap - 1)) {
+        apw_table_t *t = a->idx[i];
+        if (t == NULL)
+            return NULL;
+        if (t->relid == relid)
+            return t;
+    }
+}
+
+static int
+apw_index_grow(apw_t *a)
+{
+    size_t cap = a->idxcap ? a->idxcap * 2 : 64;
+    apw_table_t **idx = calloc(cap, sizeof(*idx));
+
+    if (idx == NULL)
+        return WR_ENOMEM;
+    for (size_t k = 0; k < a->ntabs; k++) {
+        size_t i = apw_hash(a->tabs[k]->relid, cap);
+        while (idx[i] != NULL)
+            i = (i + 1) & (cap - 1);
+        idx[i] = a->tabs[k];
+    }
+    free(a->idx);
+    a->idx = idx;
+    a->idxcap = cap;
+    return 0;
+}
+
+/* The entry of relid, created (unknown, INIT) when absent; NULL on OOM. */
+static apw_table_t *
+apw_table_get(apw_t *a, uint32_t relid)
+{
+    apw_table_t *t = apw_table_find(a, relid);
+    size_t i;
+
+    if (t != NULL)
+        return t;
+    if ((a->ntabs + 1) * 2 > a->idxcap && apw_index_grow(a) != 0)
+        return NULL;
+    if (a->ntabs == a->tabcap) {
+        size_t cap = a->tabcap ? a->tabcap * 2 : 64;
+        apw_table_t **tabs = realloc(a->tabs, cap * sizeof(*tabs));
+        if (tabs == NULL)
+            return NULL;
+        a->tabs = tabs;
+        a->tabcap = cap;
+    }
+    t = calloc(1, sizeof(*t));
+    if (t == NULL)
+        return NULL;
+    t->relid = relid;
+    t->phase = PH_INIT;
+    a->tabs[a->ntabs++] = t;
+    for (i = apw_hash(relid, a->idxcap); a->idx[i] != NULL; i = (i + 1) & (a->idxcap - 1))
+        ;
+    a->idx[i] = t;
+    return t;
+}
+
+static void
+apw_recount(apw_t *a)
+{
+    a->n_handoff = 0;
+    a->n_catchup = 0;
+    for (size_t k = 0; k < a->ntabs; k++) {
+        const apw_table_t *t = a->tabs[k];
+        if (!t->known)
+            continue;
+        if (t->phase == PH_SYNCWAIT || t->phase == PH_CATCHUP || t->phase == PH_SYNCDONE)
+            a->n_handoff++;
+        if (t->phase == PH_CATCHUP)
+            a->n_catchup++;
+    }
+}
+
+/* Records a persisted phase of a table (from the supervisor or our own acked request). */
+static void
+apw_table_set(apw_t *a, apw_table_t *t, wr_phase_t phase, wr_lsn_t lsn)
+{
+    t->known = true;
+    t->phase = phase;
+    t->lsn = lsn;
+    if (phase == PH_READY || phase == PH_SYNCDONE || phase == PH_ERRORED)
+        a->cleanup_due = true;
+    apw_recount(a);
+}
+
+static const char *
+apw_table_label(const apw_table_t *t, char *buf, size_t len)
+{
+    const char *nsp = t->nsp ? t->nsp : (t->schema ? t->schema->nsp : NULL);
+    const char *name = t->name ? t->name : (t->schema ? t->schema->name : NULL);
+
+    if (name != NULL)
+        snprintf(buf, len, "%s.%s", nsp ? nsp : "?", name);
+    else
+        snprintf(buf, len, "relid %u", (unsigned)t->relid);
+    return buf;
+}
+
+static void
+apw_tables_merge(apw_t *a, const ipc_msg_t *m)
+{
+    for (size_t k = 0; k < a->ntabs; k++)
+        a->tabs[k]->known = false;
+    for (uint32_t i = 0; i < m->u.tables.n; i++) {
+        const ipc_table_info_t *ti = &m->u.tables.tables[i];
+        apw_table_t *t = apw_table_get(a, ti->relid);
+
+        if (t == NULL) {
+            a->oom = true;
+            return;
+        }
+        if (ti->nsp != NULL && (t->nsp == NULL || strcmp(t->nsp, ti->nsp) != 0)) {
+            free(t->nsp);
+            t->nsp = wr_strdup(ti->nsp);
+        }
+        if (ti->name != NULL && (t->name == NULL || strcmp(t->name, ti->name) != 0)) {
+            free(t->name);
+            t->name = wr_strdup(ti->name);
+        }
+        t->known = true;
+        t->phase = ti->phase;
+        t->lsn = ti->lsn;
+        if (t->phase == PH_READY || t->phase == PH_SYNCDONE || t->phase == PH_ERRORED)
+            a->cleanup_due = true;
+    }
+    apw_recount(a);
+}
+
+/* Channel callback: messages that are not the ack a request waits for. Only records
+ * state; the loop acts on it. */
+static void
+apw_on_msg(const ipc_msg_t *m, void *arg)
+{
+    apw_t *a = arg;
+    apw_table_t *t;
+
+    switch (m->type) {
+    case IPC_TABLE_STATE:
+        t = apw_table_get(a, m->u.table_state.relid);
+        if (t == NULL) {
+            a->oom = true;
+            return;
+        }
+        log_info("table state relid=%u phase=%s lsn=" WR_LSN_FMT, (unsigned)m->u.table_state.relid,
+                 phase_name(m->u.table_state.phase), WR_LSN_ARGS(m->u.table_state.lsn));
+        apw_table_set(a, t, m->u.table_state.phase, m->u.table_state.lsn);
+        break;
+    case IPC_TABLES:
+        apw_tables_merge(a, m);
+        break;
+    case IPC_STOP:
+        log_info("stop requested by the supervisor");
+        break;
+    default:
+        log_debug("ignoring message from the supervisor type=%s", ipc_type_name(m->type));
+        break;
+    }
+}
+
+/* ---- feedback ------------------------------------------------------------------------- */
+
+static int
+apw_send_status(apw_t *a, bool force, wr_err_t *err)
+{
+    int64_t now = wr_now_ms();
+    int rc;
+
+    if (!force) {
+        bool changed = a->flush != a->sent_flush || a->received != a->sent_write;
+        if (now - a->last_status_ms < APW_STATUS_INTERVAL_MS &&
+            (!changed || now - a->last_status_ms < APW_STATUS_MIN_MS))
+            return 0;
+    }
+    if (a->received < a->flush)
+        a->received = a->flush;
+    rc = repl_send_status(a->repl, a->received, a->flush, a->flush, false, err);
+    if (rc != 0)
+        return rc;
+    log_debug("status sent write=" WR_LSN_FMT " flush=" WR_LSN_FMT, WR_LSN_ARGS(a->received),
+              WR_LSN_ARGS(a->flush));
+    a->last_status_ms = now;
+    a->sent_flush = a->flush;
+    a->sent_write = a->received;
+    return 0;
+}
+
+static int
+apw_send_progress(apw_t *a, bool force, wr_err_t *err)
+{
+    int64_t now = wr_now_ms();
+    ipc_msg_t m;
+    int rc;
+
+    if (a->flush == a->prog_flush && a->received == a->prog_recv && a->events == a->prog_events)
+        return 0;
+    if (!force && now - a->last_progress_ms < APW_PROGRESS_MS)
+        return 0;
+    memset(&m, 0, sizeof(m));
+    m.type = IPC_PROGRESS;
+    m.u.progress.flush_lsn = a->flush;
+    m.u.progress.received_lsn = a->received;
+    m.u.progress.events = a->events;
+    rc = wk_chan_send(&a->chan, &m, err);
+    if (rc != 0)
+        return rc;
+    a->last_progress_ms = now;
+    a->prog_flush = a->flush;
+    a->prog_recv = a->received;
+    a->prog_events = a->events;
+    return 0;
+}
+
+/* Moves the durable flush forward (never back). */
+static void
+apw_flush_to(apw_t *a, wr_lsn_t lsn)
+{
+    if (lsn > a->flush)
+        a->flush = lsn;
+}
+
+/* ---- the destination batch ------------------------------------------------------------ */
+
+/* Commits the open batch. Inside a transaction the key is the last change processed and
+ * the flush moves only to the last complete transaction in the batch; outside, the key
+ * is the last transaction's and the flush moves to its end. */
+static int
+apw_batch_commit(apw_t *a, wr_err_t *err)
+{
+    dest_key_t key;
+    int rc;
+
+    if (!a->batch_open)
+        return 0;
+    if (a->in_tx) {
+        key.commit_lsn = a->tx_final;
+        key.ordinal = a->tx_ord;
+    } else {
+        key = a->last_tx_key;
+    }
+    rc = a->dest->ops->commit(a->dest, APW_STREAM, &key, err);
+    a->batch_open = false;
+    if (rc != 0) {
+        wr_err_prefix(err, "committing the destination batch: ");
+        return rc < 0 ? rc : WR_EDEST;
+    }
+    log_debug("batch committed key=" WR_LSN_FMT "/%u bytes=%lld", WR_LSN_ARGS(key.commit_lsn),
+              (unsigned)key.ordinal, (long long)a->batch_bytes);
+    a->durable_key = key;
+    a->batch_bytes = 0;
+    if (a->batch_pending_flush != 0)
+        apw_flush_to(a, a->batch_pending_flush);
+    a->batch_pending_flush = 0;
+    /* nothing in flight any more: a keepalive that came while the batch was open counts
+     * now (one that came inside a transaction is below that transaction's end) */
+    if (!a->in_tx)
+        apw_flush_to(a, a->ka_end);
+    return 0;
+}
+
+/* Abandons the open batch (stop in the middle of a transaction). */
+static void
+apw_batch_rollback(apw_t *a)
+{
+    wr_err_t err;
+
+    if (!a->batch_open)
+        return;
+    if (a->dest->ops->rollback(a->dest, &err) != 0)
+        log_err(LOG_LVL_WARN, "rolling back the destination batch", &err);
+    a->batch_open = false;
+    a->batch_bytes = 0;
+    a->batch_pending_flush = 0;
+    /* a table the rolled-back transaction created is gone again */
+    for (size_t k = 0; k < a->ntabs; k++)
+        a->tabs[k]->dest_ready = false;
+}
+
+/* ---- table errors ----------------------------------------------------------------------- */
+
+static bool
+apw_table_specific(int code)
+{
+    return code == WR_EUNSUPPORTED || code == WR_EINVAL;
+}
+
+/* Marks a table ERRORED because one of its changes cannot be applied; the others go on.
+ * Returns 0, or an error if the supervisor could not record it. */
+static int
+apw_table_fail(apw_t *a, apw_table_t *t, const wr_err_t *cause, wr_err_t *err)
+{
+    char label[256];
+    int rc;
+
+    apw_table_label(t, label, sizeof(label));
+    log_error("cannot apply a change, table set to errored table=%s relid=%u lsn=" WR_LSN_FMT
+              " error=\"%s\"%s%s",
+              label, (unsigned)t->relid, WR_LSN_ARGS(a->tx_final), cause->msg,
+              cause->hint[0] ? " hint=" : "", cause->hint);
+    rc = wk_chan_set_phase(&a->chan, t->relid, PH_ERRORED, a->tx_final,
+                           wr_err_code_name(cause->code), cause->msg, cause->hint, err);
+    if (rc != 0)
+        return rc;
+    apw_table_set(a, t, PH_ERRORED, a->tx_final);
+    return 0;
+}
+
+/* ---- applying changes ----------------------------------------------------------------- */
+
+static bool
+apw_applies(const apw_t *a, const apw_table_t *t)
+{
+    if (t == NULL || !t->known)
+        return false;
+    if (t->phase == PH_READY)
+        return true;
+    return t->phase == PH_SYNCDONE && t->lsn <= a->tx_final;
+}
+
+/* True if the change with the current key was committed before (replay). */
+static bool
+apw_already_applied(const apw_t *a)
+{
+    dest_key_t k = {a->tx_final, a->tx_ord};
+
+    return a->skip_found && dest_key_cmp(&k, &a->skip_key) <= 0;
+}
+
+/* Writes one change of table t. A table-specific failure marks the table ERRORED and
+ * returns 0; anything else is returned. */
+static int
+apw_write(apw_t *a, apw_table_t *t, dest_event_t *ev, size_t msglen, wr_err_t *err)
+{
+    wr_err_t werr;
+    int rc;
+
+    wr_err_clear(&werr);
+    if (t->schema == NULL)
+        return wr_err_set(err, WR_EPROTO, "change for relid %u before its relation message",
+                          (unsigned)t->relid);
+    if (!t->dest_ready) {
+        rc = a->dest->ops->ensure_table(a->dest, t->schema, &werr);
+        if (rc != 0) {
+            if (apw_table_specific(rc))
+                return apw_table_fail(a, t, &werr, err);
+            *err = werr;
+            return rc;
+        }
+        t->dest_ready = true;
+    }
+    if (!a->batch_open) {
+        rc = a->dest->ops->begin(a->dest, err);
+        if (rc != 0)
+            return rc;
+        a->batch_open = true;
+        a->batch_start_ms = wr_now_ms();
+        a->batch_bytes = 0;
+        a->batch_pending_flush = 0;
+    }
+    ev->key.commit_lsn = a->tx_final;
+    ev->key.ordinal = a->tx_ord;
+    ev->xid = a->tx_xid;
+    ev->relid = t->relid;
+    rc = a->dest->ops->write_event(a->dest, ev, &werr);
+    if (rc != 0) {
+        if (apw_table_specific(rc))
+            return apw_table_fail(a, t, &werr, err);
+        *err = werr;
+        return rc;
+    }
+    a->events++;
+    a->batch_bytes += (int64_t)msglen;
+    /* a large transaction: commit what we have, the key lets a replay resume here */
+    if (a->batch_bytes >= a->cfg.batch_max_bytes)
+        return apw_batch_commit(a, err);
+    return 0;
+}
+
+/* Checks an UPDATE/DELETE can be applied by key; fills cause if not. */
+static bool
+apw_has_key(const apw_table_t *t, char oldkind, const char *what, wr_err_t *cause)
+{
+    char label[256];
+
+    if (oldkind == 'O' || (t->schema != NULL && wr_schema_nkeys(t->schema) > 0))
+        return true;
+    apw_table_label(t, label, sizeof(label));
+    wr_err_set(cause, WR_EUNSUPPORTED,
+               "cannot apply %s to table \"%s\": it has no replica identity key", what, label);
+    wr_err_hint(cause, "give the table a primary key (or REPLICA IDENTITY FULL), then resync it");
+    return false;
+}
+
+static int
+apw_on_change(apw_t *a, const pgo_msg_t *m, size_t msglen, wr_err_t *err)
+{
+    dest_event_t ev;
+    apw_table_t *t;
+    uint32_t relid;
+    wr_err_t cause;
+
+    if (!a->in_tx)
+        return wr_err_set(err, WR_EPROTO, "change message '%c' outside a transaction", m->type);
+    memset(&ev, 0, sizeof(ev));
+    a->tx_ord++;
+    switch (m->type) {
+    case PGO_INSERT:
+        relid = m->u.insert.relid;
+        ev.kind = DEST_EV_INSERT;
+        ev.new_row = &m->u.insert.newtup;
+        break;
+    case PGO_UPDATE:
+        relid = m->u.update.relid;
+        ev.kind = DEST_EV_UPDATE;
+        ev.old_kind = m->u.update.oldkind;
+        ev.old_row = m->u.update.oldkind ? &m->u.update.oldtup : NULL;
+        ev.new_row = &m->u.update.newtup;
+        break;
+    default: /* PGO_DELETE */
+        relid = m->u.delete_.relid;
+        ev.kind = DEST_EV_DELETE;
+        ev.old_kind = m->u.delete_.oldkind;
+        ev.old_row = &m->u.delete_.oldtup;
+        break;
+    }
+    t = apw_table_find(a, relid);
+    if (!apw_applies(a, t) || apw_already_applied(a))
+        return 0;
+    if (ev.kind != DEST_EV_INSERT &&
+        !apw_has_key(t, ev.old_kind, ev.kind == DEST_EV_UPDATE ? "an update" : "a delete", &cause))
+        return apw_table_fail(a, t, &cause, err);
+    return apw_write(a, t, &ev, msglen, err);
+}
+
+static int
+apw_on_truncate(apw_t *a, const pgo_msg_t *m, size_t msglen, wr_err_t *err)
+{
+    if (!a->in_tx)
+        return wr_err_set(err, WR_EPROTO, "truncate message outside a transaction");
+    for (uint32_t i = 0; i < m->u.truncate.nrels; i++) {
+        uint32_t relid = pgo_truncate_relid(m, i);
+        apw_table_t *t = apw_table_find(a, relid);
+        dest_event_t ev;
+        int rc;
+
+        a->tx_ord++;
+        if (!apw_applies(a, t) || apw_already_applied(a))
+            continue;
+        memset(&ev, 0, sizeof(ev));
+        ev.kind = DEST_EV_TRUNCATE;
+        ev.truncate_flags = m->u.truncate.flags;
+        rc = apw_write(a, t, &ev, msglen, err);
+        if (rc != 0)
+            return rc;
+        msglen = 0; /* count the message once */
+    }
+    return 0;
+}
+
+static int
+apw_on_relation(apw_t *a, const pgo_msg_t *m, wr_err_t *err)
+{
+    wr_schema_t *s = pgo_relation_schema(m);
+    apw_table_t *t;
+    wr_err_t serr;
+    int rc;
+
+    if (s == NULL)
+        return wr_err_set(err, WR_ENOMEM, "out of memory caching relation %u",
+                          (unsigned)m->u.relation.relid);
+    t = apw_table_get(a, m->u.relation.relid);
+    if (t == NULL) {
+        wr_schema_free(s);
+        return wr_err_set(err, WR_ENOMEM, "out of memory caching relation %u",
+                          (unsigned)m->u.relation.relid);
+    }
+    if (t->schema != NULL && wr_schema_equal(t->schema, s)) {
+        wr_schema_free(s);
+        return 0;
+    }
+    log_debug("relation relid=%u table=%s.%s columns=%u", (unsigned)s->relid, s->nsp, s->name,
+              (unsigned)s->ncols);
+    if (t->known) {
+        wr_lsn_t lsn = a->in_tx ? a->tx_final : a->received;
+
+        wr_err_clear(&serr);
+        rc = wk_chan_put_schema(&a->chan, s, lsn, &serr);
+        if (rc == WR_ESTATE) {
+            log_err(LOG_LVL_WARN, "the supervisor did not record a schema", &serr);
+        } else if (rc != 0) {
+            wr_schema_free(s);
+            *err = serr;
+            return rc;
+        }
+    }
+    wr_schema_free(t->schema);
+    t->schema = s;
+    t->dest_ready = false;
+    return 0;
+}
+
+/* ---- the handoff ---------------------------------------------------------------------- */
+
+/* Waits, without reading the replication stream, until no table is in CATCHUP (the sync
+ * worker stored SYNCDONE, or the table went ERRORED / INIT), or a stop is requested.
+ * Status updates keep the walsender from timing us out. */
+static int
+apw_wait_catchup(apw_t *a, wr_err_t *err)
+{
+    int rc;
+
+    for (size_t k = 0; k < a->ntabs; k++) {
+        const apw_table_t *t = a->tabs[k];
+        if (t->known && t->phase == PH_CATCHUP)
+            log_info("waiting for table catch-up relid=%u lsn=" WR_LSN_FMT, (unsigned)t->relid,
+                     WR_LSN_ARGS(t->lsn));
+    }
+    while (a->n_catchup > 0 && !apw_stopping(a)) {
+        int64_t left;
+
+        if (a->oom)
+            return wr_err_set(err, WR_ENOMEM, "out of memory recording table states");
+        rc = apw_send_status(a, false, err);
+        if (rc == 0)
+            rc = apw_send_progress(a, false, err);
+        if (rc != 0)
+            return rc;
+        left = a->last_status_ms + APW_STATUS_INTERVAL_MS - wr_now_ms();
+        if (left < 0)
+            left = 0;
+        rc = wk_chan_poll(&a->chan, left > APW_POLL_MAX_MS ? APW_POLL_MAX_MS : (int)left, err);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+/* The destination key must cover every processed transaction before a table goes READY
+ * (see the file header); commits an empty transaction carrying the key if needed. */
+static int
+apw_key_catch_up(apw_t *a, wr_err_t *err)
+{
+    int rc;
+
+    rc = apw_batch_commit(a, err);
+    if (rc != 0)
+        return rc;
+    if (dest_key_cmp(&a->durable_key, &a->last_tx_key) >= 0)
+        return 0;
+    rc = a->dest->ops->begin(a->dest, err);
+    if (rc != 0)
+        return rc;
+    rc = a->dest->ops->commit(a->dest, APW_STREAM, &a->last_tx_key, err);
+    if (rc != 0)
+        return rc;
+    a->durable_key = a->last_tx_key;
+    return 0;
+}
+
+/* At a transaction boundary (y = end_lsn of the last commit, or the last received
+ * position when idle): marks SYNCDONE tables READY once flushed past their LSN, grants
+ * CATCHUP to SYNCWAIT tables and waits for each. */
+static int
+apw_boundary(apw_t *a, wr_lsn_t y, wr_err_t *err)
+{
+    bool again = true;
+    int rc;
+
+    while (again && a->n_handoff > 0 && !apw_stopping(a)) {
+        again = false;
+        for (size_t k = 0; k < a->ntabs && !apw_stopping(a); k++) {
+            apw_table_t *t = a->tabs[k];
+            char label[256];
+
+            if (!t->known)
+                continue;
+            if (t->phase == PH_SYNCDONE && a->flush >= t->lsn) {
+                wr_lsn_t s = t->lsn;
+
+                rc = apw_key_catch_up(a, err);
+                if (rc != 0)
+                    return rc;
+                rc = wk_chan_set_phase(&a->chan, t->relid, PH_READY, a->flush, NULL, NULL, NULL,
+                                       err);
+                if (rc != 0)
+                    return rc;
+                apw_table_set(a, t, PH_READY, a->flush);
+                log_info("table ready table=%s relid=%u syncdone=" WR_LSN_FMT " flush=" WR_LSN_FMT,
+                         apw_table_label(t, label, sizeof(label)), (unsigned)t->relid,
+                         WR_LSN_ARGS(s), WR_LSN_ARGS(a->flush));
+            } else if (t->phase == PH_SYNCWAIT) {
+                wr_lsn_t x = t->lsn;
+                wr_lsn_t l = apw_max(x, y);
+
+                rc = apw_batch_commit(a, err);
+                if (rc != 0)
+                    return rc;
+                rc = wk_chan_set_phase(&a->chan, t->relid, PH_CATCHUP, l, NULL, NULL, NULL, err);
+                if (rc != 0)
+                    return rc;
+                apw_table_set(a, t, PH_CATCHUP, l);
+                log_info("catch-up granted table=%s relid=%u lsn=" WR_LSN_FMT
+                         " syncwait=" WR_LSN_FMT " position=" WR_LSN_FMT,
+                         apw_table_label(t, label, sizeof(label)), (unsigned)t->relid,
+                         WR_LSN_ARGS(l), WR_LSN_ARGS(x), WR_LSN_ARGS(y));
+                rc = apw_wait_catchup(a, err);
+                if (rc != 0)
+                    return rc;
+                log_info("catch-up over table=%s relid=%u phase=%s lsn=" WR_LSN_FMT,
+                         apw_table_label(t, label, sizeof(label)), (unsigned)t->relid,
+                         phase_name(t->phase), WR_LSN_ARGS(t->lsn));
+                again = true; /* phases changed while we waited */
+                break;
+            }
+        }
+    }
+    return 0;
+}
+
+/* ---- the stream ----------------------------------------------------------------------- */
+
+static int
+apw_on_commit(apw_t *a, const pgo_msg_t *m, wr_err_t *err)
+{
+    wr_lsn_t end = m->u.commit.end_lsn;
+
+    if (!a->in_tx)
+        return wr_err_set(err, WR_EPROTO, "commit message outside a transaction");
+    if (m->u.commit.commit_lsn != a->tx_final)
+        return wr_err_set(err, WR_EPROTO,
+                          "incorrect commit LSN " WR_LSN_FMT
+                          " in commit message (expected " WR_LSN_FMT ")",
+                          WR_LSN_ARGS(m->u.commit.commit_lsn), WR_LSN_ARGS(a->tx_final));
+    a->in_tx = false;
+    a->last_tx_key.commit_lsn = a->tx_final;
+    a->last_tx_key.ordinal = a->tx_ord;
+    a->received = apw_max(a->received, end);
+    if (a->batch_open) {
+        int64_t age = wr_now_ms() - a->batch_start_ms;
+        int rc;
+
+        a->batch_pending_flush = end;
+        if (age >= a->cfg.batch_max_fill_ms || a->batch_bytes >= a->cfg.batch_max_bytes) {
+            rc = apw_batch_commit(a, err);
+            if (rc != 0)
+                return rc;
+        }
+    } else {
+        /* nothing of this transaction is pending: what it wrote is committed already */
+        apw_flush_to(a, end);
+    }
+    return apw_boundary(a, end, err);
+}
+
+static int
+apw_on_xlogdata(apw_t *a, const uint8_t *buf, size_t len, wr_err_t *err)
+{
+    wr_lsn_t start, wal_end;
+    const uint8_t *payload;
+    size_t plen;
+    pgo_msg_t m;
+    int rc;
+
+    rc = repl_parse_xlogdata(buf, len, &start, &wal_end, &payload, &plen, err);
+    if (rc != 0)
+        return rc;
+    a->received = apw_max(a->received, apw_max(start, wal_end));
+    rc = pgo_decode(&a->dec, payload, plen, &m, err);
+    if (rc != 0)
+        return rc;
+    switch (m.type) {
+    case PGO_BEGIN:
+        if (a->in_tx)
+            return wr_err_set(err, WR_EPROTO,
+                              "begin of transaction " WR_LSN_FMT " inside transaction " WR_LSN_FMT,
+                              WR_LSN_ARGS(m.u.begin.final_lsn), WR_LSN_ARGS(a->tx_final));
+        a->in_tx = true;
+        a->tx_final = m.u.begin.final_lsn;
+        a->tx_ord = 0;
+        a->tx_xid = m.u.begin.xid;
+        return 0;
+    case PGO_COMMIT:
+        return apw_on_commit(a, &m, err);
+    case PGO_RELATION:
+        return apw_on_relation(a, &m, err);
+    case PGO_INSERT:
+    case PGO_UPDATE:
+    case PGO_DELETE:
+        return apw_on_change(a, &m, plen, err);
+    case PGO_TRUNCATE:
+        return apw_on_truncate(a, &m, plen, err);
+    case PGO_TYPE:
+        log_debug("type message oid=%u name=%s.%s", (unsigned)m.u.type.oid, m.u.type.nsp,
+                  m.u.type.name);
+        return 0;
+    case PGO_ORIGIN:
+        log_debug("origin message name=%s lsn=" WR_LSN_FMT, m.u.origin.name,
+                  WR_LSN_ARGS(m.u.origin.lsn));
+        return 0;
+    case PGO_MESSAGE:
+        log_debug("logical message prefix=%s len=%u", m.u.message.prefix,
+                  (unsigned)m.u.message.len);
+        return 0;
+    default:
+        return wr_err_set(err, WR_EPROTO, "unexpected pgoutput message '%c'", m.type);
+    }
+}
+
+static int
+apw_on_keepalive(apw_t *a, const uint8_t *buf, size_t len, wr_err_t *err)
+{
+    wr_lsn_t wal_end;
+    bool reply;
+    int rc;
+
+    rc = repl_parse_keepalive(buf, len, &wal_end, &reply, err);
+    if (rc != 0)
+        return rc;
+    a->received = apw_max(a->received, wal_end);
+    a->ka_end = apw_max(a->ka_end, wal_end);
+    /* nothing in flight: everything up to the WAL end is as good as flushed */
+    if (!a->in_tx && !a->batch_open)
+        apw_flush_to(a, wal_end);
+    if (reply)
+        return apw_send_status(a, true, err);
+    return 0;
+}
+
+/* Processes the messages libpq has buffered, after reading the socket when consume is
+ * set. *got is set when a message was processed. Stops early on a stop request or when
+ * a table went to CATCHUP (the rest stays buffered in libpq for later). */
+static int
+apw_read_stream(apw_t *a, bool consume, bool *got, wr_err_t *err)
+{
+    int rc;
+
+    if (consume && PQconsumeInput(a->repl) == 0) {
+        char msg[512];
+        snprintf(msg, sizeof(msg), "%s", PQerrorMessage(a->repl));
+        msg[strcspn(msg, "\n")] = '\0';
+        wr_err_set(err, WR_ECONN, "replication connection lost: %s", msg);
+        return WR_ECONN;
+    }
+    while (!apw_stopping(a) && a->n_catchup == 0) {
+        char *buf = NULL;
+        int n = repl_recv(a->repl, &buf, err);
+
+        if (n == 0)
+            return 0;
+        if (n < 0) {
+            if (n == WR_EEOF) /* the server ended the stream: restart, unlike fd 3's EOF */
+                return err->code = WR_ECONN;
+            return n;
+        }
+        *got = true;
+        if (buf[0] == 'w')
+            rc = apw_on_xlogdata(a, (const uint8_t *)buf, (size_t)n, err);
+        else if (buf[0] == 'k')
+            rc = apw_on_keepalive(a, (const uint8_t *)buf, (size_t)n, err);
+        else
+            rc = wr_err_set(err, WR_EPROTO, "unexpected replication message type 0x%02x",
+                            (unsigned char)buf[0]);
+        PQfreemem(buf);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+/* ---- slots ---------------------------------------------------------------------------- */
+
+/* Reconnects the SQL connection if it broke. */
+static int
+apw_sql_conn(apw_t *a, wr_err_t *err)
+{
+    char app[96];
+
+    if (a->sql != NULL && PQstatus(a->sql) == CONNECTION_OK)
+        return 0;
+    if (a->sql != NULL)
+        PQfinish(a->sql);
+    a->sql = NULL;
+    snprintf(app, sizeof(app), "walrelay_%s_apply_sql", a->cfg.pipeline_name);
+    return repl_connect(a->cfg.source_conninfo, false, app, &a->sql, err);
+}
+
+/* Drops inactive sync slots whose table is READY, SYNCDONE or ERRORED. Best effort. */
+static void
+apw_cleanup_sync_slots(apw_t *a)
+{
+    char prefix[80];
+    char *lit;
+    char sql[512];
+    PGresult *res;
+    wr_err_t err;
+    size_t plen;
+
+    a->cleanup_due = false;
+    if (apw_sql_conn(a, &err) != 0) {
+        log_err(LOG_LVL_WARN, "cannot check sync slots", &err);
+        return;
+    }
+    cfg_sync_slot_name(&a->cfg, 0, prefix, sizeof(prefix));
+    plen = strlen(prefix);
+    if (plen > 0 && prefix[plen - 1] == '0')
+        prefix[--plen] = '\0';
+    lit = PQescapeLiteral(a->sql, prefix, plen);
+    if (lit == NULL)
+        return;
+    snprintf(sql, sizeof(sql),
+             "SELECT slot_name, active FROM pg_catalog.pg_replication_slots "
+             "WHERE starts_with(slot_name::text, %s) AND database = current_database()",
+             lit);
+    PQfreemem(lit);
+    res = PQexec(a->sql, sql);
+    if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK) {
+        log_warn("cannot list sync slots error=\"%s\"",
+                 res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : "no result");
+        PQclear(res);
+        return;
+    }
+    for (int i = 0; i < PQntuples(res); i++) {
+        const char *name = PQgetvalue(res, i, 0);
+        bool active = strcmp(PQgetvalue(res, i, 1), "t") == 0;
+        char expect[80];
+        char *end;
+        unsigned long relid;
+        apw_table_t *t;
+
+        errno = 0;
+        relid = strtoul(name + plen, &end, 10);
+        if (errno != 0 || *end != '\0' || end == name + plen || relid > UINT32_MAX)
+            continue;
+        cfg_sync_slot_name(&a->cfg, (uint32_t)relid, expect, sizeof(expect));
+        if (strcmp(expect, name) != 0)
+            continue;
+        t = apw_table_find(a, (uint32_t)relid);
+        if (t == NULL || !t->known ||
+            (t->phase != PH_READY && t->phase != PH_SYNCDONE && t->phase != PH_ERRORED))
+            continue;
+        if (active) {
+            /* its worker is still exiting; we look again at the table's next phase */
+            log_debug("sync slot still in use slot=%s", name);
+            continue;
+        }
+        if (repl_drop_slot(a->sql, name, &err) != 0) {
+            log_err(LOG_LVL_WARN, "cannot drop a leftover sync slot", &err);
+            continue;
+        }
+        log_info("dropped leftover sync slot slot=%s relid=%lu phase=%s", name, relid,
+                 phase_name(t->phase));
+    }
+    PQclear(res);
+}
+
+/* Makes sure our slot exists and can be streamed; sets the starting flush. */
+static int
+apw_prepare_slot(apw_t *a, wr_err_t *err)
+{
+    bool found, active;
+    wr_lsn_t confirmed = 0;
+    char wal_status[32];
+    int rc;
+
+    rc = repl_slot_info(a->sql, a->slot, &found, &active, &confirmed, wal_status,
+                        sizeof(wal_status), err);
+    if (rc != 0)
+        return rc;
+    if (found && strcmp(wal_status, "lost") == 0) {
+        wr_err_set(err, WR_ESOURCE, "replication slot \"%s\" has lost required WAL", a->slot);
+        wr_err_hint(err,
+                    "the source removed WAL the pipeline still needed (see "
+                    "max_slot_wal_keep_size); drop the slot with "
+                    "pg_drop_replication_slot('%s') and resync every table",
+                    a->slot);
+        return WR_ESOURCE;
+    }
+    if (found) {
+        if (strcmp(wal_status, "unreserved") == 0)
+            log_warn("replication slot is about to lose required WAL slot=%s wal_status=%s",
+                     a->slot, wal_status);
+        a->flush = confirmed;
+        return 0;
+    }
+
+    /* a new slot: a key stored for an older one means nothing for it */
+    rc = a->dest->ops->clear_key(a->dest, APW_STREAM, err);
+    if (rc != 0)
+        return rc;
+    a->skip_found = false;
+    memset(&a->skip_key, 0, sizeof(a->skip_key));
+    memset(&a->durable_key, 0, sizeof(a->durable_key));
+    rc = repl_create_slot(a->repl, a->slot, false, &confirmed, err);
+    if (rc != 0)
+        return rc;
+    a->flush = confirmed;
+    log_info("replication slot created slot=%s consistent_point=" WR_LSN_FMT, a->slot,
+             WR_LSN_ARGS(confirmed));
+    for (size_t k = 0; k < a->ntabs; k++) {
+        const apw_table_t *t = a->tabs[k];
+        if (t->known &&
+            (t->phase == PH_READY || t->phase == PH_SYNCDONE || t->phase == PH_CATCHUP)) {
+            log_warn("replication slot was missing while tables were already synced; their "
+                     "changes made meanwhile are missing slot=%s hint=\"resync those tables\"",
+                     a->slot);
+            break;
+        }
+    }
+    return 0;
+}
+
+/* ---- main ----------------------------------------------------------------------------- */
+
+/* Stops cleanly: commit at a boundary, else roll back; last status update; exit 0. */
+static int
+apw_stop(apw_t *a, wr_err_t *err)
+{
+    int rc;
+
+    if (a->batch_open) {
+        if (!a->in_tx) {
+            rc = apw_batch_commit(a, err);
+            if (rc != 0)
+                return rc;
+        } else {
+            /* inside a source transaction: the server replays it from the confirmed
+             * flush and the stored key skips what earlier batches committed */
+            apw_batch_rollback(a);
+        }
+    }
+    rc = apw_send_status(a, true, err);
+    if (rc != 0)
+        return rc;
+    (void)apw_send_progress(a, true, err);
+    log_info("apply worker stopped flush=" WR_LSN_FMT " received=" WR_LSN_FMT " events=%llu",
+             WR_LSN_ARGS(a->flush), WR_LSN_ARGS(a->received), (unsigned long long)a->events);
+    return 0;
+}
+
+static int
+apw_run(apw_t *a, wr_err_t *err)
+{
+    int rc;
+
+    for (;;) {
+        struct pollfd p[2];
+        int64_t now, deadline, timeout;
+        bool got = false;
+        bool buffered = false;
+
+        if (a->oom)
+            return wr_err_set(err, WR_ENOMEM, "out of memory recording table states");
+        if (apw_stopping(a))
+            return apw_stop(a, err);
+        if (a->n_catchup > 0) {
+            rc = apw_wait_catchup(a, err);
+            if (rc != 0)
+                return rc;
+            continue;
+        }
+        if (a->cleanup_due)
+            apw_cleanup_sync_slots(a);
+
+        /* libpq may hold messages already (read with an earlier reply, or left there by a
+         * pause): the socket will not become readable for them */
+        rc = apw_read_stream(a, false, &buffered, err);
+        if (rc != 0)
+            return rc;
+        if (apw_stopping(a) || a->n_catchup > 0)
+            continue;
+
+        now = wr_now_ms();
+        deadline = a->last_status_ms + APW_STATUS_INTERVAL_MS;
+        if (a->batch_open && a->batch_start_ms + a->cfg.batch_max_fill_ms < deadline)
+            deadline = a->batch_start_ms + a->cfg.batch_max_fill_ms;
+        timeout = deadline - now;
+        if (timeout < 0)
+            timeout = 0;
+        if (timeout > APW_POLL_MAX_MS)
+            timeout = APW_POLL_MAX_MS;
+        if (buffered)
+            timeout = 0;
+        p[0].fd = PQsocket(a->repl);
+        p[0].events = POLLIN;
+        p[0].revents = 0;
+        p[1].fd = a->chan.fd;
+        p[1].events = POLLIN;
+        p[1].revents = 0;
+        if (poll(p, 2, (int)timeout) < 0) {
+            if (errno == EINTR)
+                continue;
+            return wr_err_set(err, WR_EIO, "poll: %s", strerror(errno));
+        }
+        /* the channel first: a stop or a phase change applies before more data */
+        rc = wk_chan_poll(&a->chan, 0, err);
+        if (rc != 0)
+            return rc;
+        if (p[0].revents != 0) {
+            rc = apw_read_stream(a, true, &got, err);
+            if (rc != 0)
+                return rc;
+        }
+        got = got || buffered;
+        if (apw_stopping(a) || a->n_catchup > 0)
+            continue;
+
+        now = wr_now_ms();
+        if (a->batch_open && now >= a->batch_start_ms + a->cfg.batch_max_fill_ms &&
+            (!a->in_tx || !got)) {
+            rc = apw_batch_commit(a, err);
+            if (rc != 0)
+                return rc;
+        }
+        if (!a->in_tx && a->n_handoff > 0) {
+            rc = apw_boundary(a, a->received, err);
+            if (rc != 0)
+                return rc;
+        }
+        rc = apw_send_status(a, false, err);
+        if (rc == 0)
+            rc = apw_send_progress(a, false, err);
+        if (rc != 0)
+            return rc;
+    }
+}
+
+static void
+apw_close(apw_t *a)
+{
+    if (a->repl)
+        PQfinish(a->repl);
+    if (a->sql)
+        PQfinish(a->sql);
+    if (a->dest)
+        a->dest->ops->close(a->dest);
+    pgo_decoder_close(&a->dec);
+    wk_chan_close(&a->chan);
+    for (size_t k = 0; k < a->ntabs; k++) {
+        free(a->tabs[k]->nsp);
+        free(a->tabs[k]->name);
+        wr_schema_free(a->tabs[k]->schema);
+        free(a->tabs[k]);
+    }
+    free(a->tabs);
+    free(a->idx);
+    cfg_free(&a->cfg);
+}
+
+static int
+apw_fail(apw_t *a, const char *what, const wr_err_t *err)
+{
+    int code = wr_err_exit_code(err->code);
+
+    log_err(LOG_LVL_ERROR, what, err);
+    if (err->code != WR_EEOF)
+        apw_close(a);
+    return code;
+}
+
+int
+main(int argc, char **argv)
+{
+    static apw_t a;
+    struct sigaction sa;
+    ipc_msg_t tables;
+    wr_err_t err;
+    char app[96];
+    int rc;
+
+    wr_err_clear(&err);
+    if (argc != 2) {
+        fprintf(stderr, "usage: walrelay-apply DIR (started by walrelay run)\n");
+        return WR_EXIT_CONFIG;
+    }
+    a.chan.fd = -1;
+    pgo_decoder_init(&a.dec);
+    cfg_defaults(&a.cfg);
+    rc = cfg_load(argv[1], &a.cfg, &err);
+    if (rc != 0) {
+        log_init("?", "apply");
+        log_err(LOG_LVL_ERROR, "cannot load the configuration", &err);
+        return WR_EXIT_CONFIG;
+    }
+    log_init(a.cfg.pipeline_name, "apply");
+    log_set_level(a.cfg.log_level);
+
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = apw_on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    rc = wk_chan_init(&a.chan, WK_CHAN_FD, &err);
+    if (rc != 0)
+        return apw_fail(&a, "cannot open the supervisor channel", &err);
+    wk_chan_set_callback(&a.chan, apw_on_msg, &a);
+    rc = wk_chan_handshake(&a.chan, "apply", 0, &tables, &err);
+    if (rc == WR_ESTOP) {
+        log_info("apply worker stopped before starting");
+        apw_close(&a);
+        return WR_EXIT_OK;
+    }
+    if (rc != 0)
+        return apw_fail(&a, "handshake with the supervisor failed", &err);
+    if (apw_stopping(&a)) {
+        log_info("apply worker stopped before starting");
+        ipc_msg_clear(&tables);
+        apw_close(&a);
+        return WR_EXIT_OK;
+    }
+    apw_tables_merge(&a, &tables);
+    ipc_msg_clear(&tables);
+    if (a.oom) {
+        wr_err_set(&err, WR_ENOMEM, "out of memory recording table states");
+        return apw_fail(&a, "cannot start", &err);
+    }
+
+    rc = dest_open(&a.cfg, &a.dest, &err);
+    if (rc != 0)
+        return apw_fail(&a, "cannot open the destination", &err);
+    rc = a.dest->ops->last_key(a.dest, APW_STREAM, &a.skip_key, &a.skip_found, &err);
+    if (rc != 0)
+        return apw_fail(&a, "cannot read the destination's resume key", &err);
+    if (a.skip_found)
+        a.durable_key = a.skip_key;
+
+    cfg_apply_slot_name(&a.cfg, a.slot, sizeof(a.slot));
+    rc = apw_sql_conn(&a, &err);
+    if (rc != 0)
+        return apw_fail(&a, "cannot connect to the source", &err);
+    snprintf(app, sizeof(app), "walrelay_%s_apply", a.cfg.pipeline_name);
+    rc = repl_connect(a.cfg.source_conninfo, true, app, &a.repl, &err);
+    if (rc != 0)
+        return apw_fail(&a, "cannot connect to the source for replication", &err);
+    rc = apw_prepare_slot(&a, &err);
+    if (rc != 0)
+        return apw_fail(&a, "cannot prepare the replication slot", &err);
+    apw_cleanup_sync_slots(&a);
+    rc = repl_start(a.repl, a.slot, 0, a.cfg.publication, &err);
+    if (rc != 0)
+        return apw_fail(&a, "cannot start replication", &err);
+    a.received = a.flush;
+    a.sent_flush = a.flush;
+    a.sent_write = a.received;
+    a.last_status_ms = wr_now_ms();
+    log_info("apply worker started slot=%s start=" WR_LSN_FMT " publication=%s tables=%zu", a.slot,
+             WR_LSN_ARGS(a.flush), a.cfg.publication, a.ntabs);
+    if (a.skip_found)
+        log_info("resuming after key=" WR_LSN_FMT "/%u", WR_LSN_ARGS(a.skip_key.commit_lsn),
+                 (unsigned)a.skip_key.ordinal);
+
+    rc = apw_run(&a, &err);
+    if (rc != 0)
+        return apw_fail(&a, "apply worker failed", &err);
+    apw_close(&a);
+    return WR_EXIT_OK;
+}
