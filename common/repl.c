@@ -21,7 +21,7 @@
 /* Session settings that fix the text form of values (postgres-notes (e)). */
 #define REPL_SESSION_OPTIONS                                                                       \
     "-c DateStyle=ISO -c IntervalStyle=postgres -c extra_float_digits=3 -c TimeZone=UTC "          \
-    "-c statement_timeout=0 -c idle_in_transaction_session_timeout=0"
+    "-c statement_timeout=0 -c idle_in_transaction_session_timeout=0 -c bytea_output=hex"
 
 /* Microseconds between the Unix epoch and the PostgreSQL epoch (2000-01-01). */
 #define REPL_PG_EPOCH_OFFSET_US INT64_C(946684800000000)
@@ -70,8 +70,10 @@ repl_sqlstate_code(const char *state)
         return WR_ECONN; /* connection, shutdown, serialization: retry */
     if (strcmp(state, "55006") == 0)
         return WR_ECONN; /* object in use (slot active): retry */
-    if (strncmp(state, "42", 2) == 0 || strcmp(state, "55000") == 0 ||
-        strncmp(state, "53", 2) == 0 || strncmp(state, "28", 2) == 0)
+    if (strncmp(state, "53", 2) == 0)
+        return WR_ECONN; /* insufficient resources (slots, connections in use): retry with backoff
+                          */
+    if (strncmp(state, "42", 2) == 0 || strcmp(state, "55000") == 0 || strncmp(state, "28", 2) == 0)
         return WR_ESOURCE; /* missing object, privileges, settings, limits, auth */
     return WR_ECONN;
 }

@@ -102,6 +102,8 @@ wr_err_code_name(int code)
         return "unsupported";
     case WR_ESTOP:
         return "stop";
+    case WR_EDATA:
+        return "data";
     default:
         return "unknown";
     }
@@ -117,6 +119,7 @@ wr_err_exit_code(int code)
     case WR_ECONFIG:
     case WR_ESOURCE:
     case WR_EUNSUPPORTED:
+    case WR_EDATA:
         return WR_EXIT_CONFIG;
     default:
         return WR_EXIT_ERROR;

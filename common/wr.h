@@ -12,26 +12,28 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define WR_MUST_CHECK __attribute__((warn_unused_result))
+#define WR_MUST_CHECK   __attribute__((warn_unused_result))
 #define WR_PRINTF(a, b) __attribute__((format(printf, a, b)))
-#define WR_UNUSED(x) ((void)(x))
+#define WR_UNUSED(x)    ((void)(x))
 
 /* Error codes: 0 is success, errors are negative. */
 enum {
     WR_OK = 0,
-    WR_EINVAL = -1,      /* bad argument or malformed input */
-    WR_ENOMEM = -2,      /* allocation failed */
-    WR_EIO = -3,         /* local I/O error */
-    WR_ECONFIG = -4,     /* configuration error: do not restart */
-    WR_ESOURCE = -5,     /* source misconfigured (wal_level, publication...): do not restart */
-    WR_ECONN = -6,       /* connection lost / unreachable: transient, retry */
-    WR_EPROTO = -7,      /* peer sent something that breaks the protocol */
-    WR_EDEST = -8,       /* destination error */
-    WR_ESTATE = -9,      /* state store error */
-    WR_EEOF = -10,       /* peer closed the connection */
-    WR_ETRUNC = -11,     /* input ended too early */
+    WR_EINVAL = -1,        /* bad argument or malformed input */
+    WR_ENOMEM = -2,        /* allocation failed */
+    WR_EIO = -3,           /* local I/O error */
+    WR_ECONFIG = -4,       /* configuration error: do not restart */
+    WR_ESOURCE = -5,       /* source misconfigured (wal_level, publication...): do not restart */
+    WR_ECONN = -6,         /* connection lost / unreachable: transient, retry */
+    WR_EPROTO = -7,        /* peer sent something that breaks the protocol */
+    WR_EDEST = -8,         /* destination error */
+    WR_ESTATE = -9,        /* state store error */
+    WR_EEOF = -10,         /* peer closed the connection */
+    WR_ETRUNC = -11,       /* input ended too early */
     WR_EUNSUPPORTED = -12, /* something we cannot replicate */
-    WR_ESTOP = -13,      /* asked to stop */
+    WR_ESTOP = -13,        /* asked to stop */
+    WR_EDATA =
+        -14, /* a table's data cannot be applied (bad value, divergence): retrying cannot help */
 };
 
 /* Exit codes, see STYLE.md: 0 asked to stop, 1 error (restart), 2 config (no restart). */
@@ -56,8 +58,8 @@ int wr_err_exit_code(int code);
 
 /* LSNs */
 typedef uint64_t wr_lsn_t;
-#define WR_LSN_FMT "%X/%X"
-#define WR_LSN_ARGS(l) (unsigned)((uint64_t)(l) >> 32), (unsigned)((uint64_t)(l) & 0xffffffffu)
+#define WR_LSN_FMT     "%X/%X"
+#define WR_LSN_ARGS(l) (unsigned)((uint64_t)(l) >> 32), (unsigned)((uint64_t)(l)&0xffffffffu)
 /* "16/B374D848" -> lsn; returns 0 on success, WR_EINVAL on malformed text. */
 int wr_lsn_parse(const char *s, wr_lsn_t *out) WR_MUST_CHECK;
 /* Writes "X/X" into buf (at least 24 bytes) and returns buf. */

@@ -545,7 +545,7 @@ sq_bad_value(const sq_table_t *t, int col, const wr_val_t *v, wr_err_t *err)
 {
     char vb[SQ_SHOW_MAX + 8];
 
-    return wr_err_set(err, WR_EDEST, "invalid %s value for column \"%s\" of table \"%s\": \"%s\"",
+    return wr_err_set(err, WR_EDATA, "invalid %s value for column \"%s\" of table \"%s\": \"%s\"",
                       t->is_bool[col] ? "boolean" : sq_class_name(t->cls[col]),
                       t->schema->cols[col].name, t->dest_name, sq_show(v, vb, sizeof(vb)));
 }
@@ -687,10 +687,18 @@ sq_insert_row(dest_sqlite_t *d, sq_table_t *t, const wr_row_t *row, wr_err_t *er
         char kb[512];
 
         sq_show_key(t, row, kb, sizeof(kb));
-        sq_fail(d, err, "insert into table \"%s\" failed%s%s", t->dest_name,
-                t->nkeys ? " for key " : "", t->nkeys ? kb : "");
+        int rc = sq_fail(d, err, "insert into table \"%s\" failed%s%s", t->dest_name,
+                         t->nkeys ? " for key " : "", t->nkeys ? kb : "");
+        if ((sqlite3_extended_errcode(d->db) & 0xff) == SQLITE_CONSTRAINT) {
+            /* a duplicate key: the destination diverged from the source */
+            rc = WR_EDATA;
+            if (err) {
+                err->code = WR_EDATA;
+                wr_err_hint(err, "the destination no longer matches the source; resync the table");
+            }
+        }
         sqlite3_reset(st);
-        return WR_EDEST;
+        return rc;
     }
     sqlite3_reset(st);
     return 0;
@@ -712,10 +720,10 @@ sq_step_by_key(dest_sqlite_t *d, const sq_table_t *t, sqlite3_stmt *st, const ch
     sqlite3_reset(st);
     if (sqlite3_changes(d->db) == 0) {
         sq_show_key(t, keyrow, kb, sizeof(kb));
-        wr_err_set(err, WR_EDEST, "%s of table \"%s\" matched no row for key %s", what,
+        wr_err_set(err, WR_EDATA, "%s of table \"%s\" matched no row for key %s", what,
                    t->dest_name, kb);
         wr_err_hint(err, "the destination no longer matches the source; resync the table");
-        return WR_EDEST;
+        return WR_EDATA;
     }
     return 0;
 }

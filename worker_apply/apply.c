@@ -505,7 +505,7 @@ apw_batch_rollback(apw_t *a)
 static bool
 apw_table_specific(int code)
 {
-    return code == WR_EUNSUPPORTED || code == WR_EINVAL;
+    return code == WR_EUNSUPPORTED || code == WR_EINVAL || code == WR_EDATA;
 }
 
 /* Marks a table ERRORED because one of its changes cannot be applied; the others go on.

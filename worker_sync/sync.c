@@ -263,7 +263,7 @@ syw_fail(const char *what, const wr_err_t *err)
 static bool
 syw_is_data_error(int code)
 {
-    return code == WR_EINVAL || code == WR_EPROTO || code == WR_EUNSUPPORTED;
+    return code == WR_EINVAL || code == WR_EPROTO || code == WR_EUNSUPPORTED || code == WR_EDATA;
 }
 
 /* Requests ERRORED(kind, err) and returns the exit code: 2 once acked, 1 if the request

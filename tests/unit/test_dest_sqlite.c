@@ -477,18 +477,18 @@ test_bad_values(void)
     r5[0] = TV(longv);
 
     CHECK_INT_EQ(ensure(d, s, &err), 0);
-    CHECK_INT_EQ(ins(d, 11, r1, 4, &err), WR_EDEST);
+    CHECK_INT_EQ(ins(d, 11, r1, 4, &err), WR_EDATA);
     CHECK_CONTAINS(err.msg, "\"id\"");
     CHECK_CONTAINS(err.msg, "\"bad\"");
     CHECK_CONTAINS(err.msg, "\"12abc\"");
-    CHECK_INT_EQ(ins(d, 11, r2, 4, &err), WR_EDEST);
+    CHECK_INT_EQ(ins(d, 11, r2, 4, &err), WR_EDATA);
     CHECK_CONTAINS(err.msg, "\"b\"");
     CHECK_CONTAINS(err.msg, "\"maybe\"");
-    CHECK_INT_EQ(ins(d, 11, r3, 4, &err), WR_EDEST);
+    CHECK_INT_EQ(ins(d, 11, r3, 4, &err), WR_EDATA);
     CHECK_CONTAINS(err.msg, "\"by\"");
-    CHECK_INT_EQ(ins(d, 11, r4, 4, &err), WR_EDEST);
+    CHECK_INT_EQ(ins(d, 11, r4, 4, &err), WR_EDATA);
     CHECK_CONTAINS(err.msg, "one point five");
-    CHECK_INT_EQ(ins(d, 11, r5, 4, &err), WR_EDEST);
+    CHECK_INT_EQ(ins(d, 11, r5, 4, &err), WR_EDATA);
     CHECK_CONTAINS(err.msg, "7777777777777777777777777777777777777777777777777777777777777777...");
     CHECK(strstr(err.msg, "77777777777777777777777777777777777777777777777777777777777777777") ==
           NULL);
@@ -617,7 +617,7 @@ test_duplicate_insert(void)
 
     CHECK_INT_EQ(ensure(d, s, &err), 0);
     CHECK_INT_EQ(ins(d, 15, r, 2, &err), 0);
-    CHECK_INT_EQ(ins(d, 15, r2, 2, &err), WR_EDEST);
+    CHECK_INT_EQ(ins(d, 15, r2, 2, &err), WR_EDATA);
     CHECK_CONTAINS(err.msg, "\"dup\"");
     CHECK_CONTAINS(err.msg, "(id)=(1)");
     CHECK_CONTAINS(err.msg, "UNIQUE constraint failed"); /* sqlite3_errmsg */
@@ -639,10 +639,10 @@ test_missing_row(void)
     dest_event_t del = {.kind = DEST_EV_DELETE, .relid = 16, .old_kind = 'K', .old_row = &nrow};
 
     CHECK_INT_EQ(ensure(d, s, &err), 0);
-    CHECK_INT_EQ(one_event(d, &upd, &err), WR_EDEST);
+    CHECK_INT_EQ(one_event(d, &upd, &err), WR_EDATA);
     CHECK_CONTAINS(err.msg, "update of table \"miss\" matched no row for key (id)=(42)");
     CHECK(err.hint[0] != '\0');
-    CHECK_INT_EQ(one_event(d, &del, &err), WR_EDEST);
+    CHECK_INT_EQ(one_event(d, &del, &err), WR_EDATA);
     CHECK_CONTAINS(err.msg, "delete of table \"miss\" matched no row for key (id)=(42)");
     d->ops->close(d);
     wr_schema_free(s);
