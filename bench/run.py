@@ -123,8 +123,8 @@ def bench_copy(pg, args, out):
     with psycopg.connect(pg.conninfo, autocommit=True) as c:
         c.execute("CREATE TABLE bench_copy (id bigint PRIMARY KEY, qty int, price numeric(12,2), "
                   "name text, created timestamptz, active bool)")
-        c.execute("INSERT INTO bench_copy SELECT g, g % 1000, (g % 100000) / 100.0, "
-                  "'name-' || g, '2026-01-01'::timestamptz + g * interval '1 second', g % 2 = 0 "
+        c.execute("INSERT INTO bench_copy SELECT g, g %% 1000, (g %% 100000) / 100.0, "
+                  "'name-' || g, '2026-01-01'::timestamptz + g * interval '1 second', g %% 2 = 0 "
                   "FROM generate_series(1, %s) g", (args.rows,))
         c.execute("VACUUM ANALYZE bench_copy")
         c.execute("CREATE PUBLICATION pub_copy FOR TABLE bench_copy")
@@ -171,12 +171,12 @@ def bench_drain(pg, args, out):
             dele = n - ins - upd
             step = 1000
             for lo in range(1, ins + 1, step):
-                c.execute("INSERT INTO bench_drain SELECT g, g, 'row-' || g FROM generate_series(%s, %s) g",
+                c.execute("INSERT INTO bench_drain SELECT g, g, 'row-' || g FROM generate_series(%s::bigint, %s::bigint) g",
                           (lo, min(lo + step - 1, ins)))
             for lo in range(1, upd + 1, step):
-                c.execute("UPDATE bench_drain SET v = v + 1 WHERE id BETWEEN %s AND %s", (lo, min(lo + step - 1, upd)))
+                c.execute("UPDATE bench_drain SET v = v + 1 WHERE id BETWEEN %s::bigint AND %s::bigint", (lo, min(lo + step - 1, upd)))
             for lo in range(1, dele + 1, step):
-                c.execute("DELETE FROM bench_drain WHERE id BETWEEN %s AND %s", (lo, min(lo + step - 1, dele)))
+                c.execute("DELETE FROM bench_drain WHERE id BETWEEN %s::bigint AND %s::bigint", (lo, min(lo + step - 1, dele)))
             endpos = c.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
             c.execute("CHECKPOINT")
         recv = [f"{PGBIN}/pg_recvlogical", "-d", pg.conninfo, "--slot", "bench_recv", "--start",
