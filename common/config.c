@@ -51,6 +51,7 @@ typedef enum {
     CFG_K_INT,       /* int field */
     CFG_K_INT64,     /* int64_t field */
     CFG_K_LEVEL,     /* log level */
+    CFG_K_SLOTLOST,  /* stop | recopy */
 } cfg_kind_t;
 
 typedef struct cfg_key_s {
@@ -74,6 +75,15 @@ static const cfg_key_t cfg_keys[] = {
     {"pipeline", "name", CFG_K_NAME, F(pipeline_name), 1, WR_PIPELINE_NAME_MAX, NULL, "name = NAME",
      "Name of this pipeline: 1 to 40 characters from a-z, 0-9 and _. The replication\n"
      "slots are walrelay_<name> (apply) and walrelay_<name>_s<relid> (table copy)."},
+    {"pipeline", "publication_refresh_ms", CFG_K_INT, F(publication_refresh_ms), 0, 86400000,
+     "30000", NULL,
+     "How often (milliseconds) the publication's table list is read again while running:\n"
+     "a new table is copied, a table no longer published has its state and sync slot\n"
+     "removed (its destination data stays). 0 = only at start and on walrelay reload."},
+    {"pipeline", "on_slot_lost", CFG_K_SLOTLOST, F(on_slot_lost), 0, 0, "stop", NULL,
+     "When the source removed WAL the pipeline had not consumed yet (its replication\n"
+     "slot's wal_status is lost): stop = stop the pipeline with an error; recopy = drop the\n"
+     "slot and copy every table again, once (a second loss stops)."},
     {"source", "conninfo", CFG_K_CONNINFO, F(source_conninfo), 0, 0, NULL,
      "conninfo = host=HOST dbname=DB user=USER",
      "libpq connection string of the source database (key=value pairs or a URI). Keep\n"
@@ -104,6 +114,14 @@ static const cfg_key_t cfg_keys[] = {
      "Longest delay (milliseconds) between restarts; at least backoff_initial_ms."},
     {"retry", "healthy_reset_ms", CFG_K_INT, F(healthy_reset_ms), 1000, 86400000, "300000", NULL,
      "A worker running this long (milliseconds) has its failure count and backoff reset."},
+    {"retry", "table_error_retry_delay_ms", CFG_K_INT, F(table_error_retry_delay_ms), 100, 86400000,
+     "10000", NULL,
+     "A table errored by a transient problem (connection lost, server shutting down or\n"
+     "in recovery, too many connections) is retried after this delay (milliseconds)."},
+    {"retry", "table_error_retry_max_attempts", CFG_K_INT, F(table_error_retry_max_attempts), 0,
+     1000, "5", NULL,
+     "Automatic retries of a transiently errored table before it waits for walrelay\n"
+     "retry; 0 = never retry automatically. Other errors always wait for an operator."},
     {"log", "level", CFG_K_LEVEL, F(log_level), 0, 0, "info", NULL,
      "Least severe messages logged: debug, info, warn or error."},
 };
@@ -139,6 +157,10 @@ cfg_defaults(wr_config_t *cfg)
     cfg->backoff_max_ms = 60000;
     cfg->healthy_reset_ms = 300000;
     cfg->log_level = LOG_LVL_INFO;
+    cfg->publication_refresh_ms = 30000;
+    cfg->on_slot_lost = CFG_SLOT_LOST_STOP;
+    cfg->table_error_retry_delay_ms = 10000;
+    cfg->table_error_retry_max_attempts = 5;
 }
 
 void
@@ -464,6 +486,19 @@ cfg_set_value(cfg_parse_t *pc, const cfg_key_t *k, const char *value)
         *(int *)((char *)pc->cfg + k->off) = lvl;
         return true;
     }
+    case CFG_K_SLOTLOST:
+        if (strcmp(value, "stop") == 0) {
+            *(int *)((char *)pc->cfg + k->off) = CFG_SLOT_LOST_STOP;
+            return true;
+        }
+        if (strcmp(value, "recopy") == 0) {
+            *(int *)((char *)pc->cfg + k->off) = CFG_SLOT_LOST_RECOPY;
+            return true;
+        }
+        cfg_fail(pc, WR_ECONFIG,
+                 "invalid value \"%s\" for [%s] %s: expected \"stop\" or \"recopy\"", value,
+                 k->section, k->key);
+        return false;
     }
     return false;
 }

@@ -5,6 +5,7 @@
  * sections and keys are errors, and every error names the file, the line and the key.
  *
  *   [pipeline]    name = demo                      (slot walrelay_<name>; [a-z0-9_], <= 40 bytes)
+ *                 publication_refresh_ms = 30000 ; on_slot_lost = stop | recopy
  *   [source]      conninfo = host=... dbname=...   (libpq; .pgpass / PGPASSFILE / service work)
  *                 publication = walrelay_pub
  *   [destination] type = sqlite | null ; path = dest.db (relative to DIR)
@@ -12,6 +13,7 @@
  *   [sync]        max_table_sync_workers = 4 ; copy_batch_rows = 10000
  *   [retry]       worker_max_failures = 5 ; backoff_initial_ms = 1000 ; backoff_max_ms = 60000
  *                 healthy_reset_ms = 300000
+ *                 table_error_retry_delay_ms = 10000 ; table_error_retry_max_attempts = 5
  *   [log]         level = info
  */
 #ifndef WR_CONFIG_H
@@ -38,7 +40,15 @@ typedef struct wr_config_s {
     int backoff_max_ms;
     int healthy_reset_ms;
     int log_level;
+    /* added for issue 3 (lifecycle): */
+    int publication_refresh_ms;         /* re-read the publication; 0 = at start and reload only */
+    int on_slot_lost;                   /* CFG_SLOT_LOST_STOP | CFG_SLOT_LOST_RECOPY */
+    int table_error_retry_delay_ms;     /* transient Errored: wait this long, then retry */
+    int table_error_retry_max_attempts; /* transient Errored: retries before giving up */
 } wr_config_t;
+
+/* [pipeline] on_slot_lost: what the supervisor does when the apply slot lost required WAL */
+enum { CFG_SLOT_LOST_STOP = 0, CFG_SLOT_LOST_RECOPY = 1 };
 
 /* Fills defaults (no allocation for strings; they stay NULL). */
 void cfg_defaults(wr_config_t *cfg);

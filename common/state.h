@@ -63,6 +63,11 @@ typedef struct state_ops_s {
     /* buf gets "" if none. */
     int (*get_mapping)(state_store_t *s, uint32_t relid, char *buf, size_t len, wr_err_t *err);
     void (*close)(state_store_t *s);
+    /* (added for issue 3) Pipeline-wide flags: a name (1..63 bytes) and an integer, e.g.
+     * "paused" (walrelay pause) or "slot_lost_recopied" (on_slot_lost = recopy used).
+     * get_flag: *found=false and *value=0 when never set. */
+    int (*get_flag)(state_store_t *s, const char *name, int64_t *value, bool *found, wr_err_t *err);
+    int (*set_flag)(state_store_t *s, const char *name, int64_t value, wr_err_t *err);
 } state_ops_t;
 
 struct state_store_s {
@@ -73,7 +78,7 @@ struct state_store_s {
 int state_open_sqlite(const char *path, state_store_t **out, wr_err_t *err) WR_MUST_CHECK;
 /* In-memory store with the same semantics. */
 int state_open_memory(state_store_t **out, wr_err_t *err) WR_MUST_CHECK;
-#define STATE_SCHEMA_VERSION 1
+#define STATE_SCHEMA_VERSION 2
 
 /* Convenience wrappers: s->ops->x(s, ...). */
 static inline void

@@ -48,6 +48,11 @@ typedef struct mem_store_s {
     size_t nschemas, scap;
     mem_mapping_t *maps;
     size_t nmaps, mcap;
+    struct {
+        char name[64];
+        int64_t value;
+    } flags[16]; /* pipeline flags; more names than this is a bug in a test */
+    size_t nflags;
 } mem_store_t;
 
 static int64_t
@@ -415,6 +420,46 @@ mem_close(state_store_t *base)
     free(s);
 }
 
+static int
+mem_get_flag(state_store_t *base, const char *name, int64_t *value, bool *found, wr_err_t *err)
+{
+    mem_store_t *s = (mem_store_t *)base;
+    *value = 0;
+    *found = false;
+    if (!name || !name[0] || strlen(name) > 63)
+        return wr_err_set(err, WR_EINVAL, "invalid flag name \"%s\": 1 to 63 bytes expected",
+                          name ? name : "");
+    for (size_t i = 0; i < s->nflags; i++) {
+        if (strcmp(s->flags[i].name, name) == 0) {
+            *value = s->flags[i].value;
+            *found = true;
+            break;
+        }
+    }
+    return 0;
+}
+
+static int
+mem_set_flag(state_store_t *base, const char *name, int64_t value, wr_err_t *err)
+{
+    mem_store_t *s = (mem_store_t *)base;
+    size_t i;
+    if (!name || !name[0] || strlen(name) > 63)
+        return wr_err_set(err, WR_EINVAL, "invalid flag name \"%s\": 1 to 63 bytes expected",
+                          name ? name : "");
+    for (i = 0; i < s->nflags; i++)
+        if (strcmp(s->flags[i].name, name) == 0)
+            break;
+    if (i == s->nflags) {
+        if (s->nflags == sizeof(s->flags) / sizeof(s->flags[0]))
+            return wr_err_set(err, WR_ENOMEM, "too many pipeline flags");
+        snprintf(s->flags[i].name, sizeof(s->flags[i].name), "%s", name);
+        s->nflags++;
+    }
+    s->flags[i].value = value;
+    return 0;
+}
+
 static const state_ops_t mem_ops = {
     .get_progress = mem_get_progress,
     .set_progress = mem_set_progress,
@@ -431,6 +476,8 @@ static const state_ops_t mem_ops = {
     .put_mapping = mem_put_mapping,
     .get_mapping = mem_get_mapping,
     .close = mem_close,
+    .get_flag = mem_get_flag,
+    .set_flag = mem_set_flag,
 };
 
 int

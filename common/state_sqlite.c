@@ -33,6 +33,11 @@
  *                         not yet used.
  *   errors                a log of table errors (each set_phase to Errored adds one), kept
  *                         for the operator; removed with the table.
+ * Schema version 2 adds:
+ *   pipeline_flags        pipeline-wide flags by name (integer value): "paused" (set by
+ *                         walrelay pause, cleared by resume), "slot_lost_recopied" (the one
+ *                         re-copy of on_slot_lost = recopy was used), "slot_lost" (the slot
+ *                         was lost and dropped: walrelay run refuses to start).
  */
 #include "state.h"
 
@@ -118,6 +123,12 @@ static const char *const sq_migrations[] = {
     "  at INTEGER NOT NULL"
     ");"
     "CREATE INDEX errors_relid ON errors (relid);",
+    /* 2: pipeline-wide flags (pause, lost slot) */
+    "CREATE TABLE pipeline_flags ("
+    "  name TEXT PRIMARY KEY,"
+    "  value INTEGER NOT NULL,"
+    "  updated_at INTEGER NOT NULL"
+    ");",
 };
 
 _Static_assert(sizeof(sq_migrations) / sizeof(sq_migrations[0]) == STATE_SCHEMA_VERSION + 1,
@@ -152,6 +163,8 @@ enum {
     SQ_SCHEMA_COLS,
     SQ_PUT_MAPPING,
     SQ_GET_MAPPING,
+    SQ_GET_FLAG,
+    SQ_SET_FLAG,
     SQ_NSTMT
 };
 
@@ -197,6 +210,10 @@ static const char *const sq_sql[SQ_NSTMT] = {
                       "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     /* lsn <= ?2 and newest first, both as unsigned 64-bit: stored values with the top bit
      * set are negative and order after every non-negative one */
+    [SQ_GET_FLAG] = "SELECT value FROM pipeline_flags WHERE name = ?1",
+    [SQ_SET_FLAG] = "INSERT INTO pipeline_flags (name, value, updated_at) VALUES (?1, ?2, ?3) "
+                    "ON CONFLICT (name) DO UPDATE SET value = excluded.value, "
+                    "updated_at = excluded.updated_at",
     [SQ_FIND_SCHEMA] = "SELECT lsn, nsp, name, replident FROM table_schemas "
                        "WHERE relid = ?1 AND CASE WHEN ?2 >= 0 THEN lsn >= 0 AND lsn <= ?2 "
                        "ELSE lsn >= 0 OR lsn <= ?2 END "
@@ -921,6 +938,66 @@ sq_get_mapping(state_store_t *base, uint32_t relid, char *buf, size_t len, wr_er
     return rc;
 }
 
+/* Flag names: 1..63 bytes. */
+static int
+sq_check_flag_name(const char *name, wr_err_t *err)
+{
+    if (!name || !name[0] || strlen(name) > 63)
+        return wr_err_set(err, WR_EINVAL, "invalid flag name \"%s\": 1 to 63 bytes expected",
+                          name ? name : "");
+    return 0;
+}
+
+static int
+sq_get_flag(state_store_t *base, const char *name, int64_t *value, bool *found, wr_err_t *err)
+{
+    sq_store_t *s = (sq_store_t *)base;
+    sqlite3_stmt *st;
+    int rc;
+
+    *value = 0;
+    *found = false;
+    if ((rc = sq_check_flag_name(name, err)))
+        return rc;
+    if (!(st = sq_stmt(s, SQ_GET_FLAG, err)))
+        return WR_ESTATE;
+    sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        *value = sqlite3_column_int64(st, 0);
+        *found = true;
+    } else if (rc != SQLITE_DONE) {
+        sq_fail(s, err, "reading the pipeline flag \"%s\"", name);
+        sq_release(st);
+        return WR_ESTATE;
+    }
+    sq_release(st);
+    return 0;
+}
+
+static int
+sq_set_flag(state_store_t *base, const char *name, int64_t value, wr_err_t *err)
+{
+    sq_store_t *s = (sq_store_t *)base;
+    sqlite3_stmt *st;
+    char what[96];
+    int rc;
+
+    if ((rc = sq_check_flag_name(name, err)))
+        return rc;
+    if ((rc = sq_begin(s, err)))
+        return rc;
+    if (!(st = sq_stmt(s, SQ_SET_FLAG, err)))
+        return sq_abort(s, WR_ESTATE);
+    sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, value);
+    sqlite3_bind_int64(st, 3, sq_wall_ms());
+    snprintf(what, sizeof(what), "saving the pipeline flag \"%s\"", name);
+    if ((rc = sq_run(s, st, err, what)))
+        return sq_abort(s, rc);
+    return sq_commit(s, err);
+}
+
 static void
 sq_close(state_store_t *base)
 {
@@ -950,6 +1027,8 @@ static const state_ops_t sq_ops = {
     .put_mapping = sq_put_mapping,
     .get_mapping = sq_get_mapping,
     .close = sq_close,
+    .get_flag = sq_get_flag,
+    .set_flag = sq_set_flag,
 };
 
 /* ------------------------------------------------------------------------------------ */

@@ -36,8 +36,10 @@ enum {
         -14, /* a table's data cannot be applied (bad value, divergence): retrying cannot help */
 };
 
-/* Exit codes, see STYLE.md: 0 asked to stop, 1 error (restart), 2 config (no restart). */
-enum { WR_EXIT_OK = 0, WR_EXIT_ERROR = 1, WR_EXIT_CONFIG = 2 };
+/* Exit codes, see STYLE.md: 0 asked to stop, 1 error (restart), 2 config (no restart).
+ * (added for issue 3) 3: walrelay-apply only, its slot lost required WAL (wal_status
+ * 'lost'); the supervisor stops the pipeline or, with on_slot_lost = recopy, copies again. */
+enum { WR_EXIT_OK = 0, WR_EXIT_ERROR = 1, WR_EXIT_CONFIG = 2, WR_EXIT_SLOT_LOST = 3 };
 
 typedef struct wr_err_s {
     int code;

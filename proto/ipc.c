@@ -12,7 +12,10 @@
  *   - status_reply: ["status_reply", pipeline, state, pid, flush_lsn, received_lsn, events,
  *       [[role, relid, pid, restarts, state]...],
  *       [[relid, nsp, name, phase, lsn, rows_copied, attempts, err_kind, err_msg,
- *         err_hint]...]]
+ *         err_hint]...], message]; a reply without the final message (9 elements, the
+ *       layout before it was added) is accepted and decodes with message "".
+ *   - retry, resync: ["retry", table] with table "nsp.name" or "name";
+ *     table_removed: ["table_removed", relid].
  *   - schema: [nsp, name, replident, [[name, oid, typmod, flags]...]], replident a
  *     one-character string ("d", "n", "f", "i"), flags bit 0 (1) = is_key,
  *     bit 1 (2) = not_null.
@@ -53,15 +56,27 @@ static const char *const ipc_type_names[] = {
     [IPC_STATUS] = "status",
     [IPC_STATUS_REPLY] = "status_reply",
     [IPC_OK] = "ok",
+    [IPC_RETRY] = "retry",
+    [IPC_RESYNC] = "resync",
+    [IPC_PAUSE] = "pause",
+    [IPC_RESUME] = "resume",
+    [IPC_RELOAD] = "reload",
+    [IPC_TABLE_REMOVED] = "table_removed",
 };
+
+/* The highest type: ipc_type_valid and the decoder's name lookup stop there. */
+#define IPC_LAST_TYPE IPC_TABLE_REMOVED
 
 /* Number of array elements of each message, the type name included. */
 static const uint32_t ipc_arity[] = {
     [IPC_HELLO] = 5,         [IPC_WELCOME] = 3, [IPC_TABLES] = 2, [IPC_TABLE_STATE] = 4,
     [IPC_SET_PHASE] = 8,     [IPC_ACK] = 4,     [IPC_SCHEMA] = 5, [IPC_PROGRESS] = 4,
     [IPC_COPY_PROGRESS] = 3, [IPC_STOP] = 1,    [IPC_ERROR] = 2,  [IPC_STATUS] = 1,
-    [IPC_STATUS_REPLY] = 9,  [IPC_OK] = 2,
+    [IPC_STATUS_REPLY] = 10, [IPC_OK] = 2,      [IPC_RETRY] = 2,  [IPC_RESYNC] = 2,
+    [IPC_PAUSE] = 1,         [IPC_RESUME] = 1,  [IPC_RELOAD] = 1, [IPC_TABLE_REMOVED] = 2,
 };
+/* status_reply without its last element (message), as sent before it was added */
+#define IPC_STATUS_REPLY_MIN_ARITY 9
 
 #define IPC_NTABLE_FIELDS  5  /* [relid, nsp, name, phase, lsn] */
 #define IPC_NSTATUS_FIELDS 10 /* ... + rows_copied, attempts, err_kind, err_msg, err_hint */
@@ -72,7 +87,7 @@ static const uint32_t ipc_arity[] = {
 static bool
 ipc_type_valid(int t)
 {
-    return t >= IPC_HELLO && t <= IPC_OK;
+    return t >= IPC_HELLO && t <= IPC_LAST_TYPE;
 }
 
 const char *
@@ -310,6 +325,16 @@ ipc_encode(const ipc_msg_t *m, msgpack_sbuffer *sb)
         break;
     case IPC_STOP:
     case IPC_STATUS:
+    case IPC_PAUSE:
+    case IPC_RESUME:
+    case IPC_RELOAD:
+        break;
+    case IPC_RETRY:
+    case IPC_RESYNC:
+        enc_str(&e, m->u.command.table);
+        break;
+    case IPC_TABLE_REMOVED:
+        enc_u64(&e, m->u.table_removed.relid);
         break;
     case IPC_ERROR:
         enc_str(&e, m->u.error.message);
@@ -326,6 +351,7 @@ ipc_encode(const ipc_msg_t *m, msgpack_sbuffer *sb)
         enc_u64(&e, m->u.status_reply.events);
         enc_workers(&e, m->u.status_reply.nworkers, m->u.status_reply.workers);
         enc_tables(&e, m->u.status_reply.ntables, m->u.status_reply.tables, true);
+        enc_str(&e, m->u.status_reply.message);
         break;
     }
     if (e.rc == 0 && sb->size - start > IPC_MAX_MSG)
@@ -810,7 +836,15 @@ dec_body(ipc_dec_t *d, const msgpack_object_array *a, ipc_msg_t *m)
         return dec_u64(d, a, 2, "rows", &m->u.copy_progress.rows);
     case IPC_STOP:
     case IPC_STATUS:
+    case IPC_PAUSE:
+    case IPC_RESUME:
+    case IPC_RELOAD:
         return 0;
+    case IPC_RETRY:
+    case IPC_RESYNC:
+        return dec_str(d, a, 1, "table", &m->u.command.table);
+    case IPC_TABLE_REMOVED:
+        return dec_u32(d, a, 1, "relid", &m->u.table_removed.relid);
     case IPC_ERROR:
         return dec_str(d, a, 1, "message", &m->u.error.message);
     case IPC_OK:
@@ -822,9 +856,13 @@ dec_body(ipc_dec_t *d, const msgpack_object_array *a, ipc_msg_t *m)
             (rc = dec_u64(d, a, 4, "flush_lsn", &m->u.status_reply.flush_lsn)) ||
             (rc = dec_u64(d, a, 5, "received_lsn", &m->u.status_reply.received_lsn)) ||
             (rc = dec_u64(d, a, 6, "events", &m->u.status_reply.events)) ||
-            (rc = dec_workers(d, a, 7, &m->u.status_reply.nworkers, &m->u.status_reply.workers)))
+            (rc = dec_workers(d, a, 7, &m->u.status_reply.nworkers, &m->u.status_reply.workers)) ||
+            (rc = dec_tables(d, a, 8, true, &m->u.status_reply.ntables, &m->u.status_reply.tables)))
             return rc;
-        return dec_tables(d, a, 8, true, &m->u.status_reply.ntables, &m->u.status_reply.tables);
+        if (a->size > 9)
+            return dec_str(d, a, 9, "message", &m->u.status_reply.message);
+        m->u.status_reply.message = wr_strdup("");
+        return m->u.status_reply.message ? 0 : dec_oom(d);
     }
     return wr_err_set(d->err, WR_EPROTO, "invalid %s: unhandled type", d->what);
 }
@@ -854,19 +892,20 @@ ipc_decode(const msgpack_object *o, ipc_msg_t *m, wr_err_t *err)
         return wr_err_set(err, WR_EPROTO,
                           "invalid message: element 0 (type) must be a string, got %s",
                           obj_type_name(t));
-    for (i = IPC_HELLO; i <= IPC_OK; i++) {
+    for (i = IPC_HELLO; i <= IPC_LAST_TYPE; i++) {
         const char *name = ipc_type_names[i];
         if (strlen(name) == t->via.str.size && memcmp(name, t->via.str.ptr, t->via.str.size) == 0)
             break;
     }
-    if (i > IPC_OK) {
+    if (i > IPC_LAST_TYPE) {
         safe_text(shown, sizeof(shown), t->via.str.ptr, t->via.str.size);
         return wr_err_set(err, WR_EPROTO, "invalid message: unknown type \"%s\"", shown);
     }
     memset(&d, 0, sizeof(d));
     snprintf(d.what, sizeof(d.what), "\"%s\" message", ipc_type_names[i]);
     d.err = err;
-    if (a->size != ipc_arity[i])
+    if (a->size != ipc_arity[i] &&
+        !(i == IPC_STATUS_REPLY && a->size == IPC_STATUS_REPLY_MIN_ARITY))
         return wr_err_set(err, WR_EPROTO, "invalid %s: expected %u elements, got %u", d.what,
                           ipc_arity[i], a->size);
     m->type = (ipc_type_t)i;
@@ -936,7 +975,16 @@ ipc_msg_clear(ipc_msg_t *m)
             free(m->u.status_reply.workers);
         }
         free_tables(m->u.status_reply.ntables, m->u.status_reply.tables);
+        free(m->u.status_reply.message);
         break;
+    case IPC_RETRY:
+    case IPC_RESYNC:
+        free(m->u.command.table);
+        break;
+    case IPC_PAUSE:
+    case IPC_RESUME:
+    case IPC_RELOAD:
+    case IPC_TABLE_REMOVED:
     case IPC_TABLE_STATE:
     case IPC_PROGRESS:
     case IPC_COPY_PROGRESS:

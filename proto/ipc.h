@@ -19,8 +19,11 @@
  *     ["table_state", relid, phase, lsn]                a persisted change
  *     ["ack", req, ok, message]
  *     ["stop"]                                          finish the write in flight, exit 0
+ *     ["table_removed", relid]                          apply: the table left the publication
  *   CLI -> supervisor (control socket) and replies
  *     ["status"] -> ["status_reply", ...]   ["stop"] -> ["ok", message]
+ *     ["retry", table] ["resync", table] ["pause"] ["resume"] ["reload"]
+ *                    -> ["ok", message] or ["error", message]   (table: "nsp.name" or "name")
  *   either direction
  *     ["error", message]                                your last message was rejected
  */
@@ -51,6 +54,15 @@ typedef enum {
     IPC_STATUS,
     IPC_STATUS_REPLY,
     IPC_OK,
+    /* added for issue 3 (lifecycle commands, publication changes): */
+    /* CLI -> supervisor; answered ["ok", message] or ["error", message]: */
+    IPC_RETRY,  /* ["retry", table] */
+    IPC_RESYNC, /* ["resync", table] */
+    IPC_PAUSE,  /* ["pause"] */
+    IPC_RESUME, /* ["resume"] */
+    IPC_RELOAD, /* ["reload"] */
+    /* supervisor -> apply worker: */
+    IPC_TABLE_REMOVED, /* ["table_removed", relid]: the table left the publication */
 } ipc_type_t;
 
 typedef struct ipc_table_info_s {
@@ -99,7 +111,7 @@ typedef struct ipc_msg_s {
         struct { char *message; } ok;
         struct {
             char *pipeline;
-            char *state; /* "running" | "stopping" | "degraded" */
+            char *state; /* "running" | "stopping" | "degraded" | "paused" */
             int64_t pid;
             wr_lsn_t flush_lsn;
             wr_lsn_t received_lsn;
@@ -108,7 +120,12 @@ typedef struct ipc_msg_s {
             ipc_worker_info_t *workers;
             uint32_t ntables;
             ipc_table_info_t *tables;
+            /* (added for issue 3) why the pipeline is paused, degraded or stopping, "" if
+             * nothing to say; the 10th element on the wire, optional when decoding */
+            char *message;
         } status_reply;
+        struct { char *table; } command; /* retry, resync: "nsp.name" or "name" */
+        struct { uint32_t relid; } table_removed;
     } u;
 } ipc_msg_t;
 

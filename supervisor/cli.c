@@ -1,10 +1,14 @@
 /*
- * cli.c - the commands of `walrelay`: init, check, run, status, stop.
+ * cli.c - the commands of `walrelay`: init, check, run, status, stop, retry, resync,
+ * pause, resume, reload, drop.
  *
- * NOTES: runs in the user's shell. Only `run` becomes the supervisor (sup.c); `status`
- * and `stop` talk to a running supervisor over DIR/control.sock with blocking I/O (one
- * request, one reply) and never open DIR/state.db. Output for people goes to stdout,
- * errors to stderr as "walrelay: MESSAGE" plus "hint: HINT".
+ * NOTES: runs in the user's shell. Only `run` becomes the supervisor (sup.c); `status`,
+ * `stop`, `retry`, `resync`, `pause`, `resume` and `reload` talk to a running supervisor
+ * over DIR/control.sock with blocking I/O (one request, one reply) and never open
+ * DIR/state.db. `drop` is the one command that works on a stopped pipeline: holding the
+ * pid lock, it drops the pipeline's replication slots on the source and deletes
+ * DIR/state.db. Output for people goes to stdout, errors to stderr as "walrelay: MESSAGE"
+ * plus "hint: HINT".
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -20,6 +24,7 @@
 #include <unistd.h>
 
 #include "../common/log.h"
+#include "../common/repl.h"
 #include "sup.h"
 
 #define CLI_REQUEST_TIMEOUT_MS 10000
@@ -90,7 +95,7 @@ cli_parse(int argc, char **argv, const cli_opt_t *opts, size_t nopts, const char
         }
     }
     if (npos < npos_want) {
-        fprintf(stderr, "walrelay %s: missing argument DIR\n", argv[0]);
+        fprintf(stderr, "walrelay %s: missing argument %s\n", argv[0], npos == 0 ? "DIR" : "TABLE");
         goto usage;
     }
     return 0;
@@ -480,6 +485,11 @@ status_json(const ipc_msg_t *m)
     json_str(f, r->state);
     fprintf(f, ",\"pid\":%lld,\"flush_lsn\":\"%s\",\"received_lsn\":\"%s\",\"events\":%llu",
             (long long)r->pid, a, b, (unsigned long long)r->events);
+    fputs(",\"message\":", f);
+    if (r->message && r->message[0])
+        json_str(f, r->message);
+    else
+        fputs("null", f);
     fputs(",\"workers\":[", f);
     for (uint32_t i = 0; i < r->nworkers; i++) {
         const ipc_worker_info_t *w = &r->workers[i];
@@ -550,6 +560,8 @@ status_human(const ipc_msg_t *m)
     fmt_lsn(r->received_lsn, b, sizeof(b));
     printf("pipeline        %s\n", r->pipeline ? r->pipeline : "");
     printf("state           %s\n", r->state ? r->state : "");
+    if (r->message && r->message[0])
+        printf("message         %s\n", r->message);
     printf("supervisor pid  %lld\n", (long long)r->pid);
     printf("flush LSN       %s   (confirmed to the source)\n", a);
     printf("received LSN    %s\n", b);
@@ -599,6 +611,8 @@ status_human(const ipc_msg_t *m)
         }
         if (t->attempts > 0 && t->phase != PH_ERRORED)
             printf("  %-*s failures in a row: %u\n", nt, "", t->attempts);
+        else if (t->attempts > 0)
+            printf("  %-*s attempts: %u\n", nt, "", t->attempts);
     }
 }
 
@@ -726,4 +740,265 @@ cli_stop(int argc, char **argv)
     }
     printf("stopped\n");
     return WR_EXIT_OK;
+}
+
+/* ---- walrelay retry | resync | pause | resume | reload ---- */
+
+/* Sends a command to the supervisor of dir and prints its answer: the message on stdout
+ * (exit 0), or the refusal on stderr (exit 1). */
+static int
+cli_command(const char *dir, const ipc_msg_t *req)
+{
+    ipc_msg_t reply;
+    int code = WR_EXIT_OK;
+    if (cli_request(dir, req, &reply) != 0)
+        return WR_EXIT_ERROR;
+    if (reply.type == IPC_OK) {
+        printf("%s\n", reply.u.ok.message ? reply.u.ok.message : "ok");
+    } else if (reply.type == IPC_ERROR) {
+        fprintf(stderr, "walrelay: %s\n", reply.u.error.message ? reply.u.error.message : "");
+        code = WR_EXIT_ERROR;
+    } else {
+        fprintf(stderr, "walrelay: unexpected reply \"%s\" from the supervisor\n",
+                ipc_type_name(reply.type));
+        code = WR_EXIT_ERROR;
+    }
+    ipc_msg_clear(&reply);
+    return code;
+}
+
+static int
+cli_table_command(int argc, char **argv, ipc_type_t type)
+{
+    const char *pos[2] = {NULL, NULL};
+    ipc_msg_t req;
+    if (cli_parse(argc, argv, NULL, 0, pos, 2) != 0)
+        return WR_EXIT_CONFIG;
+    memset(&req, 0, sizeof(req));
+    req.type = type;
+    req.u.command.table = (char *)pos[1];
+    return cli_command(pos[0], &req);
+}
+
+static int
+cli_plain_command(int argc, char **argv, ipc_type_t type)
+{
+    const char *pos[1] = {NULL};
+    ipc_msg_t req;
+    if (cli_parse(argc, argv, NULL, 0, pos, 1) != 0)
+        return WR_EXIT_CONFIG;
+    memset(&req, 0, sizeof(req));
+    req.type = type;
+    return cli_command(pos[0], &req);
+}
+
+int
+cli_retry(int argc, char **argv)
+{
+    return cli_table_command(argc, argv, IPC_RETRY);
+}
+
+int
+cli_resync(int argc, char **argv)
+{
+    return cli_table_command(argc, argv, IPC_RESYNC);
+}
+
+int
+cli_pause(int argc, char **argv)
+{
+    return cli_plain_command(argc, argv, IPC_PAUSE);
+}
+
+int
+cli_resume(int argc, char **argv)
+{
+    return cli_plain_command(argc, argv, IPC_RESUME);
+}
+
+int
+cli_reload(int argc, char **argv)
+{
+    return cli_plain_command(argc, argv, IPC_RELOAD);
+}
+
+/* ---- walrelay drop ---- */
+
+/* Is name one of the pipeline's slots: walrelay_<p>, or walrelay_<p>_s<digits>? */
+static bool
+drop_is_ours(const wr_config_t *cfg, const char *name)
+{
+    char apply[64], prefix[80];
+    size_t plen;
+    cfg_apply_slot_name(cfg, apply, sizeof(apply));
+    if (strcmp(name, apply) == 0)
+        return true;
+    snprintf(prefix, sizeof(prefix), "%s_s", apply);
+    plen = strlen(prefix);
+    if (strncmp(name, prefix, plen) != 0 || name[plen] == '\0' || strlen(name + plen) > 10)
+        return false;
+    for (const char *p = name + plen; *p; p++)
+        if (*p < '0' || *p > '9')
+            return false;
+    return true;
+}
+
+/* Drops the pipeline's slots in the source database. Returns the number that could not
+ * be dropped, or -1 if they could not be listed. */
+static int
+drop_slots(PGconn *c, const wr_config_t *cfg)
+{
+    char apply[64], prefix[80];
+    const char *params[2];
+    PGresult *res;
+    int failed = 0, ndropped = 0;
+
+    cfg_apply_slot_name(cfg, apply, sizeof(apply));
+    snprintf(prefix, sizeof(prefix), "%s_s", apply);
+    params[0] = apply;
+    params[1] = prefix;
+    res = PQexecParams(c,
+                       "SELECT slot_name::text FROM pg_catalog.pg_replication_slots "
+                       "WHERE database = current_database() "
+                       "AND (slot_name::text = $1 OR starts_with(slot_name::text, $2)) ORDER BY 1",
+                       2, NULL, params, NULL, NULL, 0);
+    if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
+        fprintf(stderr, "walrelay: cannot list the replication slots: %s",
+                res ? PQresultErrorMessage(res) : PQerrorMessage(c));
+        fprintf(stderr, "hint: nothing was removed\n");
+        PQclear(res);
+        return -1;
+    }
+    for (int i = 0; i < PQntuples(res); i++) {
+        const char *name = PQgetvalue(res, i, 0);
+        wr_err_t err;
+        if (!drop_is_ours(cfg, name))
+            continue;
+        wr_err_clear(&err);
+        if (repl_drop_slot(c, name, &err) != 0) {
+            fprintf(stderr, "walrelay: cannot drop replication slot \"%s\": %s\n", name, err.msg);
+            if (err.hint[0])
+                fprintf(stderr, "hint: %s\n", err.hint);
+            failed++;
+            continue;
+        }
+        printf("dropped replication slot %s\n", name);
+        ndropped++;
+    }
+    PQclear(res);
+    if (ndropped == 0 && failed == 0)
+        printf("no replication slot of pipeline %s on the source\n", cfg->pipeline_name);
+    return failed;
+}
+
+/* Removes DIR/state.db and its -wal and -shm files. Returns 0 or -1 (printed). */
+static int
+drop_state(const char *dir)
+{
+    static const char *const files[] = {SUP_STATE_FILE, SUP_STATE_FILE "-wal",
+                                        SUP_STATE_FILE "-shm"};
+    int rc = 0;
+    for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
+        char path[PATH_MAX];
+        wr_err_t err;
+        if (sup_path(dir, files[i], path, sizeof(path), &err) != 0) {
+            print_err(&err);
+            rc = -1;
+            continue;
+        }
+        if (unlink(path) == 0) {
+            if (i == 0)
+                printf("removed %s\n", path);
+        } else if (errno != ENOENT) {
+            fprintf(stderr, "walrelay: cannot remove %s: %s\n", path, strerror(errno));
+            rc = -1;
+        }
+    }
+    return rc;
+}
+
+int
+cli_drop(int argc, char **argv)
+{
+    const char *pos[1] = {NULL};
+    char pidpath[PATH_MAX], app[96];
+    wr_config_t cfg;
+    wr_err_t err;
+    PGconn *conn = NULL;
+    int fd, code = WR_EXIT_OK, failed;
+
+    if (cli_parse(argc, argv, NULL, 0, pos, 1) != 0)
+        return WR_EXIT_CONFIG;
+    wr_err_clear(&err);
+    cfg_defaults(&cfg);
+    if (cfg_load(pos[0], &cfg, &err) != 0) {
+        print_err(&err);
+        cfg_free(&cfg);
+        return WR_EXIT_CONFIG;
+    }
+    log_init(cfg.pipeline_name, "drop");
+    log_set_level(LOG_LVL_WARN);
+
+    /* Hold the pid lock for the whole drop: no supervisor runs, none can start. */
+    if (sup_path(cfg.dir, SUP_PID_FILE, pidpath, sizeof(pidpath), &err) != 0) {
+        print_err(&err);
+        cfg_free(&cfg);
+        return WR_EXIT_CONFIG;
+    }
+    fd = open(pidpath, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        fprintf(stderr, "walrelay: cannot open %s: %s\n", pidpath, strerror(errno));
+        cfg_free(&cfg);
+        return WR_EXIT_CONFIG;
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        char buf[32] = "";
+        ssize_t n = pread(fd, buf, sizeof(buf) - 1, 0);
+        buf[n > 0 ? n : 0] = '\0';
+        close(fd);
+        if (errno == EWOULDBLOCK || errno == EAGAIN) {
+            fprintf(stderr,
+                    "walrelay: pipeline in %s is running (pid %ld); walrelay stop %s first\n",
+                    pos[0], strtol(buf, NULL, 10), pos[0]);
+            fprintf(stderr, "hint: nothing was removed\n");
+        } else {
+            fprintf(stderr, "walrelay: cannot lock %s: %s\n", pidpath, strerror(errno));
+        }
+        cfg_free(&cfg);
+        return WR_EXIT_CONFIG;
+    }
+
+    snprintf(app, sizeof(app), "walrelay_%s_drop", cfg.pipeline_name);
+    if (repl_connect(cfg.source_conninfo, false, app, &conn, &err) != 0) {
+        print_err(&err);
+        fprintf(stderr, "walrelay: nothing was removed: the replication slots are on the "
+                        "source, so it must be reachable\n");
+        code = WR_EXIT_CONFIG;
+        goto out;
+    }
+    failed = drop_slots(conn, &cfg);
+    PQfinish(conn);
+    if (failed != 0) {
+        fprintf(stderr,
+                "walrelay: %s was kept because not every slot could be dropped; run "
+                "walrelay drop %s again\n",
+                SUP_STATE_FILE, pos[0]);
+        code = WR_EXIT_ERROR;
+        goto out;
+    }
+    if (drop_state(cfg.dir) != 0) {
+        code = WR_EXIT_ERROR;
+        goto out;
+    }
+    if (cfg.dest_path)
+        printf("kept %s/walrelay.conf and the destination data (%s)\n", cfg.dir, cfg.dest_path);
+    else
+        printf("kept %s/walrelay.conf (destination: %s)\n", cfg.dir,
+               cfg.dest_type ? cfg.dest_type : "?");
+    printf("walrelay run %s starts the pipeline over: every table is copied again\n", pos[0]);
+out:
+    unlink(pidpath); /* while still holding the lock, as the supervisor does */
+    close(fd);
+    cfg_free(&cfg);
+    return code;
 }

@@ -1,5 +1,6 @@
 /*
- * control.c - the control server on DIR/control.sock: `walrelay status` and `stop`.
+ * control.c - the control server on DIR/control.sock: `walrelay status`, `stop`, `retry`,
+ * `resync`, `pause`, `resume` and `reload`.
  *
  * NOTES: runs in the supervisor, on its libuv loop. The socket is mode 0600 and a peer
  * whose uid (SO_PEERCRED) is not ours is refused. Requests are msgpack messages
@@ -131,17 +132,90 @@ handle_stop(sup_client_t *cl, const ipc_msg_t *m)
     sup_stop_begin(cl->ctl->sup, "stop requested over the control socket");
 }
 
+/* Answers a command's outcome: ["ok", msg], or ["error", "message\nhint: hint"]. */
+static void
+reply_outcome(sup_client_t *cl, int rc, const char *msg, const wr_err_t *err)
+{
+    ipc_msg_t r;
+    char buf[2048];
+    memset(&r, 0, sizeof(r));
+    if (rc == 0) {
+        r.type = IPC_OK;
+        r.u.ok.message = (char *)msg;
+        client_send(cl, &r);
+        return;
+    }
+    snprintf(buf, sizeof(buf), "%s%s%s", err->msg[0] ? err->msg : wr_err_code_name(rc),
+             err->hint[0] ? "\nhint: " : "", err->hint);
+    client_send_error(cl, buf);
+}
+
+static void
+handle_retry(sup_client_t *cl, const ipc_msg_t *m)
+{
+    char msg[2048] = "";
+    wr_err_t err;
+    wr_err_clear(&err);
+    int rc = sup_cmd_retry(cl->ctl->sup, m->u.command.table, msg, sizeof(msg), &err);
+    reply_outcome(cl, rc, msg, &err);
+}
+
+static void
+handle_resync(sup_client_t *cl, const ipc_msg_t *m)
+{
+    char msg[2048] = "";
+    wr_err_t err;
+    wr_err_clear(&err);
+    int rc = sup_cmd_resync(cl->ctl->sup, m->u.command.table, msg, sizeof(msg), &err);
+    reply_outcome(cl, rc, msg, &err);
+}
+
+static void
+handle_pause(sup_client_t *cl, const ipc_msg_t *m)
+{
+    char msg[2048] = "";
+    wr_err_t err;
+    WR_UNUSED(m);
+    wr_err_clear(&err);
+    int rc = sup_cmd_pause(cl->ctl->sup, msg, sizeof(msg), &err);
+    reply_outcome(cl, rc, msg, &err);
+}
+
+static void
+handle_resume(sup_client_t *cl, const ipc_msg_t *m)
+{
+    char msg[2048] = "";
+    wr_err_t err;
+    WR_UNUSED(m);
+    wr_err_clear(&err);
+    int rc = sup_cmd_resume(cl->ctl->sup, msg, sizeof(msg), &err);
+    reply_outcome(cl, rc, msg, &err);
+}
+
+static void
+handle_reload(sup_client_t *cl, const ipc_msg_t *m)
+{
+    char msg[4096] = "";
+    wr_err_t err;
+    WR_UNUSED(m);
+    wr_err_clear(&err);
+    int rc = sup_cmd_reload(cl->ctl->sup, msg, sizeof(msg), &err);
+    reply_outcome(cl, rc, msg, &err);
+}
+
 static const struct {
     ipc_type_t type;
     ctl_handler_fn handler;
 } ctl_handlers[] = {
-    {IPC_STATUS, handle_status},
-    {IPC_STOP, handle_stop},
+    {IPC_STATUS, handle_status}, {IPC_STOP, handle_stop},   {IPC_RETRY, handle_retry},
+    {IPC_RESYNC, handle_resync}, {IPC_PAUSE, handle_pause}, {IPC_RESUME, handle_resume},
+    {IPC_RELOAD, handle_reload},
 };
 
 static void
 dispatch(sup_client_t *cl, const ipc_msg_t *m)
 {
+    log_debug("control request type=%s", ipc_type_name(m->type));
     for (size_t i = 0; i < sizeof(ctl_handlers) / sizeof(ctl_handlers[0]); i++) {
         if (ctl_handlers[i].type == m->type) {
             ctl_handlers[i].handler(cl, m);

@@ -30,7 +30,8 @@ static const cli_cmd_t cli_cmds[] = {
      "    Exit 0 when nothing failed (warnings allowed), 2 otherwise.\n"},
     {"run", cli_run,
      "walrelay run DIR\n"
-     "    Runs the supervisor in the foreground (SIGTERM/SIGINT: graceful stop).\n"},
+     "    Runs the supervisor in the foreground (SIGTERM/SIGINT: graceful stop; SIGHUP:\n"
+     "    reload).\n"},
     {"status", cli_status,
      "walrelay status DIR [--json]\n"
      "    Shows the pipeline, its workers and its tables (asks the running supervisor).\n"
@@ -38,6 +39,32 @@ static const cli_cmd_t cli_cmds[] = {
     {"stop", cli_stop,
      "walrelay stop DIR [--timeout S]\n"
      "    Asks the supervisor to stop and waits (default 60 s) until it has exited.\n"},
+    {"retry", cli_retry,
+     "walrelay retry DIR TABLE\n"
+     "    Tries an errored table again (TABLE is schema.name, or name in public): rolled\n"
+     "    back one phase, or copied again from scratch when rolling back would lose\n"
+     "    changes; its attempts start again from 0.\n"},
+    {"resync", cli_resync,
+     "walrelay resync DIR TABLE\n"
+     "    Copies a table again from scratch, whatever its phase: its sync worker is\n"
+     "    stopped, the destination table emptied, and the copy and handoff run again.\n"},
+    {"pause", cli_pause,
+     "walrelay pause DIR\n"
+     "    Stops every worker gracefully and starts none until walrelay resume (also\n"
+     "    across a restart of walrelay run). Changes wait in the replication slot.\n"},
+    {"resume", cli_resume,
+     "walrelay resume DIR\n"
+     "    Starts the workers of a paused pipeline again.\n"},
+    {"reload", cli_reload,
+     "walrelay reload DIR\n"
+     "    Reads walrelay.conf again (as SIGHUP does): applies what can change while\n"
+     "    running, reports what needs a restart, reads the publication again. A file with\n"
+     "    an error changes nothing.\n"},
+    {"drop", cli_drop,
+     "walrelay drop DIR\n"
+     "    Removes the pipeline's replication slots on the source and DIR/state.db; keeps\n"
+     "    walrelay.conf and the destination data. Refused while walrelay run is running;\n"
+     "    removes nothing if the source cannot be reached. Exit 2 in both cases.\n"},
 };
 
 #define CLI_NCMDS (sizeof(cli_cmds) / sizeof(cli_cmds[0]))

@@ -6,6 +6,14 @@
  * NOTES: runs in the supervisor before its loop starts (`walrelay run`) and in
  * `walrelay check`, over one normal (non-replication) libpq connection. Blocking.
  * Persists nothing. Returns the publication's tables to the supervisor.
+ *
+ * Per-table refusals. A table whose updates or deletes the publication publishes but
+ * whose replica identity cannot carry them (NOTHING; DEFAULT without a primary key;
+ * USING INDEX whose index is gone) is reported as a FAILED check, with the fix as hint,
+ * and flagged in the returned list (sup_pub_table_t.refused). Such a failure does not
+ * fail the preflight: `walrelay check` counts it and exits non-zero, `walrelay run` goes
+ * on and the supervisor sets that table ERRORED (kind "unsupported") before anything is
+ * copied. A publication that publishes only INSERTs (and TRUNCATEs) takes any identity.
  */
 #include <errno.h>
 #include <limits.h>
@@ -266,9 +274,24 @@ check_capacity(pf_t *pf)
     }
 }
 
-/* Lists the publication's tables and warns about those whose updates/deletes cannot be
- * replicated (replica identity NOTHING, or DEFAULT without a primary key, or INDEX whose
- * index is gone) and those we cannot read. */
+/* Why a table's updates/deletes cannot be replicated, or NULL if they can (or are not
+ * published). */
+static const char *
+pf_identity_problem(char ri, bool has_pk, bool has_ri_index, bool pub_upd_del)
+{
+    if (!pub_upd_del)
+        return NULL;
+    if (ri == 'n')
+        return "has replica identity NOTHING";
+    if (ri == 'd' && !has_pk)
+        return "has no primary key and replica identity DEFAULT";
+    if (ri == 'i' && !has_ri_index)
+        return "has replica identity USING INDEX but that index no longer exists";
+    return NULL;
+}
+
+/* Lists the publication's tables; refuses those whose published updates/deletes cannot
+ * be replicated (see the header) and warns about those we cannot read. */
 static int
 list_tables(pf_t *pf, sup_pub_table_t **out, size_t *nout)
 {
@@ -278,7 +301,8 @@ list_tables(pf_t *pf, sup_pub_table_t **out, size_t *nout)
         "SELECT c.oid, n.nspname, c.relname, c.relreplident, "
         "       EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary), "
         "       EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident), "
-        "       has_table_privilege(c.oid, 'SELECT') "
+        "       has_table_privilege(c.oid, 'SELECT'), "
+        "       (SELECT p.pubupdate OR p.pubdelete FROM pg_publication p WHERE p.pubname = $1) "
         "FROM pg_get_publication_tables($1::text) g "
         "JOIN pg_class c ON c.oid = g.relid "
         "JOIN pg_namespace n ON n.oid = c.relnamespace ORDER BY 1",
@@ -292,7 +316,7 @@ list_tables(pf_t *pf, sup_pub_table_t **out, size_t *nout)
         pf_fail(pf, WR_ENOMEM, "tables", NULL, "out of memory");
         return -1;
     }
-    int nwarn = 0;
+    int nwarn = 0, nrefused = 0;
     for (int i = 0; i < n; i++) {
         sup_pub_table_t *t = &tabs[i];
         t->relid = (uint32_t)strtoul(PQgetvalue(r, i, 0), NULL, 10);
@@ -302,6 +326,7 @@ list_tables(pf_t *pf, sup_pub_table_t **out, size_t *nout)
         bool has_pk = strcmp(PQgetvalue(r, i, 4), "t") == 0;
         bool has_ri_index = strcmp(PQgetvalue(r, i, 5), "t") == 0;
         bool can_read = strcmp(PQgetvalue(r, i, 6), "t") == 0;
+        bool pub_upd_del = strcmp(PQgetvalue(r, i, 7), "f") != 0;
 
         char *qn = repl_quote_ident(pf->conn, t->nsp);
         char *qt = repl_quote_ident(pf->conn, t->name);
@@ -312,21 +337,23 @@ list_tables(pf_t *pf, sup_pub_table_t **out, size_t *nout)
         if (qt)
             PQfreemem(qt);
 
-        const char *why = NULL;
-        if (ri == 'n')
-            why = "has replica identity NOTHING";
-        else if (ri == 'd' && !has_pk)
-            why = "has no primary key and replica identity DEFAULT";
-        else if (ri == 'i' && !has_ri_index)
-            why = "has replica identity USING INDEX but that index no longer exists";
+        const char *why = pf_identity_problem(ri, has_pk, has_ri_index, pub_upd_del);
         if (why) {
             char hint[1400];
             snprintf(hint, sizeof(hint),
                      "ALTER TABLE %s REPLICA IDENTITY FULL, or add a primary key", qual);
-            pf_report(pf, SUP_CHECK_WARN, "replica_identity", hint,
-                      "table \"%s.%s\" %s: its updates and deletes cannot be replicated", t->nsp,
-                      t->name, why);
-            nwarn++;
+            /* the return values are used (truncation is fine: nsp and name are short) */
+            int n1 = snprintf(t->refused_msg, sizeof(t->refused_msg),
+                              "table \"%s.%s\" %s, and publication \"%s\" publishes its updates "
+                              "and deletes: they cannot be replicated",
+                              t->nsp, t->name, why, pf->cfg->publication);
+            int n2 = snprintf(t->refused_hint, sizeof(t->refused_hint),
+                              "%s; then run \"walrelay resync DIR %s.%s\"", hint, t->nsp, t->name);
+            if (n1 < 0 || n2 < 0)
+                t->refused_msg[0] = t->refused_hint[0] = '\0';
+            t->refused = true;
+            pf_report(pf, SUP_CHECK_FAIL, "replica_identity", hint, "%s", t->refused_msg);
+            nrefused++;
         }
         if (!can_read) {
             char hint[1400];
@@ -350,8 +377,9 @@ list_tables(pf_t *pf, sup_pub_table_t **out, size_t *nout)
                   "publication \"%s\" has no tables: nothing will be replicated",
                   pf->cfg->publication);
     } else {
-        pf_report(pf, SUP_CHECK_OK, "tables", NULL, "%d table%s published%s", n, n == 1 ? "" : "s",
-                  nwarn ? " (see the warnings)" : "");
+        pf_report(pf, SUP_CHECK_OK, "tables", NULL, "%d table%s published%s%s", n,
+                  n == 1 ? "" : "s", nwarn ? " (see the warnings)" : "",
+                  nrefused ? " (some cannot be replicated, see above)" : "");
     }
     if (out) {
         *out = tabs;

@@ -24,7 +24,19 @@
  * are persisted as the table's attempts.
  *
  * SIGTERM/SIGINT: stop starting workers, send ["stop"] to each, wait for all to exit
- * (SIGKILL after 30 s), then close everything and exit 0. SIGHUP: not supported yet.
+ * (SIGKILL after 30 s), then close everything and exit 0 (2 after a lost slot).
+ *
+ * Lifecycle (docs/lifecycle.md): the control commands retry, resync, pause, resume and
+ * reload (SIGHUP too) are sup_cmd_*; a worker we asked to stop (stop_sent) exits 0 without
+ * counting as a failure. Tables are allocated one by one (their timers are libuv handles)
+ * and kept in an array of pointers sorted by relid, so the publication can gain and lose
+ * tables while running: it is read again every publication_refresh_ms and on reload with
+ * the preflight in libuv's thread pool (libpq blocks), results applied on the loop; a
+ * removed table's sync slot is dropped in the thread pool too. An Errored table of kind
+ * "transient" is retried from the tick after table_error_retry_delay_ms. Exit 3 of the
+ * apply worker (its slot lost WAL) stops the pipeline, or re-copies every table once
+ * (on_slot_lost = recopy). Pipeline flags in state.db: "paused", "slot_lost_recopied",
+ * "slot_lost".
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -100,6 +112,8 @@ typedef struct sup_worker_s {
     int64_t started_at;
     uv_timer_t timer; /* backoff */
     bool timer_ok;
+    bool stop_sent;          /* we asked it to stop (pause, resync, reload): exit 0 expected */
+    bool restart_after_stop; /* reload: start it again once it has exited */
 } sup_worker_t;
 
 struct sup_table_s {
@@ -110,6 +124,11 @@ struct sup_table_s {
     wr_lsn_t lsn;
     uint64_t rows_copied;
     sup_worker_t sync;
+    char err_kind[32];     /* when Errored: its kind ("transient" is retried automatically) */
+    int64_t errored_at;    /* when it became Errored (monotonic ms) */
+    bool exhausted_logged; /* "automatic retries exhausted" was logged */
+    bool removing;         /* left the publication: removed once its sync worker is gone */
+    bool resync_pending;   /* walrelay resync (or a re-copy): Init once its worker is gone */
 };
 
 struct sup_s {
@@ -124,7 +143,7 @@ struct sup_s {
     uv_timer_t tick;
     bool tick_ok;
     sup_worker_t apply;
-    sup_table_t *tables;
+    sup_table_t **tables; /* sorted by relid; each allocated (its handles must not move) */
     size_t ntables;
     bool stopping;
     bool shut; /* handles are closing */
@@ -142,6 +161,14 @@ struct sup_s {
     state_table_t *status_rows; /* rows behind the last status reply */
     int lock_fd;
     char pid_path[PATH_MAX];
+    /* lifecycle (issue 3) */
+    bool paused;             /* walrelay pause: no worker runs until resume (persisted) */
+    int exit_code;           /* of `walrelay run` once stopped: 0, or 2 (slot lost) */
+    char message[1024];      /* for status: why paused / degraded / stopping, or "" */
+    char fatal_hint[512];    /* printed with message when exit_code is set */
+    int64_t last_refresh_ms; /* last read of the publication ([pipeline] publication_refresh_ms) */
+    bool refresh_busy;       /* a publication read runs in the thread pool */
+    bool refresh_again;      /* another was asked for meanwhile */
 };
 
 static char sup_readbuf[65536];
@@ -149,6 +176,11 @@ static char sup_readbuf[65536];
 static void worker_spawn(sup_worker_t *w);
 static void sup_schedule(sup_t *s);
 static void sup_check_stopped(sup_t *s);
+static void apply_slot_lost(sup_t *s, sup_worker_t *w);
+static int table_do_resync(sup_t *s, sup_table_t *t, wr_err_t *err);
+static void table_remove_now(sup_t *s, sup_table_t *t);
+static void tick_table_retry(sup_t *s, sup_table_t *t, int64_t now);
+static void refresh_start(sup_t *s);
 
 /* ---- shared helpers (sup.h) ---- */
 
@@ -236,14 +268,83 @@ find_table(sup_t *s, uint32_t relid)
     size_t lo = 0, hi = s->ntables;
     while (lo < hi) {
         size_t mid = (lo + hi) / 2;
-        if (s->tables[mid].relid == relid)
-            return &s->tables[mid];
-        if (s->tables[mid].relid < relid)
+        if (s->tables[mid]->relid == relid)
+            return s->tables[mid];
+        if (s->tables[mid]->relid < relid)
             lo = mid + 1;
         else
             hi = mid;
     }
     return NULL;
+}
+
+/* A table entry from its state row (not inserted anywhere); NULL on OOM. */
+static sup_table_t *
+table_new(sup_t *s, const state_table_t *row)
+{
+    sup_table_t *t = calloc(1, sizeof(*t));
+    if (!t)
+        return NULL;
+    t->relid = row->relid;
+    snprintf(t->nsp, sizeof(t->nsp), "%s", row->nsp);
+    snprintf(t->name, sizeof(t->name), "%s", row->name);
+    t->phase = row->phase;
+    t->lsn = row->lsn;
+    t->sync.sup = s;
+    t->sync.relid = t->relid;
+    t->sync.table = t;
+    t->sync.failures = row->attempts;
+    snprintf(t->sync.name, sizeof(t->sync.name), "sync-%u", t->relid);
+    if (t->phase == PH_ERRORED) {
+        snprintf(t->err_kind, sizeof(t->err_kind), "%s", row->err_kind);
+        t->errored_at = wr_now_ms(); /* an automatic retry waits the full delay after a start */
+    }
+    return t;
+}
+
+/* Inserts t in relid order. Returns 0 or WR_ENOMEM. */
+static int
+table_insert(sup_t *s, sup_table_t *t)
+{
+    sup_table_t **tabs = realloc(s->tables, (s->ntables + 1) * sizeof(*tabs));
+    size_t i = 0;
+    if (!tabs)
+        return WR_ENOMEM;
+    s->tables = tabs;
+    while (i < s->ntables && s->tables[i]->relid < t->relid)
+        i++;
+    memmove(&s->tables[i + 1], &s->tables[i], (s->ntables - i) * sizeof(*tabs));
+    s->tables[i] = t;
+    s->ntables++;
+    return 0;
+}
+
+static void
+table_timer_closed_cb(uv_handle_t *h)
+{
+    sup_worker_t *w = h->data;
+    free(w->table);
+}
+
+/* Takes t out of the list and frees it (after its backoff timer is closed). The caller
+ * made sure no process of it is left. */
+static void
+table_unlink_free(sup_t *s, sup_table_t *t)
+{
+    for (size_t i = 0; i < s->ntables; i++) {
+        if (s->tables[i] == t) {
+            memmove(&s->tables[i], &s->tables[i + 1], (s->ntables - i - 1) * sizeof(*s->tables));
+            s->ntables--;
+            break;
+        }
+    }
+    if (t->sync.timer_ok) {
+        uv_timer_stop(&t->sync.timer);
+        t->sync.timer_ok = false;
+        uv_close((uv_handle_t *)&t->sync.timer, table_timer_closed_cb);
+        return;
+    }
+    free(t);
 }
 
 static bool
@@ -314,6 +415,9 @@ table_set_errored(sup_t *s, sup_table_t *t, const char *kind, const char *msg, c
     log_error("table errored table=%s.%s relid=%u kind=%s message=\"%s\"", t->nsp, t->name,
               t->relid, kind, msg);
     t->phase = PH_ERRORED;
+    snprintf(t->err_kind, sizeof(t->err_kind), "%s", kind);
+    t->errored_at = wr_now_ms();
+    t->exhausted_logged = false;
     broadcast_table_state(s, t, NULL);
 }
 
@@ -410,7 +514,7 @@ send_tables(sup_t *s, sup_proc_t *p, sup_worker_t *w)
     if (!ti)
         return WR_ENOMEM;
     for (size_t i = 0; i < n; i++) {
-        const sup_table_t *t = w->is_apply ? &s->tables[i] : w->table;
+        const sup_table_t *t = w->is_apply ? s->tables[i] : w->table;
         ti[i].relid = t->relid;
         ti[i].nsp = (char *)t->nsp;
         ti[i].name = (char *)t->name;
@@ -470,7 +574,7 @@ on_hello(sup_t *s, sup_proc_t *p, const ipc_msg_t *m)
         log_warn("worker reports another pid worker=%s pid=%lld reported=%lld", w->name,
                  (long long)p->pid, (long long)m->u.hello.pid);
     p->hello = true;
-    w->state = s->stopping ? W_STOPPING : W_RUNNING;
+    w->state = s->stopping || w->stop_sent ? W_STOPPING : W_RUNNING;
     log_info("worker ready worker=%s pid=%lld", w->name, (long long)p->pid);
 
     ipc_msg_t wm;
@@ -483,7 +587,7 @@ on_hello(sup_t *s, sup_proc_t *p, const ipc_msg_t *m)
         proc_kill(p, "out of memory sending tables");
         return;
     }
-    if (s->stopping) {
+    if (s->stopping || w->stop_sent) {
         ipc_msg_t st;
         memset(&st, 0, sizeof(st));
         st.type = IPC_STOP;
@@ -536,6 +640,11 @@ on_set_phase(sup_t *s, sup_proc_t *p, const ipc_msg_t *m)
     wr_phase_t from = t->phase;
     t->phase = to;
     t->lsn = m->u.set_phase.lsn;
+    snprintf(t->err_kind, sizeof(t->err_kind), "%s", errored && kind ? kind : "");
+    if (errored) {
+        t->errored_at = wr_now_ms();
+        t->exhausted_logged = false;
+    }
     if (errored)
         log_error("table errored table=%s.%s relid=%u worker=%s kind=%s message=\"%s\"", t->nsp,
                   t->name, relid, w->name, kind ? kind : "", emsg ? emsg : "");
@@ -722,6 +831,8 @@ backoff_timer_cb(uv_timer_t *h)
         sup_check_stopped(s);
         return;
     }
+    if (s->paused)
+        return; /* resume starts it */
     if (!w->is_apply && !phase_needs_sync_worker(w->table->phase)) {
         sup_schedule(s);
         return;
@@ -771,13 +882,32 @@ static void
 apply_exited(sup_t *s, sup_worker_t *w, sup_proc_t *p, const char *how)
 {
     bool fatal = p->fatal || (!p->term_signal && p->exit_status == WR_EXIT_CONFIG);
+    bool stopped_by_us = w->stop_sent, reload = w->restart_after_stop;
+    w->stop_sent = false;
+    w->restart_after_stop = false;
     if (s->stopping) {
         w->state = W_IDLE;
+        return;
+    }
+    if (!p->fatal && !p->term_signal && p->exit_status == WR_EXIT_SLOT_LOST) {
+        apply_slot_lost(s, w);
+        return;
+    }
+    if (stopped_by_us && !fatal) {
+        /* pause, reload, or a resume that came before it had stopped */
+        w->state = W_IDLE;
+        if (!s->paused) {
+            log_info("starting the apply worker again%s",
+                     reload ? " with the reloaded configuration" : "");
+            worker_spawn(w);
+        }
         return;
     }
     if (fatal) {
         w->state = W_FAILED;
         s->degraded = true;
+        snprintf(s->message, sizeof(s->message),
+                 "the apply worker failed (%s) and is not restarted; see the log", how);
         log_error("apply worker failed, not restarting; the pipeline is degraded worker=%s "
                   "exit=\"%s\"",
                   w->name, how);
@@ -788,6 +918,10 @@ apply_exited(sup_t *s, sup_worker_t *w, sup_proc_t *p, const char *how)
     if (!worker_count_failure(w)) {
         w->state = W_FAILED;
         s->degraded = true;
+        snprintf(s->message, sizeof(s->message),
+                 "the apply worker failed %u times in a row (last: %s) and is not restarted; "
+                 "see the log",
+                 w->failures, how);
         log_error("apply worker failed %u times in a row, not restarting; the pipeline is "
                   "degraded worker=%s last_exit=\"%s\"",
                   w->failures, w->name, how);
@@ -802,6 +936,18 @@ sync_exited(sup_t *s, sup_worker_t *w, sup_proc_t *p, const char *how)
     sup_table_t *t = w->table;
     bool clean = !p->fatal && !p->term_signal && p->exit_status == 0;
     bool fatal = p->fatal || (!p->term_signal && p->exit_status == WR_EXIT_CONFIG);
+    bool stopped_by_us = w->stop_sent;
+    w->stop_sent = false;
+    w->restart_after_stop = false;
+    if (t->resync_pending) {
+        /* walrelay resync (or a re-copy after a lost slot) waited for this exit; Init is
+         * persisted even if we are stopping, so the next start copies the table again */
+        wr_err_t err;
+        wr_err_clear(&err);
+        w->state = W_IDLE;
+        (void)table_do_resync(s, t, &err);
+        return;
+    }
     if (s->stopping) {
         w->state = W_IDLE;
         return;
@@ -822,7 +968,12 @@ sync_exited(sup_t *s, sup_worker_t *w, sup_proc_t *p, const char *how)
                      (long long)p->exit_status);
         w->state = W_FAILED;
         table_set_errored(s, t, "worker_failed", msg,
-                          "see the log; walrelay retry arrives in a later release");
+                          "see the log; fix the cause, then walrelay retry DIR TABLE");
+        return;
+    }
+    if (stopped_by_us && !p->term_signal) {
+        /* pause or reload: sup_schedule starts it again unless paused */
+        w->state = W_IDLE;
         return;
     }
     if (clean) {
@@ -838,7 +989,7 @@ sync_exited(sup_t *s, sup_worker_t *w, sup_proc_t *p, const char *how)
                  how);
         w->state = W_FAILED;
         table_set_errored(s, t, "worker_crashed", msg,
-                          "see the log; walrelay retry arrives in a later release");
+                          "see the log; fix the cause, then walrelay retry DIR TABLE");
         return;
     }
     worker_restart_later(w, backoff_ms(s, w->failures));
@@ -858,10 +1009,16 @@ worker_exited(sup_worker_t *w, sup_proc_t *p)
     else
         log_warn("worker exited worker=%s pid=%lld status=%lld", w->name, (long long)p->pid,
                  (long long)p->exit_status);
-    if (w->is_apply)
+    if (!w->is_apply && w->table->removing && !s->stopping) {
+        /* the table left the publication: its state goes now (frees w) */
+        w->state = W_IDLE;
+        w->stop_sent = false;
+        table_remove_now(s, w->table);
+    } else if (w->is_apply) {
         apply_exited(s, w, p, how);
-    else
+    } else {
         sync_exited(s, w, p, how);
+    }
     sup_schedule(s);
     sup_check_stopped(s);
 }
@@ -936,13 +1093,15 @@ worker_spawn(sup_worker_t *w)
                 s->degraded = true;
             else
                 table_set_errored(s, w->table, "worker_crashed", "cannot start the sync worker",
-                                  "see the log; walrelay retry arrives in a later release");
+                                  "see the log; fix the cause, then walrelay retry DIR TABLE");
         }
         return;
     }
     p->pid = p->proc.pid;
     w->p = p;
     w->state = W_STARTING;
+    w->stop_sent = false;
+    w->restart_after_stop = false;
     log_info("worker started worker=%s pid=%lld restarts=%u", w->name, (long long)p->pid,
              w->restarts);
     rc = uv_read_start((uv_stream_t *)&p->chan, chan_alloc_cb, chan_read_cb);
@@ -957,17 +1116,18 @@ worker_spawn(sup_worker_t *w)
 static void
 sup_schedule(sup_t *s)
 {
-    if (s->stopping)
+    if (s->stopping || s->paused)
         return;
     int busy = 0;
     for (size_t i = 0; i < s->ntables; i++) {
-        sup_worker_t *w = &s->tables[i].sync;
+        sup_worker_t *w = &s->tables[i]->sync;
         if (w->p || w->state == W_BACKOFF)
             busy++;
     }
     for (size_t i = 0; i < s->ntables && busy < s->cfg.max_table_sync_workers; i++) {
-        sup_table_t *t = &s->tables[i];
-        if (t->sync.state != W_IDLE || t->sync.p || !phase_needs_sync_worker(t->phase))
+        sup_table_t *t = s->tables[i];
+        if (t->sync.state != W_IDLE || t->sync.p || !phase_needs_sync_worker(t->phase) ||
+            t->removing || t->resync_pending)
             continue;
         worker_spawn(&t->sync);
         busy++;
@@ -1004,7 +1164,7 @@ any_worker_alive(sup_t *s)
     if (s->apply.p)
         return true;
     for (size_t i = 0; i < s->ntables; i++)
-        if (s->tables[i].sync.p)
+        if (s->tables[i]->sync.p)
             return true;
     return false;
 }
@@ -1031,8 +1191,8 @@ sup_check_stopped(sup_t *s)
     if (s->apply.timer_ok)
         close_handle((uv_handle_t *)&s->apply.timer);
     for (size_t i = 0; i < s->ntables; i++)
-        if (s->tables[i].sync.timer_ok)
-            close_handle((uv_handle_t *)&s->tables[i].sync.timer);
+        if (s->tables[i]->sync.timer_ok)
+            close_handle((uv_handle_t *)&s->tables[i]->sync.timer);
 }
 
 static void
@@ -1044,6 +1204,7 @@ stop_worker(sup_worker_t *w)
     }
     if (!w->p)
         return;
+    w->stop_sent = true;
     if (proc_can_talk(w->p)) {
         ipc_msg_t m;
         memset(&m, 0, sizeof(m));
@@ -1066,7 +1227,7 @@ sup_stop_begin(sup_t *s, const char *why)
     log_info("stopping reason=\"%s\"", why);
     stop_worker(&s->apply);
     for (size_t i = 0; i < s->ntables; i++)
-        stop_worker(&s->tables[i].sync);
+        stop_worker(&s->tables[i]->sync);
     sup_check_stopped(s);
 }
 
@@ -1075,7 +1236,12 @@ signal_cb(uv_signal_t *h, int signum)
 {
     sup_t *s = h->data;
     if (signum == SIGHUP) {
-        log_warn("reload is not supported yet; restart to apply config changes");
+        char msg[2048];
+        wr_err_t err;
+        wr_err_clear(&err);
+        log_info("received SIGHUP, reloading the configuration");
+        if (sup_cmd_reload(s, msg, sizeof(msg), &err) != 0) /* logs the outcome itself */
+            return;
         return;
     }
     char why[64];
@@ -1113,18 +1279,887 @@ tick_cb(uv_timer_t *h)
     int64_t now = wr_now_ms();
     tick_worker(s, &s->apply, now);
     for (size_t i = 0; i < s->ntables; i++)
-        tick_worker(s, &s->tables[i].sync, now);
+        tick_worker(s, &s->tables[i]->sync, now);
     if (s->progress_dirty && now - s->progress_saved_at >= SUP_PROGRESS_SAVE_MS)
         save_progress(s);
+    if (!s->stopping) {
+        for (size_t i = 0; i < s->ntables; i++)
+            tick_table_retry(s, s->tables[i], now);
+        if (s->cfg.publication_refresh_ms > 0 &&
+            now - s->last_refresh_ms >= s->cfg.publication_refresh_ms)
+            refresh_start(s);
+    }
     if (s->stopping && !s->killed_all && now >= s->stop_deadline) {
         s->killed_all = true;
         log_warn("workers did not stop within %d s, killing them", SUP_STOP_GRACE_MS / 1000);
         if (s->apply.p)
             proc_kill(s->apply.p, "stop timeout");
         for (size_t i = 0; i < s->ntables; i++)
-            if (s->tables[i].sync.p)
-                proc_kill(s->tables[i].sync.p, "stop timeout");
+            if (s->tables[i]->sync.p)
+                proc_kill(s->tables[i]->sync.p, "stop timeout");
     }
+}
+
+/* ---- lifecycle: retry, resync, pause, reload, publication changes, a lost slot ---- */
+
+static const char *
+table_label(const sup_table_t *t, char *buf, size_t len)
+{
+    snprintf(buf, len, "%s.%s", t->nsp, t->name);
+    return buf;
+}
+
+static int
+refuse_stopping(wr_err_t *err)
+{
+    return wr_err_set(err, WR_EINVAL, "the pipeline is stopping");
+}
+
+/* The table named spec: "nsp.name", or "name" for a table in public. NULL with err set
+ * (listing the pipeline's tables) when there is none. */
+static sup_table_t *
+table_lookup(sup_t *s, const char *spec, wr_err_t *err)
+{
+    char full[300], list[640];
+    size_t used = 0;
+
+    if (!spec || !spec[0]) {
+        wr_err_set(err, WR_EINVAL, "no table given");
+        wr_err_hint(err, "name a table as schema.name (or name for a table in public)");
+        return NULL;
+    }
+    for (size_t i = 0; i < s->ntables; i++) {
+        sup_table_t *t = s->tables[i];
+        if (!t->removing && strcmp(table_label(t, full, sizeof(full)), spec) == 0)
+            return t;
+    }
+    if (!strchr(spec, '.')) {
+        for (size_t i = 0; i < s->ntables; i++) {
+            sup_table_t *t = s->tables[i];
+            if (!t->removing && strcmp(t->nsp, "public") == 0 && strcmp(t->name, spec) == 0)
+                return t;
+        }
+    }
+    list[0] = '\0';
+    for (size_t i = 0; i < s->ntables && used < sizeof(list); i++) {
+        sup_table_t *t = s->tables[i];
+        int n;
+        if (t->removing)
+            continue;
+        if (used + strlen(t->nsp) + strlen(t->name) + 8 > sizeof(list)) {
+            snprintf(list + used, sizeof(list) - used, ", ...");
+            break;
+        }
+        n = snprintf(list + used, sizeof(list) - used, "%s%s.%s", used ? ", " : "", t->nsp,
+                     t->name);
+        if (n < 0)
+            break;
+        used += (size_t)n;
+    }
+    wr_err_set(err, WR_EINVAL, "unknown table \"%s\"; the pipeline replicates: %s", spec,
+               list[0] ? list : "no tables");
+    wr_err_hint(err, "name a table as schema.name (or name for a table in public)");
+    return NULL;
+}
+
+/* Persists phase for t as an operator's decision and tells the workers. */
+static int
+table_force_phase(sup_t *s, sup_table_t *t, wr_phase_t phase, wr_lsn_t lsn, wr_err_t *err)
+{
+    if (s->st->ops->set_phase(s->st, t->relid, phase, lsn, NULL, NULL, NULL, err) != 0)
+        return err->code ? err->code : WR_ESTATE;
+    t->phase = phase;
+    t->lsn = lsn;
+    t->err_kind[0] = '\0';
+    broadcast_table_state(s, t, NULL);
+    return 0;
+}
+
+static void
+table_reset_failures(sup_t *s, sup_table_t *t)
+{
+    if (t->sync.state == W_FAILED)
+        t->sync.state = W_IDLE;
+    if (t->sync.failures > 0) {
+        t->sync.failures = 0;
+        persist_attempts(s, t);
+    }
+    t->exhausted_logged = false;
+}
+
+/* Init for t, whose sync worker is gone: copied again from scratch (the copy empties the
+ * destination table first). */
+static int
+table_do_resync(sup_t *s, sup_table_t *t, wr_err_t *err)
+{
+    int rc;
+    t->resync_pending = false;
+    rc = table_force_phase(s, t, PH_INIT, 0, err);
+    if (rc != 0) {
+        log_err(LOG_LVL_ERROR, "persisting phase init for a resync", err);
+        return rc;
+    }
+    table_reset_failures(s, t);
+    log_info("table set to init, copying it again table=%s.%s relid=%u", t->nsp, t->name, t->relid);
+    sup_schedule(s);
+    return 0;
+}
+
+/*
+ * Rolls an Errored table back one phase so that it is tried again. Back in Init or
+ * DataSync the copy starts again. A table that errored later goes to Init instead, copied
+ * again from scratch: in FinishedCopy, SyncWait or Catchup its sync slot was dropped with
+ * the error, and in SyncDone or Ready the changes made while it was errored were skipped.
+ * automatic: counts an attempt (transient errors); else the attempts start again from 0.
+ * msg says what happened.
+ */
+static int
+table_retry(sup_t *s, sup_table_t *t, bool automatic, char *msg, size_t len, wr_err_t *err)
+{
+    char name[300];
+    wr_phase_t back = PH_ERRORED;
+    const char *why = NULL;
+    state_table_t row;
+    bool found = false;
+    int rc;
+
+    table_label(t, name, sizeof(name));
+    rc = s->st->ops->rollback_phase(s->st, t->relid, err);
+    if (rc != 0 && rc != WR_EINVAL)
+        return rc;
+    if (rc == 0) {
+        rc = s->st->ops->get_table(s->st, t->relid, &row, &found, err);
+        if (rc != 0)
+            return rc;
+        if (!found)
+            return wr_err_set(err, WR_ESTATE, "table \"%s\" vanished from state.db", name);
+        back = row.phase;
+        t->phase = row.phase;
+        t->lsn = row.lsn;
+        t->err_kind[0] = '\0';
+    }
+    wr_err_clear(err);
+    switch (back) {
+    case PH_INIT:
+    case PH_DATASYNC:
+        break;
+    case PH_FINISHEDCOPY:
+    case PH_SYNCWAIT:
+    case PH_CATCHUP:
+        why = "its sync slot was dropped when it errored, so the handoff cannot resume";
+        break;
+    case PH_SYNCDONE:
+    case PH_READY:
+        why = "it was streaming when it errored, so rolling back would skip the changes made "
+              "since";
+        break;
+    default:
+        why = "no earlier phase is recorded";
+        break;
+    }
+    if (why) {
+        rc = table_force_phase(s, t, PH_INIT, 0, err);
+        if (rc != 0)
+            return rc;
+        if (back == PH_ERRORED)
+            snprintf(msg, len, "table \"%s\": %s: copying it again from scratch (phase init)", name,
+                     why);
+        else
+            snprintf(msg, len,
+                     "table \"%s\" errored after phase %s; %s: copying it again from scratch "
+                     "(phase init)",
+                     name, phase_name(back), why);
+    } else {
+        broadcast_table_state(s, t, NULL);
+        snprintf(msg, len, "table \"%s\" rolled back to phase %s: its copy starts again", name,
+                 phase_name(back));
+    }
+    if (automatic) {
+        t->sync.failures++;
+        persist_attempts(s, t);
+        if (t->sync.state == W_FAILED)
+            t->sync.state = W_IDLE;
+    } else {
+        table_reset_failures(s, t);
+    }
+    sup_schedule(s);
+    return 0;
+}
+
+/* An Errored table of kind "transient" is retried after table_error_retry_delay_ms, up to
+ * table_error_retry_max_attempts times (the attempts are persisted). */
+static void
+tick_table_retry(sup_t *s, sup_table_t *t, int64_t now)
+{
+    char msg[1024];
+    wr_err_t err;
+
+    if (t->phase != PH_ERRORED || strcmp(t->err_kind, "transient") != 0 || t->removing ||
+        t->resync_pending || t->sync.p || s->paused || s->stopping)
+        return;
+    if ((int)t->sync.failures >= s->cfg.table_error_retry_max_attempts) {
+        if (!t->exhausted_logged)
+            log_warn("automatic retries exhausted, the table waits for walrelay retry "
+                     "table=%s.%s relid=%u attempts=%u",
+                     t->nsp, t->name, t->relid, t->sync.failures);
+        t->exhausted_logged = true;
+        return;
+    }
+    if (now - t->errored_at < s->cfg.table_error_retry_delay_ms)
+        return;
+    wr_err_clear(&err);
+    if (table_retry(s, t, true, msg, sizeof(msg), &err) != 0) {
+        log_err(LOG_LVL_ERROR, "retrying a table after a transient error", &err);
+        t->errored_at = now; /* try again after another delay */
+        return;
+    }
+    log_info("retrying after a transient error table=%s.%s relid=%u attempt=%u max=%d: %s", t->nsp,
+             t->name, t->relid, t->sync.failures, s->cfg.table_error_retry_max_attempts, msg);
+}
+
+int
+sup_cmd_retry(sup_t *s, const char *spec, char *msg, size_t len, wr_err_t *err)
+{
+    char name[300];
+    sup_table_t *t;
+    int rc;
+
+    if (s->stopping)
+        return refuse_stopping(err);
+    if (!(t = table_lookup(s, spec, err)))
+        return WR_EINVAL;
+    table_label(t, name, sizeof(name));
+    if (t->phase != PH_ERRORED) {
+        wr_err_set(err, WR_EINVAL, "table \"%s\" is not errored (phase %s)", name,
+                   phase_name(t->phase));
+        wr_err_hint(err, "walrelay resync DIR %s copies it again from scratch", name);
+        return WR_EINVAL;
+    }
+    if (t->sync.p) {
+        wr_err_set(err, WR_EINVAL, "the sync worker of table \"%s\" is still exiting", name);
+        wr_err_hint(err, "try again in a moment");
+        return WR_EINVAL;
+    }
+    stop_worker(&t->sync); /* a pending backoff */
+    rc = table_retry(s, t, false, msg, len, err);
+    if (rc != 0) {
+        log_err(LOG_LVL_ERROR, "walrelay retry", err);
+        return rc;
+    }
+    log_info("retry requested table=%s relid=%u: %s", name, t->relid, msg);
+    if (s->paused) {
+        size_t used = strlen(msg);
+        snprintf(msg + used, len - used,
+                 "; the pipeline is paused: it starts after walrelay resume");
+    }
+    return 0;
+}
+
+int
+sup_cmd_resync(sup_t *s, const char *spec, char *msg, size_t len, wr_err_t *err)
+{
+    char name[300];
+    sup_table_t *t;
+    wr_phase_t was;
+
+    if (s->stopping)
+        return refuse_stopping(err);
+    if (!(t = table_lookup(s, spec, err)))
+        return WR_EINVAL;
+    table_label(t, name, sizeof(name));
+    if (t->sync.p) {
+        t->resync_pending = true;
+        stop_worker(&t->sync);
+        log_info("resync requested, stopping the sync worker first table=%s relid=%u", name,
+                 t->relid);
+        snprintf(msg, len,
+                 "table \"%s\": stopping its sync worker, then copying it again from scratch "
+                 "(the copy empties the destination table first)",
+                 name);
+        return 0;
+    }
+    stop_worker(&t->sync); /* a pending backoff */
+    was = t->phase;
+    if (table_do_resync(s, t, err) != 0)
+        return err->code ? err->code : WR_ESTATE;
+    log_info("resync requested table=%s relid=%u was=%s", name, t->relid, phase_name(was));
+    snprintf(msg, len,
+             "table \"%s\" (phase %s) set to init: it is copied again from scratch (the copy "
+             "empties the destination table first)%s",
+             name, phase_name(was),
+             s->paused ? "; the pipeline is paused: the copy starts after walrelay resume" : "");
+    return 0;
+}
+
+int
+sup_cmd_pause(sup_t *s, char *msg, size_t len, wr_err_t *err)
+{
+    int n = 0;
+    if (s->stopping)
+        return refuse_stopping(err);
+    if (s->paused) {
+        snprintf(msg, len, "already paused");
+        return 0;
+    }
+    if (s->st->ops->set_flag(s->st, "paused", 1, err) != 0)
+        return err->code ? err->code : WR_ESTATE;
+    s->paused = true;
+    snprintf(s->message, sizeof(s->message),
+             "paused by walrelay pause; walrelay resume starts the workers again");
+    if (s->apply.p)
+        n++;
+    stop_worker(&s->apply);
+    for (size_t i = 0; i < s->ntables; i++) {
+        if (s->tables[i]->sync.p)
+            n++;
+        stop_worker(&s->tables[i]->sync);
+    }
+    log_info("paused workers_stopping=%d", n);
+    snprintf(msg, len,
+             "paused: %d worker%s asked to stop (each finishes the write in flight and confirms "
+             "its position); walrelay resume starts them again",
+             n, n == 1 ? "" : "s");
+    return 0;
+}
+
+int
+sup_cmd_resume(sup_t *s, char *msg, size_t len, wr_err_t *err)
+{
+    if (s->stopping)
+        return refuse_stopping(err);
+    if (!s->paused) {
+        snprintf(msg, len, "not paused");
+        return 0;
+    }
+    if (s->st->ops->set_flag(s->st, "paused", 0, err) != 0)
+        return err->code ? err->code : WR_ESTATE;
+    s->paused = false;
+    if (strncmp(s->message, "paused", 6) == 0)
+        s->message[0] = '\0';
+    /* a worker still stopping from the pause starts again when it has exited */
+    if (!s->apply.p && s->apply.state == W_IDLE)
+        worker_spawn(&s->apply);
+    sup_schedule(s);
+    log_info("resumed");
+    snprintf(msg, len, "resumed: workers started");
+    return 0;
+}
+
+/* Appends ", text" (or "text" first) to buf. */
+static void bufcat(char *buf, size_t len, const char *fmt, ...) WR_PRINTF(3, 4);
+
+static void
+bufcat(char *buf, size_t len, const char *fmt, ...)
+{
+    size_t used = strlen(buf);
+    va_list ap;
+    if (used + 3 >= len)
+        return;
+    if (used) {
+        memcpy(buf + used, ", ", 3);
+        used += 2;
+    }
+    va_start(ap, fmt);
+    vsnprintf(buf + used, len - used, fmt, ap);
+    va_end(ap);
+}
+
+static bool
+str_differs(const char *a, const char *b)
+{
+    return strcmp(a ? a : "", b ? b : "") != 0;
+}
+
+static const char *
+level_name(int l)
+{
+    static const char *const names[] = {"debug", "info", "warn", "error"};
+    return l >= 0 && l < 4 ? names[l] : "?";
+}
+
+/* Stops the workers so that they start again and read the configuration: the apply
+ * worker and the sync workers past the copy (a copy in progress is not thrown away: it
+ * reads the configuration at its next start). */
+static void
+restart_workers_gracefully(sup_t *s)
+{
+    if (s->paused)
+        return; /* resume starts them with the new configuration */
+    if (s->apply.p) {
+        s->apply.restart_after_stop = true;
+        stop_worker(&s->apply);
+    }
+    for (size_t i = 0; i < s->ntables; i++) {
+        sup_worker_t *w = &s->tables[i]->sync;
+        wr_phase_t ph = s->tables[i]->phase;
+        if (w->p && ph != PH_INIT && ph != PH_DATASYNC) {
+            w->restart_after_stop = true;
+            stop_worker(w);
+        }
+    }
+}
+
+int
+sup_cmd_reload(sup_t *s, char *msg, size_t len, wr_err_t *err)
+{
+    wr_config_t nc;
+    char live[1024] = "", keep[1024] = "";
+    bool workers = false, any = false;
+    int rc;
+
+    if (s->stopping)
+        return refuse_stopping(err);
+    rc = cfg_load(s->cfg.dir, &nc, err);
+    if (rc != 0) {
+        wr_err_prefix(err, "reload failed, the running configuration is kept: ");
+        log_err(LOG_LVL_ERROR, "reload", err);
+        return rc;
+    }
+    /* Keys that need a restart of walrelay run keep their running value: the new one is
+     * swapped into s->cfg, which is freed below. The conninfo is never shown. */
+#define SUP_KEEP(field, label, secret)                                                             \
+    do {                                                                                           \
+        if (str_differs(s->cfg.field, nc.field)) {                                                 \
+            char *tmp_ = nc.field;                                                                 \
+            if (secret)                                                                            \
+                bufcat(keep, sizeof(keep), "%s", label);                                           \
+            else                                                                                   \
+                bufcat(keep, sizeof(keep), "%s \"%s\" -> \"%s\"", label,                           \
+                       s->cfg.field ? s->cfg.field : "", nc.field ? nc.field : "");                \
+            nc.field = s->cfg.field;                                                               \
+            s->cfg.field = tmp_;                                                                   \
+        }                                                                                          \
+    } while (0)
+    SUP_KEEP(pipeline_name, "[pipeline] name", false);
+    SUP_KEEP(source_conninfo, "[source] conninfo", true);
+    SUP_KEEP(publication, "[source] publication", false);
+    SUP_KEEP(dest_type, "[destination] type", false);
+    SUP_KEEP(dest_path, "[destination] path", false);
+#undef SUP_KEEP
+#define SUP_LIVE(field, label, restart)                                                            \
+    do {                                                                                           \
+        if (s->cfg.field != nc.field) {                                                            \
+            bufcat(live, sizeof(live), "%s %lld -> %lld", label, (long long)s->cfg.field,          \
+                   (long long)nc.field);                                                           \
+            workers = workers || (restart);                                                        \
+        }                                                                                          \
+    } while (0)
+    if (s->cfg.log_level != nc.log_level) {
+        bufcat(live, sizeof(live), "[log] level %s -> %s", level_name(s->cfg.log_level),
+               level_name(nc.log_level));
+        workers = true;
+    }
+    if (s->cfg.on_slot_lost != nc.on_slot_lost) {
+        bufcat(live, sizeof(live), "[pipeline] on_slot_lost %s -> %s",
+               s->cfg.on_slot_lost == CFG_SLOT_LOST_RECOPY ? "recopy" : "stop",
+               nc.on_slot_lost == CFG_SLOT_LOST_RECOPY ? "recopy" : "stop");
+        workers = true; /* the apply worker reads it */
+    }
+    SUP_LIVE(publication_refresh_ms, "[pipeline] publication_refresh_ms", false);
+    SUP_LIVE(batch_max_fill_ms, "[batch] max_fill_ms", true);
+    SUP_LIVE(batch_max_bytes, "[batch] max_bytes", true);
+    SUP_LIVE(max_table_sync_workers, "[sync] max_table_sync_workers", false);
+    SUP_LIVE(copy_batch_rows, "[sync] copy_batch_rows", true);
+    SUP_LIVE(worker_max_failures, "[retry] worker_max_failures", false);
+    SUP_LIVE(backoff_initial_ms, "[retry] backoff_initial_ms", false);
+    SUP_LIVE(backoff_max_ms, "[retry] backoff_max_ms", false);
+    SUP_LIVE(healthy_reset_ms, "[retry] healthy_reset_ms", false);
+    SUP_LIVE(table_error_retry_delay_ms, "[retry] table_error_retry_delay_ms", false);
+    SUP_LIVE(table_error_retry_max_attempts, "[retry] table_error_retry_max_attempts", false);
+#undef SUP_LIVE
+    any = live[0] || keep[0];
+    cfg_free(&s->cfg);
+    s->cfg = nc;
+    log_set_level(s->cfg.log_level);
+    if (workers)
+        restart_workers_gracefully(s);
+    sup_schedule(s); /* more sync workers may be allowed now */
+    refresh_start(s);
+
+    snprintf(msg, len, "reloaded %s", s->cfg.path ? s->cfg.path : "walrelay.conf");
+    if (!any)
+        bufcat(msg, len, "no changes");
+    if (live[0])
+        bufcat(msg, len, "applied: %s%s", live,
+               workers && !s->paused ? " (the workers restart to read it)" : "");
+    if (keep[0])
+        bufcat(msg, len,
+               "needs a restart of walrelay run (the running value stays in use until then): %s",
+               keep);
+    bufcat(msg, len, "the publication is read again");
+    log_info("configuration reloaded applied=\"%s\" needs_restart=\"%s\"", live, keep);
+    return 0;
+}
+
+/* -- reading the publication and dropping slots, in libuv's thread pool: libpq blocks -- */
+
+typedef struct sup_job_s {
+    uv_work_t req;
+    sup_t *sup;
+    wr_config_t cfg; /* the fields the job reads, copied: the loop may reload meanwhile */
+    int rc;
+    wr_err_t err;
+    sup_pub_table_t *pub; /* publication read */
+    size_t npub;
+    char slot[64]; /* slot drop */
+} sup_job_t;
+
+static sup_job_t *
+job_new(sup_t *s)
+{
+    sup_job_t *j = calloc(1, sizeof(*j));
+    if (!j)
+        return NULL;
+    j->sup = s;
+    j->req.data = j;
+    cfg_defaults(&j->cfg);
+    j->cfg.dir = wr_strdup(s->cfg.dir);
+    j->cfg.path = wr_strdup(s->cfg.path);
+    j->cfg.pipeline_name = wr_strdup(s->cfg.pipeline_name);
+    j->cfg.source_conninfo = wr_strdup(s->cfg.source_conninfo);
+    j->cfg.publication = wr_strdup(s->cfg.publication);
+    j->cfg.dest_type = wr_strdup(s->cfg.dest_type ? s->cfg.dest_type : "null");
+    j->cfg.dest_path = s->cfg.dest_path ? wr_strdup(s->cfg.dest_path) : NULL;
+    j->cfg.max_table_sync_workers = s->cfg.max_table_sync_workers;
+    if (!j->cfg.dir || !j->cfg.path || !j->cfg.pipeline_name || !j->cfg.source_conninfo ||
+        !j->cfg.publication || !j->cfg.dest_type || (s->cfg.dest_path && !j->cfg.dest_path)) {
+        cfg_free(&j->cfg);
+        free(j);
+        return NULL;
+    }
+    return j;
+}
+
+static void
+job_free(sup_job_t *j)
+{
+    free(j->pub);
+    cfg_free(&j->cfg);
+    free(j);
+}
+
+static void
+pub_quiet_report(void *arg, int level, const char *check, const char *msg, const char *hint)
+{
+    WR_UNUSED(arg);
+    WR_UNUSED(level);
+    WR_UNUSED(check);
+    WR_UNUSED(msg);
+    WR_UNUSED(hint);
+}
+
+static void
+pub_work_cb(uv_work_t *req)
+{
+    sup_job_t *j = req->data;
+    wr_err_clear(&j->err);
+    /* the same checks and table list as at start; the results are applied on the loop */
+    j->rc = sup_preflight(&j->cfg, pub_quiet_report, NULL, &j->pub, &j->npub, NULL, &j->err);
+}
+
+static void
+drop_work_cb(uv_work_t *req)
+{
+    sup_job_t *j = req->data;
+    PGconn *c = NULL;
+    char app[96];
+    wr_err_clear(&j->err);
+    snprintf(app, sizeof(app), "walrelay_%s_supervisor", j->cfg.pipeline_name);
+    j->rc = repl_connect(j->cfg.source_conninfo, false, app, &c, &j->err);
+    if (j->rc == 0)
+        j->rc = repl_drop_slot(c, j->slot, &j->err);
+    if (c)
+        PQfinish(c);
+}
+
+static void
+drop_after_cb(uv_work_t *req, int status)
+{
+    sup_job_t *j = req->data;
+    if (status != 0)
+        log_warn("dropping a slot was cancelled slot=%s", j->slot);
+    else if (j->rc != 0)
+        log_warn("cannot drop the sync slot of a removed table slot=%s error=\"%s\" "
+                 "hint=\"drop it by hand: SELECT pg_drop_replication_slot('%s')\"",
+                 j->slot, j->err.msg, j->slot);
+    else
+        log_info("sync slot of a removed table is gone slot=%s", j->slot);
+    job_free(j);
+}
+
+static void
+slot_drop_start(sup_t *s, uint32_t relid)
+{
+    sup_job_t *j = job_new(s);
+    if (!j) {
+        log_error("out of memory dropping a sync slot relid=%u", relid);
+        return;
+    }
+    cfg_sync_slot_name(&s->cfg, relid, j->slot, sizeof(j->slot));
+    int rc = uv_queue_work(&s->loop, &j->req, drop_work_cb, drop_after_cb);
+    if (rc != 0) {
+        log_error("cannot queue a slot drop slot=%s error=%s", j->slot, uv_strerror(rc));
+        job_free(j);
+    }
+}
+
+/* Removes t now (its sync worker is gone): state, schemas and mapping in state.db, the
+ * apply worker's entry, the sync slot (in the thread pool). The destination data stays. */
+static void
+table_remove_now(sup_t *s, sup_table_t *t)
+{
+    wr_err_t err;
+    uint32_t relid = t->relid;
+    wr_err_clear(&err);
+    if (s->st->ops->remove_table(s->st, relid, &err) != 0)
+        log_err(LOG_LVL_ERROR, "removing the state of a table no longer published", &err);
+    if (proc_can_talk(s->apply.p)) {
+        ipc_msg_t m;
+        memset(&m, 0, sizeof(m));
+        m.type = IPC_TABLE_REMOVED;
+        m.u.table_removed.relid = relid;
+        proc_send(s->apply.p, &m);
+    }
+    slot_drop_start(s, relid);
+    log_info("table no longer published: state and sync slot removed, destination data kept "
+             "table=%s.%s relid=%u",
+             t->nsp, t->name, relid);
+    table_unlink_free(s, t);
+}
+
+static void
+table_begin_remove(sup_t *s, sup_table_t *t)
+{
+    if (t->removing)
+        return;
+    t->removing = true;
+    t->resync_pending = false;
+    if (t->sync.p) {
+        log_info("table no longer published, stopping its sync worker table=%s.%s relid=%u", t->nsp,
+                 t->name, t->relid);
+        stop_worker(&t->sync);
+        return; /* worker_exited removes it */
+    }
+    stop_worker(&t->sync); /* a pending backoff */
+    table_remove_now(s, t);
+}
+
+static void
+table_add_published(sup_t *s, const sup_pub_table_t *pt)
+{
+    state_table_t row;
+    bool found = false;
+    sup_table_t *t;
+    wr_err_t err;
+    wr_err_clear(&err);
+    if (s->st->ops->add_table(s->st, pt->relid, pt->nsp, pt->name, &err) != 0 ||
+        s->st->ops->get_table(s->st, pt->relid, &row, &found, &err) != 0 || !found) {
+        log_err(LOG_LVL_ERROR, "adding a table that is now published", &err);
+        return;
+    }
+    t = table_new(s, &row);
+    if (!t || table_insert(s, t) != 0) {
+        free(t);
+        log_error("out of memory adding a table relid=%u", pt->relid);
+        return;
+    }
+    log_info("table added to the publication table=%s.%s relid=%u phase=%s", t->nsp, t->name,
+             t->relid, phase_name(t->phase));
+    broadcast_table_state(s, t, NULL);
+}
+
+static bool
+pub_has(const sup_pub_table_t *pub, size_t npub, uint32_t relid)
+{
+    for (size_t i = 0; i < npub; i++)
+        if (pub[i].relid == relid)
+            return true;
+    return false;
+}
+
+/* Applies a fresh read of the publication: new tables are added (Init: copied), tables no
+ * longer published are removed once their sync worker stopped, renames are noted. */
+static void
+pub_apply(sup_t *s, const sup_pub_table_t *pub, size_t npub)
+{
+    uint32_t *gone = NULL;
+    size_t ngone = 0;
+
+    for (size_t i = 0; i < npub; i++) {
+        sup_table_t *t = find_table(s, pub[i].relid);
+        if (!t) {
+            table_add_published(s, &pub[i]);
+            t = find_table(s, pub[i].relid);
+            /* as at start: a table whose replica identity cannot carry its published
+             * updates/deletes is not copied (the preflight flagged it) */
+            if (t && pub[i].refused)
+                table_set_errored(s, t, "unsupported", pub[i].refused_msg, pub[i].refused_hint);
+            continue;
+        }
+        if (pub[i].refused)
+            table_set_errored(s, t, "unsupported", pub[i].refused_msg, pub[i].refused_hint);
+        if (t->removing) {
+            log_info("table published again before its removal ended table=%s.%s relid=%u",
+                     pub[i].nsp, pub[i].name, t->relid);
+            t->removing = false;
+        }
+        if (strcmp(t->nsp, pub[i].nsp) != 0 || strcmp(t->name, pub[i].name) != 0) {
+            log_info("table renamed table=%s.%s was=%s.%s relid=%u", pub[i].nsp, pub[i].name,
+                     t->nsp, t->name, t->relid);
+            snprintf(t->nsp, sizeof(t->nsp), "%s", pub[i].nsp);
+            snprintf(t->name, sizeof(t->name), "%s", pub[i].name);
+        }
+    }
+    if (s->ntables > 0)
+        gone = calloc(s->ntables, sizeof(*gone));
+    for (size_t i = 0; gone && i < s->ntables; i++)
+        if (!s->tables[i]->removing && !pub_has(pub, npub, s->tables[i]->relid))
+            gone[ngone++] = s->tables[i]->relid;
+    for (size_t k = 0; k < ngone; k++) {
+        sup_table_t *t = find_table(s, gone[k]);
+        if (t)
+            table_begin_remove(s, t);
+    }
+    free(gone);
+    sup_schedule(s);
+}
+
+static void
+pub_after_cb(uv_work_t *req, int status)
+{
+    sup_job_t *j = req->data;
+    sup_t *s = j->sup;
+    s->refresh_busy = false;
+    if (status == 0 && !s->stopping && !s->shut) {
+        if (j->rc != 0)
+            log_warn("cannot read the publication, keeping the current tables error=\"%s\"%s%s%s",
+                     j->err.msg, j->err.hint[0] ? " hint=\"" : "", j->err.hint,
+                     j->err.hint[0] ? "\"" : "");
+        else
+            pub_apply(s, j->pub, j->npub);
+    }
+    job_free(j);
+    if (s->refresh_again && !s->stopping && !s->shut) {
+        s->refresh_again = false;
+        refresh_start(s);
+    }
+}
+
+/* Reads the publication's tables again, off the loop. */
+static void
+refresh_start(sup_t *s)
+{
+    sup_job_t *j;
+    int rc;
+    if (s->stopping || s->shut)
+        return;
+    s->last_refresh_ms = wr_now_ms();
+    if (s->refresh_busy) {
+        s->refresh_again = true;
+        return;
+    }
+    if (!(j = job_new(s))) {
+        log_error("out of memory reading the publication");
+        return;
+    }
+    rc = uv_queue_work(&s->loop, &j->req, pub_work_cb, pub_after_cb);
+    if (rc != 0) {
+        log_error("cannot queue a read of the publication error=%s", uv_strerror(rc));
+        job_free(j);
+        return;
+    }
+    s->refresh_busy = true;
+}
+
+/* -- the apply slot lost required WAL (walrelay-apply exited 3) -- */
+
+static void
+slot_lost_stop(sup_t *s, sup_worker_t *w, bool dropped)
+{
+    wr_err_t err;
+    wr_err_clear(&err);
+    w->state = W_FAILED;
+    /* the apply worker dropped the lost slot (on_slot_lost = recopy): a later start must not
+     * quietly begin a new stream with the tables still marked as synced */
+    if (dropped && s->st->ops->set_flag(s->st, "slot_lost", 1, &err) != 0)
+        log_err(LOG_LVL_ERROR, "persisting the lost slot", &err);
+    snprintf(s->message, sizeof(s->message),
+             "replication slot \"%s\" lost required WAL; the source removed WAL this pipeline "
+             "had not consumed%s",
+             s->slot_name,
+             dropped ? " (again: on_slot_lost = recopy copies every table again only once)" : "");
+    if (dropped)
+        snprintf(s->fatal_hint, sizeof(s->fatal_hint),
+                 "walrelay drop %s and start over (the destination data stays); raise "
+                 "max_slot_wal_keep_size on the source",
+                 s->cfg.dir);
+    else
+        snprintf(s->fatal_hint, sizeof(s->fatal_hint),
+                 "set [pipeline] on_slot_lost = recopy to copy every table again, or walrelay "
+                 "drop %s and start over; raise max_slot_wal_keep_size on the source",
+                 s->cfg.dir);
+    log_error("%s hint=\"%s\"", s->message, s->fatal_hint);
+    s->exit_code = WR_EXIT_CONFIG;
+    sup_stop_begin(s, "the replication slot lost required WAL");
+}
+
+static void
+slot_lost_recopy(sup_t *s, sup_worker_t *w)
+{
+    log_error("replication slot lost required WAL; on_slot_lost = recopy: copying every table "
+              "again (only once) slot=%s",
+              s->slot_name);
+    snprintf(s->message, sizeof(s->message),
+             "replication slot \"%s\" lost required WAL; every table is copied again "
+             "(on_slot_lost = recopy, used once: a second loss stops the pipeline)",
+             s->slot_name);
+    /* the new slot is a new stream: the old position means nothing for it */
+    s->flush_lsn = 0;
+    s->received_lsn = 0;
+    save_progress(s);
+    for (size_t i = 0; i < s->ntables; i++) {
+        sup_table_t *t = s->tables[i];
+        wr_err_t err;
+        if (t->removing)
+            continue;
+        if (t->sync.p) {
+            t->resync_pending = true;
+            stop_worker(&t->sync);
+            continue;
+        }
+        stop_worker(&t->sync);
+        wr_err_clear(&err);
+        (void)table_do_resync(s, t, &err);
+    }
+    w->failures = 0;
+    w->state = W_IDLE;
+    if (!s->paused)
+        worker_spawn(w); /* creates a new slot and forgets its destination key */
+    sup_schedule(s);
+}
+
+static void
+apply_slot_lost(sup_t *s, sup_worker_t *w)
+{
+    bool recopy = s->cfg.on_slot_lost == CFG_SLOT_LOST_RECOPY;
+    int64_t used = 0;
+    bool found = false;
+    wr_err_t err;
+    wr_err_clear(&err);
+    if (recopy) {
+        if (s->st->ops->get_flag(s->st, "slot_lost_recopied", &used, &found, &err) != 0) {
+            log_err(LOG_LVL_ERROR, "reading the lost-slot flag", &err);
+            used = 1; /* when in doubt, stop: never a loop */
+        }
+        if (!used) {
+            if (s->st->ops->set_flag(s->st, "slot_lost_recopied", 1, &err) == 0) {
+                slot_lost_recopy(s, w);
+                return;
+            }
+            log_err(LOG_LVL_ERROR, "persisting the lost-slot flag", &err);
+        }
+    }
+    slot_lost_stop(s, w, recopy);
 }
 
 /* ---- status ---- */
@@ -1136,7 +2171,11 @@ sup_status_build(sup_t *s, ipc_msg_t *out, wr_err_t *err)
     out->type = IPC_STATUS_REPLY;
     __typeof__(out->u.status_reply) *r = &out->u.status_reply;
     r->pipeline = s->cfg.pipeline_name;
-    r->state = s->stopping ? "stopping" : s->degraded ? "degraded" : "running";
+    r->state = s->stopping   ? "stopping"
+               : s->paused   ? "paused"
+               : s->degraded ? "degraded"
+                             : "running";
+    r->message = s->message;
     r->pid = (int64_t)getpid();
     r->flush_lsn = s->flush_lsn;
     r->received_lsn = s->received_lsn;
@@ -1168,6 +2207,15 @@ sup_status_build(sup_t *s, ipc_msg_t *out, wr_err_t *err)
         ti->lsn = row->lsn;
         ti->rows_copied = t ? t->rows_copied : 0;
         ti->attempts = row->attempts;
+        if (row->phase == PH_ERRORED && strcmp(row->err_kind, "transient") == 0 &&
+            (int)row->attempts >= s->cfg.table_error_retry_max_attempts) {
+            /* st[i] is ours until the next status: say that nothing will happen by itself */
+            size_t used = strlen(st[i].err_msg);
+            snprintf(st[i].err_msg + used, sizeof(st[i].err_msg) - used,
+                     " (automatic retries exhausted: %u of %d; fix the cause, then walrelay "
+                     "retry)",
+                     row->attempts, s->cfg.table_error_retry_max_attempts);
+        }
         ti->err_kind = (char *)row->err_kind;
         ti->err_msg = (char *)row->err_msg;
         ti->err_hint = (char *)row->err_hint;
@@ -1175,7 +2223,7 @@ sup_status_build(sup_t *s, ipc_msg_t *out, wr_err_t *err)
 
     uint32_t nw = 0;
     for (size_t i = 0; i <= s->ntables; i++) {
-        sup_worker_t *w = i == 0 ? &s->apply : &s->tables[i - 1].sync;
+        sup_worker_t *w = i == 0 ? &s->apply : &s->tables[i - 1]->sync;
         if (!w->is_apply && w->state == W_IDLE && !w->p)
             continue;
         ipc_worker_info_t *wi = &r->workers[nw++];
@@ -1371,12 +2419,13 @@ reconcile_tables(sup_t *s, const sup_pub_table_t *pub, size_t npub, PGconn *conn
         free(st);
         return wr_err_set(err, WR_ENOMEM, "out of memory");
     }
-    s->ntables = nst;
     for (size_t k = 0; k < nst; k++) {
-        sup_table_t *t = &s->tables[k];
-        t->relid = st[k].relid;
-        snprintf(t->nsp, sizeof(t->nsp), "%s", st[k].nsp);
-        snprintf(t->name, sizeof(t->name), "%s", st[k].name);
+        sup_table_t *t = table_new(s, &st[k]);
+        if (!t) {
+            free(st);
+            return wr_err_set(err, WR_ENOMEM, "out of memory");
+        }
+        s->tables[s->ntables++] = t;
         /* the publication's current name wins (renames) */
         for (size_t q = 0; q < npub; q++) {
             if (pub[q].relid == t->relid) {
@@ -1385,18 +2434,25 @@ reconcile_tables(sup_t *s, const sup_pub_table_t *pub, size_t npub, PGconn *conn
                 break;
             }
         }
-        t->phase = st[k].phase;
-        t->lsn = st[k].lsn;
-        t->sync.sup = s;
-        t->sync.relid = t->relid;
-        t->sync.table = t;
-        t->sync.failures = st[k].attempts;
-        snprintf(t->sync.name, sizeof(t->sync.name), "sync-%u", t->relid);
         log_info("table table=%s.%s relid=%u phase=%s lsn=" WR_LSN_FMT, t->nsp, t->name, t->relid,
                  phase_name(t->phase), WR_LSN_ARGS(t->lsn));
     }
     free(st);
     return 0;
+}
+
+/* Sets ERRORED "unsupported" on every table the preflight refused (its published
+ * updates/deletes cannot be replicated with its replica identity), so that it is not
+ * copied and its changes are not applied; the rest of the pipeline runs. A table already
+ * ERRORED keeps its error. */
+static void
+refuse_tables(sup_t *s, const sup_pub_table_t *pub, size_t npub)
+{
+    for (size_t i = 0; i < npub; i++) {
+        sup_table_t *t = pub[i].refused ? find_table(s, pub[i].relid) : NULL;
+        if (t)
+            table_set_errored(s, t, "unsupported", pub[i].refused_msg, pub[i].refused_hint);
+    }
 }
 
 static int
@@ -1416,6 +2472,32 @@ init_progress(sup_t *s, wr_err_t *err)
     snprintf(pr.slot_name, sizeof(pr.slot_name), "%s", s->slot_name);
     if (s->st->ops->set_progress(s->st, &pr, err) != 0)
         return err->code ? err->code : WR_ESTATE;
+    return 0;
+}
+
+/* Pipeline flags: "paused" (walrelay pause), "slot_lost" (the slot was lost and dropped
+ * after the one re-copy: refuse to start over silently). */
+static int
+load_flags(sup_t *s, wr_err_t *err)
+{
+    int64_t v = 0;
+    bool found = false;
+    if (s->st->ops->get_flag(s->st, "slot_lost", &v, &found, err) != 0)
+        return err->code ? err->code : WR_ESTATE;
+    if (v) {
+        wr_err_set(err, WR_ECONFIG,
+                   "replication slot \"%s\" lost required WAL a second time and was dropped; "
+                   "walrelay does not start this pipeline over by itself",
+                   s->slot_name);
+        wr_err_hint(err,
+                    "walrelay drop %s and start over (the destination data stays); raise "
+                    "max_slot_wal_keep_size on the source",
+                    s->cfg.dir);
+        return WR_ECONFIG;
+    }
+    if (s->st->ops->get_flag(s->st, "paused", &v, &found, err) != 0)
+        return err->code ? err->code : WR_ESTATE;
+    s->paused = v != 0;
     return 0;
 }
 
@@ -1448,6 +2530,8 @@ sup_free(sup_t *s)
     state_close(s->st);
     s->st = NULL;
     free(s->status_rows);
+    for (size_t i = 0; i < s->ntables; i++)
+        free(s->tables[i]);
     free(s->tables);
     unlock_pidfile(s);
     cfg_free(&s->cfg);
@@ -1497,7 +2581,11 @@ sup_run(const char *dir)
     if (rc == 0)
         rc = reconcile_tables(s, pub, npub, conn, &err);
     if (rc == 0)
+        refuse_tables(s, pub, npub);
+    if (rc == 0)
         rc = init_progress(s, &err);
+    if (rc == 0)
+        rc = load_flags(s, &err);
     free(pub);
     PQfinish(conn);
     if (rc != 0) {
@@ -1506,6 +2594,7 @@ sup_run(const char *dir)
             wr_err_exit_code(err.code) == WR_EXIT_OK ? WR_EXIT_ERROR : wr_err_exit_code(err.code);
         goto out;
     }
+    s->last_refresh_ms = wr_now_ms();
 
     rc = uv_loop_init(&s->loop);
     if (rc != 0) {
@@ -1541,12 +2630,23 @@ sup_run(const char *dir)
     snprintf(s->apply.name, sizeof(s->apply.name), "apply");
     log_info("running tables=%zu max_table_sync_workers=%d control=%s", s->ntables,
              s->cfg.max_table_sync_workers, sock);
-    worker_spawn(&s->apply);
-    sup_schedule(s);
+    if (s->paused) {
+        snprintf(s->message, sizeof(s->message),
+                 "paused by walrelay pause; walrelay resume starts the workers again");
+        log_info("the pipeline is paused: no worker starts until walrelay resume %s", s->cfg.dir);
+    } else {
+        worker_spawn(&s->apply);
+        sup_schedule(s);
+    }
 
     uv_run(&s->loop, UV_RUN_DEFAULT);
     log_info("stopped%s", s->degraded ? " (the pipeline was degraded)" : "");
-    code = WR_EXIT_OK;
+    code = s->exit_code;
+    if (code != WR_EXIT_OK) {
+        fprintf(stderr, "walrelay: %s\n", s->message);
+        if (s->fatal_hint[0])
+            fprintf(stderr, "hint: %s\n", s->fatal_hint);
+    }
 out:
     sup_free(s);
     return code;

@@ -35,6 +35,12 @@ int cli_check(int argc, char **argv);
 int cli_run(int argc, char **argv);
 int cli_status(int argc, char **argv);
 int cli_stop(int argc, char **argv);
+int cli_retry(int argc, char **argv);
+int cli_resync(int argc, char **argv);
+int cli_pause(int argc, char **argv);
+int cli_resume(int argc, char **argv);
+int cli_reload(int argc, char **argv);
+int cli_drop(int argc, char **argv);
 
 /* Prints the usage of one command (main.c owns the table). */
 void cli_print_usage(const char *word, FILE *f);
@@ -51,14 +57,22 @@ typedef struct sup_pub_table_s {
     uint32_t relid;
     char nsp[128];
     char name[128];
+    /* Added for per-table refusal (helper "identity"): set by the preflight when the
+     * publication publishes the table's updates/deletes but its replica identity cannot
+     * carry them; the supervisor sets such a table ERRORED "unsupported" with this
+     * message and hint instead of copying it. */
+    bool refused;
+    char refused_msg[512];
+    char refused_hint[512];
 } sup_pub_table_t;
 
 /*
  * Checks the source for cfg (reachable, wal_level, publication, REPLICATION privilege,
  * free slots and walsenders, replica identity of each published table) and the
  * destination. Every result goes to report. Returns 0 when nothing failed (warnings are
- * fine), else the first failure's code (WR_ECONN unreachable, WR_ESOURCE misconfigured,
- * WR_ECONFIG destination) with err set to it, hint included.
+ * fine, and so are per-table refusals: reported as SUP_CHECK_FAIL "replica_identity" and
+ * flagged in *tables, they do not stop `walrelay run`), else the first failure's code (WR_ECONN
+ * unreachable, WR_ESOURCE misconfigured, WR_ECONFIG destination) with err set to it, hint included.
  * On success and when tables is not NULL, *tables (malloc'd, caller frees, ordered by
  * relid) and *ntables hold the publication's tables. When keep is not NULL and the result
  * is 0, *keep is the open SQL connection (caller PQfinish'es it), else NULL.
@@ -81,6 +95,25 @@ void sup_status_free(ipc_msg_t *m);
 
 /* Begins the graceful stop (idempotent). why is logged. */
 void sup_stop_begin(sup_t *s, const char *why);
+
+/*
+ * Control commands (control.c serves them to the CLI; SIGHUP runs the reload). Each
+ * returns 0 with what it did, for the operator, in msg; or a negative code with err set
+ * (message and hint), in which case nothing changed. Semantics: docs/lifecycle.md.
+ *   retry   an Errored table: rolled back one phase (or to Init when the rollback would
+ *           lose changes), attempts reset, its sync worker started
+ *   resync  any table: its sync worker stopped, Init, copied again from scratch
+ *   pause   every worker stopped gracefully, none started until resume (persisted)
+ *   resume  the workers started again
+ *   reload  walrelay.conf read again: live keys applied, the others reported as needing a
+ *           restart; the publication read again. A broken file changes nothing.
+ * table: "nsp.name", or "name" for a table in public.
+ */
+int sup_cmd_retry(sup_t *s, const char *table, char *msg, size_t len, wr_err_t *err) WR_MUST_CHECK;
+int sup_cmd_resync(sup_t *s, const char *table, char *msg, size_t len, wr_err_t *err) WR_MUST_CHECK;
+int sup_cmd_pause(sup_t *s, char *msg, size_t len, wr_err_t *err) WR_MUST_CHECK;
+int sup_cmd_resume(sup_t *s, char *msg, size_t len, wr_err_t *err) WR_MUST_CHECK;
+int sup_cmd_reload(sup_t *s, char *msg, size_t len, wr_err_t *err) WR_MUST_CHECK;
 
 uv_loop_t *sup_loop(sup_t *s);
 

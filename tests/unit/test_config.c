@@ -476,11 +476,15 @@ test_write_new_roundtrip(void)
     CHECK_INT_EQ(cfg.backoff_max_ms, 60000);
     CHECK_INT_EQ(cfg.healthy_reset_ms, 300000);
     CHECK_INT_EQ(cfg.log_level, LOG_LVL_INFO);
+    CHECK_INT_EQ(cfg.publication_refresh_ms, 30000);
+    CHECK_INT_EQ(cfg.on_slot_lost, CFG_SLOT_LOST_STOP);
+    CHECK_INT_EQ(cfg.table_error_retry_delay_ms, 10000);
+    CHECK_INT_EQ(cfg.table_error_retry_max_attempts, 5);
     cfg_free(&cfg);
 
     /* the file holds every key, each with a comment */
     {
-        char text[8192];
+        char text[16384];
         FILE *f;
         size_t n;
         snprintf(path, sizeof(path), "%s/walrelay.conf", dir);
@@ -495,6 +499,10 @@ test_write_new_roundtrip(void)
             CHECK_CONTAINS(text, "\nmax_bytes = 8388608\n");
             CHECK_CONTAINS(text, "\nlevel = info\n");
             CHECK_CONTAINS(text, "\npath = data/d.db\n");
+            CHECK_CONTAINS(text, "\non_slot_lost = stop\n");
+            CHECK_CONTAINS(text, "\npublication_refresh_ms = 30000\n");
+            CHECK_CONTAINS(text, "\ntable_error_retry_delay_ms = 10000\n");
+            CHECK_CONTAINS(text, "\ntable_error_retry_max_attempts = 5\n");
         }
     }
 
@@ -617,6 +625,58 @@ test_write_new_refusals(void)
     CHECK_CONTAINS(err.msg, "No such file or directory");
 }
 
+/* The keys added for lifecycle and operations: defaults, values, range and enum errors. */
+static void
+test_lifecycle_keys(void)
+{
+    wr_config_t cfg;
+    wr_err_t err;
+    int rc;
+
+    rc = parse(good_head, &cfg, &err);
+    CHECK_INT_EQ(rc, 0);
+    CHECK_INT_EQ(cfg.publication_refresh_ms, 30000);
+    CHECK_INT_EQ(cfg.on_slot_lost, CFG_SLOT_LOST_STOP);
+    CHECK_INT_EQ(cfg.table_error_retry_delay_ms, 10000);
+    CHECK_INT_EQ(cfg.table_error_retry_max_attempts, 5);
+    cfg_free(&cfg);
+
+    rc = parse(cat(good_head, "[pipeline]\npublication_refresh_ms = 0\non_slot_lost = recopy\n"
+                              "[retry]\ntable_error_retry_delay_ms = 100\n"
+                              "table_error_retry_max_attempts = 0\n"),
+               &cfg, &err);
+    CHECK_INT_EQ(rc, 0);
+    CHECK_INT_EQ(cfg.publication_refresh_ms, 0);
+    CHECK_INT_EQ(cfg.on_slot_lost, CFG_SLOT_LOST_RECOPY);
+    CHECK_INT_EQ(cfg.table_error_retry_delay_ms, 100);
+    CHECK_INT_EQ(cfg.table_error_retry_max_attempts, 0);
+    cfg_free(&cfg);
+    rc = parse(cat(good_head, "[pipeline]\non_slot_lost = stop\n"), &cfg, &err);
+    CHECK_INT_EQ(rc, 0);
+    CHECK_INT_EQ(cfg.on_slot_lost, CFG_SLOT_LOST_STOP);
+    cfg_free(&cfg);
+
+    expect_error(cat(good_head, "[pipeline]\non_slot_lost = drop\n"),
+                 P ":7: invalid value \"drop\" for [pipeline] on_slot_lost: expected \"stop\" or "
+                   "\"recopy\"",
+                 NULL);
+    expect_error(cat(good_head, "[pipeline]\non_slot_lost = Recopy\n"),
+                 P ":7: invalid value \"Recopy\" for [pipeline] on_slot_lost", NULL);
+    expect_error(cat(good_head, "[pipeline]\npublication_refresh_ms = -1\n"),
+                 P ":7: invalid value \"-1\" for [pipeline] publication_refresh_ms: expected an "
+                   "integer from 0 to 86400000",
+                 NULL);
+    expect_error(cat(good_head, "[retry]\ntable_error_retry_delay_ms = 99\n"),
+                 P ":7: invalid value \"99\" for [retry] table_error_retry_delay_ms", NULL);
+    expect_error(cat(good_head, "[retry]\ntable_error_retry_max_attempts = 1001\n"),
+                 P ":7: invalid value \"1001\" for [retry] table_error_retry_max_attempts: "
+                   "expected an integer from 0 to 1000",
+                 NULL);
+    expect_error(cat(good_head, "[retry]\ntable_error_retry_max_attempt = 3\n"),
+                 P ":7: unknown key \"table_error_retry_max_attempt\" in section [retry]",
+                 "table_error_retry_max_attempts");
+}
+
 static void
 test_slot_names(void)
 {
@@ -683,6 +743,7 @@ main(void)
     RUN(test_write_new_variants);
     RUN(test_write_new_refusals);
     RUN(test_slot_names);
+    RUN(test_lifecycle_keys);
     rm_rf(tmpdir);
     return unit_done();
 }

@@ -135,6 +135,16 @@ check_msg_eq(const ipc_msg_t *a, const ipc_msg_t *b)
         break;
     case IPC_STOP:
     case IPC_STATUS:
+    case IPC_PAUSE:
+    case IPC_RESUME:
+    case IPC_RELOAD:
+        break;
+    case IPC_RETRY:
+    case IPC_RESYNC:
+        CHECK_STR_EQ(a->u.command.table, b->u.command.table);
+        break;
+    case IPC_TABLE_REMOVED:
+        CHECK_INT_EQ(a->u.table_removed.relid, b->u.table_removed.relid);
         break;
     case IPC_ERROR:
         CHECK_STR_EQ(a->u.error.message, b->u.error.message);
@@ -162,6 +172,8 @@ check_msg_eq(const ipc_msg_t *a, const ipc_msg_t *b)
         CHECK_INT_EQ(a->u.status_reply.ntables, b->u.status_reply.ntables);
         for (i = 0; i < a->u.status_reply.ntables && i < b->u.status_reply.ntables; i++)
             check_table_eq(&a->u.status_reply.tables[i], &b->u.status_reply.tables[i], true);
+        CHECK_STR_EQ(a->u.status_reply.message ? a->u.status_reply.message : "",
+                     b->u.status_reply.message);
         break;
     }
 }
@@ -196,7 +208,7 @@ static ipc_worker_info_t sample_workers[] = {
     {.role = "sync", .relid = 16390, .pid = 0, .restarts = 7, .state = "backoff"},
 };
 
-#define NSAMPLES 15
+#define NSAMPLES 21
 
 /* Fills samples[]; returns the count. samples[i] may reference the schema (freed by caller). */
 static int
@@ -275,6 +287,22 @@ make_samples(ipc_msg_t *s, wr_schema_t *schema)
     s[n].u.status_reply.workers = sample_workers;
     s[n].u.status_reply.ntables = 2;
     s[n].u.status_reply.tables = sample_status_tables;
+    s[n].u.status_reply.message = "paused by walrelay pause \xc3\xa9";
+    n++;
+    s[n].type = IPC_RETRY;
+    s[n].u.command.table = "public.orders";
+    n++;
+    s[n].type = IPC_RESYNC;
+    s[n].u.command.table = "weird \"name\".t";
+    n++;
+    s[n].type = IPC_PAUSE;
+    n++;
+    s[n].type = IPC_RESUME;
+    n++;
+    s[n].type = IPC_RELOAD;
+    n++;
+    s[n].type = IPC_TABLE_REMOVED;
+    s[n].u.table_removed.relid = 4294967295u;
     n++;
     return n;
 }
@@ -321,6 +349,12 @@ test_type_names(void)
     CHECK_STR_EQ(ipc_type_name(IPC_SET_PHASE), "set_phase");
     CHECK_STR_EQ(ipc_type_name(IPC_STATUS_REPLY), "status_reply");
     CHECK_STR_EQ(ipc_type_name(IPC_OK), "ok");
+    CHECK_STR_EQ(ipc_type_name(IPC_RETRY), "retry");
+    CHECK_STR_EQ(ipc_type_name(IPC_RESYNC), "resync");
+    CHECK_STR_EQ(ipc_type_name(IPC_PAUSE), "pause");
+    CHECK_STR_EQ(ipc_type_name(IPC_RESUME), "resume");
+    CHECK_STR_EQ(ipc_type_name(IPC_RELOAD), "reload");
+    CHECK_STR_EQ(ipc_type_name(IPC_TABLE_REMOVED), "table_removed");
     CHECK_STR_EQ(ipc_type_name((ipc_type_t)0), "unknown");
     CHECK_STR_EQ(ipc_type_name((ipc_type_t)99), "unknown");
 }
@@ -581,7 +615,8 @@ test_decode_wrong_arity(void)
         {"hello", 5},         {"welcome", 3}, {"tables", 2}, {"table_state", 4},
         {"set_phase", 8},     {"ack", 4},     {"schema", 5}, {"progress", 4},
         {"copy_progress", 3}, {"stop", 1},    {"error", 2},  {"status", 1},
-        {"status_reply", 9},  {"ok", 2},
+        {"status_reply", 10}, {"ok", 2},      {"retry", 2},  {"resync", 2},
+        {"pause", 1},         {"resume", 1},  {"reload", 1}, {"table_removed", 2},
     };
     msgpack_sbuffer sb;
     msgpack_packer pk;
@@ -595,6 +630,8 @@ test_decode_wrong_arity(void)
         for (k = 0; k < 2; k++) {
             if (bad[k] == 0)
                 continue;
+            if (strcmp(types[i].type, "status_reply") == 0 && bad[k] == 9)
+                continue; /* the layout without "message": accepted, see below */
             msgpack_pack_array(&pk, bad[k]);
             pack_str(&pk, types[i].type);
             for (j = 1; j < bad[k]; j++)
@@ -1113,6 +1150,92 @@ test_reader_huge_declared_sizes(void)
     msgpack_sbuffer_destroy(&sb);
 }
 
+/* A status_reply of the first layout (9 elements, no message) still decodes. */
+static void
+test_status_reply_without_message(void)
+{
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_unpacked up;
+    ipc_msg_t m;
+    wr_err_t err;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_array(&pk, 9);
+    pack_str(&pk, "status_reply");
+    pack_str(&pk, "main");
+    pack_str(&pk, "running");
+    msgpack_pack_int64(&pk, 42);
+    msgpack_pack_uint64(&pk, 16);
+    msgpack_pack_uint64(&pk, 32);
+    msgpack_pack_uint64(&pk, 3);
+    msgpack_pack_array(&pk, 0);
+    msgpack_pack_array(&pk, 0);
+    msgpack_unpacked_init(&up);
+    CHECK_INT_EQ(msgpack_unpack_next(&up, sb.data, sb.size, NULL), MSGPACK_UNPACK_SUCCESS);
+    CHECK_INT_EQ(ipc_decode(&up.data, &m, &err), 0);
+    CHECK_INT_EQ(m.type, IPC_STATUS_REPLY);
+    CHECK_STR_EQ(m.u.status_reply.state, "running");
+    CHECK_INT_EQ(m.u.status_reply.pid, 42);
+    CHECK_STR_EQ(m.u.status_reply.message, "");
+    ipc_msg_clear(&m);
+    msgpack_unpacked_destroy(&up);
+    msgpack_sbuffer_destroy(&sb);
+}
+
+/* The control commands and table_removed refuse wrong element types. */
+static void
+test_decode_commands_bad(void)
+{
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+
+    msgpack_pack_array(&pk, 2);
+    pack_str(&pk, "retry");
+    msgpack_pack_uint32(&pk, 16384);
+    expect_decode_error(&sb, "invalid \"retry\" message: element 1 (table) must be a string, "
+                             "got integer");
+
+    msgpack_pack_array(&pk, 2);
+    pack_str(&pk, "resync");
+    msgpack_pack_str_with_body(&pk, "a\0b", 3);
+    expect_decode_error(&sb, "invalid \"resync\" message: element 1 (table) must not contain a "
+                             "NUL byte");
+
+    msgpack_pack_array(&pk, 2);
+    pack_str(&pk, "table_removed");
+    pack_str(&pk, "16384");
+    expect_decode_error(&sb, "invalid \"table_removed\" message: element 1 (relid) must be an "
+                             "unsigned integer, got string");
+
+    msgpack_pack_array(&pk, 2);
+    pack_str(&pk, "table_removed");
+    msgpack_pack_uint64(&pk, 1ull << 32);
+    expect_decode_error(&sb, "element 1 (relid) must fit in 32 bits, got 4294967296");
+
+    msgpack_pack_array(&pk, 2);
+    pack_str(&pk, "pause");
+    pack_str(&pk, "now");
+    expect_decode_error(&sb, "invalid \"pause\" message: expected 1 elements, got 2");
+
+    msgpack_pack_array(&pk, 10);
+    pack_str(&pk, "status_reply");
+    pack_str(&pk, "main");
+    pack_str(&pk, "running");
+    msgpack_pack_int64(&pk, 42);
+    msgpack_pack_uint64(&pk, 16);
+    msgpack_pack_uint64(&pk, 32);
+    msgpack_pack_uint64(&pk, 3);
+    msgpack_pack_array(&pk, 0);
+    msgpack_pack_array(&pk, 0);
+    msgpack_pack_nil(&pk);
+    expect_decode_error(&sb, "invalid \"status_reply\" message: element 9 (message) must be a "
+                             "string, got nil");
+    msgpack_sbuffer_destroy(&sb);
+}
+
 int
 main(void)
 {
@@ -1130,5 +1253,7 @@ main(void)
     RUN(test_reader_garbage);
     RUN(test_reader_oversized);
     RUN(test_reader_huge_declared_sizes);
+    RUN(test_status_reply_without_message);
+    RUN(test_decode_commands_bad);
     return unit_done();
 }

@@ -508,6 +508,43 @@ test_progress(state_store_t *s)
     CHECK_STR_EQ(q.slot_name, "walrelay_main");
 }
 
+/* Pipeline flags (added with schema version 2). */
+static void
+test_flags(state_store_t *s)
+{
+    int64_t v = 99;
+    bool found = true;
+    wr_err_t err;
+    char longname[80];
+
+    CHECK_INT_EQ(s->ops->get_flag(s, "paused", &v, &found, &err), 0);
+    CHECK(!found);
+    CHECK_INT_EQ(v, 0);
+    CHECK_INT_EQ(s->ops->set_flag(s, "paused", 1, &err), 0);
+    CHECK_INT_EQ(s->ops->set_flag(s, "slot_lost_recopied", -7, &err), 0);
+    CHECK_INT_EQ(s->ops->get_flag(s, "paused", &v, &found, &err), 0);
+    CHECK(found);
+    CHECK_INT_EQ(v, 1);
+    CHECK_INT_EQ(s->ops->get_flag(s, "slot_lost_recopied", &v, &found, &err), 0);
+    CHECK(found);
+    CHECK_INT_EQ(v, -7);
+    /* overwrite, independent names */
+    CHECK_INT_EQ(s->ops->set_flag(s, "paused", 0, &err), 0);
+    CHECK_INT_EQ(s->ops->get_flag(s, "paused", &v, &found, &err), 0);
+    CHECK(found);
+    CHECK_INT_EQ(v, 0);
+    CHECK_INT_EQ(s->ops->get_flag(s, "slot_lost_recopied", &v, &found, &err), 0);
+    CHECK_INT_EQ(v, -7);
+    /* bad names */
+    CHECK_INT_EQ(s->ops->set_flag(s, "", 1, &err), WR_EINVAL);
+    CHECK_CONTAINS(err.msg, "invalid flag name");
+    memset(longname, 'f', sizeof(longname) - 1);
+    longname[sizeof(longname) - 1] = '\0';
+    CHECK_INT_EQ(s->ops->set_flag(s, longname, 1, &err), WR_EINVAL);
+    CHECK_INT_EQ(s->ops->get_flag(s, longname, &v, &found, &err), WR_EINVAL);
+    CHECK(!found);
+}
+
 BOTH(test_tables)
 BOTH(test_phases)
 BOTH(test_rollback)
@@ -515,6 +552,7 @@ BOTH(test_remove)
 BOTH(test_schemas)
 BOTH(test_mapping)
 BOTH(test_progress)
+BOTH(test_flags)
 
 /* ------------------------------------------------------------------------------------ */
 /* SQLite only                                                                          */
@@ -654,6 +692,46 @@ test_sqlite_pragmas(void)
     remove_db(path);
 }
 
+/* A version 1 file (before pipeline_flags) is migrated, keeping its rows; flags persist. */
+static void
+test_sqlite_migrate_v1(void)
+{
+    state_store_t *s = NULL;
+    char path[512];
+    int64_t v = 0;
+    bool found = false;
+    wr_err_t err;
+
+    db_path(path, sizeof(path), ++dbseq);
+    CHECK_INT_EQ(state_open_sqlite(path, &s, &err), 0);
+    if (!s)
+        return;
+    CHECK_INT_EQ(s->ops->add_table(s, 70, "public", "old", &err), 0);
+    state_close(s);
+    s = NULL;
+    /* make it look like a file written by schema version 1 */
+    raw_exec(path, "DROP TABLE pipeline_flags; PRAGMA user_version = 1");
+    CHECK_INT_EQ(raw_int(path, "PRAGMA user_version"), 1);
+    CHECK_INT_EQ(state_open_sqlite(path, &s, &err), 0);
+    if (!s)
+        return;
+    CHECK_INT_EQ(raw_int(path, "PRAGMA user_version"), STATE_SCHEMA_VERSION);
+    CHECK_INT_EQ(get_table(s, 70, true).phase, PH_INIT);
+    CHECK_INT_EQ(s->ops->get_flag(s, "paused", &v, &found, &err), 0);
+    CHECK(!found);
+    CHECK_INT_EQ(s->ops->set_flag(s, "paused", 1, &err), 0);
+    state_close(s);
+    s = NULL;
+    CHECK_INT_EQ(state_open_sqlite(path, &s, &err), 0);
+    if (!s)
+        return;
+    CHECK_INT_EQ(s->ops->get_flag(s, "paused", &v, &found, &err), 0);
+    CHECK(found);
+    CHECK_INT_EQ(v, 1);
+    state_close(s);
+    remove_db(path);
+}
+
 static void
 test_sqlite_newer_refused(void)
 {
@@ -732,6 +810,9 @@ main(void)
     RUN(test_mapping_sqlite);
     RUN(test_progress_mem);
     RUN(test_progress_sqlite);
+    RUN(test_flags_mem);
+    RUN(test_flags_sqlite);
+    RUN(test_sqlite_migrate_v1);
     RUN(test_sqlite_reopen);
     RUN(test_sqlite_pragmas);
     RUN(test_sqlite_newer_refused);
