@@ -50,6 +50,88 @@ typedef struct dest_event_s {
     uint8_t truncate_flags;  /* truncate: 1 CASCADE, 2 RESTART IDENTITY */
 } dest_event_t;
 
+/* ---- schema versions (issue 3: schema changes while streaming) ------------------------
+ * Added for schema changes; additive. A destination that tracks schemas records, per
+ * table, each schema version with the catalog facts it was derived from, so the apply
+ * worker can compare the next Relation message by attribute number (pgoutput sends none):
+ * see dest_ddl_plan() and docs/destinations.md "Schema changes". */
+
+/* Catalog facts about a source table that go with a schema version. */
+typedef struct dest_tmeta_s {
+    dest_key_t version;   /* where the schema took effect: (X, 0) for a copy at consistent
+                           * point X, else the key of the last change before it */
+    uint32_t relfilenode; /* pg_class.relfilenode then; a new one = rewritten or truncated */
+    uint16_t natts;       /* attributes then (attnum 1..natts, dropped and generated too);
+                           * 0 = unknown (a table registered before versions existed) */
+    char *attstate;       /* natts chars + NUL, by attnum: 'l' replicated column, 'd' dropped,
+                           * 'g' generated; owned */
+    uint32_t *attxmin;    /* natts entries: xmin of each pg_attribute row; owned */
+} dest_tmeta_t;
+
+/* Frees what m owns and zeroes it. */
+void dest_tmeta_clear(dest_tmeta_t *m);
+/* Deep copy into *dst (zeroed first); WR_ENOMEM on failure. */
+int dest_tmeta_copy(dest_tmeta_t *dst, const dest_tmeta_t *src) WR_MUST_CHECK;
+
+/* How to change a destination table from an old schema to a new one (the new schema's
+ * columns in order). Type changes never get here (the table is copied again). */
+typedef struct dest_alter_s {
+    const int32_t *src;       /* per new column: index of the same column (same attnum) in the
+                               * old schema, or -1 for a column that was added */
+    const wr_val_t *fill;     /* per new column, used where src is -1: the value the rows that
+                               * existed before have (WR_VAL_NULL or WR_VAL_TEXT) */
+    const dest_tmeta_t *meta; /* recorded with the new schema as its version */
+    const char *summary;      /* e.g. add column "c", drop column "b": for logs */
+} dest_alter_t;
+
+/* The source catalog's view of a table now (read by the apply worker). */
+typedef struct dest_catalog_s {
+    wr_schema_t *schema; /* replicated columns in attnum order; key = primary key, else
+                          * the replica identity index (as the copy reads it); owned */
+    dest_tmeta_t meta;   /* version unused */
+    char relkind;        /* 'r', 'p' ... */
+    char **missing;      /* per schema column: text of attmissingval (what rows that
+                          * predate the column read), NULL if none; owned */
+    uint8_t *relflags;   /* per schema column: the key flag pgoutput's Relation carries
+                          * (REPLICA IDENTITY FULL: all, DEFAULT: primary key, INDEX: the
+                          * index, NOTHING: none); owned */
+} dest_catalog_t;
+
+void dest_catalog_clear(dest_catalog_t *c);
+
+typedef enum {
+    DEST_DDL_NONE = 0, /* same schema, same catalog facts */
+    DEST_DDL_REFRESH,  /* same columns; record the new catalog facts as a version */
+    DEST_DDL_FOLLOW,   /* alter the destination exactly (add / drop / rename, new key) */
+    DEST_DDL_RECOPY,   /* cannot be followed exactly: copy the table again */
+} dest_ddl_action_t;
+
+typedef struct dest_ddl_plan_s {
+    dest_ddl_action_t action;
+    uint16_t ncols;    /* of the catalog schema */
+    int32_t *src;      /* FOLLOW: see dest_alter_t; owned */
+    wr_val_t *fill;    /* FOLLOW: points into the catalog's missing values; owned array */
+    bool key_changed;  /* FOLLOW: the key columns differ */
+    char summary[768]; /* FOLLOW/REFRESH: what changed; RECOPY: why */
+} dest_ddl_plan_t;
+
+/* Compares the destination's schema version (schema + meta; schema NULL if none) with the
+ * catalog now and decides. Rules (docs/destinations.md): columns are matched by attnum;
+ * a type change, an added column while the table was rewritten (a volatile default), a
+ * drop together with an add (indistinguishable from a rename plus later changes), a
+ * generated column turned normal, a rewrite while a column was altered, a renamed table,
+ * an added column of a partitioned table -> RECOPY; drops, renames, adds (rows that
+ * existed get attmissingval, else NULL) and key changes -> FOLLOW. Returns 0 or
+ * WR_ENOMEM. */
+int dest_ddl_plan(const wr_schema_t *dschema, const dest_tmeta_t *dmeta, const dest_catalog_t *cat,
+                  dest_ddl_plan_t *plan, wr_err_t *err) WR_MUST_CHECK;
+void dest_ddl_plan_free(dest_ddl_plan_t *plan);
+/* True if a Relation message's schema (key flags = what pgoutput flags) describes the
+ * catalog's table: same names, types, typmods, order, replica identity and flags. Else
+ * fills why (one line). */
+bool dest_ddl_relation_matches(const wr_schema_t *rel, const dest_catalog_t *cat, char *why,
+                               size_t len);
+
 typedef struct dest_s dest_t;
 
 typedef struct dest_ops_s {
@@ -79,6 +161,30 @@ typedef struct dest_ops_s {
     /* Row count of a table, for status and tests; -1 if unknown. */
     int64_t (*count_rows)(dest_t *d, uint32_t relid);
     void (*close)(dest_t *d);
+
+    /* ---- schema versions (issue 3; NULL in a destination that does not track them:
+     * the workers then skip the comparison) ---- */
+    /* The table's newest schema version: *schema (caller frees; NULL if the destination
+     * knows no schema for relid) and *meta (caller clears; natts 0 if the table was
+     * registered without catalog facts). Outside or inside a transaction. */
+    int (*get_version)(dest_t *d, uint32_t relid, wr_schema_t **schema, dest_tmeta_t *meta,
+                       wr_err_t *err);
+    /* Records a version (schema + meta) without changing the table: new catalog facts for
+     * the same columns. change says why ("refresh"). Inside a transaction. */
+    int (*put_version)(dest_t *d, const wr_schema_t *schema, const dest_tmeta_t *meta,
+                       const char *change, wr_err_t *err);
+    /* Changes the table from old_schema (its current version) to new_schema by plan, in
+     * the caller's transaction, and records the version; rows that existed get the fill
+     * of each added column. The caller registers the change's schema with ensure_table
+     * afterwards. Table-specific refusals are WR_EUNSUPPORTED or WR_EDATA (a new key
+     * that the rows violate). Inside a transaction. */
+    int (*alter_table)(dest_t *d, const wr_schema_t *old_schema, const wr_schema_t *new_schema,
+                       const dest_alter_t *plan, wr_err_t *err);
+    /* For a copy: leaves the table empty with exactly this schema (dropped and created
+     * again if its columns or key differ, else its rows deleted), registers it like
+     * ensure_table and records meta as its only version. Inside a transaction. */
+    int (*reset_table)(dest_t *d, const wr_schema_t *schema, const dest_tmeta_t *meta,
+                       wr_err_t *err);
 } dest_ops_t;
 
 struct dest_s {

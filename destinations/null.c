@@ -120,6 +120,43 @@ null_count_rows(dest_t *d, uint32_t relid)
     return -1;
 }
 
+/* Schema versions: nothing is stored, so there is nothing to alter. get_version stays
+ * NULL in the ops: the apply worker then skips comparing Relation messages with the
+ * catalog (there is no destination table that could be wrong). */
+static int
+null_put_version(dest_t *d, const wr_schema_t *schema, const dest_tmeta_t *meta, const char *change,
+                 wr_err_t *err)
+{
+    WR_UNUSED(d);
+    WR_UNUSED(schema);
+    WR_UNUSED(meta);
+    WR_UNUSED(change);
+    WR_UNUSED(err);
+    return 0;
+}
+
+static int
+null_alter_table(dest_t *d, const wr_schema_t *old_schema, const wr_schema_t *new_schema,
+                 const dest_alter_t *plan, wr_err_t *err)
+{
+    WR_UNUSED(d);
+    WR_UNUSED(old_schema);
+    WR_UNUSED(new_schema);
+    WR_UNUSED(plan);
+    WR_UNUSED(err);
+    return 0;
+}
+
+static int
+null_reset_table(dest_t *d, const wr_schema_t *schema, const dest_tmeta_t *meta, wr_err_t *err)
+{
+    WR_UNUSED(d);
+    WR_UNUSED(schema);
+    WR_UNUSED(meta);
+    WR_UNUSED(err);
+    return 0;
+}
+
 static void
 null_close(dest_t *d)
 {
@@ -140,4 +177,8 @@ const dest_ops_t dest_null_ops = {
     .clear_key = null_clear_key,
     .count_rows = null_count_rows,
     .close = null_close,
+    .get_version = NULL,
+    .put_version = null_put_version,
+    .alter_table = null_alter_table,
+    .reset_table = null_reset_table,
 };

@@ -12,10 +12,13 @@
  *   - _walrelay_tables(relid, nsp, name, dest_name, columns_json, updated_at): which
  *     destination table a source relid maps to, and the schema it was registered with.
  *   - one table per registered source table, named by dest_table_name(), columns in the
- *     source's order, declared types from pgt_sqlite_decl(), PRIMARY KEY(key columns).
- * In memory it keeps relid -> table (schema, per-column storage class, cached INSERT,
- * DELETE-by-key, UPDATE-all-by-key and a few UPDATE statements that leave unchanged
- * TOAST columns out of SET). The per-row path allocates nothing: statements are reused,
+ *     source's order, declared types from pgt_sqlite_decl(), PRIMARY KEY(key columns
+ *     of the schema that created it: the source's primary key, see sq_in_primary_key).
+ * In memory it keeps relid -> table (schema, per-column storage class, the columns
+ * UPDATE/DELETE match on (sq_table_identity: the replica identity's key, or under FULL the
+ * table's PRIMARY KEY, or every column NULL-safely for one row of a keyless table), cached
+ * INSERT, DELETE-by-key, UPDATE-all-by-key and a few UPDATE statements that leave
+ * unchanged TOAST columns out of SET). The per-row path allocates nothing: statements are reused,
  * text binds point at the producer's buffer, bytea is decoded into one scratch buffer.
  */
 #include "destination.h"
@@ -46,8 +49,10 @@ typedef struct sq_table_s {
     char dest_name[SQ_NAME_MAX];
     uint8_t *cls;     /* pgt_class_t per column */
     uint8_t *is_bool; /* 1 if the column is bool (INTEGER 0/1) */
-    uint16_t *keys;   /* indexes of the key columns, in schema order */
+    uint16_t *keys;   /* indexes of the columns UPDATE/DELETE match on, in schema order */
     int nkeys;
+    bool by_row;         /* keyless REPLICA IDENTITY FULL: match one row by every old value */
+    char rowid[8];       /* by_row: the name of the rowid ("rowid", "_rowid_" or "oid") */
     sqlite3_stmt *ins;   /* INSERT, params ?1..?ncols */
     sqlite3_stmt *upd;   /* UPDATE SET all = ?i WHERE key = ?(ncols+1+j) */
     sqlite3_stmt *del;   /* DELETE WHERE key = ?(ncols+1+j) */
@@ -218,12 +223,15 @@ sq_show(const wr_val_t *v, char *buf, size_t len)
     return buf;
 }
 
-/* Formats "(k1, k2)=(v1, v2)" for the key columns taken from row. */
+/* Formats "(k1, k2)=(v1, v2)" for the key columns taken from row (every column, at
+ * most 8, for a keyless table matched by row). */
 static void
 sq_show_key(const sq_table_t *t, const wr_row_t *row, char *buf, size_t len)
 {
     size_t off = 0;
     char vb[SQ_SHOW_MAX + 8];
+    int n = t->by_row ? (t->schema->ncols < 8 ? t->schema->ncols : 8) : t->nkeys;
+#define SQ_COL(j) (t->by_row ? (j) : t->keys[j])
 
     buf[0] = '\0';
 #define SQ_APPEND(...)                                                                             \
@@ -234,18 +242,19 @@ sq_show_key(const sq_table_t *t, const wr_row_t *row, char *buf, size_t len)
         }                                                                                          \
     } while (0)
     SQ_APPEND("(");
-    for (int j = 0; j < t->nkeys; j++)
-        SQ_APPEND("%s%s", j ? ", " : "", t->schema->cols[t->keys[j]].name);
-    SQ_APPEND(")=(");
-    for (int j = 0; j < t->nkeys; j++) {
+    for (int j = 0; j < n; j++)
+        SQ_APPEND("%s%s", j ? ", " : "", t->schema->cols[SQ_COL(j)].name);
+    SQ_APPEND("%s)=(", n < t->schema->ncols && t->by_row ? ", ..." : "");
+    for (int j = 0; j < n; j++) {
         const char *s = "?";
 
-        if (row != NULL && t->keys[j] < row->ncols)
-            s = sq_show(&row->vals[t->keys[j]], vb, sizeof(vb));
+        if (row != NULL && SQ_COL(j) < row->ncols)
+            s = sq_show(&row->vals[SQ_COL(j)], vb, sizeof(vb));
         SQ_APPEND("%s%s", j ? ", " : "", s);
     }
-    SQ_APPEND(")");
+    SQ_APPEND("%s)", n < t->schema->ncols && t->by_row ? ", ..." : "");
 #undef SQ_APPEND
+#undef SQ_COL
 }
 
 static const char *
@@ -368,10 +377,30 @@ sq_unlink(dest_sqlite_t *d, sq_table_t *t)
         d->last = NULL;
 }
 
-/* Appends "WHERE k1 = ?(n+1) AND ..." */
+/* Appends "WHERE k1 = ?(n+1) AND ..." (n = ncols), or for a table matched by row
+ * "WHERE rowid = (SELECT rowid FROM t WHERE c1 IS ?(n+1) AND ... LIMIT 1)": one row whose
+ * every column equals the old row's, NULL-safely, as PostgreSQL touches one of several
+ * identical rows. */
 static void
 sq_where_keys(sq_buf_t *b, const sq_table_t *t)
 {
+    if (t->by_row) {
+        sb_add(b, " WHERE ");
+        sb_add(b, t->rowid);
+        sb_add(b, " = (SELECT ");
+        sb_add(b, t->rowid);
+        sb_add(b, " FROM ");
+        sb_ident(b, t->dest_name);
+        sb_add(b, " WHERE ");
+        for (int i = 0; i < t->schema->ncols; i++) {
+            if (i)
+                sb_add(b, " AND ");
+            sb_ident(b, t->schema->cols[i].name);
+            sb_addf(b, " IS ?%d", t->schema->ncols + 1 + i);
+        }
+        sb_add(b, " LIMIT 1)");
+        return;
+    }
     sb_add(b, " WHERE ");
     for (int j = 0; j < t->nkeys; j++) {
         if (j)
@@ -449,7 +478,7 @@ sq_table_prepare(dest_sqlite_t *d, sq_table_t *t, wr_err_t *err)
     if ((rc = sq_prepare(d, b.p, &t->trunc, err)) < 0)
         goto out;
 
-    if (t->nkeys > 0) {
+    if (t->nkeys > 0 || t->by_row) {
         sq_where_keys(&b, t);
         if (b.oom)
             goto oom;
@@ -501,6 +530,87 @@ sq_table_new(const wr_schema_t *schema, const char *dest_name, sq_table_t **out,
 oom:
     sq_table_free(t);
     return wr_err_set(err, WR_ENOMEM, "out of memory registering table \"%s\"", dest_name);
+}
+
+/* True if column i of s belongs in the PRIMARY KEY of a table created from s: the key
+ * columns, except for a REPLICA IDENTITY FULL schema whose every column is flagged (a
+ * Relation message's: it says nothing of the source's primary key, so the table gets
+ * none and duplicate rows stay possible, as in PostgreSQL). */
+static bool
+sq_in_primary_key(const wr_schema_t *s, int i)
+{
+    if (s->replident == 'f' && wr_schema_nkeys(s) == s->ncols)
+        return false;
+    return s->cols[i].is_key;
+}
+
+/*
+ * Decides which columns UPDATE and DELETE match on (the keying rule, docs/destinations.md):
+ *   - REPLICA IDENTITY DEFAULT / USING INDEX / NOTHING: the schema's key columns, i.e. what
+ *     the Relation message flags (the primary key, the identity index, none). Their values
+ *     come from the old key ('K') or, when the key did not change, the new row.
+ *   - REPLICA IDENTITY FULL: the key flags are all set and mean nothing. Match by the
+ *     destination table's PRIMARY KEY (the source's, from the copy) taken from the old row
+ *     ('O'); a table without one is matched by row: every old value, NULL-safely, one row.
+ * Reads the table's PRIMARY KEY with pragma_table_info; the table must exist.
+ */
+static int
+sq_table_identity(dest_sqlite_t *d, sq_table_t *t, wr_err_t *err)
+{
+    static const char *const rowid_names[] = {"rowid", "_rowid_", "oid"};
+    sqlite3_stmt *st = NULL;
+    int rc, r;
+
+    t->by_row = false;
+    if (t->schema->replident != 'f')
+        return 0;
+    t->nkeys = 0;
+    if ((rc = sq_prepare(d, "SELECT name FROM pragma_table_info(?1) WHERE pk > 0 ORDER BY pk", &st,
+                         err)) < 0)
+        return rc;
+    sqlite3_bind_text(st, 1, t->dest_name, -1, SQLITE_STATIC);
+    while ((r = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *name = (const char *)sqlite3_column_text(st, 0);
+        int i;
+
+        for (i = 0; name != NULL && i < t->schema->ncols; i++) {
+            if (sqlite3_stricmp(name, t->schema->cols[i].name) == 0)
+                break;
+        }
+        if (name == NULL || i == t->schema->ncols) {
+            wr_err_set(err, WR_EUNSUPPORTED,
+                       "primary key column \"%s\" of destination table \"%s\" is not a column "
+                       "of the source",
+                       name ? name : "", t->dest_name);
+            wr_err_hint(err, "drop the destination table, then resync the table");
+            sqlite3_finalize(st);
+            return WR_EUNSUPPORTED;
+        }
+        t->keys[t->nkeys++] = (uint16_t)i;
+    }
+    sqlite3_finalize(st);
+    if (r != SQLITE_DONE)
+        return sq_fail(d, err, "reading the primary key of table \"%s\"", t->dest_name);
+    if (t->nkeys > 0)
+        return 0;
+    /* keyless: rows are addressed by SQLite's rowid, under a name no column takes */
+    for (size_t k = 0; k < sizeof(rowid_names) / sizeof(rowid_names[0]); k++) {
+        bool taken = false;
+
+        for (int i = 0; i < t->schema->ncols && !taken; i++)
+            taken = sqlite3_stricmp(t->schema->cols[i].name, rowid_names[k]) == 0;
+        if (!taken) {
+            snprintf(t->rowid, sizeof(t->rowid), "%s", rowid_names[k]);
+            t->by_row = true;
+            return 0;
+        }
+    }
+    wr_err_set(err, WR_EUNSUPPORTED,
+               "table \"%s\" has no primary key and columns named rowid, _rowid_ and oid: its "
+               "rows cannot be addressed in SQLite",
+               t->dest_name);
+    wr_err_hint(err, "add a primary key to the source table, or rename one of those columns");
+    return WR_EUNSUPPORTED;
 }
 
 /* ---- value binding ---------------------------------------------------------------- */
@@ -647,11 +757,35 @@ sq_check_row(const sq_table_t *t, const wr_row_t *row, const char *what, wr_err_
     return 0;
 }
 
-/* Binds the key columns of row to ?(ncols+1+j). */
+/* Binds every value of the old row to ?(ncols+1+i) for a table matched by row (NULLs
+ * too: the statement compares with IS). */
+static int
+sq_bind_old_row(dest_sqlite_t *d, const sq_table_t *t, sqlite3_stmt *st, const wr_row_t *row,
+                wr_err_t *err)
+{
+    for (int i = 0; i < t->schema->ncols; i++) {
+        const wr_val_t *v = &row->vals[i];
+        int rc;
+
+        if (v->kind == WR_VAL_UNCHANGED)
+            return wr_err_set(err, WR_EDATA,
+                              "the old row of table \"%s\" has no value for column \"%s\" "
+                              "(unchanged toast): the row cannot be found without a key",
+                              t->dest_name, t->schema->cols[i].name);
+        if ((rc = sq_bind(d, t, st, t->schema->ncols + 1 + i, i, v, err)) < 0)
+            return rc;
+    }
+    return 0;
+}
+
+/* Binds the key columns of row to ?(ncols+1+j), or the whole old row for a table matched
+ * by row. */
 static int
 sq_bind_keys(dest_sqlite_t *d, const sq_table_t *t, sqlite3_stmt *st, const wr_row_t *row,
              wr_err_t *err)
 {
+    if (t->by_row)
+        return sq_bind_old_row(d, t, st, row, err);
     for (int j = 0; j < t->nkeys; j++) {
         int col = t->keys[j];
         const wr_val_t *v = &row->vals[col];
@@ -733,9 +867,22 @@ sq_no_key(const sq_table_t *t, const char *what, wr_err_t *err)
 {
     wr_err_set(err, WR_EUNSUPPORTED, "cannot apply %s to table \"%s\": it has no key columns", what,
                t->dest_name);
-    wr_err_hint(
-        err,
-        "give the table a primary key, or REPLICA IDENTITY FULL support arrives in a later release");
+    wr_err_hint(err, "give the source table a primary key or run ALTER TABLE ... REPLICA IDENTITY "
+                     "FULL, then resync the table");
+    return WR_EUNSUPPORTED;
+}
+
+/* A table matched by row needs the whole old row (REPLICA IDENTITY FULL sends it). */
+static int
+sq_need_old_row(const sq_table_t *t, const char *what, char old_kind, wr_err_t *err)
+{
+    if (!t->by_row || old_kind == 'O')
+        return 0;
+    wr_err_set(err, WR_EUNSUPPORTED,
+               "cannot apply %s to table \"%s\": it has no key columns and the change carries "
+               "no old row (old row kind '%c')",
+               what, t->dest_name, old_kind ? old_kind : '-');
+    wr_err_hint(err, "ALTER TABLE ... REPLICA IDENTITY FULL on the source, then resync the table");
     return WR_EUNSUPPORTED;
 }
 
@@ -791,8 +938,10 @@ sq_update(dest_sqlite_t *d, sq_table_t *t, const dest_event_t *ev, wr_err_t *err
     sqlite3_stmt *st;
     int rc;
 
-    if (t->nkeys == 0)
+    if (t->nkeys == 0 && !t->by_row)
         return sq_no_key(t, "an update", err);
+    if ((rc = sq_need_old_row(t, "an update", ev->old_kind, err)) < 0)
+        return rc;
     if ((rc = sq_check_row(t, nrow, "update", err)) < 0)
         return rc;
     if (ev->old_kind == 'K' || ev->old_kind == 'O') {
@@ -828,8 +977,10 @@ sq_delete(dest_sqlite_t *d, sq_table_t *t, const dest_event_t *ev, wr_err_t *err
 {
     int rc;
 
-    if (t->nkeys == 0)
+    if (t->nkeys == 0 && !t->by_row)
         return sq_no_key(t, "a delete", err);
+    if ((rc = sq_need_old_row(t, "a delete", ev->old_kind, err)) < 0)
+        return rc;
     if ((rc = sq_check_row(t, ev->old_row, "delete", err)) < 0)
         return rc;
     if ((rc = sq_scratch_reserve(d, sq_blob_need(t, ev->old_row), err)) < 0)
@@ -903,7 +1054,7 @@ sq_verify_table(dest_sqlite_t *d, const wr_schema_t *s, const char *dest_name, w
     if (rc == WR_EUNSUPPORTED)
         wr_err_hint(
             err,
-            "schema changes arrive in a later release; rename or drop the destination table, then resync the table");
+            "the destination table was made or changed outside walrelay's schema versions; resync the table (its copy creates it again)");
     sqlite3_finalize(st);
     if (rc == 0 && n == 0)
         return 1;
@@ -927,7 +1078,7 @@ sq_create_table(dest_sqlite_t *d, const wr_schema_t *s, const char *dest_name, w
         sb_add(&b, pgt_sqlite_decl(s->cols[i].type_oid));
     }
     for (int i = 0; i < s->ncols; i++) {
-        if (!s->cols[i].is_key)
+        if (!sq_in_primary_key(s, i))
             continue;
         sb_add(&b, nk++ ? ", " : ", PRIMARY KEY (");
         sb_ident(&b, s->cols[i].name);
@@ -1039,7 +1190,7 @@ sq_ensure_table(dest_t *base, const wr_schema_t *s, wr_err_t *err)
     }
     if ((rc = sq_table_new(s, dest_name, &t, err)) < 0)
         goto fail;
-    if ((rc = sq_table_prepare(d, t, err)) < 0)
+    if ((rc = sq_table_identity(d, t, err)) < 0 || (rc = sq_table_prepare(d, t, err)) < 0)
         goto fail;
     if ((rc = sq_record_table(d, s, dest_name, err)) < 0)
         goto fail;
@@ -1275,6 +1426,708 @@ sq_count_rows(dest_t *base, uint32_t relid)
     return n;
 }
 
+/* ---- schema versions and alteration (issue 3) ----------------------------------------
+ *
+ * _walrelay_schemas(relid, version_lsn, version_ordinal, nsp, name, columns_json,
+ * relfilenode, attstate, attxmins, change, recorded_at) keeps every schema version of a
+ * table with the catalog facts it was derived from (destination.h dest_tmeta_t): the copy
+ * writes the first one (the older ones are forgotten), each followed schema change or
+ * refresh appends one, in the same transaction as the data. The newest is the table's
+ * current schema: never rolled back by a replay, because the apply worker only compares
+ * changes it has not applied yet. */
+
+/* The destination table's columns as SQLite has them. */
+typedef struct sq_layout_s {
+    int ncols;
+    char **names; /* ncols */
+    char **decl;  /* ncols: declared type */
+    int *pk;      /* ncols: position in the PRIMARY KEY (1..), 0 if not in it */
+} sq_layout_t;
+
+static void
+sq_layout_free(sq_layout_t *l)
+{
+    for (int i = 0; i < l->ncols; i++) {
+        free(l->names[i]);
+        free(l->decl[i]);
+    }
+    free(l->names);
+    free(l->decl);
+    free(l->pk);
+    memset(l, 0, sizeof(*l));
+}
+
+/* Reads the columns of dest_name (ncols 0 if the table does not exist). */
+static int
+sq_layout_read(dest_sqlite_t *d, const char *dest_name, sq_layout_t *l, wr_err_t *err)
+{
+    sqlite3_stmt *st = NULL;
+    int rc, r, cap = 0;
+
+    memset(l, 0, sizeof(*l));
+    if ((rc = sq_prepare(d, "SELECT name, type, pk FROM pragma_table_info(?1) ORDER BY cid", &st,
+                         err)) < 0)
+        return rc;
+    sqlite3_bind_text(st, 1, dest_name, -1, SQLITE_STATIC);
+    while ((r = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *name = (const char *)sqlite3_column_text(st, 0);
+        const char *decl = (const char *)sqlite3_column_text(st, 1);
+
+        if (l->ncols == cap) {
+            int ncap = cap ? cap * 2 : 16;
+            char **nn = realloc(l->names, (size_t)ncap * sizeof(*nn));
+            char **nd = nn ? realloc(l->decl, (size_t)ncap * sizeof(*nd)) : NULL;
+            int *np = nd ? realloc(l->pk, (size_t)ncap * sizeof(*np)) : NULL;
+
+            if (nn)
+                l->names = nn;
+            if (nd)
+                l->decl = nd;
+            if (np == NULL) {
+                sqlite3_finalize(st);
+                sq_layout_free(l);
+                return wr_err_set(err, WR_ENOMEM, "out of memory reading table \"%s\"", dest_name);
+            }
+            l->pk = np;
+            cap = ncap;
+        }
+        l->names[l->ncols] = wr_strdup(name ? name : "");
+        l->decl[l->ncols] = wr_strdup(decl ? decl : "");
+        l->pk[l->ncols] = sqlite3_column_int(st, 2);
+        l->ncols++;
+        if (l->names[l->ncols - 1] == NULL || l->decl[l->ncols - 1] == NULL) {
+            sqlite3_finalize(st);
+            sq_layout_free(l);
+            return wr_err_set(err, WR_ENOMEM, "out of memory reading table \"%s\"", dest_name);
+        }
+    }
+    sqlite3_finalize(st);
+    if (r != SQLITE_DONE) {
+        sq_layout_free(l);
+        return sq_fail(d, err, "reading the columns of table \"%s\"", dest_name);
+    }
+    return 0;
+}
+
+/* True if the table's PRIMARY KEY is exactly what sq_create_table makes for s, where
+ * column i of the table is called name_of(i) (the new name after renames). */
+static bool
+sq_layout_key_is(const sq_layout_t *l, const wr_schema_t *s, const int32_t *src)
+{
+    int want = 0;
+
+    for (int j = 0; j < s->ncols; j++) {
+        if (!sq_in_primary_key(s, j))
+            continue;
+        want++;
+        /* the new key column must be an old column at key position `want` */
+        if (src == NULL) {
+            if (j >= l->ncols || l->pk[j] != want)
+                return false;
+        } else if (src[j] < 0 || src[j] >= l->ncols || l->pk[src[j]] != want) {
+            return false;
+        }
+    }
+    for (int i = 0; i < l->ncols; i++) {
+        if (l->pk[i] > want)
+            return false;
+        if (l->pk[i] > 0 && src != NULL) {
+            bool kept = false;
+            for (int j = 0; j < s->ncols && !kept; j++)
+                kept = src[j] == i;
+            if (!kept)
+                return false;
+        }
+    }
+    return true;
+}
+
+/* Appends the schema's columns as JSON (the format of _walrelay_tables.columns_json). */
+static void
+sq_columns_json(sq_buf_t *b, const wr_schema_t *s)
+{
+    sb_add(b, "[");
+    for (int i = 0; i < s->ncols; i++) {
+        const wr_column_t *c = &s->cols[i];
+
+        sb_add(b, i ? ",{\"name\":" : "{\"name\":");
+        sb_json_str(b, c->name);
+        sb_addf(b, ",\"type_oid\":%u,\"typmod\":%d", (unsigned)c->type_oid, (int)c->typmod);
+        sb_addf(b, ",\"key\":%s,\"not_null\":%s}", c->is_key ? "true" : "false",
+                c->not_null ? "true" : "false");
+    }
+    sb_add(b, "]");
+}
+
+/* Inserts a version row. Inside a transaction. */
+static int
+sq_version_insert(dest_sqlite_t *d, const wr_schema_t *s, const dest_tmeta_t *m, const char *change,
+                  wr_err_t *err)
+{
+    static const char sql[] =
+        "INSERT INTO _walrelay_schemas (relid, version_lsn, version_ordinal, nsp, name, "
+        "columns_json, relfilenode, attstate, attxmins, change, recorded_at) "
+        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, strftime('%Y-%m-%dT%H:%M:%fZ', 'now')) "
+        "ON CONFLICT (relid, version_lsn, version_ordinal) DO UPDATE SET nsp = excluded.nsp, "
+        "name = excluded.name, columns_json = excluded.columns_json, "
+        "relfilenode = excluded.relfilenode, attstate = excluded.attstate, "
+        "attxmins = excluded.attxmins, change = excluded.change, "
+        "recorded_at = excluded.recorded_at";
+    sq_buf_t cols = {0}, xm = {0};
+    sqlite3_stmt *st = NULL;
+    int rc;
+
+    sq_columns_json(&cols, s);
+    sb_add(&xm, "");
+    for (uint16_t a = 0; m->attxmin != NULL && a < m->natts; a++)
+        sb_addf(&xm, "%s%u", a ? " " : "", (unsigned)m->attxmin[a]);
+    if (cols.oom || xm.oom) {
+        rc = wr_err_set(err, WR_ENOMEM, "out of memory recording a schema version of \"%s\"",
+                        s->name);
+        goto out;
+    }
+    if ((rc = sq_prepare(d, sql, &st, err)) < 0)
+        goto out;
+    sqlite3_bind_int64(st, 1, s->relid);
+    sqlite3_bind_int64(st, 2, (int64_t)m->version.commit_lsn);
+    sqlite3_bind_int64(st, 3, m->version.ordinal);
+    sqlite3_bind_text(st, 4, s->nsp ? s->nsp : "", -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 5, s->name, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 6, cols.p, (int)cols.len, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 7, m->relfilenode);
+    sqlite3_bind_text(st, 8, m->attstate ? m->attstate : "", -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 9, xm.p, (int)xm.len, SQLITE_STATIC);
+    sqlite3_bind_text(st, 10, change ? change : "", -1, SQLITE_STATIC);
+    if (sqlite3_step(st) != SQLITE_DONE)
+        rc = sq_fail(d, err, "recording a schema version of table \"%s\"", s->name);
+out:
+    sqlite3_finalize(st);
+    free(cols.p);
+    free(xm.p);
+    return rc;
+}
+
+/* Parses columns_json into a schema of relid. */
+static int
+sq_schema_from_json(dest_sqlite_t *d, uint32_t relid, const char *nsp, const char *name,
+                    const char *json, wr_schema_t **out, wr_err_t *err)
+{
+    static const char sql[] =
+        "SELECT json_extract(value, '$.name'), json_extract(value, '$.type_oid'), "
+        "json_extract(value, '$.typmod'), json_extract(value, '$.key'), "
+        "json_extract(value, '$.not_null') FROM json_each(?1) ORDER BY CAST(key AS INTEGER)";
+    sqlite3_stmt *st = NULL;
+    wr_schema_t *s = NULL;
+    int rc, r, n = 0;
+
+    *out = NULL;
+    if ((rc = sq_prepare(d, "SELECT json_array_length(?1)", &st, err)) < 0)
+        return rc;
+    sqlite3_bind_text(st, 1, json, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) == SQLITE_ROW)
+        n = sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
+    st = NULL;
+    if (n <= 0 || n > UINT16_MAX)
+        return wr_err_set(err, WR_EDEST, "the recorded columns of table \"%s\" cannot be read",
+                          name);
+    s = wr_schema_new(relid, nsp, name, (uint16_t)n);
+    if (s == NULL)
+        return wr_err_set(err, WR_ENOMEM, "out of memory reading the schema of \"%s\"", name);
+    if ((rc = sq_prepare(d, sql, &st, err)) < 0) {
+        wr_schema_free(s);
+        return rc;
+    }
+    sqlite3_bind_text(st, 1, json, -1, SQLITE_STATIC);
+    for (int i = 0; i < n; i++) {
+        const char *cn;
+
+        if ((r = sqlite3_step(st)) != SQLITE_ROW ||
+            (cn = (const char *)sqlite3_column_text(st, 0)) == NULL) {
+            rc = wr_err_set(err, WR_EDEST, "the recorded columns of table \"%s\" cannot be read",
+                            name);
+            goto fail;
+        }
+        s->cols[i].name = wr_strdup(cn);
+        if (s->cols[i].name == NULL) {
+            rc = wr_err_set(err, WR_ENOMEM, "out of memory reading the schema of \"%s\"", name);
+            goto fail;
+        }
+        s->cols[i].type_oid = (uint32_t)sqlite3_column_int64(st, 1);
+        s->cols[i].typmod = (int32_t)sqlite3_column_int64(st, 2);
+        s->cols[i].is_key = sqlite3_column_int(st, 3) != 0;
+        s->cols[i].not_null = sqlite3_column_int(st, 4) != 0;
+    }
+    sqlite3_finalize(st);
+    *out = s;
+    return 0;
+fail:
+    sqlite3_finalize(st);
+    wr_schema_free(s);
+    return rc;
+}
+
+/* Parses "attstate" and "attxmins" of a version row into m (natts 0 if malformed). */
+static int
+sq_meta_parse(const char *attstate, const char *xmins, dest_tmeta_t *m, wr_err_t *err)
+{
+    size_t n = attstate ? strlen(attstate) : 0;
+    const char *p = xmins ? xmins : "";
+
+    if (n == 0 || n > UINT16_MAX)
+        return 0;
+    m->attstate = malloc(n + 1);
+    m->attxmin = calloc(n, sizeof(uint32_t));
+    if (m->attstate == NULL || m->attxmin == NULL) {
+        dest_tmeta_clear(m);
+        return wr_err_set(err, WR_ENOMEM, "out of memory reading a schema version");
+    }
+    memcpy(m->attstate, attstate, n + 1);
+    for (size_t a = 0; a < n; a++) {
+        char *end;
+        unsigned long v;
+
+        if (attstate[a] != 'l' && attstate[a] != 'd' && attstate[a] != 'g')
+            goto bad;
+        while (*p == ' ')
+            p++;
+        v = strtoul(p, &end, 10);
+        if (end == p || v > UINT32_MAX)
+            goto bad;
+        m->attxmin[a] = (uint32_t)v;
+        p = end;
+    }
+    m->natts = (uint16_t)n;
+    return 0;
+bad:
+    /* unreadable facts: as if none were recorded (the planner then only trusts an
+     * identical column list) */
+    free(m->attstate);
+    free(m->attxmin);
+    m->attstate = NULL;
+    m->attxmin = NULL;
+    m->natts = 0;
+    return 0;
+}
+
+static int
+sq_get_version(dest_t *base, uint32_t relid, wr_schema_t **schema, dest_tmeta_t *meta,
+               wr_err_t *err)
+{
+    dest_sqlite_t *d = (dest_sqlite_t *)base;
+    sqlite3_stmt *st = NULL;
+    int rc, r;
+
+    *schema = NULL;
+    memset(meta, 0, sizeof(*meta));
+    if ((rc = sq_prepare(d,
+                         "SELECT version_lsn, version_ordinal, relfilenode, attstate, attxmins, "
+                         "nsp, name, columns_json FROM _walrelay_schemas WHERE relid = ?1 "
+                         "ORDER BY version_lsn DESC, version_ordinal DESC LIMIT 1",
+                         &st, err)) < 0)
+        return rc;
+    sqlite3_bind_int64(st, 1, relid);
+    r = sqlite3_step(st);
+    if (r == SQLITE_ROW) {
+        meta->version.commit_lsn = (wr_lsn_t)sqlite3_column_int64(st, 0);
+        meta->version.ordinal = (uint32_t)sqlite3_column_int64(st, 1);
+        meta->relfilenode = (uint32_t)sqlite3_column_int64(st, 2);
+        rc = sq_meta_parse((const char *)sqlite3_column_text(st, 3),
+                           (const char *)sqlite3_column_text(st, 4), meta, err);
+        if (rc == 0)
+            rc = sq_schema_from_json(d, relid, (const char *)sqlite3_column_text(st, 5),
+                                     (const char *)sqlite3_column_text(st, 6),
+                                     (const char *)sqlite3_column_text(st, 7), schema, err);
+        sqlite3_finalize(st);
+        if (rc < 0)
+            dest_tmeta_clear(meta);
+        return rc;
+    }
+    sqlite3_finalize(st);
+    st = NULL;
+    if (r != SQLITE_DONE)
+        return sq_fail(d, err, "reading the schema version of relid %u", (unsigned)relid);
+    /* no version: the table's registration, without catalog facts */
+    if ((rc = sq_prepare(d, "SELECT nsp, name, columns_json FROM _walrelay_tables WHERE relid = ?1",
+                         &st, err)) < 0)
+        return rc;
+    sqlite3_bind_int64(st, 1, relid);
+    r = sqlite3_step(st);
+    if (r == SQLITE_ROW && sqlite3_column_text(st, 2) != NULL)
+        rc = sq_schema_from_json(d, relid, (const char *)sqlite3_column_text(st, 0),
+                                 (const char *)sqlite3_column_text(st, 1),
+                                 (const char *)sqlite3_column_text(st, 2), schema, err);
+    else if (r != SQLITE_ROW && r != SQLITE_DONE)
+        rc = sq_fail(d, err, "reading the registration of relid %u", (unsigned)relid);
+    sqlite3_finalize(st);
+    return rc;
+}
+
+static int
+sq_put_version(dest_t *base, const wr_schema_t *s, const dest_tmeta_t *meta, const char *change,
+               wr_err_t *err)
+{
+    dest_sqlite_t *d = (dest_sqlite_t *)base;
+    int rc;
+
+    if ((rc = sq_need_txn(d, "put_version", err)) < 0)
+        return rc;
+    return sq_version_insert(d, s, meta, change, err);
+}
+
+/* Forgets the in-memory registration of relid (statements of a table about to change). */
+static void
+sq_forget(dest_sqlite_t *d, uint32_t relid)
+{
+    sq_table_t *t = sq_lookup(d, relid);
+
+    if (t != NULL) {
+        sq_unlink(d, t);
+        sq_table_free(t);
+    }
+}
+
+/* Runs one ALTER/DROP statement built in b; frees b. */
+static int
+sq_exec_buf(dest_sqlite_t *d, sq_buf_t *b, const char *table, wr_err_t *err)
+{
+    int rc = 0;
+
+    if (b->oom)
+        rc = wr_err_set(err, WR_ENOMEM, "out of memory altering table \"%s\"", table);
+    else if (sqlite3_exec(d->db, b->p, NULL, NULL, NULL) != SQLITE_OK)
+        rc = sq_fail(d, err, "altering table \"%s\" (%.200s)", table, b->p);
+    free(b->p);
+    memset(b, 0, sizeof(*b));
+    return rc;
+}
+
+/* Binds fill values of the added columns (src -1) as parameters ?(j+1) with column j's
+ * storage class. */
+static int
+sq_bind_fills(dest_sqlite_t *d, const sq_table_t *nt, sqlite3_stmt *st, const dest_alter_t *plan,
+              int only, wr_err_t *err)
+{
+    size_t need = 0;
+    int rc;
+
+    for (int j = 0; j < nt->schema->ncols; j++) {
+        if (plan->src[j] < 0 && (only < 0 || only == j) && plan->fill[j].kind == WR_VAL_TEXT)
+            need += plan->fill[j].len / 2 + 1;
+    }
+    if ((rc = sq_scratch_reserve(d, need, err)) < 0)
+        return rc;
+    for (int j = 0; j < nt->schema->ncols; j++) {
+        if (plan->src[j] >= 0 || (only >= 0 && only != j))
+            continue;
+        if ((rc = sq_bind(d, nt, st, only >= 0 ? 1 : j + 1, j, &plan->fill[j], err)) < 0)
+            return rc;
+    }
+    return 0;
+}
+
+/* Copies the table into a new one created for ns (new key), then replaces it. */
+static int
+sq_rebuild(dest_sqlite_t *d, const wr_schema_t *os, const sq_table_t *nt, const char *dest_name,
+           const dest_alter_t *plan, wr_err_t *err)
+{
+    const wr_schema_t *ns = nt->schema;
+    char tmp[64];
+    sq_buf_t b = {0};
+    sqlite3_stmt *st = NULL;
+    int rc;
+
+    snprintf(tmp, sizeof(tmp), "_walrelay_rebuild_%u", (unsigned)ns->relid);
+    sb_add(&b, "DROP TABLE IF EXISTS ");
+    sb_ident(&b, tmp);
+    if ((rc = sq_exec_buf(d, &b, dest_name, err)) < 0)
+        return rc;
+    if ((rc = sq_create_table(d, ns, tmp, err)) < 0)
+        return rc;
+    sb_add(&b, "INSERT INTO ");
+    sb_ident(&b, tmp);
+    sb_add(&b, " (");
+    for (int j = 0; j < ns->ncols; j++) {
+        if (j)
+            sb_add(&b, ", ");
+        sb_ident(&b, ns->cols[j].name);
+    }
+    sb_add(&b, ") SELECT ");
+    for (int j = 0; j < ns->ncols; j++) {
+        if (j)
+            sb_add(&b, ", ");
+        if (plan->src[j] >= 0)
+            sb_ident(&b, os->cols[plan->src[j]].name);
+        else
+            sb_addf(&b, "?%d", j + 1);
+    }
+    sb_add(&b, " FROM ");
+    sb_ident(&b, dest_name);
+    if (b.oom) {
+        free(b.p);
+        return wr_err_set(err, WR_ENOMEM, "out of memory rebuilding table \"%s\"", dest_name);
+    }
+    rc = sqlite3_prepare_v2(d->db, b.p, -1, &st, NULL) == SQLITE_OK
+             ? 0
+             : sq_fail(d, err, "rebuilding table \"%s\"", dest_name);
+    free(b.p);
+    memset(&b, 0, sizeof(b));
+    if (rc == 0)
+        rc = sq_bind_fills(d, nt, st, plan, -1, err);
+    if (rc == 0 && sqlite3_step(st) != SQLITE_DONE) {
+        bool dup = (sqlite3_extended_errcode(d->db) & 0xff) == SQLITE_CONSTRAINT;
+        char keys[256] = "";
+        size_t off = 0;
+
+        for (int j = 0; j < ns->ncols && off + 8 < sizeof(keys); j++) {
+            int w;
+            if (!sq_in_primary_key(ns, j))
+                continue;
+            w = snprintf(keys + off, sizeof(keys) - off, "%s%s", off ? ", " : "", ns->cols[j].name);
+            off += w > 0 ? (size_t)w : 0;
+        }
+        rc = sq_fail(d, err, "copying table \"%s\" to its new key (%s)", dest_name, keys);
+        if (dup) {
+            err->code = rc = WR_EDATA;
+            wr_err_hint(err, "rows of the destination share a value of the new key: the "
+                             "destination no longer matches the source; resync the table");
+        }
+    }
+    sqlite3_finalize(st);
+    if (rc < 0)
+        return rc;
+    sb_add(&b, "DROP TABLE ");
+    sb_ident(&b, dest_name);
+    if ((rc = sq_exec_buf(d, &b, dest_name, err)) < 0)
+        return rc;
+    sb_add(&b, "ALTER TABLE ");
+    sb_ident(&b, tmp);
+    sb_add(&b, " RENAME TO ");
+    sb_ident(&b, dest_name);
+    return sq_exec_buf(d, &b, dest_name, err);
+}
+
+/* In place: drops, renames (through temporary names, so swaps work), adds with fill. */
+static int
+sq_alter_in_place(dest_sqlite_t *d, const wr_schema_t *os, const sq_table_t *nt,
+                  const char *dest_name, const dest_alter_t *plan, wr_err_t *err)
+{
+    const wr_schema_t *ns = nt->schema;
+    sq_buf_t b = {0};
+    int rc;
+
+    for (int i = 0; i < os->ncols; i++) {
+        bool kept = false;
+
+        for (int j = 0; j < ns->ncols && !kept; j++)
+            kept = plan->src[j] == i;
+        if (kept)
+            continue;
+        sb_add(&b, "ALTER TABLE ");
+        sb_ident(&b, dest_name);
+        sb_add(&b, " DROP COLUMN ");
+        sb_ident(&b, os->cols[i].name);
+        if ((rc = sq_exec_buf(d, &b, dest_name, err)) < 0) {
+            err->code = rc = WR_EUNSUPPORTED;
+            wr_err_hint(err, "something in the destination (an index, a view, a trigger) uses "
+                             "the column: remove it, then resync the table");
+            return rc;
+        }
+    }
+    for (int pass = 0; pass < 2; pass++) {
+        for (int j = 0; j < ns->ncols; j++) {
+            char tmpname[48];
+
+            if (plan->src[j] < 0 || strcmp(os->cols[plan->src[j]].name, ns->cols[j].name) == 0)
+                continue;
+            snprintf(tmpname, sizeof(tmpname), "_walrelay_rename_%d", j);
+            sb_add(&b, "ALTER TABLE ");
+            sb_ident(&b, dest_name);
+            sb_add(&b, " RENAME COLUMN ");
+            sb_ident(&b, pass == 0 ? os->cols[plan->src[j]].name : tmpname);
+            sb_add(&b, " TO ");
+            sb_ident(&b, pass == 0 ? tmpname : ns->cols[j].name);
+            if ((rc = sq_exec_buf(d, &b, dest_name, err)) < 0)
+                return rc;
+        }
+    }
+    for (int j = 0; j < ns->ncols; j++) {
+        sqlite3_stmt *st = NULL;
+
+        if (plan->src[j] >= 0)
+            continue;
+        sb_add(&b, "ALTER TABLE ");
+        sb_ident(&b, dest_name);
+        sb_add(&b, " ADD COLUMN ");
+        sb_ident(&b, ns->cols[j].name);
+        sb_add(&b, " ");
+        sb_add(&b, pgt_sqlite_decl(ns->cols[j].type_oid));
+        if ((rc = sq_exec_buf(d, &b, dest_name, err)) < 0)
+            return rc;
+        if (plan->fill[j].kind == WR_VAL_NULL)
+            continue;
+        /* the rows that existed read the column's missing value in the source */
+        sb_add(&b, "UPDATE ");
+        sb_ident(&b, dest_name);
+        sb_add(&b, " SET ");
+        sb_ident(&b, ns->cols[j].name);
+        sb_add(&b, " = ?1");
+        if (b.oom) {
+            free(b.p);
+            return wr_err_set(err, WR_ENOMEM, "out of memory altering table \"%s\"", dest_name);
+        }
+        rc = sqlite3_prepare_v2(d->db, b.p, -1, &st, NULL) == SQLITE_OK
+                 ? 0
+                 : sq_fail(d, err, "filling column \"%s\" of table \"%s\"", ns->cols[j].name,
+                           dest_name);
+        free(b.p);
+        memset(&b, 0, sizeof(b));
+        if (rc == 0)
+            rc = sq_bind_fills(d, nt, st, plan, j, err);
+        if (rc == 0 && sqlite3_step(st) != SQLITE_DONE)
+            rc = sq_fail(d, err, "filling column \"%s\" of table \"%s\"", ns->cols[j].name,
+                         dest_name);
+        sqlite3_finalize(st);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
+/* Registers ns for relid as the table's current definition (statements prepared),
+ * forgotten again if the transaction rolls back. */
+static int
+sq_register_altered(dest_sqlite_t *d, sq_table_t *nt, wr_err_t *err)
+{
+    int rc;
+
+    sq_forget(d, nt->relid);
+    if ((rc = sq_table_identity(d, nt, err)) < 0 || (rc = sq_table_prepare(d, nt, err)) < 0 ||
+        (rc = sq_record_table(d, nt->schema, nt->dest_name, err)) < 0)
+        return rc;
+    nt->created_in_txn = true;
+    nt->next = d->buckets[nt->relid % SQ_BUCKETS];
+    d->buckets[nt->relid % SQ_BUCKETS] = nt;
+    d->last = nt;
+    return 0;
+}
+
+static int
+sq_alter_table(dest_t *base, const wr_schema_t *os, const wr_schema_t *ns, const dest_alter_t *plan,
+               wr_err_t *err)
+{
+    dest_sqlite_t *d = (dest_sqlite_t *)base;
+    char dest_name[SQ_NAME_MAX], old_name[SQ_NAME_MAX];
+    sq_layout_t l;
+    sq_table_t *nt = NULL;
+    bool in_order = true, rebuild;
+    int rc, last = -1;
+
+    if ((rc = sq_need_txn(d, "alter_table", err)) < 0)
+        return rc;
+    if (os == NULL || ns == NULL || plan == NULL || plan->src == NULL || plan->fill == NULL ||
+        plan->meta == NULL || ns->ncols == 0 || os->relid != ns->relid)
+        return wr_err_set(err, WR_EINVAL, "alter_table without both schemas and a plan");
+    dest_table_name(os->nsp, os->name, old_name, sizeof(old_name));
+    dest_table_name(ns->nsp, ns->name, dest_name, sizeof(dest_name));
+    if (strcmp(old_name, dest_name) != 0)
+        return wr_err_set(err, WR_EINVAL, "alter_table cannot rename table \"%s\" to \"%s\"",
+                          old_name, dest_name);
+    for (int j = 0; j < ns->ncols; j++) {
+        if (plan->src[j] < -1 || plan->src[j] >= os->ncols)
+            return wr_err_set(err, WR_EINVAL, "alter_table: column %d maps to %d of %u", j,
+                              (int)plan->src[j], (unsigned)os->ncols);
+        /* SQLite adds columns at the end: kept columns in order, then the new ones */
+        if (plan->src[j] >= 0 && (plan->src[j] <= last || last == INT32_MAX))
+            in_order = false;
+        if (plan->src[j] >= 0 && last != INT32_MAX)
+            last = plan->src[j];
+        if (plan->src[j] < 0)
+            last = INT32_MAX;
+    }
+    if ((rc = sq_layout_read(d, dest_name, &l, err)) < 0)
+        return rc;
+    rc = 0;
+    if (l.ncols != os->ncols)
+        rc = -1;
+    for (int i = 0; rc == 0 && i < l.ncols; i++)
+        rc = strcmp(l.names[i], os->cols[i].name) == 0 ? 0 : -1;
+    if (rc != 0) {
+        wr_err_set(err, WR_EUNSUPPORTED,
+                   "destination table \"%s\" does not match its recorded schema (%d columns, "
+                   "%u recorded)",
+                   dest_name, l.ncols, (unsigned)os->ncols);
+        wr_err_hint(err, "the destination table was changed outside walrelay; resync the table");
+        sq_layout_free(&l);
+        return WR_EUNSUPPORTED;
+    }
+    rebuild = !in_order || !sq_layout_key_is(&l, ns, plan->src);
+    sq_layout_free(&l);
+    if ((rc = sq_table_new(ns, dest_name, &nt, err)) < 0)
+        return rc;
+    rc = rebuild ? sq_rebuild(d, os, nt, dest_name, plan, err)
+                 : sq_alter_in_place(d, os, nt, dest_name, plan, err);
+    if (rc == 0)
+        rc = sq_register_altered(d, nt, err);
+    if (rc < 0) {
+        /* nt is linked only when sq_register_altered succeeded */
+        sq_table_free(nt);
+        return rc;
+    }
+    return sq_version_insert(d, ns, plan->meta, plan->summary, err);
+}
+
+static int
+sq_reset_table(dest_t *base, const wr_schema_t *s, const dest_tmeta_t *meta, wr_err_t *err)
+{
+    dest_sqlite_t *d = (dest_sqlite_t *)base;
+    char dest_name[SQ_NAME_MAX];
+    sqlite3_stmt *st = NULL;
+    sq_layout_t l;
+    sq_table_t *t;
+    bool same;
+    int rc;
+
+    if ((rc = sq_need_txn(d, "reset_table", err)) < 0)
+        return rc;
+    if (s == NULL || s->name == NULL || s->ncols == 0)
+        return sq_ensure_table(base, s, err); /* its error */
+    dest_table_name(s->nsp, s->name, dest_name, sizeof(dest_name));
+    if ((rc = sq_layout_read(d, dest_name, &l, err)) < 0)
+        return rc;
+    same = l.ncols == s->ncols && sq_layout_key_is(&l, s, NULL);
+    for (int i = 0; same && i < l.ncols; i++)
+        same = strcmp(l.names[i], s->cols[i].name) == 0 &&
+               sqlite3_stricmp(l.decl[i], pgt_sqlite_decl(s->cols[i].type_oid)) == 0;
+    if (l.ncols > 0 && !same && strncmp(dest_name, "_walrelay_", 10) != 0) {
+        sq_buf_t b = {0};
+
+        sq_forget(d, s->relid);
+        sb_add(&b, "DROP TABLE ");
+        sb_ident(&b, dest_name);
+        if ((rc = sq_exec_buf(d, &b, dest_name, err)) < 0) {
+            sq_layout_free(&l);
+            return rc;
+        }
+    }
+    sq_layout_free(&l);
+    if ((rc = sq_ensure_table(base, s, err)) < 0 || (rc = sq_get_table(d, s->relid, &t, err)) < 0 ||
+        (rc = sq_truncate(d, t, err)) < 0)
+        return rc;
+    if (meta == NULL)
+        return 0;
+    if ((rc = sq_prepare(d, "DELETE FROM _walrelay_schemas WHERE relid = ?1", &st, err)) < 0)
+        return rc;
+    sqlite3_bind_int64(st, 1, s->relid);
+    rc = sqlite3_step(st) == SQLITE_DONE
+             ? 0
+             : sq_fail(d, err, "forgetting the schema versions of \"%s\"", dest_name);
+    sqlite3_finalize(st);
+    if (rc < 0)
+        return rc;
+    return sq_version_insert(d, s, meta, "copy", err);
+}
+
 /* ---- open and close ----------------------------------------------------------------- */
 
 static void
@@ -1359,6 +2212,14 @@ sq_open(const wr_config_t *cfg, dest_t **out, wr_err_t *err)
                       "CREATE TABLE IF NOT EXISTS _walrelay_tables ("
                       "relid INTEGER PRIMARY KEY, nsp TEXT NOT NULL, name TEXT NOT NULL, "
                       "dest_name TEXT NOT NULL, columns_json TEXT, updated_at TEXT)",
+                      err)) < 0 ||
+        (rc = sq_exec(d,
+                      "CREATE TABLE IF NOT EXISTS _walrelay_schemas ("
+                      "relid INTEGER NOT NULL, version_lsn INTEGER NOT NULL, "
+                      "version_ordinal INTEGER NOT NULL, nsp TEXT NOT NULL, name TEXT NOT NULL, "
+                      "columns_json TEXT NOT NULL, relfilenode INTEGER NOT NULL, "
+                      "attstate TEXT NOT NULL, attxmins TEXT NOT NULL, change TEXT, "
+                      "recorded_at TEXT, PRIMARY KEY (relid, version_lsn, version_ordinal))",
                       err)) < 0)
         goto fail;
     if ((rc = sq_prepare(d, "BEGIN IMMEDIATE", &d->st_begin, err)) < 0 ||
@@ -1397,4 +2258,8 @@ const dest_ops_t dest_sqlite_ops = {
     .clear_key = sq_clear_key,
     .count_rows = sq_count_rows,
     .close = sq_close,
+    .get_version = sq_get_version,
+    .put_version = sq_put_version,
+    .alter_table = sq_alter_table,
+    .reset_table = sq_reset_table,
 };

@@ -667,11 +667,270 @@ test_no_key_table(void)
     CHECK_INT_EQ(ins(d, 17, r, 2, &err), 0); /* no key: duplicates are legal */
     CHECK_INT_EQ(one_event(d, &upd, &err), WR_EUNSUPPORTED);
     CHECK_CONTAINS(err.msg, "\"nokey\"");
-    CHECK_STR_EQ(err.hint, "give the table a primary key, or REPLICA IDENTITY FULL support arrives "
-                           "in a later release");
+    CHECK_STR_EQ(err.hint, "give the source table a primary key or run ALTER TABLE ... REPLICA "
+                           "IDENTITY FULL, then resync the table");
     CHECK_INT_EQ(one_event(d, &del, &err), WR_EUNSUPPORTED);
     CHECK_INT_EQ(one_event(d, &tr, &err), 0);
     CHECK_INT_EQ(d->ops->count_rows(d, 17), 0);
+    d->ops->close(d);
+    wr_schema_free(s);
+}
+
+/* Runs sql on an independent connection and returns every row as "a|b;c|d" (NULL as
+ * "N"), ordered as the query says. */
+static const char *
+qall(const char *sql)
+{
+    static char buf[4096];
+    size_t off = 0;
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+
+    buf[0] = '\0';
+    if (sqlite3_open_v2(dbpath, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
+        snprintf(buf, sizeof(buf), "(error: %s)", db ? sqlite3_errmsg(db) : "open");
+    } else {
+        while (sqlite3_step(st) == SQLITE_ROW && off < sizeof(buf) - 64) {
+            for (int i = 0; i < sqlite3_column_count(st); i++) {
+                const unsigned char *t = sqlite3_column_text(st, i);
+                int n = snprintf(buf + off, sizeof(buf) - off, "%s%s", i ? "|" : (off ? ";" : ""),
+                                 t ? (const char *)t : "N");
+                off += n > 0 ? (size_t)n : 0;
+            }
+        }
+    }
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return buf;
+}
+
+/* A table without a primary key under REPLICA IDENTITY FULL, registered as the apply
+ * worker does (from a Relation message: every column flagged): no PRIMARY KEY, duplicate
+ * rows allowed, UPDATE/DELETE change exactly one row matching every old value, NULLs
+ * included. */
+static void
+test_keyless_full(void)
+{
+    static const colspec_t cols[] = {
+        {"a", PGT_INT4, true}, {"b", PGT_TEXT, true}, {"f", PGT_FLOAT8, true}};
+    dest_t *d = open_new();
+    wr_schema_t *s = mk_schema(30, "public", "kl", cols, 3);
+    wr_err_t err = {0};
+    wr_val_t dup[3] = {TV("1"), TV("x"), TV("0.5")}, withnull[3] = {TV("2"), NV, NV},
+             newv[3] = {TV("1"), TV("y"), TV("NaN")}, nanrow[3] = {TV("1"), TV("y"), TV("NaN")},
+             gone[3] = {TV("9"), TV("x"), NV}, toast_new[3] = {TV("3"), UV, TV("1")},
+             nullnew[3] = {TV("2"), TV("set"), NV};
+    wr_row_t orow = {3, dup}, nrow = {3, newv};
+    dest_event_t upd = {
+        .kind = DEST_EV_UPDATE, .relid = 30, .old_kind = 'O', .old_row = &orow, .new_row = &nrow};
+    dest_event_t del = {.kind = DEST_EV_DELETE, .relid = 30, .old_kind = 'O', .old_row = &orow};
+
+    s->replident = 'f';
+    for (int i = 0; i < 3; i++)
+        s->cols[i].not_null = false;
+    CHECK_INT_EQ(ensure(d, s, &err), 0);
+    CHECK_STR_EQ(q1("SELECT sum(pk) FROM pragma_table_info('kl')"), "0");
+    CHECK_INT_EQ(ins(d, 30, dup, 3, &err), 0);
+    CHECK_INT_EQ(ins(d, 30, dup, 3, &err), 0);
+    CHECK_INT_EQ(ins(d, 30, dup, 3, &err), 0);
+    CHECK_INT_EQ(ins(d, 30, withnull, 3, &err), 0);
+    CHECK_INT_EQ(d->ops->count_rows(d, 30), 4);
+
+    /* one of three identical rows changes */
+    CHECK_INT_EQ(one_event(d, &upd, &err), 0);
+    CHECK_STR_EQ(qall("SELECT a, b, f, count(*) FROM kl GROUP BY 1, 2, 3 ORDER BY 1, 2"),
+                 "1|x|0.5|2;1|y|NaN|1;2|N|N|1");
+    /* one of the two left is deleted */
+    CHECK_INT_EQ(one_event(d, &del, &err), 0);
+    CHECK_STR_EQ(qall("SELECT a, b, f, count(*) FROM kl GROUP BY 1, 2, 3 ORDER BY 1, 2"),
+                 "1|x|0.5|1;1|y|NaN|1;2|N|N|1");
+    /* a row with NULLs and a NaN (stored as text) is found by IS */
+    orow.vals = withnull;
+    nrow.vals = nullnew;
+    CHECK_INT_EQ(one_event(d, &upd, &err), 0);
+    orow.vals = nanrow;
+    CHECK_INT_EQ(one_event(d, &del, &err), 0);
+    CHECK_STR_EQ(qall("SELECT a, b, f FROM kl ORDER BY 1, 2"), "1|x|0.5;2|set|N");
+    /* an old row that matches nothing is a divergence */
+    orow.vals = gone;
+    CHECK_INT_EQ(one_event(d, &del, &err), WR_EDATA);
+    CHECK_CONTAINS(err.msg, "delete of table \"kl\" matched no row for key (a, b, f)=(9, x, NULL)");
+    /* unchanged TOAST in the new row keeps the destination's value */
+    {
+        wr_val_t big[3] = {TV("3"), TV("a big value"), TV("1")};
+
+        CHECK_INT_EQ(ins(d, 30, big, 3, &err), 0);
+        orow.vals = big;
+        nrow.vals = toast_new;
+        CHECK_INT_EQ(one_event(d, &upd, &err), 0);
+        CHECK_STR_EQ(qall("SELECT a, b, f FROM kl WHERE a = 3"), "3|a big value|1.0");
+    }
+    /* without the old row there is nothing to match on */
+    upd.old_kind = 0;
+    upd.old_row = NULL;
+    CHECK_INT_EQ(one_event(d, &upd, &err), WR_EUNSUPPORTED);
+    CHECK_CONTAINS(err.msg, "no key columns and the change carries no old row");
+    CHECK_CONTAINS(err.hint, "REPLICA IDENTITY FULL");
+    /* nor with an unchanged value in the old row */
+    {
+        wr_val_t oldu[3] = {TV("3"), UV, TV("1")};
+
+        orow.vals = oldu;
+        CHECK_INT_EQ(one_event(d, &del, &err), WR_EDATA);
+        CHECK_CONTAINS(err.msg, "(unchanged toast)");
+    }
+    CHECK_INT_EQ(d->ops->count_rows(d, 30), 3);
+    d->ops->close(d);
+    wr_schema_free(s);
+}
+
+/* Keyless FULL table with a column called rowid: rows are addressed as _rowid_. */
+static void
+test_keyless_full_rowid_column(void)
+{
+    static const colspec_t cols[] = {{"rowid", PGT_INT4, true}, {"v", PGT_TEXT, true}};
+    static const colspec_t all3[] = {
+        {"rowid", PGT_INT4, true}, {"_rowid_", PGT_TEXT, true}, {"oid", PGT_TEXT, true}};
+    dest_t *d = open_new();
+    wr_schema_t *s = mk_schema(31, "public", "rid", cols, 2);
+    wr_schema_t *s3 = mk_schema(32, "public", "rid3", all3, 3);
+    wr_err_t err = {0};
+    wr_val_t r1[2] = {TV("7"), TV("a")}, r2[2] = {TV("7"), TV("b")};
+    wr_row_t orow = {2, r1}, nrow = {2, r2};
+    dest_event_t upd = {
+        .kind = DEST_EV_UPDATE, .relid = 31, .old_kind = 'O', .old_row = &orow, .new_row = &nrow};
+
+    s->replident = 'f';
+    s3->replident = 'f';
+    CHECK_INT_EQ(ensure(d, s, &err), 0);
+    CHECK_INT_EQ(ins(d, 31, r1, 2, &err), 0);
+    CHECK_INT_EQ(ins(d, 31, r1, 2, &err), 0);
+    CHECK_INT_EQ(one_event(d, &upd, &err), 0);
+    CHECK_STR_EQ(qall("SELECT rowid, v FROM rid ORDER BY v"), "7|a;7|b");
+    CHECK_INT_EQ(ensure(d, s3, &err), WR_EUNSUPPORTED);
+    CHECK_CONTAINS(err.msg, "rowid, _rowid_ and oid");
+    d->ops->close(d);
+    wr_schema_free(s);
+    wr_schema_free(s3);
+}
+
+/* FULL with a primary key: the sync worker creates the table from the copy schema (key =
+ * the primary key), the apply worker registers the Relation schema (every column
+ * flagged). Rows are matched by the table's PRIMARY KEY from the old row. */
+static void
+test_full_with_primary_key(void)
+{
+    static const colspec_t copy_cols[] = {
+        {"id", PGT_INT4, true}, {"v", PGT_TEXT, false}, {"n", PGT_INT4, false}};
+    dest_t *d = open_new();
+    wr_schema_t *copy = mk_schema(33, "public", "fpk", copy_cols, 3);
+    wr_schema_t *rel = mk_schema(33, "public", "fpk", copy_cols, 3);
+    wr_err_t err = {0};
+    wr_val_t r[3] = {TV("1"), TV("one"), NV}, oldr[3] = {TV("1"), TV("stale"), TV("5")},
+             nv[3] = {TV("2"), UV, TV("6")};
+    wr_row_t orow = {3, oldr}, nrow = {3, nv};
+    dest_event_t upd = {
+        .kind = DEST_EV_UPDATE, .relid = 33, .old_kind = 'O', .old_row = &orow, .new_row = &nrow};
+
+    copy->replident = 'f';
+    rel->replident = 'f';
+    for (int i = 0; i < 3; i++)
+        rel->cols[i].is_key = true;
+    CHECK_INT_EQ(ensure(d, copy, &err), 0);
+    CHECK_STR_EQ(qall("SELECT name FROM pragma_table_info('fpk') WHERE pk > 0"), "id");
+    CHECK_INT_EQ(ins(d, 33, r, 3, &err), 0);
+    CHECK_INT_EQ(ensure(d, rel, &err), 0);
+    /* the primary key stays, the table is not re-created */
+    CHECK_STR_EQ(qall("SELECT name FROM pragma_table_info('fpk') WHERE pk > 0"), "id");
+    CHECK_INT_EQ(one_event(d, &upd, &err), 0);
+    CHECK_STR_EQ(qall("SELECT id, v, n FROM fpk"), "2|one|6");
+    /* a duplicate key is still refused */
+    CHECK_INT_EQ(ins(d, 33, r, 3, &err), 0);
+    CHECK_INT_EQ(ins(d, 33, r, 3, &err), WR_EDATA);
+    d->ops->close(d);
+    wr_schema_free(copy);
+    wr_schema_free(rel);
+}
+
+/* REPLICA IDENTITY USING INDEX on (code) while the primary key is (id): the table keeps
+ * PRIMARY KEY (id) from the copy; changes match on code, from the old key or, when code
+ * did not change, from the new row (even if id changed). */
+static void
+test_identity_index(void)
+{
+    static const colspec_t copy_cols[] = {
+        {"id", PGT_INT4, true}, {"code", PGT_TEXT, false}, {"v", PGT_TEXT, false}};
+    static const colspec_t rel_cols[] = {
+        {"id", PGT_INT4, false}, {"code", PGT_TEXT, true}, {"v", PGT_TEXT, false}};
+    dest_t *d = open_new();
+    wr_schema_t *copy = mk_schema(34, "public", "ri", copy_cols, 3);
+    wr_schema_t *rel = mk_schema(34, "public", "ri", rel_cols, 3);
+    wr_err_t err = {0};
+    wr_val_t r[3] = {TV("1"), TV("A"), TV("x")}, r2[3] = {TV("2"), TV("B"), TV("y")},
+             idchg[3] = {TV("10"), TV("A"), TV("x2")}, oldk[3] = {NV, TV("B"), NV},
+             codechg[3] = {TV("2"), TV("C"), TV("y2")};
+    wr_row_t nrow = {3, idchg}, orow = {3, oldk};
+    dest_event_t upd = {.kind = DEST_EV_UPDATE, .relid = 34, .new_row = &nrow};
+    dest_event_t del = {.kind = DEST_EV_DELETE, .relid = 34, .old_kind = 'K', .old_row = &orow};
+
+    copy->replident = 'i';
+    rel->replident = 'i';
+    CHECK_INT_EQ(ensure(d, copy, &err), 0);
+    CHECK_INT_EQ(ins(d, 34, r, 3, &err), 0);
+    CHECK_INT_EQ(ins(d, 34, r2, 3, &err), 0);
+    CHECK_INT_EQ(ensure(d, rel, &err), 0);
+    CHECK_STR_EQ(qall("SELECT name FROM pragma_table_info('ri') WHERE pk > 0"), "id");
+    /* id changes, code does not: no old key, matched by code from the new row */
+    CHECK_INT_EQ(one_event(d, &upd, &err), 0);
+    /* code changes: matched by the old key */
+    upd.old_kind = 'K';
+    upd.old_row = &orow;
+    nrow.vals = codechg;
+    CHECK_INT_EQ(one_event(d, &upd, &err), 0);
+    CHECK_STR_EQ(qall("SELECT id, code, v FROM ri ORDER BY id"), "2|C|y2;10|A|x2");
+    oldk[1] = TV("C");
+    CHECK_INT_EQ(one_event(d, &del, &err), 0);
+    CHECK_STR_EQ(qall("SELECT id, code, v FROM ri ORDER BY id"), "10|A|x2");
+    d->ops->close(d);
+    wr_schema_free(copy);
+    wr_schema_free(rel);
+}
+
+/* Float forms: the REAL is the double nearest to PostgreSQL's shortest text (float4
+ * "0.1" is 0.1, not 0.100000001490116), extremes survive, -0 reads back as 0.0 (SQLite
+ * stores integral REALs as integers), int8 extremes are exact. */
+static void
+test_float_and_int_forms(void)
+{
+    static const colspec_t cols[] = {{"id", PGT_INT8, true},
+                                     {"f4", PGT_FLOAT4, false},
+                                     {"f8", PGT_FLOAT8, false},
+                                     {"o", PGT_OID, false}};
+    dest_t *d = open_new();
+    wr_schema_t *s = mk_schema(35, "public", "fl", cols, 4);
+    wr_err_t err = {0};
+    wr_val_t r1[4] = {TV("9223372036854775807"), TV("0.1"), TV("1.7976931348623157e+308"),
+                      TV("4294967295")};
+    wr_val_t r2[4] = {TV("-9223372036854775808"), TV("-0"), TV("5e-324"), TV("0")};
+    wr_val_t r3[4] = {TV("1"), TV("3.4028235e+38"), TV("-0"), NV};
+    wr_val_t bad[4] = {TV("9223372036854775808"), NV, NV, NV};
+
+    CHECK_INT_EQ(ensure(d, s, &err), 0);
+    CHECK_INT_EQ(ins(d, 35, r1, 4, &err), 0);
+    CHECK_INT_EQ(ins(d, 35, r2, 4, &err), 0);
+    CHECK_INT_EQ(ins(d, 35, r3, 4, &err), 0);
+    CHECK_STR_EQ(qall("SELECT id, typeof(f4), f4 = 0.1, typeof(f8), f8 = 1.7976931348623157e308, "
+                      "o FROM fl WHERE id > 1"),
+                 "9223372036854775807|real|1|real|1|4294967295");
+    CHECK_STR_EQ(
+        qall("SELECT id, typeof(f4), f4, f8 = 4.9406564584124654e-324 FROM fl WHERE id < 0"),
+        "-9223372036854775808|real|0.0|1");
+    CHECK_STR_EQ(qall("SELECT typeof(f4), f4 = 3.4028235e38, "
+                      "typeof(f8), f8 FROM fl WHERE id = 1"),
+                 "real|1|real|0.0");
+    CHECK_INT_EQ(ins(d, 35, bad, 4, &err), WR_EDATA);
+    CHECK_CONTAINS(err.msg, "9223372036854775808");
     d->ops->close(d);
     wr_schema_free(s);
 }
@@ -834,6 +1093,509 @@ cleanup(void)
     rmdir(tmpdir);
 }
 
+/* ---- schema changes (issue 3): the planner, versions, alter_table, reset_table ---- */
+
+/* Runs sql on an independent read-write connection; returns SQLite's result code. */
+static int
+qexec(const char *sql)
+{
+    sqlite3 *db = NULL;
+    int rc = sqlite3_open_v2(dbpath, &db, SQLITE_OPEN_READWRITE, NULL);
+
+    if (rc == SQLITE_OK)
+        rc = sqlite3_exec(db, sql, NULL, NULL, NULL);
+    sqlite3_close(db);
+    return rc;
+}
+
+/* Catalog facts: attstate by attnum, every xmin = xmin, relfilenode. */
+static void
+mk_meta(dest_tmeta_t *m, const char *attstate, uint32_t xmin, uint32_t relfilenode)
+{
+    memset(m, 0, sizeof(*m));
+    m->natts = (uint16_t)strlen(attstate);
+    m->attstate = wr_strdup(attstate);
+    m->attxmin = calloc(m->natts ? m->natts : 1, sizeof(uint32_t));
+    if (m->attstate == NULL || m->attxmin == NULL)
+        abort();
+    for (uint16_t a = 0; a < m->natts; a++)
+        m->attxmin[a] = xmin;
+    m->relfilenode = relfilenode;
+}
+
+/* A catalog view: schema from cols, facts from attstate. */
+static void
+mk_cat(dest_catalog_t *c, const colspec_t *cols, uint16_t n, const char *attstate, uint32_t xmin,
+       uint32_t relfilenode)
+{
+    memset(c, 0, sizeof(*c));
+    c->schema = mk_schema(40, "public", "t", cols, n);
+    c->missing = calloc(n ? n : 1, sizeof(char *));
+    c->relflags = calloc(n ? n : 1, 1);
+    if (c->missing == NULL || c->relflags == NULL)
+        abort();
+    for (uint16_t i = 0; i < n; i++)
+        c->relflags[i] = cols[i].key;
+    c->relkind = 'r';
+    mk_meta(&c->meta, attstate, xmin, relfilenode);
+}
+
+static const colspec_t ddl_d_cols[] = {
+    {"id", PGT_INT4, true}, {"a", PGT_INT4, false}, {"b", PGT_TEXT, false}};
+
+/* Plans D (id, a, b; attnums 1..3, xmin 100, relfilenode 5) against cat; returns the
+ * action and leaves the plan in *p (caller frees). */
+static dest_ddl_action_t
+plan_vs(dest_catalog_t *cat, dest_ddl_plan_t *p)
+{
+    wr_schema_t *ds = mk_schema(40, "public", "t", ddl_d_cols, 3);
+    dest_tmeta_t dm;
+    wr_err_t err = {0};
+
+    mk_meta(&dm, "lll", 100, 5);
+    CHECK_INT_EQ(dest_ddl_plan(ds, &dm, cat, p, &err), 0);
+    dest_tmeta_clear(&dm);
+    wr_schema_free(ds);
+    return p->action;
+}
+
+static void
+test_ddl_plan_rules(void)
+{
+    static const colspec_t same[] = {
+        {"id", PGT_INT4, true}, {"a", PGT_INT4, false}, {"b", PGT_TEXT, false}};
+    static const colspec_t add[] = {{"id", PGT_INT4, true},
+                                    {"a", PGT_INT4, false},
+                                    {"b", PGT_TEXT, false},
+                                    {"c", PGT_INT4, false}};
+    static const colspec_t dropped[] = {{"id", PGT_INT4, true}, {"a", PGT_INT4, false}};
+    static const colspec_t renamed[] = {
+        {"id", PGT_INT4, true}, {"a", PGT_INT4, false}, {"b2", PGT_TEXT, false}};
+    static const colspec_t dropadd[] = {
+        {"id", PGT_INT4, true}, {"a", PGT_INT4, false}, {"c", PGT_TEXT, false}};
+    static const colspec_t retyped[] = {
+        {"id", PGT_INT4, true}, {"a", PGT_INT8, false}, {"b", PGT_TEXT, false}};
+    static const colspec_t rekeyed[] = {
+        {"id", PGT_INT4, true}, {"a", PGT_INT4, true}, {"b", PGT_TEXT, false}};
+    dest_catalog_t c;
+    dest_ddl_plan_t p;
+    wr_err_t err = {0};
+
+    /* nothing changed */
+    mk_cat(&c, same, 3, "lll", 100, 5);
+    CHECK_INT_EQ(plan_vs(&c, &p), DEST_DDL_NONE);
+    dest_ddl_plan_free(&p);
+    dest_catalog_clear(&c);
+    /* truncated (new relfilenode), same columns: a new version of the facts */
+    mk_cat(&c, same, 3, "lll", 100, 6);
+    CHECK_INT_EQ(plan_vs(&c, &p), DEST_DDL_REFRESH);
+    CHECK_CONTAINS(p.summary, "relfilenode 5 to 6");
+    dest_ddl_plan_free(&p);
+    dest_catalog_clear(&c);
+    /* ADD COLUMN without default: the rows that existed get NULL */
+    mk_cat(&c, add, 4, "llll", 100, 5);
+    CHECK_INT_EQ(plan_vs(&c, &p), DEST_DDL_FOLLOW);
+    CHECK_INT_EQ(p.src[0], 0);
+    CHECK_INT_EQ(p.src[2], 2);
+    CHECK_INT_EQ(p.src[3], -1);
+    CHECK_INT_EQ(p.fill[3].kind, WR_VAL_NULL);
+    CHECK(!p.key_changed);
+    CHECK_STR_EQ(p.summary, "add column \"c\" (rows before it: NULL)");
+    dest_ddl_plan_free(&p);
+    /* ... with a constant default: they read attmissingval */
+    c.missing[3] = wr_strdup("5");
+    CHECK_INT_EQ(plan_vs(&c, &p), DEST_DDL_FOLLOW);
+    CHECK_INT_EQ(p.fill[3].kind, WR_VAL_TEXT);
+    CHECK_INT_EQ(p.fill[3].len, 1);
+    CHECK(p.fill[3].data != NULL && p.fill[3].data[0] == '5');
+    dest_ddl_plan_free(&p);
+    dest_catalog_clear(&c);
+    /* ... with a volatile default: rewritten (new relfilenode), no missing value */
+    mk_cat(&c, add, 4, "llll", 100, 9);
+    CHECK_INT_EQ(plan_vs(&c, &p), DEST_DDL_RECOPY);
+    CHECK_CONTAINS(p.summary, "column \"c\" was added while the table was rewritten");
+    dest_ddl_plan_free(&p);
+    dest_catalog_clear(&c);
+    /* DROP COLUMN */
+    mk_cat(&c, dropped, 2, "lld", 100, 5);
+    CHECK_INT_EQ(plan_vs(&c, &p), DEST_DDL_FOLLOW);
+    CHECK_INT_EQ(p.src[0], 0);
+    CHECK_INT_EQ(p.src[1], 1);
+    CHECK_STR_EQ(p.summary, "drop column \"b\"");
+    dest_ddl_plan_free(&p);
+    dest_catalog_clear(&c);
+    /* RENAME COLUMN: same attnum (its xmin changed) */
+    mk_cat(&c, renamed, 3, "lll", 100, 5);
+    c.meta.attxmin[2] = 200;
+    CHECK_INT_EQ(plan_vs(&c, &p), DEST_DDL_FOLLOW);
+    CHECK_INT_EQ(p.src[2], 2);
+    CHECK_CONTAINS(p.summary, "rename column \"b\" to \"b2\"");
+    dest_ddl_plan_free(&p);
+    dest_catalog_clear(&c);
+    /* DROP b + ADD c of the same type: looks like a rename in the stream, never taken
+     * for one */
+    mk_cat(&c, dropadd, 3, "lldl", 100, 5);
+    CHECK_INT_EQ(plan_vs(&c, &p), DEST_DDL_RECOPY);
+    CHECK_CONTAINS(p.summary, "dropped (\"b\") and added (\"c\")");
+    dest_ddl_plan_free(&p);
+    dest_catalog_clear(&c);
+    /* a column added and dropped again since, plus an add: the same doubt */
+    mk_cat(&c, add, 4, "llldl", 100, 5);
+    CHECK_INT_EQ(plan_vs(&c, &p), DEST_DDL_RECOPY);
+    dest_ddl_plan_free(&p);
+    dest_catalog_clear(&c);
+    /* a type change */
+    mk_cat(&c, retyped, 3, "lll", 100, 7);
+    CHECK_INT_EQ(plan_vs(&c, &p), DEST_DDL_RECOPY);
+    CHECK_CONTAINS(p.summary, "column \"a\" changed type (type 23 typmod -1 to type 20");
+    dest_ddl_plan_free(&p);
+    dest_catalog_clear(&c);
+    /* a type changed and back: same columns, but rewritten and the column's row changed */
+    mk_cat(&c, same, 3, "lll", 100, 7);
+    c.meta.attxmin[1] = 300;
+    CHECK_INT_EQ(plan_vs(&c, &p), DEST_DDL_RECOPY);
+    CHECK_CONTAINS(p.summary, "rewritten and column \"a\" was altered");
+    dest_ddl_plan_free(&p);
+    /* ... the same row change without a rewrite (SET NOT NULL): a refresh */
+    c.meta.relfilenode = 5;
+    CHECK_INT_EQ(plan_vs(&c, &p), DEST_DDL_REFRESH);
+    dest_ddl_plan_free(&p);
+    dest_catalog_clear(&c);
+    /* a new primary key */
+    mk_cat(&c, rekeyed, 3, "lll", 100, 5);
+    CHECK_INT_EQ(plan_vs(&c, &p), DEST_DDL_FOLLOW);
+    CHECK(p.key_changed);
+    CHECK_STR_EQ(p.summary, "key (\"id\") to (\"id\", \"a\")");
+    dest_ddl_plan_free(&p);
+    dest_catalog_clear(&c);
+    /* a generated column turned normal: its values are not in the stream */
+    mk_cat(&c, same, 3, "lll", 100, 5);
+    {
+        wr_schema_t *ds = mk_schema(40, "public", "t", ddl_d_cols, 2);
+        dest_tmeta_t dm;
+
+        mk_meta(&dm, "llg", 100, 5);
+        CHECK_INT_EQ(dest_ddl_plan(ds, &dm, &c, &p, &err), 0);
+        CHECK_INT_EQ(p.action, DEST_DDL_RECOPY);
+        CHECK_CONTAINS(p.summary, "no longer generated");
+        dest_ddl_plan_free(&p);
+        /* no facts recorded (older registration): identical columns only */
+        dest_tmeta_clear(&dm);
+        CHECK_INT_EQ(dest_ddl_plan(ds, &dm, &c, &p, &err), 0);
+        CHECK_INT_EQ(p.action, DEST_DDL_RECOPY);
+        dest_ddl_plan_free(&p);
+        wr_schema_free(ds);
+        ds = mk_schema(40, "public", "t", ddl_d_cols, 3);
+        CHECK_INT_EQ(dest_ddl_plan(ds, &dm, &c, &p, &err), 0);
+        CHECK_INT_EQ(p.action, DEST_DDL_REFRESH);
+        dest_ddl_plan_free(&p);
+        /* no schema at all */
+        CHECK_INT_EQ(dest_ddl_plan(NULL, &dm, &c, &p, &err), 0);
+        CHECK_INT_EQ(p.action, DEST_DDL_REFRESH);
+        dest_ddl_plan_free(&p);
+        /* a renamed table */
+        free(ds->name);
+        ds->name = wr_strdup("old");
+        mk_meta(&dm, "lll", 100, 5);
+        CHECK_INT_EQ(dest_ddl_plan(ds, &dm, &c, &p, &err), 0);
+        CHECK_INT_EQ(p.action, DEST_DDL_RECOPY);
+        CHECK_CONTAINS(p.summary, "\"public.old\" was renamed to \"public.t\"");
+        dest_ddl_plan_free(&p);
+        dest_tmeta_clear(&dm);
+        wr_schema_free(ds);
+    }
+    dest_catalog_clear(&c);
+    /* an added column of a partitioned table */
+    mk_cat(&c, add, 4, "llll", 100, 0);
+    c.relkind = 'p';
+    {
+        wr_schema_t *ds = mk_schema(40, "public", "t", ddl_d_cols, 3);
+        dest_tmeta_t dm;
+
+        mk_meta(&dm, "lll", 100, 0);
+        CHECK_INT_EQ(dest_ddl_plan(ds, &dm, &c, &p, &err), 0);
+        CHECK_INT_EQ(p.action, DEST_DDL_RECOPY);
+        CHECK_CONTAINS(p.summary, "partitioned");
+        dest_ddl_plan_free(&p);
+        dest_tmeta_clear(&dm);
+        wr_schema_free(ds);
+    }
+    dest_catalog_clear(&c);
+}
+
+static void
+test_ddl_relation_matches(void)
+{
+    static const colspec_t cols[] = {{"id", PGT_INT4, true}, {"a", PGT_INT4, false}};
+    dest_catalog_t c;
+    wr_schema_t *r = mk_schema(40, "public", "t", cols, 2);
+    char why[256];
+
+    mk_cat(&c, cols, 2, "ll", 1, 1);
+    CHECK(dest_ddl_relation_matches(r, &c, why, sizeof(why)));
+    r->cols[1].typmod = 7;
+    CHECK(!dest_ddl_relation_matches(r, &c, why, sizeof(why)));
+    CHECK_STR_EQ(why, "column \"a\" has type 23 (typmod -1) now, type 23 (typmod 7) in the stream");
+    r->cols[1].typmod = -1;
+    r->cols[1].is_key = true; /* e.g. REPLICA IDENTITY FULL in the stream, DEFAULT now */
+    CHECK(!dest_ddl_relation_matches(r, &c, why, sizeof(why)));
+    CHECK_CONTAINS(why, "replica identity of column \"a\"");
+    r->cols[1].is_key = false;
+    r->replident = 'f';
+    CHECK(!dest_ddl_relation_matches(r, &c, why, sizeof(why)));
+    CHECK_STR_EQ(why, "replica identity is 'd' now, 'f' in the stream");
+    wr_schema_free(r);
+    dest_catalog_clear(&c);
+}
+
+/* Versions: reset_table records the copy's, put_version appends, get_version returns the
+ * newest; a table registered without facts comes back with natts 0. */
+static void
+test_schema_versions(void)
+{
+    static const colspec_t cols[] = {{"id", PGT_INT4, true}, {"t", PGT_TEXT, false}};
+    dest_t *d = open_new();
+    wr_schema_t *s = mk_schema(41, "public", "v", cols, 2), *got = NULL;
+    dest_tmeta_t m, gm;
+    wr_err_t err = {0};
+
+    /* unknown relid */
+    CHECK_INT_EQ(d->ops->get_version(d, 41, &got, &gm, &err), 0);
+    CHECK(got == NULL);
+    /* registered by ensure_table only: schema, no facts */
+    CHECK_INT_EQ(ensure(d, s, &err), 0);
+    CHECK_INT_EQ(d->ops->get_version(d, 41, &got, &gm, &err), 0);
+    CHECK(got != NULL && wr_schema_equal(got, s));
+    CHECK_INT_EQ(gm.natts, 0);
+    wr_schema_free(got);
+    dest_tmeta_clear(&gm);
+    /* the copy's version */
+    mk_meta(&m, "ldl", 777, 12345);
+    m.attxmin[1] = 4000000000u;
+    m.version.commit_lsn = 0x100000010ull;
+    CHECK_INT_EQ(d->ops->begin(d, &err), 0);
+    CHECK_INT_EQ(d->ops->reset_table(d, s, &m, &err), 0);
+    CHECK_INT_EQ(d->ops->commit(d, NULL, NULL, &err), 0);
+    CHECK_INT_EQ(d->ops->get_version(d, 41, &got, &gm, &err), 0);
+    CHECK(got != NULL && wr_schema_equal(got, s));
+    CHECK_U64_EQ(gm.version.commit_lsn, 0x100000010ull);
+    CHECK_INT_EQ(gm.version.ordinal, 0);
+    CHECK_INT_EQ(gm.natts, 3);
+    CHECK_STR_EQ(gm.attstate, "ldl");
+    CHECK_U64_EQ(gm.attxmin[1], 4000000000u);
+    CHECK_U64_EQ(gm.relfilenode, 12345);
+    wr_schema_free(got);
+    dest_tmeta_clear(&gm);
+    CHECK_STR_EQ(q1("SELECT change FROM _walrelay_schemas WHERE relid = 41"), "copy");
+    /* a newer version; an older one recorded later does not win */
+    m.version.commit_lsn = 0x200000000ull;
+    m.version.ordinal = 3;
+    m.relfilenode = 99;
+    CHECK_INT_EQ(d->ops->begin(d, &err), 0);
+    CHECK_INT_EQ(d->ops->put_version(d, s, &m, "refresh", &err), 0);
+    m.version.commit_lsn = 0x180000000ull;
+    m.relfilenode = 55;
+    CHECK_INT_EQ(d->ops->put_version(d, s, &m, "older", &err), 0);
+    CHECK_INT_EQ(d->ops->commit(d, NULL, NULL, &err), 0);
+    CHECK_INT_EQ(d->ops->get_version(d, 41, &got, &gm, &err), 0);
+    CHECK_U64_EQ(gm.version.commit_lsn, 0x200000000ull);
+    CHECK_INT_EQ(gm.version.ordinal, 3);
+    CHECK_U64_EQ(gm.relfilenode, 99);
+    wr_schema_free(got);
+    dest_tmeta_clear(&gm);
+    /* outside a transaction: refused */
+    CHECK_INT_EQ(d->ops->put_version(d, s, &m, "x", &err), WR_EINVAL);
+    /* a copy again forgets the history */
+    CHECK_INT_EQ(d->ops->begin(d, &err), 0);
+    CHECK_INT_EQ(d->ops->reset_table(d, s, &m, &err), 0);
+    CHECK_INT_EQ(d->ops->commit(d, NULL, NULL, &err), 0);
+    CHECK_STR_EQ(q1("SELECT count(*) FROM _walrelay_schemas WHERE relid = 41"), "1");
+    dest_tmeta_clear(&m);
+    wr_schema_free(s);
+    d->ops->close(d);
+}
+
+/* reset_table keeps a matching table (and what the user added to it) but empties it, and
+ * creates a table whose columns or key differ again. */
+static void
+test_reset_table(void)
+{
+    static const colspec_t c1[] = {{"id", PGT_INT4, true}, {"a", PGT_INT4, false}};
+    static const colspec_t c2[] = {{"id", PGT_INT4, true}, {"a", PGT_TEXT, false}};
+    dest_t *d = open_new();
+    wr_schema_t *s1 = mk_schema(42, "public", "r", c1, 2),
+                *s2 = mk_schema(42, "public", "r", c2, 2);
+    wr_val_t v1[2] = {TV("1"), TV("10")}, v2[2] = {TV("1"), TV("ten")};
+    dest_tmeta_t m;
+    wr_err_t err = {0};
+
+    mk_meta(&m, "ll", 1, 1);
+    CHECK_INT_EQ(ensure(d, s1, &err), 0);
+    CHECK_INT_EQ(ins(d, 42, v1, 2, &err), 0);
+    CHECK_INT_EQ(qexec("CREATE INDEX r_a ON r (a)"), SQLITE_OK);
+    CHECK_INT_EQ(d->ops->begin(d, &err), 0);
+    CHECK_INT_EQ(d->ops->reset_table(d, s1, &m, &err), 0);
+    CHECK_INT_EQ(d->ops->commit(d, NULL, NULL, &err), 0);
+    CHECK_STR_EQ(q1("SELECT count(*) FROM r"), "0");
+    CHECK_STR_EQ(q1("SELECT count(*) FROM sqlite_master WHERE name = 'r_a'"), "1");
+    /* a type change: created again with the new declared type */
+    CHECK_INT_EQ(ins(d, 42, v1, 2, &err), 0);
+    CHECK_INT_EQ(d->ops->begin(d, &err), 0);
+    CHECK_INT_EQ(d->ops->reset_table(d, s2, &m, &err), 0);
+    CHECK_INT_EQ(d->ops->write_rows(d, 42, &(wr_row_t){2, v2}, 1, &err), 0);
+    CHECK_INT_EQ(d->ops->commit(d, NULL, NULL, &err), 0);
+    CHECK_STR_EQ(q1("SELECT type FROM pragma_table_info('r') WHERE name = 'a'"), "TEXT");
+    CHECK_STR_EQ(q1("SELECT a || ':' || typeof(a) FROM r"), "ten:text");
+    /* rolled back: the old table and its registration come back */
+    CHECK_INT_EQ(d->ops->begin(d, &err), 0);
+    CHECK_INT_EQ(d->ops->reset_table(d, s1, &m, &err), 0);
+    CHECK_INT_EQ(d->ops->rollback(d, &err), 0);
+    CHECK_STR_EQ(q1("SELECT a FROM r"), "ten");
+    CHECK_INT_EQ(ensure(d, s2, &err), 0);
+    CHECK_INT_EQ(ins(d, 42, (wr_val_t[]){TV("2"), TV("two")}, 2, &err), 0);
+    CHECK_STR_EQ(q1("SELECT count(*) FROM r"), "2");
+    dest_tmeta_clear(&m);
+    wr_schema_free(s1);
+    wr_schema_free(s2);
+    d->ops->close(d);
+}
+
+/* Drops, renames (a swap too), adds with and without a fill, in place; then changes are
+ * written with the new schema. Rolled back, nothing of it stays. */
+static void
+test_alter_in_place(void)
+{
+    static const colspec_t oc[] = {{"id", PGT_INT4, true},
+                                   {"x", PGT_INT4, false},
+                                   {"y", PGT_INT4, false},
+                                   {"gone", PGT_TEXT, false},
+                                   {"b", PGT_BYTEA, false}};
+    static const colspec_t nc[] = {{"id", PGT_INT4, true},   {"y", PGT_INT4, false},
+                                   {"x", PGT_INT4, false},   {"b", PGT_BYTEA, false},
+                                   {"n", PGT_INT8, false},   {"t", PGT_TEXT, false},
+                                   {"bb", PGT_BYTEA, false}, {"nul", PGT_TEXT, false}};
+    dest_t *d = open_new();
+    wr_schema_t *os = mk_schema(43, "public", "alt", oc, 5),
+                *ns = mk_schema(43, "public", "alt", nc, 8);
+    wr_val_t r1[5] = {TV("1"), TV("10"), TV("-10"), TV("g1"), TV("\\x00ff")},
+             r2[5] = {TV("2"), TV("20"), TV("-20"), NV, NV};
+    int32_t src[8] = {0, 1, 2, 4, -1, -1, -1, -1};
+    wr_val_t fill[8] = {NV, NV, NV, NV, TV("42"), TV("it's"), TV("\\xdead"), NV};
+    dest_tmeta_t m;
+    dest_alter_t plan = {src, fill, &m, "test change"};
+    wr_err_t err = {0};
+
+    mk_meta(&m, "lllll", 1, 1);
+    m.version.commit_lsn = 0x500;
+    CHECK_INT_EQ(ensure(d, os, &err), 0);
+    CHECK_INT_EQ(ins(d, 43, r1, 5, &err), 0);
+    CHECK_INT_EQ(ins(d, 43, r2, 5, &err), 0);
+
+    /* rolled back first */
+    CHECK_INT_EQ(d->ops->begin(d, &err), 0);
+    CHECK_INT_EQ(d->ops->alter_table(d, os, ns, &plan, &err), 0);
+    CHECK_INT_EQ(d->ops->rollback(d, &err), 0);
+    CHECK_STR_EQ(qall("SELECT name FROM pragma_table_info('alt') ORDER BY cid"), "id;x;y;gone;b");
+    /* the registration made by alter_table went with the rollback: register again */
+    CHECK_INT_EQ(ins(d, 43, r2, 5, &err), WR_EINVAL);
+    CHECK_INT_EQ(ensure(d, os, &err), 0);
+    CHECK_INT_EQ(ins(d, 43, (wr_val_t[]){TV("3"), TV("30"), TV("-30"), NV, NV}, 5, &err), 0);
+
+    /* then for good, with changes in the same transaction */
+    CHECK_INT_EQ(d->ops->begin(d, &err), 0);
+    CHECK_INT_EQ(d->ops->alter_table(d, os, ns, &plan, &err), 0);
+    {
+        wr_val_t nv[8] = {TV("4"), TV("-40"), TV("40"), NV, TV("1"), TV("own"), NV, NV};
+        wr_row_t row = {8, nv};
+        dest_event_t ev = {.kind = DEST_EV_INSERT, .relid = 43, .new_row = &row};
+
+        CHECK_INT_EQ(d->ops->ensure_table(d, ns, &err), 0);
+        CHECK_INT_EQ(d->ops->write_event(d, &ev, &err), 0);
+    }
+    CHECK_INT_EQ(d->ops->commit(d, NULL, NULL, &err), 0);
+    CHECK_STR_EQ(qall("SELECT name || ' ' || type FROM pragma_table_info('alt') ORDER BY cid"),
+                 "id INTEGER;y INTEGER;x INTEGER;b BLOB;n INTEGER;t TEXT;bb BLOB;nul TEXT");
+    /* the swap kept each value with its attribute (old x is called y now); the rows that
+     * existed got the fills */
+    CHECK_STR_EQ(qall("SELECT id, y, x, hex(b), n, typeof(n), t, hex(bb), nul FROM alt "
+                      "ORDER BY id"),
+                 "1|10|-10|00FF|42|integer|it's|DEAD|N;2|20|-20||42|integer|it's|DEAD|N;"
+                 "3|30|-30||42|integer|it's|DEAD|N;4|-40|40||1|integer|own||N");
+    CHECK_STR_EQ(q1("SELECT change FROM _walrelay_schemas WHERE relid = 43"), "test change");
+    CHECK_STR_EQ(q1("SELECT version_lsn FROM _walrelay_schemas WHERE relid = 43"), "1280");
+    /* the table's registration is the new schema */
+    CHECK_CONTAINS(q1("SELECT columns_json FROM _walrelay_tables WHERE relid = 43"),
+                   "\"name\":\"nul\"");
+    dest_tmeta_clear(&m);
+    wr_schema_free(os);
+    wr_schema_free(ns);
+    d->ops->close(d);
+}
+
+/* A new key: the table is rebuilt (SQLite cannot change a PRIMARY KEY in place), its rows
+ * kept; rows that would share a key are refused as WR_EDATA. */
+static void
+test_alter_new_key(void)
+{
+    static const colspec_t oc[] = {{"id", PGT_INT4, false}, {"v", PGT_TEXT, false}};
+    static const colspec_t nc[] = {{"id", PGT_INT4, true}, {"v", PGT_TEXT, false}};
+    static const colspec_t nc2[] = {{"id", PGT_INT4, true}, {"v", PGT_TEXT, true}};
+    dest_t *d = open_new();
+    wr_schema_t *os = mk_schema(44, "public", "nk", oc, 2),
+                *ns = mk_schema(44, "public", "nk", nc, 2),
+                *ns2 = mk_schema(44, "public", "nk", nc2, 2);
+    int32_t src[2] = {0, 1};
+    wr_val_t fill[2] = {NV, NV};
+    dest_tmeta_t m;
+    dest_alter_t plan = {src, fill, &m, "key (none) to (id)"};
+    wr_err_t err = {0};
+
+    mk_meta(&m, "ll", 1, 1);
+    os->replident = ns->replident = ns2->replident = 'f';
+    CHECK_INT_EQ(ensure(d, os, &err), 0);
+    CHECK_STR_EQ(q1("SELECT sum(pk) FROM pragma_table_info('nk')"), "0");
+    CHECK_INT_EQ(ins(d, 44, (wr_val_t[]){TV("1"), TV("a")}, 2, &err), 0);
+    CHECK_INT_EQ(ins(d, 44, (wr_val_t[]){TV("2"), TV("b")}, 2, &err), 0);
+    CHECK_INT_EQ(ins(d, 44, (wr_val_t[]){TV("2"), TV("c")}, 2, &err), 0);
+    /* two rows with id 2: the new key cannot hold */
+    CHECK_INT_EQ(d->ops->begin(d, &err), 0);
+    CHECK_INT_EQ(d->ops->alter_table(d, os, ns, &plan, &err), WR_EDATA);
+    CHECK_CONTAINS(err.msg, "new key (id)");
+    CHECK_CONTAINS(err.hint, "resync the table");
+    CHECK_INT_EQ(d->ops->rollback(d, &err), 0);
+    CHECK_STR_EQ(q1("SELECT count(*) FROM nk"), "3");
+    CHECK_INT_EQ(qexec("DELETE FROM nk WHERE v = 'c'"), SQLITE_OK);
+    CHECK_INT_EQ(d->ops->begin(d, &err), 0);
+    CHECK_INT_EQ(d->ops->alter_table(d, os, ns, &plan, &err), 0);
+    CHECK_INT_EQ(d->ops->commit(d, NULL, NULL, &err), 0);
+    CHECK_STR_EQ(qall("SELECT name, pk FROM pragma_table_info('nk') ORDER BY cid"), "id|1;v|0");
+    CHECK_STR_EQ(qall("SELECT id, v FROM nk ORDER BY id"), "1|a;2|b");
+    CHECK_STR_EQ(q1("SELECT count(*) FROM sqlite_master WHERE name LIKE '_walrelay_rebuild%'"),
+                 "0");
+    /* and replaced by a wider one */
+    CHECK_INT_EQ(d->ops->begin(d, &err), 0);
+    CHECK_INT_EQ(d->ops->alter_table(d, ns, ns2, &plan, &err), 0);
+    CHECK_INT_EQ(d->ops->commit(d, NULL, NULL, &err), 0);
+    /* every column flagged under FULL means "no primary key" for this destination */
+    CHECK_STR_EQ(q1("SELECT sum(pk) FROM pragma_table_info('nk')"), "0");
+    /* an old schema that is not the table's: refused, nothing changed */
+    CHECK_INT_EQ(d->ops->begin(d, &err), 0);
+    {
+        static const colspec_t bad[] = {{"zz", PGT_INT4, false}, {"v", PGT_TEXT, false}};
+        wr_schema_t *bs = mk_schema(44, "public", "nk", bad, 2);
+
+        CHECK_INT_EQ(d->ops->alter_table(d, bs, ns, &plan, &err), WR_EUNSUPPORTED);
+        CHECK_CONTAINS(err.msg, "does not match its recorded schema");
+        wr_schema_free(bs);
+    }
+    CHECK_INT_EQ(d->ops->rollback(d, &err), 0);
+    dest_tmeta_clear(&m);
+    wr_schema_free(os);
+    wr_schema_free(ns);
+    wr_schema_free(ns2);
+    d->ops->close(d);
+}
+
 int
 main(void)
 {
@@ -861,10 +1623,21 @@ main(void)
     RUN(test_duplicate_insert);
     RUN(test_missing_row);
     RUN(test_no_key_table);
+    RUN(test_keyless_full);
+    RUN(test_keyless_full_rowid_column);
+    RUN(test_full_with_primary_key);
+    RUN(test_identity_index);
+    RUN(test_float_and_int_forms);
     RUN(test_outside_transaction);
     RUN(test_existing_table_differs);
     RUN(test_quoting);
     RUN(test_non_public_schema);
+    RUN(test_ddl_plan_rules);
+    RUN(test_ddl_relation_matches);
+    RUN(test_schema_versions);
+    RUN(test_reset_table);
+    RUN(test_alter_in_place);
+    RUN(test_alter_new_key);
     cleanup();
     return unit_done();
 }
