@@ -6,19 +6,26 @@
   drain: a backlog of N changes (inserts, updates, deletes in 1000-row transactions)
          drained into `null` by walrelay, against `pg_recvlogical` (pgoutput,
          proto_version=1) draining the same backlog from a second slot.
+  bigtx: ONE transaction updating every row of a --bigtx-rows table (default 2,000,000),
+         drained by walrelay into `sqlite` and into `null` (each pipeline copied the table
+         first, then stopped, so all of them face the same backlog), against
+         `pg_recvlogical` on the same backlog; reports the time and the peak RSS of each
+         walrelay process (the goal: bounded memory, <= 256 MB in total, for any size).
 
 Times are wall clock, best of --repeat runs for the baselines. walrelay's times
 include process start, slot creation and the handoff (what a user waits for); the copy
 worker's own figure from its log line is reported beside it. Peak RSS (VmHWM) of every
 walrelay process is sampled during each run.
 
-Usage: bench/run.py [--rows 1000000] [--changes 1000000] [--build build] [--only copy|drain]
+Usage: bench/run.py [--rows 1000000] [--changes 1000000] [--bigtx-rows 2000000] [--build build]
+                    [--only copy|drain|bigtx]
 """
 import argparse
 import json
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -113,6 +120,18 @@ def timed(cmd, **kw):
     t = time.monotonic()
     subprocess.run(cmd, check=True, **kw)
     return time.monotonic() - t
+
+
+def timed_rss(cmd):
+    """Runs cmd; returns (seconds, peak RSS in kB) of that process."""
+    t = time.monotonic()
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
+    _, status, ru = os.wait4(proc.pid, 0)
+    dt = time.monotonic() - t
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[0]} exited with {proc.returncode}")
+    return dt, ru.ru_maxrss
 
 
 def mb(kb):
@@ -210,13 +229,91 @@ def bench_drain(pg, args, out):
     print("\n".join(out[-6:]), flush=True)
 
 
+def bench_bigtx(pg, args, out):
+    n = args.bigtx_rows
+    with psycopg.connect(pg.conninfo, autocommit=True) as c:
+        c.execute("CREATE TABLE bench_bigtx (id bigint PRIMARY KEY, v int NOT NULL, t text)")
+        c.execute("INSERT INTO bench_bigtx SELECT g, g %% 1000, 'row ' || g "
+                  "FROM generate_series(1, %s) g", (n,))
+        c.execute("VACUUM ANALYZE bench_bigtx")
+        c.execute("CREATE PUBLICATION pub_bigtx FOR TABLE bench_bigtx")
+    pipes = [Walrelay(args.build, pg, "pub_bigtx", dest, f"bigtx_{dest}") for dest in ("sqlite", "null")]
+    copy_peak = {}
+    try:
+        # 1. each pipeline copies the table, then stops: its slot waits before the update
+        for w in pipes:
+            w.start()
+            w.wait(w.all_ready, 1800, "table ready")
+            w.stop()
+            copy_peak[w.name] = dict(w.peak)
+        # 2. the backlog: one transaction
+        with psycopg.connect(pg.conninfo, autocommit=True) as c:
+            c.execute("SELECT pg_create_logical_replication_slot('bench_recv', 'pgoutput')")
+            t = time.monotonic()
+            c.execute("UPDATE bench_bigtx SET v = v + 1, t = 'updated ' || id")
+            update_s = time.monotonic() - t
+            endpos = c.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0]
+            wal = c.execute("SELECT pg_size_pretty(%s::pg_lsn - restart_lsn) FROM pg_replication_slots "
+                            "WHERE slot_name = 'bench_recv'", (endpos,)).fetchone()[0]
+            c.execute("CHECKPOINT")
+        recv = [f"{PGBIN}/pg_recvlogical", "-d", pg.conninfo, "--slot", "bench_recv", "--start",
+                "--endpos", endpos, "-o", "proto_version=1", "-o", "publication_names=pub_bigtx",
+                "--no-loop", "-f", "/dev/null"]
+        base, base_rss = timed_rss(recv)
+        out.append(f"\n### One transaction updating {n:,} rows (UPDATE took {update_s:.1f} s, {wal} of WAL)\n")
+        out.append("| what | seconds | rows/s | ratio to pg_recvlogical | peak RSS MB "
+                   "(supervisor/apply) | total MB | copy before: peak RSS MB (supervisor/apply/sync) |")
+        out.append("|---|---|---|---|---|---|---|")
+        out.append(f"| `pg_recvlogical` pgoutput proto 1 → /dev/null | {base:.2f} | {n / base:,.0f} | "
+                   f"1.00 | {mb(base_rss)} (pg_recvlogical) | | |")
+        # 3. each walrelay pipeline drains it
+        for w in pipes:
+            slot = f"walrelay_{w.name}"
+
+            def flushed():
+                with psycopg.connect(pg.conninfo, autocommit=True) as c:
+                    r = c.execute("SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots "
+                                  "WHERE slot_name = %s", (endpos, slot)).fetchone()
+                    return bool(r and r[0])
+            w.peak = {}
+            t0 = time.monotonic()
+            w.start()
+            w.wait(flushed, 3600, "slot confirmed past the transaction")
+            dt = time.monotonic() - t0
+            w.sample_rss()
+            w.stop()
+            p, cp = w.peak, copy_peak[w.name]
+            dest = w.name.split("_", 1)[1]
+            out.append(f"| walrelay → {dest} (start until confirmed_flush ≥ end) | {dt:.2f} | {n / dt:,.0f} | "
+                       f"{dt / base:.2f} | {mb(p.get('supervisor', 0))}/{mb(p.get('walrelay-apply', 0))} | "
+                       f"{mb(sum(p.values()))} | {mb(cp.get('supervisor', 0))}/{mb(cp.get('walrelay-apply', 0))}/"
+                       f"{mb(cp.get('walrelay-sync', 0))} |")
+        # the sqlite destination holds the updated rows
+        d = sqlite3.connect(os.path.join(pipes[0].dir, "dest.db"))
+        got = tuple(d.execute("SELECT count(*), sum(v), sum(t = 'updated ' || id) FROM bench_bigtx").fetchone())
+        d.close()
+        want = (n, sum(g % 1000 + 1 for g in range(1, n + 1)), n)
+        out.append(f"\nsqlite destination after the drain (rows, sum(v), updated rows): {got}, expected {want}: "
+                   f"{'equal' if got == want else 'DIFFERENT'}")
+        if got != want:
+            raise RuntimeError(f"bigtx: the sqlite destination is wrong: {got} != {want}")
+        with psycopg.connect(pg.conninfo, autocommit=True) as c:
+            c.execute("SELECT pg_drop_replication_slot('bench_recv')")
+    finally:
+        for w in pipes:
+            w.stop() if w.proc and w.proc.poll() is None else None
+            w.cleanup()
+    print("\n".join(out[-8:]), flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--changes", type=int, default=1_000_000)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--build", default="build")
-    ap.add_argument("--only", choices=["copy", "drain"])
+    ap.add_argument("--bigtx-rows", type=int, default=2_000_000)
+    ap.add_argument("--only", choices=["copy", "drain", "bigtx"])
     args = ap.parse_args()
     pg = TmpPostgres()
     out = [f"## {time.strftime('%Y-%m-%d')} — `bench/run.py {' '.join(sys.argv[1:])}`",
@@ -227,6 +324,8 @@ def main():
             bench_copy(pg, args, out)
         if args.only in (None, "drain"):
             bench_drain(pg, args, out)
+        if args.only in (None, "bigtx"):
+            bench_bigtx(pg, args, out)
     finally:
         pg.stop()
     print("\n===== markdown for bench/RESULTS.md =====\n")

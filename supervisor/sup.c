@@ -54,6 +54,10 @@
 #include "../common/repl.h"
 #include "../common/state.h"
 #include "sup.h"
+#include "../destinations/destination.h"
+
+static int sup_store_mapping(sup_t *s, uint32_t relid, const char *nsp, const char *name,
+                             wr_err_t *err);
 
 #define SUP_TICK_MS          1000
 #define SUP_STOP_GRACE_MS    30000
@@ -955,8 +959,8 @@ sync_exited(sup_t *s, sup_worker_t *w, sup_proc_t *p, const char *how)
     if (!phase_needs_sync_worker(t->phase)) {
         /* done (SyncDone/Ready) or Errored: the slot is free whatever the exit code */
         w->state = W_IDLE;
-        log_info("sync worker finished table=%s.%s phase=%s exit=\"%s\"", t->nsp, t->name,
-                 phase_name(t->phase), how);
+        log_info("sync worker finished table=%s.%s phase=%s pid=%lld exit=\"%s\"", t->nsp,
+                 t->name, phase_name(t->phase), (long long)p->pid, how);
         return;
     }
     if (fatal) {
@@ -1953,6 +1957,7 @@ table_add_published(sup_t *s, const sup_pub_table_t *pt)
     wr_err_t err;
     wr_err_clear(&err);
     if (s->st->ops->add_table(s->st, pt->relid, pt->nsp, pt->name, &err) != 0 ||
+        sup_store_mapping(s, pt->relid, pt->nsp, pt->name, &err) != 0 ||
         s->st->ops->get_table(s->st, pt->relid, &row, &found, &err) != 0 || !found) {
         log_err(LOG_LVL_ERROR, "adding a table that is now published", &err);
         return;
@@ -2369,6 +2374,18 @@ preflight_log(void *arg, int level, const char *check, const char *msg, const ch
 
 /* Adds published tables that are new, removes tables that are no longer published (their
  * state, schemas and sync slot; destination data stays), then loads the table list. */
+/* Persists the destination table name of a newly published table (state.db
+ * table_mappings), so that operators and later tools can find where a source table
+ * lands without knowing the naming rule. */
+static int
+sup_store_mapping(sup_t *s, uint32_t relid, const char *nsp, const char *name, wr_err_t *err)
+{
+    char dest_name[300];
+
+    dest_table_name(nsp, name, dest_name, sizeof(dest_name));
+    return s->st->ops->put_mapping(s->st, relid, dest_name, err);
+}
+
 static int
 reconcile_tables(sup_t *s, const sup_pub_table_t *pub, size_t npub, PGconn *conn, wr_err_t *err)
 {
@@ -2381,6 +2398,8 @@ reconcile_tables(sup_t *s, const sup_pub_table_t *pub, size_t npub, PGconn *conn
     while (rc == 0 && (i < npub || j < nst)) {
         if (j >= nst || (i < npub && pub[i].relid < st[j].relid)) {
             rc = s->st->ops->add_table(s->st, pub[i].relid, pub[i].nsp, pub[i].name, err);
+            if (rc == 0)
+                rc = sup_store_mapping(s, pub[i].relid, pub[i].nsp, pub[i].name, err);
             if (rc == 0)
                 log_info("table added table=%s.%s relid=%u", pub[i].nsp, pub[i].name, pub[i].relid);
             i++;

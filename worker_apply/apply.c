@@ -20,7 +20,9 @@
  *     Relation  cached per relid; a schema that differs from the cached one is sent to
  *               the supervisor (schema request, lsn = the transaction's final_lsn, or
  *               the last received position outside a transaction), and the table is
- *               registered again with the destination before its next write
+ *               registered again with the destination before its next write; every
+ *               Relation (changed or not) also marks the table for a schema comparison
+ *               at its next applied change (SCHEMA CHANGES below)
  *     I/U/D     ordinal += 1; TRUNCATE: ordinal += 1 per listed relid. Every change
  *               counts, also those of tables we skip, so that the resume key
  *               (final_lsn, ordinal) of a change is the same in every replay
@@ -35,13 +37,36 @@
  *
  * STATES THIS WORKER OWNS (see phase.h; the supervisor persists, then acks)
  *
- *   SYNCWAIT -> CATCHUP(L)   granted here, L = max(X, Y): X the sync worker's consistent
- *                            point, Y the end_lsn of the last commit processed (or the
- *                            last received WAL position when idle)
+ *   SYNCWAIT -> CATCHUP(L)   granted here, L = max(X, Y, K+1): X the sync worker's
+ *                            consistent point, Y the end_lsn of the last commit processed
+ *                            (or the last received WAL position when idle), K the commit
+ *                            LSN of the destination's resume key. K matters after a
+ *                            restart: the slot replays from its older confirmed position,
+ *                            and every change up to K is skipped for all tables, so the
+ *                            sync worker must cover the table's changes up to K itself
+ *                            (PostgreSQL's max(X, Y) alone lost rows here: test_crash)
  *   SYNCDONE(S) -> READY     once this worker's durable flush >= S
  *   any -> ERRORED           when a change of the table cannot be applied (no key for an
  *                            UPDATE, a value the destination rejects); the other tables
  *                            go on, and the table's later changes are skipped
+ *   READY/SYNCDONE -> INIT   a schema change that can only be followed by copying the
+ *                            table again (the supervisor starts its sync worker)
+ *   READY/SYNCDONE -> ERRORED kind "schema_changed": a schema change a copy cannot help
+ *
+ * SCHEMA CHANGES (docs/destinations.md "Schema changes")
+ *
+ *   At the first change of a table that this worker applies after a Relation message of
+ *   it (apw_ddl_reconcile; replayed changes are skipped before, so a replayed older
+ *   Relation never alters anything), the destination's newest schema version
+ *   (get_version: schema + catalog facts by attribute number) is compared with the
+ *   catalog read now on the SQL connection, after checking that the catalog still
+ *   describes the Relation message. dest_ddl_plan() decides: nothing; record new catalog
+ *   facts (put_version, in the open batch); follow (commit the open batch up to the
+ *   change before, then alter_table in a new batch that also holds the changes after it,
+ *   version = the key of the change before); copy again (commit the open batch, INIT,
+ *   the reason in the log); or ERRORED "schema_changed". A batch rolled back after an
+ *   alteration marks the table for another comparison. A table that leaves READY /
+ *   SYNCDONE is compared and registered again before its next change.
  *
  * THE HANDOFF SIDE (PostgreSQL's process_syncing_tables_for_apply)
  *
@@ -98,11 +123,21 @@
  *   the confirmed flush and the key skips what was committed), a last status update
  *   reports the durable flush. Exit 1 (restart with backoff): connection lost,
  *   destination error, supervisor gone (EOF on fd 3, at once). Exit 2 (no restart): bad
- *   config, source misconfigured, the slot lost required WAL. At start a missing slot is
+ *   config, source misconfigured. Exit 3 (WR_EXIT_SLOT_LOST): the slot lost required WAL
+ *   (wal_status 'lost'); with [pipeline] on_slot_lost = recopy the lost slot is dropped
+ *   first, and the supervisor either sets every table to Init and starts us again (we then
+ *   create a new slot, see below) or, after its one re-copy, stops the pipeline; with
+ *   on_slot_lost = stop the slot is kept and the supervisor stops the pipeline (exit 2 of
+ *   walrelay run, with the message and what to do). At start a missing slot is
  *   created (SNAPSHOT 'nothing', after clearing the "apply" key, which belongs to the old
  *   slot), and inactive sync slots of tables that are READY, SYNCDONE or ERRORED are
  *   dropped (again whenever a table reaches one of those phases): a sync worker killed
  *   with -9 leaves no slot behind.
+ *
+ *   ["table_removed", relid] (the table left the publication; the supervisor removed its
+ *   state and drops its sync slot): the entry is marked at once, so nothing of that table
+ *   is applied any more, and freed at the top of the next loop turn (the channel callback
+ *   may run while a loop over the tables waits for an ack). Its destination data stays.
  */
 #include <errno.h>
 #include <poll.h>
@@ -113,6 +148,7 @@
 #include <unistd.h>
 
 #include "common/config.h"
+#include "common/failpoint.h"
 #include "common/log.h"
 #include "common/pgoutput.h"
 #include "common/repl.h"
@@ -134,6 +170,11 @@ typedef struct apw_table_s {
     wr_lsn_t lsn;
     wr_schema_t *schema; /* last Relation message; owned */
     bool dest_ready;     /* ensure_table done with this schema in this process */
+    bool rel_pending;    /* a Relation arrived (or the phase changed): compare the schema
+                          * with the destination's before the next change (apw_ddl_reconcile) */
+    bool ddl_in_batch;   /* the open batch altered the destination table */
+    int ddl_recopies;    /* re-copies asked for in a row by this process (loop guard) */
+    bool removed;        /* ["table_removed"] arrived: freed at the next loop turn */
 } apw_table_t;
 
 typedef struct apw_s {
@@ -153,7 +194,9 @@ typedef struct apw_s {
     int n_handoff; /* tables in SYNCWAIT, CATCHUP or SYNCDONE */
     int n_catchup;
     bool cleanup_due;
-    bool oom; /* set by the channel callback */
+    bool oom;        /* set by the channel callback */
+    bool remove_due; /* some entries are marked removed */
+    bool slot_lost;  /* the slot's wal_status is 'lost': exit WR_EXIT_SLOT_LOST */
 
     /* resume */
     bool skip_found;
@@ -169,6 +212,7 @@ typedef struct apw_s {
 
     /* destination batch */
     bool batch_open;
+    bool batch_ddl; /* the batch holds a schema change (failpoint, rollback) */
     int64_t batch_start_ms;
     int64_t batch_bytes;
     wr_lsn_t batch_pending_flush; /* end_lsn of the last complete transaction in it; 0 none */
@@ -296,13 +340,17 @@ apw_recount(apw_t *a)
     }
 }
 
+static void apw_ddl_on_phase(apw_table_t *t);
+
 /* Records a persisted phase of a table (from the supervisor or our own acked request). */
 static void
 apw_table_set(apw_t *a, apw_table_t *t, wr_phase_t phase, wr_lsn_t lsn)
 {
     t->known = true;
+    t->removed = false;
     t->phase = phase;
     t->lsn = lsn;
+    apw_ddl_on_phase(t);
     if (phase == PH_READY || phase == PH_SYNCDONE || phase == PH_ERRORED)
         a->cleanup_due = true;
     apw_recount(a);
@@ -343,10 +391,44 @@ apw_tables_merge(apw_t *a, const ipc_msg_t *m)
             t->name = wr_strdup(ti->name);
         }
         t->known = true;
+        t->removed = false;
         t->phase = ti->phase;
         t->lsn = ti->lsn;
+        apw_ddl_on_phase(t);
         if (t->phase == PH_READY || t->phase == PH_SYNCDONE || t->phase == PH_ERRORED)
             a->cleanup_due = true;
+    }
+    apw_recount(a);
+}
+
+/* Frees the entries marked by ["table_removed"] and rebuilds the index. Only called where
+ * no pointer to an entry is held (the top of the loop). */
+static void
+apw_purge_removed(apw_t *a)
+{
+    size_t n = 0;
+
+    a->remove_due = false;
+    for (size_t k = 0; k < a->ntabs; k++) {
+        apw_table_t *t = a->tabs[k];
+        if (!t->removed) {
+            a->tabs[n++] = t;
+            continue;
+        }
+        free(t->nsp);
+        free(t->name);
+        wr_schema_free(t->schema);
+        free(t);
+    }
+    a->ntabs = n;
+    if (a->idxcap == 0)
+        return;
+    memset(a->idx, 0, a->idxcap * sizeof(*a->idx));
+    for (size_t k = 0; k < a->ntabs; k++) {
+        size_t i = apw_hash(a->tabs[k]->relid, a->idxcap);
+        while (a->idx[i] != NULL)
+            i = (i + 1) & (a->idxcap - 1);
+        a->idx[i] = a->tabs[k];
     }
     apw_recount(a);
 }
@@ -372,6 +454,18 @@ apw_on_msg(const ipc_msg_t *m, void *arg)
         break;
     case IPC_TABLES:
         apw_tables_merge(a, m);
+        break;
+    case IPC_TABLE_REMOVED:
+        t = apw_table_find(a, m->u.table_removed.relid);
+        if (t == NULL)
+            break;
+        log_info("table no longer published, forgetting it relid=%u",
+                 (unsigned)m->u.table_removed.relid);
+        t->known = false; /* nothing of it is applied from now on */
+        t->phase = PH_INIT;
+        t->removed = true;
+        a->remove_due = true;
+        apw_recount(a);
         break;
     case IPC_STOP:
         log_info("stop requested by the supervisor");
@@ -479,6 +573,13 @@ apw_batch_commit(apw_t *a, wr_err_t *err)
      * now (one that came inside a transaction is below that transaction's end) */
     if (!a->in_tx)
         apw_flush_to(a, a->ka_end);
+    if (a->batch_ddl) {
+        a->batch_ddl = false;
+        for (size_t k = 0; k < a->ntabs; k++)
+            a->tabs[k]->ddl_in_batch = false;
+        FAILPOINT("apply.after_schema_change");
+    }
+    FAILPOINT(a->in_tx ? "apply.mid_txn_chunk" : "apply.after_commit");
     return 0;
 }
 
@@ -496,8 +597,13 @@ apw_batch_rollback(apw_t *a)
     a->batch_bytes = 0;
     a->batch_pending_flush = 0;
     /* a table the rolled-back transaction created is gone again */
-    for (size_t k = 0; k < a->ntabs; k++)
+    for (size_t k = 0; k < a->ntabs; k++) {
         a->tabs[k]->dest_ready = false;
+        /* and a schema change it made: compare again */
+        a->tabs[k]->rel_pending = a->tabs[k]->rel_pending || a->tabs[k]->ddl_in_batch;
+        a->tabs[k]->ddl_in_batch = false;
+    }
+    a->batch_ddl = false;
 }
 
 /* ---- table errors ----------------------------------------------------------------------- */
@@ -527,6 +633,424 @@ apw_table_fail(apw_t *a, apw_table_t *t, const wr_err_t *cause, wr_err_t *err)
         return rc;
     apw_table_set(a, t, PH_ERRORED, a->tx_final);
     return 0;
+}
+
+/* ---- schema changes ------------------------------------------------------------------- */
+
+#define APW_DDL_MAX_RECOPIES 3
+
+static int apw_sql_conn(apw_t *a, wr_err_t *err);
+
+/* A boolean column of a catalog row. */
+static bool
+apw_ddl_bool(const PGresult *res, int row, int col)
+{
+    return PQgetvalue(res, row, col)[0] == 't';
+}
+
+/* Reads the table's catalog now (one query, one snapshot): columns with attnums, dropped
+ * and generated attributes, each pg_attribute row's xmin, missing values (what rows that
+ * predate a column read), the key (primary key, else the replica identity index, as the
+ * copy reads it) and the flags pgoutput derives from REPLICA IDENTITY. *found=false if
+ * the relation is gone. */
+static int
+apw_ddl_catalog(apw_t *a, uint32_t relid, dest_catalog_t *cat, bool *found, wr_err_t *err)
+{
+    static const char sql[] =
+        "SELECT c.relkind, c.relreplident, c.relfilenode, n.nspname, c.relname, a.attnum, "
+        "a.attname, a.atttypid, a.atttypmod, a.attnotnull, "
+        "CASE WHEN a.attisdropped THEN 'd' WHEN a.attgenerated <> '' THEN 'g' ELSE 'l' END, "
+        "a.xmin, "
+        "CASE WHEN a.atthasmissing AND NOT a.attisdropped "
+        "THEN pg_catalog.array_to_string(a.attmissingval, '') END, "
+        "COALESCE(a.attnum = ANY (pk.indkey::pg_catalog.int2[]), false), "
+        "COALESCE(a.attnum = ANY (ri.indkey::pg_catalog.int2[]), false) "
+        "FROM pg_catalog.pg_class c "
+        "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+        "JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 "
+        "LEFT JOIN pg_catalog.pg_index pk ON pk.indrelid = c.oid AND pk.indisprimary "
+        "LEFT JOIN pg_catalog.pg_index ri ON ri.indrelid = c.oid AND ri.indisreplident "
+        "WHERE c.oid = $1::pg_catalog.oid ORDER BY a.attnum";
+    char relid_s[16];
+    const char *params[1] = {relid_s};
+    PGresult *res;
+    int nrows, nlive = 0, rc = 0;
+    bool has_pk = false;
+    char replident;
+
+    memset(cat, 0, sizeof(*cat));
+    *found = false;
+    if ((rc = apw_sql_conn(a, err)) != 0)
+        return rc;
+    snprintf(relid_s, sizeof(relid_s), "%u", (unsigned)relid);
+    res = PQexecParams(a->sql, sql, 1, NULL, params, NULL, NULL, 0);
+    if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK) {
+        char msg[512];
+
+        snprintf(msg, sizeof(msg), "%s", PQerrorMessage(a->sql));
+        msg[strcspn(msg, "\n")] = '\0';
+        PQclear(res);
+        return wr_err_set(err, WR_ECONN, "reading the catalog of relid %u: %s", (unsigned)relid,
+                          msg);
+    }
+    nrows = PQntuples(res);
+    if (nrows == 0) {
+        PQclear(res);
+        return 0;
+    }
+    if (nrows > UINT16_MAX) {
+        PQclear(res);
+        return wr_err_set(err, WR_EUNSUPPORTED, "relid %u has %d attributes", (unsigned)relid,
+                          nrows);
+    }
+    for (int r = 0; r < nrows; r++) {
+        if (atoi(PQgetvalue(res, r, 5)) != r + 1) {
+            PQclear(res);
+            return wr_err_set(err, WR_EPROTO, "attribute numbers of relid %u are not 1..%d",
+                              (unsigned)relid, nrows);
+        }
+        if (PQgetvalue(res, r, 10)[0] == 'l') {
+            nlive++;
+            has_pk = has_pk || apw_ddl_bool(res, r, 13);
+        }
+    }
+    replident = PQgetvalue(res, 0, 1)[0];
+    cat->relkind = PQgetvalue(res, 0, 0)[0];
+    cat->meta.relfilenode = (uint32_t)strtoul(PQgetvalue(res, 0, 2), NULL, 10);
+    cat->schema =
+        wr_schema_new(relid, PQgetvalue(res, 0, 3), PQgetvalue(res, 0, 4), (uint16_t)nlive);
+    cat->missing = calloc(nlive ? (size_t)nlive : 1, sizeof(char *));
+    cat->relflags = calloc(nlive ? (size_t)nlive : 1, 1);
+    cat->meta.attstate = malloc((size_t)nrows + 1);
+    cat->meta.attxmin = calloc((size_t)nrows, sizeof(uint32_t));
+    if (cat->schema == NULL || cat->missing == NULL || cat->relflags == NULL ||
+        cat->meta.attstate == NULL || cat->meta.attxmin == NULL)
+        goto oom;
+    cat->schema->replident = replident;
+    cat->meta.natts = (uint16_t)nrows;
+    cat->meta.attstate[nrows] = '\0';
+    for (int r = 0, j = 0; r < nrows; r++) {
+        char state = PQgetvalue(res, r, 10)[0];
+        bool in_pk = apw_ddl_bool(res, r, 13), in_ri = apw_ddl_bool(res, r, 14);
+        wr_column_t *c;
+
+        cat->meta.attstate[r] = state;
+        cat->meta.attxmin[r] = (uint32_t)strtoul(PQgetvalue(res, r, 11), NULL, 10);
+        if (state != 'l')
+            continue;
+        c = &cat->schema->cols[j];
+        c->name = wr_strdup(PQgetvalue(res, r, 6));
+        if (c->name == NULL)
+            goto oom;
+        c->type_oid = (uint32_t)strtoul(PQgetvalue(res, r, 7), NULL, 10);
+        c->typmod = (int32_t)strtol(PQgetvalue(res, r, 8), NULL, 10);
+        c->not_null = apw_ddl_bool(res, r, 9);
+        c->is_key = has_pk ? in_pk : in_ri;
+        if (!PQgetisnull(res, r, 12) &&
+            (cat->missing[j] = wr_strdup(PQgetvalue(res, r, 12))) == NULL)
+            goto oom;
+        /* what pgoutput flags (logicalrep_write_attrs) */
+        cat->relflags[j] = replident == 'f'   ? 1
+                           : replident == 'd' ? (in_pk ? 1 : 0)
+                           : replident == 'i' ? (in_ri ? 1 : 0)
+                                              : 0;
+        j++;
+    }
+    PQclear(res);
+    *found = true;
+    return 0;
+oom:
+    PQclear(res);
+    dest_catalog_clear(cat);
+    return wr_err_set(err, WR_ENOMEM, "out of memory reading the catalog of relid %u",
+                      (unsigned)relid);
+}
+
+/* True if the publication gives the table a column list (PostgreSQL 15): its Relation
+ * messages then never match the catalog, and a copy cannot help. */
+static bool
+apw_ddl_column_list(apw_t *a, uint32_t relid)
+{
+    static const char sql[] =
+        "SELECT 1 FROM pg_catalog.pg_publication_rel pr "
+        "JOIN pg_catalog.pg_publication p ON p.oid = pr.prpubid "
+        "WHERE p.pubname = $1 AND pr.prrelid = $2::pg_catalog.oid AND pr.prattrs IS NOT NULL";
+    char relid_s[16];
+    const char *params[2] = {a->cfg.publication, relid_s};
+    PGresult *res;
+    bool yes;
+
+    snprintf(relid_s, sizeof(relid_s), "%u", (unsigned)relid);
+    res = PQexecParams(a->sql, sql, 2, NULL, params, NULL, NULL, 0);
+    yes = res != NULL && PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) > 0;
+    PQclear(res);
+    return yes;
+}
+
+/* True if a Relation message's schema has the same table name and columns (names, types,
+ * typmods, order) as the destination's version; keys are not compared. */
+static bool
+apw_ddl_same_columns(const wr_schema_t *rel, const wr_schema_t *ds)
+{
+    if (strcmp(rel->nsp, ds->nsp) != 0 || strcmp(rel->name, ds->name) != 0 ||
+        rel->ncols != ds->ncols)
+        return false;
+    for (uint16_t i = 0; i < rel->ncols; i++) {
+        if (strcmp(rel->cols[i].name, ds->cols[i].name) != 0 ||
+            rel->cols[i].type_oid != ds->cols[i].type_oid ||
+            rel->cols[i].typmod != ds->cols[i].typmod)
+            return false;
+    }
+    return true;
+}
+
+/* Commits the open batch up to the change before the current one (the current change
+ * is written after the schema step, in the next batch). */
+static int
+apw_ddl_commit_before(apw_t *a, wr_err_t *err)
+{
+    uint32_t ord = a->tx_ord;
+    int rc;
+
+    if (!a->batch_open)
+        return 0;
+    a->tx_ord = ord > 0 ? ord - 1 : 0;
+    rc = apw_batch_commit(a, err);
+    a->tx_ord = ord;
+    return rc;
+}
+
+static int
+apw_ddl_batch_begin(apw_t *a, wr_err_t *err)
+{
+    int rc;
+
+    if (a->batch_open)
+        return 0;
+    rc = a->dest->ops->begin(a->dest, err);
+    if (rc != 0)
+        return rc;
+    a->batch_open = true;
+    a->batch_start_ms = wr_now_ms();
+    a->batch_bytes = 0;
+    a->batch_pending_flush = 0;
+    return 0;
+}
+
+/* The table cannot be followed and a copy would not help: ERRORED "schema_changed". */
+static int
+apw_ddl_errored(apw_t *a, apw_table_t *t, const char *msg, const char *hint, wr_err_t *err)
+{
+    char label[256];
+    int rc;
+
+    apw_table_label(t, label, sizeof(label));
+    rc = apw_ddl_commit_before(a, err);
+    if (rc != 0)
+        return rc;
+    log_error("schema change cannot be followed, table set to errored table=%s relid=%u "
+              "lsn=" WR_LSN_FMT " error=\"%s\" hint=\"%s\"",
+              label, (unsigned)t->relid, WR_LSN_ARGS(a->tx_final), msg, hint);
+    rc = wk_chan_set_phase(&a->chan, t->relid, PH_ERRORED, a->tx_final, "schema_changed", msg, hint,
+                           err);
+    if (rc != 0)
+        return rc;
+    apw_table_set(a, t, PH_ERRORED, a->tx_final);
+    return 1;
+}
+
+/* Sends the table back to INIT: the supervisor starts a sync worker that copies it again
+ * (dropping and creating the destination table when its columns differ) and hands it
+ * over as usual; until then its changes are skipped. */
+static int
+apw_ddl_recopy(apw_t *a, apw_table_t *t, const char *reason, wr_err_t *err)
+{
+    char label[256], msg[1024];
+    int rc;
+
+    apw_table_label(t, label, sizeof(label));
+    if (++t->ddl_recopies > APW_DDL_MAX_RECOPIES) {
+        snprintf(msg, sizeof(msg),
+                 "schema change of \"%s\" still not followed after copying the table %d times: "
+                 "%s",
+                 label, APW_DDL_MAX_RECOPIES, reason);
+        return apw_ddl_errored(a, t, msg,
+                               "check the table's definition and the publication, then run "
+                               "\"walrelay resync\" for the table",
+                               err);
+    }
+    rc = apw_ddl_commit_before(a, err);
+    if (rc != 0)
+        return rc;
+    log_warn("schema change cannot be followed exactly, copying the table again table=%s "
+             "relid=%u lsn=" WR_LSN_FMT " reason=\"%s\"",
+             label, (unsigned)t->relid, WR_LSN_ARGS(a->tx_final), reason);
+    rc = wk_chan_set_phase(&a->chan, t->relid, PH_INIT, a->tx_final, NULL, NULL, NULL, err);
+    if (rc != 0)
+        return rc;
+    apw_table_set(a, t, PH_INIT, a->tx_final);
+    return 1;
+}
+
+/* Compares the table's last Relation message with the destination's schema version and
+ * the catalog, at the first change of the table after that message that this worker
+ * applies (a replayed change never gets here, so a replayed older Relation never alters
+ * anything). Returns 0 to write the change, 1 if the table left READY/SYNCDONE (its
+ * change is skipped), or an error. See docs/destinations.md "Schema changes". */
+static int
+apw_ddl_reconcile(apw_t *a, apw_table_t *t, wr_err_t *err)
+{
+    const dest_ops_t *ops = a->dest->ops;
+    dest_key_t before = {a->tx_final, a->tx_ord > 0 ? a->tx_ord - 1 : 0};
+    wr_schema_t *ds = NULL;
+    dest_tmeta_t dm, meta;
+    dest_catalog_t cat;
+    dest_ddl_plan_t plan;
+    char label[256], why[512];
+    bool found = false;
+    wr_err_t werr;
+    int rc;
+
+    t->rel_pending = false;
+    if (ops->get_version == NULL)
+        return 0; /* the destination keeps no schema: nothing can be wrong */
+    memset(&dm, 0, sizeof(dm));
+    memset(&meta, 0, sizeof(meta));
+    memset(&plan, 0, sizeof(plan));
+    wr_err_clear(&werr);
+    apw_table_label(t, label, sizeof(label));
+    rc = ops->get_version(a->dest, t->relid, &ds, &dm, err);
+    if (rc != 0)
+        return rc;
+    memset(&cat, 0, sizeof(cat));
+    if (ds != NULL && dest_key_cmp(&dm.version, &before) > 0) {
+        /* the destination holds a newer schema: never alter it backwards (a replayed
+         * change does not get here; this is a safety net) */
+        log_warn("relation older than the destination's schema version, not altering table=%s "
+                 "relid=%u version=" WR_LSN_FMT "/%u change=" WR_LSN_FMT "/%u",
+                 label, (unsigned)t->relid, WR_LSN_ARGS(dm.version.commit_lsn),
+                 (unsigned)dm.version.ordinal, WR_LSN_ARGS(before.commit_lsn),
+                 (unsigned)before.ordinal);
+        goto out;
+    }
+    rc = apw_ddl_catalog(a, t->relid, &cat, &found, err);
+    if (rc != 0)
+        goto out;
+    if (!found) {
+        /* dropped since this change: the publication refresh cleans the table up */
+        log_info("table no longer in the catalog, applying its changes as they come table=%s "
+                 "relid=%u",
+                 label, (unsigned)t->relid);
+        goto out;
+    }
+    if (!dest_ddl_relation_matches(t->schema, &cat, why, sizeof(why))) {
+        if (ds != NULL && apw_ddl_same_columns(t->schema, ds)) {
+            /* The table changed again after this point of the stream, but at this point it
+             * has the destination's columns: apply as they are. The later change brings
+             * its own Relation message before the table's next change. */
+            log_debug("catalog ahead of the stream, columns unchanged here table=%s relid=%u "
+                      "why=\"%s\"",
+                      label, (unsigned)t->relid, why);
+            goto out;
+        }
+        if (apw_ddl_column_list(a, t->relid)) {
+            char msg[768];
+
+            snprintf(msg, sizeof(msg),
+                     "the publication sends a column list of \"%.200s\", which walrelay does "
+                     "not support (%.400s)",
+                     label, why);
+            rc = apw_ddl_errored(a, t, msg,
+                                 "publish the table without a column list, then run \"walrelay "
+                                 "resync\" for the table",
+                                 err);
+            goto out;
+        }
+        char reason[700];
+
+        snprintf(reason, sizeof(reason),
+                 "the table changed again after this point of the stream (%.500s), the columns "
+                 "at this point cannot be read from the catalog",
+                 why);
+        rc = apw_ddl_recopy(a, t, reason, err);
+        goto out;
+    }
+    rc = dest_ddl_plan(ds, &dm, &cat, &plan, err);
+    if (rc != 0)
+        goto out;
+    if (plan.action == DEST_DDL_NONE) {
+        t->ddl_recopies = 0;
+        goto out;
+    }
+    if (plan.action == DEST_DDL_RECOPY) {
+        rc = apw_ddl_recopy(a, t, plan.summary, err);
+        goto out;
+    }
+    t->ddl_recopies = 0;
+    rc = dest_tmeta_copy(&meta, &cat.meta);
+    if (rc != 0) {
+        rc = wr_err_set(err, WR_ENOMEM, "out of memory recording the schema of \"%s\"", label);
+        goto out;
+    }
+    meta.version = before;
+    if (plan.action == DEST_DDL_REFRESH) {
+        rc = apw_ddl_batch_begin(a, err);
+        if (rc == 0)
+            rc = ops->put_version(a->dest, cat.schema, &meta, plan.summary, err);
+        if (rc == 0)
+            log_info("schema version recorded table=%s relid=%u version=" WR_LSN_FMT
+                     "/%u change=\"%s\"",
+                     label, (unsigned)t->relid, WR_LSN_ARGS(before.commit_lsn),
+                     (unsigned)before.ordinal, plan.summary);
+        goto out;
+    }
+    /* FOLLOW: the earlier changes committed on their own, then the alteration in the same
+     * destination transaction as the changes that follow it */
+    rc = apw_ddl_commit_before(a, err);
+    if (rc == 0)
+        rc = apw_ddl_batch_begin(a, err);
+    if (rc != 0)
+        goto out;
+    {
+        dest_alter_t alt = {plan.src, plan.fill, &meta, plan.summary};
+
+        rc = ops->alter_table(a->dest, ds, cat.schema, &alt, &werr);
+    }
+    if (rc != 0) {
+        apw_batch_rollback(a);
+        if (rc == WR_EUNSUPPORTED || rc == WR_EDATA || rc == WR_EINVAL) {
+            rc = apw_ddl_errored(a, t, werr.msg,
+                                 werr.hint[0] ? werr.hint : "run \"walrelay resync\" for the table",
+                                 err);
+            goto out;
+        }
+        *err = werr;
+        goto out;
+    }
+    t->dest_ready = false; /* register the Relation's schema again */
+    t->ddl_in_batch = true;
+    a->batch_ddl = true;
+    log_info("schema change followed table=%s relid=%u version=" WR_LSN_FMT "/%u change=\"%s\"",
+             label, (unsigned)t->relid, WR_LSN_ARGS(before.commit_lsn), (unsigned)before.ordinal,
+             plan.summary);
+out:
+    dest_ddl_plan_free(&plan);
+    dest_tmeta_clear(&meta);
+    dest_tmeta_clear(&dm);
+    dest_catalog_clear(&cat);
+    wr_schema_free(ds);
+    return rc;
+}
+
+/* A table that left READY/SYNCDONE (re-copy, error, resync) is compared again, and
+ * registered with the destination again, before its next change is applied. */
+static void
+apw_ddl_on_phase(apw_table_t *t)
+{
+    if (t->phase != PH_READY && t->phase != PH_SYNCDONE) {
+        t->rel_pending = true;
+        t->dest_ready = false;
+    }
 }
 
 /* ---- applying changes ----------------------------------------------------------------- */
@@ -562,6 +1086,11 @@ apw_write(apw_t *a, apw_table_t *t, dest_event_t *ev, size_t msglen, wr_err_t *e
     if (t->schema == NULL)
         return wr_err_set(err, WR_EPROTO, "change for relid %u before its relation message",
                           (unsigned)t->relid);
+    if (t->rel_pending) {
+        rc = apw_ddl_reconcile(a, t, err);
+        if (rc != 0)
+            return rc > 0 ? 0 : rc; /* > 0: the table left READY/SYNCDONE, skip its change */
+    }
     if (!t->dest_ready) {
         rc = a->dest->ops->ensure_table(a->dest, t->schema, &werr);
         if (rc != 0) {
@@ -698,6 +1227,19 @@ apw_on_relation(apw_t *a, const pgo_msg_t *m, wr_err_t *err)
         return wr_err_set(err, WR_ENOMEM, "out of memory caching relation %u",
                           (unsigned)m->u.relation.relid);
     }
+    /* compared with the destination and the catalog at the table's next applied change:
+     * also when the message is unchanged (ADD PRIMARY KEY under REPLICA IDENTITY FULL, a
+     * type changed and back, a rewrite leave it identical) */
+    t->rel_pending = true;
+    if (a->in_tx && a->skip_found) {
+        dest_key_t next = {a->tx_final, a->tx_ord + 1};
+
+        if (dest_key_cmp(&next, &a->skip_key) <= 0)
+            log_info("relation of an applied transaction, destination not altered table=%s.%s "
+                     "relid=%u lsn=" WR_LSN_FMT " columns=%u",
+                     s->nsp, s->name, (unsigned)s->relid, WR_LSN_ARGS(a->tx_final),
+                     (unsigned)s->ncols);
+    }
     if (t->schema != NULL && wr_schema_equal(t->schema, s)) {
         wr_schema_free(s);
         return 0;
@@ -804,17 +1346,22 @@ apw_boundary(apw_t *a, wr_lsn_t y, wr_err_t *err)
                 rc = apw_key_catch_up(a, err);
                 if (rc != 0)
                     return rc;
+                FAILPOINT("apply.before_ready");
                 rc = wk_chan_set_phase(&a->chan, t->relid, PH_READY, a->flush, NULL, NULL, NULL,
                                        err);
                 if (rc != 0)
                     return rc;
                 apw_table_set(a, t, PH_READY, a->flush);
+                FAILPOINT("apply.after_ready");
                 log_info("table ready table=%s relid=%u syncdone=" WR_LSN_FMT " flush=" WR_LSN_FMT,
                          apw_table_label(t, label, sizeof(label)), (unsigned)t->relid,
                          WR_LSN_ARGS(s), WR_LSN_ARGS(a->flush));
             } else if (t->phase == PH_SYNCWAIT) {
                 wr_lsn_t x = t->lsn;
-                wr_lsn_t l = apw_max(x, y);
+                /* after a restart, transactions up to the resume key are replayed but not
+                 * applied again (for any table): L must pass it (robust: test_crash) */
+                wr_lsn_t l =
+                    apw_max(apw_max(x, y), a->skip_found ? a->skip_key.commit_lsn + 1 : 0);
 
                 rc = apw_batch_commit(a, err);
                 if (rc != 0)
@@ -823,6 +1370,7 @@ apw_boundary(apw_t *a, wr_lsn_t y, wr_err_t *err)
                 if (rc != 0)
                     return rc;
                 apw_table_set(a, t, PH_CATCHUP, l);
+                FAILPOINT("apply.catchup_granted");
                 log_info("catch-up granted table=%s relid=%u lsn=" WR_LSN_FMT
                          " syncwait=" WR_LSN_FMT " position=" WR_LSN_FMT,
                          apw_table_label(t, label, sizeof(label)), (unsigned)t->relid,
@@ -1091,12 +1639,21 @@ apw_prepare_slot(apw_t *a, wr_err_t *err)
     if (rc != 0)
         return rc;
     if (found && strcmp(wal_status, "lost") == 0) {
+        a->slot_lost = true;
         wr_err_set(err, WR_ESOURCE, "replication slot \"%s\" has lost required WAL", a->slot);
-        wr_err_hint(err,
-                    "the source removed WAL the pipeline still needed (see "
-                    "max_slot_wal_keep_size); drop the slot with "
-                    "pg_drop_replication_slot('%s') and resync every table",
-                    a->slot);
+        wr_err_hint(err, "the source removed WAL the pipeline still needed (see "
+                         "max_slot_wal_keep_size); the supervisor decides what happens "
+                         "([pipeline] on_slot_lost)");
+        if (a->cfg.on_slot_lost == CFG_SLOT_LOST_RECOPY) {
+            wr_err_t derr;
+            wr_err_clear(&derr);
+            /* the supervisor copies everything again (or stops): a new slot will do */
+            if (repl_drop_slot(a->sql, a->slot, &derr) != 0)
+                log_err(LOG_LVL_WARN, "cannot drop the lost slot", &derr);
+            else
+                log_warn("dropped the lost replication slot (on_slot_lost = recopy) slot=%s",
+                         a->slot);
+        }
         return WR_ESOURCE;
     }
     if (found) {
@@ -1174,6 +1731,8 @@ apw_run(apw_t *a, wr_err_t *err)
 
         if (a->oom)
             return wr_err_set(err, WR_ENOMEM, "out of memory recording table states");
+        if (a->remove_due)
+            apw_purge_removed(a);
         if (apw_stopping(a))
             return apw_stop(a, err);
         if (a->n_catchup > 0) {
@@ -1358,6 +1917,11 @@ main(int argc, char **argv)
     if (rc != 0)
         return apw_fail(&a, "cannot connect to the source for replication", &err);
     rc = apw_prepare_slot(&a, &err);
+    if (rc != 0 && a.slot_lost) {
+        log_err(LOG_LVL_ERROR, "the replication slot is lost", &err);
+        apw_close(&a);
+        return WR_EXIT_SLOT_LOST;
+    }
     if (rc != 0)
         return apw_fail(&a, "cannot prepare the replication slot", &err);
     apw_cleanup_sync_slots(&a);

@@ -74,6 +74,10 @@
  * slot disappeared or was invalidated during Catchup ("slot_missing", "slot_invalidated"),
  * anything else reported as WR_EUNSUPPORTED in the copy or the stream ("unsupported").
  * Exit 2 without Errored for pipeline-wide misconfiguration (WR_ECONFIG, WR_ESOURCE).
+ * A connection problem (WR_ECONN) during the copy (Init, DataSync) first sets Errored with
+ * kind "transient", then exits 1: the supervisor retries the table after
+ * table_error_retry_delay_ms (syw_report_transient; docs/lifecycle.md). Later phases
+ * keep their slot and just exit 1.
  *
  * Copy batching. PQgetCopyData returns one line per call and copy_parse_line reuses its
  * buffer for every line, so each parsed row's values are copied into a per-batch arena
@@ -88,11 +92,30 @@
  * choice). Relation messages of the table are compared with it (names, types, typmods,
  * replica identity), where the key flags are compared with what pgoutput derives from
  * REPLICA IDENTITY (FULL: every column; DEFAULT: the primary key; INDEX: that index;
- * NOTHING: none), not with the schema's key. Any difference is Errored "schema_changed".
+ * NOTHING: none), not with the schema's key. Any difference means the table changed after
+ * the copy's snapshot: catch-up does not alter the destination, it requests INIT and the
+ * dispatcher copies the table again (syw_catchup_recopy), which follows every kind of
+ * change exactly; so does a destination table that no longer matches when catch-up
+ * resumes after a restart. A publication column list, or a difference that survives
+ * three copies in this process, is Errored "schema_changed". With the schema the copy
+ * reads the catalog facts (syw_load_meta: relfilenode, per attribute number replicated /
+ * dropped / generated and the pg_attribute xmin) and records them as the table's schema
+ * version (X, 0) in the copy's first destination transaction (reset_table, which also
+ * creates the table again when its columns, types or key differ); the apply worker
+ * compares later Relation messages with them (docs/destinations.md "Schema changes").
+ *
+ * The schema sent to the supervisor and registered for catch-up carries those Relation
+ * key flags (syw_stream_schema), the same the apply worker registers; the copy-time
+ * schema (primary key) only creates the destination table, whose PRIMARY KEY is then the
+ * source's (docs/destinations.md, keying).
+ *
+ * Partitioned tables. With publish_via_partition_root the publication lists the root
+ * (relkind 'p'), which COPY refuses: it is copied with COPY (SELECT cols FROM root), which
+ * reads every partition, and its changes arrive under the root's relid. Without it the
+ * leaves are listed and copied one by one like plain tables.
  *
  * Not handled yet: publication column lists and row filters (PostgreSQL 15) are not
- * applied to the copy (a column list shows up as "schema_changed" at the first change);
- * partitioned tables (COPY of a partitioned table fails and is retried).
+ * applied to the copy (a column list shows up as "schema_changed" at the first change).
  *
  * EXAMPLE FLOWS (X = consistent point, L = Catchup LSN granted by apply)
  *
@@ -139,6 +162,7 @@
 
 #include "common/config.h"
 #include "common/copytext.h"
+#include "common/failpoint.h"
 #include "common/log.h"
 #include "common/pgoutput.h"
 #include "common/phase.h"
@@ -164,6 +188,7 @@ typedef struct syw_s {
     char slot[64];   /* walrelay_<pipeline>_s<relid> */
     char stream[64]; /* sync_<relid> */
     char table[300]; /* "nsp.name", for messages */
+    char relkind;    /* pg_class.relkind: 'p' (partitioned) is copied with COPY (SELECT ...) */
     wk_chan_t chan;
     bool chan_open;
     dest_t *dest;
@@ -177,6 +202,9 @@ typedef struct syw_s {
     wr_schema_t *schema;
     uint8_t *relflags;      /* per column: the key flag pgoutput's Relation message must carry */
     bool schema_registered; /* ensure_table done on this destination handle */
+    bool stream_registered; /* ensure_table done with syw_stream_schema() (for changes) */
+    dest_tmeta_t meta;      /* catalog facts read with the copy's schema: its version */
+    int recopies;           /* copies started again in this process for a schema change */
 } syw_t;
 
 /* Values of one copy batch: rows and values allocated once, text in an arena. */
@@ -243,6 +271,9 @@ syw_on_msg(const ipc_msg_t *m, void *arg)
  * stop arrived while waiting), 2 if the configuration or the source is wrong
  * (WR_ECONFIG, WR_ESOURCE: no restart), else 1 (restart with backoff). Callers route
  * WR_EUNSUPPORTED to Errored before they get here. */
+/* The last error that made syw_fail return 1 (see syw_report_transient). */
+static wr_err_t syw_last_err;
+
 static int
 syw_fail(const char *what, const wr_err_t *err)
 {
@@ -253,7 +284,37 @@ syw_fail(const char *what, const wr_err_t *err)
     log_err(LOG_LVL_ERROR, what, err);
     if (err->code == WR_ECONFIG || err->code == WR_ESOURCE)
         return WR_EXIT_CONFIG;
+    syw_last_err = *err;
+    wr_err_prefix(&syw_last_err, "%s: ", what);
     return WR_EXIT_ERROR;
+}
+
+/* (added for issue 3) Before exiting 1 on a connection problem (WR_ECONN: connection lost,
+ * server shutting down or in recovery, too many connections) during the copy, the table
+ * goes Errored with kind "transient", if the channel still works: the supervisor retries it
+ * after [retry] table_error_retry_delay_ms, up to table_error_retry_max_attempts, by rolling
+ * it back to DataSync. Only during the copy: there the slot is disposable (dropped on every
+ * exit), while from FinishedCopy on it is the only way to resume, and an Errored table's
+ * sync slot is dropped; so later phases keep exiting 1 and are restarted with backoff. */
+static void
+syw_report_transient(syw_t *w)
+{
+    wr_err_t err;
+
+    if (syw_last_err.code != WR_ECONN || !w->chan_open || syw_should_stop(w) ||
+        (w->phase != PH_INIT && w->phase != PH_DATASYNC))
+        return;
+    wr_err_clear(&err);
+    if (wk_chan_set_phase(&w->chan, w->relid, PH_ERRORED, 0, "transient", syw_last_err.msg,
+                          syw_last_err.hint[0] ? syw_last_err.hint
+                                               : "retried automatically; see [retry] "
+                                                 "table_error_retry_delay_ms",
+                          &err) < 0) {
+        log_err(LOG_LVL_WARN, "requesting phase errored (transient)", &err);
+        return;
+    }
+    w->phase = PH_ERRORED;
+    log_info("table errored (transient), the supervisor retries it table=%s", w->table);
 }
 
 /* True for destination / parser errors that a retry would only repeat: the data itself
@@ -362,6 +423,8 @@ syw_schema_reset(syw_t *w)
     free(w->relflags);
     w->relflags = NULL;
     w->schema_registered = false;
+    w->stream_registered = false;
+    dest_tmeta_clear(&w->meta);
 }
 
 /* Reads the table's schema with the connection's current snapshot (inside the copy
@@ -386,7 +449,7 @@ syw_load_schema(syw_t *w, PGconn *c, bool *missing, wr_err_t *err)
     /* A failing catalog query on a live connection is not a misconfiguration of the whole
      * pipeline: both failures are reported as WR_ECONN, i.e. retried. */
     snprintf(sql, sizeof(sql),
-             "SELECT n.nspname, c.relname, c.relreplident FROM pg_catalog.pg_class c "
+             "SELECT n.nspname, c.relname, c.relreplident, c.relkind FROM pg_catalog.pg_class c "
              "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = %u",
              w->relid);
     res = PQexec(c, sql);
@@ -402,6 +465,7 @@ syw_load_schema(syw_t *w, PGconn *c, bool *missing, wr_err_t *err)
         return 0;
     }
     replident = PQgetvalue(res, 0, 2)[0];
+    w->relkind = PQgetvalue(res, 0, 3)[0];
     snprintf(w->table, sizeof(w->table), "%s.%s", PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1));
     w->schema = wr_schema_new(w->relid, PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1), 0);
     PQclear(res);
@@ -542,6 +606,160 @@ syw_check_relation(const syw_t *w, const pgo_msg_t *m, wr_err_t *err)
                               c->name);
     }
     return 0;
+}
+
+/* The schema as the stream describes the table: w->schema with the key flags of the
+ * Relation message (w->relflags: REPLICA IDENTITY FULL flags every column, USING INDEX
+ * the index's columns). It is what the supervisor stores (so it equals what the apply
+ * worker sees) and what catch-up registers with the destination, whose keying rule
+ * reads the flags that way; w->schema (key = primary key, else the identity index)
+ * only creates the destination table. NULL on OOM; the caller frees it. */
+static wr_schema_t *
+syw_stream_schema(const syw_t *w)
+{
+    wr_schema_t *s = wr_schema_copy(w->schema);
+
+    for (uint16_t i = 0; s != NULL && i < s->ncols; i++)
+        s->cols[i].is_key = w->relflags[i] != 0;
+    return s;
+}
+
+/* Sends the stream schema to the supervisor (schema message, version lsn). */
+static int
+syw_put_stream_schema(syw_t *w, wr_lsn_t lsn, wr_err_t *err)
+{
+    wr_schema_t *s = syw_stream_schema(w);
+    int rc;
+
+    if (s == NULL)
+        return wr_err_set(err, WR_ENOMEM, "out of memory copying the schema of \"%s\"", w->table);
+    rc = wk_chan_put_schema(&w->chan, s, lsn, err);
+    wr_schema_free(s);
+    return rc;
+}
+
+/* Registers the stream schema with the destination before applying changes. */
+static int
+syw_register_stream_schema(syw_t *w, wr_err_t *err)
+{
+    wr_schema_t *s = syw_stream_schema(w);
+    int rc;
+
+    if (s == NULL)
+        return wr_err_set(err, WR_ENOMEM, "out of memory copying the schema of \"%s\"", w->table);
+    rc = w->dest->ops->ensure_table(w->dest, s, err);
+    wr_schema_free(s);
+    return rc;
+}
+
+/* Reads, with the connection's snapshot (the copy's), the catalog facts that go with the
+ * schema as its version in the destination (dest_tmeta_t): relfilenode and, per
+ * attribute, whether it is replicated, dropped or generated and its pg_attribute xmin.
+ * The apply worker compares later Relation messages with them by attribute number. If
+ * they do not agree with w->schema, nothing is recorded (natts 0) and a schema change is
+ * then only followed when the columns are identical. Simple query protocol only. */
+static int
+syw_load_meta(syw_t *w, PGconn *c, wr_lsn_t x, wr_err_t *err)
+{
+    char sql[512];
+    PGresult *res;
+    int n, nlive = 0;
+
+    dest_tmeta_clear(&w->meta);
+    w->meta.version.commit_lsn = x;
+    w->meta.version.ordinal = 0;
+    snprintf(sql, sizeof(sql),
+             "SELECT c.relfilenode, a.attnum, CASE WHEN a.attisdropped THEN 'd' "
+             "WHEN a.attgenerated <> '' THEN 'g' ELSE 'l' END, a.xmin "
+             "FROM pg_catalog.pg_class c JOIN pg_catalog.pg_attribute a "
+             "ON a.attrelid = c.oid AND a.attnum > 0 WHERE c.oid = %u ORDER BY a.attnum",
+             w->relid);
+    res = PQexec(c, sql);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        wr_err_set(err, WR_ECONN, "reading the attributes of \"%s\": %s", w->table,
+                   PQerrorMessage(c));
+        PQclear(res);
+        return err->code;
+    }
+    n = PQntuples(res);
+    if (n == 0 || n > UINT16_MAX) {
+        PQclear(res);
+        return 0;
+    }
+    w->meta.attstate = malloc((size_t)n + 1);
+    w->meta.attxmin = calloc((size_t)n, sizeof(uint32_t));
+    if (w->meta.attstate == NULL || w->meta.attxmin == NULL) {
+        PQclear(res);
+        dest_tmeta_clear(&w->meta);
+        return wr_err_set(err, WR_ENOMEM, "out of memory reading the attributes of \"%s\"",
+                          w->table);
+    }
+    w->meta.relfilenode = (uint32_t)strtoul(PQgetvalue(res, 0, 0), NULL, 10);
+    for (int i = 0; i < n; i++) {
+        w->meta.attstate[i] = PQgetvalue(res, i, 2)[0];
+        w->meta.attxmin[i] = (uint32_t)strtoul(PQgetvalue(res, i, 3), NULL, 10);
+        nlive += w->meta.attstate[i] == 'l';
+        if (atoi(PQgetvalue(res, i, 1)) != i + 1)
+            nlive = -1000000; /* not 1..n: do not record */
+    }
+    w->meta.attstate[n] = '\0';
+    w->meta.natts = (uint16_t)n;
+    PQclear(res);
+    if (nlive != w->schema->ncols) {
+        log_warn("attributes do not match the columns read, no catalog facts recorded table=%s",
+                 w->table);
+        free(w->meta.attstate);
+        free(w->meta.attxmin);
+        w->meta.attstate = NULL;
+        w->meta.attxmin = NULL;
+        w->meta.natts = 0;
+    }
+    return 0;
+}
+
+/* The copy's first destination transaction: the table empty with the copy's schema
+ * (dropped and created again if its columns differ, e.g. a re-copy after a schema
+ * change) and its schema version recorded; a destination without reset_table gets
+ * ensure_table + truncate_table. */
+static int
+syw_copy_reset_table(syw_t *w, wr_err_t *err)
+{
+    int rc;
+
+    if (w->dest->ops->reset_table != NULL)
+        rc = w->dest->ops->reset_table(w->dest, w->schema, &w->meta, err);
+    else if ((rc = w->dest->ops->ensure_table(w->dest, w->schema, err)) == 0)
+        rc = w->dest->ops->truncate_table(w->dest, w->relid, err);
+    if (rc == 0)
+        w->schema_registered = true;
+    return rc;
+}
+
+/* True if the publication gives the table a column list: Relation messages then never
+ * match the copied schema, and copying again cannot help. */
+static bool
+syw_column_list(syw_t *w)
+{
+    char sql[512];
+    char *lit;
+    PGresult *res;
+    bool yes;
+
+    if (w->sql == NULL)
+        return false;
+    lit = PQescapeLiteral(w->sql, w->cfg.publication, strlen(w->cfg.publication));
+    if (lit == NULL)
+        return false;
+    snprintf(sql, sizeof(sql),
+             "SELECT 1 FROM pg_catalog.pg_publication_rel pr "
+             "JOIN pg_catalog.pg_publication p ON p.oid = pr.prpubid "
+             "WHERE p.pubname = %s AND pr.prrelid = %u AND pr.prattrs IS NOT NULL",
+             lit, w->relid);
+    PQfreemem(lit);
+    res = PQexec(w->sql, sql);
+    yes = PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) > 0;
+    PQclear(res);
+    return yes;
 }
 
 /* ---- copy ---------------------------------------------------------------- */
@@ -701,7 +919,8 @@ syw_copy_progress(syw_t *w, syw_copy_t *cp, wr_err_t *err)
     return wk_chan_poll(&w->chan, 0, err);
 }
 
-/* Builds COPY "nsp"."name" ("c1", ...) TO STDOUT. */
+/* Builds COPY "nsp"."name" ("c1", ...) TO STDOUT, or for a partitioned table
+ * COPY (SELECT "c1", ... FROM "nsp"."name") TO STDOUT. */
 static int
 syw_copy_statement(syw_t *w, char **out, wr_err_t *err)
 {
@@ -714,21 +933,39 @@ syw_copy_statement(syw_t *w, char **out, wr_err_t *err)
     *out = NULL;
     if (!ok)
         return wr_err_set(err, WR_ENOMEM, "out of memory building the COPY statement");
-    fputs("COPY ", f);
-    ok = (q = repl_quote_ident(w->repl, w->schema->nsp)) != NULL;
-    if (ok) {
-        fprintf(f, "%s.", q);
-        PQfreemem(q);
-        ok = (q = repl_quote_ident(w->repl, w->schema->name)) != NULL;
-    }
-    if (ok) {
-        fprintf(f, "%s (", q);
-        PQfreemem(q);
+    /* COPY refuses a partitioned table (published with publish_via_partition_root): copy
+     * a query over it instead, which reads every partition, as PostgreSQL's tablesync */
+    bool query = w->relkind == 'p';
+
+    fputs(query ? "COPY (SELECT " : "COPY ", f);
+    if (!query) {
+        ok = (q = repl_quote_ident(w->repl, w->schema->nsp)) != NULL;
+        if (ok) {
+            fprintf(f, "%s.", q);
+            PQfreemem(q);
+            ok = (q = repl_quote_ident(w->repl, w->schema->name)) != NULL;
+        }
+        if (ok) {
+            fprintf(f, "%s (", q);
+            PQfreemem(q);
+        }
     }
     for (uint16_t i = 0; ok && i < w->schema->ncols; i++) {
         ok = (q = repl_quote_ident(w->repl, w->schema->cols[i].name)) != NULL;
         if (ok) {
             fprintf(f, "%s%s", i > 0 ? ", " : "", q);
+            PQfreemem(q);
+        }
+    }
+    if (ok && query) {
+        ok = (q = repl_quote_ident(w->repl, w->schema->nsp)) != NULL;
+        if (ok) {
+            fprintf(f, " FROM %s.", q);
+            PQfreemem(q);
+            ok = (q = repl_quote_ident(w->repl, w->schema->name)) != NULL;
+        }
+        if (ok) {
+            fputs(q, f);
             PQfreemem(q);
         }
     }
@@ -828,6 +1065,7 @@ syw_copy(syw_t *w)
     }
     w->phase = PH_DATASYNC;
     w->lsn = 0;
+    FAILPOINT("sync.after_datasync");
 
     if (syw_sql_connect(w, &err) < 0 || syw_dest_open(w, &err) < 0) {
         code = syw_fail("preparing the copy", &err);
@@ -880,18 +1118,19 @@ syw_copy(syw_t *w)
         code = syw_set_errored(w, "unsupported", &err);
         goto out;
     }
-    if (wr_schema_nkeys(w->schema) == 0)
+    if (wr_schema_nkeys(w->schema) == 0 && w->schema->replident != 'f')
         log_warn("table has no key: updates and deletes will be refused table=%s", w->table);
-
-    if (wk_chan_put_schema(&w->chan, w->schema, x, &err) < 0) {
+    if ((rc = syw_load_meta(w, w->repl, x, &err)) < 0) {
         code = syw_copy_error(w, &cp, NULL, &err);
         goto out;
     }
-    if ((rc = w->dest->ops->ensure_table(w->dest, w->schema, &err)) < 0) {
-        code = syw_copy_error(w, &cp, "dest_refused", &err);
+
+    if ((rc = syw_put_stream_schema(w, x, &err)) < 0) {
+        code = syw_copy_error(w, &cp, NULL, &err);
         goto out;
     }
-    w->schema_registered = true;
+    /* the destination table is registered in the first destination transaction below
+     * (syw_copy_reset_table), where it may have to be created again */
 
     batch_rows =
         w->cfg.copy_batch_rows > 0 ? (size_t)w->cfg.copy_batch_rows : SYW_DEFAULT_BATCH_ROWS;
@@ -908,7 +1147,7 @@ syw_copy(syw_t *w)
         goto out;
     }
     cp.dest_open = true;
-    if ((rc = w->dest->ops->truncate_table(w->dest, w->relid, &err)) < 0 ||
+    if ((rc = syw_copy_reset_table(w, &err)) < 0 ||
         (rc = w->dest->ops->clear_key(w->dest, w->stream, &err)) < 0) {
         code = syw_copy_error(w, &cp, "dest_refused", &err);
         goto out;
@@ -962,6 +1201,7 @@ syw_copy(syw_t *w)
                 code = syw_copy_error(w, &cp, cp.dest_open ? "dest_refused" : NULL, &err);
                 goto out;
             }
+            FAILPOINT("sync.mid_copy");
         }
         if (rc == 0)
             rc = syw_batch_add(&cp.batch, &row, &err);
@@ -996,6 +1236,7 @@ syw_copy(syw_t *w)
                  w->table, cp.rows, secs, secs > 0 ? (double)cp.rows / secs : (double)cp.rows);
     }
 
+    FAILPOINT("sync.before_finishedcopy");
     /* Keep the slot if this request fails: it may have been persisted with the ack lost,
      * and then the slot is what the next start resumes from. */
     if (wk_chan_set_phase(&w->chan, w->relid, PH_FINISHEDCOPY, x, "", "", "", &err) < 0) {
@@ -1005,6 +1246,7 @@ syw_copy(syw_t *w)
     w->phase = PH_FINISHEDCOPY;
     w->lsn = x;
     code = SYW_CONTINUE;
+    FAILPOINT("sync.after_finishedcopy");
 
 out:
     syw_batch_close(&cp.batch);
@@ -1026,6 +1268,7 @@ syw_request_syncwait(syw_t *w)
         return syw_fail("requesting phase syncwait", &err);
     w->phase = PH_SYNCWAIT;
     log_info("syncwait table=%s lsn=" WR_LSN_FMT, w->table, WR_LSN_ARGS(w->lsn));
+    FAILPOINT("sync.after_syncwait");
     return SYW_CONTINUE;
 }
 
@@ -1094,6 +1337,7 @@ syw_syncdone(syw_t *w, wr_lsn_t s, uint64_t applied)
     w->lsn = s;
     log_info("syncdone table=%s lsn=" WR_LSN_FMT " applied=%" PRIu64, w->table, WR_LSN_ARGS(s),
              applied);
+    FAILPOINT("sync.before_slot_drop");
     (void)syw_drop_slot(w);
     if (syw_clear_stream_key(w, &err) < 0)
         log_err(LOG_LVL_WARN, "forgetting the catch-up key", &err);
@@ -1118,6 +1362,54 @@ syw_catchup_errored(syw_t *w, syw_stream_t *st, const char *kind, const wr_err_t
     if (code == WR_EXIT_CONFIG)
         (void)syw_drop_slot(w);
     return code;
+}
+
+#define SYW_MAX_SCHEMA_RECOPIES 3
+
+/* The table's columns changed after the copy (a Relation message of catch-up differs
+ * from the copied schema, or the destination table does not match the catalog when
+ * catch-up resumes). Catch-up does not alter the destination: it starts over, which
+ * follows every kind of change exactly (the apply worker follows changes made after the
+ * handoff). Closes the stream, rolls the open destination transaction back, requests
+ * INIT and returns SYW_CONTINUE: the dispatcher runs the copy again (it drops the slot).
+ * A publication column list, or the same mismatch after SYW_MAX_SCHEMA_RECOPIES copies,
+ * ends in Errored "schema_changed". */
+static int
+syw_catchup_recopy(syw_t *w, syw_stream_t *st, const wr_err_t *cause)
+{
+    wr_err_t err;
+
+    wr_err_clear(&err);
+    if (syw_column_list(w)) {
+        wr_err_t e = *cause;
+
+        wr_err_prefix(&e, "the publication sends a column list, which walrelay does not support: ");
+        wr_err_hint(&e, "publish the table without a column list, then run \"walrelay resync\" "
+                        "for the table");
+        return syw_catchup_errored(w, st, "schema_changed", &e);
+    }
+    if (++w->recopies > SYW_MAX_SCHEMA_RECOPIES) {
+        wr_err_t e = *cause;
+
+        wr_err_prefix(&e,
+                      "still differs after copying the table %d times: ", SYW_MAX_SCHEMA_RECOPIES);
+        wr_err_hint(&e, "check the table's definition, then run \"walrelay resync\" for it");
+        return syw_catchup_errored(w, st, "schema_changed", &e);
+    }
+    if (st->dest_open) {
+        if (w->dest->ops->rollback(w->dest, &err) < 0)
+            log_err(LOG_LVL_WARN, "destination rollback failed", &err);
+        st->dest_open = false;
+    }
+    syw_repl_close(w);
+    log_warn("schema changed during catch-up, copying the table again table=%s reason=\"%s\"",
+             w->table, cause->msg);
+    if (wk_chan_set_phase(&w->chan, w->relid, PH_INIT, 0, "", "", "", &err) < 0)
+        return syw_fail("requesting phase init", &err);
+    w->phase = PH_INIT;
+    w->lsn = 0;
+    syw_schema_reset(w);
+    return SYW_CONTINUE;
 }
 
 /* A transient catch-up error: roll back the open transaction (it will be replayed), keep
@@ -1233,6 +1525,7 @@ syw_handle_change(syw_t *w, syw_stream_t *st, const pgo_msg_t *m)
                 return syw_catchup_dest_error(w, st, &err);
             st->dest_open = false;
             st->last = st->written;
+            FAILPOINT("sync.catchup_after_commit");
         }
         st->in_txn = false;
         if (m->u.commit.end_lsn > st->current)
@@ -1245,11 +1538,8 @@ syw_handle_change(syw_t *w, syw_stream_t *st, const pgo_msg_t *m)
     case PGO_RELATION:
         if (m->u.relation.relid != w->relid)
             return SYW_CONTINUE;
-        if (syw_check_relation(w, m, &err) < 0) {
-            wr_err_hint(&err, "schema changes during the initial copy are not supported yet; run "
-                              "\"walrelay resync\" for the table");
-            return syw_catchup_errored(w, st, "schema_changed", &err);
-        }
+        if (syw_check_relation(w, m, &err) < 0)
+            return syw_catchup_recopy(w, st, &err);
         st->relation_ok = true;
         return SYW_CONTINUE;
     case PGO_INSERT:
@@ -1310,8 +1600,7 @@ syw_handle_change(syw_t *w, syw_stream_t *st, const pgo_msg_t *m)
     /* a tuple that does not match the schema (only reached via break) */
     if (err.code == WR_EPROTO)
         return syw_catchup_fail(w, st, "catch-up stream", &err);
-    wr_err_hint(&err, "schema changes during the initial copy are not supported yet; run "
-                      "\"walrelay resync\" for the table");
+    wr_err_hint(&err, "run \"walrelay resync\" for the table");
     return syw_catchup_errored(w, st, "schema_changed", &err);
 }
 
@@ -1429,8 +1718,8 @@ syw_stream(syw_t *w, syw_stream_t *st)
                 return syw_catchup_fail(w, st, "catch-up stream", &err);
             rc = syw_handle_copydata(w, st, (const uint8_t *)buf, (size_t)n);
             PQfreemem(buf);
-            if (rc != SYW_CONTINUE)
-                return rc;
+            if (rc != SYW_CONTINUE || w->phase != PH_CATCHUP)
+                return rc; /* an exit code, or the table left Catchup (a copy again) */
             if (syw_should_stop(w))
                 return syw_catchup_stop(w, st);
         }
@@ -1528,17 +1817,20 @@ syw_catchup(syw_t *w)
             goto out;
         }
     }
-    if (!w->schema_registered) {
-        if (w->dest->ops->ensure_table(w->dest, w->schema, &err) < 0) {
+    if (!w->stream_registered) {
+        if (syw_register_stream_schema(w, &err) < 0) {
             wr_err_prefix(&err, "registering \"%s\": ", w->table);
             if (syw_is_data_error(err.code)) {
-                code = syw_catchup_errored(w, &st, "schema_changed", &err);
+                /* the columns changed since the copy (catch-up resumed after a restart
+                 * reads the catalog's schema): copy again */
+                code = syw_catchup_recopy(w, &st, &err);
                 goto out;
             }
             code = syw_fail("catch-up", &err);
             goto out;
         }
         w->schema_registered = true;
+        w->stream_registered = true;
     }
     if (w->dest->ops->last_key(w->dest, w->stream, &st.last, &key_found, &err) < 0) {
         code = syw_fail("reading the catch-up key", &err);
@@ -1737,6 +2029,8 @@ main(int argc, char **argv)
     log_info("sync worker started table=%s relid=%u phase=%s lsn=" WR_LSN_FMT, w.table, w.relid,
              phase_name(w.phase), WR_LSN_ARGS(w.lsn));
     code = syw_run(&w);
+    if (code == WR_EXIT_ERROR)
+        syw_report_transient(&w);
     if (code == WR_EXIT_OK && syw_signalled)
         log_info("stopped by signal table=%s phase=%s", w.table, phase_name(w.phase));
 

@@ -212,4 +212,6 @@ class PgServer:
             time.sleep(0.1)
 
     def current_wal_lsn(self):
-        return lsn_to_int(self.execute("SELECT pg_current_wal_lsn()::text")[0][0])
+        # the insert position: with synchronous_commit=off the write position can still
+        # be behind the commit just made
+        return lsn_to_int(self.execute("SELECT pg_current_wal_insert_lsn()::text")[0][0])

@@ -407,7 +407,7 @@ def dest_table_name(nsp, name):
     return name if nsp == "public" else "%s__%s" % (nsp, name)
 
 
-def _source_table(conn, nsp, name):
+def _source_table(conn, nsp, name, need_key=True):
     """[(column, typname)] in attnum order and the primary key columns."""
     cols = conn.execute(
         """SELECT a.attname, t.typname FROM pg_attribute a
@@ -421,7 +421,8 @@ def _source_table(conn, nsp, name):
            WHERE i.indrelid = format('%%I.%%I', %s::text, %s::text)::regclass AND i.indisprimary
            ORDER BY array_position(i.indkey, a.attnum)""", [nsp, name]).fetchall()]
     assert cols, "source table %s.%s has no columns (does it exist?)" % (nsp, name)
-    assert key, "source table %s.%s has no primary key: the comparison needs one" % (nsp, name)
+    assert key or not need_key, (
+        "source table %s.%s has no primary key: the comparison needs one" % (nsp, name))
     return cols, key
 
 
@@ -460,22 +461,75 @@ def _same(typname, want, got):
 
 
 def _select_list(cols):
+    """Ints, bool and bytea as psycopg reads them; everything else in its output form
+    (format('%s'), not a cast to text: bpchar's cast trims the padding, inet's adds the
+    netmask, "char"'s differs for non-ASCII; format gives '' for NULL, hence the CASE).
+    Floats are then exact with
+    extra_float_digits=3, and keep NaN/Infinity. The query runs without parameters, so
+    its % signs are literal."""
     out = []
     for c, t in cols:
         q = '"%s"' % c.replace('"', '""')
         if t in INT_TYPES or t in ("bool", "bytea"):
             out.append(q)
-        elif t == "bpchar":  # the output form keeps the padding; a cast to text trims it
-            out.append("CASE WHEN %s IS NULL THEN NULL ELSE format('%%s', %s) END" % (q, q))
-        else:  # output form; for floats exact with extra_float_digits=3, keeps NaN/Infinity
-            out.append("%s::text" % q)
+        else:
+            # num_nulls, not IS NULL: a composite whose fields are all NULL "IS NULL"
+            out.append("CASE WHEN num_nulls(%s) = 0 THEN format('%%s', %s) END" % (q, q))
     return ", ".join(out)
+
+
+def _canon(typname, got):
+    """A destination value in the form _expected gives its source value (for comparing
+    tables without a key as multisets)."""
+    if got is None:
+        return None
+    if typname in FLOAT_TYPES:
+        if isinstance(got, float) and math.isinf(got):
+            return "Infinity" if got > 0 else "-Infinity"
+        if isinstance(got, (int, float)):
+            return float(got)
+    if typname == "bytea" and isinstance(got, (bytes, memoryview)):
+        return bytes(got)
+    return got
+
+
+def _row_sort_key(row):
+    return [(v is None, type(v).__name__, repr(v)) for v in row]
+
+
+def _compare_keyless(pgconn, dest, nsp, name, cols, max_report):
+    """Tables without a primary key: the same rows, as many times each (multisets)."""
+    import collections
+    names = [c for c, _ in cols]
+    src = collections.Counter()
+    for row in pgconn.execute('SELECT %s FROM "%s"."%s"' % (_select_list(cols), nsp, name)):
+        src[tuple(_expected(t, v) for (_, t), v in zip(cols, row))] += 1
+    dname = dest_table_name(nsp, name)
+    qcols = ", ".join('"%s"' % c.replace('"', '""') for c in names)
+    try:
+        drows = dest.execute('SELECT %s FROM "%s"' % (qcols, dname)).fetchall()
+    except sqlite3.Error as e:
+        return ["destination table \"%s\" (for %s.%s) cannot be read: %s" % (dname, nsp, name, e)]
+    dst = collections.Counter(tuple(_canon(t, v) for (_, t), v in zip(cols, row)) for row in drows)
+    diffs = []
+    missing = sorted((src - dst).elements(), key=_row_sort_key)
+    extra = sorted((dst - src).elements(), key=_row_sort_key)
+    if missing:
+        diffs.append("%s (no key): %d source rows missing in the destination, e.g. %r" % (
+            dname, len(missing), missing[:max_report]))
+    if extra:
+        diffs.append("%s (no key): %d destination rows not in the source, e.g. %r" % (
+            dname, len(extra), extra[:max_report]))
+    return diffs
 
 
 def compare_table(pgconn, dest, nsp, name, max_report=10):
     """Compares one table value by value. Returns a list of human-readable differences
-    (empty when equal). pgconn must have TimeZone UTC, DateStyle ISO, extra_float_digits 3."""
-    cols, key = _source_table(pgconn, nsp, name)
+    (empty when equal). pgconn must have TimeZone UTC, DateStyle ISO, extra_float_digits 3.
+    A table without a primary key is compared as a multiset of rows."""
+    cols, key = _source_table(pgconn, nsp, name, need_key=False)
+    if not key:
+        return _compare_keyless(pgconn, dest, nsp, name, cols, max_report)
     names = [c for c, _ in cols]
     types = dict(cols)
     kidx = [names.index(k) for k in key]
