@@ -55,28 +55,7 @@ typedef struct mem_store_s {
     size_t nflags;
 } mem_store_t;
 
-static int64_t
-mem_wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
-/* Same cut as state_sqlite.c: at a UTF-8 character boundary. */
-static void
-mem_copy_text(char *dst, size_t size, const char *src)
-{
-    size_t n = src ? strlen(src) : 0;
-    if (n >= size) {
-        n = size - 1;
-        while (n > 0 && ((unsigned char)src[n] & 0xC0) == 0x80)
-            n--;
-    }
-    if (n)
-        memcpy(dst, src, n);
-    dst[n] = '\0';
-}
 
 /* Makes room for one more element in *arr (capacity *cap); false on OOM. */
 static bool
@@ -162,10 +141,10 @@ mem_add_table(state_store_t *base, uint32_t relid, const char *nsp, const char *
     t = &s->tables[i];
     memset(t, 0, sizeof(*t));
     t->t.relid = relid;
-    mem_copy_text(t->t.nsp, sizeof(t->t.nsp), nsp);
-    mem_copy_text(t->t.name, sizeof(t->t.name), name);
+    wr_copy_text(t->t.nsp, sizeof(t->t.nsp), nsp);
+    wr_copy_text(t->t.name, sizeof(t->t.name), name);
     t->t.phase = PH_INIT;
-    t->t.updated_at_ms = mem_wall_ms();
+    t->t.updated_at_ms = wr_wall_ms();
     return 0;
 }
 
@@ -250,10 +229,10 @@ mem_set_phase(state_store_t *base, uint32_t relid, wr_phase_t phase, wr_lsn_t ls
     memcpy(h->err_hint, t->t.err_hint, sizeof(h->err_hint));
     t->t.phase = phase;
     t->t.lsn = lsn;
-    mem_copy_text(t->t.err_kind, sizeof(t->t.err_kind), phase == PH_ERRORED ? err_kind : NULL);
-    mem_copy_text(t->t.err_msg, sizeof(t->t.err_msg), phase == PH_ERRORED ? err_msg : NULL);
-    mem_copy_text(t->t.err_hint, sizeof(t->t.err_hint), phase == PH_ERRORED ? err_hint : NULL);
-    t->t.updated_at_ms = mem_wall_ms();
+    wr_copy_text(t->t.err_kind, sizeof(t->t.err_kind), phase == PH_ERRORED ? err_kind : NULL);
+    wr_copy_text(t->t.err_msg, sizeof(t->t.err_msg), phase == PH_ERRORED ? err_msg : NULL);
+    wr_copy_text(t->t.err_hint, sizeof(t->t.err_hint), phase == PH_ERRORED ? err_hint : NULL);
+    t->t.updated_at_ms = wr_wall_ms();
     return 0;
 }
 
@@ -265,7 +244,7 @@ mem_set_attempts(state_store_t *base, uint32_t relid, uint32_t attempts, wr_err_
         return wr_err_set(err, WR_EINVAL,
                           "setting attempts of table %u: table is not in the state store", relid);
     t->t.attempts = attempts;
-    t->t.updated_at_ms = mem_wall_ms();
+    t->t.updated_at_ms = wr_wall_ms();
     return 0;
 }
 
@@ -283,7 +262,7 @@ mem_rollback_phase(state_store_t *base, uint32_t relid, wr_err_t *err)
     memcpy(t->t.err_kind, h->err_kind, sizeof(h->err_kind));
     memcpy(t->t.err_msg, h->err_msg, sizeof(h->err_msg));
     memcpy(t->t.err_hint, h->err_hint, sizeof(h->err_hint));
-    t->t.updated_at_ms = mem_wall_ms();
+    t->t.updated_at_ms = wr_wall_ms();
     return 0;
 }
 

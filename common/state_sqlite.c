@@ -251,33 +251,12 @@ sq_lsn_from_db(int64_t v)
     return lsn;
 }
 
-static int64_t
-sq_wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
-/* Copies src into dst (size bytes), cut at a UTF-8 character boundary if too long. */
-static void
-sq_copy_text(char *dst, size_t size, const char *src)
-{
-    size_t n = src ? strlen(src) : 0;
-    if (n >= size) {
-        n = size - 1;
-        while (n > 0 && ((unsigned char)src[n] & 0xC0) == 0x80)
-            n--;
-    }
-    if (n)
-        memcpy(dst, src, n);
-    dst[n] = '\0';
-}
 
 static void
 sq_col_text(sqlite3_stmt *st, int col, char *dst, size_t size)
 {
-    sq_copy_text(dst, size, (const char *)sqlite3_column_text(st, col));
+    wr_copy_text(dst, size, (const char *)sqlite3_column_text(st, col));
 }
 
 /* A hint for the failures a person can do something about. */
@@ -470,7 +449,7 @@ sq_add_table(state_store_t *base, uint32_t relid, const char *nsp, const char *n
     sqlite3_bind_text(st, 2, nsp, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 3, name, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 4, phase_name(PH_INIT), -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 5, sq_wall_ms());
+    sqlite3_bind_int64(st, 5, wr_wall_ms());
     snprintf(what, sizeof(what), "adding table %u", relid);
     if ((rc = sq_run(s, st, err, what)))
         return sq_abort(s, rc);
@@ -585,7 +564,7 @@ sq_set_phase(state_store_t *base, uint32_t relid, wr_phase_t phase, wr_lsn_t lsn
     sq_store_t *s = (sq_store_t *)base;
     state_table_t t; /* for the stored (cut) error fields */
     sqlite3_stmt *st;
-    int64_t now = sq_wall_ms();
+    int64_t now = wr_wall_ms();
     char what[96];
     int rc;
 
@@ -594,9 +573,9 @@ sq_set_phase(state_store_t *base, uint32_t relid, wr_phase_t phase, wr_lsn_t lsn
                           (int)phase);
     memset(&t, 0, sizeof(t));
     if (phase == PH_ERRORED) {
-        sq_copy_text(t.err_kind, sizeof(t.err_kind), err_kind);
-        sq_copy_text(t.err_msg, sizeof(t.err_msg), err_msg);
-        sq_copy_text(t.err_hint, sizeof(t.err_hint), err_hint);
+        wr_copy_text(t.err_kind, sizeof(t.err_kind), err_kind);
+        wr_copy_text(t.err_msg, sizeof(t.err_msg), err_msg);
+        wr_copy_text(t.err_hint, sizeof(t.err_hint), err_hint);
     }
     snprintf(what, sizeof(what), "setting phase of table %u to \"%s\"", relid, phase_name(phase));
     if ((rc = sq_begin(s, err)))
@@ -652,7 +631,7 @@ sq_set_attempts(state_store_t *base, uint32_t relid, uint32_t attempts, wr_err_t
         return sq_abort(s, WR_ESTATE);
     sqlite3_bind_int64(st, 1, relid);
     sqlite3_bind_int64(st, 2, attempts);
-    sqlite3_bind_int64(st, 3, sq_wall_ms());
+    sqlite3_bind_int64(st, 3, wr_wall_ms());
     if ((rc = sq_run(s, st, err, what)))
         return sq_abort(s, rc);
     if (sqlite3_changes(s->db) == 0) {
@@ -696,7 +675,7 @@ sq_rollback_phase(state_store_t *base, uint32_t relid, wr_err_t *err)
     sqlite3_bind_value(up, 4, sqlite3_column_value(st, 3));
     sqlite3_bind_value(up, 5, sqlite3_column_value(st, 4));
     sqlite3_bind_value(up, 6, sqlite3_column_value(st, 5));
-    sqlite3_bind_int64(up, 7, sq_wall_ms());
+    sqlite3_bind_int64(up, 7, wr_wall_ms());
     sq_release(st);
     if ((rc = sq_run(s, up, err, what)))
         return sq_abort(s, rc);
@@ -991,7 +970,7 @@ sq_set_flag(state_store_t *base, const char *name, int64_t value, wr_err_t *err)
         return sq_abort(s, WR_ESTATE);
     sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, value);
-    sqlite3_bind_int64(st, 3, sq_wall_ms());
+    sqlite3_bind_int64(st, 3, wr_wall_ms());
     snprintf(what, sizeof(what), "saving the pipeline flag \"%s\"", name);
     if ((rc = sq_run(s, st, err, what)))
         return sq_abort(s, rc);

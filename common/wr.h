@@ -69,6 +69,11 @@ char *wr_lsn_format(wr_lsn_t lsn, char *buf, size_t len);
 
 /* Monotonic milliseconds. */
 int64_t wr_now_ms(void);
+/* Wall-clock milliseconds since the Unix epoch (for records people read). */
+int64_t wr_wall_ms(void);
+/* Copies src (NULL = "") into dst of size bytes, cut at a UTF-8 character boundary when
+ * too long; always NUL-terminated (size must be > 0). */
+void wr_copy_text(char *dst, size_t size, const char *src);
 
 /* Small string helpers (abort on OOM is not acceptable: return NULL). */
 char *wr_strdup(const char *s);

@@ -65,6 +65,24 @@ test_err(void)
 }
 
 static void
+test_copy_text(void)
+{
+    char buf[6];
+    wr_copy_text(buf, sizeof(buf), "abc");
+    CHECK_STR_EQ(buf, "abc");
+    wr_copy_text(buf, sizeof(buf), NULL);
+    CHECK_STR_EQ(buf, "");
+    wr_copy_text(buf, sizeof(buf), "abcdefgh");
+    CHECK_STR_EQ(buf, "abcde");
+    /* "ab" + U+20AC (3 bytes) + "x": 6 bytes do not fit in 5; the euro sign is not cut */
+    wr_copy_text(buf, sizeof(buf), "ab\xe2\x82\xac" "x");
+    CHECK_STR_EQ(buf, "ab\xe2\x82\xac");
+    wr_copy_text(buf, sizeof(buf), "abcd\xe2\x82\xac");
+    CHECK_STR_EQ(buf, "abcd");
+    CHECK(wr_wall_ms() > INT64_C(1700000000000)); /* after 2023: a wall clock, not monotonic */
+}
+
+static void
 test_phase_names(void)
 {
     int i;
@@ -168,6 +186,7 @@ main(void)
     RUN(test_lsn_parse_format);
     RUN(test_lsn_parse_rejects);
     RUN(test_err);
+    RUN(test_copy_text);
     RUN(test_phase_names);
     RUN(test_phase_transitions);
     RUN(test_schema);
