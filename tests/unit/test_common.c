@@ -75,7 +75,9 @@ test_copy_text(void)
     wr_copy_text(buf, sizeof(buf), "abcdefgh");
     CHECK_STR_EQ(buf, "abcde");
     /* "ab" + U+20AC (3 bytes) + "x": 6 bytes do not fit in 5; the euro sign is not cut */
-    wr_copy_text(buf, sizeof(buf), "ab\xe2\x82\xac" "x");
+    wr_copy_text(buf, sizeof(buf),
+                 "ab\xe2\x82\xac"
+                 "x");
     CHECK_STR_EQ(buf, "ab\xe2\x82\xac");
     wr_copy_text(buf, sizeof(buf), "abcd\xe2\x82\xac");
     CHECK_STR_EQ(buf, "abcd");
