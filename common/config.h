@@ -24,13 +24,13 @@
 #define WR_PIPELINE_NAME_MAX 40
 
 typedef struct wr_config_s {
-    char *dir;           /* absolute path of the config directory */
-    char *path;          /* DIR/walrelay.conf */
+    char *dir;  /* absolute path of the config directory */
+    char *path; /* DIR/walrelay.conf */
     char *pipeline_name;
     char *source_conninfo;
     char *publication;
-    char *dest_type;     /* "sqlite", "null" */
-    char *dest_path;     /* absolute; sqlite only */
+    char *dest_type; /* "sqlite", "null" */
+    char *dest_path; /* absolute; sqlite only */
     int batch_max_fill_ms;
     int64_t batch_max_bytes;
     int max_table_sync_workers;

@@ -35,9 +35,21 @@ typedef struct pgo_relcol_s {
 typedef struct pgo_msg_s {
     char type;
     union {
-        struct { wr_lsn_t final_lsn; int64_t commit_ts; uint32_t xid; } begin;
-        struct { uint8_t flags; wr_lsn_t commit_lsn; wr_lsn_t end_lsn; int64_t ts; } commit;
-        struct { wr_lsn_t lsn; const char *name; } origin;
+        struct {
+            wr_lsn_t final_lsn;
+            int64_t commit_ts;
+            uint32_t xid;
+        } begin;
+        struct {
+            uint8_t flags;
+            wr_lsn_t commit_lsn;
+            wr_lsn_t end_lsn;
+            int64_t ts;
+        } commit;
+        struct {
+            wr_lsn_t lsn;
+            const char *name;
+        } origin;
         struct {
             uint32_t relid;
             const char *nsp; /* "" in the wire format is returned as "pg_catalog" */
@@ -46,16 +58,31 @@ typedef struct pgo_msg_s {
             uint16_t natts;
             pgo_relcol_t *cols;
         } relation;
-        struct { uint32_t oid; const char *nsp; const char *name; } type;
-        struct { uint32_t relid; wr_row_t newtup; } insert;
+        struct {
+            uint32_t oid;
+            const char *nsp;
+            const char *name;
+        } type;
+        struct {
+            uint32_t relid;
+            wr_row_t newtup;
+        } insert;
         struct {
             uint32_t relid;
             char oldkind; /* 0, 'K' (key changed) or 'O' (old row, REPLICA IDENTITY FULL) */
             wr_row_t oldtup;
             wr_row_t newtup;
         } update;
-        struct { uint32_t relid; char oldkind; /* 'K' or 'O' */ wr_row_t oldtup; } delete_;
-        struct { uint32_t nrels; uint8_t flags; /* 1 CASCADE, 2 RESTART IDENTITY */ const uint32_t *relids_raw; } truncate;
+        struct {
+            uint32_t relid;
+            char oldkind; /* 'K' or 'O' */
+            wr_row_t oldtup;
+        } delete_;
+        struct {
+            uint32_t nrels;
+            uint8_t flags; /* 1 CASCADE, 2 RESTART IDENTITY */
+            const uint32_t *relids_raw;
+        } truncate;
         struct {
             uint8_t flags; /* 1 = transactional */
             wr_lsn_t lsn;

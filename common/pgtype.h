@@ -9,31 +9,31 @@
 
 #include "wr.h"
 
-#define PGT_BOOL 16
-#define PGT_BYTEA 17
-#define PGT_CHAR 18
-#define PGT_NAME 19
-#define PGT_INT8 20
-#define PGT_INT2 21
-#define PGT_INT4 23
-#define PGT_TEXT 25
-#define PGT_OID 26
-#define PGT_JSON 114
-#define PGT_XML 142
-#define PGT_FLOAT4 700
-#define PGT_FLOAT8 701
-#define PGT_MONEY 790
-#define PGT_BPCHAR 1042
-#define PGT_VARCHAR 1043
-#define PGT_DATE 1082
-#define PGT_TIME 1083
-#define PGT_TIMESTAMP 1114
+#define PGT_BOOL        16
+#define PGT_BYTEA       17
+#define PGT_CHAR        18
+#define PGT_NAME        19
+#define PGT_INT8        20
+#define PGT_INT2        21
+#define PGT_INT4        23
+#define PGT_TEXT        25
+#define PGT_OID         26
+#define PGT_JSON        114
+#define PGT_XML         142
+#define PGT_FLOAT4      700
+#define PGT_FLOAT8      701
+#define PGT_MONEY       790
+#define PGT_BPCHAR      1042
+#define PGT_VARCHAR     1043
+#define PGT_DATE        1082
+#define PGT_TIME        1083
+#define PGT_TIMESTAMP   1114
 #define PGT_TIMESTAMPTZ 1184
-#define PGT_INTERVAL 1186
-#define PGT_TIMETZ 1266
-#define PGT_NUMERIC 1700
-#define PGT_UUID 2950
-#define PGT_JSONB 3802
+#define PGT_INTERVAL    1186
+#define PGT_TIMETZ      1266
+#define PGT_NUMERIC     1700
+#define PGT_UUID        2950
+#define PGT_JSONB       3802
 
 /* How a destination with SQLite-like storage classes should hold a type. */
 typedef enum {

@@ -22,8 +22,9 @@ int repl_connect(const char *conninfo, bool replication, const char *appname, PG
 int repl_exec(PGconn *c, const char *sql, wr_err_t *err) WR_MUST_CHECK;
 
 /* Looks a slot up via SQL. found=false if absent. wal_status may be NULL. */
-int repl_slot_info(PGconn *c, const char *slot, bool *found, bool *active, wr_lsn_t *confirmed_flush,
-                   char *wal_status, size_t wal_status_len, wr_err_t *err) WR_MUST_CHECK;
+int repl_slot_info(PGconn *c, const char *slot, bool *found, bool *active,
+                   wr_lsn_t *confirmed_flush, char *wal_status, size_t wal_status_len,
+                   wr_err_t *err) WR_MUST_CHECK;
 
 /* CREATE_REPLICATION_SLOT slot LOGICAL pgoutput on a replication connection.
  * use_snapshot: (SNAPSHOT 'use') - must run inside BEGIN READ ONLY ISOLATION LEVEL
@@ -46,17 +47,19 @@ int repl_start(PGconn *repl, const char *slot, wr_lsn_t start, const char *publi
 int repl_recv(PGconn *repl, char **buf, wr_err_t *err) WR_MUST_CHECK;
 
 /* Standby status update 'r': write, flush, apply positions. */
-int repl_send_status(PGconn *repl, wr_lsn_t write, wr_lsn_t flush, wr_lsn_t apply, bool reply_requested,
-                     wr_err_t *err) WR_MUST_CHECK;
+int repl_send_status(PGconn *repl, wr_lsn_t write, wr_lsn_t flush, wr_lsn_t apply,
+                     bool reply_requested, wr_err_t *err) WR_MUST_CHECK;
 
 /* Parses a 'k' keepalive; returns 0 or WR_EPROTO. */
 int repl_parse_keepalive(const uint8_t *buf, size_t len, wr_lsn_t *wal_end, bool *reply_requested,
                          wr_err_t *err) WR_MUST_CHECK;
-/* Parses the 'w' header; returns 0 or WR_EPROTO; *payload and *plen point to the pgoutput message. */
+/* Parses the 'w' header; returns 0 or WR_EPROTO; *payload and *plen point to the pgoutput message.
+ */
 int repl_parse_xlogdata(const uint8_t *buf, size_t len, wr_lsn_t *start, wr_lsn_t *wal_end,
                         const uint8_t **payload, size_t *plen, wr_err_t *err) WR_MUST_CHECK;
 
-/* Quotes an identifier / literal for SQL (PQescapeIdentifier/Literal); caller frees with PQfreemem. */
+/* Quotes an identifier / literal for SQL (PQescapeIdentifier/Literal); caller frees with PQfreemem.
+ */
 char *repl_quote_ident(PGconn *c, const char *s);
 
 #endif

@@ -33,7 +33,7 @@ typedef struct wr_column_s {
     char *name;
     uint32_t type_oid;
     int32_t typmod;
-    bool is_key;   /* part of the replica identity / primary key */
+    bool is_key; /* part of the replica identity / primary key */
     bool not_null;
 } wr_column_t;
 

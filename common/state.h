@@ -19,12 +19,12 @@ typedef struct state_table_s {
     char nsp[128];
     char name[128];
     wr_phase_t phase;
-    wr_lsn_t lsn;           /* phase LSN: FinishedCopy X, Catchup L, SyncDone S */
-    uint32_t attempts;      /* failures in a row (sync worker restarts, error retries) */
+    wr_lsn_t lsn;      /* phase LSN: FinishedCopy X, Catchup L, SyncDone S */
+    uint32_t attempts; /* failures in a row (sync worker restarts, error retries) */
     char err_kind[32];
     char err_msg[512];
     char err_hint[256];
-    int64_t updated_at_ms;  /* wall clock, ms since epoch */
+    int64_t updated_at_ms; /* wall clock, ms since epoch */
 } state_table_t;
 
 typedef struct state_progress_s {
@@ -38,16 +38,19 @@ typedef struct state_ops_s {
     int (*get_progress)(state_store_t *s, state_progress_t *out, bool *found, wr_err_t *err);
     int (*set_progress)(state_store_t *s, const state_progress_t *p, wr_err_t *err);
     /* Adds a table in Init if absent; no-op if present. */
-    int (*add_table)(state_store_t *s, uint32_t relid, const char *nsp, const char *name, wr_err_t *err);
+    int (*add_table)(state_store_t *s, uint32_t relid, const char *nsp, const char *name,
+                     wr_err_t *err);
     /* Removes the table, its history, schemas and mapping (CleanupStore). */
     int (*remove_table)(state_store_t *s, uint32_t relid, wr_err_t *err);
-    int (*get_table)(state_store_t *s, uint32_t relid, state_table_t *out, bool *found, wr_err_t *err);
+    int (*get_table)(state_store_t *s, uint32_t relid, state_table_t *out, bool *found,
+                     wr_err_t *err);
     /* All tables ordered by relid; *out malloc'd (caller frees), *n set. */
     int (*list_tables)(state_store_t *s, state_table_t **out, size_t *n, wr_err_t *err);
     /* Sets phase + lsn (+ error fields when phase is Errored, else they are cleared) and
      * appends the previous phase to the history. Does not validate the transition. */
     int (*set_phase)(state_store_t *s, uint32_t relid, wr_phase_t phase, wr_lsn_t lsn,
-                     const char *err_kind, const char *err_msg, const char *err_hint, wr_err_t *err);
+                     const char *err_kind, const char *err_msg, const char *err_hint,
+                     wr_err_t *err);
     int (*set_attempts)(state_store_t *s, uint32_t relid, uint32_t attempts, wr_err_t *err);
     /* Restores the phase before the last set_phase (pops the history). WR_EINVAL if none. */
     int (*rollback_phase)(state_store_t *s, uint32_t relid, wr_err_t *err);

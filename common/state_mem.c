@@ -55,8 +55,6 @@ typedef struct mem_store_s {
     size_t nflags;
 } mem_store_t;
 
-
-
 /* Makes room for one more element in *arr (capacity *cap); false on OOM. */
 static bool
 mem_grow(void **arr, size_t *cap, size_t n, size_t elem)

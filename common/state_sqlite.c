@@ -251,8 +251,6 @@ sq_lsn_from_db(int64_t v)
     return lsn;
 }
 
-
-
 static void
 sq_col_text(sqlite3_stmt *st, int col, char *dst, size_t size)
 {

@@ -41,9 +41,11 @@ int wk_chan_send(wk_chan_t *c, const ipc_msg_t *m, wr_err_t *err) WR_MUST_CHECK;
  * with ["error", ...]. */
 int wk_chan_poll(wk_chan_t *c, int timeout_ms, wr_err_t *err) WR_MUST_CHECK;
 /* set_phase request; waits for the ack. ok=false in the ack -> WR_ESTATE with its message. */
-int wk_chan_set_phase(wk_chan_t *c, uint32_t relid, wr_phase_t phase, wr_lsn_t lsn, const char *err_kind,
-                      const char *err_msg, const char *err_hint, wr_err_t *err) WR_MUST_CHECK;
+int wk_chan_set_phase(wk_chan_t *c, uint32_t relid, wr_phase_t phase, wr_lsn_t lsn,
+                      const char *err_kind, const char *err_msg, const char *err_hint,
+                      wr_err_t *err) WR_MUST_CHECK;
 /* schema request; waits for the ack. */
-int wk_chan_put_schema(wk_chan_t *c, const wr_schema_t *s, wr_lsn_t lsn, wr_err_t *err) WR_MUST_CHECK;
+int wk_chan_put_schema(wk_chan_t *c, const wr_schema_t *s, wr_lsn_t lsn,
+                       wr_err_t *err) WR_MUST_CHECK;
 
 #endif

@@ -44,7 +44,7 @@ typedef struct dest_event_s {
     dest_key_t key;
     uint32_t xid;
     uint32_t relid;
-    char old_kind;          /* update/delete: 0, 'K' (key columns only) or 'O' (old row) */
+    char old_kind;           /* update/delete: 0, 'K' (key columns only) or 'O' (old row) */
     const wr_row_t *old_row; /* update with 'K'/'O', delete; else NULL */
     const wr_row_t *new_row; /* insert, update; else NULL */
     uint8_t truncate_flags;  /* truncate: 1 CASCADE, 2 RESTART IDENTITY */

@@ -35,9 +35,9 @@
 #include "../common/schema.h"
 
 #define IPC_PROTO_VERSION 1
-#define IPC_MAX_MSG (4u * 1024 * 1024) /* bigger messages are rejected */
-#define IPC_MAX_STR (64u * 1024)
-#define IPC_MAX_ITEMS 100000
+#define IPC_MAX_MSG       (4u * 1024 * 1024) /* bigger messages are rejected */
+#define IPC_MAX_STR       (64u * 1024)
+#define IPC_MAX_ITEMS     100000
 
 typedef enum {
     IPC_HELLO = 1,
@@ -80,20 +80,35 @@ typedef struct ipc_table_info_s {
 } ipc_table_info_t;
 
 typedef struct ipc_worker_info_s {
-    char *role;      /* "apply" | "sync" */
-    uint32_t relid;  /* 0 for apply */
-    int64_t pid;     /* 0 when not running */
+    char *role;     /* "apply" | "sync" */
+    uint32_t relid; /* 0 for apply */
+    int64_t pid;    /* 0 when not running */
     uint32_t restarts;
-    char *state;     /* "starting" | "running" | "backoff" | "stopping" | "failed" */
+    char *state; /* "starting" | "running" | "backoff" | "stopping" | "failed" */
 } ipc_worker_info_t;
 
 typedef struct ipc_msg_s {
     ipc_type_t type;
     union {
-        struct { uint32_t version; char *role; int64_t pid; uint32_t relid; } hello;
-        struct { uint32_t version; char *pipeline; } welcome;
-        struct { uint32_t n; ipc_table_info_t *tables; } tables;
-        struct { uint32_t relid; wr_phase_t phase; wr_lsn_t lsn; } table_state;
+        struct {
+            uint32_t version;
+            char *role;
+            int64_t pid;
+            uint32_t relid;
+        } hello;
+        struct {
+            uint32_t version;
+            char *pipeline;
+        } welcome;
+        struct {
+            uint32_t n;
+            ipc_table_info_t *tables;
+        } tables;
+        struct {
+            uint32_t relid;
+            wr_phase_t phase;
+            wr_lsn_t lsn;
+        } table_state;
         struct {
             uint32_t req;
             uint32_t relid;
@@ -103,12 +118,32 @@ typedef struct ipc_msg_s {
             char *err_msg;
             char *err_hint;
         } set_phase;
-        struct { uint32_t req; bool ok; char *message; } ack;
-        struct { uint32_t req; uint32_t relid; wr_lsn_t lsn; wr_schema_t *schema; } schema;
-        struct { wr_lsn_t flush_lsn; wr_lsn_t received_lsn; uint64_t events; } progress;
-        struct { uint32_t relid; uint64_t rows; } copy_progress;
-        struct { char *message; } error;
-        struct { char *message; } ok;
+        struct {
+            uint32_t req;
+            bool ok;
+            char *message;
+        } ack;
+        struct {
+            uint32_t req;
+            uint32_t relid;
+            wr_lsn_t lsn;
+            wr_schema_t *schema;
+        } schema;
+        struct {
+            wr_lsn_t flush_lsn;
+            wr_lsn_t received_lsn;
+            uint64_t events;
+        } progress;
+        struct {
+            uint32_t relid;
+            uint64_t rows;
+        } copy_progress;
+        struct {
+            char *message;
+        } error;
+        struct {
+            char *message;
+        } ok;
         struct {
             char *pipeline;
             char *state; /* "running" | "stopping" | "degraded" | "paused" */
@@ -124,8 +159,12 @@ typedef struct ipc_msg_s {
              * nothing to say; the 10th element on the wire, optional when decoding */
             char *message;
         } status_reply;
-        struct { char *table; } command; /* retry, resync: "nsp.name" or "name" */
-        struct { uint32_t relid; } table_removed;
+        struct {
+            char *table;
+        } command; /* retry, resync: "nsp.name" or "name" */
+        struct {
+            uint32_t relid;
+        } table_removed;
     } u;
 } ipc_msg_t;
 
@@ -154,8 +193,8 @@ typedef struct ipc_reader_s {
         uint64_t bad_len; /* the declared size that broke a limit */
         uint8_t hdr[9];   /* the header being collected */
         uint8_t have, need;
-        bool stopped; /* an invalid byte: the unpacker will report it */
-        bool bad;     /* a header over the limits: nothing from it on was buffered */
+        bool stopped;  /* an invalid byte: the unpacker will report it */
+        bool bad;      /* a header over the limits: nothing from it on was buffered */
         char bad_kind; /* 'a' array, 'm' map, 's' string, binary or extension */
     } scan;
 } ipc_reader_t;
@@ -172,6 +211,7 @@ int ipc_reader_next(ipc_reader_t *r, ipc_msg_t *m, wr_err_t *err) WR_MUST_CHECK;
 /* Schema <-> msgpack ([nsp, name, replident, [[name, oid, typmod, flags]...]]), for the
  * "schema" message; exposed for the state store and tests. */
 int ipc_pack_schema(msgpack_packer *pk, const wr_schema_t *s) WR_MUST_CHECK;
-int ipc_unpack_schema(const msgpack_object *o, uint32_t relid, wr_schema_t **out, wr_err_t *err) WR_MUST_CHECK;
+int ipc_unpack_schema(const msgpack_object *o, uint32_t relid, wr_schema_t **out,
+                      wr_err_t *err) WR_MUST_CHECK;
 
 #endif

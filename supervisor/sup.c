@@ -959,8 +959,8 @@ sync_exited(sup_t *s, sup_worker_t *w, sup_proc_t *p, const char *how)
     if (!phase_needs_sync_worker(t->phase)) {
         /* done (SyncDone/Ready) or Errored: the slot is free whatever the exit code */
         w->state = W_IDLE;
-        log_info("sync worker finished table=%s.%s phase=%s pid=%lld exit=\"%s\"", t->nsp,
-                 t->name, phase_name(t->phase), (long long)p->pid, how);
+        log_info("sync worker finished table=%s.%s phase=%s pid=%lld exit=\"%s\"", t->nsp, t->name,
+                 phase_name(t->phase), (long long)p->pid, how);
         return;
     }
     if (fatal) {

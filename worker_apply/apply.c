@@ -1360,8 +1360,7 @@ apw_boundary(apw_t *a, wr_lsn_t y, wr_err_t *err)
                 wr_lsn_t x = t->lsn;
                 /* after a restart, transactions up to the resume key are replayed but not
                  * applied again (for any table): L must pass it (robust: test_crash) */
-                wr_lsn_t l =
-                    apw_max(apw_max(x, y), a->skip_found ? a->skip_key.commit_lsn + 1 : 0);
+                wr_lsn_t l = apw_max(apw_max(x, y), a->skip_found ? a->skip_key.commit_lsn + 1 : 0);
 
                 rc = apw_batch_commit(a, err);
                 if (rc != 0)

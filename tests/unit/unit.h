@@ -21,7 +21,7 @@ static int unit_failed;
 #define CHECK(cond)                                                                                \
     do {                                                                                           \
         if (!(cond)) {                                                                             \
-            fprintf(stderr, "  %s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);            \
+            fprintf(stderr, "  %s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);             \
             unit_failed_checks++;                                                                  \
         }                                                                                          \
     } while (0)
@@ -61,7 +61,7 @@ static int unit_failed;
     do {                                                                                           \
         const char *_a = (a), *_b = (b);                                                           \
         if (_a == NULL || strstr(_a, _b) == NULL) {                                                \
-            fprintf(stderr, "  %s:%d: \"%s\" does not contain \"%s\"\n", __FILE__, __LINE__,      \
+            fprintf(stderr, "  %s:%d: \"%s\" does not contain \"%s\"\n", __FILE__, __LINE__,       \
                     _a ? _a : "(null)", _b);                                                       \
             unit_failed_checks++;                                                                  \
         }                                                                                          \
