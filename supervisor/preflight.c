@@ -14,6 +14,9 @@
  * fail the preflight: `walrelay check` counts it and exits non-zero, `walrelay run` goes
  * on and the supervisor sets that table ERRORED (kind "unsupported") before anything is
  * copied. A publication that publishes only INSERTs (and TRUNCATEs) takes any identity.
+ * A table published with a column list (PostgreSQL 15, FOR TABLE t (a, b)) is refused
+ * the same way (check "column_list"): walrelay replicates whole tables. Row filters are
+ * fine: the sync worker copies only the rows the filter accepts (worker_sync/sync.c).
  */
 #include <errno.h>
 #include <limits.h>
@@ -290,23 +293,65 @@ pf_identity_problem(char ri, bool has_pk, bool has_ri_index, bool pub_upd_del)
     return NULL;
 }
 
+/* A table the publication sends with a column list (FOR TABLE t (a, b), PostgreSQL 15):
+ * reported as FAILED "column_list", and refused (t->refused with message and hint) if
+ * first is true (no other refusal recorded yet). Returns true if the table is newly
+ * refused. See the header and docs/destinations.md "Publication row filters and column
+ * lists". */
+static bool
+pf_refuse_column_list(pf_t *pf, sup_pub_table_t *t, const char *qual, bool first)
+{
+    char *qp = repl_quote_ident(pf->conn, pf->cfg->publication);
+    char hint[900], msg[512];
+    int n1, n2;
+
+    n1 = snprintf(msg, sizeof(msg),
+                  "table \"%s.%s\" is published by \"%s\" with a column list, which walrelay "
+                  "does not replicate",
+                  t->nsp, t->name, pf->cfg->publication);
+    n2 = snprintf(hint, sizeof(hint),
+                  "in one transaction, ALTER PUBLICATION %s DROP TABLE %s and ADD it again "
+                  "without a column list (keep its WHERE clause, if any)",
+                  qp ? qp : pf->cfg->publication, qual);
+    if (qp)
+        PQfreemem(qp);
+    if (n1 < 0 || n2 < 0)
+        msg[0] = hint[0] = '\0';
+    pf_report(pf, SUP_CHECK_FAIL, "column_list", hint, "%s", msg);
+    if (!first)
+        return false;
+    n1 = snprintf(t->refused_msg, sizeof(t->refused_msg), "%s", msg);
+    n2 = snprintf(t->refused_hint, sizeof(t->refused_hint),
+                  "%s; then run \"walrelay resync DIR %s.%s\"", hint, t->nsp, t->name);
+    if (n1 < 0 || n2 < 0)
+        t->refused_msg[0] = t->refused_hint[0] = '\0';
+    t->refused = true;
+    return true;
+}
+
 /* Lists the publication's tables; refuses those whose published updates/deletes cannot
  * be replicated (see the header) and warns about those we cannot read. */
 static int
 list_tables(pf_t *pf, sup_pub_table_t **out, size_t *nout)
 {
     const char *params[1] = {pf->cfg->publication};
-    PGresult *r = pf_query(
-        pf, "tables", "listing the publication's tables",
-        "SELECT c.oid, n.nspname, c.relname, c.relreplident, "
-        "       EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary), "
-        "       EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident), "
-        "       has_table_privilege(c.oid, 'SELECT'), "
-        "       (SELECT p.pubupdate OR p.pubdelete FROM pg_publication p WHERE p.pubname = $1) "
-        "FROM pg_get_publication_tables($1::text) g "
-        "JOIN pg_class c ON c.oid = g.relid "
-        "JOIN pg_namespace n ON n.oid = c.relnamespace ORDER BY 1",
-        1, params);
+    /* column 8: the publication's column list of the table (attrs, PostgreSQL 15) */
+    char sql[1024];
+    snprintf(sql, sizeof(sql),
+             "SELECT c.oid, n.nspname, c.relname, c.relreplident, "
+             "       EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND "
+             "i.indisprimary), "
+             "       EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND "
+             "i.indisreplident), "
+             "       has_table_privilege(c.oid, 'SELECT'), "
+             "       (SELECT p.pubupdate OR p.pubdelete FROM pg_publication p WHERE p.pubname = "
+             "$1), "
+             "       %s "
+             "FROM pg_get_publication_tables($1::text) g "
+             "JOIN pg_class c ON c.oid = g.relid "
+             "JOIN pg_namespace n ON n.oid = c.relnamespace ORDER BY 1",
+             PQserverVersion(pf->conn) >= 150000 ? "g.attrs IS NOT NULL" : "false");
+    PGresult *r = pf_query(pf, "tables", "listing the publication's tables", sql, 1, params);
     if (!r)
         return -1;
     int n = PQntuples(r);
@@ -327,6 +372,7 @@ list_tables(pf_t *pf, sup_pub_table_t **out, size_t *nout)
         bool has_ri_index = strcmp(PQgetvalue(r, i, 5), "t") == 0;
         bool can_read = strcmp(PQgetvalue(r, i, 6), "t") == 0;
         bool pub_upd_del = strcmp(PQgetvalue(r, i, 7), "f") != 0;
+        bool column_list = strcmp(PQgetvalue(r, i, 8), "t") == 0;
 
         char *qn = repl_quote_ident(pf->conn, t->nsp);
         char *qt = repl_quote_ident(pf->conn, t->name);
@@ -355,6 +401,8 @@ list_tables(pf_t *pf, sup_pub_table_t **out, size_t *nout)
             pf_report(pf, SUP_CHECK_FAIL, "replica_identity", hint, "%s", t->refused_msg);
             nrefused++;
         }
+        if (column_list && pf_refuse_column_list(pf, t, qual, !t->refused))
+            nrefused++;
         if (!can_read) {
             char hint[1400];
             snprintf(hint, sizeof(hint), "GRANT SELECT ON %s TO the role in [source] conninfo",

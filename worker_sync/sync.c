@@ -114,8 +114,21 @@
  * reads every partition, and its changes arrive under the root's relid. Without it the
  * leaves are listed and copied one by one like plain tables.
  *
- * Not handled yet: publication column lists and row filters (PostgreSQL 15) are not
- * applied to the copy (a column list shows up as "schema_changed" at the first change).
+ * Row filters (PostgreSQL 15, FOR TABLE t WHERE (...)). The stream carries only the rows
+ * the filter accepts (pgoutput turns an UPDATE that moves a row into the filter into an
+ * INSERT, out of it into a DELETE), so the copy must hold exactly those rows: the filter
+ * is read in the copy's snapshot (syw_load_row_filter, pg_get_expr of
+ * pg_publication_rel.prqual, none when the publication is FOR ALL TABLES or publishes the
+ * table's schema, as pgoutput decides) and the table copied with COPY (SELECT cols FROM
+ * ONLY t WHERE (filter)) (syw_copy_statement). With publish_via_partition_root the filter
+ * is the root's and covers every partition. A filter changed later with ALTER
+ * PUBLICATION is not applied to rows already copied (PostgreSQL's subscriber behaves the
+ * same): `walrelay resync` copies the table again under the new one.
+ *
+ * Column lists (FOR TABLE t (a, b)) are refused at start by the preflight (the table goes
+ * Errored "unsupported"; supervisor/preflight.c). A list added while running is caught by
+ * the publication refresh, and before that by the Relation check here or in the apply
+ * worker ("schema_changed").
  *
  * EXAMPLE FLOWS (X = consistent point, L = Catchup LSN granted by apply)
  *
@@ -189,6 +202,8 @@ typedef struct syw_s {
     char stream[64]; /* sync_<relid> */
     char table[300]; /* "nsp.name", for messages */
     char relkind;    /* pg_class.relkind: 'p' (partitioned) is copied with COPY (SELECT ...) */
+    /* the publication's row filter of the table (pg_get_expr), or NULL */
+    char *row_filter;
     wk_chan_t chan;
     bool chan_open;
     dest_t *dest;
@@ -762,6 +777,64 @@ syw_column_list(syw_t *w)
     return yes;
 }
 
+/* Reads, with the connection's snapshot (the copy's), the row filter under which the
+ * publication streams the table's changes (PostgreSQL 15 FOR TABLE ... WHERE), decided as
+ * pgoutput decides it (pgoutput_row_filter_init): the filter of the table's
+ * pg_publication_rel row; none if the publication is FOR ALL TABLES or also publishes the
+ * table's schema (TABLES IN SCHEMA; PostgreSQL 15's own tablesync would filter the copy
+ * there while its stream does not), or if the row has no filter. w->relid is the relation
+ * the stream names: with publish_via_partition_root the root, whose filter covers every
+ * partition (PostgreSQL refuses a filter on a partitioned table without it). Sets
+ * w->row_filter (pg_get_expr's text, allocated) or leaves it NULL. Simple query protocol. */
+static int
+syw_load_row_filter(syw_t *w, PGconn *c, wr_err_t *err)
+{
+    char sql[1024];
+    char *lit;
+    PGresult *res;
+    int n;
+
+    free(w->row_filter);
+    w->row_filter = NULL;
+    if (PQserverVersion(c) < 150000)
+        return 0; /* no row filters before PostgreSQL 15 */
+    lit = PQescapeLiteral(c, w->cfg.publication, strlen(w->cfg.publication));
+    if (lit == NULL)
+        return wr_err_set(err, WR_ENOMEM, "quoting publication \"%s\": %s", w->cfg.publication,
+                          PQerrorMessage(c));
+    n = snprintf(sql, sizeof(sql),
+                 "SELECT pg_catalog.pg_get_expr(pr.prqual, pr.prrelid) "
+                 "FROM pg_catalog.pg_publication p "
+                 "JOIN pg_catalog.pg_publication_rel pr ON pr.prpubid = p.oid "
+                 "JOIN pg_catalog.pg_class c ON c.oid = pr.prrelid "
+                 "WHERE p.pubname = %s AND pr.prrelid = %u AND pr.prqual IS NOT NULL "
+                 "AND NOT p.puballtables AND NOT EXISTS (SELECT 1 FROM "
+                 "pg_catalog.pg_publication_namespace pn WHERE pn.pnpubid = p.oid "
+                 "AND pn.pnnspid = c.relnamespace)",
+                 lit, w->relid);
+    PQfreemem(lit);
+    if (n < 0 || (size_t)n >= sizeof(sql))
+        return wr_err_set(err, WR_EINVAL, "publication name \"%s\" is too long",
+                          w->cfg.publication);
+    res = PQexec(c, sql);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        wr_err_set(err, WR_ECONN, "reading the row filter of \"%s\": %s", w->table,
+                   PQerrorMessage(c));
+        PQclear(res);
+        return err->code;
+    }
+    if (PQntuples(res) > 0 && !PQgetisnull(res, 0, 0)) {
+        w->row_filter = wr_strdup(PQgetvalue(res, 0, 0));
+        if (w->row_filter == NULL) {
+            PQclear(res);
+            return wr_err_set(err, WR_ENOMEM, "out of memory reading the row filter of \"%s\"",
+                              w->table);
+        }
+    }
+    PQclear(res);
+    return 0;
+}
+
 /* ---- copy ---------------------------------------------------------------- */
 
 static void
@@ -919,8 +992,11 @@ syw_copy_progress(syw_t *w, syw_copy_t *cp, wr_err_t *err)
     return wk_chan_poll(&w->chan, 0, err);
 }
 
-/* Builds COPY "nsp"."name" ("c1", ...) TO STDOUT, or for a partitioned table
- * COPY (SELECT "c1", ... FROM "nsp"."name") TO STDOUT. */
+/* Builds COPY "nsp"."name" ("c1", ...) TO STDOUT, or, for a partitioned table or a
+ * table with a row filter, COPY (SELECT "c1", ... FROM [ONLY] "nsp"."name" [WHERE
+ * (filter)]) TO STDOUT as PostgreSQL's tablesync (copy_table): ONLY for a plain table, so
+ * that tables inheriting from it are not read (COPY "nsp"."name" does not read them
+ * either); a partitioned table is read with its partitions. */
 static int
 syw_copy_statement(syw_t *w, char **out, wr_err_t *err)
 {
@@ -934,8 +1010,9 @@ syw_copy_statement(syw_t *w, char **out, wr_err_t *err)
     if (!ok)
         return wr_err_set(err, WR_ENOMEM, "out of memory building the COPY statement");
     /* COPY refuses a partitioned table (published with publish_via_partition_root): copy
-     * a query over it instead, which reads every partition, as PostgreSQL's tablesync */
-    bool query = w->relkind == 'p';
+     * a query over it instead, which reads every partition, as PostgreSQL's tablesync;
+     * a row filter needs a query too */
+    bool query = w->relkind == 'p' || w->row_filter != NULL;
 
     fputs(query ? "COPY (SELECT " : "COPY ", f);
     if (!query) {
@@ -960,7 +1037,7 @@ syw_copy_statement(syw_t *w, char **out, wr_err_t *err)
     if (ok && query) {
         ok = (q = repl_quote_ident(w->repl, w->schema->nsp)) != NULL;
         if (ok) {
-            fprintf(f, " FROM %s.", q);
+            fprintf(f, " FROM %s%s.", w->relkind == 'p' ? "" : "ONLY ", q);
             PQfreemem(q);
             ok = (q = repl_quote_ident(w->repl, w->schema->name)) != NULL;
         }
@@ -968,6 +1045,8 @@ syw_copy_statement(syw_t *w, char **out, wr_err_t *err)
             fputs(q, f);
             PQfreemem(q);
         }
+        if (ok && w->row_filter != NULL)
+            fprintf(f, " WHERE (%s)", w->row_filter);
     }
     if (ok)
         fputs(") TO STDOUT", f);
@@ -1120,10 +1199,14 @@ syw_copy(syw_t *w)
     }
     if (wr_schema_nkeys(w->schema) == 0 && w->schema->replident != 'f')
         log_warn("table has no key: updates and deletes will be refused table=%s", w->table);
-    if ((rc = syw_load_meta(w, w->repl, x, &err)) < 0) {
+    if ((rc = syw_load_meta(w, w->repl, x, &err)) < 0 ||
+        (rc = syw_load_row_filter(w, w->repl, &err)) < 0) {
         code = syw_copy_error(w, &cp, NULL, &err);
         goto out;
     }
+    if (w->row_filter != NULL)
+        log_info("copy applies the publication's row filter table=%s filter=\"%s\"", w->table,
+                 w->row_filter);
 
     if ((rc = syw_put_stream_schema(w, x, &err)) < 0) {
         code = syw_copy_error(w, &cp, NULL, &err);
@@ -1957,6 +2040,8 @@ syw_close(syw_t *w)
         w->chan_open = false;
     }
     syw_schema_reset(w);
+    free(w->row_filter);
+    w->row_filter = NULL;
     cfg_free(&w->cfg);
 }
 

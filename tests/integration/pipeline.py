@@ -497,12 +497,17 @@ def _row_sort_key(row):
     return [(v is None, type(v).__name__, repr(v)) for v in row]
 
 
-def _compare_keyless(pgconn, dest, nsp, name, cols, max_report):
+def _source_query(cols, nsp, name, where):
+    sql = 'SELECT %s FROM "%s"."%s"' % (_select_list(cols), nsp, name)
+    return sql if where is None else "%s WHERE (%s)" % (sql, where)
+
+
+def _compare_keyless(pgconn, dest, nsp, name, cols, max_report, where=None):
     """Tables without a primary key: the same rows, as many times each (multisets)."""
     import collections
     names = [c for c, _ in cols]
     src = collections.Counter()
-    for row in pgconn.execute('SELECT %s FROM "%s"."%s"' % (_select_list(cols), nsp, name)):
+    for row in pgconn.execute(_source_query(cols, nsp, name, where)):
         src[tuple(_expected(t, v) for (_, t), v in zip(cols, row))] += 1
     dname = dest_table_name(nsp, name)
     qcols = ", ".join('"%s"' % c.replace('"', '""') for c in names)
@@ -523,18 +528,20 @@ def _compare_keyless(pgconn, dest, nsp, name, cols, max_report):
     return diffs
 
 
-def compare_table(pgconn, dest, nsp, name, max_report=10):
+def compare_table(pgconn, dest, nsp, name, max_report=10, where=None):
     """Compares one table value by value. Returns a list of human-readable differences
     (empty when equal). pgconn must have TimeZone UTC, DateStyle ISO, extra_float_digits 3.
-    A table without a primary key is compared as a multiset of rows."""
+    A table without a primary key is compared as a multiset of rows. where: an SQL
+    condition; the destination must then equal SELECT ... FROM the table WHERE (where),
+    e.g. a publication's row filter."""
     cols, key = _source_table(pgconn, nsp, name, need_key=False)
     if not key:
-        return _compare_keyless(pgconn, dest, nsp, name, cols, max_report)
+        return _compare_keyless(pgconn, dest, nsp, name, cols, max_report, where)
     names = [c for c, _ in cols]
     types = dict(cols)
     kidx = [names.index(k) for k in key]
     src = {}
-    for row in pgconn.execute('SELECT %s FROM "%s"."%s"' % (_select_list(cols), nsp, name)):
+    for row in pgconn.execute(_source_query(cols, nsp, name, where)):
         vals = [_expected(t, v) for (_, t), v in zip(cols, row)]
         src[tuple(vals[i] for i in kidx)] = vals
     dname = dest_table_name(nsp, name)
@@ -582,27 +589,31 @@ def prepare_compare_conn(pgconn):
     return pgconn
 
 
-def compare_tables(pg, dbname, pipeline, tables):
-    """Differences between the source tables ("nsp.name") and the destination."""
+def compare_tables(pg, dbname, pipeline, tables, where=None):
+    """Differences between the source tables ("nsp.name") and the destination. where:
+    {"nsp.name": SQL condition} for tables whose destination holds only the rows that
+    match it (compare_table)."""
     diffs = []
+    where = where or {}
     with pg.connect(dbname) as c, pipeline.dest() as d:
         prepare_compare_conn(c)
         for t in tables:
             nsp, name = t.split(".", 1)
-            diffs += compare_table(c, d, nsp, name)
+            diffs += compare_table(c, d, nsp, name, where=where.get(t))
     return diffs
 
 
-def wait_equal(pg, dbname, pipeline, tables, timeout=120):
-    """Waits until every table equals its source row by row; the deadline error lists
-    the differences. Cheap checks (status, counts) gate the full comparison."""
+def wait_equal(pg, dbname, pipeline, tables, timeout=120, where=None):
+    """Waits until every table equals its source row by row (only the rows matching
+    where[table], if given: compare_tables); the deadline error lists the differences.
+    Cheap checks (status, counts) gate the full comparison."""
     target = pg.current_wal_lsn()
     end = deadline(timeout)
     # 1. the apply worker has made everything up to now durable
     pipeline.wait_flushed(target, timeout)
     # 2. row by row, retried until the deadline (a last batch may still be committing)
     while True:
-        diffs = compare_tables(pg, dbname, pipeline, tables)
+        diffs = compare_tables(pg, dbname, pipeline, tables, where)
         if not diffs:
             return
         if time.monotonic() > end:
