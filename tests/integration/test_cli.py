@@ -7,7 +7,7 @@ import pathlib
 import shutil
 import stat
 
-from pipeline import edit_ini, run_walrelay, status_contract_problems
+from pipeline import edit_ini, run_walrelay, status_contract_problems, wait_equal
 from workload import create_mixed_table, publish
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -116,3 +116,33 @@ def test_usage_errors(bindir, tmp_path):
     assert not (tmp_path / "x" / "walrelay.conf").exists()
     r = run_walrelay(bindir, "run", str(tmp_path / "missing"))
     assert r.rc == 2 and "missing" in r.text, r
+
+
+def test_password_never_shown(db, pipelines):
+    """A password in the source conninfo reaches no log line (at debug level), no
+    command's output, and no file walrelay writes besides walrelay.conf itself."""
+    secret = "Wr-pw-9f3e1c-sekrit"
+    create_mixed_table(db, "t", 50)
+    publish(db, "pub", ["t"])
+    p = pipelines()
+    # the test server trusts local connections, so the password is accepted and unused
+    p.init(db.conninfo + " password=" + secret, "pub", config={"log": {"level": "debug"}})
+    outputs = [p.cmd("check", p.dir)]
+    assert outputs[0].rc == 0, outputs[0]
+    p.start()
+    p.wait_all_ready(["public.t"])
+    db.execute("INSERT INTO t (id, name) VALUES (1000001, 'after ready')")
+    wait_equal(db.server, db.name, p, ["public.t"])
+    outputs += [p.cmd("status", p.dir), p.cmd("status", p.dir, "--json"),
+                p.cmd("reload", p.dir), p.cmd("retry", p.dir, "t")]  # the last one fails
+    assert outputs[-1].rc != 0, outputs[-1]
+    p.stop()
+    for r in outputs:
+        assert secret not in r.text, "the password was printed by %s: %r" % (r.argv, r)
+    assert secret not in p.log_text(), "the password reached the log"
+    for name in os.listdir(p.dir):
+        path = os.path.join(p.dir, name)
+        if name == "walrelay.conf" or not os.path.isfile(path):
+            continue
+        with open(path, "rb") as f:
+            assert secret.encode() not in f.read(), "the password was written to %s" % name
