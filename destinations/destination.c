@@ -407,6 +407,23 @@ dest_ddl_plan(const wr_schema_t *ds, const dest_tmeta_t *dm, const dest_catalog_
 
         p->key_changed = kd != kc;
     }
+    if (p->key_changed && cs->replident != 'd') {
+        /* Under REPLICA IDENTITY FULL or USING INDEX the Relation message's key flags do
+         * not show the primary key, so nothing in the stream says at which change the key
+         * took effect: the catalog read now may already hold a key that later DDL added,
+         * while earlier changes (duplicates, say) are still to be applied. A copy is
+         * exact whatever the timing. Under DEFAULT the flags change with the key, and the
+         * caller only plans once the catalog describes the Relation message. */
+        char kd[200], kc[200];
+
+        dest_ddl_keys(ds, kd, sizeof(kd));
+        dest_ddl_keys(cs, kc, sizeof(kc));
+        dest_ddl_recopy(p,
+                        "the primary key changed from %s to %s under REPLICA IDENTITY %s, "
+                        "which the stream does not show at any particular change",
+                        kd, kc, cs->replident == 'f' ? "FULL" : "USING INDEX");
+        goto out;
+    }
     if (p->key_changed) {
         char kd[200], kc[200];
 
