@@ -38,6 +38,7 @@
 #include <unistd.h>
 
 #define CFG_FILE_NAME     "walrelay.conf"
+#define CFG_ACTIVE_NAME   "walrelay.conf.active"
 #define CFG_MAX_FILE_SIZE (1024 * 1024)
 /* Longest line (without its "\n") that libinih reads whole: INI_MAX_LINE counts "\n" and NUL. */
 #define CFG_MAX_LINE (INI_MAX_LINE - 2)
@@ -742,8 +743,11 @@ cfg_fail_read(const char *path, const char *dir, int errnum, wr_err_t *err)
     return WR_ECONFIG;
 }
 
-int
-cfg_load(const char *dir, wr_config_t *cfg, wr_err_t *err)
+/* Loads DIR/fname. With text_out, a successful load also hands back the exact bytes it
+ * parsed (NUL-terminated, caller frees) and their length. */
+static int
+cfg_load_named(const char *dir, const char *fname, wr_config_t *cfg, char **text_out,
+               size_t *len_out, wr_err_t *err)
 {
     char *absdir = NULL, *path = NULL, *text = NULL;
     struct stat st;
@@ -759,14 +763,14 @@ cfg_load(const char *dir, wr_config_t *cfg, wr_err_t *err)
     absdir = realpath(dir, NULL);
     if (!absdir) {
         int e = errno;
-        char *p = cfg_join(dir, CFG_FILE_NAME);
+        char *p = cfg_join(dir, fname);
         if (!p)
             return wr_err_set(err, WR_ENOMEM, "out of memory");
         rc = cfg_fail_read(p, dir, e, err);
         free(p);
         return rc;
     }
-    path = cfg_join(absdir, CFG_FILE_NAME);
+    path = cfg_join(absdir, fname);
     if (!path) {
         rc = wr_err_set(err, WR_ENOMEM, "out of memory");
         goto out;
@@ -813,6 +817,12 @@ cfg_load(const char *dir, wr_config_t *cfg, wr_err_t *err)
         }
     }
     rc = cfg_parse_buf(text, used, path, absdir, cfg, err);
+    if (rc == 0 && text_out) {
+        text[used] = '\0';
+        *text_out = text;
+        *len_out = used;
+        text = NULL;
+    }
 out:
     if (fd >= 0)
         close(fd);
@@ -820,6 +830,79 @@ out:
     free(path);
     free(absdir);
     return rc;
+}
+
+int
+cfg_load(const char *dir, wr_config_t *cfg, wr_err_t *err)
+{
+    return cfg_load_named(dir, CFG_FILE_NAME, cfg, NULL, NULL, err);
+}
+
+int
+cfg_load_text(const char *dir, wr_config_t *cfg, char **text, size_t *len, wr_err_t *err)
+{
+    return cfg_load_named(dir, CFG_FILE_NAME, cfg, text, len, err);
+}
+
+int
+cfg_publish_active(const char *absdir, const char *text, size_t len, wr_err_t *err)
+{
+    char *tmp = NULL, *dst = NULL;
+    size_t off = 0;
+    int fd = -1, rc = 0;
+
+    dst = cfg_join(absdir, CFG_ACTIVE_NAME);
+    tmp = cfg_join(absdir, CFG_ACTIVE_NAME ".tmp");
+    if (!dst || !tmp) {
+        rc = wr_err_set(err, WR_ENOMEM, "out of memory");
+        goto out;
+    }
+    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        rc = wr_err_set(err, WR_EIO, "cannot write %s: %s", tmp, strerror(errno));
+        goto out;
+    }
+    while (off < len) {
+        ssize_t w = write(fd, text + off, len - off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0) {
+            rc = wr_err_set(err, WR_EIO, "cannot write %s: %s", tmp, strerror(errno));
+            goto out;
+        }
+        off += (size_t)w;
+    }
+    if (fsync(fd) != 0) {
+        rc = wr_err_set(err, WR_EIO, "cannot write %s: %s", tmp, strerror(errno));
+        goto out;
+    }
+    close(fd);
+    fd = -1;
+    if (rename(tmp, dst) != 0) {
+        rc = wr_err_set(err, WR_EIO, "cannot rename %s to %s: %s", tmp, dst, strerror(errno));
+        goto out;
+    }
+out:
+    if (fd >= 0)
+        close(fd);
+    if (rc != 0 && tmp)
+        unlink(tmp);
+    free(tmp);
+    free(dst);
+    return rc;
+}
+
+int
+cfg_load_active(const char *dir, wr_config_t *cfg, wr_err_t *err)
+{
+    char *p = cfg_join(dir, CFG_ACTIVE_NAME);
+    bool have;
+
+    if (!p)
+        return wr_err_set(err, WR_ENOMEM, "out of memory");
+    have = access(p, F_OK) == 0;
+    free(p);
+    return cfg_load_named(dir, have ? CFG_ACTIVE_NAME : CFG_FILE_NAME, cfg, NULL, NULL, err);
 }
 
 /* --- writing --------------------------------------------------------------------------- */

@@ -54,6 +54,18 @@ enum { CFG_SLOT_LOST_STOP = 0, CFG_SLOT_LOST_RECOPY = 1 };
 void cfg_defaults(wr_config_t *cfg);
 /* Loads DIR/walrelay.conf. On error sets err (WR_ECONFIG) with "FILE:LINE: ..." and a hint. */
 int cfg_load(const char *dir, wr_config_t *cfg, wr_err_t *err) WR_MUST_CHECK;
+/* The supervisor's load: like cfg_load, and hands back the exact text it parsed (caller
+ * frees), to be published with cfg_publish_active. */
+int cfg_load_text(const char *dir, wr_config_t *cfg, char **text, size_t *len,
+                  wr_err_t *err) WR_MUST_CHECK;
+/* Writes text to DIR/walrelay.conf.active (0600, fsync, atomic rename). The supervisor
+ * publishes the text of the configuration it runs with; workers read that copy
+ * (cfg_load_active), so a file broken or changed after the supervisor loaded it never
+ * reaches a restarted worker. */
+int cfg_publish_active(const char *absdir, const char *text, size_t len,
+                       wr_err_t *err) WR_MUST_CHECK;
+/* The workers' load: DIR/walrelay.conf.active, or DIR/walrelay.conf if there is none. */
+int cfg_load_active(const char *dir, wr_config_t *cfg, wr_err_t *err) WR_MUST_CHECK;
 /* Parses an INI text as if it were `path` (for tests and fuzzing). */
 int cfg_parse_string(const char *text, const char *path, const char *dir, wr_config_t *cfg,
                      wr_err_t *err) WR_MUST_CHECK;

@@ -1708,12 +1708,14 @@ sup_cmd_reload(sup_t *s, char *msg, size_t len, wr_err_t *err)
 {
     wr_config_t nc;
     char live[1024] = "", keep[1024] = "";
-    bool workers = false, any = false;
+    bool workers = false, any = false, publish;
+    char *text = NULL;
+    size_t textlen = 0;
     int rc;
 
     if (s->stopping)
         return refuse_stopping(err);
-    rc = cfg_load(s->cfg.dir, &nc, err);
+    rc = cfg_load_text(s->cfg.dir, &nc, &text, &textlen, err);
     if (rc != 0) {
         wr_err_prefix(err, "reload failed, the running configuration is kept: ");
         log_err(LOG_LVL_ERROR, "reload", err);
@@ -1771,6 +1773,21 @@ sup_cmd_reload(sup_t *s, char *msg, size_t len, wr_err_t *err)
     SUP_LIVE(table_error_retry_delay_ms, "[retry] table_error_retry_delay_ms", false);
     SUP_LIVE(table_error_retry_max_attempts, "[retry] table_error_retry_max_attempts", false);
 #undef SUP_LIVE
+    /* The workers read DIR/walrelay.conf.active. It must describe what runs: when a key
+     * that needs a restart changed, the new text is not handed over (the workers would
+     * read the new conninfo, publication or destination), so worker settings wait for
+     * that restart too. */
+    publish = keep[0] == '\0';
+    if (publish && (rc = cfg_publish_active(nc.dir, text, textlen, err)) != 0) {
+        free(text);
+        cfg_free(&nc);
+        wr_err_prefix(err, "reload failed, the running configuration is kept: ");
+        log_err(LOG_LVL_ERROR, "reload", err);
+        return rc;
+    }
+    free(text);
+    if (!publish)
+        workers = false;
     any = live[0] || keep[0];
     cfg_free(&s->cfg);
     s->cfg = nc;
@@ -1788,7 +1805,9 @@ sup_cmd_reload(sup_t *s, char *msg, size_t len, wr_err_t *err)
                workers && !s->paused ? " (the workers restart to read it)" : "");
     if (keep[0])
         bufcat(msg, len,
-               "needs a restart of walrelay run (the running value stays in use until then): %s",
+               "needs a restart of walrelay run (the running value stays in use until then, and "
+               "the workers keep the running file, so their settings wait for that restart "
+               "too): %s",
                keep);
     bufcat(msg, len, "the publication is read again");
     log_info("configuration reloaded applied=\"%s\" needs_restart=\"%s\"", live, keep);
@@ -2568,10 +2587,22 @@ sup_run(const char *dir)
     int code = WR_EXIT_CONFIG;
 
     cfg_defaults(&s->cfg);
-    if (cfg_load(dir, &s->cfg, &err) != 0) {
-        print_fatal(&err);
-        cfg_free(&s->cfg);
-        return WR_EXIT_CONFIG;
+    {
+        char *text = NULL;
+        size_t len = 0;
+        if (cfg_load_text(dir, &s->cfg, &text, &len, &err) != 0) {
+            print_fatal(&err);
+            cfg_free(&s->cfg);
+            return WR_EXIT_CONFIG;
+        }
+        /* the workers read this copy, never the file an operator may be editing */
+        if (cfg_publish_active(s->cfg.dir, text, len, &err) != 0) {
+            free(text);
+            print_fatal(&err);
+            cfg_free(&s->cfg);
+            return WR_EXIT_CONFIG;
+        }
+        free(text);
     }
     log_init(s->cfg.pipeline_name, "supervisor");
     log_set_level(s->cfg.log_level);

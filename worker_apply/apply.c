@@ -1857,7 +1857,7 @@ main(int argc, char **argv)
     a.chan.fd = -1;
     pgo_decoder_init(&a.dec);
     cfg_defaults(&a.cfg);
-    rc = cfg_load(argv[1], &a.cfg, &err);
+    rc = cfg_load_active(argv[1], &a.cfg, &err);
     if (rc != 0) {
         log_init("?", "apply");
         log_err(LOG_LVL_ERROR, "cannot load the configuration", &err);

@@ -2064,7 +2064,7 @@ main(int argc, char **argv)
     }
     snprintf(w.worker, sizeof(w.worker), "sync-%u", w.relid);
     log_init("-", w.worker);
-    if (cfg_load(argv[1], &w.cfg, &err) < 0) {
+    if (cfg_load_active(argv[1], &w.cfg, &err) < 0) {
         log_err(LOG_LVL_ERROR, "loading the configuration", &err);
         cfg_free(&w.cfg);
         return WR_EXIT_CONFIG;

@@ -120,7 +120,8 @@ def test_usage_errors(bindir, tmp_path):
 
 def test_password_never_shown(db, pipelines):
     """A password in the source conninfo reaches no log line (at debug level), no
-    command's output, and no file walrelay writes besides walrelay.conf itself."""
+    command's output, and no file walrelay writes besides walrelay.conf and its 0600
+    copy for the workers (walrelay.conf.active)."""
     secret = "Wr-pw-9f3e1c-sekrit"
     create_mixed_table(db, "t", 50)
     publish(db, "pub", ["t"])
@@ -142,7 +143,12 @@ def test_password_never_shown(db, pipelines):
     assert secret not in p.log_text(), "the password reached the log"
     for name in os.listdir(p.dir):
         path = os.path.join(p.dir, name)
-        if name == "walrelay.conf" or not os.path.isfile(path):
+        if name in ("walrelay.conf", "walrelay.conf.active"):
+            # the configuration and the supervisor's copy of it for the workers: the only
+            # files that may hold it, readable by their owner only
+            assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, (name, oct(os.stat(path).st_mode))
+            continue
+        if not os.path.isfile(path):
             continue
         with open(path, "rb") as f:
             assert secret.encode() not in f.read(), "the password was written to %s" % name

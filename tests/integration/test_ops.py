@@ -627,3 +627,37 @@ def _lost_slot(db, p):
     p.wait_all_ready(tables)
     wait_equal(db.server, db.name, p, tables)
     assert p.stop() == 0
+
+
+def test_restarted_worker_runs_the_accepted_config(db, pipelines):
+    """Workers read the configuration the supervisor accepted (walrelay.conf.active), not
+    the file an operator is editing: a walrelay.conf broken while running never reaches
+    a restarted worker (it used to exit 2 and leave the pipeline degraded)."""
+    p = start_ready(db, pipelines, ["t"])
+    with open(p.conf_path) as f:
+        good = f.read()
+    with open(os.path.join(p.dir, "walrelay.conf.active")) as f:
+        assert f.read() == good
+    with open(p.conf_path, "w") as f:
+        f.write("this is [not a config\n")
+    (apply,) = [w for w in p.status()["workers"] if w["role"] == "apply"]
+    p.killed_pids.add(apply["pid"])
+    os.kill(apply["pid"], signal.SIGKILL)
+
+    def apply_back():
+        st = p.status()
+        assert st["state"] == "running", st
+        w = [w for w in st["workers"] if w["role"] == "apply"]
+        return w and w[0]["pid"] not in (0, apply["pid"]) and w[0]["state"] == "running"
+
+    p.wait_until(apply_back, 60, "the apply worker restarted on the accepted configuration")
+    db.execute("INSERT INTO t (id, name) VALUES (900001, 'after the restart')")
+    wait_equal(db.server, db.name, p, ["public.t"])
+    assert p.status()["state"] == "running"
+    # a reload of the broken file is refused and changes nothing for the workers
+    r = p.cmd("reload", p.dir)
+    assert r.rc == 1 and "walrelay.conf:1" in r.err, r
+    with open(os.path.join(p.dir, "walrelay.conf.active")) as f:
+        assert f.read() == good
+    with open(p.conf_path, "w") as f:
+        f.write(good)
