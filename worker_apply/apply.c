@@ -155,6 +155,7 @@
 #include "common/wkipc.h"
 #include "destinations/destination.h"
 
+#define APW_CHAN_CHECK_MS 100 /* longest stretch of stream reading between channel checks */
 #define APW_STATUS_INTERVAL_MS 10000
 #define APW_STATUS_MIN_MS      1000
 #define APW_PROGRESS_MS        1000
@@ -1512,10 +1513,24 @@ apw_read_stream(apw_t *a, bool consume, bool *got, wr_err_t *err)
         wr_err_set(err, WR_ECONN, "replication connection lost: %s", msg);
         return WR_ECONN;
     }
+    int64_t chan_checked = wr_now_ms();
+
     while (!apw_stopping(a) && a->n_catchup == 0) {
         char *buf = NULL;
-        int n = repl_recv(a->repl, &buf, err);
+        int n;
 
+        /* A large transaction can keep this loop busy for long: look at the channel at
+         * least every APW_CHAN_CHECK_MS so that a stop is noticed inside it too (the open
+         * chunk is then rolled back; the committed ones are skipped on the replay). */
+        if (wr_now_ms() - chan_checked >= APW_CHAN_CHECK_MS) {
+            rc = wk_chan_poll(&a->chan, 0, err);
+            if (rc != 0)
+                return rc;
+            chan_checked = wr_now_ms();
+            if (apw_stopping(a) || a->n_catchup > 0)
+                break;
+        }
+        n = repl_recv(a->repl, &buf, err);
         if (n == 0)
             return 0;
         if (n < 0) {

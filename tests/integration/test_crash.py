@@ -270,3 +270,32 @@ def test_kill_supervisor_mid_stream(db, pipelines):
         writers.stop()
     wait_equal(db.server, db.name, p, ["public.r", "public.t"], timeout=120)
     assert db.slots() == ["walrelay_%s" % p.name]
+
+
+def test_graceful_stop_inside_a_large_transaction(db, pipelines, tmp_path, monkeypatch):
+    """`walrelay stop` while the apply worker is inside a source transaction whose first
+    chunks are already committed to the destination: the open chunk is rolled back, the
+    flush position stays before the transaction, and the next run replays it, skipping
+    exactly the committed chunks (nothing lost, nothing twice)."""
+    create_mixed_table(db, "r", 100)
+    publish(db, "pub", ["r"])
+    p = pipelines()
+    p.init(db.conninfo, "pub", config={"batch": {"max_bytes": "1024"}})
+    p.start()
+    p.wait_all_ready(["public.r"])
+    assert p.stop() == 0, p.log_tail()
+    fpdir = tmp_path / "fp"
+    # the apply worker pauses after a mid-transaction chunk commit: the stop arrives then
+    _start_with_failpoints(p, monkeypatch, "apply.mid_txn_chunk=sleep(3000)", fpdir)
+    db.execute("INSERT INTO r (id, name, qty) SELECT g, 'big tx ' || g, g"
+               " FROM generate_series(7000001, 7002000) g")
+    _wait_fired(p, fpdir, "apply.mid_txn_chunk")
+    assert p.stop() == 0, "walrelay run did not stop cleanly" + p.log_tail()
+    # stopped inside the transaction: the slot must not have been confirmed past it
+    assert db.count("public.r") == 2100
+    with p.dest() as d:
+        mid = d.execute("SELECT count(*) FROM r WHERE id > 7000000").fetchone()[0]
+    assert 0 < mid < 2000, "expected a partly applied transaction, found %d of 2000 rows" % mid
+    p.start()
+    wait_equal(db.server, db.name, p, ["public.r"])
+    assert p.unexpected_crashes() == [], p.unexpected_crashes()
