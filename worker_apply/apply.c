@@ -155,7 +155,7 @@
 #include "common/wkipc.h"
 #include "destinations/destination.h"
 
-#define APW_CHAN_CHECK_MS 100 /* longest stretch of stream reading between channel checks */
+#define APW_CHAN_CHECK_MS      100 /* longest stretch of stream reading between channel checks */
 #define APW_STATUS_INTERVAL_MS 10000
 #define APW_STATUS_MIN_MS      1000
 #define APW_PROGRESS_MS        1000
