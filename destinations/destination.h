@@ -37,6 +37,15 @@ typedef enum {
     DEST_EV_UPDATE,
     DEST_EV_DELETE,
     DEST_EV_TRUNCATE,
+    /* Transaction boundaries (the seeds' Begin and Commit events). A worker writes BEGIN
+     * before the first change of a source transaction that it writes to the destination
+     * (key = (final LSN, 0)), and COMMIT after the last one (key = (commit LSN, ordinal
+     * of the transaction's last change), end_lsn set). Both carry xid and commit_ts. A
+     * transaction may span destination batches; after a restart its BEGIN is written
+     * again before the first change not yet stored. Destinations that apply changes
+     * directly (sqlite) ignore them. */
+    DEST_EV_BEGIN,
+    DEST_EV_COMMIT,
 } dest_ev_kind_t;
 
 typedef struct dest_event_s {
@@ -48,7 +57,12 @@ typedef struct dest_event_s {
     const wr_row_t *old_row; /* update with 'K'/'O', delete; else NULL */
     const wr_row_t *new_row; /* insert, update; else NULL */
     uint8_t truncate_flags;  /* truncate: 1 CASCADE, 2 RESTART IDENTITY */
+    int64_t commit_ts;       /* commit time, microseconds since the Unix epoch (all kinds) */
+    wr_lsn_t end_lsn;        /* commit: end of the transaction's commit record */
 } dest_event_t;
+
+/* pgoutput timestamps count microseconds from 2000-01-01; dest_event_t from 1970-01-01. */
+#define DEST_PG_EPOCH_OFFSET_US INT64_C(946684800000000)
 
 /* ---- schema versions (issue 3: schema changes while streaming) ------------------------
  * Added for schema changes; additive. A destination that tracks schemas records, per

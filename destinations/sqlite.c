@@ -1389,6 +1389,8 @@ sq_write_event(dest_t *base, const dest_event_t *ev, wr_err_t *err)
 
     if ((rc = sq_need_txn(d, "write_event", err)) < 0)
         return rc;
+    if (ev->kind == DEST_EV_BEGIN || ev->kind == DEST_EV_COMMIT)
+        return 0; /* changes are applied as they come; the key is stored at commit() */
     if ((rc = sq_get_table(d, ev->relid, &t, err)) < 0)
         return rc;
     switch (ev->kind) {
@@ -1400,6 +1402,9 @@ sq_write_event(dest_t *base, const dest_event_t *ev, wr_err_t *err)
         return sq_delete(d, t, ev, err);
     case DEST_EV_TRUNCATE:
         return sq_truncate(d, t, err);
+    case DEST_EV_BEGIN:
+    case DEST_EV_COMMIT:
+        break;
     }
     return wr_err_set(err, WR_EINVAL, "event of unknown kind %d for table \"%s\"", (int)ev->kind,
                       t->dest_name);

@@ -210,6 +210,8 @@ typedef struct apw_s {
     wr_lsn_t tx_final;
     uint32_t tx_ord;
     uint32_t tx_xid;
+    int64_t tx_ts;      /* commit time, us since the Unix epoch */
+    bool tx_dest_begun; /* its BEGIN event was written to the destination */
 
     /* destination batch */
     bool batch_open;
@@ -597,6 +599,7 @@ apw_batch_rollback(apw_t *a)
     a->batch_open = false;
     a->batch_bytes = 0;
     a->batch_pending_flush = 0;
+    a->tx_dest_begun = false; /* written again before the next change */
     /* a table the rolled-back transaction created is gone again */
     for (size_t k = 0; k < a->ntabs; k++) {
         a->tabs[k]->dest_ready = false;
@@ -1077,6 +1080,38 @@ apw_already_applied(const apw_t *a)
 
 /* Writes one change of table t. A table-specific failure marks the table ERRORED and
  * returns 0; anything else is returned. */
+/* Writes the BEGIN (before the transaction's first written change) or COMMIT (at its
+ * Commit, when a BEGIN was written) event of the transaction being received, opening a
+ * batch if none is open (a large transaction may have committed one in its middle). */
+static int
+apw_write_boundary(apw_t *a, dest_ev_kind_t kind, wr_lsn_t end_lsn, wr_err_t *err)
+{
+    dest_event_t ev;
+    int rc;
+
+    if (!a->batch_open) {
+        rc = a->dest->ops->begin(a->dest, err);
+        if (rc != 0)
+            return rc;
+        a->batch_open = true;
+        a->batch_start_ms = wr_now_ms();
+        a->batch_bytes = 0;
+        a->batch_pending_flush = 0;
+    }
+    memset(&ev, 0, sizeof(ev));
+    ev.kind = kind;
+    ev.key.commit_lsn = a->tx_final;
+    ev.key.ordinal = kind == DEST_EV_BEGIN ? 0 : a->tx_ord;
+    ev.xid = a->tx_xid;
+    ev.commit_ts = a->tx_ts;
+    ev.end_lsn = end_lsn;
+    rc = a->dest->ops->write_event(a->dest, &ev, err);
+    if (rc != 0)
+        return rc;
+    a->tx_dest_begun = kind == DEST_EV_BEGIN;
+    return 0;
+}
+
 static int
 apw_write(apw_t *a, apw_table_t *t, dest_event_t *ev, size_t msglen, wr_err_t *err)
 {
@@ -1111,9 +1146,15 @@ apw_write(apw_t *a, apw_table_t *t, dest_event_t *ev, size_t msglen, wr_err_t *e
         a->batch_bytes = 0;
         a->batch_pending_flush = 0;
     }
+    if (!a->tx_dest_begun) {
+        rc = apw_write_boundary(a, DEST_EV_BEGIN, 0, err);
+        if (rc != 0)
+            return rc;
+    }
     ev->key.commit_lsn = a->tx_final;
     ev->key.ordinal = a->tx_ord;
     ev->xid = a->tx_xid;
+    ev->commit_ts = a->tx_ts;
     ev->relid = t->relid;
     rc = a->dest->ops->write_event(a->dest, ev, &werr);
     if (rc != 0) {
@@ -1403,6 +1444,12 @@ apw_on_commit(apw_t *a, const pgo_msg_t *m, wr_err_t *err)
                           "incorrect commit LSN " WR_LSN_FMT
                           " in commit message (expected " WR_LSN_FMT ")",
                           WR_LSN_ARGS(m->u.commit.commit_lsn), WR_LSN_ARGS(a->tx_final));
+    if (a->tx_dest_begun) {
+        int rc = apw_write_boundary(a, DEST_EV_COMMIT, end, err);
+
+        if (rc != 0)
+            return rc;
+    }
     a->in_tx = false;
     a->last_tx_key.commit_lsn = a->tx_final;
     a->last_tx_key.ordinal = a->tx_ord;
@@ -1450,6 +1497,8 @@ apw_on_xlogdata(apw_t *a, const uint8_t *buf, size_t len, wr_err_t *err)
         a->tx_final = m.u.begin.final_lsn;
         a->tx_ord = 0;
         a->tx_xid = m.u.begin.xid;
+        a->tx_ts = m.u.begin.commit_ts + DEST_PG_EPOCH_OFFSET_US;
+        a->tx_dest_begun = false;
         return 0;
     case PGO_COMMIT:
         return apw_on_commit(a, &m, err);

@@ -1388,6 +1388,7 @@ typedef struct syw_stream_s {
     bool relation_ok; /* a Relation of our relid was seen and matched */
     wr_lsn_t final_lsn;
     uint32_t xid;
+    int64_t commit_ts; /* us since the Unix epoch */
     uint32_t ordinal;
     dest_key_t last;    /* last key durable in the destination (skip <= this) */
     dest_key_t written; /* key of the last change written in the open transaction */
@@ -1536,10 +1537,20 @@ syw_apply_event(syw_t *w, syw_stream_t *st, dest_event_t *ev, wr_err_t *err)
     if (dest_key_cmp(&ev->key, &st->last) <= 0)
         return 0; /* applied before a restart */
     if (!st->dest_open) {
+        dest_event_t begin;
+
         if ((rc = w->dest->ops->begin(w->dest, err)) < 0)
             return rc;
         st->dest_open = true;
+        memset(&begin, 0, sizeof(begin));
+        begin.kind = DEST_EV_BEGIN;
+        begin.key.commit_lsn = st->final_lsn;
+        begin.xid = st->xid;
+        begin.commit_ts = st->commit_ts;
+        if ((rc = w->dest->ops->write_event(w->dest, &begin, err)) < 0)
+            return rc;
     }
+    ev->commit_ts = st->commit_ts;
     if ((rc = w->dest->ops->write_event(w->dest, ev, err)) < 0)
         return rc;
     st->written = ev->key;
@@ -1593,6 +1604,7 @@ syw_handle_change(syw_t *w, syw_stream_t *st, const pgo_msg_t *m)
         st->in_txn = true;
         st->final_lsn = m->u.begin.final_lsn;
         st->xid = m->u.begin.xid;
+        st->commit_ts = m->u.begin.commit_ts + DEST_PG_EPOCH_OFFSET_US;
         st->ordinal = 0;
         return SYW_CONTINUE;
     case PGO_COMMIT:
@@ -1604,7 +1616,15 @@ syw_handle_change(syw_t *w, syw_stream_t *st, const pgo_msg_t *m)
             return syw_catchup_fail(w, st, "catch-up stream", &err);
         }
         if (st->dest_open) {
-            if ((rc = w->dest->ops->commit(w->dest, w->stream, &st->written, &err)) < 0)
+            memset(&ev, 0, sizeof(ev));
+            ev.kind = DEST_EV_COMMIT;
+            ev.key.commit_lsn = st->final_lsn;
+            ev.key.ordinal = st->ordinal;
+            ev.xid = st->xid;
+            ev.commit_ts = st->commit_ts;
+            ev.end_lsn = m->u.commit.end_lsn;
+            if ((rc = w->dest->ops->write_event(w->dest, &ev, &err)) < 0 ||
+                (rc = w->dest->ops->commit(w->dest, w->stream, &st->written, &err)) < 0)
                 return syw_catchup_dest_error(w, st, &err);
             st->dest_open = false;
             st->last = st->written;
