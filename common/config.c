@@ -44,15 +44,13 @@
 #define CFG_MAX_LINE (INI_MAX_LINE - 2)
 
 typedef enum {
-    CFG_K_NAME,      /* pipeline name */
-    CFG_K_CONNINFO,  /* secret: never echoed */
-    CFG_K_PUBNAME,   /* publication name */
-    CFG_K_DEST_TYPE, /* sqlite | null */
-    CFG_K_PATH,      /* file name, relative to DIR */
-    CFG_K_INT,       /* int field */
-    CFG_K_INT64,     /* int64_t field */
-    CFG_K_LEVEL,     /* log level */
-    CFG_K_SLOTLOST,  /* stop | recopy */
+    CFG_K_NAME,     /* pipeline name */
+    CFG_K_CONNINFO, /* secret: never echoed */
+    CFG_K_PUBNAME,  /* publication name */
+    CFG_K_INT,      /* int field */
+    CFG_K_INT64,    /* int64_t field */
+    CFG_K_LEVEL,    /* log level */
+    CFG_K_SLOTLOST, /* stop | recopy */
 } cfg_kind_t;
 
 typedef struct cfg_key_s {
@@ -92,10 +90,6 @@ static const cfg_key_t cfg_keys[] = {
      "user needs the REPLICATION attribute. A ';' after a space starts a comment."},
     {"source", "publication", CFG_K_PUBNAME, F(publication), 0, 0, NULL, "publication = NAME",
      "Publication whose tables are replicated (CREATE PUBLICATION ... FOR TABLE ...)."},
-    {"destination", "type", CFG_K_DEST_TYPE, F(dest_type), 0, 0, "sqlite", NULL,
-     "Destination: sqlite (a SQLite database file) or null (discards rows, for tests)."},
-    {"destination", "path", CFG_K_PATH, F(dest_path), 0, 0, "dest.db", NULL,
-     "SQLite database file (type = sqlite), relative to this directory or absolute."},
     {"batch", "max_fill_ms", CFG_K_INT, F(batch_max_fill_ms), 1, 60000, "200", NULL,
      "Longest time (milliseconds) a change waits in a destination batch before the\n"
      "batch is committed."},
@@ -175,7 +169,11 @@ cfg_free(wr_config_t *cfg)
     free(cfg->source_conninfo);
     free(cfg->publication);
     free(cfg->dest_type);
-    free(cfg->dest_path);
+    for (size_t i = 0; i < cfg->dest_nitems; i++) {
+        free(cfg->dest_items[i].key);
+        free(cfg->dest_items[i].value);
+    }
+    free(cfg->dest_items);
     cfg_defaults(cfg);
 }
 
@@ -210,6 +208,97 @@ cfg_sync_slot_name(const wr_config_t *cfg, uint32_t relid, char *buf, size_t len
         return;
     snprintf(buf, len, "walrelay_%s_s%u", cfg->pipeline_name ? cfg->pipeline_name : "",
              (unsigned)relid);
+}
+
+/* --- [destination] items --------------------------------------------------------------- */
+
+const wr_cfg_item_t *
+cfg_dest_item(const wr_config_t *cfg, const char *key)
+{
+    for (size_t i = 0; i < cfg->dest_nitems; i++)
+        if (strcmp(cfg->dest_items[i].key, key) == 0)
+            return &cfg->dest_items[i];
+    return NULL;
+}
+
+int
+cfg_dest_copy(wr_config_t *dst, const wr_config_t *src)
+{
+    wr_cfg_item_t *items = NULL;
+    char *type = NULL;
+
+    if (src->dest_type && !(type = wr_strdup(src->dest_type)))
+        return WR_ENOMEM;
+    if (src->dest_nitems > 0) {
+        items = calloc(src->dest_nitems, sizeof(*items));
+        if (!items) {
+            free(type);
+            return WR_ENOMEM;
+        }
+        for (size_t i = 0; i < src->dest_nitems; i++) {
+            items[i].key = wr_strdup(src->dest_items[i].key);
+            items[i].value = wr_strdup(src->dest_items[i].value);
+            items[i].line = src->dest_items[i].line;
+            if (!items[i].key || !items[i].value) {
+                for (size_t j = 0; j <= i; j++) {
+                    free(items[j].key);
+                    free(items[j].value);
+                }
+                free(items);
+                free(type);
+                return WR_ENOMEM;
+            }
+        }
+    }
+    free(dst->dest_type);
+    for (size_t i = 0; i < dst->dest_nitems; i++) {
+        free(dst->dest_items[i].key);
+        free(dst->dest_items[i].value);
+    }
+    free(dst->dest_items);
+    dst->dest_type = type;
+    dst->dest_type_line = src->dest_type_line;
+    dst->dest_line = src->dest_line;
+    dst->dest_items = items;
+    dst->dest_nitems = src->dest_nitems;
+    return 0;
+}
+
+bool
+cfg_dest_equal(const wr_config_t *a, const wr_config_t *b)
+{
+    if ((a->dest_type == NULL) != (b->dest_type == NULL) ||
+        (a->dest_type && strcmp(a->dest_type, b->dest_type) != 0) ||
+        a->dest_nitems != b->dest_nitems)
+        return false;
+    for (size_t i = 0; i < a->dest_nitems; i++) {
+        const wr_cfg_item_t *o = cfg_dest_item(b, a->dest_items[i].key);
+        if (!o || strcmp(o->value, a->dest_items[i].value) != 0)
+            return false;
+    }
+    return true;
+}
+
+void
+cfg_dest_swap(wr_config_t *a, wr_config_t *b)
+{
+    wr_config_t t;
+
+    t.dest_type = a->dest_type;
+    t.dest_type_line = a->dest_type_line;
+    t.dest_line = a->dest_line;
+    t.dest_nitems = a->dest_nitems;
+    t.dest_items = a->dest_items;
+    a->dest_type = b->dest_type;
+    a->dest_type_line = b->dest_type_line;
+    a->dest_line = b->dest_line;
+    a->dest_nitems = b->dest_nitems;
+    a->dest_items = b->dest_items;
+    b->dest_type = t.dest_type;
+    b->dest_type_line = t.dest_type_line;
+    b->dest_line = t.dest_line;
+    b->dest_nitems = t.dest_nitems;
+    b->dest_items = t.dest_items;
 }
 
 /* --- parsing --------------------------------------------------------------------------- */
@@ -447,21 +536,6 @@ cfg_set_value(cfg_parse_t *pc, const cfg_key_t *k, const char *value)
             return false;
         }
         return cfg_set_string(pc, k, value);
-    case CFG_K_DEST_TYPE:
-        if (strcmp(value, "sqlite") != 0 && strcmp(value, "null") != 0) {
-            cfg_fail(pc, WR_ECONFIG,
-                     "invalid value \"%s\" for [%s] %s: expected \"sqlite\" or \"null\"", value,
-                     k->section, k->key);
-            return false;
-        }
-        return cfg_set_string(pc, k, value);
-    case CFG_K_PATH:
-        if (!*value) {
-            cfg_fail(pc, WR_ECONFIG, "empty value for [%s] %s", k->section, k->key);
-            cfg_fail_hint(pc, line, "remove the line to use %s, or name a file", k->defval);
-            return false;
-        }
-        return cfg_set_string(pc, k, value);
     case CFG_K_INT:
     case CFG_K_INT64:
         if (!cfg_parse_int(value, k->min, k->max, &v)) {
@@ -504,6 +578,61 @@ cfg_set_value(cfg_parse_t *pc, const cfg_key_t *k, const char *value)
     return false;
 }
 
+/* A [destination] line: type, or an item for the destination registry to validate. */
+static int
+cfg_dest_line(cfg_parse_t *pc, const char *name, const char *value)
+{
+    wr_config_t *cfg = pc->cfg;
+    int line = pc->lineno;
+    wr_cfg_item_t *items;
+
+    if (strcmp(name, "type") == 0) {
+        if (cfg->dest_type_line) {
+            cfg_fail(pc, WR_ECONFIG,
+                     "duplicate key \"type\" in section [destination] (first set on line %d)",
+                     cfg->dest_type_line);
+            cfg_fail_hint(pc, line, "keep one of the two lines");
+            return 0;
+        }
+        if (!*value) {
+            cfg_fail(pc, WR_ECONFIG, "empty value for [destination] type");
+            cfg_fail_hint(pc, line, "name a destination type, or remove the line for the default");
+            return 0;
+        }
+        free(cfg->dest_type);
+        if (!(cfg->dest_type = wr_strdup(value))) {
+            cfg_fail(pc, WR_ENOMEM, "out of memory");
+            return 0;
+        }
+        cfg->dest_type_line = line;
+        return 1;
+    }
+    for (size_t i = 0; i < cfg->dest_nitems; i++) {
+        if (strcmp(cfg->dest_items[i].key, name) == 0) {
+            cfg_fail(pc, WR_ECONFIG,
+                     "duplicate key \"%s\" in section [destination] (first set on line %d)", name,
+                     cfg->dest_items[i].line);
+            cfg_fail_hint(pc, line, "keep one of the two lines");
+            return 0;
+        }
+    }
+    items = realloc(cfg->dest_items, (cfg->dest_nitems + 1) * sizeof(*items));
+    if (!items) {
+        cfg_fail(pc, WR_ENOMEM, "out of memory");
+        return 0;
+    }
+    cfg->dest_items = items;
+    items[cfg->dest_nitems].key = wr_strdup(name);
+    items[cfg->dest_nitems].value = wr_strdup(value);
+    items[cfg->dest_nitems].line = line;
+    cfg->dest_nitems++;
+    if (!items[cfg->dest_nitems - 1].key || !items[cfg->dest_nitems - 1].value) {
+        cfg_fail(pc, WR_ENOMEM, "out of memory");
+        return 0;
+    }
+    return 1;
+}
+
 /* inih handler: one call per "key = value" line. Returns 0 on error, as inih expects. */
 static int
 cfg_handler(void *user, const char *section, const char *name, const char *value)
@@ -529,6 +658,8 @@ cfg_handler(void *user, const char *section, const char *name, const char *value
         cfg_fail_hint(pc, line, "valid sections: %s", list);
         return 0;
     }
+    if (strcmp(section, "destination") == 0)
+        return cfg_dest_line(pc, name, value);
     for (i = 0; i < CFG_NKEYS; i++)
         if (strcmp(cfg_keys[i].section, section) == 0 && strcmp(cfg_keys[i].key, name) == 0)
             break;
@@ -630,19 +761,8 @@ cfg_finish(cfg_parse_t *pc, const char *path, wr_err_t *err)
         return WR_ECONFIG;
     }
 
-    if (!cfg->dest_type && !(cfg->dest_type = wr_strdup("sqlite")))
-        return wr_err_set(err, WR_ENOMEM, "out of memory");
-    if (strcmp(cfg->dest_type, "sqlite") == 0) {
-        const char *p = cfg->dest_path ? cfg->dest_path : "dest.db";
-        char *abs = p[0] == '/' ? wr_strdup(p) : cfg_join(cfg->dir, p);
-        if (!abs)
-            return wr_err_set(err, WR_ENOMEM, "out of memory");
-        free(cfg->dest_path);
-        cfg->dest_path = abs;
-    } else {
-        free(cfg->dest_path);
-        cfg->dest_path = NULL;
-    }
+    /* [destination]: its keys belong to the destination type (dest_config_check) */
+    cfg->dest_line = pc->section_line[cfg_section_index("destination", strlen("destination"))];
     return 0;
 }
 
@@ -957,35 +1077,45 @@ cfg_conninfo_hint(wr_err_t *err)
                      "service=NAME");
 }
 
-/* Writes the whole file text to `f`. values[i] overrides cfg_keys[i].defval. */
+/* Writes the whole file text to `f`. values[i] overrides cfg_keys[i].defval; the body of
+ * [destination] comes from the destination registry. */
 static void
-cfg_emit(FILE *f, const char *const *values)
+cfg_emit(FILE *f, const char *const *values, const char *dest_section)
 {
-    const char *section = NULL;
 
     fputs("# walrelay.conf - written by \"walrelay init\"; every key is described in\n"
           "# docs/configuration.md. Lines are \"key = value\" below a [section]; lines\n"
           "# starting with # or ; are comments, and \" ;\" starts a comment after a value.\n"
           "# Keep this file readable by its owner only (mode 0600).\n",
           f);
-    for (size_t i = 0; i < CFG_NKEYS; i++) {
-        const cfg_key_t *k = &cfg_keys[i];
-        const char *h = k->help;
-        if (!section || strcmp(section, k->section) != 0) {
-            fprintf(f, "\n[%s]\n", k->section);
-            section = k->section;
-        } else {
-            fputc('\n', f);
+    for (size_t si = 0; si < CFG_NSECTIONS; si++) {
+        const char *section = cfg_sections[si];
+        bool first = true;
+
+        if (strcmp(section, "destination") == 0) {
+            fprintf(f, "\n[%s]\n%s", section, dest_section ? dest_section : "");
+            continue;
         }
-        while (*h) {
-            const char *nl = strchr(h, '\n');
-            size_t n = nl ? (size_t)(nl - h) : strlen(h);
-            fprintf(f, "# %.*s\n", (int)n, h);
-            h += n + (nl ? 1 : 0);
+        for (size_t i = 0; i < CFG_NKEYS; i++) {
+            const cfg_key_t *k = &cfg_keys[i];
+            const char *h = k->help;
+            if (strcmp(section, k->section) != 0)
+                continue;
+            if (first)
+                fprintf(f, "\n[%s]\n", k->section);
+            else
+                fputc('\n', f);
+            first = false;
+            while (*h) {
+                const char *nl = strchr(h, '\n');
+                size_t n = nl ? (size_t)(nl - h) : strlen(h);
+                fprintf(f, "# %.*s\n", (int)n, h);
+                h += n + (nl ? 1 : 0);
+            }
+            if (k->defval && !values[i])
+                fprintf(f, "# default: %s\n", k->defval);
+            fprintf(f, "%s = %s\n", k->key, values[i] ? values[i] : k->defval);
         }
-        if (k->defval && !values[i])
-            fprintf(f, "# default: %s\n", k->defval);
-        fprintf(f, "%s = %s\n", k->key, values[i] ? values[i] : k->defval);
     }
 }
 
@@ -1006,10 +1136,10 @@ cfg_write_all(int fd, const char *buf, size_t len)
 
 int
 cfg_write_new(const char *dir, const char *pipeline, const char *conninfo, const char *publication,
-              const char *dest, wr_err_t *err)
+              const char *dest_section, cfg_check_fn check_fn, wr_err_t *err)
 {
     const char *values[CFG_NKEYS] = {0};
-    char *conn = NULL, *dpath = NULL, *path = NULL, *text = NULL;
+    char *conn = NULL, *path = NULL, *text = NULL;
     size_t textlen = 0;
     FILE *mf = NULL;
     struct stat st;
@@ -1056,27 +1186,6 @@ cfg_write_new(const char *dir, const char *pipeline, const char *conninfo, const
         goto out;
     }
 
-    if (!dest || strcmp(dest, "sqlite") == 0) {
-        values[cfg_key_index("destination", "type")] = "sqlite";
-    } else if (strcmp(dest, "null") == 0) {
-        values[cfg_key_index("destination", "type")] = "null";
-    } else if (strncmp(dest, "sqlite:", 7) == 0 && dest[7]) {
-        values[cfg_key_index("destination", "type")] = "sqlite";
-        dpath = wr_strdup(dest + 7);
-        if (!dpath) {
-            rc = wr_err_set(err, WR_ENOMEM, "out of memory");
-            goto out;
-        }
-        if ((rc = cfg_check_writable("destination path", "path", dpath, false, err)))
-            goto out;
-        values[cfg_key_index("destination", "path")] = dpath;
-    } else {
-        rc = wr_err_set(err, WR_ECONFIG,
-                        "invalid destination \"%s\": expected \"sqlite\", \"sqlite:PATH\" or "
-                        "\"null\"",
-                        dest);
-        goto out;
-    }
     values[cfg_key_index("pipeline", "name")] = pipeline;
     values[cfg_key_index("source", "conninfo")] = conn;
     values[cfg_key_index("source", "publication")] = publication;
@@ -1086,7 +1195,7 @@ cfg_write_new(const char *dir, const char *pipeline, const char *conninfo, const
         rc = wr_err_set(err, WR_ENOMEM, "out of memory");
         goto out;
     }
-    cfg_emit(mf, values);
+    cfg_emit(mf, values, dest_section);
     if (fclose(mf) != 0) {
         mf = NULL;
         rc = wr_err_set(err, WR_ENOMEM, "out of memory");
@@ -1103,6 +1212,10 @@ cfg_write_new(const char *dir, const char *pipeline, const char *conninfo, const
     rc = cfg_parse_buf(text, textlen, path, dir, &check, err);
     if (rc < 0) {
         wr_err_prefix(err, "refusing to write a file that would not load: ");
+        goto out;
+    }
+    if (check_fn && (rc = check_fn(&check, err)) < 0) {
+        cfg_free(&check);
         goto out;
     }
     cfg_free(&check);
@@ -1147,7 +1260,6 @@ out:
         close(fd);
     free(text);
     free(path);
-    free(dpath);
     free(conn);
     return rc;
 }

@@ -8,7 +8,10 @@
  *                 publication_refresh_ms = 30000 ; on_slot_lost = stop | recopy
  *   [source]      conninfo = host=... dbname=...   (libpq; .pgpass / PGPASSFILE / service work)
  *                 publication = walrelay_pub
- *   [destination] type = sqlite | null ; path = dest.db (relative to DIR)
+ *   [destination] type = NAME, then the keys of that destination type: config.c keeps them
+ *                 as (key, value, line) items; the destination registry
+ *                 (destinations/registry.h) knows the types, their keys and defaults, and
+ *                 validates them (dest_config_check), wherever a loaded config is used.
  *   [batch]       max_fill_ms = 200 ; max_bytes = 8388608
  *   [sync]        max_table_sync_workers = 4 ; copy_batch_rows = 10000
  *   [retry]       worker_max_failures = 5 ; backoff_initial_ms = 1000 ; backoff_max_ms = 60000
@@ -23,14 +26,26 @@
 
 #define WR_PIPELINE_NAME_MAX 40
 
+/* One "key = value" line of a section whose keys config.c does not interpret. */
+typedef struct wr_cfg_item_s {
+    char *key;
+    char *value;
+    int line;
+} wr_cfg_item_t;
+
 typedef struct wr_config_s {
     char *dir;  /* absolute path of the config directory */
     char *path; /* DIR/walrelay.conf */
     char *pipeline_name;
     char *source_conninfo;
     char *publication;
-    char *dest_type; /* "sqlite", "null" */
-    char *dest_path; /* absolute; sqlite only */
+    /* [destination]: type, and every other key as an item (file order). dest_type is NULL
+     * if the file does not set it: dest_config_check fills in the registry's default. */
+    char *dest_type;
+    int dest_type_line; /* line of "type = ...", 0 = not set */
+    int dest_line;      /* line of the [destination] header, 0 = no such section */
+    size_t dest_nitems;
+    wr_cfg_item_t *dest_items;
     int batch_max_fill_ms;
     int64_t batch_max_bytes;
     int max_table_sync_workers;
@@ -76,9 +91,23 @@ void cfg_apply_slot_name(const wr_config_t *cfg, char *buf, size_t len);
 void cfg_sync_slot_name(const wr_config_t *cfg, uint32_t relid, char *buf, size_t len);
 /* Checks a pipeline name ([a-z0-9_], 1..40 bytes). */
 bool cfg_pipeline_name_ok(const char *name);
-/* Writes a new DIR/walrelay.conf (mode 0600, refuses to overwrite). dest: "sqlite:PATH",
- * "sqlite", or "null". */
+/* The [destination] item named key, or NULL (duplicates are refused at load). */
+const wr_cfg_item_t *cfg_dest_item(const wr_config_t *cfg, const char *key);
+/* Copies dst's [destination] type, lines and items from src (dst's are freed first). */
+int cfg_dest_copy(wr_config_t *dst, const wr_config_t *src) WR_MUST_CHECK;
+/* True if both set the same [destination] type and keys with the same values. */
+bool cfg_dest_equal(const wr_config_t *a, const wr_config_t *b);
+/* Swaps the [destination] parts of a and b (reload keeps the running ones). */
+void cfg_dest_swap(wr_config_t *a, wr_config_t *b);
+/* Checks a configuration beyond what config.c knows (the destination registry's
+ * dest_config_check); may fill defaults. */
+typedef int (*cfg_check_fn)(wr_config_t *cfg, wr_err_t *err);
+/* Writes a new DIR/walrelay.conf (mode 0600, refuses to overwrite). dest_section: the
+ * body of the [destination] section (comments and "key = value" lines, from the
+ * registry's dest_init_section); check, if not NULL, validates the file's text as loaded
+ * before anything is written. */
 int cfg_write_new(const char *dir, const char *pipeline, const char *conninfo,
-                  const char *publication, const char *dest, wr_err_t *err) WR_MUST_CHECK;
+                  const char *publication, const char *dest_section, cfg_check_fn check,
+                  wr_err_t *err) WR_MUST_CHECK;
 
 #endif

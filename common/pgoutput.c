@@ -12,6 +12,7 @@
  * is bounds-checked; every error names the message, the field and its byte offset.
  */
 #include "pgoutput.h"
+#include "pgtype.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -408,7 +409,109 @@ pgo_decoder_close(pgo_decoder_t *d)
     free(d->vals[0]);
     free(d->vals[1]);
     free(d->cols);
+    for (size_t i = 0; i < d->ntypes; i++)
+        free(d->types[i].name);
+    free(d->types);
     memset(d, 0, sizeof(*d));
+}
+
+/* Appends s as quote_identifier() would: bare if lowercase letters, digits and _ (not
+ * starting with a digit), else in double quotes with " doubled. (Keywords would be
+ * quoted too; a type named like a keyword is rare and keeps its bare form here.) */
+static void
+pgo_quote_ident(char *buf, size_t len, size_t *off, const char *s)
+{
+    bool bare = s[0] != '\0' && !(s[0] >= '0' && s[0] <= '9');
+
+    for (const char *p = s; *p && bare; p++)
+        bare = (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_';
+    if (bare) {
+        *off += (size_t)snprintf(buf + *off, *off < len ? len - *off : 0, "%s", s);
+        return;
+    }
+    if (*off + 1 < len)
+        buf[(*off)++] = '"';
+    for (const char *p = s; *p && *off + 2 < len; p++) {
+        if (*p == '"')
+            buf[(*off)++] = '"';
+        buf[(*off)++] = *p;
+    }
+    if (*off + 1 < len)
+        buf[(*off)++] = '"';
+    if (*off < len)
+        buf[*off] = '\0';
+}
+
+/* Remembers a Type message's type (replacing what an earlier one said). */
+static int
+pgo_type_remember(pgo_decoder_t *d, uint32_t oid, const char *nsp, const char *name)
+{
+    char buf[300];
+    size_t off = 0;
+    char *copy;
+
+    buf[0] = '\0';
+    /* format_type qualifies a type that is not visible in the search_path; walrelay's
+     * sessions use the default one ("$user", public) */
+    if (strcmp(nsp, "public") != 0 && strcmp(nsp, "pg_catalog") != 0) {
+        pgo_quote_ident(buf, sizeof(buf), &off, nsp);
+        if (off + 1 < sizeof(buf))
+            buf[off++] = '.';
+        buf[off] = '\0';
+    }
+    pgo_quote_ident(buf, sizeof(buf), &off, name);
+    if ((copy = wr_strdup(buf)) == NULL)
+        return WR_ENOMEM;
+    for (size_t i = 0; i < d->ntypes; i++) {
+        if (d->types[i].oid == oid) {
+            free(d->types[i].name);
+            d->types[i].name = copy;
+            return 0;
+        }
+    }
+    if (d->ntypes == d->tcap) {
+        size_t ncap = d->tcap ? d->tcap * 2 : 8;
+        struct pgo_type_s *nt = realloc(d->types, ncap * sizeof(*nt));
+        if (nt == NULL) {
+            free(copy);
+            return WR_ENOMEM;
+        }
+        d->types = nt;
+        d->tcap = ncap;
+    }
+    d->types[d->ntypes].oid = oid;
+    d->types[d->ntypes].name = copy;
+    d->ntypes++;
+    return 0;
+}
+
+const char *
+pgo_type_name(const pgo_decoder_t *d, uint32_t oid)
+{
+    for (size_t i = 0; i < d->ntypes; i++)
+        if (d->types[i].oid == oid)
+            return d->types[i].name;
+    return NULL;
+}
+
+int
+pgo_schema_type_names(const pgo_decoder_t *d, wr_schema_t *s)
+{
+    char buf[128];
+
+    for (uint16_t i = 0; i < s->ncols; i++) {
+        wr_column_t *c = &s->cols[i];
+        const char *name = pgo_type_name(d, c->type_oid);
+
+        if (name == NULL && pgt_format_type(c->type_oid, c->typmod, buf, sizeof(buf)))
+            name = buf;
+        if (name == NULL)
+            continue;
+        free(c->type_name);
+        if ((c->type_name = wr_strdup(name)) == NULL)
+            return WR_ENOMEM;
+    }
+    return 0;
 }
 
 int
@@ -476,7 +579,10 @@ pgo_decode(pgo_decoder_t *d, const uint8_t *buf, size_t len, pgo_msg_t *out, wr_
         if ((rc = rd_u32(&r, "oid", &out->u.type.oid)) < 0 ||
             (rc = rd_nsp(&r, &out->u.type.nsp)) < 0)
             break;
-        rc = rd_str(&r, "typname", &out->u.type.name);
+        if ((rc = rd_str(&r, "typname", &out->u.type.name)) < 0)
+            break;
+        if (pgo_type_remember(d, out->u.type.oid, out->u.type.nsp, out->u.type.name) < 0)
+            rc = wr_err_set(err, WR_ENOMEM, "out of memory remembering a type");
         break;
     case PGO_INSERT:
         if ((rc = rd_u32(&r, "relid", &out->u.insert.relid)) < 0 ||

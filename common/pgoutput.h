@@ -99,6 +99,13 @@ typedef struct pgo_decoder_s {
     size_t cap[2];
     pgo_relcol_t *cols;
     size_t ncap;
+    /* user-defined types seen in Type ('Y') messages: oid -> name as format_type writes
+     * it under the default search_path (nsp.name, bare in public); owned */
+    struct pgo_type_s {
+        uint32_t oid;
+        char *name;
+    } * types;
+    size_t ntypes, tcap;
 } pgo_decoder_t;
 
 void pgo_decoder_init(pgo_decoder_t *d);
@@ -112,5 +119,11 @@ int pgo_decode(pgo_decoder_t *d, const uint8_t *buf, size_t len, pgo_msg_t *out,
 uint32_t pgo_truncate_relid(const pgo_msg_t *m, uint32_t i);
 /* Builds an owned schema from a decoded RELATION message; NULL on OOM. */
 wr_schema_t *pgo_relation_schema(const pgo_msg_t *m);
+/* Fills each column's type_name: built-in types with pgt_format_type, user-defined ones
+ * from the Type messages this decoder has seen; a type known to neither keeps NULL.
+ * Returns 0 or WR_ENOMEM. */
+int pgo_schema_type_names(const pgo_decoder_t *d, wr_schema_t *s) WR_MUST_CHECK;
+/* The name of a user-defined type from a Type message, or NULL. */
+const char *pgo_type_name(const pgo_decoder_t *d, uint32_t oid);
 
 #endif

@@ -1,6 +1,6 @@
 /*
- * pgtype.h - built-in PostgreSQL type OIDs and the conversions of their text forms that
- * destinations need (bool, integers, floats, bytea hex).
+ * pgtype.h - built-in PostgreSQL type OIDs, their format_type() names, and the
+ * conversions of their text forms that destinations need (bool, integers, floats, bytea hex).
  *
  * NOTES: pure functions on outside bytes; fuzzed.
  */
@@ -35,17 +35,11 @@
 #define PGT_UUID        2950
 #define PGT_JSONB       3802
 
-/* How a destination with SQLite-like storage classes should hold a type. */
-typedef enum {
-    PGT_CLASS_INTEGER, /* int2, int4, int8, oid, bool (0/1) */
-    PGT_CLASS_REAL,    /* float4, float8 (NaN/Infinity kept as text) */
-    PGT_CLASS_TEXT,    /* everything else, in PostgreSQL's text form (numeric too: exact) */
-    PGT_CLASS_BLOB,    /* bytea */
-} pgt_class_t;
-
-pgt_class_t pgt_class(uint32_t type_oid);
-/* Declared SQLite column type for a PostgreSQL type ("INTEGER", "REAL", "TEXT", "BLOB"). */
-const char *pgt_sqlite_decl(uint32_t type_oid);
+/* format_type(oid, typmod) of a built-in type (and arrays of them: "numeric(10,2)[]"),
+ * as PostgreSQL 15 writes it, into buf. false (buf "") if oid is not a built-in type
+ * known here (a user-defined type: its name comes from pgoutput's Type message) or buf is
+ * too small. */
+bool pgt_format_type(uint32_t oid, int32_t typmod, char *buf, size_t len);
 /* Parses an integer text form (int2/4/8, oid). Returns 0 or WR_EINVAL. */
 int pgt_parse_int64(const char *s, size_t len, int64_t *out) WR_MUST_CHECK;
 /* Parses "t"/"f" (also "true"/"false"). Returns 0 or WR_EINVAL. */

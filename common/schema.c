@@ -43,7 +43,8 @@ wr_schema_copy(const wr_schema_t *src)
     for (i = 0; i < src->ncols; i++) {
         s->cols[i] = src->cols[i];
         s->cols[i].name = wr_strdup(src->cols[i].name ? src->cols[i].name : "");
-        if (!s->cols[i].name) {
+        s->cols[i].type_name = src->cols[i].type_name ? wr_strdup(src->cols[i].type_name) : NULL;
+        if (!s->cols[i].name || (src->cols[i].type_name && !s->cols[i].type_name)) {
             wr_schema_free(s);
             return NULL;
         }
@@ -58,8 +59,10 @@ wr_schema_free(wr_schema_t *s)
     if (!s)
         return;
     if (s->cols)
-        for (i = 0; i < s->ncols; i++)
+        for (i = 0; i < s->ncols; i++) {
             free(s->cols[i].name);
+            free(s->cols[i].type_name);
+        }
     free(s->cols);
     free(s->nsp);
     free(s->name);

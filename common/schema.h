@@ -35,6 +35,8 @@ typedef struct wr_column_s {
     int32_t typmod;
     bool is_key; /* part of the replica identity / primary key */
     bool not_null;
+    char *type_name; /* format_type(type_oid, typmod) ("numeric(10,2)", "public.mood"); NULL if
+                      * not known; owned; ignored by wr_schema_equal */
 } wr_column_t;
 
 typedef struct wr_schema_s {
@@ -51,7 +53,8 @@ wr_schema_t *wr_schema_new(uint32_t relid, const char *nsp, const char *name, ui
 /* Deep copy; NULL on OOM. */
 wr_schema_t *wr_schema_copy(const wr_schema_t *s);
 void wr_schema_free(wr_schema_t *s);
-/* True if both describe the same columns (names, types, typmods, key flags, replident). */
+/* True if both describe the same columns (names, types, typmods, key flags, replident;
+ * type_name is ignored). */
 bool wr_schema_equal(const wr_schema_t *a, const wr_schema_t *b);
 /* Number of key columns. */
 int wr_schema_nkeys(const wr_schema_t *s);

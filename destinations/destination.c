@@ -1,11 +1,11 @@
 /*
- * destination.c - the registry of built-in destinations and the naming helpers every
- * destination shares (sync stream names, destination table names).
+ * destination.c - the naming helpers every destination shares (sync stream names,
+ * destination table names).
  *
  * NOTES: linked into walrelay-apply and walrelay-sync; each process opens its own handle
- * with dest_open(). Also the destination-independent half of schema changes
- * (dest_ddl_plan: compare a recorded schema version with the catalog by attribute
- * number). Nothing here persists anything.
+ * with dest_open() (destinations/registry.c). Also the destination-independent half of schema
+ * changes (dest_ddl_plan: compare a recorded schema version with the catalog by attribute number).
+ * Nothing here persists anything.
  */
 #include "destination.h"
 
@@ -13,38 +13,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static const dest_ops_t *const dest_builtins[] = {
-    &dest_sqlite_ops,
-    &dest_null_ops,
-};
-
-const dest_ops_t *
-dest_lookup(const char *type)
-{
-    if (type == NULL)
-        return NULL;
-    for (size_t i = 0; i < sizeof(dest_builtins) / sizeof(dest_builtins[0]); i++) {
-        if (strcmp(dest_builtins[i]->name, type) == 0)
-            return dest_builtins[i];
-    }
-    return NULL;
-}
-
-int
-dest_open(const wr_config_t *cfg, dest_t **out, wr_err_t *err)
-{
-    const dest_ops_t *ops = dest_lookup(cfg->dest_type);
-
-    *out = NULL;
-    if (ops == NULL) {
-        wr_err_set(err, WR_ECONFIG, "unknown destination type \"%s\" (choose sqlite or null)",
-                   cfg->dest_type ? cfg->dest_type : "");
-        wr_err_hint(err, "set type = sqlite or type = null in the [destination] section");
-        return WR_ECONFIG;
-    }
-    return ops->open(cfg, out, err);
-}
 
 void
 dest_sync_stream(uint32_t relid, char *buf, size_t len)

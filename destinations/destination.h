@@ -205,10 +205,10 @@ struct dest_s {
     const dest_ops_t *ops;
 };
 
-/* Built-in destinations by name ("sqlite", "null"); NULL if unknown. */
-const dest_ops_t *dest_lookup(const char *type);
-/* Opens cfg->dest_type. WR_ECONFIG naming the type and the choices if unknown. */
-int dest_open(const wr_config_t *cfg, dest_t **out, wr_err_t *err) WR_MUST_CHECK;
+/* Opens cfg's destination through the registry (destinations/registry.h): validates the
+ * [destination] keys (dest_config_check; fills the default type), then the type's open.
+ * role: "apply", "sync" or "check" (handed to ABI destinations). */
+int dest_open(wr_config_t *cfg, const char *role, dest_t **out, wr_err_t *err) WR_MUST_CHECK;
 /* Stream name for a sync worker's catch-up: "sync_<relid>". */
 void dest_sync_stream(uint32_t relid, char *buf, size_t len);
 /* Destination table name for a source table: "name" for schema public, else
@@ -216,6 +216,5 @@ void dest_sync_stream(uint32_t relid, char *buf, size_t len);
 void dest_table_name(const char *nsp, const char *name, char *buf, size_t len);
 
 extern const dest_ops_t dest_sqlite_ops;
-extern const dest_ops_t dest_null_ops;
 
 #endif

@@ -25,6 +25,7 @@
 
 #include "../common/log.h"
 #include "../common/repl.h"
+#include "../destinations/registry.h"
 #include "sup.h"
 
 #define CLI_REQUEST_TIMEOUT_MS 10000
@@ -167,20 +168,25 @@ cli_init(int argc, char **argv)
         cli_print_usage("init", stderr);
         return WR_EXIT_CONFIG;
     }
-    if (!dest)
-        dest = "sqlite";
-
     wr_err_t err;
     wr_err_clear(&err);
+    /* the [destination] section comes from the destination registry */
+    char *dest_section = NULL;
+    if (dest_init_section(dest, &dest_section, &err) != 0) {
+        print_err(&err);
+        return WR_EXIT_CONFIG;
+    }
     struct stat st;
     bool existed = stat(pos[0], &st) == 0;
     if (mkdir_p(pos[0], &err) != 0) {
         print_err(&err);
+        free(dest_section);
         return WR_EXIT_CONFIG;
     }
     char absdir[PATH_MAX];
     if (!realpath(pos[0], absdir)) {
         fprintf(stderr, "walrelay: cannot resolve \"%s\": %s\n", pos[0], strerror(errno));
+        free(dest_section);
         return WR_EXIT_CONFIG;
     }
     char pname[WR_PIPELINE_NAME_MAX + 1];
@@ -202,18 +208,21 @@ cli_init(int argc, char **argv)
             goto fail;
         }
     }
-    if (cfg_write_new(absdir, pname, source, publication, dest, &err) != 0) {
+    if (cfg_write_new(absdir, pname, source, publication, dest_section, dest_config_check, &err) !=
+        0) {
         print_err(&err);
         goto fail;
     }
+    free(dest_section);
     printf("wrote %s/walrelay.conf\n", absdir);
     printf("  pipeline     %s (replication slot walrelay_%s)\n", pname, pname);
     printf("  publication  %s\n", publication);
-    printf("  destination  %s\n", dest);
+    printf("  destination  %s\n", dest ? dest : DEST_DEFAULT_TYPE);
     printf("next: walrelay check %s\n", pos[0]);
     printf("then: walrelay run %s\n", pos[0]);
     return WR_EXIT_OK;
 fail:
+    free(dest_section);
     if (!existed)
         rmdir(absdir); /* do not leave behind the empty directory we made */
     return WR_EXIT_CONFIG;
@@ -990,11 +999,8 @@ cli_drop(int argc, char **argv)
         code = WR_EXIT_ERROR;
         goto out;
     }
-    if (cfg.dest_path)
-        printf("kept %s/walrelay.conf and the destination data (%s)\n", cfg.dir, cfg.dest_path);
-    else
-        printf("kept %s/walrelay.conf (destination: %s)\n", cfg.dir,
-               cfg.dest_type ? cfg.dest_type : "?");
+    printf("kept %s/walrelay.conf and the destination's data ([destination] type = %s)\n", cfg.dir,
+           cfg.dest_type ? cfg.dest_type : DEST_DEFAULT_TYPE);
     printf("walrelay run %s starts the pipeline over: every table is copied again\n", pos[0]);
 out:
     unlink(pidpath); /* while still holding the lock, as the supervisor does */

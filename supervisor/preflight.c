@@ -1,7 +1,8 @@
 /*
  * preflight.c - checks that the source can be replicated before anything is written:
  * reachable, wal_level, publication, REPLICATION privilege, free slots and walsenders,
- * replica identity of every published table; and that the destination can be written.
+ * replica identity of every published table; and the destination's own preflight
+ * (destinations/registry.h: its keys, and what its type checks).
  *
  * NOTES: runs in the supervisor before its loop starts (`walrelay run`) and in
  * `walrelay check`, over one normal (non-replication) libpq connection. Blocking.
@@ -27,6 +28,7 @@
 
 #include "../common/log.h"
 #include "../common/repl.h"
+#include "../destinations/registry.h"
 #include "sup.h"
 
 typedef struct pf_s {
@@ -438,38 +440,22 @@ list_tables(pf_t *pf, sup_pub_table_t **out, size_t *nout)
     return 0;
 }
 
+/* The destination's own checks (destinations/registry.c): its [destination] keys, and
+ * whatever its type checks (a file it can write, a plugin that loads and says it is
+ * ready). */
 static void
 check_destination(pf_t *pf)
 {
-    const wr_config_t *cfg = pf->cfg;
-    if (!cfg->dest_type || strcmp(cfg->dest_type, "sqlite") != 0 || !cfg->dest_path) {
-        pf_report(pf, SUP_CHECK_OK, "destination", NULL, "%s",
-                  cfg->dest_type ? cfg->dest_type : "?");
+    char summary[512];
+    wr_err_t derr;
+
+    wr_err_clear(&derr);
+    if (dest_preflight(pf->cfg, summary, sizeof(summary), &derr) != 0) {
+        pf_fail(pf, derr.code == WR_ENOMEM ? WR_ENOMEM : WR_ECONFIG, "destination",
+                derr.hint[0] ? derr.hint : NULL, "%s", derr.msg);
         return;
     }
-    char dir[PATH_MAX];
-    snprintf(dir, sizeof(dir), "%s", cfg->dest_path);
-    char *slash = strrchr(dir, '/');
-    if (slash && slash != dir)
-        *slash = '\0';
-    else if (slash)
-        dir[1] = '\0';
-    else
-        snprintf(dir, sizeof(dir), ".");
-    if (access(cfg->dest_path, F_OK) == 0) {
-        if (access(cfg->dest_path, R_OK | W_OK) != 0) {
-            pf_fail(pf, WR_ECONFIG, "destination", "check the file's owner and mode",
-                    "cannot write the destination \"%s\": %s", cfg->dest_path, strerror(errno));
-            return;
-        }
-    } else if (access(dir, W_OK | X_OK) != 0) {
-        pf_fail(pf, WR_ECONFIG, "destination",
-                "create the directory or fix its permissions, or change [destination] path",
-                "cannot create the destination \"%s\" in \"%s\": %s", cfg->dest_path, dir,
-                strerror(errno));
-        return;
-    }
-    pf_report(pf, SUP_CHECK_OK, "destination", NULL, "sqlite %s", cfg->dest_path);
+    pf_report(pf, SUP_CHECK_OK, "destination", NULL, "%s", summary);
 }
 
 int

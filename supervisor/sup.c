@@ -55,6 +55,7 @@
 #include "../common/state.h"
 #include "sup.h"
 #include "../destinations/destination.h"
+#include "../destinations/registry.h"
 
 static int sup_store_mapping(sup_t *s, uint32_t relid, const char *nsp, const char *name,
                              wr_err_t *err);
@@ -1716,6 +1717,10 @@ sup_cmd_reload(sup_t *s, char *msg, size_t len, wr_err_t *err)
     if (s->stopping)
         return refuse_stopping(err);
     rc = cfg_load_text(s->cfg.dir, &nc, &text, &textlen, err);
+    if (rc == 0 && (rc = dest_config_check(&nc, err)) != 0) {
+        cfg_free(&nc);
+        free(text);
+    }
     if (rc != 0) {
         wr_err_prefix(err, "reload failed, the running configuration is kept: ");
         log_err(LOG_LVL_ERROR, "reload", err);
@@ -1739,9 +1744,17 @@ sup_cmd_reload(sup_t *s, char *msg, size_t len, wr_err_t *err)
     SUP_KEEP(pipeline_name, "[pipeline] name", false);
     SUP_KEEP(source_conninfo, "[source] conninfo", true);
     SUP_KEEP(publication, "[source] publication", false);
-    SUP_KEEP(dest_type, "[destination] type", false);
-    SUP_KEEP(dest_path, "[destination] path", false);
 #undef SUP_KEEP
+    /* every [destination] key needs a restart; values are not shown (a plugin's key may
+     * be a secret) */
+    if (!cfg_dest_equal(&s->cfg, &nc)) {
+        if (str_differs(s->cfg.dest_type, nc.dest_type))
+            bufcat(keep, sizeof(keep), "[destination] type \"%s\" -> \"%s\"",
+                   s->cfg.dest_type ? s->cfg.dest_type : "", nc.dest_type ? nc.dest_type : "");
+        else
+            bufcat(keep, sizeof(keep), "[destination] keys");
+        cfg_dest_swap(&s->cfg, &nc);
+    }
 #define SUP_LIVE(field, label, restart)                                                            \
     do {                                                                                           \
         if (s->cfg.field != nc.field) {                                                            \
@@ -1841,11 +1854,9 @@ job_new(sup_t *s)
     j->cfg.pipeline_name = wr_strdup(s->cfg.pipeline_name);
     j->cfg.source_conninfo = wr_strdup(s->cfg.source_conninfo);
     j->cfg.publication = wr_strdup(s->cfg.publication);
-    j->cfg.dest_type = wr_strdup(s->cfg.dest_type ? s->cfg.dest_type : "null");
-    j->cfg.dest_path = s->cfg.dest_path ? wr_strdup(s->cfg.dest_path) : NULL;
     j->cfg.max_table_sync_workers = s->cfg.max_table_sync_workers;
     if (!j->cfg.dir || !j->cfg.path || !j->cfg.pipeline_name || !j->cfg.source_conninfo ||
-        !j->cfg.publication || !j->cfg.dest_type || (s->cfg.dest_path && !j->cfg.dest_path)) {
+        !j->cfg.publication || cfg_dest_copy(&j->cfg, &s->cfg) != 0) {
         cfg_free(&j->cfg);
         free(j);
         return NULL;
@@ -2590,8 +2601,10 @@ sup_run(const char *dir)
     {
         char *text = NULL;
         size_t len = 0;
-        if (cfg_load_text(dir, &s->cfg, &text, &len, &err) != 0) {
+        if (cfg_load_text(dir, &s->cfg, &text, &len, &err) != 0 ||
+            dest_config_check(&s->cfg, &err) != 0) {
             print_fatal(&err);
+            free(text);
             cfg_free(&s->cfg);
             return WR_EXIT_CONFIG;
         }

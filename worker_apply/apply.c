@@ -1260,6 +1260,10 @@ apw_on_relation(apw_t *a, const pgo_msg_t *m, wr_err_t *err)
     wr_err_t serr;
     int rc;
 
+    if (s != NULL && pgo_schema_type_names(&a->dec, s) != 0) {
+        wr_schema_free(s);
+        s = NULL;
+    }
     if (s == NULL)
         return wr_err_set(err, WR_ENOMEM, "out of memory caching relation %u",
                           (unsigned)m->u.relation.relid);
@@ -1962,7 +1966,7 @@ main(int argc, char **argv)
         return apw_fail(&a, "cannot start", &err);
     }
 
-    rc = dest_open(&a.cfg, &a.dest, &err);
+    rc = dest_open(&a.cfg, "apply", &a.dest, &err);
     if (rc != 0)
         return apw_fail(&a, "cannot open the destination", &err);
     rc = a.dest->ops->last_key(a.dest, APW_STREAM, &a.skip_key, &a.skip_found, &err);

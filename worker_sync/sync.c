@@ -427,7 +427,7 @@ syw_dest_open(syw_t *w, wr_err_t *err)
 {
     if (w->dest != NULL)
         return 0;
-    return dest_open(&w->cfg, &w->dest, err);
+    return dest_open(&w->cfg, "sync", &w->dest, err);
 }
 
 static void
@@ -490,7 +490,8 @@ syw_load_schema(syw_t *w, PGconn *c, bool *missing, wr_err_t *err)
     snprintf(sql, sizeof(sql),
              "SELECT a.attname, a.atttypid, a.atttypmod, a.attnotnull, "
              "COALESCE(a.attnum = ANY (pk.indkey::pg_catalog.int2[]), false), "
-             "COALESCE(a.attnum = ANY (ri.indkey::pg_catalog.int2[]), false) "
+             "COALESCE(a.attnum = ANY (ri.indkey::pg_catalog.int2[]), false), "
+             "pg_catalog.format_type(a.atttypid, a.atttypmod) "
              "FROM pg_catalog.pg_attribute a "
              "LEFT JOIN pg_catalog.pg_index pk ON pk.indrelid = a.attrelid AND pk.indisprimary "
              "LEFT JOIN pg_catalog.pg_index ri ON ri.indrelid = a.attrelid AND ri.indisreplident "
@@ -536,7 +537,8 @@ syw_load_schema(syw_t *w, PGconn *c, bool *missing, wr_err_t *err)
         long typmod;
 
         col->name = wr_strdup(PQgetvalue(res, i, 0));
-        if (col->name == NULL) {
+        col->type_name = wr_strdup(PQgetvalue(res, i, 6));
+        if (col->name == NULL || col->type_name == NULL) {
             PQclear(res);
             syw_schema_reset(w);
             return wr_err_set(err, WR_ENOMEM, "out of memory reading the schema of \"%s\"",

@@ -3,8 +3,8 @@
  *
  * NOTES: built only with -Dfuzz=true (see README.md, scripts/fuzz.sh). Each input is one
  * value's text form, given to every parser as an exactly-sized buffer that is not
- * NUL-terminated (as values point into a message). Also maps the first four bytes as a
- * type OID through pgt_class / pgt_sqlite_decl.
+ * NUL-terminated (as values point into a message). Also formats the first eight bytes as
+ * a type OID and typmod through pgt_format_type (always NUL-terminated, within the buffer).
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -43,15 +43,18 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     free(out);
 
-    if (size >= 4) {
+    if (size >= 8) {
         uint32_t oid =
             (uint32_t)data[0] << 24 | (uint32_t)data[1] << 16 | (uint32_t)data[2] << 8 | data[3];
-        const char *decl = pgt_sqlite_decl(oid);
+        int32_t typmod = (int32_t)((uint32_t)data[4] << 24 | (uint32_t)data[5] << 16 |
+                                   (uint32_t)data[6] << 8 | data[7]);
+        size_t len = size > 8 ? (size_t)data[8] % 64 + 1 : 64;
+        char *buf = malloc(len);
 
-        sink += (uint64_t)pgt_class(oid);
-        if (decl == NULL)
+        if (pgt_format_type(oid, typmod, buf, len) && strlen(buf) >= len)
             __builtin_trap();
-        sink += strlen(decl);
+        sink += (uint64_t)strnlen(buf, len);
+        free(buf);
     }
     return 0;
 }

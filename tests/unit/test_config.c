@@ -8,6 +8,7 @@
 
 #include "common/config.h"
 #include "common/log.h"
+#include "destinations/registry.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -24,6 +25,38 @@ static const char *const good_head = "[pipeline]\n"
                                      "[source]\n"
                                      "conninfo = host=db dbname=app password=s3cret\n"
                                      "publication = walrelay_pub\n";
+
+/* cfg_write_new with the [destination] section the registry writes for spec, checked by
+ * the registry (as walrelay init does). */
+static int
+write_new(const char *dir, const char *name, const char *conn, const char *pub, const char *spec,
+          wr_err_t *err)
+{
+    char *section = NULL;
+    int rc;
+
+    wr_err_clear(err);
+    if ((rc = dest_init_section(spec, &section, err)) < 0)
+        return rc;
+    rc = cfg_write_new(dir, name, conn, pub, section, dest_config_check, err);
+    free(section);
+    return rc;
+}
+
+/* The absolute path [destination] path names (dest_config_path); "" if none. */
+static const char *
+dpath(const wr_config_t *cfg)
+{
+    static char buf[PATH_MAX + 64];
+    char *p = NULL;
+    wr_err_t err;
+
+    if (dest_config_path(cfg, "path", &p, &err) != 0)
+        return "";
+    snprintf(buf, sizeof(buf), "%s", p);
+    free(p);
+    return buf;
+}
 
 /* Parses text as /x/walrelay.conf (DIR /x); returns the code, fills err. */
 static int
@@ -116,7 +149,8 @@ test_valid_file(void)
     CHECK_STR_EQ(cfg.source_conninfo, "host=db port=5432 dbname=app password=a;b#c");
     CHECK_STR_EQ(cfg.publication, "pub1");
     CHECK_STR_EQ(cfg.dest_type, "sqlite");
-    CHECK_STR_EQ(cfg.dest_path, "/x/out/orders.db");
+    CHECK_INT_EQ(dest_config_check(&cfg, &err), 0);
+    CHECK_STR_EQ(dpath(&cfg), "/x/out/orders.db");
     CHECK_INT_EQ(cfg.batch_max_fill_ms, 50);
     CHECK_INT_EQ(cfg.batch_max_bytes, 1048576);
     CHECK_INT_EQ(cfg.max_table_sync_workers, 2);
@@ -128,7 +162,7 @@ test_valid_file(void)
     CHECK_INT_EQ(cfg.log_level, LOG_LVL_DEBUG);
     cfg_free(&cfg);
     CHECK(cfg.pipeline_name == NULL);
-    CHECK(cfg.dest_path == NULL);
+    CHECK(cfg.dest_items == NULL && cfg.dest_nitems == 0);
 }
 
 static void
@@ -146,8 +180,11 @@ test_defaults(void)
     CHECK_INT_EQ(rc, 0);
     if (rc != 0)
         return;
+    /* config.c knows no destination: the registry fills the default type */
+    CHECK(cfg.dest_type == NULL);
+    CHECK_INT_EQ(dest_config_check(&cfg, &err), 0);
     CHECK_STR_EQ(cfg.dest_type, "sqlite");
-    CHECK_STR_EQ(cfg.dest_path, "/x/dest.db");
+    CHECK_STR_EQ(dpath(&cfg), "/x/dest.db");
     CHECK_INT_EQ(cfg.batch_max_fill_ms, 200);
     CHECK_INT_EQ(cfg.batch_max_bytes, 8388608);
     CHECK_INT_EQ(cfg.max_table_sync_workers, 4);
@@ -159,16 +196,65 @@ test_defaults(void)
     CHECK_INT_EQ(cfg.log_level, LOG_LVL_INFO);
     cfg_free(&cfg);
 
-    /* null destination: no path; absolute sqlite path kept as is */
+    /* null destination takes no path: the registry refuses the key with its line; absolute
+     * sqlite path kept as is */
     rc = parse(cat(good_head, "[destination]\ntype = null\npath = ignored.db\n"), &cfg, &err);
     CHECK_INT_EQ(rc, 0);
     CHECK_STR_EQ(cfg.dest_type, "null");
-    CHECK(cfg.dest_path == NULL);
+    CHECK_INT_EQ(cfg.dest_line, 6);
+    CHECK_INT_EQ(cfg.dest_type_line, 7);
+    CHECK_INT_EQ((int)cfg.dest_nitems, 1);
+    CHECK_INT_EQ(dest_config_check(&cfg, &err), WR_ECONFIG);
+    CHECK_STR_EQ(err.msg, P ":8: unknown key \"path\" in section [destination] (type = null)");
+    CHECK_STR_EQ(err.hint, "valid keys in [destination] for type null: type");
     cfg_free(&cfg);
     rc = parse(cat(good_head, "[destination]\npath = /var/lib/w/d.db\n"), &cfg, &err);
     CHECK_INT_EQ(rc, 0);
-    CHECK_STR_EQ(cfg.dest_path, "/var/lib/w/d.db");
+    CHECK_INT_EQ(dest_config_check(&cfg, &err), 0);
+    CHECK_STR_EQ(dpath(&cfg), "/var/lib/w/d.db");
     cfg_free(&cfg);
+    /* an unknown type names its line and the registered types */
+    rc = parse(cat(good_head, "[destination]\ntype = postgres\n"), &cfg, &err);
+    CHECK_INT_EQ(rc, 0);
+    CHECK_INT_EQ(dest_config_check(&cfg, &err), WR_ECONFIG);
+    CHECK_STR_EQ(err.msg, P
+                 ":7: invalid value \"postgres\" for [destination] type: no such destination type");
+    CHECK_CONTAINS(err.hint, "registered destination types: sqlite, null, plugin");
+    cfg_free(&cfg);
+    /* plugin needs library */
+    rc = parse(cat(good_head, "[destination]\ntype = plugin\nurl = http://x\n"), &cfg, &err);
+    CHECK_INT_EQ(rc, 0);
+    CHECK_INT_EQ(dest_config_check(&cfg, &err), WR_ECONFIG);
+    CHECK_STR_EQ(err.msg, P ":6: missing required key \"library\" in section [destination] (type "
+                            "= plugin)");
+    cfg_free(&cfg);
+    /* duplicate keys in [destination] are refused by config.c */
+    expect_error(cat(good_head, "[destination]\nx = 1\nx = 2\n"),
+                 P ":8: duplicate key \"x\" in section [destination] (first set on line 7)", NULL);
+    expect_error(cat(good_head, "[destination]\ntype = null\ntype = sqlite\n"),
+                 P ":8: duplicate key \"type\" in section [destination] (first set on line 7)",
+                 NULL);
+    /* the items are copied and compared (reload) */
+    {
+        wr_config_t a, b;
+        rc = parse(cat(good_head, "[destination]\ntype = plugin\nlibrary = l.so\nk = v\n"), &a,
+                   &err);
+        CHECK_INT_EQ(rc, 0);
+        cfg_defaults(&b);
+        CHECK(!cfg_dest_equal(&a, &b));
+        CHECK_INT_EQ(cfg_dest_copy(&b, &a), 0);
+        CHECK(cfg_dest_equal(&a, &b));
+        CHECK_STR_EQ(cfg_dest_item(&b, "k")->value, "v");
+        CHECK_INT_EQ(cfg_dest_item(&b, "k")->line, 9);
+        free(b.dest_items[1].value);
+        b.dest_items[1].value = wr_strdup("w");
+        CHECK(!cfg_dest_equal(&a, &b));
+        cfg_dest_swap(&a, &b);
+        CHECK_STR_EQ(cfg_dest_item(&a, "k")->value, "w");
+        CHECK_STR_EQ(cfg_dest_item(&b, "k")->value, "v");
+        cfg_free(&a);
+        cfg_free(&b);
+    }
 
     /* boundaries of a range are accepted */
     rc = parse(cat(good_head, "[batch]\nmax_fill_ms = 60000\n"), &cfg, &err);
@@ -215,12 +301,19 @@ test_invalid_values(void)
                  NULL);
     expect_error(cat(good_head, "[sync]\nmax_table_sync_workers = -1\n"),
                  P ":7: invalid value \"-1\" for [sync] max_table_sync_workers", NULL);
-    expect_error(cat(good_head, "[destination]\ntype = postgres\n"),
-                 P ":7: invalid value \"postgres\" for [destination] type: expected \"sqlite\" or "
-                   "\"null\"",
-                 NULL);
-    expect_error(cat(good_head, "[destination]\npath =\n"),
-                 P ":7: empty value for [destination] path", NULL);
+    /* [destination] values are the registry's to check (test_defaults): an empty type is
+     * config.c's */
+    expect_error(cat(good_head, "[destination]\ntype =\n"),
+                 P ":7: empty value for [destination] type", NULL);
+    {
+        wr_config_t cfg;
+        wr_err_t err;
+        CHECK_INT_EQ(parse(cat(good_head, "[destination]\npath =\n"), &cfg, &err), 0);
+        CHECK_INT_EQ(dest_config_check(&cfg, &err), WR_ECONFIG);
+        CHECK_STR_EQ(err.msg, P ":7: empty value for [destination] path");
+        CHECK_CONTAINS(err.hint, "remove the line to use dest.db");
+        cfg_free(&cfg);
+    }
     expect_error(cat(good_head, "[log]\nlevel = loud\n"),
                  P ":7: invalid value \"loud\" for [log] level", NULL);
     expect_error(cat(good_head, "[retry]\nbackoff_initial_ms = 5000\nbackoff_max_ms = 1000\n"),
@@ -422,7 +515,8 @@ test_load_resolves_dir(void)
     snprintf(path, sizeof(path), "%s/walrelay.conf", real);
     CHECK_STR_EQ(cfg.path, path);
     snprintf(path, sizeof(path), "%s/sub/d.db", real);
-    CHECK_STR_EQ(cfg.dest_path, path);
+    CHECK_INT_EQ(dest_config_check(&cfg, &err), 0);
+    CHECK_STR_EQ(dpath(&cfg), path);
     CHECK_STR_EQ(cfg.source_conninfo, "host=db dbname=app password=s3cret");
     cfg_free(&cfg);
 }
@@ -439,7 +533,7 @@ test_write_new_roundtrip(void)
     int rc;
 
     snprintf(dir, sizeof(dir), "%s/new", tmpdir);
-    rc = cfg_write_new(dir, "demo", conn, "walrelay_pub", "sqlite:data/d.db", &err);
+    rc = write_new(dir, "demo", conn, "walrelay_pub", "sqlite:data/d.db", &err);
     CHECK_INT_EQ(rc, 0);
     if (rc != 0) {
         fprintf(stderr, "  error: %s (%s)\n", err.msg, err.hint);
@@ -465,7 +559,7 @@ test_write_new_roundtrip(void)
     CHECK_STR_EQ(cfg.publication, "walrelay_pub");
     CHECK_STR_EQ(cfg.dest_type, "sqlite");
     snprintf(path, sizeof(path), "%s/data/d.db", real);
-    CHECK_STR_EQ(cfg.dest_path, path);
+    CHECK_STR_EQ(dpath(&cfg), path);
     /* every default is written out and reads back as the default */
     CHECK_INT_EQ(cfg.batch_max_fill_ms, 200);
     CHECK_INT_EQ(cfg.batch_max_bytes, 8388608);
@@ -507,7 +601,7 @@ test_write_new_roundtrip(void)
     }
 
     /* refuses to overwrite, and leaves the file alone */
-    rc = cfg_write_new(dir, "other", "host=x", "p", "null", &err);
+    rc = write_new(dir, "other", "host=x", "p", "null", &err);
     CHECK_INT_EQ(rc, WR_ECONFIG);
     snprintf(path, sizeof(path), "%s/walrelay.conf already exists", dir);
     CHECK_STR_EQ(err.msg, path);
@@ -527,32 +621,39 @@ test_write_new_variants(void)
 
     /* default destination; conninfo whitespace trimmed (libpq ignores it) */
     snprintf(dir, sizeof(dir), "%s/v1", tmpdir);
-    rc = cfg_write_new(dir, "v1", "  host=a dbname=b  ", "pub", "sqlite", &err);
+    rc = write_new(dir, "v1", "  host=a dbname=b  ", "pub", "sqlite", &err);
     CHECK_INT_EQ(rc, 0);
     rc = cfg_load(dir, &cfg, &err);
     CHECK_INT_EQ(rc, 0);
     CHECK_STR_EQ(cfg.source_conninfo, "host=a dbname=b");
     CHECK_STR_EQ(cfg.dest_type, "sqlite");
-    CHECK(cfg.dest_path != NULL && strstr(cfg.dest_path, "/v1/dest.db") != NULL);
+    CHECK(strstr(dpath(&cfg), "/v1/dest.db") != NULL);
     cfg_free(&cfg);
 
     snprintf(dir, sizeof(dir), "%s/v2", tmpdir);
-    rc = cfg_write_new(dir, "v2", "postgresql://rep@db:5432/app?sslmode=require", "pub", "null",
-                       &err);
+    rc = write_new(dir, "v2", "postgresql://rep@db:5432/app?sslmode=require", "pub", "null", &err);
     CHECK_INT_EQ(rc, 0);
     rc = cfg_load(dir, &cfg, &err);
     CHECK_INT_EQ(rc, 0);
     CHECK_STR_EQ(cfg.source_conninfo, "postgresql://rep@db:5432/app?sslmode=require");
     CHECK_STR_EQ(cfg.dest_type, "null");
-    CHECK(cfg.dest_path == NULL);
+    CHECK(cfg.dest_nitems == 0);
     cfg_free(&cfg);
 
+    snprintf(dir, sizeof(dir), "%s/v4", tmpdir);
+    rc = write_new(dir, "v4", "host=a", "pub", "plugin:lib/x.so", &err);
+    /* the library does not exist: the registry refuses before anything is written */
+    CHECK_INT_EQ(rc, WR_ECONFIG);
+    CHECK_CONTAINS(err.msg, "[destination] library: cannot load \"");
+    CHECK_CONTAINS(err.msg, "/v4/lib/x.so\": No such file or directory");
+    CHECK(access(dir, F_OK) != 0);
+
     snprintf(dir, sizeof(dir), "%s/v3", tmpdir);
-    rc = cfg_write_new(dir, "v3", "host=a", "pub", "sqlite:/abs/x.db", &err);
+    rc = write_new(dir, "v3", "host=a", "pub", "sqlite:/abs/x.db", &err);
     CHECK_INT_EQ(rc, 0);
     rc = cfg_load(dir, &cfg, &err);
     CHECK_INT_EQ(rc, 0);
-    CHECK_STR_EQ(cfg.dest_path, "/abs/x.db");
+    CHECK_STR_EQ(dpath(&cfg), "/abs/x.db");
     cfg_free(&cfg);
 }
 
@@ -567,59 +668,63 @@ test_write_new_refusals(void)
     snprintf(dir, sizeof(dir), "%s/refused", tmpdir);
     snprintf(path, sizeof(path), "%s/walrelay.conf", dir);
 
-    rc = cfg_write_new(dir, "demo", "host=a password=x;y", "pub", NULL, &err);
+    rc = write_new(dir, "demo", "host=a password=x;y", "pub", NULL, &err);
     CHECK_INT_EQ(rc, WR_ECONFIG);
     CHECK_CONTAINS(err.msg, "conninfo contains \";\"");
     CHECK(strstr(err.msg, "x;y") == NULL);
     CHECK_CONTAINS(err.hint, "PGPASSFILE");
     CHECK_CONTAINS(err.hint, "service");
 
-    rc = cfg_write_new(dir, "demo", "host=a password=x#y", "pub", NULL, &err);
+    rc = write_new(dir, "demo", "host=a password=x#y", "pub", NULL, &err);
     CHECK_INT_EQ(rc, WR_ECONFIG);
     CHECK_CONTAINS(err.msg, "conninfo contains \"#\"");
     CHECK(strstr(err.msg, "x#y") == NULL);
 
-    rc = cfg_write_new(dir, "demo", "host=a\npassword=xy", "pub", NULL, &err);
+    rc = write_new(dir, "demo", "host=a\npassword=xy", "pub", NULL, &err);
     CHECK_INT_EQ(rc, WR_ECONFIG);
     CHECK_CONTAINS(err.msg, "conninfo contains a control character");
 
     memset(longconn, 'z', 200);
     longconn[200] = '\0';
-    rc = cfg_write_new(dir, "demo", longconn, "pub", NULL, &err);
+    rc = write_new(dir, "demo", longconn, "pub", NULL, &err);
     CHECK_INT_EQ(rc, WR_ECONFIG);
     CHECK_CONTAINS(err.msg, "conninfo is too long for one line of walrelay.conf (200 bytes, at "
                             "most 187)");
     CHECK(strstr(err.msg, "zzz") == NULL);
 
-    rc = cfg_write_new(dir, "demo", "   ", "pub", NULL, &err);
+    rc = write_new(dir, "demo", "   ", "pub", NULL, &err);
     CHECK_INT_EQ(rc, WR_ECONFIG);
     CHECK_CONTAINS(err.msg, "conninfo is empty");
 
-    rc = cfg_write_new(dir, "Bad-Name", "host=a", "pub", NULL, &err);
+    rc = write_new(dir, "Bad-Name", "host=a", "pub", NULL, &err);
     CHECK_INT_EQ(rc, WR_ECONFIG);
     CHECK_CONTAINS(err.msg, "invalid pipeline name \"Bad-Name\"");
 
-    rc = cfg_write_new(dir, "demo", "host=a", "", NULL, &err);
+    rc = write_new(dir, "demo", "host=a", "", NULL, &err);
     CHECK_INT_EQ(rc, WR_ECONFIG);
     CHECK_CONTAINS(err.msg, "publication name is empty");
 
-    rc = cfg_write_new(dir, "demo", "host=a", "pub", "postgres", &err);
+    rc = write_new(dir, "demo", "host=a", "pub", "postgres", &err);
     CHECK_INT_EQ(rc, WR_ECONFIG);
-    CHECK_CONTAINS(err.msg,
-                   "invalid destination \"postgres\": expected \"sqlite\", \"sqlite:PATH\" or "
-                   "\"null\"");
-    rc = cfg_write_new(dir, "demo", "host=a", "pub", "sqlite:", &err);
+    CHECK_STR_EQ(err.msg, "unknown destination type \"postgres\" in --destination postgres");
+    CHECK_CONTAINS(err.hint, "registered destination types: sqlite, null, plugin");
+    rc = write_new(dir, "demo", "host=a", "pub", "plugin", &err);
     CHECK_INT_EQ(rc, WR_ECONFIG);
-    rc = cfg_write_new(dir, "demo", "host=a", "pub", "sqlite:a ;b.db", &err);
+    CHECK_CONTAINS(err.msg, "plugin:PATH");
+    rc = write_new(dir, "demo", "host=a", "pub", "null:x", &err);
     CHECK_INT_EQ(rc, WR_ECONFIG);
-    CHECK_CONTAINS(err.msg, "destination path \"a ;b.db\" contains \";\"");
+    rc = write_new(dir, "demo", "host=a", "pub", "sqlite:", &err);
+    CHECK_INT_EQ(rc, WR_ECONFIG);
+    rc = write_new(dir, "demo", "host=a", "pub", "sqlite:a ;b.db", &err);
+    CHECK_INT_EQ(rc, WR_ECONFIG);
+    CHECK_CONTAINS(err.msg, "the value \"a ;b.db\" of [destination] path contains a character");
 
     /* nothing was created by any refusal */
     CHECK(access(dir, F_OK) != 0);
 
     /* the parent of DIR must exist */
     snprintf(dir, sizeof(dir), "%s/no/such", tmpdir);
-    rc = cfg_write_new(dir, "demo", "host=a", "pub", NULL, &err);
+    rc = write_new(dir, "demo", "host=a", "pub", NULL, &err);
     CHECK_INT_EQ(rc, WR_ECONFIG);
     CHECK_CONTAINS(err.msg, "cannot create directory");
     CHECK_CONTAINS(err.msg, "No such file or directory");

@@ -284,31 +284,76 @@ test_copy_bytea(void)
 
 /* --- pgtype ---------------------------------------------------------------------------- */
 
+/* format_type() text of PostgreSQL 15 for each (oid, typmod): the strings were taken
+ * from SELECT format_type(...) on a PostgreSQL 15 server (tests/integration/
+ * test_plugin_loader.py compares against a live server too). */
 static void
-test_pgt_class(void)
+test_pgt_format_type(void)
 {
-    CHECK_INT_EQ(pgt_class(PGT_INT2), PGT_CLASS_INTEGER);
-    CHECK_INT_EQ(pgt_class(PGT_INT4), PGT_CLASS_INTEGER);
-    CHECK_INT_EQ(pgt_class(PGT_INT8), PGT_CLASS_INTEGER);
-    CHECK_INT_EQ(pgt_class(PGT_OID), PGT_CLASS_INTEGER);
-    CHECK_INT_EQ(pgt_class(PGT_BOOL), PGT_CLASS_INTEGER);
-    CHECK_INT_EQ(pgt_class(PGT_FLOAT4), PGT_CLASS_REAL);
-    CHECK_INT_EQ(pgt_class(PGT_FLOAT8), PGT_CLASS_REAL);
-    CHECK_INT_EQ(pgt_class(PGT_BYTEA), PGT_CLASS_BLOB);
-    CHECK_INT_EQ(pgt_class(PGT_NUMERIC), PGT_CLASS_TEXT);
-    CHECK_INT_EQ(pgt_class(PGT_MONEY), PGT_CLASS_TEXT);
-    CHECK_INT_EQ(pgt_class(PGT_TEXT), PGT_CLASS_TEXT);
-    CHECK_INT_EQ(pgt_class(PGT_TIMESTAMPTZ), PGT_CLASS_TEXT);
-    CHECK_INT_EQ(pgt_class(PGT_JSONB), PGT_CLASS_TEXT);
-    CHECK_INT_EQ(pgt_class(PGT_UUID), PGT_CLASS_TEXT);
-    CHECK_INT_EQ(pgt_class(123456), PGT_CLASS_TEXT); /* a user type */
+    static const struct {
+        uint32_t oid;
+        int32_t typmod;
+        const char *want;
+    } cases[] = {
+        {16, -1, "boolean"},
+        {17, -1, "bytea"},
+        {18, -1, "\"char\""},
+        {20, -1, "bigint"},
+        {21, -1, "smallint"},
+        {23, -1, "integer"},
+        {25, -1, "text"},
+        {26, -1, "oid"},
+        {114, -1, "json"},
+        {700, -1, "real"},
+        {701, -1, "double precision"},
+        {790, -1, "money"},
+        {1042, -1, "bpchar"},
+        {1042, 14, "character(10)"},
+        {1043, -1, "character varying"},
+        {1043, 24, "character varying(20)"},
+        {1082, -1, "date"},
+        {1083, -1, "time without time zone"},
+        {1083, 3, "time(3) without time zone"},
+        {1266, 0, "time(0) with time zone"},
+        {1114, -1, "timestamp without time zone"},
+        {1114, 6, "timestamp(6) without time zone"},
+        {1184, -1, "timestamp with time zone"},
+        {1184, 2, "timestamp(2) with time zone"},
+        {1186, -1, "interval"},
+        {1186, 0x7FFF0003, "interval(3)"},
+        {1186, (int32_t)((((1 << 3) | (1 << 10) | (1 << 11) | (1 << 12)) << 16) | 0xFFFF),
+         "interval day to second"},
+        {1186, (int32_t)(((1 << 2 | 1 << 1) << 16) | 0xFFFF), "interval year to month"},
+        {1186, (int32_t)(((1 << 11 | 1 << 12) << 16) | 2), "interval minute to second(2)"},
+        {1700, -1, "numeric"},
+        {1700, ((10 << 16) | 2) + 4, "numeric(10,2)"},
+        {1700, ((5 << 16) | 0) + 4, "numeric(5,0)"},
+        {1700, ((5 << 16) | (0x7ff & -2)) + 4, "numeric(5,-2)"},
+        {1560, 8, "bit(8)"},
+        {1560, -1, "bit"},
+        {1562, 16, "bit varying(16)"},
+        {1562, -1, "bit varying"},
+        {2950, -1, "uuid"},
+        {3802, -1, "jsonb"},
+        {869, -1, "inet"},
+        {1007, -1, "integer[]"},
+        {1009, -1, "text[]"},
+        {1231, ((12 << 16) | 4) + 4, "numeric(12,4)[]"},
+        {1015, 14, "character varying(10)[]"},
+        {1115, 3, "timestamp(3) without time zone[]"},
+        {3807, -1, "jsonb[]"},
+    };
+    char buf[128];
 
-    CHECK_STR_EQ(pgt_sqlite_decl(PGT_INT8), "INTEGER");
-    CHECK_STR_EQ(pgt_sqlite_decl(PGT_BOOL), "INTEGER");
-    CHECK_STR_EQ(pgt_sqlite_decl(PGT_FLOAT4), "REAL");
-    CHECK_STR_EQ(pgt_sqlite_decl(PGT_BYTEA), "BLOB");
-    CHECK_STR_EQ(pgt_sqlite_decl(PGT_NUMERIC), "TEXT");
-    CHECK_STR_EQ(pgt_sqlite_decl(PGT_VARCHAR), "TEXT");
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        bool ok = pgt_format_type(cases[i].oid, cases[i].typmod, buf, sizeof(buf));
+        CHECK(ok);
+        CHECK_STR_EQ(buf, cases[i].want);
+    }
+    CHECK(!pgt_format_type(16385, -1, buf, sizeof(buf))); /* a user type */
+    CHECK_STR_EQ(buf, "");
+    CHECK(!pgt_format_type(1700, ((10 << 16) | 2) + 4, buf, 8)); /* too small */
+    CHECK(!pgt_format_type(1007, -1, buf, 8));                   /* "integer" fits, "[]" not */
 }
 
 static int
@@ -482,7 +527,7 @@ main(void)
     RUN(test_malformed);
     RUN(test_buffer_reuse);
     RUN(test_copy_bytea);
-    RUN(test_pgt_class);
+    RUN(test_pgt_format_type);
     RUN(test_pgt_int64);
     RUN(test_pgt_bool);
     RUN(test_pgt_double);

@@ -6,6 +6,8 @@
  * what the destination wrote (typeof(), table_info) as another process would.
  */
 #include "destinations/destination.h"
+#include "destinations/registry.h"
+#include "destinations/sqlite/sqlite.h"
 #include "common/pgtype.h"
 #include "unit.h"
 
@@ -16,6 +18,23 @@ static char tmpdir[256];
 static int dbseq;
 static char dbpath[512];
 static wr_config_t cfg;
+
+static wr_cfg_item_t path_item;
+
+/* A [destination] of type sqlite with path = path (NULL: no path key). */
+static void
+set_sqlite(wr_config_t *c, const char *path)
+{
+    memset(c, 0, sizeof(*c));
+    c->dest_type = "sqlite";
+    if (path != NULL) {
+        path_item.key = "path";
+        path_item.value = (char *)path;
+        path_item.line = 3;
+        c->dest_items = &path_item;
+        c->dest_nitems = 1;
+    }
+}
 
 #define TV(s) ((wr_val_t){WR_VAL_TEXT, (uint32_t)strlen(s), (s)})
 #define NV    ((wr_val_t){WR_VAL_NULL, 0, NULL})
@@ -53,10 +72,8 @@ open_new(void)
     int rc;
 
     snprintf(dbpath, sizeof(dbpath), "%s/dest%d.db", tmpdir, ++dbseq);
-    memset(&cfg, 0, sizeof(cfg));
-    cfg.dest_type = "sqlite";
-    cfg.dest_path = dbpath;
-    rc = dest_open(&cfg, &d, &err);
+    set_sqlite(&cfg, dbpath);
+    rc = dest_open(&cfg, "apply", &d, &err);
     CHECK_INT_EQ(rc, 0);
     if (rc != 0) {
         fprintf(stderr, "  open: %s\n", err.msg);
@@ -71,7 +88,7 @@ reopen(void)
 {
     dest_t *d = NULL;
     wr_err_t err = {0};
-    int rc = dest_open(&cfg, &d, &err);
+    int rc = dest_open(&cfg, "apply", &d, &err);
 
     CHECK_INT_EQ(rc, 0);
     if (rc != 0) {
@@ -156,9 +173,12 @@ test_naming(void)
     CHECK_STR_EQ(buf, "sales__orders");
     dest_sync_stream(16384, buf, sizeof(buf));
     CHECK_STR_EQ(buf, "sync_16384");
-    CHECK(dest_lookup("sqlite") == &dest_sqlite_ops);
-    CHECK(dest_lookup("null") == &dest_null_ops);
-    CHECK(dest_lookup("postgres") == NULL);
+    CHECK(dest_type_find("sqlite") == &dest_type_sqlite);
+    CHECK(dest_type_find("null") == &dest_type_null);
+    CHECK(dest_type_find("plugin") == &dest_type_plugin);
+    CHECK(dest_type_find("postgres") == NULL);
+    dest_type_list(buf, sizeof(buf));
+    CHECK_STR_EQ(buf, "sqlite, null, plugin");
 }
 
 static void
@@ -170,9 +190,41 @@ test_open_unknown_type(void)
 
     memset(&c, 0, sizeof(c));
     c.dest_type = "x";
-    CHECK_INT_EQ(dest_open(&c, &d, &err), WR_ECONFIG);
-    CHECK_STR_EQ(err.msg, "unknown destination type \"x\" (choose sqlite or null)");
+    c.path = "/p/walrelay.conf";
+    c.dest_type_line = 7;
+    CHECK_INT_EQ(dest_open(&c, "apply", &d, &err), WR_ECONFIG);
+    CHECK_STR_EQ(err.msg, "/p/walrelay.conf:7: invalid value \"x\" for [destination] type: no "
+                          "such destination type");
+    CHECK_CONTAINS(err.hint, "sqlite, null, plugin");
     CHECK(d == NULL);
+}
+
+/* The storage class and declared type of each PostgreSQL type (sqlite/sqlite_type.c). */
+static void
+test_sqt_class(void)
+{
+    CHECK_INT_EQ(sqt_class(PGT_INT2), SQT_CLASS_INTEGER);
+    CHECK_INT_EQ(sqt_class(PGT_INT4), SQT_CLASS_INTEGER);
+    CHECK_INT_EQ(sqt_class(PGT_INT8), SQT_CLASS_INTEGER);
+    CHECK_INT_EQ(sqt_class(PGT_OID), SQT_CLASS_INTEGER);
+    CHECK_INT_EQ(sqt_class(PGT_BOOL), SQT_CLASS_INTEGER);
+    CHECK_INT_EQ(sqt_class(PGT_FLOAT4), SQT_CLASS_REAL);
+    CHECK_INT_EQ(sqt_class(PGT_FLOAT8), SQT_CLASS_REAL);
+    CHECK_INT_EQ(sqt_class(PGT_BYTEA), SQT_CLASS_BLOB);
+    CHECK_INT_EQ(sqt_class(PGT_NUMERIC), SQT_CLASS_TEXT);
+    CHECK_INT_EQ(sqt_class(PGT_MONEY), SQT_CLASS_TEXT);
+    CHECK_INT_EQ(sqt_class(PGT_TEXT), SQT_CLASS_TEXT);
+    CHECK_INT_EQ(sqt_class(PGT_TIMESTAMPTZ), SQT_CLASS_TEXT);
+    CHECK_INT_EQ(sqt_class(PGT_JSONB), SQT_CLASS_TEXT);
+    CHECK_INT_EQ(sqt_class(PGT_UUID), SQT_CLASS_TEXT);
+    CHECK_INT_EQ(sqt_class(123456), SQT_CLASS_TEXT); /* a user type */
+
+    CHECK_STR_EQ(sqt_decl(PGT_INT8), "INTEGER");
+    CHECK_STR_EQ(sqt_decl(PGT_BOOL), "INTEGER");
+    CHECK_STR_EQ(sqt_decl(PGT_FLOAT4), "REAL");
+    CHECK_STR_EQ(sqt_decl(PGT_BYTEA), "BLOB");
+    CHECK_STR_EQ(sqt_decl(PGT_NUMERIC), "TEXT");
+    CHECK_STR_EQ(sqt_decl(PGT_VARCHAR), "TEXT");
 }
 
 static void
@@ -184,13 +236,13 @@ test_null_destination(void)
     dest_key_t k = {1, 1}, got;
     bool found = true;
     wr_schema_t *s = mk_schema(1, "public", "t", items_cols, 6);
-    wr_val_t v[1] = {TV("x")};
-    wr_row_t row = {1, v};
+    wr_val_t v[6] = {TV("1"), TV("x"), NV, NV, NV, NV};
+    wr_row_t row = {6, v};
     dest_event_t ev = {.kind = DEST_EV_INSERT, .relid = 1, .new_row = &row};
 
     memset(&c, 0, sizeof(c));
     c.dest_type = "null";
-    CHECK_INT_EQ(dest_open(&c, &d, &err), 0);
+    CHECK_INT_EQ(dest_open(&c, "apply", &d, &err), 0);
     if (d == NULL)
         return;
     CHECK_STR_EQ(d->ops->name, "null");
@@ -1066,12 +1118,21 @@ test_open_errors(void)
     wr_err_t err = {0};
     char path[600];
 
-    memset(&c, 0, sizeof(c));
-    c.dest_type = "sqlite";
-    CHECK_INT_EQ(dest_open(&c, &d, &err), WR_ECONFIG); /* no path */
+    set_sqlite(&c, "");
+    c.path = "/p/walrelay.conf";
+    CHECK_INT_EQ(dest_open(&c, "apply", &d, &err), WR_ECONFIG); /* empty path */
+    CHECK_STR_EQ(err.msg, "/p/walrelay.conf:3: empty value for [destination] path");
+    /* a key sqlite does not know */
+    path_item.key = "paht";
+    path_item.value = "x.db";
+    CHECK_INT_EQ(dest_open(&c, "apply", &d, &err), WR_ECONFIG);
+    CHECK_STR_EQ(
+        err.msg,
+        "/p/walrelay.conf:3: unknown key \"paht\" in section [destination] (type = sqlite)");
+    CHECK_CONTAINS(err.hint, "type, path");
     snprintf(path, sizeof(path), "%s/no/such/dir/dest.db", tmpdir);
-    c.dest_path = path;
-    CHECK_INT_EQ(dest_open(&c, &d, &err), WR_EDEST);
+    set_sqlite(&c, path);
+    CHECK_INT_EQ(dest_open(&c, "apply", &d, &err), WR_EDEST);
     CHECK_CONTAINS(err.msg, "no/such/dir");
     CHECK_CONTAINS(err.msg, "unable to open database file"); /* sqlite3_errmsg */
     CHECK(d == NULL);
@@ -1610,6 +1671,7 @@ main(void)
     RUN(test_open_unknown_type);
     RUN(test_open_errors);
     RUN(test_null_destination);
+    RUN(test_sqt_class);
     RUN(test_create_from_schema);
     RUN(test_composite_key);
     RUN(test_insert_update_delete_truncate);

@@ -12,7 +12,7 @@
  *   - _walrelay_tables(relid, nsp, name, dest_name, columns_json, updated_at): which
  *     destination table a source relid maps to, and the schema it was registered with.
  *   - one table per registered source table, named by dest_table_name(), columns in the
- *     source's order, declared types from pgt_sqlite_decl(), PRIMARY KEY(key columns
+ *     source's order, declared types from sqt_decl(), PRIMARY KEY(key columns
  *     of the schema that created it: the source's primary key, see sq_in_primary_key).
  * In memory it keeps relid -> table (schema, per-column storage class, the columns
  * UPDATE/DELETE match on (sq_table_identity: the replica identity's key, or under FULL the
@@ -21,9 +21,10 @@
  * unchanged TOAST columns out of SET). The per-row path allocates nothing: statements are reused,
  * text binds point at the producer's buffer, bytea is decoded into one scratch buffer.
  */
-#include "destination.h"
+#include "sqlite.h"
 
-#include "../common/pgtype.h"
+#include "../../common/pgtype.h"
+#include "../registry.h"
 
 #include <sqlite3.h>
 #include <stdarg.h>
@@ -47,7 +48,7 @@ typedef struct sq_table_s {
     uint32_t relid;
     wr_schema_t *schema; /* own copy */
     char dest_name[SQ_NAME_MAX];
-    uint8_t *cls;     /* pgt_class_t per column */
+    uint8_t *cls;     /* sqt_class_t per column */
     uint8_t *is_bool; /* 1 if the column is bool (INTEGER 0/1) */
     uint16_t *keys;   /* indexes of the columns UPDATE/DELETE match on, in schema order */
     int nkeys;
@@ -65,6 +66,7 @@ typedef struct sq_table_s {
 typedef struct dest_sqlite_s {
     dest_t base;
     sqlite3 *db;
+    char *path; /* absolute; owned */
     bool in_txn;
     sq_table_t *buckets[SQ_BUCKETS];
     sq_table_t *last; /* lookup cache */
@@ -261,11 +263,11 @@ static const char *
 sq_class_name(int cls)
 {
     switch (cls) {
-    case PGT_CLASS_INTEGER:
+    case SQT_CLASS_INTEGER:
         return "INTEGER";
-    case PGT_CLASS_REAL:
+    case SQT_CLASS_REAL:
         return "REAL";
-    case PGT_CLASS_BLOB:
+    case SQT_CLASS_BLOB:
         return "BLOB";
     default:
         return "TEXT";
@@ -520,7 +522,7 @@ sq_table_new(const wr_schema_t *schema, const char *dest_name, sq_table_t **out,
             goto oom;
     }
     for (uint16_t i = 0; i < n; i++) {
-        t->cls[i] = (uint8_t)pgt_class(schema->cols[i].type_oid);
+        t->cls[i] = (uint8_t)sqt_class(schema->cols[i].type_oid);
         t->is_bool[i] = schema->cols[i].type_oid == PGT_BOOL;
         if (schema->cols[i].is_key)
             t->keys[t->nkeys++] = i;
@@ -624,7 +626,7 @@ sq_blob_need(const sq_table_t *t, const wr_row_t *row)
     if (row == NULL)
         return 0;
     for (uint16_t i = 0; i < row->ncols && i < t->schema->ncols; i++) {
-        if (t->cls[i] == PGT_CLASS_BLOB && row->vals[i].kind == WR_VAL_TEXT)
+        if (t->cls[i] == SQT_CLASS_BLOB && row->vals[i].kind == WR_VAL_TEXT)
             need += row->vals[i].len / 2;
     }
     return need;
@@ -683,7 +685,7 @@ sq_bind(dest_sqlite_t *d, const sq_table_t *t, sqlite3_stmt *st, int idx, int co
         size_t len = v->data != NULL ? v->len : 0;
 
         switch (t->cls[col]) {
-        case PGT_CLASS_INTEGER: {
+        case SQT_CLASS_INTEGER: {
             int64_t i64;
 
             if (t->is_bool[col]) {
@@ -697,7 +699,7 @@ sq_bind(dest_sqlite_t *d, const sq_table_t *t, sqlite3_stmt *st, int idx, int co
             rc = sqlite3_bind_int64(st, idx, i64);
             break;
         }
-        case PGT_CLASS_REAL: {
+        case SQT_CLASS_REAL: {
             double dv;
             bool special = false;
 
@@ -709,7 +711,7 @@ sq_bind(dest_sqlite_t *d, const sq_table_t *t, sqlite3_stmt *st, int idx, int co
                 rc = sqlite3_bind_double(st, idx, dv);
             break;
         }
-        case PGT_CLASS_BLOB: {
+        case SQT_CLASS_BLOB: {
             size_t outlen = 0;
             uint8_t *out = d->scratch + d->scratch_off;
 
@@ -1075,7 +1077,7 @@ sq_create_table(dest_sqlite_t *d, const wr_schema_t *s, const char *dest_name, w
             sb_add(&b, ", ");
         sb_ident(&b, s->cols[i].name);
         sb_add(&b, " ");
-        sb_add(&b, pgt_sqlite_decl(s->cols[i].type_oid));
+        sb_add(&b, sqt_decl(s->cols[i].type_oid));
     }
     for (int i = 0; i < s->ncols; i++) {
         if (!sq_in_primary_key(s, i))
@@ -1966,7 +1968,7 @@ sq_alter_in_place(dest_sqlite_t *d, const wr_schema_t *os, const sq_table_t *nt,
         sb_add(&b, " ADD COLUMN ");
         sb_ident(&b, ns->cols[j].name);
         sb_add(&b, " ");
-        sb_add(&b, pgt_sqlite_decl(ns->cols[j].type_oid));
+        sb_add(&b, sqt_decl(ns->cols[j].type_oid));
         if ((rc = sq_exec_buf(d, &b, dest_name, err)) < 0)
             return rc;
         if (plan->fill[j].kind == WR_VAL_NULL)
@@ -2103,7 +2105,7 @@ sq_reset_table(dest_t *base, const wr_schema_t *s, const dest_tmeta_t *meta, wr_
     same = l.ncols == s->ncols && sq_layout_key_is(&l, s, NULL);
     for (int i = 0; same && i < l.ncols; i++)
         same = strcmp(l.names[i], s->cols[i].name) == 0 &&
-               sqlite3_stricmp(l.decl[i], pgt_sqlite_decl(s->cols[i].type_oid)) == 0;
+               sqlite3_stricmp(l.decl[i], sqt_decl(s->cols[i].type_oid)) == 0;
     if (l.ncols > 0 && !same && strncmp(dest_name, "_walrelay_", 10) != 0) {
         sq_buf_t b = {0};
 
@@ -2161,6 +2163,7 @@ sq_close(dest_t *base)
     if (d->db != NULL)
         sqlite3_close(d->db);
     free(d->scratch);
+    free(d->path);
     free(d);
 }
 
@@ -2169,21 +2172,22 @@ sq_open(const wr_config_t *cfg, dest_t **out, wr_err_t *err)
 {
     dest_sqlite_t *d;
     sqlite3_stmt *st = NULL;
+    char *path = NULL;
     int rc;
 
     *out = NULL;
-    if (cfg->dest_path == NULL || cfg->dest_path[0] == '\0') {
-        wr_err_set(err, WR_ECONFIG, "the sqlite destination needs a path");
-        wr_err_hint(err, "set path = dest.db in the [destination] section");
-        return WR_ECONFIG;
-    }
+    if ((rc = dest_config_path(cfg, "path", &path, err)) < 0)
+        return rc;
     d = calloc(1, sizeof(*d));
-    if (d == NULL)
+    if (d == NULL) {
+        free(path);
         return wr_err_set(err, WR_ENOMEM, "out of memory opening the sqlite destination");
+    }
     d->base.ops = &dest_sqlite_ops;
-    if (sqlite3_open_v2(cfg->dest_path, &d->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) !=
+    d->path = path;
+    if (sqlite3_open_v2(d->path, &d->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) !=
         SQLITE_OK) {
-        rc = sq_fail(d, err, "opening destination database \"%s\"", cfg->dest_path);
+        rc = sq_fail(d, err, "opening destination database \"%s\"", d->path);
         goto fail;
     }
     /* several processes write this file: wait for each other's transactions */
@@ -2191,15 +2195,14 @@ sq_open(const wr_config_t *cfg, dest_t **out, wr_err_t *err)
     if ((rc = sq_prepare(d, "PRAGMA journal_mode=WAL", &st, err)) < 0)
         goto fail;
     if (sqlite3_step(st) != SQLITE_ROW) {
-        rc = sq_fail(d, err, "setting journal_mode=WAL on \"%s\"", cfg->dest_path);
+        rc = sq_fail(d, err, "setting journal_mode=WAL on \"%s\"", d->path);
         goto fail;
     }
     if (sqlite3_column_text(st, 0) == NULL ||
         strcmp((const char *)sqlite3_column_text(st, 0), "wal") != 0) {
-        rc = wr_err_set(err, WR_EDEST,
-                        "destination database \"%s\" refused WAL mode (journal_mode is \"%s\")",
-                        cfg->dest_path,
-                        sqlite3_column_text(st, 0) ? (const char *)sqlite3_column_text(st, 0) : "");
+        rc = wr_err_set(
+            err, WR_EDEST, "destination database \"%s\" refused WAL mode (journal_mode is \"%s\")",
+            d->path, sqlite3_column_text(st, 0) ? (const char *)sqlite3_column_text(st, 0) : "");
         goto fail;
     }
     sqlite3_finalize(st);

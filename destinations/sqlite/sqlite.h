@@ -1,0 +1,25 @@
+/*
+ * sqlite.h - the sqlite destination's parts shared by its files: the storage classes and
+ * declared column types it maps PostgreSQL types to, and its registry entry.
+ *
+ * NOTES: used in walrelay-apply, walrelay-sync (sqlite.c) and the supervisor (the
+ * registry entry: keys, init argument, preflight). Pure functions; no state.
+ */
+#ifndef WR_DEST_SQLITE_H
+#define WR_DEST_SQLITE_H
+
+#include "../destination.h"
+
+/* How a PostgreSQL type is held in SQLite's storage classes. */
+typedef enum {
+    SQT_CLASS_INTEGER, /* int2, int4, int8, oid, bool (0/1) */
+    SQT_CLASS_REAL,    /* float4, float8 (NaN/Infinity kept as text) */
+    SQT_CLASS_TEXT,    /* everything else, in PostgreSQL's text form (numeric too: exact) */
+    SQT_CLASS_BLOB,    /* bytea */
+} sqt_class_t;
+
+sqt_class_t sqt_class(uint32_t type_oid);
+/* Declared SQLite column type for a PostgreSQL type ("INTEGER", "REAL", "TEXT", "BLOB"). */
+const char *sqt_decl(uint32_t type_oid);
+
+#endif
