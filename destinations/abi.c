@@ -1037,6 +1037,18 @@ plugin_validate(const wr_config_t *cfg, wr_err_t *err)
 }
 
 static int
+plugin_init_check(const wr_config_t *cfg, wr_err_t *err)
+{
+    dest_plugin_t pl;
+    int rc;
+
+    if ((rc = dest_plugin_load(cfg, &pl, err)) < 0)
+        return rc;
+    dest_plugin_unload(&pl);
+    return 0;
+}
+
+static int
 plugin_preflight(const wr_config_t *cfg, char *summary, size_t len, wr_err_t *err)
 {
     dest_plugin_t pl;
@@ -1073,6 +1085,7 @@ const dest_type_t dest_type_plugin = {
     .extra_keys = true,
     .init_arg = plugin_init_arg,
     .validate = plugin_validate,
+    .init_check = plugin_init_check,
     .preflight = plugin_preflight,
     .open = plugin_open,
 };

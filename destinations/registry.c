@@ -106,16 +106,32 @@ dest_config_error(const wr_config_t *cfg, const char *key, int code, wr_err_t *e
     return code;
 }
 
+static int dest_validate(const wr_config_t *cfg, bool init, wr_err_t *err);
+
 int
 dest_config_check(wr_config_t *cfg, wr_err_t *err)
 {
     if (cfg->dest_type == NULL && (cfg->dest_type = wr_strdup(DEST_DEFAULT_TYPE)) == NULL)
         return wr_err_set(err, WR_ENOMEM, "out of memory");
-    return dest_config_validate(cfg, err);
+    return dest_validate(cfg, false, err);
+}
+
+int
+dest_init_check(wr_config_t *cfg, wr_err_t *err)
+{
+    if (cfg->dest_type == NULL && (cfg->dest_type = wr_strdup(DEST_DEFAULT_TYPE)) == NULL)
+        return wr_err_set(err, WR_ENOMEM, "out of memory");
+    return dest_validate(cfg, true, err);
 }
 
 int
 dest_config_validate(const wr_config_t *cfg, wr_err_t *err)
+{
+    return dest_validate(cfg, false, err);
+}
+
+static int
+dest_validate(const wr_config_t *cfg, bool init, wr_err_t *err)
 {
     const dest_type_t *t;
     const char *path = cfg->path ? cfg->path : "walrelay.conf";
@@ -177,6 +193,8 @@ dest_config_validate(const wr_config_t *cfg, wr_err_t *err)
                     k->help ? k->help : "");
         return WR_ECONFIG;
     }
+    if (init && t->init_check)
+        return t->init_check(cfg, err);
     return t->validate ? t->validate(cfg, err) : 0;
 }
 

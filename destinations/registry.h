@@ -43,6 +43,9 @@ typedef struct dest_type_s {
     int (*init_arg)(const char *arg, const char **values, wr_err_t *err);
     /* After the generic checks of the keys (unknown, missing, empty paths); NULL if none. */
     int (*validate)(const wr_config_t *cfg, wr_err_t *err);
+    /* What `walrelay init` checks instead of validate, if set (a plugin: that the library
+     * loads; its own keys are added to the file afterwards). */
+    int (*init_check)(const wr_config_t *cfg, wr_err_t *err);
     /* `walrelay check` and `walrelay run`: can the destination be written? Fills a one-line
      * summary for the report. */
     int (*preflight)(const wr_config_t *cfg, char *summary, size_t len, wr_err_t *err);
@@ -63,6 +66,9 @@ const dest_type_t *dest_type_at(size_t n);
  * paths, then runs the type's own validation. Errors are WR_ECONFIG "FILE:LINE: ..." with
  * a hint. Called by init, check, run, every reload and both workers. */
 int dest_config_check(wr_config_t *cfg, wr_err_t *err) WR_MUST_CHECK;
+/* What `walrelay init` checks in the file it writes: dest_config_check, with the type's
+ * init_check instead of its validate when it has one. */
+int dest_init_check(wr_config_t *cfg, wr_err_t *err) WR_MUST_CHECK;
 /* The same checks without filling the default (cfg unchanged). */
 int dest_config_validate(const wr_config_t *cfg, wr_err_t *err) WR_MUST_CHECK;
 /* The value of a [destination] key, or its type's default; NULL if neither. */

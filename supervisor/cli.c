@@ -208,7 +208,7 @@ cli_init(int argc, char **argv)
             goto fail;
         }
     }
-    if (cfg_write_new(absdir, pname, source, publication, dest_section, dest_config_check, &err) !=
+    if (cfg_write_new(absdir, pname, source, publication, dest_section, dest_init_check, &err) !=
         0) {
         print_err(&err);
         goto fail;
