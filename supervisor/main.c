@@ -20,13 +20,17 @@ typedef struct cli_cmd_s {
 static const cli_cmd_t cli_cmds[] = {
     {"init", cli_init,
      "walrelay init DIR --source CONNINFO --publication NAME\n"
-     "              [--destination sqlite:PATH|sqlite|null] [--name PIPELINE]\n"
+     "              [--destination TYPE[:ARG]] [--name PIPELINE]\n"
      "    Writes DIR/walrelay.conf (creating DIR). The pipeline name defaults to the\n"
-     "    directory's name, lowercased, other characters mapped to '_'.\n"},
+     "    directory's name, lowercased, other characters mapped to '_'. Destinations:\n"
+     "    sqlite (default, DIR/dest.db), sqlite:PATH, null (discards rows), and\n"
+     "    plugin:/path/to/lib.so (a library built against walrelay/destination.h; add\n"
+     "    its own keys below [destination] afterwards).\n"},
     {"check", cli_check,
      "walrelay check DIR\n"
      "    Checks the source (reachable, wal_level, publication, REPLICATION privilege,\n"
-     "    free slots and walsenders, replica identity) and the destination.\n"
+     "    free slots and walsenders, replica identity) and the destination (its keys;\n"
+     "    a plugin is loaded, validated, opened and its own check run).\n"
      "    Exit 0 when nothing failed (warnings allowed), 2 otherwise.\n"},
     {"run", cli_run,
      "walrelay run DIR\n"
