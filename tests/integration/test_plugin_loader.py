@@ -317,3 +317,78 @@ def test_null_on_the_abi(db, pipelines):
     assert chk.rc == 2, chk
     assert "%s:%d: unknown key \"path\" in section [destination] (type = null)" % (
         os.path.realpath(p.conf_path), line) in chk.out, chk
+
+
+def test_schema_change_without_capability(db, pipelines, count_plugin):
+    """A plugin without WR_DEST_CAP_SCHEMA_CHANGES: a table whose columns change goes to
+    Errored with the hint to resync; only that table, the others go on; a resync copies it
+    again with its new columns."""
+    create_mixed_table(db, "a", 10)
+    create_mixed_table(db, "b", 10)
+    publish(db, "pub", ["a", "b"])
+    p = pipelines()
+    r = p.init(db.conninfo, "pub", destination="plugin:%s" % count_plugin, check=False)
+    assert r.rc == 0, r
+    edit_ini(p.conf_path, {"destination": {"out": "events.txt"}})
+    out = os.path.join(p.dir, "events.txt")
+    p.start()
+    p.wait_all_ready(["public.a", "public.b"])
+    db.execute("INSERT INTO a (id) VALUES (2001)")
+    p.wait_until(lambda: any(re.match(r"insert apply a 2001$", l) for l in read_events(out)),
+                 60, "the insert into a reached the plugin")
+    db.execute("ALTER TABLE a ADD COLUMN extra int")
+    db.execute("INSERT INTO a (id, extra) VALUES (2002, 7)")
+    db.execute("INSERT INTO b (id) VALUES (3001)")
+
+    def errored():
+        t = p.tables().get("public.a")
+        return t if t and t["phase"] == "errored" else None
+    t = p.wait_until(errored, 60, "public.a errored")
+    assert "does not follow schema changes" in (t["err_msg"] or ""), t
+    assert "walrelay resync DIR public.a" in (t["err_hint"] or ""), t
+    assert t["err_kind"] == "unsupported", t
+    p.wait_until(lambda: any(re.match(r"insert apply b 3001$", l) for l in read_events(out)),
+                 60, "b goes on")
+    assert p.tables()["public.b"]["phase"] == "ready"
+    assert not any(re.match(r"insert apply a 2002$", l) for l in read_events(out))
+    r = p.cmd("resync", p.dir, "public.a")
+    assert r.rc == 0, r
+    p.wait_all_ready(["public.a", "public.b"])
+    db.execute("INSERT INTO a (id, extra) VALUES (2003, 8)")
+
+    def recopied():
+        ev = read_events(out)
+        return (any(l == "row a 2002" for l in ev)
+                and any(re.match(r"insert apply a 2003$", l) for l in ev))
+    p.wait_until(recopied, 60, "a copied again, then streamed")
+    ev = read_events(out)
+    rel = [l for l in ev if l.startswith("relation apply a ")]
+    assert rel and rel[-1].endswith("|extra:integer"), rel
+
+
+def test_reload_destination_keys(db, pipelines, count_plugin):
+    """Reload: a changed [destination] key needs a restart and is named without its value;
+    a key the plugin refuses fails the reload with file:line, the pipeline goes on."""
+    create_mixed_table(db, "t", 5)
+    publish(db, "pub", ["t"])
+    p = pipelines()
+    r = p.init(db.conninfo, "pub", destination="plugin:%s" % count_plugin, check=False)
+    assert r.rc == 0, r
+    edit_ini(p.conf_path, {"destination": {"out": "events.txt"}})
+    p.start()
+    p.wait_all_ready(["public.t"])
+    edit_ini(p.conf_path, {"destination": {"out": "s3cret-elsewhere.txt"}})
+    r = p.cmd("reload", p.dir)
+    assert r.rc == 0, r
+    assert "[destination] keys" in r.text, r
+    assert "s3cret" not in r.text and not p.log_contains("s3cret"), r
+    edit_ini(p.conf_path, {"destination": {"colour": "red"}})
+    line = line_of(p.conf_path, "colour")
+    r = p.cmd("reload", p.dir)
+    assert r.rc != 0, r
+    assert "%s:%d: [destination] colour: unknown key" % (os.path.realpath(p.conf_path), line) \
+        in r.text, r
+    db.execute("INSERT INTO t (id) VALUES (4001)")
+    out = os.path.join(p.dir, "events.txt")
+    p.wait_until(lambda: any(re.match(r"insert apply t 4001$", l) for l in read_events(out)),
+                 60, "the pipeline goes on with the running configuration")
