@@ -415,9 +415,20 @@ pgo_decoder_close(pgo_decoder_t *d)
     memset(d, 0, sizeof(*d));
 }
 
+/* Appends one byte if it fits (buf always stays NUL-terminated; *off never passes len-1). */
+static void
+pgo_put(char *buf, size_t len, size_t *off, char c)
+{
+    if (*off + 1 < len) {
+        buf[(*off)++] = c;
+        buf[*off] = '\0';
+    }
+}
+
 /* Appends s as quote_identifier() would: bare if lowercase letters, digits and _ (not
  * starting with a digit), else in double quotes with " doubled. (Keywords would be
- * quoted too; a type named like a keyword is rare and keeps its bare form here.) */
+ * quoted too; a type named like a keyword is rare and keeps its bare form here.) Cut
+ * short if buf is too small. */
 static void
 pgo_quote_ident(char *buf, size_t len, size_t *off, const char *s)
 {
@@ -425,21 +436,15 @@ pgo_quote_ident(char *buf, size_t len, size_t *off, const char *s)
 
     for (const char *p = s; *p && bare; p++)
         bare = (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_';
-    if (bare) {
-        *off += (size_t)snprintf(buf + *off, *off < len ? len - *off : 0, "%s", s);
-        return;
+    if (!bare)
+        pgo_put(buf, len, off, '"');
+    for (const char *p = s; *p; p++) {
+        if (!bare && *p == '"')
+            pgo_put(buf, len, off, '"');
+        pgo_put(buf, len, off, *p);
     }
-    if (*off + 1 < len)
-        buf[(*off)++] = '"';
-    for (const char *p = s; *p && *off + 2 < len; p++) {
-        if (*p == '"')
-            buf[(*off)++] = '"';
-        buf[(*off)++] = *p;
-    }
-    if (*off + 1 < len)
-        buf[(*off)++] = '"';
-    if (*off < len)
-        buf[*off] = '\0';
+    if (!bare)
+        pgo_put(buf, len, off, '"');
 }
 
 /* Remembers a Type message's type (replacing what an earlier one said). */
@@ -455,9 +460,7 @@ pgo_type_remember(pgo_decoder_t *d, uint32_t oid, const char *nsp, const char *n
      * sessions use the default one ("$user", public) */
     if (strcmp(nsp, "public") != 0 && strcmp(nsp, "pg_catalog") != 0) {
         pgo_quote_ident(buf, sizeof(buf), &off, nsp);
-        if (off + 1 < sizeof(buf))
-            buf[off++] = '.';
-        buf[off] = '\0';
+        pgo_put(buf, sizeof(buf), &off, '.');
     }
     pgo_quote_ident(buf, sizeof(buf), &off, name);
     if ((copy = wr_strdup(buf)) == NULL)

@@ -358,6 +358,17 @@ dest_init_section(const char *spec, char **text, wr_err_t *err)
     return 0;
 }
 
+void
+dest_describe(const wr_config_t *cfg, char *buf, size_t len)
+{
+    const dest_type_t *t = dest_type_find(cfg->dest_type ? cfg->dest_type : DEST_DEFAULT_TYPE);
+
+    if (t != NULL && t->describe != NULL)
+        t->describe(cfg, buf, len);
+    else
+        snprintf(buf, len, "type %s", t ? t->name : (cfg->dest_type ? cfg->dest_type : "?"));
+}
+
 int
 dest_preflight(const wr_config_t *cfg, char *summary, size_t len, wr_err_t *err)
 {

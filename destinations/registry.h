@@ -49,6 +49,9 @@ typedef struct dest_type_s {
     /* `walrelay check` and `walrelay run`: can the destination be written? Fills a one-line
      * summary for the report. */
     int (*preflight)(const wr_config_t *cfg, char *summary, size_t len, wr_err_t *err);
+    /* Where the destination keeps its data, for people ("sqlite /srv/x/dest.db"); NULL:
+     * the type's name. Never a secret. */
+    void (*describe)(const wr_config_t *cfg, char *buf, size_t len);
     /* Opens an instance; role is "apply", "sync" or "check". */
     int (*open)(const wr_config_t *cfg, const char *role, dest_t **out, wr_err_t *err);
 } dest_type_t;
@@ -81,6 +84,8 @@ int dest_config_path(const wr_config_t *cfg, const char *key, char **out,
 int dest_config_error(const wr_config_t *cfg, const char *key, int code, wr_err_t *err,
                       const char *fmt, ...) WR_PRINTF(5, 6);
 
+/* dest_type_t.describe of cfg's type (the type's name if it has none). */
+void dest_describe(const wr_config_t *cfg, char *buf, size_t len);
 /* `walrelay init --destination SPEC` (NAME or NAME:ARG; NULL: the default type): the body
  * of the [destination] section to write (comments and "key = value" lines; *text is
  * malloc'd). Unknown NAME: WR_ECONFIG listing the registered types. */

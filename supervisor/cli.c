@@ -999,8 +999,11 @@ cli_drop(int argc, char **argv)
         code = WR_EXIT_ERROR;
         goto out;
     }
-    printf("kept %s/walrelay.conf and the destination's data ([destination] type = %s)\n", cfg.dir,
-           cfg.dest_type ? cfg.dest_type : DEST_DEFAULT_TYPE);
+    {
+        char where[600];
+        dest_describe(&cfg, where, sizeof(where));
+        printf("kept %s/walrelay.conf and the destination data (%s)\n", cfg.dir, where);
+    }
     printf("walrelay run %s starts the pipeline over: every table is copied again\n", pos[0]);
 out:
     unlink(pidpath); /* while still holding the lock, as the supervisor does */

@@ -463,6 +463,10 @@ sup_preflight(const wr_config_t *cfg, sup_check_report_fn report, void *arg,
               sup_pub_table_t **tables, size_t *ntables, PGconn **keep, wr_err_t *err)
 {
     pf_t pf = {.cfg = cfg, .report = report, .arg = arg, .err = err};
+    /* The publication refresh (tables wanted, no connection kept) leaves the destination
+     * out: it was checked at start, its keys are restart-only, and a plugin's check()
+     * need not run every publication_refresh_ms. */
+    bool dest = !(tables != NULL && keep == NULL);
     if (tables) {
         *tables = NULL;
         *ntables = 0;
@@ -480,7 +484,8 @@ sup_preflight(const wr_config_t *cfg, sup_check_report_fn report, void *arg,
         /* repl_connect's message already says "cannot connect to the source: ..." */
         pf_fail(&pf, WR_ECONN, "connection", hint, "%s",
                 cerr.msg[0] ? cerr.msg : "cannot connect to the source");
-        check_destination(&pf);
+        if (dest)
+            check_destination(&pf);
         return pf.first_fail_code;
     }
     pf_report(&pf, SUP_CHECK_OK, "connection", NULL, "connected to PostgreSQL %d.%d",
@@ -497,7 +502,8 @@ sup_preflight(const wr_config_t *cfg, sup_check_report_fn report, void *arg,
     size_t ntabs = 0;
     if (check_publication(&pf))
         (void)list_tables(&pf, &tabs, &ntabs);
-    check_destination(&pf);
+    if (dest)
+        check_destination(&pf);
 
     if (pf.first_fail_code != 0) {
         free(tabs);

@@ -75,7 +75,8 @@ typedef struct sup_pub_table_s {
  * unreachable, WR_ESOURCE misconfigured, WR_ECONFIG destination) with err set to it, hint included.
  * On success and when tables is not NULL, *tables (malloc'd, caller frees, ordered by
  * relid) and *ntables hold the publication's tables. When keep is not NULL and the result
- * is 0, *keep is the open SQL connection (caller PQfinish'es it), else NULL.
+ * is 0, *keep is the open SQL connection (caller PQfinish'es it), else NULL. With tables
+ * and without keep (the publication refresh) the destination is not checked.
  */
 int sup_preflight(const wr_config_t *cfg, sup_check_report_fn report, void *arg,
                   sup_pub_table_t **tables, size_t *ntables, PGconn **keep,

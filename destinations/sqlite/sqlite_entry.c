@@ -71,6 +71,19 @@ out:
     return rc;
 }
 
+static void
+sqlite_describe(const wr_config_t *cfg, char *buf, size_t len)
+{
+    char *path = NULL;
+    wr_err_t err;
+
+    if (dest_config_path(cfg, "path", &path, &err) == 0)
+        snprintf(buf, len, "sqlite %s", path);
+    else
+        snprintf(buf, len, "sqlite");
+    free(path);
+}
+
 static int
 sqlite_open(const wr_config_t *cfg, const char *role, dest_t **out, wr_err_t *err)
 {
@@ -86,5 +99,6 @@ const dest_type_t dest_type_sqlite = {
     .nkeys = sizeof(sqlite_keys) / sizeof(sqlite_keys[0]),
     .init_arg = sqlite_init_arg,
     .preflight = sqlite_preflight,
+    .describe = sqlite_describe,
     .open = sqlite_open,
 };

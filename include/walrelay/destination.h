@@ -258,7 +258,8 @@ typedef struct wr_dest_ops_s {
 
     /* Checks the configuration without touching the outside world: unknown keys,
      * missing keys and bad values are WR_DEST_ECONFIG with err->key set. Called by
-     * `walrelay init`, `check`, `run` and every reload. */
+     * `walrelay check`, `run`, every reload and in each process before open() (`walrelay
+     * init` only checks that the library loads: the plugin's keys are added afterwards). */
     int (*validate)(const wr_dest_config_t *cfg, wr_dest_error_t *err);
     /* Opens an instance; *state is handed to every other call. */
     int (*open)(const wr_dest_config_t *cfg, const wr_dest_host_t *host, void **state,
@@ -288,7 +289,8 @@ typedef struct wr_dest_ops_s {
     /* Optional unless WR_DEST_CAP_DISCARD: abandons what was written since the last
      * flush. */
     int (*discard)(void *state, wr_dest_error_t *err);
-    /* Releases the instance; called once, also after a failed call. */
+    /* Releases the instance; called once, also after a failed call (but not after a
+     * failed open(), which must release what it allocated itself). */
     void (*close)(void *state);
 } wr_dest_ops_t;
 

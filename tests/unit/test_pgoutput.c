@@ -539,6 +539,47 @@ test_origin(void)
     fixture_done(&f);
 }
 
+/* Type messages feed the decoder's type cache; schemas get format_type names. */
+static void
+test_type_cache(void)
+{
+    /* 'Y' oid=16500 nsp="other" name="Hue" ; 'Y' oid=16501 nsp="public" name="mood" */
+    static const uint8_t y1[] = {'Y', 0,   0, 0x40, 0x74, 'o', 't', 'h',
+                                 'e', 'r', 0, 'H',  'u',  'e', 0};
+    static const uint8_t y2[] = {'Y', 0,   0, 0x40, 0x75, 'p', 'u', 'b', 'l',
+                                 'i', 'c', 0, 'm',  'o',  'o', 'd', 0};
+    pgo_decoder_t d;
+    pgo_msg_t m;
+    wr_err_t err;
+    wr_schema_t *s = wr_schema_new(1, "public", "t", 4);
+
+    pgo_decoder_init(&d);
+    CHECK_INT_EQ(pgo_decode(&d, y1, sizeof(y1), &m, &err), 0);
+    CHECK_INT_EQ(pgo_decode(&d, y2, sizeof(y2), &m, &err), 0);
+    CHECK_STR_EQ(pgo_type_name(&d, 16500), "other.\"Hue\"");
+    CHECK_STR_EQ(pgo_type_name(&d, 16501), "mood");
+    CHECK(pgo_type_name(&d, 16502) == NULL);
+    s->cols[0].name = wr_strdup("a");
+    s->cols[0].type_oid = 16500;
+    s->cols[0].typmod = -1;
+    s->cols[1].name = wr_strdup("b");
+    s->cols[1].type_oid = 1700;
+    s->cols[1].typmod = ((10 << 16) | 2) + 4;
+    s->cols[2].name = wr_strdup("c");
+    s->cols[2].type_oid = 99999; /* unknown: stays NULL */
+    s->cols[2].typmod = -1;
+    s->cols[3].name = wr_strdup("d");
+    s->cols[3].type_oid = 1009;
+    s->cols[3].typmod = -1;
+    CHECK_INT_EQ(pgo_schema_type_names(&d, s), 0);
+    CHECK_STR_EQ(s->cols[0].type_name, "other.\"Hue\"");
+    CHECK_STR_EQ(s->cols[1].type_name, "numeric(10,2)");
+    CHECK(s->cols[2].type_name == NULL);
+    CHECK_STR_EQ(s->cols[3].type_name, "text[]");
+    wr_schema_free(s);
+    pgo_decoder_close(&d);
+}
+
 static void
 test_empty_namespace_is_pg_catalog(void)
 {
@@ -957,6 +998,7 @@ main(void)
     RUN(test_logical_messages);
     RUN(test_origin);
     RUN(test_empty_namespace_is_pg_catalog);
+    RUN(test_type_cache);
     RUN(test_every_prefix_is_an_error);
     RUN(test_truncation_error_names_field_and_offset);
     RUN(test_unknown_message_type);
