@@ -477,12 +477,26 @@ abi_write_pending(dest_abi_t *d, uint32_t cur_relid, wr_err_t *err)
     wr_dest_error_t de;
     size_t n = d->nev;
     uint32_t only = d->batch_multi ? 0 : d->batch_relid;
+    wr_dest_event_t open_begin;
+    bool reopen = false;
     int rc, wc;
 
     if (n == 0)
         return 0;
     memset(&de, 0, sizeof(de));
     rc = d->w->write_events(d->state, d->evs, n, &de);
+    if (rc != WR_DEST_OK) {
+        /* the BEGIN of a transaction still open at the end of the failed batch */
+        for (size_t i = n; i-- > 0;) {
+            if (d->evs[i].kind == WR_DEST_EV_COMMIT)
+                break;
+            if (d->evs[i].kind == WR_DEST_EV_BEGIN) {
+                open_begin = d->evs[i];
+                reopen = true;
+                break;
+            }
+        }
+    }
     abi_arena_reset(d);
     if (rc == WR_DEST_OK)
         return 0;
@@ -495,6 +509,18 @@ abi_write_pending(dest_abi_t *d, uint32_t cur_relid, wr_err_t *err)
                       n);
         err->code = WR_EDEST;
         return WR_EDEST;
+    }
+    {
+        /* its RELATION event may have been in the lost batch */
+        abi_rel_t *r = abi_rel_find(d, cur_relid);
+        if (r != NULL)
+            r->announced = false;
+    }
+    if (reopen) {
+        /* the worker errors the one table and goes on with the transaction: the other
+         * tables' changes that follow still need its BEGIN (the buffer was just emptied) */
+        d->evs[0] = open_begin;
+        d->nev = 1;
     }
     return wc;
 }

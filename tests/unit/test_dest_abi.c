@@ -660,6 +660,28 @@ test_errors(void)
     ev.key.ordinal = DEST_ABI_BATCH_EVENTS - 1;
     CHECK_INT_EQ(d->ops->write_event(d, &ev, &err), WR_EDATA);
     CHECK_STR_EQ(err.msg, "destination fake: refused");
+    /* a transaction open in the failed batch keeps its BEGIN for what follows */
+    {
+        dest_event_t b = {.kind = DEST_EV_BEGIN, .key = {2, 0}, .xid = 9};
+        rec.fail_write_events = 0;
+        rec.log[0] = '\0';
+        rec.nevents = 0;
+        CHECK_INT_EQ(d->ops->write_event(d, &b, &err), 0);
+        ev.key = (dest_key_t){2, 1};
+        rec.fail_write_events = WR_DEST_EDATA;
+        for (uint32_t i = 1; i < DEST_ABI_BATCH_EVENTS - 1; i++)
+            CHECK_INT_EQ(d->ops->write_event(d, &ev, &err), 0);
+        CHECK_INT_EQ(d->ops->write_event(d, &ev, &err), WR_EDATA);
+        rec.fail_write_events = 0;
+        ev.relid = 8;
+        CHECK_INT_EQ(d->ops->write_event(d, &ev, &err), 0);
+        CHECK_INT_EQ(d->ops->commit(d, "apply", NULL, &err), 0);
+        CHECK_STR_EQ(rec.log, "begin 2/0 xid=9 t=0\nrelation public.other->other ri=d "
+                              "(id:integer:key:nn,amount:numeric(10,2),note:text)\n"
+                              "insert other 2/1 (1,<n>,<n>)\nflush apply -\n");
+        ev.relid = 7;
+        rec.fail_write_events = WR_DEST_EDATA;
+    }
     /* two tables in the batch: not pinned on one */
     ev.relid = 8;
     CHECK_INT_EQ(d->ops->write_event(d, &ev, &err), 0);
