@@ -669,7 +669,7 @@ test_errors(void)
         CHECK_INT_EQ(d->ops->write_event(d, &b, &err), 0);
         ev.key = (dest_key_t){2, 1};
         rec.fail_write_events = WR_DEST_EDATA;
-        for (uint32_t i = 1; i < DEST_ABI_BATCH_EVENTS - 1; i++)
+        for (uint32_t i = 1; i < DEST_ABI_BATCH_EVENTS - 2; i++) /* + BEGIN, RELATION */
             CHECK_INT_EQ(d->ops->write_event(d, &ev, &err), 0);
         CHECK_INT_EQ(d->ops->write_event(d, &ev, &err), WR_EDATA);
         rec.fail_write_events = 0;
