@@ -4,7 +4,11 @@
  * NOTES: run by every process (the supervisor and the CLI, walrelay-apply, walrelay-sync);
  * persists nothing except the file cfg_write_new creates for "walrelay init". All keys are
  * described once, in cfg_keys[], which drives parsing, the hints that list valid keys and
- * the commented file that cfg_write_new writes (docs/configuration.md mirrors it).
+ * the commented file that cfg_write_new writes (docs/configuration.md mirrors it). The
+ * exception is [destination]: its keys belong to the destination type, so config.c keeps
+ * `type` and every other key as a (key, value, line) item, refuses only duplicates, and
+ * leaves validation, defaults and the section init writes to the destination registry
+ * (destinations/registry.h), which it does not link against.
  *
  * How libinih (Debian bookworm, libinih 55) reads a line, and what we do about it:
  * - a line is at most INI_MAX_LINE (200) bytes including "\n" and NUL; a longer one is
