@@ -55,6 +55,8 @@ typedef enum {
     CFG_K_INT64,    /* int64_t field */
     CFG_K_LEVEL,    /* log level */
     CFG_K_SLOTLOST, /* stop | recopy */
+    CFG_K_BACKEND,  /* [state] backend: sqlite | postgres */
+    CFG_K_IDENT,    /* an SQL identifier of 1..63 bytes */
 } cfg_kind_t;
 
 typedef struct cfg_key_s {
@@ -68,8 +70,8 @@ typedef struct cfg_key_s {
     const char *help;    /* comment cfg_write_new writes above the key */
 } cfg_key_t;
 
-static const char *const cfg_sections[] = {"pipeline", "source", "destination", "batch",
-                                           "sync",     "retry",  "log"};
+static const char *const cfg_sections[] = {"pipeline", "source", "destination", "state",
+                                           "batch",    "sync",   "retry",       "log"};
 #define CFG_NSECTIONS (sizeof(cfg_sections) / sizeof(cfg_sections[0]))
 
 #define F(field) offsetof(wr_config_t, field)
@@ -94,6 +96,16 @@ static const cfg_key_t cfg_keys[] = {
      "user needs the REPLICATION attribute. A ';' after a space starts a comment."},
     {"source", "publication", CFG_K_PUBNAME, F(publication), 0, 0, NULL, "publication = NAME",
      "Publication whose tables are replicated (CREATE PUBLICATION ... FOR TABLE ...)."},
+    {"state", "backend", CFG_K_BACKEND, F(state_backend), 0, 0, "sqlite", NULL,
+     "Where the replication state lives: sqlite = DIR/state.db; postgres = a schema of a\n"
+     "PostgreSQL database (conninfo below), for hosts whose disk does not survive a restart\n"
+     "(containers). Several pipelines may share one; each holds a lease on its own rows."},
+    {"state", "conninfo", CFG_K_CONNINFO, F(state_conninfo), 0, 0, "",
+     "conninfo = host=HOST dbname=DB user=USER",
+     "backend = postgres: libpq connection string of the state database (the source or\n"
+     "another). Keep passwords in ~/.pgpass or PGPASSFILE, as for [source] conninfo."},
+    {"state", "schema", CFG_K_IDENT, F(state_schema), 1, 63, CFG_STATE_DEFAULT_SCHEMA, NULL,
+     "backend = postgres: schema walrelay creates for its tables (rows keyed by pipeline)."},
     {"batch", "max_fill_ms", CFG_K_INT, F(batch_max_fill_ms), 1, 60000, "200", NULL,
      "Longest time (milliseconds) a change waits in a destination batch before the\n"
      "batch is committed."},
@@ -171,6 +183,8 @@ cfg_free(wr_config_t *cfg)
     free(cfg->path);
     free(cfg->pipeline_name);
     free(cfg->source_conninfo);
+    free(cfg->state_conninfo);
+    free(cfg->state_schema);
     free(cfg->publication);
     free(cfg->dest_type);
     for (size_t i = 0; i < cfg->dest_nitems; i++) {
@@ -565,6 +579,24 @@ cfg_set_value(cfg_parse_t *pc, const cfg_key_t *k, const char *value)
         *(int *)((char *)pc->cfg + k->off) = lvl;
         return true;
     }
+    case CFG_K_BACKEND:
+        if (strcmp(value, "sqlite") == 0 || strcmp(value, "postgres") == 0) {
+            *(int *)((char *)pc->cfg + k->off) =
+                value[0] == 's' ? CFG_STATE_SQLITE : CFG_STATE_POSTGRES;
+            return true;
+        }
+        cfg_fail(pc, WR_ECONFIG,
+                 "invalid value \"%s\" for [%s] %s: expected \"sqlite\" or \"postgres\"", value,
+                 k->section, k->key);
+        return false;
+    case CFG_K_IDENT:
+        if (!*value || strlen(value) > 63) {
+            cfg_fail(pc, WR_ECONFIG,
+                     "invalid value \"%s\" for [%s] %s: expected a name of 1 to 63 bytes", value,
+                     k->section, k->key);
+            return false;
+        }
+        return cfg_set_string(pc, k, value);
     case CFG_K_SLOTLOST:
         if (strcmp(value, "stop") == 0) {
             *(int *)((char *)pc->cfg + k->off) = CFG_SLOT_LOST_STOP;
@@ -763,6 +795,27 @@ cfg_finish(cfg_parse_t *pc, const char *path, wr_err_t *err)
                    line, cfg->backoff_max_ms, cfg->backoff_initial_ms);
         wr_err_hint(err, "raise backoff_max_ms or lower backoff_initial_ms");
         return WR_ECONFIG;
+    }
+
+    /* [state]: conninfo goes with backend = postgres, and only with it */
+    {
+        int kb = cfg_key_index("state", "backend"), kc = cfg_key_index("state", "conninfo");
+        int sline = pc->section_line[cfg_section_index("state", strlen("state"))];
+        if (cfg->state_backend == CFG_STATE_POSTGRES && !cfg->state_conninfo) {
+            wr_err_set(err, WR_ECONFIG, "%s:%d: [state] backend = postgres needs a conninfo", path,
+                       pc->key_line[kb] ? pc->key_line[kb] : sline);
+            wr_err_hint(err, "add \"conninfo = host=HOST dbname=DB user=USER\" below [state]");
+            return WR_ECONFIG;
+        }
+        if (cfg->state_backend != CFG_STATE_POSTGRES && cfg->state_conninfo) {
+            wr_err_set(err, WR_ECONFIG,
+                       "%s:%d: [state] conninfo is set but backend is not postgres", path,
+                       pc->key_line[kc]);
+            wr_err_hint(err, "set \"backend = postgres\", or remove the conninfo line");
+            return WR_ECONFIG;
+        }
+        if (!cfg->state_schema && !(cfg->state_schema = wr_strdup(CFG_STATE_DEFAULT_SCHEMA)))
+            return wr_err_set(err, WR_ENOMEM, "out of memory");
     }
 
     /* [destination]: its keys belong to the destination type (dest_config_check) */
@@ -1116,6 +1169,11 @@ cfg_emit(FILE *f, const char *const *values, const char *dest_section)
                 fprintf(f, "# %.*s\n", (int)n, h);
                 h += n + (nl ? 1 : 0);
             }
+            if (k->defval && !*k->defval && !values[i]) {
+                /* optional, no default: shown as an example */
+                fprintf(f, "# %s\n", k->example);
+                continue;
+            }
             if (k->defval && !values[i])
                 fprintf(f, "# default: %s\n", k->defval);
             fprintf(f, "%s = %s\n", k->key, values[i] ? values[i] : k->defval);
@@ -1140,10 +1198,10 @@ cfg_write_all(int fd, const char *buf, size_t len)
 
 int
 cfg_write_new(const char *dir, const char *pipeline, const char *conninfo, const char *publication,
-              const char *dest_section, cfg_check_fn check_fn, wr_err_t *err)
+              const char *dest_section, const char *state, cfg_check_fn check_fn, wr_err_t *err)
 {
     const char *values[CFG_NKEYS] = {0};
-    char *conn = NULL, *path = NULL, *text = NULL;
+    char *conn = NULL, *sconn = NULL, *path = NULL, *text = NULL;
     size_t textlen = 0;
     FILE *mf = NULL;
     struct stat st;
@@ -1190,6 +1248,43 @@ cfg_write_new(const char *dir, const char *pipeline, const char *conninfo, const
         goto out;
     }
 
+    /* --state: sqlite (the default) or postgres:CONNINFO; the conninfo is never echoed */
+    if (state && strcmp(state, "sqlite") != 0) {
+        const char *sc;
+
+        if (strncmp(state, "postgres:", 9) != 0) {
+            const char *colon = strchr(state, ':');
+            int n = colon ? (int)(colon - state) : (int)strlen(state);
+
+            /* only the part before a ':' is shown: the rest may hold a password */
+            rc = wr_err_set(err, WR_ECONFIG,
+                            "invalid state store \"%.*s\": expected \"sqlite\" or "
+                            "\"postgres:CONNINFO\"",
+                            n > 32 ? 32 : n, state);
+            wr_err_hint(err, "e.g. --state 'postgres:host=HOST dbname=DB user=USER'");
+            goto out;
+        }
+        sc = state + 9;
+        while (cfg_is_space(*sc))
+            sc++;
+        if (!(sconn = wr_strdup(sc))) {
+            rc = wr_err_set(err, WR_ENOMEM, "out of memory");
+            goto out;
+        }
+        for (size_t n = strlen(sconn); n > 0 && cfg_is_space(sconn[n - 1]); n--)
+            sconn[n - 1] = '\0';
+        if (!*sconn) {
+            rc = wr_err_set(err, WR_ECONFIG, "the state store's conninfo is empty");
+            wr_err_hint(err, "give --state 'postgres:host=HOST dbname=DB user=USER'");
+            goto out;
+        }
+        if ((rc = cfg_check_writable("state conninfo", "conninfo", sconn, true, err))) {
+            cfg_conninfo_hint(err);
+            goto out;
+        }
+        values[cfg_key_index("state", "backend")] = "postgres";
+        values[cfg_key_index("state", "conninfo")] = sconn;
+    }
     values[cfg_key_index("pipeline", "name")] = pipeline;
     values[cfg_key_index("source", "conninfo")] = conn;
     values[cfg_key_index("source", "publication")] = publication;
@@ -1265,5 +1360,6 @@ out:
     free(text);
     free(path);
     free(conn);
+    free(sconn);
     return rc;
 }

@@ -60,7 +60,15 @@ typedef struct wr_config_s {
     int on_slot_lost;                   /* CFG_SLOT_LOST_STOP | CFG_SLOT_LOST_RECOPY */
     int table_error_retry_delay_ms;     /* transient Errored: wait this long, then retry */
     int table_error_retry_max_attempts; /* transient Errored: retries before giving up */
+    /* [state]: where the replication state lives */
+    int state_backend;    /* CFG_STATE_SQLITE (DIR/state.db) | CFG_STATE_POSTGRES */
+    char *state_conninfo; /* postgres: libpq connection string (a secret: never shown) */
+    char *state_schema;   /* postgres: schema of the store (default walrelay_state) */
 } wr_config_t;
+
+/* [state] backend */
+enum { CFG_STATE_SQLITE = 0, CFG_STATE_POSTGRES = 1 };
+#define CFG_STATE_DEFAULT_SCHEMA "walrelay_state"
 
 /* [pipeline] on_slot_lost: what the supervisor does when the apply slot lost required WAL */
 enum { CFG_SLOT_LOST_STOP = 0, CFG_SLOT_LOST_RECOPY = 1 };
@@ -104,10 +112,11 @@ void cfg_dest_swap(wr_config_t *a, wr_config_t *b);
 typedef int (*cfg_check_fn)(wr_config_t *cfg, wr_err_t *err);
 /* Writes a new DIR/walrelay.conf (mode 0600, refuses to overwrite). dest_section: the
  * body of the [destination] section (comments and "key = value" lines, from the
- * registry's dest_init_section); check, if not NULL, validates the file's text as loaded
- * before anything is written. */
+ * registry's dest_init_section); state: `walrelay init --state` ("sqlite",
+ * "postgres:CONNINFO", NULL = sqlite); check, if not NULL, validates the file's text as
+ * loaded before anything is written. */
 int cfg_write_new(const char *dir, const char *pipeline, const char *conninfo,
-                  const char *publication, const char *dest_section, cfg_check_fn check,
-                  wr_err_t *err) WR_MUST_CHECK;
+                  const char *publication, const char *dest_section, const char *state,
+                  cfg_check_fn check, wr_err_t *err) WR_MUST_CHECK;
 
 #endif

@@ -79,6 +79,20 @@ struct state_store_s {
 
 /* Opens (creating and migrating) a SQLite store at path. */
 int state_open_sqlite(const char *path, state_store_t **out, wr_err_t *err) WR_MUST_CHECK;
+/* Opens (creating and migrating) the PostgreSQL store: schema `schema` of the database
+ * conninfo names, rows of pipeline `pipeline`, and takes the pipeline's lease (a session
+ * advisory lock held until close). Another holder of the lease: WR_ECONFIG naming the
+ * pipeline (exit code 2). state_pg.c. */
+int state_open_postgres(const char *conninfo, const char *schema, const char *pipeline,
+                        state_store_t **out, wr_err_t *err) WR_MUST_CHECK;
+/* Deletes every row of the store's pipeline (walrelay drop, on a store opened with
+ * state_open_postgres, so the lease is held: a supervisor running elsewhere refuses it);
+ * *dropped = whether there were any. */
+int state_postgres_delete_pipeline(state_store_t *st, bool *dropped, wr_err_t *err) WR_MUST_CHECK;
+/* `walrelay check`: reachable, and the user may create the schema / its tables; fills a
+ * one-line summary. */
+int state_check_postgres(const char *conninfo, const char *schema, char *summary, size_t len,
+                         wr_err_t *err) WR_MUST_CHECK;
 /* In-memory store with the same semantics. */
 int state_open_memory(state_store_t **out, wr_err_t *err) WR_MUST_CHECK;
 #define STATE_SCHEMA_VERSION 2

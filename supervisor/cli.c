@@ -154,14 +154,13 @@ int
 cli_init(int argc, char **argv)
 {
     const char *pos[1] = {NULL};
-    const char *source = NULL, *publication = NULL, *dest = NULL, *name = NULL;
+    const char *source = NULL, *publication = NULL, *dest = NULL, *name = NULL, *state = NULL;
     const cli_opt_t opts[] = {
-        {"--source", &source, NULL},
-        {"--publication", &publication, NULL},
-        {"--destination", &dest, NULL},
-        {"--name", &name, NULL},
+        {"--source", &source, NULL},    {"--publication", &publication, NULL},
+        {"--destination", &dest, NULL}, {"--name", &name, NULL},
+        {"--state", &state, NULL},
     };
-    if (cli_parse(argc, argv, opts, 4, pos, 1) != 0)
+    if (cli_parse(argc, argv, opts, 5, pos, 1) != 0)
         return WR_EXIT_CONFIG;
     if (!source || !publication) {
         fprintf(stderr, "walrelay init: %s is required\n", !source ? "--source" : "--publication");
@@ -208,8 +207,8 @@ cli_init(int argc, char **argv)
             goto fail;
         }
     }
-    if (cfg_write_new(absdir, pname, source, publication, dest_section, dest_init_check, &err) !=
-        0) {
+    if (cfg_write_new(absdir, pname, source, publication, dest_section, state, dest_init_check,
+                      &err) != 0) {
         print_err(&err);
         goto fail;
     }
@@ -218,6 +217,9 @@ cli_init(int argc, char **argv)
     printf("  pipeline     %s (replication slot walrelay_%s)\n", pname, pname);
     printf("  publication  %s\n", publication);
     printf("  destination  %s\n", dest ? dest : DEST_DEFAULT_TYPE);
+    printf("  state        %s\n", state && strncmp(state, "postgres:", 9) == 0
+                                      ? "postgres (schema " CFG_STATE_DEFAULT_SCHEMA ")"
+                                      : "sqlite (state.db)");
     printf("next: walrelay check %s\n", pos[0]);
     printf("then: walrelay run %s\n", pos[0]);
     return WR_EXIT_OK;
@@ -934,6 +936,7 @@ cli_drop(int argc, char **argv)
     wr_config_t cfg;
     wr_err_t err;
     PGconn *conn = NULL;
+    state_store_t *pgstate = NULL;
     int fd, code = WR_EXIT_OK, failed;
 
     if (cli_parse(argc, argv, NULL, 0, pos, 1) != 0)
@@ -977,6 +980,16 @@ cli_drop(int argc, char **argv)
         return WR_EXIT_CONFIG;
     }
 
+    /* The PostgreSQL state store: its lease first, so a supervisor of this pipeline running
+     * on another host (with another directory) keeps everything */
+    if (cfg.state_backend == CFG_STATE_POSTGRES &&
+        state_open_postgres(cfg.state_conninfo, cfg.state_schema, cfg.pipeline_name, &pgstate,
+                            &err) != 0) {
+        print_err(&err);
+        fprintf(stderr, "walrelay: nothing was removed\n");
+        code = WR_EXIT_CONFIG;
+        goto out;
+    }
     snprintf(app, sizeof(app), "walrelay_%s_drop", cfg.pipeline_name);
     if (repl_connect(cfg.source_conninfo, false, app, &conn, &err) != 0) {
         print_err(&err);
@@ -991,11 +1004,23 @@ cli_drop(int argc, char **argv)
         fprintf(stderr,
                 "walrelay: %s was kept because not every slot could be dropped; run "
                 "walrelay drop %s again\n",
-                SUP_STATE_FILE, pos[0]);
+                cfg.state_backend == CFG_STATE_POSTGRES ? "the pipeline's state" : SUP_STATE_FILE,
+                pos[0]);
         code = WR_EXIT_ERROR;
         goto out;
     }
-    if (drop_state(cfg.dir) != 0) {
+    if (pgstate) {
+        bool dropped;
+
+        if (state_postgres_delete_pipeline(pgstate, &dropped, &err) != 0) {
+            print_err(&err);
+            code = WR_EXIT_ERROR;
+            goto out;
+        }
+        printf(dropped ? "removed the state of pipeline %s from the state store (schema %s)\n"
+                       : "no state of pipeline %s in the state store (schema %s)\n",
+               cfg.pipeline_name, cfg.state_schema);
+    } else if (drop_state(cfg.dir) != 0) {
         code = WR_EXIT_ERROR;
         goto out;
     }
@@ -1006,6 +1031,7 @@ cli_drop(int argc, char **argv)
     }
     printf("walrelay run %s starts the pipeline over: every table is copied again\n", pos[0]);
 out:
+    state_close(pgstate);
     unlink(pidpath); /* while still holding the lock, as the supervisor does */
     close(fd);
     cfg_free(&cfg);

@@ -20,12 +20,14 @@ typedef struct cli_cmd_s {
 static const cli_cmd_t cli_cmds[] = {
     {"init", cli_init,
      "walrelay init DIR --source CONNINFO --publication NAME\n"
-     "              [--destination TYPE[:ARG]] [--name PIPELINE]\n"
+     "              [--destination TYPE[:ARG]] [--name PIPELINE] [--state STORE]\n"
      "    Writes DIR/walrelay.conf (creating DIR). The pipeline name defaults to the\n"
      "    directory's name, lowercased, other characters mapped to '_'. Destinations:\n"
      "    sqlite (default, DIR/dest.db), sqlite:PATH, null (discards rows), and\n"
      "    plugin:/path/to/lib.so (a library built against walrelay/destination.h; add\n"
-     "    its own keys below [destination] afterwards).\n"},
+     "    its own keys below [destination] afterwards). State stores: sqlite (default,\n"
+     "    DIR/state.db) and postgres:CONNINFO (a schema walrelay_state in that database,\n"
+     "    for hosts without a lasting disk; one supervisor per pipeline holds its lease).\n"},
     {"check", cli_check,
      "walrelay check DIR\n"
      "    Checks the source (reachable, wal_level, publication, REPLICATION privilege,\n"
@@ -66,7 +68,8 @@ static const cli_cmd_t cli_cmds[] = {
      "    an error changes nothing.\n"},
     {"drop", cli_drop,
      "walrelay drop DIR\n"
-     "    Removes the pipeline's replication slots on the source and DIR/state.db; keeps\n"
+     "    Removes the pipeline's replication slots on the source and its state\n"
+     "    (DIR/state.db, or its rows in the postgres state store); keeps\n"
      "    walrelay.conf and the destination data. Refused while walrelay run is running;\n"
      "    removes nothing if the source cannot be reached. Exit 2 in both cases.\n"},
 };

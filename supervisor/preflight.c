@@ -30,6 +30,7 @@
 #include "../common/repl.h"
 #include "../destinations/registry.h"
 #include "sup.h"
+#include "../common/state.h"
 
 typedef struct pf_s {
     const wr_config_t *cfg;
@@ -458,6 +459,25 @@ check_destination(pf_t *pf)
     pf_report(pf, SUP_CHECK_OK, "destination", NULL, "%s", summary);
 }
 
+/* [state] backend = postgres: the store is reachable and the user may create its schema
+ * and tables (state.db needs no check: the directory was checked with the config). */
+static void
+check_state(pf_t *pf)
+{
+    char summary[512];
+    wr_err_t serr;
+
+    if (pf->cfg->state_backend != CFG_STATE_POSTGRES)
+        return;
+    wr_err_clear(&serr);
+    if (state_check_postgres(pf->cfg->state_conninfo, pf->cfg->state_schema, summary,
+                             sizeof(summary), &serr) != 0) {
+        pf_fail(pf, WR_ECONFIG, "state", serr.hint[0] ? serr.hint : NULL, "%s", serr.msg);
+        return;
+    }
+    pf_report(pf, SUP_CHECK_OK, "state", NULL, "%s", summary);
+}
+
 int
 sup_preflight(const wr_config_t *cfg, sup_check_report_fn report, void *arg,
               sup_pub_table_t **tables, size_t *ntables, PGconn **keep, wr_err_t *err)
@@ -484,8 +504,10 @@ sup_preflight(const wr_config_t *cfg, sup_check_report_fn report, void *arg,
         /* repl_connect's message already says "cannot connect to the source: ..." */
         pf_fail(&pf, WR_ECONN, "connection", hint, "%s",
                 cerr.msg[0] ? cerr.msg : "cannot connect to the source");
-        if (dest)
+        if (dest) {
             check_destination(&pf);
+            check_state(&pf);
+        }
         return pf.first_fail_code;
     }
     pf_report(&pf, SUP_CHECK_OK, "connection", NULL, "connected to PostgreSQL %d.%d",
@@ -502,8 +524,10 @@ sup_preflight(const wr_config_t *cfg, sup_check_report_fn report, void *arg,
     size_t ntabs = 0;
     if (check_publication(&pf))
         (void)list_tables(&pf, &tabs, &ntabs);
-    if (dest)
+    if (dest) {
         check_destination(&pf);
+        check_state(&pf);
+    }
 
     if (pf.first_fail_code != 0) {
         free(tabs);

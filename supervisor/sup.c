@@ -134,6 +134,10 @@ struct sup_table_s {
     bool exhausted_logged; /* "automatic retries exhausted" was logged */
     bool removing;         /* left the publication: removed once its sync worker is gone */
     bool resync_pending;   /* walrelay resync (or a re-copy): Init once its worker is gone */
+    /* read back from the state store at start, written through (on_schema, mappings) */
+    char dest_name[300]; /* the table's destination name (table_mappings) */
+    wr_schema_t *schema; /* newest schema version stored, NULL if none; owned */
+    wr_lsn_t schema_lsn; /* its version LSN */
 };
 
 struct sup_s {
@@ -325,10 +329,19 @@ table_insert(sup_t *s, sup_table_t *t)
 }
 
 static void
+table_free(sup_table_t *t)
+{
+    if (t) {
+        wr_schema_free(t->schema);
+        free(t);
+    }
+}
+
+static void
 table_timer_closed_cb(uv_handle_t *h)
 {
     sup_worker_t *w = h->data;
-    free(w->table);
+    table_free(w->table);
 }
 
 /* Takes t out of the list and frees it (after its backoff timer is closed). The caller
@@ -349,7 +362,7 @@ table_unlink_free(sup_t *s, sup_table_t *t)
         uv_close((uv_handle_t *)&t->sync.timer, table_timer_closed_cb);
         return;
     }
-    free(t);
+    table_free(t);
 }
 
 static bool
@@ -693,11 +706,28 @@ on_schema(sup_t *s, sup_proc_t *p, const ipc_msg_t *m)
     }
     wr_err_t err;
     wr_err_clear(&err);
+    /* the newest version read back from the store, written through: a worker that sends
+     * the same schema again (every apply worker start does) adds no row */
+    if (t->schema && m->u.schema.lsn >= t->schema_lsn &&
+        wr_schema_equal(t->schema, m->u.schema.schema)) {
+        log_debug("schema unchanged table=%s.%s relid=%u lsn=" WR_LSN_FMT " stored=" WR_LSN_FMT,
+                  t->nsp, t->name, relid, WR_LSN_ARGS(m->u.schema.lsn), WR_LSN_ARGS(t->schema_lsn));
+        send_ack(p, req, true, "");
+        return;
+    }
     if (s->st->ops->put_schema(s->st, m->u.schema.schema, m->u.schema.lsn, &err) != 0) {
         log_err(LOG_LVL_ERROR, "persisting a schema", &err);
         snprintf(msg, sizeof(msg), "cannot persist the schema: %.400s", err.msg);
         send_ack(p, req, false, msg);
         return;
+    }
+    if (m->u.schema.lsn >= t->schema_lsn || !t->schema) {
+        wr_schema_t *copy = wr_schema_copy(m->u.schema.schema);
+        if (copy) {
+            wr_schema_free(t->schema);
+            t->schema = copy;
+            t->schema_lsn = m->u.schema.lsn;
+        }
     }
     log_info("schema stored table=%s.%s relid=%u lsn=" WR_LSN_FMT " columns=%u worker=%s", t->nsp,
              t->name, relid, WR_LSN_ARGS(m->u.schema.lsn), (unsigned)m->u.schema.schema->ncols,
@@ -1744,7 +1774,16 @@ sup_cmd_reload(sup_t *s, char *msg, size_t len, wr_err_t *err)
     SUP_KEEP(pipeline_name, "[pipeline] name", false);
     SUP_KEEP(source_conninfo, "[source] conninfo", true);
     SUP_KEEP(publication, "[source] publication", false);
+    SUP_KEEP(state_conninfo, "[state] conninfo", true);
+    SUP_KEEP(state_schema, "[state] schema", false);
 #undef SUP_KEEP
+    if (s->cfg.state_backend != nc.state_backend) {
+        int tmp = nc.state_backend;
+
+        bufcat(keep, sizeof(keep), "[state] backend");
+        nc.state_backend = s->cfg.state_backend;
+        s->cfg.state_backend = tmp;
+    }
     /* every [destination] key needs a restart; values are not shown (a plugin's key may
      * be a secret) */
     if (!cfg_dest_equal(&s->cfg, &nc)) {
@@ -1998,6 +2037,7 @@ table_add_published(sup_t *s, const sup_pub_table_t *pt)
         log_error("out of memory adding a table relid=%u", pt->relid);
         return;
     }
+    dest_table_name(t->nsp, t->name, t->dest_name, sizeof(t->dest_name)); /* as stored */
     log_info("table added to the publication table=%s.%s relid=%u phase=%s", t->nsp, t->name,
              t->relid, phase_name(t->phase));
     broadcast_table_state(s, t, NULL);
@@ -2404,6 +2444,25 @@ preflight_log(void *arg, int level, const char *check, const char *msg, const ch
 
 /* Adds published tables that are new, removes tables that are no longer published (their
  * state, schemas and sync slot; destination data stays), then loads the table list. */
+int
+sup_state_open(const wr_config_t *cfg, state_store_t **out, wr_err_t *err)
+{
+    char path[PATH_MAX];
+    int rc;
+
+    if (cfg->state_backend == CFG_STATE_POSTGRES) {
+        rc = state_open_postgres(cfg->state_conninfo, cfg->state_schema, cfg->pipeline_name, out,
+                                 err);
+        if (rc == 0)
+            log_info("state store opened backend=postgres schema=%s", cfg->state_schema);
+        return rc;
+    }
+    rc = sup_path(cfg->dir, SUP_STATE_FILE, path, sizeof(path), err);
+    if (rc == 0)
+        rc = state_open_sqlite(path, out, err);
+    return rc;
+}
+
 /* Persists the destination table name of a newly published table (state.db
  * table_mappings), so that operators and later tools can find where a source table
  * lands without knowing the naming rule. */
@@ -2483,8 +2542,22 @@ reconcile_tables(sup_t *s, const sup_pub_table_t *pub, size_t npub, PGconn *conn
                 break;
             }
         }
-        log_info("table table=%s.%s relid=%u phase=%s lsn=" WR_LSN_FMT, t->nsp, t->name, t->relid,
-                 phase_name(t->phase), WR_LSN_ARGS(t->lsn));
+        /* read back what the store holds: the mapping (written for a table added before
+         * mappings existed) and the newest schema version */
+        if (s->st->ops->get_mapping(s->st, t->relid, t->dest_name, sizeof(t->dest_name), err) !=
+                0 ||
+            (!t->dest_name[0] && (sup_store_mapping(s, t->relid, t->nsp, t->name, err) != 0 ||
+                                  s->st->ops->get_mapping(s->st, t->relid, t->dest_name,
+                                                          sizeof(t->dest_name), err) != 0)) ||
+            s->st->ops->get_schema(s->st, t->relid, UINT64_MAX, &t->schema, &t->schema_lsn, err) !=
+                0) {
+            free(st);
+            return err->code ? err->code : WR_ESTATE;
+        }
+        log_info("table table=%s.%s relid=%u phase=%s lsn=" WR_LSN_FMT
+                 " dest=%s schema_lsn=" WR_LSN_FMT,
+                 t->nsp, t->name, t->relid, phase_name(t->phase), WR_LSN_ARGS(t->lsn), t->dest_name,
+                 WR_LSN_ARGS(t->schema_lsn));
     }
     free(st);
     return 0;
@@ -2580,7 +2653,7 @@ sup_free(sup_t *s)
     s->st = NULL;
     free(s->status_rows);
     for (size_t i = 0; i < s->ntables; i++)
-        free(s->tables[i]);
+        table_free(s->tables[i]);
     free(s->tables);
     unlock_pidfile(s);
     cfg_free(&s->cfg);
@@ -2637,10 +2710,7 @@ sup_run(const char *dir)
         goto out;
     }
 
-    char path[PATH_MAX];
-    int rc = sup_path(s->cfg.dir, SUP_STATE_FILE, path, sizeof(path), &err);
-    if (rc == 0)
-        rc = state_open_sqlite(path, &s->st, &err);
+    int rc = sup_state_open(&s->cfg, &s->st, &err);
     if (rc == 0)
         rc = reconcile_tables(s, pub, npub, conn, &err);
     if (rc == 0)

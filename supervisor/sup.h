@@ -15,6 +15,7 @@
 #include <uv.h>
 
 #include "../common/config.h"
+#include "../common/state.h"
 #include "../common/wr.h"
 #include "../proto/ipc.h"
 
@@ -88,6 +89,10 @@ typedef struct sup_s sup_t;
 
 /* `walrelay run DIR`: runs the supervisor in the foreground; returns the exit code. */
 int sup_run(const char *dir);
+
+/* Opens the state store cfg names ([state] backend: DIR/state.db, or the PostgreSQL
+ * store with the pipeline's lease). */
+int sup_state_open(const wr_config_t *cfg, state_store_t **out, wr_err_t *err) WR_MUST_CHECK;
 
 /* Fills a status_reply (strings point into the supervisor's memory; arrays malloc'd).
  * Free with sup_status_free, not ipc_msg_clear. */

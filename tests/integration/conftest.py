@@ -124,8 +124,29 @@ def db_factory(pg_servers):
 _pipeline_seq = [0]
 
 
+@pytest.fixture(scope="session")
+def state_db(pg):
+    """A database on the test server that holds PostgreSQL state stores ([state] backend =
+    postgres); pipelines share it, keyed by their (session-unique) names."""
+    d = Db(pg, pg.create_database())
+    yield d
+    pg.drop_database(d.name)
+
+
 @pytest.fixture
-def pipelines(bindir, pg, db, tmp_path):
+def state_store(request):
+    """The state backend of the pipelines a test makes: "sqlite" (the default) or
+    "postgres". Suites parametrise it indirectly:
+    @pytest.mark.parametrize("state_store", STORES, indirect=True)."""
+    backend = getattr(request, "param", "sqlite")
+    if backend == "sqlite":
+        return None
+    assert backend == "postgres", backend
+    return "postgres:" + request.getfixturevalue("state_db").conninfo
+
+
+@pytest.fixture
+def pipelines(bindir, pg, db, tmp_path, state_store):
     """make(name=None) -> Pipeline in tmp_path/<name>; name defaults to wr<n> (unique in
     the session, so slot names never collide)."""
     made = []
@@ -135,6 +156,7 @@ def pipelines(bindir, pg, db, tmp_path):
         name = name or "wr%d" % _pipeline_seq[0]
         d = tmp_path / (dirname or name)
         p = Pipeline(bindir, d, name, tmp_path / ("%s.log" % (dirname or name)))
+        p.state_spec = state_store
         made.append(p)
         return p
 

@@ -164,6 +164,7 @@ class Pipeline:
         self.reached_ready = False
         self.last_status = None
         self._log_f = None
+        self.state_spec = None  # `walrelay init --state`: None = the default (sqlite)
 
     # -- commands --------------------------------------------------------------------
 
@@ -178,10 +179,16 @@ class Pipeline:
     def cmd(self, *args, timeout=60):
         return run_walrelay(self.bindir, *args, timeout=timeout)
 
-    def init(self, conninfo, publication, config=None, destination=None, name=True, check=True):
-        """`walrelay init DIR --source C --publication P [--name N] [--destination D]`,
-        then applies config edits ({"section": {"key": "value"}}) to walrelay.conf."""
+    def init(self, conninfo, publication, config=None, destination=None, name=True, check=True,
+             state=None):
+        """`walrelay init DIR --source C --publication P [--name N] [--destination D]
+        [--state S]`, then applies config edits ({"section": {"key": "value"}}) to
+        walrelay.conf. state defaults to the pipelines fixture's state store (the
+        state_store parameter of the test, sqlite unless parametrised)."""
         args = ["init", self.dir, "--source", conninfo, "--publication", publication]
+        state = state or self.state_spec
+        if state:
+            args += ["--state", state]
         if name is True:
             args += ["--name", self.name]
         elif name:

@@ -20,6 +20,9 @@ import pytest
 from pipeline import SCALE, alive_walrelay_pids, deadline, wait_equal
 from workload import BackgroundWriter, create_mixed_table, publish
 
+# every case runs with the state in state.db and in the PostgreSQL state store
+pytestmark = pytest.mark.parametrize("state_store", ["sqlite", "postgres"], indirect=True)
+
 R_ROWS = 2_000
 T_ROWS = 3_000
 

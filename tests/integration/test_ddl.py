@@ -14,8 +14,13 @@ destination back).
 import os
 import re
 
+import pytest
+
 from pipeline import compare_tables
 from workload import publish
+
+# every case runs with the state in state.db and in the PostgreSQL state store
+pytestmark = pytest.mark.parametrize("state_store", ["sqlite", "postgres"], indirect=True)
 
 # table -> (DDL, expected outcome): "followed" or "recopied"
 CASES = {

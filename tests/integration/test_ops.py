@@ -21,6 +21,9 @@ from pgserver import PgServer
 from pipeline import WaitTimeout, deadline, edit_ini, wait_equal
 from workload import create_mixed_table, publish
 
+# these operations also run with the state in the PostgreSQL state store
+BOTH_STORES = pytest.mark.parametrize("state_store", ["sqlite", "postgres"], indirect=True)
+
 
 def sync_slot(p, relid):
     return "walrelay_%s_s%d" % (p.name, relid)
@@ -140,6 +143,7 @@ def test_control_socket_bad_input(db, pipelines):
 
 # -- retry ---------------------------------------------------------------------------------
 
+@BOTH_STORES
 def test_retry(db, pipelines):
     """retry of a table errored before its copy (its cause fixed), and of a table errored
     while streaming (copied again from scratch: rolling back would skip changes)."""
@@ -187,6 +191,7 @@ def test_retry(db, pipelines):
 
 # -- resync --------------------------------------------------------------------------------
 
+@BOTH_STORES
 def test_resync(db, pipelines):
     p = start_ready(db, pipelines, ["a", "b"], rows=500)
     wait_equal(db.server, db.name, p, ["public.a", "public.b"])
@@ -235,6 +240,7 @@ def test_resync(db, pipelines):
 
 # -- pause / resume ------------------------------------------------------------------------
 
+@BOTH_STORES
 def test_pause_resume(db, pipelines):
     p = start_ready(db, pipelines, ["t"])
     r = p.cmd("pause", p.dir)
@@ -296,6 +302,7 @@ def test_pause_resume(db, pipelines):
 
 # -- reload and SIGHUP ---------------------------------------------------------------------
 
+@BOTH_STORES
 def test_reload(db, pipelines):
     p = start_ready(db, pipelines, ["t"])
     assert not p.log_contains("DEBUG control request")
@@ -425,6 +432,7 @@ def test_drop(db, pipelines):
 
 # -- publication changes at runtime --------------------------------------------------------
 
+@BOTH_STORES
 def test_publication_add_drop(db, pipelines):
     p = start_ready(db, pipelines, ["keep", "gone"],
                     config={"pipeline": {"publication_refresh_ms": "1000"}})
@@ -472,6 +480,7 @@ def test_publication_add_drop(db, pipelines):
 
 # -- automatic retry of a transient error --------------------------------------------------
 
+@BOTH_STORES
 def test_transient_error_retried(db, pipelines):
     p = start_ready(db, pipelines, ["a"],
                     config={"retry": {"table_error_retry_delay_ms": "2000"}})

@@ -38,7 +38,7 @@ write_new(const char *dir, const char *name, const char *conn, const char *pub, 
     wr_err_clear(err);
     if ((rc = dest_init_section(spec, &section, err)) < 0)
         return rc;
-    rc = cfg_write_new(dir, name, conn, pub, section, dest_init_check, err);
+    rc = cfg_write_new(dir, name, conn, pub, section, NULL, dest_init_check, err);
     free(section);
     return rc;
 }
