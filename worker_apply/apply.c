@@ -152,7 +152,7 @@
 #include "common/log.h"
 #include "common/pgoutput.h"
 #include "common/repl.h"
-#include "common/wkipc.h"
+#include "proto/wkipc.h"
 #include "destinations/destination.h"
 
 #define APW_CHAN_CHECK_MS      100 /* longest stretch of stream reading between channel checks */

@@ -181,7 +181,7 @@
 #include "common/phase.h"
 #include "common/repl.h"
 #include "common/schema.h"
-#include "common/wkipc.h"
+#include "proto/wkipc.h"
 #include "common/wr.h"
 #include "destinations/destination.h"
 

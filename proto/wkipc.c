@@ -19,7 +19,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "log.h"
+#include "../common/log.h"
 
 #define WK_HANDSHAKE_MS 30000
 /* The supervisor acks after one SQLite commit; a minute means it is stuck. */

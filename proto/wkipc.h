@@ -9,7 +9,7 @@
 #ifndef WR_WKIPC_H
 #define WR_WKIPC_H
 
-#include "../proto/ipc.h"
+#include "ipc.h"
 
 /* Called for every message that is not the awaited ack (table_state, stop, tables...).
  * The message is cleared after the callback returns. */
