@@ -14,7 +14,12 @@
  *   START_REPLICATION from 0/0: the server resumes at the slot's confirmed_flush. One
  *   poll() waits on the replication socket and on fd 3, at most 1 s, less when a status
  *   update or the open batch's fill deadline is due. Each CopyData is a keepalive 'k' or
- *   an XLogData 'w' carrying one pgoutput message:
+ *   an XLogData 'w' carrying one pgoutput message. The stream engine common/stream.c
+ *   (stm_*, shared with walrelay-sync) frames and decodes them, keeps the transaction
+ *   state and ordinals below, translates changes into dest_event_t with their key, and
+ *   calls apw_on_relation / apw_on_change / apw_on_commit / apw_on_keepalive here; it
+ *   also holds the status timing (stm_fb_*). This file keeps what to apply, batching,
+ *   the skip by resume key, schema changes and the handoff:
  *
  *     Begin     final_lsn = the commit LSN, ordinal = 0
  *     Relation  cached per relid; a schema that differs from the cached one is sent to
@@ -27,7 +32,8 @@
  *               counts, also those of tables we skip, so that the resume key
  *               (final_lsn, ordinal) of a change is the same in every replay
  *     Commit    commit_lsn must equal Begin's final_lsn; end_lsn is the transaction's
- *               position for feedback and the handoff
+ *               position for feedback and the handoff. More than UINT32_MAX changes in
+ *               one transaction is an error (WR_EUNSUPPORTED)
  *     Type, Origin, Message: ignored
  *
  *   A change of table T is applied iff T is READY, or T is SYNCDONE(S) with
@@ -152,15 +158,14 @@
 #include "common/log.h"
 #include "common/pgoutput.h"
 #include "common/repl.h"
+#include "common/stream.h"
 #include "proto/wkipc.h"
 #include "destinations/destination.h"
 
-#define APW_CHAN_CHECK_MS      100 /* longest stretch of stream reading between channel checks */
-#define APW_STATUS_INTERVAL_MS 10000
-#define APW_STATUS_MIN_MS      1000
-#define APW_PROGRESS_MS        1000
-#define APW_POLL_MAX_MS        1000
-#define APW_STREAM             "apply"
+#define APW_CHAN_CHECK_MS 100 /* longest stretch of stream reading between channel checks */
+#define APW_PROGRESS_MS   1000
+#define APW_POLL_MAX_MS   1000
+#define APW_STREAM        "apply"
 
 typedef struct apw_table_s {
     uint32_t relid;
@@ -185,7 +190,7 @@ typedef struct apw_s {
     dest_t *dest;
     PGconn *sql;
     PGconn *repl;
-    pgo_decoder_t dec;
+    stm_t stm; /* the stream engine: decoding, transaction, ordinals, received */
 
     /* relid -> table: entries array + open-addressing index */
     apw_table_t **tabs;
@@ -205,14 +210,6 @@ typedef struct apw_s {
     dest_key_t durable_key; /* last key committed by this process (or skip_key) */
     dest_key_t last_tx_key; /* (final_lsn, ordinal count) of the last complete transaction */
 
-    /* transaction being received */
-    bool in_tx;
-    wr_lsn_t tx_final;
-    uint32_t tx_ord;
-    uint32_t tx_xid;
-    int64_t tx_ts;      /* commit time, us since the Unix epoch */
-    bool tx_dest_begun; /* its BEGIN event was written to the destination */
-
     /* destination batch */
     bool batch_open;
     bool batch_ddl; /* the batch holds a schema change (failpoint, rollback) */
@@ -220,14 +217,12 @@ typedef struct apw_s {
     int64_t batch_bytes;
     wr_lsn_t batch_pending_flush; /* end_lsn of the last complete transaction in it; 0 none */
 
-    /* positions */
-    wr_lsn_t received;
+    /* positions (received: a->stm.received) */
     wr_lsn_t flush;
     wr_lsn_t ka_end; /* WAL end of the last keepalive */
     uint64_t events;
 
-    int64_t last_status_ms;
-    wr_lsn_t sent_flush, sent_write;
+    stm_fb_t fb; /* standby status timing */
     int64_t last_progress_ms;
     wr_lsn_t prog_flush, prog_recv;
     uint64_t prog_events;
@@ -487,22 +482,16 @@ apw_send_status(apw_t *a, bool force, wr_err_t *err)
     int64_t now = wr_now_ms();
     int rc;
 
-    if (!force) {
-        bool changed = a->flush != a->sent_flush || a->received != a->sent_write;
-        if (now - a->last_status_ms < APW_STATUS_INTERVAL_MS &&
-            (!changed || now - a->last_status_ms < APW_STATUS_MIN_MS))
-            return 0;
-    }
-    if (a->received < a->flush)
-        a->received = a->flush;
-    rc = repl_send_status(a->repl, a->received, a->flush, a->flush, false, err);
+    if (!force && !stm_fb_due(&a->fb, now, a->stm.received, a->flush))
+        return 0;
+    if (a->stm.received < a->flush)
+        a->stm.received = a->flush;
+    rc = repl_send_status(a->repl, a->stm.received, a->flush, a->flush, false, err);
     if (rc != 0)
         return rc;
-    log_debug("status sent write=" WR_LSN_FMT " flush=" WR_LSN_FMT, WR_LSN_ARGS(a->received),
+    log_debug("status sent write=" WR_LSN_FMT " flush=" WR_LSN_FMT, WR_LSN_ARGS(a->stm.received),
               WR_LSN_ARGS(a->flush));
-    a->last_status_ms = now;
-    a->sent_flush = a->flush;
-    a->sent_write = a->received;
+    stm_fb_sent(&a->fb, now, a->stm.received, a->flush);
     return 0;
 }
 
@@ -513,21 +502,21 @@ apw_send_progress(apw_t *a, bool force, wr_err_t *err)
     ipc_msg_t m;
     int rc;
 
-    if (a->flush == a->prog_flush && a->received == a->prog_recv && a->events == a->prog_events)
+    if (a->flush == a->prog_flush && a->stm.received == a->prog_recv && a->events == a->prog_events)
         return 0;
     if (!force && now - a->last_progress_ms < APW_PROGRESS_MS)
         return 0;
     memset(&m, 0, sizeof(m));
     m.type = IPC_PROGRESS;
     m.u.progress.flush_lsn = a->flush;
-    m.u.progress.received_lsn = a->received;
+    m.u.progress.received_lsn = a->stm.received;
     m.u.progress.events = a->events;
     rc = wk_chan_send(&a->chan, &m, err);
     if (rc != 0)
         return rc;
     a->last_progress_ms = now;
     a->prog_flush = a->flush;
-    a->prog_recv = a->received;
+    a->prog_recv = a->stm.received;
     a->prog_events = a->events;
     return 0;
 }
@@ -553,9 +542,9 @@ apw_batch_commit(apw_t *a, wr_err_t *err)
 
     if (!a->batch_open)
         return 0;
-    if (a->in_tx) {
-        key.commit_lsn = a->tx_final;
-        key.ordinal = a->tx_ord;
+    if (a->stm.tx.in_tx) {
+        key.commit_lsn = a->stm.tx.final_lsn;
+        key.ordinal = a->stm.tx.ordinal;
     } else {
         key = a->last_tx_key;
     }
@@ -574,7 +563,7 @@ apw_batch_commit(apw_t *a, wr_err_t *err)
     a->batch_pending_flush = 0;
     /* nothing in flight any more: a keepalive that came while the batch was open counts
      * now (one that came inside a transaction is below that transaction's end) */
-    if (!a->in_tx)
+    if (!a->stm.tx.in_tx)
         apw_flush_to(a, a->ka_end);
     if (a->batch_ddl) {
         a->batch_ddl = false;
@@ -582,7 +571,7 @@ apw_batch_commit(apw_t *a, wr_err_t *err)
             a->tabs[k]->ddl_in_batch = false;
         FAILPOINT("apply.after_schema_change");
     }
-    FAILPOINT(a->in_tx ? "apply.mid_txn_chunk" : "apply.after_commit");
+    FAILPOINT(a->stm.tx.in_tx ? "apply.mid_txn_chunk" : "apply.after_commit");
     return 0;
 }
 
@@ -599,7 +588,7 @@ apw_batch_rollback(apw_t *a)
     a->batch_open = false;
     a->batch_bytes = 0;
     a->batch_pending_flush = 0;
-    a->tx_dest_begun = false; /* written again before the next change */
+    a->stm.tx.begun = false; /* written again before the next change */
     /* a table the rolled-back transaction created is gone again */
     for (size_t k = 0; k < a->ntabs; k++) {
         a->tabs[k]->dest_ready = false;
@@ -629,13 +618,13 @@ apw_table_fail(apw_t *a, apw_table_t *t, const wr_err_t *cause, wr_err_t *err)
     apw_table_label(t, label, sizeof(label));
     log_error("cannot apply a change, table set to errored table=%s relid=%u lsn=" WR_LSN_FMT
               " error=\"%s\"%s%s",
-              label, (unsigned)t->relid, WR_LSN_ARGS(a->tx_final), cause->msg,
+              label, (unsigned)t->relid, WR_LSN_ARGS(a->stm.tx.final_lsn), cause->msg,
               cause->hint[0] ? " hint=" : "", cause->hint);
-    rc = wk_chan_set_phase(&a->chan, t->relid, PH_ERRORED, a->tx_final,
+    rc = wk_chan_set_phase(&a->chan, t->relid, PH_ERRORED, a->stm.tx.final_lsn,
                            wr_err_code_name(cause->code), cause->msg, cause->hint, err);
     if (rc != 0)
         return rc;
-    apw_table_set(a, t, PH_ERRORED, a->tx_final);
+    apw_table_set(a, t, PH_ERRORED, a->stm.tx.final_lsn);
     return 0;
 }
 
@@ -813,14 +802,14 @@ apw_ddl_same_columns(const wr_schema_t *rel, const wr_schema_t *ds)
 static int
 apw_ddl_commit_before(apw_t *a, wr_err_t *err)
 {
-    uint32_t ord = a->tx_ord;
+    uint32_t ord = a->stm.tx.ordinal;
     int rc;
 
     if (!a->batch_open)
         return 0;
-    a->tx_ord = ord > 0 ? ord - 1 : 0;
+    a->stm.tx.ordinal = ord > 0 ? ord - 1 : 0;
     rc = apw_batch_commit(a, err);
-    a->tx_ord = ord;
+    a->stm.tx.ordinal = ord;
     return rc;
 }
 
@@ -854,12 +843,12 @@ apw_ddl_errored(apw_t *a, apw_table_t *t, const char *msg, const char *hint, wr_
         return rc;
     log_error("schema change cannot be followed, table set to errored table=%s relid=%u "
               "lsn=" WR_LSN_FMT " error=\"%s\" hint=\"%s\"",
-              label, (unsigned)t->relid, WR_LSN_ARGS(a->tx_final), msg, hint);
-    rc = wk_chan_set_phase(&a->chan, t->relid, PH_ERRORED, a->tx_final, "schema_changed", msg, hint,
-                           err);
+              label, (unsigned)t->relid, WR_LSN_ARGS(a->stm.tx.final_lsn), msg, hint);
+    rc = wk_chan_set_phase(&a->chan, t->relid, PH_ERRORED, a->stm.tx.final_lsn, "schema_changed",
+                           msg, hint, err);
     if (rc != 0)
         return rc;
-    apw_table_set(a, t, PH_ERRORED, a->tx_final);
+    apw_table_set(a, t, PH_ERRORED, a->stm.tx.final_lsn);
     return 1;
 }
 
@@ -888,11 +877,11 @@ apw_ddl_recopy(apw_t *a, apw_table_t *t, const char *reason, wr_err_t *err)
         return rc;
     log_warn("schema change cannot be followed exactly, copying the table again table=%s "
              "relid=%u lsn=" WR_LSN_FMT " reason=\"%s\"",
-             label, (unsigned)t->relid, WR_LSN_ARGS(a->tx_final), reason);
-    rc = wk_chan_set_phase(&a->chan, t->relid, PH_INIT, a->tx_final, NULL, NULL, NULL, err);
+             label, (unsigned)t->relid, WR_LSN_ARGS(a->stm.tx.final_lsn), reason);
+    rc = wk_chan_set_phase(&a->chan, t->relid, PH_INIT, a->stm.tx.final_lsn, NULL, NULL, NULL, err);
     if (rc != 0)
         return rc;
-    apw_table_set(a, t, PH_INIT, a->tx_final);
+    apw_table_set(a, t, PH_INIT, a->stm.tx.final_lsn);
     return 1;
 }
 
@@ -905,7 +894,7 @@ static int
 apw_ddl_reconcile(apw_t *a, apw_table_t *t, wr_err_t *err)
 {
     const dest_ops_t *ops = a->dest->ops;
-    dest_key_t before = {a->tx_final, a->tx_ord > 0 ? a->tx_ord - 1 : 0};
+    dest_key_t before = {a->stm.tx.final_lsn, a->stm.tx.ordinal > 0 ? a->stm.tx.ordinal - 1 : 0};
     wr_schema_t *ds = NULL;
     dest_tmeta_t dm, meta;
     dest_catalog_t cat;
@@ -1066,14 +1055,14 @@ apw_applies(const apw_t *a, const apw_table_t *t)
         return false;
     if (t->phase == PH_READY)
         return true;
-    return t->phase == PH_SYNCDONE && t->lsn <= a->tx_final;
+    return t->phase == PH_SYNCDONE && t->lsn <= a->stm.tx.final_lsn;
 }
 
 /* True if the change with the current key was committed before (replay). */
 static bool
 apw_already_applied(const apw_t *a)
 {
-    dest_key_t k = {a->tx_final, a->tx_ord};
+    dest_key_t k = {a->stm.tx.final_lsn, a->stm.tx.ordinal};
 
     return a->skip_found && dest_key_cmp(&k, &a->skip_key) <= 0;
 }
@@ -1098,17 +1087,11 @@ apw_write_boundary(apw_t *a, dest_ev_kind_t kind, wr_lsn_t end_lsn, wr_err_t *er
         a->batch_bytes = 0;
         a->batch_pending_flush = 0;
     }
-    memset(&ev, 0, sizeof(ev));
-    ev.kind = kind;
-    ev.key.commit_lsn = a->tx_final;
-    ev.key.ordinal = kind == DEST_EV_BEGIN ? 0 : a->tx_ord;
-    ev.xid = a->tx_xid;
-    ev.commit_ts = a->tx_ts;
-    ev.end_lsn = end_lsn;
+    stm_boundary(&a->stm.tx, kind, end_lsn, &ev);
     rc = a->dest->ops->write_event(a->dest, &ev, err);
     if (rc != 0)
         return rc;
-    a->tx_dest_begun = kind == DEST_EV_BEGIN;
+    a->stm.tx.begun = kind == DEST_EV_BEGIN;
     return 0;
 }
 
@@ -1146,16 +1129,11 @@ apw_write(apw_t *a, apw_table_t *t, dest_event_t *ev, size_t msglen, wr_err_t *e
         a->batch_bytes = 0;
         a->batch_pending_flush = 0;
     }
-    if (!a->tx_dest_begun) {
+    if (!a->stm.tx.begun) {
         rc = apw_write_boundary(a, DEST_EV_BEGIN, 0, err);
         if (rc != 0)
             return rc;
     }
-    ev->key.commit_lsn = a->tx_final;
-    ev->key.ordinal = a->tx_ord;
-    ev->xid = a->tx_xid;
-    ev->commit_ts = a->tx_ts;
-    ev->relid = t->relid;
     rc = a->dest->ops->write_event(a->dest, ev, &werr);
     if (rc != 0) {
         if (apw_table_specific(rc))
@@ -1186,81 +1164,40 @@ apw_has_key(const apw_table_t *t, char oldkind, const char *what, wr_err_t *caus
     return false;
 }
 
+/* The engine's change callback (stream.h): ev carries the key, xid, time and relid. */
 static int
-apw_on_change(apw_t *a, const pgo_msg_t *m, size_t msglen, wr_err_t *err)
+apw_on_change(void *arg, stm_tx_t *tx, dest_event_t *ev, size_t msglen, wr_err_t *err)
 {
-    dest_event_t ev;
-    apw_table_t *t;
-    uint32_t relid;
+    apw_t *a = arg;
+    apw_table_t *t = apw_table_find(a, ev->relid);
+    uint64_t before = a->events;
     wr_err_t cause;
+    int rc;
 
-    if (!a->in_tx)
-        return wr_err_set(err, WR_EPROTO, "change message '%c' outside a transaction", m->type);
-    memset(&ev, 0, sizeof(ev));
-    a->tx_ord++;
-    switch (m->type) {
-    case PGO_INSERT:
-        relid = m->u.insert.relid;
-        ev.kind = DEST_EV_INSERT;
-        ev.new_row = &m->u.insert.newtup;
-        break;
-    case PGO_UPDATE:
-        relid = m->u.update.relid;
-        ev.kind = DEST_EV_UPDATE;
-        ev.old_kind = m->u.update.oldkind;
-        ev.old_row = m->u.update.oldkind ? &m->u.update.oldtup : NULL;
-        ev.new_row = &m->u.update.newtup;
-        break;
-    default: /* PGO_DELETE */
-        relid = m->u.delete_.relid;
-        ev.kind = DEST_EV_DELETE;
-        ev.old_kind = m->u.delete_.oldkind;
-        ev.old_row = &m->u.delete_.oldtup;
-        break;
-    }
-    t = apw_table_find(a, relid);
+    (void)tx;
     if (!apw_applies(a, t) || apw_already_applied(a))
         return 0;
-    if (ev.kind != DEST_EV_INSERT &&
-        !apw_has_key(t, ev.old_kind, ev.kind == DEST_EV_UPDATE ? "an update" : "a delete", &cause))
+    if ((ev->kind == DEST_EV_UPDATE || ev->kind == DEST_EV_DELETE) &&
+        !apw_has_key(t, ev->old_kind, ev->kind == DEST_EV_UPDATE ? "an update" : "a delete",
+                     &cause))
         return apw_table_fail(a, t, &cause, err);
-    return apw_write(a, t, &ev, msglen, err);
+    rc = apw_write(a, t, ev, msglen, err);
+    if (rc != 0)
+        return rc;
+    return a->events != before ? STM_WRITTEN : 0;
 }
 
 static int
-apw_on_truncate(apw_t *a, const pgo_msg_t *m, size_t msglen, wr_err_t *err)
+apw_on_relation(void *arg, stm_tx_t *tx, const pgo_msg_t *m, wr_err_t *err)
 {
-    if (!a->in_tx)
-        return wr_err_set(err, WR_EPROTO, "truncate message outside a transaction");
-    for (uint32_t i = 0; i < m->u.truncate.nrels; i++) {
-        uint32_t relid = pgo_truncate_relid(m, i);
-        apw_table_t *t = apw_table_find(a, relid);
-        dest_event_t ev;
-        int rc;
-
-        a->tx_ord++;
-        if (!apw_applies(a, t) || apw_already_applied(a))
-            continue;
-        memset(&ev, 0, sizeof(ev));
-        ev.kind = DEST_EV_TRUNCATE;
-        ev.truncate_flags = m->u.truncate.flags;
-        rc = apw_write(a, t, &ev, msglen, err);
-        if (rc != 0)
-            return rc;
-        msglen = 0; /* count the message once */
-    }
-    return 0;
-}
-
-static int
-apw_on_relation(apw_t *a, const pgo_msg_t *m, wr_err_t *err)
-{
+    apw_t *a = arg;
     wr_schema_t *s = pgo_relation_schema(m);
     apw_table_t *t;
     wr_err_t serr;
     int rc;
 
-    if (s != NULL && pgo_schema_type_names(&a->dec, s) != 0) {
+    (void)tx;
+    if (s != NULL && pgo_schema_type_names(&a->stm.dec, s) != 0) {
         wr_schema_free(s);
         s = NULL;
     }
@@ -1277,13 +1214,13 @@ apw_on_relation(apw_t *a, const pgo_msg_t *m, wr_err_t *err)
      * also when the message is unchanged (ADD PRIMARY KEY under REPLICA IDENTITY FULL, a
      * type changed and back, a rewrite leave it identical) */
     t->rel_pending = true;
-    if (a->in_tx && a->skip_found) {
-        dest_key_t next = {a->tx_final, a->tx_ord + 1};
+    if (a->stm.tx.in_tx && a->skip_found) {
+        dest_key_t next = {a->stm.tx.final_lsn, a->stm.tx.ordinal + 1};
 
         if (dest_key_cmp(&next, &a->skip_key) <= 0)
             log_info("relation of an applied transaction, destination not altered table=%s.%s "
                      "relid=%u lsn=" WR_LSN_FMT " columns=%u",
-                     s->nsp, s->name, (unsigned)s->relid, WR_LSN_ARGS(a->tx_final),
+                     s->nsp, s->name, (unsigned)s->relid, WR_LSN_ARGS(a->stm.tx.final_lsn),
                      (unsigned)s->ncols);
     }
     if (t->schema != NULL && wr_schema_equal(t->schema, s)) {
@@ -1293,7 +1230,7 @@ apw_on_relation(apw_t *a, const pgo_msg_t *m, wr_err_t *err)
     log_debug("relation relid=%u table=%s.%s columns=%u", (unsigned)s->relid, s->nsp, s->name,
               (unsigned)s->ncols);
     if (t->known) {
-        wr_lsn_t lsn = a->in_tx ? a->tx_final : a->received;
+        wr_lsn_t lsn = a->stm.tx.in_tx ? a->stm.tx.final_lsn : a->stm.received;
 
         wr_err_clear(&serr);
         rc = wk_chan_put_schema(&a->chan, s, lsn, &serr);
@@ -1337,9 +1274,7 @@ apw_wait_catchup(apw_t *a, wr_err_t *err)
             rc = apw_send_progress(a, false, err);
         if (rc != 0)
             return rc;
-        left = a->last_status_ms + APW_STATUS_INTERVAL_MS - wr_now_ms();
-        if (left < 0)
-            left = 0;
+        left = stm_fb_wait_ms(&a->fb, wr_now_ms());
         rc = wk_chan_poll(&a->chan, left > APW_POLL_MAX_MS ? APW_POLL_MAX_MS : (int)left, err);
         if (rc != 0)
             return rc;
@@ -1436,28 +1371,21 @@ apw_boundary(apw_t *a, wr_lsn_t y, wr_err_t *err)
 
 /* ---- the stream ----------------------------------------------------------------------- */
 
+/* The engine's commit callback: the commit LSN is checked, in_tx already false and
+ * received moved to end. */
 static int
-apw_on_commit(apw_t *a, const pgo_msg_t *m, wr_err_t *err)
+apw_on_commit(void *arg, stm_tx_t *tx, wr_lsn_t end, wr_err_t *err)
 {
-    wr_lsn_t end = m->u.commit.end_lsn;
+    apw_t *a = arg;
 
-    if (!a->in_tx)
-        return wr_err_set(err, WR_EPROTO, "commit message outside a transaction");
-    if (m->u.commit.commit_lsn != a->tx_final)
-        return wr_err_set(err, WR_EPROTO,
-                          "incorrect commit LSN " WR_LSN_FMT
-                          " in commit message (expected " WR_LSN_FMT ")",
-                          WR_LSN_ARGS(m->u.commit.commit_lsn), WR_LSN_ARGS(a->tx_final));
-    if (a->tx_dest_begun) {
+    if (tx->begun) {
         int rc = apw_write_boundary(a, DEST_EV_COMMIT, end, err);
 
         if (rc != 0)
             return rc;
     }
-    a->in_tx = false;
-    a->last_tx_key.commit_lsn = a->tx_final;
-    a->last_tx_key.ordinal = a->tx_ord;
-    a->received = apw_max(a->received, end);
+    a->last_tx_key.commit_lsn = tx->final_lsn;
+    a->last_tx_key.ordinal = tx->ordinal;
     if (a->batch_open) {
         int64_t age = wr_now_ms() - a->batch_start_ms;
         int rc;
@@ -1475,81 +1403,27 @@ apw_on_commit(apw_t *a, const pgo_msg_t *m, wr_err_t *err)
     return apw_boundary(a, end, err);
 }
 
+/* The engine's keepalive callback (received already moved to wal_end). */
 static int
-apw_on_xlogdata(apw_t *a, const uint8_t *buf, size_t len, wr_err_t *err)
+apw_on_keepalive(void *arg, wr_lsn_t wal_end, bool reply, wr_err_t *err)
 {
-    wr_lsn_t start, wal_end;
-    const uint8_t *payload;
-    size_t plen;
-    pgo_msg_t m;
-    int rc;
+    apw_t *a = arg;
 
-    rc = repl_parse_xlogdata(buf, len, &start, &wal_end, &payload, &plen, err);
-    if (rc != 0)
-        return rc;
-    a->received = apw_max(a->received, apw_max(start, wal_end));
-    rc = pgo_decode(&a->dec, payload, plen, &m, err);
-    if (rc != 0)
-        return rc;
-    switch (m.type) {
-    case PGO_BEGIN:
-        if (a->in_tx)
-            return wr_err_set(err, WR_EPROTO,
-                              "begin of transaction " WR_LSN_FMT " inside transaction " WR_LSN_FMT,
-                              WR_LSN_ARGS(m.u.begin.final_lsn), WR_LSN_ARGS(a->tx_final));
-        a->in_tx = true;
-        a->tx_final = m.u.begin.final_lsn;
-        a->tx_ord = 0;
-        a->tx_xid = m.u.begin.xid;
-        a->tx_ts = m.u.begin.commit_ts + DEST_PG_EPOCH_OFFSET_US;
-        a->tx_dest_begun = false;
-        return 0;
-    case PGO_COMMIT:
-        return apw_on_commit(a, &m, err);
-    case PGO_RELATION:
-        return apw_on_relation(a, &m, err);
-    case PGO_INSERT:
-    case PGO_UPDATE:
-    case PGO_DELETE:
-        return apw_on_change(a, &m, plen, err);
-    case PGO_TRUNCATE:
-        return apw_on_truncate(a, &m, plen, err);
-    case PGO_TYPE:
-        log_debug("type message oid=%u name=%s.%s", (unsigned)m.u.type.oid, m.u.type.nsp,
-                  m.u.type.name);
-        return 0;
-    case PGO_ORIGIN:
-        log_debug("origin message name=%s lsn=" WR_LSN_FMT, m.u.origin.name,
-                  WR_LSN_ARGS(m.u.origin.lsn));
-        return 0;
-    case PGO_MESSAGE:
-        log_debug("logical message prefix=%s len=%u", m.u.message.prefix,
-                  (unsigned)m.u.message.len);
-        return 0;
-    default:
-        return wr_err_set(err, WR_EPROTO, "unexpected pgoutput message '%c'", m.type);
-    }
-}
-
-static int
-apw_on_keepalive(apw_t *a, const uint8_t *buf, size_t len, wr_err_t *err)
-{
-    wr_lsn_t wal_end;
-    bool reply;
-    int rc;
-
-    rc = repl_parse_keepalive(buf, len, &wal_end, &reply, err);
-    if (rc != 0)
-        return rc;
-    a->received = apw_max(a->received, wal_end);
     a->ka_end = apw_max(a->ka_end, wal_end);
     /* nothing in flight: everything up to the WAL end is as good as flushed */
-    if (!a->in_tx && !a->batch_open)
+    if (!a->stm.tx.in_tx && !a->batch_open)
         apw_flush_to(a, wal_end);
     if (reply)
         return apw_send_status(a, true, err);
     return 0;
 }
+
+static const stm_handler_t apw_stream_handler = {
+    .relation = apw_on_relation,
+    .change = apw_on_change,
+    .commit = apw_on_commit,
+    .keepalive = apw_on_keepalive,
+};
 
 /* Processes the messages libpq has buffered, after reading the socket when consume is
  * set. *got is set when a message was processed. Stops early on a stop request or when
@@ -1592,13 +1466,7 @@ apw_read_stream(apw_t *a, bool consume, bool *got, wr_err_t *err)
             return n;
         }
         *got = true;
-        if (buf[0] == 'w')
-            rc = apw_on_xlogdata(a, (const uint8_t *)buf, (size_t)n, err);
-        else if (buf[0] == 'k')
-            rc = apw_on_keepalive(a, (const uint8_t *)buf, (size_t)n, err);
-        else
-            rc = wr_err_set(err, WR_EPROTO, "unexpected replication message type 0x%02x",
-                            (unsigned char)buf[0]);
+        rc = stm_on_copydata(&a->stm, (const uint8_t *)buf, (size_t)n, err);
         PQfreemem(buf);
         if (rc != 0)
             return rc;
@@ -1766,7 +1634,7 @@ apw_stop(apw_t *a, wr_err_t *err)
     int rc;
 
     if (a->batch_open) {
-        if (!a->in_tx) {
+        if (!a->stm.tx.in_tx) {
             rc = apw_batch_commit(a, err);
             if (rc != 0)
                 return rc;
@@ -1781,7 +1649,7 @@ apw_stop(apw_t *a, wr_err_t *err)
         return rc;
     (void)apw_send_progress(a, true, err);
     log_info("apply worker stopped flush=" WR_LSN_FMT " received=" WR_LSN_FMT " events=%llu",
-             WR_LSN_ARGS(a->flush), WR_LSN_ARGS(a->received), (unsigned long long)a->events);
+             WR_LSN_ARGS(a->flush), WR_LSN_ARGS(a->stm.received), (unsigned long long)a->events);
     return 0;
 }
 
@@ -1820,7 +1688,7 @@ apw_run(apw_t *a, wr_err_t *err)
             continue;
 
         now = wr_now_ms();
-        deadline = a->last_status_ms + APW_STATUS_INTERVAL_MS;
+        deadline = a->fb.last_ms + STM_STATUS_INTERVAL_MS;
         if (a->batch_open && a->batch_start_ms + a->cfg.batch_max_fill_ms < deadline)
             deadline = a->batch_start_ms + a->cfg.batch_max_fill_ms;
         timeout = deadline - now;
@@ -1856,13 +1724,13 @@ apw_run(apw_t *a, wr_err_t *err)
 
         now = wr_now_ms();
         if (a->batch_open && now >= a->batch_start_ms + a->cfg.batch_max_fill_ms &&
-            (!a->in_tx || !got)) {
+            (!a->stm.tx.in_tx || !got)) {
             rc = apw_batch_commit(a, err);
             if (rc != 0)
                 return rc;
         }
-        if (!a->in_tx && a->n_handoff > 0) {
-            rc = apw_boundary(a, a->received, err);
+        if (!a->stm.tx.in_tx && a->n_handoff > 0) {
+            rc = apw_boundary(a, a->stm.received, err);
             if (rc != 0)
                 return rc;
         }
@@ -1883,7 +1751,7 @@ apw_close(apw_t *a)
         PQfinish(a->sql);
     if (a->dest)
         a->dest->ops->close(a->dest);
-    pgo_decoder_close(&a->dec);
+    stm_close(&a->stm);
     wk_chan_close(&a->chan);
     for (size_t k = 0; k < a->ntabs; k++) {
         free(a->tabs[k]->nsp);
@@ -1923,7 +1791,7 @@ main(int argc, char **argv)
         return WR_EXIT_CONFIG;
     }
     a.chan.fd = -1;
-    pgo_decoder_init(&a.dec);
+    stm_init(&a.stm, &apw_stream_handler, &a);
     cfg_defaults(&a.cfg);
     rc = cfg_load_active(argv[1], &a.cfg, &err);
     if (rc != 0) {
@@ -1995,10 +1863,8 @@ main(int argc, char **argv)
     rc = repl_start(a.repl, a.slot, 0, a.cfg.publication, &err);
     if (rc != 0)
         return apw_fail(&a, "cannot start replication", &err);
-    a.received = a.flush;
-    a.sent_flush = a.flush;
-    a.sent_write = a.received;
-    a.last_status_ms = wr_now_ms();
+    a.stm.received = a.flush;
+    stm_fb_sent(&a.fb, wr_now_ms(), a.stm.received, a.flush);
     log_info("apply worker started slot=%s start=" WR_LSN_FMT " publication=%s tables=%zu", a.slot,
              WR_LSN_ARGS(a.flush), a.cfg.publication, a.ntabs);
     if (a.skip_found)

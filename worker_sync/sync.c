@@ -162,6 +162,16 @@
  *            the slot, exit 0.
  *   (A SIGTERM instead of the kill commits the open destination transaction with the key
  *   (0/8200, 4) and exits 0; the replay then skips exactly those four changes.)
+ *
+ * What lives where. The stream engine common/stream.c (stm_*) frames and decodes the
+ * CopyData messages, tracks the source transaction (Begin/Commit, the commit-LSN check,
+ * ordinals counted over every table, overflow an error) and translates changes into
+ * dest_event_t with their resume key; it calls syw_on_relation / syw_on_change /
+ * syw_on_commit / syw_on_keepalive here. This file keeps the copy, the one-table filter
+ * (syw_on_change drops other relids, which the engine has counted already), the
+ * skip-by-key, the destination transaction per source transaction with its BEGIN/COMMIT
+ * events, the status updates (every 10 s and on a requested reply) and the catch-up
+ * termination (current >= L).
  */
 
 #include <errno.h>
@@ -180,6 +190,7 @@
 #include "common/pgoutput.h"
 #include "common/phase.h"
 #include "common/repl.h"
+#include "common/stream.h"
 #include "common/schema.h"
 #include "proto/wkipc.h"
 #include "common/wr.h"
@@ -1379,19 +1390,16 @@ syw_wait_catchup(syw_t *w)
 /* ---- catch-up ------------------------------------------------------------ */
 
 typedef struct syw_stream_s {
-    pgo_decoder_t dec;
-    wr_lsn_t catchup;  /* L */
-    wr_lsn_t received; /* write position reported */
-    wr_lsn_t flushed;  /* flush position reported: durable in the destination */
-    wr_lsn_t current;  /* end of the last processed commit, or idle keepalive WAL end */
+    syw_t *w;
+    stm_t stm;        /* the stream engine: decoding, transaction, ordinals; stm.received
+                       * is the write position reported */
+    int code;         /* exit code of a handler that returned STM_STOP */
+    wr_lsn_t catchup; /* L */
+    wr_lsn_t flushed; /* flush position reported: durable in the destination */
+    wr_lsn_t current; /* end of the last processed commit, or idle keepalive WAL end */
     int64_t next_status_ms;
-    bool in_txn;
-    bool dest_open;
-    bool relation_ok; /* a Relation of our relid was seen and matched */
-    wr_lsn_t final_lsn;
-    uint32_t xid;
-    int64_t commit_ts; /* us since the Unix epoch */
-    uint32_t ordinal;
+    bool dest_open;     /* a destination transaction is open (its BEGIN is written) */
+    bool relation_ok;   /* a Relation of our relid was seen and matched */
     dest_key_t last;    /* last key durable in the destination (skip <= this) */
     dest_key_t written; /* key of the last change written in the open transaction */
     uint64_t applied;
@@ -1400,7 +1408,7 @@ typedef struct syw_stream_s {
 static int
 syw_send_status(syw_t *w, syw_stream_t *st, bool reply, wr_err_t *err)
 {
-    wr_lsn_t write = st->received > st->flushed ? st->received : st->flushed;
+    wr_lsn_t write = st->stm.received > st->flushed ? st->stm.received : st->flushed;
     int rc = repl_send_status(w->repl, write, st->flushed, st->flushed, reply, err);
 
     if (rc == 0)
@@ -1526,16 +1534,13 @@ syw_catchup_dest_error(syw_t *w, syw_stream_t *st, wr_err_t *err)
     return syw_catchup_fail(w, st, "catch-up failed", err);
 }
 
-/* Writes one change of our relid unless its key is already in the destination. */
+/* Writes one change of our relid (key, xid, time and relid set by the engine) unless its key is
+ * already in the destination. */
 static int
 syw_apply_event(syw_t *w, syw_stream_t *st, dest_event_t *ev, wr_err_t *err)
 {
     int rc;
 
-    ev->key.commit_lsn = st->final_lsn;
-    ev->key.ordinal = st->ordinal;
-    ev->xid = st->xid;
-    ev->relid = w->relid;
     if (dest_key_cmp(&ev->key, &st->last) <= 0)
         return 0; /* applied before a restart */
     if (!st->dest_open) {
@@ -1544,15 +1549,11 @@ syw_apply_event(syw_t *w, syw_stream_t *st, dest_event_t *ev, wr_err_t *err)
         if ((rc = w->dest->ops->begin(w->dest, err)) < 0)
             return rc;
         st->dest_open = true;
-        memset(&begin, 0, sizeof(begin));
-        begin.kind = DEST_EV_BEGIN;
-        begin.key.commit_lsn = st->final_lsn;
-        begin.xid = st->xid;
-        begin.commit_ts = st->commit_ts;
+        stm_boundary(&st->stm.tx, DEST_EV_BEGIN, 0, &begin);
         if ((rc = w->dest->ops->write_event(w->dest, &begin, err)) < 0)
             return rc;
+        st->stm.tx.begun = true;
     }
-    ev->commit_ts = st->commit_ts;
     if ((rc = w->dest->ops->write_event(w->dest, ev, err)) < 0)
         return rc;
     st->written = ev->key;
@@ -1572,193 +1573,129 @@ syw_check_tuple(const syw_t *w, const syw_stream_t *st, const wr_row_t *row, wr_
     return 0;
 }
 
-/* Counts a change message in the transaction's ordinals. */
+/* A handler's result that ends the processing of the stream (an exit code, or
+ * SYW_CONTINUE when the table left Catchup). */
 static int
-syw_next_ordinal(const syw_t *w, syw_stream_t *st, wr_err_t *err)
+syw_stop_with(syw_stream_t *st, int code)
 {
-    if (!st->in_txn)
-        return wr_err_set(err, WR_EPROTO, "change message outside a transaction on slot \"%s\"",
-                          w->slot);
-    if (st->ordinal == UINT32_MAX)
-        return wr_err_set(err, WR_EUNSUPPORTED, "transaction " WR_LSN_FMT " has too many changes",
-                          WR_LSN_ARGS(st->final_lsn));
-    st->ordinal++;
+    st->code = code;
+    return STM_STOP;
+}
+
+/* ---- the engine's callbacks (common/stream.h) ----------------------------------------- */
+
+static int
+syw_on_relation(void *arg, stm_tx_t *tx, const pgo_msg_t *m, wr_err_t *err)
+{
+    syw_stream_t *st = arg;
+    syw_t *w = st->w;
+
+    (void)tx;
+    if (m->u.relation.relid != w->relid)
+        return 0;
+    if (syw_check_relation(w, m, err) < 0)
+        return syw_stop_with(st, syw_catchup_recopy(w, st, err));
+    st->relation_ok = true;
     return 0;
 }
 
-/* Handles one pgoutput message. Returns SYW_CONTINUE or an exit code. */
+/* The one-table filter: changes of other relids are counted (by the engine) and skipped. */
 static int
-syw_handle_change(syw_t *w, syw_stream_t *st, const pgo_msg_t *m)
+syw_on_change(void *arg, stm_tx_t *tx, dest_event_t *ev, size_t msglen, wr_err_t *err)
 {
-    wr_err_t err;
-    dest_event_t ev;
-    int rc;
+    syw_stream_t *st = arg;
+    syw_t *w = st->w;
+    uint64_t before = st->applied;
 
-    wr_err_clear(&err);
-    memset(&ev, 0, sizeof(ev));
-    switch (m->type) {
-    case PGO_BEGIN:
-        if (st->in_txn) {
-            wr_err_set(&err, WR_EPROTO, "begin " WR_LSN_FMT " inside transaction " WR_LSN_FMT,
-                       WR_LSN_ARGS(m->u.begin.final_lsn), WR_LSN_ARGS(st->final_lsn));
-            return syw_catchup_fail(w, st, "catch-up stream", &err);
-        }
-        st->in_txn = true;
-        st->final_lsn = m->u.begin.final_lsn;
-        st->xid = m->u.begin.xid;
-        st->commit_ts = m->u.begin.commit_ts + DEST_PG_EPOCH_OFFSET_US;
-        st->ordinal = 0;
-        return SYW_CONTINUE;
-    case PGO_COMMIT:
-        if (!st->in_txn || m->u.commit.commit_lsn != st->final_lsn) {
-            wr_err_set(&err, WR_EPROTO,
-                       "incorrect commit LSN " WR_LSN_FMT " in commit message (expected " WR_LSN_FMT
-                       ")",
-                       WR_LSN_ARGS(m->u.commit.commit_lsn), WR_LSN_ARGS(st->final_lsn));
-            return syw_catchup_fail(w, st, "catch-up stream", &err);
-        }
-        if (st->dest_open) {
-            memset(&ev, 0, sizeof(ev));
-            ev.kind = DEST_EV_COMMIT;
-            ev.key.commit_lsn = st->final_lsn;
-            ev.key.ordinal = st->ordinal;
-            ev.xid = st->xid;
-            ev.commit_ts = st->commit_ts;
-            ev.end_lsn = m->u.commit.end_lsn;
-            if ((rc = w->dest->ops->write_event(w->dest, &ev, &err)) < 0 ||
-                (rc = w->dest->ops->commit(w->dest, w->stream, &st->written, &err)) < 0)
-                return syw_catchup_dest_error(w, st, &err);
-            st->dest_open = false;
-            st->last = st->written;
-            FAILPOINT("sync.catchup_after_commit");
-        }
-        st->in_txn = false;
-        if (m->u.commit.end_lsn > st->current)
-            st->current = m->u.commit.end_lsn;
+    (void)tx;
+    (void)msglen;
+    if (ev->relid != w->relid)
+        return 0;
+    if (ev->kind != DEST_EV_TRUNCATE &&
+        syw_check_tuple(w, st, ev->kind == DEST_EV_DELETE ? ev->old_row : ev->new_row, err) < 0) {
+        /* a tuple that does not match the schema */
+        if (err->code == WR_EPROTO)
+            return syw_stop_with(st, syw_catchup_fail(w, st, "catch-up stream", err));
+        wr_err_hint(err, "run \"walrelay resync\" for the table");
+        return syw_stop_with(st, syw_catchup_errored(w, st, "schema_changed", err));
+    }
+    if (syw_apply_event(w, st, ev, err) < 0)
+        return syw_stop_with(st, syw_catchup_dest_error(w, st, err));
+    return st->applied != before ? STM_WRITTEN : 0;
+}
+
+static int
+syw_on_commit(void *arg, stm_tx_t *tx, wr_lsn_t end, wr_err_t *err)
+{
+    syw_stream_t *st = arg;
+    syw_t *w = st->w;
+
+    if (st->dest_open) {
+        dest_event_t ev;
+        int rc;
+
+        stm_boundary(tx, DEST_EV_COMMIT, end, &ev);
+        if ((rc = w->dest->ops->write_event(w->dest, &ev, err)) < 0 ||
+            (rc = w->dest->ops->commit(w->dest, w->stream, &st->written, err)) < 0)
+            return syw_stop_with(st, syw_catchup_dest_error(w, st, err));
+        st->dest_open = false;
+        st->last = st->written;
+        FAILPOINT("sync.catchup_after_commit");
+    }
+    if (end > st->current)
+        st->current = end;
+    if (st->current > st->flushed)
+        st->flushed = st->current;
+    if (st->current >= st->catchup)
+        return syw_stop_with(st, syw_syncdone(w, st->current, st->applied));
+    return 0;
+}
+
+static int
+syw_on_keepalive(void *arg, wr_lsn_t wal_end, bool reply, wr_err_t *err)
+{
+    syw_stream_t *st = arg;
+    syw_t *w = st->w;
+
+    if (!st->stm.tx.in_tx) {
+        /* nothing in flight: everything before wal_end was sent and handled */
+        if (wal_end > st->current)
+            st->current = wal_end;
         if (st->current > st->flushed)
             st->flushed = st->current;
         if (st->current >= st->catchup)
-            return syw_syncdone(w, st->current, st->applied);
-        return SYW_CONTINUE;
-    case PGO_RELATION:
-        if (m->u.relation.relid != w->relid)
-            return SYW_CONTINUE;
-        if (syw_check_relation(w, m, &err) < 0)
-            return syw_catchup_recopy(w, st, &err);
-        st->relation_ok = true;
-        return SYW_CONTINUE;
-    case PGO_INSERT:
-        if (syw_next_ordinal(w, st, &err) < 0)
-            return syw_catchup_fail(w, st, "catch-up stream", &err);
-        if (m->u.insert.relid != w->relid)
-            return SYW_CONTINUE;
-        if (syw_check_tuple(w, st, &m->u.insert.newtup, &err) < 0)
-            break;
-        ev.kind = DEST_EV_INSERT;
-        ev.new_row = &m->u.insert.newtup;
-        if (syw_apply_event(w, st, &ev, &err) < 0)
-            return syw_catchup_dest_error(w, st, &err);
-        return SYW_CONTINUE;
-    case PGO_UPDATE:
-        if (syw_next_ordinal(w, st, &err) < 0)
-            return syw_catchup_fail(w, st, "catch-up stream", &err);
-        if (m->u.update.relid != w->relid)
-            return SYW_CONTINUE;
-        if (syw_check_tuple(w, st, &m->u.update.newtup, &err) < 0)
-            break;
-        ev.kind = DEST_EV_UPDATE;
-        ev.old_kind = m->u.update.oldkind;
-        ev.old_row = m->u.update.oldkind != 0 ? &m->u.update.oldtup : NULL;
-        ev.new_row = &m->u.update.newtup;
-        if (syw_apply_event(w, st, &ev, &err) < 0)
-            return syw_catchup_dest_error(w, st, &err);
-        return SYW_CONTINUE;
-    case PGO_DELETE:
-        if (syw_next_ordinal(w, st, &err) < 0)
-            return syw_catchup_fail(w, st, "catch-up stream", &err);
-        if (m->u.delete_.relid != w->relid)
-            return SYW_CONTINUE;
-        if (syw_check_tuple(w, st, &m->u.delete_.oldtup, &err) < 0)
-            break;
-        ev.kind = DEST_EV_DELETE;
-        ev.old_kind = m->u.delete_.oldkind;
-        ev.old_row = &m->u.delete_.oldtup;
-        if (syw_apply_event(w, st, &ev, &err) < 0)
-            return syw_catchup_dest_error(w, st, &err);
-        return SYW_CONTINUE;
-    case PGO_TRUNCATE:
-        for (uint32_t i = 0; i < m->u.truncate.nrels; i++) {
-            if (syw_next_ordinal(w, st, &err) < 0)
-                return syw_catchup_fail(w, st, "catch-up stream", &err);
-            if (pgo_truncate_relid(m, i) != w->relid)
-                continue;
-            memset(&ev, 0, sizeof(ev));
-            ev.kind = DEST_EV_TRUNCATE;
-            ev.truncate_flags = m->u.truncate.flags;
-            if (syw_apply_event(w, st, &ev, &err) < 0)
-                return syw_catchup_dest_error(w, st, &err);
-        }
-        return SYW_CONTINUE;
-    default: /* Origin, Type, Message: nothing to apply, not counted */
-        return SYW_CONTINUE;
+            return syw_stop_with(st, syw_syncdone(w, st->current, st->applied));
     }
-    /* a tuple that does not match the schema (only reached via break) */
-    if (err.code == WR_EPROTO)
-        return syw_catchup_fail(w, st, "catch-up stream", &err);
-    wr_err_hint(&err, "run \"walrelay resync\" for the table");
-    return syw_catchup_errored(w, st, "schema_changed", &err);
+    if (reply && syw_send_status(w, st, false, err) < 0)
+        return syw_stop_with(st, syw_catchup_fail(w, st, "sending status", err));
+    return 0;
 }
 
-/* Handles one CopyData message from the stream ('w' or 'k'). */
+static const stm_handler_t syw_stream_handler = {
+    .relation = syw_on_relation,
+    .change = syw_on_change,
+    .commit = syw_on_commit,
+    .keepalive = syw_on_keepalive,
+};
+
+/* Handles one CopyData message from the stream ('w' or 'k'). Returns SYW_CONTINUE or an
+ * exit code. */
 static int
 syw_handle_copydata(syw_t *w, syw_stream_t *st, const uint8_t *buf, size_t len)
 {
     wr_err_t err;
+    int rc;
 
     wr_err_clear(&err);
-    if (len < 1) {
-        wr_err_set(&err, WR_EPROTO, "empty message on slot \"%s\"", w->slot);
+    st->code = SYW_CONTINUE;
+    rc = stm_on_copydata(&st->stm, buf, len, &err);
+    if (rc == STM_STOP)
+        return st->code;
+    if (rc < 0) {
+        wr_err_prefix(&err, "slot \"%s\": ", w->slot);
         return syw_catchup_fail(w, st, "catch-up stream", &err);
     }
-    if (buf[0] == 'k') {
-        wr_lsn_t wal_end;
-        bool reply;
-
-        if (repl_parse_keepalive(buf, len, &wal_end, &reply, &err) < 0)
-            return syw_catchup_fail(w, st, "catch-up stream", &err);
-        if (wal_end > st->received)
-            st->received = wal_end;
-        if (!st->in_txn) {
-            /* nothing in flight: everything before wal_end was sent and handled */
-            if (wal_end > st->current)
-                st->current = wal_end;
-            if (st->current > st->flushed)
-                st->flushed = st->current;
-            if (st->current >= st->catchup)
-                return syw_syncdone(w, st->current, st->applied);
-        }
-        if (reply && syw_send_status(w, st, false, &err) < 0)
-            return syw_catchup_fail(w, st, "sending status", &err);
-        return SYW_CONTINUE;
-    }
-    if (buf[0] == 'w') {
-        wr_lsn_t start, wal_end;
-        const uint8_t *payload;
-        size_t plen;
-        pgo_msg_t m;
-
-        if (repl_parse_xlogdata(buf, len, &start, &wal_end, &payload, &plen, &err) < 0 ||
-            pgo_decode(&st->dec, payload, plen, &m, &err) < 0)
-            return syw_catchup_fail(w, st, "catch-up stream", &err);
-        if (start > st->received)
-            st->received = start;
-        if (wal_end > st->received)
-            st->received = wal_end;
-        return syw_handle_change(w, st, &m);
-    }
-    wr_err_set(&err, WR_EPROTO, "unexpected message type '%c' on slot \"%s\"",
-               (buf[0] >= 32 && buf[0] < 127) ? buf[0] : '?', w->slot);
-    return syw_catchup_fail(w, st, "catch-up stream", &err);
+    return SYW_CONTINUE;
 }
 
 /* Stop or signal during catch-up: commit what is applied (with its key, so the replay
@@ -1872,7 +1809,8 @@ syw_catchup(syw_t *w)
 
     memset(&st, 0, sizeof(st));
     wr_err_clear(&err);
-    pgo_decoder_init(&st.dec);
+    stm_init(&st.stm, &syw_stream_handler, &st);
+    st.w = w;
     st.catchup = w->lsn;
     log_info("catchup granted table=%s lsn=" WR_LSN_FMT, w->table, WR_LSN_ARGS(st.catchup));
 
@@ -1943,7 +1881,7 @@ syw_catchup(syw_t *w)
     }
     if (!key_found)
         memset(&st.last, 0, sizeof(st.last));
-    st.received = st.flushed = st.current = confirmed;
+    st.stm.received = st.flushed = st.current = confirmed;
 
     /* Already there (apply granted L <= X, or a crash after the slot reached L), and
      * the destination holds nothing past the slot: no need to stream. */
@@ -1965,7 +1903,7 @@ syw_catchup(syw_t *w)
     code = syw_stream(w, &st);
 
 out:
-    pgo_decoder_close(&st.dec);
+    stm_close(&st.stm);
     return code;
 }
 
