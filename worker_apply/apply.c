@@ -66,7 +66,8 @@
  *   Relation never alters anything), the destination's newest schema version
  *   (get_version: schema + catalog facts by attribute number) is compared with the
  *   catalog read now on the SQL connection, after checking that the catalog still
- *   describes the Relation message. dest_ddl_plan() decides: nothing; record new catalog
+ *   describes the Relation message (common/catalog.c, cat_read, shared with
+ *   walrelay-sync's copy). dest_ddl_plan() decides: nothing; record new catalog
  *   facts (put_version, in the open batch); follow (commit the open batch up to the
  *   change before, then alter_table in a new batch that also holds the changes after it,
  *   version = the key of the change before); copy again (commit the open batch, INIT,
@@ -153,6 +154,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/catalog.h"
 #include "common/config.h"
 #include "common/failpoint.h"
 #include "common/log.h"
@@ -635,128 +637,18 @@ apw_table_fail(apw_t *a, apw_table_t *t, const wr_err_t *cause, wr_err_t *err)
 static int apw_sql_conn(apw_t *a, wr_err_t *err);
 
 /* A boolean column of a catalog row. */
-static bool
-apw_ddl_bool(const PGresult *res, int row, int col)
-{
-    return PQgetvalue(res, row, col)[0] == 't';
-}
-
-/* Reads the table's catalog now (one query, one snapshot): columns with attnums, dropped
- * and generated attributes, each pg_attribute row's xmin, missing values (what rows that
- * predate a column read), the key (primary key, else the replica identity index, as the
- * copy reads it) and the flags pgoutput derives from REPLICA IDENTITY. *found=false if
- * the relation is gone. */
+/* Reads the table's catalog now (common/catalog.c, one query, one snapshot) on the SQL
+ * connection, reconnecting it if it broke. *found=false if the relation is gone. */
 static int
 apw_ddl_catalog(apw_t *a, uint32_t relid, dest_catalog_t *cat, bool *found, wr_err_t *err)
 {
-    static const char sql[] =
-        "SELECT c.relkind, c.relreplident, c.relfilenode, n.nspname, c.relname, a.attnum, "
-        "a.attname, a.atttypid, a.atttypmod, a.attnotnull, "
-        "CASE WHEN a.attisdropped THEN 'd' WHEN a.attgenerated <> '' THEN 'g' ELSE 'l' END, "
-        "a.xmin, "
-        "CASE WHEN a.atthasmissing AND NOT a.attisdropped "
-        "THEN pg_catalog.array_to_string(a.attmissingval, '') END, "
-        "COALESCE(a.attnum = ANY (pk.indkey::pg_catalog.int2[]), false), "
-        "COALESCE(a.attnum = ANY (ri.indkey::pg_catalog.int2[]), false) "
-        "FROM pg_catalog.pg_class c "
-        "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-        "JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 "
-        "LEFT JOIN pg_catalog.pg_index pk ON pk.indrelid = c.oid AND pk.indisprimary "
-        "LEFT JOIN pg_catalog.pg_index ri ON ri.indrelid = c.oid AND ri.indisreplident "
-        "WHERE c.oid = $1::pg_catalog.oid ORDER BY a.attnum";
-    char relid_s[16];
-    const char *params[1] = {relid_s};
-    PGresult *res;
-    int nrows, nlive = 0, rc = 0;
-    bool has_pk = false;
-    char replident;
+    int rc;
 
     memset(cat, 0, sizeof(*cat));
     *found = false;
     if ((rc = apw_sql_conn(a, err)) != 0)
         return rc;
-    snprintf(relid_s, sizeof(relid_s), "%u", (unsigned)relid);
-    res = PQexecParams(a->sql, sql, 1, NULL, params, NULL, NULL, 0);
-    if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK) {
-        char msg[512];
-
-        snprintf(msg, sizeof(msg), "%s", PQerrorMessage(a->sql));
-        msg[strcspn(msg, "\n")] = '\0';
-        PQclear(res);
-        return wr_err_set(err, WR_ECONN, "reading the catalog of relid %u: %s", (unsigned)relid,
-                          msg);
-    }
-    nrows = PQntuples(res);
-    if (nrows == 0) {
-        PQclear(res);
-        return 0;
-    }
-    if (nrows > UINT16_MAX) {
-        PQclear(res);
-        return wr_err_set(err, WR_EUNSUPPORTED, "relid %u has %d attributes", (unsigned)relid,
-                          nrows);
-    }
-    for (int r = 0; r < nrows; r++) {
-        if (atoi(PQgetvalue(res, r, 5)) != r + 1) {
-            PQclear(res);
-            return wr_err_set(err, WR_EPROTO, "attribute numbers of relid %u are not 1..%d",
-                              (unsigned)relid, nrows);
-        }
-        if (PQgetvalue(res, r, 10)[0] == 'l') {
-            nlive++;
-            has_pk = has_pk || apw_ddl_bool(res, r, 13);
-        }
-    }
-    replident = PQgetvalue(res, 0, 1)[0];
-    cat->relkind = PQgetvalue(res, 0, 0)[0];
-    cat->meta.relfilenode = (uint32_t)strtoul(PQgetvalue(res, 0, 2), NULL, 10);
-    cat->schema =
-        wr_schema_new(relid, PQgetvalue(res, 0, 3), PQgetvalue(res, 0, 4), (uint16_t)nlive);
-    cat->missing = calloc(nlive ? (size_t)nlive : 1, sizeof(char *));
-    cat->relflags = calloc(nlive ? (size_t)nlive : 1, 1);
-    cat->meta.attstate = malloc((size_t)nrows + 1);
-    cat->meta.attxmin = calloc((size_t)nrows, sizeof(uint32_t));
-    if (cat->schema == NULL || cat->missing == NULL || cat->relflags == NULL ||
-        cat->meta.attstate == NULL || cat->meta.attxmin == NULL)
-        goto oom;
-    cat->schema->replident = replident;
-    cat->meta.natts = (uint16_t)nrows;
-    cat->meta.attstate[nrows] = '\0';
-    for (int r = 0, j = 0; r < nrows; r++) {
-        char state = PQgetvalue(res, r, 10)[0];
-        bool in_pk = apw_ddl_bool(res, r, 13), in_ri = apw_ddl_bool(res, r, 14);
-        wr_column_t *c;
-
-        cat->meta.attstate[r] = state;
-        cat->meta.attxmin[r] = (uint32_t)strtoul(PQgetvalue(res, r, 11), NULL, 10);
-        if (state != 'l')
-            continue;
-        c = &cat->schema->cols[j];
-        c->name = wr_strdup(PQgetvalue(res, r, 6));
-        if (c->name == NULL)
-            goto oom;
-        c->type_oid = (uint32_t)strtoul(PQgetvalue(res, r, 7), NULL, 10);
-        c->typmod = (int32_t)strtol(PQgetvalue(res, r, 8), NULL, 10);
-        c->not_null = apw_ddl_bool(res, r, 9);
-        c->is_key = has_pk ? in_pk : in_ri;
-        if (!PQgetisnull(res, r, 12) &&
-            (cat->missing[j] = wr_strdup(PQgetvalue(res, r, 12))) == NULL)
-            goto oom;
-        /* what pgoutput flags (logicalrep_write_attrs) */
-        cat->relflags[j] = replident == 'f'   ? 1
-                           : replident == 'd' ? (in_pk ? 1 : 0)
-                           : replident == 'i' ? (in_ri ? 1 : 0)
-                                              : 0;
-        j++;
-    }
-    PQclear(res);
-    *found = true;
-    return 0;
-oom:
-    PQclear(res);
-    dest_catalog_clear(cat);
-    return wr_err_set(err, WR_ENOMEM, "out of memory reading the catalog of relid %u",
-                      (unsigned)relid);
+    return cat_read(a->sql, relid, cat, found, err);
 }
 
 /* True if the publication gives the table a column list (PostgreSQL 15): its Relation
@@ -764,20 +656,7 @@ oom:
 static bool
 apw_ddl_column_list(apw_t *a, uint32_t relid)
 {
-    static const char sql[] =
-        "SELECT 1 FROM pg_catalog.pg_publication_rel pr "
-        "JOIN pg_catalog.pg_publication p ON p.oid = pr.prpubid "
-        "WHERE p.pubname = $1 AND pr.prrelid = $2::pg_catalog.oid AND pr.prattrs IS NOT NULL";
-    char relid_s[16];
-    const char *params[2] = {a->cfg.publication, relid_s};
-    PGresult *res;
-    bool yes;
-
-    snprintf(relid_s, sizeof(relid_s), "%u", (unsigned)relid);
-    res = PQexecParams(a->sql, sql, 2, NULL, params, NULL, NULL, 0);
-    yes = res != NULL && PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) > 0;
-    PQclear(res);
-    return yes;
+    return cat_column_list(a->sql, a->cfg.publication, relid);
 }
 
 /* True if a Relation message's schema has the same table name and columns (names, types,

@@ -171,7 +171,9 @@
  * (syw_on_change drops other relids, which the engine has counted already), the
  * skip-by-key, the destination transaction per source transaction with its BEGIN/COMMIT
  * events, the status updates (every 10 s and on a requested reply) and the catch-up
- * termination (current >= L).
+ * termination (current >= L). The table's catalog (columns, keys, relkind, replica
+ * identity flags, catalog facts) and the publication's column list are read through
+ * common/catalog.c (cat_*), the same reads the apply worker's schema comparison uses.
  */
 
 #include <errno.h>
@@ -183,6 +185,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/catalog.h"
 #include "common/config.h"
 #include "common/copytext.h"
 #include "common/failpoint.h"
@@ -463,138 +466,34 @@ syw_schema_reset(syw_t *w)
 static int
 syw_load_schema(syw_t *w, PGconn *c, bool *missing, wr_err_t *err)
 {
-    char sql[1024];
-    PGresult *res;
-    char replident;
-    int ncols;
-    bool has_pk = false;
+    dest_catalog_t cat;
+    bool found = false;
+    int rc;
 
     *missing = false;
     syw_schema_reset(w);
-
     /* A failing catalog query on a live connection is not a misconfiguration of the whole
-     * pipeline: both failures are reported as WR_ECONN, i.e. retried. */
-    snprintf(sql, sizeof(sql),
-             "SELECT n.nspname, c.relname, c.relreplident, c.relkind FROM pg_catalog.pg_class c "
-             "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = %u",
-             w->relid);
-    res = PQexec(c, sql);
-    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        wr_err_set(err, WR_ECONN, "reading relation %u from pg_class: %s", w->relid,
-                   PQerrorMessage(c));
-        PQclear(res);
-        return err->code;
-    }
-    if (PQntuples(res) == 0) {
-        PQclear(res);
+     * pipeline: it is reported as WR_ECONN, i.e. retried. */
+    rc = cat_read(c, w->relid, &cat, &found, err);
+    if (rc != 0)
+        return rc;
+    if (!found) {
         *missing = true;
         return 0;
     }
-    replident = PQgetvalue(res, 0, 2)[0];
-    w->relkind = PQgetvalue(res, 0, 3)[0];
-    snprintf(w->table, sizeof(w->table), "%s.%s", PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1));
-    w->schema = wr_schema_new(w->relid, PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1), 0);
-    PQclear(res);
-    if (w->schema == NULL)
-        return wr_err_set(err, WR_ENOMEM, "out of memory reading the schema of \"%s\"", w->table);
-
-    snprintf(sql, sizeof(sql),
-             "SELECT a.attname, a.atttypid, a.atttypmod, a.attnotnull, "
-             "COALESCE(a.attnum = ANY (pk.indkey::pg_catalog.int2[]), false), "
-             "COALESCE(a.attnum = ANY (ri.indkey::pg_catalog.int2[]), false), "
-             "pg_catalog.format_type(a.atttypid, a.atttypmod) "
-             "FROM pg_catalog.pg_attribute a "
-             "LEFT JOIN pg_catalog.pg_index pk ON pk.indrelid = a.attrelid AND pk.indisprimary "
-             "LEFT JOIN pg_catalog.pg_index ri ON ri.indrelid = a.attrelid AND ri.indisreplident "
-             "WHERE a.attrelid = %u AND a.attnum > 0 AND NOT a.attisdropped "
-             "AND a.attgenerated = '' ORDER BY a.attnum",
-             w->relid);
-    res = PQexec(c, sql);
-    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        wr_err_set(err, WR_ECONN, "reading the columns of \"%s\": %s", w->table, PQerrorMessage(c));
-        PQclear(res);
-        syw_schema_reset(w);
-        return err->code;
-    }
-    ncols = PQntuples(res);
-    if (ncols > UINT16_MAX) {
-        PQclear(res);
-        syw_schema_reset(w);
-        return wr_err_set(err, WR_EUNSUPPORTED, "table \"%s\" has %d columns (at most %d)",
-                          w->table, ncols, UINT16_MAX);
-    }
-    {
-        /* now with its columns */
-        wr_schema_t *s = wr_schema_new(w->relid, w->schema->nsp, w->schema->name, (uint16_t)ncols);
-        wr_schema_free(w->schema);
-        w->schema = s;
-    }
-    w->relflags = calloc(ncols > 0 ? (size_t)ncols : 1, 1);
-    if (w->schema == NULL || w->relflags == NULL) {
-        PQclear(res);
-        syw_schema_reset(w);
-        return wr_err_set(err, WR_ENOMEM, "out of memory reading the schema of \"%s\"", w->table);
-    }
-    w->schema->replident = replident;
-    for (int i = 0; i < ncols; i++)
-        if (PQgetvalue(res, i, 4)[0] == 't')
-            has_pk = true;
-    for (int i = 0; i < ncols; i++) {
-        wr_column_t *col = &w->schema->cols[i];
-        bool in_pk = PQgetvalue(res, i, 4)[0] == 't';
-        bool in_ri = PQgetvalue(res, i, 5)[0] == 't';
-        char *end = NULL;
-        unsigned long oid;
-        long typmod;
-
-        col->name = wr_strdup(PQgetvalue(res, i, 0));
-        col->type_name = wr_strdup(PQgetvalue(res, i, 6));
-        if (col->name == NULL || col->type_name == NULL) {
-            PQclear(res);
-            syw_schema_reset(w);
-            return wr_err_set(err, WR_ENOMEM, "out of memory reading the schema of \"%s\"",
-                              w->table);
-        }
-        errno = 0;
-        oid = strtoul(PQgetvalue(res, i, 1), &end, 10);
-        if (errno != 0 || *end != '\0' || oid > UINT32_MAX) {
-            wr_err_set(err, WR_EPROTO, "column \"%s\" of \"%s\" has type oid \"%s\"", col->name,
-                       w->table, PQgetvalue(res, i, 1));
-            PQclear(res);
-            syw_schema_reset(w);
-            return err->code;
-        }
-        errno = 0;
-        typmod = strtol(PQgetvalue(res, i, 2), &end, 10);
-        if (errno != 0 || *end != '\0' || typmod < INT32_MIN || typmod > INT32_MAX) {
-            wr_err_set(err, WR_EPROTO, "column \"%s\" of \"%s\" has typmod \"%s\"", col->name,
-                       w->table, PQgetvalue(res, i, 2));
-            PQclear(res);
-            syw_schema_reset(w);
-            return err->code;
-        }
-        col->type_oid = (uint32_t)oid;
-        col->typmod = (int32_t)typmod;
-        col->not_null = PQgetvalue(res, i, 3)[0] == 't';
-        col->is_key = has_pk ? in_pk : in_ri;
-        /* what pgoutput flags (logicalrep_write_attrs): every column for FULL, the
-         * replica identity index's columns otherwise (the primary key for DEFAULT) */
-        switch (replident) {
-        case 'f':
-            w->relflags[i] = 1;
-            break;
-        case 'd':
-            w->relflags[i] = in_pk ? 1 : 0;
-            break;
-        case 'i':
-            w->relflags[i] = in_ri ? 1 : 0;
-            break;
-        default: /* 'n' */
-            w->relflags[i] = 0;
-            break;
-        }
-    }
-    PQclear(res);
+    w->relkind = cat.relkind;
+    snprintf(w->table, sizeof(w->table), "%s.%s", cat.schema->nsp, cat.schema->name);
+    w->schema = cat.schema;
+    w->relflags = cat.relflags;
+    w->meta = cat.meta; /* syw_load_meta sets its version */
+    cat.schema = NULL;
+    cat.relflags = NULL;
+    memset(&cat.meta, 0, sizeof(cat.meta));
+    for (uint16_t i = 0; i < w->schema->ncols; i++)
+        free(cat.missing[i]); /* the copy does not need the missing values */
+    free(cat.missing);
+    cat.missing = NULL;
+    dest_catalog_clear(&cat);
     return 0;
 }
 
@@ -680,69 +579,17 @@ syw_register_stream_schema(syw_t *w, wr_err_t *err)
     return rc;
 }
 
-/* Reads, with the connection's snapshot (the copy's), the catalog facts that go with the
- * schema as its version in the destination (dest_tmeta_t): relfilenode and, per
- * attribute, whether it is replicated, dropped or generated and its pg_attribute xmin.
- * The apply worker compares later Relation messages with them by attribute number. If
- * they do not agree with w->schema, nothing is recorded (natts 0) and a schema change is
- * then only followed when the columns are identical. Simple query protocol only. */
-static int
-syw_load_meta(syw_t *w, PGconn *c, wr_lsn_t x, wr_err_t *err)
+/* The catalog facts that go with the schema as its version in the destination
+ * (dest_tmeta_t): relfilenode and, per attribute, whether it is replicated, dropped or
+ * generated and its pg_attribute xmin. syw_load_schema read them in the same query as the
+ * columns (so in the copy's snapshot, and always in agreement with w->schema); this
+ * stamps them with the version (X, 0). The apply worker compares later Relation messages
+ * with them by attribute number. */
+static void
+syw_load_meta(syw_t *w, wr_lsn_t x)
 {
-    char sql[512];
-    PGresult *res;
-    int n, nlive = 0;
-
-    dest_tmeta_clear(&w->meta);
     w->meta.version.commit_lsn = x;
     w->meta.version.ordinal = 0;
-    snprintf(sql, sizeof(sql),
-             "SELECT c.relfilenode, a.attnum, CASE WHEN a.attisdropped THEN 'd' "
-             "WHEN a.attgenerated <> '' THEN 'g' ELSE 'l' END, a.xmin "
-             "FROM pg_catalog.pg_class c JOIN pg_catalog.pg_attribute a "
-             "ON a.attrelid = c.oid AND a.attnum > 0 WHERE c.oid = %u ORDER BY a.attnum",
-             w->relid);
-    res = PQexec(c, sql);
-    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        wr_err_set(err, WR_ECONN, "reading the attributes of \"%s\": %s", w->table,
-                   PQerrorMessage(c));
-        PQclear(res);
-        return err->code;
-    }
-    n = PQntuples(res);
-    if (n == 0 || n > UINT16_MAX) {
-        PQclear(res);
-        return 0;
-    }
-    w->meta.attstate = malloc((size_t)n + 1);
-    w->meta.attxmin = calloc((size_t)n, sizeof(uint32_t));
-    if (w->meta.attstate == NULL || w->meta.attxmin == NULL) {
-        PQclear(res);
-        dest_tmeta_clear(&w->meta);
-        return wr_err_set(err, WR_ENOMEM, "out of memory reading the attributes of \"%s\"",
-                          w->table);
-    }
-    w->meta.relfilenode = (uint32_t)strtoul(PQgetvalue(res, 0, 0), NULL, 10);
-    for (int i = 0; i < n; i++) {
-        w->meta.attstate[i] = PQgetvalue(res, i, 2)[0];
-        w->meta.attxmin[i] = (uint32_t)strtoul(PQgetvalue(res, i, 3), NULL, 10);
-        nlive += w->meta.attstate[i] == 'l';
-        if (atoi(PQgetvalue(res, i, 1)) != i + 1)
-            nlive = -1000000; /* not 1..n: do not record */
-    }
-    w->meta.attstate[n] = '\0';
-    w->meta.natts = (uint16_t)n;
-    PQclear(res);
-    if (nlive != w->schema->ncols) {
-        log_warn("attributes do not match the columns read, no catalog facts recorded table=%s",
-                 w->table);
-        free(w->meta.attstate);
-        free(w->meta.attxmin);
-        w->meta.attstate = NULL;
-        w->meta.attxmin = NULL;
-        w->meta.natts = 0;
-    }
-    return 0;
 }
 
 /* The copy's first destination transaction: the table empty with the copy's schema
@@ -768,26 +615,7 @@ syw_copy_reset_table(syw_t *w, wr_err_t *err)
 static bool
 syw_column_list(syw_t *w)
 {
-    char sql[512];
-    char *lit;
-    PGresult *res;
-    bool yes;
-
-    if (w->sql == NULL)
-        return false;
-    lit = PQescapeLiteral(w->sql, w->cfg.publication, strlen(w->cfg.publication));
-    if (lit == NULL)
-        return false;
-    snprintf(sql, sizeof(sql),
-             "SELECT 1 FROM pg_catalog.pg_publication_rel pr "
-             "JOIN pg_catalog.pg_publication p ON p.oid = pr.prpubid "
-             "WHERE p.pubname = %s AND pr.prrelid = %u AND pr.prattrs IS NOT NULL",
-             lit, w->relid);
-    PQfreemem(lit);
-    res = PQexec(w->sql, sql);
-    yes = PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) > 0;
-    PQclear(res);
-    return yes;
+    return cat_column_list(w->sql, w->cfg.publication, w->relid);
 }
 
 /* Reads, with the connection's snapshot (the copy's), the row filter under which the
@@ -1212,8 +1040,8 @@ syw_copy(syw_t *w)
     }
     if (wr_schema_nkeys(w->schema) == 0 && w->schema->replident != 'f')
         log_warn("table has no key: updates and deletes will be refused table=%s", w->table);
-    if ((rc = syw_load_meta(w, w->repl, x, &err)) < 0 ||
-        (rc = syw_load_row_filter(w, w->repl, &err)) < 0) {
+    syw_load_meta(w, x);
+    if ((rc = syw_load_row_filter(w, w->repl, &err)) < 0) {
         code = syw_copy_error(w, &cp, NULL, &err);
         goto out;
     }
