@@ -23,8 +23,7 @@ typedef struct st_s {
     bool fail_check;
 } st_t;
 
-static void
-put(st_t *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void put(st_t *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 static void
 put(st_t *s, const char *fmt, ...)
@@ -73,8 +72,7 @@ cp_validate(const wr_dest_config_t *cfg, wr_dest_error_t *err)
 }
 
 static int
-cp_open(const wr_dest_config_t *cfg, const wr_dest_host_t *host, void **state,
-        wr_dest_error_t *err)
+cp_open(const wr_dest_config_t *cfg, const wr_dest_host_t *host, void **state, wr_dest_error_t *err)
 {
     const char *out = wr_dest_config_get(cfg, "out");
     const char *fc = wr_dest_config_get(cfg, "fail_check");
