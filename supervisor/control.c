@@ -129,7 +129,7 @@ handle_stop(sup_client_t *cl, const ipc_msg_t *m)
     r.type = IPC_OK;
     r.u.ok.message = "stopping";
     client_send(cl, &r);
-    sup_stop_begin(cl->ctl->sup, "stop requested over the control socket");
+    sup_cmd_stop(cl->ctl->sup, "stop requested over the control socket");
 }
 
 /* Answers a command's outcome: ["ok", msg], or ["error", "message\nhint: hint"]. */

@@ -99,8 +99,8 @@ int sup_state_open(const wr_config_t *cfg, state_store_t **out, wr_err_t *err) W
 int sup_status_build(sup_t *s, ipc_msg_t *out, wr_err_t *err) WR_MUST_CHECK;
 void sup_status_free(ipc_msg_t *m);
 
-/* Begins the graceful stop (idempotent). why is logged. */
-void sup_stop_begin(sup_t *s, const char *why);
+/* The stop command: begins the graceful stop (idempotent; why is logged). */
+void sup_cmd_stop(sup_t *s, const char *why);
 
 /*
  * Control commands (control.c serves them to the CLI; SIGHUP runs the reload). Each

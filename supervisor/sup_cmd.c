@@ -30,6 +30,12 @@
 
 static const char *const wstate_names[] = {"idle",    "starting", "running",
                                            "backoff", "stopping", "failed"};
+void
+sup_cmd_stop(sup_t *s, const char *why)
+{
+    sup__stop_begin(s, why);
+}
+
 int
 sup_cmd_retry(sup_t *s, const char *spec, char *msg, size_t len, wr_err_t *err)
 {

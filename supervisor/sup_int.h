@@ -132,6 +132,9 @@ struct sup_s {
 
 /* ---- shared between the layers ---- */
 
+/* Begins the graceful stop (idempotent). why is logged. sup_proc.c */
+void sup__stop_begin(sup_t *s, const char *why);
+
 void sup__apply_slot_lost(sup_t *s, sup_worker_t *w);
 void sup__broadcast_table_state(sup_t *s, const sup_table_t *t, const sup_proc_t *except);
 sup_table_t *sup__find_table(sup_t *s, uint32_t relid);

@@ -919,7 +919,7 @@ sup__stop_worker(sup_worker_t *w)
 }
 
 void
-sup_stop_begin(sup_t *s, const char *why)
+sup__stop_begin(sup_t *s, const char *why)
 {
     if (s->stopping) {
         log_info("already stopping reason=\"%s\"", why);
@@ -949,7 +949,7 @@ sup__signal_cb(uv_signal_t *h, int signum)
     }
     char why[64];
     snprintf(why, sizeof(why), "received %s", signum == SIGTERM ? "SIGTERM" : "SIGINT");
-    sup_stop_begin(s, why);
+    sup__stop_begin(s, why);
 }
 
 /* ---- periodic work ---- */

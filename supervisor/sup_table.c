@@ -728,7 +728,7 @@ slot_lost_stop(sup_t *s, sup_worker_t *w, bool dropped)
                  s->cfg.dir);
     log_error("%s hint=\"%s\"", s->message, s->fatal_hint);
     s->exit_code = WR_EXIT_CONFIG;
-    sup_stop_begin(s, "the replication slot lost required WAL");
+    sup__stop_begin(s, "the replication slot lost required WAL");
 }
 
 static void
