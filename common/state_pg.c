@@ -190,7 +190,7 @@ pgs_exec(pgs_store_t *s, const char *sql, int n, const char *const *vals, PGresu
 
 /* Connects (or connects again), sets the search path, takes the lease. */
 static int
-pgs_connect(pgs_store_t *s, wr_err_t *err)
+pgs_connect_once(pgs_store_t *s, wr_err_t *err)
 {
     PGresult *r;
     char *q;
@@ -241,6 +241,21 @@ pgs_connect(pgs_store_t *s, wr_err_t *err)
     }
     PQclear(r);
     return 0;
+}
+
+/* pgs_connect_once, and on any failure the connection is closed: a connection that
+ * did not get the lease must never carry a later call (pgs_ready would take an open
+ * connection for a leased one). */
+static int
+pgs_connect(pgs_store_t *s, wr_err_t *err)
+{
+    int rc = pgs_connect_once(s, err);
+
+    if (rc != 0 && s->c) {
+        PQfinish(s->c);
+        s->c = NULL;
+    }
+    return rc;
 }
 
 /* Before a call: connect again if the connection is gone. */
