@@ -13,6 +13,12 @@ packages=(
     postgresql-15 postgresql-client-15
     python3 python3-pytest python3-psycopg sqlite3
     clang libclang-rt-14-dev # fuzzing and sanitizers
+    libjansson-dev           # JSON parsing (events CLI, configuration values)
+    libcurl4-openssl-dev     # the http (webhook) destination
+    libnats-dev nats-server  # the nats (JetStream) destination and its tests
+    libmicrohttpd-dev        # /metrics, /healthz, /readyz
+    libsystemd-dev           # sd_notify
+    prometheus python3-prometheus-client yamllint # operations tests
 )
 
 missing=()
