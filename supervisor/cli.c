@@ -1012,7 +1012,7 @@ cli_drop(int argc, char **argv)
     if (pgstate) {
         bool dropped;
 
-        if (state_postgres_delete_pipeline(pgstate, &dropped, &err) != 0) {
+        if (pgstate->ops->drop_pipeline(pgstate, &dropped, &err) != 0) {
             print_err(&err);
             code = WR_EXIT_ERROR;
             goto out;
