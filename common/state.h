@@ -15,6 +15,7 @@
 #ifndef WR_STATE_H
 #define WR_STATE_H
 
+#include "config.h"
 #include "phase.h"
 #include "schema.h"
 
@@ -107,6 +108,23 @@ int state_check_postgres(const char *conninfo, const char *schema, char *summary
                          wr_err_t *err) WR_MUST_CHECK;
 /* In-memory store with the same semantics. */
 int state_open_memory(state_store_t **out, wr_err_t *err) WR_MUST_CHECK;
+
+/* [state] backend = plugin (state_abi.c): loads cfg's [state] library, validates the
+ * store's keys, opens an instance for role ("supervisor": the only writer, takes the
+ * lease; "drop": takes the lease for drop_pipeline; "check"). Refusals of the library
+ * and the store's own key errors are WR_ECONFIG "FILE:LINE: [state] KEY: ...". */
+int state_open_plugin(const wr_config_t *cfg, const char *role, state_store_t **out,
+                      wr_err_t *err) WR_MUST_CHECK;
+/* The [state] checks beyond config.c, wherever a loaded configuration is used (check,
+ * run, reload, drop): a plugin store's library loads and its validate() accepts its keys.
+ * Other backends: nothing to do. */
+int state_config_check(const wr_config_t *cfg, wr_err_t *err) WR_MUST_CHECK;
+/* `walrelay init`: the plugin library loads (its keys are added afterwards). */
+int state_init_check(const wr_config_t *cfg, wr_err_t *err) WR_MUST_CHECK;
+/* `walrelay check` of a plugin store: load, validate, open("check"), its check(); fills a
+ * one-line summary. */
+int state_check_plugin(const wr_config_t *cfg, char *summary, size_t len,
+                       wr_err_t *err) WR_MUST_CHECK;
 #define STATE_SCHEMA_VERSION 2
 
 /* ---- shared by the implementations (state.c) ---- */

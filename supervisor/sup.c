@@ -241,7 +241,7 @@ sup_run(const char *dir)
         char *text = NULL;
         size_t len = 0;
         if (cfg_load_text(dir, &s->cfg, &text, &len, &err) != 0 ||
-            dest_config_check(&s->cfg, &err) != 0) {
+            dest_config_check(&s->cfg, &err) != 0 || state_config_check(&s->cfg, &err) != 0) {
             print_fatal(&err);
             free(text);
             cfg_free(&s->cfg);

@@ -805,6 +805,12 @@ sup_state_open(const wr_config_t *cfg, state_store_t **out, wr_err_t *err)
             log_info("state store opened backend=postgres schema=%s", cfg->state_schema);
         return rc;
     }
+    if (cfg->state_backend == CFG_STATE_PLUGIN) {
+        rc = state_open_plugin(cfg, "supervisor", out, err);
+        if (rc == 0)
+            log_info("state store opened backend=plugin library=%s", cfg->state_library);
+        return rc;
+    }
     rc = sup_path(cfg->dir, SUP_STATE_FILE, path, sizeof(path), err);
     if (rc == 0)
         rc = state_open_sqlite(path, out, err);
