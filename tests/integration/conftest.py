@@ -159,13 +159,18 @@ def state_db(pg):
 
 
 @pytest.fixture
-def state_store(request):
-    """The state backend of the pipelines a test makes: "sqlite" (the default) or
-    "postgres". Suites parametrise it indirectly:
-    @pytest.mark.parametrize("state_store", STORES, indirect=True)."""
+def state_store(request, bindir):
+    """The state backend of the pipelines a test makes: "sqlite" (the default),
+    "postgres", or "plugin" (the example store examples/store-onefile as the build under
+    test builds it, with path = state.txt in each pipeline's directory). Suites parametrise
+    it indirectly: @pytest.mark.parametrize("state_store", STORES, indirect=True)."""
     backend = getattr(request, "param", "sqlite")
     if backend == "sqlite":
         return None
+    if backend == "plugin":
+        so = os.path.join(bindir, "tests", "unit", "walrelay-onefile.so")
+        assert os.path.isfile(so), "%s is missing: run scripts/build.sh" % so
+        return "plugin:" + so
     assert backend == "postgres", backend
     return "postgres:" + request.getfixturevalue("state_db").conninfo
 
@@ -182,6 +187,8 @@ def pipelines(bindir, pg, db, tmp_path, state_store):
         d = tmp_path / (dirname or name)
         p = Pipeline(bindir, d, name, tmp_path / ("%s.log" % (dirname or name)))
         p.state_spec = state_store
+        if state_store and state_store.startswith("plugin:"):
+            p.state_config = {"state": {"path": "state.txt"}}
         made.append(p)
         return p
 
