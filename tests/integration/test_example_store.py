@@ -8,7 +8,8 @@ destdir; the source tree's include/ is never on its command line). The pipeline 
 INSTALLED walrelay with [state] backend = plugin and the example's library: copy, stream,
 kill -9 of the apply worker and of the supervisor (a restart resumes from the store and
 copies nothing again), `status`, `pause` / `resume` (persisted in the store across a
-supervisor killed while paused), the lease (a second supervisor refused; the lock file
+supervisor killed while paused), reload of the store's keys (restart-only; a refused key
+fails the reload and changes nothing), the lease (a second supervisor refused; the lock file
 removed under a running one: it stops, exit 2), `stop` and `drop` (the state file and the
 slots gone, the destination kept). The destination is the default SQLite file, compared
 with the source row by row.
@@ -210,6 +211,22 @@ def test_pipeline_on_the_example_store(db, pipelines, installed, onefile_plugin)
     assert r.rc == 0, r
     assert re.search(r"^flag paused 0 \d+$", state_file(p), re.M), state_file(p)
     wait_equal(db.server, db.name, p, ["public.t", "public.u"])
+
+    # reload: the store's keys need a restart (their values are not shown); a key the
+    # store refuses fails the reload with its line, and the pipeline keeps running
+    edit_ini(p.conf_path, {"state": {"path": "elsewhere.txt"}})
+    r = p.cmd("reload", p.dir)
+    assert r.rc == 0 and "[state] library or keys" in r.out, r
+    assert "elsewhere" not in r.out, r
+    edit_ini(p.conf_path, {"state": {"path": "state.txt", "colour": "red"}})
+    r = p.cmd("reload", p.dir)
+    assert r.rc != 0, r
+    assert '[state] colour: unknown key "colour"' in r.text, r
+    edit_ini(p.conf_path, {"state": {"colour": None}})
+    assert p.cmd("reload", p.dir).rc == 0
+    db.execute("INSERT INTO t (id, name) VALUES (60000, 'after the reloads')")
+    wait_equal(db.server, db.name, p, ["public.t", "public.u"])
+    assert not os.path.exists(os.path.join(p.dir, "elsewhere.txt"))
 
     # the lease: a second supervisor of the pipeline on the same file is refused
     q = pipelines(name=p.name, dirname=p.name + "_other")
