@@ -78,9 +78,12 @@
  * Errors. A function returns WR_STORE_OK (0) or a negative WR_STORE_E* code and fills the
  *   wr_store_error_t it was given (wr_store_error_set below). WR_STORE_ENOTFOUND is an
  *   answer, not a failure (the table is not in the store, or has no earlier phase).
- *   WR_STORE_ECONFIG and WR_STORE_ELEASE stop the pipeline (exit code 2: a person must
- *   act); the others fail the one operation (a worker's request is refused and retried,
- *   `walrelay run` fails to start with exit code 1). Messages are one line, lowercase,
+ *   WR_STORE_ECONFIG from validate(), open() or check() stops walrelay with exit code 2
+ *   (a person must fix the configuration); WR_STORE_ELEASE from open() refuses to start
+ *   (exit code 2), from any later call it fences the instance and stops the pipeline
+ *   (exit code 2). Any other failure fails the one operation: a worker's request is
+ *   refused (the worker is restarted and asks again), a progress save is tried again,
+ *   and at start `walrelay check` / `run` report it and stop. Messages are one line, lowercase,
  *   identifiers in double quotes; a hint says what a person can do. Never put a password
  *   in a message or a log line.
  */
