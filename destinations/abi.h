@@ -28,8 +28,9 @@ typedef struct dest_plugin_s {
 } dest_plugin_t;
 
 /* Loads cfg's [destination] library (relative paths resolve against cfg->dir): dlopen with
- * RTLD_NOW | RTLD_LOCAL, the entry symbol, and dest_abi_check_ops. Every refusal is
- * WR_ECONFIG naming the library and what to fix. */
+ * RTLD_NOW | RTLD_LOCAL, the entry symbol and the version check (common/plugin.c, shared
+ * with the state store ABI), and dest_abi_check_ops. Every refusal is WR_ECONFIG naming
+ * the library and what to fix. */
 int dest_plugin_load(const wr_config_t *cfg, dest_plugin_t *pl, wr_err_t *err) WR_MUST_CHECK;
 void dest_plugin_unload(dest_plugin_t *pl);
 

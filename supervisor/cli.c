@@ -150,6 +150,16 @@ default_pipeline_name(const char *absdir, char *buf, size_t len)
 
 /* ---- walrelay init ---- */
 
+/* What init checks in the file it writes: the destination's section (the registry) and a
+ * plugin state store's library (it loads; its own keys are added afterwards). */
+static int
+init_check(wr_config_t *cfg, wr_err_t *err)
+{
+    int rc = dest_init_check(cfg, err);
+
+    return rc != 0 ? rc : state_init_check(cfg, err);
+}
+
 int
 cli_init(int argc, char **argv)
 {
@@ -207,8 +217,8 @@ cli_init(int argc, char **argv)
             goto fail;
         }
     }
-    if (cfg_write_new(absdir, pname, source, publication, dest_section, state, dest_init_check,
-                      &err) != 0) {
+    if (cfg_write_new(absdir, pname, source, publication, dest_section, state, init_check, &err) !=
+        0) {
         print_err(&err);
         goto fail;
     }
@@ -217,9 +227,13 @@ cli_init(int argc, char **argv)
     printf("  pipeline     %s (replication slot walrelay_%s)\n", pname, pname);
     printf("  publication  %s\n", publication);
     printf("  destination  %s\n", dest ? dest : DEST_DEFAULT_TYPE);
-    printf("  state        %s\n", state && strncmp(state, "postgres:", 9) == 0
-                                      ? "postgres (schema " CFG_STATE_DEFAULT_SCHEMA ")"
-                                      : "sqlite (state.db)");
+    if (state && strncmp(state, "plugin:", 7) == 0)
+        printf("  state        plugin %s (its keys go below [state]: walrelay check says which)\n",
+               state + 7);
+    else
+        printf("  state        %s\n", state && strncmp(state, "postgres:", 9) == 0
+                                          ? "postgres (schema " CFG_STATE_DEFAULT_SCHEMA ")"
+                                          : "sqlite (state.db)");
     printf("next: walrelay check %s\n", pos[0]);
     printf("then: walrelay run %s\n", pos[0]);
     return WR_EXIT_OK;
@@ -936,14 +950,14 @@ cli_drop(int argc, char **argv)
     wr_config_t cfg;
     wr_err_t err;
     PGconn *conn = NULL;
-    state_store_t *pgstate = NULL;
+    state_store_t *store = NULL; /* postgres or plugin: the pipeline's state is there */
     int fd, code = WR_EXIT_OK, failed;
 
     if (cli_parse(argc, argv, NULL, 0, pos, 1) != 0)
         return WR_EXIT_CONFIG;
     wr_err_clear(&err);
     cfg_defaults(&cfg);
-    if (cfg_load(pos[0], &cfg, &err) != 0) {
+    if (cfg_load(pos[0], &cfg, &err) != 0 || state_config_check(&cfg, &err) != 0) {
         print_err(&err);
         cfg_free(&cfg);
         return WR_EXIT_CONFIG;
@@ -980,11 +994,13 @@ cli_drop(int argc, char **argv)
         return WR_EXIT_CONFIG;
     }
 
-    /* The PostgreSQL state store: its lease first, so a supervisor of this pipeline running
-     * on another host (with another directory) keeps everything */
-    if (cfg.state_backend == CFG_STATE_POSTGRES &&
-        state_open_postgres(cfg.state_conninfo, cfg.state_schema, cfg.pipeline_name, &pgstate,
-                            &err) != 0) {
+    /* A store other than state.db (postgres, a plugin): its lease first, so a supervisor of
+     * this pipeline running on another host (with another directory) keeps everything */
+    if ((cfg.state_backend == CFG_STATE_POSTGRES &&
+         state_open_postgres(cfg.state_conninfo, cfg.state_schema, cfg.pipeline_name, &store,
+                             &err) != 0) ||
+        (cfg.state_backend == CFG_STATE_PLUGIN &&
+         state_open_plugin(&cfg, "drop", &store, &err) != 0)) {
         print_err(&err);
         fprintf(stderr, "walrelay: nothing was removed\n");
         code = WR_EXIT_CONFIG;
@@ -1004,22 +1020,26 @@ cli_drop(int argc, char **argv)
         fprintf(stderr,
                 "walrelay: %s was kept because not every slot could be dropped; run "
                 "walrelay drop %s again\n",
-                cfg.state_backend == CFG_STATE_POSTGRES ? "the pipeline's state" : SUP_STATE_FILE,
-                pos[0]);
+                store ? "the pipeline's state" : SUP_STATE_FILE, pos[0]);
         code = WR_EXIT_ERROR;
         goto out;
     }
-    if (pgstate) {
+    if (store) {
+        char where[600];
         bool dropped;
 
-        if (state_postgres_delete_pipeline(pgstate, &dropped, &err) != 0) {
+        if (store->ops->drop_pipeline(store, &dropped, &err) != 0) {
             print_err(&err);
             code = WR_EXIT_ERROR;
             goto out;
         }
-        printf(dropped ? "removed the state of pipeline %s from the state store (schema %s)\n"
-                       : "no state of pipeline %s in the state store (schema %s)\n",
-               cfg.pipeline_name, cfg.state_schema);
+        if (cfg.state_backend == CFG_STATE_POSTGRES)
+            snprintf(where, sizeof(where), "schema %s", cfg.state_schema);
+        else
+            snprintf(where, sizeof(where), "plugin %s", cfg.state_library);
+        printf(dropped ? "removed the state of pipeline %s from the state store (%s)\n"
+                       : "no state of pipeline %s in the state store (%s)\n",
+               cfg.pipeline_name, where);
     } else if (drop_state(cfg.dir) != 0) {
         code = WR_EXIT_ERROR;
         goto out;
@@ -1031,7 +1051,7 @@ cli_drop(int argc, char **argv)
     }
     printf("walrelay run %s starts the pipeline over: every table is copied again\n", pos[0]);
 out:
-    state_close(pgstate);
+    state_close(store);
     unlink(pidpath); /* while still holding the lock, as the supervisor does */
     close(fd);
     cfg_free(&cfg);

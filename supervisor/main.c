@@ -26,13 +26,16 @@ static const cli_cmd_t cli_cmds[] = {
      "    sqlite (default, DIR/dest.db), sqlite:PATH, null (discards rows), and\n"
      "    plugin:/path/to/lib.so (a library built against walrelay/destination.h; add\n"
      "    its own keys below [destination] afterwards). State stores: sqlite (default,\n"
-     "    DIR/state.db) and postgres:CONNINFO (a schema walrelay_state in that database,\n"
-     "    for hosts without a lasting disk; one supervisor per pipeline holds its lease).\n"},
+     "    DIR/state.db), postgres:CONNINFO (a schema walrelay_state in that database,\n"
+     "    for hosts without a lasting disk; one supervisor per pipeline holds its lease)\n"
+     "    and plugin:/path/to/lib.so (a library built against walrelay/store.h; add its\n"
+     "    own keys below [state] afterwards).\n"},
     {"check", cli_check,
      "walrelay check DIR\n"
      "    Checks the source (reachable, wal_level, publication, REPLICATION privilege,\n"
-     "    free slots and walsenders, replica identity) and the destination (its keys;\n"
-     "    a plugin is loaded, validated, opened and its own check run).\n"
+     "    free slots and walsenders, replica identity), the destination (its keys;\n"
+     "    a plugin is loaded, validated, opened and its own check run) and a state store\n"
+     "    other than state.db (postgres: reachable, privileges; a plugin: as above).\n"
      "    Exit 0 when nothing failed (warnings allowed), 2 otherwise.\n"},
     {"run", cli_run,
      "walrelay run DIR\n"

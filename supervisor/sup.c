@@ -45,7 +45,9 @@
  * "transient" is retried from the tick after table_error_retry_delay_ms. Exit 3 of the
  * apply worker (its slot lost WAL) stops the pipeline, or re-copies every table once
  * (on_slot_lost = recopy). Pipeline flags in state.db: "paused", "slot_lost_recopied",
- * "slot_lost".
+ * "slot_lost". A state store with a lease (postgres, a plugin) is verified from the tick
+ * (sup__lease_tick, every 5 s): a lease lost to another supervisor stops the pipeline,
+ * exit code 2.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -239,7 +241,7 @@ sup_run(const char *dir)
         char *text = NULL;
         size_t len = 0;
         if (cfg_load_text(dir, &s->cfg, &text, &len, &err) != 0 ||
-            dest_config_check(&s->cfg, &err) != 0) {
+            dest_config_check(&s->cfg, &err) != 0 || state_config_check(&s->cfg, &err) != 0) {
             print_fatal(&err);
             free(text);
             cfg_free(&s->cfg);

@@ -231,7 +231,8 @@ sup_cmd_reload(sup_t *s, char *msg, size_t len, wr_err_t *err)
     if (s->stopping)
         return sup__refuse_stopping(err);
     rc = cfg_load_text(s->cfg.dir, &nc, &text, &textlen, err);
-    if (rc == 0 && (rc = dest_config_check(&nc, err)) != 0) {
+    if (rc == 0 &&
+        ((rc = dest_config_check(&nc, err)) != 0 || (rc = state_config_check(&nc, err)) != 0)) {
         cfg_free(&nc);
         free(text);
     }
@@ -268,6 +269,10 @@ sup_cmd_reload(sup_t *s, char *msg, size_t len, wr_err_t *err)
         nc.state_backend = s->cfg.state_backend;
         s->cfg.state_backend = tmp;
     }
+    /* a plugin store's library and keys need a restart too (values are not shown) */
+    if (!cfg_state_items_equal(&s->cfg, &nc))
+        bufcat(keep, sizeof(keep), "[state] library or keys");
+    cfg_state_items_swap(&s->cfg, &nc);
     /* every [destination] key needs a restart; values are not shown (a plugin's key may
      * be a secret) */
     if (!cfg_dest_equal(&s->cfg, &nc)) {

@@ -19,6 +19,9 @@
 #define SUP_EOF_GRACE_MS     2000
 #define SUP_PROGRESS_SAVE_MS 1000
 #define SUP_RESTART_FLOOR_MS 1000
+/* How often the state store's lease is verified while running (stores with a lease:
+ * state.h check_lease); WALRELAY_LEASE_CHECK_MS overrides it (tests). */
+#define SUP_LEASE_CHECK_MS 5000
 
 typedef enum {
     W_IDLE = 0, /* no process, nothing pending */
@@ -128,6 +131,12 @@ struct sup_s {
     int64_t last_refresh_ms; /* last read of the publication ([pipeline] publication_refresh_ms) */
     bool refresh_busy;       /* a publication read runs in the thread pool */
     bool refresh_again;      /* another was asked for meanwhile */
+    /* the state store's lease (sup__lease_tick) */
+    bool lease_ready;         /* lease_check_ms read */
+    int64_t lease_check_ms;   /* probe interval, 0 = never probe */
+    int64_t lease_checked_at; /* last probe (monotonic ms) */
+    bool lease_unverified;    /* the last probe could not reach the store */
+    bool lease_lost;          /* lost: stopping, exit code 2 */
 };
 
 /* ---- shared between the layers ---- */
@@ -165,6 +174,7 @@ int sup__table_retry(sup_t *s, sup_table_t *t, bool automatic, char *msg, size_t
 void sup__table_set_errored(sup_t *s, sup_table_t *t, const char *kind, const char *msg,
                             const char *hint);
 void sup__tick_cb(uv_timer_t *h);
+void sup__lease_tick(sup_t *s, int64_t now);
 void sup__tick_table_retry(sup_t *s, sup_table_t *t, int64_t now);
 void sup__worker_exited(sup_worker_t *w, sup_proc_t *p);
 void sup__worker_spawn(sup_worker_t *w);

@@ -427,10 +427,13 @@ on_message(sup_t *s, sup_proc_t *p, const ipc_msg_t *m)
     case IPC_PROGRESS:
         if (!w->is_apply)
             break;
+        /* only the flush LSN is persisted: an unchanged one is not written again (an idle
+         * pipeline would write its store every second) */
+        if (m->u.progress.flush_lsn != s->flush_lsn)
+            s->progress_dirty = true;
         s->flush_lsn = m->u.progress.flush_lsn;
         s->received_lsn = m->u.progress.received_lsn;
         s->events = m->u.progress.events;
-        s->progress_dirty = true;
         return;
     case IPC_COPY_PROGRESS: {
         sup_table_t *t = sup__find_table(s, m->u.copy_progress.relid);
@@ -855,10 +858,14 @@ sup__save_progress(sup_t *s)
     pr.confirmed_flush = s->flush_lsn;
     wr_err_t err;
     wr_err_clear(&err);
-    if (s->st->ops->set_progress(s->st, &pr, &err) != 0)
-        log_err(LOG_LVL_ERROR, "persisting progress", &err);
-    s->progress_dirty = false;
     s->progress_saved_at = wr_now_ms();
+    if (s->lease_lost)
+        return; /* the store is fenced: nothing more is written */
+    if (s->st->ops->set_progress(s->st, &pr, &err) != 0) {
+        log_err(LOG_LVL_ERROR, "persisting progress", &err);
+        return; /* still dirty: tried again SUP_PROGRESS_SAVE_MS later */
+    }
+    s->progress_dirty = false;
 }
 
 static bool
@@ -983,6 +990,7 @@ sup__tick_cb(uv_timer_t *h)
     tick_worker(s, &s->apply, now);
     for (size_t i = 0; i < s->ntables; i++)
         tick_worker(s, &s->tables[i]->sync, now);
+    sup__lease_tick(s, now);
     if (s->progress_dirty && now - s->progress_saved_at >= SUP_PROGRESS_SAVE_MS)
         sup__save_progress(s);
     if (!s->stopping) {

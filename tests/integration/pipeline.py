@@ -165,6 +165,7 @@ class Pipeline:
         self.last_status = None
         self._log_f = None
         self.state_spec = None  # `walrelay init --state`: None = the default (sqlite)
+        self.state_config = None  # [state] keys init cannot write (a plugin store's)
 
     # -- commands --------------------------------------------------------------------
 
@@ -186,6 +187,7 @@ class Pipeline:
         walrelay.conf. state defaults to the pipelines fixture's state store (the
         state_store parameter of the test, sqlite unless parametrised)."""
         args = ["init", self.dir, "--source", conninfo, "--publication", publication]
+        fixture_state = not state
         state = state or self.state_spec
         if state:
             args += ["--state", state]
@@ -199,6 +201,8 @@ class Pipeline:
         if check:
             assert r.rc == 0, "walrelay init failed: %r" % r
             assert os.path.isfile(self.conf_path), "walrelay init wrote no %s" % self.conf_path
+            if fixture_state and self.state_config:
+                edit_ini(self.conf_path, self.state_config)
             if config:
                 edit_ini(self.conf_path, config)
         return r

@@ -782,6 +782,144 @@ test_lifecycle_keys(void)
                  "table_error_retry_max_attempts");
 }
 
+/* [state]: the three backends, their keys, the items a plugin store gets, errors with the
+ * line of the key, and init --state for each. */
+static void
+test_state_section(void)
+{
+    wr_config_t cfg, other;
+    wr_err_t err;
+    char dir[512], path[PATH_MAX + 64];
+    FILE *f;
+    char text[8192];
+    size_t n;
+    int rc;
+
+    /* the default: sqlite, schema accepted (init writes it for every backend) */
+    CHECK_INT_EQ(
+        parse(cat(good_head, "[state]\nbackend = sqlite\nschema = walrelay_state\n"), &cfg, &err),
+        0);
+    CHECK_INT_EQ(cfg.state_backend, CFG_STATE_SQLITE);
+    CHECK(cfg.state_library == NULL);
+    CHECK_INT_EQ(cfg.state_line, 6);
+    cfg_free(&cfg);
+
+    /* postgres: conninfo and schema, also when backend comes last */
+    CHECK_INT_EQ(parse(cat(good_head, "[state]\nschema = st\nconninfo = host=s password=x\n"
+                                      "backend = postgres\n"),
+                       &cfg, &err),
+                 0);
+    CHECK_INT_EQ(cfg.state_backend, CFG_STATE_POSTGRES);
+    CHECK_STR_EQ(cfg.state_conninfo, "host=s password=x");
+    CHECK_STR_EQ(cfg.state_schema, "st");
+    cfg_free(&cfg);
+
+    /* plugin: library, and every other key (conninfo and schema too) is the store's */
+    rc = parse(cat(good_head, "[state]\nbackend = plugin\nlibrary = lib/libone.so\n"
+                              "path = state.json\nconninfo = anything at all\nschema = \n"),
+               &cfg, &err);
+    CHECK_INT_EQ(rc, 0);
+    if (rc == 0) {
+        CHECK_INT_EQ(cfg.state_backend, CFG_STATE_PLUGIN);
+        CHECK_STR_EQ(cfg.state_library, "lib/libone.so");
+        CHECK(cfg.state_conninfo == NULL);
+        CHECK_INT_EQ(cfg.state_nitems, 4);
+        CHECK(cfg_state_item(&cfg, "path") != NULL &&
+              strcmp(cfg_state_item(&cfg, "path")->value, "state.json") == 0);
+        CHECK_INT_EQ(cfg_state_item(&cfg, "path")->line, 9);
+        CHECK(cfg_state_item(&cfg, "schema") != NULL);
+        CHECK(cfg_state_item(&cfg, "nope") == NULL);
+        /* restart-only comparison: library and the store's keys, not conninfo/schema */
+        CHECK_INT_EQ(parse(cat(good_head, "[state]\nbackend = plugin\nlibrary = lib/libone.so\n"
+                                          "path = other.json\n"),
+                           &other, &err),
+                     0);
+        CHECK(!cfg_state_items_equal(&cfg, &other));
+        cfg_state_items_swap(&cfg, &other);
+        CHECK_STR_EQ(cfg_state_item(&cfg, "path")->value, "other.json");
+        CHECK_INT_EQ(other.state_nitems, 4);
+        cfg_free(&other);
+        cfg_free(&cfg);
+    }
+
+    /* errors name the file, the line and the key */
+    expect_error(cat(good_head, "[state]\nbackend = mysql\n"),
+                 P ":7: invalid value \"mysql\" for [state] backend: expected \"sqlite\", "
+                   "\"postgres\" or \"plugin\"",
+                 NULL);
+    expect_error(cat(good_head, "[state]\nbackend = plugin\n"),
+                 P ":7: [state] backend = plugin needs a library",
+                 "library = /path/to/libstore.so");
+    expect_error(cat(good_head, "[state]\nbackend = plugin\nlibrary =\n"),
+                 P ":8: empty value for [state] library", NULL);
+    expect_error(cat(good_head, "[state]\nlibrary = x.so\n"),
+                 P ":7: [state] library is set but backend is not plugin", "backend = plugin");
+    expect_error(cat(good_head, "[state]\nbackend = postgres\nlibrary = x.so\n"),
+                 P ":8: [state] library is set but backend is not plugin", NULL);
+    expect_error(cat(good_head, "[state]\nbackend = postgres\n"),
+                 P ":7: [state] backend = postgres needs a conninfo", NULL);
+    expect_error(cat(good_head, "[state]\nconninfo = host=x password=s3cret\n"),
+                 P ":7: [state] conninfo is set but backend is not postgres", NULL);
+    expect_error(cat(good_head, "[state]\nbackend = postgres\nconninfo =\n"),
+                 P ":8: empty value for [state] conninfo", NULL);
+    expect_error(cat(good_head, "[state]\nbackend = postgres\nconninfo = a\nschema = \n"),
+                 P ":9: invalid value \"\" for [state] schema: expected a name of 1 to 63 bytes",
+                 NULL);
+    expect_error(cat(good_head, "[state]\ncolour = red\n"),
+                 P ":7: unknown key \"colour\" in section [state]",
+                 "valid keys in [state]: backend, conninfo, schema, library");
+    expect_error(cat(good_head, "[state]\nbackend = plugin\nlibrary = a.so\nk = 1\nk = 2\n"),
+                 P ":10: duplicate key \"k\" in section [state] (first set on line 9)", NULL);
+
+    /* init --state plugin:PATH writes backend and library, and postgres's keys as comments
+     * (a plugin store would refuse them); it reads back */
+    snprintf(dir, sizeof(dir), "%s/stateplugin", tmpdir);
+    {
+        char *section = NULL;
+        CHECK_INT_EQ(dest_init_section(NULL, &section, &err), 0);
+        rc = cfg_write_new(dir, "demo", "host=db", "pub", section, "plugin:/opt/s/libs.so", NULL,
+                           &err);
+        free(section);
+    }
+    CHECK_INT_EQ(rc, 0);
+    snprintf(path, sizeof(path), "%s/walrelay.conf", dir);
+    f = fopen(path, "r");
+    CHECK(f != NULL);
+    if (f) {
+        n = fread(text, 1, sizeof(text) - 1, f);
+        text[n] = '\0';
+        fclose(f);
+        CHECK_CONTAINS(text, "\nbackend = plugin\n");
+        CHECK_CONTAINS(text, "\nlibrary = /opt/s/libs.so\n");
+        CHECK_CONTAINS(text, "\n# schema = walrelay_state\n");
+        CHECK(strstr(text, "\nschema = ") == NULL);
+    }
+    rc = cfg_load(dir, &cfg, &err);
+    CHECK_INT_EQ(rc, 0);
+    if (rc == 0) {
+        CHECK_INT_EQ(cfg.state_backend, CFG_STATE_PLUGIN);
+        CHECK_STR_EQ(cfg.state_library, "/opt/s/libs.so");
+        CHECK_INT_EQ(cfg.state_nitems, 1);
+        cfg_free(&cfg);
+    }
+    /* refusals: no path, a path the file cannot hold, another scheme (never echoing what
+     * follows its colon) */
+    CHECK_INT_EQ(cfg_write_new(dir, "demo", "host=db", "pub", "", "plugin:", NULL, &err),
+                 WR_ECONFIG);
+    CHECK_CONTAINS(err.msg, "--state plugin needs the library: plugin:PATH");
+    CHECK_INT_EQ(cfg_write_new(dir, "demo", "host=db", "pub", "", "plugin:/a;b.so", NULL, &err),
+                 WR_ECONFIG);
+    CHECK_CONTAINS(err.msg, "state store library \"/a;b.so\" contains");
+    CHECK_INT_EQ(
+        cfg_write_new(dir, "demo", "host=db", "pub", "", "mysql:password=s3cret", NULL, &err),
+        WR_ECONFIG);
+    CHECK_CONTAINS(err.msg, "invalid state store \"mysql\": expected \"sqlite\", "
+                            "\"postgres:CONNINFO\" or \"plugin:PATH\"");
+    CHECK(strstr(err.msg, "s3cret") == NULL);
+    unlink(path);
+    rmdir(dir);
+}
+
 static void
 test_slot_names(void)
 {
@@ -849,6 +987,7 @@ main(void)
     RUN(test_write_new_refusals);
     RUN(test_slot_names);
     RUN(test_lifecycle_keys);
+    RUN(test_state_section);
     rm_rf(tmpdir);
     return unit_done();
 }
