@@ -154,13 +154,14 @@ int
 cli_init(int argc, char **argv)
 {
     const char *pos[1] = {NULL};
-    const char *source = NULL, *publication = NULL, *dest = NULL, *name = NULL, *state = NULL;
+    const char *source = NULL, *publication = NULL, *dest = NULL, *name = NULL, *state = NULL,
+               *metrics = NULL;
     const cli_opt_t opts[] = {
         {"--source", &source, NULL},    {"--publication", &publication, NULL},
         {"--destination", &dest, NULL}, {"--name", &name, NULL},
-        {"--state", &state, NULL},
+        {"--state", &state, NULL},      {"--metrics", &metrics, NULL},
     };
-    if (cli_parse(argc, argv, opts, 5, pos, 1) != 0)
+    if (cli_parse(argc, argv, opts, 6, pos, 1) != 0)
         return WR_EXIT_CONFIG;
     if (!source || !publication) {
         fprintf(stderr, "walrelay init: %s is required\n", !source ? "--source" : "--publication");
@@ -207,8 +208,8 @@ cli_init(int argc, char **argv)
             goto fail;
         }
     }
-    if (cfg_write_new(absdir, pname, source, publication, dest_section, state, dest_init_check,
-                      &err) != 0) {
+    if (cfg_write_new(absdir, pname, source, publication, dest_section, state, metrics,
+                      dest_init_check, &err) != 0) {
         print_err(&err);
         goto fail;
     }
@@ -220,6 +221,8 @@ cli_init(int argc, char **argv)
     printf("  state        %s\n", state && strncmp(state, "postgres:", 9) == 0
                                       ? "postgres (schema " CFG_STATE_DEFAULT_SCHEMA ")"
                                       : "sqlite (state.db)");
+    if (metrics)
+        printf("  metrics      http://%s/metrics (also /healthz, /readyz)\n", metrics);
     printf("next: walrelay check %s\n", pos[0]);
     printf("then: walrelay run %s\n", pos[0]);
     return WR_EXIT_OK;

@@ -256,6 +256,7 @@ sup_run(const char *dir)
     }
     log_init(s->cfg.pipeline_name, "supervisor");
     log_set_level(s->cfg.log_level);
+    log_set_format(s->cfg.log_format);
 
     char sock[sizeof(((struct sockaddr_un *)0)->sun_path)];
     if (lock_pidfile(s, &err) != 0 || sup_sock_path(s->cfg.dir, sock, sizeof(sock), &err) != 0 ||
