@@ -268,8 +268,7 @@ cfg_listen_parse(const char *s, char *host, size_t hostlen, uint16_t *port, wr_e
         v = v * 10 + (unsigned long)(*p - '0');
     }
     if (*p || v > 65535)
-        return wr_err_set(err, WR_ECONFIG, "\"%s\": the port must be a number from 0 to 65535",
-                          s);
+        return wr_err_set(err, WR_ECONFIG, "\"%s\": the port must be a number from 0 to 65535", s);
     if (hl + 1 > hostlen)
         return wr_err_set(err, WR_ECONFIG, "\"%s\": the host is too long", s);
     if (host) {
@@ -691,8 +690,7 @@ cfg_set_value(cfg_parse_t *pc, const cfg_key_t *k, const char *value)
         if (!*value)
             return true; /* off */
         if (cfg_listen_parse(value, host, sizeof(host), &port, &lerr) != 0) {
-            cfg_fail(pc, WR_ECONFIG, "invalid value for [%s] %s: %s", k->section, k->key,
-                     lerr.msg);
+            cfg_fail(pc, WR_ECONFIG, "invalid value for [%s] %s: %s", k->section, k->key, lerr.msg);
             cfg_fail_hint(pc, line, "%s",
                           lerr.hint[0] ? lerr.hint : "write HOST:PORT, e.g. 127.0.0.1:9187");
             return false;

@@ -415,8 +415,8 @@ log_redact_text(const char *text, char *buf, size_t len)
                     if (*q)
                         q++;
                 } else {
-                    while (*q && *q != ' ' && *q != '\t' && *q != '&' && *q != '"' &&
-                           *q != '\'' && *q != '\n')
+                    while (*q && *q != ' ' && *q != '\t' && *q != '&' && *q != '"' && *q != '\'' &&
+                           *q != '\n')
                         q++;
                 }
                 p = q;

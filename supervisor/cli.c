@@ -1,9 +1,9 @@
 /*
  * cli.c - the commands of `walrelay`: init, check, run, status, stop, retry, resync,
- * pause, resume, reload, drop.
+ * pause, resume, reload, metrics, drop.
  *
  * NOTES: runs in the user's shell. Only `run` becomes the supervisor (sup.c); `status`,
- * `stop`, `retry`, `resync`, `pause`, `resume` and `reload` talk to a running supervisor
+ * `stop`, `retry`, `resync`, `pause`, `resume`, `reload` and `metrics` talk to a running supervisor
  * over DIR/control.sock with blocking I/O (one request, one reply) and never open
  * DIR/state.db. `drop` is the one command that works on a stopped pipeline: holding the
  * pid lock, it drops the pipeline's replication slots on the source and deletes
@@ -834,6 +834,35 @@ int
 cli_reload(int argc, char **argv)
 {
     return cli_plain_command(argc, argv, IPC_RELOAD);
+}
+
+/* ---- walrelay metrics ---- */
+
+int
+cli_metrics(int argc, char **argv)
+{
+    const char *pos[1] = {NULL};
+    ipc_msg_t req, reply;
+    int code = WR_EXIT_OK;
+
+    if (cli_parse(argc, argv, NULL, 0, pos, 1) != 0)
+        return WR_EXIT_CONFIG;
+    memset(&req, 0, sizeof(req));
+    req.type = IPC_METRICS;
+    if (cli_request(pos[0], &req, &reply) != 0)
+        return WR_EXIT_ERROR;
+    if (reply.type == IPC_METRICS_TEXT) {
+        fputs(reply.u.metrics_text.text ? reply.u.metrics_text.text : "", stdout);
+    } else if (reply.type == IPC_ERROR) {
+        fprintf(stderr, "walrelay: the supervisor answered: %s\n", reply.u.error.message);
+        code = WR_EXIT_ERROR;
+    } else {
+        fprintf(stderr, "walrelay: unexpected reply \"%s\" from the supervisor\n",
+                ipc_type_name(reply.type));
+        code = WR_EXIT_ERROR;
+    }
+    ipc_msg_clear(&reply);
+    return code;
 }
 
 /* ---- walrelay drop ---- */

@@ -190,6 +190,15 @@ preflight_log(void *arg, int level, const char *check, const char *msg, const ch
 static void
 print_fatal(const wr_err_t *err)
 {
+    if (log_get_format() == LOG_FMT_JSON) {
+        /* [log] format = json: every line on stderr is JSON */
+        if (err->hint[0])
+            log_error("%s hint=\"%s\"", err->msg[0] ? err->msg : wr_err_code_name(err->code),
+                      err->hint);
+        else
+            log_error("%s", err->msg[0] ? err->msg : wr_err_code_name(err->code));
+        return;
+    }
     fprintf(stderr, "walrelay: %s\n", err->msg[0] ? err->msg : wr_err_code_name(err->code));
     if (err->hint[0])
         fprintf(stderr, "hint: %s\n", err->hint);
@@ -215,6 +224,9 @@ sup_free(sup_t *s)
     }
     state_close(s->st);
     s->st = NULL;
+    sup__http_free(s);
+    sup__notify_free(s);
+    sup__metrics_free(s);
     free(s->status_rows);
     for (size_t i = 0; i < s->ntables; i++)
         sup__table_free(s->tables[i]);
@@ -265,6 +277,11 @@ sup_run(const char *dir)
         goto out;
     }
     log_info("starting version=%s pid=%ld dir=%s", WR_VERSION, (long)getpid(), s->cfg.dir);
+    /* the metrics listener is bound before anything is written: a port in use stops here */
+    if (sup__metrics_init(s, &err) != 0 || sup__http_bind(s, &err) != 0) {
+        print_fatal(&err);
+        goto out;
+    }
 
     sup_pub_table_t *pub = NULL;
     size_t npub = 0;
@@ -313,6 +330,14 @@ sup_run(const char *dir)
     s->tick.data = s;
     uv_timer_start(&s->tick, sup__tick_cb, SUP_TICK_MS, SUP_TICK_MS);
     s->tick_ok = true;
+    sup__notify_init(s);
+    if (sup__http_attach(s, &err) != 0) {
+        print_fatal(&err);
+        code = WR_EXIT_ERROR;
+        s->stopping = true;
+        sup__check_stopped(s);
+        goto out;
+    }
 
     if (sup_control_start(&s->ctl, s, sock, &err) != 0) {
         print_fatal(&err);
@@ -341,9 +366,11 @@ sup_run(const char *dir)
     log_info("stopped%s", s->degraded ? " (the pipeline was degraded)" : "");
     code = s->exit_code;
     if (code != WR_EXIT_OK) {
-        fprintf(stderr, "walrelay: %s\n", s->message);
-        if (s->fatal_hint[0])
-            fprintf(stderr, "hint: %s\n", s->fatal_hint);
+        wr_err_t fe;
+        wr_err_clear(&fe);
+        wr_copy_text(fe.msg, sizeof(fe.msg), s->message);
+        wr_copy_text(fe.hint, sizeof(fe.hint), s->fatal_hint);
+        print_fatal(&fe);
     }
 out:
     sup_free(s);

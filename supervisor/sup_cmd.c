@@ -218,8 +218,24 @@ restart_workers_gracefully(sup_t *s)
     }
 }
 
+static int cmd_reload(sup_t *s, char *msg, size_t len, wr_err_t *err);
+
+/* The reload, between RELOADING=1 and READY=1 for the service manager (notify.c). */
 int
 sup_cmd_reload(sup_t *s, char *msg, size_t len, wr_err_t *err)
+{
+    int rc;
+
+    if (s->stopping)
+        return sup__refuse_stopping(err);
+    sup__notify_reloading(s);
+    rc = cmd_reload(s, msg, len, err);
+    sup__notify_reloaded(s);
+    return rc;
+}
+
+static int
+cmd_reload(sup_t *s, char *msg, size_t len, wr_err_t *err)
 {
     wr_config_t nc;
     char live[1024] = "", keep[1024] = "";

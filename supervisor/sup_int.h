@@ -11,6 +11,7 @@
 #define WR_SUP_INT_H
 
 #include "../proto/ipc.h"
+#include "metrics.h"
 #include "sup.h"
 
 #define SUP_TICK_MS          1000
@@ -128,6 +129,11 @@ struct sup_s {
     int64_t last_refresh_ms; /* last read of the publication ([pipeline] publication_refresh_ms) */
     bool refresh_busy;       /* a publication read runs in the thread pool */
     bool refresh_again;      /* another was asked for meanwhile */
+    /* the operating surface (issue 10, metrics.h): counters and lag, the HTTP listener,
+     * the service manager's notifications */
+    sup_metrics_t *metrics;
+    sup_http_t *http;
+    sup_notify_t *notify;
 };
 
 /* ---- shared between the layers ---- */
