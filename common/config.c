@@ -139,11 +139,11 @@ static const cfg_key_t cfg_keys[] = {
      "HOST:PORT of the HTTP listener for Prometheus (/metrics) and the health checks\n"
      "(/healthz, /readyz); [::1]:9187 for IPv6, 0.0.0.0:9187 for every address. Off when\n"
      "unset. walrelay metrics DIR prints the same metrics without it."},
-    {"metrics", "lag_interval_ms", CFG_K_INT, F(metrics_lag_interval_ms), 100, 3600000, "5000",
+    {"metrics", "lag_interval_ms", CFG_K_INT, F(metrics_lag_interval_ms), 1000, 3600000, "5000",
      NULL,
      "How often (milliseconds) the supervisor reads the source's WAL position and the\n"
      "pipeline's slots for walrelay_lag_bytes and walrelay_slot_retained_bytes (a query on\n"
-     "its own connection, off the supervisor's event loop)."},
+     "its own connection, off the supervisor's event loop; at most once a second)."},
     {"log", "level", CFG_K_LEVEL, F(log_level), 0, 0, "info", NULL,
      "Least severe messages logged: debug, info, warn or error."},
     {"log", "format", CFG_K_LOGFMT, F(log_format), 0, 0, "text", NULL,

@@ -156,12 +156,13 @@ sup__http_bind(sup_t *s, wr_err_t *err)
     h->sup = s;
     snprintf(h->listen, sizeof(h->listen), "%s", s->cfg.metrics_listen);
     http_last_error[0] = '\0';
-    h->d = MHD_start_daemon(MHD_USE_EPOLL | MHD_USE_ERROR_LOG |
-                                (ai->ai_family == AF_INET6 ? MHD_USE_IPv6 : 0),
-                            portnum, NULL, NULL, http_handler, s, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
-                            MHD_OPTION_CONNECTION_LIMIT, (unsigned int)HTTP_CONNECTION_LIMIT,
-                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)HTTP_CONNECTION_TIMEOUT,
-                            MHD_OPTION_EXTERNAL_LOGGER, http_logger, NULL, MHD_OPTION_END);
+    h->d = MHD_start_daemon(
+        MHD_USE_EPOLL | MHD_USE_ERROR_LOG | (ai->ai_family == AF_INET6 ? MHD_USE_IPv6 : 0), portnum,
+        NULL, NULL, http_handler, s,
+        /* the logger first: no message goes to MHD's own stderr logger */
+        MHD_OPTION_EXTERNAL_LOGGER, http_logger, NULL, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned int)HTTP_CONNECTION_LIMIT,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)HTTP_CONNECTION_TIMEOUT, MHD_OPTION_END);
     freeaddrinfo(ai);
     if (!h->d) {
         wr_err_set(err, WR_ECONFIG, "%s: [metrics] listen: cannot listen on %s: %s", s->cfg.path,

@@ -717,8 +717,10 @@ sup__worker_exited(sup_worker_t *w, sup_proc_t *p)
     describe_exit(p, how, sizeof(how));
     sup__metrics_worker_exit(s, w, p);
     if (p->term_signal)
-        log_warn("WORKER KILLED BY SIGNAL worker=%s pid=%lld signal=%d (%s) restarts=%u", w->name,
-                 (long long)p->pid, p->term_signal, strsignal(p->term_signal), w->restarts);
+        log_warn("WORKER KILLED BY SIGNAL worker=%s pid=%lld signal=%d signal_name=\"%s\" "
+                 "restarts=%u",
+                 w->name, (long long)p->pid, p->term_signal, strsignal(p->term_signal),
+                 w->restarts);
     else if (p->exit_status == 0)
         log_info("worker exited worker=%s pid=%lld status=0", w->name, (long long)p->pid);
     else

@@ -875,7 +875,7 @@ test_operations_keys(void)
                  "valid keys in [metrics]: listen, lag_interval_ms");
     expect_error(cat(good_head, "[metrics]\nlag_interval_ms = 10\n"),
                  "invalid value \"10\" for [metrics] lag_interval_ms: expected an integer from "
-                 "100 to 3600000",
+                 "1000 to 3600000",
                  NULL);
     expect_error(cat(good_head, "[log]\nformat = yaml\n"),
                  P ":7: invalid value \"yaml\" for [log] format: expected \"text\" or \"json\"",
