@@ -209,10 +209,24 @@ def test_json_logs_and_no_password(db, pipelines):
         assert secret not in out and secret2 not in out, "a password in %s" % where
 
 
-def test_deploy_yaml_lint_and_promtool():
-    """yamllint --strict on every YAML file of deploy/; promtool on the alert rules and the
-    Prometheus configuration; the Grafana dashboard is JSON whose queries name only
-    metrics walrelay serves."""
+def test_deploy_files(bindir, tmp_path):
+    """yamllint --strict on every YAML file of deploy/; systemd-analyze verify on the unit;
+    promtool on the alert rules and the Prometheus configuration; the Grafana dashboard is
+    JSON whose queries name only metrics walrelay serves; the Kubernetes objects carry the
+    probes, annotations, grace period and volumes docs/operations.md describes."""
+    # the unit, with ExecStart pointing at the binary under test (verify checks it exists)
+    unit_dir = tmp_path / "units"
+    unit_dir.mkdir()
+    with open(DEPLOY / "walrelay@.service") as f:
+        unit = f.read()
+    assert "Type=notify" in unit and "WatchdogSec=" in unit and "NotifyAccess=main" in unit
+    (unit_dir / "walrelay@.service").write_text(
+        unit.replace("/usr/bin/walrelay", os.path.join(bindir, "walrelay")))
+    os.symlink("walrelay@.service", unit_dir / "walrelay@orders.service")
+    r = subprocess.run(["systemd-analyze", "verify", "--man=no",
+                        str(unit_dir / "walrelay@orders.service")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and not (r.stdout + r.stderr).strip(), r.stdout + r.stderr
     r = subprocess.run(["yamllint", "--strict", "-c", str(DEPLOY / ".yamllint"), str(DEPLOY)],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
