@@ -5,7 +5,8 @@
  * NOTES: runs in the `walrelay run` process, on its libuv loop. Without $NOTIFY_SOCKET
  * every call is a no-op (sd_notify returns 0). What is sent when:
  *   READY=1      once the preflight passed and the apply worker streams (its
- *                ["streaming"] message, metrics.c), never before; again after a reload
+ *                ["streaming"] message, metrics.c), never before; again after a reload;
+ *                a pipeline started paused (walrelay pause) is ready at once (sup.c)
  *   STATUS=...   the phase summary (sup__metrics_summary), whenever it changes (tick)
  *   WATCHDOG=1   every WATCHDOG_USEC / 2 from a timer on the loop, when systemd set
  *                WATCHDOG_USEC (WatchdogSec=) for this process: a stuck loop stops the

@@ -12,6 +12,9 @@
  *                publication refresh, slot drops, a lost slot, reading the state back
  *   sup_cmd.c    commands (retry, resync, pause, resume, reload) and the status reply:
  *                the API control.c calls (sup.h), never the loop's internals
+ *   metrics.c, http.c, notify.c   the operating surface (metrics.h): counters from the
+ *                workers' reports, the lag query, /metrics, /healthz, /readyz on
+ *                [metrics] listen, sd_notify; the layers above call its sup__* hooks
  * The rules below hold across the three.
  *
  * Start: config -> pid lock -> preflight (nothing written yet) -> state.db -> reconcile the
@@ -357,6 +360,9 @@ sup_run(const char *dir)
         snprintf(s->message, sizeof(s->message),
                  "paused by walrelay pause; walrelay resume starts the workers again");
         log_info("the pipeline is paused: no worker starts until walrelay resume %s", s->cfg.dir);
+        /* started as asked: a paused pipeline is ready for the service manager */
+        sup__notify_status(s, "paused; walrelay resume starts the workers");
+        sup__notify_ready(s);
     } else {
         sup__worker_spawn(&s->apply);
         sup__schedule(s);

@@ -8,7 +8,9 @@
  * error and the worker is killed, never trusted) and the restart policy described in
  * sup.c. It persists nothing itself: a worker's set_phase and schema requests are
  * persisted through the table layer (sup_table.c) before they are acked; progress
- * (confirmed_flush) is saved at most every SUP_PROGRESS_SAVE_MS and at the stop.
+ * (confirmed_flush) is saved at most every SUP_PROGRESS_SAVE_MS and at the stop. The
+ * workers' worker_metrics and streaming messages, their exits and restarts are handed to
+ * metrics.c (metrics.h), which the tick also drives.
  */
 #include <errno.h>
 #include <fcntl.h>
