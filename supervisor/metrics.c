@@ -198,24 +198,25 @@ void
 sup__metrics_error(sup_t *s, const char *kind)
 {
     sup_metrics_t *m = s->metrics;
+    char k[sizeof(m->kinds[0].kind)];
     size_t i;
 
     if (!m)
         return;
-    if (!kind || !*kind)
-        kind = "unknown";
+    /* kinds come from the workers: cut, and the last slot collects any beyond the limit */
+    snprintf(k, sizeof(k), "%s", kind && *kind ? kind : "unknown");
     for (i = 0; i < m->nkinds; i++)
-        if (strncmp(m->kinds[i].kind, kind, sizeof(m->kinds[i].kind) - 1) == 0 &&
-            strlen(kind) < sizeof(m->kinds[i].kind))
+        if (strcmp(m->kinds[i].kind, k) == 0)
             break;
     if (i == m->nkinds) {
-        if (m->nkinds == MT_MAX_KINDS)
-            i = MT_MAX_KINDS - 1; /* the last slot collects the rest */
-        else
+        if (m->nkinds >= MT_MAX_KINDS - 1) {
+            i = MT_MAX_KINDS - 1;
+            snprintf(k, sizeof(k), "other");
+            m->nkinds = MT_MAX_KINDS;
+        } else {
             m->nkinds++;
-        if (i < MT_MAX_KINDS - 1 || m->kinds[i].kind[0] == '\0')
-            snprintf(m->kinds[i].kind, sizeof(m->kinds[i].kind), "%s",
-                     i == MT_MAX_KINDS - 1 ? "other" : kind);
+        }
+        snprintf(m->kinds[i].kind, sizeof(m->kinds[i].kind), "%s", k);
     }
     m->kinds[i].n++;
 }
