@@ -50,6 +50,8 @@
  *                               apply worker must drop it)
  *
  *   apply worker (walrelay-apply)
+ *   apply.before_streaming      the slot is ready, START_REPLICATION not sent yet (the
+ *                               supervisor has not heard "streaming": no READY=1)
  *   apply.catchup_granted       CATCHUP(L) acked for a table, while waiting for SyncDone
  *                               (the replication stream is paused)
  *   apply.after_commit          a destination batch committed at a transaction boundary,

@@ -18,7 +18,7 @@ packages=(
     libnats-dev nats-server  # the nats (JetStream) destination and its tests
     libmicrohttpd-dev        # /metrics, /healthz, /readyz
     libsystemd-dev           # sd_notify
-    prometheus python3-prometheus-client yamllint # operations tests
+    prometheus python3-prometheus-client yamllint python3-yaml systemd # operations tests
 )
 
 missing=()

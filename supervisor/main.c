@@ -21,6 +21,7 @@ static const cli_cmd_t cli_cmds[] = {
     {"init", cli_init,
      "walrelay init DIR --source CONNINFO --publication NAME\n"
      "              [--destination TYPE[:ARG]] [--name PIPELINE] [--state STORE]\n"
+     "              [--metrics HOST:PORT]\n"
      "    Writes DIR/walrelay.conf (creating DIR). The pipeline name defaults to the\n"
      "    directory's name, lowercased, other characters mapped to '_'. Destinations:\n"
      "    sqlite (default, DIR/dest.db), sqlite:PATH, null (discards rows), and\n"
@@ -29,7 +30,8 @@ static const cli_cmd_t cli_cmds[] = {
      "    DIR/state.db), postgres:CONNINFO (a schema walrelay_state in that database,\n"
      "    for hosts without a lasting disk; one supervisor per pipeline holds its lease)\n"
      "    and plugin:/path/to/lib.so (a library built against walrelay/store.h; add its\n"
-     "    own keys below [state] afterwards).\n"},
+     "    own keys below [state] afterwards). --metrics HOST:PORT serves /metrics,\n"
+     "    /healthz and /readyz there ([metrics] listen; off by default).\n"},
     {"check", cli_check,
      "walrelay check DIR\n"
      "    Checks the source (reachable, wal_level, publication, REPLICATION privilege,\n"
@@ -69,6 +71,11 @@ static const cli_cmd_t cli_cmds[] = {
      "    Reads walrelay.conf again (as SIGHUP does): applies what can change while\n"
      "    running, reports what needs a restart, reads the publication again. A file with\n"
      "    an error changes nothing.\n"},
+    {"metrics", cli_metrics,
+     "walrelay metrics DIR\n"
+     "    Prints the pipeline's metrics in the Prometheus text format, as GET /metrics\n"
+     "    on [metrics] listen serves them (asks the running supervisor). Exit 1 when\n"
+     "    walrelay is not running for DIR.\n"},
     {"drop", cli_drop,
      "walrelay drop DIR\n"
      "    Removes the pipeline's replication slots on the source and its state\n"

@@ -218,8 +218,24 @@ restart_workers_gracefully(sup_t *s)
     }
 }
 
+static int cmd_reload(sup_t *s, char *msg, size_t len, wr_err_t *err);
+
+/* The reload, between RELOADING=1 and READY=1 for the service manager (notify.c). */
 int
 sup_cmd_reload(sup_t *s, char *msg, size_t len, wr_err_t *err)
+{
+    int rc;
+
+    if (s->stopping)
+        return sup__refuse_stopping(err);
+    sup__notify_reloading(s);
+    rc = cmd_reload(s, msg, len, err);
+    sup__notify_reloaded(s);
+    return rc;
+}
+
+static int
+cmd_reload(sup_t *s, char *msg, size_t len, wr_err_t *err)
 {
     wr_config_t nc;
     char live[1024] = "", keep[1024] = "";
@@ -261,6 +277,7 @@ sup_cmd_reload(sup_t *s, char *msg, size_t len, wr_err_t *err)
     SUP_KEEP(publication, "[source] publication", false);
     SUP_KEEP(state_conninfo, "[state] conninfo", true);
     SUP_KEEP(state_schema, "[state] schema", false);
+    SUP_KEEP(metrics_listen, "[metrics] listen", false);
 #undef SUP_KEEP
     if (s->cfg.state_backend != nc.state_backend) {
         int tmp = nc.state_backend;
@@ -296,6 +313,12 @@ sup_cmd_reload(sup_t *s, char *msg, size_t len, wr_err_t *err)
                level_name(nc.log_level));
         workers = true;
     }
+    if (s->cfg.log_format != nc.log_format) {
+        bufcat(live, sizeof(live), "[log] format %s -> %s",
+               s->cfg.log_format == LOG_FMT_JSON ? "json" : "text",
+               nc.log_format == LOG_FMT_JSON ? "json" : "text");
+        workers = true;
+    }
     if (s->cfg.on_slot_lost != nc.on_slot_lost) {
         bufcat(live, sizeof(live), "[pipeline] on_slot_lost %s -> %s",
                s->cfg.on_slot_lost == CFG_SLOT_LOST_RECOPY ? "recopy" : "stop",
@@ -313,6 +336,7 @@ sup_cmd_reload(sup_t *s, char *msg, size_t len, wr_err_t *err)
     SUP_LIVE(healthy_reset_ms, "[retry] healthy_reset_ms", false);
     SUP_LIVE(table_error_retry_delay_ms, "[retry] table_error_retry_delay_ms", false);
     SUP_LIVE(table_error_retry_max_attempts, "[retry] table_error_retry_max_attempts", false);
+    SUP_LIVE(metrics_lag_interval_ms, "[metrics] lag_interval_ms", false);
 #undef SUP_LIVE
     /* The workers read DIR/walrelay.conf.active. It must describe what runs: when a key
      * that needs a restart changed, the new text is not handed over (the workers would
@@ -333,6 +357,7 @@ sup_cmd_reload(sup_t *s, char *msg, size_t len, wr_err_t *err)
     cfg_free(&s->cfg);
     s->cfg = nc;
     log_set_level(s->cfg.log_level);
+    log_set_format(s->cfg.log_format);
     if (workers)
         restart_workers_gracefully(s);
     sup__schedule(s); /* more sync workers may be allowed now */

@@ -11,6 +11,7 @@
 #define WR_SUP_INT_H
 
 #include "../proto/ipc.h"
+#include "metrics.h"
 #include "sup.h"
 
 #define SUP_TICK_MS          1000
@@ -137,6 +138,11 @@ struct sup_s {
     int64_t lease_checked_at; /* last probe (monotonic ms) */
     bool lease_unverified;    /* the last probe could not reach the store */
     bool lease_lost;          /* lost: stopping, exit code 2 */
+    /* the operating surface (issue 10, metrics.h): counters and lag, the HTTP listener,
+     * the service manager's notifications */
+    sup_metrics_t *metrics;
+    sup_http_t *http;
+    sup_notify_t *notify;
 };
 
 /* ---- shared between the layers ---- */

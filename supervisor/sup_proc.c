@@ -8,7 +8,9 @@
  * error and the worker is killed, never trusted) and the restart policy described in
  * sup.c. It persists nothing itself: a worker's set_phase and schema requests are
  * persisted through the table layer (sup_table.c) before they are acked; progress
- * (confirmed_flush) is saved at most every SUP_PROGRESS_SAVE_MS and at the stop.
+ * (confirmed_flush) is saved at most every SUP_PROGRESS_SAVE_MS and at the stop. The
+ * workers' worker_metrics and streaming messages, their exits and restarts are handed to
+ * metrics.c (metrics.h), which the tick also drives.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -330,6 +332,7 @@ on_set_phase(sup_t *s, sup_proc_t *p, const ipc_msg_t *m)
         t->errored_at = wr_now_ms();
         t->exhausted_logged = false;
     }
+    sup__metrics_phase(s, t, to, kind);
     if (errored)
         log_error("table errored table=%s.%s relid=%u worker=%s kind=%s message=\"%s\"", t->nsp,
                   t->name, relid, w->name, kind ? kind : "", emsg ? emsg : "");
@@ -440,8 +443,17 @@ on_message(sup_t *s, sup_proc_t *p, const ipc_msg_t *m)
         if (w->is_apply || !t || t->relid != w->relid)
             break;
         t->rows_copied = m->u.copy_progress.rows;
+        sup__metrics_copy_progress(s, t, p->pid, m->u.copy_progress.rows);
         return;
     }
+    case IPC_WORKER_METRICS:
+        sup__metrics_worker_report(s, w, m);
+        return;
+    case IPC_STREAMING:
+        if (!w->is_apply)
+            break;
+        sup__metrics_streaming(s, m->u.streaming.start_lsn);
+        return;
     case IPC_ERROR:
         log_warn("worker rejected a message worker=%s message=\"%s\"", w->name,
                  m->u.error.message ? m->u.error.message : "");
@@ -452,6 +464,7 @@ on_message(sup_t *s, sup_proc_t *p, const ipc_msg_t *m)
     snprintf(msg, sizeof(msg), "unexpected message \"%s\" from the %s worker",
              ipc_type_name(m->type), w->is_apply ? "apply" : "sync");
     log_warn("protocol error worker=%s error=\"%s\"", w->name, msg);
+    sup__metrics_error(s, "protocol");
     sup__proc_send_error(p, msg);
 }
 
@@ -501,6 +514,7 @@ chan_read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
         }
         if (rc == WR_EPROTO && !p->rd.broken) {
             log_warn("invalid message from worker worker=%s error=\"%s\"", p->w->name, err.msg);
+            sup__metrics_error(s, "protocol");
             sup__proc_send_error(p, err.msg[0] ? err.msg : "invalid message");
             continue;
         }
@@ -706,9 +720,12 @@ sup__worker_exited(sup_worker_t *w, sup_proc_t *p)
     sup_t *s = w->sup;
     char how[400];
     describe_exit(p, how, sizeof(how));
+    sup__metrics_worker_exit(s, w, p);
     if (p->term_signal)
-        log_warn("WORKER KILLED BY SIGNAL worker=%s pid=%lld signal=%d (%s) restarts=%u", w->name,
-                 (long long)p->pid, p->term_signal, strsignal(p->term_signal), w->restarts);
+        log_warn("WORKER KILLED BY SIGNAL worker=%s pid=%lld signal=%d signal_name=\"%s\" "
+                 "restarts=%u",
+                 w->name, (long long)p->pid, p->term_signal, strsignal(p->term_signal),
+                 w->restarts);
     else if (p->exit_status == 0)
         log_info("worker exited worker=%s pid=%lld status=0", w->name, (long long)p->pid);
     else
@@ -779,8 +796,10 @@ sup__worker_spawn(sup_worker_t *w)
 
     p->open_handles = 2;
     int rc = uv_spawn(&s->loop, &p->proc, &opt);
-    if (w->ever_started)
+    if (w->ever_started) {
         w->restarts++;
+        sup__metrics_restart(s, w);
+    }
     w->ever_started = true;
     w->started_at = wr_now_ms();
     if (rc != 0) {
@@ -889,6 +908,8 @@ sup__check_stopped(sup_t *s)
     log_info("all workers stopped");
     if (s->progress_dirty)
         sup__save_progress(s);
+    sup__http_close(s);
+    sup__notify_close(s);
     if (s->ctl_ok)
         sup_control_close(&s->ctl);
     if (s->tick_ok)
@@ -935,6 +956,7 @@ sup__stop_begin(sup_t *s, const char *why)
     s->stopping = true;
     s->stop_deadline = wr_now_ms() + SUP_STOP_GRACE_MS;
     log_info("stopping reason=\"%s\"", why);
+    sup__notify_stopping(s);
     sup__stop_worker(&s->apply);
     for (size_t i = 0; i < s->ntables; i++)
         sup__stop_worker(&s->tables[i]->sync);
@@ -993,6 +1015,7 @@ sup__tick_cb(uv_timer_t *h)
     sup__lease_tick(s, now);
     if (s->progress_dirty && now - s->progress_saved_at >= SUP_PROGRESS_SAVE_MS)
         sup__save_progress(s);
+    sup__metrics_tick(s, now);
     if (!s->stopping) {
         for (size_t i = 0; i < s->ntables; i++)
             sup__tick_table_retry(s, s->tables[i], now);

@@ -196,6 +196,7 @@ sup__table_set_errored(sup_t *s, sup_table_t *t, const char *kind, const char *m
     }
     log_error("table errored table=%s.%s relid=%u kind=%s message=\"%s\"", t->nsp, t->name,
               t->relid, kind, msg);
+    sup__metrics_phase(s, t, PH_ERRORED, kind);
     t->phase = PH_ERRORED;
     snprintf(t->err_kind, sizeof(t->err_kind), "%s", kind);
     t->errored_at = wr_now_ms();

@@ -123,6 +123,17 @@
  *   least every 10 s. ["progress", flush, received, events] goes to the supervisor at
  *   most once a second when it changed (events = changes applied by this process).
  *
+ * METRICS (proto/wkmetrics.h)
+ *
+ *   ["streaming", start] goes to the supervisor once START_REPLICATION succeeded (its
+ *   readiness: sd_notify READY=1, /readyz). Changes per table and operation, source
+ *   transactions with applied changes, batches and their timings are counted per
+ *   destination batch and reported when the batch commits (a rolled-back batch is
+ *   replayed and counted then); bytes of CopyData received and status updates sent as
+ *   they happen; with them the commit time of the last transaction processed and
+ *   whether everything received is durable (walrelay_lag_seconds is 0 then).
+ *   ["worker_metrics", ...] deltas go out with the progress, at most once a second.
+ *
  * RESTART BEHAVIOUR
  *
  *   Exit 0 on SIGTERM/SIGINT or ["stop"]: the open batch is committed if we are at a
@@ -162,6 +173,7 @@
 #include "common/repl.h"
 #include "common/stream.h"
 #include "proto/wkipc.h"
+#include "proto/wkmetrics.h"
 #include "destinations/destination.h"
 
 #define APW_CHAN_CHECK_MS 100 /* longest stretch of stream reading between channel checks */
@@ -226,6 +238,8 @@ typedef struct apw_s {
 
     stm_fb_t fb; /* standby status timing */
     int64_t last_progress_ms;
+    wkm_t metrics;          /* counts for the supervisor's metrics (proto/wkmetrics.h) */
+    int64_t last_commit_ts; /* commit time of the last source transaction processed */
     wr_lsn_t prog_flush, prog_recv;
     uint64_t prog_events;
 } apw_t;
@@ -494,6 +508,7 @@ apw_send_status(apw_t *a, bool force, wr_err_t *err)
     log_debug("status sent write=" WR_LSN_FMT " flush=" WR_LSN_FMT, WR_LSN_ARGS(a->stm.received),
               WR_LSN_ARGS(a->flush));
     stm_fb_sent(&a->fb, now, a->stm.received, a->flush);
+    wkm_status_update(&a->metrics);
     return 0;
 }
 
@@ -504,6 +519,13 @@ apw_send_progress(apw_t *a, bool force, wr_err_t *err)
     ipc_msg_t m;
     int rc;
 
+    /* metrics: caught up = everything received is durable and nothing waits */
+    wkm_position(&a->metrics, a->last_commit_ts,
+                 !a->stm.tx.in_tx && !a->batch_open && a->n_catchup == 0 &&
+                     a->stm.received <= a->flush);
+    rc = wkm_send(&a->metrics, &a->chan, force, err);
+    if (rc != 0)
+        return rc;
     if (a->flush == a->prog_flush && a->stm.received == a->prog_recv && a->events == a->prog_events)
         return 0;
     if (!force && now - a->last_progress_ms < APW_PROGRESS_MS)
@@ -540,6 +562,7 @@ static int
 apw_batch_commit(apw_t *a, wr_err_t *err)
 {
     dest_key_t key;
+    int64_t t0 = wkm_clock_us();
     int rc;
 
     if (!a->batch_open)
@@ -556,6 +579,7 @@ apw_batch_commit(apw_t *a, wr_err_t *err)
         wr_err_prefix(err, "committing the destination batch: ");
         return rc < 0 ? rc : WR_EDEST;
     }
+    wkm_batch_commit(&a->metrics, t0);
     log_debug("batch committed key=" WR_LSN_FMT "/%u bytes=%lld", WR_LSN_ARGS(key.commit_lsn),
               (unsigned)key.ordinal, (long long)a->batch_bytes);
     a->durable_key = key;
@@ -587,6 +611,7 @@ apw_batch_rollback(apw_t *a)
         return;
     if (a->dest->ops->rollback(a->dest, &err) != 0)
         log_err(LOG_LVL_WARN, "rolling back the destination batch", &err);
+    wkm_batch_rollback(&a->metrics);
     a->batch_open = false;
     a->batch_bytes = 0;
     a->batch_pending_flush = 0;
@@ -965,6 +990,7 @@ apw_write_boundary(apw_t *a, dest_ev_kind_t kind, wr_lsn_t end_lsn, wr_err_t *er
         a->batch_start_ms = wr_now_ms();
         a->batch_bytes = 0;
         a->batch_pending_flush = 0;
+        wkm_batch_begin(&a->metrics);
     }
     stm_boundary(&a->stm.tx, kind, end_lsn, &ev);
     rc = a->dest->ops->write_event(a->dest, &ev, err);
@@ -1007,6 +1033,7 @@ apw_write(apw_t *a, apw_table_t *t, dest_event_t *ev, size_t msglen, wr_err_t *e
         a->batch_start_ms = wr_now_ms();
         a->batch_bytes = 0;
         a->batch_pending_flush = 0;
+        wkm_batch_begin(&a->metrics);
     }
     if (!a->stm.tx.begun) {
         rc = apw_write_boundary(a, DEST_EV_BEGIN, 0, err);
@@ -1021,6 +1048,7 @@ apw_write(apw_t *a, apw_table_t *t, dest_event_t *ev, size_t msglen, wr_err_t *e
         return rc;
     }
     a->events++;
+    wkm_event(&a->metrics, t->relid, (int)ev->kind);
     a->batch_bytes += (int64_t)msglen;
     /* a large transaction: commit what we have, the key lets a replay resume here */
     if (a->batch_bytes >= a->cfg.batch_max_bytes)
@@ -1262,7 +1290,9 @@ apw_on_commit(void *arg, stm_tx_t *tx, wr_lsn_t end, wr_err_t *err)
 
         if (rc != 0)
             return rc;
+        wkm_transaction(&a->metrics);
     }
+    a->last_commit_ts = tx->commit_ts;
     a->last_tx_key.commit_lsn = tx->final_lsn;
     a->last_tx_key.ordinal = tx->ordinal;
     if (a->batch_open) {
@@ -1345,6 +1375,7 @@ apw_read_stream(apw_t *a, bool consume, bool *got, wr_err_t *err)
             return n;
         }
         *got = true;
+        wkm_bytes(&a->metrics, (size_t)n);
         rc = stm_on_copydata(&a->stm, (const uint8_t *)buf, (size_t)n, err);
         PQfreemem(buf);
         if (rc != 0)
@@ -1632,6 +1663,7 @@ apw_close(apw_t *a)
         a->dest->ops->close(a->dest);
     stm_close(&a->stm);
     wk_chan_close(&a->chan);
+    wkm_free(&a->metrics);
     for (size_t k = 0; k < a->ntabs; k++) {
         free(a->tabs[k]->nsp);
         free(a->tabs[k]->name);
@@ -1671,6 +1703,7 @@ main(int argc, char **argv)
     }
     a.chan.fd = -1;
     stm_init(&a.stm, &apw_stream_handler, &a);
+    wkm_init(&a.metrics);
     cfg_defaults(&a.cfg);
     rc = cfg_load_active(argv[1], &a.cfg, &err);
     if (rc != 0) {
@@ -1680,6 +1713,7 @@ main(int argc, char **argv)
     }
     log_init(a.cfg.pipeline_name, "apply");
     log_set_level(a.cfg.log_level);
+    log_set_format(a.cfg.log_format);
 
     memset(&sa, 0, sizeof(sa));
     sa.sa_handler = apw_on_signal;
@@ -1739,9 +1773,21 @@ main(int argc, char **argv)
     if (rc != 0)
         return apw_fail(&a, "cannot prepare the replication slot", &err);
     apw_cleanup_sync_slots(&a);
+    FAILPOINT("apply.before_streaming");
     rc = repl_start(a.repl, a.slot, 0, a.cfg.publication, &err);
     if (rc != 0)
         return apw_fail(&a, "cannot start replication", &err);
+    {
+        /* the supervisor's readiness (sd_notify READY=1, /readyz) waits for this */
+        ipc_msg_t sm;
+
+        memset(&sm, 0, sizeof(sm));
+        sm.type = IPC_STREAMING;
+        sm.u.streaming.start_lsn = a.flush;
+        rc = wk_chan_send(&a.chan, &sm, &err);
+        if (rc != 0)
+            return apw_fail(&a, "cannot tell the supervisor that replication started", &err);
+    }
     a.stm.received = a.flush;
     stm_fb_sent(&a.fb, wr_now_ms(), a.stm.received, a.flush);
     log_info("apply worker started slot=%s start=" WR_LSN_FMT " publication=%s tables=%zu", a.slot,

@@ -79,6 +79,13 @@
  * table_error_retry_delay_ms (syw_report_transient; docs/lifecycle.md). Later phases
  * keep their slot and just exit 1.
  *
+ * Metrics (proto/wkmetrics.h). COPY and stream bytes received, copy batches and catch-up
+ * transactions (batches_total, batch and destination commit timings), the changes the
+ * catch-up applied (events_total, counted when their destination transaction commits)
+ * and status updates go to the supervisor as ["worker_metrics", ...] deltas with the copy
+ * progress and from the catch-up loop, at most once a second, and once more at exit.
+ * Rows copied come from ["copy_progress", ...] as before.
+ *
  * Copy batching. PQgetCopyData returns one line per call and copy_parse_line reuses its
  * buffer for every line, so each parsed row's values are copied into a per-batch arena
  * (one growing char buffer, emptied after every batch, never freed until exit) and the
@@ -196,6 +203,7 @@
 #include "common/stream.h"
 #include "common/schema.h"
 #include "proto/wkipc.h"
+#include "proto/wkmetrics.h"
 #include "common/wr.h"
 #include "destinations/destination.h"
 
@@ -234,6 +242,7 @@ typedef struct syw_s {
     bool stream_registered; /* ensure_table done with syw_stream_schema() (for changes) */
     dest_tmeta_t meta;      /* catalog facts read with the copy's schema: its version */
     int recopies;           /* copies started again in this process for a schema change */
+    wkm_t metrics;          /* counts for the supervisor's metrics (proto/wkmetrics.h) */
 } syw_t;
 
 /* Values of one copy batch: rows and values allocated once, text in an arena. */
@@ -796,10 +805,13 @@ syw_copy_flush(syw_t *w, syw_copy_t *cp, wr_err_t *err)
 {
     int rc;
 
+    int64_t t0;
+
     if (!cp->dest_open) {
         if ((rc = w->dest->ops->begin(w->dest, err)) < 0)
             return rc;
         cp->dest_open = true;
+        wkm_batch_begin(&w->metrics);
     }
     if (cp->batch.n > 0) {
         syw_batch_resolve(&cp->batch);
@@ -807,8 +819,10 @@ syw_copy_flush(syw_t *w, syw_copy_t *cp, wr_err_t *err)
             0)
             return rc;
     }
+    t0 = wkm_clock_us();
     if ((rc = w->dest->ops->commit(w->dest, w->stream, NULL, err)) < 0)
         return rc;
+    wkm_batch_commit(&w->metrics, t0);
     cp->dest_open = false;
     cp->rows += cp->batch.n;
     cp->batch.n = 0;
@@ -828,7 +842,8 @@ syw_copy_progress(syw_t *w, syw_copy_t *cp, wr_err_t *err)
     msg.type = IPC_COPY_PROGRESS;
     msg.u.copy_progress.relid = w->relid;
     msg.u.copy_progress.rows = cp->rows;
-    if ((rc = wk_chan_send(&w->chan, &msg, err)) < 0)
+    if ((rc = wk_chan_send(&w->chan, &msg, err)) < 0 ||
+        (rc = wkm_send(&w->metrics, &w->chan, false, err)) < 0)
         return rc;
     return wk_chan_poll(&w->chan, 0, err);
 }
@@ -1116,6 +1131,7 @@ syw_copy(syw_t *w)
             code = syw_copy_error(w, &cp, NULL, &err);
             goto out;
         }
+        wkm_bytes(&w->metrics, (size_t)n);
         rc = copy_parse_line(&cp.parser, line, (size_t)n, w->schema->ncols, &row, &err);
         if (rc == 0 && syw_batch_full(&cp.batch, &row)) {
             /* the row lives in the parser's buffer: flushing does not touch it */
@@ -1239,8 +1255,10 @@ syw_send_status(syw_t *w, syw_stream_t *st, bool reply, wr_err_t *err)
     wr_lsn_t write = st->stm.received > st->flushed ? st->stm.received : st->flushed;
     int rc = repl_send_status(w->repl, write, st->flushed, st->flushed, reply, err);
 
-    if (rc == 0)
+    if (rc == 0) {
         st->next_status_ms = wr_now_ms() + SYW_STATUS_INTERVAL_MS;
+        wkm_status_update(&w->metrics);
+    }
     return rc;
 }
 
@@ -1377,6 +1395,7 @@ syw_apply_event(syw_t *w, syw_stream_t *st, dest_event_t *ev, wr_err_t *err)
         if ((rc = w->dest->ops->begin(w->dest, err)) < 0)
             return rc;
         st->dest_open = true;
+        wkm_batch_begin(&w->metrics);
         stm_boundary(&st->stm.tx, DEST_EV_BEGIN, 0, &begin);
         if ((rc = w->dest->ops->write_event(w->dest, &begin, err)) < 0)
             return rc;
@@ -1384,6 +1403,7 @@ syw_apply_event(syw_t *w, syw_stream_t *st, dest_event_t *ev, wr_err_t *err)
     }
     if ((rc = w->dest->ops->write_event(w->dest, ev, err)) < 0)
         return rc;
+    wkm_event(&w->metrics, ev->relid, (int)ev->kind);
     st->written = ev->key;
     st->applied++;
     return 0;
@@ -1460,12 +1480,15 @@ syw_on_commit(void *arg, stm_tx_t *tx, wr_lsn_t end, wr_err_t *err)
 
     if (st->dest_open) {
         dest_event_t ev;
+        int64_t t0 = wkm_clock_us();
         int rc;
 
         stm_boundary(tx, DEST_EV_COMMIT, end, &ev);
+        wkm_transaction(&w->metrics);
         if ((rc = w->dest->ops->write_event(w->dest, &ev, err)) < 0 ||
             (rc = w->dest->ops->commit(w->dest, w->stream, &st->written, err)) < 0)
             return syw_stop_with(st, syw_catchup_dest_error(w, st, err));
+        wkm_batch_commit(&w->metrics, t0);
         st->dest_open = false;
         st->last = st->written;
         FAILPOINT("sync.catchup_after_commit");
@@ -1535,8 +1558,11 @@ syw_catchup_stop(syw_t *w, syw_stream_t *st)
 
     wr_err_clear(&err);
     if (st->dest_open) {
+        int64_t t0 = wkm_clock_us();
+
         if (w->dest->ops->commit(w->dest, w->stream, &st->written, &err) < 0)
             return syw_catchup_fail(w, st, "committing before stop", &err);
+        wkm_batch_commit(&w->metrics, t0);
         st->dest_open = false;
         st->last = st->written;
     }
@@ -1586,6 +1612,7 @@ syw_stream(syw_t *w, syw_stream_t *st)
                 break;
             if (n < 0)
                 return syw_catchup_fail(w, st, "catch-up stream", &err);
+            wkm_bytes(&w->metrics, (size_t)n);
             rc = syw_handle_copydata(w, st, (const uint8_t *)buf, (size_t)n);
             PQfreemem(buf);
             if (rc != SYW_CONTINUE || w->phase != PH_CATCHUP)
@@ -1596,6 +1623,8 @@ syw_stream(syw_t *w, syw_stream_t *st)
         now = wr_now_ms();
         if (now >= st->next_status_ms && syw_send_status(w, st, false, &err) < 0)
             return syw_catchup_fail(w, st, "sending status", &err);
+        if (wkm_send(&w->metrics, &w->chan, false, &err) < 0)
+            return syw_catchup_fail(w, st, "supervisor channel", &err);
         timeout = (int)(st->next_status_ms - now);
         if (timeout < 0)
             timeout = 0;
@@ -1830,6 +1859,7 @@ syw_close(syw_t *w)
     syw_schema_reset(w);
     free(w->row_filter);
     w->row_filter = NULL;
+    wkm_free(&w->metrics);
     cfg_free(&w->cfg);
 }
 
@@ -1859,6 +1889,7 @@ main(int argc, char **argv)
     }
     log_init(w.cfg.pipeline_name, w.worker);
     log_set_level(w.cfg.log_level);
+    log_set_format(w.cfg.log_format);
     cfg_sync_slot_name(&w.cfg, w.relid, w.slot, sizeof(w.slot));
     dest_sync_stream(w.relid, w.stream, sizeof(w.stream));
     snprintf(w.table, sizeof(w.table), "%u", w.relid);
@@ -1906,6 +1937,13 @@ main(int argc, char **argv)
         syw_report_transient(&w);
     if (code == WR_EXIT_OK && syw_signalled)
         log_info("stopped by signal table=%s phase=%s", w.table, phase_name(w.phase));
+    {
+        /* the last counts; best effort (the supervisor may be gone) */
+        wr_err_t merr;
+
+        if (wkm_send(&w.metrics, &w.chan, true, &merr) < 0)
+            log_debug("last metrics not sent: %s", merr.msg);
+    }
 
 out:
     syw_close(&w);

@@ -260,8 +260,9 @@ class Pipeline:
             if SANITIZER_RE.search(line):
                 bad.append(line)
             elif KILLED_RE.search(line):
-                m = re.search(r"\bpid=(\d+)", line)
-                if not m or int(m.group(1)) not in self.killed_pids:
+                # text (pid=N) or [log] format = json ("pid":N)
+                m = re.search(r"\bpid=(\d+)|\"pid\":\s*(\d+)", line)
+                if not m or int(m.group(1) or m.group(2)) not in self.killed_pids:
                     bad.append(line)
         return bad
 
