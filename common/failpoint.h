@@ -43,6 +43,10 @@
  *                               is not requested yet (the slot exists, the phase is DataSync)
  *   sync.after_finishedcopy     FINISHEDCOPY(X) acked, SYNCWAIT not requested yet
  *   sync.after_syncwait         SYNCWAIT(X) acked, before waiting for Catchup
+ *   sync.catchup_streaming      in Catchup, START_REPLICATION done on the sync slot (the
+ *                               status keeper runs), before the first message is read;
+ *                               sleep() here holds the catch-up (and the waiting apply
+ *                               worker) with both streams open
  *   sync.catchup_after_commit   in Catchup, a source transaction committed to the
  *                               destination (with its resume key), before any status
  *                               update reports it to the server
@@ -52,6 +56,9 @@
  *   apply worker (walrelay-apply)
  *   apply.catchup_granted       CATCHUP(L) acked for a table, while waiting for SyncDone
  *                               (the replication stream is paused)
+ *   apply.dest_commit           just before the destination's commit of a batch; sleep()
+ *                               here is a destination whose commit blocks (the status
+ *                               keeper must keep the walsender from timing out)
  *   apply.after_commit          a destination batch committed at a transaction boundary,
  *                               before the status update that confirms it to the server
  *   apply.mid_txn_chunk         a destination batch committed in the middle of a source
