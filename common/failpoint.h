@@ -32,8 +32,10 @@
  *
  * Each firing logs "failpoint fired name=N action=A pid=P" (warn) first.
  *
- * THE POINTS (each at a phase boundary of the table handoff; see the headers of
- * worker_sync/sync.c and worker_apply/apply.c for what a restart does in each phase)
+ * THE POINTS (at the phase boundaries of the table handoff, see the headers of
+ * worker_sync/sync.c and worker_apply/apply.c for what a restart does in each phase; and
+ * two where a sleep() keeps a worker away from its stream: apply.dest_commit,
+ * sync.catchup_streaming)
  *
  *   sync worker (walrelay-sync)
  *   sync.after_datasync         DATASYNC acked (persisted), before the slot is created
