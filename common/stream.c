@@ -746,10 +746,14 @@ stm_wait(stm_t *s, int extra_fd, int timeout_ms, bool *readable, wr_err_t *err)
         *readable = true;
         return 0;
     }
-    fbw = stm_feedback_wait_ms(s);
+    /* under the lock: a failed send of the keeper may close the socket meanwhile (poll()
+     * then reports it, and the next stm_recv the error) */
+    stm_lock_main(s);
+    fbw = stm_fb_wait_ms(&s->fb, wr_now_ms());
+    sock = s->io->socket(s->io_ctx);
+    stm_unlock(s);
     if (timeout_ms < 0 || timeout_ms > fbw)
         timeout_ms = (int)fbw;
-    sock = s->io->socket(s->io_ctx);
     p[0].fd = sock;
     p[0].events = POLLIN;
     p[0].revents = 0;
