@@ -68,6 +68,12 @@
  *   (handlers only set flags, and the main thread's poll() must see EINTR) and logs
  *   nothing but debug lines.
  *
+ * EXTENDING (issue 11): commit-on-idle batching keys off stm_recv's STM_IDLE ("nothing
+ * more is buffered right now"); protocol version 2 streaming of large transactions adds
+ * its options to the START_REPLICATION command (repl_start) and the Stream Start / Stop /
+ * Commit / Abort messages to stm_on_message, with their own handler callbacks; the I/O
+ * half and the keeper do not change.
+ *
  * ORDINALS: every change counts, also those of tables the worker skips, so that the
  * resume key (final_lsn, ordinal) of a change is the same in every replay; TRUNCATE
  * counts one per listed relid. A transaction of more than UINT32_MAX changes is an error
