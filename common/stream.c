@@ -158,6 +158,11 @@ stm_on_message(stm_t *s, const pgo_msg_t *m, size_t msglen, wr_err_t *err)
             return wr_err_set(err, WR_EPROTO,
                               "begin of transaction " WR_LSN_FMT " inside transaction " WR_LSN_FMT,
                               WR_LSN_ARGS(m->u.begin.final_lsn), WR_LSN_ARGS(s->tx.final_lsn));
+        if (m->u.begin.commit_ts > INT64_MAX - DEST_PG_EPOCH_OFFSET_US)
+            return wr_err_set(err, WR_EPROTO,
+                              "begin of transaction " WR_LSN_FMT
+                              ": commit time %lld is out of range",
+                              WR_LSN_ARGS(m->u.begin.final_lsn), (long long)m->u.begin.commit_ts);
         s->tx.in_tx = true;
         s->tx.final_lsn = m->u.begin.final_lsn;
         s->tx.ordinal = 0;

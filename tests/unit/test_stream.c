@@ -453,6 +453,21 @@ test_protocol_errors(void)
     CHECK(strstr(err.msg, "inside transaction") != NULL);
     CHECK_INT_EQ(r.n, 0);
     stm_close(&s);
+
+    /* a commit time that does not fit the Unix epoch (found by fuzz_stream): an error,
+     * not an overflow. 'B', final LSN (8), commit time (8), xid (4) */
+    {
+        char bad[64];
+
+        snprintf(bad, sizeof(bad), "%.18s%s%s", beg, "7ffffffffffffff0", beg + 34);
+        memset(&r, 0, sizeof(r));
+        stm_init(&s, &rec_handler, &r);
+        wr_err_clear(&err);
+        CHECK_INT_EQ(feed_hex(&s, bad, 0, &err), WR_EPROTO);
+        CHECK_CONTAINS(err.msg, "commit time");
+        CHECK(!s.tx.in_tx);
+        stm_close(&s);
+    }
 }
 
 static void
