@@ -32,8 +32,10 @@
  *
  * Each firing logs "failpoint fired name=N action=A pid=P" (warn) first.
  *
- * THE POINTS (each at a phase boundary of the table handoff; see the headers of
- * worker_sync/sync.c and worker_apply/apply.c for what a restart does in each phase)
+ * THE POINTS (at the phase boundaries of the table handoff, see the headers of
+ * worker_sync/sync.c and worker_apply/apply.c for what a restart does in each phase; and
+ * two where a sleep() keeps a worker away from its stream: apply.dest_commit,
+ * sync.catchup_streaming)
  *
  *   sync worker (walrelay-sync)
  *   sync.after_datasync         DATASYNC acked (persisted), before the slot is created
@@ -43,6 +45,10 @@
  *                               is not requested yet (the slot exists, the phase is DataSync)
  *   sync.after_finishedcopy     FINISHEDCOPY(X) acked, SYNCWAIT not requested yet
  *   sync.after_syncwait         SYNCWAIT(X) acked, before waiting for Catchup
+ *   sync.catchup_streaming      in Catchup, START_REPLICATION done on the sync slot (the
+ *                               status keeper runs), before the first message is read;
+ *                               sleep() here holds the catch-up (and the waiting apply
+ *                               worker) with both streams open
  *   sync.catchup_after_commit   in Catchup, a source transaction committed to the
  *                               destination (with its resume key), before any status
  *                               update reports it to the server
@@ -54,6 +60,9 @@
  *                               supervisor has not heard "streaming": no READY=1)
  *   apply.catchup_granted       CATCHUP(L) acked for a table, while waiting for SyncDone
  *                               (the replication stream is paused)
+ *   apply.dest_commit           just before the destination's commit of a batch; sleep()
+ *                               here is a destination whose commit blocks (the status
+ *                               keeper must keep the walsender from timing out)
  *   apply.after_commit          a destination batch committed at a transaction boundary,
  *                               before the status update that confirms it to the server
  *   apply.mid_txn_chunk         a destination batch committed in the middle of a source

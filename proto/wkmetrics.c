@@ -183,6 +183,21 @@ wkm_status_update(wkm_t *m)
 }
 
 void
+wkm_stream_totals(wkm_t *m, uint64_t bytes, uint64_t status)
+{
+    if (bytes > m->stm_bytes_seen) {
+        m->bytes_received += bytes - m->stm_bytes_seen;
+        m->dirty = true;
+    }
+    if (status > m->stm_status_seen) {
+        m->status_updates += status - m->stm_status_seen;
+        m->dirty = true;
+    }
+    m->stm_bytes_seen = bytes;
+    m->stm_status_seen = status;
+}
+
+void
 wkm_position(wkm_t *m, int64_t last_commit_ts, bool caught_up)
 {
     if (last_commit_ts < 0)

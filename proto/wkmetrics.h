@@ -31,6 +31,7 @@ typedef struct wkm_table_s {
 typedef struct wkm_s {
     /* committed and not reported yet */
     uint64_t transactions, batches, bytes_received, status_updates;
+    uint64_t stm_bytes_seen, stm_status_seen; /* wkm_stream_totals: the totals last seen */
     ipc_hist_t batch, commit;
     /* the open batch */
     bool batch_open;
@@ -73,6 +74,9 @@ void wkm_batch_rollback(wkm_t *m);
 void wkm_bytes(wkm_t *m, size_t n);
 /* One standby status update sent to the source. */
 void wkm_status_update(wkm_t *m);
+/* The stream engine's totals (stm_counters, common/stream.h): counts what they grew by
+ * since the last call as bytes received and status updates. */
+void wkm_stream_totals(wkm_t *m, uint64_t bytes_received, uint64_t status_sent);
 /* The apply worker's position: commit time (us since the Unix epoch, 0 = none) of the
  * last source transaction processed, and whether everything received is durable. */
 void wkm_position(wkm_t *m, int64_t last_commit_ts, bool caught_up);

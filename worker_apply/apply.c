@@ -11,15 +11,20 @@
  *
  * THE STREAM LOOP
  *
- *   START_REPLICATION from 0/0: the server resumes at the slot's confirmed_flush. One
- *   poll() waits on the replication socket and on fd 3, at most 1 s, less when a status
- *   update or the open batch's fill deadline is due. Each CopyData is a keepalive 'k' or
- *   an XLogData 'w' carrying one pgoutput message. The stream engine common/stream.c
- *   (stm_*, shared with walrelay-sync) frames and decodes them, keeps the transaction
- *   state and ordinals below, translates changes into dest_event_t with their key, and
- *   calls apw_on_relation / apw_on_change / apw_on_commit / apw_on_keepalive here; it
- *   also holds the status timing (stm_fb_*). This file keeps what to apply, batching,
- *   the skip by resume key, schema changes and the handoff:
+ *   The stream engine common/stream.c (stm_*, shared with walrelay-sync) owns the
+ *   replication connection: stm_connect (replication=database, reads wal_sender_timeout),
+ *   CREATE_REPLICATION_SLOT on it when the slot is missing, stm_start
+ *   (START_REPLICATION from 0/0: the server resumes at the slot's confirmed_flush). One
+ *   stm_wait() waits on the replication socket and on fd 3, at most 1 s, less when a
+ *   status update or the open batch's fill deadline is due; the channel is read first,
+ *   then stm_recv() hands every CopyData libpq holds to the engine (returning to read the
+ *   channel every APW_CHAN_CHECK_MS). Each CopyData is a keepalive 'k' or an XLogData 'w'
+ *   carrying one pgoutput message. The engine frames and decodes them, keeps the
+ *   transaction state and ordinals below, translates changes into dest_event_t with their
+ *   key, and calls apw_on_relation / apw_on_change / apw_on_commit / apw_on_keepalive
+ *   here (apw_hold leaves the rest buffered on a stop or a CATCHUP); it also sends the
+ *   status updates (FEEDBACK). This file keeps what to apply, batching, the skip by
+ *   resume key, schema changes and the handoff:
  *
  *     Begin     final_lsn = the commit LSN, ordinal = 0
  *     Relation  cached per relid; a schema that differs from the cached one is sent to
@@ -80,8 +85,9 @@
  *   At a transaction boundary - after a Commit, or when idle outside a transaction -
  *   for each table in SYNCWAIT: commit the open destination batch, request CATCHUP(L),
  *   and after the ack stop reading the replication stream (status updates still go out
- *   every 10 s, so the walsender does not time us out) until the table's table_state is
- *   no longer CATCHUP: SYNCDONE(S), or ERRORED / INIT when the sync failed or was reset.
+ *   at the engine's interval, inside wal_sender_timeout, so the walsender does not time
+ *   us out; see FEEDBACK) until the table's table_state is no longer CATCHUP:
+ *   SYNCDONE(S), or ERRORED / INIT when the sync failed or was reset.
  *   Stopping is what makes L exact: nothing past Y is applied by us until the sync
  *   worker has caught up to at least L, and from SYNCDONE(S) on we apply the table's
  *   transactions with final_lsn >= S while the sync worker applied those before.
@@ -115,13 +121,21 @@
  *
  * FEEDBACK
  *
- *   Standby status 'r': write = last received, flush = apply = end_lsn of the last
- *   commit made durable in the destination; never regresses. With nothing in flight (not
- *   in a transaction, no open batch) a keepalive's WAL end counts as flushed, so an idle
- *   publication does not pin WAL. A keepalive asking for a reply is answered at once;
- *   otherwise a status goes out when the flush moved (at most once a second) and at
- *   least every 10 s. ["progress", flush, received, events] goes to the supervisor at
- *   most once a second when it changed (events = changes applied by this process).
+ *   Standby status 'r' (sent by the engine): write = last received, flush = apply =
+ *   end_lsn of the last commit made durable in the destination (apw_flush_to, which
+ *   hands it to stm_set_flush); never regresses. With nothing in flight (not in a
+ *   transaction, no open batch) a keepalive's WAL end counts as flushed, so an idle
+ *   publication does not pin WAL. A keepalive asking for a reply is answered at once
+ *   (after apw_on_keepalive moved the flush); otherwise a status goes out when the flush
+ *   moved (at most once a second) and at least every status interval, min(10 s,
+ *   wal_sender_timeout / 3) of this connection. While this process is away from the loop
+ *   - inside a destination call (a long commit, a rebuilding ALTER, a destination that
+ *   blocks), waiting for a catch-up or for the supervisor's ack - the engine's status
+ *   keeper thread sends the same updates with the last flush given to stm_set_flush, so
+ *   the walsender never times us out and never sees a flush the destination does not
+ *   hold (common/stream.h, THE STATUS KEEPER). ["progress", flush, received, events]
+ *   goes to the supervisor at most once a second when it changed (events = changes
+ *   applied by this process).
  *
  * METRICS (proto/wkmetrics.h)
  *
@@ -158,7 +172,6 @@
  *   may run while a loop over the tables waits for an ack). Its destination data stays.
  */
 #include <errno.h>
-#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -203,8 +216,8 @@ typedef struct apw_s {
     wk_chan_t chan;
     dest_t *dest;
     PGconn *sql;
-    PGconn *repl;
-    stm_t stm; /* the stream engine: decoding, transaction, ordinals, received */
+    stm_t stm; /* the stream engine: the replication connection, decoding, transaction,
+                * ordinals, received, status feedback (and its keeper thread) */
 
     /* relid -> table: entries array + open-addressing index */
     apw_table_t **tabs;
@@ -236,7 +249,6 @@ typedef struct apw_s {
     wr_lsn_t ka_end; /* WAL end of the last keepalive */
     uint64_t events;
 
-    stm_fb_t fb; /* standby status timing */
     int64_t last_progress_ms;
     wkm_t metrics;          /* counts for the supervisor's metrics (proto/wkmetrics.h) */
     int64_t last_commit_ts; /* commit time of the last source transaction processed */
@@ -492,24 +504,22 @@ apw_on_msg(const ipc_msg_t *m, void *arg)
 
 /* ---- feedback ------------------------------------------------------------------------- */
 
+/* A standby status update when due (or at once with force): the engine's, with the
+ * flush given to apw_flush_to. */
 static int
 apw_send_status(apw_t *a, bool force, wr_err_t *err)
 {
-    int64_t now = wr_now_ms();
-    int rc;
+    return stm_feedback(&a->stm, force, err);
+}
 
-    if (!force && !stm_fb_due(&a->fb, now, a->stm.received, a->flush))
-        return 0;
-    if (a->stm.received < a->flush)
-        a->stm.received = a->flush;
-    rc = repl_send_status(a->repl, a->stm.received, a->flush, a->flush, false, err);
-    if (rc != 0)
-        return rc;
-    log_debug("status sent write=" WR_LSN_FMT " flush=" WR_LSN_FMT, WR_LSN_ARGS(a->stm.received),
-              WR_LSN_ARGS(a->flush));
-    stm_fb_sent(&a->fb, now, a->stm.received, a->flush);
-    wkm_status_update(&a->metrics);
-    return 0;
+/* The engine's byte and status counts into the metrics. */
+static void
+apw_metrics_stream(apw_t *a)
+{
+    uint64_t bytes, status;
+
+    stm_counters(&a->stm, &bytes, &status);
+    wkm_stream_totals(&a->metrics, bytes, status);
 }
 
 static int
@@ -523,6 +533,7 @@ apw_send_progress(apw_t *a, bool force, wr_err_t *err)
     wkm_position(&a->metrics, a->last_commit_ts,
                  !a->stm.tx.in_tx && !a->batch_open && a->n_catchup == 0 &&
                      a->stm.received <= a->flush);
+    apw_metrics_stream(a);
     rc = wkm_send(&a->metrics, &a->chan, force, err);
     if (rc != 0)
         return rc;
@@ -545,12 +556,14 @@ apw_send_progress(apw_t *a, bool force, wr_err_t *err)
     return 0;
 }
 
-/* Moves the durable flush forward (never back). */
+/* Moves the durable flush forward (never back), also the one the engine and its status
+ * keeper report: call only once the destination holds everything up to lsn. */
 static void
 apw_flush_to(apw_t *a, wr_lsn_t lsn)
 {
     if (lsn > a->flush)
         a->flush = lsn;
+    stm_set_flush(&a->stm, a->flush);
 }
 
 /* ---- the destination batch ------------------------------------------------------------ */
@@ -573,6 +586,7 @@ apw_batch_commit(apw_t *a, wr_err_t *err)
     } else {
         key = a->last_tx_key;
     }
+    FAILPOINT("apply.dest_commit");
     rc = a->dest->ops->commit(a->dest, APW_STREAM, &key, err);
     a->batch_open = false;
     if (rc != 0) {
@@ -1159,7 +1173,8 @@ apw_on_relation(void *arg, stm_tx_t *tx, const pgo_msg_t *m, wr_err_t *err)
 
 /* Waits, without reading the replication stream, until no table is in CATCHUP (the sync
  * worker stored SYNCDONE, or the table went ERRORED / INIT), or a stop is requested.
- * Status updates keep the walsender from timing us out. */
+ * Status updates keep the walsender from timing us out: the engine's interval (inside
+ * wal_sender_timeout), from here and from the status keeper while the channel blocks. */
 static int
 apw_wait_catchup(apw_t *a, wr_err_t *err)
 {
@@ -1181,7 +1196,7 @@ apw_wait_catchup(apw_t *a, wr_err_t *err)
             rc = apw_send_progress(a, false, err);
         if (rc != 0)
             return rc;
-        left = stm_fb_wait_ms(&a->fb, wr_now_ms());
+        left = stm_feedback_wait_ms(&a->stm);
         rc = wk_chan_poll(&a->chan, left > APW_POLL_MAX_MS ? APW_POLL_MAX_MS : (int)left, err);
         if (rc != 0)
             return rc;
@@ -1312,19 +1327,30 @@ apw_on_commit(void *arg, stm_tx_t *tx, wr_lsn_t end, wr_err_t *err)
     return apw_boundary(a, end, err);
 }
 
-/* The engine's keepalive callback (received already moved to wal_end). */
+/* The engine's keepalive callback (received already moved to wal_end). A requested
+ * reply is sent by the engine after this, with the flush moved here. */
 static int
 apw_on_keepalive(void *arg, wr_lsn_t wal_end, bool reply, wr_err_t *err)
 {
     apw_t *a = arg;
 
+    (void)reply;
+    (void)err;
     a->ka_end = apw_max(a->ka_end, wal_end);
     /* nothing in flight: everything up to the WAL end is as good as flushed */
     if (!a->stm.tx.in_tx && !a->batch_open)
         apw_flush_to(a, wal_end);
-    if (reply)
-        return apw_send_status(a, true, err);
     return 0;
+}
+
+/* The engine's hold callback: leave the rest buffered on a stop or while a table is in
+ * CATCHUP (nothing past the catch-up LSN may be processed until it is over). */
+static bool
+apw_hold(void *arg)
+{
+    const apw_t *a = arg;
+
+    return apw_stopping(a) || a->n_catchup > 0;
 }
 
 static const stm_handler_t apw_stream_handler = {
@@ -1332,56 +1358,34 @@ static const stm_handler_t apw_stream_handler = {
     .change = apw_on_change,
     .commit = apw_on_commit,
     .keepalive = apw_on_keepalive,
+    .hold = apw_hold,
 };
 
 /* Processes the messages libpq has buffered, after reading the socket when consume is
- * set. *got is set when a message was processed. Stops early on a stop request or when
- * a table went to CATCHUP (the rest stays buffered in libpq for later). */
+ * set (the engine's receive step). *got is set when a message was processed. Stops
+ * early on a stop request or when a table went to CATCHUP (apw_hold: the rest stays
+ * buffered in libpq for later). A large transaction can keep this busy for long: the
+ * engine returns after APW_CHAN_CHECK_MS and the channel is read, so that a stop is
+ * noticed inside it too (the open chunk is then rolled back; the committed ones are
+ * skipped on the replay). */
 static int
 apw_read_stream(apw_t *a, bool consume, bool *got, wr_err_t *err)
 {
-    int rc;
+    for (;;) {
+        size_t n = 0;
+        int rc = stm_recv(&a->stm, consume, APW_CHAN_CHECK_MS, &n, err);
 
-    if (consume && PQconsumeInput(a->repl) == 0) {
-        char msg[512];
-        snprintf(msg, sizeof(msg), "%s", PQerrorMessage(a->repl));
-        msg[strcspn(msg, "\n")] = '\0';
-        wr_err_set(err, WR_ECONN, "replication connection lost: %s", msg);
-        return WR_ECONN;
-    }
-    int64_t chan_checked = wr_now_ms();
-
-    while (!apw_stopping(a) && a->n_catchup == 0) {
-        char *buf = NULL;
-        int n;
-
-        /* A large transaction can keep this loop busy for long: look at the channel at
-         * least every APW_CHAN_CHECK_MS so that a stop is noticed inside it too (the open
-         * chunk is then rolled back; the committed ones are skipped on the replay). */
-        if (wr_now_ms() - chan_checked >= APW_CHAN_CHECK_MS) {
-            rc = wk_chan_poll(&a->chan, 0, err);
-            if (rc != 0)
-                return rc;
-            chan_checked = wr_now_ms();
-            if (apw_stopping(a) || a->n_catchup > 0)
-                break;
-        }
-        n = repl_recv(a->repl, &buf, err);
-        if (n == 0)
+        consume = false;
+        if (n > 0)
+            *got = true;
+        if (rc < 0)
+            return rc;
+        if (rc != STM_MORE || apw_stopping(a) || a->n_catchup > 0)
             return 0;
-        if (n < 0) {
-            if (n == WR_EEOF) /* the server ended the stream: restart, unlike fd 3's EOF */
-                return err->code = WR_ECONN;
-            return n;
-        }
-        *got = true;
-        wkm_bytes(&a->metrics, (size_t)n);
-        rc = stm_on_copydata(&a->stm, (const uint8_t *)buf, (size_t)n, err);
-        PQfreemem(buf);
+        rc = wk_chan_poll(&a->chan, 0, err);
         if (rc != 0)
             return rc;
     }
-    return 0;
 }
 
 /* ---- slots ---------------------------------------------------------------------------- */
@@ -1516,7 +1520,7 @@ apw_prepare_slot(apw_t *a, wr_err_t *err)
     a->skip_found = false;
     memset(&a->skip_key, 0, sizeof(a->skip_key));
     memset(&a->durable_key, 0, sizeof(a->durable_key));
-    rc = repl_create_slot(a->repl, a->slot, false, &confirmed, err);
+    rc = repl_create_slot(stm_conn(&a->stm), a->slot, false, &confirmed, err);
     if (rc != 0)
         return rc;
     a->flush = confirmed;
@@ -1569,10 +1573,10 @@ apw_run(apw_t *a, wr_err_t *err)
     int rc;
 
     for (;;) {
-        struct pollfd p[2];
-        int64_t now, deadline, timeout;
+        int64_t now, timeout;
         bool got = false;
         bool buffered = false;
+        bool readable = false;
 
         if (a->oom)
             return wr_err_set(err, WR_ENOMEM, "out of memory recording table states");
@@ -1597,33 +1601,22 @@ apw_run(apw_t *a, wr_err_t *err)
         if (apw_stopping(a) || a->n_catchup > 0)
             continue;
 
+        /* wait for the socket or the channel, at most until the open batch's fill deadline
+         * (the engine also stops at the next status update due) */
         now = wr_now_ms();
-        deadline = a->fb.last_ms + STM_STATUS_INTERVAL_MS;
-        if (a->batch_open && a->batch_start_ms + a->cfg.batch_max_fill_ms < deadline)
-            deadline = a->batch_start_ms + a->cfg.batch_max_fill_ms;
-        timeout = deadline - now;
-        if (timeout < 0)
+        timeout = APW_POLL_MAX_MS;
+        if (a->batch_open && a->batch_start_ms + a->cfg.batch_max_fill_ms - now < timeout)
+            timeout = a->batch_start_ms + a->cfg.batch_max_fill_ms - now;
+        if (timeout < 0 || buffered)
             timeout = 0;
-        if (timeout > APW_POLL_MAX_MS)
-            timeout = APW_POLL_MAX_MS;
-        if (buffered)
-            timeout = 0;
-        p[0].fd = PQsocket(a->repl);
-        p[0].events = POLLIN;
-        p[0].revents = 0;
-        p[1].fd = a->chan.fd;
-        p[1].events = POLLIN;
-        p[1].revents = 0;
-        if (poll(p, 2, (int)timeout) < 0) {
-            if (errno == EINTR)
-                continue;
-            return wr_err_set(err, WR_EIO, "poll: %s", strerror(errno));
-        }
+        rc = stm_wait(&a->stm, a->chan.fd, (int)timeout, &readable, err);
+        if (rc != 0)
+            return rc;
         /* the channel first: a stop or a phase change applies before more data */
         rc = wk_chan_poll(&a->chan, 0, err);
         if (rc != 0)
             return rc;
-        if (p[0].revents != 0) {
+        if (readable) {
             rc = apw_read_stream(a, true, &got, err);
             if (rc != 0)
                 return rc;
@@ -1655,13 +1648,11 @@ apw_run(apw_t *a, wr_err_t *err)
 static void
 apw_close(apw_t *a)
 {
-    if (a->repl)
-        PQfinish(a->repl);
+    stm_close(&a->stm); /* stops the status keeper, closes the replication connection */
     if (a->sql)
         PQfinish(a->sql);
     if (a->dest)
         a->dest->ops->close(a->dest);
-    stm_close(&a->stm);
     wk_chan_close(&a->chan);
     wkm_free(&a->metrics);
     for (size_t k = 0; k < a->ntabs; k++) {
@@ -1761,7 +1752,7 @@ main(int argc, char **argv)
     if (rc != 0)
         return apw_fail(&a, "cannot connect to the source", &err);
     snprintf(app, sizeof(app), "walrelay_%s_apply", a.cfg.pipeline_name);
-    rc = repl_connect(a.cfg.source_conninfo, true, app, &a.repl, &err);
+    rc = stm_connect(&a.stm, a.cfg.source_conninfo, app, &err);
     if (rc != 0)
         return apw_fail(&a, "cannot connect to the source for replication", &err);
     rc = apw_prepare_slot(&a, &err);
@@ -1774,7 +1765,8 @@ main(int argc, char **argv)
         return apw_fail(&a, "cannot prepare the replication slot", &err);
     apw_cleanup_sync_slots(&a);
     FAILPOINT("apply.before_streaming");
-    rc = repl_start(a.repl, a.slot, 0, a.cfg.publication, &err);
+    /* from 0/0: the server resumes at the slot's confirmed flush (a.flush) */
+    rc = stm_start(&a.stm, a.slot, 0, a.cfg.publication, a.flush, &err);
     if (rc != 0)
         return apw_fail(&a, "cannot start replication", &err);
     {
@@ -1788,8 +1780,6 @@ main(int argc, char **argv)
         if (rc != 0)
             return apw_fail(&a, "cannot tell the supervisor that replication started", &err);
     }
-    a.stm.received = a.flush;
-    stm_fb_sent(&a.fb, wr_now_ms(), a.stm.received, a.flush);
     log_info("apply worker started slot=%s start=" WR_LSN_FMT " publication=%s tables=%zu", a.slot,
              WR_LSN_ARGS(a.flush), a.cfg.publication, a.ntabs);
     if (a.skip_found)

@@ -170,17 +170,24 @@
  *   (A SIGTERM instead of the kill commits the open destination transaction with the key
  *   (0/8200, 4) and exits 0; the replay then skips exactly those four changes.)
  *
- * What lives where. The stream engine common/stream.c (stm_*) frames and decodes the
- * CopyData messages, tracks the source transaction (Begin/Commit, the commit-LSN check,
- * ordinals counted over every table, overflow an error) and translates changes into
- * dest_event_t with their resume key; it calls syw_on_relation / syw_on_change /
- * syw_on_commit / syw_on_keepalive here. This file keeps the copy, the one-table filter
- * (syw_on_change drops other relids, which the engine has counted already), the
- * skip-by-key, the destination transaction per source transaction with its BEGIN/COMMIT
- * events, the status updates (every 10 s and on a requested reply) and the catch-up
- * termination (current >= L). The table's catalog (columns, keys, relkind, replica
- * identity flags, catalog facts) and the publication's column list are read through
- * common/catalog.c (cat_*), the same reads the apply worker's schema comparison uses.
+ * What lives where. The stream engine common/stream.c (stm_*, shared with
+ * walrelay-apply) owns the catch-up stream's replication connection (stm_connect,
+ * START_REPLICATION in stm_start), the receive step (stm_recv) and the wait (stm_wait);
+ * it frames and decodes the CopyData messages, tracks the source transaction
+ * (Begin/Commit, the commit-LSN check, ordinals counted over every table, overflow an
+ * error), translates changes into dest_event_t with their resume key, and calls
+ * syw_on_relation / syw_on_change / syw_on_commit / syw_on_keepalive here. It also sends
+ * the status updates: a requested reply at once, otherwise at least every status
+ * interval (min(10 s, wal_sender_timeout / 3)), from the loop and, while this process is
+ * inside a destination call or otherwise away from the loop, from the engine's status
+ * keeper thread; the flush they report is the one given to stm_set_flush below, never
+ * ahead of the destination. This file keeps the copy, the one-table filter (syw_on_change
+ * drops other relids, which the engine has counted already), the skip-by-key, the
+ * destination transaction per source transaction with its BEGIN/COMMIT events, the
+ * flush position and the catch-up termination (current >= L). The table's catalog
+ * (columns, keys, relkind, replica identity flags, catalog facts) and the publication's
+ * column list are read through common/catalog.c (cat_*), the same reads the apply
+ * worker's schema comparison uses.
  */
 
 #include <errno.h>
@@ -211,8 +218,8 @@
  * process return its exit code (0, 1, 2) instead. */
 #define SYW_CONTINUE (-1)
 
-#define SYW_STATUS_INTERVAL_MS  10000
 #define SYW_POLL_MS             1000
+#define SYW_CHAN_CHECK_MS       100 /* longest stretch of stream reading between channel reads */
 #define SYW_DEFAULT_BATCH_ROWS  10000
 #define SYW_DEFAULT_BATCH_BYTES (8 * 1024 * 1024)
 
@@ -229,8 +236,9 @@ typedef struct syw_s {
     wk_chan_t chan;
     bool chan_open;
     dest_t *dest;
-    PGconn *sql;  /* plain connection: slot management, catalog reads in Catchup */
-    PGconn *repl; /* replication connection: the copy, then the stream */
+    PGconn *sql;    /* plain connection: slot management, catalog reads in Catchup */
+    PGconn *repl;   /* replication connection of the copy */
+    stm_t *cstream; /* the catch-up stream's engine while syw_catchup runs (its connection) */
     /* latest known phase of the table: handshake, our acked requests, table_state */
     wr_phase_t phase;
     wr_lsn_t lsn;
@@ -396,9 +404,13 @@ syw_sql_connect(syw_t *w, wr_err_t *err)
     return repl_connect(w->cfg.source_conninfo, false, w->slot, &w->sql, err);
 }
 
+/* Closes the replication connections: the catch-up stream's (stopping its status keeper)
+ * and the copy's. */
 static void
 syw_repl_close(syw_t *w)
 {
+    if (w->cstream != NULL)
+        stm_disconnect(w->cstream);
     if (w->repl != NULL) {
         PQfinish(w->repl);
         w->repl = NULL;
@@ -1235,32 +1247,18 @@ syw_wait_catchup(syw_t *w)
 
 typedef struct syw_stream_s {
     syw_t *w;
-    stm_t stm;        /* the stream engine: decoding, transaction, ordinals; stm.received
-                       * is the write position reported */
-    int code;         /* exit code of a handler that returned STM_STOP */
-    wr_lsn_t catchup; /* L */
-    wr_lsn_t flushed; /* flush position reported: durable in the destination */
-    wr_lsn_t current; /* end of the last processed commit, or idle keepalive WAL end */
-    int64_t next_status_ms;
+    stm_t stm;          /* the stream engine: connection, decoding, transaction, ordinals,
+                         * status feedback; stm.flush is the flush reported (durable in the
+                         * destination), stm.received the write position */
+    int code;           /* exit code of a handler that returned STM_STOP */
+    wr_lsn_t catchup;   /* L */
+    wr_lsn_t current;   /* end of the last processed commit, or idle keepalive WAL end */
     bool dest_open;     /* a destination transaction is open (its BEGIN is written) */
     bool relation_ok;   /* a Relation of our relid was seen and matched */
     dest_key_t last;    /* last key durable in the destination (skip <= this) */
     dest_key_t written; /* key of the last change written in the open transaction */
     uint64_t applied;
 } syw_stream_t;
-
-static int
-syw_send_status(syw_t *w, syw_stream_t *st, bool reply, wr_err_t *err)
-{
-    wr_lsn_t write = st->stm.received > st->flushed ? st->stm.received : st->flushed;
-    int rc = repl_send_status(w->repl, write, st->flushed, st->flushed, reply, err);
-
-    if (rc == 0) {
-        st->next_status_ms = wr_now_ms() + SYW_STATUS_INTERVAL_MS;
-        wkm_status_update(&w->metrics);
-    }
-    return rc;
-}
 
 /* Contract step 4, end: SyncDone(S), drop the slot, forget the stream key, exit 0. The
  * slot is kept if the request fails (the phase may still be Catchup). */
@@ -1495,31 +1493,41 @@ syw_on_commit(void *arg, stm_tx_t *tx, wr_lsn_t end, wr_err_t *err)
     }
     if (end > st->current)
         st->current = end;
-    if (st->current > st->flushed)
-        st->flushed = st->current;
+    stm_set_flush(&st->stm, st->current);
     if (st->current >= st->catchup)
         return syw_stop_with(st, syw_syncdone(w, st->current, st->applied));
     return 0;
 }
 
+/* A requested reply is sent by the engine after this returns 0, with the flush moved
+ * here. */
 static int
 syw_on_keepalive(void *arg, wr_lsn_t wal_end, bool reply, wr_err_t *err)
 {
     syw_stream_t *st = arg;
     syw_t *w = st->w;
 
+    (void)reply;
+    (void)err;
     if (!st->stm.tx.in_tx) {
         /* nothing in flight: everything before wal_end was sent and handled */
         if (wal_end > st->current)
             st->current = wal_end;
-        if (st->current > st->flushed)
-            st->flushed = st->current;
+        stm_set_flush(&st->stm, st->current);
         if (st->current >= st->catchup)
             return syw_stop_with(st, syw_syncdone(w, st->current, st->applied));
     }
-    if (reply && syw_send_status(w, st, false, err) < 0)
-        return syw_stop_with(st, syw_catchup_fail(w, st, "sending status", err));
     return 0;
+}
+
+/* The engine's hold callback: on a stop, or when the table left Catchup, the rest stays
+ * buffered and the loop acts on it. */
+static bool
+syw_hold(void *arg)
+{
+    const syw_stream_t *st = arg;
+
+    return syw_should_stop(st->w) || st->w->phase != PH_CATCHUP;
 }
 
 static const stm_handler_t syw_stream_handler = {
@@ -1527,27 +1535,8 @@ static const stm_handler_t syw_stream_handler = {
     .change = syw_on_change,
     .commit = syw_on_commit,
     .keepalive = syw_on_keepalive,
+    .hold = syw_hold,
 };
-
-/* Handles one CopyData message from the stream ('w' or 'k'). Returns SYW_CONTINUE or an
- * exit code. */
-static int
-syw_handle_copydata(syw_t *w, syw_stream_t *st, const uint8_t *buf, size_t len)
-{
-    wr_err_t err;
-    int rc;
-
-    wr_err_clear(&err);
-    st->code = SYW_CONTINUE;
-    rc = stm_on_copydata(&st->stm, buf, len, &err);
-    if (rc == STM_STOP)
-        return st->code;
-    if (rc < 0) {
-        wr_err_prefix(&err, "slot \"%s\": ", w->slot);
-        return syw_catchup_fail(w, st, "catch-up stream", &err);
-    }
-    return SYW_CONTINUE;
-}
 
 /* Stop or signal during catch-up: commit what is applied (with its key, so the replay
  * skips it), report the flush position, exit 0 leaving Catchup. */
@@ -1566,25 +1555,27 @@ syw_catchup_stop(syw_t *w, syw_stream_t *st)
         st->dest_open = false;
         st->last = st->written;
     }
-    if (syw_send_status(w, st, false, &err) < 0)
+    if (stm_feedback(&st->stm, true, &err) < 0)
         log_err(LOG_LVL_WARN, "final status", &err);
-    syw_repl_close(w);
     log_info("catchup stopped table=%s applied=%" PRIu64 " flushed=" WR_LSN_FMT, w->table,
-             st->applied, WR_LSN_ARGS(st->flushed));
+             st->applied, WR_LSN_ARGS(st->stm.flush));
+    syw_repl_close(w);
     return WR_EXIT_OK;
 }
 
-/* The streaming loop; see syw_catchup. */
+/* The streaming loop; see syw_catchup. The engine's receive step hands what libpq holds
+ * to the callbacks above; between steps the loop sends status updates, waits on the
+ * socket and the channel, and reads the channel (at least every SYW_CHAN_CHECK_MS while
+ * the server keeps sending). */
 static int
 syw_stream(syw_t *w, syw_stream_t *st)
 {
     wr_err_t err;
+    bool readable = false;
 
     wr_err_clear(&err);
     for (;;) {
-        struct pollfd pf[2];
-        int64_t now;
-        int timeout, rc;
+        int rc;
 
         if (syw_should_stop(w))
             return syw_catchup_stop(w, st);
@@ -1603,52 +1594,31 @@ syw_stream(syw_t *w, syw_stream_t *st)
             log_info("catchup lsn changed table=%s lsn=" WR_LSN_FMT, w->table, WR_LSN_ARGS(w->lsn));
             st->catchup = w->lsn;
         }
-        /* drain what libpq has buffered */
-        for (;;) {
-            char *buf = NULL;
-            int n = repl_recv(w->repl, &buf, &err);
-
-            if (n == 0)
-                break;
-            if (n < 0)
-                return syw_catchup_fail(w, st, "catch-up stream", &err);
-            wkm_bytes(&w->metrics, (size_t)n);
-            rc = syw_handle_copydata(w, st, (const uint8_t *)buf, (size_t)n);
-            PQfreemem(buf);
-            if (rc != SYW_CONTINUE || w->phase != PH_CATCHUP)
-                return rc; /* an exit code, or the table left Catchup (a copy again) */
-            if (syw_should_stop(w))
-                return syw_catchup_stop(w, st);
+        /* what libpq holds (after reading the socket when it was readable) */
+        st->code = SYW_CONTINUE;
+        rc = stm_recv(&st->stm, readable, SYW_CHAN_CHECK_MS, NULL, &err);
+        readable = false;
+        if (rc == STM_STOP)
+            return st->code; /* an exit code, or SYW_CONTINUE: the table left Catchup */
+        if (rc < 0) {
+            wr_err_prefix(&err, "slot \"%s\": ", w->slot);
+            return syw_catchup_fail(w, st, "catch-up stream", &err);
         }
-        now = wr_now_ms();
-        if (now >= st->next_status_ms && syw_send_status(w, st, false, &err) < 0)
+        if (stm_feedback(&st->stm, false, &err) < 0)
             return syw_catchup_fail(w, st, "sending status", &err);
+        {
+            uint64_t bytes, status;
+
+            stm_counters(&st->stm, &bytes, &status);
+            wkm_stream_totals(&w->metrics, bytes, status);
+        }
         if (wkm_send(&w->metrics, &w->chan, false, &err) < 0)
             return syw_catchup_fail(w, st, "supervisor channel", &err);
-        timeout = (int)(st->next_status_ms - now);
-        if (timeout < 0)
-            timeout = 0;
-        if (timeout > SYW_POLL_MS)
-            timeout = SYW_POLL_MS;
-        pf[0].fd = PQsocket(w->repl);
-        pf[0].events = POLLIN;
-        pf[0].revents = 0;
-        pf[1].fd = w->chan.fd;
-        pf[1].events = POLLIN;
-        pf[1].revents = 0;
-        rc = poll(pf, 2, timeout);
-        if (rc < 0 && errno != EINTR) {
-            wr_err_set(&err, WR_EIO, "poll: %s", strerror(errno));
+        if (rc == STM_IDLE && stm_wait(&st->stm, w->chan.fd, SYW_POLL_MS, &readable, &err) < 0)
             return syw_catchup_fail(w, st, "catch-up", &err);
-        }
         /* unconditionally: messages that came behind an ack sit in the reader, not the fd */
         if (wk_chan_poll(&w->chan, 0, &err) < 0)
             return syw_catchup_fail(w, st, "supervisor channel", &err);
-        if (rc > 0 && pf[0].revents != 0 && PQconsumeInput(w->repl) == 0) {
-            wr_err_set(&err, WR_ECONN, "catch-up stream of \"%s\": %s", w->table,
-                       PQerrorMessage(w->repl));
-            return syw_catchup_fail(w, st, "catch-up stream", &err);
-        }
     }
 }
 
@@ -1668,6 +1638,7 @@ syw_catchup(syw_t *w)
     wr_err_clear(&err);
     stm_init(&st.stm, &syw_stream_handler, &st);
     st.w = w;
+    w->cstream = &st.stm;
     st.catchup = w->lsn;
     log_info("catchup granted table=%s lsn=" WR_LSN_FMT, w->table, WR_LSN_ARGS(st.catchup));
 
@@ -1738,7 +1709,7 @@ syw_catchup(syw_t *w)
     }
     if (!key_found)
         memset(&st.last, 0, sizeof(st.last));
-    st.stm.received = st.flushed = st.current = confirmed;
+    st.stm.received = st.current = confirmed;
 
     /* Already there (apply granted L <= X, or a crash after the slot reached L), and
      * the destination holds nothing past the slot: no need to stream. */
@@ -1747,8 +1718,10 @@ syw_catchup(syw_t *w)
         goto out;
     }
 
-    if (repl_connect(w->cfg.source_conninfo, true, w->slot, &w->repl, &err) < 0 ||
-        repl_start(w->repl, w->slot, 0, w->cfg.publication, &err) < 0) {
+    /* from 0/0: the server resumes at the slot's confirmed flush, which is the flush
+     * reported until the destination holds more */
+    if (stm_connect(&st.stm, w->cfg.source_conninfo, w->slot, &err) < 0 ||
+        stm_start(&st.stm, w->slot, 0, w->cfg.publication, confirmed, &err) < 0) {
         syw_repl_close(w);
         code = syw_fail("starting the catch-up stream", &err);
         goto out;
@@ -1756,11 +1729,12 @@ syw_catchup(syw_t *w)
     log_info("catchup streaming table=%s slot=%s from=" WR_LSN_FMT " last_key=" WR_LSN_FMT "/%u",
              w->table, w->slot, WR_LSN_ARGS(confirmed), WR_LSN_ARGS(st.last.commit_lsn),
              st.last.ordinal);
-    st.next_status_ms = wr_now_ms() + SYW_STATUS_INTERVAL_MS;
+    FAILPOINT("sync.catchup_streaming");
     code = syw_stream(w, &st);
 
 out:
-    stm_close(&st.stm);
+    stm_close(&st.stm); /* stops the status keeper, closes the stream's connection */
+    w->cstream = NULL;
     return code;
 }
 
