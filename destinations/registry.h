@@ -96,5 +96,6 @@ int dest_preflight(const wr_config_t *cfg, char *summary, size_t len, wr_err_t *
 extern const dest_type_t dest_type_sqlite;
 extern const dest_type_t dest_type_null;
 extern const dest_type_t dest_type_plugin;
+extern const dest_type_t dest_type_eventstore;
 
 #endif
