@@ -66,6 +66,22 @@ static const cli_cmd_t cli_cmds[] = {
      "    Reads walrelay.conf again (as SIGHUP does): applies what can change while\n"
      "    running, reports what needs a restart, reads the publication again. A file with\n"
      "    an error changes nothing.\n"},
+    {"events", cli_events,
+     "walrelay events DIR load --filter FILTER [--filter FILTER ...] [--limit N]\n"
+     "walrelay events DIR version AGGREGATE_KIND AGGREGATE_ID\n"
+     "walrelay events DIR tail --filter FILTER [--filter ...] [--after P] --follow\n"
+     "walrelay events DIR append AGGREGATE_KIND AGGREGATE_ID --expect none|any|P\n"
+     "              --event KIND --data JSON [--metadata JSON]\n"
+     "    Reads or appends to the event store of a pipeline with --destination\n"
+     "    eventstore:... (docs/eventstore.md), one JSON object per line. FILTER is\n"
+     "    'event_kind=K[,aggregate_kind=T][,aggregate_id=ID][,after=P]'; events of any\n"
+     "    filter are printed once, by ascending position; after=P (or --after) keeps\n"
+     "    positions > P. version prints {\"position\": P, \"version\": V} or\n"
+     "    {\"position\": null}. tail --follow keeps printing new events until SIGINT or\n"
+     "    SIGTERM. append checks --expect (none: a new stream, P: the stream's last\n"
+     "    position, any: unchecked) and prints the new position; a conflict prints\n"
+     "    {\"conflict\": {\"expected\": ..., \"actual\": ...}} and exits 3. Streams of\n"
+     "    replicated tables take no appends. Exit 1: the store is not there or failed.\n"},
     {"drop", cli_drop,
      "walrelay drop DIR\n"
      "    Removes the pipeline's replication slots on the source and its state\n"
