@@ -479,6 +479,14 @@ es_open_sqlite(const char *path, int flags, wr_es_store_t **out, wr_es_error_t *
     return 0;
 }
 
+/* NOTICEs (e.g. "relation already exists, skipping") are not for our users' stderr. */
+static void
+es_pg_notice(void *arg, const char *message)
+{
+    (void)arg;
+    (void)message;
+}
+
 int
 es_open_pg(const char *conninfo, int flags, wr_es_store_t **out, wr_es_error_t *err)
 {
@@ -507,6 +515,7 @@ es_open_pg(const char *conninfo, int flags, wr_es_store_t **out, wr_es_error_t *
         wr_es_close(s);
         return WR_ES_ESTORE;
     }
+    PQsetNoticeProcessor(s->db.pg, es_pg_notice, NULL);
     snprintf(s->where, sizeof(s->where), "event store in database \"%s\"", PQdb(s->db.pg));
     rc = es_db_script(&s->db, "SET TimeZone = 'UTC'; SET DateStyle = 'ISO'", err);
     if (rc == 0)
