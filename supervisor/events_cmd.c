@@ -348,6 +348,7 @@ ev_tail(wr_es_store_t *st, ev_filters_t *fs, int64_t after, bool follow)
 
     memset(&sa, 0, sizeof(sa));
     sa.sa_handler = ev_on_signal;
+    sa.sa_flags = SA_RESTART; /* writes to stdout go on; the sleep is cut short */
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
