@@ -216,7 +216,12 @@ cli_init(int argc, char **argv)
     printf("wrote %s/walrelay.conf\n", absdir);
     printf("  pipeline     %s (replication slot walrelay_%s)\n", pname, pname);
     printf("  publication  %s\n", publication);
-    printf("  destination  %s\n", dest ? dest : DEST_DEFAULT_TYPE);
+    {
+        /* a destination argument may hold a conninfo: never show its password */
+        char shown[1024];
+        log_redact_conninfo(dest ? dest : DEST_DEFAULT_TYPE, shown, sizeof(shown));
+        printf("  destination  %s\n", shown);
+    }
     printf("  state        %s\n", state && strncmp(state, "postgres:", 9) == 0
                                       ? "postgres (schema " CFG_STATE_DEFAULT_SCHEMA ")"
                                       : "sqlite (state.db)");
