@@ -24,7 +24,7 @@
  *   es_copy_rows(slot_name, relid, n PK, aggregate_id, data, metadata): staged copies
  *   es_meta(key PK, value): schema_version
  *
- * and, per connection, the temporary table es_pending through which events are
+ * and, per PostgreSQL connection, the temporary table es_pending through which events are
  * inserted. Locking, positions and the copy staging are described in store.h.
  * SQLite: WAL, synchronous=FULL (a COMMIT is durable before walrelay confirms the slot),
  * busy_timeout 60 s.
@@ -42,6 +42,13 @@
 #define ES_API __attribute__((visibility("default")))
 
 #define ES_LOAD_PAGE 1000
+
+/* A stream touched by the flush being written (SQLite): its new last event. */
+typedef struct es_sent_s {
+    uint64_t hash; /* 0 = free slot */
+    size_t off_kind, off_id, off_ekind;
+    int64_t position, version;
+} es_sent_t;
 
 typedef struct es_pend_s {
     char type; /* 'e' event, 'c' copied row */
@@ -70,6 +77,9 @@ struct wr_es_store_s {
     char copy_slot[128];
     uint32_t copy_relid;
     int64_t copy_next;
+    /* SQLite: the streams a flush touches (open addressing, strings in the arena) */
+    struct es_sent_s *smap;
+    size_t scap;
     /* PostgreSQL COPY text */
     char *cbuf;
     size_t clen, ccap;
@@ -113,13 +123,9 @@ struct wr_es_store_s {
 static const char *const es_sql[ES_Q_COUNT][2] = {
     [ES_Q_HEAD] = {"SELECT COALESCE(max(position), 0) FROM es_events",
                    "SELECT COALESCE(max(position), 0) FROM es_events"},
-    [ES_Q_PENDING_INS] = {"INSERT INTO es_pending (position, aggregate_kind, aggregate_id, "
-                          "event_kind, data, metadata, created_at, src_lsn, src_seq, src_sub) "
-                          "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-                          NULL},
-    [ES_Q_EVENTS_FROM_PENDING] = {ES_EVENTS_FROM_PENDING, ES_EVENTS_FROM_PENDING},
-    [ES_Q_STREAMS_FROM_EVENTS] = {ES_STREAMS_UPSERT, ES_STREAMS_UPSERT},
-    [ES_Q_PENDING_CLEAR] = {"DELETE FROM es_pending", "TRUNCATE es_pending"},
+    [ES_Q_EVENTS_FROM_PENDING] = {NULL, ES_EVENTS_FROM_PENDING},
+    [ES_Q_STREAMS_FROM_EVENTS] = {ES_STREAMS_UPSERT, ES_STREAMS_UPSERT}, /* SQLite: copies */
+    [ES_Q_PENDING_CLEAR] = {NULL, "TRUNCATE es_pending"},
     [ES_Q_STREAM_GET] = {"SELECT last_position, last_version FROM es_streams "
                          "WHERE aggregate_kind = $1 AND aggregate_id = $2",
                          "SELECT last_position, last_version FROM es_streams "
@@ -179,6 +185,17 @@ static const char *const es_sql[ES_Q_COUNT][2] = {
                            "metadata) VALUES ($1, $2, $3, $4, $5, $6)",
                            NULL},
     [ES_Q_COPY_PUBLISH] = {ES_COPY_PUBLISH("$5"), ES_COPY_PUBLISH("CAST($5 AS timestamptz)")},
+    [ES_Q_EVENT_INS] = {"INSERT INTO es_events (position, aggregate_kind, aggregate_id, "
+                        "event_kind, stream_version, data, metadata, created_at, src_lsn, "
+                        "src_seq, src_sub) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                        NULL},
+    [ES_Q_STREAM_PUT] = {"INSERT INTO es_streams (aggregate_kind, aggregate_id, last_position, "
+                         "last_version, last_event_kind) VALUES ($1, $2, $3, $4, $5) "
+                         "ON CONFLICT (aggregate_kind, aggregate_id) DO UPDATE SET "
+                         "last_position = excluded.last_position, "
+                         "last_version = excluded.last_version, "
+                         "last_event_kind = excluded.last_event_kind",
+                         NULL},
 };
 
 static const char es_schema_sqlite[] =
@@ -249,12 +266,6 @@ static const char es_schema_pg[] =
     "CREATE TABLE IF NOT EXISTS es_meta (key text PRIMARY KEY, value text NOT NULL);"
     "INSERT INTO es_meta (key, value) VALUES ('schema_version', '1')"
     " ON CONFLICT (key) DO NOTHING;";
-
-static const char es_temp_sqlite[] =
-    "CREATE TEMP TABLE IF NOT EXISTS es_pending ("
-    " position INTEGER PRIMARY KEY, aggregate_kind TEXT NOT NULL, aggregate_id TEXT NOT NULL,"
-    " event_kind TEXT NOT NULL, data BLOB NOT NULL, metadata TEXT NOT NULL,"
-    " created_at TEXT NOT NULL, src_lsn INTEGER, src_seq INTEGER, src_sub INTEGER)";
 
 static const char es_temp_pg[] =
     "CREATE TEMP TABLE IF NOT EXISTS es_pending ("
@@ -418,8 +429,9 @@ es_schema_ensure(wr_es_store_t *s, int flags, wr_es_error_t *err)
     es_res_close(&r);
     if (rc < 0)
         return rc;
-    rc =
-        es_db_script(&s->db, s->db.backend == ES_BACKEND_SQLITE ? es_temp_sqlite : es_temp_pg, err);
+    if (s->db.backend == ES_BACKEND_SQLITE)
+        return 0;
+    rc = es_db_script(&s->db, es_temp_pg, err);
     return rc < 0 ? es_where(s, err, rc) : 0;
 }
 
@@ -465,7 +477,7 @@ es_open_sqlite(const char *path, int flags, wr_es_store_t **out, wr_es_error_t *
     sqlite3_busy_timeout(s->db.sq, 60000);
     rc = es_db_script(&s->db,
                       "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; "
-                      "PRAGMA temp_store = MEMORY",
+                      "PRAGMA temp_store = MEMORY; PRAGMA cache_size = -65536",
                       err);
     if (rc == 0)
         rc = es_schema_ensure(s, flags, err);
@@ -561,6 +573,7 @@ wr_es_close(wr_es_store_t *s)
     free(s->arena);
     free(s->pend);
     free(s->cbuf);
+    free(s->smap);
     free(s);
 }
 
@@ -802,8 +815,119 @@ es_cb_i64(wr_es_store_t *s, int64_t v)
     es_cb_raw(s, tmp, (size_t)n);
 }
 
-/* Writes the pending rows: events (numbered from the head) through es_pending, copied rows
- * into es_copy_rows. */
+static uint64_t
+es_stream_hash(const char *kind, const char *id)
+{
+    uint64_t h = 1469598103934665603ULL;
+
+    for (const unsigned char *p = (const unsigned char *)kind; *p; p++)
+        h = (h ^ *p) * 1099511628211ULL;
+    h = (h ^ 0xff) * 1099511628211ULL;
+    for (const unsigned char *p = (const unsigned char *)id; *p; p++)
+        h = (h ^ *p) * 1099511628211ULL;
+    return h ? h : 1;
+}
+
+/* SQLite: each event inserted straight into es_events, its stream_version from the
+ * streams this flush touched or from es_streams; then one upsert per touched stream. One
+ * writer holds the database, so nothing changes es_streams under us. */
+static int
+es_flush_sqlite(wr_es_store_t *s, const char *now, wr_es_error_t *err)
+{
+    const char *A = s->arena;
+    size_t cap = 16;
+    int rc = 0;
+
+    while (cap < s->nevents * 2)
+        cap *= 2;
+    if (cap > s->scap) {
+        es_sent_t *m = realloc(s->smap, cap * sizeof(*m));
+
+        if (m == NULL)
+            return es_err(err, WR_ES_ENOMEM, "out of memory writing events");
+        s->smap = m;
+        s->scap = cap;
+    }
+    memset(s->smap, 0, cap * sizeof(*s->smap));
+    for (size_t i = 0; i < s->npend && rc == 0; i++) {
+        es_pend_t *p = &s->pend[i];
+
+        if (p->type == 'e') {
+            const char *kind = A + p->off_kind, *id = A + p->off_id;
+            uint64_t h = es_stream_hash(kind, id);
+            size_t k = (size_t)h & (cap - 1);
+            es_sent_t *e;
+
+            for (;; k = (k + 1) & (cap - 1)) {
+                e = &s->smap[k];
+                if (e->hash == 0 || (e->hash == h && strcmp(A + e->off_kind, kind) == 0 &&
+                                     strcmp(A + e->off_id, id) == 0))
+                    break;
+            }
+            if (e->hash == 0) {
+                es_param_t q[2] = {es_pt(kind), es_pt(id)};
+                es_res_t r;
+
+                e->hash = h;
+                e->off_kind = p->off_kind;
+                e->off_id = p->off_id;
+                e->version = 0;
+                if ((rc = es_db_query(&s->db, ES_Q_STREAM_GET, NULL, q, 2, &r, err)) < 0)
+                    break;
+                if ((rc = es_res_next(&r, err)) > 0)
+                    e->version = es_res_i64(&r, 1);
+                es_res_close(&r);
+                if (rc < 0)
+                    break;
+                rc = 0;
+            }
+            e->position = ++s->head;
+            e->version++;
+            e->off_ekind = p->off_ekind;
+            {
+                es_param_t prm[11] = {
+                    es_pi(e->position),
+                    es_pt(kind),
+                    es_pt(id),
+                    es_pt(A + p->off_ekind),
+                    es_pi(e->version),
+                    es_pb(A + p->off_data, p->len_data),
+                    {'t', 0, A + p->off_meta, p->len_meta},
+                    es_pt(now),
+                    p->src.set ? es_pi(p->src.lsn) : es_pnull(),
+                    p->src.set ? es_pi(p->src.seq) : es_pnull(),
+                    p->src.set ? es_pi(p->src.sub) : es_pnull(),
+                };
+                rc = es_db_exec(&s->db, ES_Q_EVENT_INS, NULL, prm, 11, NULL, err);
+            }
+        } else {
+            es_param_t prm[6] = {
+                es_pt(A + p->off_slot),
+                es_pi(p->relid),
+                es_pi(p->n),
+                es_pt(A + p->off_id),
+                es_pb(A + p->off_data, p->len_data),
+                {'t', 0, A + p->off_meta, p->len_meta},
+            };
+            rc = es_db_exec(&s->db, ES_Q_COPY_ROW_INS, NULL, prm, 6, NULL, err);
+        }
+    }
+    for (size_t k = 0; k < cap && rc == 0; k++) {
+        const es_sent_t *e = &s->smap[k];
+
+        if (e->hash != 0) {
+            es_param_t prm[5] = {es_pt(A + e->off_kind), es_pt(A + e->off_id), es_pi(e->position),
+                                 es_pi(e->version), es_pt(A + e->off_ekind)};
+
+            rc = es_db_exec(&s->db, ES_Q_STREAM_PUT, NULL, prm, 5, NULL, err);
+        }
+    }
+    return rc;
+}
+
+/* Writes the pending rows: events (numbered from the head; SQLite: straight into
+ * es_events, PostgreSQL: COPY into es_pending, then INSERT ... SELECT), copied rows into
+ * es_copy_rows. */
 int
 es_tx_flush(wr_es_store_t *s, wr_es_error_t *err)
 {
@@ -821,36 +945,7 @@ es_tx_flush(wr_es_store_t *s, wr_es_error_t *err)
     first = s->head + 1;
 
     if (s->db.backend == ES_BACKEND_SQLITE) {
-        for (size_t i = 0; i < s->npend && rc == 0; i++) {
-            es_pend_t *p = &s->pend[i];
-            const char *A = s->arena;
-
-            if (p->type == 'e') {
-                es_param_t prm[10] = {
-                    es_pi(++s->head),
-                    es_pt(A + p->off_kind),
-                    es_pt(A + p->off_id),
-                    es_pt(A + p->off_ekind),
-                    es_pb(A + p->off_data, p->len_data),
-                    {'t', 0, A + p->off_meta, p->len_meta},
-                    es_pt(now),
-                    p->src.set ? es_pi(p->src.lsn) : es_pnull(),
-                    p->src.set ? es_pi(p->src.seq) : es_pnull(),
-                    p->src.set ? es_pi(p->src.sub) : es_pnull(),
-                };
-                rc = es_db_exec(&s->db, ES_Q_PENDING_INS, NULL, prm, 10, NULL, err);
-            } else {
-                es_param_t prm[6] = {
-                    es_pt(A + p->off_slot),
-                    es_pi(p->relid),
-                    es_pi(p->n),
-                    es_pt(A + p->off_id),
-                    es_pb(A + p->off_data, p->len_data),
-                    {'t', 0, A + p->off_meta, p->len_meta},
-                };
-                rc = es_db_exec(&s->db, ES_Q_COPY_ROW_INS, NULL, prm, 6, NULL, err);
-            }
-        }
+        rc = es_flush_sqlite(s, now, err);
     } else {
         const char *A = s->arena;
 
@@ -927,7 +1022,9 @@ es_tx_flush(wr_es_store_t *s, wr_es_error_t *err)
         }
         s->clen = 0;
     }
-    if (rc == 0 && s->nevents > 0) {
+    if (rc == 0 && s->nevents > 0 && s->db.backend == ES_BACKEND_SQLITE) {
+        s->tx_last = s->head;
+    } else if (rc == 0 && s->nevents > 0) {
         es_param_t prm[1] = {es_pi(first - 1)};
 
         rc = es_db_exec(&s->db, ES_Q_EVENTS_FROM_PENDING, NULL, NULL, 0, NULL, err);

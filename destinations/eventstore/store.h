@@ -20,13 +20,14 @@
  *   MODE, which plain SELECTs do not wait for), reads the head (max position) once, and
  *   numbers the events head+1, head+2, ... It keeps the lock until COMMIT, so no other
  *   writer can take positions in between and every position becomes visible in order.
- *   The events go through the temporary table es_pending (SQLite: one prepared INSERT
- *   each; PostgreSQL: one COPY), then one INSERT ... SELECT computes each event's
- *   stream_version from es_streams (+ its rank in the batch) and one upsert moves
- *   es_streams forward. Other statements of the transaction (progress, claims, copy
- *   staging) run at once inside the same database transaction; only events, claims and
- *   copy publication need the lock (PostgreSQL takes it lazily, SQLite holds its write
- *   transaction from the first statement). A failure rolls everything back.
+ *   SQLite: each event is one prepared INSERT into es_events, its stream_version taken
+ *   from the streams this flush already touched or else from es_streams; then one upsert
+ *   per touched stream. PostgreSQL (round trips matter): one COPY into the temporary
+ *   table es_pending, one INSERT ... SELECT that computes each stream_version from
+ *   es_streams (+ its rank in the batch), one upsert of es_streams. Other statements of the
+ * transaction (progress, claims, copy staging) run at once inside the same database transaction;
+ * only events, claims and copy publication need the lock (PostgreSQL takes it lazily, SQLite holds
+ * its write transaction from the first statement). A failure rolls everything back.
  *
  * COPIES (es_copy_*)
  *

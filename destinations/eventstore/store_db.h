@@ -19,7 +19,6 @@
 /* The cached statements (store.c has their SQL per backend). */
 typedef enum {
     ES_Q_HEAD = 0,
-    ES_Q_PENDING_INS,
     ES_Q_EVENTS_FROM_PENDING,
     ES_Q_STREAMS_FROM_EVENTS,
     ES_Q_PENDING_CLEAR,
@@ -39,6 +38,8 @@ typedef enum {
     ES_Q_COPY_NEXT_N,
     ES_Q_COPY_ROW_INS,
     ES_Q_COPY_PUBLISH,
+    ES_Q_EVENT_INS,
+    ES_Q_STREAM_PUT,
     ES_Q_COUNT
 } es_q_t;
 
