@@ -23,9 +23,11 @@ static const cli_cmd_t cli_cmds[] = {
      "              [--destination TYPE[:ARG]] [--name PIPELINE] [--state STORE]\n"
      "    Writes DIR/walrelay.conf (creating DIR). The pipeline name defaults to the\n"
      "    directory's name, lowercased, other characters mapped to '_'. Destinations:\n"
-     "    sqlite (default, DIR/dest.db), sqlite:PATH, null (discards rows), and\n"
-     "    plugin:/path/to/lib.so (a library built against walrelay/destination.h; add\n"
-     "    its own keys below [destination] afterwards). State stores: sqlite (default,\n"
+     "    sqlite (default, DIR/dest.db), sqlite:PATH, null (discards rows),\n"
+     "    eventstore:sqlite:PATH or eventstore:postgres:CONNINFO (every change an event;\n"
+     "    read it with walrelay events), and plugin:/path/to/lib.so (a library built\n"
+     "    against walrelay/destination.h; add its own keys below [destination]\n"
+     "    afterwards). State stores: sqlite (default,\n"
      "    DIR/state.db) and postgres:CONNINFO (a schema walrelay_state in that database,\n"
      "    for hosts without a lasting disk; one supervisor per pipeline holds its lease).\n"},
     {"check", cli_check,
