@@ -66,7 +66,7 @@ typedef struct ev_filters_s {
     size_t n;
 } ev_filters_t;
 
-/* Parses an integer position (>= 0 unless allow_negative); false if not a number. */
+/* Parses a whole number; false if s is not one. */
 static bool
 ev_int(const char *s, int64_t *out)
 {
@@ -83,130 +83,31 @@ ev_int(const char *s, int64_t *out)
     return true;
 }
 
-/* The end of a JSON array value starting at p ('['), or NULL if it is not closed. */
-static char *
-ev_json_array_end(char *p)
-{
-    int depth = 0;
-    bool in_str = false;
-
-    for (; *p; p++) {
-        if (in_str) {
-            if (*p == '\\' && p[1])
-                p++;
-            else if (*p == '"')
-                in_str = false;
-            continue;
-        }
-        if (*p == '"')
-            in_str = true;
-        else if (*p == '[')
-            depth++;
-        else if (*p == ']' && --depth == 0)
-            return p + 1;
-    }
-    return NULL;
-}
-
-/* Parses 'event_kind=K[,aggregate_kind=T][,aggregate_id=ID][,after=P]' into f. An
- * aggregate_id that starts with '[' is read as a JSON array (it may hold commas). Errors
- * are printed; returns false. */
+/* One --filter (store.h es_filter_parse); errors are printed, returns false. */
 static bool
 ev_parse_filter(const char *arg, ev_filters_t *fs)
 {
-    wr_es_filter_t *f;
-    char *s, *p;
+    wr_es_error_t e;
+    char *s;
 
     if (fs->n == EV_MAX_FILTERS) {
         ev_print_err("too many --filter options (at most 64)", NULL);
         return false;
     }
-    f = &fs->f[fs->n];
-    memset(f, 0, sizeof(*f));
     if ((s = wr_strdup(arg)) == NULL) {
         ev_print_err("out of memory", NULL);
         return false;
     }
-    fs->text[fs->n] = s;
-    p = s;
-    while (*p) {
-        char *key = p, *eq = strchr(p, '='), *val, *end;
-        const char **slot = NULL;
-
-        if (eq == NULL) {
-            fprintf(stderr, "walrelay: invalid filter \"%s\": \"%s\" is not KEY=VALUE\n", arg, key);
-            goto bad;
-        }
-        *eq = '\0';
-        val = eq + 1;
-        if (strcmp(key, "aggregate_id") == 0 && val[0] == '[') {
-            end = ev_json_array_end(val);
-            if (end == NULL || (*end != '\0' && *end != ',')) {
-                fprintf(stderr,
-                        "walrelay: invalid filter \"%s\": aggregate_id %s is not a closed "
-                        "JSON array\n",
-                        arg, val);
-                goto bad;
-            }
-        } else {
-            end = strchr(val, ',');
-            if (end == NULL)
-                end = val + strlen(val);
-        }
-        p = *end ? end + 1 : end;
-        *end = '\0';
-        if (val[0] == '\0') {
-            fprintf(stderr, "walrelay: invalid filter \"%s\": %s has an empty value\n", arg, key);
-            goto bad;
-        }
-        if (strcmp(key, "event_kind") == 0)
-            slot = &f->event_kind;
-        else if (strcmp(key, "aggregate_kind") == 0)
-            slot = &f->aggregate_kind;
-        else if (strcmp(key, "aggregate_id") == 0)
-            slot = &f->aggregate_id;
-        else if (strcmp(key, "after") == 0) {
-            if (f->has_after) {
-                fprintf(stderr, "walrelay: invalid filter \"%s\": after is given twice\n", arg);
-                goto bad;
-            }
-            if (!ev_int(val, &f->after)) {
-                fprintf(stderr, "walrelay: invalid filter \"%s\": after=%s is not a position\n",
-                        arg, val);
-                goto bad;
-            }
-            if (f->after < 0) {
-                fprintf(stderr,
-                        "walrelay: invalid filter \"%s\": after=%s is negative (positions "
-                        "start at 1; after=0 means from the start)\n",
-                        arg, val);
-                goto bad;
-            }
-            f->has_after = true;
-            continue;
-        } else {
-            fprintf(stderr, "walrelay: invalid filter \"%s\": unknown key \"%s\"\n", arg, key);
-            goto bad;
-        }
-        if (*slot != NULL) {
-            fprintf(stderr, "walrelay: invalid filter \"%s\": %s is given twice\n", arg, key);
-            goto bad;
-        }
-        *slot = val;
+    if (es_filter_parse(s, &fs->f[fs->n], &e) != 0) {
+        fprintf(stderr, "walrelay: invalid filter \"%s\": %s\n", arg, e.message);
+        fprintf(stderr, "hint: --filter 'event_kind=K[,aggregate_kind=T][,aggregate_id=ID]"
+                        "[,after=P]', e.g. --filter 'event_kind=insert,aggregate_kind=public."
+                        "orders'\n");
+        free(s);
+        return false;
     }
-    if (f->event_kind == NULL) {
-        fprintf(stderr, "walrelay: invalid filter \"%s\": event_kind is required\n", arg);
-        goto bad;
-    }
-    fs->n++;
+    fs->text[fs->n++] = s;
     return true;
-bad:
-    fprintf(stderr,
-            "hint: --filter 'event_kind=K[,aggregate_kind=T][,aggregate_id=ID]"
-            "[,after=P]', e.g. --filter 'event_kind=insert,aggregate_kind=public.orders'\n");
-    free(s);
-    fs->text[fs->n] = NULL;
-    return false;
 }
 
 static void
@@ -411,30 +312,10 @@ ev_version(wr_es_store_t *st, const char *kind, const char *id)
 static char *
 ev_minify(const char *s)
 {
-    size_t n = strlen(s), o = 0;
-    char *out = malloc(n + 1);
-    bool in_str = false;
+    char *out = malloc(strlen(s) + 1);
 
-    if (out == NULL)
-        return NULL;
-    for (size_t i = 0; i < n; i++) {
-        char c = s[i];
-
-        if (in_str) {
-            out[o++] = c;
-            if (c == '\\' && i + 1 < n)
-                out[o++] = s[++i];
-            else if (c == '"')
-                in_str = false;
-            continue;
-        }
-        if (c == ' ' || c == '\t' || c == '\n' || c == '\r')
-            continue;
-        if (c == '"')
-            in_str = true;
-        out[o++] = c;
-    }
-    out[o] = '\0';
+    if (out != NULL)
+        es_json_minify(s, out);
     return out;
 }
 

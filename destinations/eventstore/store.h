@@ -125,4 +125,15 @@ int es_copy_add(wr_es_store_t *s, const char *slot, uint32_t relid, const char *
 int es_copy_publish(wr_es_store_t *s, const char *slot, uint32_t relid, int64_t *published,
                     wr_es_error_t *err);
 
+/* ---- text forms (filter.c) ---- */
+
+/* Parses 'event_kind=K[,aggregate_kind=T][,aggregate_id=ID][,after=P]' into f: event_kind
+ * required, each key at most once, after >= 0; an aggregate_id starting with '[' is a
+ * JSON array (commas inside). text is cut in place and f's strings point into it. 0, or
+ * WR_ES_EINVAL with err naming the problem. */
+int es_filter_parse(char *text, wr_es_filter_t *f, wr_es_error_t *err);
+/* Copies JSON text in to out (at least strlen(in) + 1 bytes) without the whitespace
+ * between tokens; strings are kept as they are. Returns the length written. */
+size_t es_json_minify(const char *in, char *out);
+
 #endif
