@@ -84,6 +84,7 @@ struct wr_es_store_s {
     char *cbuf;
     size_t clen, ccap;
     bool cfail;
+    bool temp_ready; /* PostgreSQL: es_pending exists in this session */
 };
 
 /* ---- the SQL ---------------------------------------------------------------------- */
@@ -429,10 +430,7 @@ es_schema_ensure(wr_es_store_t *s, int flags, wr_es_error_t *err)
     es_res_close(&r);
     if (rc < 0)
         return rc;
-    if (s->db.backend == ES_BACKEND_SQLITE)
-        return 0;
-    rc = es_db_script(&s->db, es_temp_pg, err);
-    return rc < 0 ? es_where(s, err, rc) : 0;
+    return 0;
 }
 
 static wr_es_store_t *
@@ -983,6 +981,12 @@ es_tx_flush(wr_es_store_t *s, wr_es_error_t *err)
         }
         if (s->cfail)
             return es_err(err, WR_ES_ENOMEM, "out of memory writing events");
+        if (s->clen > 0 && !s->temp_ready) {
+            /* created at the first write, not at open: readers never need it */
+            if ((rc = es_db_script(&s->db, es_temp_pg, err)) < 0)
+                return es_where(s, err, rc);
+            s->temp_ready = true;
+        }
         if (s->clen > 0)
             rc = es_db_copy_in(&s->db,
                                "COPY es_pending (position, aggregate_kind, aggregate_id, "
@@ -1086,6 +1090,7 @@ es_tx_rollback(wr_es_store_t *s)
     if (s->db_tx) {
         wr_es_error_t ign;
         (void)es_db_script(&s->db, "ROLLBACK", &ign);
+        s->temp_ready = false; /* a temporary table created in it is gone again */
     }
     s->copy_known = false;
     es_tx_reset(s);
