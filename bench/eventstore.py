@@ -33,6 +33,18 @@ import psycopg  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def apply_cpu(w):
+    """CPU seconds (user + system) the pipeline's apply worker has used so far, or None."""
+    try:
+        for c in open(f"/proc/{w.proc.pid}/task/{w.proc.pid}/children").read().split():
+            if os.path.basename(os.readlink(f"/proc/{c}/exe")) == "walrelay-apply":
+                f = open(f"/proc/{c}/stat").read().rsplit(")", 1)[1].split()
+                return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+    except OSError:
+        pass
+    return None
+
+
 def has_destination(build, name):
     """Is name a registered destination type of this build? (asked through the error of
     an unknown one, which lists them)."""
@@ -94,9 +106,11 @@ def main():
     args = ap.parse_args()
     n = args.changes
     pg = TmpPostgres()
+    load = os.getloadavg()[0]
     out = [f"## {time.strftime('%Y-%m-%d')} — `bench/eventstore.py {' '.join(sys.argv[1:])}`",
            f"\nmachine: {os.cpu_count()} cores, {os.uname().release}; PostgreSQL 15 (fsync on, "
-           "shared_buffers 256MB), source, stores and walrelay on the same machine"]
+           f"shared_buffers 256MB), source, stores and walrelay on the same machine; load average "
+           f"{load:.1f} at the start"]
     pipes = []
     try:
         with psycopg.connect(pg.conninfo, autocommit=True) as c:
@@ -131,8 +145,8 @@ def main():
         out.append(f"\n### Drain of a {n:,}-change backlog (½ inserts, ¼ updates, ¼ deletes; "
                    f"1000-row transactions; generated in {gen:.0f} s)\n")
         out.append("| destination | seconds | changes/s | ratio to the table destination on the "
-                   "same store | peak RSS MB (supervisor/apply) | store check |")
-        out.append("|---|---|---|---|---|---|")
+                   "same store | apply worker CPU s | peak RSS MB (supervisor/apply) | store check |")
+        out.append("|---|---|---|---|---|---|---|")
         rates = {}
         for w in pipes:
             slot = f"walrelay_{w.name}"
@@ -144,10 +158,19 @@ def main():
                                   (endpos, slot)).fetchone()
                     return bool(r and r[0])
             w.peak = {}
+            cpu = [None]
+
+            def flushed_cpu():
+                c = apply_cpu(w)
+                if c is not None:
+                    cpu[0] = c
+                return flushed()
             t0 = time.monotonic()
             w.start()
-            w.wait(flushed, 7200, "slot confirmed past the backlog")
+            w.wait(flushed_cpu, 7200, "slot confirmed past the backlog")
             dt = time.monotonic() - t0
+            c = apply_cpu(w)
+            cpu[0] = c if c is not None else cpu[0]
             w.stop()
             rates[w.label] = n / dt
             ratio = ""
@@ -164,7 +187,8 @@ def main():
             else:
                 ratio = "1.00"
             p = w.peak
-            out.append(f"| {w.label} | {dt:.2f} | {n / dt:,.0f} | {ratio} | "
+            cpu_s = f"{cpu[0]:.1f}" if cpu[0] is not None else "?"
+            out.append(f"| {w.label} | {dt:.2f} | {n / dt:,.0f} | {ratio} | {cpu_s} | "
                        f"{mb(p.get('supervisor', 0))}/{mb(p.get('walrelay-apply', 0))} | {check} |")
             print(out[-1], flush=True)
     finally:
