@@ -678,3 +678,26 @@ def test_15_second_pipeline_and_foreign_writer_are_conflicts(db, es_store, pipel
     wait_synced(p, db)
     assert [e["aggregate_id"] for e in load_cdc(p)] == ['["1"]', '["2"]']
     check_dense(es_store)
+
+
+# a table the event store cannot key ---------------------------------------------------
+
+def test_table_without_primary_key_is_refused(db, es_store, pipelines):
+    """No primary key: the table goes errored with the reason and the fix; the others go on."""
+    db.execute("CREATE TABLE k (id int PRIMARY KEY); CREATE TABLE nk (a int, b text);"
+               " ALTER TABLE nk REPLICA IDENTITY FULL; INSERT INTO nk VALUES (1, 'x')")
+    publish(db, "pub", ["k", "nk"])
+    p = es_pipeline(pipelines, db, es_store)
+    p.start()
+
+    def errored():
+        t = p.tables().get("public.nk")
+        return t and t["phase"] == "errored" and t
+    t = p.wait_until(errored, 120, "public.nk errored")
+    assert "no primary key" in t["err_msg"] and "resync" in (t["err_hint"] or ""), t
+    p.wait_until(lambda: p.tables()["public.k"]["phase"] == "ready", 120, "public.k ready")
+    db.execute("INSERT INTO k VALUES (1); INSERT INTO nk VALUES (2, 'y')")
+    wait_synced(p, db)
+    assert [(e["aggregate_kind"], e["aggregate_id"]) for e in load_cdc(p)] == [
+        ("public.k", '["1"]')]
+    check_dense(es_store)
