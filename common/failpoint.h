@@ -73,6 +73,10 @@
  *                               caught up, READY is not requested yet
  *   apply.after_ready           READY acked (persisted) for a table
  *
+ *   eventstore destination (in whichever worker writes; destinations/eventstore/)
+ *   eventstore.mid_batch        a batch's events are written into the store's open
+ *                               transaction; its progress row and COMMIT are not
+ *
  * Names are plain string literals; a point not listed in WALRELAY_FAILPOINTS does nothing.
  */
 #ifndef WR_FAILPOINT_H

@@ -227,7 +227,12 @@ cli_init(int argc, char **argv)
     printf("wrote %s/walrelay.conf\n", absdir);
     printf("  pipeline     %s (replication slot walrelay_%s)\n", pname, pname);
     printf("  publication  %s\n", publication);
-    printf("  destination  %s\n", dest ? dest : DEST_DEFAULT_TYPE);
+    {
+        /* a destination argument may hold a conninfo: never show its password */
+        char shown[1024];
+        log_redact_conninfo(dest ? dest : DEST_DEFAULT_TYPE, shown, sizeof(shown));
+        printf("  destination  %s\n", shown);
+    }
     if (state && strncmp(state, "plugin:", 7) == 0)
         printf("  state        plugin %s (its keys go below [state]: walrelay check says which)\n",
                state + 7);

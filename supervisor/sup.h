@@ -43,6 +43,8 @@ int cli_resume(int argc, char **argv);
 int cli_reload(int argc, char **argv);
 int cli_drop(int argc, char **argv);
 int cli_metrics(int argc, char **argv);
+/* events_cmd.c: walrelay events DIR load | version | tail | append */
+int cli_events(int argc, char **argv);
 
 /* Prints the usage of one command (main.c owns the table). */
 void cli_print_usage(const char *word, FILE *f);

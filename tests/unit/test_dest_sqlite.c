@@ -178,7 +178,7 @@ test_naming(void)
     CHECK(dest_type_find("plugin") == &dest_type_plugin);
     CHECK(dest_type_find("postgres") == NULL);
     dest_type_list(buf, sizeof(buf));
-    CHECK_STR_EQ(buf, "sqlite, null, plugin");
+    CHECK_STR_EQ(buf, "sqlite, null, plugin, eventstore");
 }
 
 static void
