@@ -62,6 +62,13 @@
  *                               caught up, READY is not requested yet
  *   apply.after_ready           READY acked (persisted) for a table
  *
+ *   destinations (in whichever worker writes; destinations/jsonl.c)
+ *   jsonl.after_append          a batch appended to the file and fsynced, the state that
+ *                               confirms it not written yet (the next writer cuts it)
+ *   jsonl.after_state           the state confirming the batch renamed into place, the
+ *                               lock not released yet
+ *   jsonl.mid_rotate            the full file renamed away, the state not told yet
+ *
  * Names are plain string literals; a point not listed in WALRELAY_FAILPOINTS does nothing.
  */
 #ifndef WR_FAILPOINT_H

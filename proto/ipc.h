@@ -13,6 +13,9 @@
  *     ["schema", req, relid, lsn, [nsp, name, replident, [[name, oid, typmod, flags]...]]] -> ack
  *     ["progress", flush_lsn, received_lsn, events]     apply: durable position, for status
  *     ["copy_progress", relid, rows]                    sync: rows copied so far
+ *     ["dest_wait", message]                            the destination is waiting on the
+ *                                                       outside world (retrying): what and
+ *                                                       the last error; "" = no longer
  *   supervisor -> worker
  *     ["welcome", version, pipeline]
  *     ["tables", [[relid, nsp, name, phase, lsn], ...]] all tables (apply) or its one (sync)
@@ -63,6 +66,8 @@ typedef enum {
     IPC_RELOAD, /* ["reload"] */
     /* supervisor -> apply worker: */
     IPC_TABLE_REMOVED, /* ["table_removed", relid]: the table left the publication */
+    /* added for issue 9 (streaming sinks); worker -> supervisor: */
+    IPC_DEST_WAIT, /* ["dest_wait", message]: the destination waits ("" = no longer) */
 } ipc_type_t;
 
 typedef struct ipc_table_info_s {
@@ -165,6 +170,9 @@ typedef struct ipc_msg_s {
         struct {
             uint32_t relid;
         } table_removed;
+        struct {
+            char *message; /* "" = the wait is over */
+        } dest_wait;
     } u;
 } ipc_msg_t;
 

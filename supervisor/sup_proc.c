@@ -439,6 +439,13 @@ on_message(sup_t *s, sup_proc_t *p, const ipc_msg_t *m)
         t->rows_copied = m->u.copy_progress.rows;
         return;
     }
+    case IPC_DEST_WAIT: {
+        const char *dm = m->u.dest_wait.message ? m->u.dest_wait.message : "";
+        if (dm[0] != '\0' && p->dest_wait[0] == '\0')
+            p->dest_wait_since = wr_now_ms();
+        wr_copy_text(p->dest_wait, sizeof(p->dest_wait), dm);
+        return;
+    }
     case IPC_ERROR:
         log_warn("worker rejected a message worker=%s message=\"%s\"", w->name,
                  m->u.error.message ? m->u.error.message : "");

@@ -146,6 +146,9 @@ check_msg_eq(const ipc_msg_t *a, const ipc_msg_t *b)
     case IPC_TABLE_REMOVED:
         CHECK_INT_EQ(a->u.table_removed.relid, b->u.table_removed.relid);
         break;
+    case IPC_DEST_WAIT:
+        CHECK_STR_EQ(a->u.dest_wait.message, b->u.dest_wait.message);
+        break;
     case IPC_ERROR:
         CHECK_STR_EQ(a->u.error.message, b->u.error.message);
         break;
@@ -208,7 +211,7 @@ static ipc_worker_info_t sample_workers[] = {
     {.role = "sync", .relid = 16390, .pid = 0, .restarts = 7, .state = "backoff"},
 };
 
-#define NSAMPLES 21
+#define NSAMPLES 23
 
 /* Fills samples[]; returns the count. samples[i] may reference the schema (freed by caller). */
 static int
@@ -304,6 +307,12 @@ make_samples(ipc_msg_t *s, wr_schema_t *schema)
     s[n].type = IPC_TABLE_REMOVED;
     s[n].u.table_removed.relid = 4294967295u;
     n++;
+    s[n].type = IPC_DEST_WAIT;
+    s[n].u.dest_wait.message = "http: HTTP 503 from http://127.0.0.1:9/ (attempt 3)";
+    n++;
+    s[n].type = IPC_DEST_WAIT;
+    s[n].u.dest_wait.message = "";
+    n++;
     return n;
 }
 
@@ -355,6 +364,7 @@ test_type_names(void)
     CHECK_STR_EQ(ipc_type_name(IPC_RESUME), "resume");
     CHECK_STR_EQ(ipc_type_name(IPC_RELOAD), "reload");
     CHECK_STR_EQ(ipc_type_name(IPC_TABLE_REMOVED), "table_removed");
+    CHECK_STR_EQ(ipc_type_name(IPC_DEST_WAIT), "dest_wait");
     CHECK_STR_EQ(ipc_type_name((ipc_type_t)0), "unknown");
     CHECK_STR_EQ(ipc_type_name((ipc_type_t)99), "unknown");
 }
@@ -617,6 +627,7 @@ test_decode_wrong_arity(void)
         {"copy_progress", 3}, {"stop", 1},    {"error", 2},  {"status", 1},
         {"status_reply", 10}, {"ok", 2},      {"retry", 2},  {"resync", 2},
         {"pause", 1},         {"resume", 1},  {"reload", 1}, {"table_removed", 2},
+        {"dest_wait", 2},
     };
     msgpack_sbuffer sb;
     msgpack_packer pk;
