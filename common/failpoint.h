@@ -68,6 +68,8 @@
  *   jsonl.after_state           the state confirming the batch renamed into place, the
  *                               lock not released yet
  *   jsonl.mid_rotate            the full file renamed away, the state not told yet
+ *   http.after_post             a batch acknowledged (2xx) by the receiver, the flush not
+ *                               returned yet (destinations/http.c)
  *
  * Names are plain string literals; a point not listed in WALRELAY_FAILPOINTS does nothing.
  */

@@ -64,5 +64,6 @@ void dest_abi_relation(const wr_schema_t *s, const char *dest_name, wr_dest_colu
 const wr_dest_ops_t *dest_null_abi(void);
 /* The streaming sinks on the ABI (issue 9): jsonl.c, http.c, nats.c. */
 const wr_dest_ops_t *dest_jsonl_abi(void);
+const wr_dest_ops_t *dest_http_abi(void);
 
 #endif

@@ -17,6 +17,7 @@
 static const dest_type_t *const dest_types[] = {
     &dest_type_sqlite,
     &dest_type_null,
+    &dest_type_http,
     &dest_type_jsonl,
     &dest_type_plugin,
 };

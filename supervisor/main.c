@@ -24,6 +24,7 @@ static const cli_cmd_t cli_cmds[] = {
      "    Writes DIR/walrelay.conf (creating DIR). The pipeline name defaults to the\n"
      "    directory's name, lowercased, other characters mapped to '_'. Destinations:\n"
      "    sqlite (default, DIR/dest.db), sqlite:PATH, null (discards rows),\n"
+     "    http:URL (a webhook: JSON batches POSTed to URL, at least once),\n"
      "    jsonl:PATH (JSON lines into a file, exactly once; jsonl:- for stdout), and\n"
      "    plugin:/path/to/lib.so (a library built against walrelay/destination.h; add\n"
      "    its own keys below [destination] afterwards). State stores: sqlite (default,\n"

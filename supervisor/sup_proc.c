@@ -615,8 +615,14 @@ apply_exited(sup_t *s, sup_worker_t *w, sup_proc_t *p, const char *how)
     if (fatal) {
         w->state = W_FAILED;
         s->degraded = true;
-        snprintf(s->message, sizeof(s->message),
-                 "the apply worker failed (%s) and is not restarted; see the log", how);
+        if (p->dest_wait[0] != '\0')
+            /* the destination's last word (issue 9: a webhook that refused a batch) */
+            snprintf(s->message, sizeof(s->message),
+                     "the apply worker failed (%s) and is not restarted: %s; see the log", how,
+                     p->dest_wait);
+        else
+            snprintf(s->message, sizeof(s->message),
+                     "the apply worker failed (%s) and is not restarted; see the log", how);
         log_error("apply worker failed, not restarting; the pipeline is degraded worker=%s "
                   "exit=\"%s\"",
                   w->name, how);
@@ -669,9 +675,12 @@ sync_exited(sup_t *s, sup_worker_t *w, sup_proc_t *p, const char *how)
         return;
     }
     if (fatal) {
-        char msg[512];
+        char msg[640];
         if (p->fatal)
             snprintf(msg, sizeof(msg), "sync worker %s", how);
+        else if (p->dest_wait[0] != '\0')
+            snprintf(msg, sizeof(msg), "sync worker exited with code %lld: %s",
+                     (long long)p->exit_status, p->dest_wait);
         else
             snprintf(msg, sizeof(msg), "sync worker exited with code %lld",
                      (long long)p->exit_status);

@@ -259,7 +259,9 @@ typedef struct wr_dest_host_s {
      * wr_dest_interrupted() below, which check. ---- */
     /* The destination is waiting on the outside world (retrying a request, a server that
      * is down): message says on what and the last error, one line, no secret; walrelay
-     * shows it in `walrelay status` and logs it. NULL (or "") once the wait is over. */
+     * shows it in `walrelay status` and logs it. NULL (or "") once the wait is over. Also
+     * usable just before a call fails for good, to say why (a receiver that refused a
+     * batch): walrelay shows it with the failure. */
     void (*waiting)(void *ctx, const char *message);
     /* True once walrelay wants this process to stop (walrelay stop, pause, SIGTERM) or its
      * supervisor is gone. A destination that retries "for as long as it takes" calls it

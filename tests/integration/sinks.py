@@ -301,3 +301,139 @@ def compare_replayed(db, events, tables, strict=True):
         if len(bad) > 3:
             diffs.append("%s: %d more rows differ" % (t, len(bad) - 3))
     return diffs
+
+
+# -- failpoints (common/failpoint.h) ---------------------------------------------------------
+
+def start_with_failpoints(p, monkeypatch, spec, fpdir):
+    """Starts `walrelay run` with the failpoints armed (its workers inherit them); the
+    test's own walrelay commands run without them."""
+    import os
+    os.makedirs(fpdir, exist_ok=True)
+    monkeypatch.setenv("WALRELAY_FAILPOINTS", spec)
+    monkeypatch.setenv("WALRELAY_FAILPOINT_DIR", str(fpdir))
+    try:
+        p.start()
+    finally:
+        monkeypatch.delenv("WALRELAY_FAILPOINTS")
+        monkeypatch.delenv("WALRELAY_FAILPOINT_DIR")
+
+
+def wait_fired(p, fpdir, name, timeout=90):
+    """Waits for the failpoint's marker file; returns the pid that wrote it."""
+    import os
+    path = os.path.join(str(fpdir), name)
+
+    def fired():
+        with open(path) as f:
+            txt = f.read().strip()
+        assert txt, "marker %s still empty" % path
+        return int(txt)
+
+    return p.wait_until(fired, timeout, "failpoint %s to fire (marker %s)" % (name, path))
+
+
+def wait_pid_gone(pid, timeout=20):
+    import time
+    from pipeline import SCALE, alive_walrelay_pids, deadline
+    end = deadline(timeout)
+    while alive_walrelay_pids([pid]):
+        assert time.monotonic() < end, "pid %d still alive %.0fs after its failpoint" % (
+            pid, timeout * SCALE)
+        time.sleep(0.05)
+
+
+# -- a webhook receiver ------------------------------------------------------------------------
+
+class Receiver:
+    """A real HTTP server (http.server, one thread per request) on a free loopback port.
+    decide(req) -> (status, headers dict, body bytes, seconds to wait before answering)
+    says how to answer each POST; the default is 200. Every request is recorded:
+    {"n", "t" (monotonic, when it arrived), "path", "headers" (lowercase names), "raw",
+    "json", "status" (what was answered), "answered" (False if the client was gone)}."""
+
+    def __init__(self, decide=None):
+        import http.server
+        import threading
+        import time as _time
+
+        self.decide = decide or (lambda req: (200, {}, b"ok", 0))
+        self.requests = []
+        self.lock = threading.Lock()
+        self.arrived = threading.Condition(self.lock)
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(n)
+                try:
+                    parsed = json.loads(raw)
+                except ValueError:
+                    parsed = None
+                req = {"t": _time.monotonic(), "path": self.path, "raw": raw, "json": parsed,
+                       "headers": {k.lower(): v for k, v in self.headers.items()},
+                       "status": None, "answered": False}
+                with outer.lock:
+                    req["n"] = len(outer.requests)
+                    outer.requests.append(req)
+                    outer.arrived.notify_all()
+                status, headers, body, wait = outer.decide(req)
+                req["status"] = status
+                if wait:
+                    _time.sleep(wait)
+                try:
+                    self.send_response(status)
+                    for k, v in headers.items():
+                        self.send_header(k, v)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    self.wfile.flush()
+                    req["answered"] = True
+                except OSError:
+                    pass
+
+        class Server(http.server.ThreadingHTTPServer):
+            daemon_threads = True
+            allow_reuse_address = True
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.url = "http://127.0.0.1:%d/hook" % self.port
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+    def delivered(self):
+        """Requests answered 2xx (the batches walrelay may consider acknowledged)."""
+        with self.lock:
+            return [r for r in self.requests if r["status"] and 200 <= r["status"] < 300]
+
+    def events(self):
+        """Events of the acknowledged requests, in arrival order."""
+        out = []
+        for r in self.delivered():
+            for ev in r["json"]["events"]:
+                check_event_shape(ev)
+                out.append(ev)
+        return out
+
+    def wait_requests(self, n, timeout):
+        """Waits until n requests have arrived."""
+        import time as _time
+        end = _time.monotonic() + timeout
+        with self.lock:
+            while len(self.requests) < n:
+                left = end - _time.monotonic()
+                assert left > 0, "the receiver got %d of %d requests in %ss" % (
+                    len(self.requests), n, timeout)
+                self.arrived.wait(left)
