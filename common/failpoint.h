@@ -70,6 +70,9 @@
  *   jsonl.mid_rotate            the full file renamed away, the state not told yet
  *   http.after_post             a batch acknowledged (2xx) by the receiver, the flush not
  *                               returned yet (destinations/http.c)
+ *   nats.after_publish          a flush handed every message to the NATS client, before
+ *                               waiting for JetStream's acknowledgements (destinations/nats.c)
+ *   nats.after_ack              every message acknowledged, the checkpoint not written yet
  *
  * Names are plain string literals; a point not listed in WALRELAY_FAILPOINTS does nothing.
  */

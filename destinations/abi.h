@@ -65,5 +65,6 @@ const wr_dest_ops_t *dest_null_abi(void);
 /* The streaming sinks on the ABI (issue 9): jsonl.c, http.c, nats.c. */
 const wr_dest_ops_t *dest_jsonl_abi(void);
 const wr_dest_ops_t *dest_http_abi(void);
+const wr_dest_ops_t *dest_nats_abi(void);
 
 #endif

@@ -19,6 +19,7 @@ static const dest_type_t *const dest_types[] = {
     &dest_type_null,
     &dest_type_http,
     &dest_type_jsonl,
+    &dest_type_nats,
     &dest_type_plugin,
 };
 #define DEST_NTYPES (sizeof(dest_types) / sizeof(dest_types[0]))

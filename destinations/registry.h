@@ -97,6 +97,7 @@ extern const dest_type_t dest_type_sqlite;
 extern const dest_type_t dest_type_null;
 extern const dest_type_t dest_type_http;
 extern const dest_type_t dest_type_jsonl;
+extern const dest_type_t dest_type_nats;
 extern const dest_type_t dest_type_plugin;
 
 #endif
