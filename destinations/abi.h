@@ -66,5 +66,10 @@ const wr_dest_ops_t *dest_null_abi(void);
 const wr_dest_ops_t *dest_jsonl_abi(void);
 const wr_dest_ops_t *dest_http_abi(void);
 const wr_dest_ops_t *dest_nats_abi(void);
+/* Parsers of the sinks' own stored text (tests/fuzz/fuzz_sinkstate.c): a jsonl state file
+ * (PATH.walrelay) and a NATS checkpoint value. 0, or -1 with why (one line). */
+int dest_jsonl_state_parse(const char *text, size_t len, char *why, size_t whylen);
+int dest_nats_checkpoint_parse(const char *text, size_t len, uint64_t *seq, bool *has_key,
+                               wr_dest_key_t *key);
 
 #endif

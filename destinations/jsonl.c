@@ -67,6 +67,7 @@
 
 #define JL_STATE_MAGIC "walrelay jsonl state 1"
 #define JL_MAX_STREAMS 4096
+#define JL_STATE_MAX   (1024 * 1024) /* a state file is a few lines per stream */
 
 typedef struct jl_stream_s {
     char name[64];
@@ -331,14 +332,101 @@ jl_state_damaged(jl_t *j, int line, const char *what, wr_dest_error_t *err)
     return WR_DEST_EIO;
 }
 
+/* Parses the text of a state file into *st (emptied first). 0, or -1 with *line and why
+ * (a static string). Pure: the fuzzer calls it through dest_jsonl_state_parse. */
+static int
+jl_state_parse(const char *text, size_t len, jl_state_t *st, int *line, const char **why)
+{
+    size_t pos = 0;
+    bool have_offset = false;
+    int ln = 0;
+
+    jl_state_clear(st);
+    while (pos < len) {
+        const char *nl = memchr(text + pos, '\n', len - pos);
+        char buf[512], word[32], arg1[128], arg2[64];
+        size_t n;
+        int got;
+
+        *line = ++ln;
+        if (nl == NULL || (size_t)(nl - (text + pos)) >= sizeof(buf)) {
+            *why = "line too long or not terminated";
+            return -1;
+        }
+        n = (size_t)(nl - (text + pos));
+        memcpy(buf, text + pos, n);
+        buf[n] = '\0';
+        pos += n + 1;
+        if (strlen(buf) != n) {
+            *why = "a NUL byte in a line";
+            return -1;
+        }
+        if (ln == 1) {
+            if (strcmp(buf, JL_STATE_MAGIC) != 0) {
+                *why = "not a walrelay jsonl state file";
+                return -1;
+            }
+            continue;
+        }
+        got = sscanf(buf, "%31s %127s %63s", word, arg1, arg2);
+        if (got == 2 && strcmp(word, "pipeline") == 0) {
+            memcpy(st->pipeline, arg1, sizeof(st->pipeline));
+        } else if (got == 2 && strcmp(word, "generation") == 0 &&
+                   jl_parse_u64(arg1, &st->generation) == 0) {
+        } else if (got == 2 && strcmp(word, "offset") == 0 &&
+                   jl_parse_u64(arg1, &st->offset) == 0) {
+            have_offset = true;
+        } else if (got == 3 && strcmp(word, "stream") == 0 && jl_stream_name_ok(arg1)) {
+            wr_dest_key_t k;
+
+            if (evj_key_parse(arg2, strlen(arg2), &k) != 0) {
+                *why = "bad key";
+                return -1;
+            }
+            if (jl_state_put(st, arg1, &k) != 0) {
+                *why = "out of memory, or too many streams";
+                return -1;
+            }
+        } else {
+            *why = "unexpected line";
+            return -1;
+        }
+    }
+    if (!have_offset) {
+        *line = ln;
+        *why = "no offset line";
+        return -1;
+    }
+    return 0;
+}
+
+int
+dest_jsonl_state_parse(const char *text, size_t len, char *why, size_t whylen)
+{
+    jl_state_t st;
+    const char *w = "";
+    int line = 0, rc;
+
+    memset(&st, 0, sizeof(st));
+    rc = jl_state_parse(text, len, &st, &line, &w);
+    if (rc != 0)
+        snprintf(why, whylen, "line %d: %s", line, w);
+    else
+        snprintf(why, whylen, "pipeline %s offset %llu streams %zu", st.pipeline,
+                 (unsigned long long)st.offset, st.n);
+    jl_state_clear(&st);
+    return rc;
+}
+
 /* Reads PATH.walrelay into *st. *found = false (st empty) if there is none. */
 static int
 jl_state_read(jl_t *j, jl_state_t *st, bool *found, wr_dest_error_t *err)
 {
     FILE *f = fopen(j->state_path, "re");
-    char line[512];
-    int ln = 0;
-    bool have_offset = false;
+    char *text;
+    size_t len;
+    const char *why = "";
+    int line = 0, rc;
 
     jl_state_clear(st);
     *found = false;
@@ -347,52 +435,27 @@ jl_state_read(jl_t *j, jl_state_t *st, bool *found, wr_dest_error_t *err)
             return 0;
         return jl_errno(err, errno, "cannot read the state file", j->state_path);
     }
-    while (fgets(line, sizeof(line), f) != NULL) {
-        char word[32], arg1[128], arg2[64];
-        int n;
-
-        ln++;
-        if (strchr(line, '\n') == NULL) {
-            fclose(f);
-            return jl_state_damaged(j, ln, "line too long or not terminated", err);
-        }
-        if (ln == 1) {
-            if (strcmp(line, JL_STATE_MAGIC "\n") != 0) {
-                fclose(f);
-                return jl_state_damaged(j, ln, "not a walrelay jsonl state file", err);
-            }
-            continue;
-        }
-        n = sscanf(line, "%31s %127s %63s", word, arg1, arg2);
-        if (n == 2 && strcmp(word, "pipeline") == 0) {
-            memcpy(st->pipeline, arg1, sizeof(st->pipeline));
-        } else if (n == 2 && strcmp(word, "generation") == 0 &&
-                   jl_parse_u64(arg1, &st->generation) == 0) {
-        } else if (n == 2 && strcmp(word, "offset") == 0 && jl_parse_u64(arg1, &st->offset) == 0) {
-            have_offset = true;
-        } else if (n == 3 && strcmp(word, "stream") == 0 && jl_stream_name_ok(arg1)) {
-            wr_dest_key_t k;
-            if (evj_key_parse(arg2, strlen(arg2), &k) != 0) {
-                fclose(f);
-                return jl_state_damaged(j, ln, "bad key", err);
-            }
-            if (jl_state_put(st, arg1, &k) != 0) {
-                fclose(f);
-                return wr_dest_error_set(err, WR_DEST_ENOMEM, NULL, "out of memory");
-            }
-        } else {
-            fclose(f);
-            return jl_state_damaged(j, ln, "unexpected line", err);
-        }
+    text = malloc(JL_STATE_MAX + 1);
+    if (text == NULL) {
+        fclose(f);
+        return wr_dest_error_set(err, WR_DEST_ENOMEM, NULL, "out of memory");
     }
+    len = fread(text, 1, JL_STATE_MAX + 1, f);
     if (ferror(f)) {
         int e = errno;
         fclose(f);
+        free(text);
         return jl_errno(err, e, "cannot read the state file", j->state_path);
     }
     fclose(f);
-    if (!have_offset)
-        return jl_state_damaged(j, ln, "no offset line", err);
+    if (len > JL_STATE_MAX) {
+        free(text);
+        return jl_state_damaged(j, 0, "larger than any state walrelay writes", err);
+    }
+    rc = jl_state_parse(text, len, st, &line, &why);
+    free(text);
+    if (rc != 0)
+        return jl_state_damaged(j, line, why, err);
     *found = true;
     return 0;
 }

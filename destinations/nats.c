@@ -586,15 +586,44 @@ nt_connect_once(nt_t *t, wr_dest_error_t *err)
 
 /* ---- checkpoints and reading back ----------------------------------------------------- */
 
+int
+dest_nats_checkpoint_parse(const char *text, size_t len, uint64_t *seq, bool *has_key,
+                           wr_dest_key_t *key)
+{
+    const char *sp = memchr(text, ' ', len);
+    uint64_t v = 0;
+
+    *seq = 0;
+    *has_key = false;
+    if (sp == NULL || sp == text || sp - text > 20)
+        return -1;
+    for (const char *p = text; p < sp; p++) {
+        uint64_t dgt = (uint64_t)(*p - '0');
+
+        if (*p < '0' || *p > '9' || v > (UINT64_MAX - dgt) / 10)
+            return -1;
+        v = v * 10 + dgt;
+    }
+    sp++;
+    len -= (size_t)(sp - text);
+    if (len == 1 && sp[0] == '-') {
+        *seq = v;
+        return 0;
+    }
+    if (evj_key_parse(sp, len, key) != 0)
+        return -1;
+    *seq = v;
+    *has_key = true;
+    return 0;
+}
+
 static int
 nt_ck_read(nt_t *t, const char *wstream, uint64_t *seq, bool *has_key, wr_dest_key_t *key,
            wr_dest_error_t *err)
 {
     kvEntry *e = NULL;
     natsStatus s = kvStore_Get(&e, t->kv, wstream);
-    char buf[128], ks[64];
-    unsigned long long sq;
-    int n;
+    int rc;
 
     *seq = 0;
     *has_key = false;
@@ -604,16 +633,15 @@ nt_ck_read(nt_t *t, const char *wstream, uint64_t *seq, bool *has_key, wr_dest_k
         return wr_dest_error_set(err, WR_DEST_ETRANSIENT, NULL,
                                  "reading walrelay's checkpoint \"%s\" of bucket \"%s\": %s",
                                  wstream, t->bucket, nt_status_text(s, 0));
-    snprintf(buf, sizeof(buf), "%.*s", kvEntry_ValueLen(e), (const char *)kvEntry_Value(e));
+    rc = dest_nats_checkpoint_parse((const char *)kvEntry_Value(e), kvEntry_ValueLen(e), seq,
+                                    has_key, key);
+    if (rc != 0)
+        wr_dest_error_set(err, WR_DEST_EIO, NULL,
+                          "walrelay's checkpoint \"%s\" in bucket \"%s\" is damaged: \"%.*s\"",
+                          wstream, t->bucket, kvEntry_ValueLen(e) > 100 ? 100 : kvEntry_ValueLen(e),
+                          (const char *)kvEntry_Value(e));
     kvEntry_Destroy(e);
-    n = sscanf(buf, "%llu %63s", &sq, ks);
-    if (n != 2 || (strcmp(ks, "-") != 0 && evj_key_parse(ks, strlen(ks), key) != 0))
-        return wr_dest_error_set(err, WR_DEST_EIO, NULL,
-                                 "walrelay's checkpoint \"%s\" in bucket \"%s\" is damaged: \"%s\"",
-                                 wstream, t->bucket, buf);
-    *seq = sq;
-    *has_key = strcmp(ks, "-") != 0;
-    return WR_DEST_OK;
+    return rc == 0 ? WR_DEST_OK : WR_DEST_EIO;
 }
 
 static int
