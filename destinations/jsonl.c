@@ -607,6 +607,17 @@ jl_rotate(jl_t *j, wr_dest_error_t *err)
     j->st.offset = 0;
     if ((rc = jl_state_write(j, &j->st, err)) < 0)
         return rc;
+    /* the new file exists at once (readers following PATH see it; a crash before this is
+     * finished by jl_recover, which creates it) */
+    {
+        int fd = open(j->path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+
+        if (fd < 0)
+            return jl_errno(err, errno, "cannot create", j->path);
+        close(fd);
+        if ((rc = jl_fsync_dir(j, err)) < 0)
+            return rc;
+    }
     wr_dest_log(j->host, WR_DEST_LOG_INFO, "rotated file=\"%s\" to=\"%s\"", j->path, rotated);
     return 0;
 }
