@@ -13,7 +13,21 @@
 const char *
 evj_key(const wr_dest_key_t *k, char buf[EVJ_KEY_LEN])
 {
-    snprintf(buf, EVJ_KEY_LEN, "%016" PRIX64 ":%010" PRIu32, k->commit_lsn, k->ordinal);
+    static const char hex[] = "0123456789ABCDEF";
+    uint64_t lsn = k->commit_lsn;
+    uint32_t ord = k->ordinal;
+
+    /* once per event: no snprintf */
+    for (int i = 15; i >= 0; i--) {
+        buf[i] = hex[lsn & 15];
+        lsn >>= 4;
+    }
+    buf[16] = ':';
+    for (int i = 26; i >= 17; i--) {
+        buf[i] = (char)('0' + ord % 10);
+        ord /= 10;
+    }
+    buf[27] = '\0';
     return buf;
 }
 
