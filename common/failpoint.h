@@ -68,6 +68,10 @@
  *   jsonl.after_state           the state confirming the batch renamed into place, the
  *                               lock not released yet
  *   jsonl.mid_rotate            the full file renamed away, the state not told yet
+ *   jsonl.copy_appended         a finished copy appended from its side file and fsynced,
+ *                               the state not written yet
+ *   jsonl.copy_moved            a finished copy appended from its side file and confirmed
+ *                               by the state, the side file not removed yet
  *   http.after_post             a batch acknowledged (2xx) by the receiver, the flush not
  *                               returned yet (destinations/http.c)
  *   nats.after_publish          a flush handed every message to the NATS client, before

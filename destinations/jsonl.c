@@ -13,6 +13,7 @@
  *                         every stream ("apply", "sync_<relid>"); text, replaced atomically
  *   PATH.walrelay.lock    flock(2) target: whoever holds it exclusively may append
  *   PATH.NNNNNN           rotated files (rotate_bytes), oldest = lowest number
+ *   PATH.copy-<relid>     a table's copy while it runs (below "copies")
  *
  * EXACTLY ONCE ACROSS PROCESSES AND CRASHES
  *   Each process buffers the events it is given in memory (write_events,
@@ -33,9 +34,9 @@
  *   written. The same cut happens at open, so a reader that follows the file sees an
  *   unconfirmed tail disappear at most once per crash; a reader that must never see one
  *   reads PATH only up to the offset in PATH.walrelay.
- *   Copied rows are not changes: a copy that a crash interrupts starts again, and every
- *   copy opens with a "truncate" line of phase "copy" (consumers drop what an earlier
- *   copy of the table delivered).
+ *   A copy goes to PATH only once complete (see "copies" below), so PATH holds each
+ *   finished copy once; every copy opens with a "truncate" line of phase "copy"
+ *   (consumers drop what an earlier copy of the table delivered: walrelay resync).
  *
  * ROTATION (rotate_bytes > 0): after a flush that takes PATH to rotate_bytes or more,
  *   PATH is renamed to PATH.<generation+1, 6 digits> and the state says generation + 1,
@@ -74,12 +75,22 @@ typedef struct jl_stream_s {
     wr_dest_key_t key;
 } jl_stream_t;
 
+/* A copy moved into PATH: the side file of this attempt is not appended again. */
+typedef struct jl_copied_s {
+    uint32_t relid;
+    uint64_t attempt;
+} jl_copied_t;
+
+#define JL_MAX_COPIED 64
+
 typedef struct jl_state_s {
     char pipeline[128];
     uint64_t generation;
     uint64_t offset;
     size_t n, cap;
     jl_stream_t *streams;
+    size_t ncopied;
+    jl_copied_t copied[JL_MAX_COPIED];
 } jl_state_t;
 
 typedef struct jl_s {
@@ -99,6 +110,9 @@ typedef struct jl_s {
     uint32_t copy_relid;
     int64_t copy_attempt_us;
     uint64_t copy_n;
+    bool stage_copy; /* a file, role sync: copies go to PATH.copy-<relid> first */
+    bool side_fresh; /* a copy started: the side file is emptied at its next write */
+    jw_buf_t side;   /* copied lines since the last flush */
     jl_state_t st;
 } jl_t;
 
@@ -307,6 +321,38 @@ jl_state_del(jl_state_t *st, const char *name)
         *s = st->streams[--st->n];
 }
 
+static bool
+jl_copied_has(const jl_state_t *st, uint32_t relid, uint64_t attempt)
+{
+    for (size_t i = 0; i < st->ncopied; i++)
+        if (st->copied[i].relid == relid && st->copied[i].attempt == attempt)
+            return true;
+    return false;
+}
+
+static void
+jl_copied_del(jl_state_t *st, uint32_t relid)
+{
+    for (size_t i = 0; i < st->ncopied;) {
+        if (st->copied[i].relid == relid)
+            st->copied[i] = st->copied[--st->ncopied];
+        else
+            i++;
+    }
+}
+
+static void
+jl_copied_set(jl_state_t *st, uint32_t relid, uint64_t attempt)
+{
+    jl_copied_del(st, relid);
+    if (st->ncopied == JL_MAX_COPIED) /* the oldest entry: its side file is long gone */
+        memmove(&st->copied[0], &st->copied[1], (JL_MAX_COPIED - 1) * sizeof(st->copied[0]));
+    else
+        st->ncopied++;
+    st->copied[st->ncopied - 1].relid = relid;
+    st->copied[st->ncopied - 1].attempt = attempt;
+}
+
 /* Stream names become one word of the state file. */
 static bool
 jl_stream_name_ok(const char *s)
@@ -376,6 +422,17 @@ jl_state_parse(const char *text, size_t len, jl_state_t *st, int *line, const ch
         } else if (got == 2 && strcmp(word, "offset") == 0 &&
                    jl_parse_u64(arg1, &st->offset) == 0) {
             have_offset = true;
+        } else if (got == 3 && strcmp(word, "copy") == 0) {
+            uint64_t relid, attempt;
+
+            if (jl_parse_u64(arg1, &relid) != 0 || relid == 0 || relid > UINT32_MAX ||
+                jl_parse_u64(arg2, &attempt) != 0 || st->ncopied == JL_MAX_COPIED) {
+                *why = "bad copy line";
+                return -1;
+            }
+            st->copied[st->ncopied].relid = (uint32_t)relid;
+            st->copied[st->ncopied].attempt = attempt;
+            st->ncopied++;
         } else if (got == 3 && strcmp(word, "stream") == 0 && jl_stream_name_ok(arg1)) {
             wr_dest_key_t k;
 
@@ -480,6 +537,11 @@ jl_state_write(jl_t *j, const jl_state_t *st, wr_dest_error_t *err)
         jw_lit(&b, " ");
         jw_lit(&b, evj_key(&st->streams[i].key, key));
         jw_lit(&b, "\n");
+    }
+    for (size_t i = 0; i < st->ncopied; i++) {
+        snprintf(num, sizeof(num), "copy %" PRIu32 " %" PRIu64 "\n", st->copied[i].relid,
+                 st->copied[i].attempt);
+        jw_lit(&b, num);
     }
     if (jw_failed(&b)) {
         jw_free(&b);
@@ -622,6 +684,178 @@ jl_rotate(jl_t *j, wr_dest_error_t *err)
     return 0;
 }
 
+/* ---- copies: staged in a side file, moved into PATH once complete ------------------------
+ *
+ * A sync worker's copy (its opening "truncate" and its rows) is appended, batch by batch,
+ * to PATH.copy-<relid> (fsynced at each flush, like PATH) instead of PATH. A copy that a
+ * crash interrupts starts over with that file emptied, so PATH never holds a partial copy.
+ * The copy is complete once its worker is in catch-up (walrelay persisted FinishedCopy
+ * before): at its last_key("sync_<relid>") the whole side file is appended to PATH under
+ * the lock, the state records the offset and "copy <relid> <attempt>" in one replacement,
+ * then the side file is removed. A crash after the state but before the removal leaves a
+ * side file whose attempt the state lists: it is removed, never appended again. So each
+ * completed copy is in PATH exactly once, before the table's changes. */
+
+static void
+jl_side_path(const jl_t *j, uint32_t relid, char *buf, size_t len)
+{
+    snprintf(buf, len, "%s.copy-%" PRIu32, j->path, relid);
+}
+
+/* Appends the buffered copied lines to the side file (emptied first at a copy's start). */
+static int
+jl_side_flush(jl_t *j, wr_dest_error_t *err)
+{
+    char path[PATH_MAX];
+    int fd;
+
+    if (j->side.len == 0)
+        return WR_DEST_OK;
+    jl_side_path(j, j->copy_relid, path, sizeof(path));
+    fd =
+        open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | (j->side_fresh ? O_TRUNC : 0), 0644);
+    if (fd < 0)
+        return jl_errno(err, errno, "cannot write the copy file", path);
+    if (jl_write_all(fd, j->side.data, j->side.len, -1) != 0 || fdatasync(fd) != 0) {
+        int e = errno;
+        close(fd);
+        return jl_errno(err, e, "cannot write the copy file", path);
+    }
+    close(fd);
+    if (j->side_fresh && jl_fsync_dir(j, err) < 0)
+        return WR_DEST_EIO;
+    j->side_fresh = false;
+    jw_reset(&j->side);
+    return WR_DEST_OK;
+}
+
+/* The attempt of a side file: from its first line's key "copy:<relid>:<attempt>:...". */
+static int
+jl_side_attempt(int fd, uint32_t relid, uint64_t *attempt)
+{
+    char head[128], want[32];
+    ssize_t n = pread(fd, head, sizeof(head) - 1, 0);
+    const char *p;
+    int wl;
+
+    if (n <= 0)
+        return -1;
+    head[n] = '\0';
+    wl = snprintf(want, sizeof(want), "{\"key\":\"copy:%" PRIu32 ":", relid);
+    if (strncmp(head, want, (size_t)wl) != 0)
+        return -1;
+    p = head + wl;
+    *attempt = 0;
+    if (*p < '0' || *p > '9')
+        return -1;
+    for (; *p >= '0' && *p <= '9'; p++)
+        *attempt = *attempt * 10 + (uint64_t)(*p - '0');
+    return *p == ':' ? 0 : -1;
+}
+
+/* Copies len bytes of in (from 0) to out at off. */
+static int
+jl_copy_range(int in, int out, off_t off, uint64_t len)
+{
+    off_t ioff = 0;
+
+    while (len > 0) {
+        ssize_t n = copy_file_range(in, &ioff, out, &off, len > (1u << 30) ? (1u << 30) : len, 0);
+
+        if (n < 0 && (errno == EXDEV || errno == ENOSYS || errno == EINVAL)) {
+            char buf[1 << 16];
+            ssize_t r = pread(in, buf, sizeof(buf), ioff);
+
+            if (r <= 0)
+                return -1;
+            if (jl_write_all(out, buf, (size_t)r, off) != 0)
+                return -1;
+            n = r;
+            ioff += r;
+            off += r;
+        } else if (n <= 0) {
+            if (n < 0 && errno == EINTR)
+                continue;
+            return -1;
+        }
+        len -= (uint64_t)n;
+    }
+    return 0;
+}
+
+static int jl_rotate(jl_t *j, wr_dest_error_t *err);
+
+/* Moves a complete copy of relid from its side file into PATH (see above). */
+static int
+jl_move_copy(jl_t *j, uint32_t relid, wr_dest_error_t *err)
+{
+    char path[PATH_MAX];
+    struct stat sb;
+    uint64_t attempt;
+    int fd = -1, side, rc;
+
+    jl_side_path(j, relid, path, sizeof(path));
+    side = open(path, O_RDONLY | O_CLOEXEC);
+    if (side < 0)
+        return errno == ENOENT ? WR_DEST_OK : jl_errno(err, errno, "cannot read", path);
+    if ((rc = jl_lock(j, LOCK_EX, err)) < 0) {
+        close(side);
+        return rc;
+    }
+    if ((rc = jl_recover(j, &fd, err)) < 0)
+        goto out;
+    if (fstat(side, &sb) != 0 || jl_side_attempt(side, relid, &attempt) != 0) {
+        rc = wr_dest_error_set(err, WR_DEST_EIO, NULL,
+                               "the copy file \"%s\" of a finished copy does not start with its "
+                               "copy's first line",
+                               path);
+        wr_dest_error_hint(err, "it was changed outside walrelay: remove it and resync the table");
+        goto out;
+    }
+    if (!jl_copied_has(&j->st, relid, attempt)) {
+        if (jl_copy_range(side, fd, (off_t)j->st.offset, (uint64_t)sb.st_size) != 0 ||
+            fdatasync(fd) != 0) {
+            rc = jl_errno(err, errno, "cannot append the copy to", j->path);
+            goto out;
+        }
+        FAILPOINT("jsonl.copy_appended");
+        j->st.offset += (uint64_t)sb.st_size;
+        jl_copied_set(&j->st, relid, attempt);
+        if ((rc = jl_state_write(j, &j->st, err)) < 0)
+            goto out;
+        FAILPOINT("jsonl.copy_moved");
+        wr_dest_log(j->host, WR_DEST_LOG_INFO,
+                    "copy appended file=\"%s\" relid=%" PRIu32 " bytes=%lld", j->path, relid,
+                    (long long)sb.st_size);
+    }
+    if (unlink(path) != 0 && errno != ENOENT) {
+        rc = jl_errno(err, errno, "cannot remove", path);
+        goto out;
+    }
+    if ((rc = jl_fsync_dir(j, err)) < 0)
+        goto out;
+    if (j->rotate_bytes > 0 && j->st.offset >= j->rotate_bytes)
+        rc = jl_rotate(j, err);
+out:
+    if (fd >= 0)
+        close(fd);
+    close(side);
+    jl_unlock(j);
+    return rc;
+}
+
+/* "sync_<relid>" -> relid, 0 if stream is not that. */
+static uint32_t
+jl_sync_relid(const char *stream)
+{
+    uint64_t v;
+
+    if (strncmp(stream, "sync_", 5) != 0 || jl_parse_u64(stream + 5, &v) != 0 || v == 0 ||
+        v > UINT32_MAX)
+        return 0;
+    return (uint32_t)v;
+}
+
 /* ---- open / close --------------------------------------------------------------------- */
 
 static void
@@ -637,6 +871,7 @@ jl_free(jl_t *j)
     free(j->lock_path);
     free(j->dir);
     jw_free(&j->buf);
+    jw_free(&j->side);
     jl_state_clear(&j->st);
     free(j);
 }
@@ -655,12 +890,15 @@ jl_open(const wr_dest_config_t *cfg, const wr_dest_host_t *host, void **state, w
     j->host = host;
     j->lock_fd = -1;
     jw_init(&j->buf);
+    jw_init(&j->side);
     snprintf(j->pipeline, sizeof(j->pipeline), "%s", cfg->pipeline[0] ? cfg->pipeline : "-");
     for (char *p = j->pipeline; *p; p++)
         if (*p == ' ' || *p == '\t' || *p == '\n')
             *p = '_';
     if (rot != NULL && jl_parse_u64(rot, &j->rotate_bytes) != 0)
         j->rotate_bytes = 0;
+    j->stage_copy = strcmp(path, "-") != 0 && host != NULL && host->role != NULL &&
+                    strcmp(host->role, "sync") == 0;
     if (strcmp(path, "-") == 0) {
         j->to_stdout = true;
         j->lock_path = jl_concat(cfg->dir, "/jsonl-stdout.lock");
@@ -740,8 +978,9 @@ jl_check(void *state, wr_dest_error_t *err)
 static int
 jl_buffered(jl_t *j, wr_dest_error_t *err)
 {
-    if (jw_failed(&j->buf)) {
+    if (jw_failed(&j->buf) || jw_failed(&j->side)) {
         jw_reset(&j->buf);
+        jw_reset(&j->side);
         j->nlines = 0;
         return wr_dest_error_set(err, WR_DEST_ENOMEM, NULL,
                                  "out of memory buffering events for \"%s\"",
@@ -771,6 +1010,15 @@ jl_copy_start(jl_t *j, uint32_t relid)
     j->copy_relid = relid;
     j->copy_attempt_us = jl_wall_us();
     j->copy_n = 0;
+    j->side_fresh = true;
+    jw_reset(&j->side);
+}
+
+/* Where copied lines go: the side file's buffer when copies are staged. */
+static jw_buf_t *
+jl_copy_buf(jl_t *j)
+{
+    return j->stage_copy ? &j->side : &j->buf;
 }
 
 static int
@@ -781,8 +1029,8 @@ jl_truncate_table(void *state, const wr_dest_relation_t *rel, wr_dest_error_t *e
 
     /* walrelay truncates a table only to copy it (again) */
     jl_copy_start(j, rel->relid);
-    evj_copy_truncate(&j->buf, rel, evj_copy_key(rel->relid, j->copy_attempt_us, 0, key));
-    jw_raw(&j->buf, "\n", 1);
+    evj_copy_truncate(jl_copy_buf(j), rel, evj_copy_key(rel->relid, j->copy_attempt_us, 0, key));
+    jw_raw(jl_copy_buf(j), "\n", 1);
     j->nlines++;
     return jl_buffered(j, err);
 }
@@ -797,9 +1045,9 @@ jl_write_table_rows(void *state, const wr_dest_relation_t *rel, const wr_dest_ro
     if (j->copy_relid != rel->relid)
         jl_copy_start(j, rel->relid);
     for (size_t i = 0; i < nrows; i++) {
-        evj_copy_row(&j->buf, rel, &rows[i],
+        evj_copy_row(jl_copy_buf(j), rel, &rows[i],
                      evj_copy_key(rel->relid, j->copy_attempt_us, ++j->copy_n, key));
-        jw_raw(&j->buf, "\n", 1);
+        jw_raw(jl_copy_buf(j), "\n", 1);
         j->nlines++;
     }
     return jl_buffered(j, err);
@@ -836,6 +1084,8 @@ jl_flush(void *state, const char *stream, const wr_dest_key_t *key, wr_dest_erro
         return jl_flush_stdout(j, err);
     if (!jl_stream_name_ok(stream))
         return wr_dest_error_set(err, WR_DEST_EIO, NULL, "invalid stream name \"%s\"", stream);
+    if ((rc = jl_side_flush(j, err)) < 0)
+        return rc;
     if (j->buf.len == 0 && key == NULL)
         return WR_DEST_OK;
     if ((rc = jl_lock(j, LOCK_EX, err)) < 0)
@@ -892,6 +1142,10 @@ jl_last_key(void *state, const char *stream, wr_dest_key_t *key, bool *found, wr
     *found = false;
     if (j->to_stdout)
         return WR_DEST_OK; /* no state: at least once */
+    /* a sync worker asks in catch-up: its copy is complete */
+    if (j->stage_copy && jl_sync_relid(stream) != 0 &&
+        (rc = jl_move_copy(j, jl_sync_relid(stream), err)) < 0)
+        return rc;
     memset(&st, 0, sizeof(st));
     if ((rc = jl_lock(j, LOCK_SH, err)) < 0)
         return rc;
@@ -917,9 +1171,31 @@ jl_forget_stream(void *state, const char *stream, wr_dest_error_t *err)
         return WR_DEST_OK;
     if ((rc = jl_lock(j, LOCK_EX, err)) < 0)
         return rc;
-    if ((rc = jl_recover(j, &fd, err)) == 0 && jl_state_find(&j->st, stream) != NULL) {
+    if ((rc = jl_recover(j, &fd, err)) == 0) {
+        uint32_t relid = jl_sync_relid(stream);
+        bool changed = jl_state_find(&j->st, stream) != NULL;
+
         jl_state_del(&j->st, stream);
-        rc = jl_state_write(j, &j->st, err);
+        if (relid != 0) {
+            char path[PATH_MAX];
+            uint64_t attempt;
+            int side;
+
+            /* a moved copy's side file left by a crash goes now */
+            jl_side_path(j, relid, path, sizeof(path));
+            side = open(path, O_RDONLY | O_CLOEXEC);
+            if (side >= 0) {
+                if (jl_side_attempt(side, relid, &attempt) == 0 &&
+                    jl_copied_has(&j->st, relid, attempt))
+                    (void)unlink(path);
+                close(side);
+            }
+            for (size_t i = 0; i < j->st.ncopied; i++)
+                changed = changed || j->st.copied[i].relid == relid;
+            jl_copied_del(&j->st, relid);
+        }
+        if (changed)
+            rc = jl_state_write(j, &j->st, err);
     }
     if (fd >= 0)
         close(fd);
@@ -934,6 +1210,7 @@ jl_discard(void *state, wr_dest_error_t *err)
 
     (void)err;
     jw_reset(&j->buf);
+    jw_reset(&j->side);
     j->nlines = 0;
     return WR_DEST_OK;
 }

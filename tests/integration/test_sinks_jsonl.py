@@ -103,6 +103,7 @@ FAILPOINTS = [
     "sync.after_syncwait", "sync.catchup_after_commit", "sync.before_slot_drop",
     "apply.after_commit", "apply.mid_txn_chunk", "apply.catchup_granted", "apply.before_ready",
     "apply.after_ready", "jsonl.after_append", "jsonl.after_state", "jsonl.mid_rotate",
+    "jsonl.copy_appended", "jsonl.copy_moved",
     # the same three where only the apply worker writes (no table is being copied)
     "jsonl.after_append@apply", "jsonl.after_state@apply", "jsonl.mid_rotate@apply",
 ]
@@ -196,6 +197,15 @@ def test_jsonl_kill_at_failpoint(db, pipelines, tmp_path, monkeypatch, failpoint
                          p.log_text()), "the point did not fire in the apply worker"
     diffs = compare_replayed(db, events, tables)
     assert not diffs, "\n".join(diffs)
+    # the file holds each finished copy once: one opening truncate per table, no copy key
+    # twice, and no copy still staged beside it
+    for t in tables:
+        opens = [e for e in events if e["table"] == t and e["phase"] == "copy"
+                 and e["op"] == "truncate"]
+        assert len(opens) == 1, (t, [e["key"] for e in opens])
+    ckeys = [e["key"] for e in events if e["phase"] == "copy"]
+    assert len(ckeys) == len(set(ckeys)), "a copied row twice"
+    assert not [f for f in os.listdir(p.dir) if ".copy-" in f], os.listdir(p.dir)
 
 
 # -- standard output, rotation, bad input -----------------------------------------------------

@@ -159,12 +159,18 @@ test_jsonl_state(void)
     char why[256];
     static const char good[] = "walrelay jsonl state 1\npipeline p1\ngeneration 2\noffset 123\n"
                                "stream apply 00000000016B3748:0000000003\n"
-                               "stream sync_16384 0000000000000010:0000000000\n";
+                               "stream sync_16384 0000000000000010:0000000000\n"
+                               "copy 16384 1796230762025030\n";
 
     CHECK_INT_EQ(dest_jsonl_state_parse(good, sizeof(good) - 1, why, sizeof(why)), 0);
     CHECK_STR_EQ(why, "pipeline p1 offset 123 streams 2");
     CHECK_INT_EQ(dest_jsonl_state_parse(good, sizeof(good) - 2, why, sizeof(why)), -1);
-    CHECK_STR_EQ(why, "line 6: line too long or not terminated");
+    CHECK_STR_EQ(why, "line 7: line too long or not terminated");
+    {
+        static const char bad[] = "walrelay jsonl state 1\noffset 1\ncopy 0 5\n";
+        CHECK_INT_EQ(dest_jsonl_state_parse(bad, sizeof(bad) - 1, why, sizeof(why)), -1);
+        CHECK_STR_EQ(why, "line 3: bad copy line");
+    }
     CHECK_INT_EQ(dest_jsonl_state_parse("walrelay jsonl state 2\noffset 1\n", 31, why, sizeof(why)),
                  -1);
     CHECK_STR_EQ(why, "line 1: not a walrelay jsonl state file");
