@@ -127,20 +127,75 @@ http_header_ok(const char *name, const char *value)
     return true;
 }
 
-/* headers = {"Name": "value", ...}. Fills *list (may be NULL) when not NULL. */
+static int http_add_header(const char *name, const char *val, struct curl_slist **list,
+                           wr_dest_error_t *err);
+
+/* headers = Name: value, Name2: value2 (a value without commas). */
+static int
+http_parse_header_list(const char *text, struct curl_slist **list, wr_dest_error_t *err)
+{
+    char *copy = strdup(text), *save = NULL;
+    int rc = WR_DEST_OK, nth = 0;
+
+    if (copy == NULL)
+        return wr_dest_error_set(err, WR_DEST_ENOMEM, NULL, "out of memory");
+    for (char *part = strtok_r(copy, ",", &save); part != NULL && rc == WR_DEST_OK;
+         part = strtok_r(NULL, ",", &save)) {
+        char *colon = strchr(part, ':'), *name = part, *val, *end;
+
+        nth++;
+        if (colon == NULL) {
+            /* the value is secret (a token may be there): say which entry, not what */
+            rc = wr_dest_error_set(err, WR_DEST_ECONFIG, "headers",
+                                   "entry %d (separated by commas) is not Name: value", nth);
+            wr_dest_error_hint(err, "headers = X-Tenant: 7, Authorization: Bearer <token> (or a "
+                                    "JSON object when a value holds a comma)");
+            break;
+        }
+        *colon = '\0';
+        val = colon + 1;
+        while (*name == ' ' || *name == '\t')
+            name++;
+        for (end = name + strlen(name); end > name && (end[-1] == ' ' || end[-1] == '\t');)
+            *--end = '\0';
+        while (*val == ' ' || *val == '\t')
+            val++;
+        for (end = val + strlen(val); end > val && (end[-1] == ' ' || end[-1] == '\t');)
+            *--end = '\0';
+        rc = http_add_header(name, val, list, err);
+    }
+    free(copy);
+    return rc;
+}
+
+/* headers = {"Name": "value", ...} or Name: value, ... Fills *list (may be NULL) when not
+ * NULL. */
 static int
 http_parse_headers(const char *text, struct curl_slist **list, wr_dest_error_t *err)
 {
     json_error_t je;
-    json_t *obj = json_loads(text, JSON_REJECT_DUPLICATES, &je);
+    json_t *obj;
     const char *name;
     json_t *v;
+    const char *p = text;
+
+    while (*p == ' ' || *p == '\t')
+        p++;
+    if (*p != '{')
+        return http_parse_header_list(text, list, err);
+    obj = json_loads(text, JSON_REJECT_DUPLICATES, &je);
 
     if (obj == NULL || !json_is_object(obj)) {
         json_decref(obj);
-        wr_dest_error_set(err, WR_DEST_ECONFIG, "headers",
-                          "expected a JSON object of header names and values (%s)",
-                          obj == NULL ? je.text : "not an object");
+        /* jansson's text quotes the input near the error: only its position (a secret) */
+        if (obj == NULL)
+            wr_dest_error_set(err, WR_DEST_ECONFIG, "headers",
+                              "not valid JSON at character %d (a JSON object of header names "
+                              "and values)",
+                              je.position);
+        else
+            wr_dest_error_set(err, WR_DEST_ECONFIG, "headers",
+                              "expected a JSON object of header names and values");
         wr_dest_error_hint(err, "e.g. headers = {\"Authorization\": \"Bearer <token>\", "
                                 "\"X-Tenant\": \"7\"}");
         return WR_DEST_ECONFIG;
@@ -148,40 +203,54 @@ http_parse_headers(const char *text, struct curl_slist **list, wr_dest_error_t *
     json_object_foreach(obj, name, v)
     {
         const char *val = json_string_value(v);
-        char line[2048];
+        int rc;
 
-        if (val == NULL || !http_header_ok(name, val)) {
-            wr_dest_error_set(err, WR_DEST_ECONFIG, "headers",
-                              "header \"%s\" needs a string value without control characters "
-                              "and a name of letters, digits and -",
+        if (val == NULL) {
+            wr_dest_error_set(err, WR_DEST_ECONFIG, "headers", "header \"%s\" needs a string value",
                               name);
             wr_dest_error_hint(err, "e.g. headers = {\"X-Tenant\": \"7\"}");
             json_decref(obj);
             return WR_DEST_ECONFIG;
         }
-        for (size_t i = 0; i < sizeof(http_reserved) / sizeof(http_reserved[0]); i++) {
-            if (strcasecmp(name, http_reserved[i]) == 0) {
-                wr_dest_error_set(err, WR_DEST_ECONFIG, "headers",
-                                  "header \"%s\" is set by walrelay and cannot be configured",
-                                  name);
-                wr_dest_error_hint(err, "remove it from headers");
-                json_decref(obj);
-                return WR_DEST_ECONFIG;
-            }
-        }
-        if (list != NULL) {
-            struct curl_slist *nl;
-
-            snprintf(line, sizeof(line), "%s: %s", name, val);
-            nl = curl_slist_append(*list, line);
-            if (nl == NULL) {
-                json_decref(obj);
-                return wr_dest_error_set(err, WR_DEST_ENOMEM, NULL, "out of memory");
-            }
-            *list = nl;
+        if ((rc = http_add_header(name, val, list, err)) != WR_DEST_OK) {
+            json_decref(obj);
+            return rc;
         }
     }
     json_decref(obj);
+    return WR_DEST_OK;
+}
+
+static int
+http_add_header(const char *name, const char *val, struct curl_slist **list, wr_dest_error_t *err)
+{
+    char line[2048];
+
+    if (!http_header_ok(name, val)) {
+        wr_dest_error_set(err, WR_DEST_ECONFIG, "headers",
+                          "header \"%s\" needs a name of letters, digits and - and a value "
+                          "without control characters",
+                          name);
+        wr_dest_error_hint(err, "e.g. headers = X-Tenant: 7");
+        return WR_DEST_ECONFIG;
+    }
+    for (size_t i = 0; i < sizeof(http_reserved) / sizeof(http_reserved[0]); i++) {
+        if (strcasecmp(name, http_reserved[i]) == 0) {
+            wr_dest_error_set(err, WR_DEST_ECONFIG, "headers",
+                              "header \"%s\" is set by walrelay and cannot be configured", name);
+            wr_dest_error_hint(err, "remove it from headers");
+            return WR_DEST_ECONFIG;
+        }
+    }
+    if (list != NULL) {
+        struct curl_slist *nl;
+
+        snprintf(line, sizeof(line), "%s: %s", name, val);
+        nl = curl_slist_append(*list, line);
+        if (nl == NULL)
+            return wr_dest_error_set(err, WR_DEST_ENOMEM, NULL, "out of memory");
+        *list = nl;
+    }
     return WR_DEST_OK;
 }
 
@@ -747,7 +816,8 @@ static const dest_keyspec_t http_keys[] = {
      "Longest wait between two attempts (the backoff doubles up to it, with jitter).", false, false,
      false},
     {"headers", NULL,
-     "More request headers, as a JSON object: {\"Authorization\": \"Bearer ...\"}.\n"
+     "More request headers: Name: value, Name2: value2 (or a JSON object,\n"
+     "{\"Authorization\": \"Bearer ...\"}, when a value holds a comma).\n"
      "Never printed (it may hold a token).",
      false, true, false},
 };

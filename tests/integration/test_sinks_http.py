@@ -78,7 +78,7 @@ def test_http_signed_batches(db, pipelines, receiver):
     p = pipelines()
     p.init(db.conninfo, "pub", destination="http:" + rcv.url,
            config=_config({"destination": {"secret": SECRET, "max_batch_events": "50",
-                                           "headers": '{"X-Tenant": "t-7"}'}}))
+                                           "headers": 'X-Tenant: t-7, X-Team:  cdc '}}))
     conf = open(p.conf_path).read()
     assert "type = http" in conf and "url = %s" % rcv.url in conf, conf
     p.start()
@@ -94,7 +94,7 @@ def test_http_signed_batches(db, pipelines, receiver):
     for q in reqs:
         h = q["headers"]
         assert q["path"] == "/hook" and h["content-type"] == "application/json", h
-        assert h.get("x-tenant") == "t-7", h
+        assert h.get("x-tenant") == "t-7" and h.get("x-team") == "cdc", h
         want = "sha256=" + hmac.new(SECRET.encode(), q["raw"], hashlib.sha256).hexdigest()
         assert h.get("x-walrelay-signature") == want, (h, q["raw"][:200])
         assert abs(int(h["x-walrelay-timestamp"]) - time.time()) < 600, h
@@ -315,3 +315,11 @@ def test_http_bad_config(db, pipelines):
     r = p.cmd("check", p.dir)
     assert r.rc == 2 and 'header "Content-Type" is set by walrelay' in r.text, r
     assert "hunter2" not in r.text
+    from pipeline import edit_ini
+    edit_ini(p.conf_path, {"destination": {"headers": "X-Ok: 1, no colon here"}})
+    r = p.cmd("check", p.dir)
+    assert r.rc == 2 and "entry 2 (separated by commas) is not Name: value" in r.text, r
+    assert "colon" not in r.text, r
+    edit_ini(p.conf_path, {"destination": {"headers": '{"X-A": "a, b", "X-B": 7}'}})
+    r = p.cmd("check", p.dir)
+    assert r.rc == 2 and 'header "X-B" needs a string value' in r.text, r
