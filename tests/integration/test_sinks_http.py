@@ -323,3 +323,36 @@ def test_http_bad_config(db, pipelines):
     edit_ini(p.conf_path, {"destination": {"headers": '{"X-A": "a, b", "X-B": 7}'}})
     r = p.cmd("check", p.dir)
     assert r.rc == 2 and 'header "X-B" needs a string value' in r.text, r
+
+
+def test_http_stop_while_waiting(db, pipelines):
+    """walrelay stop while the receiver is unreachable ends the wait at once (the host's
+    interrupted()): the workers exit 0, nothing is killed, and the next run sends the batch
+    again."""
+    import socket
+    create_mixed_table(db, "r", 20)
+    publish(db, "pub", ["r"])
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = "http://127.0.0.1:%d/hook" % port
+    p = pipelines()
+    p.init(db.conninfo, "pub", destination="http:" + url, config=_config())
+    p.start()
+    msg = p.wait_until(lambda: "waiting on the destination" in (p.status().get("message") or "")
+                       and p.last_status["message"], 60, "the copy waiting on the receiver")
+    assert "Couldn't connect to server" in msg, msg
+    t0 = time.monotonic()
+    assert p.stop(timeout=30) == 0
+    assert time.monotonic() - t0 < 20 * SCALE, "walrelay stop took %.1fs" % (time.monotonic() - t0)
+    assert "stop timeout" not in p.log_text(), p.log_tail()
+    rcv = Receiver()
+    try:
+        from pipeline import edit_ini  # the same directory, a receiver that answers
+        edit_ini(p.conf_path, {"destination": {"url": rcv.url}})
+        p.start()
+        p.wait_all_ready(["public.r"])
+        assert sum(1 for e in rcv.events() if e["phase"] == "copy" and e["op"] == "insert") == 20
+    finally:
+        p.stop()
+        rcv.close()
