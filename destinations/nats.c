@@ -98,7 +98,8 @@ typedef struct nt_s {
     size_t published; /* msgs[0 .. published) were handed to libnats on this connection */
     bool broken;      /* a publish failed: recover at flush */
     char last_err[1536];
-    jw_buf_t arena; /* subjects and JSON of the batch */
+    char fatal[512]; /* a message the server can never take (over max_payload): not retried */
+    jw_buf_t arena;  /* subjects and JSON of the batch */
     /* the walrelay stream this instance writes ("apply" or "sync_<relid>") */
     char wstream[64];
     /* every message this instance has not yet flushed has a higher sequence: the last
@@ -779,6 +780,16 @@ nt_publish_pending(nt_t *t)
             pthread_mutex_unlock(&t->mu);
             continue;
         }
+        if ((int64_t)x->data_len + 1024 > natsConnection_GetMaxPayload(t->nc)) {
+            pthread_mutex_unlock(&t->mu);
+            snprintf(t->fatal, sizeof(t->fatal),
+                     "the change %s on \"%s\" is %zu bytes, more than the %lld bytes the NATS "
+                     "server takes in a message (max_payload)",
+                     x->key, t->arena.data + x->subj_off, x->data_len,
+                     (long long)natsConnection_GetMaxPayload(t->nc));
+            t->broken = true;
+            return;
+        }
         x->state = NT_SENT;
         t->published++;
         pthread_mutex_unlock(&t->mu);
@@ -864,6 +875,14 @@ nt_recover(nt_t *t, wr_dest_error_t *err)
         wr_dest_key_t k;
         uint64_t ls;
         long delay;
+
+        if (t->fatal[0] != '\0') {
+            rc = wr_dest_error_set(err, WR_DEST_ECONFIG, NULL, "%s", t->fatal);
+            wr_dest_error_hint(err, "raise max_payload in nats-server's configuration (up to 64 "
+                                    "MB), then start walrelay run again");
+            wr_dest_waiting(t->host, "stopped: %s", t->fatal);
+            return rc;
+        }
 
         wr_copy_text(why, sizeof(why), t->last_err[0] ? t->last_err : "connection failed");
         attempt++;

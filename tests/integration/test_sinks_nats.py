@@ -238,3 +238,21 @@ def test_nats_server_restarted_mid_stream(db, pipelines, nats):
     assert p.stop() == 0
     assert "NATS delivery resumed" in p.log_text(), p.log_tail()
     _check_stream(db, nats, p, ["public.r"], log, min_changes=50)
+
+
+def test_nats_message_over_max_payload(db, pipelines, nats):
+    """A change larger than the server's max_payload (1 MB by default) can never be
+    stored: the pipeline stops (degraded) with the sizes and what to change, instead of
+    retrying forever."""
+    db.execute("CREATE TABLE big (id int PRIMARY KEY, body text)")
+    publish(db, "pub", ["big"])
+    p = pipelines()
+    p.init(db.conninfo, "pub", destination="nats:" + nats.url, config=_config())
+    p.start()
+    p.wait_all_ready(["public.big"])
+    db.execute("INSERT INTO big VALUES (1, repeat('x', 1500000))")
+    st = p.wait_until(lambda: p.status()["state"] == "degraded" and p.last_status, 60,
+                      "the pipeline degraded by the oversized change")
+    assert "more than the 1048576 bytes the NATS server takes in a message (max_payload)" in \
+        st["message"], st
+    assert "raise max_payload" in p.log_text(), p.log_tail()
