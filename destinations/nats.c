@@ -5,7 +5,7 @@
  * NOTES: written on the public destination ABI (walrelay/destination.h), like a plugin,
  * and opened through the adapter (destinations/abi.c). Runs in walrelay-apply and in every
  * walrelay-sync, each with its own connection; libnats runs its own threads (reader,
- * flusher), which only call nt_on_ack below.
+ * flusher, delivery), which only call nt_on_reply below.
  *
  * MESSAGES. Subject <subject_prefix>.<schema>.<table>.<op> (schema and table escaped: a
  *   byte outside [A-Za-z0-9_-] becomes %XX, so a name is always one subject token);
@@ -19,11 +19,12 @@
  *   last acknowledged message> <its last key or ->", written after every flush.
  *
  * EXACTLY ONCE. Events are published as they arrive (asynchronously, on one connection,
- *   so the server stores them in order); flush(stream, key) returns only once the server
- *   acknowledged every one, then writes the checkpoint (also when nothing was published:
- *   walrelay moves a stream's key on its own before a table becomes Ready). walrelay
- *   confirms the slot only past flushed events. last_key(stream) reads the checkpoint
- *   (S, K) and then every message stored after S (an ordered consumer, headers only):
+ *   so the server stores them in order), each with the reply subject <inbox>.<gen>.<index>
+ *   where JetStream answers it (one subscription; no per-message bookkeeping in libnats);
+ * flush(stream, key) returns only once the server acknowledged every one, then writes the
+ * checkpoint (also when nothing was published: walrelay moves a stream's key on its own before a
+ * table becomes Ready). walrelay confirms the slot only past flushed events. last_key(stream) reads
+ * the checkpoint (S, K) and then every message stored after S (an ordered consumer, headers only):
  *   the last key this stream published is K or the last one found there. A process
  *   killed between publish and acknowledgement, or after the acknowledgement and before
  *   the checkpoint, resumes after what the stream really holds: nothing twice, nothing
@@ -63,7 +64,6 @@
 #define NT_DEFAULT_MAX_RETRY_MS "30000"
 #define NT_BACKOFF_FIRST_MS     200
 #define NT_SLICE_MS             100
-#define NT_MAX_PENDING          20000 /* async publishes in flight */
 #define NT_STREAM_HDR           "Walrelay-Stream"
 
 /* States of a batch message */
@@ -89,9 +89,13 @@ typedef struct nt_s {
     natsConnection *nc;
     jsCtx *js;
     kvStore *kv;
-    bool stream_ok; /* the stream was found or created by this instance */
+    natsSubscription *acksub; /* <inbox>.* : JetStream's answers to our publishes */
+    char inbox[128];
+    uint32_t gen;        /* answers name <inbox>.<gen>.<index>: a reset batch ignores older ones */
+    pthread_cond_t cond; /* signalled by nt_on_reply */
+    bool stream_ok;      /* the stream was found or created by this instance */
     /* the batch since the last flush; msgs[].state and seq are written by libnats' thread
-     * (nt_on_ack) under mu */
+     * (nt_on_reply) under mu */
     pthread_mutex_t mu;
     nt_msg_t *msgs;
     size_t n, cap;
@@ -368,6 +372,10 @@ nt_sleep(nt_t *t, long ms)
 static void
 nt_disconnect(nt_t *t)
 {
+    if (t->acksub) {
+        natsSubscription_Destroy(t->acksub);
+        t->acksub = NULL;
+    }
     if (t->kv) {
         kvStore_Destroy(t->kv);
         t->kv = NULL;
@@ -386,46 +394,71 @@ nt_disconnect(nt_t *t)
         if (t->msgs[i].state == NT_SENT)
             t->msgs[i].state = NT_NEW;
     t->published = 0;
+    t->gen++;
     pthread_mutex_unlock(&t->mu);
 }
 
-/* Called by libnats' thread for every acknowledgement (positive or not). */
+/* Parses the decimal number after `field` ("seq":) in a JetStream answer; 0 if none. */
+static uint64_t
+nt_json_u64(const char *data, int len, const char *field)
+{
+    size_t fl = strlen(field);
+    uint64_t v = 0;
+
+    for (int i = 0; i + (int)fl < len; i++) {
+        if (memcmp(data + i, field, fl) != 0)
+            continue;
+        for (i += (int)fl; i < len && (data[i] == ' ' || data[i] == ':'); i++)
+            ;
+        for (; i < len && data[i] >= '0' && data[i] <= '9'; i++)
+            v = v * 10 + (uint64_t)(data[i] - '0');
+        return v;
+    }
+    return 0;
+}
+
+/* libnats' delivery thread: JetStream's answer to the publish of msgs[idx] of generation
+ * gen, on <inbox>.<gen>.<idx> ({"stream": ..., "seq": N} or {"error": {...}}, or a
+ * "no responders" status when no stream listens). */
 static void
-nt_on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure)
+nt_on_reply(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
 {
     nt_t *t = closure;
-    const char *id = NULL;
+    const char *subj = natsMsg_GetSubject(msg), *p;
+    const char *data = natsMsg_GetData(msg);
+    int len = natsMsg_GetDataLength(msg);
+    uint64_t gen = 0, idx = 0;
 
-    (void)js;
-    if (natsMsgHeader_Get(msg, "Nats-Msg-Id", &id) == NATS_OK && id != NULL) {
+    (void)nc;
+    (void)sub;
+    p = subj ? strrchr(subj, '.') : NULL;
+    if (p != NULL && p > subj) {
+        const char *q = p - 1;
+
+        while (q > subj && *q != '.')
+            q--;
+        for (const char *c = q + 1; c < p && *c >= '0' && *c <= '9'; c++)
+            gen = gen * 10 + (uint64_t)(*c - '0');
+        for (const char *c = p + 1; *c >= '0' && *c <= '9'; c++)
+            idx = idx * 10 + (uint64_t)(*c - '0');
         pthread_mutex_lock(&t->mu);
-        /* keys of a batch increase: binary search, then a scan to be safe */
-        size_t lo = 0, hi = t->published, found = SIZE_MAX;
-        while (lo < hi) {
-            size_t mid = lo + (hi - lo) / 2;
-            int c = strcmp(t->msgs[mid].key, id);
-            if (c == 0) {
-                found = mid;
-                break;
-            }
-            if (c < 0)
-                lo = mid + 1;
-            else
-                hi = mid;
-        }
-        for (size_t i = 0; found == SIZE_MAX && i < t->published; i++)
-            if (strcmp(t->msgs[i].key, id) == 0)
-                found = i;
-        if (found != SIZE_MAX && t->msgs[found].state == NT_SENT) {
-            if (pa != NULL) {
-                t->msgs[found].state = NT_ACKED;
-                t->msgs[found].seq = pa->Sequence;
+        if (gen == t->gen && idx < t->published && t->msgs[idx].state == NT_SENT) {
+            nt_msg_t *x = &t->msgs[idx];
+            const char *e = data && len > 0 ? memmem(data, (size_t)len, "\"error\"", 7) : NULL;
+
+            if (natsMsg_IsNoResponders(msg)) {
+                x->state = NT_FAILED;
+                snprintf(t->last_err, sizeof(t->last_err),
+                         "no JetStream stream answered for message %s (no responders)", x->key);
+            } else if (e != NULL || data == NULL || len <= 0) {
+                x->state = NT_FAILED;
+                snprintf(t->last_err, sizeof(t->last_err), "the server refused message %s: %.*s",
+                         x->key, len > 300 ? 300 : len, data ? data : "");
             } else {
-                t->msgs[found].state = NT_FAILED;
-                snprintf(t->last_err, sizeof(t->last_err), "the server refused message %s: %s", id,
-                         pae && pae->ErrText ? pae->ErrText
-                                             : natsStatus_GetText(pae ? pae->Err : NATS_ERR));
+                x->state = NT_ACKED;
+                x->seq = nt_json_u64(data, len, "\"seq\"");
             }
+            pthread_cond_signal(&t->cond);
         }
         pthread_mutex_unlock(&t->mu);
     }
@@ -554,15 +587,33 @@ nt_connect_once(nt_t *t, wr_dest_error_t *err)
     }
     jsOptions_Init(&jo);
     jo.Wait = t->timeout_ms;
-    jo.PublishAsync.MaxPending = NT_MAX_PENDING;
-    jo.PublishAsync.AckHandler = nt_on_ack;
-    jo.PublishAsync.AckHandlerClosure = t;
-    jo.PublishAsync.StallWait = t->timeout_ms;
     s = natsConnection_JetStream(&t->js, t->nc, &jo);
     if (s != NATS_OK) {
         nt_disconnect(t);
         return wr_dest_error_set(err, WR_DEST_ETRANSIENT, NULL, "JetStream context: %s",
                                  nt_status_text(s, 0));
+    }
+    /* publishes carry a reply subject <inbox>.<gen>.<index> (JetStream answers each one
+     * there): one subscription, the index says which message */
+    {
+        natsInbox *inbox = NULL;
+        char subj[160];
+
+        s = natsInbox_Create(&inbox);
+        if (s == NATS_OK) {
+            snprintf(t->inbox, sizeof(t->inbox), "%s", (const char *)inbox);
+            natsInbox_Destroy(inbox);
+            snprintf(subj, sizeof(subj), "%s.*.*", t->inbox);
+            s = natsConnection_Subscribe(&t->acksub, t->nc, subj, nt_on_reply, t);
+        }
+        if (s == NATS_OK)
+            s = natsSubscription_SetPendingLimits(t->acksub, -1, -1);
+        if (s != NATS_OK) {
+            nt_disconnect(t);
+            return wr_dest_error_set(err, WR_DEST_ETRANSIENT, NULL,
+                                     "subscribing to JetStream's answers: %s",
+                                     nt_status_text(s, 0));
+        }
     }
     if ((rc = nt_ensure_stream(t, err)) != WR_DEST_OK) {
         nt_disconnect(t);
@@ -763,13 +814,14 @@ nt_publish_pending(nt_t *t)
 {
     while (!t->broken && t->nc != NULL) {
         natsMsg *m = NULL;
-        jsPubOptions po;
         nt_msg_t *x;
         natsStatus s;
         size_t i;
+        uint32_t gen;
 
         pthread_mutex_lock(&t->mu);
         i = t->published;
+        gen = t->gen;
         if (i >= t->n) {
             pthread_mutex_unlock(&t->mu);
             return;
@@ -793,16 +845,39 @@ nt_publish_pending(nt_t *t)
         x->state = NT_SENT;
         t->published++;
         pthread_mutex_unlock(&t->mu);
-        s = natsMsg_Create(&m, t->arena.data + x->subj_off, NULL, t->arena.data + x->data_off,
-                           (int)x->data_len);
+        {
+            char reply[200], num[24], *q = num + sizeof(num);
+            size_t il = strlen(t->inbox);
+            uint64_t v;
+
+            /* <inbox>.<gen>.<index>, without snprintf (once per message) */
+            *--q = '\0';
+            v = i;
+            do {
+                *--q = (char)('0' + v % 10);
+                v /= 10;
+            } while (v);
+            *--q = '.';
+            v = gen;
+            do {
+                *--q = (char)('0' + v % 10);
+                v /= 10;
+            } while (v);
+            memcpy(reply, t->inbox, il);
+            reply[il] = '.';
+            memcpy(reply + il + 1, q, (size_t)(num + sizeof(num) - q));
+            s = natsMsg_Create(&m, t->arena.data + x->subj_off, reply, t->arena.data + x->data_off,
+                               (int)x->data_len);
+        }
+        if (s == NATS_OK)
+            s = natsMsgHeader_Set(m, "Nats-Msg-Id", x->key);
+        if (s == NATS_OK)
+            s = natsMsgHeader_Set(m, "Nats-Expected-Stream", t->stream);
         if (s == NATS_OK)
             s = natsMsgHeader_Set(m, NT_STREAM_HDR, t->wstream);
-        jsPubOptions_Init(&po);
-        po.MsgId = x->key;
-        po.ExpectStream = t->stream;
         if (s == NATS_OK)
-            s = js_PublishMsgAsync(t->js, &m, &po);
-        natsMsg_Destroy(m); /* NULL once libnats owns it */
+            s = natsConnection_PublishMsg(t->nc, m);
+        natsMsg_Destroy(m);
         if (s != NATS_OK) {
             pthread_mutex_lock(&t->mu);
             x->state = NT_NEW;
@@ -824,7 +899,6 @@ nt_wait_acks(nt_t *t)
 
     for (;;) {
         size_t acked = 0, failed = 0, pending = 0;
-        jsPubOptions po;
 
         pthread_mutex_lock(&t->mu);
         for (size_t i = 0; i < t->published; i++) {
@@ -853,9 +927,19 @@ nt_wait_acks(nt_t *t)
                      t->timeout_ms, pending);
             return -1;
         }
-        jsPubOptions_Init(&po);
-        po.MaxWait = 50;
-        (void)js_PublishAsyncComplete(t->js, &po);
+        {
+            struct timespec ts;
+
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += 50 * 1000000L;
+            if (ts.tv_nsec >= 1000000000L) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000L;
+            }
+            pthread_mutex_lock(&t->mu);
+            (void)pthread_cond_timedwait(&t->cond, &t->mu, &ts);
+            pthread_mutex_unlock(&t->mu);
+        }
         idle_ms += 50;
     }
 }
@@ -988,6 +1072,7 @@ nt_free(nt_t *t)
     free(t->msgs);
     jw_free(&t->arena);
     pthread_mutex_destroy(&t->mu);
+    pthread_cond_destroy(&t->cond);
     free(t);
 }
 
@@ -1015,6 +1100,7 @@ nt_open(const wr_dest_config_t *cfg, const wr_dest_host_t *host, void **state, w
     if (t == NULL)
         return wr_dest_error_set(err, WR_DEST_ENOMEM, NULL, "out of memory");
     pthread_mutex_init(&t->mu, NULL);
+    pthread_cond_init(&t->cond, NULL);
     jw_init(&t->arena);
     t->host = host;
     snprintf(t->role, sizeof(t->role), "%s", host && host->role ? host->role : "apply");
@@ -1220,6 +1306,7 @@ nt_batch_reset(nt_t *t)
     pthread_mutex_lock(&t->mu);
     t->n = 0;
     t->published = 0;
+    t->gen++;
     pthread_mutex_unlock(&t->mu);
     jw_reset(&t->arena);
 }
