@@ -804,7 +804,8 @@ static const dest_keyspec_t http_keys[] = {
      true, false, false},
     {"secret", NULL,
      "With a secret, every request carries X-Walrelay-Timestamp and\n"
-     "X-Walrelay-Signature: sha256=<hex HMAC-SHA256 of the body> (docs/destinations.md).",
+     "X-Walrelay-Signature: sha256=<hex HMAC-SHA256 of the body> (docs/destinations.md).\n"
+     "secret = ...",
      false, true, false},
     {"timeout_ms", HTTP_DEFAULT_TIMEOUT_MS,
      "A request that takes longer (connecting included) is abandoned and retried.", false, false,
@@ -818,7 +819,8 @@ static const dest_keyspec_t http_keys[] = {
     {"headers", NULL,
      "More request headers: Name: value, Name2: value2 (or a JSON object,\n"
      "{\"Authorization\": \"Bearer ...\"}, when a value holds a comma).\n"
-     "Never printed (it may hold a token).",
+     "Never printed (it may hold a token).\n"
+     "headers = Authorization: Bearer ..., X-Tenant: 7",
      false, true, false},
 };
 

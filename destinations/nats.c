@@ -1496,11 +1496,14 @@ static const dest_keyspec_t nt_keys[] = {
      "NATS server(s) with JetStream: nats://host:4222 (a cluster: several URLs\n"
      "separated by commas).",
      true, false, false},
-    {"stream", NULL, "JetStream stream the changes go to (default walrelay_<pipeline>).", false,
-     false, false},
+    {"stream", NULL,
+     "JetStream stream the changes go to (default walrelay_<pipeline>).\n"
+     "stream = walrelay_orders",
+     false, false, false},
     {"subject_prefix", NULL,
-     "Subjects are <subject_prefix>.<schema>.<table>.<op> (default walrelay.<pipeline>).", false,
-     false, false},
+     "Subjects are <subject_prefix>.<schema>.<table>.<op> (default walrelay.<pipeline>).\n"
+     "subject_prefix = cdc.orders",
+     false, false, false},
     {"create_stream", "true", "Create the stream (subjects <subject_prefix>.>) when it is missing.",
      false, false, false},
     {"replicas", "1", "Copies of a stream walrelay creates (a JetStream cluster: 3).", false, false,
@@ -1511,15 +1514,19 @@ static const dest_keyspec_t nt_keys[] = {
      false, false, false},
     {"max_retry_ms", NT_DEFAULT_MAX_RETRY_MS,
      "Longest wait between two reconnection attempts (backoff with jitter).", false, false, false},
-    {"user", NULL, "User name (with password).", false, false, false},
-    {"password", NULL, "Password of user. Never printed.", false, true, false},
-    {"token", NULL, "Authentication token. Never printed.", false, true, false},
-    {"creds", NULL, "User credentials file (JWT and NKey seed), relative to this directory.", false,
-     false, true},
+    {"user", NULL, "User name (with password).\nuser = walrelay", false, false, false},
+    {"password", NULL, "Password of user. Never printed.\npassword = ...", false, true, false},
+    {"token", NULL, "Authentication token. Never printed.\ntoken = ...", false, true, false},
+    {"creds", NULL,
+     "User credentials file (JWT and NKey seed), relative to this directory.\n"
+     "creds = walrelay.creds",
+     false, false, true},
     {"tls", "false", "Require TLS.", false, false, false},
-    {"tls_ca", NULL, "CA certificates to trust (PEM file).", false, false, true},
-    {"tls_cert", NULL, "Client certificate (PEM file), with tls_key.", false, false, true},
-    {"tls_key", NULL, "Client certificate's key (PEM file).", false, false, true},
+    {"tls_ca", NULL, "CA certificates to trust (PEM file).\ntls_ca = ca.pem", false, false, true},
+    {"tls_cert", NULL, "Client certificate (PEM file), with tls_key.\ntls_cert = client.pem", false,
+     false, true},
+    {"tls_key", NULL, "Client certificate's key (PEM file).\ntls_key = client-key.pem", false,
+     false, true},
 };
 
 static int
