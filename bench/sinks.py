@@ -170,6 +170,51 @@ def slot_flushed(pg, slot, endpos):
         return bool(r and r[0])
 
 
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid):
+    """utime + stime of a process, in seconds (None once it is gone)."""
+    try:
+        f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(f[11]) + int(f[12])) / TICK
+
+
+class CpuSampler:
+    """CPU seconds used during a drain by the apply worker, the slot's walsender and
+    nats-server (sampled until each exits or the drain ends)."""
+
+    def __init__(self, pg, w, slot, nats):
+        self.pg, self.w, self.slot, self.nats = pg, w, slot, nats
+        self.pids = {}
+        self.last = {}
+        self.nats0 = cpu_seconds(nats.proc.pid) if nats else None
+
+    def sample(self):
+        if "apply" not in self.pids:
+            st = self.w.status()
+            for x in (st or {}).get("workers") or []:
+                if x["role"] == "apply" and x["pid"]:
+                    self.pids["apply"] = x["pid"]
+        if "walsender" not in self.pids:
+            with psycopg.connect(self.pg.conninfo, autocommit=True) as c:
+                r = c.execute("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s",
+                              (self.slot,)).fetchone()
+                if r and r[0]:
+                    self.pids["walsender"] = r[0]
+        for k, pid in self.pids.items():
+            v = cpu_seconds(pid)
+            if v is not None:
+                self.last[k] = v
+        if self.nats:
+            self.last["nats-server"] = cpu_seconds(self.nats.proc.pid) - self.nats0
+
+    def text(self):
+        return "/".join("%.1f" % self.last.get(k, 0) for k in ("walsender", "apply", "nats-server"))
+
+
 def pct(xs, p):
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(len(xs) * p / 100))] if xs else float("nan")
@@ -234,18 +279,22 @@ def bench_drain(pg, nats, rcv, args, out):
         out.append(f"\n### Drain of a {n:,}-change backlog into the sinks (½ inserts, ¼ updates, "
                    "¼ deletes; 1000-row transactions)\n")
         out.append("| what | seconds | changes/s | rate / pg_recvlogical's | goal | met | "
-                   "delivered | peak RSS MB (supervisor/apply) |")
-        out.append("|---|---|---|---|---|---|---|---|")
+                   "delivered | peak RSS MB (supervisor/apply) | CPU s (walsender/apply/nats-server) |")
+        out.append("|---|---|---|---|---|---|---|---|---|")
         out.append(f"| `pg_recvlogical` pgoutput proto 1 → /dev/null | {base:.2f} | {n / base:,.0f} "
-                   "| 1.00 | | | | |")
+                   "| 1.00 | | | | | |")
         goals = {"nats": 0.7, "http": 0.5}
         for dest, w in pipes.items():
             before_rcv = rcv.events
             w.peak = {}
+            cs = CpuSampler(pg, w, "walrelay_" + w.name, nats if dest == "nats" else None)
+
+            def done():
+                cs.sample()
+                return slot_flushed(pg, "walrelay_" + w.name, endpos)
             t0 = time.monotonic()
             w.start()
-            w.wait(lambda: slot_flushed(pg, "walrelay_" + w.name, endpos), 3600,
-                   "slot confirmed past the backlog")
+            w.wait(done, 3600, "slot confirmed past the backlog")
             dt = time.monotonic() - t0
             w.stop()
             if dest == "nats":
@@ -259,7 +308,8 @@ def bench_drain(pg, nats, rcv, args, out):
             out.append(f"| walrelay → {dest} (start until confirmed_flush ≥ end) | {dt:.2f} | "
                        f"{n / dt:,.0f} | {rel:.2f} | ≥ {goals[dest]} | "
                        f"{'yes' if rel >= goals[dest] else 'NO'} | {got:,} | "
-                       f"{p.get('supervisor', 0) / 1024:.0f}/{p.get('walrelay-apply', 0) / 1024:.0f} |")
+                       f"{p.get('supervisor', 0) / 1024:.0f}/{p.get('walrelay-apply', 0) / 1024:.0f} | "
+                       f"{cs.text()} |")
             if got < n:
                 raise RuntimeError(f"{dest}: delivered {got} of {n} changes")
             print(out[-1], flush=True)

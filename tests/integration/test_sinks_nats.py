@@ -118,6 +118,8 @@ def test_nats_copy_and_stream(db, pipelines, nats):
     with nats.client() as c:
         info = c.stream_info("walrelay_%s" % p.name)
         assert info["config"]["subjects"] == ["walrelay.%s.>" % p.name], info
+        # the read-back's ordered consumers are gone (one left would cost every publish)
+        assert info["state"]["consumer_count"] == 0, info["state"]
         kv = c.stream_info("KV_walrelay_%s_walrelay" % p.name)
         assert "error" not in kv, kv
 
