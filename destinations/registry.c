@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* clang-format off: one line per destination type */
 static const dest_type_t *const dest_types[] = {
     &dest_type_sqlite,
     &dest_type_null,
@@ -22,6 +23,7 @@ static const dest_type_t *const dest_types[] = {
     &dest_type_nats,
     &dest_type_plugin,
 };
+/* clang-format on */
 #define DEST_NTYPES (sizeof(dest_types) / sizeof(dest_types[0]))
 
 const dest_type_t *
