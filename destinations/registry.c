@@ -14,7 +14,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* clang-format off: one line per destination type */
+/* one line per destination type */
+/* clang-format off */
 static const dest_type_t *const dest_types[] = {
     &dest_type_sqlite,
     &dest_type_null,
