@@ -76,6 +76,21 @@
  *   eventstore destination (in whichever worker writes; destinations/eventstore/)
  *   eventstore.mid_batch        a batch's events are written into the store's open
  *                               transaction; its progress row and COMMIT are not
+ *   destinations (in whichever worker writes; destinations/jsonl.c)
+ *   jsonl.after_append          a batch appended to the file and fsynced, the state that
+ *                               confirms it not written yet (the next writer cuts it)
+ *   jsonl.after_state           the state confirming the batch renamed into place, the
+ *                               lock not released yet
+ *   jsonl.mid_rotate            the full file renamed away, the state not told yet
+ *   jsonl.copy_appended         a finished copy appended from its side file and fsynced,
+ *                               the state not written yet
+ *   jsonl.copy_moved            a finished copy appended from its side file and confirmed
+ *                               by the state, the side file not removed yet
+ *   http.after_post             a batch acknowledged (2xx) by the receiver, the flush not
+ *                               returned yet (destinations/http.c)
+ *   nats.after_publish          a flush handed every message to the NATS client, before
+ *                               waiting for JetStream's acknowledgements (destinations/nats.c)
+ *   nats.after_ack              every message acknowledged, the checkpoint not written yet
  *
  * Names are plain string literals; a point not listed in WALRELAY_FAILPOINTS does nothing.
  */

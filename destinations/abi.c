@@ -251,6 +251,53 @@ abi_host_log(void *ctx, int level, const char *message)
     log_msg(lvl, "%s destination=%s", red, name ? name : "?");
 }
 
+/* The worker's hooks (dest_set_host_hooks) behind the host's waiting and interrupted. */
+static dest_host_hooks_t abi_hooks;
+static char abi_wait_logged[512]; /* the last wait message logged (one line per change) */
+
+void
+dest_set_host_hooks(const dest_host_hooks_t *hooks)
+{
+    if (hooks != NULL)
+        abi_hooks = *hooks;
+    else
+        memset(&abi_hooks, 0, sizeof(abi_hooks));
+}
+
+static void
+abi_host_waiting(void *ctx, const char *message)
+{
+    const char *name = ctx;
+    char line[512], red[512];
+
+    if (message == NULL || message[0] == '\0') {
+        if (abi_wait_logged[0] != '\0')
+            log_info("destination no longer waiting destination=%s", name ? name : "?");
+        abi_wait_logged[0] = '\0';
+        if (abi_hooks.waiting)
+            abi_hooks.waiting(abi_hooks.arg, NULL);
+        return;
+    }
+    wr_copy_text(line, sizeof(line), message);
+    for (char *p = line; *p; p++)
+        if (*p == '\n' || *p == '\r' || *p == '\t')
+            *p = ' ';
+    log_redact_conninfo(line, red, sizeof(red));
+    if (strcmp(red, abi_wait_logged) != 0) {
+        log_warn("destination waiting destination=%s message=\"%s\"", name ? name : "?", red);
+        snprintf(abi_wait_logged, sizeof(abi_wait_logged), "%s", red);
+    }
+    if (abi_hooks.waiting)
+        abi_hooks.waiting(abi_hooks.arg, red);
+}
+
+static bool
+abi_host_interrupted(void *ctx)
+{
+    WR_UNUSED(ctx);
+    return abi_hooks.interrupted != NULL && abi_hooks.interrupted(abi_hooks.arg);
+}
+
 /* ---- the adapter ---------------------------------------------------------------------- */
 
 typedef struct abi_rel_s {
@@ -932,6 +979,8 @@ dest_abi_open(const wr_dest_ops_t *ops, dest_plugin_t *plugin, const wr_config_t
     d->host.role = d->role;
     d->host.log = abi_host_log;
     d->host.ctx = d->name;
+    d->host.waiting = abi_host_waiting;
+    d->host.interrupted = abi_host_interrupted;
     if ((rc = abi_config(cfg, &dc, &kv, err)) < 0)
         goto fail;
     memset(&de, 0, sizeof(de));

@@ -96,6 +96,9 @@ int dest_preflight(const wr_config_t *cfg, char *summary, size_t len, wr_err_t *
 
 extern const dest_type_t dest_type_sqlite;
 extern const dest_type_t dest_type_null;
+extern const dest_type_t dest_type_http;
+extern const dest_type_t dest_type_jsonl;
+extern const dest_type_t dest_type_nats;
 extern const dest_type_t dest_type_plugin;
 extern const dest_type_t dest_type_eventstore;
 

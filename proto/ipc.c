@@ -71,6 +71,7 @@ static const char *const ipc_type_names[] = {
     [IPC_STREAMING] = "streaming",
     [IPC_METRICS] = "metrics",
     [IPC_METRICS_TEXT] = "metrics_text",
+    [IPC_DEST_WAIT] = "dest_wait",
 };
 
 /* Upper bounds of the histogram buckets: 1 ms .. 10 s. */
@@ -79,7 +80,7 @@ const uint64_t ipc_hist_bounds_us[IPC_HIST_NBOUNDS] = {
 };
 
 /* The highest type: ipc_type_valid and the decoder's name lookup stop there. */
-#define IPC_LAST_TYPE IPC_METRICS_TEXT
+#define IPC_LAST_TYPE IPC_DEST_WAIT
 
 /* Number of array elements of each message, the type name included. */
 static const uint32_t ipc_arity[] = {
@@ -89,6 +90,7 @@ static const uint32_t ipc_arity[] = {
     [IPC_STATUS_REPLY] = 10,   [IPC_OK] = 2,        [IPC_RETRY] = 2,   [IPC_RESYNC] = 2,
     [IPC_PAUSE] = 1,           [IPC_RESUME] = 1,    [IPC_RELOAD] = 1,  [IPC_TABLE_REMOVED] = 2,
     [IPC_WORKER_METRICS] = 12, [IPC_STREAMING] = 2, [IPC_METRICS] = 1, [IPC_METRICS_TEXT] = 2,
+    [IPC_DEST_WAIT] = 2,
 };
 /* status_reply without its last element (message), as sent before it was added */
 #define IPC_STATUS_REPLY_MIN_ARITY 9
@@ -419,6 +421,9 @@ ipc_encode(const ipc_msg_t *m, msgpack_sbuffer *sb)
         break;
     case IPC_METRICS_TEXT:
         enc_text(&e, m->u.metrics_text.text);
+        break;
+    case IPC_DEST_WAIT:
+        enc_str(&e, m->u.dest_wait.message);
         break;
     case IPC_ERROR:
         enc_str(&e, m->u.error.message);
@@ -1025,6 +1030,8 @@ dec_body(ipc_dec_t *d, const msgpack_object_array *a, ipc_msg_t *m)
         return 0;
     case IPC_METRICS_TEXT:
         return dec_text(d, a, 1, "text", &m->u.metrics_text.text);
+    case IPC_DEST_WAIT:
+        return dec_str(d, a, 1, "message", &m->u.dest_wait.message);
     case IPC_ERROR:
         return dec_str(d, a, 1, "message", &m->u.error.message);
     case IPC_OK:
@@ -1166,6 +1173,9 @@ ipc_msg_clear(ipc_msg_t *m)
         break;
     case IPC_METRICS_TEXT:
         free(m->u.metrics_text.text);
+        break;
+    case IPC_DEST_WAIT:
+        free(m->u.dest_wait.message);
         break;
     case IPC_STREAMING:
     case IPC_METRICS:

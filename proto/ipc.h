@@ -23,6 +23,9 @@
  *                        time (us since the Unix epoch, 0 = none yet) of the last source
  *                        transaction processed; caught_up: everything received is durable
  *     ["streaming", start_lsn]                          apply: START_REPLICATION succeeded
+ *     ["dest_wait", message]                            the destination is waiting on the
+ *                                                       outside world (retrying): what and
+ *                                                       the last error; "" = no longer
  *   supervisor -> worker
  *     ["welcome", version, pipeline]
  *     ["tables", [[relid, nsp, name, phase, lsn], ...]] all tables (apply) or its one (sync)
@@ -91,6 +94,8 @@ typedef enum {
     IPC_STREAMING,      /* apply -> supervisor: ["streaming", start_lsn] */
     IPC_METRICS,        /* CLI -> supervisor: ["metrics"] */
     IPC_METRICS_TEXT,   /* supervisor -> CLI: ["metrics_text", text] */
+    /* added for issue 9 (streaming sinks); worker -> supervisor: */
+    IPC_DEST_WAIT, /* ["dest_wait", message]: the destination waits ("" = no longer) */
 } ipc_type_t;
 
 /* One table's changes in worker_metrics, indexed by IPC_OP_*. */
@@ -224,6 +229,9 @@ typedef struct ipc_msg_s {
         struct {
             char *text;
         } metrics_text;
+        struct {
+            char *message; /* "" = the wait is over */
+        } dest_wait;
     } u;
 } ipc_msg_t;
 

@@ -382,6 +382,28 @@ cmd_reload(sup_t *s, char *msg, size_t len, wr_err_t *err)
 
 /* ---- status ---- */
 
+/* A worker whose destination waits (["dest_wait"], issue 9) makes the pipeline's message,
+ * unless there is one already (paused, degraded, stopping say more): "waiting on the
+ * destination for 25 s (apply worker): <what and the last error>". */
+static void
+sup_status_dest_wait(sup_t *s, __typeof__(((ipc_msg_t *)0)->u.status_reply) *r)
+{
+    if (r->message != NULL && r->message[0] != '\0')
+        return;
+    for (size_t i = 0; i <= s->ntables; i++) {
+        sup_worker_t *w = i == 0 ? &s->apply : &s->tables[i - 1]->sync;
+        sup_proc_t *p = w->p;
+
+        if (p == NULL || p->exited || p->dest_wait[0] == '\0')
+            continue;
+        snprintf(s->status_msg, sizeof(s->status_msg),
+                 "waiting on the destination for %lld s (%s worker): %s",
+                 (long long)((wr_now_ms() - p->dest_wait_since) / 1000), w->name, p->dest_wait);
+        r->message = s->status_msg;
+        return;
+    }
+}
+
 int
 sup_status_build(sup_t *s, ipc_msg_t *out, wr_err_t *err)
 {
@@ -452,6 +474,7 @@ sup_status_build(sup_t *s, ipc_msg_t *out, wr_err_t *err)
         wi->state = (char *)wstate_names[w->state];
     }
     r->nworkers = nw;
+    sup_status_dest_wait(s, r);
     return 0;
 }
 

@@ -53,6 +53,10 @@ typedef struct sup_proc_s {
     bool chan_done; /* EOF, read error, or closed by us */
     bool fatal;     /* handshake refused: handle its exit like exit code 2 */
     char fatal_msg[256];
+    /* ["dest_wait", message] (issue 9): what its destination waits for, "" if nothing;
+     * shown by status as the pipeline's message */
+    char dest_wait[512];
+    int64_t dest_wait_since; /* wr_now_ms() of the first message of this wait */
 } sup_proc_t;
 
 typedef struct sup_table_s sup_table_t;
@@ -128,6 +132,7 @@ struct sup_s {
     bool paused;             /* walrelay pause: no worker runs until resume (persisted) */
     int exit_code;           /* of `walrelay run` once stopped: 0, or 2 (slot lost) */
     char message[1024];      /* for status: why paused / degraded / stopping, or "" */
+    char status_msg[1024];   /* status: a message built for one reply (destination waits) */
     char fatal_hint[512];    /* printed with message when exit_code is set */
     int64_t last_refresh_ms; /* last read of the publication ([pipeline] publication_refresh_ms) */
     bool refresh_busy;       /* a publication read runs in the thread pool */

@@ -454,6 +454,13 @@ on_message(sup_t *s, sup_proc_t *p, const ipc_msg_t *m)
             break;
         sup__metrics_streaming(s, m->u.streaming.start_lsn);
         return;
+    case IPC_DEST_WAIT: {
+        const char *dm = m->u.dest_wait.message ? m->u.dest_wait.message : "";
+        if (dm[0] != '\0' && p->dest_wait[0] == '\0')
+            p->dest_wait_since = wr_now_ms();
+        wr_copy_text(p->dest_wait, sizeof(p->dest_wait), dm);
+        return;
+    }
     case IPC_ERROR:
         log_warn("worker rejected a message worker=%s message=\"%s\"", w->name,
                  m->u.error.message ? m->u.error.message : "");
@@ -625,8 +632,14 @@ apply_exited(sup_t *s, sup_worker_t *w, sup_proc_t *p, const char *how)
     if (fatal) {
         w->state = W_FAILED;
         s->degraded = true;
-        snprintf(s->message, sizeof(s->message),
-                 "the apply worker failed (%s) and is not restarted; see the log", how);
+        if (p->dest_wait[0] != '\0')
+            /* the destination's last word (issue 9: a webhook that refused a batch) */
+            snprintf(s->message, sizeof(s->message),
+                     "the apply worker failed (%s) and is not restarted: %s; see the log", how,
+                     p->dest_wait);
+        else
+            snprintf(s->message, sizeof(s->message),
+                     "the apply worker failed (%s) and is not restarted; see the log", how);
         log_error("apply worker failed, not restarting; the pipeline is degraded worker=%s "
                   "exit=\"%s\"",
                   w->name, how);
@@ -679,9 +692,12 @@ sync_exited(sup_t *s, sup_worker_t *w, sup_proc_t *p, const char *how)
         return;
     }
     if (fatal) {
-        char msg[512];
+        char msg[640];
         if (p->fatal)
             snprintf(msg, sizeof(msg), "sync worker %s", how);
+        else if (p->dest_wait[0] != '\0')
+            snprintf(msg, sizeof(msg), "sync worker exited with code %lld: %s",
+                     (long long)p->exit_status, p->dest_wait);
         else
             snprintf(msg, sizeof(msg), "sync worker exited with code %lld",
                      (long long)p->exit_status);

@@ -271,6 +271,36 @@ apw_stopping(const apw_t *a)
     return apw_signalled || a->chan.stop_requested;
 }
 
+/* ---- the destination's waits (issue 9; dest_set_host_hooks) ---------------------------- */
+
+/* The destination waits on the outside world (a webhook answering 503, a NATS server
+ * down): the supervisor shows it in status. NULL: the wait is over. */
+static void
+apw_dest_waiting(void *arg, const char *message)
+{
+    apw_t *a = arg;
+    ipc_msg_t m;
+    wr_err_t err;
+
+    memset(&m, 0, sizeof(m));
+    m.type = IPC_DEST_WAIT;
+    m.u.dest_wait.message = (char *)(message ? message : "");
+    if (a->chan.fd >= 0 && wk_chan_send(&a->chan, &m, &err) != 0)
+        log_debug("cannot report the destination's wait error=\"%s\"", err.msg);
+}
+
+/* Between a waiting destination's attempts: reads the channel (["stop"], EOF). */
+static bool
+apw_dest_interrupted(void *arg)
+{
+    apw_t *a = arg;
+    wr_err_t err;
+
+    if (a->chan.fd >= 0 && wk_chan_poll(&a->chan, 0, &err) != 0)
+        return true; /* the supervisor is gone */
+    return apw_stopping(a);
+}
+
 static wr_lsn_t
 apw_max(wr_lsn_t x, wr_lsn_t y)
 {
@@ -1671,6 +1701,13 @@ apw_fail(apw_t *a, const char *what, const wr_err_t *err)
 {
     int code = wr_err_exit_code(err->code);
 
+    if (err->code == WR_ECONN && apw_stopping(a)) {
+        /* a destination that was waiting gave up because we were asked to stop: the
+         * batch is delivered again by the next run */
+        log_info("apply worker stopped while the destination was waiting error=\"%s\"", err->msg);
+        apw_close(a);
+        return WR_EXIT_OK;
+    }
     log_err(LOG_LVL_ERROR, what, err);
     if (err->code != WR_EEOF)
         apw_close(a);
@@ -1738,6 +1775,10 @@ main(int argc, char **argv)
         return apw_fail(&a, "cannot start", &err);
     }
 
+    {
+        dest_host_hooks_t hooks = {apw_dest_waiting, apw_dest_interrupted, &a};
+        dest_set_host_hooks(&hooks);
+    }
     rc = dest_open(&a.cfg, "apply", &a.dest, &err);
     if (rc != 0)
         return apw_fail(&a, "cannot open the destination", &err);

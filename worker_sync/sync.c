@@ -319,11 +319,14 @@ syw_on_msg(const ipc_msg_t *m, void *arg)
  * WR_EUNSUPPORTED to Errored before they get here. */
 /* The last error that made syw_fail return 1 (see syw_report_transient). */
 static wr_err_t syw_last_err;
+/* Set once the destination gave up waiting because we were asked to stop (issue 9,
+ * syw_dest_interrupted): its WR_ECONN is a stop, not a failure. */
+static bool syw_dest_gave_up;
 
 static int
 syw_fail(const char *what, const wr_err_t *err)
 {
-    if (err->code == WR_ESTOP) {
+    if (err->code == WR_ESTOP || (err->code == WR_ECONN && syw_dest_gave_up)) {
         log_info("%s: %s", what, err->msg);
         return WR_EXIT_OK;
     }
@@ -457,11 +460,43 @@ syw_clear_stream_key(syw_t *w, wr_err_t *err)
     return 0;
 }
 
+/* ---- the destination's waits (issue 9; dest_set_host_hooks) ---- */
+
+static void
+syw_dest_waiting(void *arg, const char *message)
+{
+    syw_t *w = arg;
+    ipc_msg_t m;
+    wr_err_t err;
+
+    memset(&m, 0, sizeof(m));
+    m.type = IPC_DEST_WAIT;
+    m.u.dest_wait.message = (char *)(message ? message : "");
+    if (w->chan_open && wk_chan_send(&w->chan, &m, &err) != 0)
+        log_debug("cannot report the destination's wait error=\"%s\"", err.msg);
+}
+
+static bool
+syw_dest_interrupted(void *arg)
+{
+    syw_t *w = arg;
+    wr_err_t err;
+
+    if (w->chan_open && wk_chan_poll(&w->chan, 0, &err) != 0)
+        syw_dest_gave_up = true; /* the supervisor is gone */
+    else if (syw_should_stop(w))
+        syw_dest_gave_up = true;
+    return syw_dest_gave_up;
+}
+
 static int
 syw_dest_open(syw_t *w, wr_err_t *err)
 {
+    dest_host_hooks_t hooks = {syw_dest_waiting, syw_dest_interrupted, w};
+
     if (w->dest != NULL)
         return 0;
+    dest_set_host_hooks(&hooks);
     return dest_open(&w->cfg, "sync", &w->dest, err);
 }
 

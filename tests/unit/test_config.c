@@ -219,7 +219,8 @@ test_defaults(void)
     CHECK_INT_EQ(dest_config_check(&cfg, &err), WR_ECONFIG);
     CHECK_STR_EQ(err.msg, P
                  ":7: invalid value \"postgres\" for [destination] type: no such destination type");
-    CHECK_CONTAINS(err.hint, "registered destination types: sqlite, null, plugin");
+    CHECK_CONTAINS(err.hint,
+                   "registered destination types: sqlite, null, http, jsonl, nats, plugin");
     cfg_free(&cfg);
     /* plugin needs library */
     rc = parse(cat(good_head, "[destination]\ntype = plugin\nurl = http://x\n"), &cfg, &err);
@@ -707,7 +708,8 @@ test_write_new_refusals(void)
     rc = write_new(dir, "demo", "host=a", "pub", "postgres", &err);
     CHECK_INT_EQ(rc, WR_ECONFIG);
     CHECK_STR_EQ(err.msg, "unknown destination type \"postgres\" in --destination postgres");
-    CHECK_CONTAINS(err.hint, "registered destination types: sqlite, null, plugin");
+    CHECK_CONTAINS(err.hint,
+                   "registered destination types: sqlite, null, http, jsonl, nats, plugin");
     rc = write_new(dir, "demo", "host=a", "pub", "plugin", &err);
     CHECK_INT_EQ(rc, WR_ECONFIG);
     CHECK_CONTAINS(err.msg, "plugin:PATH");

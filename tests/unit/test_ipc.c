@@ -146,6 +146,9 @@ check_msg_eq(const ipc_msg_t *a, const ipc_msg_t *b)
     case IPC_TABLE_REMOVED:
         CHECK_INT_EQ(a->u.table_removed.relid, b->u.table_removed.relid);
         break;
+    case IPC_DEST_WAIT:
+        CHECK_STR_EQ(a->u.dest_wait.message, b->u.dest_wait.message);
+        break;
     case IPC_ERROR:
         CHECK_STR_EQ(a->u.error.message, b->u.error.message);
         break;
@@ -243,7 +246,7 @@ static ipc_event_count_t sample_events[] = {
     {.relid = 4294967295u, .n = {0, UINT64_MAX, 0, 2}},
 };
 
-#define NSAMPLES 26
+#define NSAMPLES 28
 
 /* Fills samples[]; returns the count. samples[i] may reference the schema (freed by caller). */
 static int
@@ -365,6 +368,12 @@ make_samples(ipc_msg_t *s, wr_schema_t *schema)
     s[n].u.metrics_text.text = "# HELP walrelay_up 1 while the apply worker streams\n"
                                "# TYPE walrelay_up gauge\nwalrelay_up{pipeline=\"p\"} 1\n";
     n++;
+    s[n].type = IPC_DEST_WAIT;
+    s[n].u.dest_wait.message = "http: HTTP 503 from http://127.0.0.1:9/ (attempt 3)";
+    n++;
+    s[n].type = IPC_DEST_WAIT;
+    s[n].u.dest_wait.message = "";
+    n++;
     return n;
 }
 
@@ -420,6 +429,7 @@ test_type_names(void)
     CHECK_STR_EQ(ipc_type_name(IPC_STREAMING), "streaming");
     CHECK_STR_EQ(ipc_type_name(IPC_METRICS), "metrics");
     CHECK_STR_EQ(ipc_type_name(IPC_METRICS_TEXT), "metrics_text");
+    CHECK_STR_EQ(ipc_type_name(IPC_DEST_WAIT), "dest_wait");
     CHECK_STR_EQ(ipc_type_name((ipc_type_t)0), "unknown");
     CHECK_STR_EQ(ipc_type_name((ipc_type_t)99), "unknown");
 }
@@ -682,6 +692,7 @@ test_decode_wrong_arity(void)
         {"copy_progress", 3}, {"stop", 1},    {"error", 2},  {"status", 1},
         {"status_reply", 10}, {"ok", 2},      {"retry", 2},  {"resync", 2},
         {"pause", 1},         {"resume", 1},  {"reload", 1}, {"table_removed", 2},
+        {"dest_wait", 2},
     };
     msgpack_sbuffer sb;
     msgpack_packer pk;
