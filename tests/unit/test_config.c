@@ -220,7 +220,7 @@ test_defaults(void)
     CHECK_STR_EQ(err.msg, P
                  ":7: invalid value \"postgres\" for [destination] type: no such destination type");
     CHECK_CONTAINS(err.hint,
-                   "registered destination types: sqlite, null, http, jsonl, nats, plugin");
+                   "registered destination types: sqlite, null, http, jsonl, nats, eventstore, plugin");
     cfg_free(&cfg);
     /* plugin needs library */
     rc = parse(cat(good_head, "[destination]\ntype = plugin\nurl = http://x\n"), &cfg, &err);
@@ -709,7 +709,7 @@ test_write_new_refusals(void)
     CHECK_INT_EQ(rc, WR_ECONFIG);
     CHECK_STR_EQ(err.msg, "unknown destination type \"postgres\" in --destination postgres");
     CHECK_CONTAINS(err.hint,
-                   "registered destination types: sqlite, null, http, jsonl, nats, plugin");
+                   "registered destination types: sqlite, null, http, jsonl, nats, eventstore, plugin");
     rc = write_new(dir, "demo", "host=a", "pub", "plugin", &err);
     CHECK_INT_EQ(rc, WR_ECONFIG);
     CHECK_CONTAINS(err.msg, "plugin:PATH");
