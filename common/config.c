@@ -102,6 +102,12 @@ static const cfg_key_t cfg_keys[] = {
      "user needs the REPLICATION attribute. A ';' after a space starts a comment."},
     {"source", "publication", CFG_K_PUBNAME, F(publication), 0, 0, NULL, "publication = NAME",
      "Publication whose tables are replicated (CREATE PUBLICATION ... FOR TABLE ...)."},
+    {"source", "streaming", CFG_K_INT, F(streaming), 0, 1, "1", NULL,
+     "1 = large transactions are streamed while they run (pgoutput protocol version 2,\n"
+     "streaming on): the server stops spilling them to disk and walrelay writes them into\n"
+     "the open destination transaction as they arrive (sqlite), or spools them on disk in\n"
+     "DIR/spool until their commit (other destinations). 0 = protocol version 1: a\n"
+     "transaction is sent only once it committed."},
     {"state", "backend", CFG_K_BACKEND, F(state_backend), 0, 0, "sqlite", NULL,
      "Where the replication state lives: sqlite = DIR/state.db; postgres = a schema of a\n"
      "PostgreSQL database (conninfo below), for hosts whose disk does not survive a restart\n"
@@ -183,6 +189,7 @@ cfg_defaults(wr_config_t *cfg)
 {
     memset(cfg, 0, sizeof(*cfg));
     cfg->batch_max_fill_ms = 200;
+    cfg->streaming = 1;
     cfg->batch_max_bytes = 8388608;
     cfg->max_table_sync_workers = 4;
     cfg->copy_batch_rows = 10000;

@@ -52,6 +52,7 @@ typedef struct wr_config_s {
     wr_cfg_item_t *dest_items;
     int batch_max_fill_ms;
     int64_t batch_max_bytes;
+    int streaming; /* [source] streaming: 1 = pgoutput protocol version 2 with streaming on */
     int max_table_sync_workers;
     int copy_batch_rows;
     int worker_max_failures;

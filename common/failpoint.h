@@ -72,6 +72,12 @@
  *   apply.before_ready          a table's SyncDone LSN is flushed, its destination key is
  *                               caught up, READY is not requested yet
  *   apply.after_ready           READY acked (persisted) for a table
+ *   apply.stream_commit         Stream Commit of a transaction written as it streamed:
+ *                               its destination transaction is not committed yet
+ *   apply.stream_committed      ... committed with its key, the flush not confirmed to the
+ *                               server yet (a replay streams it again: skipped by the key)
+ *   apply.restream              the stream is being restarted to spool a streamed
+ *                               transaction (the batch rolled back, not reconnected yet)
  *
  *   eventstore destination (in whichever worker writes; destinations/eventstore/)
  *   eventstore.mid_batch        a batch's events are written into the store's open

@@ -367,6 +367,13 @@ repl_drop_slot(PGconn *sql, const char *slot, wr_err_t *err)
 int
 repl_start(PGconn *repl, const char *slot, wr_lsn_t start, const char *publication, wr_err_t *err)
 {
+    return repl_start_streaming(repl, slot, start, publication, false, err);
+}
+
+int
+repl_start_streaming(PGconn *repl, const char *slot, wr_lsn_t start, const char *publication,
+                     bool streaming, wr_err_t *err)
+{
     char *slot_ident = NULL;
     char *pub_ident = NULL;
     char *pub_lit = NULL;
@@ -394,8 +401,9 @@ repl_start(PGconn *repl, const char *slot, wr_lsn_t start, const char *publicati
     }
     snprintf(sql, len,
              "START_REPLICATION SLOT %s LOGICAL " WR_LSN_FMT
-             " (proto_version '1', publication_names %s)",
-             slot_ident, WR_LSN_ARGS(start), pub_lit);
+             " (proto_version '%d', publication_names %s%s)",
+             slot_ident, WR_LSN_ARGS(start), streaming ? 2 : 1, pub_lit,
+             streaming ? ", streaming 'on'" : "");
     res = PQexec(repl, sql);
     if (res == NULL || PQresultStatus(res) != PGRES_COPY_BOTH) {
         rc = repl_result_error(repl, res, what, err);

@@ -40,6 +40,10 @@ int repl_drop_slot(PGconn *sql, const char *slot, wr_err_t *err) WR_MUST_CHECK;
  * The publication name is quoted. After success the connection is in COPY BOTH mode. */
 int repl_start(PGconn *repl, const char *slot, wr_lsn_t start, const char *publication,
                wr_err_t *err) WR_MUST_CHECK;
+/* repl_start with streaming: proto_version '2' and streaming 'on' (large in-progress
+ * transactions arrive in Stream Start/Stop blocks, see pgoutput.h) */
+int repl_start_streaming(PGconn *repl, const char *slot, wr_lsn_t start, const char *publication,
+                         bool streaming, wr_err_t *err) WR_MUST_CHECK;
 
 /* One CopyData message from the stream, non-blocking (call PQconsumeInput first when the
  * socket is readable). Returns >0 length with *buf set (free with PQfreemem), 0 if none

@@ -65,38 +65,38 @@ stm_boundary(const stm_tx_t *tx, dest_ev_kind_t kind, wr_lsn_t end_lsn, dest_eve
 
 /* Counts one change in the transaction's ordinals. */
 static int
-stm_count(stm_t *s, char type, wr_err_t *err)
+stm_count(stm_tx_t *tx, char type, wr_err_t *err)
 {
-    if (!s->tx.in_tx)
+    if (!tx->in_tx)
         return wr_err_set(err, WR_EPROTO, "change message '%c' outside a transaction", type);
-    if (s->tx.ordinal == UINT32_MAX)
+    if (tx->ordinal == UINT32_MAX)
         return wr_err_set(err, WR_EUNSUPPORTED, "transaction " WR_LSN_FMT " has too many changes",
-                          WR_LSN_ARGS(s->tx.final_lsn));
-    s->tx.ordinal++;
+                          WR_LSN_ARGS(tx->final_lsn));
+    tx->ordinal++;
     return 0;
 }
 
 static int
-stm_emit(stm_t *s, dest_event_t *ev, uint32_t relid, size_t msglen, wr_err_t *err)
+stm_emit(stm_t *s, stm_tx_t *tx, dest_event_t *ev, uint32_t relid, size_t msglen, wr_err_t *err)
 {
-    ev->key.commit_lsn = s->tx.final_lsn;
-    ev->key.ordinal = s->tx.ordinal;
-    ev->xid = s->tx.xid;
-    ev->commit_ts = s->tx.commit_ts;
+    ev->key.commit_lsn = tx->final_lsn;
+    ev->key.ordinal = tx->ordinal;
+    ev->xid = tx->xid;
+    ev->commit_ts = tx->commit_ts;
     ev->relid = relid;
     if (s->h == NULL || s->h->change == NULL)
         return 0;
-    return s->h->change(s->arg, &s->tx, ev, msglen, err);
+    return s->h->change(s->arg, tx, ev, msglen, err);
 }
 
 static int
-stm_on_change(stm_t *s, const pgo_msg_t *m, size_t msglen, wr_err_t *err)
+stm_on_change(stm_t *s, stm_tx_t *tx, const pgo_msg_t *m, size_t msglen, wr_err_t *err)
 {
     dest_event_t ev;
     uint32_t relid;
     int rc;
 
-    rc = stm_count(s, (char)m->type, err);
+    rc = stm_count(tx, (char)m->type, err);
     if (rc != 0)
         return rc;
     memset(&ev, 0, sizeof(ev));
@@ -120,31 +120,121 @@ stm_on_change(stm_t *s, const pgo_msg_t *m, size_t msglen, wr_err_t *err)
         ev.old_row = &m->u.delete_.oldtup;
         break;
     }
-    rc = stm_emit(s, &ev, relid, msglen, err);
+    rc = stm_emit(s, tx, &ev, relid, msglen, err);
     return rc == STM_WRITTEN ? 0 : rc;
 }
 
 static int
-stm_on_truncate(stm_t *s, const pgo_msg_t *m, size_t msglen, wr_err_t *err)
+stm_on_truncate(stm_t *s, stm_tx_t *tx, const pgo_msg_t *m, size_t msglen, wr_err_t *err)
 {
-    if (!s->tx.in_tx)
+    if (!tx->in_tx)
         return wr_err_set(err, WR_EPROTO, "truncate message outside a transaction");
     for (uint32_t i = 0; i < m->u.truncate.nrels; i++) {
         dest_event_t ev;
-        int rc = stm_count(s, 'T', err);
+        int rc = stm_count(tx, 'T', err);
 
         if (rc != 0)
             return rc;
         memset(&ev, 0, sizeof(ev));
         ev.kind = DEST_EV_TRUNCATE;
         ev.truncate_flags = m->u.truncate.flags;
-        rc = stm_emit(s, &ev, pgo_truncate_relid(m, i), msglen, err);
+        rc = stm_emit(s, tx, &ev, pgo_truncate_relid(m, i), msglen, err);
         if (rc == STM_WRITTEN)
             msglen = 0; /* count the message's size once */
         else if (rc != 0)
             return rc;
     }
     return 0;
+}
+
+int
+stm_dispatch_change(stm_t *s, stm_tx_t *tx, const pgo_msg_t *m, size_t msglen, wr_err_t *err)
+{
+    switch (m->type) {
+    case PGO_INSERT:
+    case PGO_UPDATE:
+    case PGO_DELETE:
+        return stm_on_change(s, tx, m, msglen, err);
+    case PGO_TRUNCATE:
+        return stm_on_truncate(s, tx, m, msglen, err);
+    default:
+        return wr_err_set(err, WR_EINVAL, "pgoutput message '%c' is not a change", m->type);
+    }
+}
+
+/* A message of a stream block ('S' .. 'E'), or one of the messages that end a streamed
+ * transaction ('c', 'A'), both outside any Begin .. Commit. */
+static int
+stm_on_stream(stm_t *s, const pgo_msg_t *m, const uint8_t *raw, size_t len, wr_err_t *err)
+{
+    const stm_handler_t *h = s->h;
+
+    switch (m->type) {
+    case PGO_STREAM_START:
+        if (s->tx.in_tx)
+            return wr_err_set(err, WR_EPROTO,
+                              "stream start of transaction %u inside transaction " WR_LSN_FMT,
+                              (unsigned)m->u.stream_start.xid, WR_LSN_ARGS(s->tx.final_lsn));
+        if (m->u.stream_start.xid == 0)
+            return wr_err_set(err, WR_EPROTO, "stream start with invalid transaction id 0");
+        s->stream_xid = m->u.stream_start.xid;
+        s->streamed_msgs++;
+        if (h == NULL || h->stream_start == NULL)
+            return 0;
+        return h->stream_start(s->arg, m->u.stream_start.xid, m->u.stream_start.first_segment,
+                               s->msg_lsn, err);
+    case PGO_STREAM_STOP: {
+        uint32_t xid = s->stream_xid;
+
+        s->stream_xid = 0;
+        if (h == NULL || h->stream_stop == NULL)
+            return 0;
+        return h->stream_stop(s->arg, xid, err);
+    }
+    case PGO_STREAM_COMMIT:
+        if (s->tx.in_tx)
+            return wr_err_set(err, WR_EPROTO,
+                              "stream commit of transaction %u inside transaction " WR_LSN_FMT,
+                              (unsigned)m->u.stream_commit.xid, WR_LSN_ARGS(s->tx.final_lsn));
+        if (m->u.stream_commit.ts > INT64_MAX - DEST_PG_EPOCH_OFFSET_US)
+            return wr_err_set(err, WR_EPROTO,
+                              "stream commit of transaction %u: commit time %lld is out of range",
+                              (unsigned)m->u.stream_commit.xid, (long long)m->u.stream_commit.ts);
+        if (s->received < m->u.stream_commit.end_lsn)
+            s->received = m->u.stream_commit.end_lsn;
+        if (h == NULL || h->stream_commit == NULL)
+            return wr_err_set(err, WR_EPROTO,
+                              "stream commit of transaction %u, but streaming was "
+                              "not asked for",
+                              (unsigned)m->u.stream_commit.xid);
+        return h->stream_commit(s->arg, m, err);
+    case PGO_STREAM_ABORT:
+        if (s->tx.in_tx)
+            return wr_err_set(err, WR_EPROTO,
+                              "stream abort of transaction %u inside transaction " WR_LSN_FMT,
+                              (unsigned)m->u.stream_abort.xid, WR_LSN_ARGS(s->tx.final_lsn));
+        if (h == NULL || h->stream_abort == NULL)
+            return wr_err_set(err, WR_EPROTO,
+                              "stream abort of transaction %u, but streaming was "
+                              "not asked for",
+                              (unsigned)m->u.stream_abort.xid);
+        return h->stream_abort(s->arg, m->u.stream_abort.xid, m->u.stream_abort.subxid, err);
+    case PGO_ORIGIN:
+        log_debug("origin message in a stream block name=%s xid=%u", m->u.origin.name,
+                  (unsigned)s->stream_xid);
+        return 0;
+    default:
+        /* Relation, Type, a change or a Message of the open block's transaction */
+        if (m->type == PGO_TYPE)
+            log_debug("type message oid=%u name=%s.%s", (unsigned)m->u.type.oid, m->u.type.nsp,
+                      m->u.type.name);
+        if (h == NULL || h->stream_msg == NULL)
+            return wr_err_set(err, WR_EPROTO,
+                              "streamed message '%c' of transaction %u, but "
+                              "streaming was not asked for",
+                              m->type, (unsigned)s->stream_xid);
+        return h->stream_msg(s->arg, s->stream_xid, m, raw, len, err);
+    }
 }
 
 int
@@ -193,9 +283,9 @@ stm_on_message(stm_t *s, const pgo_msg_t *m, size_t msglen, wr_err_t *err)
     case PGO_INSERT:
     case PGO_UPDATE:
     case PGO_DELETE:
-        return stm_on_change(s, m, msglen, err);
+        return stm_on_change(s, &s->tx, m, msglen, err);
     case PGO_TRUNCATE:
-        return stm_on_truncate(s, m, msglen, err);
+        return stm_on_truncate(s, &s->tx, m, msglen, err);
     case PGO_TYPE:
         log_debug("type message oid=%u name=%s.%s", (unsigned)m->u.type.oid, m->u.type.nsp,
                   m->u.type.name);
@@ -249,13 +339,56 @@ stm_on_copydata(stm_t *s, const uint8_t *buf, size_t len, wr_err_t *err)
             s->received = start;
         if (s->received < wal_end)
             s->received = wal_end;
+        s->msg_lsn = start;
         rc = pgo_decode(&s->dec, payload, plen, &m, err);
         if (rc != 0)
             return rc;
+        if (s->dec.in_stream || m.type == PGO_STREAM_STOP || m.type == PGO_STREAM_COMMIT ||
+            m.type == PGO_STREAM_ABORT)
+            return stm_on_stream(s, &m, payload, plen, err);
         return stm_on_message(s, &m, plen, err);
     }
     return wr_err_set(err, WR_EPROTO, "unexpected replication message type 0x%02x",
                       (unsigned)buf[0]);
+}
+
+/* ---- replaying a spooled streamed transaction ------------------------------------------ */
+
+int
+stm_replay_begin(stm_t *s, uint32_t xid, wr_lsn_t commit_lsn, int64_t ts, wr_err_t *err)
+{
+    pgo_msg_t m;
+
+    memset(&m, 0, sizeof(m));
+    m.type = PGO_BEGIN;
+    m.u.begin.final_lsn = commit_lsn;
+    m.u.begin.commit_ts = ts;
+    m.u.begin.xid = xid;
+    return stm_on_message(s, &m, 0, err);
+}
+
+int
+stm_replay_msg(stm_t *s, const uint8_t *raw, size_t len, wr_err_t *err)
+{
+    pgo_msg_t m;
+    int rc = pgo_decode_streamed(&s->dec, raw, len, &m, err);
+
+    if (rc != 0)
+        return rc;
+    return stm_on_message(s, &m, len, err);
+}
+
+int
+stm_replay_commit(stm_t *s, wr_lsn_t commit_lsn, wr_lsn_t end_lsn, int64_t ts, wr_err_t *err)
+{
+    pgo_msg_t m;
+
+    memset(&m, 0, sizeof(m));
+    m.type = PGO_COMMIT;
+    m.u.commit.commit_lsn = commit_lsn;
+    m.u.commit.end_lsn = end_lsn;
+    m.u.commit.ts = ts;
+    return stm_on_message(s, &m, 0, err);
 }
 
 /* ---- status timing ---------------------------------------------------------------- */
@@ -602,16 +735,16 @@ stm_start(stm_t *s, const char *slot, wr_lsn_t start, const char *publication, w
     if (s->conn == NULL || s->io != NULL)
         return wr_err_set(err, WR_EINVAL, "starting replication on slot \"%s\": %s", slot,
                           s->conn == NULL ? "not connected" : "already streaming");
-    rc = repl_start(s->conn, slot, start, publication, err);
+    rc = repl_start_streaming(s->conn, slot, start, publication, s->streaming, err);
     if (rc != 0)
         return rc;
     rc = stm_attach(s, &stm_pq_io, s->conn, s->timeout_ms, flush, true, err);
     if (rc != 0)
         return rc;
     log_info("replication started slot=%s start=" WR_LSN_FMT " flush=" WR_LSN_FMT
-             " wal_sender_timeout_ms=%lld status_interval_ms=%lld",
+             " wal_sender_timeout_ms=%lld status_interval_ms=%lld proto_version=%d",
              slot, WR_LSN_ARGS(start), WR_LSN_ARGS(flush), (long long)s->timeout_ms,
-             (long long)s->fb.interval_ms);
+             (long long)s->fb.interval_ms, s->streaming ? 2 : 1);
     return 0;
 }
 
@@ -623,6 +756,10 @@ stm_disconnect(stm_t *s)
     s->io_ctx = NULL;
     s->buffered = false;
     s->reply_pending = false;
+    /* a new stream starts outside any transaction and any stream block */
+    memset(&s->tx, 0, sizeof(s->tx));
+    s->stream_xid = 0;
+    s->dec.in_stream = false;
     if (s->conn != NULL) {
         PQfinish(s->conn);
         s->conn = NULL;

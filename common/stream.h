@@ -22,7 +22,8 @@
  *                                  set per connection) and derives the status interval
  *   [commands on stm_conn()]       e.g. CREATE_REPLICATION_SLOT (apply, a new slot)
  *   stm_start(slot, start, pub, flush)
- *                                  START_REPLICATION ... (proto_version '1',
+ *                                  START_REPLICATION ... (proto_version '1', or '2' with
+ *                                  streaming 'on' when stm_t.streaming is set;
  *                                  publication_names), starts the status keeper
  *   loop:
  *     stm_recv(consume, budget)    hands every CopyData libpq holds to the engine; returns
@@ -68,11 +69,26 @@
  *   (handlers only set flags, and the main thread's poll() must see EINTR) and logs
  *   nothing but debug lines.
  *
- * EXTENDING (issue 11): commit-on-idle batching keys off stm_recv's STM_IDLE ("nothing
- * more is buffered right now"); protocol version 2 streaming of large transactions adds
- * its options to the START_REPLICATION command (repl_start) and the Stream Start / Stop /
- * Commit / Abort messages to stm_on_message, with their own handler callbacks; the I/O
- * half and the keeper do not change.
+ * STREAMING (issue 11, protocol version 2): with stm_t.streaming set before stm_start,
+ * START_REPLICATION asks for proto_version '2' and streaming 'on'. The walsender then
+ * sends a transaction whose decoded size passes the server's logical_decoding_work_mem
+ * while it is still in progress, in blocks: Stream Start (xid) .. Relation / Type /
+ * changes / Message, each with the xid of the (sub)transaction that made it .. Stream
+ * Stop; complete transactions (Begin .. Commit) that commit meanwhile come between the
+ * blocks; the end is Stream Commit (commit LSN, end LSN, time) or Stream Abort (xid, and
+ * subxid: a subtransaction rolled back, or the xid itself: the whole transaction). The
+ * engine checks the structure (pgoutput.c: no Begin/Commit inside a block, no Stop
+ * outside one) and hands every message of a block to the worker's stream_msg (with the
+ * raw pgoutput bytes, for a spool), the boundaries to stream_start / stream_stop /
+ * stream_commit / stream_abort. It keeps no per-xid state: what a worker does with a
+ * streamed transaction (write it at once into an open destination transaction, or spool
+ * it and apply it at its Stream Commit) is the worker's (worker_apply/apply.c,
+ * STREAMED TRANSACTIONS). Two helpers serve the worker: stm_dispatch_change translates a
+ * change into events counted in a transaction context of the worker's own (an open
+ * streamed transaction), and stm_replay_* feed a spooled transaction back through the
+ * normal path (Begin with the commit LSN, the messages, Commit) so that it is counted,
+ * keyed and handled exactly like one that was not streamed. stm_msg_lsn is the XLogData
+ * start of the message being handled (for a streamed change: the change's own LSN).
  *
  * ORDINALS: every change counts, also those of tables the worker skips, so that the
  * resume key (final_lsn, ordinal) of a change is the same in every replay; TRUNCATE
@@ -134,6 +150,22 @@ typedef struct stm_handler_s {
     int (*keepalive)(void *arg, wr_lsn_t wal_end, bool reply_requested, wr_err_t *err);
     /* asked by stm_recv before each message: true leaves the rest buffered (STM_MORE) */
     bool (*hold)(void *arg);
+
+    /* ---- protocol version 2 (stm_t.streaming): STREAMING above. Without these, a
+     * streamed message is WR_EPROTO. ---- */
+    /* Stream Start of top-level transaction xid; first: its first block. lsn: the
+     * message's XLogData start */
+    int (*stream_start)(void *arg, uint32_t xid, bool first, wr_lsn_t lsn, wr_err_t *err);
+    int (*stream_stop)(void *arg, uint32_t xid, wr_err_t *err);
+    /* a message of the open block of transaction xid: Relation, Type, Insert, Update,
+     * Delete, Truncate or Message, decoded (m->xid: the subtransaction that made it) and
+     * raw (the pgoutput bytes, for pgo_decode_streamed later) */
+    int (*stream_msg)(void *arg, uint32_t xid, const pgo_msg_t *m, const uint8_t *raw, size_t len,
+                      wr_err_t *err);
+    /* Stream Commit (m->u.stream_commit; received is already moved to its end LSN) */
+    int (*stream_commit)(void *arg, const pgo_msg_t *m, wr_err_t *err);
+    /* Stream Abort: subxid == xid the whole transaction, else that subtransaction */
+    int (*stream_abort)(void *arg, uint32_t xid, uint32_t subxid, wr_err_t *err);
 } stm_handler_t;
 
 /* The transport under the engine: libpq in the workers (stm_start), captured bytes in
@@ -164,7 +196,11 @@ struct stm_keeper_s;
 typedef struct stm_s {
     pgo_decoder_t dec;
     stm_tx_t tx;
-    wr_lsn_t received; /* highest WAL position seen (XLogData start/end, keepalive end) */
+    bool streaming;      /* ask for protocol version 2 with streaming 'on' (set before stm_start) */
+    uint32_t stream_xid; /* the open stream block's transaction, 0 outside a block */
+    wr_lsn_t msg_lsn;    /* XLogData start of the message being handled */
+    uint64_t streamed_msgs; /* stream blocks received (Stream Start messages) */
+    wr_lsn_t received;      /* highest WAL position seen (XLogData start/end, keepalive end) */
     const stm_handler_t *h;
     void *arg;
 
@@ -258,6 +294,23 @@ int stm_on_copydata(stm_t *s, const uint8_t *buf, size_t len, wr_err_t *err) WR_
 
 /* One decoded pgoutput message of msglen bytes (the transaction logic and translation). */
 int stm_on_message(stm_t *s, const pgo_msg_t *m, size_t msglen, wr_err_t *err) WR_MUST_CHECK;
+
+/* Translates a change message (Insert, Update, Delete, Truncate) into events counted in
+ * tx (ordinal += 1, or one per relid of a Truncate) and hands each to the change
+ * callback with tx: a worker's own transaction context (an open streamed transaction
+ * whose commit LSN is not known yet). Returns 0, STM_STOP or < 0. */
+int stm_dispatch_change(stm_t *s, stm_tx_t *tx, const pgo_msg_t *m, size_t msglen,
+                        wr_err_t *err) WR_MUST_CHECK;
+
+/* Replays a spooled streamed transaction through the normal path: a Begin with
+ * final_lsn = commit_lsn (ts as on the wire: us since 2000-01-01), each message (the raw
+ * bytes stream_msg got; decoded with pgo_decode_streamed and handled like a message of a
+ * Begin .. Commit), then the Commit. Return what stm_on_message returns. */
+int stm_replay_begin(stm_t *s, uint32_t xid, wr_lsn_t commit_lsn, int64_t ts,
+                     wr_err_t *err) WR_MUST_CHECK;
+int stm_replay_msg(stm_t *s, const uint8_t *raw, size_t len, wr_err_t *err) WR_MUST_CHECK;
+int stm_replay_commit(stm_t *s, wr_lsn_t commit_lsn, wr_lsn_t end_lsn, int64_t ts,
+                      wr_err_t *err) WR_MUST_CHECK;
 
 /* Fills a BEGIN (key (final_lsn, 0)) or COMMIT (key (final_lsn, ordinal), end_lsn) event
  * of the transaction tx. */

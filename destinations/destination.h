@@ -199,6 +199,21 @@ typedef struct dest_ops_s {
      * ensure_table and records meta as its only version. Inside a transaction. */
     int (*reset_table)(dest_t *d, const wr_schema_t *schema, const dest_tmeta_t *meta,
                        wr_err_t *err);
+
+    /* ---- streamed transactions (issue 11; NULL in a destination that cannot take
+     * them: the apply worker then spools a streamed transaction and writes it at its
+     * commit, see worker_apply/apply.c STREAMED TRANSACTIONS) ---- */
+    /* True if this instance takes a transaction's changes before the transaction's
+     * commit LSN is known: its write_event uses neither the key nor commit_ts of a change
+     * and needs no BEGIN/COMMIT events (none are written for such a transaction), and
+     * savepoint / rollback_to work. */
+    bool (*can_stream)(dest_t *d);
+    /* Sets a savepoint named name (letters, digits, _) in the open transaction; rollback_to
+     * undoes everything written after it (the savepoint itself stays, later ones go).
+     * Tables created after the savepoint are forgotten and must be registered again with
+     * ensure_table. Inside a transaction. */
+    int (*savepoint)(dest_t *d, const char *name, wr_err_t *err);
+    int (*rollback_to)(dest_t *d, const char *name, wr_err_t *err);
 } dest_ops_t;
 
 struct dest_s {

@@ -105,19 +105,98 @@
  *   older confirmed_flush would otherwise apply T's changes that the sync worker
  *   already applied, because T is now READY.
  *
- * BATCHING
+ * BATCHING (COMMIT ON IDLE)
  *
  *   Changes go straight into one open destination transaction (begun lazily at the
  *   first write); memory stays bounded whatever the source transaction's size. The batch
  *   is committed with the resume key
+ *     - as soon as the stream is idle at a transaction boundary: after a source Commit,
+ *       when libpq holds no further message (stm_recv returned STM_IDLE) and a poll()
+ *       with no timeout finds the socket not readable. A quiet source so never waits for
+ *       a timer (latency = one destination commit), while under load the stream always
+ *       has more buffered and the batch grows - group commit - up to the two limits:
  *     - at a source Commit when it is due: cfg.batch_max_fill_ms since its first write,
  *       or cfg.batch_max_bytes written (sizes of the applied pgoutput messages); the key
  *       is (final_lsn, last ordinal) of that transaction;
  *     - in the middle of a transaction once the bytes exceed batch_max_bytes, with the
  *       key (final_lsn, ordinal) of the last change processed; the flush does not move
  *       past the previous complete transaction until this one's Commit is committed;
- *     - when a poll times out with the batch open, and before any handoff step.
- *   A transaction that wrote nothing with no batch open moves the flush directly.
+ *     - when max_fill_ms passed in the middle of a transaction and nothing arrived,
+ *       and before any handoff step.
+ *   Exactly once does not change: every commit carries the key of what it holds, at a
+ *   boundary or (mid-transaction) of its last change. A transaction that wrote nothing
+ *   with no batch open moves the flush directly. While a streamed transaction is open in
+ *   the batch (below) it commits only with that transaction.
+ *
+ * STREAMED TRANSACTIONS (issue 11: pgoutput protocol version 2, [source] streaming = 1)
+ *
+ *   The server streams a transaction whose decoded changes pass logical_decoding_work_mem
+ *   while it is still running: blocks Stream Start(xid) .. changes (each with the xid of
+ *   its subtransaction) .. Stream Stop, with complete transactions (Begin .. Commit) that
+ *   commit meanwhile between the blocks, and at the end Stream Commit (commit LSN, end
+ *   LSN) or Stream Abort (xid, subxid). The commit LSN - the first half of the resume key
+ *   - is not known until the end. Two ways to apply one:
+ *
+ *   Written as it arrives ("direct"; one streamed transaction X at a time), when the
+ *   destination can take it (dest_ops_t.can_stream: sqlite in table mode), no table is in
+ *   a handoff phase, and the destination's key K cannot cover X (K's commit LSN <= the LSN
+ *   where X starts: X commits later than it starts, so X is not in the destination). At
+ *   X's first block the open batch (complete transactions only) commits; X's changes then
+ *   go into a new batch as they arrive, counted in X's own ordinals (apw_sx_t.tx), with a
+ *   destination savepoint before the first change of each subtransaction. The batch does
+ *   not commit while X is open: no idle commit, no fill or size commit, no handoff step
+ *   (they wait for X's end). Transactions that commit between X's blocks are written into
+ *   the same batch behind X's changes, in stream order, each skipped by key as usual.
+ *   Stream order is a commit order for the destination: a row X changed stays locked by X,
+ *   so a transaction that committed meanwhile changed other rows, and a row that X changes
+ *   after such a commit arrives in a later block than that commit.
+ *     Stream Commit: X gets its commit LSN; the batch commits with key (commit LSN, X's
+ *       last ordinal) - the greatest key in it, since the others committed earlier - and
+ *       the flush moves to X's end. Exactly once: the key and the data of X and of the
+ *       transactions behind it commit together, or nothing does.
+ *     Stream Abort of a subtransaction: ROLLBACK TO its savepoint, and X's ordinal goes back
+ *       to what it was there. Exact, because what follows a subtransaction's first change
+ *       in X belongs to it or to its own subtransactions, which abort with it (PostgreSQL's
+ *       apply worker truncates its spool file at the same point); the ordinals then match
+ *       those of the same transaction sent whole by a server that did not stream it.
+ *     Stream Abort of X: the batch holds only X (nothing behind it): rolled back. Exact.
+ *     A crash (kill -9) anywhere: nothing of X is committed until its Stream Commit; the
+ *       server replays from the slot's confirmed position, which never passes an
+ *       uncommitted batch. After the commit and before the flush reached the server the
+ *       replay streams X again: K's commit LSN is then past X's start, so X is spooled
+ *       and skipped by the key at its Stream Commit.
+ *   What cannot be exact in place: an abort (of X or of a subtransaction) when other
+ *   transactions were written behind the point it rolls back to - the rollback would take
+ *   them too - and a schema change inside X or behind it (its version key needs a commit
+ *   LSN; apw_ddl_commit_before would commit X's half). Then walrelay RESTREAMS: it rolls
+ *   the batch back, marks X to be spooled, skips by the key of what this process
+ *   committed, and starts the stream again from the slot's confirmed position (one
+ *   restart per such transaction; apw_restream). PostgreSQL's own apply worker spools
+ *   every streamed transaction unless it runs parallel apply workers.
+ *
+ *   Spooled: every other streamed transaction (a second one while X is open, a
+ *   destination without can_stream - the ABI destinations, eventstore, sqlite history
+ *   mode -, a table being handed over, a replay after a restart, a restreamed one). Its
+ *   messages are appended as received to DIR/spool/apply-<xid>.spool (a 64 kB stdio
+ *   buffer: memory stays bounded, disk holds the transaction); a subtransaction's abort
+ *   truncates the file at its first message, X's abort deletes it. At Stream Commit the
+ *   file is read back message by message through the engine (stm_replay_*) as one
+ *   transaction with its commit LSN: ordinals, the key skip, the handoff filter
+ *   (SYNCDONE S <= commit LSN), batching with mid-transaction commits, schema changes
+ *   and BEGIN/COMMIT events all exactly as for a transaction sent whole, so at-least-once
+ *   destinations see each event once per delivery with its final key, and the handoff
+ *   rules hold unchanged. Spool files are deleted at their end, on a restream and at
+ *   start (what a crashed run left: the server streams it again).
+ *
+ *   The handoff: CATCHUP is granted at boundaries outside X only (Y then includes X
+ *   whole or nothing of it), and a table in SYNCWAIT while X streams is not READY, so X's
+ *   changes to it are the sync worker's (L >= X's end). The sync worker's own catch-up
+ *   stream keeps protocol version 1: it applies one table up to a catch-up LSN and stops
+ *   at the first commit at or past it, which needs each transaction's commit LSN before
+ *   its changes; a large transaction in that short window is spilled by the server and
+ *   sent at its commit, as before.
+ *   A long X keeps the sqlite write lock for its whole duration: a sync worker copying
+ *   into the same file then waits (and retries after busy_timeout).
  *
  * FEEDBACK
  *
@@ -171,11 +250,13 @@
  *   is applied any more, and freed at the top of the next loop turn (the channel callback
  *   may run while a loop over the tables waits for an ack). Its destination data stays.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "common/catalog.h"
@@ -209,6 +290,50 @@ typedef struct apw_table_s {
     int ddl_recopies;    /* re-copies asked for in a row by this process (loop guard) */
     bool removed;        /* ["table_removed"] arrived: freed at the next loop turn */
 } apw_table_t;
+
+/* A savepoint of the streamed transaction written straight into the batch: set before
+ * the first change of a subtransaction (STREAMED TRANSACTIONS). */
+typedef struct apw_sp_s {
+    uint32_t subxid;
+    uint32_t ordinal; /* the transaction's ordinal before the subtransaction's first change */
+    uint64_t mixed;   /* apw_sx_t.mixed then */
+} apw_sp_t;
+
+/* A streamed transaction spooled to DIR/spool/apply-<xid>.spool until its Stream Commit:
+ * records of [Int32 length][pgoutput message as received]. */
+typedef struct apw_spool_s {
+    uint32_t xid;
+    FILE *f;
+    char *path;
+    uint64_t bytes; /* written so far (the file's size) */
+    uint64_t msgs;
+    struct apw_spsub_s {
+        uint32_t subxid;
+        uint64_t off; /* where its first message starts */
+    } * subs;
+    size_t nsubs, subcap;
+    struct apw_spool_s *next;
+} apw_spool_t;
+
+/* Streamed transactions (protocol version 2): see the file header. */
+typedef struct apw_sx_s {
+    bool direct;    /* xid's changes go straight into the open batch as they arrive */
+    bool in_direct; /* a change of xid is being written (apw_on_change, schema checks) */
+    uint32_t xid;
+    stm_tx_t tx;    /* its ordinals (final_lsn 0: not known before its Stream Commit) */
+    uint64_t mixed; /* changes of other transactions written into the batch since it began */
+    apw_sp_t *sps;
+    size_t nsps, spcap;
+    apw_spool_t *spools;
+    uint32_t *forced; /* xids to spool, not write directly (after a restream) */
+    size_t nforced, forcedcap;
+    bool restream_due; /* roll back and restart the stream (apw_restream) */
+    const char *restream_why;
+    char *dir;     /* DIR/spool */
+    uint8_t *rbuf; /* replay buffer */
+    size_t rcap;
+    uint64_t n_direct, n_spooled, n_restreams;
+} apw_sx_t;
 
 typedef struct apw_s {
     wr_config_t cfg;
@@ -251,6 +376,8 @@ typedef struct apw_s {
 
     int64_t last_progress_ms;
     wkm_t metrics;          /* counts for the supervisor's metrics (proto/wkmetrics.h) */
+    apw_sx_t sx;            /* streamed transactions */
+    uint64_t idle_commits;  /* batches committed because the stream was idle */
     int64_t last_commit_ts; /* commit time of the last source transaction processed */
     wr_lsn_t prog_flush, prog_recv;
     uint64_t prog_events;
@@ -305,6 +432,26 @@ static wr_lsn_t
 apw_max(wr_lsn_t x, wr_lsn_t y)
 {
     return x > y ? x : y;
+}
+
+/* Asks for a restream (STREAMED TRANSACTIONS): the handlers return STM_STOP, the loop
+ * calls apw_restream. Returns STM_STOP. */
+static int
+apw_restream_due(apw_t *a, const char *why)
+{
+    if (!a->sx.restream_due) {
+        a->sx.restream_due = true;
+        a->sx.restream_why = why;
+    }
+    return STM_STOP;
+}
+
+/* True at a point where the batch may commit with a complete transaction's key: not
+ * inside a source transaction, and no streamed transaction open in the batch. */
+static bool
+apw_at_boundary(const apw_t *a)
+{
+    return !a->stm.tx.in_tx && !a->sx.direct;
 }
 
 /* ---- the table map ------------------------------------------------------------------ */
@@ -610,6 +757,10 @@ apw_batch_commit(apw_t *a, wr_err_t *err)
 
     if (!a->batch_open)
         return 0;
+    /* a streamed transaction written into the batch as it arrives: the batch commits only
+     * with it, at its Stream Commit (STREAMED TRANSACTIONS) */
+    if (a->sx.direct)
+        return 0;
     if (a->stm.tx.in_tx) {
         key.commit_lsn = a->stm.tx.final_lsn;
         key.ordinal = a->stm.tx.ordinal;
@@ -660,6 +811,11 @@ apw_batch_rollback(apw_t *a)
     a->batch_bytes = 0;
     a->batch_pending_flush = 0;
     a->stm.tx.begun = false; /* written again before the next change */
+    /* a streamed transaction written into it is gone with it (its caller decides what
+     * comes next: apw_on_stream_abort, apw_restream, apw_stop) */
+    a->sx.direct = false;
+    a->sx.nsps = 0;
+    a->sx.mixed = 0;
     /* a table the rolled-back transaction created is gone again */
     for (size_t k = 0; k < a->ntabs; k++) {
         a->tabs[k]->dest_ready = false;
@@ -753,6 +909,8 @@ apw_ddl_commit_before(apw_t *a, wr_err_t *err)
     uint32_t ord = a->stm.tx.ordinal;
     int rc;
 
+    if (a->sx.direct)
+        return apw_restream_due(a, "a schema change while a streamed transaction is open");
     if (!a->batch_open)
         return 0;
     a->stm.tx.ordinal = ord > 0 ? ord - 1 : 0;
@@ -855,6 +1013,12 @@ apw_ddl_reconcile(apw_t *a, apw_table_t *t, wr_err_t *err)
     t->rel_pending = false;
     if (ops->get_version == NULL)
         return 0; /* the destination keeps no schema: nothing can be wrong */
+    if (a->sx.in_direct) {
+        /* a streamed transaction's commit LSN is past the change's own LSN: a version at
+         * or before it is older than the change */
+        before.commit_lsn = a->stm.msg_lsn;
+        before.ordinal = 0;
+    }
     memset(&dm, 0, sizeof(dm));
     memset(&meta, 0, sizeof(meta));
     memset(&plan, 0, sizeof(plan));
@@ -864,6 +1028,11 @@ apw_ddl_reconcile(apw_t *a, apw_table_t *t, wr_err_t *err)
     if (rc != 0)
         return rc;
     memset(&cat, 0, sizeof(cat));
+    if (a->sx.in_direct && ds != NULL && dest_key_cmp(&dm.version, &before) > 0) {
+        /* newer than the change's LSN: only the commit LSN can tell */
+        rc = apw_restream_due(a, "a schema version to compare inside a streamed transaction");
+        goto out;
+    }
     if (ds != NULL && dest_key_cmp(&dm.version, &before) > 0) {
         /* the destination holds a newer schema: never alter it backwards (a replayed
          * change does not get here; this is a safety net) */
@@ -885,6 +1054,10 @@ apw_ddl_reconcile(apw_t *a, apw_table_t *t, wr_err_t *err)
         goto out;
     }
     if (!dest_ddl_relation_matches(t->schema, &cat, why, sizeof(why))) {
+        if (a->sx.in_direct) {
+            rc = apw_restream_due(a, "a schema change inside a streamed transaction");
+            goto out;
+        }
         if (ds != NULL && apw_ddl_same_columns(t->schema, ds)) {
             /* The table changed again after this point of the stream, but at this point it
              * has the destination's columns: apply as they are. The later change brings
@@ -921,6 +1094,11 @@ apw_ddl_reconcile(apw_t *a, apw_table_t *t, wr_err_t *err)
         goto out;
     if (plan.action == DEST_DDL_NONE) {
         t->ddl_recopies = 0;
+        goto out;
+    }
+    if (a->sx.in_direct) {
+        /* the version key (the change before) is not known yet */
+        rc = apw_restream_due(a, "a schema change inside a streamed transaction");
         goto out;
     }
     if (plan.action == DEST_DDL_RECOPY) {
@@ -996,23 +1174,26 @@ apw_ddl_on_phase(apw_table_t *t)
 
 /* ---- applying changes ----------------------------------------------------------------- */
 
+/* A streamed transaction written as it arrives starts only while no table is in a
+ * handoff phase, and no handoff step runs until it ends: READY is all it needs. */
 static bool
-apw_applies(const apw_t *a, const apw_table_t *t)
+apw_applies(const apw_t *a, const apw_table_t *t, const stm_tx_t *tx)
 {
     if (t == NULL || !t->known)
         return false;
     if (t->phase == PH_READY)
         return true;
-    return t->phase == PH_SYNCDONE && t->lsn <= a->stm.tx.final_lsn;
+    return t->phase == PH_SYNCDONE && tx != &a->sx.tx && t->lsn <= tx->final_lsn;
 }
 
-/* True if the change with the current key was committed before (replay). */
+/* True if the change with the current key was committed before (replay). A streamed
+ * transaction written as it arrives is never one (checked at its Stream Start). */
 static bool
-apw_already_applied(const apw_t *a)
+apw_already_applied(const apw_t *a, const stm_tx_t *tx)
 {
-    dest_key_t k = {a->stm.tx.final_lsn, a->stm.tx.ordinal};
+    dest_key_t k = {tx->final_lsn, tx->ordinal};
 
-    return a->skip_found && dest_key_cmp(&k, &a->skip_key) <= 0;
+    return tx != &a->sx.tx && a->skip_found && dest_key_cmp(&k, &a->skip_key) <= 0;
 }
 
 /* Writes one change of table t. A table-specific failure marks the table ERRORED and
@@ -1045,7 +1226,7 @@ apw_write_boundary(apw_t *a, dest_ev_kind_t kind, wr_lsn_t end_lsn, wr_err_t *er
 }
 
 static int
-apw_write(apw_t *a, apw_table_t *t, dest_event_t *ev, size_t msglen, wr_err_t *err)
+apw_write(apw_t *a, apw_table_t *t, stm_tx_t *tx, dest_event_t *ev, size_t msglen, wr_err_t *err)
 {
     wr_err_t werr;
     int rc;
@@ -1056,6 +1237,8 @@ apw_write(apw_t *a, apw_table_t *t, dest_event_t *ev, size_t msglen, wr_err_t *e
                           (unsigned)t->relid);
     if (t->rel_pending) {
         rc = apw_ddl_reconcile(a, t, err);
+        if (a->sx.restream_due)
+            return STM_STOP;
         if (rc != 0)
             return rc > 0 ? 0 : rc; /* > 0: the table left READY/SYNCDONE, skip its change */
     }
@@ -1079,11 +1262,13 @@ apw_write(apw_t *a, apw_table_t *t, dest_event_t *ev, size_t msglen, wr_err_t *e
         a->batch_pending_flush = 0;
         wkm_batch_begin(&a->metrics);
     }
-    if (!a->stm.tx.begun) {
+    if (!tx->begun) {
         rc = apw_write_boundary(a, DEST_EV_BEGIN, 0, err);
         if (rc != 0)
             return rc;
     }
+    if (a->sx.direct && tx != &a->sx.tx)
+        a->sx.mixed++; /* another transaction's change after the streamed one's */
     rc = a->dest->ops->write_event(a->dest, ev, &werr);
     if (rc != 0) {
         if (apw_table_specific(rc))
@@ -1125,14 +1310,13 @@ apw_on_change(void *arg, stm_tx_t *tx, dest_event_t *ev, size_t msglen, wr_err_t
     wr_err_t cause;
     int rc;
 
-    (void)tx;
-    if (!apw_applies(a, t) || apw_already_applied(a))
+    if (!apw_applies(a, t, tx) || apw_already_applied(a, tx))
         return 0;
     if ((ev->kind == DEST_EV_UPDATE || ev->kind == DEST_EV_DELETE) &&
         !apw_has_key(t, ev->old_kind, ev->kind == DEST_EV_UPDATE ? "an update" : "a delete",
                      &cause))
         return apw_table_fail(a, t, &cause, err);
-    rc = apw_write(a, t, ev, msglen, err);
+    rc = apw_write(a, t, tx, ev, msglen, err);
     if (rc != 0)
         return rc;
     return a->events != before ? STM_WRITTEN : 0;
@@ -1265,6 +1449,10 @@ apw_boundary(apw_t *a, wr_lsn_t y, wr_err_t *err)
     bool again = true;
     int rc;
 
+    /* a streamed transaction open in the batch: every handoff step commits first; they
+     * wait for its end (STREAMED TRANSACTIONS) */
+    if (a->sx.direct)
+        return 0;
     while (again && a->n_handoff > 0 && !apw_stopping(a)) {
         again = false;
         for (size_t k = 0; k < a->ntabs && !apw_stopping(a); k++) {
@@ -1319,6 +1507,552 @@ apw_boundary(apw_t *a, wr_lsn_t y, wr_err_t *err)
         }
     }
     return 0;
+}
+
+/* ---- streamed transactions (protocol version 2) ----------------------------------------- */
+
+static bool
+apw_forced(const apw_t *a, uint32_t xid)
+{
+    for (size_t i = 0; i < a->sx.nforced; i++)
+        if (a->sx.forced[i] == xid)
+            return true;
+    return false;
+}
+
+static apw_spool_t *
+apw_spool_find(const apw_t *a, uint32_t xid)
+{
+    for (apw_spool_t *sp = a->sx.spools; sp != NULL; sp = sp->next)
+        if (sp->xid == xid)
+            return sp;
+    return NULL;
+}
+
+/* Closes, deletes and frees the spool of xid. */
+static void
+apw_spool_drop(apw_t *a, uint32_t xid)
+{
+    for (apw_spool_t **pp = &a->sx.spools; *pp != NULL; pp = &(*pp)->next) {
+        apw_spool_t *sp = *pp;
+
+        if (sp->xid != xid)
+            continue;
+        *pp = sp->next;
+        if (sp->f != NULL)
+            fclose(sp->f);
+        if (sp->path != NULL && unlink(sp->path) != 0 && errno != ENOENT)
+            log_warn("cannot remove a spool file path=%s error=\"%s\"", sp->path, strerror(errno));
+        free(sp->path);
+        free(sp->subs);
+        free(sp);
+        return;
+    }
+}
+
+static void
+apw_spool_drop_all(apw_t *a)
+{
+    while (a->sx.spools != NULL)
+        apw_spool_drop(a, a->sx.spools->xid);
+}
+
+/* Removes the spool files an earlier run left behind (a crash): what they held is sent
+ * again by the server, which replays from the slot's confirmed position. */
+static void
+apw_spool_cleanup(apw_t *a)
+{
+    DIR *dir = opendir(a->sx.dir);
+    struct dirent *de;
+    char path[4096];
+
+    if (dir == NULL)
+        return;
+    while ((de = readdir(dir)) != NULL) {
+        if (strncmp(de->d_name, "apply-", 6) != 0)
+            continue;
+        snprintf(path, sizeof(path), "%s/%s", a->sx.dir, de->d_name);
+        if (unlink(path) == 0)
+            log_info("removed a spool file of an earlier run path=%s", path);
+    }
+    closedir(dir);
+}
+
+static int
+apw_spool_open(apw_t *a, uint32_t xid, wr_err_t *err)
+{
+    apw_spool_t *sp = calloc(1, sizeof(*sp));
+    char path[4096];
+
+    if (sp == NULL)
+        return wr_err_set(err, WR_ENOMEM, "out of memory spooling transaction %u", (unsigned)xid);
+    if (mkdir(a->sx.dir, 0700) != 0 && errno != EEXIST) {
+        free(sp);
+        wr_err_set(err, WR_EIO, "cannot create the spool directory \"%s\": %s", a->sx.dir,
+                   strerror(errno));
+        wr_err_hint(err, "the configuration directory must be writable by walrelay");
+        return WR_EIO;
+    }
+    snprintf(path, sizeof(path), "%s/apply-%u.spool", a->sx.dir, (unsigned)xid);
+    sp->xid = xid;
+    sp->path = wr_strdup(path);
+    sp->f = sp->path ? fopen(path, "w+b") : NULL;
+    if (sp->f == NULL) {
+        int e = errno;
+
+        free(sp->path);
+        free(sp);
+        wr_err_set(err, WR_EIO, "cannot create the spool file \"%s\": %s", path, strerror(e));
+        wr_err_hint(err, "the configuration directory must be writable by walrelay and its "
+                         "disk must have room for the largest transaction");
+        return WR_EIO;
+    }
+    setvbuf(sp->f, NULL, _IOFBF, 1 << 16);
+    sp->next = a->sx.spools;
+    a->sx.spools = sp;
+    a->sx.n_spooled++;
+    return 0;
+}
+
+static int
+apw_spool_io_error(apw_spool_t *sp, const char *what, wr_err_t *err)
+{
+    wr_err_set(err, WR_EIO, "%s the spool file \"%s\" of transaction %u: %s", what, sp->path,
+               (unsigned)sp->xid, strerror(errno));
+    wr_err_hint(err, "the disk of the configuration directory must have room for the largest "
+                     "streamed transaction");
+    return WR_EIO;
+}
+
+/* Appends one message of a block to the spool; a subtransaction's first message is
+ * remembered with its offset (a Stream Abort of it truncates the file there). */
+static int
+apw_spool_append(apw_t *a, apw_spool_t *sp, const pgo_msg_t *m, const uint8_t *raw, size_t len,
+                 wr_err_t *err)
+{
+    uint8_t hdr[4];
+
+    (void)a;
+    if (m->xid != 0 && m->xid != sp->xid) {
+        bool known = false;
+
+        for (size_t i = 0; i < sp->nsubs && !known; i++)
+            known = sp->subs[i].subxid == m->xid;
+        if (!known) {
+            if (sp->nsubs == sp->subcap) {
+                size_t cap = sp->subcap ? sp->subcap * 2 : 8;
+                struct apw_spsub_s *n = realloc(sp->subs, cap * sizeof(*n));
+
+                if (n == NULL)
+                    return wr_err_set(err, WR_ENOMEM, "out of memory spooling transaction %u",
+                                      (unsigned)sp->xid);
+                sp->subs = n;
+                sp->subcap = cap;
+            }
+            sp->subs[sp->nsubs].subxid = m->xid;
+            sp->subs[sp->nsubs].off = sp->bytes;
+            sp->nsubs++;
+        }
+    }
+    if (len > UINT32_MAX)
+        return wr_err_set(err, WR_EPROTO, "streamed message of %zu bytes", len);
+    hdr[0] = (uint8_t)(len >> 24);
+    hdr[1] = (uint8_t)(len >> 16);
+    hdr[2] = (uint8_t)(len >> 8);
+    hdr[3] = (uint8_t)len;
+    if (fwrite(hdr, 1, 4, sp->f) != 4 || fwrite(raw, 1, len, sp->f) != len)
+        return apw_spool_io_error(sp, "writing", err);
+    sp->bytes += 4 + (uint64_t)len;
+    sp->msgs++;
+    return 0;
+}
+
+/* A subtransaction rolled back: its messages are the tail of the spool from its first
+ * one on (everything after it belongs to it or to its subtransactions, which PostgreSQL
+ * aborts with it), so the file is cut there - PostgreSQL's own apply worker does the same
+ * (worker.c, apply_handle_stream_abort). */
+static int
+apw_spool_truncate(apw_spool_t *sp, uint32_t subxid, wr_err_t *err)
+{
+    size_t i;
+
+    for (i = 0; i < sp->nsubs; i++)
+        if (sp->subs[i].subxid == subxid)
+            break;
+    if (i == sp->nsubs)
+        return 0; /* nothing of it was streamed */
+    if (fflush(sp->f) != 0 || ftruncate(fileno(sp->f), (off_t)sp->subs[i].off) != 0 ||
+        fseeko(sp->f, (off_t)sp->subs[i].off, SEEK_SET) != 0)
+        return apw_spool_io_error(sp, "truncating", err);
+    log_debug("spooled subtransaction rolled back xid=%u subxid=%u bytes=%llu->%llu",
+              (unsigned)sp->xid, (unsigned)subxid, (unsigned long long)sp->bytes,
+              (unsigned long long)sp->subs[i].off);
+    sp->bytes = sp->subs[i].off;
+    sp->nsubs = i;
+    return 0;
+}
+
+/* Stream Commit of a spooled transaction: its messages go through the normal path as
+ * one transaction with its commit LSN (ordinals, resume key, skip, handoff filter,
+ * batching, schema changes: all as if it had not been streamed). */
+static int
+apw_spool_replay(apw_t *a, apw_spool_t *sp, const pgo_msg_t *c, wr_err_t *err)
+{
+    uint64_t left = sp->bytes;
+    int rc;
+
+    if (fflush(sp->f) != 0 || fseeko(sp->f, 0, SEEK_SET) != 0)
+        return apw_spool_io_error(sp, "reading", err);
+    log_info("applying a spooled streamed transaction xid=%u commit_lsn=" WR_LSN_FMT
+             " messages=%llu bytes=%llu",
+             (unsigned)sp->xid, WR_LSN_ARGS(c->u.stream_commit.commit_lsn),
+             (unsigned long long)sp->msgs, (unsigned long long)sp->bytes);
+    rc = stm_replay_begin(&a->stm, sp->xid, c->u.stream_commit.commit_lsn, c->u.stream_commit.ts,
+                          err);
+    while (rc == 0 && left > 0) {
+        uint8_t hdr[4];
+        uint32_t len;
+
+        if (left < 4 || fread(hdr, 1, 4, sp->f) != 4)
+            return apw_spool_io_error(sp, "reading", err);
+        len = (uint32_t)hdr[0] << 24 | (uint32_t)hdr[1] << 16 | (uint32_t)hdr[2] << 8 | hdr[3];
+        left -= 4;
+        if (len == 0 || len > left)
+            return wr_err_set(err, WR_EIO, "spool file \"%s\" is damaged at offset %llu", sp->path,
+                              (unsigned long long)(sp->bytes - left - 4));
+        if (len > a->sx.rcap) {
+            size_t cap = a->sx.rcap ? a->sx.rcap : 4096;
+            uint8_t *n;
+
+            while (cap < len)
+                cap *= 2;
+            n = realloc(a->sx.rbuf, cap);
+            if (n == NULL)
+                return wr_err_set(err, WR_ENOMEM, "out of memory replaying a message of %u bytes",
+                                  (unsigned)len);
+            a->sx.rbuf = n;
+            a->sx.rcap = cap;
+        }
+        if (fread(a->sx.rbuf, 1, len, sp->f) != len)
+            return apw_spool_io_error(sp, "reading", err);
+        left -= len;
+        rc = stm_replay_msg(&a->stm, a->sx.rbuf, len, err);
+    }
+    if (rc == 0)
+        rc = stm_replay_commit(&a->stm, c->u.stream_commit.commit_lsn, c->u.stream_commit.end_lsn,
+                               c->u.stream_commit.ts, err);
+    return rc;
+}
+
+/* Whether transaction xid, whose first block starts at lsn, is written as it arrives;
+ * why not in *why. */
+static bool
+apw_direct_ok(const apw_t *a, uint32_t xid, wr_lsn_t lsn, const char **why)
+{
+    const dest_ops_t *ops = a->dest->ops;
+
+    if (ops->can_stream == NULL || ops->savepoint == NULL || ops->rollback_to == NULL ||
+        !ops->can_stream(a->dest))
+        *why = "the destination takes changes only with their commit LSN";
+    else if (a->sx.direct)
+        *why = "another streamed transaction is written as it arrives";
+    else if (apw_forced(a, xid))
+        *why = "restreamed";
+    else if (a->n_handoff > 0)
+        *why = "a table is being handed over";
+    else if (lsn == 0 || (a->skip_found && a->skip_key.commit_lsn > lsn))
+        /* the destination's key is past the start of this transaction: it may hold it
+         * already, which only its commit LSN can tell */
+        *why = "replaying after a restart";
+    else
+        return true;
+    return false;
+}
+
+static int
+apw_on_stream_start(void *arg, uint32_t xid, bool first, wr_lsn_t lsn, wr_err_t *err)
+{
+    apw_t *a = arg;
+    const char *why = NULL;
+    int rc;
+
+    if (!first) {
+        if ((a->sx.direct && a->sx.xid == xid) || apw_spool_find(a, xid) != NULL)
+            return 0;
+        return wr_err_set(err, WR_EPROTO,
+                          "stream start of transaction %u continues a transaction whose first "
+                          "block was not received",
+                          (unsigned)xid);
+    }
+    if ((a->sx.direct && a->sx.xid == xid) || apw_spool_find(a, xid) != NULL)
+        return wr_err_set(err, WR_EPROTO,
+                          "first stream block of transaction %u, which is already streaming",
+                          (unsigned)xid);
+    if (!apw_direct_ok(a, xid, lsn, &why)) {
+        log_info("large transaction streamed, spooled until its commit xid=%u lsn=" WR_LSN_FMT
+                 " reason=\"%s\"",
+                 (unsigned)xid, WR_LSN_ARGS(lsn), why);
+        return apw_spool_open(a, xid, err);
+    }
+    /* the batch holds only complete transactions now: commit them, so that an abort of
+     * this one can roll the batch back whole */
+    rc = apw_batch_commit(a, err);
+    if (rc == 0 && !a->batch_open)
+        rc = apw_ddl_batch_begin(a, err);
+    if (rc != 0)
+        return rc;
+    wkm_batch_begin(&a->metrics);
+    a->sx.direct = true;
+    a->sx.xid = xid;
+    memset(&a->sx.tx, 0, sizeof(a->sx.tx));
+    a->sx.tx.in_tx = true;
+    a->sx.tx.xid = xid;
+    a->sx.tx.begun = true; /* no BEGIN/COMMIT events (dest_ops_t.can_stream) */
+    a->sx.mixed = 0;
+    a->sx.nsps = 0;
+    a->sx.n_direct++;
+    log_info("large transaction streamed, written as it arrives xid=%u lsn=" WR_LSN_FMT,
+             (unsigned)xid, WR_LSN_ARGS(lsn));
+    return 0;
+}
+
+static int
+apw_on_stream_stop(void *arg, uint32_t xid, wr_err_t *err)
+{
+    (void)arg;
+    (void)xid;
+    (void)err;
+    return 0;
+}
+
+static int apw_on_relation(void *arg, stm_tx_t *tx, const pgo_msg_t *m, wr_err_t *err);
+
+/* A savepoint before the first change of a subtransaction of the direct transaction. */
+static int
+apw_direct_savepoint(apw_t *a, uint32_t subxid, wr_err_t *err)
+{
+    char name[32];
+    int rc;
+
+    for (size_t i = 0; i < a->sx.nsps; i++)
+        if (a->sx.sps[i].subxid == subxid)
+            return 0;
+    if (a->sx.nsps == a->sx.spcap) {
+        size_t cap = a->sx.spcap ? a->sx.spcap * 2 : 16;
+        apw_sp_t *n = realloc(a->sx.sps, cap * sizeof(*n));
+
+        if (n == NULL)
+            return wr_err_set(err, WR_ENOMEM, "out of memory recording a savepoint");
+        a->sx.sps = n;
+        a->sx.spcap = cap;
+    }
+    snprintf(name, sizeof(name), "wr_sub_%u", (unsigned)subxid);
+    rc = a->dest->ops->savepoint(a->dest, name, err);
+    if (rc != 0)
+        return rc;
+    a->sx.sps[a->sx.nsps].subxid = subxid;
+    a->sx.sps[a->sx.nsps].ordinal = a->sx.tx.ordinal;
+    a->sx.sps[a->sx.nsps].mixed = a->sx.mixed;
+    a->sx.nsps++;
+    return 0;
+}
+
+static int
+apw_on_stream_msg(void *arg, uint32_t xid, const pgo_msg_t *m, const uint8_t *raw, size_t len,
+                  wr_err_t *err)
+{
+    apw_t *a = arg;
+    apw_spool_t *sp;
+    int rc;
+
+    if (!(a->sx.direct && a->sx.xid == xid)) {
+        sp = apw_spool_find(a, xid);
+        if (sp == NULL)
+            return wr_err_set(err, WR_EPROTO,
+                              "streamed message '%c' of transaction %u outside its stream", m->type,
+                              (unsigned)xid);
+        return apw_spool_append(a, sp, m, raw, len, err);
+    }
+    switch (m->type) {
+    case PGO_RELATION: {
+        apw_table_t *t = apw_table_find(a, m->u.relation.relid);
+        wr_schema_t *s = pgo_relation_schema(m);
+        bool changed;
+
+        if (s == NULL || pgo_schema_type_names(&a->stm.dec, s) != 0) {
+            wr_schema_free(s);
+            return wr_err_set(err, WR_ENOMEM, "out of memory caching relation %u",
+                              (unsigned)m->u.relation.relid);
+        }
+        changed = t != NULL && t->schema != NULL && !wr_schema_equal(t->schema, s);
+        wr_schema_free(s);
+        if (changed)
+            /* a schema change inside the transaction: its version key needs the commit LSN */
+            return apw_restream_due(a, "a schema change inside a streamed transaction");
+        return apw_on_relation(a, &a->sx.tx, m, err);
+    }
+    case PGO_INSERT:
+    case PGO_UPDATE:
+    case PGO_DELETE:
+    case PGO_TRUNCATE:
+        if (m->xid != xid && m->xid != 0) {
+            rc = apw_direct_savepoint(a, m->xid, err);
+            if (rc != 0)
+                return rc;
+        }
+        a->sx.in_direct = true;
+        rc = stm_dispatch_change(&a->stm, &a->sx.tx, m, len, err);
+        a->sx.in_direct = false;
+        return rc;
+    default: /* Type (remembered by the decoder), Message: nothing to do */
+        return 0;
+    }
+}
+
+static int apw_on_commit(void *arg, stm_tx_t *tx, wr_lsn_t end, wr_err_t *err);
+
+static int
+apw_on_stream_commit(void *arg, const pgo_msg_t *m, wr_err_t *err)
+{
+    apw_t *a = arg;
+    uint32_t xid = m->u.stream_commit.xid;
+    apw_spool_t *sp;
+    int rc;
+
+    if (a->sx.direct && a->sx.xid == xid) {
+        stm_tx_t *tx = &a->sx.tx;
+
+        tx->in_tx = false;
+        tx->final_lsn = m->u.stream_commit.commit_lsn;
+        tx->commit_ts = m->u.stream_commit.ts + DEST_PG_EPOCH_OFFSET_US;
+        log_info("streamed transaction committed xid=%u commit_lsn=" WR_LSN_FMT
+                 " changes=%u other_changes=%llu",
+                 (unsigned)xid, WR_LSN_ARGS(tx->final_lsn), (unsigned)tx->ordinal,
+                 (unsigned long long)a->sx.mixed);
+        a->sx.direct = false;
+        a->sx.nsps = 0;
+        a->sx.mixed = 0;
+        /* committed now with its key; the flush moves to its end */
+        wkm_transaction(&a->metrics);
+        a->last_commit_ts = tx->commit_ts;
+        a->last_tx_key.commit_lsn = tx->final_lsn;
+        a->last_tx_key.ordinal = tx->ordinal;
+        a->batch_pending_flush = m->u.stream_commit.end_lsn;
+        FAILPOINT("apply.stream_commit");
+        rc = apw_batch_commit(a, err);
+        if (rc != 0)
+            return rc;
+        FAILPOINT("apply.stream_committed");
+        return apw_boundary(a, m->u.stream_commit.end_lsn, err);
+    }
+    sp = apw_spool_find(a, xid);
+    if (sp == NULL)
+        return wr_err_set(err, WR_EPROTO,
+                          "stream commit of transaction %u, which was not streamed (commit "
+                          "LSN " WR_LSN_FMT ")",
+                          (unsigned)xid, WR_LSN_ARGS(m->u.stream_commit.commit_lsn));
+    rc = apw_spool_replay(a, sp, m, err);
+    apw_spool_drop(a, xid);
+    return rc;
+}
+
+static int
+apw_on_stream_abort(void *arg, uint32_t xid, uint32_t subxid, wr_err_t *err)
+{
+    apw_t *a = arg;
+    apw_spool_t *sp;
+
+    if (a->sx.direct && a->sx.xid == xid) {
+        size_t i;
+        char name[32];
+        int rc;
+
+        if (subxid == xid) {
+            if (a->sx.mixed > 0)
+                return apw_restream_due(a, "a streamed transaction aborted after other "
+                                           "transactions were written behind it");
+            log_info("streamed transaction aborted, rolled back xid=%u changes=%u", (unsigned)xid,
+                     (unsigned)a->sx.tx.ordinal);
+            apw_batch_rollback(a);
+            return 0;
+        }
+        for (i = 0; i < a->sx.nsps; i++)
+            if (a->sx.sps[i].subxid == subxid)
+                break;
+        if (i == a->sx.nsps)
+            return 0; /* nothing of it was written */
+        if (a->sx.mixed > a->sx.sps[i].mixed)
+            return apw_restream_due(a, "a subtransaction rolled back after other transactions "
+                                       "were written behind it");
+        snprintf(name, sizeof(name), "wr_sub_%u", (unsigned)subxid);
+        rc = a->dest->ops->rollback_to(a->dest, name, err);
+        if (rc != 0)
+            return rc;
+        log_debug("streamed subtransaction rolled back xid=%u subxid=%u ordinal=%u->%u",
+                  (unsigned)xid, (unsigned)subxid, (unsigned)a->sx.tx.ordinal,
+                  (unsigned)a->sx.sps[i].ordinal);
+        /* the changes counted after the savepoint are gone: so are their ordinals, as in
+         * the transaction PostgreSQL sends whole when it does not stream it */
+        a->sx.tx.ordinal = a->sx.sps[i].ordinal;
+        a->sx.nsps = i;
+        for (size_t k = 0; k < a->ntabs; k++)
+            a->tabs[k]->dest_ready = false; /* tables made after the savepoint are gone */
+        return 0;
+    }
+    sp = apw_spool_find(a, xid);
+    if (sp == NULL) {
+        log_debug("stream abort of a transaction not streamed here xid=%u subxid=%u", (unsigned)xid,
+                  (unsigned)subxid);
+        return 0;
+    }
+    if (subxid == xid) {
+        log_info("spooled streamed transaction aborted xid=%u messages=%llu", (unsigned)xid,
+                 (unsigned long long)sp->msgs);
+        apw_spool_drop(a, xid);
+        return 0;
+    }
+    return apw_spool_truncate(sp, subxid, err);
+}
+
+/* Rolls the batch back and starts the stream again from the slot's confirmed position,
+ * with the transaction that was written as it arrived now spooled (see the file
+ * header: the cases where writing it directly cannot be made exact). Everything this
+ * process committed since it started is skipped by its key. */
+static int
+apw_restream(apw_t *a, wr_err_t *err)
+{
+    char app[96];
+    int rc;
+
+    a->sx.restream_due = false;
+    log_info("restarting the stream to spool a streamed transaction xid=%u reason=\"%s\"",
+             (unsigned)a->sx.xid, a->sx.restream_why ? a->sx.restream_why : "?");
+    if (a->sx.direct && !apw_forced(a, a->sx.xid)) {
+        if (a->sx.nforced == a->sx.forcedcap) {
+            size_t cap = a->sx.forcedcap ? a->sx.forcedcap * 2 : 8;
+            uint32_t *n = realloc(a->sx.forced, cap * sizeof(*n));
+
+            if (n == NULL)
+                return wr_err_set(err, WR_ENOMEM, "out of memory restarting the stream");
+            a->sx.forced = n;
+            a->sx.forcedcap = cap;
+        }
+        a->sx.forced[a->sx.nforced++] = a->sx.xid;
+    }
+    apw_batch_rollback(a);
+    apw_spool_drop_all(a);
+    if (a->durable_key.commit_lsn != 0) {
+        a->skip_found = true;
+        a->skip_key = a->durable_key;
+    }
+    a->sx.n_restreams++;
+    FAILPOINT("apply.restream");
+    stm_disconnect(&a->stm);
+    snprintf(app, sizeof(app), "walrelay_%s_apply", a->cfg.pipeline_name);
+    rc = stm_connect(&a->stm, a->cfg.source_conninfo, app, err);
+    if (rc == 0)
+        rc = stm_start(&a->stm, a->slot, 0, a->cfg.publication, a->flush, err);
+    return rc;
 }
 
 /* ---- the stream ----------------------------------------------------------------------- */
@@ -1389,6 +2123,11 @@ static const stm_handler_t apw_stream_handler = {
     .commit = apw_on_commit,
     .keepalive = apw_on_keepalive,
     .hold = apw_hold,
+    .stream_start = apw_on_stream_start,
+    .stream_stop = apw_on_stream_stop,
+    .stream_msg = apw_on_stream_msg,
+    .stream_commit = apw_on_stream_commit,
+    .stream_abort = apw_on_stream_abort,
 };
 
 /* Processes the messages libpq has buffered, after reading the socket when consume is
@@ -1410,7 +2149,7 @@ apw_read_stream(apw_t *a, bool consume, bool *got, wr_err_t *err)
             *got = true;
         if (rc < 0)
             return rc;
-        if (rc != STM_MORE || apw_stopping(a) || a->n_catchup > 0)
+        if (rc != STM_MORE || apw_stopping(a) || a->n_catchup > 0 || a->sx.restream_due)
             return 0;
         rc = wk_chan_poll(&a->chan, 0, err);
         if (rc != 0)
@@ -1578,7 +2317,7 @@ apw_stop(apw_t *a, wr_err_t *err)
     int rc;
 
     if (a->batch_open) {
-        if (!a->stm.tx.in_tx) {
+        if (!a->stm.tx.in_tx && !a->sx.direct) {
             rc = apw_batch_commit(a, err);
             if (rc != 0)
                 return rc;
@@ -1607,6 +2346,7 @@ apw_run(apw_t *a, wr_err_t *err)
         bool got = false;
         bool buffered = false;
         bool readable = false;
+        bool idle_look;
 
         if (a->oom)
             return wr_err_set(err, WR_ENOMEM, "out of memory recording table states");
@@ -1626,18 +2366,23 @@ apw_run(apw_t *a, wr_err_t *err)
         /* libpq may hold messages already (read with an earlier reply, or left there by a
          * pause): the socket will not become readable for them */
         rc = apw_read_stream(a, false, &buffered, err);
+        if (rc == 0 && a->sx.restream_due)
+            rc = apw_restream(a, err);
         if (rc != 0)
             return rc;
         if (apw_stopping(a) || a->n_catchup > 0)
             continue;
 
         /* wait for the socket or the channel, at most until the open batch's fill deadline
-         * (the engine also stops at the next status update due) */
+         * (the engine also stops at the next status update due). With a batch open at a
+         * transaction boundary the wait is only a look: nothing buffered and nothing
+         * readable means the source is quiet, and the batch commits now (COMMIT ON IDLE) */
+        idle_look = a->batch_open && apw_at_boundary(a);
         now = wr_now_ms();
         timeout = APW_POLL_MAX_MS;
         if (a->batch_open && a->batch_start_ms + a->cfg.batch_max_fill_ms - now < timeout)
             timeout = a->batch_start_ms + a->cfg.batch_max_fill_ms - now;
-        if (timeout < 0 || buffered)
+        if (timeout < 0 || buffered || idle_look)
             timeout = 0;
         rc = stm_wait(&a->stm, a->chan.fd, (int)timeout, &readable, err);
         if (rc != 0)
@@ -1648,16 +2393,26 @@ apw_run(apw_t *a, wr_err_t *err)
             return rc;
         if (readable) {
             rc = apw_read_stream(a, true, &got, err);
+            if (rc == 0 && a->sx.restream_due) {
+                rc = apw_restream(a, err);
+                if (rc == 0)
+                    continue;
+            }
             if (rc != 0)
                 return rc;
         }
-        got = got || buffered;
         if (apw_stopping(a) || a->n_catchup > 0)
             continue;
 
         now = wr_now_ms();
-        if (a->batch_open && now >= a->batch_start_ms + a->cfg.batch_max_fill_ms &&
-            (!a->stm.tx.in_tx || !got)) {
+        if (a->batch_open && apw_at_boundary(a) && idle_look && !readable) {
+            /* nothing more buffered, nothing readable: commit on idle */
+            a->idle_commits++;
+            rc = apw_batch_commit(a, err);
+            if (rc != 0)
+                return rc;
+        } else if (a->batch_open && now >= a->batch_start_ms + a->cfg.batch_max_fill_ms &&
+                   (apw_at_boundary(a) || (!got && !buffered && a->stm.tx.in_tx))) {
             rc = apw_batch_commit(a, err);
             if (rc != 0)
                 return rc;
@@ -1685,6 +2440,11 @@ apw_close(apw_t *a)
         a->dest->ops->close(a->dest);
     wk_chan_close(&a->chan);
     wkm_free(&a->metrics);
+    apw_spool_drop_all(a);
+    free(a->sx.sps);
+    free(a->sx.forced);
+    free(a->sx.rbuf);
+    free(a->sx.dir);
     for (size_t k = 0; k < a->ntabs; k++) {
         free(a->tabs[k]->nsp);
         free(a->tabs[k]->name);
@@ -1742,6 +2502,16 @@ main(int argc, char **argv)
     log_init(a.cfg.pipeline_name, "apply");
     log_set_level(a.cfg.log_level);
     log_set_format(a.cfg.log_format);
+    a.stm.streaming = a.cfg.streaming != 0;
+    {
+        size_t n = strlen(a.cfg.dir ? a.cfg.dir : ".") + sizeof("/spool");
+
+        a.sx.dir = malloc(n);
+        if (a.sx.dir == NULL)
+            return WR_EXIT_ERROR;
+        snprintf(a.sx.dir, n, "%s/spool", a.cfg.dir ? a.cfg.dir : ".");
+        apw_spool_cleanup(&a);
+    }
 
     memset(&sa, 0, sizeof(sa));
     sa.sa_handler = apw_on_signal;

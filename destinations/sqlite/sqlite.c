@@ -2795,6 +2795,67 @@ sq_mode_check(dest_sqlite_t *d, const wr_config_t *cfg, wr_err_t *err)
     return 0;
 }
 
+/* ---- streamed transactions (issue 11) ---------------------------------------------- */
+
+/* Table mode writes changes by key and ignores keys and boundary events; history mode
+ * stores each change's commit LSN, which a streamed transaction does not know yet. */
+static bool
+sq_can_stream(dest_t *base)
+{
+    return !((dest_sqlite_t *)base)->history;
+}
+
+static int
+sq_savepoint_sql(dest_sqlite_t *d, const char *verb, const char *name, wr_err_t *err)
+{
+    char sql[96];
+    int rc;
+
+    if ((rc = sq_need_txn(d, verb, err)) < 0)
+        return rc;
+    for (const char *p = name; *p; p++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_'))
+            return wr_err_set(err, WR_EINVAL,
+                              "savepoint name \"%s\" has a character other "
+                              "than a-z, 0-9 and _",
+                              name);
+    snprintf(sql, sizeof(sql), "%s %s", verb, name);
+    if (sqlite3_exec(d->db, sql, NULL, NULL, NULL) != SQLITE_OK)
+        return sq_fail(d, err, "%s", sql);
+    return 0;
+}
+
+static int
+sq_savepoint(dest_t *base, const char *name, wr_err_t *err)
+{
+    return sq_savepoint_sql((dest_sqlite_t *)base, "SAVEPOINT", name, err);
+}
+
+static int
+sq_rollback_to(dest_t *base, const char *name, wr_err_t *err)
+{
+    dest_sqlite_t *d = (dest_sqlite_t *)base;
+    int rc = sq_savepoint_sql(d, "ROLLBACK TO SAVEPOINT", name, err);
+
+    if (rc != 0)
+        return rc;
+    /* a table created after the savepoint is gone again; forgetting every table created
+     * in this transaction is more than needed and harmless (ensure_table registers the
+     * ones that still exist again) */
+    for (int b = 0; b < SQ_BUCKETS; b++) {
+        sq_table_t *t = d->buckets[b], *next;
+
+        for (; t != NULL; t = next) {
+            next = t->next;
+            if (t->created_in_txn) {
+                sq_unlink(d, t);
+                sq_table_free(t);
+            }
+        }
+    }
+    return 0;
+}
+
 const dest_ops_t dest_sqlite_ops = {
     .name = "sqlite",
     .open = sq_open,
@@ -2813,4 +2874,7 @@ const dest_ops_t dest_sqlite_ops = {
     .put_version = sq_put_version,
     .alter_table = sq_alter_table,
     .reset_table = sq_reset_table,
+    .can_stream = sq_can_stream,
+    .savepoint = sq_savepoint,
+    .rollback_to = sq_rollback_to,
 };
