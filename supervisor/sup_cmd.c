@@ -328,6 +328,7 @@ cmd_reload(sup_t *s, char *msg, size_t len, wr_err_t *err)
     SUP_LIVE(publication_refresh_ms, "[pipeline] publication_refresh_ms", false);
     SUP_LIVE(batch_max_fill_ms, "[batch] max_fill_ms", true);
     SUP_LIVE(batch_max_bytes, "[batch] max_bytes", true);
+    SUP_LIVE(streaming, "[source] streaming", true); /* the apply worker reads it at start */
     SUP_LIVE(max_table_sync_workers, "[sync] max_table_sync_workers", false);
     SUP_LIVE(copy_batch_rows, "[sync] copy_batch_rows", true);
     SUP_LIVE(worker_max_failures, "[retry] worker_max_failures", false);
