@@ -342,7 +342,9 @@ dest_init_section(const char *spec, char **text, wr_err_t *err)
     f = open_memstream(text, &len);
     if (f == NULL)
         return wr_err_set(err, WR_ENOMEM, "out of memory");
-    fprintf(f, "# Destination type: %s (%s). Registered types: ", t->name, t->summary);
+    /* one comment line per fact: libinih reads lines of at most 198 bytes, and the
+     * summary and the list of types grow with every destination */
+    fprintf(f, "# Destination type: %s (%s).\n# Registered types: ", t->name, t->summary);
     for (size_t i = 0; i < DEST_NTYPES; i++)
         fprintf(f, "%s%s", i ? ", " : "", dest_types[i]->name);
     fprintf(f, ".\n# The other keys depend on the type (docs/destinations.md).\ntype = %s\n",

@@ -219,8 +219,9 @@ test_defaults(void)
     CHECK_INT_EQ(dest_config_check(&cfg, &err), WR_ECONFIG);
     CHECK_STR_EQ(err.msg, P
                  ":7: invalid value \"postgres\" for [destination] type: no such destination type");
-    CHECK_CONTAINS(err.hint,
-                   "registered destination types: sqlite, null, http, jsonl, nats, eventstore, plugin");
+    CHECK_CONTAINS(
+        err.hint,
+        "registered destination types: sqlite, null, http, jsonl, nats, eventstore, plugin");
     cfg_free(&cfg);
     /* plugin needs library */
     rc = parse(cat(good_head, "[destination]\ntype = plugin\nurl = http://x\n"), &cfg, &err);
@@ -656,6 +657,27 @@ test_write_new_variants(void)
     CHECK_INT_EQ(rc, 0);
     CHECK_STR_EQ(dpath(&cfg), "/abs/x.db");
     cfg_free(&cfg);
+
+    /* every built-in type writes a file that loads (the generated comments included: a
+     * comment line longer than libinih reads once broke init of the event store) */
+    static const char *const specs[] = {
+        "sqlite",
+        "null",
+        "http:http://127.0.0.1:1/hook",
+        "jsonl:/tmp/x.jsonl",
+        "nats:nats://127.0.0.1:4222",
+        "eventstore:sqlite:/tmp/e.db",
+        "eventstore:postgres:host=a dbname=b",
+    };
+    for (size_t i = 0; i < sizeof(specs) / sizeof(specs[0]); i++) {
+        snprintf(dir, sizeof(dir), "%s/t%zu", tmpdir, i);
+        rc = write_new(dir, "t", "host=a", "pub", specs[i], &err);
+        if (rc != 0)
+            fprintf(stderr, "  %s: %s (%s)\n", specs[i], err.msg, err.hint);
+        CHECK_INT_EQ(rc, 0);
+        CHECK_INT_EQ(cfg_load(dir, &cfg, &err), 0);
+        cfg_free(&cfg);
+    }
 }
 
 static void
@@ -708,8 +730,9 @@ test_write_new_refusals(void)
     rc = write_new(dir, "demo", "host=a", "pub", "postgres", &err);
     CHECK_INT_EQ(rc, WR_ECONFIG);
     CHECK_STR_EQ(err.msg, "unknown destination type \"postgres\" in --destination postgres");
-    CHECK_CONTAINS(err.hint,
-                   "registered destination types: sqlite, null, http, jsonl, nats, eventstore, plugin");
+    CHECK_CONTAINS(
+        err.hint,
+        "registered destination types: sqlite, null, http, jsonl, nats, eventstore, plugin");
     rc = write_new(dir, "demo", "host=a", "pub", "plugin", &err);
     CHECK_INT_EQ(rc, WR_ECONFIG);
     CHECK_CONTAINS(err.msg, "plugin:PATH");
