@@ -3,8 +3,8 @@
  * at an exact instruction. TEST-ONLY: they stay in production builds because an unarmed
  * failpoint costs one predictable branch on a global, but nothing but the tests sets them.
  *
- * NOTES: read by every process that reaches a FAILPOINT() (the apply and sync workers
- * today). Configuration comes from the environment, read once per process at the first
+ * NOTES: read by every process that reaches a FAILPOINT() (the apply and sync workers,
+ * and the supervisor). Configuration comes from the environment, read once per process at the first
  * FAILPOINT() it reaches; the workers inherit the supervisor's environment, so
  *
  *   WALRELAY_FAILPOINTS='sync.after_finishedcopy=abort' walrelay run DIR
@@ -61,6 +61,10 @@
  *   apply.before_ready          a table's SyncDone LSN is flushed, its destination key is
  *                               caught up, READY is not requested yet
  *   apply.after_ready           READY acked (persisted) for a table
+ *
+ *   supervisor (walrelay run; issue 12: kills of the supervisor between persist and act)
+ *   sup.slot_lost_recopy        on_slot_lost = recopy: flag slot_lost_recopied = 1 persisted,
+ *                               no table set to Init yet
  *
  * Names are plain string literals; a point not listed in WALRELAY_FAILPOINTS does nothing.
  */

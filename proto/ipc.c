@@ -62,10 +62,11 @@ static const char *const ipc_type_names[] = {
     [IPC_RESUME] = "resume",
     [IPC_RELOAD] = "reload",
     [IPC_TABLE_REMOVED] = "table_removed",
+    [IPC_WORKER_ERROR] = "worker_error",
 };
 
 /* The highest type: ipc_type_valid and the decoder's name lookup stop there. */
-#define IPC_LAST_TYPE IPC_TABLE_REMOVED
+#define IPC_LAST_TYPE IPC_WORKER_ERROR
 
 /* Number of array elements of each message, the type name included. */
 static const uint32_t ipc_arity[] = {
@@ -74,6 +75,7 @@ static const uint32_t ipc_arity[] = {
     [IPC_COPY_PROGRESS] = 3, [IPC_STOP] = 1,    [IPC_ERROR] = 2,  [IPC_STATUS] = 1,
     [IPC_STATUS_REPLY] = 10, [IPC_OK] = 2,      [IPC_RETRY] = 2,  [IPC_RESYNC] = 2,
     [IPC_PAUSE] = 1,         [IPC_RESUME] = 1,  [IPC_RELOAD] = 1, [IPC_TABLE_REMOVED] = 2,
+    [IPC_WORKER_ERROR] = 4,
 };
 /* status_reply without its last element (message), as sent before it was added */
 #define IPC_STATUS_REPLY_MIN_ARITY 9
@@ -335,6 +337,11 @@ ipc_encode(const ipc_msg_t *m, msgpack_sbuffer *sb)
         break;
     case IPC_TABLE_REMOVED:
         enc_u64(&e, m->u.table_removed.relid);
+        break;
+    case IPC_WORKER_ERROR:
+        enc_str(&e, m->u.worker_error.kind);
+        enc_str(&e, m->u.worker_error.message);
+        enc_str(&e, m->u.worker_error.hint);
         break;
     case IPC_ERROR:
         enc_str(&e, m->u.error.message);
@@ -845,6 +852,11 @@ dec_body(ipc_dec_t *d, const msgpack_object_array *a, ipc_msg_t *m)
         return dec_str(d, a, 1, "table", &m->u.command.table);
     case IPC_TABLE_REMOVED:
         return dec_u32(d, a, 1, "relid", &m->u.table_removed.relid);
+    case IPC_WORKER_ERROR:
+        if ((rc = dec_str(d, a, 1, "kind", &m->u.worker_error.kind)) ||
+            (rc = dec_str(d, a, 2, "message", &m->u.worker_error.message)))
+            return rc;
+        return dec_str(d, a, 3, "hint", &m->u.worker_error.hint);
     case IPC_ERROR:
         return dec_str(d, a, 1, "message", &m->u.error.message);
     case IPC_OK:
@@ -980,6 +992,11 @@ ipc_msg_clear(ipc_msg_t *m)
     case IPC_RETRY:
     case IPC_RESYNC:
         free(m->u.command.table);
+        break;
+    case IPC_WORKER_ERROR:
+        free(m->u.worker_error.kind);
+        free(m->u.worker_error.message);
+        free(m->u.worker_error.hint);
         break;
     case IPC_PAUSE:
     case IPC_RESUME:

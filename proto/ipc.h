@@ -13,6 +13,9 @@
  *     ["schema", req, relid, lsn, [nsp, name, replident, [[name, oid, typmod, flags]...]]] -> ack
  *     ["progress", flush_lsn, received_lsn, events]     apply: durable position, for status
  *     ["copy_progress", relid, rows]                    sync: rows copied so far
+ *     ["worker_error", kind, message, hint]             the error the worker is about to exit
+ *                                                      on (for status and the supervisor's
+ *                                                      decision; best effort, never acked)
  *   supervisor -> worker
  *     ["welcome", version, pipeline]
  *     ["tables", [[relid, nsp, name, phase, lsn], ...]] all tables (apply) or its one (sync)
@@ -63,6 +66,9 @@ typedef enum {
     IPC_RELOAD, /* ["reload"] */
     /* supervisor -> apply worker: */
     IPC_TABLE_REMOVED, /* ["table_removed", relid]: the table left the publication */
+    /* added for issue 12 (reliability): */
+    /* worker -> supervisor, just before an exit on an error: */
+    IPC_WORKER_ERROR, /* ["worker_error", kind, message, hint] */
 } ipc_type_t;
 
 typedef struct ipc_table_info_s {
@@ -165,6 +171,11 @@ typedef struct ipc_msg_s {
         struct {
             uint32_t relid;
         } table_removed;
+        struct {
+            char *kind; /* wr_err_code_name() of the error, or a reason ("slot_missing") */
+            char *message;
+            char *hint;
+        } worker_error;
     } u;
 } ipc_msg_t;
 

@@ -123,6 +123,23 @@ wk_chan_send(wk_chan_t *c, const ipc_msg_t *m, wr_err_t *err)
     return rc;
 }
 
+void
+wk_chan_report_error(wk_chan_t *c, const char *kind, const wr_err_t *err)
+{
+    ipc_msg_t m;
+    wr_err_t werr;
+
+    if (c == NULL || c->fd < 0 || err == NULL)
+        return;
+    memset(&m, 0, sizeof(m));
+    m.type = IPC_WORKER_ERROR;
+    m.u.worker_error.kind = (char *)(kind ? kind : wr_err_code_name(err->code));
+    m.u.worker_error.message = (char *)err->msg;
+    m.u.worker_error.hint = (char *)err->hint;
+    if (wk_chan_send(c, &m, &werr) != 0)
+        log_debug("cannot report the error to the supervisor: %s", werr.msg);
+}
+
 /* Answers a rejected message with ["error", msg]; a failure to do so is only logged. */
 static void
 wk_send_error(wk_chan_t *c, const char *msg)

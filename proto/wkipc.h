@@ -44,6 +44,10 @@ int wk_chan_poll(wk_chan_t *c, int timeout_ms, wr_err_t *err) WR_MUST_CHECK;
 int wk_chan_set_phase(wk_chan_t *c, uint32_t relid, wr_phase_t phase, wr_lsn_t lsn,
                       const char *err_kind, const char *err_msg, const char *err_hint,
                       wr_err_t *err) WR_MUST_CHECK;
+/* ["worker_error", kind, message, hint] to the supervisor just before exiting on err:
+ * kind is wr_err_code_name(err->code) unless given. Best effort: nothing is returned,
+ * nothing waited for (the supervisor may be gone). */
+void wk_chan_report_error(wk_chan_t *c, const char *kind, const wr_err_t *err);
 /* schema request; waits for the ack. */
 int wk_chan_put_schema(wk_chan_t *c, const wr_schema_t *s, wr_lsn_t lsn,
                        wr_err_t *err) WR_MUST_CHECK;

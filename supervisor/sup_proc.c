@@ -443,6 +443,13 @@ on_message(sup_t *s, sup_proc_t *p, const ipc_msg_t *m)
         log_warn("worker rejected a message worker=%s message=\"%s\"", w->name,
                  m->u.error.message ? m->u.error.message : "");
         return;
+    case IPC_WORKER_ERROR:
+        /* the worker logged it already; kept for status and for its exit's handling */
+        wr_copy_text(w->err_kind, sizeof(w->err_kind), m->u.worker_error.kind);
+        wr_copy_text(w->err_msg, sizeof(w->err_msg), m->u.worker_error.message);
+        wr_copy_text(w->err_hint, sizeof(w->err_hint), m->u.worker_error.hint);
+        log_debug("worker reported its error worker=%s kind=%s", w->name, w->err_kind);
+        return;
     default:
         break;
     }
@@ -742,6 +749,7 @@ sup__worker_spawn(sup_worker_t *w)
     p->rd_ok = true;
     p->w = w;
     p->sup = s;
+    w->err_kind[0] = w->err_msg[0] = w->err_hint[0] = '\0';
 
     char relid[16];
     snprintf(relid, sizeof(relid), "%u", w->relid);

@@ -22,6 +22,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "../common/failpoint.h"
 #include "../common/log.h"
 #include "../common/repl.h"
 #include "../common/state.h"
@@ -699,24 +700,47 @@ sup__refresh_start(sup_t *s)
     s->refresh_busy = true;
 }
 
-/* -- the apply slot lost required WAL (walrelay-apply exited 3) -- */
+/* -- the apply slot lost required WAL, or is missing (walrelay-apply exited 3) --
+ *
+ * The flag "slot_lost_recopied" makes on_slot_lost = recopy happen once: 1 while the
+ * tables are being set to Init (a crash there is finished at the next start,
+ * sup__load_flags), 2 once they all are. The apply worker never replaces a lost or
+ * missing slot while a table is past SyncWait, so a crash anywhere here leaves either the
+ * old slot with synced tables (the apply worker exits 3 again) or tables in Init and a
+ * slot it may replace: never a new stream under tables that look synchronised. */
+
+/* The apply worker said why (["worker_error", "slot_missing", ...]): else "lost". */
+static bool
+slot_missing(const sup_worker_t *w)
+{
+    return strcmp(w->err_kind, "slot_missing") == 0;
+}
 
 static void
-slot_lost_stop(sup_t *s, sup_worker_t *w, bool dropped)
+slot_lost_stop(sup_t *s, sup_worker_t *w, bool recopy)
 {
     wr_err_t err;
     wr_err_clear(&err);
     w->state = W_FAILED;
-    /* the apply worker dropped the lost slot (on_slot_lost = recopy): a later start must not
-     * quietly begin a new stream with the tables still marked as synced */
-    if (dropped && s->st->ops->set_flag(s->st, "slot_lost", 1, &err) != 0)
+    /* after the one re-copy: a later start must not begin a new stream with the tables
+     * still marked as synced (the slot may be dropped by hand meanwhile) */
+    if (recopy && s->st->ops->set_flag(s->st, "slot_lost", 1, &err) != 0)
         log_err(LOG_LVL_ERROR, "persisting the lost slot", &err);
-    snprintf(s->message, sizeof(s->message),
-             "replication slot \"%s\" lost required WAL; the source removed WAL this pipeline "
-             "had not consumed%s",
-             s->slot_name,
-             dropped ? " (again: on_slot_lost = recopy copies every table again only once)" : "");
-    if (dropped)
+    if (slot_missing(w))
+        snprintf(s->message, sizeof(s->message),
+                 "replication slot \"%s\" is missing while tables were already synchronised; "
+                 "the changes made since it disappeared cannot be read from the source%s",
+                 s->slot_name,
+                 recopy ? " (again: on_slot_lost = recopy copies every table again only once)"
+                        : "");
+    else
+        snprintf(s->message, sizeof(s->message),
+                 "replication slot \"%s\" lost required WAL; the source removed WAL this "
+                 "pipeline had not consumed%s",
+                 s->slot_name,
+                 recopy ? " (again: on_slot_lost = recopy copies every table again only once)"
+                        : "");
+    if (recopy)
         snprintf(s->fatal_hint, sizeof(s->fatal_hint),
                  "walrelay drop %s and start over (the destination data stays); raise "
                  "max_slot_wal_keep_size on the source",
@@ -728,41 +752,76 @@ slot_lost_stop(sup_t *s, sup_worker_t *w, bool dropped)
                  s->cfg.dir);
     log_error("%s hint=\"%s\"", s->message, s->fatal_hint);
     s->exit_code = WR_EXIT_CONFIG;
-    sup__stop_begin(s, "the replication slot lost required WAL");
+    sup__stop_begin(s, slot_missing(w) ? "the replication slot is missing"
+                                       : "the replication slot lost required WAL");
+}
+
+/* Every table to Init (persisted), sync workers stopped: they start again on the new
+ * phase once gone. Returns 0, or the first error (the rest are still tried). */
+static int
+recopy_all_tables(sup_t *s)
+{
+    int first = 0;
+
+    for (size_t i = 0; i < s->ntables; i++) {
+        sup_table_t *t = s->tables[i];
+        wr_err_t err;
+        int rc;
+
+        if (t->removing)
+            continue;
+        wr_err_clear(&err);
+        if (t->sync.p) {
+            /* a copy or handoff of the old stream: worthless now; persist Init at once
+             * (its requests are refused from here on) and copy again once it is gone */
+            rc = table_force_phase(s, t, PH_INIT, 0, &err);
+            t->resync_pending = true;
+            sup__stop_worker(&t->sync);
+        } else {
+            sup__stop_worker(&t->sync); /* a pending backoff */
+            rc = sup__table_do_resync(s, t, &err);
+        }
+        if (rc != 0) {
+            log_err(LOG_LVL_ERROR, "setting a table to init for the re-copy", &err);
+            if (first == 0)
+                first = rc;
+        }
+    }
+    return first;
 }
 
 static void
 slot_lost_recopy(sup_t *s, sup_worker_t *w)
 {
-    log_error("replication slot lost required WAL; on_slot_lost = recopy: copying every table "
-              "again (only once) slot=%s",
-              s->slot_name);
+    wr_err_t err;
+
+    wr_err_clear(&err);
+    log_error("replication slot %s; on_slot_lost = recopy: copying every table again (only "
+              "once) slot=%s",
+              slot_missing(w) ? "is missing" : "lost required WAL", s->slot_name);
     snprintf(s->message, sizeof(s->message),
-             "replication slot \"%s\" lost required WAL; every table is copied again "
-             "(on_slot_lost = recopy, used once: a second loss stops the pipeline)",
-             s->slot_name);
+             "replication slot \"%s\" %s; every table is copied again (on_slot_lost = "
+             "recopy, used once: a second loss stops the pipeline)",
+             s->slot_name, slot_missing(w) ? "was missing" : "lost required WAL");
     /* the new slot is a new stream: the old position means nothing for it */
     s->flush_lsn = 0;
     s->received_lsn = 0;
     sup__save_progress(s);
-    for (size_t i = 0; i < s->ntables; i++) {
-        sup_table_t *t = s->tables[i];
-        wr_err_t err;
-        if (t->removing)
-            continue;
-        if (t->sync.p) {
-            t->resync_pending = true;
-            sup__stop_worker(&t->sync);
-            continue;
-        }
-        sup__stop_worker(&t->sync);
-        wr_err_clear(&err);
-        (void)sup__table_do_resync(s, t, &err);
+    FAILPOINT("sup.slot_lost_recopy");
+    if (recopy_all_tables(s) != 0) {
+        /* flag 1 stays: the next start finishes the re-copy */
+        snprintf(s->fatal_hint, sizeof(s->fatal_hint), "see the log; walrelay run again");
+        s->exit_code = WR_EXIT_ERROR;
+        w->state = W_FAILED;
+        sup__stop_begin(s, "the re-copy after a lost slot could not be persisted");
+        return;
     }
+    if (s->st->ops->set_flag(s->st, "slot_lost_recopied", 2, &err) != 0)
+        log_err(LOG_LVL_ERROR, "persisting the end of the re-copy", &err);
     w->failures = 0;
     w->state = W_IDLE;
     if (!s->paused)
-        sup__worker_spawn(w); /* creates a new slot and forgets its destination key */
+        sup__worker_spawn(w); /* replaces the slot: no table is past SyncWait now */
     sup__schedule(s);
 }
 
@@ -957,14 +1016,36 @@ sup__load_flags(sup_t *s, wr_err_t *err)
         return err->code ? err->code : WR_ESTATE;
     if (v) {
         wr_err_set(err, WR_ECONFIG,
-                   "replication slot \"%s\" lost required WAL a second time and was dropped; "
-                   "walrelay does not start this pipeline over by itself",
+                   "replication slot \"%s\" lost required WAL a second time (or went missing "
+                   "again) after its one re-copy; walrelay does not start this pipeline over by "
+                   "itself",
                    s->slot_name);
         wr_err_hint(err,
                     "walrelay drop %s and start over (the destination data stays); raise "
                     "max_slot_wal_keep_size on the source",
                     s->cfg.dir);
         return WR_ECONFIG;
+    }
+    if (s->st->ops->get_flag(s->st, "slot_lost_recopied", &v, &found, err) != 0)
+        return err->code ? err->code : WR_ESTATE;
+    if (v == 1) {
+        /* a re-copy after a lost slot was interrupted (kill -9): the apply worker would
+         * otherwise find tables past SyncWait beside a slot it cannot use */
+        log_warn("finishing the re-copy of every table after a lost replication slot (it was "
+                 "interrupted) slot=%s",
+                 s->slot_name);
+        for (size_t i = 0; i < s->ntables; i++) {
+            sup_table_t *t = s->tables[i];
+            if (t->phase == PH_INIT)
+                continue;
+            if (s->st->ops->set_phase(s->st, t->relid, PH_INIT, 0, NULL, NULL, NULL, err) != 0)
+                return err->code ? err->code : WR_ESTATE;
+            t->phase = PH_INIT;
+            t->lsn = 0;
+            t->err_kind[0] = '\0';
+        }
+        if (s->st->ops->set_flag(s->st, "slot_lost_recopied", 2, err) != 0)
+            return err->code ? err->code : WR_ESTATE;
     }
     if (s->st->ops->get_flag(s->st, "paused", &v, &found, err) != 0)
         return err->code ? err->code : WR_ESTATE;

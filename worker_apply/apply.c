@@ -131,15 +131,19 @@
  *   reports the durable flush. Exit 1 (restart with backoff): connection lost,
  *   destination error, supervisor gone (EOF on fd 3, at once). Exit 2 (no restart): bad
  *   config, source misconfigured. Exit 3 (WR_EXIT_SLOT_LOST): the slot lost required WAL
- *   (wal_status 'lost'); with [pipeline] on_slot_lost = recopy the lost slot is dropped
- *   first, and the supervisor either sets every table to Init and starts us again (we then
- *   create a new slot, see below) or, after its one re-copy, stops the pipeline; with
- *   on_slot_lost = stop the slot is kept and the supervisor stops the pipeline (exit 2 of
- *   walrelay run, with the message and what to do). At start a missing slot is
- *   created (SNAPSHOT 'nothing', after clearing the "apply" key, which belongs to the old
- *   slot), and inactive sync slots of tables that are READY, SYNCDONE or ERRORED are
- *   dropped (again whenever a table reaches one of those phases): a sync worker killed
- *   with -9 leaves no slot behind.
+ *   (wal_status 'lost') or is missing while a table is past SyncWait (Catchup, SyncDone,
+ *   Ready): the changes since are gone from the source, and a new slot would stream on
+ *   under tables that look synchronised (issue 12, defect 3). The slot is left as it is;
+ *   ["worker_error", "slot_lost" | "slot_missing", ...] tells the supervisor which, and it
+ *   stops the pipeline (exit 2 of walrelay run, with the message and what to do) or, with
+ *   [pipeline] on_slot_lost = recopy, sets every table to Init once and starts us again.
+ *   A missing or lost slot while no table is past SyncWait is replaced at start (a lost
+ *   one dropped first): nothing was streamed from it. A new slot is created with SNAPSHOT
+ *   'nothing' after clearing the "apply" key, which belongs to the old slot. Inactive sync
+ *   slots of tables that are READY, SYNCDONE or ERRORED are dropped (again whenever a
+ *   table reaches one of those phases): a sync worker killed with -9 leaves no slot
+ *   behind. A pipeline name can never make another pipeline's apply slot look like one
+ *   of our sync slots: names ending in _s<digits> are refused (common/config.c).
  *
  *   ["table_removed", relid] (the table left the publication; the supervisor removed its
  *   state and drops its sync slot): the entry is marked at once, so nothing of that table
@@ -204,7 +208,8 @@ typedef struct apw_s {
     bool cleanup_due;
     bool oom;        /* set by the channel callback */
     bool remove_due; /* some entries are marked removed */
-    bool slot_lost;  /* the slot's wal_status is 'lost': exit WR_EXIT_SLOT_LOST */
+    bool slot_lost;  /* the slot is lost or missing under synced tables: exit WR_EXIT_SLOT_LOST */
+    const char *slot_kind; /* "slot_lost" or "slot_missing", for the supervisor */
 
     /* resume */
     bool skip_found;
@@ -1439,36 +1444,86 @@ apw_cleanup_sync_slots(apw_t *a)
     PQclear(res);
 }
 
-/* Makes sure our slot exists and can be streamed; sets the starting flush. */
+/* Counts the tables past SyncWait (Catchup, SyncDone, Ready): their changes are (or are
+ * about to be) streamed from our slot alone, so a slot that is gone or lost took some of
+ * them with it. Their names go to list (comma-separated, cut to len). */
+static int
+apw_synced_tables(const apw_t *a, char *list, size_t len)
+{
+    size_t used = 0;
+    int n = 0;
+
+    list[0] = '\0';
+    for (size_t k = 0; k < a->ntabs; k++) {
+        const apw_table_t *t = a->tabs[k];
+        char label[256];
+        int w;
+
+        if (!t->known ||
+            (t->phase != PH_CATCHUP && t->phase != PH_SYNCDONE && t->phase != PH_READY))
+            continue;
+        n++;
+        if (used + 8 >= len)
+            continue;
+        w = snprintf(list + used, len - used, "%s%s", used ? ", " : "",
+                     apw_table_label(t, label, sizeof(label)));
+        if (w < 0 || (size_t)w >= len - used) {
+            snprintf(list + used, len - used, "%s...", used ? ", " : "");
+            used = len;
+            continue;
+        }
+        used += (size_t)w;
+    }
+    return n;
+}
+
+/*
+ * Makes sure our slot exists and can be streamed; sets the starting flush.
+ *
+ * A slot that is missing or has lost required WAL is replaced only while no table is past
+ * SyncWait: nothing was streamed from it yet, so nothing is lost with it (a first start,
+ * or every table set to Init again by the supervisor for on_slot_lost = recopy). With a
+ * table past SyncWait the changes since are gone from the source: we exit
+ * WR_EXIT_SLOT_LOST (a->slot_lost; a->slot_kind says "slot_lost" or "slot_missing") and the
+ * supervisor stops the pipeline, or copies every table again once (on_slot_lost). Never a
+ * new stream under tables that look synchronised.
+ */
 static int
 apw_prepare_slot(apw_t *a, wr_err_t *err)
 {
     bool found, active;
     wr_lsn_t confirmed = 0;
     char wal_status[32];
-    int rc;
+    char synced[512];
+    int nsynced, rc;
 
     rc = repl_slot_info(a->sql, a->slot, &found, &active, &confirmed, wal_status,
                         sizeof(wal_status), err);
     if (rc != 0)
         return rc;
+    nsynced = apw_synced_tables(a, synced, sizeof(synced));
     if (found && strcmp(wal_status, "lost") == 0) {
-        a->slot_lost = true;
-        wr_err_set(err, WR_ESOURCE, "replication slot \"%s\" has lost required WAL", a->slot);
-        wr_err_hint(err, "the source removed WAL the pipeline still needed (see "
-                         "max_slot_wal_keep_size); the supervisor decides what happens "
-                         "([pipeline] on_slot_lost)");
-        if (a->cfg.on_slot_lost == CFG_SLOT_LOST_RECOPY) {
-            wr_err_t derr;
-            wr_err_clear(&derr);
-            /* the supervisor copies everything again (or stops): a new slot will do */
-            if (repl_drop_slot(a->sql, a->slot, &derr) != 0)
-                log_err(LOG_LVL_WARN, "cannot drop the lost slot", &derr);
-            else
-                log_warn("dropped the lost replication slot (on_slot_lost = recopy) slot=%s",
-                         a->slot);
+        if (nsynced > 0) {
+            a->slot_lost = true;
+            a->slot_kind = "slot_lost";
+            wr_err_set(err, WR_ESOURCE,
+                       "replication slot \"%s\" has lost required WAL; %d table%s already "
+                       "synchronised (%s) miss%s the changes in it",
+                       a->slot, nsynced, nsynced == 1 ? " is" : "s are", synced,
+                       nsynced == 1 ? "es" : "");
+            wr_err_hint(err, "the source removed WAL the pipeline still needed (see "
+                             "max_slot_wal_keep_size); the supervisor decides what happens "
+                             "([pipeline] on_slot_lost)");
+            return WR_ESOURCE;
         }
-        return WR_ESOURCE;
+        /* nothing was streamed from it: replace it */
+        rc = repl_drop_slot(a->sql, a->slot, err);
+        if (rc != 0)
+            return rc;
+        log_warn("dropped the lost replication slot: no table is synchronised yet, a new slot "
+                 "replaces it slot=%s",
+                 a->slot);
+        found = false;
     }
     if (found) {
         if (strcmp(wal_status, "unreserved") == 0)
@@ -1476,6 +1531,18 @@ apw_prepare_slot(apw_t *a, wr_err_t *err)
                      a->slot, wal_status);
         a->flush = confirmed;
         return 0;
+    }
+    if (nsynced > 0) {
+        a->slot_lost = true;
+        a->slot_kind = "slot_missing";
+        wr_err_set(err, WR_ESOURCE,
+                   "replication slot \"%s\" is missing while %d table%s already synchronised "
+                   "(%s): the changes made since it disappeared cannot be read from the source",
+                   a->slot, nsynced, nsynced == 1 ? " is" : "s are", synced);
+        wr_err_hint(err, "set [pipeline] on_slot_lost = recopy to copy every table again, or "
+                         "walrelay drop DIR and start over (the destination data stays); do "
+                         "not drop the slot walrelay_<pipeline> of a pipeline that is still used");
+        return WR_ESOURCE;
     }
 
     /* a new slot: a key stored for an older one means nothing for it */
@@ -1491,16 +1558,6 @@ apw_prepare_slot(apw_t *a, wr_err_t *err)
     a->flush = confirmed;
     log_info("replication slot created slot=%s consistent_point=" WR_LSN_FMT, a->slot,
              WR_LSN_ARGS(confirmed));
-    for (size_t k = 0; k < a->ntabs; k++) {
-        const apw_table_t *t = a->tabs[k];
-        if (t->known &&
-            (t->phase == PH_READY || t->phase == PH_SYNCDONE || t->phase == PH_CATCHUP)) {
-            log_warn("replication slot was missing while tables were already synced; their "
-                     "changes made meanwhile are missing slot=%s hint=\"resync those tables\"",
-                     a->slot);
-            break;
-        }
-    }
     return 0;
 }
 
@@ -1732,7 +1789,8 @@ main(int argc, char **argv)
         return apw_fail(&a, "cannot connect to the source for replication", &err);
     rc = apw_prepare_slot(&a, &err);
     if (rc != 0 && a.slot_lost) {
-        log_err(LOG_LVL_ERROR, "the replication slot is lost", &err);
+        log_err(LOG_LVL_ERROR, "cannot stream", &err);
+        wk_chan_report_error(&a.chan, a.slot_kind, &err);
         apw_close(&a);
         return WR_EXIT_SLOT_LOST;
     }

@@ -146,6 +146,11 @@ check_msg_eq(const ipc_msg_t *a, const ipc_msg_t *b)
     case IPC_TABLE_REMOVED:
         CHECK_INT_EQ(a->u.table_removed.relid, b->u.table_removed.relid);
         break;
+    case IPC_WORKER_ERROR:
+        CHECK_STR_EQ(a->u.worker_error.kind, b->u.worker_error.kind);
+        CHECK_STR_EQ(a->u.worker_error.message, b->u.worker_error.message);
+        CHECK_STR_EQ(a->u.worker_error.hint, b->u.worker_error.hint);
+        break;
     case IPC_ERROR:
         CHECK_STR_EQ(a->u.error.message, b->u.error.message);
         break;
@@ -208,7 +213,7 @@ static ipc_worker_info_t sample_workers[] = {
     {.role = "sync", .relid = 16390, .pid = 0, .restarts = 7, .state = "backoff"},
 };
 
-#define NSAMPLES 21
+#define NSAMPLES 22
 
 /* Fills samples[]; returns the count. samples[i] may reference the schema (freed by caller). */
 static int
@@ -303,6 +308,11 @@ make_samples(ipc_msg_t *s, wr_schema_t *schema)
     n++;
     s[n].type = IPC_TABLE_REMOVED;
     s[n].u.table_removed.relid = 4294967295u;
+    n++;
+    s[n].type = IPC_WORKER_ERROR;
+    s[n].u.worker_error.kind = "slot_missing";
+    s[n].u.worker_error.message = "replication slot \"walrelay_x\" is missing \xc3\xa9";
+    s[n].u.worker_error.hint = "";
     n++;
     return n;
 }
