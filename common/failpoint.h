@@ -65,6 +65,8 @@
  *   supervisor (walrelay run; issue 12: kills of the supervisor between persist and act)
  *   sup.slot_lost_recopy        on_slot_lost = recopy: flag slot_lost_recopied = 1 persisted,
  *                               no table set to Init yet
+ *   sup.retry_persisted         walrelay retry (or an automatic retry): the table's new phase
+ *                               is persisted, nothing else done yet (its workers not told)
  *
  * Names are plain string literals; a point not listed in WALRELAY_FAILPOINTS does nothing.
  */

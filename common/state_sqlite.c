@@ -686,6 +686,37 @@ sq_rollback_phase(state_store_t *base, uint32_t relid, wr_err_t *err)
 }
 
 static int
+sq_prev_phase(state_store_t *base, uint32_t relid, wr_phase_t *phase, wr_lsn_t *lsn, bool *found,
+              wr_err_t *err)
+{
+    sq_store_t *s = (sq_store_t *)base;
+    sqlite3_stmt *st = sq_stmt(s, SQ_LAST_HISTORY, err);
+    const char *name;
+    int step, rc = 0;
+
+    *found = false;
+    *phase = PH_INIT;
+    *lsn = 0;
+    if (!st)
+        return WR_ESTATE;
+    sqlite3_bind_int64(st, 1, relid);
+    step = sqlite3_step(st);
+    if (step == SQLITE_ROW) {
+        name = (const char *)sqlite3_column_text(st, 1);
+        if (phase_parse(name, phase) != 0)
+            rc = wr_err_set(err, WR_ESTATE,
+                            "state.db holds an unknown phase \"%.32s\" in the history of table %u",
+                            name ? name : "", relid);
+        *lsn = sq_lsn_from_db(sqlite3_column_int64(st, 2));
+        *found = rc == 0;
+    } else if (step != SQLITE_DONE) {
+        rc = sq_fail(s, err, "reading the phase history of table %u", relid);
+    }
+    sq_release(st);
+    return rc;
+}
+
+static int
 sq_history_len(state_store_t *base, uint32_t relid, size_t *n, wr_err_t *err)
 {
     sq_store_t *s = (sq_store_t *)base;
@@ -999,6 +1030,7 @@ static const state_ops_t sq_ops = {
     .set_attempts = sq_set_attempts,
     .rollback_phase = sq_rollback_phase,
     .history_len = sq_history_len,
+    .prev_phase = sq_prev_phase,
     .put_schema = sq_put_schema,
     .get_schema = sq_get_schema,
     .put_mapping = sq_put_mapping,

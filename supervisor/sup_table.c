@@ -312,6 +312,9 @@ sup__table_do_resync(sup_t *s, sup_table_t *t, wr_err_t *err)
  * DataSync the copy starts again. A table that errored later goes to Init instead, copied
  * again from scratch: in FinishedCopy, SyncWait or Catchup its sync slot was dropped with
  * the error, and in SyncDone or Ready the changes made while it was errored were skipped.
+ * The decision is taken first (the history is read) and persisted in ONE write, so that a
+ * crash can never leave the table rolled back to Ready with those changes skipped (issue
+ * 12, defect 7: it used to roll back, then set Init, in two commits).
  * automatic: counts an attempt (transient errors); else the attempts start again from 0.
  * msg says what happened.
  */
@@ -320,27 +323,18 @@ sup__table_retry(sup_t *s, sup_table_t *t, bool automatic, char *msg, size_t len
 {
     char name[300];
     wr_phase_t back = PH_ERRORED;
+    wr_lsn_t back_lsn = 0;
     const char *why = NULL;
     state_table_t row;
     bool found = false;
     int rc;
 
     sup__table_label(t, name, sizeof(name));
-    rc = s->st->ops->rollback_phase(s->st, t->relid, err);
-    if (rc != 0 && rc != WR_EINVAL)
+    rc = s->st->ops->prev_phase(s->st, t->relid, &back, &back_lsn, &found, err);
+    if (rc != 0)
         return rc;
-    if (rc == 0) {
-        rc = s->st->ops->get_table(s->st, t->relid, &row, &found, err);
-        if (rc != 0)
-            return rc;
-        if (!found)
-            return wr_err_set(err, WR_ESTATE, "table \"%s\" vanished from state.db", name);
-        back = row.phase;
-        t->phase = row.phase;
-        t->lsn = row.lsn;
-        t->err_kind[0] = '\0';
-    }
-    wr_err_clear(err);
+    if (!found)
+        back = PH_ERRORED;
     switch (back) {
     case PH_INIT:
     case PH_DATASYNC:
@@ -363,6 +357,7 @@ sup__table_retry(sup_t *s, sup_table_t *t, bool automatic, char *msg, size_t len
         rc = table_force_phase(s, t, PH_INIT, 0, err);
         if (rc != 0)
             return rc;
+        FAILPOINT("sup.retry_persisted");
         if (back == PH_ERRORED)
             snprintf(msg, len, "table \"%s\": %s: copying it again from scratch (phase init)", name,
                      why);
@@ -372,9 +367,21 @@ sup__table_retry(sup_t *s, sup_table_t *t, bool automatic, char *msg, size_t len
                      "(phase init)",
                      name, phase_name(back), why);
     } else {
+        rc = s->st->ops->rollback_phase(s->st, t->relid, err);
+        if (rc != 0)
+            return rc;
+        FAILPOINT("sup.retry_persisted");
+        rc = s->st->ops->get_table(s->st, t->relid, &row, &found, err);
+        if (rc != 0)
+            return rc;
+        if (!found)
+            return wr_err_set(err, WR_ESTATE, "table \"%s\" vanished from the state store", name);
+        t->phase = row.phase;
+        t->lsn = row.lsn;
+        t->err_kind[0] = '\0';
         sup__broadcast_table_state(s, t, NULL);
         snprintf(msg, len, "table \"%s\" rolled back to phase %s: its copy starts again", name,
-                 phase_name(back));
+                 phase_name(row.phase));
     }
     if (automatic) {
         t->sync.failures++;

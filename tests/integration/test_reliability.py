@@ -199,3 +199,29 @@ def test_d3_pipeline_name_like_a_sync_slot_refused(db, pipelines):
     assert r.rc == 2, r
     assert bad in r.text and "sync slot" in r.text, r
     assert "walrelay_%s" % bad not in db.slots()
+
+
+# -- defect 7: retry in one commit ---------------------------------------------------------
+
+def test_d7_retry_is_one_commit(db, pipelines, tmp_path, monkeypatch):
+    """retry of a table errored while streaming goes to init (its changes while errored
+    were skipped). kill -9 of the supervisor right after retry persisted its decision:
+    the table must not come back ready with those changes missing."""
+    p = start_ready(db, pipelines, ["good", "other"])
+    assert p.stop() == 0
+    fpdir = tmp_path / "fp"
+    start_with_failpoints(p, monkeypatch, "sup.retry_persisted=abort", fpdir)
+    # the destination loses a row, then the source updates it: the apply worker errors it
+    with sqlite3.connect(p.dest_path, timeout=30) as d:
+        d.execute('DELETE FROM "good" WHERE id = 5')
+    db.execute("UPDATE good SET name = 'updated' WHERE id = 5")
+    t = wait_phase(p, "public.good", "errored", 60, "public.good errored by the apply worker")
+    db.execute("UPDATE good SET qty = -1 WHERE id > 50")  # skipped while errored
+    db.execute("DELETE FROM good WHERE id BETWEEN 20 AND 25")
+    r = p.cmd("retry", p.dir, "public.good")  # the supervisor dies answering it
+    wait_fired(p, fpdir, "sup.retry_persisted")
+    p.proc.wait(30 * SCALE)
+    p.kill()
+    p.start()
+    p.wait_all_ready(["public.good", "public.other"])
+    wait_equal(db.server, db.name, p, ["public.good", "public.other"])
