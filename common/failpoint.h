@@ -50,6 +50,9 @@
  *                               apply worker must drop it)
  *
  *   apply worker (walrelay-apply)
+ *   apply.before_batch_begin    a change of an applied table is about to be written and no
+ *                               destination batch is open: before it is begun (the channel
+ *                               is not read meanwhile, as in a wait on a busy destination)
  *   apply.catchup_granted       CATCHUP(L) acked for a table, while waiting for SyncDone
  *                               (the replication stream is paused)
  *   apply.after_commit          a destination batch committed at a transaction boundary,

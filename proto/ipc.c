@@ -63,19 +63,20 @@ static const char *const ipc_type_names[] = {
     [IPC_RELOAD] = "reload",
     [IPC_TABLE_REMOVED] = "table_removed",
     [IPC_WORKER_ERROR] = "worker_error",
+    [IPC_TABLE_ACK] = "table_ack",
 };
 
 /* The highest type: ipc_type_valid and the decoder's name lookup stop there. */
-#define IPC_LAST_TYPE IPC_WORKER_ERROR
+#define IPC_LAST_TYPE IPC_TABLE_ACK
 
 /* Number of array elements of each message, the type name included. */
 static const uint32_t ipc_arity[] = {
-    [IPC_HELLO] = 5,         [IPC_WELCOME] = 3, [IPC_TABLES] = 2, [IPC_TABLE_STATE] = 4,
-    [IPC_SET_PHASE] = 8,     [IPC_ACK] = 4,     [IPC_SCHEMA] = 5, [IPC_PROGRESS] = 4,
-    [IPC_COPY_PROGRESS] = 3, [IPC_STOP] = 1,    [IPC_ERROR] = 2,  [IPC_STATUS] = 1,
-    [IPC_STATUS_REPLY] = 10, [IPC_OK] = 2,      [IPC_RETRY] = 2,  [IPC_RESYNC] = 2,
-    [IPC_PAUSE] = 1,         [IPC_RESUME] = 1,  [IPC_RELOAD] = 1, [IPC_TABLE_REMOVED] = 2,
-    [IPC_WORKER_ERROR] = 4,
+    [IPC_HELLO] = 5,         [IPC_WELCOME] = 3,   [IPC_TABLES] = 2, [IPC_TABLE_STATE] = 4,
+    [IPC_SET_PHASE] = 8,     [IPC_ACK] = 4,       [IPC_SCHEMA] = 5, [IPC_PROGRESS] = 4,
+    [IPC_COPY_PROGRESS] = 3, [IPC_STOP] = 1,      [IPC_ERROR] = 2,  [IPC_STATUS] = 1,
+    [IPC_STATUS_REPLY] = 10, [IPC_OK] = 2,        [IPC_RETRY] = 2,  [IPC_RESYNC] = 2,
+    [IPC_PAUSE] = 1,         [IPC_RESUME] = 1,    [IPC_RELOAD] = 1, [IPC_TABLE_REMOVED] = 2,
+    [IPC_WORKER_ERROR] = 4,  [IPC_TABLE_ACK] = 4,
 };
 /* status_reply without its last element (message), as sent before it was added */
 #define IPC_STATUS_REPLY_MIN_ARITY 9
@@ -292,6 +293,7 @@ ipc_encode(const ipc_msg_t *m, msgpack_sbuffer *sb)
         enc_tables(&e, m->u.tables.n, m->u.tables.tables, false);
         break;
     case IPC_TABLE_STATE:
+    case IPC_TABLE_ACK:
         enc_u64(&e, m->u.table_state.relid);
         enc_phase(&e, m->u.table_state.phase);
         enc_u64(&e, m->u.table_state.lsn);
@@ -805,6 +807,7 @@ dec_body(ipc_dec_t *d, const msgpack_object_array *a, ipc_msg_t *m)
     case IPC_TABLES:
         return dec_tables(d, a, 1, false, &m->u.tables.n, &m->u.tables.tables);
     case IPC_TABLE_STATE:
+    case IPC_TABLE_ACK:
         if ((rc = dec_u32(d, a, 1, "relid", &m->u.table_state.relid)) ||
             (rc = dec_phase(d, a, 2, "phase", &m->u.table_state.phase)))
             return rc;
@@ -1003,6 +1006,7 @@ ipc_msg_clear(ipc_msg_t *m)
     case IPC_RELOAD:
     case IPC_TABLE_REMOVED:
     case IPC_TABLE_STATE:
+    case IPC_TABLE_ACK:
     case IPC_PROGRESS:
     case IPC_COPY_PROGRESS:
     case IPC_STOP:

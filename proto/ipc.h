@@ -13,6 +13,10 @@
  *     ["schema", req, relid, lsn, [nsp, name, replident, [[name, oid, typmod, flags]...]]] -> ack
  *     ["progress", flush_lsn, received_lsn, events]     apply: durable position, for status
  *     ["copy_progress", relid, rows]                    sync: rows copied so far
+ *     ["table_ack", relid, phase, lsn]                  apply: it has taken the table's state
+ *                                                      into account (after Init: its writes of
+ *                                                      the table are durable, it writes none
+ *                                                      any more); the supervisor starts the copy
  *     ["worker_error", kind, message, hint]             the error the worker is about to exit
  *                                                      on (for status and the supervisor's
  *                                                      decision; best effort, never acked)
@@ -69,6 +73,8 @@ typedef enum {
     /* added for issue 12 (reliability): */
     /* worker -> supervisor, just before an exit on an error: */
     IPC_WORKER_ERROR, /* ["worker_error", kind, message, hint] */
+    /* apply worker -> supervisor: */
+    IPC_TABLE_ACK, /* ["table_ack", relid, phase, lsn] */
 } ipc_type_t;
 
 typedef struct ipc_table_info_s {
@@ -114,7 +120,7 @@ typedef struct ipc_msg_s {
             uint32_t relid;
             wr_phase_t phase;
             wr_lsn_t lsn;
-        } table_state;
+        } table_state; /* also table_ack */
         struct {
             uint32_t req;
             uint32_t relid;

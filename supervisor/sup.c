@@ -22,7 +22,12 @@
  * socketpair). The first message must be hello; we answer welcome + tables. A set_phase is
  * validated (phase_transition_ok), persisted, acked, and only then relayed as table_state
  * to the apply worker and the table's sync worker (except the requester), so what is on
- * disk is never behind what a worker believes.
+ * disk is never behind what a worker believes. A table set to Init (resync, retry, a
+ * re-copy) is copied only once the apply worker acknowledged it (["table_ack"]: what it
+ * wrote of the table is durable and it writes no more) or has exited, and only after an
+ * apply worker of this supervisor said hello (an apply process left by a killed
+ * supervisor holds DIR/apply.lock until it is gone): the copy's truncate must come after
+ * every write of the apply worker.
  *
  * A worker's exit is handled once both its process has exited and its channel reached EOF
  * (so every message it sent before exiting has been processed). Exit 0 = done or stopped;

@@ -88,6 +88,8 @@ struct sup_table_s {
     bool exhausted_logged; /* "automatic retries exhausted" was logged */
     bool removing;         /* left the publication: removed once its sync worker is gone */
     bool resync_pending;   /* walrelay resync (or a re-copy): Init once its worker is gone */
+    bool init_unacked;     /* Init sent to a live apply worker that has not acknowledged it
+                            * (["table_ack"]): its copy must not start yet (issue 12, d. 6) */
     /* read back from the state store at start, written through (on_schema, mappings) */
     char dest_name[300]; /* the table's destination name (table_mappings) */
     wr_schema_t *schema; /* newest schema version stored, NULL if none; owned */
@@ -113,6 +115,9 @@ struct sup_s {
     bool killed_all;
     int64_t stop_deadline;
     bool degraded;
+    bool apply_fenced; /* an apply worker of this supervisor said hello: no apply process of
+                        * an earlier run can still write (it holds DIR/apply.lock until it is
+                        * gone, see walrelay-apply); copies of Init tables wait for it */
     char apply_path[PATH_MAX];
     char sync_path[PATH_MAX];
     char slot_name[64];

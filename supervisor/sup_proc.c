@@ -260,6 +260,13 @@ on_hello(sup_t *s, sup_proc_t *p, const ipc_msg_t *m)
                  (long long)p->pid, (long long)m->u.hello.pid);
     p->hello = true;
     w->state = s->stopping || w->stop_sent ? W_STOPPING : W_RUNNING;
+    if (w->is_apply) {
+        /* it learns every table's phase from the tables message below: nothing it could
+         * have written of an Init table is pending */
+        s->apply_fenced = true;
+        for (size_t i = 0; i < s->ntables; i++)
+            s->tables[i]->init_unacked = false;
+    }
     log_info("worker ready worker=%s pid=%lld", w->name, (long long)p->pid);
 
     ipc_msg_t wm;
@@ -278,6 +285,8 @@ on_hello(sup_t *s, sup_proc_t *p, const ipc_msg_t *m)
         st.type = IPC_STOP;
         sup__proc_send(p, &st);
     }
+    if (w->is_apply)
+        sup__schedule(s); /* copies of Init tables waited for this hello */
 }
 
 static void
@@ -341,6 +350,10 @@ on_set_phase(sup_t *s, sup_proc_t *p, const ipc_msg_t *m)
         t->sync.failures = 0;
         sup__persist_attempts(s, t);
     }
+    /* a sync worker starting over (a schema change in its catch-up): the apply worker
+     * acknowledges before the copy truncates; the apply worker's own request is its ack */
+    if (to == PH_INIT)
+        t->init_unacked = !w->is_apply && sup__proc_can_talk(s->apply.p);
     if (to == PH_INIT && t->sync.state == W_FAILED) {
         t->sync.state = W_IDLE;
         t->sync.failures = 0;
@@ -443,6 +456,18 @@ on_message(sup_t *s, sup_proc_t *p, const ipc_msg_t *m)
         log_warn("worker rejected a message worker=%s message=\"%s\"", w->name,
                  m->u.error.message ? m->u.error.message : "");
         return;
+    case IPC_TABLE_ACK: {
+        sup_table_t *t = sup__find_table(s, m->u.table_state.relid);
+        if (!w->is_apply)
+            break;
+        if (t && t->init_unacked && t->phase == PH_INIT && m->u.table_state.phase == PH_INIT) {
+            t->init_unacked = false;
+            log_info("apply worker acknowledged init, the copy may start table=%s.%s relid=%u",
+                     t->nsp, t->name, t->relid);
+            sup__schedule(s);
+        }
+        return;
+    }
     case IPC_WORKER_ERROR:
         /* the worker logged it already; kept for status and for its exit's handling */
         wr_copy_text(w->err_kind, sizeof(w->err_kind), m->u.worker_error.kind);
@@ -592,6 +617,9 @@ apply_exited(sup_t *s, sup_worker_t *w, sup_proc_t *p, const char *how)
 {
     bool fatal = p->fatal || (!p->term_signal && p->exit_status == WR_EXIT_CONFIG);
     bool stopped_by_us = w->stop_sent, reload = w->restart_after_stop;
+    /* the process is gone with whatever it had not committed: no Init waits for it */
+    for (size_t i = 0; i < s->ntables; i++)
+        s->tables[i]->init_unacked = false;
     w->stop_sent = false;
     w->restart_after_stop = false;
     if (s->stopping) {
@@ -839,6 +867,10 @@ sup__schedule(sup_t *s)
         sup_table_t *t = s->tables[i];
         if (t->sync.state != W_IDLE || t->sync.p || !phase_needs_sync_worker(t->phase) ||
             t->removing || t->resync_pending)
+            continue;
+        /* a copy truncates the destination table: not before every apply worker that may
+         * still write it has acknowledged Init (issue 12, defect 6) */
+        if (t->phase == PH_INIT && (!s->apply_fenced || t->init_unacked))
             continue;
         sup__worker_spawn(&t->sync);
         busy++;

@@ -273,6 +273,8 @@ table_force_phase(sup_t *s, sup_table_t *t, wr_phase_t phase, wr_lsn_t lsn, wr_e
     t->phase = phase;
     t->lsn = lsn;
     t->err_kind[0] = '\0';
+    if (phase == PH_INIT)
+        t->init_unacked = sup__proc_can_talk(s->apply.p); /* its copy waits for ["table_ack"] */
     sup__broadcast_table_state(s, t, NULL);
     return 0;
 }

@@ -94,6 +94,13 @@
  *   the transaction committed at 0/18F0 (end 0/1900) is skipped for T (0/1900 > 0/18F0),
  *   later ones are applied. Our flush passes 0/1900: READY.
  *
+ *   INIT acknowledged (issue 12, defect 6): a table_state Init (resync, retry, a re-copy)
+ *   is answered with ["table_ack", relid, init, lsn] once the open batch, which may hold
+ *   the table's changes, is committed (apw_send_acks, at the top of the loop or in the
+ *   catch-up wait; the stream reading stops early for it). The supervisor starts the copy
+ *   only after that ack, or once this process has exited, so the copy's truncate comes
+ *   after every write of ours and nothing we write lands after it.
+ *
  *   Before READY is requested the destination key is brought up to the last processed
  *   transaction (an empty destination commit if needed): after READY a replay from an
  *   older confirmed_flush would otherwise apply T's changes that the sync worker
@@ -187,6 +194,7 @@ typedef struct apw_table_s {
     bool ddl_in_batch;   /* the open batch altered the destination table */
     int ddl_recopies;    /* re-copies asked for in a row by this process (loop guard) */
     bool removed;        /* ["table_removed"] arrived: freed at the next loop turn */
+    bool ack_due;        /* table_state Init arrived: acknowledge it (apw_send_acks) */
 } apw_table_t;
 
 typedef struct apw_s {
@@ -208,6 +216,7 @@ typedef struct apw_s {
     bool cleanup_due;
     bool oom;        /* set by the channel callback */
     bool remove_due; /* some entries are marked removed */
+    bool ack_due;    /* some table's Init waits for ["table_ack"] (apw_send_acks) */
     bool slot_lost;  /* the slot is lost or missing under synced tables: exit WR_EXIT_SLOT_LOST */
     const char *slot_kind; /* "slot_lost" or "slot_missing", for the supervisor */
 
@@ -456,6 +465,11 @@ apw_on_msg(const ipc_msg_t *m, void *arg)
         log_info("table state relid=%u phase=%s lsn=" WR_LSN_FMT, (unsigned)m->u.table_state.relid,
                  phase_name(m->u.table_state.phase), WR_LSN_ARGS(m->u.table_state.lsn));
         apw_table_set(a, t, m->u.table_state.phase, m->u.table_state.lsn);
+        if (t->phase == PH_INIT) {
+            /* a copy waits for us: acknowledge once what we wrote of it is durable */
+            t->ack_due = true;
+            a->ack_due = true;
+        }
         break;
     case IPC_TABLES:
         apw_tables_merge(a, m);
@@ -604,6 +618,42 @@ apw_batch_rollback(apw_t *a)
         a->tabs[k]->ddl_in_batch = false;
     }
     a->batch_ddl = false;
+}
+
+/* Acknowledges the tables whose Init arrived (issue 12, defect 6): the open batch, which
+ * may hold their changes, is committed first (also inside a source transaction: its key
+ * lets a replay resume there), and from Init on nothing of them is written. Only then
+ * does the supervisor start their copy, whose truncate must come after every write of
+ * ours. Called where no change is half-processed: the top of the loop and the catch-up
+ * wait. */
+static int
+apw_send_acks(apw_t *a, wr_err_t *err)
+{
+    int rc;
+
+    a->ack_due = false;
+    rc = apw_batch_commit(a, err);
+    if (rc != 0)
+        return rc;
+    for (size_t k = 0; k < a->ntabs; k++) {
+        apw_table_t *t = a->tabs[k];
+        ipc_msg_t m;
+
+        if (!t->ack_due)
+            continue;
+        t->ack_due = false;
+        memset(&m, 0, sizeof(m));
+        m.type = IPC_TABLE_ACK;
+        m.u.table_state.relid = t->relid;
+        m.u.table_state.phase = t->phase;
+        m.u.table_state.lsn = t->lsn;
+        rc = wk_chan_send(&a->chan, &m, err);
+        if (rc != 0)
+            return rc;
+        log_debug("table state acknowledged relid=%u phase=%s", (unsigned)t->relid,
+                  phase_name(t->phase));
+    }
+    return 0;
 }
 
 /* ---- table errors ----------------------------------------------------------------------- */
@@ -1005,6 +1055,7 @@ apw_write(apw_t *a, apw_table_t *t, dest_event_t *ev, size_t msglen, wr_err_t *e
         t->dest_ready = true;
     }
     if (!a->batch_open) {
+        FAILPOINT("apply.before_batch_begin");
         rc = a->dest->ops->begin(a->dest, err);
         if (rc != 0)
             return rc;
@@ -1153,6 +1204,8 @@ apw_wait_catchup(apw_t *a, wr_err_t *err)
 
         if (a->oom)
             return wr_err_set(err, WR_ENOMEM, "out of memory recording table states");
+        if (a->ack_due && (rc = apw_send_acks(a, err)) != 0)
+            return rc;
         rc = apw_send_status(a, false, err);
         if (rc == 0)
             rc = apw_send_progress(a, false, err);
@@ -1326,7 +1379,7 @@ apw_read_stream(apw_t *a, bool consume, bool *got, wr_err_t *err)
     }
     int64_t chan_checked = wr_now_ms();
 
-    while (!apw_stopping(a) && a->n_catchup == 0) {
+    while (!apw_stopping(a) && a->n_catchup == 0 && !a->ack_due) {
         char *buf = NULL;
         int n;
 
@@ -1338,7 +1391,7 @@ apw_read_stream(apw_t *a, bool consume, bool *got, wr_err_t *err)
             if (rc != 0)
                 return rc;
             chan_checked = wr_now_ms();
-            if (apw_stopping(a) || a->n_catchup > 0)
+            if (apw_stopping(a) || a->n_catchup > 0 || a->ack_due)
                 break;
         }
         n = repl_recv(a->repl, &buf, err);
@@ -1606,6 +1659,11 @@ apw_run(apw_t *a, wr_err_t *err)
             apw_purge_removed(a);
         if (apw_stopping(a))
             return apw_stop(a, err);
+        if (a->ack_due) {
+            rc = apw_send_acks(a, err);
+            if (rc != 0)
+                return rc;
+        }
         if (a->n_catchup > 0) {
             rc = apw_wait_catchup(a, err);
             if (rc != 0)
@@ -1620,7 +1678,7 @@ apw_run(apw_t *a, wr_err_t *err)
         rc = apw_read_stream(a, false, &buffered, err);
         if (rc != 0)
             return rc;
-        if (apw_stopping(a) || a->n_catchup > 0)
+        if (apw_stopping(a) || a->n_catchup > 0 || a->ack_due)
             continue;
 
         now = wr_now_ms();
@@ -1655,7 +1713,7 @@ apw_run(apw_t *a, wr_err_t *err)
                 return rc;
         }
         got = got || buffered;
-        if (apw_stopping(a) || a->n_catchup > 0)
+        if (apw_stopping(a) || a->n_catchup > 0 || a->ack_due)
             continue;
 
         now = wr_now_ms();

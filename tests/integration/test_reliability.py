@@ -225,3 +225,35 @@ def test_d7_retry_is_one_commit(db, pipelines, tmp_path, monkeypatch):
     p.start()
     p.wait_all_ready(["public.good", "public.other"])
     wait_equal(db.server, db.name, p, ["public.good", "public.other"])
+
+
+# -- defect 6: resync waits for the apply worker's acknowledgement -------------------------
+
+def test_d6_resync_waits_for_the_apply_worker(db, pipelines, tmp_path, monkeypatch):
+    """resync while the apply worker holds changes of the table it is about to write (here:
+    it pauses before opening its destination batch, as a busy destination would make it
+    wait): the new copy must not start until the apply worker has acknowledged init, or
+    the rows it writes after the copy's truncate are there twice (a keyless table)."""
+    db.execute("CREATE TABLE k (id int, v text)")
+    db.execute("ALTER TABLE k REPLICA IDENTITY FULL")
+    db.execute("INSERT INTO k SELECT g % 50, 'v' || g FROM generate_series(1, 500) g")
+    create_mixed_table(db, "other", 100)
+    publish(db, "pub", ["k", "other"])
+    p = pipelines()
+    p.init(db.conninfo, "pub")
+    p.start()
+    p.wait_all_ready(["public.k", "public.other"])
+    assert p.stop() == 0
+    fpdir = tmp_path / "fp"
+    start_with_failpoints(p, monkeypatch, "apply.before_batch_begin=sleep(6000)", fpdir)
+    with db.connect() as c:
+        for i in range(20):
+            c.execute("INSERT INTO k VALUES (%s, 'while the apply worker waits')", [1000 + i])
+    wait_fired(p, fpdir, "apply.before_batch_begin")
+    r = p.cmd("resync", p.dir, "k")
+    assert r.rc == 0, r
+    p.wait_until(lambda: p.log_contains("copy finished table=public.k", since_start=True), 120,
+                 "the copy of k")
+    db.execute("INSERT INTO k VALUES (7, 'after the resync')")
+    p.wait_all_ready(["public.k", "public.other"], timeout=180)
+    wait_equal(db.server, db.name, p, ["public.k", "public.other"], timeout=180)

@@ -100,6 +100,7 @@ check_msg_eq(const ipc_msg_t *a, const ipc_msg_t *b)
             check_table_eq(&a->u.tables.tables[i], &b->u.tables.tables[i], false);
         break;
     case IPC_TABLE_STATE:
+    case IPC_TABLE_ACK:
         CHECK_INT_EQ(a->u.table_state.relid, b->u.table_state.relid);
         CHECK_INT_EQ(a->u.table_state.phase, b->u.table_state.phase);
         CHECK_U64_EQ(a->u.table_state.lsn, b->u.table_state.lsn);
@@ -213,7 +214,7 @@ static ipc_worker_info_t sample_workers[] = {
     {.role = "sync", .relid = 16390, .pid = 0, .restarts = 7, .state = "backoff"},
 };
 
-#define NSAMPLES 22
+#define NSAMPLES 23
 
 /* Fills samples[]; returns the count. samples[i] may reference the schema (freed by caller). */
 static int
@@ -313,6 +314,11 @@ make_samples(ipc_msg_t *s, wr_schema_t *schema)
     s[n].u.worker_error.kind = "slot_missing";
     s[n].u.worker_error.message = "replication slot \"walrelay_x\" is missing \xc3\xa9";
     s[n].u.worker_error.hint = "";
+    n++;
+    s[n].type = IPC_TABLE_ACK;
+    s[n].u.table_state.relid = 16384;
+    s[n].u.table_state.phase = PH_INIT;
+    s[n].u.table_state.lsn = 0;
     n++;
     return n;
 }
