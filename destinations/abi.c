@@ -6,7 +6,7 @@
  * NOTES: runs in the supervisor (init, check, run, reload: load + validate, check:
  * open("check") + check()) and in both workers (open: one instance per process).
  * Persists nothing itself. Conversions:
- *   - schemas -> relations (dest_name from dest_table_name, type names from the schema or
+ *   - schemas -> relations (dest_name from dest_schema_table_name, type names from the schema or
  *     pgt_format_type), one RELATION event before the first change of each table in this
  *     instance and after every change of its schema; without WR_DEST_CAP_SCHEMA_CHANGES a
  *     changed column list is WR_EUNSUPPORTED for that table (the apply worker errors it);
@@ -450,7 +450,7 @@ abi_rel_set(abi_rel_t *r, const wr_schema_t *s, wr_err_t *err)
     r->schema = copy;
     r->cols = cols;
     r->names = names;
-    dest_table_name(copy->nsp, copy->name, r->dest_name, sizeof(r->dest_name));
+    dest_schema_table_name(copy, r->dest_name, sizeof(r->dest_name));
     dest_abi_relation(copy, r->dest_name, cols, names, &r->rel);
     r->announced = false;
     return 0;
@@ -609,7 +609,7 @@ abi_ensure_table(dest_t *base, const wr_schema_t *s, wr_err_t *err)
 
     if (s->name == NULL)
         return wr_err_set(err, WR_EINVAL, "ensure_table without a schema");
-    dest_table_name(s->nsp, s->name, dn, sizeof(dn));
+    dest_schema_table_name(s, dn, sizeof(dn));
     if (r != NULL && strcmp(r->dest_name, dn) == 0 && wr_schema_equal(r->schema, s))
         return 0;
     if (r != NULL && !(d->w->capabilities & WR_DEST_CAP_SCHEMA_CHANGES) &&

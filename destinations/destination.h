@@ -214,6 +214,10 @@ void dest_sync_stream(uint32_t relid, char *buf, size_t len);
 /* Destination table name for a source table: "name" for schema public, else
  * "nsp__name". */
 void dest_table_name(const char *nsp, const char *name, char *buf, size_t len);
+/* The destination table of a schema: its dest_name (the unique name the pipeline chose
+ * and recorded in the state store's mappings, issue 12) if set, else dest_table_name().
+ * Every destination names its tables with this. */
+void dest_schema_table_name(const wr_schema_t *s, char *buf, size_t len);
 
 extern const dest_ops_t dest_sqlite_ops;
 

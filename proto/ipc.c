@@ -71,7 +71,7 @@ static const char *const ipc_type_names[] = {
 
 /* Number of array elements of each message, the type name included. */
 static const uint32_t ipc_arity[] = {
-    [IPC_HELLO] = 5,         [IPC_WELCOME] = 3,   [IPC_TABLES] = 2, [IPC_TABLE_STATE] = 4,
+    [IPC_HELLO] = 5,         [IPC_WELCOME] = 3,   [IPC_TABLES] = 2, [IPC_TABLE_STATE] = 5,
     [IPC_SET_PHASE] = 8,     [IPC_ACK] = 4,       [IPC_SCHEMA] = 5, [IPC_PROGRESS] = 4,
     [IPC_COPY_PROGRESS] = 3, [IPC_STOP] = 1,      [IPC_ERROR] = 2,  [IPC_STATUS] = 1,
     [IPC_STATUS_REPLY] = 10, [IPC_OK] = 2,        [IPC_RETRY] = 2,  [IPC_RESYNC] = 2,
@@ -81,7 +81,8 @@ static const uint32_t ipc_arity[] = {
 /* status_reply without its last element (message), as sent before it was added */
 #define IPC_STATUS_REPLY_MIN_ARITY 9
 
-#define IPC_NTABLE_FIELDS  5  /* [relid, nsp, name, phase, lsn] */
+#define IPC_NTABLE_FIELDS  6  /* [relid, nsp, name, phase, lsn, dest_name] */
+#define IPC_NTABLE_MIN     5  /* ... without dest_name, as sent before it was added */
 #define IPC_NSTATUS_FIELDS 10 /* ... + rows_copied, attempts, err_kind, err_msg, err_hint */
 #define IPC_NWORKER_FIELDS 5
 #define IPC_NSCHEMA_FIELDS 4
@@ -219,8 +220,10 @@ enc_table(ipc_enc_t *e, const ipc_table_info_t *t, bool full)
     enc_str(e, t->name);
     enc_phase(e, t->phase);
     enc_u64(e, t->lsn);
-    if (!full)
+    if (!full) {
+        enc_str(e, t->dest_name);
         return;
+    }
     enc_u64(e, t->rows_copied);
     enc_u64(e, t->attempts);
     enc_str(e, t->err_kind);
@@ -297,6 +300,8 @@ ipc_encode(const ipc_msg_t *m, msgpack_sbuffer *sb)
         enc_u64(&e, m->u.table_state.relid);
         enc_phase(&e, m->u.table_state.phase);
         enc_u64(&e, m->u.table_state.lsn);
+        if (m->type == IPC_TABLE_STATE)
+            enc_str(&e, m->u.table_state.dest_name);
         break;
     case IPC_SET_PHASE:
         enc_u64(&e, m->u.set_phase.req);
@@ -726,16 +731,23 @@ dec_tables(ipc_dec_t *d, const msgpack_object_array *a, uint32_t i, bool full, u
     *n = list->size; /* the caller's clear frees whatever was filled */
     for (j = 0; j < list->size; j++) {
         ipc_table_info_t *t = &(*out)[j];
-        if ((rc = dec_item(d, list, i, "tables", j, full ? IPC_NSTATUS_FIELDS : IPC_NTABLE_FIELDS,
-                           &it)))
+        if (!full && list->ptr[j].type == MSGPACK_OBJECT_ARRAY &&
+            list->ptr[j].via.array.size == IPC_NTABLE_MIN)
+            rc = dec_item(d, list, i, "tables", j, IPC_NTABLE_MIN, &it);
+        else
+            rc = dec_item(d, list, i, "tables", j, full ? IPC_NSTATUS_FIELDS : IPC_NTABLE_FIELDS,
+                          &it);
+        if (rc)
             return rc;
         old = dec_push_item(d, i, "tables", j);
         if (!(rc = dec_u32(d, it, 0, "relid", &t->relid)) &&
             !(rc = dec_str(d, it, 1, "nsp", &t->nsp)) &&
             !(rc = dec_str(d, it, 2, "name", &t->name)) &&
-            !(rc = dec_phase(d, it, 3, "phase", &t->phase)) &&
-            !(rc = dec_u64(d, it, 4, "lsn", &t->lsn)) && full &&
-            !(rc = dec_u64(d, it, 5, "rows_copied", &t->rows_copied)) &&
+            !(rc = dec_phase(d, it, 3, "phase", &t->phase)))
+            rc = dec_u64(d, it, 4, "lsn", &t->lsn);
+        if (!rc && !full && it->size > IPC_NTABLE_MIN)
+            rc = dec_str(d, it, 5, "dest_name", &t->dest_name);
+        if (!rc && full && !(rc = dec_u64(d, it, 5, "rows_copied", &t->rows_copied)) &&
             !(rc = dec_u32(d, it, 6, "attempts", &t->attempts)) &&
             !(rc = dec_str(d, it, 7, "err_kind", &t->err_kind)) &&
             !(rc = dec_str(d, it, 8, "err_msg", &t->err_msg)))
@@ -809,9 +821,12 @@ dec_body(ipc_dec_t *d, const msgpack_object_array *a, ipc_msg_t *m)
     case IPC_TABLE_STATE:
     case IPC_TABLE_ACK:
         if ((rc = dec_u32(d, a, 1, "relid", &m->u.table_state.relid)) ||
-            (rc = dec_phase(d, a, 2, "phase", &m->u.table_state.phase)))
+            (rc = dec_phase(d, a, 2, "phase", &m->u.table_state.phase)) ||
+            (rc = dec_u64(d, a, 3, "lsn", &m->u.table_state.lsn)))
             return rc;
-        return dec_u64(d, a, 3, "lsn", &m->u.table_state.lsn);
+        if (m->type == IPC_TABLE_STATE && a->size > 4)
+            return dec_str(d, a, 4, "dest_name", &m->u.table_state.dest_name);
+        return 0;
     case IPC_SET_PHASE:
         if ((rc = dec_u32(d, a, 1, "req", &m->u.set_phase.req)) ||
             (rc = dec_u32(d, a, 2, "relid", &m->u.set_phase.relid)) ||
@@ -920,7 +935,8 @@ ipc_decode(const msgpack_object *o, ipc_msg_t *m, wr_err_t *err)
     snprintf(d.what, sizeof(d.what), "\"%s\" message", ipc_type_names[i]);
     d.err = err;
     if (a->size != ipc_arity[i] &&
-        !(i == IPC_STATUS_REPLY && a->size == IPC_STATUS_REPLY_MIN_ARITY))
+        !(i == IPC_STATUS_REPLY && a->size == IPC_STATUS_REPLY_MIN_ARITY) &&
+        !(i == IPC_TABLE_STATE && a->size == 4)) /* without dest_name (older) */
         return wr_err_set(err, WR_EPROTO, "invalid %s: expected %u elements, got %u", d.what,
                           ipc_arity[i], a->size);
     m->type = (ipc_type_t)i;
@@ -939,6 +955,7 @@ free_tables(uint32_t n, ipc_table_info_t *t)
     for (i = 0; i < n; i++) {
         free(t[i].nsp);
         free(t[i].name);
+        free(t[i].dest_name);
         free(t[i].err_kind);
         free(t[i].err_msg);
         free(t[i].err_hint);
@@ -1006,6 +1023,8 @@ ipc_msg_clear(ipc_msg_t *m)
     case IPC_RELOAD:
     case IPC_TABLE_REMOVED:
     case IPC_TABLE_STATE:
+        free(m->u.table_state.dest_name);
+        break;
     case IPC_TABLE_ACK:
     case IPC_PROGRESS:
     case IPC_COPY_PROGRESS:

@@ -22,8 +22,12 @@
  *                                                      decision; best effort, never acked)
  *   supervisor -> worker
  *     ["welcome", version, pipeline]
- *     ["tables", [[relid, nsp, name, phase, lsn], ...]] all tables (apply) or its one (sync)
- *     ["table_state", relid, phase, lsn]                a persisted change
+ *     ["tables", [[relid, nsp, name, phase, lsn, dest_name], ...]]
+ *                                                      all tables (apply) or its one (sync);
+ *                                                      dest_name (issue 12: the pipeline's
+ *                                                      unique destination table name) may be
+ *                                                      missing (5 elements) or ""
+ *     ["table_state", relid, phase, lsn, dest_name]     a persisted change (dest_name optional)
  *     ["ack", req, ok, message]
  *     ["stop"]                                          finish the write in flight, exit 0
  *     ["table_removed", relid]                          apply: the table left the publication
@@ -83,6 +87,7 @@ typedef struct ipc_table_info_s {
     char *name;
     wr_phase_t phase;
     wr_lsn_t lsn;
+    char *dest_name; /* tables only (not status_reply): "" or NULL = not given */
     /* status_reply only (encoded only there): */
     uint64_t rows_copied;
     uint32_t attempts;
@@ -120,7 +125,8 @@ typedef struct ipc_msg_s {
             uint32_t relid;
             wr_phase_t phase;
             wr_lsn_t lsn;
-        } table_state; /* also table_ack */
+            char *dest_name; /* table_state only: "" or NULL = not given */
+        } table_state;       /* also table_ack */
         struct {
             uint32_t req;
             uint32_t relid;

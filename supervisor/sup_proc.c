@@ -205,6 +205,7 @@ send_tables(sup_t *s, sup_proc_t *p, sup_worker_t *w)
         ti[i].name = (char *)t->name;
         ti[i].phase = t->phase;
         ti[i].lsn = t->lsn;
+        ti[i].dest_name = (char *)t->dest_name;
     }
     ipc_msg_t m;
     memset(&m, 0, sizeof(m));

@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -30,8 +31,7 @@
 #include "../destinations/destination.h"
 #include "../destinations/registry.h"
 
-static int sup_store_mapping(sup_t *s, uint32_t relid, const char *nsp, const char *name,
-                             wr_err_t *err);
+static int sup_assign_mapping(sup_t *s, sup_table_t *t, wr_err_t *err);
 
 /* ---- tables ---- */
 
@@ -165,6 +165,7 @@ sup__broadcast_table_state(sup_t *s, const sup_table_t *t, const sup_proc_t *exc
     m.u.table_state.relid = t->relid;
     m.u.table_state.phase = t->phase;
     m.u.table_state.lsn = t->lsn;
+    m.u.table_state.dest_name = (char *)t->dest_name;
     if (sup__proc_can_talk(s->apply.p) && s->apply.p != except)
         sup__proc_send(s->apply.p, &m);
     if (sup__proc_can_talk(t->sync.p) && t->sync.p != except)
@@ -588,7 +589,6 @@ table_add_published(sup_t *s, const sup_pub_table_t *pt)
     wr_err_t err;
     wr_err_clear(&err);
     if (s->st->ops->add_table(s->st, pt->relid, pt->nsp, pt->name, &err) != 0 ||
-        sup_store_mapping(s, pt->relid, pt->nsp, pt->name, &err) != 0 ||
         s->st->ops->get_table(s->st, pt->relid, &row, &found, &err) != 0 || !found) {
         log_err(LOG_LVL_ERROR, "adding a table that is now published", &err);
         return;
@@ -599,7 +599,13 @@ table_add_published(sup_t *s, const sup_pub_table_t *pt)
         log_error("out of memory adding a table relid=%u", pt->relid);
         return;
     }
-    dest_table_name(t->nsp, t->name, t->dest_name, sizeof(t->dest_name)); /* as stored */
+    if (s->st->ops->get_mapping(s->st, t->relid, t->dest_name, sizeof(t->dest_name), &err) != 0 ||
+        (!t->dest_name[0] && sup_assign_mapping(s, t, &err) != 0)) {
+        /* no copy without a recorded name: it could take another table's */
+        log_err(LOG_LVL_ERROR, "choosing the destination name of a table", &err);
+        sup__table_set_errored(s, t, "dest_name", err.msg,
+                               "see the log; walrelay resync DIR TABLE tries again");
+    }
     log_info("table added to the publication table=%s.%s relid=%u phase=%s", t->nsp, t->name,
              t->relid, phase_name(t->phase));
     sup__broadcast_table_state(s, t, NULL);
@@ -877,16 +883,85 @@ sup_state_open(const wr_config_t *cfg, state_store_t **out, wr_err_t *err)
     return rc;
 }
 
-/* Persists the destination table name of a newly published table (state.db
- * table_mappings), so that operators and later tools can find where a source table
- * lands without knowing the naming rule. */
-static int
-sup_store_mapping(sup_t *s, uint32_t relid, const char *nsp, const char *name, wr_err_t *err)
+/* True if a table of the pipeline other than t has the destination name `name`, compared
+ * without case (SQLite's identifiers and those of most destinations are). */
+static bool
+dest_name_taken(const sup_t *s, const sup_table_t *t, const char *name)
 {
-    char dest_name[300];
+    for (size_t i = 0; i < s->ntables; i++) {
+        const sup_table_t *o = s->tables[i];
+        if (o != t && o->dest_name[0] && strcasecmp(o->dest_name, name) == 0)
+            return true;
+    }
+    return false;
+}
 
-    dest_table_name(nsp, name, dest_name, sizeof(dest_name));
-    return s->st->ops->put_mapping(s->st, relid, dest_name, err);
+/*
+ * Chooses and records (state store mappings) the destination table name of t: the naming
+ * rule's (dest_table_name: "name", "nsp__name"), unless another table of the pipeline has
+ * it, compared without case ("Users" and users; a.b and public."a__b": issue 12, defect
+ * 4); then "<name>_<relid>", then "<name>_<relid>_2", ... The workers receive the name
+ * with the table (tables, table_state) and every destination uses it
+ * (dest_schema_table_name), so two source tables never share a destination table.
+ */
+static int
+sup_assign_mapping(sup_t *s, sup_table_t *t, wr_err_t *err)
+{
+    char natural[256], cand[300];
+    int rc;
+
+    dest_table_name(t->nsp, t->name, natural, sizeof(natural));
+    snprintf(cand, sizeof(cand), "%s", natural);
+    for (unsigned n = 1; dest_name_taken(s, t, cand); n++) {
+        if (n == 1)
+            snprintf(cand, sizeof(cand), "%.240s_%u", natural, t->relid);
+        else
+            snprintf(cand, sizeof(cand), "%.240s_%u_%u", natural, t->relid, n);
+    }
+    rc = s->st->ops->put_mapping(s->st, t->relid, cand, err);
+    if (rc != 0)
+        return err->code ? err->code : WR_ESTATE;
+    snprintf(t->dest_name, sizeof(t->dest_name), "%s", cand);
+    if (strcmp(cand, natural) != 0)
+        log_warn("destination name taken by another table, using another table=%s.%s relid=%u "
+                 "dest=%s taken=%s",
+                 t->nsp, t->name, t->relid, cand, natural);
+    return 0;
+}
+
+/* Two tables of a pipeline mapped to one destination table (names recorded before issue
+ * 12 made them unique): their rows are mixed there. The later one gets a name of its
+ * own and both are copied again (Init), with a warning. */
+static int
+fix_colliding_mappings(sup_t *s, wr_err_t *err)
+{
+    for (size_t i = 0; i < s->ntables; i++) {
+        sup_table_t *t = s->tables[i];
+        for (size_t j = 0; j < i; j++) {
+            sup_table_t *o = s->tables[j];
+            if (strcasecmp(o->dest_name, t->dest_name) != 0)
+                continue;
+            log_warn("two tables share destination table %s: giving the second a name of its "
+                     "own and copying both again table=%s.%s relid=%u other=%s.%s other_relid=%u",
+                     t->dest_name, t->nsp, t->name, t->relid, o->nsp, o->name, o->relid);
+            t->dest_name[0] = '\0';
+            if (sup_assign_mapping(s, t, err) != 0)
+                return err->code ? err->code : WR_ESTATE;
+            for (int k = 0; k < 2; k++) {
+                sup_table_t *x = k ? o : t;
+                if (x->phase == PH_INIT)
+                    continue;
+                if (s->st->ops->set_phase(s->st, x->relid, PH_INIT, 0, NULL, NULL, NULL, err) !=
+                    0)
+                    return err->code ? err->code : WR_ESTATE;
+                x->phase = PH_INIT;
+                x->lsn = 0;
+                x->err_kind[0] = '\0';
+            }
+            break;
+        }
+    }
+    return 0;
 }
 
 /* Adds published tables that are new, removes tables that are no longer published (their
@@ -904,8 +979,6 @@ sup__reconcile_tables(sup_t *s, const sup_pub_table_t *pub, size_t npub, PGconn 
     while (rc == 0 && (i < npub || j < nst)) {
         if (j >= nst || (i < npub && pub[i].relid < st[j].relid)) {
             rc = s->st->ops->add_table(s->st, pub[i].relid, pub[i].nsp, pub[i].name, err);
-            if (rc == 0)
-                rc = sup_store_mapping(s, pub[i].relid, pub[i].nsp, pub[i].name, err);
             if (rc == 0)
                 log_info("table added table=%s.%s relid=%u", pub[i].nsp, pub[i].name, pub[i].relid);
             i++;
@@ -959,24 +1032,29 @@ sup__reconcile_tables(sup_t *s, const sup_pub_table_t *pub, size_t npub, PGconn 
                 break;
             }
         }
-        /* read back what the store holds: the mapping (written for a table added before
-         * mappings existed) and the newest schema version */
+        /* read back what the store holds: the mapping and the newest schema version */
         if (s->st->ops->get_mapping(s->st, t->relid, t->dest_name, sizeof(t->dest_name), err) !=
                 0 ||
-            (!t->dest_name[0] && (sup_store_mapping(s, t->relid, t->nsp, t->name, err) != 0 ||
-                                  s->st->ops->get_mapping(s->st, t->relid, t->dest_name,
-                                                          sizeof(t->dest_name), err) != 0)) ||
             s->st->ops->get_schema(s->st, t->relid, UINT64_MAX, &t->schema, &t->schema_lsn, err) !=
                 0) {
             free(st);
             return err->code ? err->code : WR_ESTATE;
         }
+    }
+    free(st);
+    /* names for the tables that have none yet (new ones, or added before mappings
+     * existed), unique among those recorded */
+    if (fix_colliding_mappings(s, err) != 0)
+        return err->code ? err->code : WR_ESTATE;
+    for (size_t k = 0; k < s->ntables; k++) {
+        sup_table_t *t = s->tables[k];
+        if (!t->dest_name[0] && sup_assign_mapping(s, t, err) != 0)
+            return err->code ? err->code : WR_ESTATE;
         log_info("table table=%s.%s relid=%u phase=%s lsn=" WR_LSN_FMT
                  " dest=%s schema_lsn=" WR_LSN_FMT,
                  t->nsp, t->name, t->relid, phase_name(t->phase), WR_LSN_ARGS(t->lsn), t->dest_name,
                  WR_LSN_ARGS(t->schema_lsn));
     }
-    free(st);
     return 0;
 }
 

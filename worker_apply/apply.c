@@ -184,6 +184,7 @@ typedef struct apw_table_s {
     uint32_t relid;
     char *nsp; /* from the supervisor; NULL for a relid it did not list */
     char *name;
+    char *dest_name; /* the pipeline's destination table name (tables / table_state), or NULL */
     bool known; /* listed by the supervisor (tables / table_state) */
     wr_phase_t phase;
     wr_lsn_t lsn;
@@ -370,6 +371,25 @@ apw_table_set(apw_t *a, apw_table_t *t, wr_phase_t phase, wr_lsn_t lsn)
     apw_recount(a);
 }
 
+/* Records the destination table name the supervisor chose (tables, table_state); "" or
+ * NULL leaves the one known. */
+static void
+apw_table_dest_name(apw_t *a, apw_table_t *t, const char *dest_name)
+{
+    char *copy;
+
+    if (dest_name == NULL || dest_name[0] == '\0' ||
+        (t->dest_name != NULL && strcmp(t->dest_name, dest_name) == 0))
+        return;
+    if ((copy = wr_strdup(dest_name)) == NULL) {
+        a->oom = true;
+        return;
+    }
+    free(t->dest_name);
+    t->dest_name = copy;
+    t->dest_ready = false; /* registered again under that name */
+}
+
 static const char *
 apw_table_label(const apw_table_t *t, char *buf, size_t len)
 {
@@ -404,6 +424,7 @@ apw_tables_merge(apw_t *a, const ipc_msg_t *m)
             free(t->name);
             t->name = wr_strdup(ti->name);
         }
+        apw_table_dest_name(a, t, ti->dest_name);
         t->known = true;
         t->removed = false;
         t->phase = ti->phase;
@@ -431,6 +452,7 @@ apw_purge_removed(apw_t *a)
         }
         free(t->nsp);
         free(t->name);
+        free(t->dest_name);
         wr_schema_free(t->schema);
         free(t);
     }
@@ -464,6 +486,7 @@ apw_on_msg(const ipc_msg_t *m, void *arg)
         }
         log_info("table state relid=%u phase=%s lsn=" WR_LSN_FMT, (unsigned)m->u.table_state.relid,
                  phase_name(m->u.table_state.phase), WR_LSN_ARGS(m->u.table_state.lsn));
+        apw_table_dest_name(a, t, m->u.table_state.dest_name);
         apw_table_set(a, t, m->u.table_state.phase, m->u.table_state.lsn);
         if (t->phase == PH_INIT) {
             /* a copy waits for us: acknowledge once what we wrote of it is durable */
@@ -863,6 +886,10 @@ apw_ddl_reconcile(apw_t *a, apw_table_t *t, wr_err_t *err)
     rc = apw_ddl_catalog(a, t->relid, &cat, &found, err);
     if (rc != 0)
         goto out;
+    if (found && wr_schema_set_dest_name(cat.schema, t->dest_name) != 0) {
+        rc = wr_err_set(err, WR_ENOMEM, "out of memory reading the catalog of \"%s\"", label);
+        goto out;
+    }
     if (!found) {
         /* dropped since this change: the publication refresh cleans the table up */
         log_info("table no longer in the catalog, applying its changes as they come table=%s "
@@ -1045,6 +1072,10 @@ apw_write(apw_t *a, apw_table_t *t, dest_event_t *ev, size_t msglen, wr_err_t *e
             return rc > 0 ? 0 : rc; /* > 0: the table left READY/SYNCDONE, skip its change */
     }
     if (!t->dest_ready) {
+        /* under the name the pipeline chose (it may have come after the Relation) */
+        if (wr_schema_set_dest_name(t->schema, t->dest_name) != 0)
+            return wr_err_set(err, WR_ENOMEM, "out of memory registering relid %u",
+                              (unsigned)t->relid);
         rc = a->dest->ops->ensure_table(a->dest, t->schema, &werr);
         if (rc != 0) {
             if (apw_table_specific(rc))
@@ -1750,6 +1781,7 @@ apw_close(apw_t *a)
     for (size_t k = 0; k < a->ntabs; k++) {
         free(a->tabs[k]->nsp);
         free(a->tabs[k]->name);
+        free(a->tabs[k]->dest_name);
         wr_schema_free(a->tabs[k]->schema);
         free(a->tabs[k]);
     }

@@ -215,6 +215,7 @@ typedef struct syw_s {
     char slot[64];   /* walrelay_<pipeline>_s<relid> */
     char stream[64]; /* sync_<relid> */
     char table[300]; /* "nsp.name", for messages */
+    char dest_name[300]; /* the pipeline's destination table name (tables message), or "" */
     char relkind;    /* pg_class.relkind: 'p' (partitioned) is copied with COPY (SELECT ...) */
     /* the publication's row filter of the table (pg_get_expr), or NULL */
     char *row_filter;
@@ -483,6 +484,10 @@ syw_load_schema(syw_t *w, PGconn *c, bool *missing, wr_err_t *err)
     }
     w->relkind = cat.relkind;
     snprintf(w->table, sizeof(w->table), "%s.%s", cat.schema->nsp, cat.schema->name);
+    if (wr_schema_set_dest_name(cat.schema, w->dest_name) != 0) {
+        dest_catalog_clear(&cat);
+        return wr_err_set(err, WR_ENOMEM, "out of memory reading the schema of \"%s\"", w->table);
+    }
     w->schema = cat.schema;
     w->relflags = cat.relflags;
     w->meta = cat.meta; /* syw_load_meta sets its version */
@@ -1891,6 +1896,7 @@ main(int argc, char **argv)
         w.phase = t->phase;
         w.lsn = t->lsn;
         snprintf(w.table, sizeof(w.table), "%s.%s", t->nsp, t->name);
+        snprintf(w.dest_name, sizeof(w.dest_name), "%s", t->dest_name ? t->dest_name : "");
     }
     ipc_msg_clear(&tables);
     if (!known) {

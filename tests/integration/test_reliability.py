@@ -257,3 +257,41 @@ def test_d6_resync_waits_for_the_apply_worker(db, pipelines, tmp_path, monkeypat
     db.execute("INSERT INTO k VALUES (7, 'after the resync')")
     p.wait_all_ready(["public.k", "public.other"], timeout=180)
     wait_equal(db.server, db.name, p, ["public.k", "public.other"], timeout=180)
+
+
+# -- defect 4: destination names never collide ---------------------------------------------
+
+def test_d4_destination_names_are_unique(db, pipelines):
+    """"Users" and users, a.b and public."a__b": each source table gets its own destination
+    table (the pipeline records the names it chose), none truncates another's rows."""
+    db.execute('CREATE TABLE "Users" (id int PRIMARY KEY, v text)')
+    db.execute("CREATE TABLE users (id int PRIMARY KEY, v text)")
+    db.execute("CREATE SCHEMA a")
+    db.execute("CREATE TABLE a.b (id int PRIMARY KEY, v text)")
+    db.execute('CREATE TABLE public."a__b" (id int PRIMARY KEY, v text)')
+    for t, n in (('"Users"', 100), ("users", 200), ("a.b", 300), ('public."a__b"', 400)):
+        db.execute("INSERT INTO %s SELECT g, '%s ' || g FROM generate_series(1, %d) g"
+                   % (t, t.replace("'", "''").replace('"', ""), n))
+    db.execute('CREATE PUBLICATION pub FOR TABLE "Users", users, a.b, public."a__b"')
+    tables = ["public.Users", "public.users", "a.b", "public.a__b"]
+    p = pipelines()
+    p.init(db.conninfo, "pub")
+    p.start()
+    p.wait_all_ready(tables)
+    db.execute('UPDATE "Users" SET v = \'changed\' WHERE id <= 10')
+    db.execute("DELETE FROM users WHERE id <= 20")
+    db.execute("INSERT INTO a.b VALUES (1000, 'new')")
+    db.execute('INSERT INTO public."a__b" VALUES (2000, \'new\')')
+    wait_equal(db.server, db.name, p, tables)
+    with p.dest() as d:
+        names = [r[0] for r in d.execute("SELECT dest_name FROM _walrelay_tables")]
+    assert len(names) == 4 and len({n.lower() for n in names}) == 4, names
+    # a table added to the publication while running gets a unique name too
+    db.execute("CREATE TABLE \"USERS\" (id int PRIMARY KEY, v text)")
+    db.execute("INSERT INTO \"USERS\" SELECT g, 'upper ' || g FROM generate_series(1, 50) g")
+    db.execute('ALTER PUBLICATION pub ADD TABLE "USERS"')
+    assert p.cmd("reload", p.dir).rc == 0
+    p.wait_all_ready(tables + ["public.USERS"])
+    db.execute('INSERT INTO "USERS" VALUES (51, \'later\')')
+    db.execute("INSERT INTO users VALUES (5000, 'later')")
+    wait_equal(db.server, db.name, p, tables + ["public.USERS"])

@@ -64,6 +64,7 @@ check_table_eq(const ipc_table_info_t *a, const ipc_table_info_t *b, bool full)
     CHECK_INT_EQ(a->phase, b->phase);
     CHECK_U64_EQ(a->lsn, b->lsn);
     if (!full) {
+        CHECK_STR_EQ(a->dest_name ? a->dest_name : "", b->dest_name);
         CHECK(b->err_kind == NULL && b->err_msg == NULL && b->err_hint == NULL);
         CHECK_U64_EQ(b->rows_copied, 0);
         return;
@@ -104,6 +105,9 @@ check_msg_eq(const ipc_msg_t *a, const ipc_msg_t *b)
         CHECK_INT_EQ(a->u.table_state.relid, b->u.table_state.relid);
         CHECK_INT_EQ(a->u.table_state.phase, b->u.table_state.phase);
         CHECK_U64_EQ(a->u.table_state.lsn, b->u.table_state.lsn);
+        if (a->type == IPC_TABLE_STATE)
+            CHECK_STR_EQ(a->u.table_state.dest_name ? a->u.table_state.dest_name : "",
+                         b->u.table_state.dest_name);
         break;
     case IPC_SET_PHASE:
         CHECK_INT_EQ(a->u.set_phase.req, b->u.set_phase.req);
@@ -187,7 +191,12 @@ check_msg_eq(const ipc_msg_t *a, const ipc_msg_t *b)
 /* Hand-made samples of every message type. The static data outlives the tests. */
 static ipc_table_info_t sample_tables[] = {
     {.relid = 16384, .nsp = "public", .name = "orders", .phase = PH_READY, .lsn = 0x16B374D848ull},
-    {.relid = 4294967295u, .nsp = "s", .name = "t", .phase = PH_SYNCWAIT, .lsn = UINT64_MAX},
+    {.relid = 4294967295u,
+     .nsp = "s",
+     .name = "t",
+     .phase = PH_SYNCWAIT,
+     .lsn = UINT64_MAX,
+     .dest_name = "s__t_4294967295"},
 };
 static ipc_table_info_t sample_status_tables[] = {
     {.relid = 16384,
@@ -242,6 +251,7 @@ make_samples(ipc_msg_t *s, wr_schema_t *schema)
     s[n].u.table_state.relid = 16384;
     s[n].u.table_state.phase = PH_CATCHUP;
     s[n].u.table_state.lsn = 0x8000000000000001ull;
+    s[n].u.table_state.dest_name = "Users_16384";
     n++;
     s[n].type = IPC_SET_PHASE;
     s[n].u.set_phase.req = 77;
@@ -628,11 +638,12 @@ test_decode_wrong_arity(void)
         const char *type;
         uint32_t arity;
     } types[] = {
-        {"hello", 5},         {"welcome", 3}, {"tables", 2}, {"table_state", 4},
-        {"set_phase", 8},     {"ack", 4},     {"schema", 5}, {"progress", 4},
-        {"copy_progress", 3}, {"stop", 1},    {"error", 2},  {"status", 1},
-        {"status_reply", 10}, {"ok", 2},      {"retry", 2},  {"resync", 2},
-        {"pause", 1},         {"resume", 1},  {"reload", 1}, {"table_removed", 2},
+        {"hello", 5},         {"welcome", 3},   {"tables", 2}, {"table_state", 5},
+        {"set_phase", 8},     {"ack", 4},       {"schema", 5}, {"progress", 4},
+        {"copy_progress", 3}, {"stop", 1},      {"error", 2},  {"status", 1},
+        {"status_reply", 10}, {"ok", 2},        {"retry", 2},  {"resync", 2},
+        {"pause", 1},         {"resume", 1},    {"reload", 1}, {"table_removed", 2},
+        {"worker_error", 4},  {"table_ack", 4},
     };
     msgpack_sbuffer sb;
     msgpack_packer pk;
@@ -648,6 +659,8 @@ test_decode_wrong_arity(void)
                 continue;
             if (strcmp(types[i].type, "status_reply") == 0 && bad[k] == 9)
                 continue; /* the layout without "message": accepted, see below */
+            if (strcmp(types[i].type, "table_state") == 0 && bad[k] == 4)
+                continue; /* without dest_name: accepted (test_tables_without_dest_name) */
             msgpack_pack_array(&pk, bad[k]);
             pack_str(&pk, types[i].type);
             for (j = 1; j < bad[k]; j++)
@@ -792,7 +805,7 @@ test_decode_wrong_element(void)
         for (i = 0; i < 10; i++)
             msgpack_pack_uint32(&pk, 1);
     }
-    expect_decode_error(&sb, "element 1 (tables) item 0 must have 5 elements, got 10");
+    expect_decode_error(&sb, "element 1 (tables) item 0 must have 6 elements, got 10");
 
     /* too many items */
     msgpack_pack_array(&pk, 2);
@@ -1199,6 +1212,54 @@ test_status_reply_without_message(void)
     msgpack_sbuffer_destroy(&sb);
 }
 
+/* issue 12: a "tables" item of 5 elements and a "table_state" of 4 (without dest_name, as
+ * sent before it was added) still decode, with no destination name. */
+static void
+test_tables_without_dest_name(void)
+{
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_unpacked up;
+    ipc_msg_t m;
+    wr_err_t err;
+    size_t off = 0;
+
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_array(&pk, 2);
+    pack_str(&pk, "tables");
+    msgpack_pack_array(&pk, 1);
+    msgpack_pack_array(&pk, 5);
+    msgpack_pack_uint64(&pk, 16384);
+    pack_str(&pk, "public");
+    pack_str(&pk, "t");
+    pack_str(&pk, "ready");
+    msgpack_pack_uint64(&pk, 7);
+    msgpack_pack_array(&pk, 4);
+    pack_str(&pk, "table_state");
+    msgpack_pack_uint64(&pk, 16384);
+    pack_str(&pk, "init");
+    msgpack_pack_uint64(&pk, 0);
+    msgpack_unpacked_init(&up);
+    CHECK_INT_EQ(msgpack_unpack_next(&up, sb.data, sb.size, &off), MSGPACK_UNPACK_SUCCESS);
+    CHECK_INT_EQ(ipc_decode(&up.data, &m, &err), 0);
+    CHECK_INT_EQ(m.type, IPC_TABLES);
+    CHECK_INT_EQ(m.u.tables.n, 1);
+    if (m.u.tables.n == 1) {
+        CHECK_STR_EQ(m.u.tables.tables[0].name, "t");
+        CHECK(m.u.tables.tables[0].dest_name == NULL);
+    }
+    ipc_msg_clear(&m);
+    CHECK_INT_EQ(msgpack_unpack_next(&up, sb.data, sb.size, &off), MSGPACK_UNPACK_SUCCESS);
+    CHECK_INT_EQ(ipc_decode(&up.data, &m, &err), 0);
+    CHECK_INT_EQ(m.type, IPC_TABLE_STATE);
+    CHECK_INT_EQ(m.u.table_state.phase, PH_INIT);
+    CHECK(m.u.table_state.dest_name == NULL);
+    ipc_msg_clear(&m);
+    msgpack_unpacked_destroy(&up);
+    msgpack_sbuffer_destroy(&sb);
+}
+
 /* The control commands and table_removed refuse wrong element types. */
 static void
 test_decode_commands_bad(void)
@@ -1270,6 +1331,7 @@ main(void)
     RUN(test_reader_oversized);
     RUN(test_reader_huge_declared_sizes);
     RUN(test_status_reply_without_message);
+    RUN(test_tables_without_dest_name);
     RUN(test_decode_commands_bad);
     return unit_done();
 }
