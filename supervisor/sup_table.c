@@ -951,8 +951,7 @@ fix_colliding_mappings(sup_t *s, wr_err_t *err)
                 sup_table_t *x = k ? o : t;
                 if (x->phase == PH_INIT)
                     continue;
-                if (s->st->ops->set_phase(s->st, x->relid, PH_INIT, 0, NULL, NULL, NULL, err) !=
-                    0)
+                if (s->st->ops->set_phase(s->st, x->relid, PH_INIT, 0, NULL, NULL, NULL, err) != 0)
                     return err->code ? err->code : WR_ESTATE;
                 x->phase = PH_INIT;
                 x->lsn = 0;

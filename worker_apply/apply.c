@@ -184,7 +184,8 @@ typedef struct apw_table_s {
     uint32_t relid;
     char *nsp; /* from the supervisor; NULL for a relid it did not list */
     char *name;
-    char *dest_name; /* the pipeline's destination table name (tables / table_state), or NULL */
+    /* the pipeline's destination table name (tables / table_state), or NULL */
+    char *dest_name;
     bool known; /* listed by the supervisor (tables / table_state) */
     wr_phase_t phase;
     wr_lsn_t lsn;
