@@ -215,9 +215,9 @@ typedef struct syw_s {
     char slot[64];   /* walrelay_<pipeline>_s<relid> */
     char stream[64]; /* sync_<relid> */
     char table[300]; /* "nsp.name", for messages */
+    char relkind;    /* pg_class.relkind: 'p' (partitioned) is copied with COPY (SELECT ...) */
     /* the pipeline's destination table name (tables message), or "" */
     char dest_name[300];
-    char relkind;    /* pg_class.relkind: 'p' (partitioned) is copied with COPY (SELECT ...) */
     /* the publication's row filter of the table (pg_get_expr), or NULL */
     char *row_filter;
     wk_chan_t chan;
