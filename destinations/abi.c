@@ -923,6 +923,31 @@ abi_close(dest_t *base)
     free(d);
 }
 
+/* Drops the table's relation: the next change announces a RELATION again (the table
+ * was copied again elsewhere, maybe with another key). Buffered events that point at it
+ * are written first. */
+static int
+abi_forget_table(dest_t *base, uint32_t relid, wr_err_t *err)
+{
+    dest_abi_t *d = (dest_abi_t *)base;
+    abi_rel_t *r = abi_rel_find(d, relid);
+    int rc;
+
+    if (r == NULL)
+        return 0;
+    if ((rc = abi_write_pending(d, 0, err)) < 0)
+        return rc;
+    for (size_t i = 0; i < d->nrels; i++) {
+        if (d->rels[i] == r) {
+            abi_rel_clear(r);
+            free(r);
+            d->rels[i] = d->rels[--d->nrels];
+            break;
+        }
+    }
+    return 0;
+}
+
 static const dest_ops_t dest_abi_ops = {
     .name = "abi",
     .open = NULL, /* opened through the registry (dest_abi_open) */
@@ -942,6 +967,7 @@ static const dest_ops_t dest_abi_ops = {
     .put_version = NULL,
     .alter_table = NULL,
     .reset_table = NULL,
+    .forget_table = abi_forget_table,
 };
 
 int

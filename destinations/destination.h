@@ -199,6 +199,12 @@ typedef struct dest_ops_s {
      * ensure_table and records meta as its only version. Inside a transaction. */
     int (*reset_table)(dest_t *d, const wr_schema_t *schema, const dest_tmeta_t *meta,
                        wr_err_t *err);
+
+    /* (issue 12) Forgets whatever this handle cached about the table (its registration,
+     * statements, the columns UPDATE/DELETE match on): another process copies it again,
+     * possibly with other columns or another key, and the next ensure_table must read
+     * the destination afresh. Outside a transaction. NULL if nothing is cached. */
+    int (*forget_table)(dest_t *d, uint32_t relid, wr_err_t *err);
 } dest_ops_t;
 
 struct dest_s {

@@ -644,6 +644,21 @@ apw_batch_rollback(apw_t *a)
     a->batch_ddl = false;
 }
 
+/* A table goes to Init: another process copies it again, maybe with other columns or
+ * another key (a REPLICA IDENTITY FULL table that lost its primary key). What our
+ * destination handle cached about it (the columns UPDATE/DELETE match on, statements)
+ * is dropped, so that the next ensure_table reads the destination afresh (issue 12,
+ * defect 5: DELETE used to match by the old key and removed every duplicate). No batch
+ * may be open. */
+static int
+apw_dest_forget(apw_t *a, apw_table_t *t, wr_err_t *err)
+{
+    t->dest_ready = false;
+    if (a->dest->ops->forget_table == NULL)
+        return 0;
+    return a->dest->ops->forget_table(a->dest, t->relid, err);
+}
+
 /* Acknowledges the tables whose Init arrived (issue 12, defect 6): the open batch, which
  * may hold their changes, is committed first (also inside a source transaction: its key
  * lets a replay resume there), and from Init on nothing of them is written. Only then
@@ -666,6 +681,8 @@ apw_send_acks(apw_t *a, wr_err_t *err)
         if (!t->ack_due)
             continue;
         t->ack_due = false;
+        if (t->phase == PH_INIT && (rc = apw_dest_forget(a, t, err)) != 0)
+            return rc;
         memset(&m, 0, sizeof(m));
         m.type = IPC_TABLE_ACK;
         m.u.table_state.relid = t->relid;
@@ -840,6 +857,9 @@ apw_ddl_recopy(apw_t *a, apw_table_t *t, const char *reason, wr_err_t *err)
     if (rc != 0)
         return rc;
     apw_table_set(a, t, PH_INIT, a->stm.tx.final_lsn);
+    rc = a->batch_open ? 0 : apw_dest_forget(a, t, err); /* the batch was committed above */
+    if (rc != 0)
+        return rc;
     return 1;
 }
 

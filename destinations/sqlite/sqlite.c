@@ -2285,6 +2285,17 @@ fail:
     return rc;
 }
 
+static int
+sq_forget_table(dest_t *base, uint32_t relid, wr_err_t *err)
+{
+    dest_sqlite_t *d = (dest_sqlite_t *)base;
+
+    if (d->in_txn)
+        return wr_err_set(err, WR_EINVAL, "forget_table inside a transaction");
+    sq_forget(d, relid);
+    return 0;
+}
+
 const dest_ops_t dest_sqlite_ops = {
     .name = "sqlite",
     .open = sq_open,
@@ -2303,4 +2314,5 @@ const dest_ops_t dest_sqlite_ops = {
     .put_version = sq_put_version,
     .alter_table = sq_alter_table,
     .reset_table = sq_reset_table,
+    .forget_table = sq_forget_table,
 };

@@ -295,3 +295,34 @@ def test_d4_destination_names_are_unique(db, pipelines):
     db.execute('INSERT INTO "USERS" VALUES (51, \'later\')')
     db.execute("INSERT INTO users VALUES (5000, 'later')")
     wait_equal(db.server, db.name, p, tables + ["public.USERS"])
+
+
+# -- defect 5: a re-copy drops what any process cached about the table ---------------------
+
+def test_d5_stale_key_after_recopy_under_full(db, pipelines):
+    """A REPLICA IDENTITY FULL table loses its primary key: it is copied again without it.
+    The apply worker (the same process all along) must then match rows by every column,
+    not by the key it had cached: a DELETE of one of two rows with the same id deletes
+    one."""
+    db.execute("CREATE TABLE f (id int PRIMARY KEY, v text)")
+    db.execute("ALTER TABLE f REPLICA IDENTITY FULL")
+    db.execute("INSERT INTO f SELECT g, 'v' || g FROM generate_series(1, 100) g")
+    create_mixed_table(db, "other", 50)
+    publish(db, "pub", ["f", "other"])
+    p = pipelines()
+    p.init(db.conninfo, "pub")
+    p.start()
+    p.wait_all_ready(["public.f", "public.other"])
+    db.execute("DELETE FROM f WHERE id = 3")  # applied by key while f has one
+    wait_equal(db.server, db.name, p, ["public.f", "public.other"])
+    apply_pid = p.worker("apply")["pid"]
+    db.execute("ALTER TABLE f DROP CONSTRAINT f_pkey")
+    db.execute("INSERT INTO f VALUES (1000, 'x'), (1000, 'y'), (1001, 'z')")
+    p.wait_until(lambda: p.log_contains("copy finished table=public.f", since_start=True), 120,
+                 "f copied again after its key was dropped")
+    p.wait_all_ready(["public.f", "public.other"])
+    db.execute("DELETE FROM f WHERE v = 'x'")
+    db.execute("UPDATE f SET v = 'y2' WHERE v = 'y'")
+    db.execute("DELETE FROM f WHERE id = 5")
+    wait_equal(db.server, db.name, p, ["public.f", "public.other"])
+    assert p.worker("apply")["pid"] == apply_pid, "the apply worker restarted: test is moot"
