@@ -173,6 +173,7 @@ int sup__table_retry(sup_t *s, sup_table_t *t, bool automatic, char *msg, size_t
                      wr_err_t *err);
 void sup__table_set_errored(sup_t *s, sup_table_t *t, const char *kind, const char *msg,
                             const char *hint);
+void sup__table_handoff_paused(sup_t *s, sup_table_t *t);
 void sup__tick_cb(uv_timer_t *h);
 void sup__tick_table_retry(sup_t *s, sup_table_t *t, int64_t now);
 void sup__worker_exited(sup_worker_t *w, sup_proc_t *p);

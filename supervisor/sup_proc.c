@@ -686,6 +686,9 @@ sync_exited(sup_t *s, sup_worker_t *w, sup_proc_t *p, const char *how)
         (void)sup__table_do_resync(s, t, &err);
         return;
     }
+    /* in the handoff without its worker: the apply worker must not wait for a catch-up
+     * that nobody serves (issue 12, defect 8); the next worker asks for SyncWait again */
+    sup__table_handoff_paused(s, t);
     if (s->stopping) {
         w->state = W_IDLE;
         return;
@@ -851,8 +854,10 @@ sup__worker_spawn(sup_worker_t *w)
     }
 }
 
-/* Starts sync workers for tables in Init..Catchup, lowest relid first, up to the limit.
- * A worker waiting in backoff keeps its place. */
+/* Starts sync workers for tables in Init..Catchup, up to the limit: tables in the handoff
+ * (FinishedCopy, SyncWait, Catchup) first, whose catch-up the apply worker serves, then
+ * the copies, lowest relid first in each (issue 12, defect 8). A worker waiting in backoff
+ * keeps its place. */
 void
 sup__schedule(sup_t *s)
 {
@@ -864,8 +869,12 @@ sup__schedule(sup_t *s)
         if (w->p || w->state == W_BACKOFF)
             busy++;
     }
-    for (size_t i = 0; i < s->ntables && busy < s->cfg.max_table_sync_workers; i++) {
-        sup_table_t *t = s->tables[i];
+    for (size_t k = 0; k < 2 * s->ntables && busy < s->cfg.max_table_sync_workers; k++) {
+        sup_table_t *t = s->tables[k % s->ntables];
+        bool handoff = t->phase == PH_FINISHEDCOPY || t->phase == PH_SYNCWAIT ||
+                       t->phase == PH_CATCHUP;
+        if (handoff != (k < s->ntables))
+            continue; /* first pass: the handoffs; second: the copies */
         if (t->sync.state != W_IDLE || t->sync.p || !phase_needs_sync_worker(t->phase) ||
             t->removing || t->resync_pending)
             continue;

@@ -203,6 +203,38 @@ sup__table_set_errored(sup_t *s, sup_table_t *t, const char *kind, const char *m
     sup__broadcast_table_state(s, t, NULL);
 }
 
+/*
+ * A table in SyncWait(X) or Catchup(L) whose sync worker is gone (exited, killed, stopped,
+ * or not started yet after a restart of walrelay run) goes back to FinishedCopy(X or L),
+ * persisted and told to the apply worker (issue 12, defect 8). The apply worker grants
+ * catch-up only to a table in SyncWait, which only its running sync worker asks for, and
+ * stops waiting on one that leaves Catchup: it never waits on a worker that does not
+ * exist, and WAL does not pile up behind an unrelated copy. The handoff stays exact: the
+ * next sync worker asks for SyncWait again, the apply worker grants Catchup at its
+ * position then (never below L), and the sync slot covers everything from its confirmed
+ * position on.
+ */
+void
+sup__table_handoff_paused(sup_t *s, sup_table_t *t)
+{
+    wr_err_t err;
+    wr_phase_t was = t->phase;
+
+    if ((was != PH_SYNCWAIT && was != PH_CATCHUP) || t->sync.p || t->removing)
+        return;
+    wr_err_clear(&err);
+    if (s->st->ops->set_phase(s->st, t->relid, PH_FINISHEDCOPY, t->lsn, NULL, NULL, NULL, &err) !=
+        0) {
+        log_err(LOG_LVL_ERROR, "persisting finishedcopy for a handoff without its worker", &err);
+        return;
+    }
+    t->phase = PH_FINISHEDCOPY;
+    log_info("handoff paused until the table's sync worker runs again table=%s.%s relid=%u "
+             "was=%s lsn=" WR_LSN_FMT,
+             t->nsp, t->name, t->relid, phase_name(was), WR_LSN_ARGS(t->lsn));
+    sup__broadcast_table_state(s, t, NULL);
+}
+
 /* ---- lifecycle: retry, resync, pause, reload, publication changes, a lost slot ---- */
 
 const char *
@@ -1049,6 +1081,7 @@ sup__reconcile_tables(sup_t *s, const sup_pub_table_t *pub, size_t npub, PGconn 
         sup_table_t *t = s->tables[k];
         if (!t->dest_name[0] && sup_assign_mapping(s, t, err) != 0)
             return err->code ? err->code : WR_ESTATE;
+        sup__table_handoff_paused(s, t); /* no sync worker runs yet */
         log_info("table table=%s.%s relid=%u phase=%s lsn=" WR_LSN_FMT
                  " dest=%s schema_lsn=" WR_LSN_FMT,
                  t->nsp, t->name, t->relid, phase_name(t->phase), WR_LSN_ARGS(t->lsn), t->dest_name,

@@ -86,7 +86,10 @@
  *   worker has caught up to at least L, and from SYNCDONE(S) on we apply the table's
  *   transactions with final_lsn >= S while the sync worker applied those before.
  *   On (re)start, a table already in CATCHUP is waited for the same way before any
- *   transaction is processed.
+ *   transaction is processed. A table is in SYNCWAIT or CATCHUP only while its sync worker
+ *   runs: the supervisor sets FINISHEDCOPY when that worker is gone (issue 12, defect 8),
+ *   which ends our wait; a CATCHUP request refused because the table left SYNCWAIT
+ *   meanwhile is not an error. We never wait for a worker that does not exist.
  *
  *   Example: sync copies at X = 0/1000 and asks SYNCWAIT. We are idle at Y = 0/1800:
  *   CATCHUP(0/1800), we pause. Sync streams its slot from 0/1000, applies T's changes up
@@ -1336,6 +1339,17 @@ apw_boundary(apw_t *a, wr_lsn_t y, wr_err_t *err)
                 if (rc != 0)
                     return rc;
                 rc = wk_chan_set_phase(&a->chan, t->relid, PH_CATCHUP, l, NULL, NULL, NULL, err);
+                if (rc == WR_ESTATE && t->phase != PH_SYNCWAIT) {
+                    /* its sync worker went away meanwhile (the supervisor set FinishedCopy,
+                     * which arrived before this refusal): nothing to wait for */
+                    log_info("catch-up not granted, the table left syncwait table=%s relid=%u "
+                             "phase=%s",
+                             apw_table_label(t, label, sizeof(label)), (unsigned)t->relid,
+                             phase_name(t->phase));
+                    wr_err_clear(err);
+                    again = true;
+                    break;
+                }
                 if (rc != 0)
                     return rc;
                 apw_table_set(a, t, PH_CATCHUP, l);

@@ -326,3 +326,41 @@ def test_d5_stale_key_after_recopy_under_full(db, pipelines):
     db.execute("DELETE FROM f WHERE id = 5")
     wait_equal(db.server, db.name, p, ["public.f", "public.other"])
     assert p.worker("apply")["pid"] == apply_pid, "the apply worker restarted: test is moot"
+
+
+# -- defect 8: catch-ups first, never wait on a worker that does not exist ------------------
+
+def test_d8_catchup_without_its_worker_does_not_stop_the_pipeline(db, pipelines, tmp_path,
+                                                                   monkeypatch):
+    """Table t was granted catch-up when the pipeline was paused; on resume the only sync
+    worker slot (max_table_sync_workers = 1) goes to u, a long copy. The apply worker must
+    not wait for t's catch-up meanwhile (its worker does not exist): changes of the ready
+    table r keep flowing."""
+    create_mixed_table(db, "u", 6000)  # created first: the lower relid
+    create_mixed_table(db, "r", 200)
+    create_mixed_table(db, "t", 100)
+    publish(db, "pub", ["r", "t"])
+    p = pipelines()
+    p.init(db.conninfo, "pub", config={"sync": {"max_table_sync_workers": "1",
+                                                "copy_batch_rows": "500"},
+                                       "pipeline": {"publication_refresh_ms": "0"}})
+    fpdir = tmp_path / "fp"
+    # t's worker sleeps right after syncwait (the apply worker grants catch-up meanwhile);
+    # u's copy pauses after each batch: 12 batches, about 20 s
+    start_with_failpoints(p, monkeypatch,
+                          "sync.after_syncwait=sleep(6000);sync.mid_copy=sleep(1700)", fpdir)
+    wait_phase(p, "public.t", "catchup", 90, "t granted catch-up")
+    r = p.cmd("pause", p.dir)
+    assert r.rc == 0, r
+    p.wait_until(lambda: not p.worker_pids(), 60, "every worker stopped by the pause")
+    db.execute("ALTER PUBLICATION pub ADD TABLE u")
+    assert p.cmd("reload", p.dir).rc == 0
+    p.wait_until(lambda: "public.u" in p.tables(), 30, "u added")
+    assert p.cmd("resume", p.dir).rc == 0
+    wait_phase(p, "public.u", "datasync", 90, "u being copied")
+    db.execute("UPDATE r SET name = 'while u is copied' WHERE id <= 10")
+    lsn = db.current_wal_lsn()
+    p.wait_flushed(lsn, timeout=20)
+    assert phase_of(p, "public.u") == "datasync", "u's copy ended: the check proves nothing"
+    p.wait_all_ready(["public.r", "public.t", "public.u"], timeout=180)
+    wait_equal(db.server, db.name, p, ["public.r", "public.t", "public.u"])
