@@ -871,8 +871,8 @@ sup__schedule(sup_t *s)
     }
     for (size_t k = 0; k < 2 * s->ntables && busy < s->cfg.max_table_sync_workers; k++) {
         sup_table_t *t = s->tables[k % s->ntables];
-        bool handoff = t->phase == PH_FINISHEDCOPY || t->phase == PH_SYNCWAIT ||
-                       t->phase == PH_CATCHUP;
+        bool handoff =
+            t->phase == PH_FINISHEDCOPY || t->phase == PH_SYNCWAIT || t->phase == PH_CATCHUP;
         if (handoff != (k < s->ntables))
             continue; /* first pass: the handoffs; second: the copies */
         if (t->sync.state != W_IDLE || t->sync.p || !phase_needs_sync_worker(t->phase) ||
