@@ -31,11 +31,17 @@
  *
  * A worker's exit is handled once both its process has exited and its channel reached EOF
  * (so every message it sent before exiting has been processed). Exit 0 = done or stopped;
- * 2 = fatal (no restart: the table goes to Errored, or for apply the pipeline is
- * degraded); anything else, a signal, or apply exiting 0 on its own = a failure, restarted
- * after backoff_initial_ms doubling up to backoff_max_ms; worker_max_failures in a row
- * stop the restarts; healthy_reset_ms of running resets the count. Sync failures in a row
- * are persisted as the table's attempts.
+ * 2 = fatal (no restart: the table goes to Errored; for apply nothing can progress any
+ * more, so the pipeline stops and walrelay run exits 2 with the worker's error); 4 = the
+ * source is unavailable (the worker probed it): started again after a backoff capped at
+ * SUP_OUTAGE_MAX_MS for as long as the outage lasts, not a failure, state
+ * "source_unavailable" with the last error until a worker streams or copies again;
+ * anything else, a signal, or apply exiting 0 on its own = a failure, restarted after
+ * backoff_initial_ms doubling up to backoff_max_ms; worker_max_failures in a row stop the
+ * restarts (a sync worker's table goes to Errored; for apply walrelay run exits 1, for the
+ * service manager); healthy_reset_ms of running resets the count. Sync failures in a row
+ * are persisted as the table's attempts. Each worker's last error (["worker_error"]) is
+ * kept for status and for these decisions.
  *
  * SIGTERM/SIGINT: stop starting workers, send ["stop"] to each, wait for all to exit
  * (SIGKILL after 30 s), then close everything and exit 0 (2 after a lost slot).

@@ -19,6 +19,7 @@
 #define SUP_EOF_GRACE_MS     2000
 #define SUP_PROGRESS_SAVE_MS 1000
 #define SUP_RESTART_FLOOR_MS 1000
+#define SUP_OUTAGE_MAX_MS    10000 /* longest wait between tries while the source is away */
 
 typedef enum {
     W_IDLE = 0, /* no process, nothing pending */
@@ -63,6 +64,7 @@ typedef struct sup_worker_s {
     sup_proc_t *p;     /* current process, NULL if none */
     uint32_t restarts; /* spawns after the first */
     uint32_t failures; /* failures in a row */
+    uint32_t outages;  /* exits in a row because the source is away (not failures) */
     bool ever_started;
     int64_t started_at;
     uv_timer_t timer; /* backoff */
@@ -114,10 +116,17 @@ struct sup_s {
     bool shut; /* handles are closing */
     bool killed_all;
     int64_t stop_deadline;
-    bool degraded;
-    bool apply_fenced; /* an apply worker of this supervisor said hello: no apply process of
-                        * an earlier run can still write (it holds DIR/apply.lock until it is
-                        * gone, see walrelay-apply); copies of Init tables wait for it */
+    bool degraded; /* the apply worker gave up: the pipeline stops (exit_code) */
+    /* the source is unavailable (a worker exited 4) until a worker streams or copies */
+    bool source_down;
+    int64_t source_down_since; /* monotonic ms */
+    int64_t source_retry_ms;   /* the current delay between tries */
+    char source_err[600];      /* the last error a worker reported */
+    char status_msg[1024];     /* the message of the last status reply, when built */
+    /* an apply worker of this supervisor said hello: no apply process of an earlier run
+     * can still write (it holds DIR/apply.lock until it is gone, see walrelay-apply);
+     * copies of Init tables wait for it */
+    bool apply_fenced;
     char apply_path[PATH_MAX];
     char sync_path[PATH_MAX];
     char slot_name[64];
@@ -160,6 +169,7 @@ void sup__refresh_start(sup_t *s);
 int sup__refuse_stopping(wr_err_t *err);
 void sup__refuse_tables(sup_t *s, const sup_pub_table_t *pub, size_t npub);
 void sup__save_progress(sup_t *s);
+void sup__source_ok(sup_t *s);
 void sup__signal_cb(uv_signal_t *h, int signum);
 void sup__stop_worker(sup_worker_t *w);
 void sup__check_stopped(sup_t *s);

@@ -445,12 +445,14 @@ on_message(sup_t *s, sup_proc_t *p, const ipc_msg_t *m)
         s->received_lsn = m->u.progress.received_lsn;
         s->events = m->u.progress.events;
         s->progress_dirty = true;
+        sup__source_ok(s); /* it streams */
         return;
     case IPC_COPY_PROGRESS: {
         sup_table_t *t = sup__find_table(s, m->u.copy_progress.relid);
         if (w->is_apply || !t || t->relid != w->relid)
             break;
         t->rows_copied = m->u.copy_progress.rows;
+        sup__source_ok(s); /* it copies */
         return;
     }
     case IPC_ERROR:
@@ -603,6 +605,67 @@ describe_exit(const sup_proc_t *p, char *buf, size_t len)
         snprintf(buf, len, "exit code %lld", (long long)p->exit_status);
 }
 
+/* A worker exited 4 (WR_EXIT_SOURCE_DOWN): the source is away. The worker is started
+ * again after backoff_initial_ms doubling up to backoff_max_ms but at most
+ * SUP_OUTAGE_MAX_MS, for as long as the outage lasts, and it is not counted as a failure
+ * (issue 12, defect 1). The pipeline's state says so, with the last error, until a worker
+ * streams or copies again (sup__source_ok). */
+static void
+worker_source_down(sup_t *s, sup_worker_t *w)
+{
+    int64_t cap =
+        s->cfg.backoff_max_ms < SUP_OUTAGE_MAX_MS ? s->cfg.backoff_max_ms : SUP_OUTAGE_MAX_MS;
+    int64_t d = s->cfg.backoff_initial_ms > 0 ? s->cfg.backoff_initial_ms : 1000;
+
+    for (uint32_t i = 0; i < w->outages && d < cap; i++)
+        d *= 2;
+    if (d > cap)
+        d = cap;
+    w->outages++;
+    if (w->err_msg[0])
+        wr_copy_text(s->source_err, sizeof(s->source_err), w->err_msg);
+    if (!s->source_down) {
+        s->source_down = true;
+        s->source_down_since = wr_now_ms();
+        log_warn("the source is unavailable, the workers wait for it (retried every %lld ms at "
+                 "most) worker=%s error=\"%s\"",
+                 (long long)cap, w->name, s->source_err);
+    }
+    s->source_retry_ms = d;
+    worker_restart_later(w, d);
+}
+
+void
+sup__source_ok(sup_t *s)
+{
+    if (!s->source_down)
+        return;
+    log_info("the source is back after %.1f s",
+             (double)(wr_now_ms() - s->source_down_since) / 1000.0);
+    s->source_down = false;
+    s->source_err[0] = '\0';
+    s->apply.outages = 0;
+    for (size_t i = 0; i < s->ntables; i++)
+        s->tables[i]->sync.outages = 0;
+}
+
+/* The apply worker cannot go on by itself: nothing of the pipeline can progress any more,
+ * so walrelay run stops and exits with code (2: a person must fix something, 1: let the
+ * service manager start it again), the worker's last error in its message. */
+static void
+apply_gave_up(sup_t *s, sup_worker_t *w, int code, const char *what)
+{
+    w->state = W_FAILED;
+    s->degraded = true;
+    snprintf(s->message, sizeof(s->message), "%s%s%s", what, w->err_msg[0] ? ": " : "", w->err_msg);
+    if (w->err_hint[0])
+        snprintf(s->fatal_hint, sizeof(s->fatal_hint), "%s", w->err_hint);
+    log_error("the apply worker cannot go on, stopping the pipeline exit_code=%d reason=\"%s\"",
+              code, s->message);
+    s->exit_code = code;
+    sup__stop_begin(s, "the apply worker cannot go on");
+}
+
 /* Counts a failure; returns true if the worker should be restarted. */
 static bool
 worker_count_failure(sup_worker_t *w)
@@ -642,27 +705,22 @@ apply_exited(sup_t *s, sup_worker_t *w, sup_proc_t *p, const char *how)
         return;
     }
     if (fatal) {
-        w->state = W_FAILED;
-        s->degraded = true;
-        snprintf(s->message, sizeof(s->message),
-                 "the apply worker failed (%s) and is not restarted; see the log", how);
-        log_error("apply worker failed, not restarting; the pipeline is degraded worker=%s "
-                  "exit=\"%s\"",
-                  w->name, how);
+        char what[600];
+        snprintf(what, sizeof(what), "the apply worker failed (%s) and cannot go on", how);
+        apply_gave_up(s, w, WR_EXIT_CONFIG, what);
+        return;
+    }
+    if (!p->fatal && !p->term_signal && p->exit_status == WR_EXIT_SOURCE_DOWN) {
+        worker_source_down(s, w);
         return;
     }
     if (!p->term_signal && p->exit_status == 0)
         log_warn("apply worker exited on its own, restarting worker=%s", w->name);
     if (!worker_count_failure(w)) {
-        w->state = W_FAILED;
-        s->degraded = true;
-        snprintf(s->message, sizeof(s->message),
-                 "the apply worker failed %u times in a row (last: %s) and is not restarted; "
-                 "see the log",
+        char what[600];
+        snprintf(what, sizeof(what), "the apply worker failed %u times in a row (last: %s)",
                  w->failures, how);
-        log_error("apply worker failed %u times in a row, not restarting; the pipeline is "
-                  "degraded worker=%s last_exit=\"%s\"",
-                  w->failures, w->name, how);
+        apply_gave_up(s, w, WR_EXIT_ERROR, what);
         return;
     }
     worker_restart_later(w, backoff_ms(s, w->failures));
@@ -715,6 +773,10 @@ sync_exited(sup_t *s, sup_worker_t *w, sup_proc_t *p, const char *how)
     if (stopped_by_us && !p->term_signal) {
         /* pause or reload: sup__schedule starts it again unless paused */
         w->state = W_IDLE;
+        return;
+    }
+    if (!p->fatal && !p->term_signal && p->exit_status == WR_EXIT_SOURCE_DOWN) {
+        worker_source_down(s, w);
         return;
     }
     if (clean) {
@@ -832,7 +894,7 @@ sup__worker_spawn(sup_worker_t *w)
         } else {
             w->state = W_FAILED;
             if (w->is_apply)
-                s->degraded = true;
+                apply_gave_up(s, w, WR_EXIT_ERROR, "cannot start the apply worker");
             else
                 sup__table_set_errored(s, w->table, "worker_crashed",
                                        "cannot start the sync worker",

@@ -138,12 +138,17 @@
  *   Exit 0 on SIGTERM/SIGINT or ["stop"]: the open batch is committed if we are at a
  *   transaction boundary, else rolled back (the server replays that transaction from
  *   the confirmed flush and the key skips what was committed), a last status update
- *   reports the durable flush. Exit 1 (restart with backoff): connection lost,
- *   destination error, supervisor gone (EOF on fd 3, at once). Exit 2 (no restart): bad
- *   config, source misconfigured. Exit 3 (WR_EXIT_SLOT_LOST): the slot lost required WAL
- *   (wal_status 'lost') or is missing while a table is past SyncWait (Catchup, SyncDone,
- *   Ready): the changes since are gone from the source, and a new slot would stream on
- *   under tables that look synchronised (issue 12, defect 3). The slot is left as it is;
+ *   reports the durable flush. Exit 1 (restart with backoff): connection lost while the
+ *   source answers, destination error, supervisor gone (EOF on fd 3, at once). Exit 2 (no
+ *   restart): bad config, source misconfigured, or it refuses us (authentication, role).
+ *   Exit 4 (WR_EXIT_SOURCE_DOWN): a connection error and the source does not answer a
+ *   probe (common/srcprobe.h): the supervisor starts us again for as long as it takes.
+ *   Every error exit first sends ["worker_error", ...]; a "progress" right after
+ *   START_REPLICATION tells the supervisor the source is reachable again.
+ *   Exit 3 (WR_EXIT_SLOT_LOST): the slot lost required WAL (wal_status 'lost') or is
+ *   missing while a table is past SyncWait (Catchup, SyncDone, Ready): the changes since
+ *   are gone from the source, and a new slot would stream on under tables that look
+ *   synchronised (issue 12, defect 3). The slot is left as it is;
  *   ["worker_error", "slot_lost" | "slot_missing", ...] tells the supervisor which, and it
  *   stops the pipeline (exit 2 of walrelay run, with the message and what to do) or, with
  *   [pipeline] on_slot_lost = recopy, sets every table to Init once and starts us again.
@@ -174,6 +179,7 @@
 #include "common/log.h"
 #include "common/pgoutput.h"
 #include "common/repl.h"
+#include "common/srcprobe.h"
 #include "common/stream.h"
 #include "proto/wkipc.h"
 #include "destinations/destination.h"
@@ -1825,14 +1831,38 @@ apw_close(apw_t *a)
     cfg_free(&a->cfg);
 }
 
+/* Exit code of a failure, and its last words: the log line and ["worker_error"] for the
+ * supervisor. A connection error is looked at once more (common/srcprobe.h): a source
+ * that is away is waited for (exit 4, restarted for as long as it lasts), one that
+ * refuses us needs a person (exit 2), one that answers means a transient error (exit 1). */
 static int
 apw_fail(apw_t *a, const char *what, const wr_err_t *err)
 {
     int code = wr_err_exit_code(err->code);
+    const char *kind = NULL;
+    wr_err_t perr;
 
     log_err(LOG_LVL_ERROR, what, err);
-    if (err->code != WR_EEOF)
-        apw_close(a);
+    if (err->code == WR_EEOF) /* the supervisor is gone: exit at once */
+        return code;
+    wr_err_clear(&perr);
+    if (err->code == WR_ECONN) {
+        switch (src_probe(&a->cfg, &perr)) {
+        case SRC_DOWN:
+            code = WR_EXIT_SOURCE_DOWN;
+            kind = "source_unavailable";
+            break;
+        case SRC_REFUSED:
+            log_err(LOG_LVL_ERROR, "the source refuses the connection", &perr);
+            wk_chan_report_error(&a->chan, "source_refused", &perr);
+            apw_close(a);
+            return WR_EXIT_CONFIG;
+        case SRC_UP:
+            break;
+        }
+    }
+    wk_chan_report_error(&a->chan, kind, err);
+    apw_close(a);
     return code;
 }
 
@@ -1927,6 +1957,10 @@ main(int argc, char **argv)
         return apw_fail(&a, "cannot start replication", &err);
     a.stm.received = a.flush;
     stm_fb_sent(&a.fb, wr_now_ms(), a.stm.received, a.flush);
+    /* streaming: the supervisor takes this as "the source is reachable" (an outage ends) */
+    rc = apw_send_progress(&a, true, &err);
+    if (rc != 0)
+        return apw_fail(&a, "cannot report progress", &err);
     log_info("apply worker started slot=%s start=" WR_LSN_FMT " publication=%s tables=%zu", a.slot,
              WR_LSN_ARGS(a.flush), a.cfg.publication, a.ntabs);
     if (a.skip_found)

@@ -77,7 +77,11 @@
  * A connection problem (WR_ECONN) during the copy (Init, DataSync) first sets Errored with
  * kind "transient", then exits 1: the supervisor retries the table after
  * table_error_retry_delay_ms (syw_report_transient; docs/lifecycle.md). Later phases
- * keep their slot and just exit 1.
+ * keep their slot and just exit 1. Before either, a connection error is looked at once
+ * more (common/srcprobe.h, issue 12): if the source does not answer at all, the worker
+ * exits 4 (WR_EXIT_SOURCE_DOWN) in any phase, without Errored: the supervisor starts it
+ * again for as long as the outage lasts; if it answers but refuses us, exit 2. Every
+ * error exit sends ["worker_error", ...] with the error first.
  *
  * Copy batching. PQgetCopyData returns one line per call and copy_parse_line reuses its
  * buffer for every line, so each parsed row's values are copied into a per-batch arena
@@ -193,6 +197,7 @@
 #include "common/pgoutput.h"
 #include "common/phase.h"
 #include "common/repl.h"
+#include "common/srcprobe.h"
 #include "common/stream.h"
 #include "common/schema.h"
 #include "proto/wkipc.h"
@@ -1909,8 +1914,34 @@ main(int argc, char **argv)
     log_info("sync worker started table=%s relid=%u phase=%s lsn=" WR_LSN_FMT, w.table, w.relid,
              phase_name(w.phase), WR_LSN_ARGS(w.lsn));
     code = syw_run(&w);
+    if (code == WR_EXIT_ERROR && syw_last_err.code == WR_ECONN && !syw_should_stop(&w)) {
+        /* issue 12, defect 1: a source that is away is waited for (exit 4, not counted,
+         * no "transient" error that runs out of attempts), one that refuses us stops */
+        wr_err_t perr;
+
+        wr_err_clear(&perr);
+        switch (src_probe(&w.cfg, &perr)) {
+        case SRC_DOWN:
+            code = WR_EXIT_SOURCE_DOWN;
+            break;
+        case SRC_REFUSED:
+            log_err(LOG_LVL_ERROR, "the source refuses the connection", &perr);
+            syw_last_err = perr;
+            code = WR_EXIT_CONFIG;
+            break;
+        case SRC_UP:
+            break;
+        }
+    }
     if (code == WR_EXIT_ERROR)
         syw_report_transient(&w);
+    if (code != WR_EXIT_OK && syw_last_err.msg[0] && w.chan_open)
+        wk_chan_report_error(&w.chan,
+                             code == WR_EXIT_SOURCE_DOWN ? "source_unavailable"
+                             : code == WR_EXIT_CONFIG && syw_last_err.code == WR_ECONN
+                                 ? "source_refused"
+                                 : NULL,
+                             &syw_last_err);
     if (code == WR_EXIT_OK && syw_signalled)
         log_info("stopped by signal table=%s phase=%s", w.table, phase_name(w.phase));
 

@@ -364,3 +364,105 @@ def test_d8_catchup_without_its_worker_does_not_stop_the_pipeline(db, pipelines,
     assert phase_of(p, "public.u") == "datasync", "u's copy ended: the check proves nothing"
     p.wait_all_ready(["public.r", "public.t", "public.u"], timeout=180)
     wait_equal(db.server, db.name, p, ["public.r", "public.t", "public.u"])
+
+
+# -- defect 1: source outages are waited out; a pipeline that cannot go on exits -----------
+
+OUTAGE_CONFIG = {
+    "retry": {"backoff_initial_ms": "200", "backoff_max_ms": "2000", "worker_max_failures": "3",
+              "table_error_retry_delay_ms": "1000", "table_error_retry_max_attempts": "2"},
+    "sync": {"copy_batch_rows": "500"},
+}
+
+
+@pytest.fixture
+def own_pg():
+    """A server of its own, to be stopped and started by the test."""
+    s = PgServer().start()
+    yield s
+    s.stop()
+
+
+def test_d1_source_outage_is_waited_out(own_pg, pipelines, tmp_path, monkeypatch):
+    """The source stops for 25 s (several times worker_max_failures' backoff) while the
+    apply worker streams and a sync worker copies: both wait for it (status says so, with
+    the last error), nothing is errored or degraded, and the pipeline resumes and ends
+    equal once the source is back."""
+    db = Db(own_pg, own_pg.create_database())
+    p = None
+    try:
+        create_mixed_table(db, "r", 300)
+        create_mixed_table(db, "big", 8000)
+        publish(db, "pub", ["r"])
+        p = pipelines()
+        p.init(db.conninfo, "pub", config=OUTAGE_CONFIG)
+        fpdir = tmp_path / "fp"
+        start_with_failpoints(p, monkeypatch, "sync.mid_copy=sleep(1000)", fpdir)
+        p.wait_all_ready(["public.r"])
+        db.execute("ALTER PUBLICATION pub ADD TABLE big")
+        assert p.cmd("reload", p.dir).rc == 0
+        wait_phase(p, "public.big", "datasync", 60, "big being copied")
+        db.execute("UPDATE r SET name = 'before the outage' WHERE id <= 10")
+        own_pg.halt("fast")
+        t0 = time.monotonic()
+        seen = p.wait_until(
+            lambda: (lambda st: st if st["state"] == "source_unavailable" and st["message"]
+                     else None)(p.status()), 30, "status: source_unavailable with the error")
+        assert "retrying" in seen["message"], seen
+        while time.monotonic() - t0 < 25:
+            st = p.status()
+            assert st["state"] in ("source_unavailable", "running"), st
+            assert all(t["phase"] != "errored" for t in st["tables"]), st
+            time.sleep(1)
+        own_pg.resume()
+        db.execute("UPDATE r SET name = 'after the outage' WHERE id > 290")
+        p.wait_all_ready(["public.r", "public.big"], timeout=180)
+        wait_equal(db.server, db.name, p, ["public.r", "public.big"])
+        st = p.status()
+        assert st["state"] == "running" and not st["message"], st
+        assert p.log_contains("the source is unavailable"), p.log_tail()
+        assert p.log_contains("the source is back"), p.log_tail()
+    finally:
+        if p is not None and p.running():
+            p.stop()
+
+
+def test_d1_fatal_apply_failure_exits_run(db, pipelines, tmp_path, monkeypatch):
+    """The apply worker exits 2 (a problem a person must fix): nothing can make progress
+    by itself, so walrelay run exits 2 with the worker's message (a service manager sees
+    it), instead of staying up 'degraded'."""
+    p = start_ready(db, pipelines, ["t"])
+    assert p.stop() == 0
+    fpdir = tmp_path / "fp"
+    monkeypatch.setenv("WALRELAY_FAILPOINTS", "apply.after_commit=exit(2)")
+    monkeypatch.setenv("WALRELAY_FAILPOINT_DIR", str(fpdir))
+    os.makedirs(str(fpdir), exist_ok=True)
+    p.start(wait_status=False)
+    monkeypatch.delenv("WALRELAY_FAILPOINTS")
+    monkeypatch.delenv("WALRELAY_FAILPOINT_DIR")
+    db.execute("UPDATE t SET name = 'x' WHERE id <= 5")
+    end = deadline(60)
+    while p.proc.poll() is None:
+        assert time.monotonic() < end, "walrelay run did not exit%s" % p.log_tail()
+        time.sleep(0.2)
+    assert p.proc.returncode == 2, p.log_tail()
+    assert p.log_contains("apply worker", since_start=True)
+    p.kill()
+
+
+def test_d1_repeated_apply_failures_exit_run(db, pipelines, monkeypatch):
+    """The apply worker fails worker_max_failures times in a row (not for a source
+    outage): walrelay run exits 1 so that the service manager restarts it."""
+    p = start_ready(db, pipelines, ["t"], config=OUTAGE_CONFIG)
+    assert p.stop() == 0
+    monkeypatch.setenv("WALRELAY_FAILPOINTS", "apply.after_commit=exit(1)")  # every time
+    p.start(wait_status=False)
+    monkeypatch.delenv("WALRELAY_FAILPOINTS")
+    end = deadline(90)
+    while p.proc.poll() is None:
+        db.execute("UPDATE t SET qty = qty + 1 WHERE id = 1")
+        assert time.monotonic() < end, "walrelay run did not exit%s" % p.log_tail()
+        time.sleep(0.3)
+    assert p.proc.returncode == 1, p.log_tail()
+    assert p.log_contains("failed 3 times in a row", since_start=True), p.log_tail()
+    p.kill()
