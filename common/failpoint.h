@@ -37,6 +37,8 @@
  *
  *   sync worker (walrelay-sync)
  *   sync.after_datasync         DATASYNC acked (persisted), before the slot is created
+ *   sync.before_copy            the slot, its snapshot and the schema are there, the COPY is
+ *                               not sent yet (no destination transaction is open)
  *   sync.mid_copy               after each copy batch is committed to the destination
  *                               (with the dir set: after the first batch only)
  *   sync.before_finishedcopy    the source copy transaction is COMMITted, FINISHEDCOPY

@@ -913,7 +913,11 @@ apw_ddl_reconcile(apw_t *a, apw_table_t *t, wr_err_t *err)
                  (unsigned)before.ordinal);
         goto out;
     }
-    rc = apw_ddl_catalog(a, t->relid, &cat, &found, err);
+    /* the catalog is read on the network: what the batch holds before this change is
+     * committed first, so that no destination lock is held meanwhile */
+    rc = apw_ddl_commit_before(a, err);
+    if (rc == 0)
+        rc = apw_ddl_catalog(a, t->relid, &cat, &found, err);
     if (rc != 0)
         goto out;
     if (found && wr_schema_set_dest_name(cat.schema, t->dest_name) != 0) {
@@ -1742,8 +1746,12 @@ apw_run(apw_t *a, wr_err_t *err)
                 return rc;
             continue;
         }
-        if (a->cleanup_due)
+        if (a->cleanup_due) {
+            rc = apw_batch_commit(a, err); /* no destination lock across the queries */
+            if (rc != 0)
+                return rc;
             apw_cleanup_sync_slots(a);
+        }
 
         /* libpq may hold messages already (read with an earlier reply, or left there by a
          * pause): the socket will not become readable for them */
@@ -1789,8 +1797,10 @@ apw_run(apw_t *a, wr_err_t *err)
             continue;
 
         now = wr_now_ms();
-        if (a->batch_open && now >= a->batch_start_ms + a->cfg.batch_max_fill_ms &&
-            (!a->stm.tx.in_tx || !got)) {
+        /* also inside a source transaction (its key resumes there): a batch never stays
+         * open longer than max_fill_ms, whatever runs of other tables' changes or waits
+         * on the network come (issue 12, defect 2: it held the destination's write lock) */
+        if (a->batch_open && now >= a->batch_start_ms + a->cfg.batch_max_fill_ms) {
             rc = apw_batch_commit(a, err);
             if (rc != 0)
                 return rc;

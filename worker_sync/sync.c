@@ -796,12 +796,16 @@ syw_batch_resolve(syw_batch_t *b)
 typedef struct syw_copy_s {
     syw_batch_t batch;
     copy_parser_t parser;
-    bool dest_open; /* a destination transaction is open */
+    bool dest_open;  /* a destination transaction is open */
+    bool reset_done; /* the first transaction (table emptied, catch-up key forgotten) ran */
     uint64_t rows;
     char *sql; /* the COPY statement */
 } syw_copy_t;
 
-/* Writes and commits the batch (the first transaction also holds the truncate). */
+/* Writes and commits the batch (the first transaction also empties the table and forgets
+ * the catch-up key). The destination transaction is begun here, once the batch is
+ * complete, so that none stays open while the COPY waits on the source (issue 12, defect
+ * 2: a COPY waiting on a lock, or a selective row filter, held the write lock). */
 static int
 syw_copy_flush(syw_t *w, syw_copy_t *cp, wr_err_t *err)
 {
@@ -811,6 +815,12 @@ syw_copy_flush(syw_t *w, syw_copy_t *cp, wr_err_t *err)
         if ((rc = w->dest->ops->begin(w->dest, err)) < 0)
             return rc;
         cp->dest_open = true;
+    }
+    if (!cp->reset_done) {
+        if ((rc = syw_copy_reset_table(w, err)) < 0 ||
+            (rc = w->dest->ops->clear_key(w->dest, w->stream, err)) < 0)
+            return rc;
+        cp->reset_done = true;
     }
     if (cp->batch.n > 0) {
         syw_batch_resolve(&cp->batch);
@@ -1064,6 +1074,7 @@ syw_copy(syw_t *w)
         code = syw_copy_error(w, &cp, NULL, &err);
         goto out;
     }
+    FAILPOINT("sync.before_copy");
     /* the destination table is registered in the first destination transaction below
      * (syw_copy_reset_table), where it may have to be created again */
 
@@ -1076,17 +1087,8 @@ syw_copy(syw_t *w)
         goto out;
     }
 
-    /* first destination transaction: truncate, forget the catch-up key, first batch */
-    if ((rc = w->dest->ops->begin(w->dest, &err)) < 0) {
-        code = syw_copy_error(w, &cp, NULL, &err);
-        goto out;
-    }
-    cp.dest_open = true;
-    if ((rc = syw_copy_reset_table(w, &err)) < 0 ||
-        (rc = w->dest->ops->clear_key(w->dest, w->stream, &err)) < 0) {
-        code = syw_copy_error(w, &cp, "dest_refused", &err);
-        goto out;
-    }
+    /* the first destination transaction (truncate, forget the catch-up key, first batch)
+     * begins with the first batch's flush, not before the COPY sends rows */
 
     if ((rc = syw_copy_statement(w, &cp.sql, &err)) < 0) {
         code = syw_copy_error(w, &cp, NULL, &err);
@@ -1237,7 +1239,8 @@ typedef struct syw_stream_s {
     wr_lsn_t flushed; /* flush position reported: durable in the destination */
     wr_lsn_t current; /* end of the last processed commit, or idle keepalive WAL end */
     int64_t next_status_ms;
-    bool dest_open;     /* a destination transaction is open (its BEGIN is written) */
+    bool dest_open;     /* a destination transaction is open */
+    int64_t opened_ms;  /* when it was begun */
     bool relation_ok;   /* a Relation of our relid was seen and matched */
     dest_key_t last;    /* last key durable in the destination (skip <= this) */
     dest_key_t written; /* key of the last change written in the open transaction */
@@ -1313,6 +1316,11 @@ syw_catchup_recopy(syw_t *w, syw_stream_t *st, const wr_err_t *cause)
     wr_err_t err;
 
     wr_err_clear(&err);
+    if (st->dest_open) { /* before the catalog query below: no lock across it */
+        if (w->dest->ops->rollback(w->dest, &err) < 0)
+            log_err(LOG_LVL_WARN, "destination rollback failed", &err);
+        st->dest_open = false;
+    }
     if (syw_column_list(w)) {
         wr_err_t e = *cause;
 
@@ -1383,11 +1391,15 @@ syw_apply_event(syw_t *w, syw_stream_t *st, dest_event_t *ev, wr_err_t *err)
     if (dest_key_cmp(&ev->key, &st->last) <= 0)
         return 0; /* applied before a restart */
     if (!st->dest_open) {
-        dest_event_t begin;
-
         if ((rc = w->dest->ops->begin(w->dest, err)) < 0)
             return rc;
         st->dest_open = true;
+        st->opened_ms = wr_now_ms();
+    }
+    if (!st->stm.tx.begun) {
+        /* once per source transaction, also when it spans destination transactions */
+        dest_event_t begin;
+
         stm_boundary(&st->stm.tx, DEST_EV_BEGIN, 0, &begin);
         if ((rc = w->dest->ops->write_event(w->dest, &begin, err)) < 0)
             return rc;
@@ -1469,10 +1481,16 @@ syw_on_commit(void *arg, stm_tx_t *tx, wr_lsn_t end, wr_err_t *err)
     syw_stream_t *st = arg;
     syw_t *w = st->w;
 
-    if (st->dest_open) {
+    if (st->dest_open || tx->begun) {
         dest_event_t ev;
         int rc;
 
+        /* its last changes may have been committed already (syw_catchup_chunk) */
+        if (!st->dest_open) {
+            if ((rc = w->dest->ops->begin(w->dest, err)) < 0)
+                return syw_stop_with(st, syw_catchup_dest_error(w, st, err));
+            st->dest_open = true;
+        }
         stm_boundary(tx, DEST_EV_COMMIT, end, &ev);
         if ((rc = w->dest->ops->write_event(w->dest, &ev, err)) < 0 ||
             (rc = w->dest->ops->commit(w->dest, w->stream, &st->written, err)) < 0)
@@ -1534,6 +1552,30 @@ syw_handle_copydata(syw_t *w, syw_stream_t *st, const uint8_t *buf, size_t len)
         wr_err_prefix(&err, "slot \"%s\": ", w->slot);
         return syw_catchup_fail(w, st, "catch-up stream", &err);
     }
+    return SYW_CONTINUE;
+}
+
+/* Commits the open destination transaction in the middle of a source transaction, with
+ * the key of the last change written (a replay after a crash skips up to it; the flush
+ * reported does not move until the source transaction's Commit). Called before the
+ * stream is waited for and when the transaction has been open for batch_max_fill_ms, so
+ * that the destination's write lock is never held across a wait on the network or a long
+ * run of other tables' changes (issue 12, defect 2). Returns SYW_CONTINUE or an exit
+ * code. */
+static int
+syw_catchup_chunk(syw_t *w, syw_stream_t *st)
+{
+    wr_err_t err;
+
+    if (!st->dest_open)
+        return SYW_CONTINUE;
+    wr_err_clear(&err);
+    if (w->dest->ops->commit(w->dest, w->stream, &st->written, &err) < 0) {
+        st->dest_open = false; /* rolled back by the failed commit */
+        return syw_catchup_dest_error(w, st, &err);
+    }
+    st->dest_open = false;
+    st->last = st->written;
     return SYW_CONTINUE;
 }
 
@@ -1603,7 +1645,13 @@ syw_stream(syw_t *w, syw_stream_t *st)
                 return rc; /* an exit code, or the table left Catchup (a copy again) */
             if (syw_should_stop(w))
                 return syw_catchup_stop(w, st);
+            if (st->dest_open && wr_now_ms() - st->opened_ms >= w->cfg.batch_max_fill_ms &&
+                (rc = syw_catchup_chunk(w, st)) != SYW_CONTINUE)
+                return rc;
         }
+        /* about to wait on the network: no destination transaction stays open */
+        if ((rc = syw_catchup_chunk(w, st)) != SYW_CONTINUE)
+            return rc;
         now = wr_now_ms();
         if (now >= st->next_status_ms && syw_send_status(w, st, false, &err) < 0)
             return syw_catchup_fail(w, st, "sending status", &err);

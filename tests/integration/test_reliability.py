@@ -466,3 +466,147 @@ def test_d1_repeated_apply_failures_exit_run(db, pipelines, monkeypatch):
     assert p.proc.returncode == 1, p.log_tail()
     assert p.log_contains("failed 3 times in a row", since_start=True), p.log_tail()
     p.kill()
+
+
+# -- defect 2: no destination transaction stays open while waiting on the network ----------
+
+class LockWatch:
+    """Samples every 20 ms whether the SQLite destination's write lock is taken (a
+    BEGIN IMMEDIATE that may not wait), in a thread; longest() is the longest stretch it
+    was taken without a break, in seconds."""
+
+    def __init__(self, path):
+        import threading
+        self.path = path
+        self.runs = []
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        start = None
+        while not self._stop.is_set():
+            now = time.monotonic()
+            try:
+                c = sqlite3.connect(self.path, timeout=0, isolation_level=None)
+                try:
+                    c.execute("BEGIN IMMEDIATE")
+                    c.execute("ROLLBACK")
+                    locked = False
+                finally:
+                    c.close()
+            except sqlite3.OperationalError as e:
+                locked = "locked" in str(e) or "busy" in str(e)
+            if locked and start is None:
+                start = now
+            elif not locked and start is not None:
+                self.runs.append(now - start)
+                start = None
+            time.sleep(0.02)
+        if start is not None:
+            self.runs.append(time.monotonic() - start)
+
+    def __enter__(self):
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join(10)
+
+    def longest(self):
+        return max(self.runs) if self.runs else 0.0
+
+
+MAX_HOLD = 1.5  # seconds: several times [batch] max_fill_ms (200 ms), far below the 60 s busy timeout
+
+
+def test_d2_copy_waiting_on_a_lock(db, pipelines, tmp_path, monkeypatch):
+    """The COPY of a table waits on a lock held on the source: the sync worker must not
+    hold the destination's write lock meanwhile (other processes would fail with
+    "database is locked")."""
+    create_mixed_table(db, "r", 200)
+    create_mixed_table(db, "big", 3000)
+    publish(db, "pub", ["r"])
+    p = pipelines()
+    p.init(db.conninfo, "pub")
+    fpdir = tmp_path / "fp"
+    # each sync worker pauses with its slot and snapshot taken, before its COPY: the lock
+    # is taken in that window
+    start_with_failpoints(p, monkeypatch, "sync.before_copy=sleep(3000)", fpdir)
+    p.wait_all_ready(["public.r"])
+    os.unlink(os.path.join(str(fpdir), "sync.before_copy"))
+    db.execute("ALTER PUBLICATION pub ADD TABLE big")
+    assert p.cmd("reload", p.dir).rc == 0
+    wait_fired(p, fpdir, "sync.before_copy")
+    locker = db.connect(autocommit=False)
+    try:
+        locker.execute("LOCK TABLE big IN ACCESS EXCLUSIVE MODE")
+        time.sleep(3.5)  # the failpoint's sleep ends: the COPY waits on the lock from now on
+        with LockWatch(p.dest_path) as watch:
+            time.sleep(4 * SCALE)
+        assert watch.longest() < MAX_HOLD, (
+            "the destination was write-locked for %.1f s while the COPY waited on the source"
+            % watch.longest())
+    finally:
+        locker.rollback()
+        locker.close()
+    p.wait_all_ready(["public.r", "public.big"])
+    wait_equal(db.server, db.name, p, ["public.r", "public.big"])
+
+
+def test_d2_long_transaction_of_skipped_changes(db, pipelines):
+    """A source transaction changes a ready table once, then 300,000 rows of a table the
+    apply worker skips (errored): its destination batch must not stay open (write-locked)
+    while it reads and decodes them."""
+    create_mixed_table(db, "r", 100)
+    db.execute("CREATE TABLE e (id int, v text)")
+    db.execute("ALTER TABLE e REPLICA IDENTITY NOTHING")  # its updates cannot be replicated
+    publish(db, "pub", ["r", "e"])
+    p = pipelines()
+    p.init(db.conninfo, "pub")
+    p.start()
+    wait_phase(p, "public.e", "errored", 60)
+    wait_phase(p, "public.r", "ready", 60)
+    with LockWatch(p.dest_path) as watch:
+        with db.connect(autocommit=False) as c:
+            c.execute("UPDATE r SET name = 'one change first' WHERE id = 1")
+            c.execute("INSERT INTO e SELECT g, repeat('x', 20) FROM generate_series(1, 300000) g")
+            c.commit()
+        lsn = db.current_wal_lsn()
+        p.wait_flushed(lsn, timeout=120)
+    assert watch.longest() < MAX_HOLD, (
+        "the destination was write-locked for %.1f s while skipped changes were read"
+        % watch.longest())
+    wait_equal(db.server, db.name, p, ["public.r"])
+
+
+def test_d2_catchup_of_a_long_transaction(db, pipelines, tmp_path, monkeypatch):
+    """The same in a sync worker's catch-up: a transaction with one change of its table
+    and then 300,000 changes of another one; the catch-up must not hold one destination
+    transaction open while it reads them."""
+    create_mixed_table(db, "r", 100)
+    create_mixed_table(db, "t", 100)
+    db.execute("CREATE TABLE e (id int, v text)")
+    db.execute("ALTER TABLE e REPLICA IDENTITY NOTHING")
+    publish(db, "pub", ["r", "e"])
+    p = pipelines()
+    p.init(db.conninfo, "pub")
+    p.start()
+    wait_phase(p, "public.e", "errored", 60)
+    wait_phase(p, "public.r", "ready", 60)
+    assert p.stop() == 0
+    db.execute("ALTER PUBLICATION pub ADD TABLE t")
+    fpdir = tmp_path / "fp"
+    # t's copy is done (its snapshot taken) and pauses: the long transaction comes after it
+    start_with_failpoints(p, monkeypatch, "sync.before_finishedcopy=sleep(5000)", fpdir)
+    wait_fired(p, fpdir, "sync.before_finishedcopy")
+    with LockWatch(p.dest_path) as watch:
+        with db.connect(autocommit=False) as c:
+            c.execute("UPDATE t SET name = 'in the catch-up' WHERE id = 1")
+            c.execute("INSERT INTO e SELECT g, repeat('x', 20) FROM generate_series(1, 300000) g")
+            c.commit()
+        wait_phase(p, "public.t", ("syncdone", "ready"), 180, "t caught up")
+    assert p.log_contains("catchup streaming table=public.t"), "no catch-up stream: moot"
+    assert watch.longest() < MAX_HOLD, (
+        "the destination was write-locked for %.1f s during t's catch-up" % watch.longest())
+    wait_equal(db.server, db.name, p, ["public.r", "public.t"])
