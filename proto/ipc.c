@@ -279,7 +279,7 @@ ipc_encode(const ipc_msg_t *m, msgpack_sbuffer *sb)
     memset(&e, 0, sizeof(e));
     msgpack_packer_init(&e.pk, sb, msgpack_sbuffer_write);
 
-    enc_array(&e, ipc_arity[m->type]);
+    enc_array(&e, ipc_arity[m->type] + (m->type == IPC_TABLES && m->u.tables.more ? 1 : 0));
     enc_str(&e, ipc_type_names[m->type]);
     switch (m->type) {
     case IPC_HELLO:
@@ -294,6 +294,8 @@ ipc_encode(const ipc_msg_t *m, msgpack_sbuffer *sb)
         break;
     case IPC_TABLES:
         enc_tables(&e, m->u.tables.n, m->u.tables.tables, false);
+        if (m->u.tables.more)
+            enc_bool(&e, true);
         break;
     case IPC_TABLE_STATE:
     case IPC_TABLE_ACK:
@@ -373,6 +375,31 @@ ipc_encode(const ipc_msg_t *m, msgpack_sbuffer *sb)
     if (e.rc != 0)
         sb->size = start; /* drop the partial message */
     return e.rc;
+}
+
+int
+ipc_encode_tables(const ipc_table_info_t *tables, uint32_t n, msgpack_sbuffer *sb)
+{
+    size_t start = sb->size;
+    uint32_t off = 0;
+
+    do {
+        ipc_msg_t m;
+        uint32_t k = n - off > IPC_TABLES_CHUNK ? IPC_TABLES_CHUNK : n - off;
+        int rc;
+
+        memset(&m, 0, sizeof(m));
+        m.type = IPC_TABLES;
+        m.u.tables.n = k;
+        m.u.tables.tables = k ? (ipc_table_info_t *)&tables[off] : NULL;
+        m.u.tables.more = off + k < n;
+        if ((rc = ipc_encode(&m, sb)) != 0) {
+            sb->size = start;
+            return rc;
+        }
+        off += k;
+    } while (off < n);
+    return 0;
 }
 
 int
@@ -817,7 +844,11 @@ dec_body(ipc_dec_t *d, const msgpack_object_array *a, ipc_msg_t *m)
             return rc;
         return dec_str(d, a, 2, "pipeline", &m->u.welcome.pipeline);
     case IPC_TABLES:
-        return dec_tables(d, a, 1, false, &m->u.tables.n, &m->u.tables.tables);
+        if ((rc = dec_tables(d, a, 1, false, &m->u.tables.n, &m->u.tables.tables)))
+            return rc;
+        if (a->size > 2)
+            return dec_bool(d, a, 2, "more", &m->u.tables.more);
+        return 0;
     case IPC_TABLE_STATE:
     case IPC_TABLE_ACK:
         if ((rc = dec_u32(d, a, 1, "relid", &m->u.table_state.relid)) ||
@@ -936,7 +967,8 @@ ipc_decode(const msgpack_object *o, ipc_msg_t *m, wr_err_t *err)
     d.err = err;
     if (a->size != ipc_arity[i] &&
         !(i == IPC_STATUS_REPLY && a->size == IPC_STATUS_REPLY_MIN_ARITY) &&
-        !(i == IPC_TABLE_STATE && a->size == 4)) /* without dest_name (older) */
+        !(i == IPC_TABLE_STATE && a->size == 4) && /* without dest_name (older) */
+        !(i == IPC_TABLES && a->size == 3))        /* with "more" */
         return wr_err_set(err, WR_EPROTO, "invalid %s: expected %u elements, got %u", d.what,
                           ipc_arity[i], a->size);
     m->type = (ipc_type_t)i;

@@ -22,8 +22,13 @@
  *                                                      decision; best effort, never acked)
  *   supervisor -> worker
  *     ["welcome", version, pipeline]
- *     ["tables", [[relid, nsp, name, phase, lsn, dest_name], ...]]
+ *     ["tables", [[relid, nsp, name, phase, lsn, dest_name], ...], more]
  *                                                      all tables (apply) or its one (sync);
+ *                                                      more = true: the list continues in the
+ *                                                      next "tables" message (at most
+ *                                                      IPC_TABLES_CHUNK tables in each, so a
+ *                                                      publication of any size fits); more
+ *                                                      may be missing (= false);
  *                                                      dest_name (issue 12: the pipeline's
  *                                                      unique destination table name) may be
  *                                                      missing (5 elements) or ""
@@ -49,6 +54,7 @@
 #define IPC_MAX_MSG       (4u * 1024 * 1024) /* bigger messages are rejected */
 #define IPC_MAX_STR       (64u * 1024)
 #define IPC_MAX_ITEMS     100000
+#define IPC_TABLES_CHUNK  1000 /* tables per "tables" message: < 1 MB whatever the names */
 
 typedef enum {
     IPC_HELLO = 1,
@@ -120,6 +126,7 @@ typedef struct ipc_msg_s {
         struct {
             uint32_t n;
             ipc_table_info_t *tables;
+            bool more; /* (issue 12) another "tables" message continues the list */
         } tables;
         struct {
             uint32_t relid;
@@ -195,6 +202,12 @@ const char *ipc_type_name(ipc_type_t t);
 
 /* Appends the encoded message to sb. Returns 0 or WR_EINVAL (unknown type) / WR_ENOMEM. */
 int ipc_encode(const ipc_msg_t *m, msgpack_sbuffer *sb) WR_MUST_CHECK;
+/* Appends the "tables" list of n tables as one or more "tables" messages of at most
+ * IPC_TABLES_CHUNK tables each, all but the last with more = true (issue 12: one message
+ * had no bound, and a large publication broke IPC_MAX_MSG). Returns 0, WR_EINVAL or
+ * WR_ENOMEM (nothing appended then). */
+int ipc_encode_tables(const ipc_table_info_t *tables, uint32_t n,
+                      msgpack_sbuffer *sb) WR_MUST_CHECK;
 /* Validates and decodes one unpacked object into m (zeroed first). On error m holds
  * nothing to free and err names the message type and the offending element. */
 int ipc_decode(const msgpack_object *o, ipc_msg_t *m, wr_err_t *err) WR_MUST_CHECK;

@@ -343,6 +343,37 @@ wk_chan_handshake(wk_chan_t *c, const char *role, uint32_t relid, ipc_msg_t *tab
     if (want.rejected)
         return wr_err_set(err, WR_EPROTO, "the supervisor rejected hello: %s", want.reject_msg);
     *tables = want.got;
+    /* a large list comes in several messages (IPC_TABLES_CHUNK tables each) */
+    while (tables->u.tables.more) {
+        ipc_table_info_t *all;
+        uint32_t n1 = tables->u.tables.n, n2;
+
+        memset(&want, 0, sizeof(want));
+        want.type = IPC_TABLES;
+        rc = wk_wait(c, &want, deadline, WK_HANDSHAKE_MS / 1000, WR_EPROTO, "tables", err);
+        if (rc == 0 && want.rejected)
+            rc = wr_err_set(err, WR_EPROTO, "the supervisor rejected hello: %s", want.reject_msg);
+        if (rc == 0 && (uint64_t)n1 + want.got.u.tables.n > IPC_MAX_ITEMS * 100ull)
+            rc = wr_err_set(err, WR_EPROTO, "the supervisor sent more than %llu tables",
+                            IPC_MAX_ITEMS * 100ull);
+        n2 = want.got.u.tables.n;
+        all =
+            rc == 0 ? realloc(tables->u.tables.tables, ((size_t)n1 + n2 + 1) * sizeof(*all)) : NULL;
+        if (rc == 0 && all == NULL)
+            rc = wr_err_set(err, WR_ENOMEM, "out of memory receiving %u tables", n1 + n2);
+        if (rc != 0) {
+            ipc_msg_clear(&want.got);
+            ipc_msg_clear(tables);
+            return rc;
+        }
+        /* the entries (and the strings they own) move over; the second shell is freed */
+        if (n2 > 0)
+            memcpy(&all[n1], want.got.u.tables.tables, (size_t)n2 * sizeof(*all));
+        tables->u.tables.tables = all;
+        tables->u.tables.n = n1 + n2;
+        tables->u.tables.more = want.got.u.tables.more;
+        free(want.got.u.tables.tables);
+    }
     return 0;
 }
 

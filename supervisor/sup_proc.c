@@ -74,6 +74,8 @@ stream_write_cb(uv_write_t *req, int status)
     free(wr);
 }
 
+static int stream_write_sbuffer(uv_stream_t *stream, msgpack_sbuffer *sb);
+
 int
 sup_stream_send(uv_stream_t *stream, const ipc_msg_t *m)
 {
@@ -84,6 +86,15 @@ sup_stream_send(uv_stream_t *stream, const ipc_msg_t *m)
         msgpack_sbuffer_destroy(&sb);
         return rc;
     }
+    return stream_write_sbuffer(stream, &sb);
+}
+
+/* Queues the encoded bytes of sb on stream (sb is taken over, freed when written). */
+static int
+stream_write_sbuffer(uv_stream_t *stream, msgpack_sbuffer *sbp)
+{
+    msgpack_sbuffer sb = *sbp;
+    int rc;
     sup_wreq_t *wr = malloc(sizeof(*wr));
     if (!wr) {
         msgpack_sbuffer_destroy(&sb);
@@ -191,11 +202,17 @@ send_ack(sup_proc_t *p, uint32_t req, bool ok, const char *msg)
     sup__proc_send(p, &a);
 }
 
+/* The tables message(s) of the handshake: every table for the apply worker, its own for a
+ * sync worker; a long list goes in IPC_TABLES_CHUNK-table messages (issue 12, defect 10:
+ * one message had no bound, and past IPC_MAX_MSG the apply worker never started). */
 static int
 send_tables(sup_t *s, sup_proc_t *p, sup_worker_t *w)
 {
     size_t n = w->is_apply ? s->ntables : 1;
     ipc_table_info_t *ti = calloc(n ? n : 1, sizeof(*ti));
+    msgpack_sbuffer sb;
+    int rc;
+
     if (!ti)
         return WR_ENOMEM;
     for (size_t i = 0; i < n; i++) {
@@ -207,13 +224,19 @@ send_tables(sup_t *s, sup_proc_t *p, sup_worker_t *w)
         ti[i].lsn = t->lsn;
         ti[i].dest_name = (char *)t->dest_name;
     }
-    ipc_msg_t m;
-    memset(&m, 0, sizeof(m));
-    m.type = IPC_TABLES;
-    m.u.tables.n = (uint32_t)n;
-    m.u.tables.tables = ti;
-    sup__proc_send(p, &m);
+    msgpack_sbuffer_init(&sb);
+    rc = ipc_encode_tables(ti, (uint32_t)n, &sb);
     free(ti);
+    if (rc != 0) {
+        msgpack_sbuffer_destroy(&sb);
+        return rc;
+    }
+    if (p->chan_done) {
+        msgpack_sbuffer_destroy(&sb);
+        return 0;
+    }
+    if (stream_write_sbuffer((uv_stream_t *)&p->chan, &sb) != 0)
+        log_warn("cannot send to worker worker=%s type=tables", w->name);
     return 0;
 }
 

@@ -1214,7 +1214,8 @@ apw_on_relation(void *arg, stm_tx_t *tx, const pgo_msg_t *m, wr_err_t *err)
      * also when the message is unchanged (ADD PRIMARY KEY under REPLICA IDENTITY FULL, a
      * type changed and back, a rewrite leave it identical) */
     t->rel_pending = true;
-    if (a->stm.tx.in_tx && a->skip_found) {
+    /* (no next change past UINT32_MAX: the engine refuses it, issue 12 defect 10) */
+    if (a->stm.tx.in_tx && a->skip_found && a->stm.tx.ordinal < UINT32_MAX) {
         dest_key_t next = {a->stm.tx.final_lsn, a->stm.tx.ordinal + 1};
 
         if (dest_key_cmp(&next, &a->skip_key) <= 0)

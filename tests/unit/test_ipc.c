@@ -661,6 +661,8 @@ test_decode_wrong_arity(void)
                 continue; /* the layout without "message": accepted, see below */
             if (strcmp(types[i].type, "table_state") == 0 && bad[k] == 4)
                 continue; /* without dest_name: accepted (test_tables_without_dest_name) */
+            if (strcmp(types[i].type, "tables") == 0 && bad[k] == 3)
+                continue; /* with "more": accepted (test_tables_in_chunks) */
             msgpack_pack_array(&pk, bad[k]);
             pack_str(&pk, types[i].type);
             for (j = 1; j < bad[k]; j++)
@@ -1212,6 +1214,75 @@ test_status_reply_without_message(void)
     msgpack_sbuffer_destroy(&sb);
 }
 
+/* issue 12, defect 10: a publication so large that one "tables" message would break
+ * IPC_MAX_MSG (30,000 tables with long names: about 12 MB) is sent in chunks and read
+ * back whole, in order. */
+static void
+test_tables_in_chunks(void)
+{
+    enum { N = 30000 };
+    ipc_table_info_t *t = calloc(N, sizeof(*t));
+    char *names = malloc((size_t)N * 200);
+    msgpack_sbuffer sb;
+    ipc_msg_t one, got[40];
+    int n, i;
+    uint32_t seen = 0;
+    bool order = true;
+
+    CHECK(t != NULL && names != NULL);
+    if (!t || !names) {
+        free(t);
+        free(names);
+        return;
+    }
+    for (i = 0; i < N; i++) {
+        char *nm = names + (size_t)i * 200;
+        snprintf(nm, 200, "a_rather_long_table_name_of_a_large_publication_number_%06d_%s", i,
+                 "padding_padding_padding_padding_padding_padding_padding_padding");
+        t[i].relid = 16384 + (uint32_t)i;
+        t[i].nsp = "a_schema_with_a_long_name_as_some_applications_have";
+        t[i].name = nm;
+        t[i].phase = PH_READY;
+        t[i].lsn = 0x1000 + (uint64_t)i;
+        t[i].dest_name = nm;
+    }
+    /* one message cannot carry it */
+    msgpack_sbuffer_init(&sb);
+    memset(&one, 0, sizeof(one));
+    one.type = IPC_TABLES;
+    one.u.tables.n = N;
+    one.u.tables.tables = t;
+    CHECK_INT_EQ(ipc_encode(&one, &sb), WR_EINVAL);
+    CHECK_U64_EQ(sb.size, 0);
+    /* in chunks it goes, each under the limit */
+    CHECK_INT_EQ(ipc_encode_tables(t, N, &sb), 0);
+    n = read_all(sb.data, sb.size, 0, got, 40);
+    CHECK_INT_EQ(n, (N + IPC_TABLES_CHUNK - 1) / IPC_TABLES_CHUNK);
+    for (i = 0; i < n; i++) {
+        CHECK_INT_EQ(got[i].type, IPC_TABLES);
+        CHECK_INT_EQ(got[i].u.tables.more, i < n - 1);
+        for (uint32_t j = 0; j < got[i].u.tables.n; j++, seen++)
+            order = order && got[i].u.tables.tables[j].relid == 16384 + seen &&
+                    strcmp(got[i].u.tables.tables[j].dest_name, t[seen].name) == 0;
+        ipc_msg_clear(&got[i]);
+    }
+    CHECK_INT_EQ(seen, N);
+    CHECK(order);
+    /* an empty list is one message, without "more" */
+    sb.size = 0;
+    CHECK_INT_EQ(ipc_encode_tables(t, 0, &sb), 0);
+    n = read_all(sb.data, sb.size, 0, got, 40);
+    CHECK_INT_EQ(n, 1);
+    if (n == 1) {
+        CHECK_INT_EQ(got[0].u.tables.n, 0);
+        CHECK(!got[0].u.tables.more);
+        ipc_msg_clear(&got[0]);
+    }
+    msgpack_sbuffer_destroy(&sb);
+    free(names);
+    free(t);
+}
+
 /* issue 12: a "tables" item of 5 elements and a "table_state" of 4 (without dest_name, as
  * sent before it was added) still decode, with no destination name. */
 static void
@@ -1332,6 +1403,7 @@ main(void)
     RUN(test_reader_huge_declared_sizes);
     RUN(test_status_reply_without_message);
     RUN(test_tables_without_dest_name);
+    RUN(test_tables_in_chunks);
     RUN(test_decode_commands_bad);
     return unit_done();
 }
