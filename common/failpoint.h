@@ -57,6 +57,9 @@
  *                               is not read meanwhile, as in a wait on a busy destination)
  *   apply.catchup_granted       CATCHUP(L) acked for a table, while waiting for SyncDone
  *                               (the replication stream is paused)
+ *   apply.before_commit         a destination batch is about to be committed (its writes done)
+ *   apply.after_last_key        the destination's resume key was read at start, the slot is
+ *                               not streamed yet (and the worker's lock is held)
  *   apply.after_commit          a destination batch committed at a transaction boundary,
  *                               before the status update that confirms it to the server
  *   apply.mid_txn_chunk         a destination batch committed in the middle of a source
@@ -68,6 +71,11 @@
  *   apply.after_ready           READY acked (persisted) for a table
  *
  *   supervisor (walrelay run; issue 12: kills of the supervisor between persist and act)
+ *   sup.phase_persisted.PHASE   a worker's set_phase to PHASE (datasync, finishedcopy,
+ *                               syncwait, catchup, syncdone, ready, errored, init) is
+ *                               persisted; not acked, not relayed, not in memory yet
+ *   sup.handoff_paused          a table without its sync worker set back to FinishedCopy
+ *                               (persisted), not told to the apply worker yet
  *   sup.slot_lost_recopy        on_slot_lost = recopy: flag slot_lost_recopied = 1 persisted,
  *                               no table set to Init yet
  *   sup.retry_persisted         walrelay retry (or an automatic retry): the table's new phase

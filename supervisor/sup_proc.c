@@ -22,6 +22,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "../common/failpoint.h"
 #include "../common/log.h"
 #include "../common/repl.h"
 #include "../common/state.h"
@@ -354,6 +355,12 @@ on_set_phase(sup_t *s, sup_proc_t *p, const ipc_msg_t *m)
         snprintf(msg, sizeof(msg), "cannot persist the phase change: %.400s", err.msg);
         send_ack(p, req, false, msg);
         return;
+    }
+    {
+        /* persisted, nothing acted on yet: kill -9 here is a crash between the two */
+        char fp[64];
+        snprintf(fp, sizeof(fp), "sup.phase_persisted.%s", phase_name(to));
+        FAILPOINT(fp);
     }
     wr_phase_t from = t->phase;
     t->phase = to;

@@ -228,6 +228,7 @@ sup__table_handoff_paused(sup_t *s, sup_table_t *t)
         log_err(LOG_LVL_ERROR, "persisting finishedcopy for a handoff without its worker", &err);
         return;
     }
+    FAILPOINT("sup.handoff_paused");
     t->phase = PH_FINISHEDCOPY;
     log_info("handoff paused until the table's sync worker runs again table=%s.%s relid=%u "
              "was=%s lsn=" WR_LSN_FMT,

@@ -4,8 +4,10 @@
  * table handoff.
  *
  * NOTES: one process per pipeline, started by the supervisor as `walrelay-apply DIR`
- * with its channel on fd 3. It owns the slot walrelay_<pipeline> (created here when
- * missing) and the destination stream "apply" (its resume key). It persists nothing
+ * with its channel on fd 3; one at a time, also across a killed supervisor (byte 0 of
+ * DIR/workers.lock, taken before hello and held until exit: wk_lock_role). It owns the
+ * slot walrelay_<pipeline> (created here when missing) and the destination stream "apply"
+ * (its resume key). It persists nothing
  * itself except through the destination (data + key in one transaction) and through
  * set_phase / schema requests that the supervisor persists in state.db.
  *
@@ -230,6 +232,7 @@ typedef struct apw_s {
     bool ack_due;    /* some table's Init waits for ["table_ack"] (apw_send_acks) */
     bool slot_lost;  /* the slot is lost or missing under synced tables: exit WR_EXIT_SLOT_LOST */
     const char *slot_kind; /* "slot_lost" or "slot_missing", for the supervisor */
+    int lock_fd;           /* DIR/workers.lock, byte 0: held for the life of the process */
 
     /* resume */
     bool skip_found;
@@ -602,6 +605,7 @@ apw_batch_commit(apw_t *a, wr_err_t *err)
     } else {
         key = a->last_tx_key;
     }
+    FAILPOINT("apply.before_commit");
     rc = a->dest->ops->commit(a->dest, APW_STREAM, &key, err);
     a->batch_open = false;
     if (rc != 0) {
@@ -1893,6 +1897,7 @@ main(int argc, char **argv)
         return WR_EXIT_CONFIG;
     }
     a.chan.fd = -1;
+    a.lock_fd = -1;
     stm_init(&a.stm, &apw_stream_handler, &a);
     cfg_defaults(&a.cfg);
     rc = cfg_load_active(argv[1], &a.cfg, &err);
@@ -1911,6 +1916,13 @@ main(int argc, char **argv)
     sigaction(SIGINT, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    /* one apply worker per pipeline at a time, also across a killed supervisor: the
+     * resume key is read, and the slot streamed, only by the one holding the lock */
+    rc = wk_lock_role(argv[1], 0, WK_CHAN_FD, WK_LOCK_WAIT_MS, &a.lock_fd, &err);
+    if (rc != 0) {
+        log_err(LOG_LVL_ERROR, "cannot take the apply worker's lock", &err);
+        return rc == WR_EEOF ? WR_EXIT_ERROR : wr_err_exit_code(rc);
+    }
     rc = wk_chan_init(&a.chan, WK_CHAN_FD, &err);
     if (rc != 0)
         return apw_fail(&a, "cannot open the supervisor channel", &err);
@@ -1944,6 +1956,7 @@ main(int argc, char **argv)
         return apw_fail(&a, "cannot read the destination's resume key", &err);
     if (a.skip_found)
         a.durable_key = a.skip_key;
+    FAILPOINT("apply.after_last_key");
 
     cfg_apply_slot_name(&a.cfg, a.slot, sizeof(a.slot));
     rc = apw_sql_conn(&a, &err);

@@ -3,7 +3,9 @@
  * that slot until the apply worker can take the table over (PostgreSQL's tablesync).
  *
  * NOTES: runs as `walrelay-sync DIR RELID`, one process per table being synchronised,
- * spawned by the supervisor with its channel on fd 3. It owns the replication slot
+ * spawned by the supervisor with its channel on fd 3; one per table at a time, also
+ * across a killed supervisor (byte RELID of DIR/workers.lock, taken before hello and
+ * held until exit: wk_lock_role). It owns the replication slot
  * walrelay_<pipeline>_s<relid> and the destination stream "sync_<relid>". It never
  * writes state.db: every phase change is a set_phase request that the supervisor
  * validates, persists, and only then acks; this worker acts on a phase only after the
@@ -1900,7 +1902,7 @@ main(int argc, char **argv)
     ipc_msg_t tables;
     struct sigaction sa;
     bool known = false;
-    int code;
+    int code, lock_fd = -1; /* DIR/workers.lock, byte relid: held until exit */
 
     memset(&w, 0, sizeof(w));
     wr_err_clear(&err);
@@ -1930,6 +1932,12 @@ main(int argc, char **argv)
     sa.sa_handler = SIG_IGN;
     sigaction(SIGPIPE, &sa, NULL);
 
+    /* one sync worker per table at a time, also across a killed supervisor: the slot,
+     * the stream key and the table's destination rows are touched only by the holder */
+    if (wk_lock_role(argv[1], w.relid, WK_CHAN_FD, WK_LOCK_WAIT_MS, &lock_fd, &err) < 0) {
+        code = syw_fail("taking the sync worker's lock", &err);
+        goto out;
+    }
     if (wk_chan_init(&w.chan, WK_CHAN_FD, &err) < 0) {
         code = syw_fail("opening the supervisor channel", &err);
         goto out;
@@ -1995,5 +2003,7 @@ main(int argc, char **argv)
 
 out:
     syw_close(&w);
+    if (lock_fd >= 0)
+        close(lock_fd); /* after everything of ours is closed */
     return code;
 }

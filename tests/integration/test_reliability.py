@@ -610,3 +610,117 @@ def test_d2_catchup_of_a_long_transaction(db, pipelines, tmp_path, monkeypatch):
     assert watch.longest() < MAX_HOLD, (
         "the destination was write-locked for %.1f s during t's catch-up" % watch.longest())
     wait_equal(db.server, db.name, p, ["public.r", "public.t"])
+
+
+# -- defect 0: the repeated-kill loss --------------------------------------------------------
+
+def test_d0_supervisor_killed_while_the_apply_worker_commits(db, pipelines, tmp_path,
+                                                              monkeypatch):
+    """kill -9 of the supervisor while its apply worker is in the middle of a destination
+    commit. The orphaned worker only notices the end of its channel after the commit; a
+    new `walrelay run` starts a new apply worker at once. If the new one reads the
+    destination's resume key before the old one's commit and streams after the old one
+    is gone, it applies the committed batch a second time (duplicates in a keyless
+    table, an older update re-applied over a newer one). A worker must not start while
+    another of the same pipeline and role still runs."""
+    db.execute("CREATE TABLE k (id int, v text)")
+    db.execute("ALTER TABLE k REPLICA IDENTITY FULL")
+    create_mixed_table(db, "r", 100)
+    publish(db, "pub", ["k", "r"])
+    p = pipelines()
+    p.init(db.conninfo, "pub")
+    p.start()
+    p.wait_all_ready(["public.k", "public.r"])
+    assert p.stop() == 0
+    fp1, fp2 = tmp_path / "fp1", tmp_path / "fp2"
+    # run 1: the apply worker sleeps 3 s right before a destination commit, and exits right
+    # after it, before any status update (as when it sees its channel's end there)
+    start_with_failpoints(p, monkeypatch,
+                          "apply.before_commit=sleep(3000);apply.after_commit=abort", fp1)
+    with db.connect() as c:
+        for i in range(30):
+            c.execute("INSERT INTO k VALUES (%s, 'first run')", [i])
+    old_pid = wait_fired(p, fp1, "apply.before_commit")
+    p.killed_pids.add(old_pid)
+    p.kill()  # kill -9 of the supervisor while the apply worker is about to commit
+    # run 2 at once: its apply worker pauses 4 s after reading the destination's key
+    start_with_failpoints(p, monkeypatch, "apply.after_last_key=sleep(4000)", fp2)
+    with db.connect() as c:
+        for i in range(30, 40):
+            c.execute("INSERT INTO k VALUES (%s, 'second run')", [i])
+    p.wait_until(lambda: not alive_walrelay_pids([old_pid]), 60, "the orphaned apply worker gone")
+    p.wait_all_ready(["public.k", "public.r"])
+    wait_equal(db.server, db.name, p, ["public.k", "public.r"])
+
+
+SUP_POINTS = ["sup.phase_persisted.%s" % ph
+              for ph in ("datasync", "finishedcopy", "syncwait", "catchup", "syncdone", "ready")]
+
+
+def test_d0_supervisor_killed_at_each_persisted_phase(db, pipelines, tmp_path, monkeypatch):
+    """kill -9 of the supervisor right after it persisted each phase of a table's handoff,
+    before acting on it (ack, relay, memory), started again each time as a service
+    manager would, while two writers change a ready table and the one being copied:
+    nothing lost, nothing twice, no sync slot left."""
+    from workload import BackgroundWriter
+    create_mixed_table(db, "r", 1000)
+    create_mixed_table(db, "t", 2000)
+    publish(db, "pub", ["r"])
+    p = pipelines()
+    p.init(db.conninfo, "pub", config={"sync": {"copy_batch_rows": "500"},
+                                       "retry": {"backoff_initial_ms": "200",
+                                                 "backoff_max_ms": "1000"}})
+    p.start()
+    p.wait_all_ready(["public.r"])
+    assert p.stop() == 0
+    db.execute("ALTER PUBLICATION pub ADD TABLE t")
+    fpdir = tmp_path / "fp"
+    spec = ";".join("%s=abort" % n for n in SUP_POINTS)
+    # a little time between the copy's snapshot and the grant: the catch-up has work
+    spec += ";sync.before_finishedcopy=sleep(300)"
+    ws = [BackgroundWriter(db, ["r", "t"], (1, 900), 1_000_000, per_txn=3, seed=31, pause=0.01),
+          BackgroundWriter(db, ["r", "t"], (901, 1900), 2_000_000, per_txn=3, seed=32,
+                           pause=0.01)]
+    for w in ws:
+        w.start()
+    kills = 0
+
+    def start():
+        os.makedirs(str(fpdir), exist_ok=True)
+        monkeypatch.setenv("WALRELAY_FAILPOINTS", spec)
+        monkeypatch.setenv("WALRELAY_FAILPOINT_DIR", str(fpdir))
+        try:
+            p.start(wait_status=False)
+        finally:
+            monkeypatch.delenv("WALRELAY_FAILPOINTS")
+            monkeypatch.delenv("WALRELAY_FAILPOINT_DIR")
+
+    try:
+        start()
+        end = deadline(240)
+        while True:
+            fired = [n for n in SUP_POINTS if os.path.exists(os.path.join(str(fpdir), n))]
+            if p.proc.poll() is not None:  # killed itself at one of them: as systemd would
+                assert p.proc.returncode == -9, p.log_tail()
+                kills += 1
+                p.kill()
+                start()
+                continue
+            try:
+                st = p.status()
+            except AssertionError:
+                st = {"tables": []}  # starting, or just killed
+            if len(fired) == len(SUP_POINTS) and st["tables"] and all(
+                    t["phase"] == "ready" for t in st["tables"]):
+                break
+            assert time.monotonic() < end, "fired %s of %s%s" % (fired, SUP_POINTS, p.log_tail())
+            time.sleep(0.2)
+        for w in ws:
+            w.wait_commits(10)
+    finally:
+        for w in ws:
+            w.stop()
+    assert kills == len(SUP_POINTS), kills
+    p.wait_all_ready(["public.r", "public.t"])
+    wait_equal(db.server, db.name, p, ["public.r", "public.t"])
+    p.wait_until(lambda: db.slots("walrelay_%s_s" % p.name) == [], 30, "no sync slot left")
