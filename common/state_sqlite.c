@@ -278,8 +278,9 @@ sq_hint(sq_store_t *s, wr_err_t *err)
         break;
     case SQLITE_CORRUPT:
     case SQLITE_NOTADB:
-        wr_err_hint(err, "state.db is damaged or not a walrelay state file; restore it from a "
-                         "backup or move it away to start from scratch");
+        wr_err_hint(err, "state.db is damaged or not a walrelay state file; restore it (with its "
+                         "-wal file) from a backup, or walrelay drop DIR and start over (every "
+                         "table is copied again)");
         break;
     default:
         break;
@@ -1140,6 +1141,10 @@ state_open_sqlite(const char *path, state_store_t **out, wr_err_t *err)
     return 0;
 fail:
     wr_err_prefix(err, "state store \"%s\": ", path);
+    /* (issue 12) a damaged file is not retried by a service manager: a person decides */
+    if ((sqlite3_errcode(s->db) & 0xff) == SQLITE_CORRUPT ||
+        (sqlite3_errcode(s->db) & 0xff) == SQLITE_NOTADB)
+        rc = err->code = WR_ECONFIG;
     sq_close(&s->base);
     return rc;
 }

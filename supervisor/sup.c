@@ -285,7 +285,15 @@ sup_run(const char *dir)
         goto out;
     }
 
+    /* a missing state.db must not be taken for a first start (issue 12) */
+    char state_path[PATH_MAX];
+    bool state_new =
+        s->cfg.state_backend != CFG_STATE_POSTGRES &&
+        sup_path(s->cfg.dir, SUP_STATE_FILE, state_path, sizeof(state_path), &err) == 0 &&
+        access(state_path, F_OK) != 0;
     int rc = sup_state_open(&s->cfg, &s->st, &err);
+    if (rc == 0)
+        rc = sup__state_lost_check(s, conn, state_new ? state_path : NULL, &err);
     if (rc == 0)
         rc = sup__reconcile_tables(s, pub, npub, conn, &err);
     if (rc == 0)

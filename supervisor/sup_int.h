@@ -166,6 +166,7 @@ void sup__proc_send_error(sup_proc_t *p, const char *msg);
 int sup__reconcile_tables(sup_t *s, const sup_pub_table_t *pub, size_t npub, PGconn *conn,
                           wr_err_t *err);
 void sup__refresh_start(sup_t *s);
+int sup__state_lost_check(sup_t *s, PGconn *conn, const char *created, wr_err_t *err);
 int sup__refuse_stopping(wr_err_t *err);
 void sup__refuse_tables(sup_t *s, const sup_pub_table_t *pub, size_t npub);
 void sup__save_progress(sup_t *s);

@@ -1127,6 +1127,8 @@ sup__tick_cb(uv_timer_t *h)
         tick_worker(s, &s->tables[i]->sync, now);
     if (s->progress_dirty && now - s->progress_saved_at >= SUP_PROGRESS_SAVE_MS)
         sup__save_progress(s);
+    if (s->ctl_ok)
+        sup_control_sweep(&s->ctl, now);
     if (!s->stopping) {
         for (size_t i = 0; i < s->ntables; i++)
             sup__tick_table_retry(s, s->tables[i], now);

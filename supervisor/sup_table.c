@@ -897,6 +897,62 @@ sup__apply_slot_lost(sup_t *s, sup_worker_t *w)
     slot_lost_stop(s, w, recopy);
 }
 
+/*
+ * A state store with no progress row is a new one. If the source still has this
+ * pipeline's apply slot, the pipeline ran before and its state is gone (state.db deleted,
+ * or another directory or store): starting over would copy every table again over the
+ * destination's data without a word, and the slot's position would mean nothing. Refuses
+ * (WR_ECONFIG, exit 2) with what to do; created: the sqlite file that opening just
+ * created, removed again (nothing written). conn: the preflight's connection. (issue 12)
+ */
+int
+sup__state_lost_check(sup_t *s, PGconn *conn, const char *created, wr_err_t *err)
+{
+    state_progress_t pr;
+    bool found = false, slot = false, active = false;
+    char slot_name[64];
+    wr_lsn_t confirmed = 0;
+
+    memset(&pr, 0, sizeof(pr));
+    if (s->st->ops->get_progress(s->st, &pr, &found, err) != 0)
+        return err->code ? err->code : WR_ESTATE;
+    if (found || conn == NULL)
+        return 0;
+    cfg_apply_slot_name(&s->cfg, slot_name, sizeof(slot_name));
+    if (repl_slot_info(conn, slot_name, &slot, &active, &confirmed, NULL, 0, err) != 0)
+        return err->code ? err->code : WR_ECONN;
+    if (!slot)
+        return 0;
+    if (s->cfg.state_backend == CFG_STATE_POSTGRES)
+        wr_err_set(err, WR_ECONFIG,
+                   "the state of pipeline \"%s\" is missing from the PostgreSQL state store "
+                   "(schema \"%s\"), but its replication slot \"%s\" exists on the source: "
+                   "the pipeline ran before and its state is lost",
+                   s->cfg.pipeline_name, s->cfg.state_schema, slot_name);
+    else
+        wr_err_set(err, WR_ECONFIG,
+                   "%s/state.db is missing, but replication slot \"%s\" exists on the source: "
+                   "this pipeline ran before and its state is lost (deleted?); walrelay does not "
+                   "start over by itself, which would copy every table again over the "
+                   "destination's data",
+                   s->cfg.dir, slot_name);
+    wr_err_hint(err,
+                "restore the state (state.db with its -wal file) from a backup; or walrelay "
+                "drop %s, which removes the slots, and run again to copy every table again",
+                s->cfg.dir);
+    if (created) {
+        char path[PATH_MAX + 8];
+        state_close(s->st);
+        s->st = NULL;
+        unlink(created);
+        snprintf(path, sizeof(path), "%s-wal", created);
+        unlink(path);
+        snprintf(path, sizeof(path), "%s-shm", created);
+        unlink(path);
+    }
+    return WR_ECONFIG;
+}
+
 int
 sup_state_open(const wr_config_t *cfg, state_store_t **out, wr_err_t *err)
 {

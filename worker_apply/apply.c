@@ -1663,6 +1663,10 @@ apw_prepare_slot(apw_t *a, wr_err_t *err)
         if (strcmp(wal_status, "unreserved") == 0)
             log_warn("replication slot is about to lose required WAL slot=%s wal_status=%s",
                      a->slot, wal_status);
+        /* we hold the apply lock: an active slot is a walsender whose client is gone (a
+         * killed worker, a cut connection the server has not noticed): free it */
+        if (active && (rc = src_take_slot(a->sql, a->slot, err)) != 0)
+            return rc;
         a->flush = confirmed;
         return 0;
     }

@@ -1020,6 +1020,7 @@ syw_copy(syw_t *w)
         wr_lsn_t confirmed;
 
         if (repl_slot_info(w->sql, w->slot, &found, &active, &confirmed, NULL, 0, &err) < 0 ||
+            (found && active && src_take_slot(w->sql, w->slot, &err) < 0) ||
             (found && repl_drop_slot(w->sql, w->slot, &err) < 0)) {
             code = syw_fail("dropping the previous slot", &err);
             goto out;
@@ -1718,6 +1719,11 @@ syw_catchup(syw_t *w)
         wr_err_hint(&err, "the copy cannot be completed without it; run \"walrelay resync\" for "
                           "the table");
         code = syw_set_errored(w, "slot_missing", &err);
+        goto out;
+    }
+    /* we hold the table's lock: an active slot is a walsender whose client is gone */
+    if (active && src_take_slot(w->sql, w->slot, &err) < 0) {
+        code = syw_fail("freeing the slot", &err);
         goto out;
     }
     if (strcmp(wal_status, "lost") == 0) {
