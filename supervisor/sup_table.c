@@ -1028,7 +1028,8 @@ fix_colliding_mappings(sup_t *s, wr_err_t *err)
         sup_table_t *t = s->tables[i];
         for (size_t j = 0; j < i; j++) {
             sup_table_t *o = s->tables[j];
-            if (strcasecmp(o->dest_name, t->dest_name) != 0)
+            /* a table without a recorded name yet (new) is named after this */
+            if (!t->dest_name[0] || strcasecmp(o->dest_name, t->dest_name) != 0)
                 continue;
             log_warn("two tables share destination table %s: giving the second a name of its "
                      "own and copying both again table=%s.%s relid=%u other=%s.%s other_relid=%u",
