@@ -373,6 +373,14 @@ sup_status_build(sup_t *s, ipc_msg_t *out, wr_err_t *err)
                  (double)(wr_now_ms() - s->source_down_since) / 1000.0,
                  (double)s->source_retry_ms / 1000.0, SUP_OUTAGE_MAX_MS / 1000, s->source_err);
         r->message = s->status_msg;
+    } else if (!s->message[0] && !s->stopping && !s->paused && s->apply.failures > 0 &&
+               s->apply.err_msg[0]) {
+        /* restarting after an error (a full destination disk, a destination error): say
+         * which, until it runs healthy again */
+        snprintf(s->status_msg, sizeof(s->status_msg),
+                 "the apply worker is restarted after %u failure%s in a row; last error: %s",
+                 s->apply.failures, s->apply.failures == 1 ? "" : "s", s->apply.err_msg);
+        r->message = s->status_msg;
     }
     r->pid = (int64_t)getpid();
     r->flush_lsn = s->flush_lsn;

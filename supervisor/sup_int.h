@@ -71,7 +71,8 @@ typedef struct sup_worker_s {
     bool timer_ok;
     bool stop_sent;          /* we asked it to stop (pause, resync, reload): exit 0 expected */
     bool restart_after_stop; /* reload: start it again once it has exited */
-    /* ["worker_error", ...] of its current or last process: what it exited on ("" none) */
+    /* ["worker_error", ...]: what its last failed process exited on; cleared once a process
+     * streams or copies again ("" none) */
     char err_kind[32];
     char err_msg[600];
     char err_hint[400];

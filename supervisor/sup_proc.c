@@ -475,7 +475,8 @@ on_message(sup_t *s, sup_proc_t *p, const ipc_msg_t *m)
         s->received_lsn = m->u.progress.received_lsn;
         s->events = m->u.progress.events;
         s->progress_dirty = true;
-        sup__source_ok(s); /* it streams */
+        sup__source_ok(s); /* it streams, and is well: */
+        w->err_kind[0] = w->err_msg[0] = w->err_hint[0] = '\0';
         return;
     case IPC_COPY_PROGRESS: {
         sup_table_t *t = sup__find_table(s, m->u.copy_progress.relid);
@@ -483,6 +484,7 @@ on_message(sup_t *s, sup_proc_t *p, const ipc_msg_t *m)
             break;
         t->rows_copied = m->u.copy_progress.rows;
         sup__source_ok(s); /* it copies */
+        w->err_kind[0] = w->err_msg[0] = w->err_hint[0] = '\0';
         return;
     }
     case IPC_ERROR:
@@ -873,7 +875,6 @@ sup__worker_spawn(sup_worker_t *w)
     p->rd_ok = true;
     p->w = w;
     p->sup = s;
-    w->err_kind[0] = w->err_msg[0] = w->err_hint[0] = '\0';
 
     char relid[16];
     snprintf(relid, sizeof(relid), "%u", w->relid);

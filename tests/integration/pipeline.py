@@ -174,7 +174,8 @@ class Pipeline:
 
     @property
     def dest_path(self):
-        return os.path.join(self.dir, "dest.db")
+        """DIR/dest.db, or what a test set in dest_path_override (a destination elsewhere)."""
+        return getattr(self, "dest_path_override", None) or os.path.join(self.dir, "dest.db")
 
     def cmd(self, *args, timeout=60):
         return run_walrelay(self.bindir, *args, timeout=timeout)
