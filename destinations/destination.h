@@ -211,6 +211,21 @@ struct dest_s {
     const dest_ops_t *ops;
 };
 
+/* What a worker lets its destination do while the destination waits on the outside world
+ * (the ABI host's waiting and interrupted, include/walrelay/destination.h "Waiting").
+ * Process-wide: a worker sets them once, after dest_open; without them a destination's
+ * wait is only logged and never interrupted. Called on the worker's thread, from inside a
+ * destination call. */
+typedef struct dest_host_hooks_s {
+    /* message: what the destination waits for and its last error; NULL: the wait is over */
+    void (*waiting)(void *arg, const char *message);
+    /* true: give up waiting (a stop was asked for, or the supervisor is gone) */
+    bool (*interrupted)(void *arg);
+    void *arg;
+} dest_host_hooks_t;
+
+void dest_set_host_hooks(const dest_host_hooks_t *hooks);
+
 /* Opens cfg's destination through the registry (destinations/registry.h): validates the
  * [destination] keys (dest_config_check; fills the default type), then the type's open.
  * role: "apply", "sync" or "check" (handed to ABI destinations). */

@@ -11,6 +11,7 @@
 #define WR_SUP_INT_H
 
 #include "../proto/ipc.h"
+#include "metrics.h"
 #include "sup.h"
 
 #define SUP_TICK_MS          1000
@@ -20,6 +21,9 @@
 #define SUP_PROGRESS_SAVE_MS 1000
 #define SUP_RESTART_FLOOR_MS 1000
 #define SUP_OUTAGE_MAX_MS    10000 /* longest wait between tries while the source is away */
+/* How often the state store's lease is verified while running (stores with a lease:
+ * state.h check_lease); WALRELAY_LEASE_CHECK_MS overrides it (tests). */
+#define SUP_LEASE_CHECK_MS 5000
 
 typedef enum {
     W_IDLE = 0, /* no process, nothing pending */
@@ -50,6 +54,10 @@ typedef struct sup_proc_s {
     bool chan_done; /* EOF, read error, or closed by us */
     bool fatal;     /* handshake refused: handle its exit like exit code 2 */
     char fatal_msg[256];
+    /* ["dest_wait", message] (issue 9): what its destination waits for, "" if nothing;
+     * shown by status as the pipeline's message */
+    char dest_wait[512];
+    int64_t dest_wait_since; /* wr_now_ms() of the first message of this wait */
 } sup_proc_t;
 
 typedef struct sup_table_s sup_table_t;
@@ -123,7 +131,6 @@ struct sup_s {
     int64_t source_down_since; /* monotonic ms */
     int64_t source_retry_ms;   /* the current delay between tries */
     char source_err[600];      /* the last error a worker reported */
-    char status_msg[1024];     /* the message of the last status reply, when built */
     /* an apply worker of this supervisor said hello: no apply process of an earlier run
      * can still write (it holds DIR/apply.lock until it is gone, see walrelay-apply);
      * copies of Init tables wait for it */
@@ -143,10 +150,22 @@ struct sup_s {
     bool paused;             /* walrelay pause: no worker runs until resume (persisted) */
     int exit_code;           /* of `walrelay run` once stopped: 0, or 2 (slot lost) */
     char message[1024];      /* for status: why paused / degraded / stopping, or "" */
+    char status_msg[1024];   /* status: a message built for one reply (outage, waits) */
     char fatal_hint[512];    /* printed with message when exit_code is set */
     int64_t last_refresh_ms; /* last read of the publication ([pipeline] publication_refresh_ms) */
     bool refresh_busy;       /* a publication read runs in the thread pool */
     bool refresh_again;      /* another was asked for meanwhile */
+    /* the state store's lease (sup__lease_tick) */
+    bool lease_ready;         /* lease_check_ms read */
+    int64_t lease_check_ms;   /* probe interval, 0 = never probe */
+    int64_t lease_checked_at; /* last probe (monotonic ms) */
+    bool lease_unverified;    /* the last probe could not reach the store */
+    bool lease_lost;          /* lost: stopping, exit code 2 */
+    /* the operating surface (issue 10, metrics.h): counters and lag, the HTTP listener,
+     * the service manager's notifications */
+    sup_metrics_t *metrics;
+    sup_http_t *http;
+    sup_notify_t *notify;
 };
 
 /* ---- shared between the layers ---- */
@@ -187,6 +206,7 @@ void sup__table_set_errored(sup_t *s, sup_table_t *t, const char *kind, const ch
                             const char *hint);
 void sup__table_handoff_paused(sup_t *s, sup_table_t *t);
 void sup__tick_cb(uv_timer_t *h);
+void sup__lease_tick(sup_t *s, int64_t now);
 void sup__tick_table_retry(sup_t *s, sup_table_t *t, int64_t now);
 void sup__worker_exited(sup_worker_t *w, sup_proc_t *p);
 void sup__worker_spawn(sup_worker_t *w);

@@ -20,8 +20,10 @@ import pytest
 from pipeline import SCALE, alive_walrelay_pids, deadline, wait_equal
 from workload import BackgroundWriter, create_mixed_table, publish
 
-# every case runs with the state in state.db and in the PostgreSQL state store
-pytestmark = pytest.mark.parametrize("state_store", ["sqlite", "postgres"], indirect=True)
+# every case runs with the state in state.db, in the PostgreSQL state store and in a
+# plugin store (examples/store-onefile through the ABI adapter)
+pytestmark = pytest.mark.parametrize("state_store", ["sqlite", "postgres", "plugin"],
+                                     indirect=True)
 
 R_ROWS = 2_000
 T_ROWS = 3_000

@@ -178,7 +178,7 @@ test_naming(void)
     CHECK(dest_type_find("plugin") == &dest_type_plugin);
     CHECK(dest_type_find("postgres") == NULL);
     dest_type_list(buf, sizeof(buf));
-    CHECK_STR_EQ(buf, "sqlite, null, plugin");
+    CHECK_STR_EQ(buf, "sqlite, null, http, jsonl, nats, eventstore, plugin");
 }
 
 static void
@@ -195,7 +195,7 @@ test_open_unknown_type(void)
     CHECK_INT_EQ(dest_open(&c, "apply", &d, &err), WR_ECONFIG);
     CHECK_STR_EQ(err.msg, "/p/walrelay.conf:7: invalid value \"x\" for [destination] type: no "
                           "such destination type");
-    CHECK_CONTAINS(err.hint, "sqlite, null, plugin");
+    CHECK_CONTAINS(err.hint, "sqlite, null, http, jsonl, nats, eventstore, plugin");
     CHECK(d == NULL);
 }
 
