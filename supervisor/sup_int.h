@@ -58,6 +58,7 @@ typedef struct sup_proc_s {
      * shown by status as the pipeline's message */
     char dest_wait[512];
     int64_t dest_wait_since; /* wr_now_ms() of the first message of this wait */
+    int64_t spawned_at;      /* wr_now_ms() at spawn: its connections are at least as new */
 } sup_proc_t;
 
 typedef struct sup_table_s sup_table_t;
@@ -190,7 +191,7 @@ int sup__state_lost_check(sup_t *s, PGconn *conn, const char *created, wr_err_t 
 int sup__refuse_stopping(wr_err_t *err);
 void sup__refuse_tables(sup_t *s, const sup_pub_table_t *pub, size_t npub);
 void sup__save_progress(sup_t *s);
-void sup__source_ok(sup_t *s);
+void sup__source_ok(sup_t *s, const sup_proc_t *p);
 void sup__signal_cb(uv_signal_t *h, int signum);
 void sup__stop_worker(sup_worker_t *w);
 void sup__check_stopped(sup_t *s);

@@ -481,7 +481,7 @@ on_message(sup_t *s, sup_proc_t *p, const ipc_msg_t *m)
         s->flush_lsn = m->u.progress.flush_lsn;
         s->received_lsn = m->u.progress.received_lsn;
         s->events = m->u.progress.events;
-        sup__source_ok(s); /* it streams, and is well: */
+        sup__source_ok(s, p); /* it streams, and is well: */
         w->err_kind[0] = w->err_msg[0] = w->err_hint[0] = '\0';
         return;
     case IPC_COPY_PROGRESS: {
@@ -489,13 +489,15 @@ on_message(sup_t *s, sup_proc_t *p, const ipc_msg_t *m)
         if (w->is_apply || !t || t->relid != w->relid)
             break;
         t->rows_copied = m->u.copy_progress.rows;
-        sup__source_ok(s); /* it copies, and is well: */
+        sup__source_ok(s, p); /* it copies, and is well: */
         w->err_kind[0] = w->err_msg[0] = w->err_hint[0] = '\0';
         sup__metrics_copy_progress(s, t, p->pid, m->u.copy_progress.rows);
         return;
     }
     case IPC_WORKER_METRICS:
         sup__metrics_worker_report(s, w, m);
+        if (m->u.worker_metrics.bytes_received > 0)
+            sup__source_ok(s, p); /* it receives from the source (a catch-up streams) */
         return;
     case IPC_STREAMING:
         if (!w->is_apply)
@@ -691,10 +693,13 @@ worker_source_down(sup_t *s, sup_worker_t *w)
     worker_restart_later(w, d);
 }
 
+/* A worker streams or copies: the outage is over, unless that process was started
+ * before the outage began (what it reports may come from its old connection's buffer,
+ * read after the source went away: a copy goes on for a while on the rows it holds). */
 void
-sup__source_ok(sup_t *s)
+sup__source_ok(sup_t *s, const sup_proc_t *p)
 {
-    if (!s->source_down)
+    if (!s->source_down || p->spawned_at < s->source_down_since)
         return;
     log_info("the source is back after %.1f s",
              (double)(wr_now_ms() - s->source_down_since) / 1000.0);
@@ -910,6 +915,7 @@ sup__worker_spawn(sup_worker_t *w)
     p->rd_ok = true;
     p->w = w;
     p->sup = s;
+    p->spawned_at = wr_now_ms();
 
     char relid[16];
     snprintf(relid, sizeof(relid), "%u", w->relid);

@@ -259,8 +259,8 @@ def worker_pids(p):
 
 class Proxy:
     """Forwards 127.0.0.1:port to the server's port, both ways, one thread pair per
-    connection. cut() black-holes its port on the loopback device with tc (every packet
-    to or from it dropped: no FIN, no RST, like a cable pulled), heal() ends that."""
+    connection. cut() black-holes its port on the loopback device with tc (packets to or
+    from it are dropped: no FIN, no RST, like a cable pulled), heal() ends that."""
 
     def __init__(self, target_port):
         self.target = target_port
@@ -311,17 +311,22 @@ class Proxy:
         return r
 
     def cut(self):
-        # prio qdisc on lo; band 4 drops everything (netem loss 100%); the filters send the
-        # proxy's port there. Other loopback traffic goes on as before.
-        self._tc("qdisc", "add", "dev", "lo", "root", "handle", "1:", "prio", "bands", "4",
-                 "priomap", "1", "2", "2", "2", "1", "2", "0", "0", "1", "1", "1", "1", "1", "1",
-                 "1", "1")
+        # An htb qdisc on lo: everything goes through class 1:1 (100 Gbit/s, unshaped in
+        # practice); packets to or from the proxy's port go to class 1:2, shaped to 8 bit/s
+        # with a one-packet queue, so they are dropped (at most one 60-byte packet leaks
+        # every minute). Only htb, pfifo and u32 are needed (no netem or drop action,
+        # which this kernel may lack). Other loopback traffic goes on as before.
+        self._tc("qdisc", "add", "dev", "lo", "root", "handle", "1:", "htb", "default", "1")
         self.cut_on = True
-        self._tc("qdisc", "add", "dev", "lo", "parent", "1:4", "handle", "40:", "netem", "loss",
-                 "100%")
+        self._tc("class", "add", "dev", "lo", "parent", "1:", "classid", "1:1", "htb", "rate",
+                 "100gbit")
+        self._tc("class", "add", "dev", "lo", "parent", "1:", "classid", "1:2", "htb", "rate",
+                 "8bit", "ceil", "8bit", "burst", "1", "cburst", "1")
+        self._tc("qdisc", "add", "dev", "lo", "parent", "1:2", "handle", "20:", "pfifo", "limit",
+                 "1")
         for match in ("dport", "sport"):
             self._tc("filter", "add", "dev", "lo", "parent", "1:", "protocol", "ip", "prio", "1",
-                     "u32", "match", "ip", match, str(self.port), "0xffff", "flowid", "1:4")
+                     "u32", "match", "ip", match, str(self.port), "0xffff", "flowid", "1:2")
 
     def heal(self):
         if self.cut_on:

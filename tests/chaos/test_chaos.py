@@ -205,11 +205,16 @@ def test_chaos_source_outages(pipelines, tmp_path, monkeypatch):
             _wait_phase(p, "public.copy1", ("datasync",))
             srv.server.halt("fast")
             down = time.monotonic()
-            seen = p.wait_until(lambda: p.status()["state"] == "source_unavailable" and p.status(),
-                                60, "status: source_unavailable")
-            assert "last error" in seen["message"], seen
-            while time.monotonic() - down < outage:
+            def unavailable():
                 st = p.status()
+                return st if st and st["state"] == "source_unavailable" else None
+
+            seen = p.wait_until(unavailable, 60, "status: source_unavailable")
+            assert "last error" in (seen["message"] or ""), seen
+            while time.monotonic() - down < outage:
+                # the whole time (a copy working off the rows it holds is no sign of life)
+                st = p.status()
+                assert st["state"] == "source_unavailable", st
                 assert all(t["phase"] != "errored" for t in st["tables"]), st
                 svc.ensure()
                 time.sleep(1)
