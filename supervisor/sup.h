@@ -68,6 +68,12 @@ typedef struct sup_pub_table_s {
     bool refused;
     char refused_msg[512];
     char refused_hint[512];
+    /* (issue 12) The publication's membership record of the table: the oid of its
+     * pg_publication_rel row (its own or an ancestor's), else of the pg_publication_namespace
+     * row of its schema, else 0 (FOR ALL TABLES). ALTER PUBLICATION ... DROP TABLE and ADD
+     * TABLE make a new record: a table whose record changed left the publication for a
+     * while, and its changes of that time were never published. */
+    int64_t member;
 } sup_pub_table_t;
 
 /*

@@ -100,6 +100,9 @@ struct sup_table_s {
     bool exhausted_logged; /* "automatic retries exhausted" was logged */
     bool removing;         /* left the publication: removed once its sync worker is gone */
     bool resync_pending;   /* walrelay resync (or a re-copy): Init once its worker is gone */
+    /* its publication membership record changed (sup_pub_table_t.member): recorded once
+     * the re-copy's Init is persisted (0: nothing pending) */
+    int64_t member_pending;
     bool init_unacked;     /* Init sent to a live apply worker that has not acknowledged it
                             * (["table_ack"]): its copy must not start yet (issue 12, d. 6) */
     /* read back from the state store at start, written through (on_schema, mappings) */
@@ -197,6 +200,7 @@ void sup__stop_worker(sup_worker_t *w);
 void sup__check_stopped(sup_t *s);
 void sup__schedule(sup_t *s);
 int sup__table_do_resync(sup_t *s, sup_table_t *t, wr_err_t *err);
+void sup__table_member_check(sup_t *s, sup_table_t *t, int64_t member, bool running);
 void sup__table_free(sup_table_t *t);
 const char *sup__table_label(const sup_table_t *t, char *buf, size_t len);
 sup_table_t *sup__table_lookup(sup_t *s, const char *spec, wr_err_t *err);

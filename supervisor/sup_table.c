@@ -328,6 +328,88 @@ table_reset_failures(sup_t *s, sup_table_t *t)
     t->exhausted_logged = false;
 }
 
+/* ---- publication membership (issue 12) ----
+ *
+ * ALTER PUBLICATION ... DROP TABLE t, then ADD TABLE t, between two reads of the
+ * publication (or while the supervisor was down): the changes of t made in between were
+ * never published, yet t would look as synchronised as before. Each read gives the
+ * table's membership record (sup_pub_table_t.member, a catalog oid that such a drop and
+ * add renews); it is kept in the state store as the flag "pubmember_<relid>" (flags need
+ * no new table, so every store, plugins included, keeps it). A record that changed sends
+ * the table back to Init: it is copied again, as for walrelay resync. */
+
+static void
+member_flag_name(const sup_table_t *t, char *buf, size_t len)
+{
+    snprintf(buf, len, "pubmember_%u", t->relid);
+}
+
+static int
+member_record(sup_t *s, const sup_table_t *t, int64_t member, wr_err_t *err)
+{
+    char name[64];
+
+    member_flag_name(t, name, sizeof(name));
+    return s->st->ops->set_flag(s->st, name, member, err);
+}
+
+/*
+ * Compares t's membership record with the one recorded. Nothing recorded yet (a new
+ * table, or one from before this was kept): records it. Changed: the table is copied
+ * again; running = the supervisor's loop runs (a sync worker is stopped first, as for
+ * walrelay resync), else (at start, no worker yet) Init is persisted at once. The new
+ * record is persisted only once Init is.
+ */
+void
+sup__table_member_check(sup_t *s, sup_table_t *t, int64_t member, bool running)
+{
+    char name[64];
+    int64_t have = 0;
+    bool found = false;
+    wr_err_t err;
+
+    wr_err_clear(&err);
+    member_flag_name(t, name, sizeof(name));
+    if (member == 0 || t->removing || t->member_pending == member)
+        return;
+    if (s->st->ops->get_flag(s->st, name, &have, &found, &err) != 0) {
+        log_err(LOG_LVL_WARN, "reading the table's publication membership", &err);
+        return;
+    }
+    if (found && have == member)
+        return;
+    if (!found || have == 0 || t->phase == PH_INIT) {
+        if (member_record(s, t, member, &err) != 0)
+            log_err(LOG_LVL_WARN, "recording the table's publication membership", &err);
+        return;
+    }
+    log_warn("table left the publication and joined it again: its changes in between were not "
+             "published, copying it again table=%s.%s relid=%u phase=%s",
+             t->nsp, t->name, t->relid, phase_name(t->phase));
+    t->member_pending = member;
+    if (!running) {
+        if (s->st->ops->set_phase(s->st, t->relid, PH_INIT, 0, NULL, NULL, NULL, &err) != 0) {
+            log_err(LOG_LVL_ERROR, "persisting phase init for a re-copy", &err);
+            t->member_pending = 0;
+            return;
+        }
+        t->phase = PH_INIT;
+        t->lsn = 0;
+        t->err_kind[0] = '\0';
+        if (member_record(s, t, member, &err) != 0)
+            log_err(LOG_LVL_WARN, "recording the table's publication membership", &err);
+        t->member_pending = 0;
+        return;
+    }
+    if (t->sync.p) {
+        t->resync_pending = true;
+        sup__stop_worker(&t->sync);
+        return; /* Init once it has exited (sup__table_do_resync) */
+    }
+    sup__stop_worker(&t->sync); /* a pending backoff */
+    (void)sup__table_do_resync(s, t, &err);
+}
+
 /* Init for t, whose sync worker is gone: copied again from scratch (the copy empties the
  * destination table first). */
 int
@@ -339,6 +421,12 @@ sup__table_do_resync(sup_t *s, sup_table_t *t, wr_err_t *err)
     if (rc != 0) {
         log_err(LOG_LVL_ERROR, "persisting phase init for a resync", err);
         return rc;
+    }
+    if (t->member_pending != 0) {
+        /* after Init: a crash before this write re-copies again, never skips the copy */
+        if (member_record(s, t, t->member_pending, err) != 0)
+            log_err(LOG_LVL_WARN, "recording the table's publication membership", err);
+        t->member_pending = 0;
     }
     table_reset_failures(s, t);
     log_info("table set to init, copying it again table=%s.%s relid=%u", t->nsp, t->name, t->relid);
@@ -676,14 +764,27 @@ pub_apply(sup_t *s, const sup_pub_table_t *pub, size_t npub)
             if (t && pub[i].refused)
                 sup__table_set_errored(s, t, "unsupported", pub[i].refused_msg,
                                        pub[i].refused_hint);
+            if (t)
+                sup__table_member_check(s, t, pub[i].member, true);
             continue;
         }
+        sup__table_member_check(s, t, pub[i].member, true);
         if (pub[i].refused)
             sup__table_set_errored(s, t, "unsupported", pub[i].refused_msg, pub[i].refused_hint);
         if (t->removing) {
             log_info("table published again before its removal ended table=%s.%s relid=%u",
                      pub[i].nsp, pub[i].name, t->relid);
             t->removing = false;
+            /* its changes since it left were not published: copied again */
+            if (t->phase != PH_INIT && !t->resync_pending) {
+                wr_err_t rerr;
+                wr_err_clear(&rerr);
+                if (t->sync.p) {
+                    t->resync_pending = true;
+                } else if (sup__table_do_resync(s, t, &rerr) != 0) {
+                    log_err(LOG_LVL_ERROR, "copying a table published again", &rerr);
+                }
+            }
         }
         if (strcmp(t->nsp, pub[i].nsp) != 0 || strcmp(t->name, pub[i].name) != 0) {
             log_info("table renamed table=%s.%s was=%s.%s relid=%u", pub[i].nsp, pub[i].name,
@@ -1226,6 +1327,9 @@ sup__reconcile_tables(sup_t *s, const sup_pub_table_t *pub, size_t npub, PGconn 
         if (!t->dest_name[0] && sup_assign_mapping(s, t, err) != 0)
             return err->code ? err->code : WR_ESTATE;
         sup__table_handoff_paused(s, t); /* no sync worker runs yet */
+        for (size_t q = 0; q < npub; q++)
+            if (pub[q].relid == t->relid)
+                sup__table_member_check(s, t, pub[q].member, false);
         log_info("table table=%s.%s relid=%u phase=%s lsn=" WR_LSN_FMT
                  " dest=%s schema_lsn=" WR_LSN_FMT,
                  t->nsp, t->name, t->relid, phase_name(t->phase), WR_LSN_ARGS(t->lsn), t->dest_name,

@@ -95,7 +95,41 @@ def _end(db, p, tables, what, timeout=300):
 
 # -- kill -9 of random processes at random moments ------------------------------------------
 
-def test_chaos_kill9(pipelines):
+def _log_size(p):
+    try:
+        return os.path.getsize(p.log_path)
+    except OSError:
+        return 0
+
+
+def _wait_log(p, offset, needle, timeout):
+    """Waits until needle appears in the log after byte offset; True if it did."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            with open(p.log_path, "rb") as f:
+                f.seek(offset)
+                if needle in f.read():
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.01)
+    return False
+
+
+# A destination commit of the apply worker waits this long first (a slow disk, a busy
+# destination), so that a kill of the supervisor lands while its apply worker is in the
+# middle of a commit: the window of issue 12's defect 0 (a new apply worker started while
+# the orphaned one still commits), which random kills alone hit about once in 50.
+COMMIT_SLEEP_MS = int(os.environ.get("WALRELAY_CHAOS_COMMIT_SLEEP_MS", "300"))
+
+
+def test_chaos_kill9(pipelines, monkeypatch):
+    """kill -9 at random moments of a random walrelay process (the supervisor, started
+    again at once as a service manager would; the apply worker; a sync worker), a quarter
+    of them of the supervisor right while its apply worker is inside a destination commit,
+    and one immediate restart of PostgreSQL, while two writers run the mix. Ends equal
+    (multisets), with only the apply slot left."""
     srv = OwnServer()
     p = None
     try:
@@ -103,13 +137,16 @@ def test_chaos_kill9(pipelines):
         create_mix(db)
         p = pipelines()
         p.init(db.conninfo, "pub", config=_config())
+        # every process of the run inherits it (no marker directory: sleep every time)
+        monkeypatch.setenv("WALRELAY_FAILPOINTS", "apply.before_commit=sleep(%d)" % COMMIT_SLEEP_MS)
+        monkeypatch.delenv("WALRELAY_FAILPOINT_DIR", raising=False)
         svc = Service(p)
         svc.start()
         svc.wait_status()
         p.wait_all_ready(TABLES, timeout=180)
         seed = int(os.environ.get("WALRELAY_CHAOS_SEED", "12"))
         rng = random.Random(seed)
-        points = 200 if FULL else 12
+        points = int(os.environ.get("WALRELAY_CHAOS_KILLS", "200" if FULL else "16"))
         writers = [MixWriter(db, 1, ddl=True), MixWriter(db, 2)]
         for w in writers:
             w.start()
@@ -127,7 +164,18 @@ def test_chaos_kill9(pipelines):
                     kinds["postgres_immediate_restart"] += 1
                     continue
                 workers = worker_pids(p)
-                if rng.random() < 0.5 or not workers:
+                r = rng.random()
+                if r < 0.25:
+                    # the supervisor while its apply worker is inside a commit
+                    off = _log_size(p)
+                    if _wait_log(p, off, b"failpoint fired name=apply.before_commit", 5):
+                        time.sleep(rng.uniform(0, COMMIT_SLEEP_MS / 2000.0))
+                        kinds["supervisor_mid_commit"] += 1
+                    else:
+                        kinds["supervisor"] += 1  # no commit within 5 s: a random moment
+                    svc.kill()
+                    svc.start()
+                elif r < 0.5 or not workers:
                     svc.kill()
                     svc.start()  # at once, as a service manager would
                     kinds["supervisor"] += 1
@@ -148,9 +196,10 @@ def test_chaos_kill9(pipelines):
         svc.wait_status()
         recovery = _end(db, p, TABLES, "kill9")
         figure("kill9", seed=seed, kill_points=points, kills=dict(kinds),
-               commits=sum(w.commits for w in writers), seconds=round(time.monotonic() - t0, 1),
+               commit_sleep_ms=COMMIT_SLEEP_MS, commits=sum(w.commits for w in writers),
+               seconds=round(time.monotonic() - t0, 1),
                recovery_after_writes_s=round(recovery, 1), missing_rows=0, extra_rows=0,
-               slots_left=1)
+               slots_left=len(slots_of(db, p.name)))
         assert p.stop() == 0
     finally:
         if p is not None and p.running():

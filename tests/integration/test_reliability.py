@@ -726,3 +726,44 @@ def test_d0_supervisor_killed_at_each_persisted_phase(db, pipelines, tmp_path, m
     p.wait_all_ready(["public.r", "public.t"])
     wait_equal(db.server, db.name, p, ["public.r", "public.t"])
     p.wait_until(lambda: db.slots("walrelay_%s_s" % p.name) == [], 30, "no sync slot left")
+
+
+# -- found by the chaos suite: a table that leaves the publication and joins it again -------
+
+def test_publication_drop_and_add_between_reads(db, pipelines):
+    """ALTER PUBLICATION ... DROP TABLE t, rows written, ADD TABLE t again, all between two
+    reads of the publication (here: while running, with no periodic read, then while
+    stopped): the rows of that time were never published, yet t looked as synchronised
+    as before and stayed without them. Its membership record (a new pg_publication_rel
+    row) changed, so it is copied again: equal at the end."""
+    create_mixed_table(db, "t", 200)
+    create_mixed_table(db, "u", 100)
+    publish(db, "pub", ["t", "u"])
+    p = pipelines()
+    p.init(db.conninfo, "pub", config={"pipeline": {"publication_refresh_ms": "0"}})
+    p.start()
+    p.wait_all_ready(["public.t", "public.u"])
+    tables = ["public.t", "public.u"]
+
+    def gap(tag):
+        db.execute("ALTER PUBLICATION pub DROP TABLE t")
+        db.execute("UPDATE t SET name = %s WHERE id <= 20", ["while out of the publication " + tag])
+        db.execute("DELETE FROM t WHERE id BETWEEN 21 AND 25")
+        db.execute("ALTER PUBLICATION pub ADD TABLE t")
+        db.execute("UPDATE t SET name = %s WHERE id BETWEEN 26 AND 30", ["back " + tag])
+        db.execute("UPDATE u SET name = %s WHERE id <= 5", ["u " + tag])
+
+    # while running: the next read of the publication (reload) finds the new record
+    gap("1")
+    assert p.cmd("reload", p.dir).rc == 0
+    wait_equal(db.server, db.name, p, tables)  # (before the fix: rows of the gap missing)
+    assert p.log_contains("left the publication and joined it again", since_start=True)
+    p.wait_all_ready(tables)
+    # while stopped: the read at start finds it
+    assert p.stop() == 0
+    gap("2")
+    p.start()
+    wait_equal(db.server, db.name, p, tables)
+    assert p.log_contains("left the publication and joined it again", since_start=True)
+    p.wait_all_ready(tables)
+    assert not p.log_contains("copy started table=public.u", since_start=True), "u copied again"
