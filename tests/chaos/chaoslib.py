@@ -140,15 +140,27 @@ class MixWriter(threading.Thread):
                 c.execute("INSERT INTO pubx VALUES (%s, 'x')", [self.next_id])
                 self.next_id += 1
             elif op < 0.96:  # DDL that the destination follows
-                self.ddl_cols += 1
-                c.execute("ALTER TABLE ddl ADD COLUMN c%d int DEFAULT %d" % (self.ddl_cols,
-                                                                            self.ddl_cols))
-                if self.ddl_cols > 2:
-                    c.execute("ALTER TABLE ddl DROP COLUMN c%d" % (self.ddl_cols - 2))
+                n = self.ddl_cols + 1
+                c.execute("ALTER TABLE ddl ADD COLUMN c%d int DEFAULT %d" % (n, n))
+                if n > 2:
+                    c.execute("ALTER TABLE ddl DROP COLUMN c%d" % (n - 2))
             else:  # the publication loses or regains a table
                 c.execute("ALTER PUBLICATION pub %s TABLE pubx" % (
                     "DROP" if self.pubx_in else "ADD"))
-                self.pubx_in = not self.pubx_in
+        # committed: what the catalog now holds (read back, so that a commit whose answer
+        # was lost with the connection is counted too)
+        if self.ddl and op >= 0.92:
+            self._read_state(c)
+
+    def _read_state(self, c):
+        """ddl_cols and pubx_in from the catalog."""
+        cols = [r[0] for r in c.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = 'ddl'::regclass AND attnum > 0 "
+            "AND NOT attisdropped AND attname ~ '^c[0-9]+$'").fetchall()]
+        self.ddl_cols = max([int(x[1:]) for x in cols], default=0)
+        self.pubx_in = c.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_publication_tables WHERE pubname = 'pub' AND "
+            "schemaname = 'public' AND tablename = 'pubx')").fetchone()[0]
 
     def run(self):
         c = None
@@ -156,6 +168,8 @@ class MixWriter(threading.Thread):
             try:
                 if c is None or c.closed:
                     c = self.db.connect(autocommit=True)
+                    if self.ddl:
+                        self._read_state(c)  # a transaction may have failed mid-way
                 self._txn(c)
                 self.commits += 1
                 if self.pause:

@@ -117,18 +117,19 @@ def _wait_log(p, offset, needle, timeout):
     return False
 
 
-# A destination commit of the apply worker waits this long first (a slow disk, a busy
-# destination), so that a kill of the supervisor lands while its apply worker is in the
-# middle of a commit: the window of issue 12's defect 0 (a new apply worker started while
-# the orphaned one still commits), which random kills alone hit about once in 50.
-COMMIT_SLEEP_MS = int(os.environ.get("WALRELAY_CHAOS_COMMIT_SLEEP_MS", "300"))
+# For the kills aimed at defect 0's window: the apply worker of one supervisor waits this
+# long before each destination commit (a slow disk, a busy destination), and that
+# supervisor is killed -9 while its apply worker is inside such a commit; the window (a
+# new apply worker started while the orphaned one still commits) is then wide open,
+# where random kills alone hit it about once in 50.
+COMMIT_SLEEP_MS = int(os.environ.get("WALRELAY_CHAOS_COMMIT_SLEEP_MS", "2000"))
 
 
 def test_chaos_kill9(pipelines, monkeypatch):
     """kill -9 at random moments of a random walrelay process (the supervisor, started
-    again at once as a service manager would; the apply worker; a sync worker), a quarter
-    of them of the supervisor right while its apply worker is inside a destination commit,
-    and one immediate restart of PostgreSQL, while two writers run the mix. Ends equal
+    again at once as a service manager would; the apply worker; a sync worker), every
+    third of them of the supervisor right while its apply worker is inside a destination
+    commit, and one immediate restart of PostgreSQL, while two writers run the mix. Ends equal
     (multisets), with only the apply slot left."""
     srv = OwnServer()
     p = None
@@ -137,8 +138,7 @@ def test_chaos_kill9(pipelines, monkeypatch):
         create_mix(db)
         p = pipelines()
         p.init(db.conninfo, "pub", config=_config())
-        # every process of the run inherits it (no marker directory: sleep every time)
-        monkeypatch.setenv("WALRELAY_FAILPOINTS", "apply.before_commit=sleep(%d)" % COMMIT_SLEEP_MS)
+        monkeypatch.delenv("WALRELAY_FAILPOINTS", raising=False)
         monkeypatch.delenv("WALRELAY_FAILPOINT_DIR", raising=False)
         svc = Service(p)
         svc.start()
@@ -165,17 +165,24 @@ def test_chaos_kill9(pipelines, monkeypatch):
                     continue
                 workers = worker_pids(p)
                 r = rng.random()
-                if r < 0.25:
-                    # the supervisor while its apply worker is inside a commit
+                if i % 3 == 1:
+                    # the supervisor while its apply worker is inside a commit: a supervisor
+                    # whose apply worker commits slowly (inherited failpoint, no marker
+                    # directory: every commit), killed once that worker is in a commit
+                    svc.kill()
                     off = _log_size(p)
-                    if _wait_log(p, off, b"failpoint fired name=apply.before_commit", 5):
+                    monkeypatch.setenv("WALRELAY_FAILPOINTS",
+                                       "apply.before_commit=sleep(%d)" % COMMIT_SLEEP_MS)
+                    svc.start()
+                    monkeypatch.delenv("WALRELAY_FAILPOINTS")
+                    if _wait_log(p, off, b"failpoint fired name=apply.before_commit", 15 * SCALE):
                         time.sleep(rng.uniform(0, COMMIT_SLEEP_MS / 2000.0))
                         kinds["supervisor_mid_commit"] += 1
                     else:
-                        kinds["supervisor"] += 1  # no commit within 5 s: a random moment
+                        kinds["supervisor"] += 1  # no commit within the wait: a random moment
                     svc.kill()
                     svc.start()
-                elif r < 0.5 or not workers:
+                elif r < 0.35 or not workers:
                     svc.kill()
                     svc.start()  # at once, as a service manager would
                     kinds["supervisor"] += 1
