@@ -117,7 +117,13 @@ sq_fail(dest_sqlite_t *d, wr_err_t *err, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    return wr_err_set(err, WR_EDEST, "%s: %s", msg, d->db ? sqlite3_errmsg(d->db) : "no database");
+    wr_err_set(err, WR_EDEST, "%s: %s", msg, d->db ? sqlite3_errmsg(d->db) : "no database");
+    if (d->db && (sqlite3_extended_errcode(d->db) & 0xff) == SQLITE_FULL)
+        wr_err_hint(err,
+                    "free disk space on the file system of %s: the worker is restarted and "
+                    "resumes where the destination stopped, nothing is lost meanwhile",
+                    d->path);
+    return WR_EDEST;
 }
 
 /* A growable string for building SQL (not on the per-row path). */

@@ -237,8 +237,8 @@ def test_chaos_source_outages(pipelines, tmp_path, monkeypatch):
     try:
         db = srv.db
         create_mix(db)
-        create_mixed_table(db, "copy1", 20000)
-        create_mixed_table(db, "copy2", 20000)
+        create_mixed_table(db, "copy1", 20000 if FULL else 6000)
+        create_mixed_table(db, "copy2", 20000 if FULL else 6000)
         p = pipelines()
         p.init(db.conninfo, "pub", config=_config())
         fpdir = tmp_path / "fp"
@@ -395,10 +395,12 @@ def test_chaos_destination_disk_full(pipelines, tmp_path):
         try:
             fill(junk)
             offset = len(p.log_text())
-            p.wait_until(lambda: "full" in p.log_text()[offset:], 120,
+            p.wait_until(lambda: "disk is full" in p.log_text()[offset:], 120,
                          "the destination's disk full in the log")
             p.wait_until(lambda: "disk is full" in (p.status().get("message") or ""), 60,
                          "status saying the disk is full")
+            assert "free disk space on the file system of %s" % dest in p.log_text()[offset:], \
+                p.log_tail()
             full_at = time.monotonic()
             time.sleep(3 * SCALE)
             assert svc.exits == [], "walrelay run exited: %s" % svc.exits
@@ -445,7 +447,7 @@ def test_chaos_state_disk_full(pipelines, tmp_path):
             fill(os.path.join(fs.path, "junk"))
             offset = len(p.log_text())
             db.execute("ALTER PUBLICATION pub ADD TABLE later")
-            p.wait_until(lambda: "full" in p.log_text()[offset:], 60,
+            p.wait_until(lambda: "disk is full" in p.log_text()[offset:], 60,
                          "the state store's disk full in the log")
             # the rest keeps streaming meanwhile
             recovered_full = _recovered(p, db)
@@ -523,8 +525,10 @@ def test_chaos_state_db_deleted_or_damaged(db, pipelines):
     db.execute("UPDATE b SET name = 'after the restore' WHERE id <= 10")
     wait_equal(db.server, db.name, p, tables)
     assert not p.log_contains("copy started", since_start=True), "copied again"
+    assert slots_of(db, p.name) == ["walrelay_%s" % p.name], slots_of(db, p.name)
     figure("state_db_deleted_or_damaged", deleted="refused, exit 2",
-           damaged="refused, exit 2", restored="resumed without a copy")
+           damaged="refused, exit 2", restored="resumed without a copy", missing_rows=0,
+           extra_rows=0, slots_left=1)
 
 
 # -- the control socket flooded ---------------------------------------------------------------
@@ -590,4 +594,6 @@ def test_chaos_control_socket_flood(db, pipelines):
     st = p.wait_until(lambda: p.status(), 60, "status answering after the flood")
     assert st["state"] == "running", st
     wait_equal(db.server, db.name, p, ["public.a"])
-    figure("control_socket_flood", flood_s=round(flood_s, 1), clients=dict(counts))
+    assert slots_of(db, p.name) == ["walrelay_%s" % p.name], slots_of(db, p.name)
+    figure("control_socket_flood", flood_s=round(flood_s, 1), clients=dict(counts),
+           missing_rows=0, extra_rows=0, slots_left=1)
