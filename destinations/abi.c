@@ -6,7 +6,7 @@
  * NOTES: runs in the supervisor (init, check, run, reload: load + validate, check:
  * open("check") + check()) and in both workers (open: one instance per process).
  * Persists nothing itself. Conversions:
- *   - schemas -> relations (dest_name from dest_table_name, type names from the schema or
+ *   - schemas -> relations (dest_name from dest_schema_table_name, type names from the schema or
  *     pgt_format_type), one RELATION event before the first change of each table in this
  *     instance and after every change of its schema; without WR_DEST_CAP_SCHEMA_CHANGES a
  *     changed column list is WR_EUNSUPPORTED for that table (the apply worker errors it);
@@ -453,7 +453,7 @@ abi_rel_set(abi_rel_t *r, const wr_schema_t *s, wr_err_t *err)
     r->schema = copy;
     r->cols = cols;
     r->names = names;
-    dest_table_name(copy->nsp, copy->name, r->dest_name, sizeof(r->dest_name));
+    dest_schema_table_name(copy, r->dest_name, sizeof(r->dest_name));
     dest_abi_relation(copy, r->dest_name, cols, names, &r->rel);
     r->announced = false;
     return 0;
@@ -612,7 +612,7 @@ abi_ensure_table(dest_t *base, const wr_schema_t *s, wr_err_t *err)
 
     if (s->name == NULL)
         return wr_err_set(err, WR_EINVAL, "ensure_table without a schema");
-    dest_table_name(s->nsp, s->name, dn, sizeof(dn));
+    dest_schema_table_name(s, dn, sizeof(dn));
     if (r != NULL && strcmp(r->dest_name, dn) == 0 && wr_schema_equal(r->schema, s))
         return 0;
     if (r != NULL && !(d->w->capabilities & WR_DEST_CAP_SCHEMA_CHANGES) &&
@@ -926,6 +926,31 @@ abi_close(dest_t *base)
     free(d);
 }
 
+/* Drops the table's relation: the next change announces a RELATION again (the table
+ * was copied again elsewhere, maybe with another key). Buffered events that point at it
+ * are written first. */
+static int
+abi_forget_table(dest_t *base, uint32_t relid, wr_err_t *err)
+{
+    dest_abi_t *d = (dest_abi_t *)base;
+    abi_rel_t *r = abi_rel_find(d, relid);
+    int rc;
+
+    if (r == NULL)
+        return 0;
+    if ((rc = abi_write_pending(d, 0, err)) < 0)
+        return rc;
+    for (size_t i = 0; i < d->nrels; i++) {
+        if (d->rels[i] == r) {
+            abi_rel_clear(r);
+            free(r);
+            d->rels[i] = d->rels[--d->nrels];
+            break;
+        }
+    }
+    return 0;
+}
+
 static const dest_ops_t dest_abi_ops = {
     .name = "abi",
     .open = NULL, /* opened through the registry (dest_abi_open) */
@@ -945,6 +970,7 @@ static const dest_ops_t dest_abi_ops = {
     .put_version = NULL,
     .alter_table = NULL,
     .reset_table = NULL,
+    .forget_table = abi_forget_table,
 };
 
 int

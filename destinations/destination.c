@@ -29,6 +29,15 @@ dest_table_name(const char *nsp, const char *name, char *buf, size_t len)
         snprintf(buf, len, "%s__%s", nsp, name);
 }
 
+void
+dest_schema_table_name(const wr_schema_t *s, char *buf, size_t len)
+{
+    if (s->dest_name != NULL && s->dest_name[0] != '\0')
+        snprintf(buf, len, "%s", s->dest_name);
+    else
+        dest_table_name(s->nsp, s->name, buf, len);
+}
+
 /* ---- schema versions (issue 3) --------------------------------------------------------- */
 
 void

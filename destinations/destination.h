@@ -199,6 +199,12 @@ typedef struct dest_ops_s {
      * ensure_table and records meta as its only version. Inside a transaction. */
     int (*reset_table)(dest_t *d, const wr_schema_t *schema, const dest_tmeta_t *meta,
                        wr_err_t *err);
+
+    /* (issue 12) Forgets whatever this handle cached about the table (its registration,
+     * statements, the columns UPDATE/DELETE match on): another process copies it again,
+     * possibly with other columns or another key, and the next ensure_table must read
+     * the destination afresh. Outside a transaction. NULL if nothing is cached. */
+    int (*forget_table)(dest_t *d, uint32_t relid, wr_err_t *err);
 } dest_ops_t;
 
 struct dest_s {
@@ -229,6 +235,10 @@ void dest_sync_stream(uint32_t relid, char *buf, size_t len);
 /* Destination table name for a source table: "name" for schema public, else
  * "nsp__name". */
 void dest_table_name(const char *nsp, const char *name, char *buf, size_t len);
+/* The destination table of a schema: its dest_name (the unique name the pipeline chose
+ * and recorded in the state store's mappings, issue 12) if set, else dest_table_name().
+ * Every destination names its tables with this. */
+void dest_schema_table_name(const wr_schema_t *s, char *buf, size_t len);
 
 extern const dest_ops_t dest_sqlite_ops;
 

@@ -144,6 +144,23 @@ class PgServer:
             shutil.rmtree(self.tmp, ignore_errors=True)
             self.tmp = None
 
+    def halt(self, mode="fast"):
+        """Stops the server and keeps its data (pg_ctl stop -m mode: smart, fast or
+        immediate); resume() starts it again on the same port (the chaos and outage tests)."""
+        if self.running:
+            self._check("pg_ctl stop -m %s" % mode, self._run(
+                [os.path.join(PG_BIN, "pg_ctl"), "-D", self.datadir, "-m", mode, "-w", "-t", "60",
+                 "stop"]))
+            self.running = False
+
+    def resume(self):
+        if not self.running:
+            self._check("pg_ctl start", self._run(
+                [os.path.join(PG_BIN, "pg_ctl"), "-D", self.datadir, "-l", self.logfile, "-w",
+                 "-t", "60", "start"]))
+            self.running = True
+        return self
+
     def log_tail(self, n=40):
         try:
             with open(self.logfile, "r", errors="replace") as f:

@@ -175,7 +175,8 @@ class Pipeline:
 
     @property
     def dest_path(self):
-        return os.path.join(self.dir, "dest.db")
+        """DIR/dest.db, or what a test set in dest_path_override (a destination elsewhere)."""
+        return getattr(self, "dest_path_override", None) or os.path.join(self.dir, "dest.db")
 
     def cmd(self, *args, timeout=60):
         return run_walrelay(self.bindir, *args, timeout=timeout)
@@ -514,6 +515,22 @@ def _source_query(cols, nsp, name, where):
     return sql if where is None else "%s WHERE (%s)" % (sql, where)
 
 
+def dest_name_of(pgconn, dest, nsp, name):
+    """The destination table of source table nsp.name: the name the destination recorded
+    for its relid (_walrelay_tables, written when the table was registered: the pipeline
+    makes names unique, issue 12), else the naming rule's."""
+    try:
+        relid = pgconn.execute("SELECT format('%%I.%%I', %s::text, %s::text)::regclass::oid",
+                               [nsp, name]).fetchone()[0]
+        row = dest.execute("SELECT dest_name FROM _walrelay_tables WHERE relid = ?",
+                           (int(relid),)).fetchone()
+        if row and row[0]:
+            return row[0]
+    except sqlite3.Error:
+        pass
+    return dest_table_name(nsp, name)
+
+
 def _compare_keyless(pgconn, dest, nsp, name, cols, max_report, where=None):
     """Tables without a primary key: the same rows, as many times each (multisets)."""
     import collections
@@ -521,7 +538,7 @@ def _compare_keyless(pgconn, dest, nsp, name, cols, max_report, where=None):
     src = collections.Counter()
     for row in pgconn.execute(_source_query(cols, nsp, name, where)):
         src[tuple(_expected(t, v) for (_, t), v in zip(cols, row))] += 1
-    dname = dest_table_name(nsp, name)
+    dname = dest_name_of(pgconn, dest, nsp, name)
     qcols = ", ".join('"%s"' % c.replace('"', '""') for c in names)
     try:
         drows = dest.execute('SELECT %s FROM "%s"' % (qcols, dname)).fetchall()
@@ -556,7 +573,7 @@ def compare_table(pgconn, dest, nsp, name, max_report=10, where=None):
     for row in pgconn.execute(_source_query(cols, nsp, name, where)):
         vals = [_expected(t, v) for (_, t), v in zip(cols, row)]
         src[tuple(vals[i] for i in kidx)] = vals
-    dname = dest_table_name(nsp, name)
+    dname = dest_name_of(pgconn, dest, nsp, name)
     qcols = ", ".join('"%s"' % c.replace('"', '""') for c in names)
     try:
         drows = dest.execute('SELECT %s FROM "%s"' % (qcols, dname)).fetchall()

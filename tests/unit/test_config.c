@@ -401,6 +401,20 @@ test_bad_pipeline_name(void)
     CHECK(!cfg_pipeline_name_ok("a b"));
     CHECK(!cfg_pipeline_name_ok("A"));
     CHECK(!cfg_pipeline_name_ok("\xc3\xa9"));
+
+    /* issue 12, defect 3: the form of another pipeline's sync slot names */
+    CHECK(cfg_pipeline_name_clashes("shop_s16390"));
+    CHECK(cfg_pipeline_name_clashes("a_s1"));
+    CHECK(cfg_pipeline_name_clashes("x_s1_s2"));
+    CHECK(!cfg_pipeline_name_clashes("shop"));
+    CHECK(!cfg_pipeline_name_clashes("shop_s"));
+    CHECK(!cfg_pipeline_name_clashes("_s1")); /* would be the sync slot of pipeline "" */
+    CHECK(!cfg_pipeline_name_clashes("shops1"));
+    CHECK(!cfg_pipeline_name_clashes("shop_s1x"));
+    CHECK(!cfg_pipeline_name_clashes("s123"));
+    CHECK(!cfg_pipeline_name_clashes(NULL));
+    expect_error("[pipeline]\nname = shop_s16390\n",
+                 P ":2: pipeline name \"shop_s16390\" ends in \"_s\" and digits", NULL);
 }
 
 static void
