@@ -88,7 +88,8 @@ void dest_tmeta_clear(dest_tmeta_t *m);
 int dest_tmeta_copy(dest_tmeta_t *dst, const dest_tmeta_t *src) WR_MUST_CHECK;
 
 /* How to change a destination table from an old schema to a new one (the new schema's
- * columns in order). Type changes never get here (the table is copied again). */
+ * columns in order). Type changes get here only for a destination with DEST_DDL_RETYPE (a
+ * column whose type differs between the two schemas); otherwise the table is copied again. */
 typedef struct dest_alter_s {
     const int32_t *src;       /* per new column: index of the same column (same attnum) in the
                                * old schema, or -1 for a column that was added */
@@ -139,6 +140,17 @@ typedef struct dest_ddl_plan_s {
  * WR_ENOMEM. */
 int dest_ddl_plan(const wr_schema_t *dschema, const dest_tmeta_t *dmeta, const dest_catalog_t *cat,
                   dest_ddl_plan_t *plan, wr_err_t *err) WR_MUST_CHECK;
+/* dest_ddl_plan with the destination's DEST_DDL_* flags. With DEST_DDL_RETYPE a type or typmod
+ * change of a column is FOLLOWed (alter_table sees the same column with another type in its
+ * two schemas) when the table was not rewritten since the destination's version (the same
+ * relfilenode: PostgreSQL changed the column's label and kept every stored value, e.g.
+ * varchar(10) to varchar(20), varchar to text, numeric(10,2) to numeric(12,2), timestamp(3) to
+ * timestamp(6)); a change that rewrote the table (int to bigint, any USING) is copied again,
+ * because the rewritten values are not in the stream and the catalog does not say which
+ * conversion made them. */
+int dest_ddl_plan_flags(const wr_schema_t *dschema, const dest_tmeta_t *dmeta,
+                        const dest_catalog_t *cat, unsigned flags, dest_ddl_plan_t *plan,
+                        wr_err_t *err) WR_MUST_CHECK;
 void dest_ddl_plan_free(dest_ddl_plan_t *plan);
 /* True if a Relation message's schema (key flags = what pgoutput flags) describes the
  * catalog's table: same names, types, typmods, order, replica identity and flags. Else
@@ -199,11 +211,47 @@ typedef struct dest_ops_s {
      * ensure_table and records meta as its only version. Inside a transaction. */
     int (*reset_table)(dest_t *d, const wr_schema_t *schema, const dest_tmeta_t *meta,
                        wr_err_t *err);
+
+    /* ---- added for the postgres destination (issue 7); optional, NULL where the
+     * destination does not need them (the workers then use the calls above) ---- */
+    /* The copy's rows exactly as the source's COPY ... TO STDOUT (text format) sends them:
+     * whole lines, each ending in '\n', columns in the order of the schema reset_table
+     * registered. Lets a destination that speaks COPY pass the bytes through untouched
+     * instead of write_rows. Inside a transaction; errors may show only at commit. */
+    int (*write_copy)(dest_t *d, uint32_t relid, const char *data, size_t len, wr_err_t *err);
+    /* Every row of the copy of relid has been written (write_copy or write_rows): called in
+     * the copy's last transaction, before its commit, so that what the destination put off
+     * until the rows were in (e.g. building the primary key) commits with them. */
+    int (*copy_done)(dest_t *d, uint32_t relid, wr_err_t *err);
+    /* Writes what write_event held back in the open transaction (a destination that
+     * applies changes in batches), so that a failure shows before commit() and can be
+     * pinned on one table: then *relid names it (0 if the failure is not one table's),
+     * that table's held-back changes are dropped and the transaction stays usable for the
+     * others; the caller marks the table errored and calls flush again. 0 when everything
+     * is written. */
+    int (*flush)(dest_t *d, uint32_t *relid, wr_err_t *err);
+    /* DEST_DDL_* flags: schema changes this destination follows beyond dest_ddl_plan's
+     * default rules (0 for sqlite). */
+    unsigned ddl_flags;
 } dest_ops_t;
+
+/* dest_ops_t.ddl_flags: the destination changes a column's type in place (ALTER COLUMN ...
+ * TYPE) where the source's values did not change (see dest_ddl_plan_flags). */
+#define DEST_DDL_RETYPE 1u
 
 struct dest_s {
     const dest_ops_t *ops;
 };
+
+/* How a destination waits between attempts to reach its server (a database restarting,
+ * a network outage): the worker's function waits up to ms milliseconds while it keeps
+ * serving its supervisor channel, and returns true when the worker must stop (the
+ * destination then gives up with WR_ECONN). Without one (walrelay check, tools) a
+ * destination does not wait. Process-wide; the workers set it before dest_open. */
+typedef bool (*dest_wait_fn)(void *arg, int ms);
+void dest_set_wait(dest_wait_fn fn, void *arg);
+/* Waits through the hook: true if the caller must give up (no hook, or a stop). */
+bool dest_wait(int ms);
 
 /* Opens cfg's destination through the registry (destinations/registry.h): validates the
  * [destination] keys (dest_config_check; fills the default type), then the type's open.
@@ -216,5 +264,6 @@ void dest_sync_stream(uint32_t relid, char *buf, size_t len);
 void dest_table_name(const char *nsp, const char *name, char *buf, size_t len);
 
 extern const dest_ops_t dest_sqlite_ops;
+extern const dest_ops_t dest_postgres_ops;
 
 #endif

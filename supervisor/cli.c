@@ -216,7 +216,19 @@ cli_init(int argc, char **argv)
     printf("wrote %s/walrelay.conf\n", absdir);
     printf("  pipeline     %s (replication slot walrelay_%s)\n", pname, pname);
     printf("  publication  %s\n", publication);
-    printf("  destination  %s\n", dest ? dest : DEST_DEFAULT_TYPE);
+    {
+        /* described from the file written (a conninfo's password is never shown) */
+        wr_config_t wcfg;
+        char where[512];
+
+        cfg_defaults(&wcfg);
+        if (cfg_load(absdir, &wcfg, &err) == 0 && dest_config_check(&wcfg, &err) == 0)
+            dest_describe(&wcfg, where, sizeof(where));
+        else
+            snprintf(where, sizeof(where), "(see walrelay.conf)");
+        cfg_free(&wcfg);
+        printf("  destination  %s\n", where);
+    }
     printf("  state        %s\n", state && strncmp(state, "postgres:", 9) == 0
                                       ? "postgres (schema " CFG_STATE_DEFAULT_SCHEMA ")"
                                       : "sqlite (state.db)");

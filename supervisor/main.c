@@ -23,11 +23,13 @@ static const cli_cmd_t cli_cmds[] = {
      "              [--destination TYPE[:ARG]] [--name PIPELINE] [--state STORE]\n"
      "    Writes DIR/walrelay.conf (creating DIR). The pipeline name defaults to the\n"
      "    directory's name, lowercased, other characters mapped to '_'. Destinations:\n"
-     "    sqlite (default, DIR/dest.db), sqlite:PATH, null (discards rows), and\n"
-     "    plugin:/path/to/lib.so (a library built against walrelay/destination.h; add\n"
-     "    its own keys below [destination] afterwards). State stores: sqlite (default,\n"
-     "    DIR/state.db) and postgres:CONNINFO (a schema walrelay_state in that database,\n"
-     "    for hosts without a lasting disk; one supervisor per pipeline holds its lease).\n"},
+     "    sqlite (default, DIR/dest.db), sqlite:PATH, postgres:CONNINFO (a PostgreSQL\n"
+     "    database; CONNINFO is a libpq connection string, never printed), null\n"
+     "    (discards rows), and plugin:/path/to/lib.so (a library built against\n"
+     "    walrelay/destination.h; add its own keys below [destination] afterwards).\n"
+     "    State stores: sqlite (default, DIR/state.db) and postgres:CONNINFO (a schema\n"
+     "    walrelay_state in that database, for hosts without a lasting disk; one\n"
+     "    supervisor per pipeline holds its lease).\n"},
     {"check", cli_check,
      "walrelay check DIR\n"
      "    Checks the source (reachable, wal_level, publication, REPLICATION privilege,\n"

@@ -107,11 +107,17 @@
  *     - at a source Commit when it is due: cfg.batch_max_fill_ms since its first write,
  *       or cfg.batch_max_bytes written (sizes of the applied pgoutput messages); the key
  *       is (final_lsn, last ordinal) of that transaction;
+ *     - at a transaction boundary as soon as nothing more of the stream can be read
+ *       (apw_caught_up): a group commit, so that a change waits for the next commit only
+ *       while more changes are arriving (latency at low rates, large batches at high ones);
  *     - in the middle of a transaction once the bytes exceed batch_max_bytes, with the
  *       key (final_lsn, ordinal) of the last change processed; the flush does not move
  *       past the previous complete transaction until this one's Commit is committed;
  *     - when a poll times out with the batch open, and before any handoff step.
  *   A transaction that wrote nothing with no batch open moves the flush directly.
+ *   A destination that holds changes back (dest_ops_t.flush, postgres) writes them just
+ *   before each commit; a failure of one table there sets that table ERRORED (persisted
+ *   first) and the batch commits without its changes (apw_batch_flush).
  *
  * FEEDBACK
  *
@@ -533,6 +539,37 @@ apw_flush_to(apw_t *a, wr_lsn_t lsn)
 
 /* ---- the destination batch ------------------------------------------------------------ */
 
+static bool apw_table_specific(int code);
+static int apw_table_fail(apw_t *a, apw_table_t *t, const wr_err_t *cause, wr_err_t *err);
+
+/* (issue 7) A destination that holds changes back (dest_ops_t.flush: postgres) writes them
+ * before the commit, so that a failure that belongs to one table is pinned on it: the
+ * table goes ERRORED, persisted before the resume key moves past its changes, its
+ * held-back changes are dropped, and the other tables' changes commit. */
+static int
+apw_batch_flush(apw_t *a, wr_err_t *err)
+{
+    for (;;) {
+        uint32_t relid = 0;
+        apw_table_t *t;
+        wr_err_t werr;
+        int rc;
+
+        wr_err_clear(&werr);
+        rc = a->dest->ops->flush(a->dest, &relid, &werr);
+        if (rc == 0)
+            return 0;
+        t = relid != 0 ? apw_table_find(a, relid) : NULL;
+        if (t == NULL || !apw_table_specific(rc)) {
+            *err = werr;
+            return rc;
+        }
+        rc = apw_table_fail(a, t, &werr, err);
+        if (rc != 0)
+            return rc;
+    }
+}
+
 /* Commits the open batch. Inside a transaction the key is the last change processed and
  * the flush moves only to the last complete transaction in the batch; outside, the key
  * is the last transaction's and the flush moves to its end. */
@@ -544,6 +581,15 @@ apw_batch_commit(apw_t *a, wr_err_t *err)
 
     if (!a->batch_open)
         return 0;
+    if (a->dest->ops->flush != NULL && (rc = apw_batch_flush(a, err)) != 0) {
+        wr_err_t rerr;
+
+        if (a->dest->ops->rollback(a->dest, &rerr) != 0)
+            log_err(LOG_LVL_WARN, "rolling back the destination batch", &rerr);
+        a->batch_open = false;
+        wr_err_prefix(err, "writing the destination batch: ");
+        return rc < 0 ? rc : WR_EDEST;
+    }
     if (a->stm.tx.in_tx) {
         key.commit_lsn = a->stm.tx.final_lsn;
         key.ordinal = a->stm.tx.ordinal;
@@ -847,7 +893,7 @@ apw_ddl_reconcile(apw_t *a, apw_table_t *t, wr_err_t *err)
         rc = apw_ddl_recopy(a, t, reason, err);
         goto out;
     }
-    rc = dest_ddl_plan(ds, &dm, &cat, &plan, err);
+    rc = dest_ddl_plan_flags(ds, &dm, &cat, ops->ddl_flags, &plan, err);
     if (rc != 0)
         goto out;
     if (plan.action == DEST_DDL_NONE) {
@@ -1532,6 +1578,35 @@ apw_stop(apw_t *a, wr_err_t *err)
     return 0;
 }
 
+/* True if nothing more of the stream can be read right now (group commit: a batch at a
+ * transaction boundary is committed as soon as the worker has caught up with the stream,
+ * and grows only while changes keep coming faster than it commits). */
+static bool
+apw_caught_up(apw_t *a)
+{
+    struct pollfd p;
+
+    p.fd = PQsocket(a->repl);
+    p.events = POLLIN;
+    p.revents = 0;
+    return poll(&p, 1, 0) == 0;
+}
+
+/* (issue 7) The destination's wait while its server cannot be reached (destination.h
+ * dest_set_wait): the channel keeps being served; true once the worker must stop. */
+static bool
+apw_dest_wait(void *arg, int ms)
+{
+    apw_t *a = arg;
+    wr_err_t err;
+
+    if (apw_stopping(a))
+        return true;
+    if (wk_chan_poll(&a->chan, ms, &err) != 0)
+        return true;
+    return apw_stopping(a);
+}
+
 static int
 apw_run(apw_t *a, wr_err_t *err)
 {
@@ -1602,8 +1677,9 @@ apw_run(apw_t *a, wr_err_t *err)
             continue;
 
         now = wr_now_ms();
-        if (a->batch_open && now >= a->batch_start_ms + a->cfg.batch_max_fill_ms &&
-            (!a->stm.tx.in_tx || !got)) {
+        if (a->batch_open &&
+            ((now >= a->batch_start_ms + a->cfg.batch_max_fill_ms && (!a->stm.tx.in_tx || !got)) ||
+             (got && !a->stm.tx.in_tx && apw_caught_up(a)))) {
             rc = apw_batch_commit(a, err);
             if (rc != 0)
                 return rc;
@@ -1713,6 +1789,7 @@ main(int argc, char **argv)
         return apw_fail(&a, "cannot start", &err);
     }
 
+    dest_set_wait(apw_dest_wait, &a);
     rc = dest_open(&a.cfg, "apply", &a.dest, &err);
     if (rc != 0)
         return apw_fail(&a, "cannot open the destination", &err);

@@ -79,6 +79,11 @@
  * table_error_retry_delay_ms (syw_report_transient; docs/lifecycle.md). Later phases
  * keep their slot and just exit 1.
  *
+ * Raw copy (issue 7). A destination with write_copy (postgres) gets each line exactly as
+ * the source's COPY TO STDOUT sent it, without parsing (syw_copy_raw), in transactions of
+ * the same row and byte limits; the last one also runs the destination's copy_done (the
+ * postgres destination builds the primary key there, once the rows are in).
+ *
  * Copy batching. PQgetCopyData returns one line per call and copy_parse_line reuses its
  * buffer for every line, so each parsed row's values are copied into a per-batch arena
  * (one growing char buffer, emptied after every batch, never freed until exit) and the
@@ -262,6 +267,21 @@ static bool
 syw_should_stop(const syw_t *w)
 {
     return syw_signalled || w->stop || w->chan.stop_requested;
+}
+
+/* (issue 7) The destination's wait while its server cannot be reached (destination.h
+ * dest_set_wait): the channel keeps being served; true once the worker must stop. */
+static bool
+syw_dest_wait(void *arg, int ms)
+{
+    syw_t *w = arg;
+    wr_err_t err;
+
+    if (syw_should_stop(w))
+        return true;
+    if (wk_chan_poll(&w->chan, ms, &err) < 0)
+        return true;
+    return syw_should_stop(w);
 }
 
 /* Channel callback: keeps the table's latest phase and notes a stop request. */
@@ -788,11 +808,15 @@ typedef struct syw_copy_s {
     bool dest_open; /* a destination transaction is open */
     uint64_t rows;
     char *sql; /* the COPY statement */
+    /* (issue 7) the raw path: lines handed to write_copy since the last commit */
+    uint64_t raw_rows;
+    size_t raw_bytes;
 } syw_copy_t;
 
-/* Writes and commits the batch (the first transaction also holds the truncate). */
+/* Writes and commits the batch (the first transaction also holds the truncate). last: the
+ * copy's last transaction, where the destination's copy_done runs before the commit. */
 static int
-syw_copy_flush(syw_t *w, syw_copy_t *cp, wr_err_t *err)
+syw_copy_flush(syw_t *w, syw_copy_t *cp, bool last, wr_err_t *err)
 {
     int rc;
 
@@ -807,13 +831,44 @@ syw_copy_flush(syw_t *w, syw_copy_t *cp, wr_err_t *err)
             0)
             return rc;
     }
+    if (last && w->dest->ops->copy_done != NULL &&
+        (rc = w->dest->ops->copy_done(w->dest, w->relid, err)) < 0)
+        return rc;
     if ((rc = w->dest->ops->commit(w->dest, w->stream, NULL, err)) < 0)
         return rc;
     cp->dest_open = false;
-    cp->rows += cp->batch.n;
+    cp->rows += cp->batch.n + cp->raw_rows;
     cp->batch.n = 0;
     cp->batch.alen = 0;
+    cp->raw_rows = 0;
+    cp->raw_bytes = 0;
     return 0;
+}
+
+/* (issue 7) A destination that speaks COPY (write_copy) gets the source's line untouched,
+ * in batches of the same row and byte limits as parsed rows. Returns 1 when a batch was
+ * committed before the line (the caller reports progress). */
+static int
+syw_copy_raw(syw_t *w, syw_copy_t *cp, const char *line, size_t n, size_t batch_rows,
+             size_t batch_bytes, wr_err_t *err)
+{
+    int rc, flushed = 0;
+
+    if (cp->raw_rows > 0 && (cp->raw_rows >= batch_rows || cp->raw_bytes + n > batch_bytes)) {
+        if ((rc = syw_copy_flush(w, cp, false, err)) < 0)
+            return rc;
+        flushed = 1;
+    }
+    if (!cp->dest_open) {
+        if ((rc = w->dest->ops->begin(w->dest, err)) < 0)
+            return rc;
+        cp->dest_open = true;
+    }
+    if ((rc = w->dest->ops->write_copy(w->dest, w->relid, line, n, err)) < 0)
+        return rc;
+    cp->raw_rows++;
+    cp->raw_bytes += n;
+    return flushed;
 }
 
 /* After every batch: tells the supervisor how far the copy is and reads the channel (a
@@ -1097,7 +1152,8 @@ syw_copy(syw_t *w)
         wr_row_t row;
 
         if (syw_should_stop(w)) {
-            log_info("copy interrupted table=%s rows=%" PRIu64, w->table, cp.rows + cp.batch.n);
+            log_info("copy interrupted table=%s rows=%" PRIu64, w->table,
+                     cp.rows + cp.batch.n + cp.raw_rows);
             code = syw_copy_abort(w, &cp, WR_EXIT_OK);
             goto out;
         }
@@ -1116,10 +1172,21 @@ syw_copy(syw_t *w)
             code = syw_copy_error(w, &cp, NULL, &err);
             goto out;
         }
+        if (w->dest->ops->write_copy != NULL) {
+            rc = syw_copy_raw(w, &cp, line, (size_t)n, batch_rows, batch_bytes, &err);
+            PQfreemem(line);
+            if (rc > 0 && (rc = syw_copy_progress(w, &cp, &err)) == 0)
+                FAILPOINT("sync.mid_copy");
+            if (rc < 0) {
+                code = syw_copy_error(w, &cp, cp.dest_open ? "dest_refused" : NULL, &err);
+                goto out;
+            }
+            continue;
+        }
         rc = copy_parse_line(&cp.parser, line, (size_t)n, w->schema->ncols, &row, &err);
         if (rc == 0 && syw_batch_full(&cp.batch, &row)) {
             /* the row lives in the parser's buffer: flushing does not touch it */
-            if ((rc = syw_copy_flush(w, &cp, &err)) < 0 ||
+            if ((rc = syw_copy_flush(w, &cp, false, &err)) < 0 ||
                 (rc = syw_copy_progress(w, &cp, &err)) < 0) {
                 PQfreemem(line);
                 code = syw_copy_error(w, &cp, cp.dest_open ? "dest_refused" : NULL, &err);
@@ -1145,7 +1212,8 @@ syw_copy(syw_t *w)
         }
         PQclear(res);
     }
-    if ((rc = syw_copy_flush(w, &cp, &err)) < 0 || (rc = syw_copy_progress(w, &cp, &err)) < 0) {
+    if ((rc = syw_copy_flush(w, &cp, true, &err)) < 0 ||
+        (rc = syw_copy_progress(w, &cp, &err)) < 0) {
         code = syw_copy_error(w, &cp, cp.dest_open ? "dest_refused" : NULL, &err);
         goto out;
     }
@@ -1877,6 +1945,7 @@ main(int argc, char **argv)
     }
     w.chan_open = true;
     wk_chan_set_callback(&w.chan, syw_on_msg, &w);
+    dest_set_wait(syw_dest_wait, &w);
     memset(&tables, 0, sizeof(tables));
     if (wk_chan_handshake(&w.chan, "sync", w.relid, &tables, &err) < 0) {
         code = syw_fail("handshake with the supervisor", &err);

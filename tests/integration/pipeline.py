@@ -16,6 +16,8 @@ import sqlite3
 import subprocess
 import time
 
+import psycopg
+
 from pgserver import lsn_to_int
 
 # Deadlines scale on slow machines and sanitizer builds: WALRELAY_TEST_TIMEOUT_SCALE=3
@@ -165,6 +167,7 @@ class Pipeline:
         self.last_status = None
         self._log_f = None
         self.state_spec = None  # `walrelay init --state`: None = the default (sqlite)
+        self.target = None  # conftest Db of the postgres destination; None = sqlite
 
     # -- commands --------------------------------------------------------------------
 
@@ -195,6 +198,8 @@ class Pipeline:
             args += ["--name", name]
         if destination:
             args += ["--destination", destination]
+        elif self.target is not None:
+            args += ["--destination", "postgres:" + self.target.conninfo]
         r = self.cmd(*args)
         if check:
             assert r.rc == 0, "walrelay init failed: %r" % r
@@ -381,7 +386,16 @@ class Pipeline:
 
     def dest(self):
         """A read-only connection to the SQLite destination."""
+        assert self.target is None, "dest() is the sqlite destination; use dest_query()"
         return sqlite3.connect("file:%s?mode=ro" % self.dest_path, uri=True, timeout=30)
+
+    def dest_query(self, sql):
+        """Rows of a query on the destination, sqlite or postgres (the same SQL must work in
+        both: plain SELECTs on the replicated tables)."""
+        if self.target is not None:
+            return [tuple(r) for r in self.target.execute(sql)]
+        with self.dest() as d:
+            return d.execute(sql).fetchall()
 
 
 def alive_walrelay_pids(pids):
@@ -596,12 +610,65 @@ def prepare_compare_conn(pgconn):
     return pgconn
 
 
+def _pg_rows_text(conn, table, order, where=None, only=False):
+    """[row::text] of a table in the given order (whole rows in PostgreSQL's own text form,
+    exact: nothing normalised)."""
+    nsp, name = table
+    sql = 'SELECT t::text FROM %s"%s"."%s" t' % ("ONLY " if only else "", nsp.replace('"', '""'),
+                                                name.replace('"', '""'))
+    if where:
+        sql += " WHERE (%s)" % where
+    return [r[0] for r in conn.execute(sql + " ORDER BY " + order)]
+
+
+def compare_pg_table(src, dst, nsp, name, max_report=10, where=None, target=None):
+    """Compares a source table with its copy in a postgres destination as text: SELECT
+    t::text FROM t ORDER BY key on both (keyless tables: ORDER BY t::text, as multisets).
+    target: (nsp, name) of the destination table, default the same. Both connections must
+    have the same session settings (prepare_compare_conn)."""
+    cols, key = _source_table(src, nsp, name, need_key=False)
+    if key:
+        order = ", ".join('t."%s"' % k.replace('"', '""') for k in key)
+    else:
+        order = "t::text"
+    want = _pg_rows_text(src, (nsp, name), order, where)
+    tnsp, tname = target or (nsp, name)
+    try:
+        got = _pg_rows_text(dst, (tnsp, tname), order)
+    except psycopg.Error as e:
+        return ["destination table %s.%s cannot be read: %s" % (tnsp, tname, e)]
+    if want == got:
+        return []
+    diffs = ["%s.%s: %d source rows, %d destination rows" % (tnsp, tname, len(want), len(got))]
+    ws, gs = set(want), set(got)
+    missing = [r for r in want if r not in gs]
+    extra = [r for r in got if r not in ws]
+    if missing:
+        diffs.append("%s.%s: %d source rows missing or different in the destination, e.g. %s" % (
+            tnsp, tname, len(missing), [r[:300] for r in missing[:max_report]]))
+    if extra:
+        diffs.append("%s.%s: %d destination rows not in the source, e.g. %s" % (
+            tnsp, tname, len(extra), [r[:300] for r in extra[:max_report]]))
+    if not missing and not extra:
+        diffs.append("%s.%s: the same rows, but not as many of each (duplicates differ)" % (
+            tnsp, tname))
+    return diffs
+
+
 def compare_tables(pg, dbname, pipeline, tables, where=None):
     """Differences between the source tables ("nsp.name") and the destination. where:
     {"nsp.name": SQL condition} for tables whose destination holds only the rows that
     match it (compare_table)."""
     diffs = []
     where = where or {}
+    if getattr(pipeline, "target", None) is not None:
+        with pg.connect(dbname) as c, pipeline.target.connect() as d:
+            prepare_compare_conn(c)
+            prepare_compare_conn(d)
+            for t in tables:
+                nsp, name = t.split(".", 1)
+                diffs += compare_pg_table(c, d, nsp, name, where=where.get(t))
+        return diffs
     with pg.connect(dbname) as c, pipeline.dest() as d:
         prepare_compare_conn(c)
         for t in tables:
