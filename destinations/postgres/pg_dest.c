@@ -265,12 +265,14 @@ pgd_layout_read(dest_pg_t *d, uint32_t relid, const char *nsp, const char *name,
     memset(l, 0, sizeof(*l));
     pgd_buf_qname(&q, nsp, name);
     pgd_sql_start(d, b);
-    pgd_buf_add(b, "SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull, "
-                   "coalesce(array_position(i.indkey::int2[], a.attnum), 0), "
-                   "(SELECT conname FROM pg_catalog.pg_constraint WHERE conrelid = c.oid AND "
-                   "contype = 'p') FROM pg_catalog.pg_class c JOIN pg_catalog.pg_attribute a "
-                   "ON a.attrelid = c.oid LEFT JOIN pg_catalog.pg_index i ON i.indrelid = c.oid "
-                   "AND i.indisprimary WHERE c.oid = to_regclass(");
+    pgd_buf_add(b,
+                "SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull, "
+                "coalesce((SELECT k.n FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(att, n) "
+                "WHERE k.att = a.attnum), 0), "
+                "(SELECT conname FROM pg_catalog.pg_constraint WHERE conrelid = c.oid AND "
+                "contype = 'p') FROM pg_catalog.pg_class c JOIN pg_catalog.pg_attribute a "
+                "ON a.attrelid = c.oid LEFT JOIN pg_catalog.pg_index i ON i.indrelid = c.oid "
+                "AND i.indisprimary WHERE c.oid = to_regclass(");
     pgd_buf_lit(b, q.p ? q.p : "", q.len);
     pgd_buf_add(b, ") AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum; "
                    "SELECT pk_pending FROM walrelay.tables");
@@ -314,6 +316,16 @@ oom:
 out:
     pgd_res_clear(&res);
     return rc;
+}
+
+static int
+pgd_layout_npk(const pgd_layout_t *l)
+{
+    int n = 0;
+
+    for (int i = 0; i < l->ncols; i++)
+        n += l->pk[i] > 0;
+    return n;
 }
 
 /* True if column i of s belongs in the primary key of a table created from s (as sqlite:
@@ -537,9 +549,20 @@ pgd_ensure_schema(dest_pg_t *d, const char *nsp, wr_err_t *err)
     pgd_res_clear(&res);
     if (rc < 0 || exists)
         return rc;
+    /* under the DDL lock (held until the transaction ends), looked up again with the
+     * statement's snapshot: a schema another worker has just created is seen (a name
+     * lookup could use a catalog cache from before the wait for the lock) */
     pgd_sql_start(d, b);
     pgd_ddl_lock_sql(b);
-    pgd_buf_add(b, "CREATE SCHEMA IF NOT EXISTS ");
+    pgd_buf_add(b, "SELECT count(*) FROM pg_catalog.pg_namespace WHERE nspname = ");
+    pgd_buf_lit(b, nsp, strlen(nsp));
+    rc = pgd_run(d, b, NULL, 0, &res, "looking up a schema", err);
+    exists = rc == 0 && res.n == 2 && strcmp(PQgetvalue(res.r[1], 0, 0), "0") != 0;
+    pgd_res_clear(&res);
+    if (rc < 0 || exists)
+        return rc;
+    pgd_sql_start(d, b);
+    pgd_buf_add(b, "CREATE SCHEMA ");
     pgd_buf_ident(b, nsp);
     if ((rc = pgd_exec(d, b, "creating a schema", err)) < 0)
         return rc;
@@ -660,6 +683,9 @@ pgd_ensure_table(dest_t *base, const wr_schema_t *s, wr_err_t *err)
             goto out;
     }
     t->ddl_txn = d->in_txn;
+    log_debug("table registered table=%s.%s relid=%u match_columns=%d by_row=%d fold=%d "
+              "target_pk_columns=%d",
+              nsp, name, (unsigned)s->relid, t->nkeys, t->by_row, t->fold, pgd_layout_npk(&l));
     pgd_forget(d, s->relid);
     pgd_link(d, t);
     t = NULL;
@@ -1649,9 +1675,17 @@ pgd_bootstrap_tables(dest_pg_t *d, wr_err_t *err)
     pgd_res_clear(&res);
     if (ok)
         return 0;
+    /* one statement under the DDL lock that looks again with a fresh snapshot (another
+     * worker may have created them while this one waited for the lock) */
     pgd_sql_start(d, b);
-    pgd_ddl_lock_sql(b);
+    pgd_buf_addf(b,
+                 "DO $walrelay$ BEGIN PERFORM pg_advisory_xact_lock(%lld); IF NOT EXISTS ("
+                 "SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON "
+                 "n.oid = c.relnamespace WHERE n.nspname = 'walrelay' AND c.relname = "
+                 "'schemas') THEN ",
+                 (long long)pgd_lock_key("walrelay ddl"));
     pgd_buf_add(b, pgd_bootstrap);
+    pgd_buf_add(b, "; END IF; END $walrelay$");
     if ((rc = pgd_exec(d, b, "creating walrelay's tables in the schema \"walrelay\"", err)) < 0)
         return rc;
     log_info("bookkeeping tables created in the destination schema=walrelay");

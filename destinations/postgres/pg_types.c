@@ -75,8 +75,8 @@ pgd_type_exists(dest_pg_t *d, const char *name, bool *exists, wr_err_t *err)
     pgd_buf_lit(b, name, strlen(name));
     pgd_buf_add(b, ") IS NOT NULL");
     rc = pgd_run(d, b, NULL, 0, &res, "looking up a type", err);
-    *exists = rc == 0 && res.n > 0 && PQntuples(res.r[0]) == 1 &&
-              strcmp(PQgetvalue(res.r[0], 0, 0), "t") == 0;
+    *exists = rc == 0 && res.n > 0 && PQntuples(res.r[res.n - 1]) == 1 &&
+              strcmp(PQgetvalue(res.r[res.n - 1], 0, 0), "t") == 0;
     pgd_res_clear(&res);
     return rc;
 }
@@ -164,8 +164,30 @@ pgd_type_create(dest_pg_t *d, uint32_t oid, const char *column, int depth, wr_er
         rc = wr_err_set(err, WR_ENOMEM, "out of memory creating a type");
         goto out;
     }
-    if ((rc = pgd_type_exists(d, q.p, &exists, err)) < 0 || exists)
-        goto out;
+    /* under the DDL lock, held until our transaction ends: no other worker creates it
+     * between this look and our CREATE. The look reads pg_type with the statement's
+     * snapshot: a name lookup (to_regtype) could use a catalog cache from before the wait
+     * for the lock, which does not see a type another worker has just committed. */
+    {
+        pgd_buf_t *b = &d->aux;
+        pgd_res_t res = {0};
+
+        pgd_sql_start(d, b);
+        pgd_buf_addf(b,
+                     "SELECT pg_advisory_xact_lock(%lld); SELECT count(*) FROM "
+                     "pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = "
+                     "t.typnamespace WHERE n.nspname = ",
+                     (long long)pgd_lock_key("walrelay ddl"));
+        pgd_buf_lit(b, nsp, strlen(nsp));
+        pgd_buf_add(b, " AND t.typname = ");
+        pgd_buf_lit(b, name, strlen(name));
+        rc = pgd_run(d, b, NULL, 0, &res, "looking up a type", err);
+        exists = rc == 0 && res.n == 2 && PQntuples(res.r[1]) == 1 &&
+                 strcmp(PQgetvalue(res.r[1], 0, 0), "0") != 0;
+        pgd_res_clear(&res);
+        if (rc < 0 || exists)
+            goto out;
+    }
     if (!PQgetisnull(t, 0, 9)) {
         char hint[256];
 
@@ -217,8 +239,7 @@ pgd_type_create(dest_pg_t *d, uint32_t oid, const char *column, int depth, wr_er
         pgd_buf_t *b = &d->aux;
 
         pgd_sql_start(d, b);
-        pgd_buf_addf(b, "SELECT pg_advisory_xact_lock(%lld); CREATE SCHEMA IF NOT EXISTS ",
-                     (long long)pgd_lock_key("walrelay ddl"));
+        pgd_buf_add(b, "CREATE SCHEMA IF NOT EXISTS ");
         pgd_buf_ident(b, nsp);
         pgd_buf_add(b, "; ");
         if (kind == 'e') {
