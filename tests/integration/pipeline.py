@@ -389,6 +389,62 @@ class Pipeline:
         assert self.target is None, "dest() is the sqlite destination; use dest_query()"
         return sqlite3.connect("file:%s?mode=ro" % self.dest_path, uri=True, timeout=30)
 
+    def dest_tables(self):
+        """Names of the tables this pipeline replicated into the destination (postgres:
+        those it registered in walrelay.tables and that exist; other pipelines may share
+        the database)."""
+        if self.target is not None:
+            return {r[0] for r in self.target.execute(
+                "SELECT name FROM walrelay.tables WHERE pipeline = %s AND "
+                "to_regclass(format('%%I.%%I', nsp, name)) IS NOT NULL", [self.name])}
+        with self.dest() as d:
+            return {r[0] for r in d.execute("SELECT name FROM sqlite_master WHERE type = "
+                                            "'table' AND name NOT LIKE '\\_walrelay\\_%' "
+                                            "ESCAPE '\\'")}
+
+    def dest_columns(self, table):
+        """Column names of a destination table ("name", a table of public), in order."""
+        if self.target is not None:
+            return [r[0] for r in self.target.execute(
+                "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) AND "
+                "attnum > 0 AND NOT attisdropped ORDER BY attnum", ['"public"."%s"' % table])]
+        with self.dest() as d:
+            return [r[0] for r in d.execute("SELECT name FROM pragma_table_info(?) ORDER BY cid",
+                                            [table])]
+
+    def dest_key(self, table):
+        """The primary key columns of a destination table, in key order."""
+        if self.target is not None:
+            return [r[0] for r in self.target.execute(
+                "SELECT a.attname FROM pg_index i CROSS JOIN LATERAL unnest(i.indkey::int2[]) "
+                "WITH ORDINALITY AS k(att, n) JOIN pg_attribute a ON a.attrelid = i.indrelid "
+                "AND a.attnum = k.att WHERE i.indrelid = to_regclass(%s) AND i.indisprimary "
+                "ORDER BY k.n", ['"public"."%s"' % table])]
+        with self.dest() as d:
+            return [r[0] for r in d.execute(
+                "SELECT name FROM pragma_table_info(?) WHERE pk > 0 ORDER BY pk", [table])]
+
+    def dest_versions(self):
+        """{table name: number of schema versions the destination recorded}."""
+        if self.target is not None:
+            return dict(self.target.execute(
+                "SELECT name, count(*) FROM walrelay.schemas WHERE pipeline = %s GROUP BY name",
+                [self.name]))
+        with self.dest() as d:
+            return dict(d.execute("SELECT name, count(*) FROM _walrelay_schemas GROUP BY name"
+                                  ).fetchall())
+
+    def dest_newest_version(self, table):
+        """The columns (JSON text) of the newest schema version of a table."""
+        if self.target is not None:
+            return self.target.execute(
+                "SELECT columns::text FROM walrelay.schemas WHERE pipeline = %s AND name = %s "
+                "ORDER BY version_lsn DESC, version_ordinal DESC LIMIT 1",
+                [self.name, table])[0][0].replace(" ", "")
+        with self.dest() as d:
+            return d.execute("SELECT columns_json FROM _walrelay_schemas WHERE name = ? ORDER BY "
+                             "version_lsn DESC, version_ordinal DESC LIMIT 1", [table]).fetchone()[0]
+
     def dest_query(self, sql):
         """Rows of a query on the destination, sqlite or postgres (the same SQL must work in
         both: plain SELECTs on the replicated tables)."""
