@@ -252,3 +252,205 @@ def test_batched_apply_equals_changes_in_order(db, pipelines, target_db):
     assert target_db.scalar("SELECT length(body) FROM k_def WHERE id = 500") == 6400
     assert target_db.scalar("SELECT length(body) FROM k_full WHERE id = 500") == 6400
     assert p.unexpected_crashes() == []
+
+
+# -- schema changes the postgres destination follows in place ------------------------------
+
+def test_type_change_followed_in_place_or_copied(db, pipelines, target_db):
+    """A type change PostgreSQL made without touching the stored values (varchar(10) to
+    varchar(40), varchar to text, numeric(8,2) to numeric(12,2)) is followed with ALTER
+    COLUMN ... TYPE in the target; one that rewrote the table (int to bigint) copies the
+    table again. The target has the source's new types and rows either way."""
+    db.execute("""
+        CREATE TABLE widen (id int PRIMARY KEY, v varchar(10), w varchar(5), n numeric(8,2),
+                            i int);
+        INSERT INTO widen SELECT g, 'v' || g, 'w' || (g % 100), g / 3.0, g FROM
+            generate_series(1, 300) g;
+        CREATE TABLE rewrite (id int PRIMARY KEY, i int, v text);
+        INSERT INTO rewrite SELECT g, g, 'r' || g FROM generate_series(1, 300) g;
+    """)
+    tables = ["public.widen", "public.rewrite"]
+    publish(db, "pub", tables)
+    p = pipelines()
+    p.init(db.conninfo, "pub")
+    p.start()
+    p.wait_all_ready(tables)
+    db.execute("""
+        BEGIN;
+        UPDATE widen SET v = 'before' WHERE id = 1;
+        ALTER TABLE widen ALTER COLUMN v TYPE varchar(40), ALTER COLUMN w TYPE text,
+                          ALTER COLUMN n TYPE numeric(12,2);
+        INSERT INTO widen VALUES (1001, repeat('x', 40), repeat('y', 50), 1234567890.12, 1);
+        COMMIT;
+        ALTER TABLE rewrite ALTER COLUMN i TYPE bigint;
+        INSERT INTO rewrite VALUES (1001, 9000000000, 'big');
+        UPDATE rewrite SET i = i * 10000000 WHERE id < 10;
+    """)
+    p.wait_until(lambda: p.log_contains("schema change followed table=public.widen "), 120,
+                 "the type changes of widen followed")
+    p.wait_flushed(db.current_wal_lsn())
+    p.wait_all_ready(tables)
+    wait_equal(db.server, db.name, p, tables)
+    types = dict(target_db.execute(
+        "SELECT attrelid::regclass::text || '.' || attname, format_type(atttypid, atttypmod) "
+        "FROM pg_attribute WHERE attrelid IN ('widen'::regclass, 'rewrite'::regclass) "
+        "AND attnum > 0 AND NOT attisdropped"))
+    assert types["widen.v"] == "character varying(40)", types
+    assert types["widen.w"] == "text", types
+    assert types["widen.n"] == "numeric(12,2)", types
+    assert types["rewrite.i"] == "bigint", types
+    log = p.log_text()
+    assert "copying the table again table=public.widen" not in log, p.log_tail(40)
+    assert "copying the table again table=public.rewrite" in log, p.log_tail(40)
+    assert p.dest_key("widen") == ["id"]
+
+
+# -- errors ---------------------------------------------------------------------------------------
+
+def test_target_refusal_errors_only_that_table(db, pipelines, target_db):
+    """A constraint added on the target refuses a row: that table goes to errored with the
+    target's message and a hint, the other table keeps replicating; once the constraint is
+    gone, `walrelay retry` copies the table again and it is equal."""
+    create_mixed_table(db, "good", 100)
+    create_mixed_table(db, "bad", 100)
+    publish(db, "pub", ["good", "bad"])
+    p = pipelines()
+    p.init(db.conninfo, "pub")
+    p.start()
+    p.wait_all_ready(["public.good", "public.bad"])
+    target_db.execute("ALTER TABLE bad ADD CONSTRAINT qty_small CHECK (qty < 1000000000)")
+    # both tables change in the same source transactions; the last value of bad's row is
+    # one the target refuses (a batch writes each key's net change: a value a later
+    # change replaced never reaches the target)
+    with db.connect() as conn:
+        for i in range(5):
+            with conn.transaction():
+                conn.execute("UPDATE good SET name = 'g%d' WHERE id = 1" % i)
+                conn.execute("UPDATE bad SET qty = %s WHERE id = 2" % (i if i < 4 else 2000000000))
+                conn.execute("INSERT INTO good (id, name) VALUES (%s, 'new')" % (1000 + i))
+
+    def errored():
+        t = p.tables()["public.bad"]
+        return t if t["phase"] == "errored" else None
+
+    t = p.wait_until(errored, 120, "table bad errored")
+    assert "qty_small" in t["err_msg"] and "23514" in t["err_msg"], t
+    assert "walrelay retry" in t["err_hint"], t
+    wait_equal(db.server, db.name, p, ["public.good"])
+    assert p.tables()["public.good"]["phase"] == "ready"
+    target_db.execute("ALTER TABLE bad DROP CONSTRAINT qty_small")
+    r = p.cmd("retry", p.dir, "public.bad")
+    assert r.rc == 0, r
+    p.wait_all_ready(["public.good", "public.bad"])
+    wait_equal(db.server, db.name, p, ["public.good", "public.bad"])
+
+
+def test_target_down_30s_mid_stream(db, pipelines, target_db, pg_target):
+    """The target cluster stops for 30 s while writes go on: the apply worker reconnects
+    by itself once it is back (no restart by hand, the pipeline never degraded), nothing is
+    lost and nothing applied twice."""
+    create_mixed_table(db, "a", 1000)
+    create_mixed_table(db, "b", 1000)
+    publish(db, "pub", ["a", "b"])
+    p = pipelines()
+    p.init(db.conninfo, "pub", config={"retry": {"backoff_initial_ms": "500"}})
+    p.start()
+    p.wait_all_ready(["public.a", "public.b"])
+    w = BackgroundWriter(db, ["a", "b"], (1, 1000), 1_000_000, per_txn=5, seed=3, pause=0.01)
+    w.start()
+    try:
+        w.wait_commits(20)
+        pg_target.shutdown("fast")
+        try:
+            import time
+            down_until = time.monotonic() + 30
+            w.wait_commits(50)
+            while time.monotonic() < down_until:
+                assert p.running(), p.log_tail()
+                time.sleep(1)
+        finally:
+            pg_target.start_again()
+        w.wait_commits(50)
+    finally:
+        w.stop()
+    wait_equal(db.server, db.name, p, ["public.a", "public.b"], timeout=180)
+    st = p.status()
+    assert st["state"] == "running", st
+    assert all(t["phase"] == "ready" for t in st["tables"]), st
+    assert p.log_contains("destination unreachable, retrying until it answers"), p.log_tail()
+    assert p.log_contains("destination reachable again"), p.log_tail()
+
+
+# -- configuration, check, secrets --------------------------------------------------------------
+
+def test_check_schema_option_and_no_password_shown(db, pipelines, target_db, pg_target):
+    """`walrelay check` reports the target (version, where), a wrong one fails naming it;
+    `schema = NAME` puts every table in that schema (nsp.t as t or nsp__t); a password in
+    the conninfo is never printed by init, check, status or the log."""
+    create_mixed_table(db, "t", 50)
+    db.execute("CREATE SCHEMA s")
+    create_mixed_table(db, "s.t", 20)
+    publish(db, "pub", ["t", "s.t"])
+    secret = "s3cr3t-Pw"
+    conninfo = target_db.conninfo + " password=" + secret
+    p = pipelines()
+    r = p.init(db.conninfo, "pub", destination="postgres:" + conninfo,
+               config={"destination": {"schema": "replica"}})
+    assert secret not in r.text, r
+    assert "destination  postgres host=127.0.0.1 port=%d dbname=%s" % (
+        pg_target.port, target_db.name) in r.out, r
+    r = p.cmd("check", p.dir)
+    assert r.rc == 0, r
+    assert "destination: postgres host=127.0.0.1" in r.out and "(PostgreSQL 15." in r.out, r
+    assert "schema replica" in r.out and secret not in r.text, r
+    p.start()
+    p.wait_all_ready(["public.t", "s.t"])
+    db.execute("INSERT INTO t (id, name) VALUES (1000, 'x'); UPDATE s.t SET name = 'y'")
+    p.wait_flushed(db.current_wal_lsn())
+    with db.connect() as src, target_db.connect() as dst:
+        from pipeline import compare_pg_table, prepare_compare_conn
+        prepare_compare_conn(src)
+        prepare_compare_conn(dst)
+        assert compare_pg_table(src, dst, "public", "t", target=("replica", "t")) == []
+        assert compare_pg_table(src, dst, "s", "t", target=("replica", "s__t")) == []
+    assert secret not in p.cmd("status", p.dir).text
+    assert secret not in p.cmd("status", p.dir, "--json").text
+    assert p.stop() == 0
+    assert secret not in p.log_text(), "the password is in the log"
+    # a target that does not answer: check fails naming it, and run refuses to start
+    q = pipelines()
+    q.init(db.conninfo, "pub", destination="postgres:host=127.0.0.1 port=1 dbname=x password=" +
+           secret)
+    r = q.cmd("check", q.dir)
+    assert r.rc == 2, r
+    assert "FAILED destination: cannot connect to the destination" in r.out, r
+    assert "[destination] conninfo" in r.out and secret not in r.text, r
+
+
+def test_extension_type_refused_then_resync(db, pipelines, target_db):
+    """A column of an extension's type the target lacks (citext): the table is refused
+    with a message naming the type and the extension to create; the others replicate;
+    after CREATE EXTENSION on the target, `walrelay resync` copies it."""
+    db.execute("CREATE EXTENSION citext")
+    db.execute("CREATE TABLE ci (id int PRIMARY KEY, name citext)")
+    db.execute("INSERT INTO ci SELECT g, 'Name' || g FROM generate_series(1, 10) g")
+    create_mixed_table(db, "plain", 10)
+    publish(db, "pub", ["ci", "plain"])
+    p = pipelines()
+    p.init(db.conninfo, "pub")
+    p.start()
+
+    def errored():
+        t = p.tables().get("public.ci")
+        return t if t and t["phase"] == "errored" else None
+
+    t = p.wait_until(errored, 120, "table ci errored")
+    assert 'type "public.citext"' in t["err_msg"] and "extension" in t["err_msg"], t
+    assert 'CREATE EXTENSION "citext"' in t["err_hint"], t
+    p.wait_until(lambda: p.tables()["public.plain"]["phase"] == "ready", 120, "plain ready")
+    target_db.execute("CREATE EXTENSION citext")
+    r = p.cmd("resync", p.dir, "public.ci")
+    assert r.rc == 0, r
+    p.wait_all_ready(["public.ci", "public.plain"])
+    db.execute("UPDATE ci SET name = 'changed' WHERE id = 1")
+    wait_equal(db.server, db.name, p, ["public.ci", "public.plain"])
