@@ -177,7 +177,8 @@ typedef struct dest_ops_s {
     /* One change. Inside a transaction. */
     int (*write_event)(dest_t *d, const dest_event_t *ev, wr_err_t *err);
     /* Commits; if key is not NULL, stores it as stream's last applied key in the same
-     * transaction. Returns only once the data is durable. */
+     * transaction. Returns only once the data is durable (or, with durable below, once it
+     * is visible: durable says when it is durable). */
     int (*commit)(dest_t *d, const char *stream, const dest_key_t *key, wr_err_t *err);
     int (*rollback)(dest_t *d, wr_err_t *err);
     /* Last key committed for stream; *found=false if none (or not transactional). */
@@ -233,6 +234,14 @@ typedef struct dest_ops_s {
     /* DEST_DDL_* flags: schema changes this destination follows beyond dest_ddl_plan's
      * default rules (0 for sqlite). */
     unsigned ddl_flags;
+    /* A destination whose commit() returns once the data is visible, before it is durable
+     * (postgres in the apply worker commits with synchronous_commit = off, as PostgreSQL's
+     * own subscriber does, and watches its WAL flush): *n = how many of this handle's
+     * commits (counted from 1, in the order they returned) are durable now. It may ask the
+     * server: call it a few times a second at most. The worker confirms a position to the
+     * source only once the commit holding it is durable. NULL: every commit is durable
+     * when it returns. */
+    int (*durable)(dest_t *d, uint64_t *n, wr_err_t *err);
 } dest_ops_t;
 
 /* dest_ops_t.ddl_flags: the destination changes a column's type in place (ALTER COLUMN ...

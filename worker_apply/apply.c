@@ -107,9 +107,10 @@
  *     - at a source Commit when it is due: cfg.batch_max_fill_ms since its first write,
  *       or cfg.batch_max_bytes written (sizes of the applied pgoutput messages); the key
  *       is (final_lsn, last ordinal) of that transaction;
- *     - at a transaction boundary as soon as nothing more of the stream can be read
- *       (apw_caught_up): a group commit, so that a change waits for the next commit only
- *       while more changes are arriving (latency at low rates, large batches at high ones);
+ *     - at a transaction boundary as soon as nothing more of the stream can be read and
+ *       the transaction committed less than 250 ms ago on the source (apw_caught_up): a
+ *       group commit, so that a live change waits for the next commit only while more
+ *       changes are arriving; a backlog is drained in full batches;
  *     - in the middle of a transaction once the bytes exceed batch_max_bytes, with the
  *       key (final_lsn, ordinal) of the last change processed; the flush does not move
  *       past the previous complete transaction until this one's Commit is committed;
@@ -117,7 +118,10 @@
  *   A transaction that wrote nothing with no batch open moves the flush directly.
  *   A destination that holds changes back (dest_ops_t.flush, postgres) writes them just
  *   before each commit; a failure of one table there sets that table ERRORED (persisted
- *   first) and the batch commits without its changes (apw_batch_flush).
+ *   first) and the batch commits without its changes (apw_batch_flush). A destination
+ *   whose commits become durable after they return (dest_ops_t.durable, postgres with
+ *   synchronous_commit = off) is asked which are, every 200 ms while some are not, and
+ *   the flush position waits for them (apw_flush_to, apw_durable_poll).
  *
  * FEEDBACK
  *
@@ -228,6 +232,16 @@ typedef struct apw_s {
     /* positions (received: a->stm.received) */
     wr_lsn_t flush;
     wr_lsn_t ka_end; /* WAL end of the last keepalive */
+    /* (issue 7) a destination whose commits become durable after they return
+     * (dest_ops_t.durable): flush positions wait here for their commit */
+    uint64_t commits;         /* destination commits made by this process */
+    uint64_t durable_commits; /* ... of which the destination said they are durable */
+    struct {
+        uint64_t seq; /* durable once durable_commits >= seq */
+        wr_lsn_t lsn;
+    } * dpend;
+    size_t ndpend, dpendcap;
+    int64_t durable_poll_ms;
     uint64_t events;
 
     stm_fb_t fb; /* standby status timing */
@@ -484,12 +498,16 @@ apw_on_msg(const ipc_msg_t *m, void *arg)
 
 /* ---- feedback ------------------------------------------------------------------------- */
 
+static int apw_durable_poll(apw_t *a, bool force, wr_err_t *err);
+
 static int
 apw_send_status(apw_t *a, bool force, wr_err_t *err)
 {
     int64_t now = wr_now_ms();
     int rc;
 
+    if ((rc = apw_durable_poll(a, force, err)) != 0)
+        return rc;
     if (!force && !stm_fb_due(&a->fb, now, a->stm.received, a->flush))
         return 0;
     if (a->stm.received < a->flush)
@@ -529,12 +547,66 @@ apw_send_progress(apw_t *a, bool force, wr_err_t *err)
     return 0;
 }
 
-/* Moves the durable flush forward (never back). */
+/* Moves the durable flush forward (never back). With a destination whose commits become
+ * durable later (dest_ops_t.durable), a position that needs a commit not yet durable
+ * waits in dpend until apw_durable_poll learns it is. */
 static void
 apw_flush_to(apw_t *a, wr_lsn_t lsn)
 {
-    if (lsn > a->flush)
-        a->flush = lsn;
+    if (lsn <= a->flush)
+        return;
+    if (a->dest != NULL && a->dest->ops->durable != NULL && a->durable_commits < a->commits) {
+        if (a->ndpend > 0 && a->dpend[a->ndpend - 1].seq == a->commits) {
+            if (lsn > a->dpend[a->ndpend - 1].lsn)
+                a->dpend[a->ndpend - 1].lsn = lsn;
+            return;
+        }
+        if (a->ndpend == a->dpendcap) {
+            size_t cap = a->dpendcap ? a->dpendcap * 2 : 64;
+            void *n = realloc(a->dpend, cap * sizeof(*a->dpend));
+
+            if (n == NULL)
+                return; /* the position is reported with a later one */
+            a->dpend = n;
+            a->dpendcap = cap;
+        }
+        a->dpend[a->ndpend].seq = a->commits;
+        a->dpend[a->ndpend].lsn = lsn;
+        a->ndpend++;
+        return;
+    }
+    a->flush = lsn;
+}
+
+#define APW_DURABLE_POLL_MS 200
+
+/* Asks the destination which commits are durable (at most every APW_DURABLE_POLL_MS
+ * unless force) and moves the flush over the positions that waited for them. */
+static int
+apw_durable_poll(apw_t *a, bool force, wr_err_t *err)
+{
+    int64_t now = wr_now_ms();
+    uint64_t n = 0;
+    size_t k = 0;
+    int rc;
+
+    if (a->ndpend == 0 || a->dest == NULL || a->dest->ops->durable == NULL)
+        return 0;
+    if (!force && now - a->durable_poll_ms < APW_DURABLE_POLL_MS)
+        return 0;
+    a->durable_poll_ms = now;
+    rc = a->dest->ops->durable(a->dest, &n, err);
+    if (rc != 0)
+        return rc;
+    a->durable_commits = n;
+    while (k < a->ndpend && a->dpend[k].seq <= n) {
+        if (a->dpend[k].lsn > a->flush)
+            a->flush = a->dpend[k].lsn;
+        k++;
+    }
+    memmove(a->dpend, a->dpend + k, (a->ndpend - k) * sizeof(*a->dpend));
+    a->ndpend -= k;
+    return 0;
 }
 
 /* ---- the destination batch ------------------------------------------------------------ */
@@ -602,6 +674,7 @@ apw_batch_commit(apw_t *a, wr_err_t *err)
         wr_err_prefix(err, "committing the destination batch: ");
         return rc < 0 ? rc : WR_EDEST;
     }
+    a->commits++;
     log_debug("batch committed key=" WR_LSN_FMT "/%u bytes=%lld", WR_LSN_ARGS(key.commit_lsn),
               (unsigned)key.ordinal, (long long)a->batch_bytes);
     a->durable_key = key;
@@ -1225,6 +1298,7 @@ apw_key_catch_up(apw_t *a, wr_err_t *err)
     rc = a->dest->ops->commit(a->dest, APW_STREAM, &a->last_tx_key, err);
     if (rc != 0)
         return rc;
+    a->commits++;
     a->durable_key = a->last_tx_key;
     return 0;
 }
@@ -1578,14 +1652,21 @@ apw_stop(apw_t *a, wr_err_t *err)
     return 0;
 }
 
-/* True if nothing more of the stream can be read right now (group commit: a batch at a
- * transaction boundary is committed as soon as the worker has caught up with the stream,
- * and grows only while changes keep coming faster than it commits). */
+#define APW_LIVE_LAG_MS 250
+
+/* True if the worker has caught up with the source: the last transaction committed less
+ * than APW_LIVE_LAG_MS ago on the source's clock, and nothing more of the stream can be
+ * read right now. Then a batch at a transaction boundary is committed at once (group
+ * commit: low latency at low rates); while a backlog drains (older transactions) batches
+ * fill up to max_fill_ms / max_bytes instead. */
 static bool
 apw_caught_up(apw_t *a)
 {
     struct pollfd p;
+    int64_t now_us = wr_wall_ms() * 1000;
 
+    if (a->stm.tx.commit_ts != 0 && now_us - a->stm.tx.commit_ts > APW_LIVE_LAG_MS * 1000)
+        return false;
     p.fd = PQsocket(a->repl);
     p.events = POLLIN;
     p.revents = 0;
@@ -1716,6 +1797,7 @@ apw_close(apw_t *a)
     }
     free(a->tabs);
     free(a->idx);
+    free(a->dpend);
     cfg_free(&a->cfg);
 }
 

@@ -136,6 +136,14 @@ typedef struct dest_pg_s {
     pgd_table_t *buckets[PGD_BUCKETS];
     pgd_table_t *last;
     pgd_table_t *dirty_head, *dirty_tail;
+    /* commits with synchronous_commit = off (the apply worker, dest_ops_t.durable) */
+    bool async;
+    uint64_t ncommits; /* commits that returned */
+    struct {
+        uint64_t seq;
+        wr_lsn_t lsn; /* the target's WAL insert position right after the COMMIT */
+    } * dur;          /* commits not known to be durable yet, oldest first */
+    size_t ndur, durcap;
     pgd_buf_t sql;  /* statements being built (reused) */
     pgd_buf_t data; /* COPY data of a flush (reused) */
     pgd_buf_t aux;  /* a second buffer for small statements (reused) */

@@ -1430,6 +1430,8 @@ pgd_flush(dest_t *base, uint32_t *relid, wr_err_t *err)
     return 0;
 }
 
+static int pgd_dur_push(dest_pg_t *d, const char *lsntext, wr_err_t *err);
+
 static int
 pgd_commit(dest_t *base, const char *stream, const dest_key_t *key, wr_err_t *err)
 {
@@ -1475,12 +1477,23 @@ pgd_commit(dest_t *base, const char *stream, const dest_key_t *key, wr_err_t *er
                      lsn, (unsigned)key->ordinal);
     }
     pgd_buf_add(b, "COMMIT");
+    if (d->async)
+        pgd_buf_add(b, "; SELECT pg_current_wal_insert_lsn()::text");
     rc = pgd_run(d, b, NULL, 0, &res, "committing", err);
-    if (rc == 0 && (res.n < 1 || strcmp(PQcmdStatus(res.r[res.n - 1]), "COMMIT") != 0)) {
+    if (rc == 0 && (res.n < (d->async ? 2 : 1) ||
+                    strcmp(PQcmdStatus(res.r[res.n - (d->async ? 2 : 1)]), "COMMIT") != 0)) {
         rc = wr_err_set(err, WR_EDEST,
                         "committing: the destination rolled the transaction back "
                         "(an earlier statement failed)");
         wr_err_hint(err, "walrelay replays the transaction");
+    }
+    if (rc == 0) {
+        d->ncommits++;
+        if (d->async && (rc = pgd_dur_push(d, PQgetvalue(res.r[res.n - 1], 0, 0), err)) < 0) {
+            pgd_res_clear(&res);
+            pgd_after_txn(d, true);
+            return rc;
+        }
     }
     pgd_res_clear(&res);
     if (rc != 0) {
@@ -1494,6 +1507,61 @@ pgd_commit(dest_t *base, const char *stream, const dest_key_t *key, wr_err_t *er
         return rc;
     }
     pgd_after_txn(d, true);
+    return 0;
+}
+
+/* Records the WAL position after an asynchronous commit (durable once flushed). */
+static int
+pgd_dur_push(dest_pg_t *d, const char *lsntext, wr_err_t *err)
+{
+    wr_lsn_t lsn;
+
+    if (wr_lsn_parse(lsntext, &lsn) < 0)
+        return wr_err_set(err, WR_EDEST, "committing: unreadable WAL position \"%s\"", lsntext);
+    if (d->ndur == d->durcap) {
+        size_t cap = d->durcap ? d->durcap * 2 : 64;
+        void *n = realloc(d->dur, cap * sizeof(*d->dur));
+
+        if (n == NULL)
+            return wr_err_set(err, WR_ENOMEM, "out of memory tracking commits");
+        d->dur = n;
+        d->durcap = cap;
+    }
+    d->dur[d->ndur].seq = d->ncommits;
+    d->dur[d->ndur].lsn = lsn;
+    d->ndur++;
+    return 0;
+}
+
+static int
+pgd_durable(dest_t *base, uint64_t *n, wr_err_t *err)
+{
+    dest_pg_t *d = (dest_pg_t *)base;
+    pgd_buf_t *b = &d->aux;
+    pgd_res_t res = {0};
+    wr_lsn_t flushed;
+    size_t k = 0;
+    int rc;
+
+    if (d->ndur == 0) {
+        *n = d->ncommits;
+        return 0;
+    }
+    pgd_sql_start(d, b);
+    pgd_buf_add(b, "SELECT pg_current_wal_flush_lsn()::text");
+    if ((rc = pgd_run(d, b, NULL, 0, &res, "reading the WAL flush position", err)) < 0)
+        return rc;
+    if (res.n != 1 || PQntuples(res.r[0]) != 1 ||
+        wr_lsn_parse(PQgetvalue(res.r[0], 0, 0), &flushed) < 0) {
+        pgd_res_clear(&res);
+        return wr_err_set(err, WR_EDEST, "reading the WAL flush position: no usable answer");
+    }
+    pgd_res_clear(&res);
+    while (k < d->ndur && d->dur[k].lsn <= flushed)
+        k++;
+    memmove(d->dur, d->dur + k, (d->ndur - k) * sizeof(*d->dur));
+    d->ndur -= k;
+    *n = d->ndur > 0 ? d->dur[0].seq - 1 : d->ncommits;
     return 0;
 }
 
@@ -1649,6 +1717,7 @@ pgd_close(dest_t *base)
     pgd_buf_free(&d->data);
     pgd_buf_free(&d->aux);
     pgd_buf_free(&d->copybuf);
+    free(d->dur);
     free(d->conninfo);
     free(d->src_conninfo);
     free(d->pipeline);
@@ -1711,6 +1780,9 @@ pgd_open_role(const wr_config_t *cfg, const char *role, dest_t **out, wr_err_t *
     d->pipeline = wr_strdup(cfg->pipeline_name ? cfg->pipeline_name : "walrelay");
     d->schema_opt = schema != NULL && schema[0] != '\0' ? wr_strdup(schema) : NULL;
     d->flush_bytes = cfg->batch_max_bytes > 256 * 1024 ? (size_t)cfg->batch_max_bytes : 256 * 1024;
+    /* the apply worker tracks durability (dest_ops_t.durable); the sync worker and tools
+     * commit synchronously */
+    d->async = strcmp(d->role, "apply") == 0;
     if (d->conninfo == NULL || d->src_conninfo == NULL || d->pipeline == NULL ||
         (schema != NULL && schema[0] != '\0' && d->schema_opt == NULL)) {
         pgd_close(&d->base);
@@ -1753,4 +1825,5 @@ const dest_ops_t dest_postgres_ops = {
     .copy_done = pgd_copy_done,
     .flush = pgd_flush,
     .ddl_flags = DEST_DDL_RETYPE,
+    .durable = pgd_durable,
 };

@@ -370,6 +370,8 @@ pgd_connect(const char *conninfo, const char *appname, const char *what, const c
     return 0;
 }
 
+static void pgd_conn_lost(dest_pg_t *d);
+
 int
 pgd_ensure_conn(dest_pg_t *d, wr_err_t *err)
 {
@@ -383,6 +385,19 @@ pgd_ensure_conn(dest_pg_t *d, wr_err_t *err)
         PQfinish(d->conn);
         d->conn = NULL;
         log_warn("connection to the destination lost, reconnecting");
+        if (d->ndur > 0) {
+            /* those commits may be lost with the server: the worker must replay them (its
+             * flush position never passed them) */
+            wr_err_set(err, WR_ECONN,
+                       "the connection to the destination was lost while %zu commits were "
+                       "not yet durable",
+                       d->ndur);
+            wr_err_hint(err, "walrelay replays from the last position the destination made "
+                             "durable");
+            d->ndur = 0;
+            pgd_conn_lost(d);
+            return WR_ECONN;
+        }
     }
     d->in_txn = d->txn_sent = d->sp_open = false;
     d->copy_relid = 0;
@@ -410,6 +425,15 @@ pgd_ensure_conn(dest_pg_t *d, wr_err_t *err)
     if (warned)
         log_info("destination reachable again");
     d->server_version = PQserverVersion(d->conn);
+    if (d->async) {
+        /* commits return before their WAL is flushed; dest_ops_t.durable says when it is */
+        PGresult *r = PQexec(d->conn, "SET synchronous_commit = off");
+
+        rc = PQresultStatus(r) == PGRES_COMMAND_OK ? 0 : pgd_fail(d, r, "setting up", err);
+        PQclear(r);
+        if (rc < 0)
+            return rc;
+    }
     return 0;
 }
 

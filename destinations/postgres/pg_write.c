@@ -888,6 +888,8 @@ pgd_flush_fold(dest_pg_t *d, pgd_table_t *t, wr_err_t *err)
     char what[128];
     int rc = 0;
 
+    int64_t t0 = wr_now_ms();
+
     snprintf(what, sizeof(what), "writing changes of \"%s.%s\"", t->nsp, t->name);
     all = malloc(t->ncols ? t->ncols : 1);
     gs = calloc(4 + p->nents, sizeof(*gs)); /* at most one group per entry, plus D/X/I */
@@ -938,6 +940,13 @@ pgd_flush_fold(dest_pg_t *d, pgd_table_t *t, wr_err_t *err)
     /* the statements, in the order of gs: inserts, deletes, the absence check, updates */
     memset(all, 1, t->ncols);
     pgd_sql_start(d, b);
+    if (d->in_txn && (gs[1].n > 0 || gs[2].n > 0 || ng > 3)) {
+        /* rows found by key, one index probe each: a hash join would read the whole table
+         * for a batch that touches a small part of it (and measured slower at 100,000 of
+         * 1,000,000 rows too) */
+        pgd_buf_add(b, "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off; ");
+        b->nlead += 2;
+    }
     pgd_buf_reset(&d->data);
     if (gs[0].n >= PGD_COPY_MIN) {
         copy = true;
@@ -1055,8 +1064,9 @@ pgd_flush_fold(dest_pg_t *d, pgd_table_t *t, wr_err_t *err)
         }
     }
     log_debug("changes written table=%s.%s changes=%llu inserted=%zu deleted=%zu update_sets=%zu "
-              "copy=%d",
-              t->nsp, t->name, (unsigned long long)p->changes, gs[0].n, gs[1].n, ng - 3, copy);
+              "copy=%d sql_bytes=%zu ms=%lld",
+              t->nsp, t->name, (unsigned long long)p->changes, gs[0].n, gs[1].n, ng - 3, copy,
+              b->len + d->data.len, (long long)(wr_now_ms() - t0));
 out:
     pgd_res_clear(&res);
     if (gs != NULL)

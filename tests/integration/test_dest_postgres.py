@@ -237,7 +237,7 @@ def test_batched_apply_equals_changes_in_order(db, pipelines, target_db):
     db.execute(FOLD_DDL)
     publish(db, "pub", FOLD_TABLES)
     p = pipelines()
-    p.init(db.conninfo, "pub", config={"batch": {"max_fill_ms": "2000"}, "log": {"level": "debug"}})
+    p.init(db.conninfo, "pub", config={"batch": {"max_fill_ms": "2000"}})
     p.start()
     p.wait_all_ready(FOLD_TABLES)
     with db.connect() as conn:
