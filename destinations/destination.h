@@ -231,6 +231,12 @@ typedef struct dest_ops_s {
      * others; the caller marks the table errored and calls flush again. 0 when everything
      * is written. */
     int (*flush)(dest_t *d, uint32_t *relid, wr_err_t *err);
+    /* flush and commit in one call, which may save a round trip: a failure of one table is
+     * reported as by flush (*relid, that table's changes dropped, the transaction still
+     * open: call again); 0 means committed with the key, as commit(). NULL: the worker
+     * calls flush, then commit. */
+    int (*flush_commit)(dest_t *d, const char *stream, const dest_key_t *key, uint32_t *relid,
+                        wr_err_t *err);
     /* DEST_DDL_* flags: schema changes this destination follows beyond dest_ddl_plan's
      * default rules (0 for sqlite). */
     unsigned ddl_flags;

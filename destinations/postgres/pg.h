@@ -131,6 +131,8 @@ typedef struct dest_pg_s {
     bool in_txn;         /* begin() was called */
     bool txn_sent;       /* BEGIN reached the server */
     bool sp_open;        /* the savepoint "wr" of the last round trip is open */
+    bool txn_copy;       /* the open transaction holds rows of a copy ... */
+    bool txn_copy_last;  /* ... and the copy's end (copy_done) */
     uint32_t copy_relid; /* a COPY FROM STDIN is open for this table (0: none) */
     pgd_buf_t copybuf;   /* COPY data not yet handed to libpq */
     pgd_table_t *buckets[PGD_BUCKETS];
@@ -216,6 +218,9 @@ int pgd_write_change(dest_pg_t *d, pgd_table_t *t, const dest_event_t *ev,
 /* Writes t's held-back changes in one round trip under a savepoint; on a failure the
  * savepoint is rolled back, the changes dropped and the error returned. */
 int pgd_flush_table(dest_pg_t *d, pgd_table_t *t, wr_err_t *err) WR_MUST_CHECK;
+/* If t's held-back changes are only new rows (fewer than the COPY threshold), appends
+ * the one INSERT that writes them to b and returns how many; 0 otherwise (b unchanged). */
+long pgd_append_inserts(pgd_table_t *t, pgd_buf_t *b);
 /* Drops t's held-back changes (memory kept for reuse). */
 void pgd_pend_clear(dest_pg_t *d, pgd_table_t *t);
 void pgd_pend_free(pgd_pend_t *p);

@@ -125,6 +125,12 @@ pgd_lookup(dest_pg_t *d, uint32_t relid)
     return NULL;
 }
 
+static long
+pgd_res_count(const PGresult *r)
+{
+    return atol(PQcmdTuples((PGresult *)r));
+}
+
 static int
 pgd_get_table(dest_pg_t *d, uint32_t relid, pgd_table_t **out, wr_err_t *err)
 {
@@ -1313,6 +1319,7 @@ pgd_copy_done(dest_t *base, uint32_t relid, wr_err_t *err)
 
     if ((rc = pgd_need_txn(d, "copy_done", err)) < 0 || (rc = pgd_get_table(d, relid, &t, err)) < 0)
         return rc;
+    d->txn_copy_last = true; /* this transaction's commit is synchronous */
     if (d->copy_relid != 0 && (rc = pgd_copy_end(d, err)) < 0)
         return rc;
     if ((rc = pgd_layout_read(d, relid, t->nsp, t->name, &l, err)) < 0)
@@ -1348,6 +1355,7 @@ pgd_begin(dest_t *base, wr_err_t *err)
     d->in_txn = true;
     d->txn_sent = false;
     d->sp_open = false;
+    d->txn_copy = d->txn_copy_last = false;
     return 0;
 }
 
@@ -1432,6 +1440,70 @@ pgd_flush(dest_t *base, uint32_t *relid, wr_err_t *err)
 
 static int pgd_dur_push(dest_pg_t *d, const char *lsntext, wr_err_t *err);
 
+/* Appends the key's upsert, COMMIT and (asynchronous commits) the WAL position after it. */
+static void
+pgd_commit_sql(dest_pg_t *d, pgd_buf_t *b, const char *stream, const dest_key_t *key)
+{
+    if (d->txn_copy && !d->txn_copy_last && !d->async) {
+        /* a copy's batch before its last: a crash redoes the copy from scratch anyway,
+         * and the last batch's synchronous commit flushes the WAL of all of them (its
+         * result is counted among the leading statements: append it first) */
+        pgd_buf_add(b, "SET LOCAL synchronous_commit = off; ");
+        b->nlead++;
+    }
+    if (key != NULL) {
+        char lsn[32];
+
+        wr_lsn_format(key->commit_lsn, lsn, sizeof(lsn));
+        pgd_buf_add(b, "INSERT INTO walrelay.progress (pipeline, stream, commit_lsn, ordinal, "
+                       "updated_at) VALUES (");
+        pgd_buf_lit(b, d->pipeline, strlen(d->pipeline));
+        pgd_buf_add(b, ", ");
+        pgd_buf_lit(b, stream, strlen(stream));
+        pgd_buf_addf(b,
+                     ", '%s', %u, now()) ON CONFLICT (pipeline, stream) DO UPDATE SET "
+                     "commit_lsn = excluded.commit_lsn, ordinal = excluded.ordinal, "
+                     "updated_at = excluded.updated_at; ",
+                     lsn, (unsigned)key->ordinal);
+    }
+    pgd_buf_add(b, "COMMIT");
+    if (d->async)
+        pgd_buf_add(b, "; SELECT pg_current_wal_insert_lsn()::text");
+}
+
+/* After the round trip that ended with pgd_commit_sql: checks that it committed, records
+ * the commit, ends the transaction either way. */
+static int
+pgd_commit_done(dest_pg_t *d, int rc, pgd_res_t *res, wr_err_t *err)
+{
+    int tail = d->async ? 2 : 1;
+
+    if (rc == 0 && (res->n < tail || strcmp(PQcmdStatus(res->r[res->n - tail]), "COMMIT") != 0)) {
+        rc = wr_err_set(err, WR_EDEST,
+                        "committing: the destination rolled the transaction back "
+                        "(an earlier statement failed)");
+        wr_err_hint(err, "walrelay replays the transaction");
+    }
+    if (rc == 0) {
+        d->ncommits++;
+        if (d->async && (rc = pgd_dur_push(d, PQgetvalue(res->r[res->n - 1], 0, 0), err)) < 0) {
+            pgd_after_txn(d, true);
+            return rc;
+        }
+        pgd_after_txn(d, true);
+        return 0;
+    }
+    if (d->conn != NULL && PQstatus(d->conn) == CONNECTION_OK &&
+        PQtransactionStatus(d->conn) != PQTRANS_IDLE) {
+        PGresult *r = PQexec(d->conn, "ROLLBACK");
+        PQclear(r);
+    }
+    pgd_after_txn(d, false);
+    if (rc == WR_EDATA || rc == WR_EUNSUPPORTED)
+        rc = err->code = WR_EDEST; /* not one table's: the transaction as a whole */
+    return rc;
+}
+
 static int
 pgd_commit(dest_t *base, const char *stream, const dest_key_t *key, wr_err_t *err)
 {
@@ -1461,53 +1533,66 @@ pgd_commit(dest_t *base, const char *stream, const dest_key_t *key, wr_err_t *er
         b->begin = true;
         b->nlead = 1;
     }
-    if (key != NULL) {
-        char lsn[32];
-
-        wr_lsn_format(key->commit_lsn, lsn, sizeof(lsn));
-        pgd_buf_add(b, "INSERT INTO walrelay.progress (pipeline, stream, commit_lsn, ordinal, "
-                       "updated_at) VALUES (");
-        pgd_buf_lit(b, d->pipeline, strlen(d->pipeline));
-        pgd_buf_add(b, ", ");
-        pgd_buf_lit(b, stream, strlen(stream));
-        pgd_buf_addf(b,
-                     ", '%s', %u, now()) ON CONFLICT (pipeline, stream) DO UPDATE SET "
-                     "commit_lsn = excluded.commit_lsn, ordinal = excluded.ordinal, "
-                     "updated_at = excluded.updated_at; ",
-                     lsn, (unsigned)key->ordinal);
-    }
-    pgd_buf_add(b, "COMMIT");
-    if (d->async)
-        pgd_buf_add(b, "; SELECT pg_current_wal_insert_lsn()::text");
+    pgd_commit_sql(d, b, stream, key);
     rc = pgd_run(d, b, NULL, 0, &res, "committing", err);
-    if (rc == 0 && (res.n < (d->async ? 2 : 1) ||
-                    strcmp(PQcmdStatus(res.r[res.n - (d->async ? 2 : 1)]), "COMMIT") != 0)) {
-        rc = wr_err_set(err, WR_EDEST,
-                        "committing: the destination rolled the transaction back "
-                        "(an earlier statement failed)");
-        wr_err_hint(err, "walrelay replays the transaction");
-    }
-    if (rc == 0) {
-        d->ncommits++;
-        if (d->async && (rc = pgd_dur_push(d, PQgetvalue(res.r[res.n - 1], 0, 0), err)) < 0) {
-            pgd_res_clear(&res);
-            pgd_after_txn(d, true);
-            return rc;
-        }
-    }
+    rc = pgd_commit_done(d, rc, &res, err);
     pgd_res_clear(&res);
-    if (rc != 0) {
-        if (PQstatus(d->conn) == CONNECTION_OK && PQtransactionStatus(d->conn) != PQTRANS_IDLE) {
-            PGresult *r = PQexec(d->conn, "ROLLBACK");
-            PQclear(r);
-        }
-        pgd_after_txn(d, false);
-        if (rc == WR_EDATA || rc == WR_EUNSUPPORTED)
-            rc = err->code = WR_EDEST; /* not one table's: the transaction as a whole */
+    return rc;
+}
+
+/* dest_ops_t.flush_commit: a batch whose only held-back changes are a few new rows of one
+ * table (a live stream of inserts) is written and committed in one round trip:
+ * [BEGIN;] SAVEPOINT wr; INSERT ...; RELEASE SAVEPOINT wr; <key>; COMMIT. If the INSERT is
+ * refused, the savepoint is rolled back and the table reported (*relid), the transaction
+ * still open. Anything else: flush, then commit. */
+static int
+pgd_flush_commit(dest_t *base, const char *stream, const dest_key_t *key, uint32_t *relid,
+                 wr_err_t *err)
+{
+    dest_pg_t *d = (dest_pg_t *)base;
+    pgd_table_t *t = d->dirty_head;
+    pgd_buf_t *b = &d->sql;
+    pgd_res_t res = {0};
+    long n;
+    int rc;
+
+    *relid = 0;
+    if ((rc = pgd_need_txn(d, "flush_commit", err)) < 0)
+        return rc;
+    if (t == NULL || t != d->dirty_tail || d->copy_relid != 0 || key == NULL || stream == NULL)
+        goto separately;
+    pgd_sql_start(d, b);
+    if ((n = pgd_append_inserts(t, b)) == 0)
+        goto separately;
+    pgd_buf_add(b, "RELEASE SAVEPOINT wr; ");
+    pgd_commit_sql(d, b, stream, key);
+    rc = pgd_run(d, b, NULL, 0, &res, "writing changes and committing", err);
+    if (rc < 0 && res.n == 0 && (rc == WR_EDATA || rc == WR_EUNSUPPORTED || rc == WR_EINVAL) &&
+        d->in_txn && d->sp_open) {
+        /* the INSERT was refused and rolled back to the savepoint: that table's problem */
+        char what[160];
+
+        snprintf(what, sizeof(what), "writing changes of \"%s.%s\": ", t->nsp, t->name);
+        wr_err_prefix(err, "%s", what);
+        *relid = t->relid;
+        pgd_pend_clear(d, t);
+        t->dirty = false;
+        d->dirty_head = d->dirty_tail = NULL;
+        pgd_res_clear(&res);
         return rc;
     }
-    pgd_after_txn(d, true);
-    return 0;
+    if (rc == 0 && (res.n < 1 || pgd_res_count(res.r[0]) != n))
+        rc = wr_err_set(err, WR_EDEST,
+                        "writing changes of \"%s.%s\": the INSERT wrote %ld of %ld "
+                        "rows",
+                        t->nsp, t->name, res.n ? pgd_res_count(res.r[0]) : -1L, n);
+    rc = pgd_commit_done(d, rc, &res, err);
+    pgd_res_clear(&res);
+    return rc;
+separately:
+    if ((rc = pgd_flush(base, relid, err)) < 0)
+        return rc;
+    return pgd_commit(base, stream, key, err);
 }
 
 /* Records the WAL position after an asynchronous commit (durable once flushed). */
@@ -1824,6 +1909,7 @@ const dest_ops_t dest_postgres_ops = {
     .write_copy = pgd_write_copy,
     .copy_done = pgd_copy_done,
     .flush = pgd_flush,
+    .flush_commit = pgd_flush_commit,
     .ddl_flags = DEST_DDL_RETYPE,
     .durable = pgd_durable,
 };

@@ -699,6 +699,7 @@ pgd_copy_begin(dest_pg_t *d, const pgd_buf_t *b, uint32_t relid, const char *wha
     if (b->sp)
         d->sp_open = true;
     d->copy_relid = relid;
+    d->txn_copy = true;
     pgd_buf_reset(&d->copybuf);
     return 0;
 }

@@ -1309,6 +1309,40 @@ out:
     return rc;
 }
 
+/* ---- inserts written with the commit ------------------------------------------------------- */
+
+long
+pgd_append_inserts(pgd_table_t *t, pgd_buf_t *b)
+{
+    pgd_pend_t *p = &t->pend;
+    uint32_t rows[PGD_COPY_MIN];
+    uint8_t all[1600];
+    size_t n = 0;
+
+    if (t->ncols > sizeof(all))
+        return 0;
+    if (t->fold) {
+        if (p->nops > 0 || p->nents == 0 || p->nents >= PGD_COPY_MIN)
+            return 0;
+        for (size_t i = 0; i < p->nents; i++) {
+            if (p->ents[i].pre != PGD_PRE_ABSENT || p->ents[i].row == PGD_NONE)
+                return 0;
+            rows[n++] = p->ents[i].row;
+        }
+    } else {
+        if (p->nents > 0 || p->nops == 0 || p->nops >= PGD_COPY_MIN)
+            return 0;
+        for (size_t i = 0; i < p->nops; i++) {
+            if (p->ops[i].kind != 'I')
+                return 0;
+            rows[n++] = p->ops[i].row;
+        }
+    }
+    memset(all, 1, t->ncols);
+    pgd_sql_insert(b, t, rows, n, all);
+    return (long)n;
+}
+
 /* ---- flushing ------------------------------------------------------------------------------- */
 
 /* Takes t off the list of tables with held-back changes. */
