@@ -134,7 +134,9 @@ typedef struct dest_pg_s {
     bool txn_copy;       /* the open transaction holds rows of a copy ... */
     bool txn_copy_last;  /* ... and the copy's end (copy_done) */
     uint32_t copy_relid; /* a COPY FROM STDIN is open for this table (0: none) */
-    pgd_buf_t copybuf;   /* COPY data not yet handed to libpq */
+    pgd_buf_t copybuf;   /* COPY data not yet handed to libpq, from copyoff on */
+    size_t copyoff;
+    bool copy_busy; /* libpq still holds COPY data the socket did not take */
     pgd_table_t *buckets[PGD_BUCKETS];
     pgd_table_t *last;
     pgd_table_t *dirty_head, *dirty_tail;

@@ -1395,6 +1395,10 @@ pgd_rollback(dest_t *base, wr_err_t *err)
     if (d->conn != NULL && d->copy_relid != 0) {
         PGresult *r;
 
+        PQsetnonblocking(d->conn, 0);
+        pgd_buf_reset(&d->copybuf);
+        d->copyoff = 0;
+        d->copy_busy = false;
         PQputCopyEnd(d->conn, "walrelay: the transaction is rolled back");
         while ((r = PQgetResult(d->conn)) != NULL)
             PQclear(r);

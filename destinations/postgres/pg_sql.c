@@ -12,6 +12,8 @@
 
 #include "../../common/log.h"
 
+#include <errno.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -490,6 +492,9 @@ pgd_conn_lost(dest_pg_t *d)
 {
     d->in_txn = d->txn_sent = d->sp_open = false;
     d->copy_relid = 0;
+    d->copy_busy = false;
+    d->copyoff = 0;
+    pgd_buf_reset(&d->copybuf);
 }
 
 int
@@ -701,38 +706,86 @@ pgd_copy_begin(dest_pg_t *d, const pgd_buf_t *b, uint32_t relid, const char *wha
     d->copy_relid = relid;
     d->txn_copy = true;
     pgd_buf_reset(&d->copybuf);
+    d->copyoff = 0;
+    d->copy_busy = false;
+    if (PQsetnonblocking(d->conn, 1) != 0)
+        return pgd_fail(d, NULL, "starting the COPY", err);
     return 0;
 }
 
-/* Hands d->copybuf to libpq. */
+/* The copy's data flows through d->copybuf and libpq's output buffer with the connection
+ * in non-blocking mode: a write never waits for the target while the source has more to
+ * give, so both servers work at the same time (a blocking send of a chunk stalled the
+ * source for as long as the target took to make room: the copy ran at the sum of both
+ * servers' times instead of the slower one's). The buffer is bounded: past
+ * PGD_COPY_HIGH bytes pgd_copy_pump waits for the target. */
+#define PGD_COPY_PUMP (64 * 1024)
+#define PGD_COPY_HIGH (32 * 1024 * 1024)
+
+/* Moves copy data towards the target: libpq's pending output first, then chunks of
+ * d->copybuf. block: until everything is handed over (the copy's end, or the buffer past
+ * its bound); else only what the socket takes now. */
 static int
-pgd_copy_push(dest_pg_t *d, wr_err_t *err)
+pgd_copy_pump(dest_pg_t *d, bool block, wr_err_t *err)
 {
-    if (d->copybuf.len == 0)
-        return 0;
-    if (PQputCopyData(d->conn, d->copybuf.p, (int)d->copybuf.len) != 1)
-        return pgd_fail(d, NULL, "sending COPY data", err);
-    pgd_buf_reset(&d->copybuf);
+    for (;;) {
+        size_t left = d->copybuf.len - d->copyoff, n;
+
+        if (d->copy_busy) {
+            int r = PQflush(d->conn);
+
+            if (r < 0)
+                return pgd_fail(d, NULL, "sending COPY data", err);
+            if (r == 1) {
+                struct pollfd pf;
+
+                if (!block)
+                    break;
+                /* the socket is full: wait until the target takes more (reading what it
+                 * says meanwhile, as libpq's own blocking send does) */
+                pf.fd = PQsocket(d->conn);
+                pf.events = POLLOUT | POLLIN;
+                pf.revents = 0;
+                if (poll(&pf, 1, 1000) < 0 && errno != EINTR)
+                    return wr_err_set(err, WR_EIO, "poll: %s", strerror(errno));
+                if ((pf.revents & POLLIN) && PQconsumeInput(d->conn) == 0)
+                    return pgd_fail(d, NULL, "sending COPY data", err);
+                continue;
+            }
+            d->copy_busy = false;
+        }
+        if (left == 0)
+            break;
+        n = left < PGD_COPY_CHUNK ? left : PGD_COPY_CHUNK;
+        if (PQputCopyData(d->conn, d->copybuf.p + d->copyoff, (int)n) != 1)
+            return pgd_fail(d, NULL, "sending COPY data", err);
+        d->copyoff += n;
+        d->copy_busy = true;
+    }
+    if (d->copyoff == d->copybuf.len) {
+        pgd_buf_reset(&d->copybuf);
+        d->copyoff = 0;
+    } else if (d->copyoff > d->copybuf.len / 2) {
+        memmove(d->copybuf.p, d->copybuf.p + d->copyoff, d->copybuf.len - d->copyoff);
+        d->copybuf.len -= d->copyoff;
+        d->copyoff = 0;
+    }
     return 0;
 }
 
 int
 pgd_copy_put(dest_pg_t *d, const char *data, size_t len, wr_err_t *err)
 {
-    int rc;
+    size_t before = d->copybuf.len;
 
-    if (len >= PGD_COPY_CHUNK) {
-        if ((rc = pgd_copy_push(d, err)) < 0)
-            return rc;
-        if (PQputCopyData(d->conn, data, (int)len) != 1)
-            return pgd_fail(d, NULL, "sending COPY data", err);
-        return 0;
-    }
     pgd_buf_addn(&d->copybuf, data, len);
     if (d->copybuf.oom)
         return wr_err_set(err, WR_ENOMEM, "out of memory buffering COPY data");
-    if (d->copybuf.len >= PGD_COPY_CHUNK)
-        return pgd_copy_push(d, err);
+    if (d->copybuf.len - d->copyoff >= PGD_COPY_HIGH)
+        return pgd_copy_pump(d, true, err);
+    /* hand data over in steps of PGD_COPY_PUMP, or whenever libpq has room again */
+    if (d->copy_busy || before / PGD_COPY_PUMP != d->copybuf.len / PGD_COPY_PUMP)
+        return pgd_copy_pump(d, false, err);
     return 0;
 }
 
@@ -747,7 +800,13 @@ pgd_copy_end(dest_pg_t *d, wr_err_t *err)
         return 0;
     d->copy_relid = 0;
     none.sp = d->in_txn;
-    if ((rc = pgd_copy_push(d, err)) < 0)
+    rc = pgd_copy_pump(d, true, err);
+    pgd_buf_reset(&d->copybuf);
+    d->copyoff = 0;
+    d->copy_busy = false;
+    if (PQsetnonblocking(d->conn, 0) != 0 && rc == 0)
+        rc = pgd_fail(d, NULL, "ending the COPY", err);
+    if (rc < 0)
         return rc;
     if (PQputCopyEnd(d->conn, NULL) != 1)
         return pgd_fail(d, NULL, "ending the COPY", err);
