@@ -203,8 +203,9 @@ def bench_catchup(src, dst, args, out, peaks):
         sql(dst, "native_cu", "ALTER SUBSCRIPTION sub_cu DISABLE")
         wait(lambda: not sql(src, "postgres", "SELECT active FROM pg_replication_slots WHERE "
                              "slot_name = 'sub_cu'", fetch=True)[0][0], 60, "native worker gone")
-        # the backlog
+        # the backlog (a third slot: pg_recvlogical's decode-only time, the ceiling)
         n_ins, n_upd, n_del = args.inserts, args.updates, args.deletes
+        sql(src, "postgres", "SELECT pg_create_logical_replication_slot('bench_recv', 'pgoutput')")
         t0 = time.monotonic()
         with psycopg.connect(conninfo(src, "postgres"), autocommit=True) as c:
             for lo in range(1, n_ins + 1, 1000):
@@ -232,6 +233,13 @@ def bench_catchup(src, dst, args, out, peaks):
         wait(lambda: slot_flushed(src, "sub_cu", endpos), 7200, "native caught up")
         nat = time.monotonic() - t0
         check_equal(src, dst, "native_cu", "cu", "native catch-up")
+        t0 = time.monotonic()
+        subprocess.run([f"{PGBIN}/pg_recvlogical", "-d", conninfo(src, "postgres"), "--slot",
+                        "bench_recv", "--start", "--endpos", endpos, "-o", "proto_version=1",
+                        "-o", "publication_names=pub_cu", "--no-loop", "-f", "/dev/null"],
+                       check=True)
+        recv = time.monotonic() - t0
+        sql(src, "postgres", "SELECT pg_drop_replication_slot('bench_recv')")
     finally:
         w.stop() if w.proc and w.proc.poll() is None else None
         w.cleanup()
@@ -241,11 +249,13 @@ def bench_catchup(src, dst, args, out, peaks):
                f"1000-row transactions; built in {build_s:.0f} s)\n")
     out.append("| what | seconds | changes/s | walrelay's rate relative to it |")
     out.append("|---|---|---|---|")
+    out.append(f"| `pg_recvlogical` (pgoutput, decoding only, to /dev/null): the source's "
+               f"ceiling | {recv:.2f} | {total / recv:,.0f} | {recv / wr:.2f}× |")
     out.append(f"| native subscription, ENABLE until its slot's confirmed flush passes the backlog "
                f"| {nat:.2f} | {total / nat:,.0f} | {nat / wr:.2f}× |")
     out.append(f"| **walrelay → postgres**, `walrelay run` until its slot's confirmed flush passes "
                f"the backlog | {wr:.2f} | {total / wr:,.0f} | 1.00× |")
-    print("\n".join(out[-5:]), flush=True)
+    print("\n".join(out[-6:]), flush=True)
 
 
 # -- latency ----------------------------------------------------------------------------------

@@ -80,9 +80,10 @@
  * keep their slot and just exit 1.
  *
  * Raw copy (issue 7). A destination with write_copy (postgres) gets each line exactly as
- * the source's COPY TO STDOUT sent it, without parsing (syw_copy_raw), in transactions of
- * the same row and byte limits; the last one also runs the destination's copy_done (the
- * postgres destination builds the primary key there, once the rows are in).
+ * the source's COPY TO STDOUT sent it, without parsing (syw_copy_raw), in one destination
+ * transaction (progress is reported every copy_batch_rows rows); before its commit the
+ * destination's copy_done runs (the postgres destination builds the primary key there,
+ * once the rows are in).
  *
  * Copy batching. PQgetCopyData returns one line per call and copy_parse_line reuses its
  * buffer for every line, so each parsed row's values are copied into a per-batch arena
@@ -846,8 +847,10 @@ syw_copy_flush(syw_t *w, syw_copy_t *cp, bool last, wr_err_t *err)
 }
 
 /* (issue 7) A destination that speaks COPY (write_copy) gets the source's line untouched,
- * in batches of the same row and byte limits as parsed rows. Returns 1 when a batch was
- * committed before the line (the caller reports progress). */
+ * in one destination transaction for the whole copy: the data is streamed, not held, so
+ * nothing bounds a batch, and a restart copies from scratch anyway (a commit in the middle
+ * would only make the copy wait for the destination at every boundary). Every
+ * copy_batch_rows rows (or batch_max_bytes bytes) returns 1: the caller reports progress. */
 static int
 syw_copy_raw(syw_t *w, syw_copy_t *cp, const char *line, size_t n, size_t batch_rows,
              size_t batch_bytes, wr_err_t *err)
@@ -855,8 +858,9 @@ syw_copy_raw(syw_t *w, syw_copy_t *cp, const char *line, size_t n, size_t batch_
     int rc, flushed = 0;
 
     if (cp->raw_rows > 0 && (cp->raw_rows >= batch_rows || cp->raw_bytes + n > batch_bytes)) {
-        if ((rc = syw_copy_flush(w, cp, false, err)) < 0)
-            return rc;
+        cp->rows += cp->raw_rows;
+        cp->raw_rows = 0;
+        cp->raw_bytes = 0;
         flushed = 1;
     }
     if (!cp->dest_open) {

@@ -203,8 +203,17 @@ int pgd_fail(dest_pg_t *d, const PGresult *res, const char *what, wr_err_t *err)
 /* Ends an open COPY FROM STDIN (sends what d->copybuf holds, then CopyDone) and reads its
  * result; a failure rolls the savepoint back like pgd_run. */
 int pgd_copy_end(dest_pg_t *d, wr_err_t *err) WR_MUST_CHECK;
+/* Moves buffered COPY data towards the target (the connection is non-blocking during a
+ * COPY): block = until all of it is handed over, else what the socket takes now. */
+int pgd_copy_pump(dest_pg_t *d, bool block, wr_err_t *err) WR_MUST_CHECK;
 /* Hands copy data to libpq in large messages (through d->copybuf). */
 int pgd_copy_put(dest_pg_t *d, const char *data, size_t len, wr_err_t *err) WR_MUST_CHECK;
+/* Appends one DO block that, under the DDL advisory lock, runs creates[i] unless the SQL
+ * condition checks[i] holds, for each i in order: a look and a create that no other
+ * worker can come between (the look reads the catalog with a fresh snapshot, unlike a
+ * name lookup through the catalog caches). WR_EUNSUPPORTED if a text holds "$walrelay$". */
+int pgd_buf_guarded(pgd_buf_t *b, const char *const *checks, const char *const *creates,
+                    int n) WR_MUST_CHECK;
 /* Shows a value for an error message (printable, cut at PGD_SHOW_MAX bytes). */
 const char *pgd_show(char kind, const char *s, size_t n, char *buf, size_t len);
 /* A 64-bit hash of a string for pg_advisory_xact_lock. */

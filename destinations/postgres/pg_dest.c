@@ -555,23 +555,26 @@ pgd_ensure_schema(dest_pg_t *d, const char *nsp, wr_err_t *err)
     pgd_res_clear(&res);
     if (rc < 0 || exists)
         return rc;
-    /* under the DDL lock (held until the transaction ends), looked up again with the
-     * statement's snapshot: a schema another worker has just created is seen (a name
-     * lookup could use a catalog cache from before the wait for the lock) */
-    pgd_sql_start(d, b);
-    pgd_ddl_lock_sql(b);
-    pgd_buf_add(b, "SELECT count(*) FROM pg_catalog.pg_namespace WHERE nspname = ");
-    pgd_buf_lit(b, nsp, strlen(nsp));
-    rc = pgd_run(d, b, NULL, 0, &res, "looking up a schema", err);
-    exists = rc == 0 && res.n == 2 && strcmp(PQgetvalue(res.r[1], 0, 0), "0") != 0;
-    pgd_res_clear(&res);
-    if (rc < 0 || exists)
-        return rc;
-    pgd_sql_start(d, b);
-    pgd_buf_add(b, "CREATE SCHEMA ");
-    pgd_buf_ident(b, nsp);
-    if ((rc = pgd_exec(d, b, "creating a schema", err)) < 0)
-        return rc;
+    {
+        pgd_buf_t check = {0}, create = {0};
+        const char *c1, *c2;
+
+        pgd_buf_add(&check, "EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = ");
+        pgd_buf_lit(&check, nsp, strlen(nsp));
+        pgd_buf_add(&check, ")");
+        pgd_buf_add(&create, "CREATE SCHEMA ");
+        pgd_buf_ident(&create, nsp);
+        c1 = check.p ? check.p : "";
+        c2 = create.p ? create.p : "";
+        pgd_sql_start(d, b);
+        rc = check.oom || create.oom ? WR_ENOMEM : pgd_buf_guarded(b, &c1, &c2, 1);
+        pgd_buf_free(&check);
+        pgd_buf_free(&create);
+        if (rc < 0)
+            return wr_err_set(err, rc, "cannot create the schema \"%s\" (its name)", nsp);
+        if ((rc = pgd_exec(d, b, "creating a schema", err)) < 0)
+            return rc;
+    }
     log_info("schema created in the destination schema=%s", nsp);
     return 0;
 }
@@ -1159,8 +1162,20 @@ pgd_reset_table(dest_t *base, const wr_schema_t *s, const dest_tmeta_t *meta, wr
     if ((rc = pgd_target_name(d, s, &nsp, &name, err)) < 0)
         return rc;
     pgd_forget(d, s->relid);
-    if ((rc = pgd_ensure_schema(d, nsp, err)) < 0 || (rc = pgd_types_ensure(d, s, err)) < 0 ||
-        (rc = pgd_layout_read(d, s->relid, nsp, name, &l, err)) < 0)
+    /* a schema or type this copy needs is created and committed at once, outside the copy's
+     * transaction when nothing of it reached the server yet: other workers that need it
+     * too wait for that, not for the whole copy */
+    if (!d->txn_sent) {
+        d->in_txn = false;
+        rc = pgd_ensure_schema(d, nsp, err);
+        if (rc == 0)
+            rc = pgd_types_ensure(d, s, err);
+        if (rc != WR_ECONN)
+            d->in_txn = true;
+    } else if ((rc = pgd_ensure_schema(d, nsp, err)) == 0) {
+        rc = pgd_types_ensure(d, s, err);
+    }
+    if (rc < 0 || (rc = pgd_layout_read(d, s->relid, nsp, name, &l, err)) < 0)
         goto out;
     has_key = false;
     for (int i = 0; i < s->ncols; i++)
@@ -1395,9 +1410,16 @@ pgd_rollback(dest_t *base, wr_err_t *err)
     if (d->conn != NULL && d->copy_relid != 0) {
         PGresult *r;
 
-        PQsetnonblocking(d->conn, 0);
+        wr_err_t perr;
+
+        /* libpq must hold no output before it goes back to blocking mode */
+        wr_err_clear(&perr);
         pgd_buf_reset(&d->copybuf);
         d->copyoff = 0;
+        if (pgd_copy_pump(d, true, &perr) < 0 ||
+            (PQsetnonblocking(d->conn, 0) != 0 &&
+             wr_err_set(&perr, WR_EDEST, "libpq kept unsent data") < 0))
+            log_err(LOG_LVL_WARN, "ending the COPY", &perr);
         d->copy_busy = false;
         PQputCopyEnd(d->conn, "walrelay: the transaction is rolled back");
         while ((r = PQgetResult(d->conn)) != NULL)

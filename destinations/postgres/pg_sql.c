@@ -30,7 +30,7 @@
     "-c lock_timeout=0 -c idle_in_transaction_session_timeout=0 -c client_min_messages=warning "   \
     "-c search_path=public"
 
-#define PGD_COPY_CHUNK (256 * 1024) /* COPY data handed to libpq in messages this large */
+#define PGD_COPY_CHUNK (32 * 1024) /* COPY data handed to libpq in messages this large */
 
 /* ---- the buffer ------------------------------------------------------------------------- */
 
@@ -234,6 +234,24 @@ pgd_buf_arrelem(pgd_buf_t *b, char kind, const char *s, size_t n)
     }
     pgd_buf_addn(b, run, (size_t)(end - run));
     pgd_buf_addn(b, "\"", 1);
+}
+
+int
+pgd_buf_guarded(pgd_buf_t *b, const char *const *checks, const char *const *creates, int n)
+{
+    pgd_buf_addf(b, "DO $walrelay$ BEGIN PERFORM pg_advisory_xact_lock(%lld); ",
+                 (long long)pgd_lock_key("walrelay ddl"));
+    for (int i = 0; i < n; i++) {
+        if (strstr(checks[i], "$walrelay$") != NULL || strstr(creates[i], "$walrelay$") != NULL)
+            return WR_EUNSUPPORTED;
+        pgd_buf_add(b, "IF NOT (");
+        pgd_buf_add(b, checks[i]);
+        pgd_buf_add(b, ") THEN EXECUTE ");
+        pgd_buf_lit(b, creates[i], strlen(creates[i]));
+        pgd_buf_add(b, "; END IF; ");
+    }
+    pgd_buf_add(b, "END $walrelay$");
+    return 0;
 }
 
 const char *
@@ -719,13 +737,13 @@ pgd_copy_begin(dest_pg_t *d, const pgd_buf_t *b, uint32_t relid, const char *wha
  * source for as long as the target took to make room: the copy ran at the sum of both
  * servers' times instead of the slower one's). The buffer is bounded: past
  * PGD_COPY_HIGH bytes pgd_copy_pump waits for the target. */
-#define PGD_COPY_PUMP (64 * 1024)
+#define PGD_COPY_PUMP (32 * 1024)
 #define PGD_COPY_HIGH (32 * 1024 * 1024)
 
 /* Moves copy data towards the target: libpq's pending output first, then chunks of
  * d->copybuf. block: until everything is handed over (the copy's end, or the buffer past
  * its bound); else only what the socket takes now. */
-static int
+int
 pgd_copy_pump(dest_pg_t *d, bool block, wr_err_t *err)
 {
     for (;;) {
@@ -781,8 +799,27 @@ pgd_copy_put(dest_pg_t *d, const char *data, size_t len, wr_err_t *err)
     pgd_buf_addn(&d->copybuf, data, len);
     if (d->copybuf.oom)
         return wr_err_set(err, WR_ENOMEM, "out of memory buffering COPY data");
-    if (d->copybuf.len - d->copyoff >= PGD_COPY_HIGH)
-        return pgd_copy_pump(d, true, err);
+    if (d->copybuf.len - d->copyoff >= PGD_COPY_HIGH) {
+        /* the target is behind: wait until half of the buffer is taken, not all of it,
+         * so that reading the source resumes while the target still has work */
+        while (d->copybuf.len - d->copyoff > PGD_COPY_HIGH / 2) {
+            int rc = pgd_copy_pump(d, false, err);
+            struct pollfd pf;
+
+            if (rc < 0)
+                return rc;
+            if (d->copybuf.len - d->copyoff <= PGD_COPY_HIGH / 2)
+                break;
+            pf.fd = PQsocket(d->conn);
+            pf.events = POLLOUT | POLLIN;
+            pf.revents = 0;
+            if (poll(&pf, 1, 1000) < 0 && errno != EINTR)
+                return wr_err_set(err, WR_EIO, "poll: %s", strerror(errno));
+            if ((pf.revents & POLLIN) && PQconsumeInput(d->conn) == 0)
+                return pgd_fail(d, NULL, "sending COPY data", err);
+        }
+        return 0;
+    }
     /* hand data over in steps of PGD_COPY_PUMP, or whenever libpq has room again */
     if (d->copy_busy || before / PGD_COPY_PUMP != d->copybuf.len / PGD_COPY_PUMP)
         return pgd_copy_pump(d, false, err);

@@ -5,8 +5,10 @@
  *
  * NOTES: runs where tables are created (walrelay-sync's copy, walrelay-apply's schema
  * changes). Reads the definition on its own connection to the source ([source] conninfo,
- * opened only when a type is missing, simple queries by OID). Creates, inside the
- * caller's open destination transaction and under the DDL advisory lock:
+ * opened only when a type is missing, simple queries by OID). Creates, in one DO block
+ * under the DDL advisory lock that looks again with a fresh snapshot (another worker may
+ * be creating the same type), inside the caller's transaction if it reached the server
+ * already, else committed at once (a copy's first transaction: pg_dest.c reset_table):
  *   enum        CREATE TYPE s.t AS ENUM (labels in their order)
  *   domain      CREATE DOMAIN s.t AS <base> [NOT NULL] [CONSTRAINT c CHECK (...)]... (the base
  *               type first if it is user-defined too; defaults are not copied: replicated
@@ -164,30 +166,9 @@ pgd_type_create(dest_pg_t *d, uint32_t oid, const char *column, int depth, wr_er
         rc = wr_err_set(err, WR_ENOMEM, "out of memory creating a type");
         goto out;
     }
-    /* under the DDL lock, held until our transaction ends: no other worker creates it
-     * between this look and our CREATE. The look reads pg_type with the statement's
-     * snapshot: a name lookup (to_regtype) could use a catalog cache from before the wait
-     * for the lock, which does not see a type another worker has just committed. */
-    {
-        pgd_buf_t *b = &d->aux;
-        pgd_res_t res = {0};
-
-        pgd_sql_start(d, b);
-        pgd_buf_addf(b,
-                     "SELECT pg_advisory_xact_lock(%lld); SELECT count(*) FROM "
-                     "pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = "
-                     "t.typnamespace WHERE n.nspname = ",
-                     (long long)pgd_lock_key("walrelay ddl"));
-        pgd_buf_lit(b, nsp, strlen(nsp));
-        pgd_buf_add(b, " AND t.typname = ");
-        pgd_buf_lit(b, name, strlen(name));
-        rc = pgd_run(d, b, NULL, 0, &res, "looking up a type", err);
-        exists = rc == 0 && res.n == 2 && PQntuples(res.r[1]) == 1 &&
-                 strcmp(PQgetvalue(res.r[1], 0, 0), "0") != 0;
-        pgd_res_clear(&res);
-        if (rc < 0 || exists)
-            goto out;
-    }
+    /* not there under this name? (looked at again under the lock when it is created) */
+    if ((rc = pgd_type_exists(d, q.p, &exists, err)) < 0 || exists)
+        goto out;
     if (!PQgetisnull(t, 0, 9)) {
         char hint[256];
 
@@ -234,51 +215,77 @@ pgd_type_create(dest_pg_t *d, uint32_t oid, const char *column, int depth, wr_er
     if (kind == 'c' && (rc = pgd_type_create_deps(d, x, 0, column, depth, err)) < 0)
         goto out;
 
-    /* the statement */
+    /* the statement: the schema and the type, each unless it exists, under the DDL lock in
+     * one statement (another worker may create the same type at the same time) */
     {
-        pgd_buf_t *b = &d->aux;
+        pgd_buf_t *b = &d->aux, cs = {0}, csch = {0}, ct = {0}, cty = {0};
+        const char *checks[2], *creates[2];
 
-        pgd_sql_start(d, b);
-        pgd_buf_add(b, "CREATE SCHEMA IF NOT EXISTS ");
-        pgd_buf_ident(b, nsp);
-        pgd_buf_add(b, "; ");
+        pgd_buf_add(&csch, "EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = ");
+        pgd_buf_lit(&csch, nsp, strlen(nsp));
+        pgd_buf_add(&csch, ")");
+        pgd_buf_add(&cs, "CREATE SCHEMA ");
+        pgd_buf_ident(&cs, nsp);
+        pgd_buf_add(&cty, "EXISTS (SELECT 1 FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace "
+                          "n ON n.oid = t.typnamespace WHERE n.nspname = ");
+        pgd_buf_lit(&cty, nsp, strlen(nsp));
+        pgd_buf_add(&cty, " AND t.typname = ");
+        pgd_buf_lit(&cty, name, strlen(name));
+        pgd_buf_add(&cty, ")");
         if (kind == 'e') {
-            pgd_buf_add(b, "CREATE TYPE ");
-            pgd_buf_add(b, q.p);
-            pgd_buf_add(b, " AS ENUM (");
+            pgd_buf_add(&ct, "CREATE TYPE ");
+            pgd_buf_add(&ct, q.p);
+            pgd_buf_add(&ct, " AS ENUM (");
             for (int i = 0; i < PQntuples(x); i++) {
                 if (i)
-                    pgd_buf_add(b, ", ");
-                pgd_buf_lit(b, PQgetvalue(x, i, 0), (size_t)PQgetlength(x, i, 0));
+                    pgd_buf_add(&ct, ", ");
+                pgd_buf_lit(&ct, PQgetvalue(x, i, 0), (size_t)PQgetlength(x, i, 0));
             }
-            pgd_buf_add(b, ")");
+            pgd_buf_add(&ct, ")");
         } else if (kind == 'd') {
-            pgd_buf_add(b, "CREATE DOMAIN ");
-            pgd_buf_add(b, q.p);
-            pgd_buf_add(b, " AS ");
-            pgd_buf_add(b, PQgetvalue(t, 0, 6));
+            pgd_buf_add(&ct, "CREATE DOMAIN ");
+            pgd_buf_add(&ct, q.p);
+            pgd_buf_add(&ct, " AS ");
+            pgd_buf_add(&ct, PQgetvalue(t, 0, 6));
             if (strcmp(PQgetvalue(t, 0, 7), "t") == 0)
-                pgd_buf_add(b, " NOT NULL");
+                pgd_buf_add(&ct, " NOT NULL");
             for (int i = 0; i < PQntuples(x); i++) {
-                pgd_buf_add(b, " CONSTRAINT ");
-                pgd_buf_ident(b, PQgetvalue(x, i, 0));
-                pgd_buf_add(b, " ");
-                pgd_buf_add(b, PQgetvalue(x, i, 1));
+                pgd_buf_add(&ct, " CONSTRAINT ");
+                pgd_buf_ident(&ct, PQgetvalue(x, i, 0));
+                pgd_buf_add(&ct, " ");
+                pgd_buf_add(&ct, PQgetvalue(x, i, 1));
             }
         } else {
-            pgd_buf_add(b, "CREATE TYPE ");
-            pgd_buf_add(b, q.p);
-            pgd_buf_add(b, " AS (");
+            pgd_buf_add(&ct, "CREATE TYPE ");
+            pgd_buf_add(&ct, q.p);
+            pgd_buf_add(&ct, " AS (");
             for (int i = 0; i < PQntuples(x); i++) {
                 if (i)
-                    pgd_buf_add(b, ", ");
-                pgd_buf_ident(b, PQgetvalue(x, i, 1));
-                pgd_buf_add(b, " ");
-                pgd_buf_add(b, PQgetvalue(x, i, 2));
+                    pgd_buf_add(&ct, ", ");
+                pgd_buf_ident(&ct, PQgetvalue(x, i, 1));
+                pgd_buf_add(&ct, " ");
+                pgd_buf_add(&ct, PQgetvalue(x, i, 2));
             }
-            pgd_buf_add(b, ")");
+            pgd_buf_add(&ct, ")");
         }
-        if ((rc = pgd_exec(d, b, "creating a type", err)) < 0) {
+        checks[0] = csch.p ? csch.p : "";
+        creates[0] = cs.p ? cs.p : "";
+        checks[1] = cty.p ? cty.p : "";
+        creates[1] = ct.p ? ct.p : "";
+        pgd_sql_start(d, b);
+        if (cs.oom || csch.oom || ct.oom || cty.oom)
+            rc = wr_err_set(err, WR_ENOMEM, "out of memory creating a type");
+        else if (pgd_buf_guarded(b, checks, creates, 2) < 0)
+            rc = pgd_type_refuse(column, nsp, name, "its definition holds \"$walrelay$\"",
+                                 "create the type in the destination database under the same name",
+                                 err);
+        else
+            rc = pgd_exec(d, b, "creating a type", err);
+        pgd_buf_free(&cs);
+        pgd_buf_free(&csch);
+        pgd_buf_free(&ct);
+        pgd_buf_free(&cty);
+        if (rc < 0) {
             char m[sizeof(err->msg)];
 
             /* name the type, keep the target's reason */
