@@ -464,3 +464,30 @@ dest_wait(int ms)
         return true;
     return dest_wait_hook(dest_wait_arg, ms);
 }
+
+/* ---- reading ahead while a destination waits --------------------------------------------- */
+
+static int dest_ra_fd = -1;
+static dest_readahead_fn dest_ra_fn;
+static void *dest_ra_arg;
+
+void
+dest_set_readahead(int fd, dest_readahead_fn fn, void *arg)
+{
+    dest_ra_fd = fn != NULL ? fd : -1;
+    dest_ra_fn = fn;
+    dest_ra_arg = arg;
+}
+
+int
+dest_readahead_fd(void)
+{
+    return dest_ra_fd;
+}
+
+void
+dest_readahead(void)
+{
+    if (dest_ra_fn != NULL)
+        dest_ra_fn(dest_ra_arg);
+}

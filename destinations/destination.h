@@ -268,6 +268,17 @@ void dest_set_wait(dest_wait_fn fn, void *arg);
 /* Waits through the hook: true if the caller must give up (no hook, or a stop). */
 bool dest_wait(int ms);
 
+/* While a destination waits for its server's answer, the worker may keep reading its own
+ * input: the apply worker drains the replication socket into libpq's buffer then, so that
+ * the walsender goes on decoding while the destination works (decoding and applying
+ * overlap instead of taking turns). fd is watched; fn is called when it is readable and
+ * must not block or process anything. Process-wide; fd -1 = none. */
+typedef void (*dest_readahead_fn)(void *arg);
+void dest_set_readahead(int fd, dest_readahead_fn fn, void *arg);
+/* The registered fd (-1 if none), and one call of its function. */
+int dest_readahead_fd(void);
+void dest_readahead(void);
+
 /* Opens cfg's destination through the registry (destinations/registry.h): validates the
  * [destination] keys (dest_config_check; fills the default type), then the type's open.
  * role: "apply", "sync" or "check" (handed to ABI destinations). */

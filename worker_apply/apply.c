@@ -121,7 +121,9 @@
  *   first) and the batch commits without its changes (apw_batch_flush). A destination
  *   whose commits become durable after they return (dest_ops_t.durable, postgres with
  *   synchronous_commit = off) is asked which are, every 200 ms while some are not, and
- *   the flush position waits for them (apw_flush_to, apw_durable_poll).
+ *   the flush position waits for them (apw_flush_to, apw_durable_poll). While the
+ *   destination waits for its server, the replication socket is drained into libpq's
+ *   buffer (dest_set_readahead, apw_readahead), so that the walsender keeps decoding.
  *
  * FEEDBACK
  *
@@ -1714,6 +1716,20 @@ apw_caught_up(apw_t *a)
     return poll(&p, 1, 0) == 0;
 }
 
+/* (issue 7) While the destination waits for its server (destination.h
+ * dest_set_readahead): what the walsender sent goes into libpq's buffer, unprocessed, so
+ * that it keeps decoding meanwhile; the loop processes it after the write (libpq's buffer
+ * is read before the socket, see apw_run). The buffer grows by what arrives during one
+ * destination round trip at most. */
+static void
+apw_readahead(void *arg)
+{
+    apw_t *a = arg;
+
+    /* a failure shows again at the loop's next read of the stream, which reports it */
+    (void)PQconsumeInput(a->repl);
+}
+
 /* (issue 7) The destination's wait while its server cannot be reached (destination.h
  * dest_set_wait): the channel keeps being served; true once the worker must stop. */
 static bool
@@ -1942,6 +1958,7 @@ main(int argc, char **argv)
     rc = repl_start(a.repl, a.slot, 0, a.cfg.publication, &err);
     if (rc != 0)
         return apw_fail(&a, "cannot start replication", &err);
+    dest_set_readahead(PQsocket(a.repl), apw_readahead, &a);
     a.stm.received = a.flush;
     stm_fb_sent(&a.fb, wr_now_ms(), a.stm.received, a.flush);
     log_info("apply worker started slot=%s start=" WR_LSN_FMT " publication=%s tables=%zu", a.slot,

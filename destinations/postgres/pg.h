@@ -246,13 +246,6 @@ int pgd_types_ensure(dest_pg_t *d, const wr_schema_t *s, wr_err_t *err) WR_MUST_
 
 /* ---- the handle (pg_dest.c) ---------------------------------------------------------------- */
 
-/* Makes sure the transaction has reached the server (sends BEGIN if not). */
-int pgd_txn_send(dest_pg_t *d, wr_err_t *err) WR_MUST_CHECK;
-/* Takes the transaction-level advisory lock walrelay's DDL on the target runs under
- * (schemas, types, bookkeeping tables), so that workers creating the same object wait
- * for each other instead of failing. */
-int pgd_ddl_lock(dest_pg_t *d, wr_err_t *err) WR_MUST_CHECK;
-
 /* Opens a handle for a worker (role "apply", "sync") or a tool; connects (waiting while the
  * target is down, see pgd_ensure_conn) and creates the bookkeeping tables if missing. */
 int pgd_open_role(const wr_config_t *cfg, const char *role, dest_t **out,

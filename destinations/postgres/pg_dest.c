@@ -72,36 +72,7 @@ pgd_need_txn(const dest_pg_t *d, const char *what, wr_err_t *err)
     return 0;
 }
 
-static void
-pgd_ddl_lock_sql(pgd_buf_t *b)
-{
-    pgd_buf_addf(b, "SELECT pg_advisory_xact_lock(%lld); ",
-                 (long long)pgd_lock_key("walrelay ddl"));
-}
-
-int
-pgd_txn_send(dest_pg_t *d, wr_err_t *err)
-{
-    pgd_buf_t *b = &d->aux;
-
-    if (!d->in_txn || d->txn_sent)
-        return 0;
-    pgd_sql_start(d, b);
-    pgd_buf_add(b, "SELECT 1");
-    return pgd_exec(d, b, "beginning a transaction", err);
-}
-
-int
-pgd_ddl_lock(dest_pg_t *d, wr_err_t *err)
-{
-    pgd_buf_t *b = &d->aux;
-
-    pgd_sql_start(d, b);
-    pgd_ddl_lock_sql(b);
-    return pgd_exec(d, b, "taking the DDL lock", err);
-}
-
-/* ', ' separated "pipeline = '...' AND relid = N" condition. */
+/* " WHERE pipeline = '...' AND relid = N" */
 static void
 pgd_where_rel(dest_pg_t *d, pgd_buf_t *b, uint32_t relid)
 {

@@ -610,6 +610,34 @@ pgd_after_failure(dest_pg_t *d, const pgd_buf_t *b, int code)
 /* Reads the results of a query sent with PQsendQuery, feeding copy data to a COPY FROM
  * STDIN. Results after b's leading statements go to out. stop_at_copy: return as soon as
  * the COPY is open (pgd_copy_begin). */
+/* Waits until a result can be read without blocking; meanwhile the worker's read-ahead
+ * fd (dest_set_readahead) is served. A broken connection ends the wait (PQgetResult then
+ * reports it). */
+static void
+pgd_await(dest_pg_t *d)
+{
+    int rafd = dest_readahead_fd();
+
+    if (rafd < 0)
+        return; /* PQgetResult blocks by itself */
+    while (PQisBusy(d->conn)) {
+        struct pollfd pf[2];
+
+        pf[0].fd = PQsocket(d->conn);
+        pf[0].events = POLLIN;
+        pf[0].revents = 0;
+        pf[1].fd = rafd;
+        pf[1].events = POLLIN;
+        pf[1].revents = 0;
+        if (poll(pf, 2, 1000) < 0 && errno != EINTR)
+            return;
+        if (pf[1].revents != 0)
+            dest_readahead();
+        if (pf[0].revents != 0 && PQconsumeInput(d->conn) == 0)
+            return;
+    }
+}
+
 static int
 pgd_collect(dest_pg_t *d, const pgd_buf_t *b, const char *copy, size_t copylen, bool stop_at_copy,
             pgd_res_t *out, const char *what, wr_err_t *err)
@@ -618,7 +646,7 @@ pgd_collect(dest_pg_t *d, const pgd_buf_t *b, const char *copy, size_t copylen, 
     int idx = 0, rc = 0;
     bool oom = false;
 
-    while ((res = PQgetResult(d->conn)) != NULL) {
+    while (pgd_await(d), (res = PQgetResult(d->conn)) != NULL) {
         ExecStatusType st = PQresultStatus(res);
 
         if (st == PGRES_COPY_IN) {
