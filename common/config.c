@@ -8,7 +8,11 @@
  * exception is [destination]: its keys belong to the destination type, so config.c keeps
  * `type` and every other key as a (key, value, line) item, refuses only duplicates, and
  * leaves validation, defaults and the section init writes to the destination registry
- * (destinations/registry.h), which it does not link against.
+ * (destinations/registry.h), which it does not link against. [state] is half of each:
+ * `backend` is an ordinary key; every other key is kept as an item too, because a plugin
+ * store (backend = plugin) owns its keys, and once the file is read cfg_state_finish
+ * interprets the items of the sqlite and postgres backends itself (conninfo, schema) and
+ * leaves a plugin's to the store (common/state_abi.c validates them).
  *
  * How libinih (Debian bookworm, libinih 55) reads a line, and what we do about it:
  * - a line is at most INI_MAX_LINE (200) bytes including "\n" and NUL; a longer one is
@@ -55,8 +59,10 @@ typedef enum {
     CFG_K_INT64,    /* int64_t field */
     CFG_K_LEVEL,    /* log level */
     CFG_K_SLOTLOST, /* stop | recopy */
-    CFG_K_BACKEND,  /* [state] backend: sqlite | postgres */
-    CFG_K_IDENT,    /* an SQL identifier of 1..63 bytes */
+    CFG_K_BACKEND,  /* [state] backend: sqlite | postgres | plugin */
+    CFG_K_ITEM,     /* [state] keys other than backend: kept as items (cfg_state_finish) */
+    CFG_K_LISTEN,   /* [metrics] listen: HOST:PORT, empty = off */
+    CFG_K_LOGFMT,   /* [log] format: text | json */
 } cfg_kind_t;
 
 typedef struct cfg_key_s {
@@ -70,8 +76,8 @@ typedef struct cfg_key_s {
     const char *help;    /* comment cfg_write_new writes above the key */
 } cfg_key_t;
 
-static const char *const cfg_sections[] = {"pipeline", "source", "destination", "state",
-                                           "batch",    "sync",   "retry",       "log"};
+static const char *const cfg_sections[] = {"pipeline", "source", "destination", "state", "batch",
+                                           "sync",     "retry",  "metrics",     "log"};
 #define CFG_NSECTIONS (sizeof(cfg_sections) / sizeof(cfg_sections[0]))
 
 #define F(field) offsetof(wr_config_t, field)
@@ -99,13 +105,17 @@ static const cfg_key_t cfg_keys[] = {
     {"state", "backend", CFG_K_BACKEND, F(state_backend), 0, 0, "sqlite", NULL,
      "Where the replication state lives: sqlite = DIR/state.db; postgres = a schema of a\n"
      "PostgreSQL database (conninfo below), for hosts whose disk does not survive a restart\n"
-     "(containers). Several pipelines may share one; each holds a lease on its own rows."},
-    {"state", "conninfo", CFG_K_CONNINFO, F(state_conninfo), 0, 0, "",
+     "(containers). Several pipelines may share one; each holds a lease on its own rows.\n"
+     "plugin = a store of your own (library below, docs/custom-store.md)."},
+    {"state", "conninfo", CFG_K_ITEM, F(state_conninfo), 0, 0, "",
      "conninfo = host=HOST dbname=DB user=USER",
      "backend = postgres: libpq connection string of the state database (the source or\n"
      "another). Keep passwords in ~/.pgpass or PGPASSFILE, as for [source] conninfo."},
-    {"state", "schema", CFG_K_IDENT, F(state_schema), 1, 63, CFG_STATE_DEFAULT_SCHEMA, NULL,
+    {"state", "schema", CFG_K_ITEM, F(state_schema), 1, 63, CFG_STATE_DEFAULT_SCHEMA, NULL,
      "backend = postgres: schema walrelay creates for its tables (rows keyed by pipeline)."},
+    {"state", "library", CFG_K_ITEM, F(state_library), 0, 0, "", "library = /path/to/libstore.so",
+     "backend = plugin: the shared object of a state store built against walrelay/store.h,\n"
+     "absolute or relative to this directory. Every other key of [state] is handed to it."},
     {"batch", "max_fill_ms", CFG_K_INT, F(batch_max_fill_ms), 1, 60000, "200", NULL,
      "Longest time (milliseconds) a change waits in a destination batch before the\n"
      "batch is committed."},
@@ -133,8 +143,21 @@ static const cfg_key_t cfg_keys[] = {
      1000, "5", NULL,
      "Automatic retries of a transiently errored table before it waits for walrelay\n"
      "retry; 0 = never retry automatically. Other errors always wait for an operator."},
+    {"metrics", "listen", CFG_K_LISTEN, F(metrics_listen), 0, 0, "", "listen = 127.0.0.1:9187",
+     "HOST:PORT of the HTTP listener for Prometheus (/metrics) and the health checks\n"
+     "(/healthz, /readyz); [::1]:9187 for IPv6, 0.0.0.0:9187 for every address. Off when\n"
+     "unset. walrelay metrics DIR prints the same metrics without it."},
+    {"metrics", "lag_interval_ms", CFG_K_INT, F(metrics_lag_interval_ms), 1000, 3600000, "5000",
+     NULL,
+     "How often (milliseconds) the supervisor reads the source's WAL position and the\n"
+     "pipeline's slots for walrelay_lag_bytes and walrelay_slot_retained_bytes (a query on\n"
+     "its own connection, off the supervisor's event loop; at most once a second)."},
     {"log", "level", CFG_K_LEVEL, F(log_level), 0, 0, "info", NULL,
      "Least severe messages logged: debug, info, warn or error."},
+    {"log", "format", CFG_K_LOGFMT, F(log_format), 0, 0, "text", NULL,
+     "text = one line per event: \"TS LEVEL message key=value ... pipeline=P worker=W\";\n"
+     "json = one JSON object per line with ts, level, msg, pipeline, worker and every\n"
+     "key=value field. Passwords are redacted in both."},
 };
 #define CFG_NKEYS (sizeof(cfg_keys) / sizeof(cfg_keys[0]))
 
@@ -172,6 +195,8 @@ cfg_defaults(wr_config_t *cfg)
     cfg->on_slot_lost = CFG_SLOT_LOST_STOP;
     cfg->table_error_retry_delay_ms = 10000;
     cfg->table_error_retry_max_attempts = 5;
+    cfg->metrics_lag_interval_ms = 5000;
+    cfg->log_format = LOG_FMT_TEXT;
 }
 
 void
@@ -185,6 +210,13 @@ cfg_free(wr_config_t *cfg)
     free(cfg->source_conninfo);
     free(cfg->state_conninfo);
     free(cfg->state_schema);
+    free(cfg->state_library);
+    for (size_t i = 0; i < cfg->state_nitems; i++) {
+        free(cfg->state_items[i].key);
+        free(cfg->state_items[i].value);
+    }
+    free(cfg->state_items);
+    free(cfg->metrics_listen);
     free(cfg->publication);
     free(cfg->dest_type);
     for (size_t i = 0; i < cfg->dest_nitems; i++) {
@@ -193,6 +225,73 @@ cfg_free(wr_config_t *cfg)
     }
     free(cfg->dest_items);
     cfg_defaults(cfg);
+}
+
+int
+cfg_listen_parse(const char *s, char *host, size_t hostlen, uint16_t *port, wr_err_t *err)
+{
+    const char *h, *colon, *p;
+    size_t hl;
+    unsigned long v = 0;
+
+    if (!s || !*s)
+        return wr_err_set(err, WR_ECONFIG, "an empty address");
+    if (s[0] == '[') {
+        const char *close = strchr(s, ']');
+        if (!close || close[1] != ':') {
+            wr_err_set(err, WR_ECONFIG, "\"%s\" is not [IPV6]:PORT", s);
+            wr_err_hint(err, "write an IPv6 address in brackets: [::1]:9187");
+            return WR_ECONFIG;
+        }
+        h = s + 1;
+        hl = (size_t)(close - h);
+        colon = close + 1;
+    } else {
+        colon = strrchr(s, ':');
+        if (!colon) {
+            wr_err_set(err, WR_ECONFIG, "\"%s\" has no port", s);
+            wr_err_hint(err, "write HOST:PORT, e.g. 127.0.0.1:9187");
+            return WR_ECONFIG;
+        }
+        h = s;
+        hl = (size_t)(colon - s);
+        if (memchr(h, ':', hl)) {
+            wr_err_set(err, WR_ECONFIG, "\"%s\": an IPv6 address needs brackets", s);
+            wr_err_hint(err, "write [::1]:9187");
+            return WR_ECONFIG;
+        }
+    }
+    if (hl == 0) {
+        wr_err_set(err, WR_ECONFIG, "\"%s\" has no host", s);
+        wr_err_hint(err, "write 0.0.0.0:PORT for every IPv4 address, 127.0.0.1:PORT for this "
+                         "host only");
+        return WR_ECONFIG;
+    }
+    for (size_t i = 0; i < hl; i++) {
+        unsigned char c = (unsigned char)h[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '-' || c == '_' || c == ':' || c == '%'))
+            return wr_err_set(err, WR_ECONFIG, "\"%s\": the host has an invalid character", s);
+    }
+    p = colon + 1;
+    if (!*p)
+        return wr_err_set(err, WR_ECONFIG, "\"%s\" has no port", s);
+    for (; *p; p++) {
+        if (*p < '0' || *p > '9' || v > 65535)
+            break;
+        v = v * 10 + (unsigned long)(*p - '0');
+    }
+    if (*p || v > 65535)
+        return wr_err_set(err, WR_ECONFIG, "\"%s\": the port must be a number from 0 to 65535", s);
+    if (hl + 1 > hostlen)
+        return wr_err_set(err, WR_ECONFIG, "\"%s\": the host is too long", s);
+    if (host) {
+        memcpy(host, h, hl);
+        host[hl] = '\0';
+    }
+    if (port)
+        *port = (uint16_t)v;
+    return 0;
 }
 
 bool
@@ -317,6 +416,54 @@ cfg_dest_swap(wr_config_t *a, wr_config_t *b)
     b->dest_line = t.dest_line;
     b->dest_nitems = t.dest_nitems;
     b->dest_items = t.dest_items;
+}
+
+/* --- [state] items --------------------------------------------------------------------- */
+
+const wr_cfg_item_t *
+cfg_state_item(const wr_config_t *cfg, const char *key)
+{
+    for (size_t i = 0; i < cfg->state_nitems; i++)
+        if (strcmp(cfg->state_items[i].key, key) == 0)
+            return &cfg->state_items[i];
+    return NULL;
+}
+
+/* Does every item of a other than conninfo and schema appear in b with its value? */
+static bool
+cfg_state_items_in(const wr_config_t *a, const wr_config_t *b)
+{
+    for (size_t i = 0; i < a->state_nitems; i++) {
+        const wr_cfg_item_t *it = &a->state_items[i], *o;
+
+        if (strcmp(it->key, "conninfo") == 0 || strcmp(it->key, "schema") == 0)
+            continue;
+        o = cfg_state_item(b, it->key);
+        if (!o || strcmp(o->value, it->value) != 0)
+            return false;
+    }
+    return true;
+}
+
+bool
+cfg_state_items_equal(const wr_config_t *a, const wr_config_t *b)
+{
+    return cfg_state_items_in(a, b) && cfg_state_items_in(b, a);
+}
+
+void
+cfg_state_items_swap(wr_config_t *a, wr_config_t *b)
+{
+    wr_cfg_item_t *items = a->state_items;
+    size_t n = a->state_nitems;
+    char *lib = a->state_library;
+
+    a->state_items = b->state_items;
+    a->state_nitems = b->state_nitems;
+    a->state_library = b->state_library;
+    b->state_items = items;
+    b->state_nitems = n;
+    b->state_library = lib;
 }
 
 /* --- parsing --------------------------------------------------------------------------- */
@@ -580,23 +727,47 @@ cfg_set_value(cfg_parse_t *pc, const cfg_key_t *k, const char *value)
         return true;
     }
     case CFG_K_BACKEND:
-        if (strcmp(value, "sqlite") == 0 || strcmp(value, "postgres") == 0) {
-            *(int *)((char *)pc->cfg + k->off) =
-                value[0] == 's' ? CFG_STATE_SQLITE : CFG_STATE_POSTGRES;
+        v = strcmp(value, "sqlite") == 0     ? CFG_STATE_SQLITE
+            : strcmp(value, "postgres") == 0 ? CFG_STATE_POSTGRES
+            : strcmp(value, "plugin") == 0   ? CFG_STATE_PLUGIN
+                                             : -1;
+        if (v >= 0) {
+            *(int *)((char *)pc->cfg + k->off) = (int)v;
             return true;
         }
         cfg_fail(pc, WR_ECONFIG,
-                 "invalid value \"%s\" for [%s] %s: expected \"sqlite\" or \"postgres\"", value,
-                 k->section, k->key);
+                 "invalid value \"%s\" for [%s] %s: expected \"sqlite\", \"postgres\" or "
+                 "\"plugin\"",
+                 value, k->section, k->key);
         return false;
-    case CFG_K_IDENT:
-        if (!*value || strlen(value) > 63) {
-            cfg_fail(pc, WR_ECONFIG,
-                     "invalid value \"%s\" for [%s] %s: expected a name of 1 to 63 bytes", value,
-                     k->section, k->key);
+    case CFG_K_ITEM:
+        break; /* kept as items: cfg_state_line */
+    case CFG_K_LISTEN: {
+        char host[256];
+        uint16_t port;
+        wr_err_t lerr;
+
+        if (!*value)
+            return true; /* off */
+        if (cfg_listen_parse(value, host, sizeof(host), &port, &lerr) != 0) {
+            cfg_fail(pc, WR_ECONFIG, "invalid value for [%s] %s: %s", k->section, k->key, lerr.msg);
+            cfg_fail_hint(pc, line, "%s",
+                          lerr.hint[0] ? lerr.hint : "write HOST:PORT, e.g. 127.0.0.1:9187");
             return false;
         }
         return cfg_set_string(pc, k, value);
+    }
+    case CFG_K_LOGFMT: {
+        int f = log_format_parse(value);
+        if (f < 0) {
+            cfg_fail(pc, WR_ECONFIG,
+                     "invalid value \"%s\" for [%s] %s: expected \"text\" or \"json\"", value,
+                     k->section, k->key);
+            return false;
+        }
+        *(int *)((char *)pc->cfg + k->off) = f;
+        return true;
+    }
     case CFG_K_SLOTLOST:
         if (strcmp(value, "stop") == 0) {
             *(int *)((char *)pc->cfg + k->off) = CFG_SLOT_LOST_STOP;
@@ -614,13 +785,45 @@ cfg_set_value(cfg_parse_t *pc, const cfg_key_t *k, const char *value)
     return false;
 }
 
+/* Appends (name, value, line) to a section's items; a name already there is an error. */
+static int
+cfg_add_item(cfg_parse_t *pc, const char *section, wr_cfg_item_t **items, size_t *n,
+             const char *name, const char *value)
+{
+    int line = pc->lineno;
+    wr_cfg_item_t *grown;
+
+    for (size_t i = 0; i < *n; i++) {
+        if (strcmp((*items)[i].key, name) == 0) {
+            cfg_fail(pc, WR_ECONFIG, "duplicate key \"%s\" in section [%s] (first set on line %d)",
+                     name, section, (*items)[i].line);
+            cfg_fail_hint(pc, line, "keep one of the two lines");
+            return 0;
+        }
+    }
+    grown = realloc(*items, (*n + 1) * sizeof(*grown));
+    if (!grown) {
+        cfg_fail(pc, WR_ENOMEM, "out of memory");
+        return 0;
+    }
+    *items = grown;
+    grown[*n].key = wr_strdup(name);
+    grown[*n].value = wr_strdup(value);
+    grown[*n].line = line;
+    (*n)++;
+    if (!grown[*n - 1].key || !grown[*n - 1].value) {
+        cfg_fail(pc, WR_ENOMEM, "out of memory");
+        return 0;
+    }
+    return 1;
+}
+
 /* A [destination] line: type, or an item for the destination registry to validate. */
 static int
 cfg_dest_line(cfg_parse_t *pc, const char *name, const char *value)
 {
     wr_config_t *cfg = pc->cfg;
     int line = pc->lineno;
-    wr_cfg_item_t *items;
 
     if (strcmp(name, "type") == 0) {
         if (cfg->dest_type_line) {
@@ -643,30 +846,7 @@ cfg_dest_line(cfg_parse_t *pc, const char *name, const char *value)
         cfg->dest_type_line = line;
         return 1;
     }
-    for (size_t i = 0; i < cfg->dest_nitems; i++) {
-        if (strcmp(cfg->dest_items[i].key, name) == 0) {
-            cfg_fail(pc, WR_ECONFIG,
-                     "duplicate key \"%s\" in section [destination] (first set on line %d)", name,
-                     cfg->dest_items[i].line);
-            cfg_fail_hint(pc, line, "keep one of the two lines");
-            return 0;
-        }
-    }
-    items = realloc(cfg->dest_items, (cfg->dest_nitems + 1) * sizeof(*items));
-    if (!items) {
-        cfg_fail(pc, WR_ENOMEM, "out of memory");
-        return 0;
-    }
-    cfg->dest_items = items;
-    items[cfg->dest_nitems].key = wr_strdup(name);
-    items[cfg->dest_nitems].value = wr_strdup(value);
-    items[cfg->dest_nitems].line = line;
-    cfg->dest_nitems++;
-    if (!items[cfg->dest_nitems - 1].key || !items[cfg->dest_nitems - 1].value) {
-        cfg_fail(pc, WR_ENOMEM, "out of memory");
-        return 0;
-    }
-    return 1;
+    return cfg_add_item(pc, "destination", &cfg->dest_items, &cfg->dest_nitems, name, value);
 }
 
 /* inih handler: one call per "key = value" line. Returns 0 on error, as inih expects. */
@@ -696,6 +876,9 @@ cfg_handler(void *user, const char *section, const char *name, const char *value
     }
     if (strcmp(section, "destination") == 0)
         return cfg_dest_line(pc, name, value);
+    if (strcmp(section, "state") == 0 && strcmp(name, "backend") != 0)
+        return cfg_add_item(pc, "state", &pc->cfg->state_items, &pc->cfg->state_nitems, name,
+                            value);
     for (i = 0; i < CFG_NKEYS; i++)
         if (strcmp(cfg_keys[i].section, section) == 0 && strcmp(cfg_keys[i].key, name) == 0)
             break;
@@ -762,11 +945,106 @@ cfg_key_index(const char *section, const char *key)
     return -1;
 }
 
+/*
+ * [state], once the file is read (backend may come after the other keys): conninfo and
+ * schema belong to backend = postgres (schema, which init writes for every backend, is
+ * accepted with sqlite too), library to backend = plugin; every key of a plugin store but
+ * library is its own, validated by the store (state_abi.c). Errors name the key's line.
+ */
+static int
+cfg_state_finish(cfg_parse_t *pc, const char *path, wr_err_t *err)
+{
+    wr_config_t *cfg = pc->cfg;
+    int kb = cfg_key_index("state", "backend");
+    int sline = pc->section_line[cfg_section_index("state", strlen("state"))];
+    int bline = pc->key_line[kb] ? pc->key_line[kb] : sline;
+    bool plugin = cfg->state_backend == CFG_STATE_PLUGIN;
+    char list[256];
+
+    cfg->state_line = sline;
+    for (size_t i = 0; i < cfg->state_nitems; i++) {
+        const wr_cfg_item_t *it = &cfg->state_items[i];
+        char **field = NULL;
+
+        if (strcmp(it->key, "library") == 0) {
+            if (!plugin) {
+                wr_err_set(err, WR_ECONFIG,
+                           "%s:%d: [state] library is set but backend is not plugin", path,
+                           it->line);
+                wr_err_hint(err, "set \"backend = plugin\", or remove the library line");
+                return WR_ECONFIG;
+            }
+            if (!*it->value) {
+                wr_err_set(err, WR_ECONFIG, "%s:%d: empty value for [state] library", path,
+                           it->line);
+                wr_err_hint(err, "set library = /path/to/libstore.so");
+                return WR_ECONFIG;
+            }
+            field = &cfg->state_library;
+        } else if (plugin) {
+            continue; /* the store's own key */
+        } else if (strcmp(it->key, "conninfo") == 0) {
+            /* never echo this value */
+            if (cfg->state_backend != CFG_STATE_POSTGRES) {
+                wr_err_set(err, WR_ECONFIG,
+                           "%s:%d: [state] conninfo is set but backend is not postgres", path,
+                           it->line);
+                wr_err_hint(err, "set \"backend = postgres\", or remove the conninfo line");
+                return WR_ECONFIG;
+            }
+            if (!*it->value) {
+                wr_err_set(err, WR_ECONFIG, "%s:%d: empty value for [state] conninfo", path,
+                           it->line);
+                wr_err_hint(err, "set conninfo = host=HOST dbname=DB user=USER");
+                return WR_ECONFIG;
+            }
+            field = &cfg->state_conninfo;
+        } else if (strcmp(it->key, "schema") == 0) {
+            if (!*it->value || strlen(it->value) > 63) {
+                wr_err_set(err, WR_ECONFIG,
+                           "%s:%d: invalid value \"%s\" for [state] schema: expected a name of 1 "
+                           "to 63 bytes",
+                           path, it->line, it->value);
+                return WR_ECONFIG;
+            }
+            field = &cfg->state_schema;
+        } else {
+            wr_err_set(err, WR_ECONFIG, "%s:%d: unknown key \"%s\" in section [state]", path,
+                       it->line, it->key);
+            cfg_key_list("state", list, sizeof(list));
+            wr_err_hint(err,
+                        "valid keys in [state]: %s (any key only with backend = plugin, for "
+                        "the store)",
+                        list);
+            return WR_ECONFIG;
+        }
+        free(*field);
+        if (!(*field = wr_strdup(it->value)))
+            return wr_err_set(err, WR_ENOMEM, "out of memory");
+    }
+    if (cfg->state_backend == CFG_STATE_POSTGRES && !cfg->state_conninfo) {
+        wr_err_set(err, WR_ECONFIG, "%s:%d: [state] backend = postgres needs a conninfo", path,
+                   bline);
+        wr_err_hint(err, "add \"conninfo = host=HOST dbname=DB user=USER\" below [state]");
+        return WR_ECONFIG;
+    }
+    if (plugin && !cfg->state_library) {
+        wr_err_set(err, WR_ECONFIG, "%s:%d: [state] backend = plugin needs a library", path, bline);
+        wr_err_hint(err, "add \"library = /path/to/libstore.so\" below [state] (a store built "
+                         "against walrelay/store.h: docs/custom-store.md)");
+        return WR_ECONFIG;
+    }
+    if (!cfg->state_schema && !(cfg->state_schema = wr_strdup(CFG_STATE_DEFAULT_SCHEMA)))
+        return wr_err_set(err, WR_ENOMEM, "out of memory");
+    return 0;
+}
+
 /* Checks made once the whole file is read: required keys, cross-key rules, defaults. */
 static int
 cfg_finish(cfg_parse_t *pc, const char *path, wr_err_t *err)
 {
     wr_config_t *cfg = pc->cfg;
+    int rc;
 
     for (size_t i = 0; i < CFG_NKEYS; i++) {
         const cfg_key_t *k = &cfg_keys[i];
@@ -797,26 +1075,8 @@ cfg_finish(cfg_parse_t *pc, const char *path, wr_err_t *err)
         return WR_ECONFIG;
     }
 
-    /* [state]: conninfo goes with backend = postgres, and only with it */
-    {
-        int kb = cfg_key_index("state", "backend"), kc = cfg_key_index("state", "conninfo");
-        int sline = pc->section_line[cfg_section_index("state", strlen("state"))];
-        if (cfg->state_backend == CFG_STATE_POSTGRES && !cfg->state_conninfo) {
-            wr_err_set(err, WR_ECONFIG, "%s:%d: [state] backend = postgres needs a conninfo", path,
-                       pc->key_line[kb] ? pc->key_line[kb] : sline);
-            wr_err_hint(err, "add \"conninfo = host=HOST dbname=DB user=USER\" below [state]");
-            return WR_ECONFIG;
-        }
-        if (cfg->state_backend != CFG_STATE_POSTGRES && cfg->state_conninfo) {
-            wr_err_set(err, WR_ECONFIG,
-                       "%s:%d: [state] conninfo is set but backend is not postgres", path,
-                       pc->key_line[kc]);
-            wr_err_hint(err, "set \"backend = postgres\", or remove the conninfo line");
-            return WR_ECONFIG;
-        }
-        if (!cfg->state_schema && !(cfg->state_schema = wr_strdup(CFG_STATE_DEFAULT_SCHEMA)))
-            return wr_err_set(err, WR_ENOMEM, "out of memory");
-    }
+    if ((rc = cfg_state_finish(pc, path, err)) != 0)
+        return rc;
 
     /* [destination]: its keys belong to the destination type (dest_config_check) */
     cfg->dest_line = pc->section_line[cfg_section_index("destination", strlen("destination"))];
@@ -1135,9 +1395,10 @@ cfg_conninfo_hint(wr_err_t *err)
 }
 
 /* Writes the whole file text to `f`. values[i] overrides cfg_keys[i].defval; the body of
- * [destination] comes from the destination registry. */
+ * [destination] comes from the destination registry. With a plugin state store, the
+ * postgres keys are written as comments: every [state] key but library is the store's. */
 static void
-cfg_emit(FILE *f, const char *const *values, const char *dest_section)
+cfg_emit(FILE *f, const char *const *values, const char *dest_section, bool plugin_state)
 {
 
     fputs("# walrelay.conf - written by \"walrelay init\"; every key is described in\n"
@@ -1174,6 +1435,11 @@ cfg_emit(FILE *f, const char *const *values, const char *dest_section)
                 fprintf(f, "# %s\n", k->example);
                 continue;
             }
+            if (plugin_state && strcmp(k->section, "state") == 0 && k->kind == CFG_K_ITEM &&
+                strcmp(k->key, "library") != 0) {
+                fprintf(f, "# %s = %s\n", k->key, k->defval);
+                continue;
+            }
             if (k->defval && !values[i])
                 fprintf(f, "# default: %s\n", k->defval);
             fprintf(f, "%s = %s\n", k->key, values[i] ? values[i] : k->defval);
@@ -1198,7 +1464,8 @@ cfg_write_all(int fd, const char *buf, size_t len)
 
 int
 cfg_write_new(const char *dir, const char *pipeline, const char *conninfo, const char *publication,
-              const char *dest_section, const char *state, cfg_check_fn check_fn, wr_err_t *err)
+              const char *dest_section, const char *state, const char *metrics,
+              cfg_check_fn check_fn, wr_err_t *err)
 {
     const char *values[CFG_NKEYS] = {0};
     char *conn = NULL, *sconn = NULL, *path = NULL, *text = NULL;
@@ -1248,8 +1515,21 @@ cfg_write_new(const char *dir, const char *pipeline, const char *conninfo, const
         goto out;
     }
 
-    /* --state: sqlite (the default) or postgres:CONNINFO; the conninfo is never echoed */
-    if (state && strcmp(state, "sqlite") != 0) {
+    /* --state: sqlite (the default), postgres:CONNINFO or plugin:PATH; the conninfo is
+     * never echoed */
+    if (state && strncmp(state, "plugin:", 7) == 0) {
+        const char *lib = state + 7;
+
+        if (!*lib) {
+            rc = wr_err_set(err, WR_ECONFIG, "--state plugin needs the library: plugin:PATH");
+            wr_err_hint(err, "--state plugin:/path/to/libstore.so");
+            goto out;
+        }
+        if ((rc = cfg_check_writable("state store library", "library", lib, false, err)))
+            goto out;
+        values[cfg_key_index("state", "backend")] = "plugin";
+        values[cfg_key_index("state", "library")] = lib;
+    } else if (state && strcmp(state, "sqlite") != 0) {
         const char *sc;
 
         if (strncmp(state, "postgres:", 9) != 0) {
@@ -1258,10 +1538,11 @@ cfg_write_new(const char *dir, const char *pipeline, const char *conninfo, const
 
             /* only the part before a ':' is shown: the rest may hold a password */
             rc = wr_err_set(err, WR_ECONFIG,
-                            "invalid state store \"%.*s\": expected \"sqlite\" or "
-                            "\"postgres:CONNINFO\"",
+                            "invalid state store \"%.*s\": expected \"sqlite\", "
+                            "\"postgres:CONNINFO\" or \"plugin:PATH\"",
                             n > 32 ? 32 : n, state);
-            wr_err_hint(err, "e.g. --state 'postgres:host=HOST dbname=DB user=USER'");
+            wr_err_hint(err, "e.g. --state 'postgres:host=HOST dbname=DB user=USER', or --state "
+                             "plugin:/path/to/libstore.so");
             goto out;
         }
         sc = state + 9;
@@ -1285,6 +1566,17 @@ cfg_write_new(const char *dir, const char *pipeline, const char *conninfo, const
         values[cfg_key_index("state", "backend")] = "postgres";
         values[cfg_key_index("state", "conninfo")] = sconn;
     }
+    if (metrics) {
+        if ((rc = cfg_listen_parse(metrics, NULL, 256, NULL, err)) != 0) {
+            wr_err_prefix(err, "--metrics: ");
+            if (!err->hint[0])
+                wr_err_hint(err, "write HOST:PORT, e.g. 127.0.0.1:9187");
+            goto out;
+        }
+        if ((rc = cfg_check_writable("--metrics", "listen", metrics, false, err)))
+            goto out;
+        values[cfg_key_index("metrics", "listen")] = metrics;
+    }
     values[cfg_key_index("pipeline", "name")] = pipeline;
     values[cfg_key_index("source", "conninfo")] = conn;
     values[cfg_key_index("source", "publication")] = publication;
@@ -1294,7 +1586,7 @@ cfg_write_new(const char *dir, const char *pipeline, const char *conninfo, const
         rc = wr_err_set(err, WR_ENOMEM, "out of memory");
         goto out;
     }
-    cfg_emit(mf, values, dest_section);
+    cfg_emit(mf, values, dest_section, state != NULL && strncmp(state, "plugin:", 7) == 0);
     if (fclose(mf) != 0) {
         mf = NULL;
         rc = wr_err_set(err, WR_ENOMEM, "out of memory");

@@ -12,12 +12,16 @@
  *                 as (key, value, line) items; the destination registry
  *                 (destinations/registry.h) knows the types, their keys and defaults, and
  *                 validates them (dest_config_check), wherever a loaded config is used.
+ *   [state]       backend = sqlite | postgres | plugin; postgres: conninfo, schema;
+ *                 plugin: library, and any other key for the store, kept as items that the
+ *                 store validates (state_abi.c: state_config_check).
  *   [batch]       max_fill_ms = 200 ; max_bytes = 8388608
  *   [sync]        max_table_sync_workers = 4 ; copy_batch_rows = 10000
  *   [retry]       worker_max_failures = 5 ; backoff_initial_ms = 1000 ; backoff_max_ms = 60000
  *                 healthy_reset_ms = 300000
  *                 table_error_retry_delay_ms = 10000 ; table_error_retry_max_attempts = 5
- *   [log]         level = info
+ *   [metrics]     listen = HOST:PORT (off when unset) ; lag_interval_ms = 5000
+ *   [log]         level = info ; format = text | json
  */
 #ifndef WR_CONFIG_H
 #define WR_CONFIG_H
@@ -61,13 +65,23 @@ typedef struct wr_config_s {
     int table_error_retry_delay_ms;     /* transient Errored: wait this long, then retry */
     int table_error_retry_max_attempts; /* transient Errored: retries before giving up */
     /* [state]: where the replication state lives */
-    int state_backend;    /* CFG_STATE_SQLITE (DIR/state.db) | CFG_STATE_POSTGRES */
+    int state_backend;    /* CFG_STATE_SQLITE (DIR/state.db) | _POSTGRES | _PLUGIN */
     char *state_conninfo; /* postgres: libpq connection string (a secret: never shown) */
     char *state_schema;   /* postgres: schema of the store (default walrelay_state) */
+    char *state_library;  /* plugin: the shared object, as written (relative to dir) */
+    int state_line;       /* line of the [state] header, 0 = no such section */
+    /* every [state] key but backend, in file order (values may be secrets: never shown);
+     * a plugin store gets all of them but library */
+    size_t state_nitems;
+    wr_cfg_item_t *state_items;
+    /* added for issue 10 (operations): */
+    char *metrics_listen;        /* [metrics] listen "HOST:PORT"; NULL = no HTTP listener */
+    int metrics_lag_interval_ms; /* [metrics] lag_interval_ms: how often the lag is read */
+    int log_format;              /* [log] format: LOG_FMT_TEXT | LOG_FMT_JSON (log.h) */
 } wr_config_t;
 
 /* [state] backend */
-enum { CFG_STATE_SQLITE = 0, CFG_STATE_POSTGRES = 1 };
+enum { CFG_STATE_SQLITE = 0, CFG_STATE_POSTGRES = 1, CFG_STATE_PLUGIN = 2 };
 #define CFG_STATE_DEFAULT_SCHEMA "walrelay_state"
 
 /* [pipeline] on_slot_lost: what the supervisor does when the apply slot lost required WAL */
@@ -97,6 +111,11 @@ void cfg_free(wr_config_t *cfg);
 void cfg_apply_slot_name(const wr_config_t *cfg, char *buf, size_t len);
 /* Slot of a sync worker: walrelay_<pipeline>_s<relid> (<= 63 bytes). */
 void cfg_sync_slot_name(const wr_config_t *cfg, uint32_t relid, char *buf, size_t len);
+/* Splits "HOST:PORT" (IPv6 as "[::1]:9187") into host (brackets removed) and port
+ * (0..65535; 0 = any free port). Returns 0, or WR_ECONFIG with err saying what is wrong
+ * (err may be NULL). Names are not resolved here. */
+int cfg_listen_parse(const char *s, char *host, size_t hostlen, uint16_t *port,
+                     wr_err_t *err) WR_MUST_CHECK;
 /* Checks a pipeline name ([a-z0-9_], 1..40 bytes). */
 bool cfg_pipeline_name_ok(const char *name);
 /* The [destination] item named key, or NULL (duplicates are refused at load). */
@@ -107,16 +126,24 @@ int cfg_dest_copy(wr_config_t *dst, const wr_config_t *src) WR_MUST_CHECK;
 bool cfg_dest_equal(const wr_config_t *a, const wr_config_t *b);
 /* Swaps the [destination] parts of a and b (reload keeps the running ones). */
 void cfg_dest_swap(wr_config_t *a, wr_config_t *b);
+/* The [state] item named key, or NULL. */
+const wr_cfg_item_t *cfg_state_item(const wr_config_t *cfg, const char *key);
+/* True if both set the same [state] library and other keys (a plugin store's: conninfo
+ * and schema are compared as fields) with the same values. */
+bool cfg_state_items_equal(const wr_config_t *a, const wr_config_t *b);
+/* Swaps the [state] items and library of a and b (reload keeps the running ones). */
+void cfg_state_items_swap(wr_config_t *a, wr_config_t *b);
 /* Checks a configuration beyond what config.c knows (the destination registry's
  * dest_config_check); may fill defaults. */
 typedef int (*cfg_check_fn)(wr_config_t *cfg, wr_err_t *err);
 /* Writes a new DIR/walrelay.conf (mode 0600, refuses to overwrite). dest_section: the
  * body of the [destination] section (comments and "key = value" lines, from the
  * registry's dest_init_section); state: `walrelay init --state` ("sqlite",
- * "postgres:CONNINFO", NULL = sqlite); check, if not NULL, validates the file's text as
- * loaded before anything is written. */
+ * "postgres:CONNINFO", "plugin:PATH", NULL = sqlite); metrics: `walrelay init --metrics`
+ * ("HOST:PORT" for [metrics] listen, NULL = off); check, if not NULL, validates the file's
+ * text as loaded before anything is written. */
 int cfg_write_new(const char *dir, const char *pipeline, const char *conninfo,
                   const char *publication, const char *dest_section, const char *state,
-                  cfg_check_fn check, wr_err_t *err) WR_MUST_CHECK;
+                  const char *metrics, cfg_check_fn check, wr_err_t *err) WR_MUST_CHECK;
 
 #endif

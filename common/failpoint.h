@@ -32,8 +32,10 @@
  *
  * Each firing logs "failpoint fired name=N action=A pid=P" (warn) first.
  *
- * THE POINTS (each at a phase boundary of the table handoff; see the headers of
- * worker_sync/sync.c and worker_apply/apply.c for what a restart does in each phase)
+ * THE POINTS (at the phase boundaries of the table handoff, see the headers of
+ * worker_sync/sync.c and worker_apply/apply.c for what a restart does in each phase; and
+ * two where a sleep() keeps a worker away from its stream: apply.dest_commit,
+ * sync.catchup_streaming)
  *
  *   sync worker (walrelay-sync)
  *   sync.after_datasync         DATASYNC acked (persisted), before the slot is created
@@ -43,6 +45,10 @@
  *                               is not requested yet (the slot exists, the phase is DataSync)
  *   sync.after_finishedcopy     FINISHEDCOPY(X) acked, SYNCWAIT not requested yet
  *   sync.after_syncwait         SYNCWAIT(X) acked, before waiting for Catchup
+ *   sync.catchup_streaming      in Catchup, START_REPLICATION done on the sync slot (the
+ *                               status keeper runs), before the first message is read;
+ *                               sleep() here holds the catch-up (and the waiting apply
+ *                               worker) with both streams open
  *   sync.catchup_after_commit   in Catchup, a source transaction committed to the
  *                               destination (with its resume key), before any status
  *                               update reports it to the server
@@ -50,8 +56,13 @@
  *                               apply worker must drop it)
  *
  *   apply worker (walrelay-apply)
+ *   apply.before_streaming      the slot is ready, START_REPLICATION not sent yet (the
+ *                               supervisor has not heard "streaming": no READY=1)
  *   apply.catchup_granted       CATCHUP(L) acked for a table, while waiting for SyncDone
  *                               (the replication stream is paused)
+ *   apply.dest_commit           just before the destination's commit of a batch; sleep()
+ *                               here is a destination whose commit blocks (the status
+ *                               keeper must keep the walsender from timing out)
  *   apply.after_commit          a destination batch committed at a transaction boundary,
  *                               before the status update that confirms it to the server
  *   apply.mid_txn_chunk         a destination batch committed in the middle of a source
@@ -61,6 +72,25 @@
  *   apply.before_ready          a table's SyncDone LSN is flushed, its destination key is
  *                               caught up, READY is not requested yet
  *   apply.after_ready           READY acked (persisted) for a table
+ *
+ *   eventstore destination (in whichever worker writes; destinations/eventstore/)
+ *   eventstore.mid_batch        a batch's events are written into the store's open
+ *                               transaction; its progress row and COMMIT are not
+ *   destinations (in whichever worker writes; destinations/jsonl.c)
+ *   jsonl.after_append          a batch appended to the file and fsynced, the state that
+ *                               confirms it not written yet (the next writer cuts it)
+ *   jsonl.after_state           the state confirming the batch renamed into place, the
+ *                               lock not released yet
+ *   jsonl.mid_rotate            the full file renamed away, the state not told yet
+ *   jsonl.copy_appended         a finished copy appended from its side file and fsynced,
+ *                               the state not written yet
+ *   jsonl.copy_moved            a finished copy appended from its side file and confirmed
+ *                               by the state, the side file not removed yet
+ *   http.after_post             a batch acknowledged (2xx) by the receiver, the flush not
+ *                               returned yet (destinations/http.c)
+ *   nats.after_publish          a flush handed every message to the NATS client, before
+ *                               waiting for JetStream's acknowledgements (destinations/nats.c)
+ *   nats.after_ack              every message acknowledged, the checkpoint not written yet
  *
  * Names are plain string literals; a point not listed in WALRELAY_FAILPOINTS does nothing.
  */

@@ -449,6 +449,74 @@ repl_recv(PGconn *repl, char **buf, wr_err_t *err)
     return rc;
 }
 
+int
+repl_consume(PGconn *repl, wr_err_t *err)
+{
+    char msg[768];
+
+    if (PQconsumeInput(repl) != 0)
+        return 0;
+    repl_trim_copy(PQerrorMessage(repl), msg, sizeof(msg));
+    wr_err_set(err, WR_ECONN, "replication connection lost: %s", msg);
+    wr_err_hint(err, "check [source] conninfo; is the server running and reachable?");
+    return WR_ECONN;
+}
+
+int
+repl_parse_guc_ms(const char *text, int64_t *ms)
+{
+    static const struct {
+        const char *unit;
+        int64_t num, den; /* milliseconds = value * num / den */
+    } units[] = {
+        {"", 1, 1},        {"ms", 1, 1},      {"us", 1, 1000},    {"s", 1000, 1},
+        {"min", 60000, 1}, {"h", 3600000, 1}, {"d", 86400000, 1},
+    };
+    const char *p = text;
+    int64_t v = 0;
+
+    if (text == NULL || *p < '0' || *p > '9')
+        return WR_EINVAL;
+    for (; *p >= '0' && *p <= '9'; p++) {
+        if (v > (INT64_MAX - 9) / 10)
+            return WR_EINVAL;
+        v = v * 10 + (*p - '0');
+    }
+    for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++) {
+        if (strcmp(p, units[i].unit) != 0)
+            continue;
+        if (v > INT64_MAX / units[i].num)
+            return WR_EINVAL;
+        *ms = v * units[i].num / units[i].den;
+        if (*ms == 0 && v > 0)
+            *ms = 1;
+        return 0;
+    }
+    return WR_EINVAL;
+}
+
+int
+repl_wal_sender_timeout(PGconn *c, int64_t *ms, wr_err_t *err)
+{
+    PGresult *res = PQexec(c, "SHOW wal_sender_timeout");
+    int rc = 0;
+
+    *ms = 0;
+    if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK) {
+        rc = repl_result_error(c, res, "reading wal_sender_timeout", err);
+    } else if (PQntuples(res) != 1 || PQnfields(res) < 1 || PQgetisnull(res, 0, 0)) {
+        rc = wr_err_set(err, WR_EPROTO, "reading wal_sender_timeout: %d rows, expected 1",
+                        PQntuples(res));
+    } else if (repl_parse_guc_ms(PQgetvalue(res, 0, 0), ms) != 0) {
+        rc = wr_err_set(err, WR_EPROTO,
+                        "reading wal_sender_timeout: \"%.40s\" is not a time (expected e.g. "
+                        "\"60s\")",
+                        PQgetvalue(res, 0, 0));
+    }
+    PQclear(res);
+    return rc;
+}
+
 static void
 repl_put_u64(uint8_t *p, uint64_t v)
 {

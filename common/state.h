@@ -1,16 +1,21 @@
 /*
  * state.h - the replication state store: pipeline progress, each table's phase with its
- * history, schemas by LSN, destination table names.
+ * history, schemas by LSN, destination table names, pipeline flags.
  *
- * NOTES: DIR/state.db (SQLite, WAL mode, migrations by PRAGMA user_version). Only the
- * supervisor writes it; `walrelay status` never opens it (it asks the supervisor). One
- * interface, two implementations: state_open_sqlite() and state_open_memory() (tests).
- * These are the seeds' SchemaStore, StateStore and CleanupStore in one table of functions.
- * Every write is one SQLite transaction: when a call returns 0 the change is durable.
+ * NOTES: only the supervisor writes it; `walrelay status` never opens it (it asks the
+ * supervisor), `walrelay check` opens a store only to check it, `walrelay drop` to delete
+ * the pipeline's state. One interface, four implementations: state_open_sqlite()
+ * (DIR/state.db, the default), state_open_postgres() (a schema of a PostgreSQL database,
+ * with a lease), state_open_plugin() (a library built against walrelay/store.h, through
+ * the adapter state_abi.c) and state_open_memory() (unit tests). These are the seeds'
+ * SchemaStore, StateStore and CleanupStore in one table of functions. Every write is one
+ * transaction: when a call returns 0 the change is durable. The argument checks and the
+ * error texts all stores share are in state.c.
  */
 #ifndef WR_STATE_H
 #define WR_STATE_H
 
+#include "config.h"
 #include "phase.h"
 #include "schema.h"
 
@@ -71,6 +76,18 @@ typedef struct state_ops_s {
      * get_flag: *found=false and *value=0 when never set. */
     int (*get_flag)(state_store_t *s, const char *name, int64_t *value, bool *found, wr_err_t *err);
     int (*set_flag)(state_store_t *s, const char *name, int64_t value, wr_err_t *err);
+    /* Optional (NULL: the store has no lease; DIR/walrelay.pid is the only guard). Checks
+     * that this process still holds the pipeline's lease on a store other hosts can reach.
+     * probe = false: only what the store already knows (no I/O; the supervisor asks every
+     * tick); probe = true: asks the store (a round trip; reconnecting takes the lease again
+     * first). 0: held (or, without probe, nothing known against it). WR_ECONFIG: lost,
+     * another supervisor holds it; the store is fenced, every later call fails without
+     * writing. Anything else: could not verify now (the store is unreachable). */
+    int (*check_lease)(state_store_t *s, bool probe, wr_err_t *err);
+    /* Optional (NULL: sqlite, whose file `walrelay drop` removes, and memory). Deletes
+     * every record of the store's pipeline (walrelay drop, on a store opened for it, so
+     * the lease is held); *dropped = whether there were any. */
+    int (*drop_pipeline)(state_store_t *s, bool *dropped, wr_err_t *err);
 } state_ops_t;
 
 struct state_store_s {
@@ -85,17 +102,59 @@ int state_open_sqlite(const char *path, state_store_t **out, wr_err_t *err) WR_M
  * pipeline (exit code 2). state_pg.c. */
 int state_open_postgres(const char *conninfo, const char *schema, const char *pipeline,
                         state_store_t **out, wr_err_t *err) WR_MUST_CHECK;
-/* Deletes every row of the store's pipeline (walrelay drop, on a store opened with
- * state_open_postgres, so the lease is held: a supervisor running elsewhere refuses it);
- * *dropped = whether there were any. */
-int state_postgres_delete_pipeline(state_store_t *st, bool *dropped, wr_err_t *err) WR_MUST_CHECK;
 /* `walrelay check`: reachable, and the user may create the schema / its tables; fills a
  * one-line summary. */
 int state_check_postgres(const char *conninfo, const char *schema, char *summary, size_t len,
                          wr_err_t *err) WR_MUST_CHECK;
 /* In-memory store with the same semantics. */
 int state_open_memory(state_store_t **out, wr_err_t *err) WR_MUST_CHECK;
+
+/* [state] backend = plugin (state_abi.c): loads cfg's [state] library, validates the
+ * store's keys, opens an instance for role ("supervisor": the only writer, takes the
+ * lease; "drop": takes the lease for drop_pipeline; "check"). Refusals of the library
+ * and the store's own key errors are WR_ECONFIG "FILE:LINE: [state] KEY: ...". */
+int state_open_plugin(const wr_config_t *cfg, const char *role, state_store_t **out,
+                      wr_err_t *err) WR_MUST_CHECK;
+/* The [state] checks beyond config.c, wherever a loaded configuration is used (check,
+ * run, reload, drop): a plugin store's library loads and its validate() accepts its keys.
+ * Other backends: nothing to do. */
+int state_config_check(const wr_config_t *cfg, wr_err_t *err) WR_MUST_CHECK;
+/* `walrelay init`: the plugin library loads (its keys are added afterwards). */
+int state_init_check(const wr_config_t *cfg, wr_err_t *err) WR_MUST_CHECK;
+/* `walrelay check` of a plugin store: load, validate, open("check"), its check(); fills a
+ * one-line summary. */
+int state_check_plugin(const wr_config_t *cfg, char *summary, size_t len,
+                       wr_err_t *err) WR_MUST_CHECK;
 #define STATE_SCHEMA_VERSION 2
+
+/* ---- shared by the implementations (state.c) ---- */
+
+#define STATE_FLAG_NAME_MAX 63
+
+/* Argument checks each store makes before it touches anything: 0, or WR_EINVAL with the
+ * message every store gives. */
+int state_check_progress(const state_progress_t *p, wr_err_t *err) WR_MUST_CHECK;
+int state_check_table_names(uint32_t relid, const char *nsp, const char *name,
+                            wr_err_t *err) WR_MUST_CHECK;
+int state_check_phase(uint32_t relid, wr_phase_t phase, wr_err_t *err) WR_MUST_CHECK;
+int state_check_schema(const wr_schema_t *schema, wr_err_t *err) WR_MUST_CHECK;
+int state_check_mapping(uint32_t relid, const char *dest_name, wr_err_t *err) WR_MUST_CHECK;
+/* Also empties buf. */
+int state_check_mapping_buffer(uint32_t relid, char *buf, size_t len, wr_err_t *err) WR_MUST_CHECK;
+int state_check_flag_name(const char *name, wr_err_t *err) WR_MUST_CHECK;
+/* Copies a stored destination name into buf, or WR_EINVAL "needs N bytes" (never a cut). */
+int state_copy_mapping(uint32_t relid, const char *dest_name, char *buf, size_t len,
+                       wr_err_t *err) WR_MUST_CHECK;
+/* "WHAT of table R: table is not in the state store" (WR_EINVAL); what: "setting phase". */
+int state_err_no_table(wr_err_t *err, const char *what, uint32_t relid);
+/* "rolling back the phase of table R: no earlier phase recorded" (WR_EINVAL). */
+int state_err_no_history(wr_err_t *err, uint32_t relid);
+/* "WHAT: DETAIL" with code; the detail (a server's or library's message) on one line. */
+int state_err_detail(wr_err_t *err, int code, const char *what, const char *detail);
+/* The error fields a store keeps for a phase: cut to t's field sizes at a UTF-8
+ * boundary for Errored, empty otherwise. */
+void state_cut_errors(state_table_t *t, wr_phase_t phase, const char *err_kind, const char *err_msg,
+                      const char *err_hint);
 
 /* Convenience wrappers: s->ops->x(s, ...). */
 static inline void

@@ -112,9 +112,9 @@ static int
 mem_set_progress(state_store_t *base, const state_progress_t *p, wr_err_t *err)
 {
     mem_store_t *s = (mem_store_t *)base;
-    if (strnlen(p->slot_name, sizeof(p->slot_name)) >= sizeof(p->slot_name))
-        return wr_err_set(err, WR_EINVAL, "slot name is not terminated within %zu bytes",
-                          sizeof(p->slot_name));
+    int rc = state_check_progress(p, err);
+    if (rc)
+        return rc;
     s->progress = *p;
     s->has_progress = true;
     return 0;
@@ -127,8 +127,9 @@ mem_add_table(state_store_t *base, uint32_t relid, const char *nsp, const char *
     mem_table_t *t;
     bool found;
     size_t i;
-    if (!nsp || !name || strlen(nsp) >= sizeof(t->t.nsp) || strlen(name) >= sizeof(t->t.name))
-        return wr_err_set(err, WR_EINVAL, "adding table %u: missing or too long name", relid);
+    int rc = state_check_table_names(relid, nsp, name, err);
+    if (rc)
+        return rc;
     i = mem_find(s, relid, &found);
     if (found)
         return 0;
@@ -211,12 +212,11 @@ mem_set_phase(state_store_t *base, uint32_t relid, wr_phase_t phase, wr_lsn_t ls
 {
     mem_table_t *t = mem_table((mem_store_t *)base, relid);
     mem_hist_t *h;
-    if ((int)phase < 0 || (int)phase >= PH_COUNT)
-        return wr_err_set(err, WR_EINVAL, "setting phase of table %u: invalid phase %d", relid,
-                          (int)phase);
+    int rc = state_check_phase(relid, phase, err);
+    if (rc)
+        return rc;
     if (!t)
-        return wr_err_set(err, WR_EINVAL,
-                          "setting phase of table %u: table is not in the state store", relid);
+        return state_err_no_table(err, "setting phase", relid);
     if (!mem_grow((void **)&t->hist, &t->hcap, t->nhist, sizeof(*t->hist)))
         return wr_err_set(err, WR_ENOMEM, "out of memory setting phase of table %u", relid);
     h = &t->hist[t->nhist++];
@@ -227,9 +227,7 @@ mem_set_phase(state_store_t *base, uint32_t relid, wr_phase_t phase, wr_lsn_t ls
     memcpy(h->err_hint, t->t.err_hint, sizeof(h->err_hint));
     t->t.phase = phase;
     t->t.lsn = lsn;
-    wr_copy_text(t->t.err_kind, sizeof(t->t.err_kind), phase == PH_ERRORED ? err_kind : NULL);
-    wr_copy_text(t->t.err_msg, sizeof(t->t.err_msg), phase == PH_ERRORED ? err_msg : NULL);
-    wr_copy_text(t->t.err_hint, sizeof(t->t.err_hint), phase == PH_ERRORED ? err_hint : NULL);
+    state_cut_errors(&t->t, phase, err_kind, err_msg, err_hint);
     t->t.updated_at_ms = wr_wall_ms();
     return 0;
 }
@@ -239,8 +237,7 @@ mem_set_attempts(state_store_t *base, uint32_t relid, uint32_t attempts, wr_err_
 {
     mem_table_t *t = mem_table((mem_store_t *)base, relid);
     if (!t)
-        return wr_err_set(err, WR_EINVAL,
-                          "setting attempts of table %u: table is not in the state store", relid);
+        return state_err_no_table(err, "setting attempts", relid);
     t->t.attempts = attempts;
     t->t.updated_at_ms = wr_wall_ms();
     return 0;
@@ -252,8 +249,7 @@ mem_rollback_phase(state_store_t *base, uint32_t relid, wr_err_t *err)
     mem_table_t *t = mem_table((mem_store_t *)base, relid);
     const mem_hist_t *h;
     if (!t || t->nhist == 0)
-        return wr_err_set(err, WR_EINVAL,
-                          "rolling back the phase of table %u: no earlier phase recorded", relid);
+        return state_err_no_history(err, relid);
     h = &t->hist[--t->nhist];
     t->t.phase = h->phase;
     t->t.lsn = h->lsn;
@@ -279,8 +275,9 @@ mem_put_schema(state_store_t *base, const wr_schema_t *schema, wr_lsn_t lsn, wr_
     mem_store_t *s = (mem_store_t *)base;
     wr_schema_t *copy;
     size_t i;
-    if (!schema || (schema->ncols && !schema->cols))
-        return wr_err_set(err, WR_EINVAL, "saving a schema: no schema");
+    int rc = state_check_schema(schema, err);
+    if (rc)
+        return rc;
     copy = wr_schema_copy(schema);
     if (!copy)
         return wr_err_set(err, WR_ENOMEM, "out of memory saving the schema of table %u",
@@ -334,8 +331,9 @@ mem_put_mapping(state_store_t *base, uint32_t relid, const char *dest_name, wr_e
     mem_store_t *s = (mem_store_t *)base;
     char *copy;
     size_t i;
-    if (!dest_name)
-        return wr_err_set(err, WR_EINVAL, "saving the mapping of table %u: no name", relid);
+    int rc = state_check_mapping(relid, dest_name, err);
+    if (rc)
+        return rc;
     copy = wr_strdup(dest_name);
     if (!copy)
         return wr_err_set(err, WR_ENOMEM, "out of memory saving the mapping of table %u", relid);
@@ -361,20 +359,12 @@ mem_get_mapping(state_store_t *base, uint32_t relid, char *buf, size_t len, wr_e
 {
     mem_store_t *s = (mem_store_t *)base;
     size_t i;
-    if (!buf || len == 0)
-        return wr_err_set(err, WR_EINVAL, "reading the mapping of table %u: no buffer", relid);
-    buf[0] = '\0';
-    for (i = 0; i < s->nmaps; i++) {
-        if (s->maps[i].relid == relid) {
-            size_t n = strlen(s->maps[i].dest_name);
-            if (n >= len)
-                return wr_err_set(err, WR_EINVAL,
-                                  "destination name of table %u needs %zu bytes, buffer has %zu",
-                                  relid, n + 1, len);
-            memcpy(buf, s->maps[i].dest_name, n + 1);
-            return 0;
-        }
-    }
+    int rc = state_check_mapping_buffer(relid, buf, len, err);
+    if (rc)
+        return rc;
+    for (i = 0; i < s->nmaps; i++)
+        if (s->maps[i].relid == relid)
+            return state_copy_mapping(relid, s->maps[i].dest_name, buf, len, err);
     return 0;
 }
 
@@ -401,11 +391,11 @@ static int
 mem_get_flag(state_store_t *base, const char *name, int64_t *value, bool *found, wr_err_t *err)
 {
     mem_store_t *s = (mem_store_t *)base;
+    int rc;
     *value = 0;
     *found = false;
-    if (!name || !name[0] || strlen(name) > 63)
-        return wr_err_set(err, WR_EINVAL, "invalid flag name \"%s\": 1 to 63 bytes expected",
-                          name ? name : "");
+    if ((rc = state_check_flag_name(name, err)))
+        return rc;
     for (size_t i = 0; i < s->nflags; i++) {
         if (strcmp(s->flags[i].name, name) == 0) {
             *value = s->flags[i].value;
@@ -421,9 +411,9 @@ mem_set_flag(state_store_t *base, const char *name, int64_t value, wr_err_t *err
 {
     mem_store_t *s = (mem_store_t *)base;
     size_t i;
-    if (!name || !name[0] || strlen(name) > 63)
-        return wr_err_set(err, WR_EINVAL, "invalid flag name \"%s\": 1 to 63 bytes expected",
-                          name ? name : "");
+    int rc = state_check_flag_name(name, err);
+    if (rc)
+        return rc;
     for (i = 0; i < s->nflags; i++)
         if (strcmp(s->flags[i].name, name) == 0)
             break;

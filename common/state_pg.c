@@ -22,9 +22,13 @@
  * pipeline on the same store (another directory, another host) does not get the lock and
  * refuses to start (WR_ECONFIG: exit code 2). If the connection is lost, the next call
  * connects again and takes the lock again before it does anything; if another supervisor
- * took it in between, the call fails and so does this supervisor: the pipeline never runs
- * twice. Reconnecting happens only before a call sends anything, so a write whose COMMIT
- * was cut off is reported as failed, never replayed.
+ * took it in between, the store is FENCED: that call and every later one fail without
+ * sending anything (WR_ECONFIG, "lost the lease"), and check_lease reports it, so the
+ * supervisor stops its workers: the pipeline never runs twice. check_lease(probe) is the
+ * supervisor's periodic check while nothing else is called: it looks the lock up in
+ * pg_locks on the store connection (a round trip, which also finds a dead connection and
+ * reconnects as above). Reconnecting happens only before a call sends anything, so a
+ * write whose COMMIT was cut off is reported as failed, never replayed.
  *
  * The connection uses repl_connect (session settings, no replication) with search_path
  * set to "<schema>, pg_catalog", so the SQL below names tables without their schema (and
@@ -32,6 +36,7 @@
  */
 #include "state.h"
 
+#include "log.h"
 #include "repl.h"
 
 #include <libpq-fe.h>
@@ -133,7 +138,12 @@ typedef struct pgs_store_s {
     char *schema;
     char *pipeline;
     char lock_key[24]; /* decimal int8 */
-    bool lease;        /* hold the pipeline's advisory lock */
+    char lock_hi[12];  /* its halves as pg_locks shows them (classid, objid) */
+    char lock_lo[12];
+    bool lease;     /* hold the pipeline's advisory lock */
+    bool had_lease; /* took it once: a refusal now means it was lost */
+    bool fenced;    /* lost it: every call fails with fence_err */
+    wr_err_t fence_err;
 } pgs_store_t;
 
 /* ---- connection ---------------------------------------------------------------------- */
@@ -145,9 +155,8 @@ static int pgs_fail(pgs_store_t *s, const PGresult *r, wr_err_t *err, const char
 static int
 pgs_fail(pgs_store_t *s, const PGresult *r, wr_err_t *err, const char *fmt, ...)
 {
-    char what[512], msg[640];
+    char what[512], full[600];
     const char *m = r ? PQresultErrorMessage(r) : NULL;
-    size_t n;
     va_list ap;
 
     va_start(ap, fmt);
@@ -155,11 +164,8 @@ pgs_fail(pgs_store_t *s, const PGresult *r, wr_err_t *err, const char *fmt, ...)
     va_end(ap);
     if (!m || !*m)
         m = s->c ? PQerrorMessage(s->c) : "not connected";
-    snprintf(msg, sizeof(msg), "%s", m);
-    n = strlen(msg);
-    while (n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == ' '))
-        msg[--n] = '\0';
-    wr_err_set(err, WR_ESTATE, "state store (schema \"%s\"): %s: %s", s->schema, what, msg);
+    snprintf(full, sizeof(full), "state store (schema \"%s\"): %s", s->schema, what);
+    state_err_detail(err, WR_ESTATE, full, m);
     if (s->c && PQstatus(s->c) != CONNECTION_OK)
         wr_err_hint(err, "the state store's server went away; walrelay connects again on the "
                          "next call");
@@ -186,6 +192,34 @@ pgs_exec(pgs_store_t *s, const char *sql, int n, const char *const *vals, PGresu
     else
         PQclear(r);
     return 0;
+}
+
+/* The error of a fenced store (it lost the lease): every call returns it. */
+static int
+pgs_fenced(pgs_store_t *s, wr_err_t *err)
+{
+    *err = s->fence_err;
+    return WR_ECONFIG;
+}
+
+/* Another supervisor holds the lease this store held: fence it. */
+static int
+pgs_fence(pgs_store_t *s, wr_err_t *err)
+{
+    wr_err_set(&s->fence_err, WR_ECONFIG,
+               "lost the lease of pipeline \"%s\" on the state store (schema \"%s\"): another "
+               "walrelay took it while this one's store connection was down",
+               s->pipeline, s->schema);
+    wr_err_hint(&s->fence_err,
+                "this walrelay stops and writes nothing more; pipeline \"%s\" goes on where "
+                "the other walrelay runs (if it should run here, stop that one first)",
+                s->pipeline);
+    s->fenced = true;
+    if (s->c) {
+        PQfinish(s->c);
+        s->c = NULL;
+    }
+    return pgs_fenced(s, err);
 }
 
 /* Connects (or connects again), sets the search path, takes the lease. */
@@ -229,6 +263,8 @@ pgs_connect_once(pgs_store_t *s, wr_err_t *err)
     }
     if (strcmp(PQgetvalue(r, 0, 0), "t") != 0) {
         PQclear(r);
+        if (s->had_lease)
+            return pgs_fence(s, err);
         wr_err_set(err, WR_ECONFIG,
                    "pipeline \"%s\" is already running on this state store (schema \"%s\"): "
                    "another walrelay holds its lease",
@@ -240,6 +276,10 @@ pgs_connect_once(pgs_store_t *s, wr_err_t *err)
         return WR_ECONFIG;
     }
     PQclear(r);
+    if (s->had_lease)
+        log_warn("state store connected again and took the pipeline's lease again schema=%s",
+                 s->schema);
+    s->had_lease = true;
     return 0;
 }
 
@@ -249,7 +289,11 @@ pgs_connect_once(pgs_store_t *s, wr_err_t *err)
 static int
 pgs_connect(pgs_store_t *s, wr_err_t *err)
 {
-    int rc = pgs_connect_once(s, err);
+    int rc;
+
+    if (s->fenced)
+        return pgs_fenced(s, err);
+    rc = pgs_connect_once(s, err);
 
     if (rc != 0 && s->c) {
         PQfinish(s->c);
@@ -262,6 +306,8 @@ pgs_connect(pgs_store_t *s, wr_err_t *err)
 static int
 pgs_ready(pgs_store_t *s, wr_err_t *err)
 {
+    if (s->fenced)
+        return pgs_fenced(s, err);
     if (s->c && PQstatus(s->c) == CONNECTION_OK)
         return 0;
     return pgs_connect(s, err);
@@ -391,9 +437,8 @@ pgs_set_progress(state_store_t *base, const state_progress_t *p, wr_err_t *err)
     const char *v[3];
     int rc;
 
-    if (strnlen(p->slot_name, sizeof(p->slot_name)) >= sizeof(p->slot_name))
-        return wr_err_set(err, WR_EINVAL, "slot name is not terminated within %zu bytes",
-                          sizeof(p->slot_name));
+    if ((rc = state_check_progress(p, err)))
+        return rc;
     v[0] = s->pipeline;
     v[1] = p->slot_name;
     v[2] = pgs_lsn(&l, p->confirmed_flush);
@@ -416,9 +461,8 @@ pgs_add_table(state_store_t *base, uint32_t relid, const char *nsp, const char *
     const char *v[6];
     int rc;
 
-    if (!nsp || !name || strlen(nsp) >= sizeof(((state_table_t *)0)->nsp) ||
-        strlen(name) >= sizeof(((state_table_t *)0)->name))
-        return wr_err_set(err, WR_EINVAL, "adding table %u: missing or too long name", relid);
+    if ((rc = state_check_table_names(relid, nsp, name, err)))
+        return rc;
     v[0] = s->pipeline;
     v[1] = pgs_u(&a, relid);
     v[2] = nsp;
@@ -551,15 +595,9 @@ pgs_set_phase(state_store_t *base, uint32_t relid, wr_phase_t phase, wr_lsn_t ls
     PGresult *r;
     int rc;
 
-    if ((int)phase < 0 || (int)phase >= PH_COUNT)
-        return wr_err_set(err, WR_EINVAL, "setting phase of table %u: invalid phase %d", relid,
-                          (int)phase);
-    memset(&t, 0, sizeof(t));
-    if (phase == PH_ERRORED) {
-        wr_copy_text(t.err_kind, sizeof(t.err_kind), err_kind);
-        wr_copy_text(t.err_msg, sizeof(t.err_msg), err_msg);
-        wr_copy_text(t.err_hint, sizeof(t.err_hint), err_hint);
-    }
+    if ((rc = state_check_phase(relid, phase, err)))
+        return rc;
+    state_cut_errors(&t, phase, err_kind, err_msg, err_hint);
     v[0] = s->pipeline;
     v[1] = pgs_u(&a, relid);
     v[2] = pgs_i(&now, wr_wall_ms());
@@ -574,9 +612,7 @@ pgs_set_phase(state_store_t *base, uint32_t relid, wr_phase_t phase, wr_lsn_t ls
         return pgs_abort(s, rc);
     if (strcmp(PQcmdTuples(r), "0") == 0) {
         PQclear(r);
-        wr_err_set(err, WR_EINVAL, "setting phase of table %u: table is not in the state store",
-                   relid);
-        return pgs_abort(s, WR_EINVAL);
+        return pgs_abort(s, state_err_no_table(err, "setting phase", relid));
     }
     PQclear(r);
     v[2] = phase_name(phase);
@@ -624,9 +660,7 @@ pgs_set_attempts(state_store_t *base, uint32_t relid, uint32_t attempts, wr_err_
         return pgs_abort(s, rc);
     if (strcmp(PQcmdTuples(r), "0") == 0) {
         PQclear(r);
-        wr_err_set(err, WR_EINVAL, "setting attempts of table %u: table is not in the state store",
-                   relid);
-        return pgs_abort(s, WR_EINVAL);
+        return pgs_abort(s, state_err_no_table(err, "setting attempts", relid));
     }
     PQclear(r);
     return pgs_commit(s, err);
@@ -650,9 +684,7 @@ pgs_rollback_phase(state_store_t *base, uint32_t relid, wr_err_t *err)
         return pgs_abort(s, rc);
     if (PQntuples(r) != 1) {
         PQclear(r);
-        wr_err_set(err, WR_EINVAL, "rolling back the phase of table %u: no earlier phase recorded",
-                   relid);
-        return pgs_abort(s, WR_EINVAL);
+        return pgs_abort(s, state_err_no_history(err, relid));
     }
     {
         char id[32];
@@ -702,8 +734,8 @@ pgs_put_schema(state_store_t *base, const wr_schema_t *schema, wr_lsn_t lsn, wr_
     char rid[2];
     int rc;
 
-    if (!schema || (schema->ncols && !schema->cols))
-        return wr_err_set(err, WR_EINVAL, "saving a schema: no schema");
+    if ((rc = state_check_schema(schema, err)))
+        return rc;
     rid[0] = schema->replident ? schema->replident : 'd';
     rid[1] = '\0';
     v[0] = s->pipeline;
@@ -818,8 +850,8 @@ pgs_put_mapping(state_store_t *base, uint32_t relid, const char *dest_name, wr_e
     const char *v[3] = {s->pipeline, pgs_u(&a, relid), dest_name};
     int rc;
 
-    if (!dest_name)
-        return wr_err_set(err, WR_EINVAL, "saving the mapping of table %u: no name", relid);
+    if ((rc = state_check_mapping(relid, dest_name, err)))
+        return rc;
     if ((rc = pgs_begin(s, err)))
         return rc;
     if ((rc =
@@ -840,34 +872,15 @@ pgs_get_mapping(state_store_t *base, uint32_t relid, char *buf, size_t len, wr_e
     PGresult *r;
     int rc;
 
-    if (!buf || len == 0)
-        return wr_err_set(err, WR_EINVAL, "reading the mapping of table %u: no buffer", relid);
-    buf[0] = '\0';
+    if ((rc = state_check_mapping_buffer(relid, buf, len, err)))
+        return rc;
     if ((rc = pgs_read(s, "SELECT dest_name FROM table_mappings WHERE pipeline = $1 AND relid = $2",
                        2, v, &r, err, "reading a mapping")))
         return rc;
-    if (PQntuples(r) == 1) {
-        const char *m = PQgetvalue(r, 0, 0);
-        size_t n = strlen(m);
-
-        if (n >= len)
-            rc = wr_err_set(err, WR_EINVAL,
-                            "destination name of table %u needs %zu bytes, buffer has %zu", relid,
-                            n + 1, len);
-        else
-            memcpy(buf, m, n + 1);
-    }
+    if (PQntuples(r) == 1)
+        rc = state_copy_mapping(relid, PQgetvalue(r, 0, 0), buf, len, err);
     PQclear(r);
     return rc;
-}
-
-static int
-pgs_check_flag_name(const char *name, wr_err_t *err)
-{
-    if (!name || !name[0] || strlen(name) > 63)
-        return wr_err_set(err, WR_EINVAL, "invalid flag name \"%s\": 1 to 63 bytes expected",
-                          name ? name : "");
-    return 0;
 }
 
 static int
@@ -880,7 +893,7 @@ pgs_get_flag(state_store_t *base, const char *name, int64_t *value, bool *found,
 
     *value = 0;
     *found = false;
-    if ((rc = pgs_check_flag_name(name, err)))
+    if ((rc = state_check_flag_name(name, err)))
         return rc;
     if ((rc = pgs_read(s, "SELECT value FROM pipeline_flags WHERE pipeline = $1 AND name = $2", 2,
                        v, &r, err, "reading a pipeline flag")))
@@ -901,7 +914,7 @@ pgs_set_flag(state_store_t *base, const char *name, int64_t value, wr_err_t *err
     const char *v[4] = {s->pipeline, name, pgs_i(&a, value), pgs_i(&b, wr_wall_ms())};
     int rc;
 
-    if ((rc = pgs_check_flag_name(name, err)))
+    if ((rc = state_check_flag_name(name, err)))
         return rc;
     if ((rc = pgs_begin(s, err)))
         return rc;
@@ -911,6 +924,76 @@ pgs_set_flag(state_store_t *base, const char *name, int64_t value, wr_err_t *err
                        "value = excluded.value, updated_at = excluded.updated_at",
                        4, v, NULL, err, "saving a pipeline flag")))
         return pgs_abort(s, rc);
+    return pgs_commit(s, err);
+}
+
+/* See state.h. The lock is looked up in pg_locks on the store connection: a round trip
+ * that also finds a connection the server ended (pgs_read then connects again, which takes
+ * the lease again or fences the store). */
+static int
+pgs_check_lease(state_store_t *base, bool probe, wr_err_t *err)
+{
+    pgs_store_t *s = (pgs_store_t *)base;
+    const char *v[2] = {s->lock_hi, s->lock_lo};
+    PGresult *r;
+    int rc;
+
+    if (!s->lease)
+        return 0;
+    if (s->fenced)
+        return pgs_fenced(s, err);
+    if (!probe)
+        return 0;
+    if ((rc = pgs_read(s,
+                       "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_locks WHERE locktype = "
+                       "'advisory' AND pid = pg_catalog.pg_backend_pid() AND granted AND "
+                       "classid = $1::oid AND objid = $2::oid AND objsubid = 1)",
+                       2, v, &r, err, "verifying the pipeline's lease")))
+        return rc;
+    if (strcmp(PQgetvalue(r, 0, 0), "t") == 0) {
+        PQclear(r);
+        return 0;
+    }
+    PQclear(r);
+    /* the session lives but does not hold the lock (nothing walrelay does releases it):
+     * take it again, or it is someone else's now */
+    {
+        const char *k[1] = {s->lock_key};
+        if ((rc = pgs_exec(s, "SELECT pg_catalog.pg_try_advisory_lock($1::bigint)", 1, k, &r, err,
+                           "taking the pipeline's lease again")))
+            return rc;
+    }
+    rc = strcmp(PQgetvalue(r, 0, 0), "t") == 0 ? 0 : WR_ECONFIG;
+    PQclear(r);
+    if (rc == 0) {
+        log_warn("state store: the pipeline's lease was not held, took it again schema=%s",
+                 s->schema);
+        return 0;
+    }
+    return pgs_fence(s, err);
+}
+
+/* Deletes every row of the pipeline (walrelay drop), in one transaction. */
+static int
+pgs_drop_pipeline(state_store_t *base, bool *dropped, wr_err_t *err)
+{
+    pgs_store_t *s = (pgs_store_t *)base;
+    const char *v[1] = {s->pipeline};
+    PGresult *r;
+    char sql[128];
+    int rc;
+
+    *dropped = false;
+    if ((rc = pgs_begin(s, err)))
+        return rc;
+    for (size_t i = 0; i < sizeof(pgs_tables) / sizeof(pgs_tables[0]); i++) {
+        snprintf(sql, sizeof(sql), "DELETE FROM %s WHERE pipeline = $1", pgs_tables[i]);
+        if ((rc = pgs_exec(s, sql, 1, v, &r, err, "deleting the pipeline's state")))
+            return pgs_abort(s, rc);
+        if (strcmp(PQcmdTuples(r), "0") != 0)
+            *dropped = true;
+        PQclear(r);
+    }
     return pgs_commit(s, err);
 }
 
@@ -946,6 +1029,8 @@ static const state_ops_t pgs_ops = {
     .close = pgs_close,
     .get_flag = pgs_get_flag,
     .set_flag = pgs_set_flag,
+    .check_lease = pgs_check_lease,
+    .drop_pipeline = pgs_drop_pipeline,
 };
 
 /* ---- open, migrate, drop ------------------------------------------------------------------ */
@@ -1046,6 +1131,8 @@ pgs_new(const char *conninfo, const char *schema, const char *pipeline, bool lea
     for (const char *p = s->pipeline; *p; p++)
         h = (h ^ (uint8_t)*p) * 1099511628211ull;
     snprintf(s->lock_key, sizeof(s->lock_key), "%lld", (long long)(int64_t)h);
+    snprintf(s->lock_hi, sizeof(s->lock_hi), "%u", (unsigned)(h >> 32));
+    snprintf(s->lock_lo, sizeof(s->lock_lo), "%u", (unsigned)(h & 0xffffffffu));
     *out = s;
     return 0;
 }
@@ -1066,31 +1153,6 @@ state_open_postgres(const char *conninfo, const char *schema, const char *pipeli
     }
     *out = &s->base;
     return 0;
-}
-
-int
-state_postgres_delete_pipeline(state_store_t *base, bool *dropped, wr_err_t *err)
-{
-    pgs_store_t *s = (pgs_store_t *)base;
-    const char *v[1] = {s->pipeline};
-    PGresult *r;
-    char sql[128];
-    int rc;
-
-    *dropped = false;
-    if (base->ops != &pgs_ops)
-        return wr_err_set(err, WR_EINVAL, "not a PostgreSQL state store");
-    if ((rc = pgs_begin(s, err)))
-        return rc;
-    for (size_t i = 0; i < sizeof(pgs_tables) / sizeof(pgs_tables[0]); i++) {
-        snprintf(sql, sizeof(sql), "DELETE FROM %s WHERE pipeline = $1", pgs_tables[i]);
-        if ((rc = pgs_exec(s, sql, 1, v, &r, err, "deleting the pipeline's state")))
-            return pgs_abort(s, rc);
-        if (strcmp(PQcmdTuples(r), "0") != 0)
-            *dropped = true;
-        PQclear(r);
-    }
-    return pgs_commit(s, err);
 }
 
 int

@@ -297,7 +297,7 @@ sq_fail(sq_store_t *s, wr_err_t *err, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(what, sizeof(what), fmt, ap);
     va_end(ap);
-    wr_err_set(err, WR_ESTATE, "%s: %s", what, sqlite3_errmsg(s->db));
+    state_err_detail(err, WR_ESTATE, what, sqlite3_errmsg(s->db));
     sq_hint(s, err);
     return WR_ESTATE;
 }
@@ -415,9 +415,8 @@ sq_set_progress(state_store_t *base, const state_progress_t *p, wr_err_t *err)
     sq_store_t *s = (sq_store_t *)base;
     sqlite3_stmt *st;
     int rc;
-    if (strnlen(p->slot_name, sizeof(p->slot_name)) >= sizeof(p->slot_name))
-        return wr_err_set(err, WR_EINVAL, "slot name is not terminated within %zu bytes",
-                          sizeof(p->slot_name));
+    if ((rc = state_check_progress(p, err)))
+        return rc;
     if ((rc = sq_begin(s, err)))
         return rc;
     if (!(st = sq_stmt(s, SQ_SET_PROGRESS, err)))
@@ -436,9 +435,8 @@ sq_add_table(state_store_t *base, uint32_t relid, const char *nsp, const char *n
     sqlite3_stmt *st;
     char what[64];
     int rc;
-    if (!nsp || !name || strlen(nsp) >= sizeof(((state_table_t *)0)->nsp) ||
-        strlen(name) >= sizeof(((state_table_t *)0)->name))
-        return wr_err_set(err, WR_EINVAL, "adding table %u: missing or too long name", relid);
+    if ((rc = state_check_table_names(relid, nsp, name, err)))
+        return rc;
     if ((rc = sq_begin(s, err)))
         return rc;
     if (!(st = sq_stmt(s, SQ_ADD_TABLE, err)))
@@ -566,15 +564,9 @@ sq_set_phase(state_store_t *base, uint32_t relid, wr_phase_t phase, wr_lsn_t lsn
     char what[96];
     int rc;
 
-    if ((int)phase < 0 || (int)phase >= PH_COUNT)
-        return wr_err_set(err, WR_EINVAL, "setting phase of table %u: invalid phase %d", relid,
-                          (int)phase);
-    memset(&t, 0, sizeof(t));
-    if (phase == PH_ERRORED) {
-        wr_copy_text(t.err_kind, sizeof(t.err_kind), err_kind);
-        wr_copy_text(t.err_msg, sizeof(t.err_msg), err_msg);
-        wr_copy_text(t.err_hint, sizeof(t.err_hint), err_hint);
-    }
+    if ((rc = state_check_phase(relid, phase, err)))
+        return rc;
+    state_cut_errors(&t, phase, err_kind, err_msg, err_hint);
     snprintf(what, sizeof(what), "setting phase of table %u to \"%s\"", relid, phase_name(phase));
     if ((rc = sq_begin(s, err)))
         return rc;
@@ -584,11 +576,8 @@ sq_set_phase(state_store_t *base, uint32_t relid, wr_phase_t phase, wr_lsn_t lsn
     sqlite3_bind_int64(st, 2, now);
     if ((rc = sq_run(s, st, err, what)))
         return sq_abort(s, rc);
-    if (sqlite3_changes(s->db) == 0) {
-        wr_err_set(err, WR_EINVAL, "setting phase of table %u: table is not in the state store",
-                   relid);
-        return sq_abort(s, WR_EINVAL);
-    }
+    if (sqlite3_changes(s->db) == 0)
+        return sq_abort(s, state_err_no_table(err, "setting phase", relid));
     if (!(st = sq_stmt(s, SQ_SET_PHASE, err)))
         return sq_abort(s, WR_ESTATE);
     sqlite3_bind_int64(st, 1, relid);
@@ -632,10 +621,8 @@ sq_set_attempts(state_store_t *base, uint32_t relid, uint32_t attempts, wr_err_t
     sqlite3_bind_int64(st, 3, wr_wall_ms());
     if ((rc = sq_run(s, st, err, what)))
         return sq_abort(s, rc);
-    if (sqlite3_changes(s->db) == 0) {
-        wr_err_set(err, WR_EINVAL, "%s: table is not in the state store", what);
-        return sq_abort(s, WR_EINVAL);
-    }
+    if (sqlite3_changes(s->db) == 0)
+        return sq_abort(s, state_err_no_table(err, "setting attempts", relid));
     return sq_commit(s, err);
 }
 
@@ -657,8 +644,7 @@ sq_rollback_phase(state_store_t *base, uint32_t relid, wr_err_t *err)
     step = sqlite3_step(st);
     if (step == SQLITE_DONE) {
         sq_release(st);
-        wr_err_set(err, WR_EINVAL, "%s: no earlier phase recorded", what);
-        return sq_abort(s, WR_EINVAL);
+        return sq_abort(s, state_err_no_history(err, relid));
     }
     if (step != SQLITE_ROW) {
         sq_fail(s, err, "%s", what);
@@ -712,8 +698,8 @@ sq_put_schema(state_store_t *base, const wr_schema_t *schema, wr_lsn_t lsn, wr_e
     uint16_t i;
     int rc;
 
-    if (!schema || (schema->ncols && !schema->cols))
-        return wr_err_set(err, WR_EINVAL, "saving a schema: no schema");
+    if ((rc = state_check_schema(schema, err)))
+        return rc;
     snprintf(what, sizeof(what), "saving the schema of table %u at " WR_LSN_FMT, schema->relid,
              WR_LSN_ARGS(lsn));
     rid[0] = schema->replident;
@@ -872,8 +858,8 @@ sq_put_mapping(state_store_t *base, uint32_t relid, const char *dest_name, wr_er
     sqlite3_stmt *st;
     char what[64];
     int rc;
-    if (!dest_name)
-        return wr_err_set(err, WR_EINVAL, "saving the mapping of table %u: no name", relid);
+    if ((rc = state_check_mapping(relid, dest_name, err)))
+        return rc;
     snprintf(what, sizeof(what), "saving the mapping of table %u", relid);
     if ((rc = sq_begin(s, err)))
         return rc;
@@ -891,38 +877,19 @@ sq_get_mapping(state_store_t *base, uint32_t relid, char *buf, size_t len, wr_er
 {
     sq_store_t *s = (sq_store_t *)base;
     sqlite3_stmt *st = sq_stmt(s, SQ_GET_MAPPING, err);
-    int rc = 0, step;
-    if (!buf || len == 0)
-        return wr_err_set(err, WR_EINVAL, "reading the mapping of table %u: no buffer", relid);
-    buf[0] = '\0';
+    int rc, step;
+    if ((rc = state_check_mapping_buffer(relid, buf, len, err)))
+        return rc;
     if (!st)
         return WR_ESTATE;
     sqlite3_bind_int64(st, 1, relid);
     step = sqlite3_step(st);
-    if (step == SQLITE_ROW) {
-        const char *v = (const char *)sqlite3_column_text(st, 0);
-        size_t n = v ? strlen(v) : 0;
-        if (n >= len)
-            rc = wr_err_set(err, WR_EINVAL,
-                            "destination name of table %u needs %zu bytes, buffer has %zu", relid,
-                            n + 1, len);
-        else if (n)
-            memcpy(buf, v, n + 1);
-    } else if (step != SQLITE_DONE) {
+    if (step == SQLITE_ROW)
+        rc = state_copy_mapping(relid, (const char *)sqlite3_column_text(st, 0), buf, len, err);
+    else if (step != SQLITE_DONE)
         rc = sq_fail(s, err, "reading the mapping of table %u", relid);
-    }
     sq_release(st);
     return rc;
-}
-
-/* Flag names: 1..63 bytes. */
-static int
-sq_check_flag_name(const char *name, wr_err_t *err)
-{
-    if (!name || !name[0] || strlen(name) > 63)
-        return wr_err_set(err, WR_EINVAL, "invalid flag name \"%s\": 1 to 63 bytes expected",
-                          name ? name : "");
-    return 0;
 }
 
 static int
@@ -934,7 +901,7 @@ sq_get_flag(state_store_t *base, const char *name, int64_t *value, bool *found, 
 
     *value = 0;
     *found = false;
-    if ((rc = sq_check_flag_name(name, err)))
+    if ((rc = state_check_flag_name(name, err)))
         return rc;
     if (!(st = sq_stmt(s, SQ_GET_FLAG, err)))
         return WR_ESTATE;
@@ -960,7 +927,7 @@ sq_set_flag(state_store_t *base, const char *name, int64_t value, wr_err_t *err)
     char what[96];
     int rc;
 
-    if ((rc = sq_check_flag_name(name, err)))
+    if ((rc = state_check_flag_name(name, err)))
         return rc;
     if ((rc = sq_begin(s, err)))
         return rc;

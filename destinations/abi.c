@@ -26,15 +26,13 @@
 
 #include "../common/log.h"
 #include "../common/pgtype.h"
+#include "../common/plugin.h"
 #include "registry.h"
 
-#include <dlfcn.h>
-#include <errno.h>
 #include <stdalign.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 /* Rows pass to write_table_rows without a copy: the layouts must be the same. */
 _Static_assert(sizeof(wr_val_t) == sizeof(wr_dest_value_t), "wr_val_t layout");
@@ -98,30 +96,32 @@ dest_abi_error(const wr_config_t *cfg, const char *name, const wr_dest_error_t *
 
 /* ---- loading -------------------------------------------------------------------------- */
 
-#define ABI_REBUILD_HINT                                                                           \
-    "rebuild the plugin against walrelay's installed walrelay/destination.h (ABI version 1)"
+static const void *
+abi_call_entry(void *sym)
+{
+    wr_dest_entry_fn entry;
+
+    memcpy(&entry, &sym, sizeof(entry));
+    return entry();
+}
+
+static const wr_plugin_kind_t abi_kind = {
+    .what = "destination",
+    .header = "walrelay/destination.h",
+    .symbol = WR_DEST_ENTRY_SYMBOL,
+    .ops_type = "wr_dest_ops_t",
+    .abi_version = WR_DEST_ABI_VERSION,
+    .ops_size = sizeof(wr_dest_ops_t),
+    .call_entry = abi_call_entry,
+};
 
 int
 dest_abi_check_ops(const wr_dest_ops_t *ops, const char *what, wr_err_t *err)
 {
     const char *missing = NULL;
 
-    if (ops->abi_version != WR_DEST_ABI_VERSION) {
-        wr_err_set(err, WR_ECONFIG,
-                   "%s was built for destination ABI version %u, this walrelay implements "
-                   "version %d",
-                   what, (unsigned)ops->abi_version, WR_DEST_ABI_VERSION);
-        wr_err_hint(err, ABI_REBUILD_HINT);
+    if (wr_plugin_check_version(&abi_kind, what, ops->abi_version, ops->struct_size, err) != 0)
         return WR_ECONFIG;
-    }
-    if (ops->struct_size != sizeof(wr_dest_ops_t)) {
-        wr_err_set(err, WR_ECONFIG,
-                   "%s has an operations table (wr_dest_ops_t) of %u bytes, walrelay's ABI "
-                   "version %d has %zu",
-                   what, (unsigned)ops->struct_size, WR_DEST_ABI_VERSION, sizeof(wr_dest_ops_t));
-        wr_err_hint(err, ABI_REBUILD_HINT);
-        return WR_ECONFIG;
-    }
     if (ops->validate == NULL)
         missing = "validate";
     else if (ops->open == NULL)
@@ -156,67 +156,24 @@ dest_abi_check_ops(const wr_dest_ops_t *ops, const char *what, wr_err_t *err)
 int
 dest_plugin_load(const wr_config_t *cfg, dest_plugin_t *pl, wr_err_t *err)
 {
-    wr_dest_entry_fn entry;
-    const wr_dest_ops_t *ops;
-    struct stat st;
-    void *sym;
+    const void *ops;
+    char what[600];
+    wr_err_t e2;
     int rc;
 
     memset(pl, 0, sizeof(*pl));
     if ((rc = dest_config_path(cfg, "library", &pl->path, err)) < 0)
         return rc;
-    if (stat(pl->path, &st) != 0) {
-        int e = errno;
-        dest_config_error(cfg, "library", WR_ECONFIG, err, "cannot load \"%s\": %s", pl->path,
-                          strerror(e));
-        wr_err_hint(err, "set library to the path of the plugin's shared object (a relative "
-                         "path is relative to the pipeline directory)");
-        goto fail;
-    }
-    dlerror();
-    pl->handle = dlopen(pl->path, RTLD_NOW | RTLD_LOCAL);
-    if (pl->handle == NULL) {
-        const char *why = dlerror();
-        dest_config_error(cfg, "library", WR_ECONFIG, err, "cannot load \"%s\": %s", pl->path,
-                          why ? why : "dlopen failed");
-        wr_err_hint(err, "the library or a library it needs does not load (undefined symbol, "
-                         "wrong architecture, missing dependency: see ldd); build it with cc "
-                         "-shared -fPIC against walrelay/destination.h");
-        goto fail;
-    }
-    dlerror();
-    sym = dlsym(pl->handle, WR_DEST_ENTRY_SYMBOL);
-    if (sym == NULL) {
-        dest_config_error(cfg, "library", WR_ECONFIG, err, "\"%s\" does not export %s", pl->path,
-                          WR_DEST_ENTRY_SYMBOL);
-        wr_err_hint(err, "the library must export walrelay_destination_v1 (a non-static C "
-                         "function; extern \"C\" in C++; default visibility)");
-        goto fail;
-    }
-    memcpy(&entry, &sym, sizeof(entry));
-    ops = entry();
-    if (ops == NULL) {
-        dest_config_error(cfg, "library", WR_ECONFIG, err, "%s() of \"%s\" returned NULL",
-                          WR_DEST_ENTRY_SYMBOL, pl->path);
-        wr_err_hint(err, "walrelay_destination_v1 must return a pointer to a static "
-                         "wr_dest_ops_t");
-        goto fail;
-    }
-    {
-        char what[600];
-        wr_err_t e2;
-
+    wr_err_clear(&e2);
+    /* loaded, entry found, version and size right: then the functions it must have */
+    if (wr_plugin_load(pl->path, &abi_kind, &pl->handle, &ops, &e2) == 0) {
+        pl->ops = ops;
         snprintf(what, sizeof(what), "\"%s\"", pl->path);
-        wr_err_clear(&e2);
-        if (dest_abi_check_ops(ops, what, &e2) < 0) {
-            dest_config_error(cfg, "library", WR_ECONFIG, err, "%s", e2.msg);
-            wr_err_hint(err, "%s", e2.hint);
-            goto fail;
-        }
+        if (dest_abi_check_ops(pl->ops, what, &e2) == 0)
+            return 0;
     }
-    pl->ops = ops;
-    return 0;
-fail:
+    dest_config_error(cfg, "library", WR_ECONFIG, err, "%s", e2.msg);
+    wr_err_hint(err, "%s", e2.hint);
     dest_plugin_unload(pl);
     return WR_ECONFIG;
 }
@@ -224,8 +181,7 @@ fail:
 void
 dest_plugin_unload(dest_plugin_t *pl)
 {
-    if (pl->handle != NULL)
-        dlclose(pl->handle);
+    wr_plugin_unload(pl->handle);
     free(pl->path);
     memset(pl, 0, sizeof(*pl));
 }
@@ -293,6 +249,71 @@ abi_host_log(void *ctx, int level, const char *message)
             *p = ' ';
     log_redact_conninfo(line, red, sizeof(red));
     log_msg(lvl, "%s destination=%s", red, name ? name : "?");
+}
+
+/* The worker's hooks (dest_set_host_hooks) behind the host's waiting and interrupted, and
+ * behind dest_host_waiting / dest_host_interrupted for an in-tree destination. */
+static dest_host_hooks_t abi_hooks;
+static char abi_wait_logged[512]; /* the last wait message logged (one line per change) */
+
+void
+dest_set_host_hooks(const dest_host_hooks_t *hooks)
+{
+    if (hooks != NULL)
+        abi_hooks = *hooks;
+    else
+        memset(&abi_hooks, 0, sizeof(abi_hooks));
+}
+
+void
+dest_host_waiting(const char *name, const char *message)
+{
+    char line[512], red[512];
+
+    if (message == NULL || message[0] == '\0') {
+        if (abi_wait_logged[0] != '\0')
+            log_info("destination no longer waiting destination=%s", name ? name : "?");
+        abi_wait_logged[0] = '\0';
+        if (abi_hooks.waiting)
+            abi_hooks.waiting(abi_hooks.arg, NULL);
+        return;
+    }
+    wr_copy_text(line, sizeof(line), message);
+    for (char *p = line; *p; p++)
+        if (*p == '\n' || *p == '\r' || *p == '\t')
+            *p = ' ';
+    log_redact_conninfo(line, red, sizeof(red));
+    if (strcmp(red, abi_wait_logged) != 0) {
+        log_warn("destination waiting destination=%s message=\"%s\"", name ? name : "?", red);
+        snprintf(abi_wait_logged, sizeof(abi_wait_logged), "%s", red);
+    }
+    if (abi_hooks.waiting)
+        abi_hooks.waiting(abi_hooks.arg, red);
+}
+
+bool
+dest_host_interrupted(void)
+{
+    return abi_hooks.interrupted != NULL && abi_hooks.interrupted(abi_hooks.arg);
+}
+
+bool
+dest_host_hooked(void)
+{
+    return abi_hooks.interrupted != NULL;
+}
+
+static void
+abi_host_waiting(void *ctx, const char *message)
+{
+    dest_host_waiting(ctx, message);
+}
+
+static bool
+abi_host_interrupted(void *ctx)
+{
+    WR_UNUSED(ctx);
+    return dest_host_interrupted();
 }
 
 /* ---- the adapter ---------------------------------------------------------------------- */
@@ -976,6 +997,8 @@ dest_abi_open(const wr_dest_ops_t *ops, dest_plugin_t *plugin, const wr_config_t
     d->host.role = d->role;
     d->host.log = abi_host_log;
     d->host.ctx = d->name;
+    d->host.waiting = abi_host_waiting;
+    d->host.interrupted = abi_host_interrupted;
     if ((rc = abi_config(cfg, &dc, &kv, err)) < 0)
         goto fail;
     memset(&de, 0, sizeof(de));

@@ -28,8 +28,9 @@ typedef struct dest_plugin_s {
 } dest_plugin_t;
 
 /* Loads cfg's [destination] library (relative paths resolve against cfg->dir): dlopen with
- * RTLD_NOW | RTLD_LOCAL, the entry symbol, and dest_abi_check_ops. Every refusal is
- * WR_ECONFIG naming the library and what to fix. */
+ * RTLD_NOW | RTLD_LOCAL, the entry symbol and the version check (common/plugin.c, shared
+ * with the state store ABI), and dest_abi_check_ops. Every refusal is WR_ECONFIG naming
+ * the library and what to fix. */
 int dest_plugin_load(const wr_config_t *cfg, dest_plugin_t *pl, wr_err_t *err) WR_MUST_CHECK;
 void dest_plugin_unload(dest_plugin_t *pl);
 
@@ -62,5 +63,14 @@ void dest_abi_relation(const wr_schema_t *s, const char *dest_name, wr_dest_colu
 
 /* The built-in null destination's operations (destinations/null.c). */
 const wr_dest_ops_t *dest_null_abi(void);
+/* The streaming sinks on the ABI (issue 9): jsonl.c, http.c, nats.c. */
+const wr_dest_ops_t *dest_jsonl_abi(void);
+const wr_dest_ops_t *dest_http_abi(void);
+const wr_dest_ops_t *dest_nats_abi(void);
+/* Parsers of the sinks' own stored text (tests/fuzz/fuzz_sinkstate.c): a jsonl state file
+ * (PATH.walrelay) and a NATS checkpoint value. 0, or -1 with why (one line). */
+int dest_jsonl_state_parse(const char *text, size_t len, char *why, size_t whylen);
+int dest_nats_checkpoint_parse(const char *text, size_t len, uint64_t *seq, bool *has_key,
+                               wr_dest_key_t *key);
 
 #endif

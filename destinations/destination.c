@@ -445,26 +445,6 @@ out:
     return rc;
 }
 
-/* ---- waiting for a destination's server ------------------------------------------------ */
-
-static dest_wait_fn dest_wait_hook;
-static void *dest_wait_arg;
-
-void
-dest_set_wait(dest_wait_fn fn, void *arg)
-{
-    dest_wait_hook = fn;
-    dest_wait_arg = arg;
-}
-
-bool
-dest_wait(int ms)
-{
-    if (dest_wait_hook == NULL)
-        return true;
-    return dest_wait_hook(dest_wait_arg, ms);
-}
-
 /* ---- reading ahead while a destination waits --------------------------------------------- */
 
 static int dest_ra_fd = -1;
@@ -485,9 +465,8 @@ dest_readahead_fd(void)
     return dest_ra_fd;
 }
 
-void
+bool
 dest_readahead(void)
 {
-    if (dest_ra_fn != NULL)
-        dest_ra_fn(dest_ra_arg);
+    return dest_ra_fn != NULL && dest_ra_fn(dest_ra_arg);
 }

@@ -258,26 +258,43 @@ struct dest_s {
     const dest_ops_t *ops;
 };
 
-/* How a destination waits between attempts to reach its server (a database restarting,
- * a network outage): the worker's function waits up to ms milliseconds while it keeps
- * serving its supervisor channel, and returns true when the worker must stop (the
- * destination then gives up with WR_ECONN). Without one (walrelay check, tools) a
- * destination does not wait. Process-wide; the workers set it before dest_open. */
-typedef bool (*dest_wait_fn)(void *arg, int ms);
-void dest_set_wait(dest_wait_fn fn, void *arg);
-/* Waits through the hook: true if the caller must give up (no hook, or a stop). */
-bool dest_wait(int ms);
+/* What a worker lets its destination do while the destination waits on the outside world
+ * (the ABI host's waiting and interrupted, include/walrelay/destination.h "Waiting").
+ * Process-wide: a worker sets them once, after dest_open; without them a destination's
+ * wait is only logged and never interrupted. Called on the worker's thread, from inside a
+ * destination call. */
+typedef struct dest_host_hooks_s {
+    /* message: what the destination waits for and its last error; NULL: the wait is over */
+    void (*waiting)(void *arg, const char *message);
+    /* true: give up waiting (a stop was asked for, or the supervisor is gone) */
+    bool (*interrupted)(void *arg);
+    void *arg;
+} dest_host_hooks_t;
+
+void dest_set_host_hooks(const dest_host_hooks_t *hooks);
+
+/* The same waiting and interrupted for an in-tree destination (postgres): waiting logs
+ * the message once per change (redacted, as for a plugin) and reports it through the
+ * worker's hook (walrelay status); NULL or "" ends the wait. interrupted is false without
+ * hooks. name: the destination's type, for the log line. */
+void dest_host_waiting(const char *name, const char *message);
+bool dest_host_interrupted(void);
+/* True once a worker set its hooks (walrelay check and tools set none: a destination
+ * there reports a failure at once instead of waiting). */
+bool dest_host_hooked(void);
 
 /* While a destination waits for its server's answer, the worker may keep reading its own
- * input: the apply worker drains the replication socket into libpq's buffer then, so that
- * the walsender goes on decoding while the destination works (decoding and applying
- * overlap instead of taking turns). fd is watched; fn is called when it is readable and
- * must not block or process anything. Process-wide; fd -1 = none. */
-typedef void (*dest_readahead_fn)(void *arg);
+ * input: the apply worker reads the replication socket into the stream engine's buffer
+ * then, so that the walsender goes on decoding while the destination works (decoding and
+ * applying overlap instead of taking turns). fd is watched; fn is called when it is
+ * readable and must not block or process anything; it returns false to be left alone
+ * until the destination's next wait (its buffer is full enough, or the stream failed: the
+ * worker's next read reports that). Process-wide; fd -1 = none. */
+typedef bool (*dest_readahead_fn)(void *arg);
 void dest_set_readahead(int fd, dest_readahead_fn fn, void *arg);
-/* The registered fd (-1 if none), and one call of its function. */
+/* The registered fd (-1 if none), and one call of its function (false: stop watching). */
 int dest_readahead_fd(void);
-void dest_readahead(void);
+bool dest_readahead(void);
 
 /* Opens cfg's destination through the registry (destinations/registry.h): validates the
  * [destination] keys (dest_config_check; fills the default type), then the type's open.

@@ -14,12 +14,19 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* one line per destination type */
+/* clang-format off */
 static const dest_type_t *const dest_types[] = {
     &dest_type_sqlite,
     &dest_type_postgres,
     &dest_type_null,
+    &dest_type_http,
+    &dest_type_jsonl,
+    &dest_type_nats,
+    &dest_type_eventstore,
     &dest_type_plugin,
 };
+/* clang-format on */
 #define DEST_NTYPES (sizeof(dest_types) / sizeof(dest_types[0]))
 
 const dest_type_t *

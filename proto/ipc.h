@@ -13,6 +13,19 @@
  *     ["schema", req, relid, lsn, [nsp, name, replident, [[name, oid, typmod, flags]...]]] -> ack
  *     ["progress", flush_lsn, received_lsn, events]     apply: durable position, for status
  *     ["copy_progress", relid, rows]                    sync: rows copied so far
+ *     ["worker_metrics", transactions, batches, bytes_received, status_updates,
+ *        [[relid, inserts, updates, deletes, truncates]...], batch_hist, batch_sum_us,
+ *        commit_hist, commit_sum_us, last_commit_ts, caught_up]
+ *                        counts since the worker's previous worker_metrics (deltas, so
+ *                        the supervisor's totals survive a worker's restart); a hist is
+ *                        IPC_HIST_NCOUNTS per-bucket counts (not cumulative) over
+ *                        ipc_hist_bounds_us, the last one +Inf; last_commit_ts: commit
+ *                        time (us since the Unix epoch, 0 = none yet) of the last source
+ *                        transaction processed; caught_up: everything received is durable
+ *     ["streaming", start_lsn]                          apply: START_REPLICATION succeeded
+ *     ["dest_wait", message]                            the destination is waiting on the
+ *                                                       outside world (retrying): what and
+ *                                                       the last error; "" = no longer
  *   supervisor -> worker
  *     ["welcome", version, pipeline]
  *     ["tables", [[relid, nsp, name, phase, lsn], ...]] all tables (apply) or its one (sync)
@@ -24,6 +37,8 @@
  *     ["status"] -> ["status_reply", ...]   ["stop"] -> ["ok", message]
  *     ["retry", table] ["resync", table] ["pause"] ["resume"] ["reload"]
  *                    -> ["ok", message] or ["error", message]   (table: "nsp.name" or "name")
+ *     ["metrics"] -> ["metrics_text", text]   the Prometheus text exposition (at most
+ *                    IPC_MAX_TEXT bytes, the one string allowed past IPC_MAX_STR)
  *   either direction
  *     ["error", message]                                your last message was rejected
  */
@@ -38,6 +53,17 @@
 #define IPC_MAX_MSG       (4u * 1024 * 1024) /* bigger messages are rejected */
 #define IPC_MAX_STR       (64u * 1024)
 #define IPC_MAX_ITEMS     100000
+/* metrics_text: the whole exposition in one string, with room for the message around it */
+#define IPC_MAX_TEXT (IPC_MAX_MSG - 64)
+
+/* Histograms of worker_metrics: upper bounds (microseconds) of the finite buckets; a
+ * histogram on the wire holds IPC_HIST_NCOUNTS per-bucket counts, the last for +Inf. */
+#define IPC_HIST_NBOUNDS 12
+#define IPC_HIST_NCOUNTS (IPC_HIST_NBOUNDS + 1)
+extern const uint64_t ipc_hist_bounds_us[IPC_HIST_NBOUNDS];
+
+/* Operations counted per table in worker_metrics, in wire order. */
+enum { IPC_OP_INSERT = 0, IPC_OP_UPDATE, IPC_OP_DELETE, IPC_OP_TRUNCATE, IPC_NOPS };
 
 typedef enum {
     IPC_HELLO = 1,
@@ -63,7 +89,27 @@ typedef enum {
     IPC_RELOAD, /* ["reload"] */
     /* supervisor -> apply worker: */
     IPC_TABLE_REMOVED, /* ["table_removed", relid]: the table left the publication */
+    /* added for issue 10 (metrics): */
+    IPC_WORKER_METRICS, /* worker -> supervisor: counter deltas, see above */
+    IPC_STREAMING,      /* apply -> supervisor: ["streaming", start_lsn] */
+    IPC_METRICS,        /* CLI -> supervisor: ["metrics"] */
+    IPC_METRICS_TEXT,   /* supervisor -> CLI: ["metrics_text", text] */
+    /* added for issue 9 (streaming sinks); worker -> supervisor: */
+    IPC_DEST_WAIT, /* ["dest_wait", message]: the destination waits ("" = no longer) */
 } ipc_type_t;
+
+/* One table's changes in worker_metrics, indexed by IPC_OP_*. */
+typedef struct ipc_event_count_s {
+    uint32_t relid;
+    uint64_t n[IPC_NOPS];
+} ipc_event_count_t;
+
+/* A histogram delta: per-bucket counts (bucket i: at most ipc_hist_bounds_us[i], the last
+ * +Inf) and the sum of the observations in microseconds. */
+typedef struct ipc_hist_s {
+    uint64_t counts[IPC_HIST_NCOUNTS];
+    uint64_t sum_us;
+} ipc_hist_t;
 
 typedef struct ipc_table_info_s {
     uint32_t relid;
@@ -165,6 +211,27 @@ typedef struct ipc_msg_s {
         struct {
             uint32_t relid;
         } table_removed;
+        struct {
+            uint64_t transactions;
+            uint64_t batches;
+            uint64_t bytes_received;
+            uint64_t status_updates;
+            uint32_t nevents;
+            ipc_event_count_t *events; /* tables with changes since the last report */
+            ipc_hist_t batch;          /* a batch: its first write to its commit */
+            ipc_hist_t commit;         /* the destination's commit call */
+            int64_t last_commit_ts;    /* us since the Unix epoch; 0 = none */
+            bool caught_up;
+        } worker_metrics;
+        struct {
+            wr_lsn_t start_lsn;
+        } streaming;
+        struct {
+            char *text;
+        } metrics_text;
+        struct {
+            char *message; /* "" = the wait is over */
+        } dest_wait;
     } u;
 } ipc_msg_t;
 

@@ -1,9 +1,9 @@
 /*
  * cli.c - the commands of `walrelay`: init, check, run, status, stop, retry, resync,
- * pause, resume, reload, drop.
+ * pause, resume, reload, metrics, drop.
  *
  * NOTES: runs in the user's shell. Only `run` becomes the supervisor (sup.c); `status`,
- * `stop`, `retry`, `resync`, `pause`, `resume` and `reload` talk to a running supervisor
+ * `stop`, `retry`, `resync`, `pause`, `resume`, `reload` and `metrics` talk to a running supervisor
  * over DIR/control.sock with blocking I/O (one request, one reply) and never open
  * DIR/state.db. `drop` is the one command that works on a stopped pipeline: holding the
  * pid lock, it drops the pipeline's replication slots on the source and deletes
@@ -150,17 +150,28 @@ default_pipeline_name(const char *absdir, char *buf, size_t len)
 
 /* ---- walrelay init ---- */
 
+/* What init checks in the file it writes: the destination's section (the registry) and a
+ * plugin state store's library (it loads; its own keys are added afterwards). */
+static int
+init_check(wr_config_t *cfg, wr_err_t *err)
+{
+    int rc = dest_init_check(cfg, err);
+
+    return rc != 0 ? rc : state_init_check(cfg, err);
+}
+
 int
 cli_init(int argc, char **argv)
 {
     const char *pos[1] = {NULL};
-    const char *source = NULL, *publication = NULL, *dest = NULL, *name = NULL, *state = NULL;
+    const char *source = NULL, *publication = NULL, *dest = NULL, *name = NULL, *state = NULL,
+               *metrics = NULL;
     const cli_opt_t opts[] = {
         {"--source", &source, NULL},    {"--publication", &publication, NULL},
         {"--destination", &dest, NULL}, {"--name", &name, NULL},
-        {"--state", &state, NULL},
+        {"--state", &state, NULL},      {"--metrics", &metrics, NULL},
     };
-    if (cli_parse(argc, argv, opts, 5, pos, 1) != 0)
+    if (cli_parse(argc, argv, opts, 6, pos, 1) != 0)
         return WR_EXIT_CONFIG;
     if (!source || !publication) {
         fprintf(stderr, "walrelay init: %s is required\n", !source ? "--source" : "--publication");
@@ -207,7 +218,7 @@ cli_init(int argc, char **argv)
             goto fail;
         }
     }
-    if (cfg_write_new(absdir, pname, source, publication, dest_section, state, dest_init_check,
+    if (cfg_write_new(absdir, pname, source, publication, dest_section, state, metrics, init_check,
                       &err) != 0) {
         print_err(&err);
         goto fail;
@@ -217,21 +228,20 @@ cli_init(int argc, char **argv)
     printf("  pipeline     %s (replication slot walrelay_%s)\n", pname, pname);
     printf("  publication  %s\n", publication);
     {
-        /* described from the file written (a conninfo's password is never shown) */
-        wr_config_t wcfg;
-        char where[512];
-
-        cfg_defaults(&wcfg);
-        if (cfg_load(absdir, &wcfg, &err) == 0 && dest_config_check(&wcfg, &err) == 0)
-            dest_describe(&wcfg, where, sizeof(where));
-        else
-            snprintf(where, sizeof(where), "(see walrelay.conf)");
-        cfg_free(&wcfg);
-        printf("  destination  %s\n", where);
+        /* a destination argument may hold a conninfo: never show its password */
+        char shown[1024];
+        log_redact_conninfo(dest ? dest : DEST_DEFAULT_TYPE, shown, sizeof(shown));
+        printf("  destination  %s\n", shown);
     }
-    printf("  state        %s\n", state && strncmp(state, "postgres:", 9) == 0
-                                      ? "postgres (schema " CFG_STATE_DEFAULT_SCHEMA ")"
-                                      : "sqlite (state.db)");
+    if (state && strncmp(state, "plugin:", 7) == 0)
+        printf("  state        plugin %s (its keys go below [state]: walrelay check says which)\n",
+               state + 7);
+    else
+        printf("  state        %s\n", state && strncmp(state, "postgres:", 9) == 0
+                                          ? "postgres (schema " CFG_STATE_DEFAULT_SCHEMA ")"
+                                          : "sqlite (state.db)");
+    if (metrics)
+        printf("  metrics      http://%s/metrics (also /healthz, /readyz)\n", metrics);
     printf("next: walrelay check %s\n", pos[0]);
     printf("then: walrelay run %s\n", pos[0]);
     return WR_EXIT_OK;
@@ -845,6 +855,35 @@ cli_reload(int argc, char **argv)
     return cli_plain_command(argc, argv, IPC_RELOAD);
 }
 
+/* ---- walrelay metrics ---- */
+
+int
+cli_metrics(int argc, char **argv)
+{
+    const char *pos[1] = {NULL};
+    ipc_msg_t req, reply;
+    int code = WR_EXIT_OK;
+
+    if (cli_parse(argc, argv, NULL, 0, pos, 1) != 0)
+        return WR_EXIT_CONFIG;
+    memset(&req, 0, sizeof(req));
+    req.type = IPC_METRICS;
+    if (cli_request(pos[0], &req, &reply) != 0)
+        return WR_EXIT_ERROR;
+    if (reply.type == IPC_METRICS_TEXT) {
+        fputs(reply.u.metrics_text.text ? reply.u.metrics_text.text : "", stdout);
+    } else if (reply.type == IPC_ERROR) {
+        fprintf(stderr, "walrelay: the supervisor answered: %s\n", reply.u.error.message);
+        code = WR_EXIT_ERROR;
+    } else {
+        fprintf(stderr, "walrelay: unexpected reply \"%s\" from the supervisor\n",
+                ipc_type_name(reply.type));
+        code = WR_EXIT_ERROR;
+    }
+    ipc_msg_clear(&reply);
+    return code;
+}
+
 /* ---- walrelay drop ---- */
 
 /* Is name one of the pipeline's slots: walrelay_<p>, or walrelay_<p>_s<digits>? */
@@ -948,14 +987,14 @@ cli_drop(int argc, char **argv)
     wr_config_t cfg;
     wr_err_t err;
     PGconn *conn = NULL;
-    state_store_t *pgstate = NULL;
+    state_store_t *store = NULL; /* postgres or plugin: the pipeline's state is there */
     int fd, code = WR_EXIT_OK, failed;
 
     if (cli_parse(argc, argv, NULL, 0, pos, 1) != 0)
         return WR_EXIT_CONFIG;
     wr_err_clear(&err);
     cfg_defaults(&cfg);
-    if (cfg_load(pos[0], &cfg, &err) != 0) {
+    if (cfg_load(pos[0], &cfg, &err) != 0 || state_config_check(&cfg, &err) != 0) {
         print_err(&err);
         cfg_free(&cfg);
         return WR_EXIT_CONFIG;
@@ -992,11 +1031,13 @@ cli_drop(int argc, char **argv)
         return WR_EXIT_CONFIG;
     }
 
-    /* The PostgreSQL state store: its lease first, so a supervisor of this pipeline running
-     * on another host (with another directory) keeps everything */
-    if (cfg.state_backend == CFG_STATE_POSTGRES &&
-        state_open_postgres(cfg.state_conninfo, cfg.state_schema, cfg.pipeline_name, &pgstate,
-                            &err) != 0) {
+    /* A store other than state.db (postgres, a plugin): its lease first, so a supervisor of
+     * this pipeline running on another host (with another directory) keeps everything */
+    if ((cfg.state_backend == CFG_STATE_POSTGRES &&
+         state_open_postgres(cfg.state_conninfo, cfg.state_schema, cfg.pipeline_name, &store,
+                             &err) != 0) ||
+        (cfg.state_backend == CFG_STATE_PLUGIN &&
+         state_open_plugin(&cfg, "drop", &store, &err) != 0)) {
         print_err(&err);
         fprintf(stderr, "walrelay: nothing was removed\n");
         code = WR_EXIT_CONFIG;
@@ -1016,22 +1057,26 @@ cli_drop(int argc, char **argv)
         fprintf(stderr,
                 "walrelay: %s was kept because not every slot could be dropped; run "
                 "walrelay drop %s again\n",
-                cfg.state_backend == CFG_STATE_POSTGRES ? "the pipeline's state" : SUP_STATE_FILE,
-                pos[0]);
+                store ? "the pipeline's state" : SUP_STATE_FILE, pos[0]);
         code = WR_EXIT_ERROR;
         goto out;
     }
-    if (pgstate) {
+    if (store) {
+        char where[600];
         bool dropped;
 
-        if (state_postgres_delete_pipeline(pgstate, &dropped, &err) != 0) {
+        if (store->ops->drop_pipeline(store, &dropped, &err) != 0) {
             print_err(&err);
             code = WR_EXIT_ERROR;
             goto out;
         }
-        printf(dropped ? "removed the state of pipeline %s from the state store (schema %s)\n"
-                       : "no state of pipeline %s in the state store (schema %s)\n",
-               cfg.pipeline_name, cfg.state_schema);
+        if (cfg.state_backend == CFG_STATE_POSTGRES)
+            snprintf(where, sizeof(where), "schema %s", cfg.state_schema);
+        else
+            snprintf(where, sizeof(where), "plugin %s", cfg.state_library);
+        printf(dropped ? "removed the state of pipeline %s from the state store (%s)\n"
+                       : "no state of pipeline %s in the state store (%s)\n",
+               cfg.pipeline_name, where);
     } else if (drop_state(cfg.dir) != 0) {
         code = WR_EXIT_ERROR;
         goto out;
@@ -1043,7 +1088,7 @@ cli_drop(int argc, char **argv)
     }
     printf("walrelay run %s starts the pipeline over: every table is copied again\n", pos[0]);
 out:
-    state_close(pgstate);
+    state_close(store);
     unlink(pidpath); /* while still holding the lock, as the supervisor does */
     close(fd);
     cfg_free(&cfg);

@@ -1,6 +1,6 @@
 /*
  * control.c - the control server on DIR/control.sock: `walrelay status`, `stop`, `retry`,
- * `resync`, `pause`, `resume` and `reload`.
+ * `resync`, `pause`, `resume`, `reload` and `metrics`.
  *
  * NOTES: runs in the supervisor, on its libuv loop. The socket is mode 0600 and a peer
  * whose uid (SO_PEERCRED) is not ours is refused. Requests are msgpack messages
@@ -203,13 +203,40 @@ handle_reload(sup_client_t *cl, const ipc_msg_t *m)
     reply_outcome(cl, rc, msg, &err);
 }
 
+static void
+handle_metrics(sup_client_t *cl, const ipc_msg_t *m)
+{
+    ipc_msg_t r;
+    char *text = NULL;
+    size_t len = 0;
+    wr_err_t err;
+
+    WR_UNUSED(m);
+    wr_err_clear(&err);
+    if (sup_metrics_text(cl->ctl->sup, &text, &len, &err) != 0) {
+        client_send_error(cl, err.msg);
+        return;
+    }
+    if (len > IPC_MAX_TEXT) {
+        free(text);
+        client_send_error(cl, "the metrics are too long for the control socket; read them over "
+                              "HTTP ([metrics] listen)");
+        return;
+    }
+    memset(&r, 0, sizeof(r));
+    r.type = IPC_METRICS_TEXT;
+    r.u.metrics_text.text = text;
+    client_send(cl, &r);
+    free(text);
+}
+
 static const struct {
     ipc_type_t type;
     ctl_handler_fn handler;
 } ctl_handlers[] = {
-    {IPC_STATUS, handle_status}, {IPC_STOP, handle_stop},   {IPC_RETRY, handle_retry},
-    {IPC_RESYNC, handle_resync}, {IPC_PAUSE, handle_pause}, {IPC_RESUME, handle_resume},
-    {IPC_RELOAD, handle_reload},
+    {IPC_STATUS, handle_status}, {IPC_STOP, handle_stop},       {IPC_RETRY, handle_retry},
+    {IPC_RESYNC, handle_resync}, {IPC_PAUSE, handle_pause},     {IPC_RESUME, handle_resume},
+    {IPC_RELOAD, handle_reload}, {IPC_METRICS, handle_metrics},
 };
 
 static void

@@ -460,18 +460,25 @@ check_destination(pf_t *pf)
 }
 
 /* [state] backend = postgres: the store is reachable and the user may create its schema
- * and tables (state.db needs no check: the directory was checked with the config). */
+ * and tables; backend = plugin: the library loads, accepts its keys, opens (role "check")
+ * and passes its own check() (state.db needs no check: the directory was checked with the
+ * config). */
 static void
 check_state(pf_t *pf)
 {
-    char summary[512];
+    char summary[768];
     wr_err_t serr;
+    int rc;
 
-    if (pf->cfg->state_backend != CFG_STATE_POSTGRES)
+    if (pf->cfg->state_backend == CFG_STATE_SQLITE)
         return;
     wr_err_clear(&serr);
-    if (state_check_postgres(pf->cfg->state_conninfo, pf->cfg->state_schema, summary,
-                             sizeof(summary), &serr) != 0) {
+    if (pf->cfg->state_backend == CFG_STATE_PLUGIN)
+        rc = state_check_plugin(pf->cfg, summary, sizeof(summary), &serr);
+    else
+        rc = state_check_postgres(pf->cfg->state_conninfo, pf->cfg->state_schema, summary,
+                                  sizeof(summary), &serr);
+    if (rc != 0) {
         pf_fail(pf, WR_ECONFIG, "state", serr.hint[0] ? serr.hint : NULL, "%s", serr.msg);
         return;
     }

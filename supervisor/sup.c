@@ -12,6 +12,9 @@
  *                publication refresh, slot drops, a lost slot, reading the state back
  *   sup_cmd.c    commands (retry, resync, pause, resume, reload) and the status reply:
  *                the API control.c calls (sup.h), never the loop's internals
+ *   metrics.c, http.c, notify.c   the operating surface (metrics.h): counters from the
+ *                workers' reports, the lag query, /metrics, /healthz, /readyz on
+ *                [metrics] listen, sd_notify; the layers above call its sup__* hooks
  * The rules below hold across the three.
  *
  * Start: config -> pid lock -> preflight (nothing written yet) -> state.db -> reconcile the
@@ -45,7 +48,9 @@
  * "transient" is retried from the tick after table_error_retry_delay_ms. Exit 3 of the
  * apply worker (its slot lost WAL) stops the pipeline, or re-copies every table once
  * (on_slot_lost = recopy). Pipeline flags in state.db: "paused", "slot_lost_recopied",
- * "slot_lost".
+ * "slot_lost". A state store with a lease (postgres, a plugin) is verified from the tick
+ * (sup__lease_tick, every 5 s): a lease lost to another supervisor stops the pipeline,
+ * exit code 2.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -190,6 +195,15 @@ preflight_log(void *arg, int level, const char *check, const char *msg, const ch
 static void
 print_fatal(const wr_err_t *err)
 {
+    if (log_get_format() == LOG_FMT_JSON) {
+        /* [log] format = json: every line on stderr is JSON */
+        if (err->hint[0])
+            log_error("%s hint=\"%s\"", err->msg[0] ? err->msg : wr_err_code_name(err->code),
+                      err->hint);
+        else
+            log_error("%s", err->msg[0] ? err->msg : wr_err_code_name(err->code));
+        return;
+    }
     fprintf(stderr, "walrelay: %s\n", err->msg[0] ? err->msg : wr_err_code_name(err->code));
     if (err->hint[0])
         fprintf(stderr, "hint: %s\n", err->hint);
@@ -215,6 +229,9 @@ sup_free(sup_t *s)
     }
     state_close(s->st);
     s->st = NULL;
+    sup__http_free(s);
+    sup__notify_free(s);
+    sup__metrics_free(s);
     free(s->status_rows);
     for (size_t i = 0; i < s->ntables; i++)
         sup__table_free(s->tables[i]);
@@ -239,7 +256,7 @@ sup_run(const char *dir)
         char *text = NULL;
         size_t len = 0;
         if (cfg_load_text(dir, &s->cfg, &text, &len, &err) != 0 ||
-            dest_config_check(&s->cfg, &err) != 0) {
+            dest_config_check(&s->cfg, &err) != 0 || state_config_check(&s->cfg, &err) != 0) {
             print_fatal(&err);
             free(text);
             cfg_free(&s->cfg);
@@ -256,6 +273,7 @@ sup_run(const char *dir)
     }
     log_init(s->cfg.pipeline_name, "supervisor");
     log_set_level(s->cfg.log_level);
+    log_set_format(s->cfg.log_format);
 
     char sock[sizeof(((struct sockaddr_un *)0)->sun_path)];
     if (lock_pidfile(s, &err) != 0 || sup_sock_path(s->cfg.dir, sock, sizeof(sock), &err) != 0 ||
@@ -264,6 +282,11 @@ sup_run(const char *dir)
         goto out;
     }
     log_info("starting version=%s pid=%ld dir=%s", WR_VERSION, (long)getpid(), s->cfg.dir);
+    /* the metrics listener is bound before anything is written: a port in use stops here */
+    if (sup__metrics_init(s, &err) != 0 || sup__http_bind(s, &err) != 0) {
+        print_fatal(&err);
+        goto out;
+    }
 
     sup_pub_table_t *pub = NULL;
     size_t npub = 0;
@@ -312,6 +335,14 @@ sup_run(const char *dir)
     s->tick.data = s;
     uv_timer_start(&s->tick, sup__tick_cb, SUP_TICK_MS, SUP_TICK_MS);
     s->tick_ok = true;
+    sup__notify_init(s);
+    if (sup__http_attach(s, &err) != 0) {
+        print_fatal(&err);
+        code = WR_EXIT_ERROR;
+        s->stopping = true;
+        sup__check_stopped(s);
+        goto out;
+    }
 
     if (sup_control_start(&s->ctl, s, sock, &err) != 0) {
         print_fatal(&err);
@@ -331,6 +362,9 @@ sup_run(const char *dir)
         snprintf(s->message, sizeof(s->message),
                  "paused by walrelay pause; walrelay resume starts the workers again");
         log_info("the pipeline is paused: no worker starts until walrelay resume %s", s->cfg.dir);
+        /* started as asked: a paused pipeline is ready for the service manager */
+        sup__notify_status(s, "paused; walrelay resume starts the workers");
+        sup__notify_ready(s);
     } else {
         sup__worker_spawn(&s->apply);
         sup__schedule(s);
@@ -340,9 +374,11 @@ sup_run(const char *dir)
     log_info("stopped%s", s->degraded ? " (the pipeline was degraded)" : "");
     code = s->exit_code;
     if (code != WR_EXIT_OK) {
-        fprintf(stderr, "walrelay: %s\n", s->message);
-        if (s->fatal_hint[0])
-            fprintf(stderr, "hint: %s\n", s->fatal_hint);
+        wr_err_t fe;
+        wr_err_clear(&fe);
+        wr_copy_text(fe.msg, sizeof(fe.msg), s->message);
+        wr_copy_text(fe.hint, sizeof(fe.hint), s->fatal_hint);
+        print_fatal(&fe);
     }
 out:
     sup_free(s);

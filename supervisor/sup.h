@@ -42,6 +42,9 @@ int cli_pause(int argc, char **argv);
 int cli_resume(int argc, char **argv);
 int cli_reload(int argc, char **argv);
 int cli_drop(int argc, char **argv);
+int cli_metrics(int argc, char **argv);
+/* events_cmd.c: walrelay events DIR load | version | tail | append */
+int cli_events(int argc, char **argv);
 
 /* Prints the usage of one command (main.c owns the table). */
 void cli_print_usage(const char *word, FILE *f);
@@ -122,6 +125,10 @@ int sup_cmd_resume(sup_t *s, char *msg, size_t len, wr_err_t *err) WR_MUST_CHECK
 int sup_cmd_reload(sup_t *s, char *msg, size_t len, wr_err_t *err) WR_MUST_CHECK;
 
 uv_loop_t *sup_loop(sup_t *s);
+
+/* `walrelay metrics DIR`: the Prometheus text exposition /metrics serves (malloc'd into
+ * *text, caller frees). metrics.c */
+int sup_metrics_text(sup_t *s, char **text, size_t *len, wr_err_t *err) WR_MUST_CHECK;
 
 /* Encodes m and queues it on stream (the buffer is freed when written). Returns 0 or a
  * negative code (WR_ENOMEM, WR_EIO). */

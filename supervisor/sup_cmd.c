@@ -218,8 +218,24 @@ restart_workers_gracefully(sup_t *s)
     }
 }
 
+static int cmd_reload(sup_t *s, char *msg, size_t len, wr_err_t *err);
+
+/* The reload, between RELOADING=1 and READY=1 for the service manager (notify.c). */
 int
 sup_cmd_reload(sup_t *s, char *msg, size_t len, wr_err_t *err)
+{
+    int rc;
+
+    if (s->stopping)
+        return sup__refuse_stopping(err);
+    sup__notify_reloading(s);
+    rc = cmd_reload(s, msg, len, err);
+    sup__notify_reloaded(s);
+    return rc;
+}
+
+static int
+cmd_reload(sup_t *s, char *msg, size_t len, wr_err_t *err)
 {
     wr_config_t nc;
     char live[1024] = "", keep[1024] = "";
@@ -231,7 +247,8 @@ sup_cmd_reload(sup_t *s, char *msg, size_t len, wr_err_t *err)
     if (s->stopping)
         return sup__refuse_stopping(err);
     rc = cfg_load_text(s->cfg.dir, &nc, &text, &textlen, err);
-    if (rc == 0 && (rc = dest_config_check(&nc, err)) != 0) {
+    if (rc == 0 &&
+        ((rc = dest_config_check(&nc, err)) != 0 || (rc = state_config_check(&nc, err)) != 0)) {
         cfg_free(&nc);
         free(text);
     }
@@ -260,6 +277,7 @@ sup_cmd_reload(sup_t *s, char *msg, size_t len, wr_err_t *err)
     SUP_KEEP(publication, "[source] publication", false);
     SUP_KEEP(state_conninfo, "[state] conninfo", true);
     SUP_KEEP(state_schema, "[state] schema", false);
+    SUP_KEEP(metrics_listen, "[metrics] listen", false);
 #undef SUP_KEEP
     if (s->cfg.state_backend != nc.state_backend) {
         int tmp = nc.state_backend;
@@ -268,6 +286,10 @@ sup_cmd_reload(sup_t *s, char *msg, size_t len, wr_err_t *err)
         nc.state_backend = s->cfg.state_backend;
         s->cfg.state_backend = tmp;
     }
+    /* a plugin store's library and keys need a restart too (values are not shown) */
+    if (!cfg_state_items_equal(&s->cfg, &nc))
+        bufcat(keep, sizeof(keep), "[state] library or keys");
+    cfg_state_items_swap(&s->cfg, &nc);
     /* every [destination] key needs a restart; values are not shown (a plugin's key may
      * be a secret) */
     if (!cfg_dest_equal(&s->cfg, &nc)) {
@@ -291,6 +313,12 @@ sup_cmd_reload(sup_t *s, char *msg, size_t len, wr_err_t *err)
                level_name(nc.log_level));
         workers = true;
     }
+    if (s->cfg.log_format != nc.log_format) {
+        bufcat(live, sizeof(live), "[log] format %s -> %s",
+               s->cfg.log_format == LOG_FMT_JSON ? "json" : "text",
+               nc.log_format == LOG_FMT_JSON ? "json" : "text");
+        workers = true;
+    }
     if (s->cfg.on_slot_lost != nc.on_slot_lost) {
         bufcat(live, sizeof(live), "[pipeline] on_slot_lost %s -> %s",
                s->cfg.on_slot_lost == CFG_SLOT_LOST_RECOPY ? "recopy" : "stop",
@@ -308,6 +336,7 @@ sup_cmd_reload(sup_t *s, char *msg, size_t len, wr_err_t *err)
     SUP_LIVE(healthy_reset_ms, "[retry] healthy_reset_ms", false);
     SUP_LIVE(table_error_retry_delay_ms, "[retry] table_error_retry_delay_ms", false);
     SUP_LIVE(table_error_retry_max_attempts, "[retry] table_error_retry_max_attempts", false);
+    SUP_LIVE(metrics_lag_interval_ms, "[metrics] lag_interval_ms", false);
 #undef SUP_LIVE
     /* The workers read DIR/walrelay.conf.active. It must describe what runs: when a key
      * that needs a restart changed, the new text is not handed over (the workers would
@@ -328,6 +357,7 @@ sup_cmd_reload(sup_t *s, char *msg, size_t len, wr_err_t *err)
     cfg_free(&s->cfg);
     s->cfg = nc;
     log_set_level(s->cfg.log_level);
+    log_set_format(s->cfg.log_format);
     if (workers)
         restart_workers_gracefully(s);
     sup__schedule(s); /* more sync workers may be allowed now */
@@ -351,6 +381,28 @@ sup_cmd_reload(sup_t *s, char *msg, size_t len, wr_err_t *err)
 }
 
 /* ---- status ---- */
+
+/* A worker whose destination waits (["dest_wait"], issue 9) makes the pipeline's message,
+ * unless there is one already (paused, degraded, stopping say more): "waiting on the
+ * destination for 25 s (apply worker): <what and the last error>". */
+static void
+sup_status_dest_wait(sup_t *s, __typeof__(((ipc_msg_t *)0)->u.status_reply) *r)
+{
+    if (r->message != NULL && r->message[0] != '\0')
+        return;
+    for (size_t i = 0; i <= s->ntables; i++) {
+        sup_worker_t *w = i == 0 ? &s->apply : &s->tables[i - 1]->sync;
+        sup_proc_t *p = w->p;
+
+        if (p == NULL || p->exited || p->dest_wait[0] == '\0')
+            continue;
+        snprintf(s->status_msg, sizeof(s->status_msg),
+                 "waiting on the destination for %lld s (%s worker): %s",
+                 (long long)((wr_now_ms() - p->dest_wait_since) / 1000), w->name, p->dest_wait);
+        r->message = s->status_msg;
+        return;
+    }
+}
 
 int
 sup_status_build(sup_t *s, ipc_msg_t *out, wr_err_t *err)
@@ -422,6 +474,7 @@ sup_status_build(sup_t *s, ipc_msg_t *out, wr_err_t *err)
         wi->state = (char *)wstate_names[w->state];
     }
     r->nworkers = nw;
+    sup_status_dest_wait(s, r);
     return 0;
 }
 

@@ -11,6 +11,7 @@
 #define WR_SUP_INT_H
 
 #include "../proto/ipc.h"
+#include "metrics.h"
 #include "sup.h"
 
 #define SUP_TICK_MS          1000
@@ -19,6 +20,9 @@
 #define SUP_EOF_GRACE_MS     2000
 #define SUP_PROGRESS_SAVE_MS 1000
 #define SUP_RESTART_FLOOR_MS 1000
+/* How often the state store's lease is verified while running (stores with a lease:
+ * state.h check_lease); WALRELAY_LEASE_CHECK_MS overrides it (tests). */
+#define SUP_LEASE_CHECK_MS 5000
 
 typedef enum {
     W_IDLE = 0, /* no process, nothing pending */
@@ -49,6 +53,10 @@ typedef struct sup_proc_s {
     bool chan_done; /* EOF, read error, or closed by us */
     bool fatal;     /* handshake refused: handle its exit like exit code 2 */
     char fatal_msg[256];
+    /* ["dest_wait", message] (issue 9): what its destination waits for, "" if nothing;
+     * shown by status as the pipeline's message */
+    char dest_wait[512];
+    int64_t dest_wait_since; /* wr_now_ms() of the first message of this wait */
 } sup_proc_t;
 
 typedef struct sup_table_s sup_table_t;
@@ -124,10 +132,22 @@ struct sup_s {
     bool paused;             /* walrelay pause: no worker runs until resume (persisted) */
     int exit_code;           /* of `walrelay run` once stopped: 0, or 2 (slot lost) */
     char message[1024];      /* for status: why paused / degraded / stopping, or "" */
+    char status_msg[1024];   /* status: a message built for one reply (destination waits) */
     char fatal_hint[512];    /* printed with message when exit_code is set */
     int64_t last_refresh_ms; /* last read of the publication ([pipeline] publication_refresh_ms) */
     bool refresh_busy;       /* a publication read runs in the thread pool */
     bool refresh_again;      /* another was asked for meanwhile */
+    /* the state store's lease (sup__lease_tick) */
+    bool lease_ready;         /* lease_check_ms read */
+    int64_t lease_check_ms;   /* probe interval, 0 = never probe */
+    int64_t lease_checked_at; /* last probe (monotonic ms) */
+    bool lease_unverified;    /* the last probe could not reach the store */
+    bool lease_lost;          /* lost: stopping, exit code 2 */
+    /* the operating surface (issue 10, metrics.h): counters and lag, the HTTP listener,
+     * the service manager's notifications */
+    sup_metrics_t *metrics;
+    sup_http_t *http;
+    sup_notify_t *notify;
 };
 
 /* ---- shared between the layers ---- */
@@ -165,6 +185,7 @@ int sup__table_retry(sup_t *s, sup_table_t *t, bool automatic, char *msg, size_t
 void sup__table_set_errored(sup_t *s, sup_table_t *t, const char *kind, const char *msg,
                             const char *hint);
 void sup__tick_cb(uv_timer_t *h);
+void sup__lease_tick(sup_t *s, int64_t now);
 void sup__tick_table_retry(sup_t *s, sup_table_t *t, int64_t now);
 void sup__worker_exited(sup_worker_t *w, sup_proc_t *p);
 void sup__worker_spawn(sup_worker_t *w);

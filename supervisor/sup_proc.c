@@ -8,7 +8,9 @@
  * error and the worker is killed, never trusted) and the restart policy described in
  * sup.c. It persists nothing itself: a worker's set_phase and schema requests are
  * persisted through the table layer (sup_table.c) before they are acked; progress
- * (confirmed_flush) is saved at most every SUP_PROGRESS_SAVE_MS and at the stop.
+ * (confirmed_flush) is saved at most every SUP_PROGRESS_SAVE_MS and at the stop. The
+ * workers' worker_metrics and streaming messages, their exits and restarts are handed to
+ * metrics.c (metrics.h), which the tick also drives.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -330,6 +332,7 @@ on_set_phase(sup_t *s, sup_proc_t *p, const ipc_msg_t *m)
         t->errored_at = wr_now_ms();
         t->exhausted_logged = false;
     }
+    sup__metrics_phase(s, t, to, kind);
     if (errored)
         log_error("table errored table=%s.%s relid=%u worker=%s kind=%s message=\"%s\"", t->nsp,
                   t->name, relid, w->name, kind ? kind : "", emsg ? emsg : "");
@@ -427,16 +430,35 @@ on_message(sup_t *s, sup_proc_t *p, const ipc_msg_t *m)
     case IPC_PROGRESS:
         if (!w->is_apply)
             break;
+        /* only the flush LSN is persisted: an unchanged one is not written again (an idle
+         * pipeline would write its store every second) */
+        if (m->u.progress.flush_lsn != s->flush_lsn)
+            s->progress_dirty = true;
         s->flush_lsn = m->u.progress.flush_lsn;
         s->received_lsn = m->u.progress.received_lsn;
         s->events = m->u.progress.events;
-        s->progress_dirty = true;
         return;
     case IPC_COPY_PROGRESS: {
         sup_table_t *t = sup__find_table(s, m->u.copy_progress.relid);
         if (w->is_apply || !t || t->relid != w->relid)
             break;
         t->rows_copied = m->u.copy_progress.rows;
+        sup__metrics_copy_progress(s, t, p->pid, m->u.copy_progress.rows);
+        return;
+    }
+    case IPC_WORKER_METRICS:
+        sup__metrics_worker_report(s, w, m);
+        return;
+    case IPC_STREAMING:
+        if (!w->is_apply)
+            break;
+        sup__metrics_streaming(s, m->u.streaming.start_lsn);
+        return;
+    case IPC_DEST_WAIT: {
+        const char *dm = m->u.dest_wait.message ? m->u.dest_wait.message : "";
+        if (dm[0] != '\0' && p->dest_wait[0] == '\0')
+            p->dest_wait_since = wr_now_ms();
+        wr_copy_text(p->dest_wait, sizeof(p->dest_wait), dm);
         return;
     }
     case IPC_ERROR:
@@ -449,6 +471,7 @@ on_message(sup_t *s, sup_proc_t *p, const ipc_msg_t *m)
     snprintf(msg, sizeof(msg), "unexpected message \"%s\" from the %s worker",
              ipc_type_name(m->type), w->is_apply ? "apply" : "sync");
     log_warn("protocol error worker=%s error=\"%s\"", w->name, msg);
+    sup__metrics_error(s, "protocol");
     sup__proc_send_error(p, msg);
 }
 
@@ -498,6 +521,7 @@ chan_read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
         }
         if (rc == WR_EPROTO && !p->rd.broken) {
             log_warn("invalid message from worker worker=%s error=\"%s\"", p->w->name, err.msg);
+            sup__metrics_error(s, "protocol");
             sup__proc_send_error(p, err.msg[0] ? err.msg : "invalid message");
             continue;
         }
@@ -608,8 +632,14 @@ apply_exited(sup_t *s, sup_worker_t *w, sup_proc_t *p, const char *how)
     if (fatal) {
         w->state = W_FAILED;
         s->degraded = true;
-        snprintf(s->message, sizeof(s->message),
-                 "the apply worker failed (%s) and is not restarted; see the log", how);
+        if (p->dest_wait[0] != '\0')
+            /* the destination's last word (issue 9: a webhook that refused a batch) */
+            snprintf(s->message, sizeof(s->message),
+                     "the apply worker failed (%s) and is not restarted: %s; see the log", how,
+                     p->dest_wait);
+        else
+            snprintf(s->message, sizeof(s->message),
+                     "the apply worker failed (%s) and is not restarted; see the log", how);
         log_error("apply worker failed, not restarting; the pipeline is degraded worker=%s "
                   "exit=\"%s\"",
                   w->name, how);
@@ -662,9 +692,12 @@ sync_exited(sup_t *s, sup_worker_t *w, sup_proc_t *p, const char *how)
         return;
     }
     if (fatal) {
-        char msg[512];
+        char msg[640];
         if (p->fatal)
             snprintf(msg, sizeof(msg), "sync worker %s", how);
+        else if (p->dest_wait[0] != '\0')
+            snprintf(msg, sizeof(msg), "sync worker exited with code %lld: %s",
+                     (long long)p->exit_status, p->dest_wait);
         else
             snprintf(msg, sizeof(msg), "sync worker exited with code %lld",
                      (long long)p->exit_status);
@@ -703,9 +736,12 @@ sup__worker_exited(sup_worker_t *w, sup_proc_t *p)
     sup_t *s = w->sup;
     char how[400];
     describe_exit(p, how, sizeof(how));
+    sup__metrics_worker_exit(s, w, p);
     if (p->term_signal)
-        log_warn("WORKER KILLED BY SIGNAL worker=%s pid=%lld signal=%d (%s) restarts=%u", w->name,
-                 (long long)p->pid, p->term_signal, strsignal(p->term_signal), w->restarts);
+        log_warn("WORKER KILLED BY SIGNAL worker=%s pid=%lld signal=%d signal_name=\"%s\" "
+                 "restarts=%u",
+                 w->name, (long long)p->pid, p->term_signal, strsignal(p->term_signal),
+                 w->restarts);
     else if (p->exit_status == 0)
         log_info("worker exited worker=%s pid=%lld status=0", w->name, (long long)p->pid);
     else
@@ -776,8 +812,10 @@ sup__worker_spawn(sup_worker_t *w)
 
     p->open_handles = 2;
     int rc = uv_spawn(&s->loop, &p->proc, &opt);
-    if (w->ever_started)
+    if (w->ever_started) {
         w->restarts++;
+        sup__metrics_restart(s, w);
+    }
     w->ever_started = true;
     w->started_at = wr_now_ms();
     if (rc != 0) {
@@ -855,10 +893,14 @@ sup__save_progress(sup_t *s)
     pr.confirmed_flush = s->flush_lsn;
     wr_err_t err;
     wr_err_clear(&err);
-    if (s->st->ops->set_progress(s->st, &pr, &err) != 0)
-        log_err(LOG_LVL_ERROR, "persisting progress", &err);
-    s->progress_dirty = false;
     s->progress_saved_at = wr_now_ms();
+    if (s->lease_lost)
+        return; /* the store is fenced: nothing more is written */
+    if (s->st->ops->set_progress(s->st, &pr, &err) != 0) {
+        log_err(LOG_LVL_ERROR, "persisting progress", &err);
+        return; /* still dirty: tried again SUP_PROGRESS_SAVE_MS later */
+    }
+    s->progress_dirty = false;
 }
 
 static bool
@@ -882,6 +924,8 @@ sup__check_stopped(sup_t *s)
     log_info("all workers stopped");
     if (s->progress_dirty)
         sup__save_progress(s);
+    sup__http_close(s);
+    sup__notify_close(s);
     if (s->ctl_ok)
         sup_control_close(&s->ctl);
     if (s->tick_ok)
@@ -928,6 +972,7 @@ sup__stop_begin(sup_t *s, const char *why)
     s->stopping = true;
     s->stop_deadline = wr_now_ms() + SUP_STOP_GRACE_MS;
     log_info("stopping reason=\"%s\"", why);
+    sup__notify_stopping(s);
     sup__stop_worker(&s->apply);
     for (size_t i = 0; i < s->ntables; i++)
         sup__stop_worker(&s->tables[i]->sync);
@@ -983,8 +1028,10 @@ sup__tick_cb(uv_timer_t *h)
     tick_worker(s, &s->apply, now);
     for (size_t i = 0; i < s->ntables; i++)
         tick_worker(s, &s->tables[i]->sync, now);
+    sup__lease_tick(s, now);
     if (s->progress_dirty && now - s->progress_saved_at >= SUP_PROGRESS_SAVE_MS)
         sup__save_progress(s);
+    sup__metrics_tick(s, now);
     if (!s->stopping) {
         for (size_t i = 0; i < s->ntables; i++)
             sup__tick_table_retry(s, s->tables[i], now);

@@ -8,7 +8,9 @@
  * or the PostgreSQL store): every phase change is persisted here, then relayed to the
  * workers (persist, then act). At start it reconciles the stored tables with the
  * publication, reads back each table's mapping and newest schema version (a cache,
- * written through by on_schema), the progress and the pipeline flags.
+ * written through by on_schema), the progress and the pipeline flags. While running it
+ * watches the store's lease (sup__lease_tick): a store that lost it to another supervisor
+ * stops the pipeline (exit code 2), so one pipeline never runs twice.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -194,6 +196,7 @@ sup__table_set_errored(sup_t *s, sup_table_t *t, const char *kind, const char *m
     }
     log_error("table errored table=%s.%s relid=%u kind=%s message=\"%s\"", t->nsp, t->name,
               t->relid, kind, msg);
+    sup__metrics_phase(s, t, PH_ERRORED, kind);
     t->phase = PH_ERRORED;
     snprintf(t->err_kind, sizeof(t->err_kind), "%s", kind);
     t->errored_at = wr_now_ms();
@@ -803,10 +806,85 @@ sup_state_open(const wr_config_t *cfg, state_store_t **out, wr_err_t *err)
             log_info("state store opened backend=postgres schema=%s", cfg->state_schema);
         return rc;
     }
+    if (cfg->state_backend == CFG_STATE_PLUGIN) {
+        rc = state_open_plugin(cfg, "supervisor", out, err);
+        if (rc == 0)
+            log_info("state store opened backend=plugin library=%s", cfg->state_library);
+        return rc;
+    }
     rc = sup_path(cfg->dir, SUP_STATE_FILE, path, sizeof(path), err);
     if (rc == 0)
         rc = state_open_sqlite(path, out, err);
     return rc;
+}
+
+/* The probe interval: SUP_LEASE_CHECK_MS, or WALRELAY_LEASE_CHECK_MS (0 = never probe). */
+static int64_t
+lease_interval(void)
+{
+    const char *e = getenv("WALRELAY_LEASE_CHECK_MS");
+    char *end = NULL;
+    long long v;
+
+    if (!e || !*e)
+        return SUP_LEASE_CHECK_MS;
+    v = strtoll(e, &end, 10);
+    if (*end != '\0' || v < 0 || v > 86400000LL) {
+        log_warn("ignoring WALRELAY_LEASE_CHECK_MS=\"%.32s\": expected 0 to 86400000 "
+                 "(milliseconds); using %d",
+                 e, SUP_LEASE_CHECK_MS);
+        return SUP_LEASE_CHECK_MS;
+    }
+    return v;
+}
+
+/*
+ * Called every tick. A store with a lease (state.h check_lease) is asked what it already
+ * knows every tick (a call that reconnected and found the lease taken fenced it), and is
+ * probed (a round trip) every lease_check_ms, which finds a connection the server ended
+ * while nothing else was called. Lost: the message, exit code 2, the graceful stop (the
+ * store is fenced: nothing is written to it any more). A probe that cannot reach the
+ * store is logged once and tried again: the server keeps the lock for as long as it
+ * believes the session is alive, so nobody else holds it without the next probe seeing it.
+ */
+void
+sup__lease_tick(sup_t *s, int64_t now)
+{
+    wr_err_t err;
+    bool probe;
+    int rc;
+
+    if (!s->st || !s->st->ops->check_lease || s->lease_lost)
+        return;
+    if (!s->lease_ready) {
+        s->lease_ready = true;
+        s->lease_check_ms = lease_interval();
+        s->lease_checked_at = now;
+    }
+    probe = s->lease_check_ms > 0 && now - s->lease_checked_at >= s->lease_check_ms;
+    if (probe)
+        s->lease_checked_at = now;
+    wr_err_clear(&err);
+    rc = s->st->ops->check_lease(s->st, probe, &err);
+    if (rc == 0) {
+        if (probe && s->lease_unverified) {
+            s->lease_unverified = false;
+            log_info("the state store's lease is verified again");
+        }
+        return;
+    }
+    if (rc != WR_ECONFIG) {
+        if (!s->lease_unverified)
+            log_err(LOG_LVL_WARN, "cannot verify the state store's lease (trying again)", &err);
+        s->lease_unverified = true;
+        return;
+    }
+    s->lease_lost = true;
+    snprintf(s->message, sizeof(s->message), "%s", err.msg);
+    snprintf(s->fatal_hint, sizeof(s->fatal_hint), "%s", err.hint);
+    log_error("%s hint=\"%s\"", s->message, s->fatal_hint);
+    s->exit_code = WR_EXIT_CONFIG;
+    sup__stop_begin(s, "the state store's lease was lost");
 }
 
 /* Persists the destination table name of a newly published table (state.db

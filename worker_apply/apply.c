@@ -11,15 +11,20 @@
  *
  * THE STREAM LOOP
  *
- *   START_REPLICATION from 0/0: the server resumes at the slot's confirmed_flush. One
- *   poll() waits on the replication socket and on fd 3, at most 1 s, less when a status
- *   update or the open batch's fill deadline is due. Each CopyData is a keepalive 'k' or
- *   an XLogData 'w' carrying one pgoutput message. The stream engine common/stream.c
- *   (stm_*, shared with walrelay-sync) frames and decodes them, keeps the transaction
- *   state and ordinals below, translates changes into dest_event_t with their key, and
- *   calls apw_on_relation / apw_on_change / apw_on_commit / apw_on_keepalive here; it
- *   also holds the status timing (stm_fb_*). This file keeps what to apply, batching,
- *   the skip by resume key, schema changes and the handoff:
+ *   The stream engine common/stream.c (stm_*, shared with walrelay-sync) owns the
+ *   replication connection: stm_connect (replication=database, reads wal_sender_timeout),
+ *   CREATE_REPLICATION_SLOT on it when the slot is missing, stm_start
+ *   (START_REPLICATION from 0/0: the server resumes at the slot's confirmed_flush). One
+ *   stm_wait() waits on the replication socket and on fd 3, at most 1 s, less when a
+ *   status update or the open batch's fill deadline is due; the channel is read first,
+ *   then stm_recv() hands every CopyData libpq holds to the engine (returning to read the
+ *   channel every APW_CHAN_CHECK_MS). Each CopyData is a keepalive 'k' or an XLogData 'w'
+ *   carrying one pgoutput message. The engine frames and decodes them, keeps the
+ *   transaction state and ordinals below, translates changes into dest_event_t with their
+ *   key, and calls apw_on_relation / apw_on_change / apw_on_commit / apw_on_keepalive
+ *   here (apw_hold leaves the rest buffered on a stop or a CATCHUP); it also sends the
+ *   status updates (FEEDBACK). This file keeps what to apply, batching, the skip by
+ *   resume key, schema changes and the handoff:
  *
  *     Begin     final_lsn = the commit LSN, ordinal = 0
  *     Relation  cached per relid; a schema that differs from the cached one is sent to
@@ -80,8 +85,9 @@
  *   At a transaction boundary - after a Commit, or when idle outside a transaction -
  *   for each table in SYNCWAIT: commit the open destination batch, request CATCHUP(L),
  *   and after the ack stop reading the replication stream (status updates still go out
- *   every 10 s, so the walsender does not time us out) until the table's table_state is
- *   no longer CATCHUP: SYNCDONE(S), or ERRORED / INIT when the sync failed or was reset.
+ *   at the engine's interval, inside wal_sender_timeout, so the walsender does not time
+ *   us out; see FEEDBACK) until the table's table_state is no longer CATCHUP:
+ *   SYNCDONE(S), or ERRORED / INIT when the sync failed or was reset.
  *   Stopping is what makes L exact: nothing past Y is applied by us until the sync
  *   worker has caught up to at least L, and from SYNCDONE(S) on we apply the table's
  *   transactions with final_lsn >= S while the sync worker applied those before.
@@ -127,13 +133,32 @@
  *
  * FEEDBACK
  *
- *   Standby status 'r': write = last received, flush = apply = end_lsn of the last
- *   commit made durable in the destination; never regresses. With nothing in flight (not
- *   in a transaction, no open batch) a keepalive's WAL end counts as flushed, so an idle
- *   publication does not pin WAL. A keepalive asking for a reply is answered at once;
- *   otherwise a status goes out when the flush moved (at most once a second) and at
- *   least every 10 s. ["progress", flush, received, events] goes to the supervisor at
- *   most once a second when it changed (events = changes applied by this process).
+ *   Standby status 'r' (sent by the engine): write = last received, flush = apply =
+ *   end_lsn of the last commit made durable in the destination (apw_flush_to, which
+ *   hands it to stm_set_flush); never regresses. With nothing in flight (not in a
+ *   transaction, no open batch) a keepalive's WAL end counts as flushed, so an idle
+ *   publication does not pin WAL. A keepalive asking for a reply is answered at once
+ *   (after apw_on_keepalive moved the flush); otherwise a status goes out when the flush
+ *   moved (at most once a second) and at least every status interval, min(10 s,
+ *   wal_sender_timeout / 3) of this connection. While this process is away from the loop
+ *   - inside a destination call (a long commit, a rebuilding ALTER, a destination that
+ *   blocks), waiting for a catch-up or for the supervisor's ack - the engine's status
+ *   keeper thread sends the same updates with the last flush given to stm_set_flush, so
+ *   the walsender never times us out and never sees a flush the destination does not
+ *   hold (common/stream.h, THE STATUS KEEPER). ["progress", flush, received, events]
+ *   goes to the supervisor at most once a second when it changed (events = changes
+ *   applied by this process).
+ *
+ * METRICS (proto/wkmetrics.h)
+ *
+ *   ["streaming", start] goes to the supervisor once START_REPLICATION succeeded (its
+ *   readiness: sd_notify READY=1, /readyz). Changes per table and operation, source
+ *   transactions with applied changes, batches and their timings are counted per
+ *   destination batch and reported when the batch commits (a rolled-back batch is
+ *   replayed and counted then); bytes of CopyData received and status updates sent as
+ *   they happen; with them the commit time of the last transaction processed and
+ *   whether everything received is durable (walrelay_lag_seconds is 0 then).
+ *   ["worker_metrics", ...] deltas go out with the progress, at most once a second.
  *
  * RESTART BEHAVIOUR
  *
@@ -159,7 +184,6 @@
  *   may run while a loop over the tables waits for an ack). Its destination data stays.
  */
 #include <errno.h>
-#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -174,6 +198,7 @@
 #include "common/repl.h"
 #include "common/stream.h"
 #include "proto/wkipc.h"
+#include "proto/wkmetrics.h"
 #include "destinations/destination.h"
 
 #define APW_CHAN_CHECK_MS 100 /* longest stretch of stream reading between channel checks */
@@ -203,8 +228,8 @@ typedef struct apw_s {
     wk_chan_t chan;
     dest_t *dest;
     PGconn *sql;
-    PGconn *repl;
-    stm_t stm; /* the stream engine: decoding, transaction, ordinals, received */
+    stm_t stm; /* the stream engine: the replication connection, decoding, transaction,
+                * ordinals, received, status feedback (and its keeper thread) */
 
     /* relid -> table: entries array + open-addressing index */
     apw_table_t **tabs;
@@ -244,10 +269,14 @@ typedef struct apw_s {
     } * dpend;
     size_t ndpend, dpendcap;
     int64_t durable_poll_ms;
+    /* (issue 7) reading the stream ahead while the destination waits (apw_readahead) */
+    bool reading_ahead; /* inside apw_readahead's stm_recv: apw_hold keeps everything */
+    int readahead_n;    /* its socket reads since the loop last processed the stream */
     uint64_t events;
 
-    stm_fb_t fb; /* standby status timing */
     int64_t last_progress_ms;
+    wkm_t metrics;          /* counts for the supervisor's metrics (proto/wkmetrics.h) */
+    int64_t last_commit_ts; /* commit time of the last source transaction processed */
     wr_lsn_t prog_flush, prog_recv;
     uint64_t prog_events;
 } apw_t;
@@ -265,6 +294,36 @@ static bool
 apw_stopping(const apw_t *a)
 {
     return apw_signalled || a->chan.stop_requested;
+}
+
+/* ---- the destination's waits (issue 9; dest_set_host_hooks) ---------------------------- */
+
+/* The destination waits on the outside world (a webhook answering 503, a NATS server
+ * down): the supervisor shows it in status. NULL: the wait is over. */
+static void
+apw_dest_waiting(void *arg, const char *message)
+{
+    apw_t *a = arg;
+    ipc_msg_t m;
+    wr_err_t err;
+
+    memset(&m, 0, sizeof(m));
+    m.type = IPC_DEST_WAIT;
+    m.u.dest_wait.message = (char *)(message ? message : "");
+    if (a->chan.fd >= 0 && wk_chan_send(&a->chan, &m, &err) != 0)
+        log_debug("cannot report the destination's wait error=\"%s\"", err.msg);
+}
+
+/* Between a waiting destination's attempts: reads the channel (["stop"], EOF). */
+static bool
+apw_dest_interrupted(void *arg)
+{
+    apw_t *a = arg;
+    wr_err_t err;
+
+    if (a->chan.fd >= 0 && wk_chan_poll(&a->chan, 0, &err) != 0)
+        return true; /* the supervisor is gone */
+    return apw_stopping(a);
 }
 
 static wr_lsn_t
@@ -502,25 +561,27 @@ apw_on_msg(const ipc_msg_t *m, void *arg)
 
 static int apw_durable_poll(apw_t *a, bool force, wr_err_t *err);
 
+/* A standby status update when due (or at once with force): the engine's, with the
+ * flush given to apw_flush_to (after asking a destination whose commits become durable
+ * later which are, apw_durable_poll). */
 static int
 apw_send_status(apw_t *a, bool force, wr_err_t *err)
 {
-    int64_t now = wr_now_ms();
-    int rc;
+    int rc = apw_durable_poll(a, force, err);
 
-    if ((rc = apw_durable_poll(a, force, err)) != 0)
-        return rc;
-    if (!force && !stm_fb_due(&a->fb, now, a->stm.received, a->flush))
-        return 0;
-    if (a->stm.received < a->flush)
-        a->stm.received = a->flush;
-    rc = repl_send_status(a->repl, a->stm.received, a->flush, a->flush, false, err);
     if (rc != 0)
         return rc;
-    log_debug("status sent write=" WR_LSN_FMT " flush=" WR_LSN_FMT, WR_LSN_ARGS(a->stm.received),
-              WR_LSN_ARGS(a->flush));
-    stm_fb_sent(&a->fb, now, a->stm.received, a->flush);
-    return 0;
+    return stm_feedback(&a->stm, force, err);
+}
+
+/* The engine's byte and status counts into the metrics. */
+static void
+apw_metrics_stream(apw_t *a)
+{
+    uint64_t bytes, status;
+
+    stm_counters(&a->stm, &bytes, &status);
+    wkm_stream_totals(&a->metrics, bytes, status);
 }
 
 static int
@@ -530,6 +591,14 @@ apw_send_progress(apw_t *a, bool force, wr_err_t *err)
     ipc_msg_t m;
     int rc;
 
+    /* metrics: caught up = everything received is durable and nothing waits */
+    wkm_position(&a->metrics, a->last_commit_ts,
+                 !a->stm.tx.in_tx && !a->batch_open && a->n_catchup == 0 &&
+                     a->stm.received <= a->flush);
+    apw_metrics_stream(a);
+    rc = wkm_send(&a->metrics, &a->chan, force, err);
+    if (rc != 0)
+        return rc;
     if (a->flush == a->prog_flush && a->stm.received == a->prog_recv && a->events == a->prog_events)
         return 0;
     if (!force && now - a->last_progress_ms < APW_PROGRESS_MS)
@@ -578,6 +647,7 @@ apw_flush_to(apw_t *a, wr_lsn_t lsn)
         return;
     }
     a->flush = lsn;
+    stm_set_flush(&a->stm, a->flush);
 }
 
 #define APW_DURABLE_POLL_MS 200
@@ -608,6 +678,7 @@ apw_durable_poll(apw_t *a, bool force, wr_err_t *err)
     }
     memmove(a->dpend, a->dpend + k, (a->ndpend - k) * sizeof(*a->dpend));
     a->ndpend -= k;
+    stm_set_flush(&a->stm, a->flush);
     return 0;
 }
 
@@ -681,6 +752,7 @@ static int
 apw_batch_commit(apw_t *a, wr_err_t *err)
 {
     dest_key_t key;
+    int64_t t0 = wkm_clock_us();
     int rc;
 
     if (!a->batch_open)
@@ -691,6 +763,7 @@ apw_batch_commit(apw_t *a, wr_err_t *err)
     } else {
         key = a->last_tx_key;
     }
+    FAILPOINT("apply.dest_commit");
     if (a->dest->ops->flush_commit != NULL) {
         rc = apw_batch_flush_commit(a, &key, err);
         if (rc != 0) {
@@ -718,6 +791,7 @@ apw_batch_commit(apw_t *a, wr_err_t *err)
 committed:
     a->batch_open = false;
     a->commits++;
+    wkm_batch_commit(&a->metrics, t0);
     log_debug("batch committed key=" WR_LSN_FMT "/%u bytes=%lld", WR_LSN_ARGS(key.commit_lsn),
               (unsigned)key.ordinal, (long long)a->batch_bytes);
     a->durable_key = key;
@@ -749,6 +823,7 @@ apw_batch_rollback(apw_t *a)
         return;
     if (a->dest->ops->rollback(a->dest, &err) != 0)
         log_err(LOG_LVL_WARN, "rolling back the destination batch", &err);
+    wkm_batch_rollback(&a->metrics);
     a->batch_open = false;
     a->batch_bytes = 0;
     a->batch_pending_flush = 0;
@@ -1127,6 +1202,7 @@ apw_write_boundary(apw_t *a, dest_ev_kind_t kind, wr_lsn_t end_lsn, wr_err_t *er
         a->batch_start_ms = wr_now_ms();
         a->batch_bytes = 0;
         a->batch_pending_flush = 0;
+        wkm_batch_begin(&a->metrics);
     }
     stm_boundary(&a->stm.tx, kind, end_lsn, &ev);
     rc = a->dest->ops->write_event(a->dest, &ev, err);
@@ -1169,6 +1245,7 @@ apw_write(apw_t *a, apw_table_t *t, dest_event_t *ev, size_t msglen, wr_err_t *e
         a->batch_start_ms = wr_now_ms();
         a->batch_bytes = 0;
         a->batch_pending_flush = 0;
+        wkm_batch_begin(&a->metrics);
     }
     if (!a->stm.tx.begun) {
         rc = apw_write_boundary(a, DEST_EV_BEGIN, 0, err);
@@ -1183,6 +1260,7 @@ apw_write(apw_t *a, apw_table_t *t, dest_event_t *ev, size_t msglen, wr_err_t *e
         return rc;
     }
     a->events++;
+    wkm_event(&a->metrics, t->relid, (int)ev->kind);
     a->batch_bytes += (int64_t)msglen;
     /* a large transaction: commit what we have, the key lets a replay resume here */
     if (a->batch_bytes >= a->cfg.batch_max_bytes)
@@ -1293,7 +1371,8 @@ apw_on_relation(void *arg, stm_tx_t *tx, const pgo_msg_t *m, wr_err_t *err)
 
 /* Waits, without reading the replication stream, until no table is in CATCHUP (the sync
  * worker stored SYNCDONE, or the table went ERRORED / INIT), or a stop is requested.
- * Status updates keep the walsender from timing us out. */
+ * Status updates keep the walsender from timing us out: the engine's interval (inside
+ * wal_sender_timeout), from here and from the status keeper while the channel blocks. */
 static int
 apw_wait_catchup(apw_t *a, wr_err_t *err)
 {
@@ -1315,7 +1394,7 @@ apw_wait_catchup(apw_t *a, wr_err_t *err)
             rc = apw_send_progress(a, false, err);
         if (rc != 0)
             return rc;
-        left = stm_fb_wait_ms(&a->fb, wr_now_ms());
+        left = stm_feedback_wait_ms(&a->stm);
         rc = wk_chan_poll(&a->chan, left > APW_POLL_MAX_MS ? APW_POLL_MAX_MS : (int)left, err);
         if (rc != 0)
             return rc;
@@ -1425,7 +1504,9 @@ apw_on_commit(void *arg, stm_tx_t *tx, wr_lsn_t end, wr_err_t *err)
 
         if (rc != 0)
             return rc;
+        wkm_transaction(&a->metrics);
     }
+    a->last_commit_ts = tx->commit_ts;
     a->last_tx_key.commit_lsn = tx->final_lsn;
     a->last_tx_key.ordinal = tx->ordinal;
     if (a->batch_open) {
@@ -1445,19 +1526,31 @@ apw_on_commit(void *arg, stm_tx_t *tx, wr_lsn_t end, wr_err_t *err)
     return apw_boundary(a, end, err);
 }
 
-/* The engine's keepalive callback (received already moved to wal_end). */
+/* The engine's keepalive callback (received already moved to wal_end). A requested
+ * reply is sent by the engine after this, with the flush moved here. */
 static int
 apw_on_keepalive(void *arg, wr_lsn_t wal_end, bool reply, wr_err_t *err)
 {
     apw_t *a = arg;
 
+    (void)reply;
+    (void)err;
     a->ka_end = apw_max(a->ka_end, wal_end);
     /* nothing in flight: everything up to the WAL end is as good as flushed */
     if (!a->stm.tx.in_tx && !a->batch_open)
         apw_flush_to(a, wal_end);
-    if (reply)
-        return apw_send_status(a, true, err);
     return 0;
+}
+
+/* The engine's hold callback: leave the rest buffered on a stop or while a table is in
+ * CATCHUP (nothing past the catch-up LSN may be processed until it is over), and while
+ * the destination waits (apw_readahead: read the socket, process nothing). */
+static bool
+apw_hold(void *arg)
+{
+    const apw_t *a = arg;
+
+    return apw_stopping(a) || a->n_catchup > 0 || a->reading_ahead;
 }
 
 static const stm_handler_t apw_stream_handler = {
@@ -1465,55 +1558,36 @@ static const stm_handler_t apw_stream_handler = {
     .change = apw_on_change,
     .commit = apw_on_commit,
     .keepalive = apw_on_keepalive,
+    .hold = apw_hold,
 };
 
 /* Processes the messages libpq has buffered, after reading the socket when consume is
- * set. *got is set when a message was processed. Stops early on a stop request or when
- * a table went to CATCHUP (the rest stays buffered in libpq for later). */
+ * set (the engine's receive step). *got is set when a message was processed. Stops
+ * early on a stop request or when a table went to CATCHUP (apw_hold: the rest stays
+ * buffered in libpq for later). A large transaction can keep this busy for long: the
+ * engine returns after APW_CHAN_CHECK_MS and the channel is read, so that a stop is
+ * noticed inside it too (the open chunk is then rolled back; the committed ones are
+ * skipped on the replay). */
 static int
 apw_read_stream(apw_t *a, bool consume, bool *got, wr_err_t *err)
 {
-    int rc;
+    for (;;) {
+        size_t n = 0;
+        int rc;
 
-    if (consume && PQconsumeInput(a->repl) == 0) {
-        char msg[512];
-        snprintf(msg, sizeof(msg), "%s", PQerrorMessage(a->repl));
-        msg[strcspn(msg, "\n")] = '\0';
-        wr_err_set(err, WR_ECONN, "replication connection lost: %s", msg);
-        return WR_ECONN;
-    }
-    int64_t chan_checked = wr_now_ms();
-
-    while (!apw_stopping(a) && a->n_catchup == 0) {
-        char *buf = NULL;
-        int n;
-
-        /* A large transaction can keep this loop busy for long: look at the channel at
-         * least every APW_CHAN_CHECK_MS so that a stop is noticed inside it too (the open
-         * chunk is then rolled back; the committed ones are skipped on the replay). */
-        if (wr_now_ms() - chan_checked >= APW_CHAN_CHECK_MS) {
-            rc = wk_chan_poll(&a->chan, 0, err);
-            if (rc != 0)
-                return rc;
-            chan_checked = wr_now_ms();
-            if (apw_stopping(a) || a->n_catchup > 0)
-                break;
-        }
-        n = repl_recv(a->repl, &buf, err);
-        if (n == 0)
+        a->readahead_n = 0;
+        rc = stm_recv(&a->stm, consume, APW_CHAN_CHECK_MS, &n, err);
+        consume = false;
+        if (n > 0)
+            *got = true;
+        if (rc < 0)
+            return rc;
+        if (rc != STM_MORE || apw_stopping(a) || a->n_catchup > 0)
             return 0;
-        if (n < 0) {
-            if (n == WR_EEOF) /* the server ended the stream: restart, unlike fd 3's EOF */
-                return err->code = WR_ECONN;
-            return n;
-        }
-        *got = true;
-        rc = stm_on_copydata(&a->stm, (const uint8_t *)buf, (size_t)n, err);
-        PQfreemem(buf);
+        rc = wk_chan_poll(&a->chan, 0, err);
         if (rc != 0)
             return rc;
     }
-    return 0;
 }
 
 /* ---- slots ---------------------------------------------------------------------------- */
@@ -1648,7 +1722,7 @@ apw_prepare_slot(apw_t *a, wr_err_t *err)
     a->skip_found = false;
     memset(&a->skip_key, 0, sizeof(a->skip_key));
     memset(&a->durable_key, 0, sizeof(a->durable_key));
-    rc = repl_create_slot(a->repl, a->slot, false, &confirmed, err);
+    rc = repl_create_slot(stm_conn(&a->stm), a->slot, false, &confirmed, err);
     if (rc != 0)
         return rc;
     a->flush = confirmed;
@@ -1699,50 +1773,48 @@ apw_stop(apw_t *a, wr_err_t *err)
 
 /* True if the worker has caught up with the source: the last transaction committed less
  * than APW_LIVE_LAG_MS ago on the source's clock, and nothing more of the stream can be
- * read right now. Then a batch at a transaction boundary is committed at once (group
- * commit: low latency at low rates); while a backlog drains (older transactions) batches
- * fill up to max_fill_ms / max_bytes instead. */
+ * read right now (the engine holds nothing, the socket is not readable). Then a batch at
+ * a transaction boundary is committed at once (group commit: low latency at low rates);
+ * while a backlog drains (older transactions) batches fill up to max_fill_ms / max_bytes
+ * instead. */
 static bool
 apw_caught_up(apw_t *a)
 {
-    struct pollfd p;
     int64_t now_us = wr_wall_ms() * 1000;
+    bool readable = false;
+    wr_err_t err;
 
     if (a->stm.tx.commit_ts != 0 && now_us - a->stm.tx.commit_ts > APW_LIVE_LAG_MS * 1000)
         return false;
-    p.fd = PQsocket(a->repl);
-    p.events = POLLIN;
-    p.revents = 0;
-    return poll(&p, 1, 0) == 0;
+    /* an error shows again at the loop's next stm_wait */
+    if (stm_wait(&a->stm, -1, 0, &readable, &err) != 0)
+        return false;
+    return !readable;
 }
 
+#define APW_READAHEAD_MAX 64 /* socket reads ahead per turn of the loop, at most */
+
 /* (issue 7) While the destination waits for its server (destination.h
- * dest_set_readahead): what the walsender sent goes into libpq's buffer, unprocessed, so
- * that it keeps decoding meanwhile; the loop processes it after the write (libpq's buffer
- * is read before the socket, see apw_run). The buffer grows by what arrives during one
- * destination round trip at most. */
-static void
+ * dest_set_readahead): what the walsender sent is read into libpq's buffer through the
+ * engine (stm_recv with apw_hold true: under the engine's lock, nothing processed), so
+ * that the walsender keeps decoding meanwhile; the loop processes it after the write.
+ * At most APW_READAHEAD_MAX reads per turn of the loop, which bounds the buffer; false
+ * then (the destination stops watching the socket until its next wait). */
+static bool
 apw_readahead(void *arg)
 {
     apw_t *a = arg;
-
-    /* a failure shows again at the loop's next read of the stream, which reports it */
-    (void)PQconsumeInput(a->repl);
-}
-
-/* (issue 7) The destination's wait while its server cannot be reached (destination.h
- * dest_set_wait): the channel keeps being served; true once the worker must stop. */
-static bool
-apw_dest_wait(void *arg, int ms)
-{
-    apw_t *a = arg;
     wr_err_t err;
+    int rc;
 
-    if (apw_stopping(a))
-        return true;
-    if (wk_chan_poll(&a->chan, ms, &err) != 0)
-        return true;
-    return apw_stopping(a);
+    if (a->readahead_n >= APW_READAHEAD_MAX)
+        return false;
+    a->readahead_n++;
+    a->reading_ahead = true;
+    rc = stm_recv(&a->stm, true, -1, NULL, &err);
+    a->reading_ahead = false;
+    /* a failure shows again at the loop's next read of the stream, which reports it */
+    return rc >= 0;
 }
 
 static int
@@ -1751,10 +1823,10 @@ apw_run(apw_t *a, wr_err_t *err)
     int rc;
 
     for (;;) {
-        struct pollfd p[2];
-        int64_t now, deadline, timeout;
+        int64_t now, timeout;
         bool got = false;
         bool buffered = false;
+        bool readable = false;
 
         if (a->oom)
             return wr_err_set(err, WR_ENOMEM, "out of memory recording table states");
@@ -1779,33 +1851,22 @@ apw_run(apw_t *a, wr_err_t *err)
         if (apw_stopping(a) || a->n_catchup > 0)
             continue;
 
+        /* wait for the socket or the channel, at most until the open batch's fill deadline
+         * (the engine also stops at the next status update due) */
         now = wr_now_ms();
-        deadline = a->fb.last_ms + STM_STATUS_INTERVAL_MS;
-        if (a->batch_open && a->batch_start_ms + a->cfg.batch_max_fill_ms < deadline)
-            deadline = a->batch_start_ms + a->cfg.batch_max_fill_ms;
-        timeout = deadline - now;
-        if (timeout < 0)
+        timeout = APW_POLL_MAX_MS;
+        if (a->batch_open && a->batch_start_ms + a->cfg.batch_max_fill_ms - now < timeout)
+            timeout = a->batch_start_ms + a->cfg.batch_max_fill_ms - now;
+        if (timeout < 0 || buffered)
             timeout = 0;
-        if (timeout > APW_POLL_MAX_MS)
-            timeout = APW_POLL_MAX_MS;
-        if (buffered)
-            timeout = 0;
-        p[0].fd = PQsocket(a->repl);
-        p[0].events = POLLIN;
-        p[0].revents = 0;
-        p[1].fd = a->chan.fd;
-        p[1].events = POLLIN;
-        p[1].revents = 0;
-        if (poll(p, 2, (int)timeout) < 0) {
-            if (errno == EINTR)
-                continue;
-            return wr_err_set(err, WR_EIO, "poll: %s", strerror(errno));
-        }
+        rc = stm_wait(&a->stm, a->chan.fd, (int)timeout, &readable, err);
+        if (rc != 0)
+            return rc;
         /* the channel first: a stop or a phase change applies before more data */
         rc = wk_chan_poll(&a->chan, 0, err);
         if (rc != 0)
             return rc;
-        if (p[0].revents != 0) {
+        if (readable) {
             rc = apw_read_stream(a, true, &got, err);
             if (rc != 0)
                 return rc;
@@ -1838,14 +1899,13 @@ apw_run(apw_t *a, wr_err_t *err)
 static void
 apw_close(apw_t *a)
 {
-    if (a->repl)
-        PQfinish(a->repl);
+    stm_close(&a->stm); /* stops the status keeper, closes the replication connection */
     if (a->sql)
         PQfinish(a->sql);
     if (a->dest)
         a->dest->ops->close(a->dest);
-    stm_close(&a->stm);
     wk_chan_close(&a->chan);
+    wkm_free(&a->metrics);
     for (size_t k = 0; k < a->ntabs; k++) {
         free(a->tabs[k]->nsp);
         free(a->tabs[k]->name);
@@ -1863,6 +1923,13 @@ apw_fail(apw_t *a, const char *what, const wr_err_t *err)
 {
     int code = wr_err_exit_code(err->code);
 
+    if (err->code == WR_ECONN && apw_stopping(a)) {
+        /* a destination that was waiting gave up because we were asked to stop: the
+         * batch is delivered again by the next run */
+        log_info("apply worker stopped while the destination was waiting error=\"%s\"", err->msg);
+        apw_close(a);
+        return WR_EXIT_OK;
+    }
     log_err(LOG_LVL_ERROR, what, err);
     if (err->code != WR_EEOF)
         apw_close(a);
@@ -1886,6 +1953,7 @@ main(int argc, char **argv)
     }
     a.chan.fd = -1;
     stm_init(&a.stm, &apw_stream_handler, &a);
+    wkm_init(&a.metrics);
     cfg_defaults(&a.cfg);
     rc = cfg_load_active(argv[1], &a.cfg, &err);
     if (rc != 0) {
@@ -1895,6 +1963,7 @@ main(int argc, char **argv)
     }
     log_init(a.cfg.pipeline_name, "apply");
     log_set_level(a.cfg.log_level);
+    log_set_format(a.cfg.log_format);
 
     memset(&sa, 0, sizeof(sa));
     sa.sa_handler = apw_on_signal;
@@ -1928,7 +1997,10 @@ main(int argc, char **argv)
         return apw_fail(&a, "cannot start", &err);
     }
 
-    dest_set_wait(apw_dest_wait, &a);
+    {
+        dest_host_hooks_t hooks = {apw_dest_waiting, apw_dest_interrupted, &a};
+        dest_set_host_hooks(&hooks);
+    }
     rc = dest_open(&a.cfg, "apply", &a.dest, &err);
     if (rc != 0)
         return apw_fail(&a, "cannot open the destination", &err);
@@ -1943,7 +2015,7 @@ main(int argc, char **argv)
     if (rc != 0)
         return apw_fail(&a, "cannot connect to the source", &err);
     snprintf(app, sizeof(app), "walrelay_%s_apply", a.cfg.pipeline_name);
-    rc = repl_connect(a.cfg.source_conninfo, true, app, &a.repl, &err);
+    rc = stm_connect(&a.stm, a.cfg.source_conninfo, app, &err);
     if (rc != 0)
         return apw_fail(&a, "cannot connect to the source for replication", &err);
     rc = apw_prepare_slot(&a, &err);
@@ -1955,12 +2027,23 @@ main(int argc, char **argv)
     if (rc != 0)
         return apw_fail(&a, "cannot prepare the replication slot", &err);
     apw_cleanup_sync_slots(&a);
-    rc = repl_start(a.repl, a.slot, 0, a.cfg.publication, &err);
+    FAILPOINT("apply.before_streaming");
+    /* from 0/0: the server resumes at the slot's confirmed flush (a.flush) */
+    rc = stm_start(&a.stm, a.slot, 0, a.cfg.publication, a.flush, &err);
     if (rc != 0)
         return apw_fail(&a, "cannot start replication", &err);
-    dest_set_readahead(PQsocket(a.repl), apw_readahead, &a);
-    a.stm.received = a.flush;
-    stm_fb_sent(&a.fb, wr_now_ms(), a.stm.received, a.flush);
+    dest_set_readahead(stm_socket(&a.stm), apw_readahead, &a);
+    {
+        /* the supervisor's readiness (sd_notify READY=1, /readyz) waits for this */
+        ipc_msg_t sm;
+
+        memset(&sm, 0, sizeof(sm));
+        sm.type = IPC_STREAMING;
+        sm.u.streaming.start_lsn = a.flush;
+        rc = wk_chan_send(&a.chan, &sm, &err);
+        if (rc != 0)
+            return apw_fail(&a, "cannot tell the supervisor that replication started", &err);
+    }
     log_info("apply worker started slot=%s start=" WR_LSN_FMT " publication=%s tables=%zu", a.slot,
              WR_LSN_ARGS(a.flush), a.cfg.publication, a.ntabs);
     if (a.skip_found)

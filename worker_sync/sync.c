@@ -85,6 +85,13 @@
  * destination's copy_done runs (the postgres destination builds the primary key there,
  * once the rows are in).
  *
+ * Metrics (proto/wkmetrics.h). COPY and stream bytes received, copy batches and catch-up
+ * transactions (batches_total, batch and destination commit timings), the changes the
+ * catch-up applied (events_total, counted when their destination transaction commits)
+ * and status updates go to the supervisor as ["worker_metrics", ...] deltas with the copy
+ * progress and from the catch-up loop, at most once a second, and once more at exit.
+ * Rows copied come from ["copy_progress", ...] as before.
+ *
  * Copy batching. PQgetCopyData returns one line per call and copy_parse_line reuses its
  * buffer for every line, so each parsed row's values are copied into a per-batch arena
  * (one growing char buffer, emptied after every batch, never freed until exit) and the
@@ -169,17 +176,24 @@
  *   (A SIGTERM instead of the kill commits the open destination transaction with the key
  *   (0/8200, 4) and exits 0; the replay then skips exactly those four changes.)
  *
- * What lives where. The stream engine common/stream.c (stm_*) frames and decodes the
- * CopyData messages, tracks the source transaction (Begin/Commit, the commit-LSN check,
- * ordinals counted over every table, overflow an error) and translates changes into
- * dest_event_t with their resume key; it calls syw_on_relation / syw_on_change /
- * syw_on_commit / syw_on_keepalive here. This file keeps the copy, the one-table filter
- * (syw_on_change drops other relids, which the engine has counted already), the
- * skip-by-key, the destination transaction per source transaction with its BEGIN/COMMIT
- * events, the status updates (every 10 s and on a requested reply) and the catch-up
- * termination (current >= L). The table's catalog (columns, keys, relkind, replica
- * identity flags, catalog facts) and the publication's column list are read through
- * common/catalog.c (cat_*), the same reads the apply worker's schema comparison uses.
+ * What lives where. The stream engine common/stream.c (stm_*, shared with
+ * walrelay-apply) owns the catch-up stream's replication connection (stm_connect,
+ * START_REPLICATION in stm_start), the receive step (stm_recv) and the wait (stm_wait);
+ * it frames and decodes the CopyData messages, tracks the source transaction
+ * (Begin/Commit, the commit-LSN check, ordinals counted over every table, overflow an
+ * error), translates changes into dest_event_t with their resume key, and calls
+ * syw_on_relation / syw_on_change / syw_on_commit / syw_on_keepalive here. It also sends
+ * the status updates: a requested reply at once, otherwise at least every status
+ * interval (min(10 s, wal_sender_timeout / 3)), from the loop and, while this process is
+ * inside a destination call or otherwise away from the loop, from the engine's status
+ * keeper thread; the flush they report is the one given to stm_set_flush below, never
+ * ahead of the destination. This file keeps the copy, the one-table filter (syw_on_change
+ * drops other relids, which the engine has counted already), the skip-by-key, the
+ * destination transaction per source transaction with its BEGIN/COMMIT events, the
+ * flush position and the catch-up termination (current >= L). The table's catalog
+ * (columns, keys, relkind, replica identity flags, catalog facts) and the publication's
+ * column list are read through common/catalog.c (cat_*), the same reads the apply
+ * worker's schema comparison uses.
  */
 
 #include <errno.h>
@@ -202,6 +216,7 @@
 #include "common/stream.h"
 #include "common/schema.h"
 #include "proto/wkipc.h"
+#include "proto/wkmetrics.h"
 #include "common/wr.h"
 #include "destinations/destination.h"
 
@@ -209,8 +224,8 @@
  * process return its exit code (0, 1, 2) instead. */
 #define SYW_CONTINUE (-1)
 
-#define SYW_STATUS_INTERVAL_MS  10000
 #define SYW_POLL_MS             1000
+#define SYW_CHAN_CHECK_MS       100 /* longest stretch of stream reading between channel reads */
 #define SYW_DEFAULT_BATCH_ROWS  10000
 #define SYW_DEFAULT_BATCH_BYTES (8 * 1024 * 1024)
 
@@ -227,8 +242,9 @@ typedef struct syw_s {
     wk_chan_t chan;
     bool chan_open;
     dest_t *dest;
-    PGconn *sql;  /* plain connection: slot management, catalog reads in Catchup */
-    PGconn *repl; /* replication connection: the copy, then the stream */
+    PGconn *sql;    /* plain connection: slot management, catalog reads in Catchup */
+    PGconn *repl;   /* replication connection of the copy */
+    stm_t *cstream; /* the catch-up stream's engine while syw_catchup runs (its connection) */
     /* latest known phase of the table: handshake, our acked requests, table_state */
     wr_phase_t phase;
     wr_lsn_t lsn;
@@ -240,6 +256,7 @@ typedef struct syw_s {
     bool stream_registered; /* ensure_table done with syw_stream_schema() (for changes) */
     dest_tmeta_t meta;      /* catalog facts read with the copy's schema: its version */
     int recopies;           /* copies started again in this process for a schema change */
+    wkm_t metrics;          /* counts for the supervisor's metrics (proto/wkmetrics.h) */
 } syw_t;
 
 /* Values of one copy batch: rows and values allocated once, text in an arena. */
@@ -268,21 +285,6 @@ static bool
 syw_should_stop(const syw_t *w)
 {
     return syw_signalled || w->stop || w->chan.stop_requested;
-}
-
-/* (issue 7) The destination's wait while its server cannot be reached (destination.h
- * dest_set_wait): the channel keeps being served; true once the worker must stop. */
-static bool
-syw_dest_wait(void *arg, int ms)
-{
-    syw_t *w = arg;
-    wr_err_t err;
-
-    if (syw_should_stop(w))
-        return true;
-    if (wk_chan_poll(&w->chan, ms, &err) < 0)
-        return true;
-    return syw_should_stop(w);
 }
 
 /* Channel callback: keeps the table's latest phase and notes a stop request. */
@@ -323,11 +325,14 @@ syw_on_msg(const ipc_msg_t *m, void *arg)
  * WR_EUNSUPPORTED to Errored before they get here. */
 /* The last error that made syw_fail return 1 (see syw_report_transient). */
 static wr_err_t syw_last_err;
+/* Set once the destination gave up waiting because we were asked to stop (issue 9,
+ * syw_dest_interrupted): its WR_ECONN is a stop, not a failure. */
+static bool syw_dest_gave_up;
 
 static int
 syw_fail(const char *what, const wr_err_t *err)
 {
-    if (err->code == WR_ESTOP) {
+    if (err->code == WR_ESTOP || (err->code == WR_ECONN && syw_dest_gave_up)) {
         log_info("%s: %s", what, err->msg);
         return WR_EXIT_OK;
     }
@@ -408,9 +413,13 @@ syw_sql_connect(syw_t *w, wr_err_t *err)
     return repl_connect(w->cfg.source_conninfo, false, w->slot, &w->sql, err);
 }
 
+/* Closes the replication connections: the catch-up stream's (stopping its status keeper)
+ * and the copy's. */
 static void
 syw_repl_close(syw_t *w)
 {
+    if (w->cstream != NULL)
+        stm_disconnect(w->cstream);
     if (w->repl != NULL) {
         PQfinish(w->repl);
         w->repl = NULL;
@@ -457,11 +466,43 @@ syw_clear_stream_key(syw_t *w, wr_err_t *err)
     return 0;
 }
 
+/* ---- the destination's waits (issue 9; dest_set_host_hooks) ---- */
+
+static void
+syw_dest_waiting(void *arg, const char *message)
+{
+    syw_t *w = arg;
+    ipc_msg_t m;
+    wr_err_t err;
+
+    memset(&m, 0, sizeof(m));
+    m.type = IPC_DEST_WAIT;
+    m.u.dest_wait.message = (char *)(message ? message : "");
+    if (w->chan_open && wk_chan_send(&w->chan, &m, &err) != 0)
+        log_debug("cannot report the destination's wait error=\"%s\"", err.msg);
+}
+
+static bool
+syw_dest_interrupted(void *arg)
+{
+    syw_t *w = arg;
+    wr_err_t err;
+
+    if (w->chan_open && wk_chan_poll(&w->chan, 0, &err) != 0)
+        syw_dest_gave_up = true; /* the supervisor is gone */
+    else if (syw_should_stop(w))
+        syw_dest_gave_up = true;
+    return syw_dest_gave_up;
+}
+
 static int
 syw_dest_open(syw_t *w, wr_err_t *err)
 {
+    dest_host_hooks_t hooks = {syw_dest_waiting, syw_dest_interrupted, w};
+
     if (w->dest != NULL)
         return 0;
+    dest_set_host_hooks(&hooks);
     return dest_open(&w->cfg, "sync", &w->dest, err);
 }
 
@@ -819,12 +860,14 @@ typedef struct syw_copy_s {
 static int
 syw_copy_flush(syw_t *w, syw_copy_t *cp, bool last, wr_err_t *err)
 {
+    int64_t t0;
     int rc;
 
     if (!cp->dest_open) {
         if ((rc = w->dest->ops->begin(w->dest, err)) < 0)
             return rc;
         cp->dest_open = true;
+        wkm_batch_begin(&w->metrics);
     }
     if (cp->batch.n > 0) {
         syw_batch_resolve(&cp->batch);
@@ -835,8 +878,10 @@ syw_copy_flush(syw_t *w, syw_copy_t *cp, bool last, wr_err_t *err)
     if (last && w->dest->ops->copy_done != NULL &&
         (rc = w->dest->ops->copy_done(w->dest, w->relid, err)) < 0)
         return rc;
+    t0 = wkm_clock_us();
     if ((rc = w->dest->ops->commit(w->dest, w->stream, NULL, err)) < 0)
         return rc;
+    wkm_batch_commit(&w->metrics, t0);
     cp->dest_open = false;
     cp->rows += cp->batch.n + cp->raw_rows;
     cp->batch.n = 0;
@@ -867,6 +912,7 @@ syw_copy_raw(syw_t *w, syw_copy_t *cp, const char *line, size_t n, size_t batch_
         if ((rc = w->dest->ops->begin(w->dest, err)) < 0)
             return rc;
         cp->dest_open = true;
+        wkm_batch_begin(&w->metrics);
     }
     if ((rc = w->dest->ops->write_copy(w->dest, w->relid, line, n, err)) < 0)
         return rc;
@@ -887,7 +933,8 @@ syw_copy_progress(syw_t *w, syw_copy_t *cp, wr_err_t *err)
     msg.type = IPC_COPY_PROGRESS;
     msg.u.copy_progress.relid = w->relid;
     msg.u.copy_progress.rows = cp->rows;
-    if ((rc = wk_chan_send(&w->chan, &msg, err)) < 0)
+    if ((rc = wk_chan_send(&w->chan, &msg, err)) < 0 ||
+        (rc = wkm_send(&w->metrics, &w->chan, false, err)) < 0)
         return rc;
     return wk_chan_poll(&w->chan, 0, err);
 }
@@ -1176,6 +1223,7 @@ syw_copy(syw_t *w)
             code = syw_copy_error(w, &cp, NULL, &err);
             goto out;
         }
+        wkm_bytes(&w->metrics, (size_t)n);
         if (w->dest->ops->write_copy != NULL) {
             rc = syw_copy_raw(w, &cp, line, (size_t)n, batch_rows, batch_bytes, &err);
             PQfreemem(line);
@@ -1291,30 +1339,18 @@ syw_wait_catchup(syw_t *w)
 
 typedef struct syw_stream_s {
     syw_t *w;
-    stm_t stm;        /* the stream engine: decoding, transaction, ordinals; stm.received
-                       * is the write position reported */
-    int code;         /* exit code of a handler that returned STM_STOP */
-    wr_lsn_t catchup; /* L */
-    wr_lsn_t flushed; /* flush position reported: durable in the destination */
-    wr_lsn_t current; /* end of the last processed commit, or idle keepalive WAL end */
-    int64_t next_status_ms;
+    stm_t stm;          /* the stream engine: connection, decoding, transaction, ordinals,
+                         * status feedback; stm.flush is the flush reported (durable in the
+                         * destination), stm.received the write position */
+    int code;           /* exit code of a handler that returned STM_STOP */
+    wr_lsn_t catchup;   /* L */
+    wr_lsn_t current;   /* end of the last processed commit, or idle keepalive WAL end */
     bool dest_open;     /* a destination transaction is open (its BEGIN is written) */
     bool relation_ok;   /* a Relation of our relid was seen and matched */
     dest_key_t last;    /* last key durable in the destination (skip <= this) */
     dest_key_t written; /* key of the last change written in the open transaction */
     uint64_t applied;
 } syw_stream_t;
-
-static int
-syw_send_status(syw_t *w, syw_stream_t *st, bool reply, wr_err_t *err)
-{
-    wr_lsn_t write = st->stm.received > st->flushed ? st->stm.received : st->flushed;
-    int rc = repl_send_status(w->repl, write, st->flushed, st->flushed, reply, err);
-
-    if (rc == 0)
-        st->next_status_ms = wr_now_ms() + SYW_STATUS_INTERVAL_MS;
-    return rc;
-}
 
 /* Contract step 4, end: SyncDone(S), drop the slot, forget the stream key, exit 0. The
  * slot is kept if the request fails (the phase may still be Catchup). */
@@ -1449,6 +1485,7 @@ syw_apply_event(syw_t *w, syw_stream_t *st, dest_event_t *ev, wr_err_t *err)
         if ((rc = w->dest->ops->begin(w->dest, err)) < 0)
             return rc;
         st->dest_open = true;
+        wkm_batch_begin(&w->metrics);
         stm_boundary(&st->stm.tx, DEST_EV_BEGIN, 0, &begin);
         if ((rc = w->dest->ops->write_event(w->dest, &begin, err)) < 0)
             return rc;
@@ -1456,6 +1493,7 @@ syw_apply_event(syw_t *w, syw_stream_t *st, dest_event_t *ev, wr_err_t *err)
     }
     if ((rc = w->dest->ops->write_event(w->dest, ev, err)) < 0)
         return rc;
+    wkm_event(&w->metrics, ev->relid, (int)ev->kind);
     st->written = ev->key;
     st->applied++;
     return 0;
@@ -1532,43 +1570,56 @@ syw_on_commit(void *arg, stm_tx_t *tx, wr_lsn_t end, wr_err_t *err)
 
     if (st->dest_open) {
         dest_event_t ev;
+        int64_t t0 = wkm_clock_us();
         int rc;
 
         stm_boundary(tx, DEST_EV_COMMIT, end, &ev);
+        wkm_transaction(&w->metrics);
         if ((rc = w->dest->ops->write_event(w->dest, &ev, err)) < 0 ||
             (rc = w->dest->ops->commit(w->dest, w->stream, &st->written, err)) < 0)
             return syw_stop_with(st, syw_catchup_dest_error(w, st, err));
+        wkm_batch_commit(&w->metrics, t0);
         st->dest_open = false;
         st->last = st->written;
         FAILPOINT("sync.catchup_after_commit");
     }
     if (end > st->current)
         st->current = end;
-    if (st->current > st->flushed)
-        st->flushed = st->current;
+    stm_set_flush(&st->stm, st->current);
     if (st->current >= st->catchup)
         return syw_stop_with(st, syw_syncdone(w, st->current, st->applied));
     return 0;
 }
 
+/* A requested reply is sent by the engine after this returns 0, with the flush moved
+ * here. */
 static int
 syw_on_keepalive(void *arg, wr_lsn_t wal_end, bool reply, wr_err_t *err)
 {
     syw_stream_t *st = arg;
     syw_t *w = st->w;
 
+    (void)reply;
+    (void)err;
     if (!st->stm.tx.in_tx) {
         /* nothing in flight: everything before wal_end was sent and handled */
         if (wal_end > st->current)
             st->current = wal_end;
-        if (st->current > st->flushed)
-            st->flushed = st->current;
+        stm_set_flush(&st->stm, st->current);
         if (st->current >= st->catchup)
             return syw_stop_with(st, syw_syncdone(w, st->current, st->applied));
     }
-    if (reply && syw_send_status(w, st, false, err) < 0)
-        return syw_stop_with(st, syw_catchup_fail(w, st, "sending status", err));
     return 0;
+}
+
+/* The engine's hold callback: on a stop, or when the table left Catchup, the rest stays
+ * buffered and the loop acts on it. */
+static bool
+syw_hold(void *arg)
+{
+    const syw_stream_t *st = arg;
+
+    return syw_should_stop(st->w) || st->w->phase != PH_CATCHUP;
 }
 
 static const stm_handler_t syw_stream_handler = {
@@ -1576,27 +1627,8 @@ static const stm_handler_t syw_stream_handler = {
     .change = syw_on_change,
     .commit = syw_on_commit,
     .keepalive = syw_on_keepalive,
+    .hold = syw_hold,
 };
-
-/* Handles one CopyData message from the stream ('w' or 'k'). Returns SYW_CONTINUE or an
- * exit code. */
-static int
-syw_handle_copydata(syw_t *w, syw_stream_t *st, const uint8_t *buf, size_t len)
-{
-    wr_err_t err;
-    int rc;
-
-    wr_err_clear(&err);
-    st->code = SYW_CONTINUE;
-    rc = stm_on_copydata(&st->stm, buf, len, &err);
-    if (rc == STM_STOP)
-        return st->code;
-    if (rc < 0) {
-        wr_err_prefix(&err, "slot \"%s\": ", w->slot);
-        return syw_catchup_fail(w, st, "catch-up stream", &err);
-    }
-    return SYW_CONTINUE;
-}
 
 /* Stop or signal during catch-up: commit what is applied (with its key, so the replay
  * skips it), report the flush position, exit 0 leaving Catchup. */
@@ -1607,30 +1639,35 @@ syw_catchup_stop(syw_t *w, syw_stream_t *st)
 
     wr_err_clear(&err);
     if (st->dest_open) {
+        int64_t t0 = wkm_clock_us();
+
         if (w->dest->ops->commit(w->dest, w->stream, &st->written, &err) < 0)
             return syw_catchup_fail(w, st, "committing before stop", &err);
+        wkm_batch_commit(&w->metrics, t0);
         st->dest_open = false;
         st->last = st->written;
     }
-    if (syw_send_status(w, st, false, &err) < 0)
+    if (stm_feedback(&st->stm, true, &err) < 0)
         log_err(LOG_LVL_WARN, "final status", &err);
-    syw_repl_close(w);
     log_info("catchup stopped table=%s applied=%" PRIu64 " flushed=" WR_LSN_FMT, w->table,
-             st->applied, WR_LSN_ARGS(st->flushed));
+             st->applied, WR_LSN_ARGS(st->stm.flush));
+    syw_repl_close(w);
     return WR_EXIT_OK;
 }
 
-/* The streaming loop; see syw_catchup. */
+/* The streaming loop; see syw_catchup. The engine's receive step hands what libpq holds
+ * to the callbacks above; between steps the loop sends status updates, waits on the
+ * socket and the channel, and reads the channel (at least every SYW_CHAN_CHECK_MS while
+ * the server keeps sending). */
 static int
 syw_stream(syw_t *w, syw_stream_t *st)
 {
     wr_err_t err;
+    bool readable = false;
 
     wr_err_clear(&err);
     for (;;) {
-        struct pollfd pf[2];
-        int64_t now;
-        int timeout, rc;
+        int rc;
 
         if (syw_should_stop(w))
             return syw_catchup_stop(w, st);
@@ -1649,49 +1686,31 @@ syw_stream(syw_t *w, syw_stream_t *st)
             log_info("catchup lsn changed table=%s lsn=" WR_LSN_FMT, w->table, WR_LSN_ARGS(w->lsn));
             st->catchup = w->lsn;
         }
-        /* drain what libpq has buffered */
-        for (;;) {
-            char *buf = NULL;
-            int n = repl_recv(w->repl, &buf, &err);
-
-            if (n == 0)
-                break;
-            if (n < 0)
-                return syw_catchup_fail(w, st, "catch-up stream", &err);
-            rc = syw_handle_copydata(w, st, (const uint8_t *)buf, (size_t)n);
-            PQfreemem(buf);
-            if (rc != SYW_CONTINUE || w->phase != PH_CATCHUP)
-                return rc; /* an exit code, or the table left Catchup (a copy again) */
-            if (syw_should_stop(w))
-                return syw_catchup_stop(w, st);
+        /* what libpq holds (after reading the socket when it was readable) */
+        st->code = SYW_CONTINUE;
+        rc = stm_recv(&st->stm, readable, SYW_CHAN_CHECK_MS, NULL, &err);
+        readable = false;
+        if (rc == STM_STOP)
+            return st->code; /* an exit code, or SYW_CONTINUE: the table left Catchup */
+        if (rc < 0) {
+            wr_err_prefix(&err, "slot \"%s\": ", w->slot);
+            return syw_catchup_fail(w, st, "catch-up stream", &err);
         }
-        now = wr_now_ms();
-        if (now >= st->next_status_ms && syw_send_status(w, st, false, &err) < 0)
+        if (stm_feedback(&st->stm, false, &err) < 0)
             return syw_catchup_fail(w, st, "sending status", &err);
-        timeout = (int)(st->next_status_ms - now);
-        if (timeout < 0)
-            timeout = 0;
-        if (timeout > SYW_POLL_MS)
-            timeout = SYW_POLL_MS;
-        pf[0].fd = PQsocket(w->repl);
-        pf[0].events = POLLIN;
-        pf[0].revents = 0;
-        pf[1].fd = w->chan.fd;
-        pf[1].events = POLLIN;
-        pf[1].revents = 0;
-        rc = poll(pf, 2, timeout);
-        if (rc < 0 && errno != EINTR) {
-            wr_err_set(&err, WR_EIO, "poll: %s", strerror(errno));
-            return syw_catchup_fail(w, st, "catch-up", &err);
+        {
+            uint64_t bytes, status;
+
+            stm_counters(&st->stm, &bytes, &status);
+            wkm_stream_totals(&w->metrics, bytes, status);
         }
+        if (wkm_send(&w->metrics, &w->chan, false, &err) < 0)
+            return syw_catchup_fail(w, st, "supervisor channel", &err);
+        if (rc == STM_IDLE && stm_wait(&st->stm, w->chan.fd, SYW_POLL_MS, &readable, &err) < 0)
+            return syw_catchup_fail(w, st, "catch-up", &err);
         /* unconditionally: messages that came behind an ack sit in the reader, not the fd */
         if (wk_chan_poll(&w->chan, 0, &err) < 0)
             return syw_catchup_fail(w, st, "supervisor channel", &err);
-        if (rc > 0 && pf[0].revents != 0 && PQconsumeInput(w->repl) == 0) {
-            wr_err_set(&err, WR_ECONN, "catch-up stream of \"%s\": %s", w->table,
-                       PQerrorMessage(w->repl));
-            return syw_catchup_fail(w, st, "catch-up stream", &err);
-        }
     }
 }
 
@@ -1711,6 +1730,7 @@ syw_catchup(syw_t *w)
     wr_err_clear(&err);
     stm_init(&st.stm, &syw_stream_handler, &st);
     st.w = w;
+    w->cstream = &st.stm;
     st.catchup = w->lsn;
     log_info("catchup granted table=%s lsn=" WR_LSN_FMT, w->table, WR_LSN_ARGS(st.catchup));
 
@@ -1781,7 +1801,7 @@ syw_catchup(syw_t *w)
     }
     if (!key_found)
         memset(&st.last, 0, sizeof(st.last));
-    st.stm.received = st.flushed = st.current = confirmed;
+    st.stm.received = st.current = confirmed;
 
     /* Already there (apply granted L <= X, or a crash after the slot reached L), and
      * the destination holds nothing past the slot: no need to stream. */
@@ -1790,8 +1810,10 @@ syw_catchup(syw_t *w)
         goto out;
     }
 
-    if (repl_connect(w->cfg.source_conninfo, true, w->slot, &w->repl, &err) < 0 ||
-        repl_start(w->repl, w->slot, 0, w->cfg.publication, &err) < 0) {
+    /* from 0/0: the server resumes at the slot's confirmed flush, which is the flush
+     * reported until the destination holds more */
+    if (stm_connect(&st.stm, w->cfg.source_conninfo, w->slot, &err) < 0 ||
+        stm_start(&st.stm, w->slot, 0, w->cfg.publication, confirmed, &err) < 0) {
         syw_repl_close(w);
         code = syw_fail("starting the catch-up stream", &err);
         goto out;
@@ -1799,11 +1821,12 @@ syw_catchup(syw_t *w)
     log_info("catchup streaming table=%s slot=%s from=" WR_LSN_FMT " last_key=" WR_LSN_FMT "/%u",
              w->table, w->slot, WR_LSN_ARGS(confirmed), WR_LSN_ARGS(st.last.commit_lsn),
              st.last.ordinal);
-    st.next_status_ms = wr_now_ms() + SYW_STATUS_INTERVAL_MS;
+    FAILPOINT("sync.catchup_streaming");
     code = syw_stream(w, &st);
 
 out:
-    stm_close(&st.stm);
+    stm_close(&st.stm); /* stops the status keeper, closes the stream's connection */
+    w->cstream = NULL;
     return code;
 }
 
@@ -1902,6 +1925,7 @@ syw_close(syw_t *w)
     syw_schema_reset(w);
     free(w->row_filter);
     w->row_filter = NULL;
+    wkm_free(&w->metrics);
     cfg_free(&w->cfg);
 }
 
@@ -1931,6 +1955,7 @@ main(int argc, char **argv)
     }
     log_init(w.cfg.pipeline_name, w.worker);
     log_set_level(w.cfg.log_level);
+    log_set_format(w.cfg.log_format);
     cfg_sync_slot_name(&w.cfg, w.relid, w.slot, sizeof(w.slot));
     dest_sync_stream(w.relid, w.stream, sizeof(w.stream));
     snprintf(w.table, sizeof(w.table), "%u", w.relid);
@@ -1949,7 +1974,6 @@ main(int argc, char **argv)
     }
     w.chan_open = true;
     wk_chan_set_callback(&w.chan, syw_on_msg, &w);
-    dest_set_wait(syw_dest_wait, &w);
     memset(&tables, 0, sizeof(tables));
     if (wk_chan_handshake(&w.chan, "sync", w.relid, &tables, &err) < 0) {
         code = syw_fail("handshake with the supervisor", &err);
@@ -1979,6 +2003,13 @@ main(int argc, char **argv)
         syw_report_transient(&w);
     if (code == WR_EXIT_OK && syw_signalled)
         log_info("stopped by signal table=%s phase=%s", w.table, phase_name(w.phase));
+    {
+        /* the last counts; best effort (the supervisor may be gone) */
+        wr_err_t merr;
+
+        if (wkm_send(&w.metrics, &w.chan, true, &merr) < 0)
+            log_debug("last metrics not sent: %s", merr.msg);
+    }
 
 out:
     syw_close(&w);

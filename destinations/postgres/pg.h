@@ -167,9 +167,11 @@ typedef struct pgd_res_s {
  * ("the destination", "the source"), key the setting to check ("[destination] conninfo"). */
 int pgd_connect(const char *conninfo, const char *appname, const char *what, const char *key,
                 PGconn **out, wr_err_t *err) WR_MUST_CHECK;
-/* (Re)connects d->conn when it is missing or broken, waiting through dest_wait() between
- * attempts while the target cannot be reached (a worker: until it answers or the worker
- * must stop; without a wait hook: once). */
+/* (Re)connects d->conn when it is missing or broken. In a worker (dest_host_hooked) it
+ * retries with backoff while the target cannot be reached, reporting the wait
+ * (dest_host_waiting, shown by walrelay status) until the target answers or the worker
+ * must stop (dest_host_interrupted: WR_ECONN); without hooks (walrelay check) it fails at
+ * once. */
 int pgd_ensure_conn(dest_pg_t *d, wr_err_t *err) WR_MUST_CHECK;
 /* Starts b for one round trip. Inside a transaction the statements run under the
  * savepoint "wr": b begins with BEGIN (if the transaction has not reached the server),

@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* Our session settings: the text forms the source sends read back exactly; statements
  * never time out underneath a long copy; notices stay quiet. After the user's own options,
@@ -392,11 +393,29 @@ pgd_connect(const char *conninfo, const char *appname, const char *what, const c
 
 static void pgd_conn_lost(dest_pg_t *d);
 
+/* Sleeps ms in slices of PGD_WAIT_SLICE_MS, asking the worker whether to give up
+ * (dest_host_interrupted: a stop, or the supervisor gone). true: give up. */
+#define PGD_WAIT_SLICE_MS 100
+static bool
+pgd_sleep(int ms)
+{
+    while (ms > 0) {
+        int slice = ms < PGD_WAIT_SLICE_MS ? ms : PGD_WAIT_SLICE_MS;
+
+        if (dest_host_interrupted())
+            return true;
+        usleep((useconds_t)slice * 1000);
+        ms -= slice;
+    }
+    return dest_host_interrupted();
+}
+
 int
 pgd_ensure_conn(dest_pg_t *d, wr_err_t *err)
 {
     char app[96];
     int waited_ms = 0, delay = 250, rc;
+    unsigned attempt = 0;
     bool warned = false;
 
     if (d->conn != NULL && PQstatus(d->conn) == CONNECTION_OK)
@@ -427,6 +446,10 @@ pgd_ensure_conn(dest_pg_t *d, wr_err_t *err)
                          err);
         if (rc != WR_ECONN)
             break;
+        /* walrelay check and tools have no hooks: they report the failure at once */
+        if (!dest_host_hooked())
+            return rc;
+        attempt++;
         if (!warned) {
             log_warn("destination unreachable, retrying until it answers error=\"%s\"", err->msg);
             warned = true;
@@ -435,11 +458,21 @@ pgd_ensure_conn(dest_pg_t *d, wr_err_t *err)
                      err->msg);
             waited_ms = 0;
         }
-        if (dest_wait(delay))
-            return rc; /* no wait hook (check), or the worker must stop */
+        {
+            /* walrelay status shows it (the message never holds the conninfo) */
+            char msg[400];
+
+            snprintf(msg, sizeof(msg), "%.300s; attempt %u, next in %.1f s", err->msg, attempt,
+                     delay / 1000.0);
+            dest_host_waiting("postgres", msg);
+        }
+        if (pgd_sleep(delay))
+            return rc; /* the worker must stop: the batch is delivered again by the next run */
         waited_ms += delay;
         delay = delay * 2 > 5000 ? 5000 : delay * 2;
     }
+    if (attempt > 0)
+        dest_host_waiting("postgres", NULL);
     if (rc != 0)
         return rc;
     if (warned)
@@ -629,10 +662,10 @@ pgd_await(dest_pg_t *d)
         pf[1].fd = rafd;
         pf[1].events = POLLIN;
         pf[1].revents = 0;
-        if (poll(pf, 2, 1000) < 0 && errno != EINTR)
+        if (poll(pf, rafd >= 0 ? 2 : 1, 1000) < 0 && errno != EINTR)
             return;
-        if (pf[1].revents != 0)
-            dest_readahead();
+        if (rafd >= 0 && pf[1].revents != 0 && !dest_readahead())
+            rafd = -1; /* left alone until the next wait */
         if (pf[0].revents != 0 && PQconsumeInput(d->conn) == 0)
             return;
     }

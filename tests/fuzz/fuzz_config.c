@@ -36,6 +36,14 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (strlen(slot) > 63)
             __builtin_trap();
         sink += strlen(slot);
+        /* [state]: what cfg_state_finish promises for each backend */
+        if (cfg.state_backend == CFG_STATE_PLUGIN &&
+            (cfg.state_library == NULL || cfg_state_item(&cfg, "library") == NULL))
+            __builtin_trap();
+        if (cfg.state_backend == CFG_STATE_POSTGRES && cfg.state_conninfo == NULL)
+            __builtin_trap();
+        if (cfg.state_backend != CFG_STATE_PLUGIN && cfg.state_library != NULL)
+            __builtin_trap();
     } else if (err.msg[0] == '\0') {
         __builtin_trap();
     }

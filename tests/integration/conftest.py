@@ -9,6 +9,9 @@ NOTES:
   destination per test: None (sqlite) or target_db (postgres), parametrised indirectly
   db          per test: a fresh database test_<n> on pg, dropped afterwards together with
               any replication slot left in it
+  installed   session: `meson install --destdir` of the build under test (the public
+              headers, their .pc files, the installed walrelay and its workers), for the
+              examples built out of tree (test_example_plugin.py, test_example_store.py)
   pipelines   per test: a factory of Pipeline objects (config directories in the test's
               tmp dir). Afterwards every pipeline is stopped, and the test fails if a
               walrelay process outlived it, a sync slot outlived a pipeline whose
@@ -16,8 +19,10 @@ NOTES:
               (a sanitizer report, a worker killed by a signal other than the test's).
 """
 
+import glob
 import os
 import pathlib
+import subprocess
 import time
 
 import psycopg
@@ -37,6 +42,26 @@ def bindir():
         path = os.path.join(BINDIR, exe)
         assert os.access(path, os.X_OK), "%s is missing: run scripts/build.sh" % path
     return BINDIR
+
+
+@pytest.fixture(scope="session")
+def installed(bindir, tmp_path_factory):
+    """(destdir, bindir of the installed walrelay, env for pkg-config into the destdir)."""
+    destdir = tmp_path_factory.mktemp("install")
+    r = subprocess.run(["meson", "install", "-C", bindir, "--no-rebuild", "--quiet",
+                        "--destdir", str(destdir)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, "meson install failed:\n%s\n%s" % (r.stdout, r.stderr)
+    for pc in ("walrelay-destination.pc", "walrelay-store.pc"):
+        pcs = glob.glob(str(destdir / "**" / pc), recursive=True)
+        assert len(pcs) == 1, "meson install wrote no (or several) %s: %r" % (pc, pcs)
+    for h in ("destination.h", "store.h"):
+        headers = glob.glob(str(destdir / "**" / "include" / "walrelay" / h), recursive=True)
+        assert len(headers) == 1, "meson install did not install walrelay/%s: %r" % (h, headers)
+    exes = glob.glob(str(destdir / "**" / "bin" / "walrelay"), recursive=True)
+    assert len(exes) == 1, "meson install did not install walrelay: %r" % exes
+    env = dict(os.environ, PKG_CONFIG_PATH=os.path.dirname(pcs[0]),
+               PKG_CONFIG_SYSROOT_DIR=str(destdir))
+    return destdir, os.path.dirname(exes[0]), env
 
 
 @pytest.fixture(scope="session")
@@ -164,13 +189,18 @@ def state_db(pg):
 
 
 @pytest.fixture
-def state_store(request):
-    """The state backend of the pipelines a test makes: "sqlite" (the default) or
-    "postgres". Suites parametrise it indirectly:
-    @pytest.mark.parametrize("state_store", STORES, indirect=True)."""
+def state_store(request, bindir):
+    """The state backend of the pipelines a test makes: "sqlite" (the default),
+    "postgres", or "plugin" (the example store examples/store-onefile as the build under
+    test builds it, with path = state.txt in each pipeline's directory). Suites parametrise
+    it indirectly: @pytest.mark.parametrize("state_store", STORES, indirect=True)."""
     backend = getattr(request, "param", "sqlite")
     if backend == "sqlite":
         return None
+    if backend == "plugin":
+        so = os.path.join(bindir, "tests", "unit", "walrelay-onefile.so")
+        assert os.path.isfile(so), "%s is missing: run scripts/build.sh" % so
+        return "plugin:" + so
     assert backend == "postgres", backend
     return "postgres:" + request.getfixturevalue("state_db").conninfo
 
@@ -188,6 +218,8 @@ def pipelines(bindir, pg, db, tmp_path, state_store, destination):
         p = Pipeline(bindir, d, name, tmp_path / ("%s.log" % (dirname or name)))
         p.state_spec = state_store
         p.target = destination
+        if state_store and state_store.startswith("plugin:"):
+            p.state_config = {"state": {"path": "state.txt"}}
         made.append(p)
         return p
 

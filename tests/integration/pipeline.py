@@ -168,6 +168,7 @@ class Pipeline:
         self._log_f = None
         self.state_spec = None  # `walrelay init --state`: None = the default (sqlite)
         self.target = None  # conftest Db of the postgres destination; None = sqlite
+        self.state_config = None  # [state] keys init cannot write (a plugin store's)
 
     # -- commands --------------------------------------------------------------------
 
@@ -189,6 +190,7 @@ class Pipeline:
         walrelay.conf. state defaults to the pipelines fixture's state store (the
         state_store parameter of the test, sqlite unless parametrised)."""
         args = ["init", self.dir, "--source", conninfo, "--publication", publication]
+        fixture_state = not state
         state = state or self.state_spec
         if state:
             args += ["--state", state]
@@ -204,6 +206,8 @@ class Pipeline:
         if check:
             assert r.rc == 0, "walrelay init failed: %r" % r
             assert os.path.isfile(self.conf_path), "walrelay init wrote no %s" % self.conf_path
+            if fixture_state and self.state_config:
+                edit_ini(self.conf_path, self.state_config)
             if config:
                 edit_ini(self.conf_path, config)
         return r
@@ -261,8 +265,9 @@ class Pipeline:
             if SANITIZER_RE.search(line):
                 bad.append(line)
             elif KILLED_RE.search(line):
-                m = re.search(r"\bpid=(\d+)", line)
-                if not m or int(m.group(1)) not in self.killed_pids:
+                # text (pid=N) or [log] format = json ("pid":N)
+                m = re.search(r"\bpid=(\d+)|\"pid\":\s*(\d+)", line)
+                if not m or int(m.group(1) or m.group(2)) not in self.killed_pids:
                     bad.append(line)
         return bad
 

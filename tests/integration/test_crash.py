@@ -21,9 +21,11 @@ import pytest
 from pipeline import SCALE, alive_walrelay_pids, deadline, wait_equal
 from workload import BackgroundWriter, create_mixed_table, publish
 
-# every case runs with the state in state.db and in the PostgreSQL state store (sqlite
-# destination), and with the postgres destination (a second cluster; state in state.db)
-STORE_DEST = [("sqlite", "sqlite"), ("postgres", "sqlite"), ("sqlite", "postgres")]
+# every case runs with the state in state.db, in the PostgreSQL state store and in a
+# plugin store (examples/store-onefile through the ABI adapter), with the sqlite
+# destination; and with the postgres destination (a second cluster; state in state.db)
+STORE_DEST = [("sqlite", "sqlite"), ("postgres", "sqlite"), ("plugin", "sqlite"),
+              ("sqlite", "postgres")]
 pytestmark = pytest.mark.parametrize("state_store,destination", STORE_DEST, indirect=True)
 
 R_ROWS = 2_000

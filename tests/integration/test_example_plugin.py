@@ -1,7 +1,7 @@
 """The example plugin examples/destination-audit, built out of tree from an installed walrelay.
 
-NOTES: a session fixture runs `meson install --destdir` of the build under test, once; the
-example is then built with meson from the installed walrelay/destination.h and
+NOTES: the session fixture `installed` (conftest.py) runs `meson install --destdir` of the
+build under test, once; the example is then built with meson from the installed walrelay/destination.h and
 walrelay-destination.pc alone (PKG_CONFIG_PATH and PKG_CONFIG_SYSROOT_DIR point into the
 destdir; the source tree's include/ is never on its command line), and the pipeline runs
 the INSTALLED walrelay, which must find its installed workers. The end-to-end test copies a
@@ -9,7 +9,6 @@ table, streams changes while the apply worker is killed with -9, and checks that
 log holds every copied row once and every change exactly once, in commit order.
 """
 
-import glob
 import json
 import os
 import pathlib
@@ -24,25 +23,6 @@ from workload import create_mixed_table, publish
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "destination-audit"
-
-
-@pytest.fixture(scope="session")
-def installed(bindir, tmp_path_factory):
-    """(destdir, bindir of the installed walrelay, env for pkg-config into the destdir)."""
-    destdir = tmp_path_factory.mktemp("install")
-    r = subprocess.run(["meson", "install", "-C", bindir, "--no-rebuild", "--quiet",
-                        "--destdir", str(destdir)], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, "meson install failed:\n%s\n%s" % (r.stdout, r.stderr)
-    pcs = glob.glob(str(destdir / "**" / "walrelay-destination.pc"), recursive=True)
-    assert len(pcs) == 1, "meson install wrote no (or several) walrelay-destination.pc: %r" % pcs
-    headers = glob.glob(str(destdir / "**" / "include" / "walrelay" / "destination.h"),
-                        recursive=True)
-    assert len(headers) == 1, "meson install did not install walrelay/destination.h: %r" % headers
-    exes = glob.glob(str(destdir / "**" / "bin" / "walrelay"), recursive=True)
-    assert len(exes) == 1, "meson install did not install walrelay: %r" % exes
-    env = dict(os.environ, PKG_CONFIG_PATH=os.path.dirname(pcs[0]),
-               PKG_CONFIG_SYSROOT_DIR=str(destdir))
-    return destdir, os.path.dirname(exes[0]), env
 
 
 @pytest.fixture(scope="session")

@@ -38,7 +38,7 @@ write_new(const char *dir, const char *name, const char *conn, const char *pub, 
     wr_err_clear(err);
     if ((rc = dest_init_section(spec, &section, err)) < 0)
         return rc;
-    rc = cfg_write_new(dir, name, conn, pub, section, NULL, dest_init_check, err);
+    rc = cfg_write_new(dir, name, conn, pub, section, NULL, NULL, dest_init_check, err);
     free(section);
     return rc;
 }
@@ -217,9 +217,11 @@ test_defaults(void)
     rc = parse(cat(good_head, "[destination]\ntype = kafka\n"), &cfg, &err);
     CHECK_INT_EQ(rc, 0);
     CHECK_INT_EQ(dest_config_check(&cfg, &err), WR_ECONFIG);
-    CHECK_STR_EQ(err.msg, P
-                 ":7: invalid value \"kafka\" for [destination] type: no such destination type");
-    CHECK_CONTAINS(err.hint, "registered destination types: sqlite, postgres, null, plugin");
+    CHECK_STR_EQ(err.msg,
+                 P ":7: invalid value \"kafka\" for [destination] type: no such destination type");
+    CHECK_CONTAINS(
+        err.hint,
+        "registered destination types: sqlite, postgres, null, http, jsonl, nats, eventstore, plugin");
     cfg_free(&cfg);
     /* plugin needs library */
     rc = parse(cat(good_head, "[destination]\ntype = plugin\nurl = http://x\n"), &cfg, &err);
@@ -331,7 +333,7 @@ test_sections_and_syntax(void)
     expect_error(cat(good_head, "[bach]\nmax_fill_ms = 1\n"), P ":6: unknown section [bach]",
                  "valid sections: [pipeline], [source], [destination]");
     /* an empty unknown section is found too (inih calls no handler for it) */
-    expect_error(cat(good_head, "\n[metrics]\n"), P ":7: unknown section [metrics]", NULL);
+    expect_error(cat(good_head, "\n[metric]\n"), P ":7: unknown section [metric]", NULL);
     expect_error(cat(good_head, "[batch] max_fill_ms = 5\n"),
                  P ":6: unexpected text after section header [batch]", NULL);
     expect_error(cat(good_head, "[batch\nmax_fill_ms = 5\n"),
@@ -707,7 +709,9 @@ test_write_new_refusals(void)
     rc = write_new(dir, "demo", "host=a", "pub", "kafka", &err);
     CHECK_INT_EQ(rc, WR_ECONFIG);
     CHECK_STR_EQ(err.msg, "unknown destination type \"kafka\" in --destination kafka");
-    CHECK_CONTAINS(err.hint, "registered destination types: sqlite, postgres, null, plugin");
+    CHECK_CONTAINS(
+        err.hint,
+        "registered destination types: sqlite, postgres, null, http, jsonl, nats, eventstore, plugin");
     rc = write_new(dir, "demo", "host=a", "pub", "plugin", &err);
     CHECK_INT_EQ(rc, WR_ECONFIG);
     CHECK_CONTAINS(err.msg, "plugin:PATH");
@@ -782,6 +786,145 @@ test_lifecycle_keys(void)
                  "table_error_retry_max_attempts");
 }
 
+/* [state]: the three backends, their keys, the items a plugin store gets, errors with the
+ * line of the key, and init --state for each. */
+static void
+test_state_section(void)
+{
+    wr_config_t cfg, other;
+    wr_err_t err;
+    char dir[512], path[PATH_MAX + 64];
+    FILE *f;
+    char text[8192];
+    size_t n;
+    int rc;
+
+    /* the default: sqlite, schema accepted (init writes it for every backend) */
+    CHECK_INT_EQ(
+        parse(cat(good_head, "[state]\nbackend = sqlite\nschema = walrelay_state\n"), &cfg, &err),
+        0);
+    CHECK_INT_EQ(cfg.state_backend, CFG_STATE_SQLITE);
+    CHECK(cfg.state_library == NULL);
+    CHECK_INT_EQ(cfg.state_line, 6);
+    cfg_free(&cfg);
+
+    /* postgres: conninfo and schema, also when backend comes last */
+    CHECK_INT_EQ(parse(cat(good_head, "[state]\nschema = st\nconninfo = host=s password=x\n"
+                                      "backend = postgres\n"),
+                       &cfg, &err),
+                 0);
+    CHECK_INT_EQ(cfg.state_backend, CFG_STATE_POSTGRES);
+    CHECK_STR_EQ(cfg.state_conninfo, "host=s password=x");
+    CHECK_STR_EQ(cfg.state_schema, "st");
+    cfg_free(&cfg);
+
+    /* plugin: library, and every other key (conninfo and schema too) is the store's */
+    rc = parse(cat(good_head, "[state]\nbackend = plugin\nlibrary = lib/libone.so\n"
+                              "path = state.json\nconninfo = anything at all\nschema = \n"),
+               &cfg, &err);
+    CHECK_INT_EQ(rc, 0);
+    if (rc == 0) {
+        CHECK_INT_EQ(cfg.state_backend, CFG_STATE_PLUGIN);
+        CHECK_STR_EQ(cfg.state_library, "lib/libone.so");
+        CHECK(cfg.state_conninfo == NULL);
+        CHECK_INT_EQ(cfg.state_nitems, 4);
+        CHECK(cfg_state_item(&cfg, "path") != NULL &&
+              strcmp(cfg_state_item(&cfg, "path")->value, "state.json") == 0);
+        CHECK_INT_EQ(cfg_state_item(&cfg, "path")->line, 9);
+        CHECK(cfg_state_item(&cfg, "schema") != NULL);
+        CHECK(cfg_state_item(&cfg, "nope") == NULL);
+        /* restart-only comparison: library and the store's keys, not conninfo/schema */
+        CHECK_INT_EQ(parse(cat(good_head, "[state]\nbackend = plugin\nlibrary = lib/libone.so\n"
+                                          "path = other.json\n"),
+                           &other, &err),
+                     0);
+        CHECK(!cfg_state_items_equal(&cfg, &other));
+        cfg_state_items_swap(&cfg, &other);
+        CHECK_STR_EQ(cfg_state_item(&cfg, "path")->value, "other.json");
+        CHECK_INT_EQ(other.state_nitems, 4);
+        cfg_free(&other);
+        cfg_free(&cfg);
+    }
+
+    /* errors name the file, the line and the key */
+    expect_error(cat(good_head, "[state]\nbackend = mysql\n"),
+                 P ":7: invalid value \"mysql\" for [state] backend: expected \"sqlite\", "
+                   "\"postgres\" or \"plugin\"",
+                 NULL);
+    expect_error(cat(good_head, "[state]\nbackend = plugin\n"),
+                 P ":7: [state] backend = plugin needs a library",
+                 "library = /path/to/libstore.so");
+    expect_error(cat(good_head, "[state]\nbackend = plugin\nlibrary =\n"),
+                 P ":8: empty value for [state] library", NULL);
+    expect_error(cat(good_head, "[state]\nlibrary = x.so\n"),
+                 P ":7: [state] library is set but backend is not plugin", "backend = plugin");
+    expect_error(cat(good_head, "[state]\nbackend = postgres\nlibrary = x.so\n"),
+                 P ":8: [state] library is set but backend is not plugin", NULL);
+    expect_error(cat(good_head, "[state]\nbackend = postgres\n"),
+                 P ":7: [state] backend = postgres needs a conninfo", NULL);
+    expect_error(cat(good_head, "[state]\nconninfo = host=x password=s3cret\n"),
+                 P ":7: [state] conninfo is set but backend is not postgres", NULL);
+    expect_error(cat(good_head, "[state]\nbackend = postgres\nconninfo =\n"),
+                 P ":8: empty value for [state] conninfo", NULL);
+    expect_error(cat(good_head, "[state]\nbackend = postgres\nconninfo = a\nschema = \n"),
+                 P ":9: invalid value \"\" for [state] schema: expected a name of 1 to 63 bytes",
+                 NULL);
+    expect_error(cat(good_head, "[state]\ncolour = red\n"),
+                 P ":7: unknown key \"colour\" in section [state]",
+                 "valid keys in [state]: backend, conninfo, schema, library");
+    expect_error(cat(good_head, "[state]\nbackend = plugin\nlibrary = a.so\nk = 1\nk = 2\n"),
+                 P ":10: duplicate key \"k\" in section [state] (first set on line 9)", NULL);
+
+    /* init --state plugin:PATH writes backend and library, and postgres's keys as comments
+     * (a plugin store would refuse them); it reads back */
+    snprintf(dir, sizeof(dir), "%s/stateplugin", tmpdir);
+    {
+        char *section = NULL;
+        CHECK_INT_EQ(dest_init_section(NULL, &section, &err), 0);
+        rc = cfg_write_new(dir, "demo", "host=db", "pub", section, "plugin:/opt/s/libs.so", NULL,
+                           NULL, &err);
+        free(section);
+    }
+    CHECK_INT_EQ(rc, 0);
+    snprintf(path, sizeof(path), "%s/walrelay.conf", dir);
+    f = fopen(path, "r");
+    CHECK(f != NULL);
+    if (f) {
+        n = fread(text, 1, sizeof(text) - 1, f);
+        text[n] = '\0';
+        fclose(f);
+        CHECK_CONTAINS(text, "\nbackend = plugin\n");
+        CHECK_CONTAINS(text, "\nlibrary = /opt/s/libs.so\n");
+        CHECK_CONTAINS(text, "\n# schema = walrelay_state\n");
+        CHECK(strstr(text, "\nschema = ") == NULL);
+    }
+    rc = cfg_load(dir, &cfg, &err);
+    CHECK_INT_EQ(rc, 0);
+    if (rc == 0) {
+        CHECK_INT_EQ(cfg.state_backend, CFG_STATE_PLUGIN);
+        CHECK_STR_EQ(cfg.state_library, "/opt/s/libs.so");
+        CHECK_INT_EQ(cfg.state_nitems, 1);
+        cfg_free(&cfg);
+    }
+    /* refusals: no path, a path the file cannot hold, another scheme (never echoing what
+     * follows its colon) */
+    CHECK_INT_EQ(cfg_write_new(dir, "demo", "host=db", "pub", "", "plugin:", NULL, NULL, &err),
+                 WR_ECONFIG);
+    CHECK_CONTAINS(err.msg, "--state plugin needs the library: plugin:PATH");
+    CHECK_INT_EQ(
+        cfg_write_new(dir, "demo", "host=db", "pub", "", "plugin:/a;b.so", NULL, NULL, &err),
+        WR_ECONFIG);
+    CHECK_CONTAINS(err.msg, "state store library \"/a;b.so\" contains");
+    CHECK_INT_EQ(
+        cfg_write_new(dir, "demo", "host=db", "pub", "", "mysql:password=s3cret", NULL, NULL, &err),
+        WR_ECONFIG);
+    CHECK_CONTAINS(err.msg, "invalid state store \"mysql\": expected \"sqlite\", "
+                            "\"postgres:CONNINFO\" or \"plugin:PATH\"");
+    CHECK(strstr(err.msg, "s3cret") == NULL);
+    unlink(path);
+    rmdir(dir);
+}
+
 static void
 test_slot_names(void)
 {
@@ -825,6 +968,97 @@ rm_rf(const char *path)
         fprintf(stderr, "could not remove %s\n", path);
 }
 
+/* [metrics] listen and lag_interval_ms, [log] format (issue 10), cfg_listen_parse, and
+ * walrelay init --metrics. */
+static void
+test_operations_keys(void)
+{
+    wr_config_t cfg;
+    wr_err_t err;
+    char host[64], dir[512];
+    uint16_t port = 1;
+    int rc;
+
+    rc = parse(good_head, &cfg, &err);
+    CHECK_INT_EQ(rc, 0);
+    CHECK(cfg.metrics_listen == NULL);
+    CHECK_INT_EQ(cfg.metrics_lag_interval_ms, 5000);
+    CHECK_INT_EQ(cfg.log_format, LOG_FMT_TEXT);
+    cfg_free(&cfg);
+
+    rc = parse(cat(good_head, "[metrics]\nlisten = 127.0.0.1:9187\nlag_interval_ms = 1000\n"
+                              "[log]\nformat = json\n"),
+               &cfg, &err);
+    CHECK_INT_EQ(rc, 0);
+    CHECK_STR_EQ(cfg.metrics_listen, "127.0.0.1:9187");
+    CHECK_INT_EQ(cfg.metrics_lag_interval_ms, 1000);
+    CHECK_INT_EQ(cfg.log_format, LOG_FMT_JSON);
+    cfg_free(&cfg);
+    /* an empty listen is off */
+    rc = parse(cat(good_head, "[metrics]\nlisten =\n"), &cfg, &err);
+    CHECK_INT_EQ(rc, 0);
+    CHECK(cfg.metrics_listen == NULL);
+    cfg_free(&cfg);
+
+    expect_error(cat(good_head, "[metrics]\nlisten = 9187\n"),
+                 P ":7: invalid value for [metrics] listen: \"9187\" has no port",
+                 "write HOST:PORT, e.g. 127.0.0.1:9187");
+    expect_error(cat(good_head, "[metrics]\nlisten = localhost:http\n"),
+                 P ":7: invalid value for [metrics] listen: \"localhost:http\": the port must be a "
+                   "number from 0 to 65535",
+                 NULL);
+    expect_error(cat(good_head, "[metrics]\nlisten = 127.0.0.1:65536\n"),
+                 "the port must be a number from 0 to 65535", NULL);
+    expect_error(cat(good_head, "[metrics]\nlisten = ::1:9187\n"),
+                 "\"::1:9187\": an IPv6 address needs brackets", "write [::1]:9187");
+    expect_error(cat(good_head, "[metrics]\nlisten = :9187\n"), "\":9187\" has no host",
+                 "0.0.0.0:PORT");
+    expect_error(cat(good_head, "[metrics]\nport = 9187\n"),
+                 P ":7: unknown key \"port\" in section [metrics]",
+                 "valid keys in [metrics]: listen, lag_interval_ms");
+    expect_error(cat(good_head, "[metrics]\nlag_interval_ms = 10\n"),
+                 "invalid value \"10\" for [metrics] lag_interval_ms: expected an integer from "
+                 "1000 to 3600000",
+                 NULL);
+    expect_error(cat(good_head, "[log]\nformat = yaml\n"),
+                 P ":7: invalid value \"yaml\" for [log] format: expected \"text\" or \"json\"",
+                 NULL);
+
+    CHECK_INT_EQ(cfg_listen_parse("[::1]:9187", host, sizeof(host), &port, &err), 0);
+    CHECK_STR_EQ(host, "::1");
+    CHECK_INT_EQ(port, 9187);
+    CHECK_INT_EQ(cfg_listen_parse("0.0.0.0:0", host, sizeof(host), &port, &err), 0);
+    CHECK_STR_EQ(host, "0.0.0.0");
+    CHECK_INT_EQ(port, 0);
+    CHECK_INT_EQ(cfg_listen_parse("metrics.example.com:9187", host, sizeof(host), &port, &err), 0);
+    CHECK_STR_EQ(host, "metrics.example.com");
+    CHECK_INT_EQ(cfg_listen_parse("[::1]9187", host, sizeof(host), &port, &err), WR_ECONFIG);
+    CHECK_CONTAINS(err.msg, "is not [IPV6]:PORT");
+    CHECK_INT_EQ(cfg_listen_parse("a b:1", host, sizeof(host), &port, &err), WR_ECONFIG);
+    CHECK_CONTAINS(err.msg, "the host has an invalid character");
+
+    /* walrelay init --metrics writes [metrics] listen; a bad one writes nothing */
+    snprintf(dir, sizeof(dir), "%s/ops1", tmpdir);
+    {
+        char *section = NULL;
+        CHECK_INT_EQ(dest_init_section("sqlite", &section, &err), 0);
+        rc = cfg_write_new(dir, "ops1", "host=a", "pub", section, NULL, "[::1]:9187",
+                           dest_init_check, &err);
+        CHECK_INT_EQ(rc, 0);
+        rc = cfg_load(dir, &cfg, &err);
+        CHECK_INT_EQ(rc, 0);
+        CHECK_STR_EQ(cfg.metrics_listen, "[::1]:9187");
+        cfg_free(&cfg);
+        snprintf(dir, sizeof(dir), "%s/ops2", tmpdir);
+        rc = cfg_write_new(dir, "ops2", "host=a", "pub", section, NULL, "9187", dest_init_check,
+                           &err);
+        CHECK_INT_EQ(rc, WR_ECONFIG);
+        CHECK_CONTAINS(err.msg, "--metrics: \"9187\" has no port");
+        CHECK(access(dir, F_OK) != 0 || cfg_load(dir, &cfg, &err) != 0);
+        free(section);
+    }
+}
+
 int
 main(void)
 {
@@ -849,6 +1083,8 @@ main(void)
     RUN(test_write_new_refusals);
     RUN(test_slot_names);
     RUN(test_lifecycle_keys);
+    RUN(test_state_section);
+    RUN(test_operations_keys);
     rm_rf(tmpdir);
     return unit_done();
 }

@@ -179,7 +179,7 @@ test_naming(void)
     CHECK(dest_type_find("postgres") == &dest_type_postgres);
     CHECK(dest_type_find("kafka") == NULL);
     dest_type_list(buf, sizeof(buf));
-    CHECK_STR_EQ(buf, "sqlite, postgres, null, plugin");
+    CHECK_STR_EQ(buf, "sqlite, postgres, null, http, jsonl, nats, eventstore, plugin");
 }
 
 static void
@@ -196,7 +196,7 @@ test_open_unknown_type(void)
     CHECK_INT_EQ(dest_open(&c, "apply", &d, &err), WR_ECONFIG);
     CHECK_STR_EQ(err.msg, "/p/walrelay.conf:7: invalid value \"x\" for [destination] type: no "
                           "such destination type");
-    CHECK_CONTAINS(err.hint, "sqlite, postgres, null, plugin");
+    CHECK_CONTAINS(err.hint, "sqlite, postgres, null, http, jsonl, nats, eventstore, plugin");
     CHECK(d == NULL);
 }
 

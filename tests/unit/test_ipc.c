@@ -146,6 +146,9 @@ check_msg_eq(const ipc_msg_t *a, const ipc_msg_t *b)
     case IPC_TABLE_REMOVED:
         CHECK_INT_EQ(a->u.table_removed.relid, b->u.table_removed.relid);
         break;
+    case IPC_DEST_WAIT:
+        CHECK_STR_EQ(a->u.dest_wait.message, b->u.dest_wait.message);
+        break;
     case IPC_ERROR:
         CHECK_STR_EQ(a->u.error.message, b->u.error.message);
         break;
@@ -174,6 +177,36 @@ check_msg_eq(const ipc_msg_t *a, const ipc_msg_t *b)
             check_table_eq(&a->u.status_reply.tables[i], &b->u.status_reply.tables[i], true);
         CHECK_STR_EQ(a->u.status_reply.message ? a->u.status_reply.message : "",
                      b->u.status_reply.message);
+        break;
+    case IPC_WORKER_METRICS: {
+        const __typeof__(a->u.worker_metrics) *x = &a->u.worker_metrics, *y = &b->u.worker_metrics;
+        CHECK_U64_EQ(x->transactions, y->transactions);
+        CHECK_U64_EQ(x->batches, y->batches);
+        CHECK_U64_EQ(x->bytes_received, y->bytes_received);
+        CHECK_U64_EQ(x->status_updates, y->status_updates);
+        CHECK_INT_EQ(x->nevents, y->nevents);
+        for (i = 0; i < x->nevents && i < y->nevents; i++) {
+            CHECK_INT_EQ(x->events[i].relid, y->events[i].relid);
+            for (int k = 0; k < IPC_NOPS; k++)
+                CHECK_U64_EQ(x->events[i].n[k], y->events[i].n[k]);
+        }
+        for (int k = 0; k < IPC_HIST_NCOUNTS; k++) {
+            CHECK_U64_EQ(x->batch.counts[k], y->batch.counts[k]);
+            CHECK_U64_EQ(x->commit.counts[k], y->commit.counts[k]);
+        }
+        CHECK_U64_EQ(x->batch.sum_us, y->batch.sum_us);
+        CHECK_U64_EQ(x->commit.sum_us, y->commit.sum_us);
+        CHECK_INT_EQ(x->last_commit_ts, y->last_commit_ts);
+        CHECK_INT_EQ(x->caught_up, y->caught_up);
+        break;
+    }
+    case IPC_STREAMING:
+        CHECK_U64_EQ(a->u.streaming.start_lsn, b->u.streaming.start_lsn);
+        break;
+    case IPC_METRICS:
+        break;
+    case IPC_METRICS_TEXT:
+        CHECK_STR_EQ(a->u.metrics_text.text, b->u.metrics_text.text);
         break;
     }
 }
@@ -208,7 +241,12 @@ static ipc_worker_info_t sample_workers[] = {
     {.role = "sync", .relid = 16390, .pid = 0, .restarts = 7, .state = "backoff"},
 };
 
-#define NSAMPLES 21
+static ipc_event_count_t sample_events[] = {
+    {.relid = 16384, .n = {3, 0, 1, 0}},
+    {.relid = 4294967295u, .n = {0, UINT64_MAX, 0, 2}},
+};
+
+#define NSAMPLES 28
 
 /* Fills samples[]; returns the count. samples[i] may reference the schema (freed by caller). */
 static int
@@ -304,6 +342,38 @@ make_samples(ipc_msg_t *s, wr_schema_t *schema)
     s[n].type = IPC_TABLE_REMOVED;
     s[n].u.table_removed.relid = 4294967295u;
     n++;
+    s[n].type = IPC_WORKER_METRICS;
+    s[n].u.worker_metrics.transactions = 7;
+    s[n].u.worker_metrics.batches = 2;
+    s[n].u.worker_metrics.bytes_received = 1ull << 40;
+    s[n].u.worker_metrics.status_updates = 3;
+    s[n].u.worker_metrics.nevents = 2;
+    s[n].u.worker_metrics.events = sample_events;
+    s[n].u.worker_metrics.batch.counts[0] = 1;
+    s[n].u.worker_metrics.batch.counts[IPC_HIST_NCOUNTS - 1] = 1;
+    s[n].u.worker_metrics.batch.sum_us = 12000500;
+    s[n].u.worker_metrics.commit.counts[3] = 2;
+    s[n].u.worker_metrics.commit.sum_us = 40000;
+    s[n].u.worker_metrics.last_commit_ts = 1764690000123456;
+    s[n].u.worker_metrics.caught_up = true;
+    n++;
+    s[n].type = IPC_WORKER_METRICS; /* nothing happened: all zero, no events */
+    n++;
+    s[n].type = IPC_STREAMING;
+    s[n].u.streaming.start_lsn = 0x16B374D848ull;
+    n++;
+    s[n].type = IPC_METRICS;
+    n++;
+    s[n].type = IPC_METRICS_TEXT;
+    s[n].u.metrics_text.text = "# HELP walrelay_up 1 while the apply worker streams\n"
+                               "# TYPE walrelay_up gauge\nwalrelay_up{pipeline=\"p\"} 1\n";
+    n++;
+    s[n].type = IPC_DEST_WAIT;
+    s[n].u.dest_wait.message = "http: HTTP 503 from http://127.0.0.1:9/ (attempt 3)";
+    n++;
+    s[n].type = IPC_DEST_WAIT;
+    s[n].u.dest_wait.message = "";
+    n++;
     return n;
 }
 
@@ -355,6 +425,11 @@ test_type_names(void)
     CHECK_STR_EQ(ipc_type_name(IPC_RESUME), "resume");
     CHECK_STR_EQ(ipc_type_name(IPC_RELOAD), "reload");
     CHECK_STR_EQ(ipc_type_name(IPC_TABLE_REMOVED), "table_removed");
+    CHECK_STR_EQ(ipc_type_name(IPC_WORKER_METRICS), "worker_metrics");
+    CHECK_STR_EQ(ipc_type_name(IPC_STREAMING), "streaming");
+    CHECK_STR_EQ(ipc_type_name(IPC_METRICS), "metrics");
+    CHECK_STR_EQ(ipc_type_name(IPC_METRICS_TEXT), "metrics_text");
+    CHECK_STR_EQ(ipc_type_name(IPC_DEST_WAIT), "dest_wait");
     CHECK_STR_EQ(ipc_type_name((ipc_type_t)0), "unknown");
     CHECK_STR_EQ(ipc_type_name((ipc_type_t)99), "unknown");
 }
@@ -617,6 +692,7 @@ test_decode_wrong_arity(void)
         {"copy_progress", 3}, {"stop", 1},    {"error", 2},  {"status", 1},
         {"status_reply", 10}, {"ok", 2},      {"retry", 2},  {"resync", 2},
         {"pause", 1},         {"resume", 1},  {"reload", 1}, {"table_removed", 2},
+        {"dest_wait", 2},
     };
     msgpack_sbuffer sb;
     msgpack_packer pk;
@@ -1236,6 +1312,194 @@ test_decode_commands_bad(void)
     msgpack_sbuffer_destroy(&sb);
 }
 
+/* Packs a worker_metrics message with n_elems elements (12 is right); hist_len counts in
+ * the batch histogram, ts as last_commit_ts; ev is packed as the events element. */
+static void
+pack_worker_metrics(msgpack_packer *pk, uint32_t n_elems, uint32_t hist_len, int64_t ts,
+                    void (*events)(msgpack_packer *))
+{
+    msgpack_pack_array(pk, n_elems);
+    pack_str(pk, "worker_metrics");
+    for (int i = 0; i < 4; i++)
+        msgpack_pack_uint64(pk, 1);
+    if (events)
+        events(pk);
+    else
+        msgpack_pack_array(pk, 0);
+    msgpack_pack_array(pk, hist_len);
+    for (uint32_t i = 0; i < hist_len; i++)
+        msgpack_pack_uint64(pk, 0);
+    msgpack_pack_uint64(pk, 0);
+    msgpack_pack_array(pk, IPC_HIST_NCOUNTS);
+    for (uint32_t i = 0; i < IPC_HIST_NCOUNTS; i++)
+        msgpack_pack_uint64(pk, 0);
+    msgpack_pack_uint64(pk, 0);
+    msgpack_pack_int64(pk, ts);
+    if (n_elems > 11)
+        msgpack_pack_true(pk);
+}
+
+static void
+events_short_item(msgpack_packer *pk)
+{
+    msgpack_pack_array(pk, 1);
+    msgpack_pack_array(pk, 4); /* [relid, inserts, updates, deletes]: truncates missing */
+    for (int i = 0; i < 4; i++)
+        msgpack_pack_uint64(pk, 1);
+}
+
+static void
+events_negative(msgpack_packer *pk)
+{
+    msgpack_pack_array(pk, 2);
+    msgpack_pack_array(pk, 5);
+    for (int i = 0; i < 5; i++)
+        msgpack_pack_uint64(pk, 1);
+    msgpack_pack_array(pk, 5);
+    msgpack_pack_uint64(pk, 16384);
+    msgpack_pack_uint64(pk, 1);
+    msgpack_pack_int64(pk, -1);
+    msgpack_pack_uint64(pk, 1);
+    msgpack_pack_uint64(pk, 1);
+}
+
+static void
+events_big_relid(msgpack_packer *pk)
+{
+    msgpack_pack_array(pk, 1);
+    msgpack_pack_array(pk, 5);
+    msgpack_pack_uint64(pk, 1ull << 32);
+    for (int i = 0; i < 4; i++)
+        msgpack_pack_uint64(pk, 1);
+}
+
+static void
+test_metrics_messages_bad(void)
+{
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_unpacked up;
+    ipc_msg_t m;
+    wr_err_t err;
+
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+
+    /* the helper's well-formed message decodes */
+    pack_worker_metrics(&pk, 12, IPC_HIST_NCOUNTS, 5, NULL);
+    msgpack_unpacked_init(&up);
+    CHECK_INT_EQ(msgpack_unpack_next(&up, sb.data, sb.size, NULL), MSGPACK_UNPACK_SUCCESS);
+    CHECK_INT_EQ(ipc_decode(&up.data, &m, &err), 0);
+    CHECK_INT_EQ(m.type, IPC_WORKER_METRICS);
+    CHECK_U64_EQ(m.u.worker_metrics.transactions, 1);
+    CHECK_INT_EQ(m.u.worker_metrics.last_commit_ts, 5);
+    CHECK(m.u.worker_metrics.caught_up);
+    ipc_msg_clear(&m);
+    msgpack_unpacked_destroy(&up);
+    sb.size = 0;
+
+    pack_worker_metrics(&pk, 11, IPC_HIST_NCOUNTS, 0, NULL);
+    expect_decode_error(&sb, "invalid \"worker_metrics\" message: expected 12 elements, got 11");
+    pack_worker_metrics(&pk, 12, IPC_HIST_NCOUNTS - 1, 0, NULL);
+    expect_decode_error(&sb, "invalid \"worker_metrics\" message: element 6 (batch_hist) must "
+                             "have 13 counts, got 12");
+    pack_worker_metrics(&pk, 12, IPC_HIST_NCOUNTS + 1, 0, NULL);
+    expect_decode_error(&sb, "element 6 (batch_hist) must have at most 13 items, got 14");
+    pack_worker_metrics(&pk, 12, IPC_HIST_NCOUNTS, -7, NULL);
+    expect_decode_error(&sb, "element 10 (last_commit_ts) must not be negative, got -7");
+    pack_worker_metrics(&pk, 12, IPC_HIST_NCOUNTS, 0, events_short_item);
+    expect_decode_error(&sb, "element 5 (events) item 0 must have 5 elements, got 4");
+    pack_worker_metrics(&pk, 12, IPC_HIST_NCOUNTS, 0, events_negative);
+    expect_decode_error(&sb, "element 5 (events) item 1 element 2 (updates) must be an "
+                             "unsigned integer, got negative integer");
+    pack_worker_metrics(&pk, 12, IPC_HIST_NCOUNTS, 0, events_big_relid);
+    expect_decode_error(&sb, "item 0 element 0 (relid) must fit in 32 bits");
+
+    /* a histogram count that is not a number */
+    msgpack_pack_array(&pk, 12);
+    pack_str(&pk, "worker_metrics");
+    for (int i = 0; i < 4; i++)
+        msgpack_pack_uint64(&pk, 0);
+    msgpack_pack_array(&pk, 0);
+    msgpack_pack_array(&pk, IPC_HIST_NCOUNTS);
+    for (int i = 0; i < IPC_HIST_NCOUNTS; i++)
+        if (i == 4)
+            pack_str(&pk, "x");
+        else
+            msgpack_pack_uint64(&pk, 0);
+    msgpack_pack_uint64(&pk, 0);
+    msgpack_pack_array(&pk, IPC_HIST_NCOUNTS);
+    for (int i = 0; i < IPC_HIST_NCOUNTS; i++)
+        msgpack_pack_uint64(&pk, 0);
+    msgpack_pack_uint64(&pk, 0);
+    msgpack_pack_uint64(&pk, 0);
+    msgpack_pack_false(&pk);
+    expect_decode_error(&sb, "element 6 (batch_hist) element 4 (count) must be an unsigned "
+                             "integer, got string");
+
+    msgpack_pack_array(&pk, 2);
+    pack_str(&pk, "streaming");
+    msgpack_pack_int64(&pk, -1);
+    expect_decode_error(&sb, "invalid \"streaming\" message: element 1 (start_lsn) must be an "
+                             "unsigned integer, got negative integer");
+
+    msgpack_pack_array(&pk, 2);
+    pack_str(&pk, "metrics");
+    pack_str(&pk, "all");
+    expect_decode_error(&sb, "invalid \"metrics\" message: expected 1 elements, got 2");
+
+    msgpack_pack_array(&pk, 2);
+    pack_str(&pk, "metrics_text");
+    msgpack_pack_bin_with_body(&pk, "x", 1);
+    expect_decode_error(&sb, "invalid \"metrics_text\" message: element 1 (text) must be a "
+                             "string, got binary");
+
+    msgpack_pack_array(&pk, 2);
+    pack_str(&pk, "metrics_text");
+    msgpack_pack_str_with_body(&pk, "a\0b", 3);
+    expect_decode_error(&sb, "element 1 (text) must not contain a NUL byte");
+    msgpack_sbuffer_destroy(&sb);
+}
+
+/* metrics_text may pass IPC_MAX_STR (other strings may not), up to IPC_MAX_TEXT. */
+static void
+test_metrics_text_long(void)
+{
+    msgpack_sbuffer sb;
+    ipc_msg_t m, got;
+    size_t big = IPC_MAX_STR * 4;
+    char *text = malloc(IPC_MAX_TEXT + 2);
+
+    CHECK(text != NULL);
+    if (!text)
+        return;
+    msgpack_sbuffer_init(&sb);
+    memset(text, 'm', big);
+    text[big] = '\0';
+    memset(&m, 0, sizeof(m));
+    m.type = IPC_METRICS_TEXT;
+    m.u.metrics_text.text = text;
+    CHECK_INT_EQ(ipc_encode(&m, &sb), 0);
+    CHECK_INT_EQ(read_all(sb.data, sb.size, 1000, &got, 1), 1);
+    CHECK_INT_EQ(got.type, IPC_METRICS_TEXT);
+    CHECK_INT_EQ(strlen(got.u.metrics_text.text), big);
+    ipc_msg_clear(&got);
+
+    /* over the limit: not written */
+    sb.size = 0;
+    memset(text, 'm', IPC_MAX_TEXT + 1);
+    text[IPC_MAX_TEXT + 1] = '\0';
+    CHECK_INT_EQ(ipc_encode(&m, &sb), WR_EINVAL);
+    CHECK_INT_EQ(sb.size, 0);
+    /* the same string in an error message is refused too (64 KiB limit) */
+    text[IPC_MAX_STR + 1] = '\0';
+    m.type = IPC_ERROR;
+    m.u.error.message = text;
+    CHECK_INT_EQ(ipc_encode(&m, &sb), WR_EINVAL);
+    free(text);
+    msgpack_sbuffer_destroy(&sb);
+}
+
 int
 main(void)
 {
@@ -1255,5 +1519,7 @@ main(void)
     RUN(test_reader_huge_declared_sizes);
     RUN(test_status_reply_without_message);
     RUN(test_decode_commands_bad);
+    RUN(test_metrics_messages_bad);
+    RUN(test_metrics_text_long);
     return unit_done();
 }
