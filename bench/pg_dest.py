@@ -10,9 +10,14 @@ three scenarios, each run with walrelay and with the baselines, one after the ot
             KEY afterwards) vs a native subscription's initial sync (CREATE SUBSCRIPTION
             until the table is ready).
   catchup:  a backlog built while both were stopped (--inserts in 1000-row transactions,
-            --updates in one transaction, --deletes in 1000-row transactions): time from
-            start (walrelay run / ALTER SUBSCRIPTION ENABLE) until the slot's confirmed
-            flush passes the backlog's end (both confirm only what the target committed).
+            --updates in one transaction, --deletes in 1000-row transactions, then one
+            marker row): time from start (walrelay run / ALTER SUBSCRIPTION ENABLE) until
+            the target equals the source (the marker, committed last, is visible on the
+            target: both apply in commit order), and until the slot's confirmed flush
+            passes the backlog's end (what the source may recycle; feedback timing adds to
+            it). CPU seconds of each side's processes are sampled from /proc: the
+            walsender (shared work: decoding), walrelay's processes or the native apply
+            worker, and the target's backends.
   latency:  pgbench -R inserting single rows at each --rates for --seconds: commit-to-
             visible per row = when a poller on the target first saw it minus the source's
             commit timestamp (track_commit_timestamp), p50 / p99 / max.
@@ -111,6 +116,93 @@ def native_ready(dst, db, name):
 
 def native_drop(dst, db, name):
     sql(dst, db, f"DROP SUBSCRIPTION IF EXISTS {name}")
+
+
+def proc_cpu(pid):
+    """CPU seconds (user + system) of a process, 0 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+class CpuTracker:
+    """Samples the CPU time of groups of processes while they run: the highest value seen
+    per (group, pid) counts (a process that exits keeps its last sample). The pids of a
+    group come from a function asked at most once a second (persistent connections: the
+    probing itself should cost the machine little). totals() = seconds per group."""
+
+    def __init__(self, groups):
+        self.groups = groups  # {group: function returning pids}
+        self.pids = {}
+        self.last = 0.0
+        self.seen = {}
+
+    def sample(self):
+        now = time.monotonic()
+        if now - self.last >= 1.0:
+            self.last = now
+            for g, fn in self.groups.items():
+                try:
+                    self.pids[g] = [p for p in fn() if p]
+                except Exception:  # a process or server going away meanwhile
+                    pass
+        for g, pids in self.pids.items():
+            for pid in pids:
+                self.seen[(g, pid)] = max(self.seen.get((g, pid), 0.0), proc_cpu(pid))
+
+    def totals(self):
+        t = {}
+        for (g, _), v in self.seen.items():
+            t[g] = t.get(g, 0.0) + v
+        return t
+
+
+class Probe:
+    """Persistent connections for the catch-up's polling: the marker row on the target,
+    the slot's position and walsender on the source, the target's backends."""
+
+    def __init__(self, src, dst, db):
+        self.src = psycopg.connect(conninfo(src, "postgres"), autocommit=True)
+        self.dst = psycopg.connect(conninfo(dst, db), autocommit=True)
+        self.db = db
+
+    def marker_seen(self):
+        return self.dst.execute("SELECT 1 FROM cu WHERE id = -1").fetchone() is not None
+
+    def slot_flushed(self, slot, endpos):
+        r = self.src.execute("SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots "
+                             "WHERE slot_name = %s", (endpos, slot)).fetchone()
+        return bool(r and r[0])
+
+    def walsender(self, slot):
+        r = self.src.execute("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s",
+                             (slot,)).fetchone()
+        return [r[0]] if r and r[0] else []
+
+    def target_backends(self, app_like):
+        return [r[0] for r in self.dst.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND application_name LIKE %s",
+            (self.db, app_like)).fetchall()]
+
+    def native_workers(self):
+        return [r[0] for r in self.dst.execute("SELECT pid FROM pg_stat_subscription").fetchall()]
+
+    def close(self):
+        self.src.close()
+        self.dst.close()
+
+
+def walrelay_pids(w):
+    pids = [w.proc.pid]
+    try:
+        with open(f"/proc/{w.proc.pid}/task/{w.proc.pid}/children") as f:
+            pids += [int(c) for c in f.read().split()]
+    except OSError:
+        pass
+    return pids
 
 
 # -- copy -------------------------------------------------------------------------------------
@@ -214,24 +306,40 @@ def bench_catchup(src, dst, args, out, peaks):
             c.execute("UPDATE cu SET v = v + 1, t = 'upd ' || id WHERE id <= %s", (n_upd,))
             for lo in range(n_ins - n_del + 1, n_ins + 1, 1000):
                 c.execute("DELETE FROM cu WHERE id BETWEEN %s AND %s", (lo, min(lo + 999, n_ins)))
+            c.execute("INSERT INTO cu VALUES (-1, 0, 'marker')")
             endpos = c.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0]
             c.execute("CHECKPOINT")
         build_s = time.monotonic() - t0
         total = n_ins + n_upd + n_del
         # walrelay
         w.peak = {}
+        pw = Probe(src, dst, "wr_cu")
+        cpu_w = CpuTracker({"walsender": lambda: pw.walsender("walrelay_cu_pg"),
+                            "client": lambda: walrelay_pids(w),
+                            "target": lambda: pw.target_backends("walrelay_%")})
         t0 = time.monotonic()
         w.start()
-        w.wait(lambda: slot_flushed(src, "walrelay_cu_pg", endpos), 7200, "walrelay caught up")
+        w.wait(lambda: (cpu_w.sample(), pw.marker_seen())[1], 7200, "walrelay: the marker")
         wr = time.monotonic() - t0
+        w.wait(lambda: (cpu_w.sample(), pw.slot_flushed("walrelay_cu_pg", endpos))[1], 600,
+               "walrelay caught up")
+        wr_flush = time.monotonic() - t0
         w.stop()
+        pw.close()
         peaks["catchup"] = dict(w.peak)
         check_equal(src, dst, "wr_cu", "cu", "walrelay catch-up")
         # native
+        pn = Probe(src, dst, "native_cu")
+        cpu_n = CpuTracker({"walsender": lambda: pn.walsender("sub_cu"),
+                            "client": pn.native_workers})
         t0 = time.monotonic()
         sql(dst, "native_cu", "ALTER SUBSCRIPTION sub_cu ENABLE")
-        wait(lambda: slot_flushed(src, "sub_cu", endpos), 7200, "native caught up")
+        wait(pn.marker_seen, 7200, "native: the marker", sample=cpu_n.sample)
         nat = time.monotonic() - t0
+        wait(lambda: pn.slot_flushed("sub_cu", endpos), 600, "native caught up",
+             sample=cpu_n.sample)
+        nat_flush = time.monotonic() - t0
+        pn.close()
         check_equal(src, dst, "native_cu", "cu", "native catch-up")
         t0 = time.monotonic()
         subprocess.run([f"{PGBIN}/pg_recvlogical", "-d", conninfo(src, "postgres"), "--slot",
@@ -247,14 +355,19 @@ def bench_catchup(src, dst, args, out, peaks):
     out.append(f"\n### Catch-up of a backlog built while both were stopped ({n_ins:,} inserts in "
                f"1000-row transactions, {n_upd:,} updates in one transaction, {n_del:,} deletes in "
                f"1000-row transactions; built in {build_s:.0f} s)\n")
-    out.append("| what | seconds | changes/s | walrelay's rate relative to it |")
-    out.append("|---|---|---|---|")
+    out.append("| what | seconds until the target equals the source | changes/s | walrelay's "
+               "rate relative to it | seconds until the slot's confirmed flush passes the end | "
+               "CPU s: walsender / apply client / target backend |")
+    out.append("|---|---|---|---|---|---|")
     out.append(f"| `pg_recvlogical` (pgoutput, decoding only, to /dev/null): the source's "
-               f"ceiling | {recv:.2f} | {total / recv:,.0f} | {recv / wr:.2f}× |")
-    out.append(f"| native subscription, ENABLE until its slot's confirmed flush passes the backlog "
-               f"| {nat:.2f} | {total / nat:,.0f} | {nat / wr:.2f}× |")
-    out.append(f"| **walrelay → postgres**, `walrelay run` until its slot's confirmed flush passes "
-               f"the backlog | {wr:.2f} | {total / wr:,.0f} | 1.00× |")
+               f"ceiling | {recv:.2f} | {total / recv:,.0f} | {recv / wr:.2f}× | - | - |")
+    cn, cw = cpu_n.totals(), cpu_w.totals()
+    out.append(f"| native subscription, ENABLE until then | {nat:.2f} | {total / nat:,.0f} | "
+               f"{nat / wr:.2f}× | {nat_flush:.2f} | {cn.get('walsender', 0):.1f} / "
+               f"{cn.get('client', 0):.1f} (apply worker, on the target) / - |")
+    out.append(f"| **walrelay → postgres**, `walrelay run` until then | {wr:.2f} | "
+               f"{total / wr:,.0f} | 1.00× | {wr_flush:.2f} | {cw.get('walsender', 0):.1f} / "
+               f"{cw.get('client', 0):.1f} (walrelay) / {cw.get('target', 0):.1f} |")
     print("\n".join(out[-6:]), flush=True)
 
 
