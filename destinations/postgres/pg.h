@@ -76,12 +76,30 @@ typedef struct pgd_ent_s {
 
 enum { PGD_PRE_EXISTS = 1, PGD_PRE_ABSENT = 2 };
 
-/* One change held back in order (tables that cannot be folded). */
+/* One change held back in order (tables that cannot be folded; every change of a table in
+ * history mode). */
 typedef struct pgd_op_s {
-    char kind;    /* 'I', 'U', 'D' */
-    uint32_t old; /* index in vals of the match values (nkeys, or ncols when by_row) */
-    uint32_t row; /* index in vals of the new row (I, U) */
+    char kind;    /* 'I', 'U', 'D'; history also 'T' (truncate) */
+    uint32_t old; /* index in vals of the match values (nkeys, or ncols when by_row);
+                   * history: the key to look the latest row up by (nkeys), PGD_NONE: none */
+    uint32_t row; /* index in vals of the new row (I, U); history: the row to append (kind
+                   * 'u' values come from the looked-up row), PGD_NONE for 'T' */
+    /* history mode only */
+    uint8_t lookup; /* PGD_HL_* */
+    uint32_t okey;  /* index in vals of the old key as JSON (an update that moved the key), or
+                     * PGD_NONE */
+    uint32_t seq;   /* the change's ordinal */
+    wr_lsn_t lsn;   /* its transaction's commit LSN */
+    int64_t ts;     /* its commit time, us since the Unix epoch */
 } pgd_op_t;
+
+/* pgd_op_t.lookup (history mode): does the appended row take values from the key's latest
+ * row in the history? */
+enum {
+    PGD_HL_NONE = 0, /* no: every value is in the change */
+    PGD_HL_NEED = 1, /* yes, and it must exist (an update's unchanged TOAST value) */
+    PGD_HL_OPT = 2   /* if there is one (a delete's non-key columns; NULL without) */
+};
 
 typedef struct pgd_pend_s {
     char *arena;
@@ -112,6 +130,10 @@ typedef struct pgd_table_s {
     bool by_row;  /* no key: match every column's text form, one row */
     bool fold;    /* the match key is the target's primary key: fold per key */
     bool ddl_txn; /* changed by DDL in the open transaction: forgotten on rollback */
+    /* history mode ([destination] mode = history, issue 9) */
+    bool history;
+    wr_lsn_t copy_lsn; /* the copy's consistent point (reset_table), 0 if unknown */
+    uint64_t copy_seq; /* rows of the copy so far (their _seq) */
     pgd_pend_t pend;
 } pgd_table_t;
 
@@ -125,6 +147,7 @@ typedef struct dest_pg_s {
     char *schema_opt; /* [destination] schema, or NULL: the source table's own schema */
     char role[16];
     size_t flush_bytes; /* a table's held-back changes are written once this big */
+    bool history;       /* [destination] mode = history: every change appended as a row */
     PGconn *conn;
     PGconn *src; /* source connection for type definitions; opened when needed */
     int server_version;
@@ -234,6 +257,22 @@ int pgd_flush_table(dest_pg_t *d, pgd_table_t *t, wr_err_t *err) WR_MUST_CHECK;
 /* If t's held-back changes are only new rows (fewer than the COPY threshold), appends
  * the one INSERT that writes them to b and returns how many; 0 otherwise (b unchanged). */
 long pgd_append_inserts(pgd_table_t *t, pgd_buf_t *b);
+/* History mode: one change (INSERT, UPDATE, DELETE, TRUNCATE) of t held back as a row to
+ * append (pg_write.c "HISTORY MODE"). Errors as pgd_write_change. */
+int pgd_hist_change(dest_pg_t *d, pgd_table_t *t, const dest_event_t *ev,
+                    wr_err_t *err) WR_MUST_CHECK;
+/* History mode: appends to b the copied line (COPY text, ending in '\n'; several lines
+ * allowed) with the copy's meta columns added (_change_type 'copy', the copy's LSN, the
+ * next _seq, NULL time and old key). */
+void pgd_hist_copy_lines(pgd_table_t *t, pgd_buf_t *b, const char *data, size_t len);
+/* History mode: " (c1, ..., _change_type, _commit_lsn, _seq, _commit_time, _old_key)". */
+void pgd_hist_collist(pgd_buf_t *b, const pgd_table_t *t);
+/* History mode: the name of the index on the key columns that finds a key's latest row
+ * ("_walrelay_hk_<table>_<hash of the key's column names>", at most 63 bytes); false if
+ * the table needs none (no key, or REPLICA IDENTITY FULL: whole old rows). */
+bool pgd_hist_index_name(const wr_schema_t *s, const char *table, char *buf, size_t len);
+#define PGD_HIST_COLS "_change_type, _commit_lsn, _seq, _commit_time, _old_key"
+
 /* Drops t's held-back changes (memory kept for reuse). */
 void pgd_pend_clear(dest_pg_t *d, pgd_table_t *t);
 void pgd_pend_free(pgd_pend_t *p);

@@ -16,6 +16,9 @@
  *   - walrelay.schemas(pipeline, relid, version_lsn, version_ordinal, nsp, name, columns,
  *     relfilenode, attstate, attxmins, change, recorded_at): the schema versions, as the
  *     sqlite destination keeps them (docs/destinations.md "Schema changes");
+ *   - walrelay.pipelines(pipeline, mode, created_at): the mode ([destination] mode, mirror
+ *     or history) the pipeline's tables were made in, recorded at the first open; the
+ *     other mode is refused (pgd_mode_check);
  *   - one table per source table: "nsp"."name" (the source's own schema, created when
  *     missing), or "<schema>"."name" / "<schema>"."nsp__name" with [destination] schema;
  *     columns in the source's order with its format_type() types and NOT NULL, and the
@@ -29,6 +32,11 @@
  * The copy streams COPY ... FROM STDIN, the source's COPY text passed through untouched
  * (write_copy), into a table created without its primary key, which copy_done() builds
  * once the rows are in (in the copy's last transaction).
+ * History mode (issue 9): each table is the source's columns (no key, no NOT NULL) plus
+ * _change_type, _commit_lsn, _seq, _commit_time, _old_key, and every change is appended
+ * (pg_write.c "HISTORY MODE"); a copy deletes only an earlier copy's rows and passes the
+ * source's lines through with the five columns appended; a schema change adds, renames and
+ * retypes columns, never drops one (pgd_hist_prepare, pgd_hist_alter).
  * Reconnects: a connection lost outside a transaction is opened again at the next begin()
  * (pgd_ensure_conn waits while the target is down); inside one, the error is WR_ECONN and
  * the worker replays from its last committed key.
@@ -60,7 +68,10 @@ static const char pgd_bootstrap[] =
     "  columns jsonb NOT NULL, relfilenode bigint NOT NULL, attstate text NOT NULL,"
     "  attxmins text NOT NULL, change text NOT NULL DEFAULT '',"
     "  recorded_at timestamptz NOT NULL DEFAULT now(),"
-    "  PRIMARY KEY (pipeline, relid, version_lsn, version_ordinal))";
+    "  PRIMARY KEY (pipeline, relid, version_lsn, version_ordinal)); "
+    "CREATE TABLE IF NOT EXISTS walrelay.pipelines ("
+    "  pipeline text PRIMARY KEY, mode text NOT NULL,"
+    "  created_at timestamptz NOT NULL DEFAULT now())";
 
 /* ---- small helpers -------------------------------------------------------------------- */
 
@@ -391,7 +402,7 @@ pgd_register_sql(dest_pg_t *d, pgd_buf_t *b, const wr_schema_t *s, const char *n
  * type name to create it with. */
 static bool
 pgd_create_sql(pgd_buf_t *b, const wr_schema_t *s, const char *nsp, const char *name, bool pk,
-               const char **bad)
+               bool history, const char **bad)
 {
     int nk = 0;
 
@@ -410,8 +421,14 @@ pgd_create_sql(pgd_buf_t *b, const wr_schema_t *s, const char *nsp, const char *
         pgd_buf_ident(b, s->cols[i].name);
         pgd_buf_add(b, " ");
         pgd_buf_add(b, ty);
-        if (s->cols[i].not_null)
+        if (s->cols[i].not_null && !history)
             pgd_buf_add(b, " NOT NULL");
+    }
+    if (history) {
+        /* every change a row: no key, no NOT NULL (a truncate's row is all NULL) */
+        pgd_buf_add(b, ", _change_type text NOT NULL, _commit_lsn pg_lsn, _seq bigint NOT NULL, "
+                       "_commit_time timestamptz, _old_key jsonb); ");
+        return true;
     }
     for (int i = 0; pk && i < s->ncols; i++) {
         if (!pgd_in_pk(s, i))
@@ -449,7 +466,7 @@ pgd_add_pk_sql(pgd_buf_t *b, const wr_schema_t *s, const char *nsp, const char *
 /* Builds the in-memory entry for s over the layout l of its target table. */
 static int
 pgd_table_new(const wr_schema_t *s, const char *nsp, const char *name, const pgd_layout_t *l,
-              pgd_table_t **out, wr_err_t *err)
+              bool history, pgd_table_t **out, wr_err_t *err)
 {
     pgd_table_t *t = calloc(1, sizeof(*t));
     pgd_buf_t q = {0};
@@ -471,9 +488,27 @@ pgd_table_new(const wr_schema_t *s, const char *nsp, const char *name, const pgd
         t->ctype == NULL || t->keys == NULL)
         goto oom;
     for (uint16_t i = 0; i < s->ncols; i++) {
-        if ((t->ctype[i] = wr_strdup(i < l->ncols ? l->types[i] : "text")) == NULL)
+        /* by name: a history table's columns are not in the source's order */
+        const char *ty = "text";
+
+        for (int k = 0; k < l->ncols; k++)
+            if (strcmp(l->names[k], s->cols[i].name) == 0) {
+                ty = l->types[k];
+                break;
+            }
+        if ((t->ctype[i] = wr_strdup(ty)) == NULL)
             goto oom;
         npk += i < l->ncols && l->pk[i] > 0;
+    }
+    if (history) {
+        /* rows are appended, never matched; the key (not under FULL: whole old rows) finds
+         * a key's latest row for the values a change does not carry */
+        t->history = true;
+        for (uint16_t i = 0; i < s->ncols && s->replident != 'f'; i++)
+            if (s->cols[i].is_key)
+                t->keys[t->nkeys++] = i;
+        *out = t;
+        return 0;
     }
     /* the match key (docs/destinations.md, keys): the stream's key columns; under FULL
      * (every column flagged) the target's primary key, else every column */
@@ -550,6 +585,100 @@ pgd_ensure_schema(dest_pg_t *d, const char *nsp, wr_err_t *err)
     return 0;
 }
 
+/* History mode: the existing table nsp.name (layout l) takes s's rows: it must have the
+ * history columns (else it was made in mirror mode: refused); s's columns it lacks are
+ * added (its earlier rows read NULL there); with retype, columns whose type differs from
+ * s's get it (ALTER COLUMN ... TYPE ... USING c::type: a copy after a type change); and the
+ * key's lookup index exists (pgd_hist_index_name). Reads l again when it changed. */
+static int
+pgd_hist_prepare(dest_pg_t *d, const wr_schema_t *s, const char *nsp, const char *name,
+                 pgd_layout_t *l, bool retype, wr_err_t *err)
+{
+    static const char *const meta[] = {"_change_type", "_commit_lsn", "_seq", "_commit_time",
+                                       "_old_key"};
+    pgd_buf_t *b = &d->sql;
+    char idx[96];
+    bool changed = false;
+    int rc;
+
+    for (size_t m = 0; m < sizeof(meta) / sizeof(meta[0]); m++) {
+        bool have = false;
+
+        for (int i = 0; i < l->ncols && !have; i++)
+            have = strcmp(l->names[i], meta[m]) == 0;
+        if (!have) {
+            wr_err_set(err, WR_EUNSUPPORTED,
+                       "destination table \"%s.%s\" has no column \"%s\": it was not made in "
+                       "history mode",
+                       nsp, name, meta[m]);
+            wr_err_hint(err, "rename or drop the table in the destination, then resync the table");
+            return WR_EUNSUPPORTED;
+        }
+    }
+    pgd_sql_start(d, b);
+    for (int j = 0; j < s->ncols; j++) {
+        const wr_column_t *c = &s->cols[j];
+        int have = -1;
+
+        for (int i = 0; i < l->ncols && have < 0; i++)
+            if (strcmp(l->names[i], c->name) == 0)
+                have = i;
+        if (have >= 0 &&
+            (!retype || c->type_name == NULL || strcmp(l->types[have], c->type_name) == 0))
+            continue;
+        if (c->type_name == NULL || c->type_name[0] == '\0') {
+            wr_err_set(err, WR_EUNSUPPORTED, "column \"%s\" of \"%s.%s\" has no type name", c->name,
+                       s->nsp, s->name);
+            return WR_EUNSUPPORTED;
+        }
+        pgd_buf_add(b, "ALTER TABLE ");
+        pgd_buf_qname(b, nsp, name);
+        if (have < 0) {
+            pgd_buf_add(b, " ADD COLUMN ");
+            pgd_buf_ident(b, c->name);
+            pgd_buf_add(b, " ");
+            pgd_buf_add(b, c->type_name);
+        } else {
+            pgd_buf_add(b, " ALTER COLUMN ");
+            pgd_buf_ident(b, c->name);
+            pgd_buf_add(b, " TYPE ");
+            pgd_buf_add(b, c->type_name);
+            pgd_buf_add(b, " USING ");
+            pgd_buf_ident(b, c->name);
+            pgd_buf_add(b, "::");
+            pgd_buf_add(b, c->type_name);
+        }
+        pgd_buf_add(b, "; ");
+        changed = true;
+    }
+    if (pgd_hist_index_name(s, name, idx, sizeof(idx))) {
+        pgd_buf_add(b, "CREATE INDEX IF NOT EXISTS ");
+        pgd_buf_ident(b, idx);
+        pgd_buf_add(b, " ON ");
+        pgd_buf_qname(b, nsp, name);
+        pgd_buf_add(b, " (");
+        for (int j = 0; j < s->ncols; j++) {
+            if (!s->cols[j].is_key)
+                continue;
+            pgd_buf_ident(b, s->cols[j].name);
+            pgd_buf_add(b, ", ");
+        }
+        pgd_buf_add(b, "_commit_lsn DESC NULLS LAST, _seq DESC); ");
+    } else if (!changed) {
+        return 0;
+    }
+    if ((rc = pgd_exec(d, b, "preparing a history table", err)) < 0) {
+        if (rc == WR_EDATA || rc == WR_EUNSUPPORTED)
+            wr_err_hint(err, "the history's values do not convert to the column's new type: "
+                             "rename the table in the destination, then resync the table");
+        return rc;
+    }
+    if (!changed)
+        return 0;
+    pgd_layout_free(l);
+    return pgd_layout_read(d, s->relid, nsp, name, l, err);
+}
+
 static int
 pgd_ensure_table(dest_t *base, const wr_schema_t *s, wr_err_t *err)
 {
@@ -594,7 +723,7 @@ pgd_ensure_table(dest_t *base, const wr_schema_t *s, wr_err_t *err)
         if ((rc = pgd_ensure_schema(d, nsp, err)) < 0 || (rc = pgd_types_ensure(d, s, err)) < 0)
             goto out;
         pgd_sql_start(d, b);
-        if (!pgd_create_sql(b, s, nsp, name, true, &bad)) {
+        if (!pgd_create_sql(b, s, nsp, name, true, d->history, &bad)) {
             wr_err_set(err, WR_EDATA,
                        "destination table \"%s.%s\" does not exist, and column \"%s\" has no "
                        "type name to create it with",
@@ -609,6 +738,11 @@ pgd_ensure_table(dest_t *base, const wr_schema_t *s, wr_err_t *err)
         log_info("table created in the destination table=%s.%s", nsp, name);
         if ((rc = pgd_layout_read(d, s->relid, nsp, name, &l, err)) < 0)
             goto out;
+    }
+    if (d->history) {
+        if ((rc = pgd_hist_prepare(d, s, nsp, name, &l, false, err)) < 0)
+            goto out;
+        goto registered;
     }
     /* the same columns, by name and position */
     for (int i = 0; i < s->ncols || i < l.ncols; i++) {
@@ -648,7 +782,8 @@ pgd_ensure_table(dest_t *base, const wr_schema_t *s, wr_err_t *err)
         if ((rc = pgd_layout_read(d, s->relid, nsp, name, &l, err)) < 0)
             goto out;
     }
-    if ((rc = pgd_table_new(s, nsp, name, &l, &t, err)) < 0)
+registered:
+    if ((rc = pgd_table_new(s, nsp, name, &l, d->history, &t, err)) < 0)
         goto out;
     {
         pgd_buf_t *b = &d->sql;
@@ -901,6 +1036,100 @@ out:
 
 /* ---- alter_table -------------------------------------------------------------------------- */
 
+/* History mode: a followed schema change never drops anything: renames rename (through
+ * temporary names, so swaps work), type changes change the column's type, added columns
+ * are added (the history's earlier rows read NULL there), a dropped column stays (NULL in
+ * later rows), a new key gets its lookup index. */
+static int
+pgd_hist_alter(dest_pg_t *d, const wr_schema_t *os, const wr_schema_t *ns, const dest_alter_t *plan,
+               const char *nsp, const char *name, pgd_layout_t *l, jw_buf_t *j, wr_err_t *err)
+{
+    pgd_buf_t *b = &d->sql;
+    bool any = false;
+    int rc;
+
+    for (int i = 0; i < os->ncols; i++) {
+        bool have = false;
+
+        for (int k = 0; k < l->ncols && !have; k++)
+            have = strcmp(l->names[k], os->cols[i].name) == 0;
+        if (!have) {
+            wr_err_set(err, WR_EUNSUPPORTED,
+                       "destination table \"%s.%s\" has no column \"%s\" of its recorded schema",
+                       nsp, name, os->cols[i].name);
+            wr_err_hint(err, "the destination table was changed outside walrelay; rename it in "
+                             "the destination, then run \"walrelay resync\" for the table");
+            return WR_EUNSUPPORTED;
+        }
+    }
+    if ((rc = pgd_types_ensure(d, ns, err)) < 0)
+        return rc;
+    pgd_sql_start(d, b);
+    for (int pass = 0; pass < 2; pass++) {
+        for (int c = 0; c < ns->ncols; c++) {
+            char tmp[48];
+
+            if (plan->src[c] < 0 || strcmp(os->cols[plan->src[c]].name, ns->cols[c].name) == 0)
+                continue;
+            snprintf(tmp, sizeof(tmp), "_walrelay_rename_%d", c);
+            pgd_buf_add(b, "ALTER TABLE ");
+            pgd_buf_qname(b, nsp, name);
+            pgd_buf_add(b, " RENAME COLUMN ");
+            pgd_buf_ident(b, pass == 0 ? os->cols[plan->src[c]].name : tmp);
+            pgd_buf_add(b, " TO ");
+            pgd_buf_ident(b, pass == 0 ? tmp : ns->cols[c].name);
+            pgd_buf_add(b, "; ");
+            any = true;
+        }
+    }
+    for (int c = 0; c < ns->ncols; c++) {
+        const wr_column_t *oc, *nc = &ns->cols[c];
+
+        if (plan->src[c] < 0)
+            continue;
+        oc = &os->cols[plan->src[c]];
+        if ((oc->type_oid == nc->type_oid && oc->typmod == nc->typmod) || nc->type_name == NULL ||
+            nc->type_name[0] == '\0')
+            continue;
+        pgd_buf_add(b, "ALTER TABLE ");
+        pgd_buf_qname(b, nsp, name);
+        pgd_buf_add(b, " ALTER COLUMN ");
+        pgd_buf_ident(b, nc->name);
+        pgd_buf_add(b, " TYPE ");
+        pgd_buf_add(b, nc->type_name);
+        pgd_buf_add(b, " USING ");
+        pgd_buf_ident(b, nc->name);
+        pgd_buf_add(b, "::");
+        pgd_buf_add(b, nc->type_name);
+        pgd_buf_add(b, "; ");
+        any = true;
+    }
+    if (any && (rc = pgd_exec(d, b, "altering the history table", err)) < 0) {
+        if (rc == WR_EUNSUPPORTED || rc == WR_EDEST)
+            wr_err_hint(err, "a column of that name is in the history already (dropped earlier): "
+                             "rename it in the destination, then resync the table");
+        return rc;
+    }
+    if (any) {
+        pgd_layout_free(l);
+        if ((rc = pgd_layout_read(d, os->relid, nsp, name, l, err)) < 0)
+            return rc;
+    }
+    /* added columns (a name dropped earlier that comes back is reused), the key's index */
+    if ((rc = pgd_hist_prepare(d, ns, nsp, name, l, false, err)) < 0)
+        return rc;
+    pgd_sql_start(d, b);
+    pgd_register_sql(d, b, ns, nsp, name, 0, j);
+    if (pgd_version_sql(d, b, ns, plan->meta, plan->summary, j) < 0)
+        return wr_err_set(err, WR_ENOMEM, "out of memory recording a schema version");
+    if ((rc = pgd_exec(d, b, "recording the history table's schema", err)) < 0)
+        return rc;
+    pgd_forget(d, os->relid); /* registered again by the caller's ensure_table */
+    log_info("history table altered in the destination table=%s.%s change=\"%s\"", nsp, name,
+             plan->summary ? plan->summary : "");
+    return 0;
+}
+
 static int
 pgd_alter_table(dest_t *base, const wr_schema_t *os, const wr_schema_t *ns,
                 const dest_alter_t *plan, wr_err_t *err)
@@ -939,6 +1168,10 @@ pgd_alter_table(dest_t *base, const wr_schema_t *os, const wr_schema_t *ns,
         goto out;
     if ((rc = pgd_layout_read(d, os->relid, nsp, name, &l, err)) < 0)
         goto out;
+    if (d->history) {
+        rc = pgd_hist_alter(d, os, ns, plan, nsp, name, &l, &j, err);
+        goto out;
+    }
     rc = l.ncols == os->ncols ? 0 : -1;
     for (int i = 0; rc == 0 && i < l.ncols; i++)
         rc = strcmp(l.names[i], os->cols[i].name) == 0 ? 0 : -1;
@@ -1149,15 +1382,24 @@ pgd_reset_table(dest_t *base, const wr_schema_t *s, const dest_tmeta_t *meta, wr
     if (rc < 0 || (rc = pgd_layout_read(d, s->relid, nsp, name, &l, err)) < 0)
         goto out;
     has_key = false;
-    for (int i = 0; i < s->ncols; i++)
+    for (int i = 0; i < s->ncols && !d->history; i++)
         has_key = has_key || pgd_in_pk(s, i);
     same = l.ncols == s->ncols && (pgd_layout_pk_is(&l, s) || l.pkname == NULL);
     for (int i = 0; same && i < l.ncols; i++)
         same = strcmp(l.names[i], s->cols[i].name) == 0 && s->cols[i].type_name != NULL &&
                strcmp(l.types[i], s->cols[i].type_name) == 0 &&
                l.notnull[i] == (s->cols[i].not_null || l.pk[i] > 0);
+    /* history: the history stays; the columns this copy has are added or retyped, and
+     * only an earlier copy's rows go */
+    if (d->history && l.ncols > 0 && (rc = pgd_hist_prepare(d, s, nsp, name, &l, true, err)) < 0)
+        goto out;
     pgd_sql_start(d, b);
-    if (same) {
+    if (d->history && l.ncols > 0) {
+        pgd_buf_add(b, "DELETE FROM ");
+        pgd_buf_qname(b, nsp, name);
+        pgd_buf_add(b, " WHERE _change_type = 'copy'; ");
+        same = true;
+    } else if (same && !d->history) {
         /* the same table: emptied, its primary key built again once the rows are in */
         pgd_buf_add(b, "TRUNCATE ");
         pgd_buf_qname(b, nsp, name);
@@ -1175,7 +1417,7 @@ pgd_reset_table(dest_t *base, const wr_schema_t *s, const dest_tmeta_t *meta, wr
             pgd_buf_qname(b, nsp, name);
             pgd_buf_add(b, "; ");
         }
-        if (!pgd_create_sql(b, s, nsp, name, false, &bad)) {
+        if (!pgd_create_sql(b, s, nsp, name, false, d->history, &bad)) {
             wr_err_set(err, WR_EUNSUPPORTED,
                        "column \"%s\" of \"%s.%s\" has no type name to create the table with", bad,
                        s->nsp, s->name);
@@ -1199,13 +1441,16 @@ pgd_reset_table(dest_t *base, const wr_schema_t *s, const dest_tmeta_t *meta, wr
                              "foreign key): drop it, then run \"walrelay resync\" for the table");
         goto out;
     }
-    log_info("table %s in the destination for a copy table=%s.%s", same ? "emptied" : "created",
+    log_info("table %s in the destination for a copy table=%s.%s",
+             same ? (d->history ? "kept (an earlier copy's rows deleted)" : "emptied") : "created",
              nsp, name);
     pgd_layout_free(&l);
     if ((rc = pgd_layout_read(d, s->relid, nsp, name, &l, err)) < 0 ||
-        (rc = pgd_table_new(s, nsp, name, &l, &t, err)) < 0)
+        (rc = pgd_table_new(s, nsp, name, &l, d->history, &t, err)) < 0)
         goto out;
     t->ddl_txn = true;
+    t->copy_lsn = meta != NULL ? meta->version.commit_lsn : 0;
+    t->copy_seq = 0;
     pgd_link(d, t);
 out:
     pgd_layout_free(&l);
@@ -1231,13 +1476,18 @@ pgd_copy_open(dest_pg_t *d, pgd_table_t *t, wr_err_t *err)
     pgd_sql_start(d, b);
     pgd_buf_add(b, "COPY ");
     pgd_buf_add(b, t->label);
-    pgd_buf_add(b, " (");
-    for (int c = 0; c < t->ncols; c++) {
-        if (c)
-            pgd_buf_add(b, ", ");
-        pgd_buf_ident(b, t->schema->cols[c].name);
+    if (t->history) {
+        pgd_hist_collist(b, t);
+    } else {
+        pgd_buf_add(b, " (");
+        for (int c = 0; c < t->ncols; c++) {
+            if (c)
+                pgd_buf_add(b, ", ");
+            pgd_buf_ident(b, t->schema->cols[c].name);
+        }
+        pgd_buf_add(b, ")");
     }
-    pgd_buf_add(b, ") FROM STDIN");
+    pgd_buf_add(b, " FROM STDIN");
     return pgd_copy_begin(d, b, t->relid, "copying rows", err);
 }
 
@@ -1251,6 +1501,14 @@ pgd_write_copy(dest_t *base, uint32_t relid, const char *data, size_t len, wr_er
     if ((rc = pgd_need_txn(d, "write_copy", err)) < 0 ||
         (rc = pgd_get_table(d, relid, &t, err)) < 0 || (rc = pgd_copy_open(d, t, err)) < 0)
         return rc;
+    if (t->history) {
+        /* each line with the copy's meta columns added */
+        pgd_buf_reset(&d->data);
+        pgd_hist_copy_lines(t, &d->data, data, len);
+        if (d->data.oom)
+            return wr_err_set(err, WR_ENOMEM, "out of memory copying rows");
+        return pgd_copy_put(d, d->data.p, d->data.len, err);
+    }
     return pgd_copy_put(d, data, len, err);
 }
 
@@ -1286,6 +1544,16 @@ pgd_write_rows(dest_t *base, uint32_t relid, const wr_row_t *rows, size_t n, wr_
             pgd_buf_copyval(b, r->vals[c].kind, r->vals[c].data, r->vals[c].len);
         }
         pgd_buf_addn(b, "\n", 1);
+        if (t->history && !b->oom) {
+            /* the same line with the copy's meta columns (through aux: b is the input) */
+            pgd_buf_reset(&d->aux);
+            pgd_hist_copy_lines(t, &d->aux, b->p, b->len);
+            if (d->aux.oom)
+                return wr_err_set(err, WR_ENOMEM, "out of memory copying rows");
+            if ((rc = pgd_copy_put(d, d->aux.p, d->aux.len, err)) < 0)
+                return rc;
+            continue;
+        }
         if (b->oom)
             return wr_err_set(err, WR_ENOMEM, "out of memory copying rows");
         if ((rc = pgd_copy_put(d, b->p, b->len, err)) < 0)
@@ -1310,7 +1578,10 @@ pgd_copy_done(dest_t *base, uint32_t relid, wr_err_t *err)
         return rc;
     if ((rc = pgd_layout_read(d, relid, t->nsp, t->name, &l, err)) < 0)
         return rc;
-    if (l.pk_pending && l.pkname == NULL) {
+    if (t->history) {
+        /* no primary key; the key's lookup index, built once the rows are in */
+        rc = pgd_hist_prepare(d, t->schema, t->nsp, t->name, &l, false, err);
+    } else if (l.pk_pending && l.pkname == NULL) {
         int64_t t0 = wr_now_ms();
 
         pgd_sql_start(d, b);
@@ -1708,6 +1979,14 @@ pgd_truncate(dest_pg_t *d, pgd_table_t *t, uint8_t flags, wr_err_t *err)
     if ((rc = pgd_flush_table(d, t, err)) < 0)
         return rc;
     pgd_sql_start(d, b);
+    if (t->history) {
+        /* a copy again (truncate_table): only an earlier copy's rows go */
+        pgd_buf_add(b, "DELETE FROM ");
+        pgd_buf_add(b, t->label);
+        pgd_buf_add(b, " WHERE _change_type = 'copy'");
+        t->copy_seq = 0;
+        return pgd_exec(d, b, "deleting an earlier copy's rows", err);
+    }
     pgd_buf_add(b, "TRUNCATE ");
     pgd_buf_add(b, t->label);
     if (flags & 2)
@@ -1745,6 +2024,8 @@ pgd_write_event(dest_t *base, const dest_event_t *ev, wr_err_t *err)
         return rc;
     if (d->copy_relid != 0 && (rc = pgd_copy_end(d, err)) < 0)
         return rc;
+    if (t->history) /* every change a row, TRUNCATE too */
+        return pgd_hist_change(d, t, ev, err);
     if (ev->kind == DEST_EV_TRUNCATE)
         return pgd_truncate(d, t, ev->truncate_flags, err);
     return pgd_write_change(d, t, ev, err);
@@ -1819,7 +2100,8 @@ pgd_bootstrap_tables(dest_pg_t *d, wr_err_t *err)
     pgd_sql_start(d, b);
     pgd_buf_add(b, "SELECT to_regclass('walrelay.progress') IS NOT NULL AND "
                    "to_regclass('walrelay.tables') IS NOT NULL AND "
-                   "to_regclass('walrelay.schemas') IS NOT NULL");
+                   "to_regclass('walrelay.schemas') IS NOT NULL AND "
+                   "to_regclass('walrelay.pipelines') IS NOT NULL");
     if ((rc = pgd_run(d, b, NULL, 0, &res, "looking for walrelay's tables", err)) < 0)
         return rc;
     ok = res.n == 1 && PQntuples(res.r[0]) == 1 && strcmp(PQgetvalue(res.r[0], 0, 0), "t") == 0;
@@ -1833,7 +2115,7 @@ pgd_bootstrap_tables(dest_pg_t *d, wr_err_t *err)
                  "DO $walrelay$ BEGIN PERFORM pg_advisory_xact_lock(%lld); IF NOT EXISTS ("
                  "SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON "
                  "n.oid = c.relnamespace WHERE n.nspname = 'walrelay' AND c.relname = "
-                 "'schemas') THEN ",
+                 "'pipelines') THEN ",
                  (long long)pgd_lock_key("walrelay ddl"));
     pgd_buf_add(b, pgd_bootstrap);
     pgd_buf_add(b, "; END IF; END $walrelay$");
@@ -1841,6 +2123,48 @@ pgd_bootstrap_tables(dest_pg_t *d, wr_err_t *err)
         return rc;
     log_info("bookkeeping tables created in the destination schema=walrelay");
     return 0;
+}
+
+/* walrelay.pipelines(pipeline, mode): the mode a pipeline's tables were made in, recorded
+ * at its first open (mirror for a pipeline with tables from before modes were recorded).
+ * A configuration of the other mode is refused: a mirror copy would drop a history table,
+ * and history rows do not fit a mirror table. */
+static int
+pgd_mode_check(dest_pg_t *d, const wr_config_t *cfg, wr_err_t *err)
+{
+    const char *want = d->history ? "history" : "mirror";
+    pgd_buf_t *b = &d->aux;
+    pgd_res_t res = {0};
+    char have[32] = "";
+    int rc;
+
+    pgd_sql_start(d, b);
+    pgd_buf_add(b, "INSERT INTO walrelay.pipelines (pipeline, mode) SELECT ");
+    pgd_buf_lit(b, d->pipeline, strlen(d->pipeline));
+    pgd_buf_add(b, ", CASE WHEN EXISTS (SELECT 1 FROM walrelay.tables WHERE pipeline = ");
+    pgd_buf_lit(b, d->pipeline, strlen(d->pipeline));
+    pgd_buf_addf(b,
+                 ") THEN 'mirror' ELSE '%s' END ON CONFLICT (pipeline) DO NOTHING; "
+                 "SELECT mode FROM walrelay.pipelines WHERE pipeline = ",
+                 want);
+    pgd_buf_lit(b, d->pipeline, strlen(d->pipeline));
+    if ((rc = pgd_run(d, b, NULL, 0, &res, "recording the destination's mode", err)) < 0)
+        return rc;
+    if (res.n == 2 && PQntuples(res.r[1]) == 1)
+        snprintf(have, sizeof(have), "%s", PQgetvalue(res.r[1], 0, 0));
+    pgd_res_clear(&res);
+    if (strcmp(have, want) == 0)
+        return 0;
+    dest_config_error(cfg, "mode", WR_ECONFIG, err,
+                      "the destination database holds %s tables of pipeline \"%s\", not %s "
+                      "ones",
+                      have[0] ? have : "?", d->pipeline, want);
+    wr_err_hint(err,
+                "keep mode = %s, or give the pipeline another database (or drop its tables "
+                "and its rows in walrelay.pipelines, walrelay.tables, walrelay.schemas and "
+                "walrelay.progress there)",
+                have[0] ? have : "mirror");
+    return WR_ECONFIG;
 }
 
 int
@@ -1862,6 +2186,8 @@ pgd_open_role(const wr_config_t *cfg, const char *role, dest_t **out, wr_err_t *
     d->pipeline = wr_strdup(cfg->pipeline_name ? cfg->pipeline_name : "walrelay");
     d->schema_opt = schema != NULL && schema[0] != '\0' ? wr_strdup(schema) : NULL;
     d->flush_bytes = cfg->batch_max_bytes > 256 * 1024 ? (size_t)cfg->batch_max_bytes : 256 * 1024;
+    d->history = dest_config_value(cfg, "mode") != NULL &&
+                 strcmp(dest_config_value(cfg, "mode"), "history") == 0;
     /* the apply worker tracks durability (dest_ops_t.durable); the sync worker and tools
      * commit synchronously */
     d->async = strcmp(d->role, "apply") == 0;
@@ -1870,8 +2196,10 @@ pgd_open_role(const wr_config_t *cfg, const char *role, dest_t **out, wr_err_t *
         pgd_close(&d->base);
         return wr_err_set(err, WR_ENOMEM, "out of memory opening the postgres destination");
     }
-    if ((rc = pgd_ensure_conn(d, err)) < 0 || (rc = pgd_bootstrap_tables(d, err)) < 0) {
-        wr_err_prefix(err, "opening the postgres destination: ");
+    if ((rc = pgd_ensure_conn(d, err)) < 0 || (rc = pgd_bootstrap_tables(d, err)) < 0 ||
+        (rc = pgd_mode_check(d, cfg, err)) < 0) {
+        if (rc != WR_ECONFIG)
+            wr_err_prefix(err, "opening the postgres destination: ");
         pgd_close(&d->base);
         return rc;
     }

@@ -1,6 +1,6 @@
 /*
  * pg_entry.c - the postgres destination's registry entry: its [destination] keys
- * (conninfo, schema), the argument of `walrelay init --destination postgres:CONNINFO`,
+ * (conninfo, schema, mode), the argument of `walrelay init --destination postgres:CONNINFO`,
  * validation, the preflight of `walrelay check` (reachable, version, privileges) and a
  * description without secrets.
  *
@@ -28,6 +28,10 @@ static const dest_keyspec_t pgd_keys[] = {
      "table keeps its source schema (created if missing). walrelay's own bookkeeping\n"
      "is in the schema walrelay.",
      false, false, false},
+    {"mode", "mirror",
+     "mirror: each table holds the source's rows. history: every change is a new row\n"
+     "with _change_type, _commit_lsn, _seq, _commit_time, _old_key (docs/destinations.md).",
+     false, false, false},
 };
 
 static int
@@ -48,6 +52,7 @@ pgd_validate(const wr_config_t *cfg, wr_err_t *err)
 {
     const char *conninfo = dest_config_value(cfg, "conninfo");
     const char *schema = dest_config_value(cfg, "schema");
+    const char *mode = dest_config_value(cfg, "mode");
     PQconninfoOption *opts;
     char *perr = NULL;
 
@@ -69,6 +74,13 @@ pgd_validate(const wr_config_t *cfg, wr_err_t *err)
         return WR_ECONFIG;
     }
     PQconninfoFree(opts);
+    if (mode != NULL && strcmp(mode, "mirror") != 0 && strcmp(mode, "history") != 0) {
+        dest_config_error(cfg, "mode", WR_ECONFIG, err,
+                          "invalid value \"%s\": expected mirror or history", mode);
+        wr_err_hint(err, "mode = mirror keeps the source's rows; mode = history appends every "
+                         "change as a row");
+        return WR_ECONFIG;
+    }
     if (schema != NULL && schema[0] != '\0') {
         if (strcmp(schema, PGD_SCHEMA) == 0) {
             dest_config_error(cfg, "schema", WR_ECONFIG, err,
@@ -112,6 +124,14 @@ pgd_describe_conninfo(const char *conninfo, char *buf, size_t len)
     PQconninfoFree(opts);
 }
 
+static bool
+pgd_history(const wr_config_t *cfg)
+{
+    const char *mode = dest_config_value(cfg, "mode");
+
+    return mode != NULL && strcmp(mode, "history") == 0;
+}
+
 static void
 pgd_describe(const wr_config_t *cfg, char *buf, size_t len)
 {
@@ -119,8 +139,9 @@ pgd_describe(const wr_config_t *cfg, char *buf, size_t len)
     const char *schema = dest_config_value(cfg, "schema");
 
     pgd_describe_conninfo(dest_config_value(cfg, "conninfo"), where, sizeof(where));
-    snprintf(buf, len, "postgres %s%s%s", where[0] ? where : "(libpq defaults)",
-             schema && schema[0] ? " schema=" : "", schema && schema[0] ? schema : "");
+    snprintf(buf, len, "postgres %s%s%s%s", where[0] ? where : "(libpq defaults)",
+             schema && schema[0] ? " schema=" : "", schema && schema[0] ? schema : "",
+             pgd_history(cfg) ? " (history mode)" : "");
 }
 
 static int
@@ -211,12 +232,46 @@ pgd_preflight(const wr_config_t *cfg, char *summary, size_t len, wr_err_t *err)
             goto out;
         }
     }
+    {
+        /* the mode the pipeline's tables were made in (pg_dest.c pgd_mode_check) */
+        const char *want = pgd_history(cfg) ? "history" : "mirror";
+        char *pl = PQescapeLiteral(c, cfg->pipeline_name ? cfg->pipeline_name : "",
+                                   cfg->pipeline_name ? strlen(cfg->pipeline_name) : 0);
+        PGresult *m;
+
+        if (pl == NULL) {
+            rc = wr_err_set(err, WR_ENOMEM, "out of memory checking the destination");
+            goto out;
+        }
+        snprintf(q, sizeof(q),
+                 "SELECT coalesce((SELECT mode FROM walrelay.pipelines WHERE pipeline = %s), "
+                 "CASE WHEN EXISTS (SELECT 1 FROM walrelay.tables WHERE pipeline = %s) THEN "
+                 "'mirror' END) WHERE to_regclass('walrelay.tables') IS NOT NULL AND "
+                 "to_regclass('walrelay.pipelines') IS NOT NULL",
+                 pl, pl);
+        PQfreemem(pl);
+        m = PQexec(c, q);
+        if (PQresultStatus(m) == PGRES_TUPLES_OK && PQntuples(m) == 1 && !PQgetisnull(m, 0, 0) &&
+            strcmp(PQgetvalue(m, 0, 0), want) != 0) {
+            dest_config_error(cfg, "mode", WR_ECONFIG, err,
+                              "the destination database holds %s tables of pipeline \"%s\", not "
+                              "%s ones",
+                              PQgetvalue(m, 0, 0), cfg->pipeline_name ? cfg->pipeline_name : "",
+                              want);
+            wr_err_hint(err, "keep mode = %s, or give the pipeline another database",
+                        PQgetvalue(m, 0, 0));
+            PQclear(m);
+            rc = WR_ECONFIG;
+            goto out;
+        }
+        PQclear(m);
+    }
     pgd_describe_conninfo(dest_config_value(cfg, "conninfo"), where, sizeof(where));
     /* without [destination] schema, tables go into schemas named like the source's: a
      * user who may not create schemas needs them to exist already */
-    snprintf(summary, len, "postgres %s (PostgreSQL %d.%d)%s%s%s", where, ver / 10000,
+    snprintf(summary, len, "postgres %s (PostgreSQL %d.%d)%s%s%s%s", where, ver / 10000,
              ver % 10000 / 100, schema && schema[0] ? ", schema " : "",
-             schema && schema[0] ? schema : "",
+             schema && schema[0] ? schema : "", pgd_history(cfg) ? ", history mode" : "",
              !(schema && schema[0]) && !PGD_T(0)
                  ? ", may not create schemas: the source's schemas must exist on the target"
                  : "");

@@ -49,16 +49,18 @@
  * (num_nulls(c) = 1 for NULL, format('%s', c) = 'v' otherwise: exact, and defined for
  * types without an equality operator), or the key columns by equality.
  *
- * History mode (issue 9) would hold back INSERTs only: the INSERT set and its COPY path
- * are what it needs.
+ * HISTORY MODE ([destination] mode = history, issue 9): every change is appended as a row,
+ * in order; see the section at the end of this file.
  */
 #include "pg.h"
 
+#include "../../common/json.h"
 #include "../../common/log.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define PGD_COPY_MIN 32 /* inserts written with COPY from this many on */
 
@@ -581,6 +583,10 @@ pgd_need_old_row(const pgd_table_t *t, const char *what, char old_kind, wr_err_t
     return WR_EUNSUPPORTED;
 }
 
+static int pgd_pend_added(dest_pg_t *d, pgd_table_t *t, wr_err_t *err);
+static int pgd_flush_history(dest_pg_t *d, pgd_table_t *t, wr_err_t *err);
+static void pgd_hist_values_sql(pgd_buf_t *b, const pgd_table_t *t, size_t from, size_t to);
+
 int
 pgd_write_change(dest_pg_t *d, pgd_table_t *t, const dest_event_t *ev, wr_err_t *err)
 {
@@ -634,6 +640,14 @@ pgd_write_change(dest_pg_t *d, pgd_table_t *t, const dest_event_t *ev, wr_err_t 
         pgd_pend_clear(d, t);
         return rc;
     }
+    return pgd_pend_added(d, t, err);
+}
+
+/* After a change was held back: t is on the list of tables with held-back changes, which
+ * are written once they pass d->flush_bytes. */
+static int
+pgd_pend_added(dest_pg_t *d, pgd_table_t *t, wr_err_t *err)
+{
     t->pend.changes++;
     if (!t->dirty) {
         t->dirty = true;
@@ -1321,6 +1335,16 @@ pgd_append_inserts(pgd_table_t *t, pgd_buf_t *b)
 
     if (t->ncols > sizeof(all))
         return 0;
+    if (t->history) {
+        /* a few appended rows, none looked up: one INSERT ... VALUES */
+        if (p->nops == 0 || p->nops >= PGD_COPY_MIN)
+            return 0;
+        for (size_t i = 0; i < p->nops; i++)
+            if (p->ops[i].lookup != PGD_HL_NONE)
+                return 0;
+        pgd_hist_values_sql(b, t, 0, p->nops);
+        return (long)p->nops;
+    }
     if (t->fold) {
         if (p->nops > 0 || p->nents == 0 || p->nents >= PGD_COPY_MIN)
             return 0;
@@ -1372,8 +1396,581 @@ pgd_flush_table(dest_pg_t *d, pgd_table_t *t, wr_err_t *err)
     int rc = 0;
 
     if (t->pend.nents > 0 || t->pend.nops > 0)
-        rc = t->fold ? pgd_flush_fold(d, t, err) : pgd_flush_ordered(d, t, err);
+        rc = t->history ? pgd_flush_history(d, t, err)
+             : t->fold  ? pgd_flush_fold(d, t, err)
+                        : pgd_flush_ordered(d, t, err);
     pgd_pend_clear(d, t);
     pgd_undirty(d, t);
+    return rc;
+}
+
+/* ---- history mode (issue 9) ------------------------------------------------------------------
+ *
+ * [destination] mode = history: every change of a table is appended as a row of its own
+ * (docs/destinations.md "History mode"), held back in order like the IN ORDER tables
+ * (pgd_op_t with the history fields) and written in one round trip per table at the
+ * batch's commit: one COPY when no row needs an earlier row's values, else multi-row
+ * INSERT ... VALUES for runs of rows and, for a row that does,
+ *   INSERT INTO t (...) SELECT <values, or h.c for the columns the change did not carry>
+ *   FROM (SELECT 1) AS x [LEFT] JOIN LATERAL (SELECT ... FROM t WHERE <key> = ... AND
+ *     _change_type <> 'truncate' ORDER BY _commit_lsn DESC NULLS LAST,
+ *     (_change_type <> 'copy') DESC, _seq DESC LIMIT 1) AS h ON true
+ * which sees the rows appended before it in the same round trip (each statement sees the
+ * earlier ones' rows). An update's unchanged TOAST value needs that row (inner join: no
+ * row, no insert, and the table errors naming the column); a delete's non-key columns
+ * under REPLICA IDENTITY DEFAULT / USING INDEX take it if there is one (else NULL). Under
+ * FULL the old row has every value: an update's unchanged columns are merged from it, and
+ * nothing is looked up. The rows go into the caller's transaction, with the stream's
+ * resume key: exactly once.
+ */
+
+static const char *
+pgd_hist_type(char kind)
+{
+    return kind == 'I' ? "insert" : kind == 'U' ? "update" : kind == 'D' ? "delete" : "truncate";
+}
+
+/* RFC 3339 in UTC with microseconds (timestamptz input reads it exactly). */
+static void
+pgd_hist_time(int64_t us, char *buf, size_t len)
+{
+    int64_t secs = us / 1000000, frac = us % 1000000;
+    struct tm tm;
+    time_t tt;
+
+    if (frac < 0) {
+        frac += 1000000;
+        secs -= 1;
+    }
+    tt = (time_t)secs;
+    if (gmtime_r(&tt, &tm) == NULL) {
+        snprintf(buf, len, "1970-01-01T00:00:00Z");
+        return;
+    }
+    snprintf(buf, len, "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)frac);
+}
+
+void
+pgd_hist_collist(pgd_buf_t *b, const pgd_table_t *t)
+{
+    pgd_buf_add(b, " (");
+    for (int c = 0; c < t->ncols; c++) {
+        pgd_buf_ident(b, t->schema->cols[c].name);
+        pgd_buf_add(b, ", ");
+    }
+    pgd_buf_add(b, PGD_HIST_COLS ")");
+}
+
+bool
+pgd_hist_index_name(const wr_schema_t *s, const char *table, char *buf, size_t len)
+{
+    uint32_t h = 2166136261u;
+    int nk = 0;
+
+    if (s->replident == 'f')
+        return false;
+    for (int i = 0; i < s->ncols; i++) {
+        if (!s->cols[i].is_key)
+            continue;
+        nk++;
+        for (const char *p = s->cols[i].name; *p; p++)
+            h = (h ^ (uint8_t)*p) * 16777619u;
+        h = (h ^ 0xffu) * 16777619u; /* a separator: (ab, c) is not (a, bc) */
+    }
+    if (nk == 0)
+        return false;
+    /* "_walrelay_hk_" + up to 40 bytes of the name (whole UTF-8 characters) + "_" + 8 */
+    {
+        size_t n = strlen(table);
+
+        if (n > 40) {
+            n = 40;
+            while (n > 0 && ((uint8_t)table[n] & 0xc0) == 0x80)
+                n--;
+        }
+        snprintf(buf, len, "_walrelay_hk_%.*s_%08x", (int)n, table, (unsigned)h);
+    }
+    return true;
+}
+
+void
+pgd_hist_copy_lines(pgd_table_t *t, pgd_buf_t *b, const char *data, size_t len)
+{
+    char lsn[32];
+
+    if (t->copy_lsn != 0)
+        wr_lsn_format(t->copy_lsn, lsn, sizeof(lsn));
+    else
+        snprintf(lsn, sizeof(lsn), "\\N");
+    while (len > 0) {
+        const char *nl = memchr(data, '\n', len);
+        size_t n = nl != NULL ? (size_t)(nl - data) : len;
+
+        pgd_buf_addn(b, data, n);
+        pgd_buf_addf(b, "\tcopy\t%s\t%llu\t\\N\t\\N\n", lsn, (unsigned long long)++t->copy_seq);
+        n += nl != NULL;
+        data += n;
+        len -= n;
+    }
+}
+
+/* A new history op (zeroed, nothing referenced), appended to t's list. */
+static int
+pgd_hist_op_new(pgd_table_t *t, const dest_event_t *ev, char kind, pgd_op_t **out, wr_err_t *err)
+{
+    pgd_pend_t *p = &t->pend;
+    pgd_op_t *op;
+
+    if (p->nops == p->ocap) {
+        size_t cap = p->ocap ? p->ocap * 2 : 64;
+        pgd_op_t *o = realloc(p->ops, cap * sizeof(*o));
+
+        if (o == NULL)
+            return pgd_oom(t, err);
+        p->ops = o;
+        p->ocap = cap;
+    }
+    op = &p->ops[p->nops++];
+    memset(op, 0, sizeof(*op));
+    op->kind = kind;
+    op->old = op->row = op->okey = PGD_NONE;
+    op->lookup = PGD_HL_NONE;
+    op->lsn = ev->key.commit_lsn;
+    op->seq = ev->key.ordinal;
+    op->ts = ev->commit_ts;
+    *out = op;
+    return 0;
+}
+
+/* The key values of row (t's key columns) into the arena for a lookup: *out = their first
+ * index, or PGD_NONE when the row cannot be looked up (no key, a key value NULL or not
+ * sent). */
+static int
+pgd_hist_key(pgd_table_t *t, const wr_row_t *row, uint32_t *out, wr_err_t *err)
+{
+    pgd_pend_t *p = &t->pend;
+    uint32_t k;
+
+    *out = PGD_NONE;
+    if (t->nkeys == 0 || row == NULL)
+        return 0;
+    for (int j = 0; j < t->nkeys; j++)
+        if (row->vals[t->keys[j]].kind != WR_VAL_TEXT)
+            return 0;
+    if ((k = pgd_vals_add(p, (size_t)t->nkeys)) == PGD_NONE)
+        return pgd_oom(t, err);
+    for (int j = 0; j < t->nkeys; j++)
+        if (!pgd_val_copy(p, &p->vals[k + (uint32_t)j], &row->vals[t->keys[j]]))
+            return pgd_oom(t, err);
+    *out = k;
+    return 0;
+}
+
+/* {"key column": value, ...} of an old key row (the JSON of docs/events.md) as one text
+ * value in the arena. */
+static int
+pgd_hist_okey(pgd_table_t *t, const wr_row_t *old, uint32_t *out, wr_err_t *err)
+{
+    pgd_pend_t *p = &t->pend;
+    jw_buf_t j;
+    wr_val_t v;
+    bool first = true;
+    uint32_t k;
+
+    jw_init(&j);
+    jw_raw(&j, "{", 1);
+    for (int i = 0; i < t->ncols; i++) {
+        const wr_column_t *c = &t->schema->cols[i];
+        const wr_val_t *ov = &old->vals[i];
+
+        if (!c->is_key)
+            continue;
+        if (!first)
+            jw_raw(&j, ",", 1);
+        first = false;
+        jw_cstr(&j, c->name);
+        jw_raw(&j, ":", 1);
+        jw_value(&j, c->type_oid, ov->kind == WR_VAL_TEXT ? 't' : 'n', ov->data, ov->len);
+    }
+    jw_raw(&j, "}", 1);
+    if (jw_failed(&j) || (k = pgd_vals_add(p, 1)) == PGD_NONE) {
+        jw_free(&j);
+        return pgd_oom(t, err);
+    }
+    v.kind = WR_VAL_TEXT;
+    v.data = j.data;
+    v.len = (uint32_t)j.len;
+    if (!pgd_val_copy(p, &p->vals[k], &v)) {
+        jw_free(&j);
+        return pgd_oom(t, err);
+    }
+    jw_free(&j);
+    *out = k;
+    return 0;
+}
+
+/* The error of an update whose unchanged TOAST value has no earlier row to come from. */
+static int
+pgd_hist_no_earlier(const pgd_table_t *t, const wr_row_t *row, wr_err_t *err)
+{
+    const char *col = "?";
+
+    for (int i = 0; row != NULL && i < t->ncols; i++)
+        if (row->vals[i].kind == WR_VAL_UNCHANGED) {
+            col = t->schema->cols[i].name;
+            break;
+        }
+    wr_err_set(err, WR_EDATA,
+               "the history of table \"%s.%s\" has no earlier row to take the unchanged value "
+               "of column \"%s\" from",
+               t->nsp, t->name, col);
+    wr_err_hint(err, "resync the table: its copy starts the history again");
+    return WR_EDATA;
+}
+
+int
+pgd_hist_change(dest_pg_t *d, pgd_table_t *t, const dest_event_t *ev, wr_err_t *err)
+{
+    wr_val_t *tmp = NULL;
+    pgd_op_t *op;
+    int rc = 0;
+
+    switch (ev->kind) {
+    case DEST_EV_INSERT:
+        if ((rc = pgd_check_row(t, ev->new_row, "insert", err)) < 0 ||
+            (rc = pgd_hist_op_new(t, ev, 'I', &op, err)) < 0)
+            break;
+        rc = pgd_row_copy(t, ev->new_row, &op->row, err);
+        break;
+    case DEST_EV_UPDATE: {
+        bool unchanged = false;
+
+        if ((rc = pgd_check_row(t, ev->new_row, "update", err)) < 0)
+            break;
+        if (ev->old_row != NULL && (ev->old_kind == 'K' || ev->old_kind == 'O') &&
+            (rc = pgd_check_row(t, ev->old_row, "old row of update", err)) < 0)
+            break;
+        for (int i = 0; i < t->ncols; i++)
+            unchanged = unchanged || ev->new_row->vals[i].kind == WR_VAL_UNCHANGED;
+        if ((rc = pgd_hist_op_new(t, ev, 'U', &op, err)) < 0)
+            break;
+        if (unchanged && ev->old_kind == 'O' && ev->old_row != NULL) {
+            /* FULL: the old row has every value; append it merged with the new one */
+            wr_row_t merged;
+
+            if ((tmp = malloc(sizeof(*tmp) * t->ncols)) == NULL) {
+                rc = pgd_oom(t, err);
+                break;
+            }
+            for (int i = 0; i < t->ncols; i++)
+                tmp[i] = ev->new_row->vals[i].kind == WR_VAL_UNCHANGED ? ev->old_row->vals[i]
+                                                                       : ev->new_row->vals[i];
+            merged.ncols = t->ncols;
+            merged.vals = tmp;
+            rc = pgd_row_copy(t, &merged, &op->row, err);
+            unchanged = false;
+            for (int i = 0; rc == 0 && i < t->ncols; i++)
+                unchanged = unchanged || tmp[i].kind == WR_VAL_UNCHANGED;
+            if (rc == 0 && unchanged)
+                rc = pgd_hist_no_earlier(t, &merged, err);
+            break;
+        }
+        if (unchanged) {
+            const wr_row_t *keyrow =
+                ev->old_kind == 'K' && ev->old_row != NULL ? ev->old_row : ev->new_row;
+
+            if ((rc = pgd_hist_key(t, keyrow, &op->old, err)) < 0)
+                break;
+            if (op->old == PGD_NONE) {
+                rc = pgd_hist_no_earlier(t, ev->new_row, err);
+                break;
+            }
+            op->lookup = PGD_HL_NEED;
+        }
+        if (ev->old_kind == 'K' && ev->old_row != NULL &&
+            (rc = pgd_hist_okey(t, ev->old_row, &op->okey, err)) < 0)
+            break;
+        rc = pgd_row_copy(t, ev->new_row, &op->row, err);
+        break;
+    }
+    case DEST_EV_DELETE:
+        if ((rc = pgd_check_row(t, ev->old_row, "delete", err)) < 0 ||
+            (rc = pgd_hist_op_new(t, ev, 'D', &op, err)) < 0)
+            break;
+        if (ev->old_kind != 'O') {
+            /* the key only: the other old values from the key's latest row, if any */
+            wr_row_t keys;
+
+            if ((tmp = malloc(sizeof(*tmp) * t->ncols)) == NULL) {
+                rc = pgd_oom(t, err);
+                break;
+            }
+            for (int i = 0; i < t->ncols; i++) {
+                tmp[i] = ev->old_row->vals[i];
+                if (!t->schema->cols[i].is_key)
+                    tmp[i].kind = WR_VAL_UNCHANGED;
+            }
+            keys.ncols = t->ncols;
+            keys.vals = tmp;
+            if ((rc = pgd_hist_key(t, ev->old_row, &op->old, err)) < 0)
+                break;
+            if (op->old != PGD_NONE)
+                op->lookup = PGD_HL_OPT;
+            else /* nothing to find it by: NULL */
+                for (int i = 0; i < t->ncols; i++)
+                    if (tmp[i].kind == WR_VAL_UNCHANGED)
+                        tmp[i].kind = WR_VAL_NULL;
+            rc = pgd_row_copy(t, &keys, &op->row, err);
+            break;
+        }
+        rc = pgd_row_copy(t, ev->old_row, &op->row, err);
+        for (int i = 0; rc == 0 && i < t->ncols; i++)
+            if (t->pend.vals[op->row + (uint32_t)i].kind == WR_VAL_UNCHANGED)
+                t->pend.vals[op->row + (uint32_t)i].kind = WR_VAL_NULL;
+        break;
+    case DEST_EV_TRUNCATE:
+        rc = pgd_hist_op_new(t, ev, 'T', &op, err);
+        break;
+    default:
+        rc = wr_err_set(err, WR_EINVAL, "event of kind %d is not a row change", (int)ev->kind);
+    }
+    free(tmp);
+    if (rc < 0) {
+        pgd_pend_clear(d, t);
+        return rc;
+    }
+    return pgd_pend_added(d, t, err);
+}
+
+/* The meta columns of op as literals: 'update', 'X/Y', seq, 'time', NULL | 'json'. cast
+ * adds the types (a SELECT list is not coerced to the columns like VALUES). */
+static void
+pgd_hist_meta_sql(pgd_buf_t *b, const pgd_table_t *t, const pgd_op_t *op, bool cast)
+{
+    char lsn[32], when[48];
+
+    wr_lsn_format(op->lsn, lsn, sizeof(lsn));
+    pgd_hist_time(op->ts, when, sizeof(when));
+    pgd_buf_addf(b, "'%s', '%s'%s, %u, '%s'%s, ", pgd_hist_type(op->kind), lsn,
+                 cast ? "::pg_lsn" : "", (unsigned)op->seq, when, cast ? "::timestamptz" : "");
+    if (op->okey == PGD_NONE) {
+        pgd_buf_add(b, "NULL");
+    } else {
+        const pgd_val_t *v = &t->pend.vals[op->okey];
+
+        pgd_buf_lit(b, pgd_vdata(&t->pend, v), v->len);
+        if (cast)
+            pgd_buf_add(b, "::jsonb");
+    }
+}
+
+/* The row of a non-lookup op as COPY text, meta columns included. */
+static void
+pgd_hist_copy_row(pgd_buf_t *b, const pgd_table_t *t, const pgd_op_t *op)
+{
+    const pgd_pend_t *p = &t->pend;
+    char lsn[32], when[48];
+
+    for (int c = 0; c < t->ncols; c++) {
+        const pgd_val_t *v = op->row != PGD_NONE ? &p->vals[op->row + (uint32_t)c] : NULL;
+
+        if (v == NULL || v->kind != WR_VAL_TEXT)
+            pgd_buf_addn(b, "\\N", 2);
+        else
+            pgd_buf_copyval(b, WR_VAL_TEXT, pgd_vdata(p, v), v->len);
+        pgd_buf_addn(b, "\t", 1);
+    }
+    wr_lsn_format(op->lsn, lsn, sizeof(lsn));
+    pgd_hist_time(op->ts, when, sizeof(when));
+    pgd_buf_addf(b, "%s\t%s\t%u\t%s\t", pgd_hist_type(op->kind), lsn, (unsigned)op->seq, when);
+    if (op->okey == PGD_NONE) {
+        pgd_buf_addn(b, "\\N", 2);
+    } else {
+        const pgd_val_t *v = &p->vals[op->okey];
+
+        pgd_buf_copyval(b, WR_VAL_TEXT, pgd_vdata(p, v), v->len);
+    }
+    pgd_buf_addn(b, "\n", 1);
+}
+
+/* INSERT INTO t (...) VALUES (...), ... for ops [from, to) (none looks up). */
+static void
+pgd_hist_values_sql(pgd_buf_t *b, const pgd_table_t *t, size_t from, size_t to)
+{
+    const pgd_pend_t *p = &t->pend;
+
+    pgd_buf_add(b, "INSERT INTO ");
+    pgd_buf_add(b, t->label);
+    pgd_hist_collist(b, t);
+    pgd_buf_add(b, " VALUES ");
+    for (size_t i = from; i < to; i++) {
+        const pgd_op_t *op = &p->ops[i];
+
+        pgd_buf_add(b, i > from ? ", (" : "(");
+        for (int c = 0; c < t->ncols; c++) {
+            const pgd_val_t *v = op->row != PGD_NONE ? &p->vals[op->row + (uint32_t)c] : NULL;
+
+            if (v == NULL || v->kind != WR_VAL_TEXT)
+                pgd_buf_add(b, "NULL");
+            else
+                pgd_buf_lit(b, pgd_vdata(p, v), v->len);
+            pgd_buf_add(b, ", ");
+        }
+        pgd_hist_meta_sql(b, t, op, false);
+        pgd_buf_add(b, ")");
+    }
+    pgd_buf_add(b, "; ");
+}
+
+/* INSERT ... SELECT of one op that takes values from the key's latest row. */
+static void
+pgd_hist_lookup_sql(pgd_buf_t *b, const pgd_table_t *t, const pgd_op_t *op)
+{
+    const pgd_pend_t *p = &t->pend;
+
+    pgd_buf_add(b, "INSERT INTO ");
+    pgd_buf_add(b, t->label);
+    pgd_hist_collist(b, t);
+    pgd_buf_add(b, " SELECT ");
+    for (int c = 0; c < t->ncols; c++) {
+        const pgd_val_t *v = &p->vals[op->row + (uint32_t)c];
+
+        if (v->kind == WR_VAL_UNCHANGED) {
+            pgd_buf_add(b, "h.");
+            pgd_buf_ident(b, t->schema->cols[c].name);
+        } else if (v->kind != WR_VAL_TEXT) {
+            pgd_buf_add(b, "NULL::");
+            pgd_buf_add(b, t->ctype[c]);
+        } else {
+            pgd_buf_lit(b, pgd_vdata(p, v), v->len);
+            pgd_buf_add(b, "::");
+            pgd_buf_add(b, t->ctype[c]);
+        }
+        pgd_buf_add(b, ", ");
+    }
+    pgd_hist_meta_sql(b, t, op, true);
+    pgd_buf_add(b, op->lookup == PGD_HL_NEED ? " FROM (SELECT 1) AS x JOIN LATERAL (SELECT "
+                                             : " FROM (SELECT 1) AS x LEFT JOIN LATERAL (SELECT ");
+    for (int c = 0; c < t->ncols; c++) {
+        if (c)
+            pgd_buf_add(b, ", ");
+        pgd_buf_ident(b, t->schema->cols[c].name);
+    }
+    pgd_buf_add(b, " FROM ");
+    pgd_buf_add(b, t->label);
+    pgd_buf_add(b, " WHERE ");
+    for (int j = 0; j < t->nkeys; j++) {
+        const pgd_val_t *v = &p->vals[op->old + (uint32_t)j];
+        int c = t->keys[j];
+
+        pgd_buf_ident(b, t->schema->cols[c].name);
+        pgd_buf_add(b, " = ");
+        pgd_buf_lit(b, pgd_vdata(p, v), v->len);
+        pgd_buf_add(b, "::");
+        pgd_buf_add(b, t->ctype[c]);
+        pgd_buf_add(b, " AND ");
+    }
+    pgd_buf_add(b, "_change_type <> 'truncate' ORDER BY _commit_lsn DESC NULLS LAST, "
+                   "(_change_type <> 'copy') DESC, _seq DESC LIMIT 1) AS h ON true; ");
+}
+
+static int
+pgd_flush_history(dest_pg_t *d, pgd_table_t *t, wr_err_t *err)
+{
+    pgd_pend_t *p = &t->pend;
+    pgd_buf_t *b = &d->sql;
+    pgd_res_t res = {0};
+    pgd_stmt_t *st = NULL;
+    size_t nst = 0;
+    bool lookups = false;
+    char what[128];
+    int rc = 0;
+
+    snprintf(what, sizeof(what), "appending to the history of \"%s.%s\"", t->nsp, t->name);
+    for (size_t i = 0; i < p->nops && !lookups; i++)
+        lookups = p->ops[i].lookup != PGD_HL_NONE;
+    if ((st = calloc(p->nops ? p->nops : 1, sizeof(*st))) == NULL)
+        return pgd_oom(t, err);
+    pgd_sql_start(d, b);
+    pgd_buf_reset(&d->data);
+    if (!lookups && p->nops >= PGD_COPY_MIN) {
+        pgd_buf_add(b, "COPY ");
+        pgd_buf_add(b, t->label);
+        pgd_hist_collist(b, t);
+        pgd_buf_add(b, " FROM STDIN; ");
+        for (size_t i = 0; i < p->nops; i++)
+            pgd_hist_copy_row(&d->data, t, &p->ops[i]);
+        st[nst].what = 'C';
+        st[nst].first = 0;
+        st[nst].n = p->nops;
+        st[nst++].expect = (long)p->nops;
+    } else {
+        for (size_t i = 0; i < p->nops;) {
+            size_t j = i;
+
+            while (j < p->nops && p->ops[j].lookup == PGD_HL_NONE)
+                j++;
+            if (j > i) {
+                pgd_hist_values_sql(b, t, i, j);
+                st[nst].what = 'I';
+                st[nst].first = i;
+                st[nst].n = j - i;
+                st[nst++].expect = (long)(j - i);
+                i = j;
+                continue;
+            }
+            pgd_hist_lookup_sql(b, t, &p->ops[i]);
+            st[nst].what = 'L';
+            st[nst].first = i;
+            st[nst].n = 1;
+            st[nst++].expect = 1;
+            i++;
+        }
+    }
+    if (d->data.oom || b->oom) {
+        rc = pgd_oom(t, err);
+        goto out;
+    }
+    if ((rc = pgd_run(d, b, d->data.p, d->data.len, &res, what, err)) < 0)
+        goto out;
+    for (size_t k = 0; k < nst; k++) {
+        long got;
+
+        if ((int)k >= res.n) {
+            rc = wr_err_set(err, WR_EDEST, "%s: %d results for %zu statements", what, res.n, nst);
+            goto out;
+        }
+        got = pgd_count(res.r[k]);
+        if (got == st[k].expect)
+            continue;
+        if ((rc = pgd_sp_rollback(d, err)) < 0)
+            goto out;
+        if (st[k].what == 'L') {
+            const pgd_op_t *op = &p->ops[st[k].first];
+            char kb[512];
+            const char *col = "?";
+
+            for (int c = 0; c < t->ncols; c++)
+                if (p->vals[op->row + (uint32_t)c].kind == WR_VAL_UNCHANGED) {
+                    col = t->schema->cols[c].name;
+                    break;
+                }
+            pgd_show_ent(t, op->old, kb, sizeof(kb));
+            rc = wr_err_set(err, WR_EDATA,
+                            "the history of table \"%s.%s\" has no earlier row of %s to take the "
+                            "unchanged value of column \"%s\" from",
+                            t->nsp, t->name, kb, col);
+            wr_err_hint(err, "resync the table: its copy starts the history again");
+            goto out;
+        }
+        rc = wr_err_set(err, WR_EDATA, "%s wrote %ld of %ld rows", what, got, st[k].expect);
+        goto out;
+    }
+    log_debug("history appended table=%s.%s changes=%llu statements=%zu", t->nsp, t->name,
+              (unsigned long long)p->changes, nst);
+out:
+    pgd_res_clear(&res);
+    free(st);
     return rc;
 }

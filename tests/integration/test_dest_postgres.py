@@ -6,6 +6,9 @@ fresh database per test (target_db); the pipelines of this file write there
 SELECT t::text FROM t ORDER BY key on the source and on the target (compare_pg_table).
 """
 
+import json
+import re
+
 import pytest
 
 from pipeline import wait_equal
@@ -453,3 +456,205 @@ def test_extension_type_refused_then_resync(db, pipelines, target_db):
     p.wait_all_ready(["public.ci", "public.plain"])
     db.execute("UPDATE ci SET name = 'changed' WHERE id = 1")
     wait_equal(db.server, db.name, p, ["public.ci", "public.plain"])
+
+
+# -- history mode ([destination] mode = history, issue 9) ----------------------------------------
+
+HISTORY = {
+    "destination": {"mode": "history"},
+    "sync": {"copy_batch_rows": "500"},
+    "retry": {"backoff_initial_ms": "200", "backoff_max_ms": "2000"},
+    "batch": {"max_fill_ms": "100"},
+}
+HIST_META = ["_change_type", "_commit_lsn", "_seq", "_commit_time", "_old_key"]
+HIST_ORDER = "_commit_lsn NULLS FIRST, (_change_type <> 'copy'), _seq"
+
+
+def _hist_rows(target_db, table, cols=None):
+    """The history rows of the target's public.<table> in history order, as dicts; the
+    meta columns as text (jsonb parsed), the source columns in the JSON form of
+    sinks.source_rows (int2/int4/bool native, json parsed, everything else its text)."""
+    from sinks import _json_select
+    with target_db.connect() as c:
+        from pipeline import prepare_compare_conn
+        prepare_compare_conn(c)
+        names = [r[0] for r in c.execute(
+            "SELECT a.attname, t.typname FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
+            "WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped "
+            "ORDER BY a.attnum", ["public.%s" % table]).fetchall()]
+        types = dict(c.execute(
+            "SELECT a.attname, t.typname FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
+            "WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped",
+            ["public.%s" % table]).fetchall())
+        src = [n for n in names if not n.startswith("_")] if cols is None else cols
+        q = "SELECT %s, _change_type, _commit_lsn::text, _seq, _commit_time, _old_key::text " \
+            "FROM public.%s ORDER BY %s" % (_json_select([(n, types[n]) for n in src]), table,
+                                           HIST_ORDER)
+        out = []
+        for r in c.execute(q):
+            d = {}
+            for n, v in zip(src, r):
+                if v is not None and types[n] in ("json", "jsonb"):
+                    v = json.loads(v)
+                d[n] = v
+            t, lsn, seq, when, okey = r[len(src):]
+            d.update(_change_type=t, _commit_lsn=lsn, _seq=seq, _commit_time=when,
+                     _old_key=json.loads(okey) if okey is not None else None)
+            out.append(d)
+        return names, out
+
+
+def test_history_row_updated_three_times(db, pipelines, target_db):
+    """mode = history: a row inserted, updated 3 times (once without touching its TOASTed
+    column, so the value comes from its earlier row) and deleted (the old values from its
+    latest row): 5 rows in order; the copy's rows are 'copy' rows numbered 1..n; a key
+    change carries the old key; a TRUNCATE is one row of NULLs; a REPLICA IDENTITY FULL
+    table's unchanged TOAST comes from the old row."""
+    db.execute("CREATE TABLE h (id int PRIMARY KEY, n int, note text, body text)")
+    db.execute("ALTER TABLE h ALTER COLUMN body SET STORAGE EXTERNAL")
+    db.execute("INSERT INTO h SELECT g, g, 'copied', NULL FROM generate_series(1, 20) g")
+    db.execute("CREATE TABLE hf (id int, body text)")
+    db.execute("ALTER TABLE hf REPLICA IDENTITY FULL")
+    db.execute("ALTER TABLE hf ALTER COLUMN body SET STORAGE EXTERNAL")
+    publish(db, "pub", ["h", "hf"])
+    p = pipelines()
+    p.init(db.conninfo, "pub", config=HISTORY)
+    assert "mode = history" in open(p.conf_path).read()
+    r = p.cmd("check", p.dir)
+    assert r.rc == 0 and "history mode" in r.out, r
+    p.start()
+    p.wait_all_ready(["public.h", "public.hf"])
+    big = "x" * 10_000
+    db.execute("INSERT INTO h VALUES (100, 0, 'new', %s)", [big])
+    db.execute("UPDATE h SET n = 1, note = 'one' WHERE id = 100")  # body unchanged: TOAST
+    db.execute("UPDATE h SET n = 2, body = %s WHERE id = 100", [big + "y"])
+    db.execute("UPDATE h SET n = 3 WHERE id = 100")
+    db.execute("DELETE FROM h WHERE id = 100")
+    db.execute("UPDATE h SET id = 200 WHERE id = 1")  # the key changes: _old_key
+    db.execute("DELETE FROM h WHERE id = 2")  # a copied row: its values from the copy row
+    db.execute("TRUNCATE h")
+    db.execute("INSERT INTO hf VALUES (1, %s), (1, %s)", [big, big])
+    db.execute("UPDATE hf SET id = 2 WHERE ctid = (SELECT ctid FROM hf LIMIT 1)")
+    p.wait_flushed(db.current_wal_lsn())
+    assert p.stop() == 0
+
+    names, rows = _hist_rows(target_db, "h")
+    assert names == ["id", "n", "note", "body"] + HIST_META, names
+    copy = [r for r in rows if r["_change_type"] == "copy"]
+    assert len(copy) == 20 and [r["_seq"] for r in copy] == list(range(1, 21)), copy[:3]
+    assert all(r["_commit_time"] is None and r["_commit_lsn"] for r in copy), copy[0]
+    mine = [r for r in rows if r["id"] == 100]
+    assert [r["_change_type"] for r in mine] == ["insert", "update", "update", "update",
+                                                 "delete"], mine
+    assert [r["n"] for r in mine] == [0, 1, 2, 3, 3], mine
+    assert [r["note"] for r in mine] == ["new", "one", "one", "one", "one"], mine
+    # the unchanged TOAST value is the earlier one, never NULL
+    assert [r["body"] for r in mine] == [big, big, big + "y", big + "y", big + "y"]
+    keys = [(int(r["_commit_lsn"].split("/")[0], 16) << 32 | int(r["_commit_lsn"].split("/")[1], 16),
+             r["_seq"]) for r in mine]
+    assert keys == sorted(keys) and len(set(keys)) == 5, keys
+    assert all(r["_commit_time"] is not None for r in mine), mine
+    assert all(r["_old_key"] is None for r in mine), mine
+    moved = [r for r in rows if r["id"] == 200]
+    assert len(moved) == 1 and moved[0]["_change_type"] == "update", moved
+    assert moved[0]["_old_key"] == {"id": 1} and moved[0]["note"] == "copied", moved
+    gone = [r for r in rows if r["id"] == 2 and r["_change_type"] == "delete"]
+    assert len(gone) == 1 and gone[0]["note"] == "copied" and gone[0]["n"] == 2, gone
+    assert rows[-1]["_change_type"] == "truncate" and rows[-1]["id"] is None, rows[-3:]
+    assert len([r for r in rows if r["_change_type"] == "truncate"]) == 1, rows
+    # no key, REPLICA IDENTITY FULL: the update's unchanged TOAST from the old row
+    _, frows = _hist_rows(target_db, "hf")
+    assert [(r["_change_type"], r["id"], r["body"] == big) for r in frows] == [
+        ("insert", 1, True), ("insert", 1, True), ("update", 2, True)], frows
+    # the lookups use the key's index
+    idx = [r[0] for r in target_db.execute(
+        "SELECT indexname FROM pg_indexes WHERE tablename = 'h' AND indexname LIKE "
+        "'\\_walrelay\\_hk\\_h\\_%'")]
+    assert len(idx) == 1, idx
+    assert target_db.execute("SELECT mode FROM walrelay.pipelines WHERE pipeline = %s",
+                             [p.name]) == [("history",)]
+
+
+def test_history_exactly_once_and_schema_changes(db, pipelines, target_db, tmp_path,
+                                                 monkeypatch):
+    """Writers run while the apply worker dies at a batch boundary (kill -9 at the failpoint
+    apply.after_commit): the history's change rows are exactly the source's changes, none
+    twice, and replay into the source's rows. Then a column is added and one renamed: the
+    history keeps its rows, the new column reads NULL in earlier ones; mirror mode is
+    refused for the pipeline afterwards."""
+    from sinks import (ChangeLog, check_events, compare_replayed, key_str, lsn_str_to_int,
+                       start_with_failpoints, wait_fired, wait_pid_gone)
+    from pipeline import SCALE, edit_ini
+
+    create_mixed_table(db, "r", 1_000)
+    publish(db, "pub", ["r"])
+    p = pipelines()
+    p.init(db.conninfo, "pub", config=HISTORY)
+    p.start()
+    p.wait_all_ready(["public.r"])
+    assert p.stop() == 0
+    log = ChangeLog(db, "pub")
+    ws = [BackgroundWriter(db, ["r"], (1 + 500 * i, 500 + 500 * i), 1_000_000 * (i + 1), per_txn=3,
+                           seed=41 + i, pause=0.003) for i in range(2)]
+    for w in ws:
+        w.start()
+    try:
+        for w in ws:
+            w.wait_commits(5, 60 * SCALE)
+        fpdir = tmp_path / "fp"
+        start_with_failpoints(p, monkeypatch, "apply.after_commit=abort", fpdir)
+        pid = wait_fired(p, fpdir, "apply.after_commit")
+        p.killed_pids.add(pid)
+        wait_pid_gone(pid)
+        p.wait_until(lambda: (p.worker("apply") or {}).get("pid") not in (None, 0, pid)
+                     and p.worker("apply")["state"] == "running", 60, "apply restarted")
+        for w in ws:
+            w.wait_commits(20, 60 * SCALE)
+    finally:
+        for w in ws:
+            w.stop()
+    p.wait_flushed(db.current_wal_lsn())
+
+    _, rows = _hist_rows(target_db, "r")
+    events = []
+    for r in rows:
+        vals = {k: v for k, v in r.items() if not k.startswith("_")}
+        t = r["_change_type"]
+        ev = {"table": "public.r", "unchanged_toast": []}
+        if t == "copy":
+            ev.update(key="copy:%d" % r["_seq"], op="insert", phase="copy", new=vals, old=None)
+        else:
+            old = vals if t == "delete" else None
+            if t == "update" and r["_old_key"] is not None:
+                old = r["_old_key"]
+            ev.update(key=key_str(lsn_str_to_int(r["_commit_lsn"]), r["_seq"]), op=t,
+                      phase="stream", new=vals if t in ("insert", "update") else None, old=old)
+        events.append(ev)
+    n = check_events(events, log.changes(), ["public.r"])
+    assert n > 50, n
+    diffs = compare_replayed(db, events, ["public.r"])
+    assert not diffs, "\n".join(diffs[:10])
+
+    # schema changes: nothing of the history is lost
+    before = len(rows)
+    db.execute("ALTER TABLE r ADD COLUMN extra int")
+    db.execute("ALTER TABLE r RENAME COLUMN name TO title")
+    db.execute("UPDATE r SET extra = 7 WHERE id = 3")
+    p.wait_flushed(db.current_wal_lsn())
+    names, rows = _hist_rows(target_db, "r")
+    assert "title" in names and "name" not in names and "extra" in names, names
+    assert len(rows) == before + 1, (len(rows), before)
+    assert rows[-1]["extra"] == 7 and rows[-1]["id"] == "3" and rows[-1]["title"] is not None, \
+        rows[-1]
+    assert all(r["extra"] is None for r in rows[:-1])
+    assert p.stop() == 0
+
+    edit_ini(p.conf_path, {"destination": {"mode": "mirror"}})
+    r = p.cmd("check", p.dir)
+    assert r.rc == 2 and "holds history tables of pipeline" in r.text, r
+    assert "not mirror ones" in r.text and "keep mode = history" in r.text, r
+    edit_ini(p.conf_path, {"destination": {"mode": "journal"}})
+    r = p.cmd("check", p.dir)
+    assert r.rc == 2 and re.search(
+        r"walrelay\.conf:\d+: \[destination\] mode: invalid value \"journal\": expected mirror or "
+        r"history", r.text), r
