@@ -251,7 +251,8 @@ abi_host_log(void *ctx, int level, const char *message)
     log_msg(lvl, "%s destination=%s", red, name ? name : "?");
 }
 
-/* The worker's hooks (dest_set_host_hooks) behind the host's waiting and interrupted. */
+/* The worker's hooks (dest_set_host_hooks) behind the host's waiting and interrupted, and
+ * behind dest_host_waiting / dest_host_interrupted for an in-tree destination. */
 static dest_host_hooks_t abi_hooks;
 static char abi_wait_logged[512]; /* the last wait message logged (one line per change) */
 
@@ -264,10 +265,9 @@ dest_set_host_hooks(const dest_host_hooks_t *hooks)
         memset(&abi_hooks, 0, sizeof(abi_hooks));
 }
 
-static void
-abi_host_waiting(void *ctx, const char *message)
+void
+dest_host_waiting(const char *name, const char *message)
 {
-    const char *name = ctx;
     char line[512], red[512];
 
     if (message == NULL || message[0] == '\0') {
@@ -291,11 +291,29 @@ abi_host_waiting(void *ctx, const char *message)
         abi_hooks.waiting(abi_hooks.arg, red);
 }
 
+bool
+dest_host_interrupted(void)
+{
+    return abi_hooks.interrupted != NULL && abi_hooks.interrupted(abi_hooks.arg);
+}
+
+bool
+dest_host_hooked(void)
+{
+    return abi_hooks.interrupted != NULL;
+}
+
+static void
+abi_host_waiting(void *ctx, const char *message)
+{
+    dest_host_waiting(ctx, message);
+}
+
 static bool
 abi_host_interrupted(void *ctx)
 {
     WR_UNUSED(ctx);
-    return abi_hooks.interrupted != NULL && abi_hooks.interrupted(abi_hooks.arg);
+    return dest_host_interrupted();
 }
 
 /* ---- the adapter ---------------------------------------------------------------------- */

@@ -5,7 +5,7 @@
  *
  * NOTES: runs in the supervisor (init, check, run, reload) and both workers. Persists
  * nothing. A value of a key marked secret never appears in a message. The entries live
- * with their destinations (sqlite/sqlite_entry.c, null.c, abi.c for plugin).
+ * with their destinations (sqlite/sqlite_entry.c, postgres/pg_entry.c, null.c, abi.c for plugin).
  */
 #include "registry.h"
 
@@ -18,6 +18,7 @@
 /* clang-format off */
 static const dest_type_t *const dest_types[] = {
     &dest_type_sqlite,
+    &dest_type_postgres,
     &dest_type_null,
     &dest_type_http,
     &dest_type_jsonl,

@@ -125,11 +125,23 @@
  *     - at a source Commit when it is due: cfg.batch_max_fill_ms since its first write,
  *       or cfg.batch_max_bytes written (sizes of the applied pgoutput messages); the key
  *       is (final_lsn, last ordinal) of that transaction;
+ *     - at a transaction boundary as soon as nothing more of the stream can be read and
+ *       the transaction committed less than 250 ms ago on the source (apw_caught_up): a
+ *       group commit, so that a live change waits for the next commit only while more
+ *       changes are arriving; a backlog is drained in full batches;
  *     - in the middle of a transaction once the bytes exceed batch_max_bytes, with the
  *       key (final_lsn, ordinal) of the last change processed; the flush does not move
  *       past the previous complete transaction until this one's Commit is committed;
  *     - when a poll times out with the batch open, and before any handoff step.
  *   A transaction that wrote nothing with no batch open moves the flush directly.
+ *   A destination that holds changes back (dest_ops_t.flush, postgres) writes them just
+ *   before each commit; a failure of one table there sets that table ERRORED (persisted
+ *   first) and the batch commits without its changes (apw_batch_flush). A destination
+ *   whose commits become durable after they return (dest_ops_t.durable, postgres with
+ *   synchronous_commit = off) is asked which are, every 200 ms while some are not, and
+ *   the flush position waits for them (apw_flush_to, apw_durable_poll). While the
+ *   destination waits for its server, the replication socket is drained into libpq's
+ *   buffer (dest_set_readahead, apw_readahead), so that the walsender keeps decoding.
  *
  * FEEDBACK
  *
@@ -275,6 +287,19 @@ typedef struct apw_s {
     /* positions (received: a->stm.received) */
     wr_lsn_t flush;
     wr_lsn_t ka_end; /* WAL end of the last keepalive */
+    /* (issue 7) a destination whose commits become durable after they return
+     * (dest_ops_t.durable): flush positions wait here for their commit */
+    uint64_t commits;         /* destination commits made by this process */
+    uint64_t durable_commits; /* ... of which the destination said they are durable */
+    struct {
+        uint64_t seq; /* durable once durable_commits >= seq */
+        wr_lsn_t lsn;
+    } * dpend;
+    size_t ndpend, dpendcap;
+    int64_t durable_poll_ms;
+    /* (issue 7) reading the stream ahead while the destination waits (apw_readahead) */
+    bool reading_ahead; /* inside apw_readahead's stm_recv: apw_hold keeps everything */
+    int readahead_n;    /* its socket reads since the loop last processed the stream */
     uint64_t events;
 
     int64_t last_progress_ms;
@@ -589,11 +614,18 @@ apw_on_msg(const ipc_msg_t *m, void *arg)
 
 /* ---- feedback ------------------------------------------------------------------------- */
 
+static int apw_durable_poll(apw_t *a, bool force, wr_err_t *err);
+
 /* A standby status update when due (or at once with force): the engine's, with the
- * flush given to apw_flush_to. */
+ * flush given to apw_flush_to (after asking a destination whose commits become durable
+ * later which are, apw_durable_poll). */
 static int
 apw_send_status(apw_t *a, bool force, wr_err_t *err)
 {
+    int rc = apw_durable_poll(a, force, err);
+
+    if (rc != 0)
+        return rc;
     return stm_feedback(&a->stm, force, err);
 }
 
@@ -641,17 +673,132 @@ apw_send_progress(apw_t *a, bool force, wr_err_t *err)
     return 0;
 }
 
-/* Moves the durable flush forward (never back), also the one the engine and its status
- * keeper report: call only once the destination holds everything up to lsn. */
+/* Moves the durable flush forward (never back). With a destination whose commits become
+ * durable later (dest_ops_t.durable), a position that needs a commit not yet durable
+ * waits in dpend until apw_durable_poll learns it is. */
 static void
 apw_flush_to(apw_t *a, wr_lsn_t lsn)
 {
-    if (lsn > a->flush)
-        a->flush = lsn;
+    if (lsn <= a->flush)
+        return;
+    if (a->dest != NULL && a->dest->ops->durable != NULL && a->durable_commits < a->commits) {
+        if (a->ndpend > 0 && a->dpend[a->ndpend - 1].seq == a->commits) {
+            if (lsn > a->dpend[a->ndpend - 1].lsn)
+                a->dpend[a->ndpend - 1].lsn = lsn;
+            return;
+        }
+        if (a->ndpend == a->dpendcap) {
+            size_t cap = a->dpendcap ? a->dpendcap * 2 : 64;
+            void *n = realloc(a->dpend, cap * sizeof(*a->dpend));
+
+            if (n == NULL)
+                return; /* the position is reported with a later one */
+            a->dpend = n;
+            a->dpendcap = cap;
+        }
+        a->dpend[a->ndpend].seq = a->commits;
+        a->dpend[a->ndpend].lsn = lsn;
+        a->ndpend++;
+        return;
+    }
+    a->flush = lsn;
     stm_set_flush(&a->stm, a->flush);
 }
 
+#define APW_DURABLE_POLL_MS 200
+
+/* Asks the destination which commits are durable (at most every APW_DURABLE_POLL_MS
+ * unless force) and moves the flush over the positions that waited for them. */
+static int
+apw_durable_poll(apw_t *a, bool force, wr_err_t *err)
+{
+    int64_t now = wr_now_ms();
+    uint64_t n = 0;
+    size_t k = 0;
+    int rc;
+
+    if (a->ndpend == 0 || a->dest == NULL || a->dest->ops->durable == NULL)
+        return 0;
+    if (!force && now - a->durable_poll_ms < APW_DURABLE_POLL_MS)
+        return 0;
+    a->durable_poll_ms = now;
+    rc = a->dest->ops->durable(a->dest, &n, err);
+    if (rc != 0)
+        return rc;
+    a->durable_commits = n;
+    while (k < a->ndpend && a->dpend[k].seq <= n) {
+        if (a->dpend[k].lsn > a->flush)
+            a->flush = a->dpend[k].lsn;
+        k++;
+    }
+    memmove(a->dpend, a->dpend + k, (a->ndpend - k) * sizeof(*a->dpend));
+    a->ndpend -= k;
+    stm_set_flush(&a->stm, a->flush);
+    return 0;
+}
+
 /* ---- the destination batch ------------------------------------------------------------ */
+
+static bool apw_table_specific(int code);
+static int apw_table_fail(apw_t *a, apw_table_t *t, const wr_err_t *cause, wr_err_t *err);
+
+/* (issue 7) A destination that holds changes back (dest_ops_t.flush: postgres) writes them
+ * before the commit, so that a failure that belongs to one table is pinned on it: the
+ * table goes ERRORED, persisted before the resume key moves past its changes, its
+ * held-back changes are dropped, and the other tables' changes commit. */
+static int
+apw_batch_flush(apw_t *a, wr_err_t *err)
+{
+    for (;;) {
+        uint32_t relid = 0;
+        apw_table_t *t;
+        wr_err_t werr;
+        int rc;
+
+        wr_err_clear(&werr);
+        rc = a->dest->ops->flush(a->dest, &relid, &werr);
+        if (rc == 0)
+            return 0;
+        t = relid != 0 ? apw_table_find(a, relid) : NULL;
+        if (t == NULL || !apw_table_specific(rc)) {
+            *err = werr;
+            return rc;
+        }
+        rc = apw_table_fail(a, t, &werr, err);
+        if (rc != 0)
+            return rc;
+    }
+}
+
+/* The same with dest_ops_t.flush_commit (one call that may save a round trip); on an
+ * error that is not one table's the destination has rolled the batch back. */
+static int
+apw_batch_flush_commit(apw_t *a, const dest_key_t *key, wr_err_t *err)
+{
+    for (;;) {
+        uint32_t relid = 0;
+        apw_table_t *t;
+        wr_err_t werr;
+        int rc;
+
+        wr_err_clear(&werr);
+        rc = a->dest->ops->flush_commit(a->dest, APW_STREAM, key, &relid, &werr);
+        if (rc == 0)
+            return 0;
+        t = relid != 0 ? apw_table_find(a, relid) : NULL;
+        if (t == NULL || !apw_table_specific(rc)) {
+            wr_err_t rerr;
+
+            if (a->dest->ops->rollback(a->dest, &rerr) != 0)
+                log_err(LOG_LVL_WARN, "rolling back the destination batch", &rerr);
+            *err = werr;
+            return rc;
+        }
+        rc = apw_table_fail(a, t, &werr, err);
+        if (rc != 0)
+            return rc;
+    }
+}
 
 /* Commits the open batch. Inside a transaction the key is the last change processed and
  * the flush moves only to the last complete transaction in the batch; outside, the key
@@ -673,12 +820,33 @@ apw_batch_commit(apw_t *a, wr_err_t *err)
     }
     FAILPOINT("apply.before_commit");
     FAILPOINT("apply.dest_commit");
+    if (a->dest->ops->flush_commit != NULL) {
+        rc = apw_batch_flush_commit(a, &key, err);
+        if (rc != 0) {
+            a->batch_open = false;
+            wr_err_prefix(err, "committing the destination batch: ");
+            return rc < 0 ? rc : WR_EDEST;
+        }
+        goto committed;
+    }
+    if (a->dest->ops->flush != NULL && (rc = apw_batch_flush(a, err)) != 0) {
+        wr_err_t rerr;
+
+        if (a->dest->ops->rollback(a->dest, &rerr) != 0)
+            log_err(LOG_LVL_WARN, "rolling back the destination batch", &rerr);
+        a->batch_open = false;
+        wr_err_prefix(err, "writing the destination batch: ");
+        return rc < 0 ? rc : WR_EDEST;
+    }
     rc = a->dest->ops->commit(a->dest, APW_STREAM, &key, err);
     a->batch_open = false;
     if (rc != 0) {
         wr_err_prefix(err, "committing the destination batch: ");
         return rc < 0 ? rc : WR_EDEST;
     }
+committed:
+    a->batch_open = false;
+    a->commits++;
     wkm_batch_commit(&a->metrics, t0);
     log_debug("batch committed key=" WR_LSN_FMT "/%u bytes=%lld", WR_LSN_ARGS(key.commit_lsn),
               (unsigned)key.ordinal, (long long)a->batch_bytes);
@@ -1036,7 +1204,7 @@ apw_ddl_reconcile(apw_t *a, apw_table_t *t, wr_err_t *err)
         rc = apw_ddl_recopy(a, t, reason, err);
         goto out;
     }
-    rc = dest_ddl_plan(ds, &dm, &cat, &plan, err);
+    rc = dest_ddl_plan_flags(ds, &dm, &cat, ops->ddl_flags, &plan, err);
     if (rc != 0)
         goto out;
     if (plan.action == DEST_DDL_NONE) {
@@ -1380,6 +1548,7 @@ apw_key_catch_up(apw_t *a, wr_err_t *err)
     rc = a->dest->ops->commit(a->dest, APW_STREAM, &a->last_tx_key, err);
     if (rc != 0)
         return rc;
+    a->commits++;
     a->durable_key = a->last_tx_key;
     return 0;
 }
@@ -1513,14 +1682,15 @@ apw_on_keepalive(void *arg, wr_lsn_t wal_end, bool reply, wr_err_t *err)
 }
 
 /* The engine's hold callback: leave the rest buffered on a stop, while a table is in
- * CATCHUP (nothing past the catch-up LSN may be processed until it is over), or while an
- * Init waits for its acknowledgement (apw_send_acks, at the top of the loop). */
+ * CATCHUP (nothing past the catch-up LSN may be processed until it is over), while an
+ * Init waits for its acknowledgement (apw_send_acks, at the top of the loop), and while
+ * the destination waits (apw_readahead: read the socket, process nothing). */
 static bool
 apw_hold(void *arg)
 {
     const apw_t *a = arg;
 
-    return apw_stopping(a) || a->n_catchup > 0 || a->ack_due;
+    return apw_stopping(a) || a->n_catchup > 0 || a->ack_due || a->reading_ahead;
 }
 
 static const stm_handler_t apw_stream_handler = {
@@ -1543,8 +1713,10 @@ apw_read_stream(apw_t *a, bool consume, bool *got, wr_err_t *err)
 {
     for (;;) {
         size_t n = 0;
-        int rc = stm_recv(&a->stm, consume, APW_CHAN_CHECK_MS, &n, err);
+        int rc;
 
+        a->readahead_n = 0;
+        rc = stm_recv(&a->stm, consume, APW_CHAN_CHECK_MS, &n, err);
         consume = false;
         if (n > 0)
             *got = true;
@@ -1793,6 +1965,54 @@ apw_stop(apw_t *a, wr_err_t *err)
     return 0;
 }
 
+#define APW_LIVE_LAG_MS 250
+
+/* True if the worker has caught up with the source: the last transaction committed less
+ * than APW_LIVE_LAG_MS ago on the source's clock, and nothing more of the stream can be
+ * read right now (the engine holds nothing, the socket is not readable). Then a batch at
+ * a transaction boundary is committed at once (group commit: low latency at low rates);
+ * while a backlog drains (older transactions) batches fill up to max_fill_ms / max_bytes
+ * instead. */
+static bool
+apw_caught_up(apw_t *a)
+{
+    int64_t now_us = wr_wall_ms() * 1000;
+    bool readable = false;
+    wr_err_t err;
+
+    if (a->stm.tx.commit_ts != 0 && now_us - a->stm.tx.commit_ts > APW_LIVE_LAG_MS * 1000)
+        return false;
+    /* an error shows again at the loop's next stm_wait */
+    if (stm_wait(&a->stm, -1, 0, &readable, &err) != 0)
+        return false;
+    return !readable;
+}
+
+#define APW_READAHEAD_MAX 64 /* socket reads ahead per turn of the loop, at most */
+
+/* (issue 7) While the destination waits for its server (destination.h
+ * dest_set_readahead): what the walsender sent is read into libpq's buffer through the
+ * engine (stm_recv with apw_hold true: under the engine's lock, nothing processed), so
+ * that the walsender keeps decoding meanwhile; the loop processes it after the write.
+ * At most APW_READAHEAD_MAX reads per turn of the loop, which bounds the buffer; false
+ * then (the destination stops watching the socket until its next wait). */
+static bool
+apw_readahead(void *arg)
+{
+    apw_t *a = arg;
+    wr_err_t err;
+    int rc;
+
+    if (a->readahead_n >= APW_READAHEAD_MAX)
+        return false;
+    a->readahead_n++;
+    a->reading_ahead = true;
+    rc = stm_recv(&a->stm, true, -1, NULL, &err);
+    a->reading_ahead = false;
+    /* a failure shows again at the loop's next read of the stream, which reports it */
+    return rc >= 0;
+}
+
 static int
 apw_run(apw_t *a, wr_err_t *err)
 {
@@ -1861,10 +2081,12 @@ apw_run(apw_t *a, wr_err_t *err)
             continue;
 
         now = wr_now_ms();
-        /* also inside a source transaction (its key resumes there): a batch never stays
-         * open longer than max_fill_ms, whatever runs of other tables' changes or waits
-         * on the network come (issue 12, defect 2: it held the destination's write lock) */
-        if (a->batch_open && now >= a->batch_start_ms + a->cfg.batch_max_fill_ms) {
+        /* on the timer also inside a source transaction (its key resumes there): a batch
+         * never stays open longer than max_fill_ms, whatever runs of other tables' changes
+         * or waits on the network come (issue 12, defect 2: it held the destination's write
+         * lock); and at once between transactions when the source is caught up */
+        if (a->batch_open && (now >= a->batch_start_ms + a->cfg.batch_max_fill_ms ||
+                              (got && !a->stm.tx.in_tx && apw_caught_up(a)))) {
             rc = apw_batch_commit(a, err);
             if (rc != 0)
                 return rc;
@@ -1901,6 +2123,7 @@ apw_close(apw_t *a)
     }
     free(a->tabs);
     free(a->idx);
+    free(a->dpend);
     cfg_free(&a->cfg);
 }
 
@@ -2052,6 +2275,7 @@ main(int argc, char **argv)
     rc = stm_start(&a.stm, a.slot, 0, a.cfg.publication, a.flush, &err);
     if (rc != 0)
         return apw_fail(&a, "cannot start replication", &err);
+    dest_set_readahead(stm_socket(&a.stm), apw_readahead, &a);
     {
         /* the supervisor's readiness (sd_notify READY=1, /readyz) waits for this */
         ipc_msg_t sm;

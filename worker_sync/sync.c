@@ -85,6 +85,12 @@
  * again for as long as the outage lasts; if it answers but refuses us, exit 2. Every
  * error exit sends ["worker_error", ...] with the error first.
  *
+ * Raw copy (issue 7). A destination with write_copy (postgres) gets each line exactly as
+ * the source's COPY TO STDOUT sent it, without parsing (syw_copy_raw), in one destination
+ * transaction (progress is reported every copy_batch_rows rows); before its commit the
+ * destination's copy_done runs (the postgres destination builds the primary key there,
+ * once the rows are in).
+ *
  * Metrics (proto/wkmetrics.h). COPY and stream bytes received, copy batches and catch-up
  * transactions (batches_total, batch and destination commit timings), the changes the
  * catch-up applied (events_total, counted when their destination transaction commits)
@@ -858,16 +864,16 @@ typedef struct syw_copy_s {
     bool reset_done; /* the first transaction (table emptied, catch-up key forgotten) ran */
     uint64_t rows;
     char *sql; /* the COPY statement */
+    /* (issue 7) the raw path: lines handed to write_copy since the last commit */
+    uint64_t raw_rows;
+    size_t raw_bytes;
 } syw_copy_t;
 
-/* Writes and commits the batch (the first transaction also empties the table and forgets
- * the catch-up key). The destination transaction is begun here, once the batch is
- * complete, so that none stays open while the COPY waits on the source (issue 12, defect
- * 2: a COPY waiting on a lock, or a selective row filter, held the write lock). */
+/* Opens the destination transaction if none is open; the copy's first one also empties
+ * (or creates) the table and forgets the catch-up key. */
 static int
-syw_copy_flush(syw_t *w, syw_copy_t *cp, wr_err_t *err)
+syw_copy_begin(syw_t *w, syw_copy_t *cp, wr_err_t *err)
 {
-    int64_t t0;
     int rc;
 
     if (!cp->dest_open) {
@@ -882,21 +888,68 @@ syw_copy_flush(syw_t *w, syw_copy_t *cp, wr_err_t *err)
             return rc;
         cp->reset_done = true;
     }
+    return 0;
+}
+
+/* Writes and commits the batch (the first transaction also empties the table and forgets
+ * the catch-up key). The destination transaction is begun here, once the batch is
+ * complete, so that none stays open while the COPY waits on the source (issue 12, defect
+ * 2: a COPY waiting on a lock, or a selective row filter, held the write lock). last: the
+ * copy's last transaction, where the destination's copy_done runs before the commit. */
+static int
+syw_copy_flush(syw_t *w, syw_copy_t *cp, bool last, wr_err_t *err)
+{
+    int64_t t0;
+    int rc;
+
+    if ((rc = syw_copy_begin(w, cp, err)) < 0)
+        return rc;
     if (cp->batch.n > 0) {
         syw_batch_resolve(&cp->batch);
         if ((rc = w->dest->ops->write_rows(w->dest, w->relid, cp->batch.rows, cp->batch.n, err)) <
             0)
             return rc;
     }
+    if (last && w->dest->ops->copy_done != NULL &&
+        (rc = w->dest->ops->copy_done(w->dest, w->relid, err)) < 0)
+        return rc;
     t0 = wkm_clock_us();
     if ((rc = w->dest->ops->commit(w->dest, w->stream, NULL, err)) < 0)
         return rc;
     wkm_batch_commit(&w->metrics, t0);
     cp->dest_open = false;
-    cp->rows += cp->batch.n;
+    cp->rows += cp->batch.n + cp->raw_rows;
     cp->batch.n = 0;
     cp->batch.alen = 0;
+    cp->raw_rows = 0;
+    cp->raw_bytes = 0;
     return 0;
+}
+
+/* (issue 7) A destination that speaks COPY (write_copy) gets the source's line untouched,
+ * in one destination transaction for the whole copy: the data is streamed, not held, so
+ * nothing bounds a batch, and a restart copies from scratch anyway (a commit in the middle
+ * would only make the copy wait for the destination at every boundary). Every
+ * copy_batch_rows rows (or batch_max_bytes bytes) returns 1: the caller reports progress. */
+static int
+syw_copy_raw(syw_t *w, syw_copy_t *cp, const char *line, size_t n, size_t batch_rows,
+             size_t batch_bytes, wr_err_t *err)
+{
+    int rc, flushed = 0;
+
+    if (cp->raw_rows > 0 && (cp->raw_rows >= batch_rows || cp->raw_bytes + n > batch_bytes)) {
+        cp->rows += cp->raw_rows;
+        cp->raw_rows = 0;
+        cp->raw_bytes = 0;
+        flushed = 1;
+    }
+    if ((rc = syw_copy_begin(w, cp, err)) < 0)
+        return rc;
+    if ((rc = w->dest->ops->write_copy(w->dest, w->relid, line, n, err)) < 0)
+        return rc;
+    cp->raw_rows++;
+    cp->raw_bytes += n;
+    return flushed;
 }
 
 /* After every batch: tells the supervisor how far the copy is and reads the channel (a
@@ -1174,7 +1227,8 @@ syw_copy(syw_t *w)
         wr_row_t row;
 
         if (syw_should_stop(w)) {
-            log_info("copy interrupted table=%s rows=%" PRIu64, w->table, cp.rows + cp.batch.n);
+            log_info("copy interrupted table=%s rows=%" PRIu64, w->table,
+                     cp.rows + cp.batch.n + cp.raw_rows);
             code = syw_copy_abort(w, &cp, WR_EXIT_OK);
             goto out;
         }
@@ -1194,10 +1248,21 @@ syw_copy(syw_t *w)
             goto out;
         }
         wkm_bytes(&w->metrics, (size_t)n);
+        if (w->dest->ops->write_copy != NULL) {
+            rc = syw_copy_raw(w, &cp, line, (size_t)n, batch_rows, batch_bytes, &err);
+            PQfreemem(line);
+            if (rc > 0 && (rc = syw_copy_progress(w, &cp, &err)) == 0)
+                FAILPOINT("sync.mid_copy");
+            if (rc < 0) {
+                code = syw_copy_error(w, &cp, cp.dest_open ? "dest_refused" : NULL, &err);
+                goto out;
+            }
+            continue;
+        }
         rc = copy_parse_line(&cp.parser, line, (size_t)n, w->schema->ncols, &row, &err);
         if (rc == 0 && syw_batch_full(&cp.batch, &row)) {
             /* the row lives in the parser's buffer: flushing does not touch it */
-            if ((rc = syw_copy_flush(w, &cp, &err)) < 0 ||
+            if ((rc = syw_copy_flush(w, &cp, false, &err)) < 0 ||
                 (rc = syw_copy_progress(w, &cp, &err)) < 0) {
                 PQfreemem(line);
                 code = syw_copy_error(w, &cp, cp.dest_open ? "dest_refused" : NULL, &err);
@@ -1223,7 +1288,8 @@ syw_copy(syw_t *w)
         }
         PQclear(res);
     }
-    if ((rc = syw_copy_flush(w, &cp, &err)) < 0 || (rc = syw_copy_progress(w, &cp, &err)) < 0) {
+    if ((rc = syw_copy_flush(w, &cp, true, &err)) < 0 ||
+        (rc = syw_copy_progress(w, &cp, &err)) < 0) {
         code = syw_copy_error(w, &cp, cp.dest_open ? "dest_refused" : NULL, &err);
         goto out;
     }

@@ -52,12 +52,13 @@ def start_ready(db, pipelines, tables, config=None, rows=200, name=None):
     return p
 
 
-def start_with_failpoints(p, monkeypatch, spec, fpdir):
+def start_with_failpoints(p, monkeypatch, spec, fpdir, wait_status=True):
+    """wait_status=False for a failpoint that may kill the supervisor before it answers."""
     os.makedirs(str(fpdir), exist_ok=True)
     monkeypatch.setenv("WALRELAY_FAILPOINTS", spec)
     monkeypatch.setenv("WALRELAY_FAILPOINT_DIR", str(fpdir))
     try:
-        p.start()
+        p.start(wait_status=wait_status)
     finally:
         monkeypatch.delenv("WALRELAY_FAILPOINTS")
         monkeypatch.delenv("WALRELAY_FAILPOINT_DIR")
@@ -163,7 +164,8 @@ def test_d3_slot_lost_recopy_supervisor_killed(lossy_pg, pipelines, tmp_path, mo
         db.execute("DELETE FROM c WHERE id <= 10")
         lose_slot(db, "walrelay_%s" % p.name)
         fpdir = tmp_path / "fp"
-        start_with_failpoints(p, monkeypatch, "sup.slot_lost_recopy=abort", fpdir)
+        start_with_failpoints(p, monkeypatch, "sup.slot_lost_recopy=abort", fpdir,
+                              wait_status=False)
         wait_fired(p, fpdir, "sup.slot_lost_recopy")
         p.proc.wait(30 * SCALE)
         p.kill()

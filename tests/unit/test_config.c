@@ -214,14 +214,14 @@ test_defaults(void)
     CHECK_STR_EQ(dpath(&cfg), "/var/lib/w/d.db");
     cfg_free(&cfg);
     /* an unknown type names its line and the registered types */
-    rc = parse(cat(good_head, "[destination]\ntype = postgres\n"), &cfg, &err);
+    rc = parse(cat(good_head, "[destination]\ntype = kafka\n"), &cfg, &err);
     CHECK_INT_EQ(rc, 0);
     CHECK_INT_EQ(dest_config_check(&cfg, &err), WR_ECONFIG);
-    CHECK_STR_EQ(err.msg, P
-                 ":7: invalid value \"postgres\" for [destination] type: no such destination type");
+    CHECK_STR_EQ(err.msg,
+                 P ":7: invalid value \"kafka\" for [destination] type: no such destination type");
     CHECK_CONTAINS(
         err.hint,
-        "registered destination types: sqlite, null, http, jsonl, nats, eventstore, plugin");
+        "registered destination types: sqlite, postgres, null, http, jsonl, nats, eventstore, plugin");
     cfg_free(&cfg);
     /* plugin needs library */
     rc = parse(cat(good_head, "[destination]\ntype = plugin\nurl = http://x\n"), &cfg, &err);
@@ -741,12 +741,12 @@ test_write_new_refusals(void)
     CHECK_INT_EQ(rc, WR_ECONFIG);
     CHECK_CONTAINS(err.msg, "publication name is empty");
 
-    rc = write_new(dir, "demo", "host=a", "pub", "postgres", &err);
+    rc = write_new(dir, "demo", "host=a", "pub", "kafka", &err);
     CHECK_INT_EQ(rc, WR_ECONFIG);
-    CHECK_STR_EQ(err.msg, "unknown destination type \"postgres\" in --destination postgres");
+    CHECK_STR_EQ(err.msg, "unknown destination type \"kafka\" in --destination kafka");
     CHECK_CONTAINS(
         err.hint,
-        "registered destination types: sqlite, null, http, jsonl, nats, eventstore, plugin");
+        "registered destination types: sqlite, postgres, null, http, jsonl, nats, eventstore, plugin");
     rc = write_new(dir, "demo", "host=a", "pub", "plugin", &err);
     CHECK_INT_EQ(rc, WR_ECONFIG);
     CHECK_CONTAINS(err.msg, "plugin:PATH");
