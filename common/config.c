@@ -317,6 +317,34 @@ cfg_pipeline_name_ok(const char *name)
     return n >= 1;
 }
 
+bool
+cfg_pipeline_name_clashes(const char *name)
+{
+    size_t n = name ? strlen(name) : 0, d = 0;
+
+    while (d < n && name[n - 1 - d] >= '0' && name[n - 1 - d] <= '9')
+        d++;
+    return d > 0 && n >= d + 3 && name[n - d - 1] == 's' && name[n - d - 2] == '_';
+}
+
+void
+cfg_pipeline_name_clash_err(const char *name, wr_err_t *err)
+{
+    size_t n = strlen(name), d = 0;
+
+    while (d < n && name[n - 1 - d] >= '0' && name[n - 1 - d] <= '9')
+        d++;
+    wr_err_set(err, WR_ECONFIG,
+               "pipeline name \"%s\" ends in \"_s\" and digits, the form of the sync slot names "
+               "of pipeline \"%.*s\" (walrelay_<pipeline>_s<relid>): that pipeline would take "
+               "this one's replication slot for one of its own and drop it",
+               name, (int)(n - d - 2), name);
+    wr_err_hint(err,
+                "choose another name ([pipeline] name, or walrelay init --name NAME), e.g. "
+                "\"%.*s_p\"",
+                (int)(n > 60 ? 60 : n), name);
+}
+
 void
 cfg_apply_slot_name(const wr_config_t *cfg, char *buf, size_t len)
 {
@@ -688,6 +716,14 @@ cfg_set_value(cfg_parse_t *pc, const cfg_key_t *k, const char *value)
                      "0-9 and _",
                      value, k->section, k->key, WR_PIPELINE_NAME_MAX);
             cfg_fail_hint(pc, line, "the name becomes part of the replication slot names");
+            return false;
+        }
+        if (cfg_pipeline_name_clashes(value)) {
+            wr_err_t cerr;
+
+            cfg_pipeline_name_clash_err(value, &cerr);
+            cfg_fail(pc, WR_ECONFIG, "%s", cerr.msg);
+            cfg_fail_hint(pc, line, "%s", cerr.hint);
             return false;
         }
         return cfg_set_string(pc, k, value);
@@ -1490,6 +1526,10 @@ cfg_write_new(const char *dir, const char *pipeline, const char *conninfo, const
                    "and _",
                    pipeline ? pipeline : "", WR_PIPELINE_NAME_MAX);
         wr_err_hint(err, "the name becomes part of the replication slot names");
+        return WR_ECONFIG;
+    }
+    if (cfg_pipeline_name_clashes(pipeline)) {
+        cfg_pipeline_name_clash_err(pipeline, err);
         return WR_ECONFIG;
     }
     if (!publication || !*publication)

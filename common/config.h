@@ -119,6 +119,12 @@ int cfg_listen_parse(const char *s, char *host, size_t hostlen, uint16_t *port,
                      wr_err_t *err) WR_MUST_CHECK;
 /* Checks a pipeline name ([a-z0-9_], 1..40 bytes). */
 bool cfg_pipeline_name_ok(const char *name);
+/* True if name ends in "_s" and digits: the form of another pipeline's sync slot names
+ * (shop_s16390 beside shop), refused so that no pipeline's cleanup or drop can take the
+ * other's apply slot for a sync slot of its own. */
+bool cfg_pipeline_name_clashes(const char *name);
+/* Fills err (WR_ECONFIG) for such a name, with a hint. */
+void cfg_pipeline_name_clash_err(const char *name, wr_err_t *err);
 /* The [destination] item named key, or NULL (duplicates are refused at load). */
 const wr_cfg_item_t *cfg_dest_item(const wr_config_t *cfg, const char *key);
 /* Copies dst's [destination] type, lines and items from src (dst's are freed first). */

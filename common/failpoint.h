@@ -3,8 +3,8 @@
  * at an exact instruction. TEST-ONLY: they stay in production builds because an unarmed
  * failpoint costs one predictable branch on a global, but nothing but the tests sets them.
  *
- * NOTES: read by every process that reaches a FAILPOINT() (the apply and sync workers
- * today). Configuration comes from the environment, read once per process at the first
+ * NOTES: read by every process that reaches a FAILPOINT() (the apply and sync workers,
+ * and the supervisor). Configuration comes from the environment, read once per process at the first
  * FAILPOINT() it reaches; the workers inherit the supervisor's environment, so
  *
  *   WALRELAY_FAILPOINTS='sync.after_finishedcopy=abort' walrelay run DIR
@@ -39,6 +39,8 @@
  *
  *   sync worker (walrelay-sync)
  *   sync.after_datasync         DATASYNC acked (persisted), before the slot is created
+ *   sync.before_copy            the slot, its snapshot and the schema are there, the COPY is
+ *                               not sent yet (no destination transaction is open)
  *   sync.mid_copy               after each copy batch is committed to the destination
  *                               (with the dir set: after the first batch only)
  *   sync.before_finishedcopy    the source copy transaction is COMMITted, FINISHEDCOPY
@@ -56,13 +58,19 @@
  *                               apply worker must drop it)
  *
  *   apply worker (walrelay-apply)
+ *   apply.before_batch_begin    a change of an applied table is about to be written and no
+ *                               destination batch is open: before it is begun (the channel
+ *                               is not read meanwhile, as in a wait on a busy destination)
  *   apply.before_streaming      the slot is ready, START_REPLICATION not sent yet (the
  *                               supervisor has not heard "streaming": no READY=1)
  *   apply.catchup_granted       CATCHUP(L) acked for a table, while waiting for SyncDone
  *                               (the replication stream is paused)
+ *   apply.before_commit         a destination batch is about to be committed (its writes done)
  *   apply.dest_commit           just before the destination's commit of a batch; sleep()
  *                               here is a destination whose commit blocks (the status
  *                               keeper must keep the walsender from timing out)
+ *   apply.after_last_key        the destination's resume key was read at start, the slot is
+ *                               not streamed yet (and the worker's lock is held)
  *   apply.after_commit          a destination batch committed at a transaction boundary,
  *                               before the status update that confirms it to the server
  *   apply.mid_txn_chunk         a destination batch committed in the middle of a source
@@ -78,6 +86,17 @@
  *                               server yet (a replay streams it again: skipped by the key)
  *   apply.restream              the stream is being restarted to spool a streamed
  *                               transaction (the batch rolled back, not reconnected yet)
+ *
+ *   supervisor (walrelay run; issue 12: kills of the supervisor between persist and act)
+ *   sup.phase_persisted.PHASE   a worker's set_phase to PHASE (datasync, finishedcopy,
+ *                               syncwait, catchup, syncdone, ready, errored, init) is
+ *                               persisted; not acked, not relayed, not in memory yet
+ *   sup.handoff_paused          a table without its sync worker set back to FinishedCopy
+ *                               (persisted), not told to the apply worker yet
+ *   sup.slot_lost_recopy        on_slot_lost = recopy: flag slot_lost_recopied = 1 persisted,
+ *                               no table set to Init yet
+ *   sup.retry_persisted         walrelay retry (or an automatic retry): the table's new phase
+ *                               is persisted, nothing else done yet (its workers not told)
  *
  *   eventstore destination (in whichever worker writes; destinations/eventstore/)
  *   eventstore.mid_batch        a batch's events are written into the store's open

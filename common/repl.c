@@ -23,6 +23,16 @@
     "-c DateStyle=ISO -c IntervalStyle=postgres -c extra_float_digits=3 -c TimeZone=UTC "          \
     "-c statement_timeout=0 -c idle_in_transaction_session_timeout=0 -c bytea_output=hex"
 
+/* libpq settings every connection gets unless its conninfo sets them: connect within
+ * 10 s; TCP keepalives after 10 s idle, every 5 s, 3 unanswered = dead (25 s); and data
+ * sent but not acknowledged for 30 s = dead (tcp_user_timeout, Linux): the apply worker
+ * sends a status update at least every 10 s, so a silent cut is noticed within about
+ * 40 s even while it only waits. */
+static const char *const repl_conn_defaults[][2] = {
+    {"connect_timeout", "10"},    {"keepalives", "1"},       {"keepalives_idle", "10"},
+    {"keepalives_interval", "5"}, {"keepalives_count", "3"}, {"tcp_user_timeout", "30000"},
+};
+
 /* Microseconds between the Unix epoch and the PostgreSQL epoch (2000-01-01). */
 #define REPL_PG_EPOCH_OFFSET_US INT64_C(946684800000000)
 
@@ -131,8 +141,8 @@ repl_connect(const char *conninfo, bool replication, const char *appname, PGconn
     const char *user_options = NULL;
     char *options;
     size_t olen;
-    const char *keys[8];
-    const char *vals[8];
+    const char *keys[16];
+    const char *vals[16];
     int n = 0;
     PGconn *c;
     char msg[768];
@@ -169,6 +179,16 @@ repl_connect(const char *conninfo, bool replication, const char *appname, PGconn
              REPL_SESSION_OPTIONS);
     PQconninfoFree(opts);
 
+    /* Connection defaults (issue 12): a connection whose peer is gone without a FIN (a
+     * network cut, a host that died) is noticed in bounded time. Before dbname, so that
+     * the same keys in the conninfo win (expand_dbname: later entries override earlier
+     * ones). docs/configuration.md "Connection defaults". */
+    for (size_t i = 0; i < sizeof(repl_conn_defaults) / sizeof(repl_conn_defaults[0]); i++) {
+        if (strcmp(repl_conn_defaults[i][0], "connect_timeout") == 0 && getenv("PGCONNECT_TIMEOUT"))
+            continue; /* the environment's */
+        keys[n] = repl_conn_defaults[i][0];
+        vals[n++] = repl_conn_defaults[i][1];
+    }
     keys[n] = "dbname";
     vals[n++] = conninfo;
     if (replication) {

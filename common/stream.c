@@ -888,6 +888,19 @@ stm_recv(stm_t *s, bool consume, int64_t budget_ms, size_t *n, wr_err_t *err)
 }
 
 int
+stm_socket(stm_t *s)
+{
+    int sock;
+
+    if (s->io == NULL)
+        return -1;
+    stm_lock_main(s);
+    sock = s->io->socket(s->io_ctx);
+    stm_unlock(s);
+    return sock;
+}
+
+int
 stm_wait(stm_t *s, int extra_fd, int timeout_ms, bool *readable, wr_err_t *err)
 {
     struct pollfd p[2];

@@ -275,6 +275,12 @@ int64_t stm_feedback_wait_ms(stm_t *s);
  * buffered). 0 (also on EINTR), or WR_EIO. */
 int stm_wait(stm_t *s, int extra_fd, int timeout_ms, bool *readable, wr_err_t *err) WR_MUST_CHECK;
 
+/* The descriptor to poll for the stream's input, -1 when not streaming: for a worker that
+ * waits on it somewhere else (walrelay-apply while its destination waits for an answer,
+ * destinations/destination.h dest_set_readahead). Read what it signals only with
+ * stm_recv. */
+int stm_socket(stm_t *s);
+
 /* Totals since stm_init, for the worker's metrics: CopyData bytes received and status
  * updates sent (by the main thread and the keeper). */
 void stm_counters(stm_t *s, uint64_t *bytes_received, uint64_t *status_sent);

@@ -9,7 +9,7 @@
  * relative to DIR or not), validation of those keys (errors "FILE:LINE: ..." naming the
  * key, with a hint), the preflight of `walrelay check`, and open. config.c keeps every
  * [destination] key but type as an item and knows no type; dest_config_check is called
- * wherever a loaded configuration is used. Entries: sqlite (the in-tree dest_ops_t),
+ * wherever a loaded configuration is used. Entries: sqlite and postgres (in-tree dest_ops_t),
  * null (built on the public ABI, walrelay/destination.h, through the same adapter as a
  * plugin: destinations/abi.c), plugin (a library loaded with dlopen) and eventstore
  * (in-tree, destinations/eventstore/). Adding a built-in destination = one folder plus
@@ -95,6 +95,7 @@ int dest_init_section(const char *spec, char **text, wr_err_t *err) WR_MUST_CHEC
 int dest_preflight(const wr_config_t *cfg, char *summary, size_t len, wr_err_t *err) WR_MUST_CHECK;
 
 extern const dest_type_t dest_type_sqlite;
+extern const dest_type_t dest_type_postgres;
 extern const dest_type_t dest_type_null;
 extern const dest_type_t dest_type_http;
 extern const dest_type_t dest_type_jsonl;

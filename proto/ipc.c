@@ -72,6 +72,8 @@ static const char *const ipc_type_names[] = {
     [IPC_METRICS] = "metrics",
     [IPC_METRICS_TEXT] = "metrics_text",
     [IPC_DEST_WAIT] = "dest_wait",
+    [IPC_WORKER_ERROR] = "worker_error",
+    [IPC_TABLE_ACK] = "table_ack",
 };
 
 /* Upper bounds of the histogram buckets: 1 ms .. 10 s. */
@@ -80,22 +82,23 @@ const uint64_t ipc_hist_bounds_us[IPC_HIST_NBOUNDS] = {
 };
 
 /* The highest type: ipc_type_valid and the decoder's name lookup stop there. */
-#define IPC_LAST_TYPE IPC_DEST_WAIT
+#define IPC_LAST_TYPE IPC_TABLE_ACK
 
 /* Number of array elements of each message, the type name included. */
 static const uint32_t ipc_arity[] = {
-    [IPC_HELLO] = 5,           [IPC_WELCOME] = 3,   [IPC_TABLES] = 2,  [IPC_TABLE_STATE] = 4,
-    [IPC_SET_PHASE] = 8,       [IPC_ACK] = 4,       [IPC_SCHEMA] = 5,  [IPC_PROGRESS] = 4,
-    [IPC_COPY_PROGRESS] = 3,   [IPC_STOP] = 1,      [IPC_ERROR] = 2,   [IPC_STATUS] = 1,
-    [IPC_STATUS_REPLY] = 10,   [IPC_OK] = 2,        [IPC_RETRY] = 2,   [IPC_RESYNC] = 2,
-    [IPC_PAUSE] = 1,           [IPC_RESUME] = 1,    [IPC_RELOAD] = 1,  [IPC_TABLE_REMOVED] = 2,
-    [IPC_WORKER_METRICS] = 12, [IPC_STREAMING] = 2, [IPC_METRICS] = 1, [IPC_METRICS_TEXT] = 2,
-    [IPC_DEST_WAIT] = 2,
+    [IPC_HELLO] = 5,           [IPC_WELCOME] = 3,      [IPC_TABLES] = 2,    [IPC_TABLE_STATE] = 5,
+    [IPC_SET_PHASE] = 8,       [IPC_ACK] = 4,          [IPC_SCHEMA] = 5,    [IPC_PROGRESS] = 4,
+    [IPC_COPY_PROGRESS] = 3,   [IPC_STOP] = 1,         [IPC_ERROR] = 2,     [IPC_STATUS] = 1,
+    [IPC_STATUS_REPLY] = 10,   [IPC_OK] = 2,           [IPC_RETRY] = 2,     [IPC_RESYNC] = 2,
+    [IPC_PAUSE] = 1,           [IPC_RESUME] = 1,       [IPC_RELOAD] = 1,    [IPC_TABLE_REMOVED] = 2,
+    [IPC_WORKER_METRICS] = 12, [IPC_STREAMING] = 2,    [IPC_METRICS] = 1,   [IPC_METRICS_TEXT] = 2,
+    [IPC_DEST_WAIT] = 2,       [IPC_WORKER_ERROR] = 4, [IPC_TABLE_ACK] = 4,
 };
 /* status_reply without its last element (message), as sent before it was added */
 #define IPC_STATUS_REPLY_MIN_ARITY 9
 
-#define IPC_NTABLE_FIELDS  5  /* [relid, nsp, name, phase, lsn] */
+#define IPC_NTABLE_FIELDS  6  /* [relid, nsp, name, phase, lsn, dest_name] */
+#define IPC_NTABLE_MIN     5  /* ... without dest_name, as sent before it was added */
 #define IPC_NSTATUS_FIELDS 10 /* ... + rows_copied, attempts, err_kind, err_msg, err_hint */
 #define IPC_NWORKER_FIELDS 5
 #define IPC_NSCHEMA_FIELDS 4
@@ -279,8 +282,10 @@ enc_table(ipc_enc_t *e, const ipc_table_info_t *t, bool full)
     enc_str(e, t->name);
     enc_phase(e, t->phase);
     enc_u64(e, t->lsn);
-    if (!full)
+    if (!full) {
+        enc_str(e, t->dest_name);
         return;
+    }
     enc_u64(e, t->rows_copied);
     enc_u64(e, t->attempts);
     enc_str(e, t->err_kind);
@@ -336,7 +341,7 @@ ipc_encode(const ipc_msg_t *m, msgpack_sbuffer *sb)
     memset(&e, 0, sizeof(e));
     msgpack_packer_init(&e.pk, sb, msgpack_sbuffer_write);
 
-    enc_array(&e, ipc_arity[m->type]);
+    enc_array(&e, ipc_arity[m->type] + (m->type == IPC_TABLES && m->u.tables.more ? 1 : 0));
     enc_str(&e, ipc_type_names[m->type]);
     switch (m->type) {
     case IPC_HELLO:
@@ -351,11 +356,16 @@ ipc_encode(const ipc_msg_t *m, msgpack_sbuffer *sb)
         break;
     case IPC_TABLES:
         enc_tables(&e, m->u.tables.n, m->u.tables.tables, false);
+        if (m->u.tables.more)
+            enc_bool(&e, true);
         break;
     case IPC_TABLE_STATE:
+    case IPC_TABLE_ACK:
         enc_u64(&e, m->u.table_state.relid);
         enc_phase(&e, m->u.table_state.phase);
         enc_u64(&e, m->u.table_state.lsn);
+        if (m->type == IPC_TABLE_STATE)
+            enc_str(&e, m->u.table_state.dest_name);
         break;
     case IPC_SET_PHASE:
         enc_u64(&e, m->u.set_phase.req);
@@ -398,6 +408,11 @@ ipc_encode(const ipc_msg_t *m, msgpack_sbuffer *sb)
         break;
     case IPC_TABLE_REMOVED:
         enc_u64(&e, m->u.table_removed.relid);
+        break;
+    case IPC_WORKER_ERROR:
+        enc_str(&e, m->u.worker_error.kind);
+        enc_str(&e, m->u.worker_error.message);
+        enc_str(&e, m->u.worker_error.hint);
         break;
     case IPC_WORKER_METRICS:
         enc_u64(&e, m->u.worker_metrics.transactions);
@@ -448,6 +463,31 @@ ipc_encode(const ipc_msg_t *m, msgpack_sbuffer *sb)
     if (e.rc != 0)
         sb->size = start; /* drop the partial message */
     return e.rc;
+}
+
+int
+ipc_encode_tables(const ipc_table_info_t *tables, uint32_t n, msgpack_sbuffer *sb)
+{
+    size_t start = sb->size;
+    uint32_t off = 0;
+
+    do {
+        ipc_msg_t m;
+        uint32_t k = n - off > IPC_TABLES_CHUNK ? IPC_TABLES_CHUNK : n - off;
+        int rc;
+
+        memset(&m, 0, sizeof(m));
+        m.type = IPC_TABLES;
+        m.u.tables.n = k;
+        m.u.tables.tables = k ? (ipc_table_info_t *)&tables[off] : NULL;
+        m.u.tables.more = off + k < n;
+        if ((rc = ipc_encode(&m, sb)) != 0) {
+            sb->size = start;
+            return rc;
+        }
+        off += k;
+    } while (off < n);
+    return 0;
 }
 
 int
@@ -879,16 +919,23 @@ dec_tables(ipc_dec_t *d, const msgpack_object_array *a, uint32_t i, bool full, u
     *n = list->size; /* the caller's clear frees whatever was filled */
     for (j = 0; j < list->size; j++) {
         ipc_table_info_t *t = &(*out)[j];
-        if ((rc = dec_item(d, list, i, "tables", j, full ? IPC_NSTATUS_FIELDS : IPC_NTABLE_FIELDS,
-                           &it)))
+        if (!full && list->ptr[j].type == MSGPACK_OBJECT_ARRAY &&
+            list->ptr[j].via.array.size == IPC_NTABLE_MIN)
+            rc = dec_item(d, list, i, "tables", j, IPC_NTABLE_MIN, &it);
+        else
+            rc = dec_item(d, list, i, "tables", j, full ? IPC_NSTATUS_FIELDS : IPC_NTABLE_FIELDS,
+                          &it);
+        if (rc)
             return rc;
         old = dec_push_item(d, i, "tables", j);
         if (!(rc = dec_u32(d, it, 0, "relid", &t->relid)) &&
             !(rc = dec_str(d, it, 1, "nsp", &t->nsp)) &&
             !(rc = dec_str(d, it, 2, "name", &t->name)) &&
-            !(rc = dec_phase(d, it, 3, "phase", &t->phase)) &&
-            !(rc = dec_u64(d, it, 4, "lsn", &t->lsn)) && full &&
-            !(rc = dec_u64(d, it, 5, "rows_copied", &t->rows_copied)) &&
+            !(rc = dec_phase(d, it, 3, "phase", &t->phase)))
+            rc = dec_u64(d, it, 4, "lsn", &t->lsn);
+        if (!rc && !full && it->size > IPC_NTABLE_MIN)
+            rc = dec_str(d, it, 5, "dest_name", &t->dest_name);
+        if (!rc && full && !(rc = dec_u64(d, it, 5, "rows_copied", &t->rows_copied)) &&
             !(rc = dec_u32(d, it, 6, "attempts", &t->attempts)) &&
             !(rc = dec_str(d, it, 7, "err_kind", &t->err_kind)) &&
             !(rc = dec_str(d, it, 8, "err_msg", &t->err_msg)))
@@ -958,12 +1005,20 @@ dec_body(ipc_dec_t *d, const msgpack_object_array *a, ipc_msg_t *m)
             return rc;
         return dec_str(d, a, 2, "pipeline", &m->u.welcome.pipeline);
     case IPC_TABLES:
-        return dec_tables(d, a, 1, false, &m->u.tables.n, &m->u.tables.tables);
-    case IPC_TABLE_STATE:
-        if ((rc = dec_u32(d, a, 1, "relid", &m->u.table_state.relid)) ||
-            (rc = dec_phase(d, a, 2, "phase", &m->u.table_state.phase)))
+        if ((rc = dec_tables(d, a, 1, false, &m->u.tables.n, &m->u.tables.tables)))
             return rc;
-        return dec_u64(d, a, 3, "lsn", &m->u.table_state.lsn);
+        if (a->size > 2)
+            return dec_bool(d, a, 2, "more", &m->u.tables.more);
+        return 0;
+    case IPC_TABLE_STATE:
+    case IPC_TABLE_ACK:
+        if ((rc = dec_u32(d, a, 1, "relid", &m->u.table_state.relid)) ||
+            (rc = dec_phase(d, a, 2, "phase", &m->u.table_state.phase)) ||
+            (rc = dec_u64(d, a, 3, "lsn", &m->u.table_state.lsn)))
+            return rc;
+        if (m->type == IPC_TABLE_STATE && a->size > 4)
+            return dec_str(d, a, 4, "dest_name", &m->u.table_state.dest_name);
+        return 0;
     case IPC_SET_PHASE:
         if ((rc = dec_u32(d, a, 1, "req", &m->u.set_phase.req)) ||
             (rc = dec_u32(d, a, 2, "relid", &m->u.set_phase.relid)) ||
@@ -1007,6 +1062,11 @@ dec_body(ipc_dec_t *d, const msgpack_object_array *a, ipc_msg_t *m)
         return dec_str(d, a, 1, "table", &m->u.command.table);
     case IPC_TABLE_REMOVED:
         return dec_u32(d, a, 1, "relid", &m->u.table_removed.relid);
+    case IPC_WORKER_ERROR:
+        if ((rc = dec_str(d, a, 1, "kind", &m->u.worker_error.kind)) ||
+            (rc = dec_str(d, a, 2, "message", &m->u.worker_error.message)))
+            return rc;
+        return dec_str(d, a, 3, "hint", &m->u.worker_error.hint);
     case IPC_WORKER_METRICS: {
         __typeof__(m->u.worker_metrics) *wm = &m->u.worker_metrics;
 
@@ -1092,7 +1152,9 @@ ipc_decode(const msgpack_object *o, ipc_msg_t *m, wr_err_t *err)
     snprintf(d.what, sizeof(d.what), "\"%s\" message", ipc_type_names[i]);
     d.err = err;
     if (a->size != ipc_arity[i] &&
-        !(i == IPC_STATUS_REPLY && a->size == IPC_STATUS_REPLY_MIN_ARITY))
+        !(i == IPC_STATUS_REPLY && a->size == IPC_STATUS_REPLY_MIN_ARITY) &&
+        !(i == IPC_TABLE_STATE && a->size == 4) && /* without dest_name (older) */
+        !(i == IPC_TABLES && a->size == 3))        /* with "more" */
         return wr_err_set(err, WR_EPROTO, "invalid %s: expected %u elements, got %u", d.what,
                           ipc_arity[i], a->size);
     m->type = (ipc_type_t)i;
@@ -1111,6 +1173,7 @@ free_tables(uint32_t n, ipc_table_info_t *t)
     for (i = 0; i < n; i++) {
         free(t[i].nsp);
         free(t[i].name);
+        free(t[i].dest_name);
         free(t[i].err_kind);
         free(t[i].err_msg);
         free(t[i].err_hint);
@@ -1168,6 +1231,11 @@ ipc_msg_clear(ipc_msg_t *m)
     case IPC_RESYNC:
         free(m->u.command.table);
         break;
+    case IPC_WORKER_ERROR:
+        free(m->u.worker_error.kind);
+        free(m->u.worker_error.message);
+        free(m->u.worker_error.hint);
+        break;
     case IPC_WORKER_METRICS:
         free(m->u.worker_metrics.events);
         break;
@@ -1177,13 +1245,16 @@ ipc_msg_clear(ipc_msg_t *m)
     case IPC_DEST_WAIT:
         free(m->u.dest_wait.message);
         break;
+    case IPC_TABLE_STATE:
+        free(m->u.table_state.dest_name);
+        break;
     case IPC_STREAMING:
     case IPC_METRICS:
     case IPC_PAUSE:
     case IPC_RESUME:
     case IPC_RELOAD:
     case IPC_TABLE_REMOVED:
-    case IPC_TABLE_STATE:
+    case IPC_TABLE_ACK:
     case IPC_PROGRESS:
     case IPC_COPY_PROGRESS:
     case IPC_STOP:

@@ -26,10 +26,26 @@
  *     ["dest_wait", message]                            the destination is waiting on the
  *                                                       outside world (retrying): what and
  *                                                       the last error; "" = no longer
+ *     ["table_ack", relid, phase, lsn]                  apply: it has taken the table's state
+ *                                                      into account (after Init: its writes of
+ *                                                      the table are durable, it writes none
+ *                                                      any more); the supervisor starts the copy
+ *     ["worker_error", kind, message, hint]             the error the worker is about to exit
+ *                                                      on (for status and the supervisor's
+ *                                                      decision; best effort, never acked)
  *   supervisor -> worker
  *     ["welcome", version, pipeline]
- *     ["tables", [[relid, nsp, name, phase, lsn], ...]] all tables (apply) or its one (sync)
- *     ["table_state", relid, phase, lsn]                a persisted change
+ *     ["tables", [[relid, nsp, name, phase, lsn, dest_name], ...], more]
+ *                                                      all tables (apply) or its one (sync);
+ *                                                      more = true: the list continues in the
+ *                                                      next "tables" message (at most
+ *                                                      IPC_TABLES_CHUNK tables in each, so a
+ *                                                      publication of any size fits); more
+ *                                                      may be missing (= false);
+ *                                                      dest_name (issue 12: the pipeline's
+ *                                                      unique destination table name) may be
+ *                                                      missing (5 elements) or ""
+ *     ["table_state", relid, phase, lsn, dest_name]     a persisted change (dest_name optional)
  *     ["ack", req, ok, message]
  *     ["stop"]                                          finish the write in flight, exit 0
  *     ["table_removed", relid]                          apply: the table left the publication
@@ -53,6 +69,7 @@
 #define IPC_MAX_MSG       (4u * 1024 * 1024) /* bigger messages are rejected */
 #define IPC_MAX_STR       (64u * 1024)
 #define IPC_MAX_ITEMS     100000
+#define IPC_TABLES_CHUNK  1000 /* tables per "tables" message: < 1 MB whatever the names */
 /* metrics_text: the whole exposition in one string, with room for the message around it */
 #define IPC_MAX_TEXT (IPC_MAX_MSG - 64)
 
@@ -96,6 +113,11 @@ typedef enum {
     IPC_METRICS_TEXT,   /* supervisor -> CLI: ["metrics_text", text] */
     /* added for issue 9 (streaming sinks); worker -> supervisor: */
     IPC_DEST_WAIT, /* ["dest_wait", message]: the destination waits ("" = no longer) */
+    /* added for issue 12 (reliability): */
+    /* worker -> supervisor, just before an exit on an error: */
+    IPC_WORKER_ERROR, /* ["worker_error", kind, message, hint] */
+    /* apply worker -> supervisor: */
+    IPC_TABLE_ACK, /* ["table_ack", relid, phase, lsn] */
 } ipc_type_t;
 
 /* One table's changes in worker_metrics, indexed by IPC_OP_*. */
@@ -117,6 +139,7 @@ typedef struct ipc_table_info_s {
     char *name;
     wr_phase_t phase;
     wr_lsn_t lsn;
+    char *dest_name; /* tables only (not status_reply): "" or NULL = not given */
     /* status_reply only (encoded only there): */
     uint64_t rows_copied;
     uint32_t attempts;
@@ -149,12 +172,14 @@ typedef struct ipc_msg_s {
         struct {
             uint32_t n;
             ipc_table_info_t *tables;
+            bool more; /* (issue 12) another "tables" message continues the list */
         } tables;
         struct {
             uint32_t relid;
             wr_phase_t phase;
             wr_lsn_t lsn;
-        } table_state;
+            char *dest_name; /* table_state only: "" or NULL = not given */
+        } table_state;       /* also table_ack */
         struct {
             uint32_t req;
             uint32_t relid;
@@ -232,6 +257,11 @@ typedef struct ipc_msg_s {
         struct {
             char *message; /* "" = the wait is over */
         } dest_wait;
+        struct {
+            char *kind; /* wr_err_code_name() of the error, or a reason ("slot_missing") */
+            char *message;
+            char *hint;
+        } worker_error;
     } u;
 } ipc_msg_t;
 
@@ -239,6 +269,12 @@ const char *ipc_type_name(ipc_type_t t);
 
 /* Appends the encoded message to sb. Returns 0 or WR_EINVAL (unknown type) / WR_ENOMEM. */
 int ipc_encode(const ipc_msg_t *m, msgpack_sbuffer *sb) WR_MUST_CHECK;
+/* Appends the "tables" list of n tables as one or more "tables" messages of at most
+ * IPC_TABLES_CHUNK tables each, all but the last with more = true (issue 12: one message
+ * had no bound, and a large publication broke IPC_MAX_MSG). Returns 0, WR_EINVAL or
+ * WR_ENOMEM (nothing appended then). */
+int ipc_encode_tables(const ipc_table_info_t *tables, uint32_t n,
+                      msgpack_sbuffer *sb) WR_MUST_CHECK;
 /* Validates and decodes one unpacked object into m (zeroed first). On error m holds
  * nothing to free and err names the message type and the offending element. */
 int ipc_decode(const msgpack_object *o, ipc_msg_t *m, wr_err_t *err) WR_MUST_CHECK;

@@ -20,6 +20,7 @@ packages=(
     libmicrohttpd-dev        # /metrics, /healthz, /readyz
     libsystemd-dev           # sd_notify
     prometheus python3-prometheus-client yamllint python3-yaml systemd # operations tests
+    iproute2                 # tc: the chaos suite's network cut (tests/chaos)
 )
 
 missing=()

@@ -25,15 +25,26 @@
  * socketpair). The first message must be hello; we answer welcome + tables. A set_phase is
  * validated (phase_transition_ok), persisted, acked, and only then relayed as table_state
  * to the apply worker and the table's sync worker (except the requester), so what is on
- * disk is never behind what a worker believes.
+ * disk is never behind what a worker believes. A table set to Init (resync, retry, a
+ * re-copy) is copied only once the apply worker acknowledged it (["table_ack"]: what it
+ * wrote of the table is durable and it writes no more) or has exited, and only after an
+ * apply worker of this supervisor said hello (an apply process left by a killed
+ * supervisor holds DIR/apply.lock until it is gone): the copy's truncate must come after
+ * every write of the apply worker.
  *
  * A worker's exit is handled once both its process has exited and its channel reached EOF
  * (so every message it sent before exiting has been processed). Exit 0 = done or stopped;
- * 2 = fatal (no restart: the table goes to Errored, or for apply the pipeline is
- * degraded); anything else, a signal, or apply exiting 0 on its own = a failure, restarted
- * after backoff_initial_ms doubling up to backoff_max_ms; worker_max_failures in a row
- * stop the restarts; healthy_reset_ms of running resets the count. Sync failures in a row
- * are persisted as the table's attempts.
+ * 2 = fatal (no restart: the table goes to Errored; for apply nothing can progress any
+ * more, so the pipeline stops and walrelay run exits 2 with the worker's error); 4 = the
+ * source is unavailable (the worker probed it): started again after a backoff capped at
+ * SUP_OUTAGE_MAX_MS for as long as the outage lasts, not a failure, state
+ * "source_unavailable" with the last error until a worker streams or copies again;
+ * anything else, a signal, or apply exiting 0 on its own = a failure, restarted after
+ * backoff_initial_ms doubling up to backoff_max_ms; worker_max_failures in a row stop the
+ * restarts (a sync worker's table goes to Errored; for apply walrelay run exits 1, for the
+ * service manager); healthy_reset_ms of running resets the count. Sync failures in a row
+ * are persisted as the table's attempts. Each worker's last error (["worker_error"]) is
+ * kept for status and for these decisions.
  *
  * SIGTERM/SIGINT: stop starting workers, send ["stop"] to each, wait for all to exit
  * (SIGKILL after 30 s), then close everything and exit 0 (2 after a lost slot).
@@ -297,7 +308,15 @@ sup_run(const char *dir)
         goto out;
     }
 
+    /* a missing state.db must not be taken for a first start (issue 12) */
+    char state_path[PATH_MAX];
+    bool state_new =
+        s->cfg.state_backend != CFG_STATE_POSTGRES &&
+        sup_path(s->cfg.dir, SUP_STATE_FILE, state_path, sizeof(state_path), &err) == 0 &&
+        access(state_path, F_OK) != 0;
     int rc = sup_state_open(&s->cfg, &s->st, &err);
+    if (rc == 0)
+        rc = sup__state_lost_check(s, conn, state_new ? state_path : NULL, &err);
     if (rc == 0)
         rc = sup__reconcile_tables(s, pub, npub, conn, &err);
     if (rc == 0)

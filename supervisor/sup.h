@@ -68,6 +68,12 @@ typedef struct sup_pub_table_s {
     bool refused;
     char refused_msg[512];
     char refused_hint[512];
+    /* (issue 12) The publication's membership record of the table: the oid of its
+     * pg_publication_rel row (its own or an ancestor's), else of the pg_publication_namespace
+     * row of its schema, else 0 (FOR ALL TABLES). ALTER PUBLICATION ... DROP TABLE and ADD
+     * TABLE make a new record: a table whose record changed left the publication for a
+     * while, and its changes of that time were never published. */
+    int64_t member;
 } sup_pub_table_t;
 
 /*
@@ -149,12 +155,21 @@ typedef struct sup_control_s {
     bool closed;
     char path[256];
     struct sup_client_s *clients; /* linked list of open connections */
+    int nclients;                 /* in the list; at most SUP_CONTROL_MAX_CLIENTS */
 } sup_control_t;
+
+/* (issue 12) A flood of control clients must not take the supervisor's file descriptors
+ * (it spawns workers with them): more are refused at once with an error, and a client that
+ * has not finished a request for SUP_CONTROL_IDLE_MS is closed (sup_control_sweep). */
+#define SUP_CONTROL_MAX_CLIENTS 64
+#define SUP_CONTROL_IDLE_MS     30000
 
 /* Binds DIR/control.sock (mode 0600), listens. A stale socket (nobody answers) is removed;
  * a live one is an error. */
 int sup_control_start(sup_control_t *c, sup_t *s, const char *path, wr_err_t *err) WR_MUST_CHECK;
 /* Closes the server and every client; the socket file is removed. Idempotent. */
 void sup_control_close(sup_control_t *c);
+/* Closes clients idle for SUP_CONTROL_IDLE_MS (called from the supervisor's tick). */
+void sup_control_sweep(sup_control_t *c, int64_t now_ms);
 
 #endif

@@ -412,11 +412,29 @@ sup_status_build(sup_t *s, ipc_msg_t *out, wr_err_t *err)
     out->type = IPC_STATUS_REPLY;
     __typeof__(out->u.status_reply) *r = &out->u.status_reply;
     r->pipeline = s->cfg.pipeline_name;
-    r->state = s->stopping   ? "stopping"
-               : s->paused   ? "paused"
-               : s->degraded ? "degraded"
-                             : "running";
+    r->state = s->stopping      ? "stopping"
+               : s->paused      ? "paused"
+               : s->degraded    ? "degraded"
+               : s->source_down ? "source_unavailable"
+                                : "running";
     r->message = s->message;
+    if (s->source_down && !s->stopping && !s->paused && !s->degraded) {
+        /* filled on each status: the message says for how long */
+        snprintf(s->status_msg, sizeof(s->status_msg),
+                 "the source is unavailable for %.0f s; retrying every %.0f s (at most "
+                 "%d s); last error: %s",
+                 (double)(wr_now_ms() - s->source_down_since) / 1000.0,
+                 (double)s->source_retry_ms / 1000.0, SUP_OUTAGE_MAX_MS / 1000, s->source_err);
+        r->message = s->status_msg;
+    } else if (!s->message[0] && !s->stopping && !s->paused && s->apply.failures > 0 &&
+               s->apply.err_msg[0]) {
+        /* restarting after an error (a full destination disk, a destination error): say
+         * which, until it runs healthy again */
+        snprintf(s->status_msg, sizeof(s->status_msg),
+                 "the apply worker is restarted after %u failure%s in a row; last error: %s",
+                 s->apply.failures, s->apply.failures == 1 ? "" : "s", s->apply.err_msg);
+        r->message = s->status_msg;
+    }
     r->pid = (int64_t)getpid();
     r->flush_lsn = s->flush_lsn;
     r->received_lsn = s->received_lsn;

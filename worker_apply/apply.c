@@ -4,8 +4,10 @@
  * table handoff.
  *
  * NOTES: one process per pipeline, started by the supervisor as `walrelay-apply DIR`
- * with its channel on fd 3. It owns the slot walrelay_<pipeline> (created here when
- * missing) and the destination stream "apply" (its resume key). It persists nothing
+ * with its channel on fd 3; one at a time, also across a killed supervisor (byte 0 of
+ * DIR/workers.lock, taken before hello and held until exit: wk_lock_role). It owns the
+ * slot walrelay_<pipeline> (created here when missing) and the destination stream "apply"
+ * (its resume key). It persists nothing
  * itself except through the destination (data + key in one transaction) and through
  * set_phase / schema requests that the supervisor persists in state.db.
  *
@@ -92,13 +94,23 @@
  *   worker has caught up to at least L, and from SYNCDONE(S) on we apply the table's
  *   transactions with final_lsn >= S while the sync worker applied those before.
  *   On (re)start, a table already in CATCHUP is waited for the same way before any
- *   transaction is processed.
+ *   transaction is processed. A table is in SYNCWAIT or CATCHUP only while its sync worker
+ *   runs: the supervisor sets FINISHEDCOPY when that worker is gone (issue 12, defect 8),
+ *   which ends our wait; a CATCHUP request refused because the table left SYNCWAIT
+ *   meanwhile is not an error. We never wait for a worker that does not exist.
  *
  *   Example: sync copies at X = 0/1000 and asks SYNCWAIT. We are idle at Y = 0/1800:
  *   CATCHUP(0/1800), we pause. Sync streams its slot from 0/1000, applies T's changes up
  *   to the commit ending at 0/1900 (>= 0/1800) and stores SYNCDONE(0/1900). We resume;
  *   the transaction committed at 0/18F0 (end 0/1900) is skipped for T (0/1900 > 0/18F0),
  *   later ones are applied. Our flush passes 0/1900: READY.
+ *
+ *   INIT acknowledged (issue 12, defect 6): a table_state Init (resync, retry, a re-copy)
+ *   is answered with ["table_ack", relid, init, lsn] once the open batch, which may hold
+ *   the table's changes, is committed (apw_send_acks, at the top of the loop or in the
+ *   catch-up wait; the stream reading stops early for it). The supervisor starts the copy
+ *   only after that ack, or once this process has exited, so the copy's truncate comes
+ *   after every write of ours and nothing we write lands after it.
  *
  *   Before READY is requested the destination key is brought up to the last processed
  *   transaction (an empty destination commit if needed): after READY a replay from an
@@ -118,15 +130,28 @@
  *     - at a source Commit when it is due: cfg.batch_max_fill_ms since its first write,
  *       or cfg.batch_max_bytes written (sizes of the applied pgoutput messages); the key
  *       is (final_lsn, last ordinal) of that transaction;
+ *     - at a transaction boundary as soon as nothing more of the stream can be read and
+ *       the transaction committed less than 250 ms ago on the source (apw_caught_up): a
+ *       group commit, so that a live change waits for the next commit only while more
+ *       changes are arriving; a backlog is drained in full batches;
  *     - in the middle of a transaction once the bytes exceed batch_max_bytes, with the
  *       key (final_lsn, ordinal) of the last change processed; the flush does not move
  *       past the previous complete transaction until this one's Commit is committed;
- *     - when max_fill_ms passed in the middle of a transaction and nothing arrived,
- *       and before any handoff step.
+ *     - when max_fill_ms passed, also in the middle of a transaction (issue 12, defect
+ *       2: no batch holds the destination's write lock while the stream waits), and
+ *       before any handoff step.
  *   Exactly once does not change: every commit carries the key of what it holds, at a
  *   boundary or (mid-transaction) of its last change. A transaction that wrote nothing
  *   with no batch open moves the flush directly. While a streamed transaction is open in
  *   the batch (below) it commits only with that transaction.
+ *   A destination that holds changes back (dest_ops_t.flush, postgres) writes them just
+ *   before each commit; a failure of one table there sets that table ERRORED (persisted
+ *   first) and the batch commits without its changes (apw_batch_flush). A destination
+ *   whose commits become durable after they return (dest_ops_t.durable, postgres with
+ *   synchronous_commit = off) is asked which are, every 200 ms while some are not, and
+ *   the flush position waits for them (apw_flush_to, apw_durable_poll). While the
+ *   destination waits for its server, the replication socket is drained into libpq's
+ *   buffer (dest_set_readahead, apw_readahead), so that the walsender keeps decoding.
  *
  * STREAMED TRANSACTIONS (issue 11: pgoutput protocol version 2, [source] streaming = 1)
  *
@@ -232,18 +257,27 @@
  *   Exit 0 on SIGTERM/SIGINT or ["stop"]: the open batch is committed if we are at a
  *   transaction boundary, else rolled back (the server replays that transaction from
  *   the confirmed flush and the key skips what was committed), a last status update
- *   reports the durable flush. Exit 1 (restart with backoff): connection lost,
- *   destination error, supervisor gone (EOF on fd 3, at once). Exit 2 (no restart): bad
- *   config, source misconfigured. Exit 3 (WR_EXIT_SLOT_LOST): the slot lost required WAL
- *   (wal_status 'lost'); with [pipeline] on_slot_lost = recopy the lost slot is dropped
- *   first, and the supervisor either sets every table to Init and starts us again (we then
- *   create a new slot, see below) or, after its one re-copy, stops the pipeline; with
- *   on_slot_lost = stop the slot is kept and the supervisor stops the pipeline (exit 2 of
- *   walrelay run, with the message and what to do). At start a missing slot is
- *   created (SNAPSHOT 'nothing', after clearing the "apply" key, which belongs to the old
- *   slot), and inactive sync slots of tables that are READY, SYNCDONE or ERRORED are
- *   dropped (again whenever a table reaches one of those phases): a sync worker killed
- *   with -9 leaves no slot behind.
+ *   reports the durable flush. Exit 1 (restart with backoff): connection lost while the
+ *   source answers, destination error, supervisor gone (EOF on fd 3, at once). Exit 2 (no
+ *   restart): bad config, source misconfigured, or it refuses us (authentication, role).
+ *   Exit 4 (WR_EXIT_SOURCE_DOWN): a connection error and the source does not answer a
+ *   probe (common/srcprobe.h): the supervisor starts us again for as long as it takes.
+ *   Every error exit first sends ["worker_error", ...]; a "progress" right after
+ *   START_REPLICATION tells the supervisor the source is reachable again.
+ *   Exit 3 (WR_EXIT_SLOT_LOST): the slot lost required WAL (wal_status 'lost') or is
+ *   missing while a table is past SyncWait (Catchup, SyncDone, Ready): the changes since
+ *   are gone from the source, and a new slot would stream on under tables that look
+ *   synchronised (issue 12, defect 3). The slot is left as it is;
+ *   ["worker_error", "slot_lost" | "slot_missing", ...] tells the supervisor which, and it
+ *   stops the pipeline (exit 2 of walrelay run, with the message and what to do) or, with
+ *   [pipeline] on_slot_lost = recopy, sets every table to Init once and starts us again.
+ *   A missing or lost slot while no table is past SyncWait is replaced at start (a lost
+ *   one dropped first): nothing was streamed from it. A new slot is created with SNAPSHOT
+ *   'nothing' after clearing the "apply" key, which belongs to the old slot. Inactive sync
+ *   slots of tables that are READY, SYNCDONE or ERRORED are dropped (again whenever a
+ *   table reaches one of those phases): a sync worker killed with -9 leaves no slot
+ *   behind. A pipeline name can never make another pipeline's apply slot look like one
+ *   of our sync slots: names ending in _s<digits> are refused (common/config.c).
  *
  *   ["table_removed", relid] (the table left the publication; the supervisor removed its
  *   state and drops its sync slot): the entry is marked at once, so nothing of that table
@@ -265,6 +299,7 @@
 #include "common/log.h"
 #include "common/pgoutput.h"
 #include "common/repl.h"
+#include "common/srcprobe.h"
 #include "common/stream.h"
 #include "proto/wkipc.h"
 #include "proto/wkmetrics.h"
@@ -279,6 +314,8 @@ typedef struct apw_table_s {
     uint32_t relid;
     char *nsp; /* from the supervisor; NULL for a relid it did not list */
     char *name;
+    /* the pipeline's destination table name (tables / table_state), or NULL */
+    char *dest_name;
     bool known; /* listed by the supervisor (tables / table_state) */
     wr_phase_t phase;
     wr_lsn_t lsn;
@@ -289,6 +326,7 @@ typedef struct apw_table_s {
     bool ddl_in_batch;   /* the open batch altered the destination table */
     int ddl_recopies;    /* re-copies asked for in a row by this process (loop guard) */
     bool removed;        /* ["table_removed"] arrived: freed at the next loop turn */
+    bool ack_due;        /* table_state Init arrived: acknowledge it (apw_send_acks) */
 } apw_table_t;
 
 /* A savepoint of the streamed transaction written straight into the batch: set before
@@ -354,7 +392,10 @@ typedef struct apw_s {
     bool cleanup_due;
     bool oom;        /* set by the channel callback */
     bool remove_due; /* some entries are marked removed */
-    bool slot_lost;  /* the slot's wal_status is 'lost': exit WR_EXIT_SLOT_LOST */
+    bool ack_due;    /* some table's Init waits for ["table_ack"] (apw_send_acks) */
+    bool slot_lost;  /* the slot is lost or missing under synced tables: exit WR_EXIT_SLOT_LOST */
+    const char *slot_kind; /* "slot_lost" or "slot_missing", for the supervisor */
+    int lock_fd;           /* DIR/workers.lock, byte 0: held for the life of the process */
 
     /* resume */
     bool skip_found;
@@ -372,6 +413,19 @@ typedef struct apw_s {
     /* positions (received: a->stm.received) */
     wr_lsn_t flush;
     wr_lsn_t ka_end; /* WAL end of the last keepalive */
+    /* (issue 7) a destination whose commits become durable after they return
+     * (dest_ops_t.durable): flush positions wait here for their commit */
+    uint64_t commits;         /* destination commits made by this process */
+    uint64_t durable_commits; /* ... of which the destination said they are durable */
+    struct {
+        uint64_t seq; /* durable once durable_commits >= seq */
+        wr_lsn_t lsn;
+    } * dpend;
+    size_t ndpend, dpendcap;
+    int64_t durable_poll_ms;
+    /* (issue 7) reading the stream ahead while the destination waits (apw_readahead) */
+    bool reading_ahead; /* inside apw_readahead's stm_recv: apw_hold keeps everything */
+    int readahead_n;    /* its socket reads since the loop last processed the stream */
     uint64_t events;
 
     int64_t last_progress_ms;
@@ -559,6 +613,25 @@ apw_table_set(apw_t *a, apw_table_t *t, wr_phase_t phase, wr_lsn_t lsn)
     apw_recount(a);
 }
 
+/* Records the destination table name the supervisor chose (tables, table_state); "" or
+ * NULL leaves the one known. */
+static void
+apw_table_dest_name(apw_t *a, apw_table_t *t, const char *dest_name)
+{
+    char *copy;
+
+    if (dest_name == NULL || dest_name[0] == '\0' ||
+        (t->dest_name != NULL && strcmp(t->dest_name, dest_name) == 0))
+        return;
+    if ((copy = wr_strdup(dest_name)) == NULL) {
+        a->oom = true;
+        return;
+    }
+    free(t->dest_name);
+    t->dest_name = copy;
+    t->dest_ready = false; /* registered again under that name */
+}
+
 static const char *
 apw_table_label(const apw_table_t *t, char *buf, size_t len)
 {
@@ -593,6 +666,7 @@ apw_tables_merge(apw_t *a, const ipc_msg_t *m)
             free(t->name);
             t->name = wr_strdup(ti->name);
         }
+        apw_table_dest_name(a, t, ti->dest_name);
         t->known = true;
         t->removed = false;
         t->phase = ti->phase;
@@ -620,6 +694,7 @@ apw_purge_removed(apw_t *a)
         }
         free(t->nsp);
         free(t->name);
+        free(t->dest_name);
         wr_schema_free(t->schema);
         free(t);
     }
@@ -653,7 +728,13 @@ apw_on_msg(const ipc_msg_t *m, void *arg)
         }
         log_info("table state relid=%u phase=%s lsn=" WR_LSN_FMT, (unsigned)m->u.table_state.relid,
                  phase_name(m->u.table_state.phase), WR_LSN_ARGS(m->u.table_state.lsn));
+        apw_table_dest_name(a, t, m->u.table_state.dest_name);
         apw_table_set(a, t, m->u.table_state.phase, m->u.table_state.lsn);
+        if (t->phase == PH_INIT) {
+            /* a copy waits for us: acknowledge once what we wrote of it is durable */
+            t->ack_due = true;
+            a->ack_due = true;
+        }
         break;
     case IPC_TABLES:
         apw_tables_merge(a, m);
@@ -681,11 +762,18 @@ apw_on_msg(const ipc_msg_t *m, void *arg)
 
 /* ---- feedback ------------------------------------------------------------------------- */
 
+static int apw_durable_poll(apw_t *a, bool force, wr_err_t *err);
+
 /* A standby status update when due (or at once with force): the engine's, with the
- * flush given to apw_flush_to. */
+ * flush given to apw_flush_to (after asking a destination whose commits become durable
+ * later which are, apw_durable_poll). */
 static int
 apw_send_status(apw_t *a, bool force, wr_err_t *err)
 {
+    int rc = apw_durable_poll(a, force, err);
+
+    if (rc != 0)
+        return rc;
     return stm_feedback(&a->stm, force, err);
 }
 
@@ -733,17 +821,132 @@ apw_send_progress(apw_t *a, bool force, wr_err_t *err)
     return 0;
 }
 
-/* Moves the durable flush forward (never back), also the one the engine and its status
- * keeper report: call only once the destination holds everything up to lsn. */
+/* Moves the durable flush forward (never back). With a destination whose commits become
+ * durable later (dest_ops_t.durable), a position that needs a commit not yet durable
+ * waits in dpend until apw_durable_poll learns it is. */
 static void
 apw_flush_to(apw_t *a, wr_lsn_t lsn)
 {
-    if (lsn > a->flush)
-        a->flush = lsn;
+    if (lsn <= a->flush)
+        return;
+    if (a->dest != NULL && a->dest->ops->durable != NULL && a->durable_commits < a->commits) {
+        if (a->ndpend > 0 && a->dpend[a->ndpend - 1].seq == a->commits) {
+            if (lsn > a->dpend[a->ndpend - 1].lsn)
+                a->dpend[a->ndpend - 1].lsn = lsn;
+            return;
+        }
+        if (a->ndpend == a->dpendcap) {
+            size_t cap = a->dpendcap ? a->dpendcap * 2 : 64;
+            void *n = realloc(a->dpend, cap * sizeof(*a->dpend));
+
+            if (n == NULL)
+                return; /* the position is reported with a later one */
+            a->dpend = n;
+            a->dpendcap = cap;
+        }
+        a->dpend[a->ndpend].seq = a->commits;
+        a->dpend[a->ndpend].lsn = lsn;
+        a->ndpend++;
+        return;
+    }
+    a->flush = lsn;
     stm_set_flush(&a->stm, a->flush);
 }
 
+#define APW_DURABLE_POLL_MS 200
+
+/* Asks the destination which commits are durable (at most every APW_DURABLE_POLL_MS
+ * unless force) and moves the flush over the positions that waited for them. */
+static int
+apw_durable_poll(apw_t *a, bool force, wr_err_t *err)
+{
+    int64_t now = wr_now_ms();
+    uint64_t n = 0;
+    size_t k = 0;
+    int rc;
+
+    if (a->ndpend == 0 || a->dest == NULL || a->dest->ops->durable == NULL)
+        return 0;
+    if (!force && now - a->durable_poll_ms < APW_DURABLE_POLL_MS)
+        return 0;
+    a->durable_poll_ms = now;
+    rc = a->dest->ops->durable(a->dest, &n, err);
+    if (rc != 0)
+        return rc;
+    a->durable_commits = n;
+    while (k < a->ndpend && a->dpend[k].seq <= n) {
+        if (a->dpend[k].lsn > a->flush)
+            a->flush = a->dpend[k].lsn;
+        k++;
+    }
+    memmove(a->dpend, a->dpend + k, (a->ndpend - k) * sizeof(*a->dpend));
+    a->ndpend -= k;
+    stm_set_flush(&a->stm, a->flush);
+    return 0;
+}
+
 /* ---- the destination batch ------------------------------------------------------------ */
+
+static bool apw_table_specific(int code);
+static int apw_table_fail(apw_t *a, apw_table_t *t, const wr_err_t *cause, wr_err_t *err);
+
+/* (issue 7) A destination that holds changes back (dest_ops_t.flush: postgres) writes them
+ * before the commit, so that a failure that belongs to one table is pinned on it: the
+ * table goes ERRORED, persisted before the resume key moves past its changes, its
+ * held-back changes are dropped, and the other tables' changes commit. */
+static int
+apw_batch_flush(apw_t *a, wr_err_t *err)
+{
+    for (;;) {
+        uint32_t relid = 0;
+        apw_table_t *t;
+        wr_err_t werr;
+        int rc;
+
+        wr_err_clear(&werr);
+        rc = a->dest->ops->flush(a->dest, &relid, &werr);
+        if (rc == 0)
+            return 0;
+        t = relid != 0 ? apw_table_find(a, relid) : NULL;
+        if (t == NULL || !apw_table_specific(rc)) {
+            *err = werr;
+            return rc;
+        }
+        rc = apw_table_fail(a, t, &werr, err);
+        if (rc != 0)
+            return rc;
+    }
+}
+
+/* The same with dest_ops_t.flush_commit (one call that may save a round trip); on an
+ * error that is not one table's the destination has rolled the batch back. */
+static int
+apw_batch_flush_commit(apw_t *a, const dest_key_t *key, wr_err_t *err)
+{
+    for (;;) {
+        uint32_t relid = 0;
+        apw_table_t *t;
+        wr_err_t werr;
+        int rc;
+
+        wr_err_clear(&werr);
+        rc = a->dest->ops->flush_commit(a->dest, APW_STREAM, key, &relid, &werr);
+        if (rc == 0)
+            return 0;
+        t = relid != 0 ? apw_table_find(a, relid) : NULL;
+        if (t == NULL || !apw_table_specific(rc)) {
+            wr_err_t rerr;
+
+            if (a->dest->ops->rollback(a->dest, &rerr) != 0)
+                log_err(LOG_LVL_WARN, "rolling back the destination batch", &rerr);
+            *err = werr;
+            return rc;
+        }
+        rc = apw_table_fail(a, t, &werr, err);
+        if (rc != 0)
+            return rc;
+    }
+}
 
 /* Commits the open batch. Inside a transaction the key is the last change processed and
  * the flush moves only to the last complete transaction in the batch; outside, the key
@@ -767,13 +970,35 @@ apw_batch_commit(apw_t *a, wr_err_t *err)
     } else {
         key = a->last_tx_key;
     }
+    FAILPOINT("apply.before_commit");
     FAILPOINT("apply.dest_commit");
+    if (a->dest->ops->flush_commit != NULL) {
+        rc = apw_batch_flush_commit(a, &key, err);
+        if (rc != 0) {
+            a->batch_open = false;
+            wr_err_prefix(err, "committing the destination batch: ");
+            return rc < 0 ? rc : WR_EDEST;
+        }
+        goto committed;
+    }
+    if (a->dest->ops->flush != NULL && (rc = apw_batch_flush(a, err)) != 0) {
+        wr_err_t rerr;
+
+        if (a->dest->ops->rollback(a->dest, &rerr) != 0)
+            log_err(LOG_LVL_WARN, "rolling back the destination batch", &rerr);
+        a->batch_open = false;
+        wr_err_prefix(err, "writing the destination batch: ");
+        return rc < 0 ? rc : WR_EDEST;
+    }
     rc = a->dest->ops->commit(a->dest, APW_STREAM, &key, err);
     a->batch_open = false;
     if (rc != 0) {
         wr_err_prefix(err, "committing the destination batch: ");
         return rc < 0 ? rc : WR_EDEST;
     }
+committed:
+    a->batch_open = false;
+    a->commits++;
     wkm_batch_commit(&a->metrics, t0);
     log_debug("batch committed key=" WR_LSN_FMT "/%u bytes=%lld", WR_LSN_ARGS(key.commit_lsn),
               (unsigned)key.ordinal, (long long)a->batch_bytes);
@@ -824,6 +1049,59 @@ apw_batch_rollback(apw_t *a)
         a->tabs[k]->ddl_in_batch = false;
     }
     a->batch_ddl = false;
+}
+
+/* A table goes to Init: another process copies it again, maybe with other columns or
+ * another key (a REPLICA IDENTITY FULL table that lost its primary key). What our
+ * destination handle cached about it (the columns UPDATE/DELETE match on, statements)
+ * is dropped, so that the next ensure_table reads the destination afresh (issue 12,
+ * defect 5: DELETE used to match by the old key and removed every duplicate). No batch
+ * may be open. */
+static int
+apw_dest_forget(apw_t *a, apw_table_t *t, wr_err_t *err)
+{
+    t->dest_ready = false;
+    if (a->dest->ops->forget_table == NULL)
+        return 0;
+    return a->dest->ops->forget_table(a->dest, t->relid, err);
+}
+
+/* Acknowledges the tables whose Init arrived (issue 12, defect 6): the open batch, which
+ * may hold their changes, is committed first (also inside a source transaction: its key
+ * lets a replay resume there), and from Init on nothing of them is written. Only then
+ * does the supervisor start their copy, whose truncate must come after every write of
+ * ours. Called where no change is half-processed: the top of the loop and the catch-up
+ * wait. */
+static int
+apw_send_acks(apw_t *a, wr_err_t *err)
+{
+    int rc;
+
+    a->ack_due = false;
+    rc = apw_batch_commit(a, err);
+    if (rc != 0)
+        return rc;
+    for (size_t k = 0; k < a->ntabs; k++) {
+        apw_table_t *t = a->tabs[k];
+        ipc_msg_t m;
+
+        if (!t->ack_due)
+            continue;
+        t->ack_due = false;
+        if (t->phase == PH_INIT && (rc = apw_dest_forget(a, t, err)) != 0)
+            return rc;
+        memset(&m, 0, sizeof(m));
+        m.type = IPC_TABLE_ACK;
+        m.u.table_state.relid = t->relid;
+        m.u.table_state.phase = t->phase;
+        m.u.table_state.lsn = t->lsn;
+        rc = wk_chan_send(&a->chan, &m, err);
+        if (rc != 0)
+            return rc;
+        log_debug("table state acknowledged relid=%u phase=%s", (unsigned)t->relid,
+                  phase_name(t->phase));
+    }
+    return 0;
 }
 
 /* ---- table errors ----------------------------------------------------------------------- */
@@ -988,6 +1266,9 @@ apw_ddl_recopy(apw_t *a, apw_table_t *t, const char *reason, wr_err_t *err)
     if (rc != 0)
         return rc;
     apw_table_set(a, t, PH_INIT, a->stm.tx.final_lsn);
+    rc = a->batch_open ? 0 : apw_dest_forget(a, t, err); /* the batch was committed above */
+    if (rc != 0)
+        return rc;
     return 1;
 }
 
@@ -1043,9 +1324,17 @@ apw_ddl_reconcile(apw_t *a, apw_table_t *t, wr_err_t *err)
                  (unsigned)before.ordinal);
         goto out;
     }
-    rc = apw_ddl_catalog(a, t->relid, &cat, &found, err);
+    /* the catalog is read on the network: what the batch holds before this change is
+     * committed first, so that no destination lock is held meanwhile */
+    rc = apw_ddl_commit_before(a, err);
+    if (rc == 0)
+        rc = apw_ddl_catalog(a, t->relid, &cat, &found, err);
     if (rc != 0)
         goto out;
+    if (found && wr_schema_set_dest_name(cat.schema, t->dest_name) != 0) {
+        rc = wr_err_set(err, WR_ENOMEM, "out of memory reading the catalog of \"%s\"", label);
+        goto out;
+    }
     if (!found) {
         /* dropped since this change: the publication refresh cleans the table up */
         log_info("table no longer in the catalog, applying its changes as they come table=%s "
@@ -1089,7 +1378,7 @@ apw_ddl_reconcile(apw_t *a, apw_table_t *t, wr_err_t *err)
         rc = apw_ddl_recopy(a, t, reason, err);
         goto out;
     }
-    rc = dest_ddl_plan(ds, &dm, &cat, &plan, err);
+    rc = dest_ddl_plan_flags(ds, &dm, &cat, ops->ddl_flags, &plan, err);
     if (rc != 0)
         goto out;
     if (plan.action == DEST_DDL_NONE) {
@@ -1243,6 +1532,10 @@ apw_write(apw_t *a, apw_table_t *t, stm_tx_t *tx, dest_event_t *ev, size_t msgle
             return rc > 0 ? 0 : rc; /* > 0: the table left READY/SYNCDONE, skip its change */
     }
     if (!t->dest_ready) {
+        /* under the name the pipeline chose (it may have come after the Relation) */
+        if (wr_schema_set_dest_name(t->schema, t->dest_name) != 0)
+            return wr_err_set(err, WR_ENOMEM, "out of memory registering relid %u",
+                              (unsigned)t->relid);
         rc = a->dest->ops->ensure_table(a->dest, t->schema, &werr);
         if (rc != 0) {
             if (apw_table_specific(rc))
@@ -1253,6 +1546,7 @@ apw_write(apw_t *a, apw_table_t *t, stm_tx_t *tx, dest_event_t *ev, size_t msgle
         t->dest_ready = true;
     }
     if (!a->batch_open) {
+        FAILPOINT("apply.before_batch_begin");
         rc = a->dest->ops->begin(a->dest, err);
         if (rc != 0)
             return rc;
@@ -1349,7 +1643,8 @@ apw_on_relation(void *arg, stm_tx_t *tx, const pgo_msg_t *m, wr_err_t *err)
      * also when the message is unchanged (ADD PRIMARY KEY under REPLICA IDENTITY FULL, a
      * type changed and back, a rewrite leave it identical) */
     t->rel_pending = true;
-    if (a->stm.tx.in_tx && a->skip_found) {
+    /* (no next change past UINT32_MAX: the engine refuses it, issue 12 defect 10) */
+    if (a->stm.tx.in_tx && a->skip_found && a->stm.tx.ordinal < UINT32_MAX) {
         dest_key_t next = {a->stm.tx.final_lsn, a->stm.tx.ordinal + 1};
 
         if (dest_key_cmp(&next, &a->skip_key) <= 0)
@@ -1405,6 +1700,8 @@ apw_wait_catchup(apw_t *a, wr_err_t *err)
 
         if (a->oom)
             return wr_err_set(err, WR_ENOMEM, "out of memory recording table states");
+        if (a->ack_due && (rc = apw_send_acks(a, err)) != 0)
+            return rc;
         rc = apw_send_status(a, false, err);
         if (rc == 0)
             rc = apw_send_progress(a, false, err);
@@ -1436,6 +1733,7 @@ apw_key_catch_up(apw_t *a, wr_err_t *err)
     rc = a->dest->ops->commit(a->dest, APW_STREAM, &a->last_tx_key, err);
     if (rc != 0)
         return rc;
+    a->commits++;
     a->durable_key = a->last_tx_key;
     return 0;
 }
@@ -1487,6 +1785,17 @@ apw_boundary(apw_t *a, wr_lsn_t y, wr_err_t *err)
                 if (rc != 0)
                     return rc;
                 rc = wk_chan_set_phase(&a->chan, t->relid, PH_CATCHUP, l, NULL, NULL, NULL, err);
+                if (rc == WR_ESTATE && t->phase != PH_SYNCWAIT) {
+                    /* its sync worker went away meanwhile (the supervisor set FinishedCopy,
+                     * which arrived before this refusal): nothing to wait for */
+                    log_info("catch-up not granted, the table left syncwait table=%s relid=%u "
+                             "phase=%s",
+                             apw_table_label(t, label, sizeof(label)), (unsigned)t->relid,
+                             phase_name(t->phase));
+                    wr_err_clear(err);
+                    again = true;
+                    break;
+                }
                 if (rc != 0)
                     return rc;
                 apw_table_set(a, t, PH_CATCHUP, l);
@@ -2107,14 +2416,16 @@ apw_on_keepalive(void *arg, wr_lsn_t wal_end, bool reply, wr_err_t *err)
     return 0;
 }
 
-/* The engine's hold callback: leave the rest buffered on a stop or while a table is in
- * CATCHUP (nothing past the catch-up LSN may be processed until it is over). */
+/* The engine's hold callback: leave the rest buffered on a stop, while a table is in
+ * CATCHUP (nothing past the catch-up LSN may be processed until it is over), while an
+ * Init waits for its acknowledgement (apw_send_acks, at the top of the loop), and while
+ * the destination waits (apw_readahead: read the socket, process nothing). */
 static bool
 apw_hold(void *arg)
 {
     const apw_t *a = arg;
 
-    return apw_stopping(a) || a->n_catchup > 0;
+    return apw_stopping(a) || a->n_catchup > 0 || a->ack_due || a->reading_ahead;
 }
 
 static const stm_handler_t apw_stream_handler = {
@@ -2142,14 +2453,17 @@ apw_read_stream(apw_t *a, bool consume, bool *got, wr_err_t *err)
 {
     for (;;) {
         size_t n = 0;
-        int rc = stm_recv(&a->stm, consume, APW_CHAN_CHECK_MS, &n, err);
+        int rc;
 
+        a->readahead_n = 0;
+        rc = stm_recv(&a->stm, consume, APW_CHAN_CHECK_MS, &n, err);
         consume = false;
         if (n > 0)
             *got = true;
         if (rc < 0)
             return rc;
-        if (rc != STM_MORE || apw_stopping(a) || a->n_catchup > 0 || a->sx.restream_due)
+        if (rc != STM_MORE || apw_stopping(a) || a->n_catchup > 0 || a->ack_due ||
+            a->sx.restream_due)
             return 0;
         rc = wk_chan_poll(&a->chan, 0, err);
         if (rc != 0)
@@ -2243,43 +2557,109 @@ apw_cleanup_sync_slots(apw_t *a)
     PQclear(res);
 }
 
-/* Makes sure our slot exists and can be streamed; sets the starting flush. */
+/* Counts the tables past SyncWait (Catchup, SyncDone, Ready): their changes are (or are
+ * about to be) streamed from our slot alone, so a slot that is gone or lost took some of
+ * them with it. Their names go to list (comma-separated, cut to len). */
+static int
+apw_synced_tables(const apw_t *a, char *list, size_t len)
+{
+    size_t used = 0;
+    int n = 0;
+
+    list[0] = '\0';
+    for (size_t k = 0; k < a->ntabs; k++) {
+        const apw_table_t *t = a->tabs[k];
+        char label[256];
+        int w;
+
+        if (!t->known ||
+            (t->phase != PH_CATCHUP && t->phase != PH_SYNCDONE && t->phase != PH_READY))
+            continue;
+        n++;
+        if (used + 8 >= len)
+            continue;
+        w = snprintf(list + used, len - used, "%s%s", used ? ", " : "",
+                     apw_table_label(t, label, sizeof(label)));
+        if (w < 0 || (size_t)w >= len - used) {
+            snprintf(list + used, len - used, "%s...", used ? ", " : "");
+            used = len;
+            continue;
+        }
+        used += (size_t)w;
+    }
+    return n;
+}
+
+/*
+ * Makes sure our slot exists and can be streamed; sets the starting flush.
+ *
+ * A slot that is missing or has lost required WAL is replaced only while no table is past
+ * SyncWait: nothing was streamed from it yet, so nothing is lost with it (a first start,
+ * or every table set to Init again by the supervisor for on_slot_lost = recopy). With a
+ * table past SyncWait the changes since are gone from the source: we exit
+ * WR_EXIT_SLOT_LOST (a->slot_lost; a->slot_kind says "slot_lost" or "slot_missing") and the
+ * supervisor stops the pipeline, or copies every table again once (on_slot_lost). Never a
+ * new stream under tables that look synchronised.
+ */
 static int
 apw_prepare_slot(apw_t *a, wr_err_t *err)
 {
     bool found, active;
     wr_lsn_t confirmed = 0;
     char wal_status[32];
-    int rc;
+    char synced[512];
+    int nsynced, rc;
 
     rc = repl_slot_info(a->sql, a->slot, &found, &active, &confirmed, wal_status,
                         sizeof(wal_status), err);
     if (rc != 0)
         return rc;
+    nsynced = apw_synced_tables(a, synced, sizeof(synced));
     if (found && strcmp(wal_status, "lost") == 0) {
-        a->slot_lost = true;
-        wr_err_set(err, WR_ESOURCE, "replication slot \"%s\" has lost required WAL", a->slot);
-        wr_err_hint(err, "the source removed WAL the pipeline still needed (see "
-                         "max_slot_wal_keep_size); the supervisor decides what happens "
-                         "([pipeline] on_slot_lost)");
-        if (a->cfg.on_slot_lost == CFG_SLOT_LOST_RECOPY) {
-            wr_err_t derr;
-            wr_err_clear(&derr);
-            /* the supervisor copies everything again (or stops): a new slot will do */
-            if (repl_drop_slot(a->sql, a->slot, &derr) != 0)
-                log_err(LOG_LVL_WARN, "cannot drop the lost slot", &derr);
-            else
-                log_warn("dropped the lost replication slot (on_slot_lost = recopy) slot=%s",
-                         a->slot);
+        if (nsynced > 0) {
+            a->slot_lost = true;
+            a->slot_kind = "slot_lost";
+            wr_err_set(err, WR_ESOURCE,
+                       "replication slot \"%s\" has lost required WAL; %d table%s already "
+                       "synchronised (%s) miss%s the changes in it",
+                       a->slot, nsynced, nsynced == 1 ? " is" : "s are", synced,
+                       nsynced == 1 ? "es" : "");
+            wr_err_hint(err, "the source removed WAL the pipeline still needed (see "
+                             "max_slot_wal_keep_size); the supervisor decides what happens "
+                             "([pipeline] on_slot_lost)");
+            return WR_ESOURCE;
         }
-        return WR_ESOURCE;
+        /* nothing was streamed from it: replace it */
+        rc = repl_drop_slot(a->sql, a->slot, err);
+        if (rc != 0)
+            return rc;
+        log_warn("dropped the lost replication slot: no table is synchronised yet, a new slot "
+                 "replaces it slot=%s",
+                 a->slot);
+        found = false;
     }
     if (found) {
         if (strcmp(wal_status, "unreserved") == 0)
             log_warn("replication slot is about to lose required WAL slot=%s wal_status=%s",
                      a->slot, wal_status);
+        /* we hold the apply lock: an active slot is a walsender whose client is gone (a
+         * killed worker, a cut connection the server has not noticed): free it */
+        if (active && (rc = src_take_slot(a->sql, a->slot, err)) != 0)
+            return rc;
         a->flush = confirmed;
         return 0;
+    }
+    if (nsynced > 0) {
+        a->slot_lost = true;
+        a->slot_kind = "slot_missing";
+        wr_err_set(err, WR_ESOURCE,
+                   "replication slot \"%s\" is missing while %d table%s already synchronised "
+                   "(%s): the changes made since it disappeared cannot be read from the source",
+                   a->slot, nsynced, nsynced == 1 ? " is" : "s are", synced);
+        wr_err_hint(err, "set [pipeline] on_slot_lost = recopy to copy every table again, or "
+                         "walrelay drop DIR and start over (the destination data stays); do "
+                         "not drop the slot walrelay_<pipeline> of a pipeline that is still used");
+        return WR_ESOURCE;
     }
 
     /* a new slot: a key stored for an older one means nothing for it */
@@ -2295,16 +2675,6 @@ apw_prepare_slot(apw_t *a, wr_err_t *err)
     a->flush = confirmed;
     log_info("replication slot created slot=%s consistent_point=" WR_LSN_FMT, a->slot,
              WR_LSN_ARGS(confirmed));
-    for (size_t k = 0; k < a->ntabs; k++) {
-        const apw_table_t *t = a->tabs[k];
-        if (t->known &&
-            (t->phase == PH_READY || t->phase == PH_SYNCDONE || t->phase == PH_CATCHUP)) {
-            log_warn("replication slot was missing while tables were already synced; their "
-                     "changes made meanwhile are missing slot=%s hint=\"resync those tables\"",
-                     a->slot);
-            break;
-        }
-    }
     return 0;
 }
 
@@ -2336,6 +2706,54 @@ apw_stop(apw_t *a, wr_err_t *err)
     return 0;
 }
 
+#define APW_LIVE_LAG_MS 250
+
+/* True if the worker has caught up with the source: the last transaction committed less
+ * than APW_LIVE_LAG_MS ago on the source's clock, and nothing more of the stream can be
+ * read right now (the engine holds nothing, the socket is not readable). Then a batch at
+ * a transaction boundary is committed at once (group commit: low latency at low rates);
+ * while a backlog drains (older transactions) batches fill up to max_fill_ms / max_bytes
+ * instead. */
+static bool
+apw_caught_up(apw_t *a)
+{
+    int64_t now_us = wr_wall_ms() * 1000;
+    bool readable = false;
+    wr_err_t err;
+
+    if (a->stm.tx.commit_ts != 0 && now_us - a->stm.tx.commit_ts > APW_LIVE_LAG_MS * 1000)
+        return false;
+    /* an error shows again at the loop's next stm_wait */
+    if (stm_wait(&a->stm, -1, 0, &readable, &err) != 0)
+        return false;
+    return !readable;
+}
+
+#define APW_READAHEAD_MAX 64 /* socket reads ahead per turn of the loop, at most */
+
+/* (issue 7) While the destination waits for its server (destination.h
+ * dest_set_readahead): what the walsender sent is read into libpq's buffer through the
+ * engine (stm_recv with apw_hold true: under the engine's lock, nothing processed), so
+ * that the walsender keeps decoding meanwhile; the loop processes it after the write.
+ * At most APW_READAHEAD_MAX reads per turn of the loop, which bounds the buffer; false
+ * then (the destination stops watching the socket until its next wait). */
+static bool
+apw_readahead(void *arg)
+{
+    apw_t *a = arg;
+    wr_err_t err;
+    int rc;
+
+    if (a->readahead_n >= APW_READAHEAD_MAX)
+        return false;
+    a->readahead_n++;
+    a->reading_ahead = true;
+    rc = stm_recv(&a->stm, true, -1, NULL, &err);
+    a->reading_ahead = false;
+    /* a failure shows again at the loop's next read of the stream, which reports it */
+    return rc >= 0;
+}
+
 static int
 apw_run(apw_t *a, wr_err_t *err)
 {
@@ -2354,14 +2772,23 @@ apw_run(apw_t *a, wr_err_t *err)
             apw_purge_removed(a);
         if (apw_stopping(a))
             return apw_stop(a, err);
+        if (a->ack_due) {
+            rc = apw_send_acks(a, err);
+            if (rc != 0)
+                return rc;
+        }
         if (a->n_catchup > 0) {
             rc = apw_wait_catchup(a, err);
             if (rc != 0)
                 return rc;
             continue;
         }
-        if (a->cleanup_due)
+        if (a->cleanup_due && !a->sx.direct) {
+            rc = apw_batch_commit(a, err); /* no destination lock across the queries */
+            if (rc != 0)
+                return rc;
             apw_cleanup_sync_slots(a);
+        }
 
         /* libpq may hold messages already (read with an earlier reply, or left there by a
          * pause): the socket will not become readable for them */
@@ -2370,7 +2797,7 @@ apw_run(apw_t *a, wr_err_t *err)
             rc = apw_restream(a, err);
         if (rc != 0)
             return rc;
-        if (apw_stopping(a) || a->n_catchup > 0)
+        if (apw_stopping(a) || a->n_catchup > 0 || a->ack_due)
             continue;
 
         /* wait for the socket or the channel, at most until the open batch's fill deadline
@@ -2401,7 +2828,8 @@ apw_run(apw_t *a, wr_err_t *err)
             if (rc != 0)
                 return rc;
         }
-        if (apw_stopping(a) || a->n_catchup > 0)
+        got = got || buffered;
+        if (apw_stopping(a) || a->n_catchup > 0 || a->ack_due)
             continue;
 
         now = wr_now_ms();
@@ -2411,8 +2839,14 @@ apw_run(apw_t *a, wr_err_t *err)
             rc = apw_batch_commit(a, err);
             if (rc != 0)
                 return rc;
-        } else if (a->batch_open && now >= a->batch_start_ms + a->cfg.batch_max_fill_ms &&
-                   (apw_at_boundary(a) || (!got && !buffered && a->stm.tx.in_tx))) {
+        } else if (a->batch_open && (now >= a->batch_start_ms + a->cfg.batch_max_fill_ms ||
+                                     (got && apw_at_boundary(a) && apw_caught_up(a)))) {
+            /* on the timer also inside a source transaction (its key resumes there): a
+             * batch never stays open longer than max_fill_ms, whatever runs of other
+             * tables' changes or waits on the network come (issue 12, defect 2: it held
+             * the destination's write lock) - except while a streamed transaction is
+             * written into it (apw_batch_commit waits for its end); and at once between
+             * transactions when the source is caught up */
             rc = apw_batch_commit(a, err);
             if (rc != 0)
                 return rc;
@@ -2448,18 +2882,26 @@ apw_close(apw_t *a)
     for (size_t k = 0; k < a->ntabs; k++) {
         free(a->tabs[k]->nsp);
         free(a->tabs[k]->name);
+        free(a->tabs[k]->dest_name);
         wr_schema_free(a->tabs[k]->schema);
         free(a->tabs[k]);
     }
     free(a->tabs);
     free(a->idx);
+    free(a->dpend);
     cfg_free(&a->cfg);
 }
 
+/* Exit code of a failure, and its last words: the log line and ["worker_error"] for the
+ * supervisor. A connection error is looked at once more (common/srcprobe.h): a source
+ * that is away is waited for (exit 4, restarted for as long as it lasts), one that
+ * refuses us needs a person (exit 2), one that answers means a transient error (exit 1). */
 static int
 apw_fail(apw_t *a, const char *what, const wr_err_t *err)
 {
     int code = wr_err_exit_code(err->code);
+    const char *kind = NULL;
+    wr_err_t perr;
 
     if (err->code == WR_ECONN && apw_stopping(a)) {
         /* a destination that was waiting gave up because we were asked to stop: the
@@ -2469,8 +2911,26 @@ apw_fail(apw_t *a, const char *what, const wr_err_t *err)
         return WR_EXIT_OK;
     }
     log_err(LOG_LVL_ERROR, what, err);
-    if (err->code != WR_EEOF)
-        apw_close(a);
+    if (err->code == WR_EEOF) /* the supervisor is gone: exit at once */
+        return code;
+    wr_err_clear(&perr);
+    if (err->code == WR_ECONN) {
+        switch (src_probe(&a->cfg, &perr)) {
+        case SRC_DOWN:
+            code = WR_EXIT_SOURCE_DOWN;
+            kind = "source_unavailable";
+            break;
+        case SRC_REFUSED:
+            log_err(LOG_LVL_ERROR, "the source refuses the connection", &perr);
+            wk_chan_report_error(&a->chan, "source_refused", &perr);
+            apw_close(a);
+            return WR_EXIT_CONFIG;
+        case SRC_UP:
+            break;
+        }
+    }
+    wk_chan_report_error(&a->chan, kind, err);
+    apw_close(a);
     return code;
 }
 
@@ -2490,6 +2950,7 @@ main(int argc, char **argv)
         return WR_EXIT_CONFIG;
     }
     a.chan.fd = -1;
+    a.lock_fd = -1;
     stm_init(&a.stm, &apw_stream_handler, &a);
     wkm_init(&a.metrics);
     cfg_defaults(&a.cfg);
@@ -2520,6 +2981,13 @@ main(int argc, char **argv)
     sigaction(SIGINT, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    /* one apply worker per pipeline at a time, also across a killed supervisor: the
+     * resume key is read, and the slot streamed, only by the one holding the lock */
+    rc = wk_lock_role(argv[1], 0, WK_CHAN_FD, WK_LOCK_WAIT_MS, &a.lock_fd, &err);
+    if (rc != 0) {
+        log_err(LOG_LVL_ERROR, "cannot take the apply worker's lock", &err);
+        return rc == WR_EEOF ? WR_EXIT_ERROR : wr_err_exit_code(rc);
+    }
     rc = wk_chan_init(&a.chan, WK_CHAN_FD, &err);
     if (rc != 0)
         return apw_fail(&a, "cannot open the supervisor channel", &err);
@@ -2557,6 +3025,7 @@ main(int argc, char **argv)
         return apw_fail(&a, "cannot read the destination's resume key", &err);
     if (a.skip_found)
         a.durable_key = a.skip_key;
+    FAILPOINT("apply.after_last_key");
 
     cfg_apply_slot_name(&a.cfg, a.slot, sizeof(a.slot));
     rc = apw_sql_conn(&a, &err);
@@ -2568,7 +3037,8 @@ main(int argc, char **argv)
         return apw_fail(&a, "cannot connect to the source for replication", &err);
     rc = apw_prepare_slot(&a, &err);
     if (rc != 0 && a.slot_lost) {
-        log_err(LOG_LVL_ERROR, "the replication slot is lost", &err);
+        log_err(LOG_LVL_ERROR, "cannot stream", &err);
+        wk_chan_report_error(&a.chan, a.slot_kind, &err);
         apw_close(&a);
         return WR_EXIT_SLOT_LOST;
     }
@@ -2580,6 +3050,7 @@ main(int argc, char **argv)
     rc = stm_start(&a.stm, a.slot, 0, a.cfg.publication, a.flush, &err);
     if (rc != 0)
         return apw_fail(&a, "cannot start replication", &err);
+    dest_set_readahead(stm_socket(&a.stm), apw_readahead, &a);
     {
         /* the supervisor's readiness (sd_notify READY=1, /readyz) waits for this */
         ipc_msg_t sm;
@@ -2591,6 +3062,10 @@ main(int argc, char **argv)
         if (rc != 0)
             return apw_fail(&a, "cannot tell the supervisor that replication started", &err);
     }
+    /* streaming: the supervisor takes this as "the source is reachable" (an outage ends) */
+    rc = apw_send_progress(&a, true, &err);
+    if (rc != 0)
+        return apw_fail(&a, "cannot report progress", &err);
     log_info("apply worker started slot=%s start=" WR_LSN_FMT " publication=%s tables=%zu", a.slot,
              WR_LSN_ARGS(a.flush), a.cfg.publication, a.ntabs);
     if (a.skip_found)

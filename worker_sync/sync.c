@@ -3,7 +3,9 @@
  * that slot until the apply worker can take the table over (PostgreSQL's tablesync).
  *
  * NOTES: runs as `walrelay-sync DIR RELID`, one process per table being synchronised,
- * spawned by the supervisor with its channel on fd 3. It owns the replication slot
+ * spawned by the supervisor with its channel on fd 3; one per table at a time, also
+ * across a killed supervisor (byte RELID of DIR/workers.lock, taken before hello and
+ * held until exit: wk_lock_role). It owns the replication slot
  * walrelay_<pipeline>_s<relid> and the destination stream "sync_<relid>". It never
  * writes state.db: every phase change is a set_phase request that the supervisor
  * validates, persists, and only then acks; this worker acts on a phase only after the
@@ -77,7 +79,17 @@
  * A connection problem (WR_ECONN) during the copy (Init, DataSync) first sets Errored with
  * kind "transient", then exits 1: the supervisor retries the table after
  * table_error_retry_delay_ms (syw_report_transient; docs/lifecycle.md). Later phases
- * keep their slot and just exit 1.
+ * keep their slot and just exit 1. Before either, a connection error is looked at once
+ * more (common/srcprobe.h, issue 12): if the source does not answer at all, the worker
+ * exits 4 (WR_EXIT_SOURCE_DOWN) in any phase, without Errored: the supervisor starts it
+ * again for as long as the outage lasts; if it answers but refuses us, exit 2. Every
+ * error exit sends ["worker_error", ...] with the error first.
+ *
+ * Raw copy (issue 7). A destination with write_copy (postgres) gets each line exactly as
+ * the source's COPY TO STDOUT sent it, without parsing (syw_copy_raw), in one destination
+ * transaction (progress is reported every copy_batch_rows rows); before its commit the
+ * destination's copy_done runs (the postgres destination builds the primary key there,
+ * once the rows are in).
  *
  * Metrics (proto/wkmetrics.h). COPY and stream bytes received, copy batches and catch-up
  * transactions (batches_total, batch and destination commit timings), the changes the
@@ -207,6 +219,7 @@
 #include "common/pgoutput.h"
 #include "common/phase.h"
 #include "common/repl.h"
+#include "common/srcprobe.h"
 #include "common/stream.h"
 #include "common/schema.h"
 #include "proto/wkipc.h"
@@ -231,6 +244,8 @@ typedef struct syw_s {
     char stream[64]; /* sync_<relid> */
     char table[300]; /* "nsp.name", for messages */
     char relkind;    /* pg_class.relkind: 'p' (partitioned) is copied with COPY (SELECT ...) */
+    /* the pipeline's destination table name (tables message), or "" */
+    char dest_name[300];
     /* the publication's row filter of the table (pg_get_expr), or NULL */
     char *row_filter;
     wk_chan_t chan;
@@ -539,6 +554,10 @@ syw_load_schema(syw_t *w, PGconn *c, bool *missing, wr_err_t *err)
     }
     w->relkind = cat.relkind;
     snprintf(w->table, sizeof(w->table), "%s.%s", cat.schema->nsp, cat.schema->name);
+    if (wr_schema_set_dest_name(cat.schema, w->dest_name) != 0) {
+        dest_catalog_clear(&cat);
+        return wr_err_set(err, WR_ENOMEM, "out of memory reading the schema of \"%s\"", w->table);
+    }
     w->schema = cat.schema;
     w->relflags = cat.relflags;
     w->meta = cat.meta; /* syw_load_meta sets its version */
@@ -841,18 +860,21 @@ syw_batch_resolve(syw_batch_t *b)
 typedef struct syw_copy_s {
     syw_batch_t batch;
     copy_parser_t parser;
-    bool dest_open; /* a destination transaction is open */
+    bool dest_open;  /* a destination transaction is open */
+    bool reset_done; /* the first transaction (table emptied, catch-up key forgotten) ran */
     uint64_t rows;
     char *sql; /* the COPY statement */
+    /* (issue 7) the raw path: lines handed to write_copy since the last commit */
+    uint64_t raw_rows;
+    size_t raw_bytes;
 } syw_copy_t;
 
-/* Writes and commits the batch (the first transaction also holds the truncate). */
+/* Opens the destination transaction if none is open; the copy's first one also empties
+ * (or creates) the table and forgets the catch-up key. */
 static int
-syw_copy_flush(syw_t *w, syw_copy_t *cp, wr_err_t *err)
+syw_copy_begin(syw_t *w, syw_copy_t *cp, wr_err_t *err)
 {
     int rc;
-
-    int64_t t0;
 
     if (!cp->dest_open) {
         if ((rc = w->dest->ops->begin(w->dest, err)) < 0)
@@ -860,21 +882,74 @@ syw_copy_flush(syw_t *w, syw_copy_t *cp, wr_err_t *err)
         cp->dest_open = true;
         wkm_batch_begin(&w->metrics);
     }
+    if (!cp->reset_done) {
+        if ((rc = syw_copy_reset_table(w, err)) < 0 ||
+            (rc = w->dest->ops->clear_key(w->dest, w->stream, err)) < 0)
+            return rc;
+        cp->reset_done = true;
+    }
+    return 0;
+}
+
+/* Writes and commits the batch (the first transaction also empties the table and forgets
+ * the catch-up key). The destination transaction is begun here, once the batch is
+ * complete, so that none stays open while the COPY waits on the source (issue 12, defect
+ * 2: a COPY waiting on a lock, or a selective row filter, held the write lock). last: the
+ * copy's last transaction, where the destination's copy_done runs before the commit. */
+static int
+syw_copy_flush(syw_t *w, syw_copy_t *cp, bool last, wr_err_t *err)
+{
+    int64_t t0;
+    int rc;
+
+    if ((rc = syw_copy_begin(w, cp, err)) < 0)
+        return rc;
     if (cp->batch.n > 0) {
         syw_batch_resolve(&cp->batch);
         if ((rc = w->dest->ops->write_rows(w->dest, w->relid, cp->batch.rows, cp->batch.n, err)) <
             0)
             return rc;
     }
+    if (last && w->dest->ops->copy_done != NULL &&
+        (rc = w->dest->ops->copy_done(w->dest, w->relid, err)) < 0)
+        return rc;
     t0 = wkm_clock_us();
     if ((rc = w->dest->ops->commit(w->dest, w->stream, NULL, err)) < 0)
         return rc;
     wkm_batch_commit(&w->metrics, t0);
     cp->dest_open = false;
-    cp->rows += cp->batch.n;
+    cp->rows += cp->batch.n + cp->raw_rows;
     cp->batch.n = 0;
     cp->batch.alen = 0;
+    cp->raw_rows = 0;
+    cp->raw_bytes = 0;
     return 0;
+}
+
+/* (issue 7) A destination that speaks COPY (write_copy) gets the source's line untouched,
+ * in one destination transaction for the whole copy: the data is streamed, not held, so
+ * nothing bounds a batch, and a restart copies from scratch anyway (a commit in the middle
+ * would only make the copy wait for the destination at every boundary). Every
+ * copy_batch_rows rows (or batch_max_bytes bytes) returns 1: the caller reports progress. */
+static int
+syw_copy_raw(syw_t *w, syw_copy_t *cp, const char *line, size_t n, size_t batch_rows,
+             size_t batch_bytes, wr_err_t *err)
+{
+    int rc, flushed = 0;
+
+    if (cp->raw_rows > 0 && (cp->raw_rows >= batch_rows || cp->raw_bytes + n > batch_bytes)) {
+        cp->rows += cp->raw_rows;
+        cp->raw_rows = 0;
+        cp->raw_bytes = 0;
+        flushed = 1;
+    }
+    if ((rc = syw_copy_begin(w, cp, err)) < 0)
+        return rc;
+    if ((rc = w->dest->ops->write_copy(w->dest, w->relid, line, n, err)) < 0)
+        return rc;
+    cp->raw_rows++;
+    cp->raw_bytes += n;
+    return flushed;
 }
 
 /* After every batch: tells the supervisor how far the copy is and reads the channel (a
@@ -1059,6 +1134,7 @@ syw_copy(syw_t *w)
         wr_lsn_t confirmed;
 
         if (repl_slot_info(w->sql, w->slot, &found, &active, &confirmed, NULL, 0, &err) < 0 ||
+            (found && active && src_take_slot(w->sql, w->slot, &err) < 0) ||
             (found && repl_drop_slot(w->sql, w->slot, &err) < 0)) {
             code = syw_fail("dropping the previous slot", &err);
             goto out;
@@ -1115,6 +1191,7 @@ syw_copy(syw_t *w)
         code = syw_copy_error(w, &cp, NULL, &err);
         goto out;
     }
+    FAILPOINT("sync.before_copy");
     /* the destination table is registered in the first destination transaction below
      * (syw_copy_reset_table), where it may have to be created again */
 
@@ -1127,17 +1204,8 @@ syw_copy(syw_t *w)
         goto out;
     }
 
-    /* first destination transaction: truncate, forget the catch-up key, first batch */
-    if ((rc = w->dest->ops->begin(w->dest, &err)) < 0) {
-        code = syw_copy_error(w, &cp, NULL, &err);
-        goto out;
-    }
-    cp.dest_open = true;
-    if ((rc = syw_copy_reset_table(w, &err)) < 0 ||
-        (rc = w->dest->ops->clear_key(w->dest, w->stream, &err)) < 0) {
-        code = syw_copy_error(w, &cp, "dest_refused", &err);
-        goto out;
-    }
+    /* the first destination transaction (truncate, forget the catch-up key, first batch)
+     * begins with the first batch's flush, not before the COPY sends rows */
 
     if ((rc = syw_copy_statement(w, &cp.sql, &err)) < 0) {
         code = syw_copy_error(w, &cp, NULL, &err);
@@ -1159,7 +1227,8 @@ syw_copy(syw_t *w)
         wr_row_t row;
 
         if (syw_should_stop(w)) {
-            log_info("copy interrupted table=%s rows=%" PRIu64, w->table, cp.rows + cp.batch.n);
+            log_info("copy interrupted table=%s rows=%" PRIu64, w->table,
+                     cp.rows + cp.batch.n + cp.raw_rows);
             code = syw_copy_abort(w, &cp, WR_EXIT_OK);
             goto out;
         }
@@ -1179,10 +1248,21 @@ syw_copy(syw_t *w)
             goto out;
         }
         wkm_bytes(&w->metrics, (size_t)n);
+        if (w->dest->ops->write_copy != NULL) {
+            rc = syw_copy_raw(w, &cp, line, (size_t)n, batch_rows, batch_bytes, &err);
+            PQfreemem(line);
+            if (rc > 0 && (rc = syw_copy_progress(w, &cp, &err)) == 0)
+                FAILPOINT("sync.mid_copy");
+            if (rc < 0) {
+                code = syw_copy_error(w, &cp, cp.dest_open ? "dest_refused" : NULL, &err);
+                goto out;
+            }
+            continue;
+        }
         rc = copy_parse_line(&cp.parser, line, (size_t)n, w->schema->ncols, &row, &err);
         if (rc == 0 && syw_batch_full(&cp.batch, &row)) {
             /* the row lives in the parser's buffer: flushing does not touch it */
-            if ((rc = syw_copy_flush(w, &cp, &err)) < 0 ||
+            if ((rc = syw_copy_flush(w, &cp, false, &err)) < 0 ||
                 (rc = syw_copy_progress(w, &cp, &err)) < 0) {
                 PQfreemem(line);
                 code = syw_copy_error(w, &cp, cp.dest_open ? "dest_refused" : NULL, &err);
@@ -1208,7 +1288,8 @@ syw_copy(syw_t *w)
         }
         PQclear(res);
     }
-    if ((rc = syw_copy_flush(w, &cp, &err)) < 0 || (rc = syw_copy_progress(w, &cp, &err)) < 0) {
+    if ((rc = syw_copy_flush(w, &cp, true, &err)) < 0 ||
+        (rc = syw_copy_progress(w, &cp, &err)) < 0) {
         code = syw_copy_error(w, &cp, cp.dest_open ? "dest_refused" : NULL, &err);
         goto out;
     }
@@ -1289,6 +1370,7 @@ typedef struct syw_stream_s {
     wr_lsn_t catchup;   /* L */
     wr_lsn_t current;   /* end of the last processed commit, or idle keepalive WAL end */
     bool dest_open;     /* a destination transaction is open (its BEGIN is written) */
+    int64_t opened_ms;  /* when the open destination transaction was begun */
     bool relation_ok;   /* a Relation of our relid was seen and matched */
     dest_key_t last;    /* last key durable in the destination (skip <= this) */
     dest_key_t written; /* key of the last change written in the open transaction */
@@ -1353,6 +1435,11 @@ syw_catchup_recopy(syw_t *w, syw_stream_t *st, const wr_err_t *cause)
     wr_err_t err;
 
     wr_err_clear(&err);
+    if (st->dest_open) { /* before the catalog query below: no lock across it */
+        if (w->dest->ops->rollback(w->dest, &err) < 0)
+            log_err(LOG_LVL_WARN, "destination rollback failed", &err);
+        st->dest_open = false;
+    }
     if (syw_column_list(w)) {
         wr_err_t e = *cause;
 
@@ -1423,12 +1510,16 @@ syw_apply_event(syw_t *w, syw_stream_t *st, dest_event_t *ev, wr_err_t *err)
     if (dest_key_cmp(&ev->key, &st->last) <= 0)
         return 0; /* applied before a restart */
     if (!st->dest_open) {
-        dest_event_t begin;
-
         if ((rc = w->dest->ops->begin(w->dest, err)) < 0)
             return rc;
         st->dest_open = true;
+        st->opened_ms = wr_now_ms();
         wkm_batch_begin(&w->metrics);
+    }
+    if (!st->stm.tx.begun) {
+        /* once per source transaction, also when it spans destination transactions */
+        dest_event_t begin;
+
         stm_boundary(&st->stm.tx, DEST_EV_BEGIN, 0, &begin);
         if ((rc = w->dest->ops->write_event(w->dest, &begin, err)) < 0)
             return rc;
@@ -1511,11 +1602,19 @@ syw_on_commit(void *arg, stm_tx_t *tx, wr_lsn_t end, wr_err_t *err)
     syw_stream_t *st = arg;
     syw_t *w = st->w;
 
-    if (st->dest_open) {
+    if (st->dest_open || tx->begun) {
         dest_event_t ev;
         int64_t t0 = wkm_clock_us();
         int rc;
 
+        /* its last changes may have been committed already (syw_catchup_chunk) */
+        if (!st->dest_open) {
+            if ((rc = w->dest->ops->begin(w->dest, err)) < 0)
+                return syw_stop_with(st, syw_catchup_dest_error(w, st, err));
+            st->dest_open = true;
+            st->opened_ms = wr_now_ms();
+            wkm_batch_begin(&w->metrics);
+        }
         stm_boundary(tx, DEST_EV_COMMIT, end, &ev);
         wkm_transaction(&w->metrics);
         if ((rc = w->dest->ops->write_event(w->dest, &ev, err)) < 0 ||
@@ -1572,6 +1671,34 @@ static const stm_handler_t syw_stream_handler = {
     .keepalive = syw_on_keepalive,
     .hold = syw_hold,
 };
+
+/* Commits the open destination transaction in the middle of a source transaction, with
+ * the key of the last change written (a replay after a crash skips up to it; the flush
+ * reported does not move until the source transaction's Commit). Called before the
+ * stream is waited for and when the transaction has been open for batch_max_fill_ms, so
+ * that the destination's write lock is never held across a wait on the network or a long
+ * run of other tables' changes (issue 12, defect 2). Returns SYW_CONTINUE or an exit
+ * code. */
+static int
+syw_catchup_chunk(syw_t *w, syw_stream_t *st)
+{
+    int64_t t0;
+    wr_err_t err;
+
+    if (!st->dest_open)
+        return SYW_CONTINUE;
+    wr_err_clear(&err);
+    t0 = wkm_clock_us();
+    if (w->dest->ops->commit(w->dest, w->stream, &st->written, &err) < 0) {
+        st->dest_open = false; /* rolled back by the failed commit */
+        wkm_batch_rollback(&w->metrics);
+        return syw_catchup_dest_error(w, st, &err);
+    }
+    wkm_batch_commit(&w->metrics, t0);
+    st->dest_open = false;
+    st->last = st->written;
+    return SYW_CONTINUE;
+}
 
 /* Stop or signal during catch-up: commit what is applied (with its key, so the replay
  * skips it), report the flush position, exit 0 leaving Catchup. */
@@ -1639,6 +1766,15 @@ syw_stream(syw_t *w, syw_stream_t *st)
             wr_err_prefix(&err, "slot \"%s\": ", w->slot);
             return syw_catchup_fail(w, st, "catch-up stream", &err);
         }
+        /* about to wait on the network, or open for batch_max_fill_ms: no destination
+         * transaction stays open (issue 12, defect 2: it held the write lock) */
+        if (st->dest_open &&
+            (rc == STM_IDLE || wr_now_ms() - st->opened_ms >= w->cfg.batch_max_fill_ms)) {
+            int code = syw_catchup_chunk(w, st);
+
+            if (code != SYW_CONTINUE)
+                return code;
+        }
         if (stm_feedback(&st->stm, false, &err) < 0)
             return syw_catchup_fail(w, st, "sending status", &err);
         {
@@ -1692,6 +1828,11 @@ syw_catchup(syw_t *w)
         wr_err_hint(&err, "the copy cannot be completed without it; run \"walrelay resync\" for "
                           "the table");
         code = syw_set_errored(w, "slot_missing", &err);
+        goto out;
+    }
+    /* we hold the table's lock: an active slot is a walsender whose client is gone */
+    if (active && src_take_slot(w->sql, w->slot, &err) < 0) {
+        code = syw_fail("freeing the slot", &err);
         goto out;
     }
     if (strcmp(wal_status, "lost") == 0) {
@@ -1880,7 +2021,7 @@ main(int argc, char **argv)
     ipc_msg_t tables;
     struct sigaction sa;
     bool known = false;
-    int code;
+    int code, lock_fd = -1; /* DIR/workers.lock, byte relid: held until exit */
 
     memset(&w, 0, sizeof(w));
     wr_err_clear(&err);
@@ -1911,6 +2052,12 @@ main(int argc, char **argv)
     sa.sa_handler = SIG_IGN;
     sigaction(SIGPIPE, &sa, NULL);
 
+    /* one sync worker per table at a time, also across a killed supervisor: the slot,
+     * the stream key and the table's destination rows are touched only by the holder */
+    if (wk_lock_role(argv[1], w.relid, WK_CHAN_FD, WK_LOCK_WAIT_MS, &lock_fd, &err) < 0) {
+        code = syw_fail("taking the sync worker's lock", &err);
+        goto out;
+    }
     if (wk_chan_init(&w.chan, WK_CHAN_FD, &err) < 0) {
         code = syw_fail("opening the supervisor channel", &err);
         goto out;
@@ -1931,6 +2078,7 @@ main(int argc, char **argv)
         w.phase = t->phase;
         w.lsn = t->lsn;
         snprintf(w.table, sizeof(w.table), "%s.%s", t->nsp, t->name);
+        snprintf(w.dest_name, sizeof(w.dest_name), "%s", t->dest_name ? t->dest_name : "");
     }
     ipc_msg_clear(&tables);
     if (!known) {
@@ -1942,8 +2090,34 @@ main(int argc, char **argv)
     log_info("sync worker started table=%s relid=%u phase=%s lsn=" WR_LSN_FMT, w.table, w.relid,
              phase_name(w.phase), WR_LSN_ARGS(w.lsn));
     code = syw_run(&w);
+    if (code == WR_EXIT_ERROR && syw_last_err.code == WR_ECONN && !syw_should_stop(&w)) {
+        /* issue 12, defect 1: a source that is away is waited for (exit 4, not counted,
+         * no "transient" error that runs out of attempts), one that refuses us stops */
+        wr_err_t perr;
+
+        wr_err_clear(&perr);
+        switch (src_probe(&w.cfg, &perr)) {
+        case SRC_DOWN:
+            code = WR_EXIT_SOURCE_DOWN;
+            break;
+        case SRC_REFUSED:
+            log_err(LOG_LVL_ERROR, "the source refuses the connection", &perr);
+            syw_last_err = perr;
+            code = WR_EXIT_CONFIG;
+            break;
+        case SRC_UP:
+            break;
+        }
+    }
     if (code == WR_EXIT_ERROR)
         syw_report_transient(&w);
+    if (code != WR_EXIT_OK && syw_last_err.msg[0] && w.chan_open)
+        wk_chan_report_error(&w.chan,
+                             code == WR_EXIT_SOURCE_DOWN ? "source_unavailable"
+                             : code == WR_EXIT_CONFIG && syw_last_err.code == WR_ECONN
+                                 ? "source_refused"
+                                 : NULL,
+                             &syw_last_err);
     if (code == WR_EXIT_OK && syw_signalled)
         log_info("stopped by signal table=%s phase=%s", w.table, phase_name(w.phase));
     {
@@ -1956,5 +2130,7 @@ main(int argc, char **argv)
 
 out:
     syw_close(&w);
+    if (lock_fd >= 0)
+        close(lock_fd); /* after everything of ours is closed */
     return code;
 }

@@ -11,9 +11,10 @@
  *     commit_lsn holds the int64 bit pattern of the uint64 LSN.
  *   - _walrelay_tables(relid, nsp, name, dest_name, columns_json, updated_at): which
  *     destination table a source relid maps to, and the schema it was registered with.
- *   - one table per registered source table, named by dest_table_name(), columns in the
- *     source's order, declared types from sqt_decl(), PRIMARY KEY(key columns
- *     of the schema that created it: the source's primary key, see sq_in_primary_key).
+ *   - one table per registered source table, named by dest_schema_table_name() (the
+ *     pipeline's unique name), columns in the source's order, declared types from
+ *     sqt_decl(), PRIMARY KEY(key columns of the schema that created it: the source's
+ *     primary key, see sq_in_primary_key).
  * In memory it keeps relid -> table (schema, per-column storage class, the columns
  * UPDATE/DELETE match on (sq_table_identity: the replica identity's key, or under FULL the
  * table's PRIMARY KEY, or every column NULL-safely for one row of a keyless table), cached
@@ -116,7 +117,13 @@ sq_fail(dest_sqlite_t *d, wr_err_t *err, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    return wr_err_set(err, WR_EDEST, "%s: %s", msg, d->db ? sqlite3_errmsg(d->db) : "no database");
+    wr_err_set(err, WR_EDEST, "%s: %s", msg, d->db ? sqlite3_errmsg(d->db) : "no database");
+    if (d->db && (sqlite3_extended_errcode(d->db) & 0xff) == SQLITE_FULL)
+        wr_err_hint(err,
+                    "free disk space on the file system of %s: the worker is restarted and "
+                    "resumes where the destination stopped, nothing is lost meanwhile",
+                    d->path);
+    return WR_EDEST;
 }
 
 /* A growable string for building SQL (not on the per-row path). */
@@ -1183,9 +1190,10 @@ sq_ensure_table(dest_t *base, const wr_schema_t *s, wr_err_t *err)
 
     if (s == NULL || s->name == NULL)
         return wr_err_set(err, WR_EINVAL, "ensure_table without a schema");
-    if (strlen(s->name) + (s->nsp ? strlen(s->nsp) : 0) + 3 > sizeof(dest_name))
+    if (strlen(s->name) + (s->nsp ? strlen(s->nsp) : 0) + 3 > sizeof(dest_name) ||
+        (s->dest_name && strlen(s->dest_name) >= sizeof(dest_name)))
         return wr_err_set(err, WR_EINVAL, "table name \"%.64s\" is too long", s->name);
-    dest_table_name(s->nsp, s->name, dest_name, sizeof(dest_name));
+    dest_schema_table_name(s, dest_name, sizeof(dest_name));
     if (s->ncols == 0) {
         wr_err_set(err, WR_EUNSUPPORTED, "table \"%s\" has no columns", dest_name);
         wr_err_hint(err, "add a column to the source table; sqlite tables need at least one");
@@ -1749,6 +1757,32 @@ bad:
     return 0;
 }
 
+/* Sets s->dest_name to the name the table is registered under (_walrelay_tables), so that
+ * alter_table finds it whatever naming chose it (issue 12: names recorded, not derived). */
+static int
+sq_schema_registered_name(dest_sqlite_t *d, wr_schema_t *s, wr_err_t *err)
+{
+    sqlite3_stmt *st = NULL;
+    int rc, r;
+
+    if (s == NULL)
+        return 0;
+    if ((rc = sq_prepare(d, "SELECT dest_name FROM _walrelay_tables WHERE relid = ?1", &st, err)) <
+        0)
+        return rc;
+    sqlite3_bind_int64(st, 1, s->relid);
+    r = sqlite3_step(st);
+    rc = 0;
+    if (r == SQLITE_ROW && sqlite3_column_text(st, 0) != NULL &&
+        wr_schema_set_dest_name(s, (const char *)sqlite3_column_text(st, 0)) != 0)
+        rc = wr_err_set(err, WR_ENOMEM, "out of memory reading the name of relid %u",
+                        (unsigned)s->relid);
+    else if (r != SQLITE_ROW && r != SQLITE_DONE)
+        rc = sq_fail(d, err, "reading the registration of relid %u", (unsigned)s->relid);
+    sqlite3_finalize(st);
+    return rc;
+}
+
 static int
 sq_get_version(dest_t *base, uint32_t relid, wr_schema_t **schema, dest_tmeta_t *meta,
                wr_err_t *err)
@@ -1778,6 +1812,8 @@ sq_get_version(dest_t *base, uint32_t relid, wr_schema_t **schema, dest_tmeta_t 
                                      (const char *)sqlite3_column_text(st, 6),
                                      (const char *)sqlite3_column_text(st, 7), schema, err);
         sqlite3_finalize(st);
+        if (rc == 0)
+            rc = sq_schema_registered_name(d, *schema, err);
         if (rc < 0)
             dest_tmeta_clear(meta);
         return rc;
@@ -1799,6 +1835,8 @@ sq_get_version(dest_t *base, uint32_t relid, wr_schema_t **schema, dest_tmeta_t 
     else if (r != SQLITE_ROW && r != SQLITE_DONE)
         rc = sq_fail(d, err, "reading the registration of relid %u", (unsigned)relid);
     sqlite3_finalize(st);
+    if (rc == 0 && *schema != NULL)
+        rc = sq_schema_registered_name(d, *schema, err);
     return rc;
 }
 
@@ -2069,8 +2107,8 @@ sq_alter_table(dest_t *base, const wr_schema_t *os, const wr_schema_t *ns, const
         return wr_err_set(err, WR_EINVAL, "alter_table without both schemas and a plan");
     if (d->history)
         return sq_hist_alter(d, os, ns, plan, err);
-    dest_table_name(os->nsp, os->name, old_name, sizeof(old_name));
-    dest_table_name(ns->nsp, ns->name, dest_name, sizeof(dest_name));
+    dest_schema_table_name(os, old_name, sizeof(old_name));
+    dest_schema_table_name(ns, dest_name, sizeof(dest_name));
     if (strcmp(old_name, dest_name) != 0)
         return wr_err_set(err, WR_EINVAL, "alter_table cannot rename table \"%s\" to \"%s\"",
                           old_name, dest_name);
@@ -2131,9 +2169,10 @@ sq_reset_table(dest_t *base, const wr_schema_t *s, const dest_tmeta_t *meta, wr_
 
     if ((rc = sq_need_txn(d, "reset_table", err)) < 0)
         return rc;
-    if (s == NULL || s->name == NULL || s->ncols == 0)
+    if (s == NULL || s->name == NULL || s->ncols == 0 ||
+        (s->dest_name && strlen(s->dest_name) >= sizeof(dest_name)))
         return sq_ensure_table(base, s, err); /* its error */
-    dest_table_name(s->nsp, s->name, dest_name, sizeof(dest_name));
+    dest_schema_table_name(s, dest_name, sizeof(dest_name));
     if (d->history) {
         /* the history stays: only an earlier copy's rows go (sq_truncate), columns that
          * are new are added (sq_hist_ensure) */
@@ -2297,6 +2336,17 @@ fail:
     sqlite3_finalize(st);
     sq_close(&d->base);
     return rc;
+}
+
+static int
+sq_forget_table(dest_t *base, uint32_t relid, wr_err_t *err)
+{
+    dest_sqlite_t *d = (dest_sqlite_t *)base;
+
+    if (d->in_txn)
+        return wr_err_set(err, WR_EINVAL, "forget_table inside a transaction");
+    sq_forget(d, relid);
+    return 0;
 }
 
 /* ---- history mode (issue 9) ------------------------------------------------------------
@@ -2709,7 +2759,7 @@ sq_hist_alter(dest_sqlite_t *d, const wr_schema_t *os, const wr_schema_t *ns,
     sq_buf_t b = {0};
     int rc;
 
-    dest_table_name(ns->nsp, ns->name, dest_name, sizeof(dest_name));
+    dest_schema_table_name(ns, dest_name, sizeof(dest_name));
     for (int pass = 0; pass < 2; pass++) {
         for (int j = 0; j < ns->ncols; j++) {
             char tmpname[48];
@@ -2877,4 +2927,5 @@ const dest_ops_t dest_sqlite_ops = {
     .can_stream = sq_can_stream,
     .savepoint = sq_savepoint,
     .rollback_to = sq_rollback_to,
+    .forget_table = sq_forget_table,
 };

@@ -214,13 +214,14 @@ test_defaults(void)
     CHECK_STR_EQ(dpath(&cfg), "/var/lib/w/d.db");
     cfg_free(&cfg);
     /* an unknown type names its line and the registered types */
-    rc = parse(cat(good_head, "[destination]\ntype = postgres\n"), &cfg, &err);
+    rc = parse(cat(good_head, "[destination]\ntype = kafka\n"), &cfg, &err);
     CHECK_INT_EQ(rc, 0);
     CHECK_INT_EQ(dest_config_check(&cfg, &err), WR_ECONFIG);
-    CHECK_STR_EQ(err.msg, P
-                 ":7: invalid value \"postgres\" for [destination] type: no such destination type");
-    CHECK_CONTAINS(err.hint,
-                   "registered destination types: sqlite, null, http, jsonl, nats, eventstore, plugin");
+    CHECK_STR_EQ(err.msg,
+                 P ":7: invalid value \"kafka\" for [destination] type: no such destination type");
+    CHECK_CONTAINS(
+        err.hint,
+        "registered destination types: sqlite, postgres, null, http, jsonl, nats, eventstore, plugin");
     cfg_free(&cfg);
     /* plugin needs library */
     rc = parse(cat(good_head, "[destination]\ntype = plugin\nurl = http://x\n"), &cfg, &err);
@@ -400,6 +401,20 @@ test_bad_pipeline_name(void)
     CHECK(!cfg_pipeline_name_ok("a b"));
     CHECK(!cfg_pipeline_name_ok("A"));
     CHECK(!cfg_pipeline_name_ok("\xc3\xa9"));
+
+    /* issue 12, defect 3: the form of another pipeline's sync slot names */
+    CHECK(cfg_pipeline_name_clashes("shop_s16390"));
+    CHECK(cfg_pipeline_name_clashes("a_s1"));
+    CHECK(cfg_pipeline_name_clashes("x_s1_s2"));
+    CHECK(!cfg_pipeline_name_clashes("shop"));
+    CHECK(!cfg_pipeline_name_clashes("shop_s"));
+    CHECK(!cfg_pipeline_name_clashes("_s1")); /* would be the sync slot of pipeline "" */
+    CHECK(!cfg_pipeline_name_clashes("shops1"));
+    CHECK(!cfg_pipeline_name_clashes("shop_s1x"));
+    CHECK(!cfg_pipeline_name_clashes("s123"));
+    CHECK(!cfg_pipeline_name_clashes(NULL));
+    expect_error("[pipeline]\nname = shop_s16390\n",
+                 P ":2: pipeline name \"shop_s16390\" ends in \"_s\" and digits", NULL);
 }
 
 static void
@@ -656,6 +671,27 @@ test_write_new_variants(void)
     CHECK_INT_EQ(rc, 0);
     CHECK_STR_EQ(dpath(&cfg), "/abs/x.db");
     cfg_free(&cfg);
+
+    /* every built-in type writes a file that loads (the generated comments included: a
+     * comment line longer than libinih reads once broke init of the event store) */
+    static const char *const specs[] = {
+        "sqlite",
+        "null",
+        "http:http://127.0.0.1:1/hook",
+        "jsonl:/tmp/x.jsonl",
+        "nats:nats://127.0.0.1:4222",
+        "eventstore:sqlite:/tmp/e.db",
+        "eventstore:postgres:host=a dbname=b",
+    };
+    for (size_t i = 0; i < sizeof(specs) / sizeof(specs[0]); i++) {
+        snprintf(dir, sizeof(dir), "%s/t%zu", tmpdir, i);
+        rc = write_new(dir, "t", "host=a", "pub", specs[i], &err);
+        if (rc != 0)
+            fprintf(stderr, "  %s: %s (%s)\n", specs[i], err.msg, err.hint);
+        CHECK_INT_EQ(rc, 0);
+        CHECK_INT_EQ(cfg_load(dir, &cfg, &err), 0);
+        cfg_free(&cfg);
+    }
 }
 
 static void
@@ -705,11 +741,12 @@ test_write_new_refusals(void)
     CHECK_INT_EQ(rc, WR_ECONFIG);
     CHECK_CONTAINS(err.msg, "publication name is empty");
 
-    rc = write_new(dir, "demo", "host=a", "pub", "postgres", &err);
+    rc = write_new(dir, "demo", "host=a", "pub", "kafka", &err);
     CHECK_INT_EQ(rc, WR_ECONFIG);
-    CHECK_STR_EQ(err.msg, "unknown destination type \"postgres\" in --destination postgres");
-    CHECK_CONTAINS(err.hint,
-                   "registered destination types: sqlite, null, http, jsonl, nats, eventstore, plugin");
+    CHECK_STR_EQ(err.msg, "unknown destination type \"kafka\" in --destination kafka");
+    CHECK_CONTAINS(
+        err.hint,
+        "registered destination types: sqlite, postgres, null, http, jsonl, nats, eventstore, plugin");
     rc = write_new(dir, "demo", "host=a", "pub", "plugin", &err);
     CHECK_INT_EQ(rc, WR_ECONFIG);
     CHECK_CONTAINS(err.msg, "plugin:PATH");

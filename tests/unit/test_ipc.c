@@ -64,6 +64,7 @@ check_table_eq(const ipc_table_info_t *a, const ipc_table_info_t *b, bool full)
     CHECK_INT_EQ(a->phase, b->phase);
     CHECK_U64_EQ(a->lsn, b->lsn);
     if (!full) {
+        CHECK_STR_EQ(a->dest_name ? a->dest_name : "", b->dest_name);
         CHECK(b->err_kind == NULL && b->err_msg == NULL && b->err_hint == NULL);
         CHECK_U64_EQ(b->rows_copied, 0);
         return;
@@ -100,9 +101,13 @@ check_msg_eq(const ipc_msg_t *a, const ipc_msg_t *b)
             check_table_eq(&a->u.tables.tables[i], &b->u.tables.tables[i], false);
         break;
     case IPC_TABLE_STATE:
+    case IPC_TABLE_ACK:
         CHECK_INT_EQ(a->u.table_state.relid, b->u.table_state.relid);
         CHECK_INT_EQ(a->u.table_state.phase, b->u.table_state.phase);
         CHECK_U64_EQ(a->u.table_state.lsn, b->u.table_state.lsn);
+        if (a->type == IPC_TABLE_STATE)
+            CHECK_STR_EQ(a->u.table_state.dest_name ? a->u.table_state.dest_name : "",
+                         b->u.table_state.dest_name);
         break;
     case IPC_SET_PHASE:
         CHECK_INT_EQ(a->u.set_phase.req, b->u.set_phase.req);
@@ -145,6 +150,11 @@ check_msg_eq(const ipc_msg_t *a, const ipc_msg_t *b)
         break;
     case IPC_TABLE_REMOVED:
         CHECK_INT_EQ(a->u.table_removed.relid, b->u.table_removed.relid);
+        break;
+    case IPC_WORKER_ERROR:
+        CHECK_STR_EQ(a->u.worker_error.kind, b->u.worker_error.kind);
+        CHECK_STR_EQ(a->u.worker_error.message, b->u.worker_error.message);
+        CHECK_STR_EQ(a->u.worker_error.hint, b->u.worker_error.hint);
         break;
     case IPC_DEST_WAIT:
         CHECK_STR_EQ(a->u.dest_wait.message, b->u.dest_wait.message);
@@ -214,7 +224,12 @@ check_msg_eq(const ipc_msg_t *a, const ipc_msg_t *b)
 /* Hand-made samples of every message type. The static data outlives the tests. */
 static ipc_table_info_t sample_tables[] = {
     {.relid = 16384, .nsp = "public", .name = "orders", .phase = PH_READY, .lsn = 0x16B374D848ull},
-    {.relid = 4294967295u, .nsp = "s", .name = "t", .phase = PH_SYNCWAIT, .lsn = UINT64_MAX},
+    {.relid = 4294967295u,
+     .nsp = "s",
+     .name = "t",
+     .phase = PH_SYNCWAIT,
+     .lsn = UINT64_MAX,
+     .dest_name = "s__t_4294967295"},
 };
 static ipc_table_info_t sample_status_tables[] = {
     {.relid = 16384,
@@ -246,7 +261,7 @@ static ipc_event_count_t sample_events[] = {
     {.relid = 4294967295u, .n = {0, UINT64_MAX, 0, 2}},
 };
 
-#define NSAMPLES 28
+#define NSAMPLES 30
 
 /* Fills samples[]; returns the count. samples[i] may reference the schema (freed by caller). */
 static int
@@ -274,6 +289,7 @@ make_samples(ipc_msg_t *s, wr_schema_t *schema)
     s[n].u.table_state.relid = 16384;
     s[n].u.table_state.phase = PH_CATCHUP;
     s[n].u.table_state.lsn = 0x8000000000000001ull;
+    s[n].u.table_state.dest_name = "Users_16384";
     n++;
     s[n].type = IPC_SET_PHASE;
     s[n].u.set_phase.req = 77;
@@ -341,6 +357,16 @@ make_samples(ipc_msg_t *s, wr_schema_t *schema)
     n++;
     s[n].type = IPC_TABLE_REMOVED;
     s[n].u.table_removed.relid = 4294967295u;
+    n++;
+    s[n].type = IPC_WORKER_ERROR;
+    s[n].u.worker_error.kind = "slot_missing";
+    s[n].u.worker_error.message = "replication slot \"walrelay_x\" is missing \xc3\xa9";
+    s[n].u.worker_error.hint = "";
+    n++;
+    s[n].type = IPC_TABLE_ACK;
+    s[n].u.table_state.relid = 16384;
+    s[n].u.table_state.phase = PH_INIT;
+    s[n].u.table_state.lsn = 0;
     n++;
     s[n].type = IPC_WORKER_METRICS;
     s[n].u.worker_metrics.transactions = 7;
@@ -687,12 +713,12 @@ test_decode_wrong_arity(void)
         const char *type;
         uint32_t arity;
     } types[] = {
-        {"hello", 5},         {"welcome", 3}, {"tables", 2}, {"table_state", 4},
-        {"set_phase", 8},     {"ack", 4},     {"schema", 5}, {"progress", 4},
-        {"copy_progress", 3}, {"stop", 1},    {"error", 2},  {"status", 1},
-        {"status_reply", 10}, {"ok", 2},      {"retry", 2},  {"resync", 2},
-        {"pause", 1},         {"resume", 1},  {"reload", 1}, {"table_removed", 2},
-        {"dest_wait", 2},
+        {"hello", 5},         {"welcome", 3},      {"tables", 2},    {"table_state", 5},
+        {"set_phase", 8},     {"ack", 4},          {"schema", 5},    {"progress", 4},
+        {"copy_progress", 3}, {"stop", 1},         {"error", 2},     {"status", 1},
+        {"status_reply", 10}, {"ok", 2},           {"retry", 2},     {"resync", 2},
+        {"pause", 1},         {"resume", 1},       {"reload", 1},    {"table_removed", 2},
+        {"dest_wait", 2},     {"worker_error", 4}, {"table_ack", 4},
     };
     msgpack_sbuffer sb;
     msgpack_packer pk;
@@ -708,6 +734,10 @@ test_decode_wrong_arity(void)
                 continue;
             if (strcmp(types[i].type, "status_reply") == 0 && bad[k] == 9)
                 continue; /* the layout without "message": accepted, see below */
+            if (strcmp(types[i].type, "table_state") == 0 && bad[k] == 4)
+                continue; /* without dest_name: accepted (test_tables_without_dest_name) */
+            if (strcmp(types[i].type, "tables") == 0 && bad[k] == 3)
+                continue; /* with "more": accepted (test_tables_in_chunks) */
             msgpack_pack_array(&pk, bad[k]);
             pack_str(&pk, types[i].type);
             for (j = 1; j < bad[k]; j++)
@@ -852,7 +882,7 @@ test_decode_wrong_element(void)
         for (i = 0; i < 10; i++)
             msgpack_pack_uint32(&pk, 1);
     }
-    expect_decode_error(&sb, "element 1 (tables) item 0 must have 5 elements, got 10");
+    expect_decode_error(&sb, "element 1 (tables) item 0 must have 6 elements, got 10");
 
     /* too many items */
     msgpack_pack_array(&pk, 2);
@@ -1259,6 +1289,123 @@ test_status_reply_without_message(void)
     msgpack_sbuffer_destroy(&sb);
 }
 
+/* issue 12, defect 10: a publication so large that one "tables" message would break
+ * IPC_MAX_MSG (30,000 tables with long names: about 12 MB) is sent in chunks and read
+ * back whole, in order. */
+static void
+test_tables_in_chunks(void)
+{
+    enum { N = 30000 };
+    ipc_table_info_t *t = calloc(N, sizeof(*t));
+    char *names = malloc((size_t)N * 200);
+    msgpack_sbuffer sb;
+    ipc_msg_t one, got[40];
+    int n, i;
+    uint32_t seen = 0;
+    bool order = true;
+
+    CHECK(t != NULL && names != NULL);
+    if (!t || !names) {
+        free(t);
+        free(names);
+        return;
+    }
+    for (i = 0; i < N; i++) {
+        char *nm = names + (size_t)i * 200;
+        snprintf(nm, 200, "a_rather_long_table_name_of_a_large_publication_number_%06d_%s", i,
+                 "padding_padding_padding_padding_padding_padding_padding_padding");
+        t[i].relid = 16384 + (uint32_t)i;
+        t[i].nsp = "a_schema_with_a_long_name_as_some_applications_have";
+        t[i].name = nm;
+        t[i].phase = PH_READY;
+        t[i].lsn = 0x1000 + (uint64_t)i;
+        t[i].dest_name = nm;
+    }
+    /* one message cannot carry it */
+    msgpack_sbuffer_init(&sb);
+    memset(&one, 0, sizeof(one));
+    one.type = IPC_TABLES;
+    one.u.tables.n = N;
+    one.u.tables.tables = t;
+    CHECK_INT_EQ(ipc_encode(&one, &sb), WR_EINVAL);
+    CHECK_U64_EQ(sb.size, 0);
+    /* in chunks it goes, each under the limit */
+    CHECK_INT_EQ(ipc_encode_tables(t, N, &sb), 0);
+    n = read_all(sb.data, sb.size, 0, got, 40);
+    CHECK_INT_EQ(n, (N + IPC_TABLES_CHUNK - 1) / IPC_TABLES_CHUNK);
+    for (i = 0; i < n; i++) {
+        CHECK_INT_EQ(got[i].type, IPC_TABLES);
+        CHECK_INT_EQ(got[i].u.tables.more, i < n - 1);
+        for (uint32_t j = 0; j < got[i].u.tables.n; j++, seen++)
+            order = order && got[i].u.tables.tables[j].relid == 16384 + seen &&
+                    strcmp(got[i].u.tables.tables[j].dest_name, t[seen].name) == 0;
+        ipc_msg_clear(&got[i]);
+    }
+    CHECK_INT_EQ(seen, N);
+    CHECK(order);
+    /* an empty list is one message, without "more" */
+    sb.size = 0;
+    CHECK_INT_EQ(ipc_encode_tables(t, 0, &sb), 0);
+    n = read_all(sb.data, sb.size, 0, got, 40);
+    CHECK_INT_EQ(n, 1);
+    if (n == 1) {
+        CHECK_INT_EQ(got[0].u.tables.n, 0);
+        CHECK(!got[0].u.tables.more);
+        ipc_msg_clear(&got[0]);
+    }
+    msgpack_sbuffer_destroy(&sb);
+    free(names);
+    free(t);
+}
+
+/* issue 12: a "tables" item of 5 elements and a "table_state" of 4 (without dest_name, as
+ * sent before it was added) still decode, with no destination name. */
+static void
+test_tables_without_dest_name(void)
+{
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_unpacked up;
+    ipc_msg_t m;
+    wr_err_t err;
+    size_t off = 0;
+
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_array(&pk, 2);
+    pack_str(&pk, "tables");
+    msgpack_pack_array(&pk, 1);
+    msgpack_pack_array(&pk, 5);
+    msgpack_pack_uint64(&pk, 16384);
+    pack_str(&pk, "public");
+    pack_str(&pk, "t");
+    pack_str(&pk, "ready");
+    msgpack_pack_uint64(&pk, 7);
+    msgpack_pack_array(&pk, 4);
+    pack_str(&pk, "table_state");
+    msgpack_pack_uint64(&pk, 16384);
+    pack_str(&pk, "init");
+    msgpack_pack_uint64(&pk, 0);
+    msgpack_unpacked_init(&up);
+    CHECK_INT_EQ(msgpack_unpack_next(&up, sb.data, sb.size, &off), MSGPACK_UNPACK_SUCCESS);
+    CHECK_INT_EQ(ipc_decode(&up.data, &m, &err), 0);
+    CHECK_INT_EQ(m.type, IPC_TABLES);
+    CHECK_INT_EQ(m.u.tables.n, 1);
+    if (m.u.tables.n == 1) {
+        CHECK_STR_EQ(m.u.tables.tables[0].name, "t");
+        CHECK(m.u.tables.tables[0].dest_name == NULL);
+    }
+    ipc_msg_clear(&m);
+    CHECK_INT_EQ(msgpack_unpack_next(&up, sb.data, sb.size, &off), MSGPACK_UNPACK_SUCCESS);
+    CHECK_INT_EQ(ipc_decode(&up.data, &m, &err), 0);
+    CHECK_INT_EQ(m.type, IPC_TABLE_STATE);
+    CHECK_INT_EQ(m.u.table_state.phase, PH_INIT);
+    CHECK(m.u.table_state.dest_name == NULL);
+    ipc_msg_clear(&m);
+    msgpack_unpacked_destroy(&up);
+    msgpack_sbuffer_destroy(&sb);
+}
+
 /* The control commands and table_removed refuse wrong element types. */
 static void
 test_decode_commands_bad(void)
@@ -1518,6 +1665,8 @@ main(void)
     RUN(test_reader_oversized);
     RUN(test_reader_huge_declared_sizes);
     RUN(test_status_reply_without_message);
+    RUN(test_tables_without_dest_name);
+    RUN(test_tables_in_chunks);
     RUN(test_decode_commands_bad);
     RUN(test_metrics_messages_bad);
     RUN(test_metrics_text_long);
