@@ -1325,8 +1325,11 @@ apw_ddl_reconcile(apw_t *a, apw_table_t *t, wr_err_t *err)
         goto out;
     }
     /* the catalog is read on the network: what the batch holds before this change is
-     * committed first, so that no destination lock is held meanwhile */
-    rc = apw_ddl_commit_before(a, err);
+     * committed first, so that no destination lock is held meanwhile - except while a
+     * streamed transaction is written as it arrives: it holds the batch until its end
+     * anyway, and its first change of each table comes after a Relation message (a
+     * restream for every such transaction would spool them all) */
+    rc = a->sx.direct ? 0 : apw_ddl_commit_before(a, err);
     if (rc == 0)
         rc = apw_ddl_catalog(a, t->relid, &cat, &found, err);
     if (rc != 0)
