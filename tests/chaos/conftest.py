@@ -33,3 +33,6 @@ db = _fixtures.db
 state_db = _fixtures.state_db
 state_store = _fixtures.state_store
 pipelines = _fixtures.pipelines
+pg_target = _fixtures.pg_target
+target_db = _fixtures.target_db
+destination = _fixtures.destination
