@@ -199,6 +199,13 @@ typedef struct dest_ops_s {
      * ensure_table and records meta as its only version. Inside a transaction. */
     int (*reset_table)(dest_t *d, const wr_schema_t *schema, const dest_tmeta_t *meta,
                        wr_err_t *err);
+
+    /* ---- the copy (issues 7 and 11); optional, NULL where not needed ---- */
+    /* Every row of the copy of relid has been written (write_rows): called in the copy's
+     * last transaction, before its commit, so that what the destination put off until the
+     * rows were in (sqlite: the primary key's index, the durability of the copy's earlier
+     * commits) commits with them. */
+    int (*copy_done)(dest_t *d, uint32_t relid, wr_err_t *err);
 } dest_ops_t;
 
 struct dest_s {

@@ -790,9 +790,10 @@ typedef struct syw_copy_s {
     char *sql; /* the COPY statement */
 } syw_copy_t;
 
-/* Writes and commits the batch (the first transaction also holds the truncate). */
+/* Writes and commits the batch (the first transaction also holds the truncate). last: the
+ * copy's last transaction, where the destination's copy_done runs before the commit. */
 static int
-syw_copy_flush(syw_t *w, syw_copy_t *cp, wr_err_t *err)
+syw_copy_flush(syw_t *w, syw_copy_t *cp, bool last, wr_err_t *err)
 {
     int rc;
 
@@ -807,6 +808,9 @@ syw_copy_flush(syw_t *w, syw_copy_t *cp, wr_err_t *err)
             0)
             return rc;
     }
+    if (last && w->dest->ops->copy_done != NULL &&
+        (rc = w->dest->ops->copy_done(w->dest, w->relid, err)) < 0)
+        return rc;
     if ((rc = w->dest->ops->commit(w->dest, w->stream, NULL, err)) < 0)
         return rc;
     cp->dest_open = false;
@@ -1119,7 +1123,7 @@ syw_copy(syw_t *w)
         rc = copy_parse_line(&cp.parser, line, (size_t)n, w->schema->ncols, &row, &err);
         if (rc == 0 && syw_batch_full(&cp.batch, &row)) {
             /* the row lives in the parser's buffer: flushing does not touch it */
-            if ((rc = syw_copy_flush(w, &cp, &err)) < 0 ||
+            if ((rc = syw_copy_flush(w, &cp, false, &err)) < 0 ||
                 (rc = syw_copy_progress(w, &cp, &err)) < 0) {
                 PQfreemem(line);
                 code = syw_copy_error(w, &cp, cp.dest_open ? "dest_refused" : NULL, &err);
@@ -1145,7 +1149,8 @@ syw_copy(syw_t *w)
         }
         PQclear(res);
     }
-    if ((rc = syw_copy_flush(w, &cp, &err)) < 0 || (rc = syw_copy_progress(w, &cp, &err)) < 0) {
+    if ((rc = syw_copy_flush(w, &cp, true, &err)) < 0 ||
+        (rc = syw_copy_progress(w, &cp, &err)) < 0) {
         code = syw_copy_error(w, &cp, cp.dest_open ? "dest_refused" : NULL, &err);
         goto out;
     }
