@@ -6,6 +6,11 @@
   drain: a backlog of N changes (inserts, updates, deletes in 1000-row transactions)
          drained into `null` by walrelay, against `pg_recvlogical` (pgoutput,
          proto_version=1) draining the same backlog from a second slot.
+  scale: --scale-tables tables (default 500) of --scale-rows rows (default 10,000) in one
+         publication, copied into `sqlite` with the default [sync] settings: the time until
+         every table is ready, the most replication slots and walrelay-sync processes at
+         once (sampled), the peak RSS of the supervisor, the apply worker and the largest
+         sync worker, and how long `walrelay status --json` takes with every table listed.
   bigtx: ONE transaction updating every row of a --bigtx-rows table (default 2,000,000),
          drained by walrelay into `sqlite` and into `null` (each pipeline copied the table
          first, then stopped, so all of them face the same backlog), against
@@ -18,7 +23,7 @@ worker's own figure from its log line is reported beside it. Peak RSS (VmHWM) of
 walrelay process is sampled during each run.
 
 Usage: bench/run.py [--rows 1000000] [--changes 1000000] [--bigtx-rows 2000000] [--build build]
-                    [--only copy|drain|bigtx]
+                    [--scale-tables 500] [--scale-rows 10000] [--only copy|drain|bigtx|scale]
 """
 import argparse
 import json
@@ -51,6 +56,7 @@ class Walrelay:
         self.proc = None
         self.log = os.path.join(self.dir, "run.log")
         self.peak = {}
+        self.nsync = 0
 
     def start(self):
         self.logf = open(self.log, "w")
@@ -64,17 +70,18 @@ class Walrelay:
         return json.loads(r.stdout)
 
     def sample_rss(self):
-        pids = {"supervisor": self.proc.pid}
+        pids = [("supervisor", self.proc.pid)]
         try:
             for c in open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read().split():
                 try:
                     exe = os.readlink(f"/proc/{c}/exe")
                 except OSError:
                     continue
-                pids[os.path.basename(exe)] = int(c)
+                pids.append((os.path.basename(exe), int(c)))
         except OSError:
             return
-        for kind, pid in pids.items():
+        self.nsync = sum(1 for kind, _ in pids if kind == "walrelay-sync")
+        for kind, pid in pids:
             try:
                 for line in open(f"/proc/{pid}/status"):
                     if line.startswith("VmHWM:"):
@@ -306,6 +313,65 @@ def bench_bigtx(pg, args, out):
     print("\n".join(out[-8:]), flush=True)
 
 
+def bench_scale(pg, args, out):
+    n, rows = args.scale_tables, args.scale_rows
+    t = time.monotonic()
+    with psycopg.connect(pg.conninfo, autocommit=True) as c:
+        c.execute("DO $$ BEGIN FOR i IN 1..%s LOOP EXECUTE format("
+                  "'CREATE TABLE scale_%%s (id bigint PRIMARY KEY, v int NOT NULL, t text)', i); "
+                  "EXECUTE format('INSERT INTO scale_%%s SELECT g, g %%%% 1000, ''row '' || g "
+                  "FROM generate_series(1, %s) g', i); END LOOP; END $$" % (n, rows))
+        c.execute("CREATE PUBLICATION pub_scale FOR TABLES IN SCHEMA public")
+        c.execute("VACUUM ANALYZE")
+        size = c.execute("SELECT pg_size_pretty(sum(pg_table_size(relid))) FROM "
+                         "pg_get_publication_tables('pub_scale')").fetchone()[0]
+    made = time.monotonic() - t
+    w = Walrelay(args.build, pg, "pub_scale", "sqlite", "scale")
+    slots_max = sync_max = 0
+    try:
+        with psycopg.connect(pg.conninfo, autocommit=True) as c:
+            def ready():
+                nonlocal slots_max, sync_max
+                slots_max = max(slots_max, c.execute(
+                    "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE "
+                    "'walrelay_scale%%'").fetchone()[0])
+                sync_max = max(sync_max, w.nsync)
+                st = w.status()
+                return bool(st and len(st["tables"]) == n and
+                            all(x["phase"] == "ready" for x in st["tables"]))
+            t0 = time.monotonic()
+            w.start()
+            w.wait(ready, 7200, f"{n} tables ready")
+            dt = time.monotonic() - t0
+        t1 = time.monotonic()
+        st = w.status()
+        status_s = time.monotonic() - t1
+        w.sample_rss()
+        w.stop()
+        p = w.peak
+        d = sqlite3.connect(os.path.join(w.dir, "dest.db"))
+        got = sum(d.execute(f"SELECT count(*) FROM scale_{i}").fetchone()[0] for i in range(1, n + 1))
+        d.close()
+        if got != n * rows:
+            raise RuntimeError(f"scale: the destination holds {got} rows, expected {n * rows}")
+        out.append(f"\n### {n:,} tables of {rows:,} rows ({size} in all; made in {made:.0f} s), "
+                   f"into sqlite, default [sync] settings\n")
+        out.append("| what | value |")
+        out.append("|---|---|")
+        out.append(f"| time from `walrelay run` until every table is ready | {dt:.1f} s "
+                   f"({n / dt:.1f} tables/s, {n * rows / dt:,.0f} rows/s) |")
+        out.append(f"| replication slots of the pipeline at once (most sampled) | {slots_max} |")
+        out.append(f"| walrelay-sync processes at once (most sampled) | {sync_max} |")
+        out.append(f"| peak RSS MB: supervisor / apply / largest sync | {mb(p.get('supervisor', 0))} / "
+                   f"{mb(p.get('walrelay-apply', 0))} / {mb(p.get('walrelay-sync', 0))} |")
+        out.append(f"| `walrelay status --json` with {len(st['tables'])} tables | {status_s:.2f} s |")
+        out.append(f"| rows in the destination | {got:,} (expected {n * rows:,}) |")
+    finally:
+        w.stop() if w.proc and w.proc.poll() is None else None
+        w.cleanup()
+    print("\n".join(out[-9:]), flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=1_000_000)
@@ -313,7 +379,9 @@ def main():
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--build", default="build")
     ap.add_argument("--bigtx-rows", type=int, default=2_000_000)
-    ap.add_argument("--only", choices=["copy", "drain", "bigtx"])
+    ap.add_argument("--scale-tables", type=int, default=500)
+    ap.add_argument("--scale-rows", type=int, default=10000)
+    ap.add_argument("--only", choices=["copy", "drain", "bigtx", "scale"])
     args = ap.parse_args()
     pg = TmpPostgres()
     out = [f"## {time.strftime('%Y-%m-%d')} — `bench/run.py {' '.join(sys.argv[1:])}`",
@@ -326,6 +394,8 @@ def main():
             bench_drain(pg, args, out)
         if args.only in (None, "bigtx"):
             bench_bigtx(pg, args, out)
+        if args.only in (None, "scale"):
+            bench_scale(pg, args, out)
     finally:
         pg.stop()
     print("\n===== markdown for bench/RESULTS.md =====\n")

@@ -32,6 +32,14 @@ typedef struct state_table_s {
     int64_t updated_at_ms; /* wall clock, ms since epoch */
 } state_table_t;
 
+/* A table for add_tables: its source names and its destination table's name. */
+typedef struct state_new_table_s {
+    uint32_t relid;
+    const char *nsp;
+    const char *name;
+    const char *dest_name;
+} state_new_table_t;
+
 typedef struct state_progress_s {
     char slot_name[64];
     wr_lsn_t confirmed_flush; /* last flush LSN the apply worker reported as durable */
@@ -88,6 +96,11 @@ typedef struct state_ops_s {
      * every record of the store's pipeline (walrelay drop, on a store opened for it, so
      * the lease is held); *dropped = whether there were any. */
     int (*drop_pipeline)(state_store_t *s, bool *dropped, wr_err_t *err);
+    /* (issue 11) Optional (NULL: the supervisor calls add_table and put_mapping for each
+     * table). add_table and put_mapping of n tables in one transaction, all or nothing: a
+     * publication of thousands of tables is added with one durable write, not two a table.
+     * The same argument checks as the two calls, before anything is written. */
+    int (*add_tables)(state_store_t *s, const state_new_table_t *tables, size_t n, wr_err_t *err);
 } state_ops_t;
 
 struct state_store_s {

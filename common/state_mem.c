@@ -147,6 +147,28 @@ mem_add_table(state_store_t *base, uint32_t relid, const char *nsp, const char *
     return 0;
 }
 
+static int mem_put_mapping(state_store_t *base, uint32_t relid, const char *dest_name,
+                           wr_err_t *err);
+
+/* The checks first, then one call after another: an allocation failure half-way leaves the
+ * first tables added (the memory store serves the unit tests, where none fails). */
+static int
+mem_add_tables(state_store_t *base, const state_new_table_t *t, size_t n, wr_err_t *err)
+{
+    int rc;
+    for (size_t i = 0; i < n; i++) {
+        if ((rc = state_check_table_names(t[i].relid, t[i].nsp, t[i].name, err)) ||
+            (rc = state_check_mapping(t[i].relid, t[i].dest_name, err)))
+            return rc;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if ((rc = mem_add_table(base, t[i].relid, t[i].nsp, t[i].name, err)) ||
+            (rc = mem_put_mapping(base, t[i].relid, t[i].dest_name, err)))
+            return rc;
+    }
+    return 0;
+}
+
 static int
 mem_remove_table(state_store_t *base, uint32_t relid, wr_err_t *err)
 {
@@ -445,6 +467,7 @@ static const state_ops_t mem_ops = {
     .close = mem_close,
     .get_flag = mem_get_flag,
     .set_flag = mem_set_flag,
+    .add_tables = mem_add_tables,
 };
 
 int

@@ -843,6 +843,45 @@ pgs_get_schema(state_store_t *base, uint32_t relid, wr_lsn_t at, wr_schema_t **o
 }
 
 static int
+pgs_add_tables(state_store_t *base, const state_new_table_t *t, size_t n, wr_err_t *err)
+{
+    pgs_store_t *s = (pgs_store_t *)base;
+    pgs_num_t a, b;
+    const char *v[6];
+    int rc;
+
+    for (size_t i = 0; i < n; i++) {
+        if ((rc = state_check_table_names(t[i].relid, t[i].nsp, t[i].name, err)) ||
+            (rc = state_check_mapping(t[i].relid, t[i].dest_name, err)))
+            return rc;
+    }
+    v[0] = s->pipeline;
+    v[5] = pgs_i(&b, wr_wall_ms());
+    v[4] = phase_name(PH_INIT);
+    if ((rc = pgs_begin(s, err)))
+        return rc;
+    for (size_t i = 0; i < n; i++) {
+        v[1] = pgs_u(&a, t[i].relid);
+        v[2] = t[i].nsp;
+        v[3] = t[i].name;
+        if ((rc = pgs_exec(s,
+                           "INSERT INTO tables (pipeline, relid, nsp, name, phase, updated_at) "
+                           "VALUES ($1, $2, $3, $4, $5, $6) "
+                           "ON CONFLICT (pipeline, relid) DO NOTHING",
+                           6, v, NULL, err, "adding a table")))
+            return pgs_abort(s, rc);
+        v[2] = t[i].dest_name;
+        if ((rc = pgs_exec(s,
+                           "INSERT INTO table_mappings (pipeline, relid, dest_name) "
+                           "VALUES ($1, $2, $3) ON CONFLICT (pipeline, relid) DO UPDATE SET "
+                           "dest_name = excluded.dest_name",
+                           3, v, NULL, err, "saving a mapping")))
+            return pgs_abort(s, rc);
+    }
+    return pgs_commit(s, err);
+}
+
+static int
 pgs_put_mapping(state_store_t *base, uint32_t relid, const char *dest_name, wr_err_t *err)
 {
     pgs_store_t *s = (pgs_store_t *)base;
@@ -1031,6 +1070,7 @@ static const state_ops_t pgs_ops = {
     .set_flag = pgs_set_flag,
     .check_lease = pgs_check_lease,
     .drop_pipeline = pgs_drop_pipeline,
+    .add_tables = pgs_add_tables,
 };
 
 /* ---- open, migrate, drop ------------------------------------------------------------------ */

@@ -453,6 +453,43 @@ sq_add_table(state_store_t *base, uint32_t relid, const char *nsp, const char *n
 }
 
 static int
+sq_add_tables(state_store_t *base, const state_new_table_t *t, size_t n, wr_err_t *err)
+{
+    sq_store_t *s = (sq_store_t *)base;
+    int64_t now = wr_wall_ms();
+    sqlite3_stmt *st;
+    char what[64];
+    int rc;
+    for (size_t i = 0; i < n; i++) {
+        if ((rc = state_check_table_names(t[i].relid, t[i].nsp, t[i].name, err)) ||
+            (rc = state_check_mapping(t[i].relid, t[i].dest_name, err)))
+            return rc;
+    }
+    if ((rc = sq_begin(s, err)))
+        return rc;
+    for (size_t i = 0; i < n; i++) {
+        if (!(st = sq_stmt(s, SQ_ADD_TABLE, err)))
+            return sq_abort(s, WR_ESTATE);
+        sqlite3_bind_int64(st, 1, t[i].relid);
+        sqlite3_bind_text(st, 2, t[i].nsp, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 3, t[i].name, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 4, phase_name(PH_INIT), -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 5, now);
+        snprintf(what, sizeof(what), "adding table %u", t[i].relid);
+        if ((rc = sq_run(s, st, err, what)))
+            return sq_abort(s, rc);
+        if (!(st = sq_stmt(s, SQ_PUT_MAPPING, err)))
+            return sq_abort(s, WR_ESTATE);
+        sqlite3_bind_int64(st, 1, t[i].relid);
+        sqlite3_bind_text(st, 2, t[i].dest_name, -1, SQLITE_STATIC);
+        snprintf(what, sizeof(what), "saving the mapping of table %u", t[i].relid);
+        if ((rc = sq_run(s, st, err, what)))
+            return sq_abort(s, rc);
+    }
+    return sq_commit(s, err);
+}
+
+static int
 sq_remove_table(state_store_t *base, uint32_t relid, wr_err_t *err)
 {
     static const int ids[] = {SQ_DEL_HISTORY,    SQ_DEL_SCHEMA_COLS, SQ_DEL_SCHEMAS, SQ_DEL_MAPPING,
@@ -958,6 +995,7 @@ sq_close(state_store_t *base)
 static const state_ops_t sq_ops = {
     .get_progress = sq_get_progress,
     .set_progress = sq_set_progress,
+    .add_tables = sq_add_tables,
     .add_table = sq_add_table,
     .remove_table = sq_remove_table,
     .get_table = sq_get_table,

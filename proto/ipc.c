@@ -273,7 +273,13 @@ ipc_encode(const ipc_msg_t *m, msgpack_sbuffer *sb)
     memset(&e, 0, sizeof(e));
     msgpack_packer_init(&e.pk, sb, msgpack_sbuffer_write);
 
-    enc_array(&e, ipc_arity[m->type]);
+    /* (issue 11) optional last elements, sent only when they say something */
+    if ((m->type == IPC_TABLES && m->u.tables.more) ||
+        (m->type == IPC_STATUS_REPLY && m->u.status_reply.more) ||
+        (m->type == IPC_STATUS && m->u.status.after != 0))
+        enc_array(&e, ipc_arity[m->type] + 1);
+    else
+        enc_array(&e, ipc_arity[m->type]);
     enc_str(&e, ipc_type_names[m->type]);
     switch (m->type) {
     case IPC_HELLO:
@@ -288,6 +294,8 @@ ipc_encode(const ipc_msg_t *m, msgpack_sbuffer *sb)
         break;
     case IPC_TABLES:
         enc_tables(&e, m->u.tables.n, m->u.tables.tables, false);
+        if (m->u.tables.more)
+            enc_bool(&e, true);
         break;
     case IPC_TABLE_STATE:
         enc_u64(&e, m->u.table_state.relid);
@@ -323,8 +331,11 @@ ipc_encode(const ipc_msg_t *m, msgpack_sbuffer *sb)
         enc_u64(&e, m->u.copy_progress.relid);
         enc_u64(&e, m->u.copy_progress.rows);
         break;
-    case IPC_STOP:
     case IPC_STATUS:
+        if (m->u.status.after != 0)
+            enc_u64(&e, m->u.status.after);
+        break;
+    case IPC_STOP:
     case IPC_PAUSE:
     case IPC_RESUME:
     case IPC_RELOAD:
@@ -352,6 +363,8 @@ ipc_encode(const ipc_msg_t *m, msgpack_sbuffer *sb)
         enc_workers(&e, m->u.status_reply.nworkers, m->u.status_reply.workers);
         enc_tables(&e, m->u.status_reply.ntables, m->u.status_reply.tables, true);
         enc_str(&e, m->u.status_reply.message);
+        if (m->u.status_reply.more)
+            enc_bool(&e, true);
         break;
     }
     if (e.rc == 0 && sb->size - start > IPC_MAX_MSG)
@@ -796,7 +809,9 @@ dec_body(ipc_dec_t *d, const msgpack_object_array *a, ipc_msg_t *m)
             return rc;
         return dec_str(d, a, 2, "pipeline", &m->u.welcome.pipeline);
     case IPC_TABLES:
-        return dec_tables(d, a, 1, false, &m->u.tables.n, &m->u.tables.tables);
+        if ((rc = dec_tables(d, a, 1, false, &m->u.tables.n, &m->u.tables.tables)))
+            return rc;
+        return a->size > 2 ? dec_bool(d, a, 2, "more", &m->u.tables.more) : 0;
     case IPC_TABLE_STATE:
         if ((rc = dec_u32(d, a, 1, "relid", &m->u.table_state.relid)) ||
             (rc = dec_phase(d, a, 2, "phase", &m->u.table_state.phase)))
@@ -834,8 +849,9 @@ dec_body(ipc_dec_t *d, const msgpack_object_array *a, ipc_msg_t *m)
         if ((rc = dec_u32(d, a, 1, "relid", &m->u.copy_progress.relid)))
             return rc;
         return dec_u64(d, a, 2, "rows", &m->u.copy_progress.rows);
-    case IPC_STOP:
     case IPC_STATUS:
+        return a->size > 1 ? dec_u32(d, a, 1, "after_relid", &m->u.status.after) : 0;
+    case IPC_STOP:
     case IPC_PAUSE:
     case IPC_RESUME:
     case IPC_RELOAD:
@@ -858,6 +874,8 @@ dec_body(ipc_dec_t *d, const msgpack_object_array *a, ipc_msg_t *m)
             (rc = dec_u64(d, a, 6, "events", &m->u.status_reply.events)) ||
             (rc = dec_workers(d, a, 7, &m->u.status_reply.nworkers, &m->u.status_reply.workers)) ||
             (rc = dec_tables(d, a, 8, true, &m->u.status_reply.ntables, &m->u.status_reply.tables)))
+            return rc;
+        if (a->size > 10 && (rc = dec_bool(d, a, 10, "more", &m->u.status_reply.more)))
             return rc;
         if (a->size > 9)
             return dec_str(d, a, 9, "message", &m->u.status_reply.message);
@@ -905,7 +923,9 @@ ipc_decode(const msgpack_object *o, ipc_msg_t *m, wr_err_t *err)
     snprintf(d.what, sizeof(d.what), "\"%s\" message", ipc_type_names[i]);
     d.err = err;
     if (a->size != ipc_arity[i] &&
-        !(i == IPC_STATUS_REPLY && a->size == IPC_STATUS_REPLY_MIN_ARITY))
+        !(i == IPC_STATUS_REPLY && a->size == IPC_STATUS_REPLY_MIN_ARITY) &&
+        !((i == IPC_TABLES || i == IPC_STATUS || i == IPC_STATUS_REPLY) &&
+          a->size == ipc_arity[i] + 1))
         return wr_err_set(err, WR_EPROTO, "invalid %s: expected %u elements, got %u", d.what,
                           ipc_arity[i], a->size);
     m->type = (ipc_type_t)i;

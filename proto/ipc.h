@@ -15,13 +15,21 @@
  *     ["copy_progress", relid, rows]                    sync: rows copied so far
  *   supervisor -> worker
  *     ["welcome", version, pipeline]
- *     ["tables", [[relid, nsp, name, phase, lsn], ...]] all tables (apply) or its one (sync)
+ *     ["tables", [[relid, nsp, name, phase, lsn], ...] (, more)]
+ *                        all tables (apply) or its one (sync), once, at the handshake; at
+ *                        most IPC_TABLES_CHUNK a message: more = true (a third element only
+ *                        then) says the list goes on in the next "tables" (wk_chan_handshake
+ *                        puts the pieces together)
  *     ["table_state", relid, phase, lsn]                a persisted change
  *     ["ack", req, ok, message]
  *     ["stop"]                                          finish the write in flight, exit 0
  *     ["table_removed", relid]                          apply: the table left the publication
  *   CLI -> supervisor (control socket) and replies
- *     ["status"] -> ["status_reply", ...]   ["stop"] -> ["ok", message]
+ *     ["status" (, after_relid)] -> ["status_reply", ... (, more)]   ["stop"] -> ["ok", message]
+ *                    a reply holds the tables with relid > after_relid (0: from the first)
+ *                    up to about IPC_STATUS_PAGE_BYTES; more = true (an 11th element only
+ *                    then): ask again with the last relid it held. Pipeline, state and
+ *                    workers come with every reply; the CLI reads them from the first.
  *     ["retry", table] ["resync", table] ["pause"] ["resume"] ["reload"]
  *                    -> ["ok", message] or ["error", message]   (table: "nsp.name" or "name")
  *   either direction
@@ -38,6 +46,10 @@
 #define IPC_MAX_MSG       (4u * 1024 * 1024) /* bigger messages are rejected */
 #define IPC_MAX_STR       (64u * 1024)
 #define IPC_MAX_ITEMS     100000
+/* (issue 11) Bounds of the messages that list tables, whatever their number: the tables of
+ * the handshake go in pieces of this many, a status reply stops near this many bytes. */
+#define IPC_TABLES_CHUNK      1000
+#define IPC_STATUS_PAGE_BYTES (256u * 1024)
 
 typedef enum {
     IPC_HELLO = 1,
@@ -103,6 +115,7 @@ typedef struct ipc_msg_s {
         struct {
             uint32_t n;
             ipc_table_info_t *tables;
+            bool more; /* the list goes on in the next "tables" message */
         } tables;
         struct {
             uint32_t relid;
@@ -158,7 +171,13 @@ typedef struct ipc_msg_s {
             /* (added for issue 3) why the pipeline is paused, degraded or stopping, "" if
              * nothing to say; the 10th element on the wire, optional when decoding */
             char *message;
+            /* (issue 11) more tables follow: ask with the last one's relid (11th element,
+             * present only when true) */
+            bool more;
         } status_reply;
+        struct {
+            uint32_t after; /* (issue 11) tables with a greater relid; 0: all */
+        } status;
         struct {
             char *table;
         } command; /* retry, resync: "nsp.name" or "name" */

@@ -326,6 +326,39 @@ wk_chan_handshake(wk_chan_t *c, const char *role, uint32_t relid, ipc_msg_t *tab
     if (want.rejected)
         return wr_err_set(err, WR_EPROTO, "the supervisor rejected hello: %s", want.reject_msg);
     *tables = want.got;
+    /* (issue 11) a long list comes in pieces (ipc.h "tables"): put them together */
+    while (tables->u.tables.more) {
+        ipc_table_info_t *all;
+        uint32_t n = tables->u.tables.n;
+
+        memset(&want, 0, sizeof(want));
+        want.type = IPC_TABLES;
+        rc = wk_wait(c, &want, deadline, WK_HANDSHAKE_MS / 1000, WR_EPROTO, "tables", err);
+        if (rc == 0 && want.rejected)
+            rc = wr_err_set(err, WR_EPROTO, "the supervisor rejected hello: %s", want.reject_msg);
+        if (rc == 0 && (uint64_t)n + want.got.u.tables.n > IPC_MAX_ITEMS)
+            rc = wr_err_set(err, WR_EPROTO, "the supervisor sent more than %u tables",
+                            (unsigned)IPC_MAX_ITEMS);
+        all = rc == 0 ? realloc(tables->u.tables.tables,
+                                ((size_t)n + want.got.u.tables.n + 1) * sizeof(*all))
+                      : NULL;
+        if (rc == 0 && all == NULL)
+            rc = wr_err_set(err, WR_ENOMEM, "out of memory for the list of %u tables",
+                            n + want.got.u.tables.n);
+        if (rc != 0) {
+            ipc_msg_clear(&want.got);
+            ipc_msg_clear(tables);
+            return rc;
+        }
+        /* the entries move with their strings; the piece keeps only its emptied array */
+        if (want.got.u.tables.n > 0)
+            memcpy(all + n, want.got.u.tables.tables, want.got.u.tables.n * sizeof(*all));
+        tables->u.tables.tables = all;
+        tables->u.tables.n = n + want.got.u.tables.n;
+        tables->u.tables.more = want.got.u.tables.more;
+        want.got.u.tables.n = 0;
+        ipc_msg_clear(&want.got);
+    }
     return 0;
 }
 

@@ -191,27 +191,35 @@ send_ack(sup_proc_t *p, uint32_t req, bool ok, const char *msg)
     sup__proc_send(p, &a);
 }
 
+/* The tables of the handshake, in messages of at most IPC_TABLES_CHUNK (the last one, or
+ * the only one, with more = false; an empty list is one message). */
 static int
 send_tables(sup_t *s, sup_proc_t *p, sup_worker_t *w)
 {
-    size_t n = w->is_apply ? s->ntables : 1;
-    ipc_table_info_t *ti = calloc(n ? n : 1, sizeof(*ti));
+    size_t n = w->is_apply ? s->ntables : 1, done = 0;
+    ipc_table_info_t *ti =
+        calloc(n < IPC_TABLES_CHUNK ? (n ? n : 1) : IPC_TABLES_CHUNK, sizeof(*ti));
     if (!ti)
         return WR_ENOMEM;
-    for (size_t i = 0; i < n; i++) {
-        const sup_table_t *t = w->is_apply ? s->tables[i] : w->table;
-        ti[i].relid = t->relid;
-        ti[i].nsp = (char *)t->nsp;
-        ti[i].name = (char *)t->name;
-        ti[i].phase = t->phase;
-        ti[i].lsn = t->lsn;
-    }
-    ipc_msg_t m;
-    memset(&m, 0, sizeof(m));
-    m.type = IPC_TABLES;
-    m.u.tables.n = (uint32_t)n;
-    m.u.tables.tables = ti;
-    sup__proc_send(p, &m);
+    do {
+        size_t k = n - done < IPC_TABLES_CHUNK ? n - done : IPC_TABLES_CHUNK;
+        for (size_t i = 0; i < k; i++) {
+            const sup_table_t *t = w->is_apply ? s->tables[done + i] : w->table;
+            ti[i].relid = t->relid;
+            ti[i].nsp = (char *)t->nsp;
+            ti[i].name = (char *)t->name;
+            ti[i].phase = t->phase;
+            ti[i].lsn = t->lsn;
+        }
+        done += k;
+        ipc_msg_t m;
+        memset(&m, 0, sizeof(m));
+        m.type = IPC_TABLES;
+        m.u.tables.n = (uint32_t)k;
+        m.u.tables.tables = ti;
+        m.u.tables.more = done < n;
+        sup__proc_send(p, &m);
+    } while (done < n);
     free(ti);
     return 0;
 }

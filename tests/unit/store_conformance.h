@@ -415,6 +415,47 @@ test_mapping(state_store_t *s)
     CHECK_INT_EQ(s->ops->put_mapping(s, 70, NULL, &err), WR_EINVAL);
 }
 
+/* (issue 11) add_tables, where a store has it (optional: the supervisor falls back to
+ * add_table and put_mapping): new tables in Init with their mappings, a table already there
+ * keeps its phase and gets the new mapping, and a bad entry anywhere writes nothing. */
+static void
+test_add_tables(state_store_t *s)
+{
+    state_new_table_t nt[3] = {
+        {72, "public", "a", "a"}, {73, "sales", "b", "sales__b"}, {74, "public", "c", "c"}};
+    state_table_t tb;
+    char buf[32];
+    wr_err_t err;
+
+    if (s->ops->add_tables == NULL)
+        return; /* optional */
+    CHECK_INT_EQ(s->ops->add_table(s, 73, "sales", "b", &err), 0);
+    CHECK_INT_EQ(s->ops->set_phase(s, 73, PH_READY, 0x500, "", "", "", &err), 0);
+    CHECK_INT_EQ(s->ops->add_tables(s, nt, 3, &err), 0);
+    tb = get_table(s, 72, true);
+    CHECK_INT_EQ(tb.phase, PH_INIT);
+    CHECK_STR_EQ(tb.name, "a");
+    tb = get_table(s, 73, true);
+    CHECK_INT_EQ(tb.phase, PH_READY);
+    CHECK_U64_EQ(tb.lsn, 0x500);
+    CHECK_INT_EQ(s->ops->get_mapping(s, 73, buf, sizeof(buf), &err), 0);
+    CHECK_STR_EQ(buf, "sales__b");
+    CHECK_INT_EQ(s->ops->get_mapping(s, 74, buf, sizeof(buf), &err), 0);
+    CHECK_STR_EQ(buf, "c");
+    /* all or nothing: the third entry is refused, the first is not added either */
+    nt[0].relid = 75;
+    nt[2].relid = 76;
+    nt[2].name = NULL;
+    CHECK_INT_EQ(s->ops->add_tables(s, nt, 3, &err), WR_EINVAL);
+    (void)get_table(s, 75, false);
+    (void)get_table(s, 76, false);
+    nt[2].name = "c";
+    nt[2].dest_name = NULL;
+    CHECK_INT_EQ(s->ops->add_tables(s, nt, 3, &err), WR_EINVAL);
+    (void)get_table(s, 75, false);
+    CHECK_INT_EQ(s->ops->add_tables(s, nt, 0, &err), 0);
+}
+
 static void
 test_progress(state_store_t *s)
 {
@@ -764,7 +805,7 @@ conf_run(conf_target_t *t)
     } calls[] = {
         {"tables", test_tables},     {"phases", test_phases},   {"rollback", test_rollback},
         {"remove", test_remove},     {"schemas", test_schemas}, {"mapping", test_mapping},
-        {"progress", test_progress}, {"flags", test_flags},
+        {"progress", test_progress}, {"flags", test_flags},     {"add_tables", test_add_tables},
     };
 
     for (size_t i = 0; i < sizeof(calls) / sizeof(calls[0]); i++)

@@ -95,6 +95,7 @@ check_msg_eq(const ipc_msg_t *a, const ipc_msg_t *b)
         CHECK_STR_EQ(a->u.welcome.pipeline, b->u.welcome.pipeline);
         break;
     case IPC_TABLES:
+        CHECK_INT_EQ(a->u.tables.more, b->u.tables.more);
         CHECK_INT_EQ(a->u.tables.n, b->u.tables.n);
         for (i = 0; i < a->u.tables.n && i < b->u.tables.n; i++)
             check_table_eq(&a->u.tables.tables[i], &b->u.tables.tables[i], false);
@@ -133,8 +134,10 @@ check_msg_eq(const ipc_msg_t *a, const ipc_msg_t *b)
         CHECK_INT_EQ(a->u.copy_progress.relid, b->u.copy_progress.relid);
         CHECK_U64_EQ(a->u.copy_progress.rows, b->u.copy_progress.rows);
         break;
-    case IPC_STOP:
     case IPC_STATUS:
+        CHECK_INT_EQ(a->u.status.after, b->u.status.after);
+        break;
+    case IPC_STOP:
     case IPC_PAUSE:
     case IPC_RESUME:
     case IPC_RELOAD:
@@ -174,6 +177,7 @@ check_msg_eq(const ipc_msg_t *a, const ipc_msg_t *b)
             check_table_eq(&a->u.status_reply.tables[i], &b->u.status_reply.tables[i], true);
         CHECK_STR_EQ(a->u.status_reply.message ? a->u.status_reply.message : "",
                      b->u.status_reply.message);
+        CHECK_INT_EQ(a->u.status_reply.more, b->u.status_reply.more);
         break;
     }
 }
@@ -208,7 +212,7 @@ static ipc_worker_info_t sample_workers[] = {
     {.role = "sync", .relid = 16390, .pid = 0, .restarts = 7, .state = "backoff"},
 };
 
-#define NSAMPLES 21
+#define NSAMPLES 24
 
 /* Fills samples[]; returns the count. samples[i] may reference the schema (freed by caller). */
 static int
@@ -231,6 +235,11 @@ make_samples(ipc_msg_t *s, wr_schema_t *schema)
     s[n].u.tables.tables = sample_tables;
     n++;
     s[n].type = IPC_TABLES; /* empty list */
+    n++;
+    s[n].type = IPC_TABLES; /* (issue 11) a piece of a long list */
+    s[n].u.tables.n = 2;
+    s[n].u.tables.tables = sample_tables;
+    s[n].u.tables.more = true;
     n++;
     s[n].type = IPC_TABLE_STATE;
     s[n].u.table_state.relid = 16384;
@@ -273,6 +282,9 @@ make_samples(ipc_msg_t *s, wr_schema_t *schema)
     n++;
     s[n].type = IPC_STATUS;
     n++;
+    s[n].type = IPC_STATUS; /* (issue 11) the next page */
+    s[n].u.status.after = 4294967295u;
+    n++;
     s[n].type = IPC_OK;
     s[n].u.ok.message = "";
     n++;
@@ -288,6 +300,9 @@ make_samples(ipc_msg_t *s, wr_schema_t *schema)
     s[n].u.status_reply.ntables = 2;
     s[n].u.status_reply.tables = sample_status_tables;
     s[n].u.status_reply.message = "paused by walrelay pause \xc3\xa9";
+    n++;
+    s[n] = s[n - 1]; /* (issue 11) a page with more after it */
+    s[n].u.status_reply.more = true;
     n++;
     s[n].type = IPC_RETRY;
     s[n].u.command.table = "public.orders";
@@ -632,6 +647,10 @@ test_decode_wrong_arity(void)
                 continue;
             if (strcmp(types[i].type, "status_reply") == 0 && bad[k] == 9)
                 continue; /* the layout without "message": accepted, see below */
+            if ((strcmp(types[i].type, "tables") == 0 || strcmp(types[i].type, "status") == 0 ||
+                 strcmp(types[i].type, "status_reply") == 0) &&
+                bad[k] == types[i].arity + 1)
+                continue; /* (issue 11) an optional last element: test_optional_elements */
             msgpack_pack_array(&pk, bad[k]);
             pack_str(&pk, types[i].type);
             for (j = 1; j < bad[k]; j++)
@@ -1183,6 +1202,51 @@ test_status_reply_without_message(void)
     msgpack_sbuffer_destroy(&sb);
 }
 
+/* (issue 11) The optional last elements: sent only when they say something (a short list,
+ * the first page, the last page have the layout they always had), and checked. */
+static void
+test_optional_elements(void)
+{
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_unpacked up;
+    ipc_msg_t m;
+
+    msgpack_sbuffer_init(&sb);
+    memset(&m, 0, sizeof(m));
+    m.type = IPC_TABLES;
+    CHECK_INT_EQ(ipc_encode(&m, &sb), 0);
+    msgpack_unpacked_init(&up);
+    CHECK_INT_EQ(msgpack_unpack_next(&up, sb.data, sb.size, NULL), MSGPACK_UNPACK_SUCCESS);
+    CHECK_INT_EQ(up.data.via.array.size, 2);
+    msgpack_sbuffer_clear(&sb);
+    m.type = IPC_STATUS;
+    CHECK_INT_EQ(ipc_encode(&m, &sb), 0);
+    CHECK_INT_EQ(msgpack_unpack_next(&up, sb.data, sb.size, NULL), MSGPACK_UNPACK_SUCCESS);
+    CHECK_INT_EQ(up.data.via.array.size, 1);
+    msgpack_sbuffer_clear(&sb);
+
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_array(&pk, 3);
+    pack_str(&pk, "tables");
+    msgpack_pack_array(&pk, 0);
+    msgpack_pack_uint32(&pk, 1);
+    expect_decode_error(&sb, "invalid \"tables\" message: element 2 (more) must be a boolean, "
+                             "got integer");
+    msgpack_pack_array(&pk, 2);
+    pack_str(&pk, "status");
+    pack_str(&pk, "16384");
+    expect_decode_error(&sb, "invalid \"status\" message: element 1 (after_relid) must be an "
+                             "unsigned integer, got string");
+    msgpack_pack_array(&pk, 12);
+    pack_str(&pk, "status_reply");
+    for (int i = 1; i < 12; i++)
+        msgpack_pack_uint32(&pk, 1);
+    expect_decode_error(&sb, "invalid \"status_reply\" message: expected 10 elements, got 12");
+    msgpack_unpacked_destroy(&up);
+    msgpack_sbuffer_destroy(&sb);
+}
+
 /* The control commands and table_removed refuse wrong element types. */
 static void
 test_decode_commands_bad(void)
@@ -1255,5 +1319,6 @@ main(void)
     RUN(test_reader_huge_declared_sizes);
     RUN(test_status_reply_without_message);
     RUN(test_decode_commands_bad);
+    RUN(test_optional_elements);
     return unit_done();
 }
