@@ -27,9 +27,10 @@
  *   CLI -> supervisor (control socket) and replies
  *     ["status" (, after_relid)] -> ["status_reply", ... (, more)]   ["stop"] -> ["ok", message]
  *                    a reply holds the tables with relid > after_relid (0: from the first)
- *                    up to about IPC_STATUS_PAGE_BYTES; more = true (an 11th element only
- *                    then): ask again with the last relid it held. Pipeline, state and
- *                    workers come with every reply; the CLI reads them from the first.
+ *                    up to about IPC_STATUS_PAGE_BYTES or IPC_STATUS_PAGE_TABLES of them;
+ *                    more = true (an 11th element only then): ask again with the last
+ *                    relid it held. Pipeline, state and workers come with every reply; the
+ *                    CLI reads them from the first.
  *     ["retry", table] ["resync", table] ["pause"] ["resume"] ["reload"]
  *                    -> ["ok", message] or ["error", message]   (table: "nsp.name" or "name")
  *   either direction
@@ -48,8 +49,9 @@
 #define IPC_MAX_ITEMS     100000
 /* (issue 11) Bounds of the messages that list tables, whatever their number: the tables of
  * the handshake go in pieces of this many, a status reply stops near this many bytes. */
-#define IPC_TABLES_CHUNK      1000
-#define IPC_STATUS_PAGE_BYTES (256u * 1024)
+#define IPC_TABLES_CHUNK       1000
+#define IPC_STATUS_PAGE_BYTES  (256u * 1024)
+#define IPC_STATUS_PAGE_TABLES 2000
 
 typedef enum {
     IPC_HELLO = 1,

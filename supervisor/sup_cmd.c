@@ -408,7 +408,8 @@ sup_status_page(sup_t *s, uint32_t after, ipc_msg_t *out, wr_err_t *err)
     for (size_t i = first; i < nst; i++) {
         ipc_table_info_t *ti = &r->tables[r->ntables];
         const state_table_t *row = &st[i];
-        if (r->ntables > 0 && bytes >= IPC_STATUS_PAGE_BYTES) {
+        if (r->ntables > 0 &&
+            (bytes >= IPC_STATUS_PAGE_BYTES || r->ntables >= IPC_STATUS_PAGE_TABLES)) {
             r->more = true; /* the CLI asks again from the last relid sent */
             break;
         }
