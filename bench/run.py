@@ -4,8 +4,9 @@
   copy:  initial copy of a table of N rows (mixed types) into the `null` and `sqlite`
          destinations, against `psql -c "COPY t TO STDOUT" > /dev/null`.
   drain: a backlog of N changes (inserts, updates, deletes in 1000-row transactions)
-         drained into `null` by walrelay, against `pg_recvlogical` (pgoutput,
-         proto_version=1) draining the same backlog from a second slot.
+         drained into `null` and into `sqlite` by walrelay, against `pg_recvlogical`
+         (pgoutput, proto_version=1) draining the same backlog from another slot; the
+         sqlite destination is checked afterwards (row count and sum).
   scale: --scale-tables tables (default 500) of --scale-rows rows (default 10,000) in one
          publication, copied into `sqlite` with the default [sync] settings: the time until
          every table is ready, the most replication slots and walrelay-sync processes at
@@ -185,11 +186,13 @@ def bench_drain(pg, args, out):
     with psycopg.connect(pg.conninfo, autocommit=True) as c:
         c.execute("CREATE TABLE bench_drain (id bigint PRIMARY KEY, v int, t text)")
         c.execute("CREATE PUBLICATION pub_drain FOR TABLE bench_drain")
-    w = Walrelay(args.build, pg, "pub_drain", "null", "drain_null")
+    pipes = [Walrelay(args.build, pg, "pub_drain", dest, f"drain_{dest}") for dest in ("null", "sqlite")]
     try:
-        w.start()
-        w.wait(w.all_ready, 300, "table ready")
-        w.stop()
+        # each pipeline copies the (empty) table, then stops: its slot waits before the backlog
+        for w in pipes:
+            w.start()
+            w.wait(w.all_ready, 300, "table ready")
+            w.stop()
         with psycopg.connect(pg.conninfo, autocommit=True) as c:
             c.execute("SELECT pg_create_logical_replication_slot('bench_recv', 'pgoutput')")
             n = args.changes
@@ -209,31 +212,44 @@ def bench_drain(pg, args, out):
                 "--endpos", endpos, "-o", "proto_version=1", "-o", "publication_names=pub_drain",
                 "--no-loop", "-f", "/dev/null"]
         base = timed(recv)
-
-        def flushed():
-            with psycopg.connect(pg.conninfo, autocommit=True) as c:
-                r = c.execute("SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots "
-                              "WHERE slot_name = 'walrelay_drain_null'", (endpos,)).fetchone()
-                return bool(r and r[0])
-        w.peak = {}
-        t0 = time.monotonic()
-        w.start()
-        w.wait(flushed, 1800, "slot confirmed past the backlog")
-        dt = time.monotonic() - t0
-        w.stop()
-        p = w.peak
         out.append(f"\n### Drain of a {args.changes:,}-change backlog (½ inserts, ¼ updates, ¼ deletes; 1000-row transactions)\n")
         out.append("| what | seconds | changes/s | ratio to pg_recvlogical | peak RSS MB (supervisor/apply) |")
         out.append("|---|---|---|---|---|")
         out.append(f"| `pg_recvlogical` pgoutput proto 1 → /dev/null | {base:.2f} | {args.changes / base:,.0f} | 1.00 | |")
-        out.append(f"| walrelay → null (until confirmed_flush ≥ end) | {dt:.2f} | {args.changes / dt:,.0f} | "
-                   f"{dt / base:.2f} | {mb(p.get('supervisor', 0))}/{mb(p.get('walrelay-apply', 0))} |")
+        for w in pipes:
+            slot = f"walrelay_{w.name}"
+
+            def flushed():
+                with psycopg.connect(pg.conninfo, autocommit=True) as c:
+                    r = c.execute("SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots "
+                                  "WHERE slot_name = %s", (endpos, slot)).fetchone()
+                    return bool(r and r[0])
+            w.peak = {}
+            t0 = time.monotonic()
+            w.start()
+            w.wait(flushed, 1800, "slot confirmed past the backlog")
+            dt = time.monotonic() - t0
+            w.stop()
+            p = w.peak
+            dest = w.name.split("_", 1)[1]
+            out.append(f"| walrelay → {dest} (until confirmed_flush ≥ end) | {dt:.2f} | {args.changes / dt:,.0f} | "
+                       f"{dt / base:.2f} | {mb(p.get('supervisor', 0))}/{mb(p.get('walrelay-apply', 0))} |")
+        d = sqlite3.connect(os.path.join(pipes[1].dir, "dest.db"))
+        got = d.execute("SELECT count(*), sum(v) FROM bench_drain").fetchone()
+        d.close()
+        keep = range(dele + 1, ins + 1)
+        want = (len(keep), sum(g + (1 if g <= upd else 0) for g in keep))
+        out.append(f"\nsqlite destination after the drain (rows, sum(v)): {tuple(got)}, expected {want}: "
+                   f"{'equal' if tuple(got) == want else 'DIFFERENT'}")
+        if tuple(got) != want:
+            raise RuntimeError(f"drain: the sqlite destination is wrong: {tuple(got)} != {want}")
         with psycopg.connect(pg.conninfo, autocommit=True) as c:
             c.execute("SELECT pg_drop_replication_slot('bench_recv')")
     finally:
-        w.stop() if w.proc and w.proc.poll() is None else None
-        w.cleanup()
-    print("\n".join(out[-6:]), flush=True)
+        for w in pipes:
+            w.stop() if w.proc and w.proc.poll() is None else None
+            w.cleanup()
+    print("\n".join(out[-8:]), flush=True)
 
 
 def bench_bigtx(pg, args, out):

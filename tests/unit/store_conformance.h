@@ -456,6 +456,72 @@ test_add_tables(state_store_t *s)
     CHECK_INT_EQ(s->ops->add_tables(s, nt, 0, &err), 0);
 }
 
+/* (issue 11) The copy plan, where a store keeps one (optional: all three calls or none):
+ * put replaces, range_done marks one range (an unknown one is refused), get reads back in
+ * order with the lsn, n = 0 removes it, remove_table removes it, and plans of two tables
+ * are apart. */
+static void
+test_copy_plan(state_store_t *s)
+{
+    state_copy_range_t r[3] = {
+        {16390, 0, 128, false, 0}, {16390, 128, 0, false, 0}, {16391, 0, 0, false, 0}};
+    state_copy_range_t *got = NULL;
+    wr_lsn_t lsn = 1;
+    size_t n = 9;
+    wr_err_t err;
+
+    if (s->ops->put_copy_plan == NULL) {
+        CHECK(s->ops->copy_range_done == NULL && s->ops->get_copy_plan == NULL);
+        return; /* optional */
+    }
+    CHECK_INT_EQ(s->ops->add_table(s, 77, "public", "p", &err), 0);
+    CHECK_INT_EQ(s->ops->get_copy_plan(s, 77, &lsn, &got, &n, &err), 0);
+    CHECK_INT_EQ(n, 0);
+    CHECK_U64_EQ(lsn, 0);
+    free(got);
+    CHECK_INT_EQ(s->ops->put_copy_plan(s, 77, 0xFFFFFFFF00000010ull, r, 3, &err), 0);
+    CHECK_INT_EQ(s->ops->put_copy_plan(s, 78, 0x20, r, 1, &err), 0);
+    CHECK_INT_EQ(s->ops->copy_range_done(s, 77, 1, 5000000000ull, &err), 0);
+    CHECK_INT_EQ(s->ops->copy_range_done(s, 77, 3, 1, &err), WR_EINVAL);
+    CHECK_CONTAINS(err.msg, "range 3 of table 77");
+    CHECK_INT_EQ(s->ops->copy_range_done(s, 79, 0, 1, &err), WR_EINVAL);
+    CHECK_INT_EQ(s->ops->get_copy_plan(s, 77, &lsn, &got, &n, &err), 0);
+    CHECK_INT_EQ(n, 3);
+    CHECK_U64_EQ(lsn, 0xFFFFFFFF00000010ull);
+    if (n == 3) {
+        CHECK_INT_EQ(got[0].leaf, 16390);
+        CHECK_INT_EQ(got[0].end_page, 128);
+        CHECK(!got[0].done);
+        CHECK_INT_EQ(got[1].first_page, 128);
+        CHECK_INT_EQ(got[1].end_page, 0);
+        CHECK(got[1].done);
+        CHECK_U64_EQ(got[1].rows, 5000000000ull);
+        CHECK_INT_EQ(got[2].leaf, 16391);
+    }
+    free(got);
+    /* replaced: nothing of the old plan stays */
+    CHECK_INT_EQ(s->ops->put_copy_plan(s, 77, 0x30, r + 2, 1, &err), 0);
+    CHECK_INT_EQ(s->ops->get_copy_plan(s, 77, &lsn, &got, &n, &err), 0);
+    CHECK_INT_EQ(n, 1);
+    CHECK_U64_EQ(lsn, 0x30);
+    CHECK(n == 1 && !got[0].done && got[0].leaf == 16391);
+    free(got);
+    CHECK_INT_EQ(s->ops->put_copy_plan(s, 77, 0, NULL, 0, &err), 0);
+    CHECK_INT_EQ(s->ops->get_copy_plan(s, 77, &lsn, &got, &n, &err), 0);
+    CHECK_INT_EQ(n, 0);
+    free(got);
+    CHECK_INT_EQ(s->ops->put_copy_plan(s, 77, 0x30, NULL, 2, &err), WR_EINVAL);
+    /* the other table's plan is untouched, and goes with its table */
+    CHECK_INT_EQ(s->ops->get_copy_plan(s, 78, &lsn, &got, &n, &err), 0);
+    CHECK_INT_EQ(n, 1);
+    free(got);
+    CHECK_INT_EQ(s->ops->add_table(s, 78, "public", "q", &err), 0);
+    CHECK_INT_EQ(s->ops->remove_table(s, 78, &err), 0);
+    CHECK_INT_EQ(s->ops->get_copy_plan(s, 78, &lsn, &got, &n, &err), 0);
+    CHECK_INT_EQ(n, 0);
+    free(got);
+}
+
 static void
 test_progress(state_store_t *s)
 {
@@ -803,9 +869,10 @@ conf_run(conf_target_t *t)
         const char *name;
         conf_store_fn fn;
     } calls[] = {
-        {"tables", test_tables},     {"phases", test_phases},   {"rollback", test_rollback},
-        {"remove", test_remove},     {"schemas", test_schemas}, {"mapping", test_mapping},
-        {"progress", test_progress}, {"flags", test_flags},     {"add_tables", test_add_tables},
+        {"tables", test_tables},       {"phases", test_phases},   {"rollback", test_rollback},
+        {"remove", test_remove},       {"schemas", test_schemas}, {"mapping", test_mapping},
+        {"progress", test_progress},   {"flags", test_flags},     {"add_tables", test_add_tables},
+        {"copy_plan", test_copy_plan},
     };
 
     for (size_t i = 0; i < sizeof(calls) / sizeof(calls[0]); i++)
