@@ -16,6 +16,7 @@
  *       layout before it was added) is accepted and decodes with message "".
  *   - retry, resync: ["retry", table] with table "nsp.name" or "name";
  *     table_removed: ["table_removed", relid].
+ *   - copy_plan ranges: [leaf, first_page, end_page, rows, done], done a boolean.
  *   - schema: [nsp, name, replident, [[name, oid, typmod, flags]...]], replident a
  *     one-character string ("d", "n", "f", "i"), flags bit 0 (1) = is_key,
  *     bit 1 (2) = not_null.
@@ -62,19 +63,30 @@ static const char *const ipc_type_names[] = {
     [IPC_RESUME] = "resume",
     [IPC_RELOAD] = "reload",
     [IPC_TABLE_REMOVED] = "table_removed",
+    [IPC_COPY_PLAN] = "copy_plan",
+    [IPC_COPY_PLAN_GET] = "copy_plan_get",
+    [IPC_COPY_RANGE_DONE] = "copy_range_done",
 };
 
 /* The highest type: ipc_type_valid and the decoder's name lookup stop there. */
-#define IPC_LAST_TYPE IPC_TABLE_REMOVED
+#define IPC_LAST_TYPE IPC_COPY_RANGE_DONE
 
 /* Number of array elements of each message, the type name included. */
 static const uint32_t ipc_arity[] = {
-    [IPC_HELLO] = 5,         [IPC_WELCOME] = 3, [IPC_TABLES] = 2, [IPC_TABLE_STATE] = 4,
-    [IPC_SET_PHASE] = 8,     [IPC_ACK] = 4,     [IPC_SCHEMA] = 5, [IPC_PROGRESS] = 4,
-    [IPC_COPY_PROGRESS] = 3, [IPC_STOP] = 1,    [IPC_ERROR] = 2,  [IPC_STATUS] = 1,
-    [IPC_STATUS_REPLY] = 10, [IPC_OK] = 2,      [IPC_RETRY] = 2,  [IPC_RESYNC] = 2,
-    [IPC_PAUSE] = 1,         [IPC_RESUME] = 1,  [IPC_RELOAD] = 1, [IPC_TABLE_REMOVED] = 2,
+    [IPC_HELLO] = 5,           [IPC_WELCOME] = 3,
+    [IPC_TABLES] = 2,          [IPC_TABLE_STATE] = 4,
+    [IPC_SET_PHASE] = 8,       [IPC_ACK] = 4,
+    [IPC_SCHEMA] = 5,          [IPC_PROGRESS] = 4,
+    [IPC_COPY_PROGRESS] = 3,   [IPC_STOP] = 1,
+    [IPC_ERROR] = 2,           [IPC_STATUS] = 1,
+    [IPC_STATUS_REPLY] = 10,   [IPC_OK] = 2,
+    [IPC_RETRY] = 2,           [IPC_RESYNC] = 2,
+    [IPC_PAUSE] = 1,           [IPC_RESUME] = 1,
+    [IPC_RELOAD] = 1,          [IPC_TABLE_REMOVED] = 2,
+    [IPC_COPY_PLAN] = 6,       [IPC_COPY_PLAN_GET] = 3,
+    [IPC_COPY_RANGE_DONE] = 5,
 };
+#define IPC_NRANGE_FIELDS 5 /* [leaf, first_page, end_page, rows, done] */
 /* status_reply without its last element (message), as sent before it was added */
 #define IPC_STATUS_REPLY_MIN_ARITY 9
 
@@ -343,6 +355,35 @@ ipc_encode(const ipc_msg_t *m, msgpack_sbuffer *sb)
     case IPC_RETRY:
     case IPC_RESYNC:
         enc_str(&e, m->u.command.table);
+        break;
+    case IPC_COPY_PLAN:
+        enc_u64(&e, m->u.copy_plan.req);
+        enc_u64(&e, m->u.copy_plan.relid);
+        enc_u64(&e, m->u.copy_plan.lsn);
+        enc_str(&e, m->u.copy_plan.snapshot);
+        if (e.rc == 0 && (m->u.copy_plan.n > IPC_MAX_COPY_RANGES ||
+                          (m->u.copy_plan.n > 0 && !m->u.copy_plan.ranges)))
+            e.rc = WR_EINVAL;
+        enc_array(&e, m->u.copy_plan.n);
+        for (uint32_t i = 0; i < m->u.copy_plan.n && e.rc == 0; i++) {
+            const ipc_copy_range_t *r = &m->u.copy_plan.ranges[i];
+            enc_array(&e, IPC_NRANGE_FIELDS);
+            enc_u64(&e, r->leaf);
+            enc_u64(&e, r->first_page);
+            enc_u64(&e, r->end_page);
+            enc_u64(&e, r->rows);
+            enc_bool(&e, r->done);
+        }
+        break;
+    case IPC_COPY_PLAN_GET:
+        enc_u64(&e, m->u.copy_plan_get.req);
+        enc_u64(&e, m->u.copy_plan_get.relid);
+        break;
+    case IPC_COPY_RANGE_DONE:
+        enc_u64(&e, m->u.copy_range_done.req);
+        enc_u64(&e, m->u.copy_range_done.relid);
+        enc_u64(&e, m->u.copy_range_done.part);
+        enc_u64(&e, m->u.copy_range_done.rows);
         break;
     case IPC_TABLE_REMOVED:
         enc_u64(&e, m->u.table_removed.relid);
@@ -751,6 +792,39 @@ dec_tables(ipc_dec_t *d, const msgpack_object_array *a, uint32_t i, bool full, u
     return 0;
 }
 
+/* (issue 11) The ranges of a copy_plan, list element i. */
+static int
+dec_ranges(ipc_dec_t *d, const msgpack_object_array *a, uint32_t i, uint32_t *n,
+           ipc_copy_range_t **out)
+{
+    const msgpack_object_array *list, *it;
+    size_t old;
+    int rc;
+
+    if ((rc = dec_list(d, a, i, "ranges", IPC_MAX_COPY_RANGES, &list)))
+        return rc;
+    if (list->size == 0)
+        return 0;
+    if (!(*out = calloc(list->size, sizeof(**out))))
+        return dec_oom(d);
+    *n = list->size;
+    for (uint32_t j = 0; j < list->size; j++) {
+        ipc_copy_range_t *r = &(*out)[j];
+        if ((rc = dec_item(d, list, i, "ranges", j, IPC_NRANGE_FIELDS, &it)))
+            return rc;
+        old = dec_push_item(d, i, "ranges", j);
+        if (!(rc = dec_u32(d, it, 0, "leaf", &r->leaf)) &&
+            !(rc = dec_u32(d, it, 1, "first_page", &r->first_page)) &&
+            !(rc = dec_u32(d, it, 2, "end_page", &r->end_page)) &&
+            !(rc = dec_u64(d, it, 3, "rows", &r->rows)))
+            rc = dec_bool(d, it, 4, "done", &r->done);
+        dec_pop(d, old);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
 static int
 dec_workers(ipc_dec_t *d, const msgpack_object_array *a, uint32_t i, uint32_t *n,
             ipc_worker_info_t **out)
@@ -861,6 +935,23 @@ dec_body(ipc_dec_t *d, const msgpack_object_array *a, ipc_msg_t *m)
         return dec_str(d, a, 1, "table", &m->u.command.table);
     case IPC_TABLE_REMOVED:
         return dec_u32(d, a, 1, "relid", &m->u.table_removed.relid);
+    case IPC_COPY_PLAN:
+        if ((rc = dec_u32(d, a, 1, "req", &m->u.copy_plan.req)) ||
+            (rc = dec_u32(d, a, 2, "relid", &m->u.copy_plan.relid)) ||
+            (rc = dec_u64(d, a, 3, "lsn", &m->u.copy_plan.lsn)) ||
+            (rc = dec_str(d, a, 4, "snapshot", &m->u.copy_plan.snapshot)))
+            return rc;
+        return dec_ranges(d, a, 5, &m->u.copy_plan.n, &m->u.copy_plan.ranges);
+    case IPC_COPY_PLAN_GET:
+        if ((rc = dec_u32(d, a, 1, "req", &m->u.copy_plan_get.req)))
+            return rc;
+        return dec_u32(d, a, 2, "relid", &m->u.copy_plan_get.relid);
+    case IPC_COPY_RANGE_DONE:
+        if ((rc = dec_u32(d, a, 1, "req", &m->u.copy_range_done.req)) ||
+            (rc = dec_u32(d, a, 2, "relid", &m->u.copy_range_done.relid)) ||
+            (rc = dec_u32(d, a, 3, "part", &m->u.copy_range_done.part)))
+            return rc;
+        return dec_u64(d, a, 4, "rows", &m->u.copy_range_done.rows);
     case IPC_ERROR:
         return dec_str(d, a, 1, "message", &m->u.error.message);
     case IPC_OK:
@@ -1001,6 +1092,12 @@ ipc_msg_clear(ipc_msg_t *m)
     case IPC_RESYNC:
         free(m->u.command.table);
         break;
+    case IPC_COPY_PLAN:
+        free(m->u.copy_plan.snapshot);
+        free(m->u.copy_plan.ranges);
+        break;
+    case IPC_COPY_PLAN_GET:
+    case IPC_COPY_RANGE_DONE:
     case IPC_PAUSE:
     case IPC_RESUME:
     case IPC_RELOAD:

@@ -13,6 +13,16 @@
  *     ["schema", req, relid, lsn, [nsp, name, replident, [[name, oid, typmod, flags]...]]] -> ack
  *     ["progress", flush_lsn, received_lsn, events]     apply: durable position, for status
  *     ["copy_progress", relid, rows]                    sync: rows copied so far
+ *     (issue 11, the parallel copy; sync only)
+ *     ["copy_plan", req, relid, lsn, snapshot, [[leaf, first_page, end_page, rows, done]...]]
+ *                        -> ack: persist the table's copy plan (replacing any; an empty
+ *                        list removes it), then hold `snapshot` (if not "") open in a
+ *                        transaction of the supervisor's, so that a worker started after
+ *                        a crash can import it; the ack's message is the name of the
+ *                        snapshot held ("" if none could be)
+ *     ["copy_plan_get", req, relid] -> ["copy_plan", req, relid, lsn, snapshot, [...]]
+ *                        the table's plan (an empty list if none) and the snapshot held
+ *     ["copy_range_done", req, relid, part, rows] -> ack: range `part` committed
  *   supervisor -> worker
  *     ["welcome", version, pipeline]
  *     ["tables", [[relid, nsp, name, phase, lsn], ...] (, more)]
@@ -77,7 +87,24 @@ typedef enum {
     IPC_RELOAD, /* ["reload"] */
     /* supervisor -> apply worker: */
     IPC_TABLE_REMOVED, /* ["table_removed", relid]: the table left the publication */
+    /* added for issue 11 (the parallel copy), see above: */
+    IPC_COPY_PLAN,
+    IPC_COPY_PLAN_GET,
+    IPC_COPY_RANGE_DONE,
 } ipc_type_t;
+
+/* Most ranges in a copy_plan (state.h STATE_MAX_COPY_RANGES). */
+#define IPC_MAX_COPY_RANGES 4096
+
+/* One range of copy_plan: pages [first_page, end_page) of relation leaf (end_page 0: to its
+ * end); rows and done once committed. */
+typedef struct ipc_copy_range_s {
+    uint32_t leaf;
+    uint32_t first_page;
+    uint32_t end_page;
+    uint64_t rows;
+    bool done;
+} ipc_copy_range_t;
 
 typedef struct ipc_table_info_s {
     uint32_t relid;
@@ -180,6 +207,24 @@ typedef struct ipc_msg_s {
         struct {
             uint32_t after; /* (issue 11) tables with a greater relid; 0: all */
         } status;
+        struct {
+            uint32_t req;
+            uint32_t relid;
+            wr_lsn_t lsn;
+            char *snapshot;
+            uint32_t n;
+            ipc_copy_range_t *ranges;
+        } copy_plan;
+        struct {
+            uint32_t req;
+            uint32_t relid;
+        } copy_plan_get;
+        struct {
+            uint32_t req;
+            uint32_t relid;
+            uint32_t part;
+            uint64_t rows;
+        } copy_range_done;
         struct {
             char *table;
         } command; /* retry, resync: "nsp.name" or "name" */

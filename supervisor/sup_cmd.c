@@ -307,6 +307,7 @@ sup_cmd_reload(sup_t *s, char *msg, size_t len, wr_err_t *err)
     SUP_LIVE(batch_max_bytes, "[batch] max_bytes", true);
     SUP_LIVE(max_table_sync_workers, "[sync] max_table_sync_workers", false);
     SUP_LIVE(copy_batch_rows, "[sync] copy_batch_rows", true);
+    SUP_LIVE(max_copy_connections_per_table, "[sync] max_copy_connections_per_table", true);
     SUP_LIVE(worker_max_failures, "[retry] worker_max_failures", false);
     SUP_LIVE(backoff_initial_ms, "[retry] backoff_initial_ms", false);
     SUP_LIVE(backoff_max_ms, "[retry] backoff_max_ms", false);

@@ -455,6 +455,8 @@ on_message(sup_t *s, sup_proc_t *p, const ipc_msg_t *m)
                  m->u.error.message ? m->u.error.message : "");
         return;
     default:
+        if (sup__copy_on_message(s, p, m))
+            return;
         break;
     }
     snprintf(msg, sizeof(msg), "unexpected message \"%s\" from the %s worker",
@@ -999,6 +1001,7 @@ sup__tick_cb(uv_timer_t *h)
     for (size_t i = 0; i < s->ntables; i++)
         tick_worker(s, &s->tables[i]->sync, now);
     sup__lease_tick(s, now);
+    sup__copy_tick(s);
     if (s->progress_dirty && now - s->progress_saved_at >= SUP_PROGRESS_SAVE_MS)
         sup__save_progress(s);
     if (!s->stopping) {

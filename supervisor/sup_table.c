@@ -98,6 +98,7 @@ void
 sup__table_free(sup_table_t *t)
 {
     if (t) {
+        sup__copy_release(t, "supervisor exiting or table removed");
         wr_schema_free(t->schema);
         free(t);
     }

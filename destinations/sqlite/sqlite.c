@@ -2276,6 +2276,21 @@ sq_key_is_index(const sq_table_t *t)
     return nk > 1 || (nk == 1 && strcmp(sqt_decl(t->schema->cols[col].type_oid), "INTEGER") != 0);
 }
 
+/* Forgets the committed ranges of relid's copy (a copy begins or ends). */
+static int
+sq_forget_ranges(dest_sqlite_t *d, uint32_t relid, wr_err_t *err)
+{
+    sqlite3_stmt *st = NULL;
+    int rc;
+
+    if ((rc = sq_prepare(d, "DELETE FROM _walrelay_copy_ranges WHERE relid = ?1", &st, err)) < 0)
+        return rc;
+    sqlite3_bind_int64(st, 1, relid);
+    rc = sqlite3_step(st) == SQLITE_DONE ? 0 : sq_fail(d, err, "forgetting the copied ranges");
+    sqlite3_finalize(st);
+    return rc;
+}
+
 /* The table is empty and its copy begins (reset_table). */
 static int
 sq_copy_start(dest_sqlite_t *d, sq_table_t *t, wr_err_t *err)
@@ -2287,6 +2302,8 @@ sq_copy_start(dest_sqlite_t *d, sq_table_t *t, wr_err_t *err)
     sb_add(&b, "DROP TABLE IF EXISTS ");
     sb_ident(&b, t->stage_name);
     if ((rc = sq_exec_buf(d, &b, t->dest_name, err)) < 0)
+        return rc;
+    if ((rc = sq_forget_ranges(d, t->relid, err)) < 0)
         return rc;
     t->staged = false;
     if (sq_key_is_index(t)) {
@@ -2353,8 +2370,110 @@ sq_copy_done(dest_t *base, uint32_t relid, wr_err_t *err)
             return rc;
         t->staged = false;
     }
+    if ((rc = sq_forget_ranges(d, t->relid, err)) < 0)
+        return rc;
     t->copying = false;
     t->created_in_txn = true; /* a rollback forgets the table (see above) */
+    if ((rc = sq_prepare_inserts(d, t, err)) < 0)
+        return rc;
+    sq_sync_mode(d);
+    return 0;
+}
+
+/* commit_range: the range's record, then the commit, made durable (the copy's commits are
+ * NORMAL: the WAL is synced after this one). */
+static int
+sq_commit_range(dest_t *base, uint32_t relid, wr_lsn_t lsn, uint32_t part, uint64_t rows,
+                wr_err_t *err)
+{
+    dest_sqlite_t *d = (dest_sqlite_t *)base;
+    sqlite3_stmt *st = NULL;
+    int rc;
+
+    if ((rc = sq_need_txn(d, "commit_range", err)) < 0)
+        return rc;
+    if ((rc = sq_prepare(d,
+                         "INSERT OR REPLACE INTO _walrelay_copy_ranges (relid, lsn, part, rows) "
+                         "VALUES (?1, ?2, ?3, ?4)",
+                         &st, err)) < 0) {
+        sq_rollback(base, &(wr_err_t){0});
+        return rc;
+    }
+    sqlite3_bind_int64(st, 1, relid);
+    sqlite3_bind_int64(st, 2, (int64_t)lsn);
+    sqlite3_bind_int64(st, 3, part);
+    sqlite3_bind_int64(st, 4, (int64_t)rows);
+    rc = sqlite3_step(st) == SQLITE_DONE
+             ? 0
+             : sq_fail(d, err, "recording range %u of table %u", part, (unsigned)relid);
+    sqlite3_finalize(st);
+    if (rc < 0) {
+        sq_rollback(base, &(wr_err_t){0});
+        return rc;
+    }
+    if (d->sync_level < 2)
+        d->sync_wal = true;
+    return sq_commit(base, NULL, NULL, err);
+}
+
+static int
+sq_ranges_done(dest_t *base, uint32_t relid, wr_lsn_t lsn, bool *done, uint64_t *rows, uint32_t n,
+               wr_err_t *err)
+{
+    dest_sqlite_t *d = (dest_sqlite_t *)base;
+    sqlite3_stmt *st = NULL;
+    int rc, r;
+
+    if ((rc = sq_prepare(d,
+                         "SELECT part, rows FROM _walrelay_copy_ranges WHERE relid = ?1 AND "
+                         "lsn = ?2",
+                         &st, err)) < 0)
+        return rc;
+    sqlite3_bind_int64(st, 1, relid);
+    sqlite3_bind_int64(st, 2, (int64_t)lsn);
+    while ((r = sqlite3_step(st)) == SQLITE_ROW) {
+        int64_t part = sqlite3_column_int64(st, 0);
+
+        if (part >= 0 && part < (int64_t)n) {
+            done[part] = true;
+            rows[part] = (uint64_t)sqlite3_column_int64(st, 1);
+        }
+    }
+    rc = r == SQLITE_DONE
+             ? 0
+             : sq_fail(d, err, "reading the copied ranges of table %u", (unsigned)relid);
+    sqlite3_finalize(st);
+    return rc;
+}
+
+/* copy_resume: the table registered, and its copy state as reset_table left it (staged if
+ * its staging table is there). */
+static int
+sq_copy_resume(dest_t *base, const wr_schema_t *s, wr_err_t *err)
+{
+    dest_sqlite_t *d = (dest_sqlite_t *)base;
+    sqlite3_stmt *st = NULL;
+    sq_table_t *t;
+    int rc;
+
+    if ((rc = sq_need_txn(d, "copy_resume", err)) < 0)
+        return rc;
+    if ((rc = sq_ensure_table(base, s, err)) < 0 || (rc = sq_get_table(d, s->relid, &t, err)) < 0)
+        return rc;
+    snprintf(t->stage_name, sizeof(t->stage_name), "_walrelay_copy_%u", (unsigned)t->relid);
+    if ((rc = sq_prepare(d, "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+                         &st, err)) < 0)
+        return rc;
+    sqlite3_bind_text(st, 1, t->stage_name, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) != SQLITE_ROW) {
+        rc = sq_fail(d, err, "looking for the staging table of \"%s\"", t->dest_name);
+        sqlite3_finalize(st);
+        return rc;
+    }
+    t->staged = sqlite3_column_int64(st, 0) > 0;
+    sqlite3_finalize(st);
+    t->copying = true;
+    t->created_in_txn = true; /* a rollback forgets the table */
     if ((rc = sq_prepare_inserts(d, t, err)) < 0)
         return rc;
     sq_sync_mode(d);
@@ -2518,6 +2637,11 @@ sq_open(const wr_config_t *cfg, dest_t **out, wr_err_t *err)
                       "columns_json TEXT NOT NULL, relfilenode INTEGER NOT NULL, "
                       "attstate TEXT NOT NULL, attxmins TEXT NOT NULL, change TEXT, "
                       "recorded_at TEXT, PRIMARY KEY (relid, version_lsn, version_ordinal))",
+                      err)) < 0 ||
+        (rc = sq_exec(d,
+                      "CREATE TABLE IF NOT EXISTS _walrelay_copy_ranges ("
+                      "relid INTEGER NOT NULL, lsn INTEGER NOT NULL, part INTEGER NOT NULL, "
+                      "rows INTEGER NOT NULL, PRIMARY KEY (relid, part))",
                       err)) < 0)
         goto fail;
     if ((rc = sq_prepare(d, "BEGIN IMMEDIATE", &d->st_begin, err)) < 0 ||
@@ -2561,4 +2685,8 @@ const dest_ops_t dest_sqlite_ops = {
     .alter_table = sq_alter_table,
     .reset_table = sq_reset_table,
     .copy_done = sq_copy_done,
+    .range_writers = 1,
+    .commit_range = sq_commit_range,
+    .ranges_done = sq_ranges_done,
+    .copy_resume = sq_copy_resume,
 };

@@ -137,6 +137,31 @@ check_msg_eq(const ipc_msg_t *a, const ipc_msg_t *b)
     case IPC_STATUS:
         CHECK_INT_EQ(a->u.status.after, b->u.status.after);
         break;
+    case IPC_COPY_PLAN:
+        CHECK_INT_EQ(a->u.copy_plan.req, b->u.copy_plan.req);
+        CHECK_INT_EQ(a->u.copy_plan.relid, b->u.copy_plan.relid);
+        CHECK_U64_EQ(a->u.copy_plan.lsn, b->u.copy_plan.lsn);
+        CHECK_STR_EQ(a->u.copy_plan.snapshot, b->u.copy_plan.snapshot);
+        CHECK_INT_EQ(a->u.copy_plan.n, b->u.copy_plan.n);
+        for (i = 0; i < a->u.copy_plan.n && i < b->u.copy_plan.n; i++) {
+            const ipc_copy_range_t *x = &a->u.copy_plan.ranges[i], *y = &b->u.copy_plan.ranges[i];
+            CHECK_INT_EQ(x->leaf, y->leaf);
+            CHECK_INT_EQ(x->first_page, y->first_page);
+            CHECK_INT_EQ(x->end_page, y->end_page);
+            CHECK_U64_EQ(x->rows, y->rows);
+            CHECK_INT_EQ(x->done, y->done);
+        }
+        break;
+    case IPC_COPY_PLAN_GET:
+        CHECK_INT_EQ(a->u.copy_plan_get.req, b->u.copy_plan_get.req);
+        CHECK_INT_EQ(a->u.copy_plan_get.relid, b->u.copy_plan_get.relid);
+        break;
+    case IPC_COPY_RANGE_DONE:
+        CHECK_INT_EQ(a->u.copy_range_done.req, b->u.copy_range_done.req);
+        CHECK_INT_EQ(a->u.copy_range_done.relid, b->u.copy_range_done.relid);
+        CHECK_INT_EQ(a->u.copy_range_done.part, b->u.copy_range_done.part);
+        CHECK_U64_EQ(a->u.copy_range_done.rows, b->u.copy_range_done.rows);
+        break;
     case IPC_STOP:
     case IPC_PAUSE:
     case IPC_RESUME:
@@ -183,6 +208,11 @@ check_msg_eq(const ipc_msg_t *a, const ipc_msg_t *b)
 }
 
 /* Hand-made samples of every message type. The static data outlives the tests. */
+static ipc_copy_range_t sample_ranges[] = {
+    {16390, 0, 4096, 123456789012ull, true},
+    {16391, 4096, 0, 0, false},
+};
+
 static ipc_table_info_t sample_tables[] = {
     {.relid = 16384, .nsp = "public", .name = "orders", .phase = PH_READY, .lsn = 0x16B374D848ull},
     {.relid = 4294967295u, .nsp = "s", .name = "t", .phase = PH_SYNCWAIT, .lsn = UINT64_MAX},
@@ -212,7 +242,7 @@ static ipc_worker_info_t sample_workers[] = {
     {.role = "sync", .relid = 16390, .pid = 0, .restarts = 7, .state = "backoff"},
 };
 
-#define NSAMPLES 24
+#define NSAMPLES 28
 
 /* Fills samples[]; returns the count. samples[i] may reference the schema (freed by caller). */
 static int
@@ -319,6 +349,29 @@ make_samples(ipc_msg_t *s, wr_schema_t *schema)
     s[n].type = IPC_TABLE_REMOVED;
     s[n].u.table_removed.relid = 4294967295u;
     n++;
+    s[n].type = IPC_COPY_PLAN;
+    s[n].u.copy_plan.req = 9;
+    s[n].u.copy_plan.relid = 16384;
+    s[n].u.copy_plan.lsn = 0xFFFFFFFF00000001ull;
+    s[n].u.copy_plan.snapshot = "00000003-00000002-1";
+    s[n].u.copy_plan.n = 2;
+    s[n].u.copy_plan.ranges = sample_ranges;
+    n++;
+    s[n].type = IPC_COPY_PLAN; /* no plan, no snapshot */
+    s[n].u.copy_plan.req = 10;
+    s[n].u.copy_plan.relid = 16384;
+    s[n].u.copy_plan.snapshot = "";
+    n++;
+    s[n].type = IPC_COPY_PLAN_GET;
+    s[n].u.copy_plan_get.req = 11;
+    s[n].u.copy_plan_get.relid = 16384;
+    n++;
+    s[n].type = IPC_COPY_RANGE_DONE;
+    s[n].u.copy_range_done.req = 12;
+    s[n].u.copy_range_done.relid = 16384;
+    s[n].u.copy_range_done.part = 4095;
+    s[n].u.copy_range_done.rows = 5000000000ull;
+    n++;
     return n;
 }
 
@@ -370,6 +423,9 @@ test_type_names(void)
     CHECK_STR_EQ(ipc_type_name(IPC_RESUME), "resume");
     CHECK_STR_EQ(ipc_type_name(IPC_RELOAD), "reload");
     CHECK_STR_EQ(ipc_type_name(IPC_TABLE_REMOVED), "table_removed");
+    CHECK_STR_EQ(ipc_type_name(IPC_COPY_PLAN), "copy_plan");
+    CHECK_STR_EQ(ipc_type_name(IPC_COPY_PLAN_GET), "copy_plan_get");
+    CHECK_STR_EQ(ipc_type_name(IPC_COPY_RANGE_DONE), "copy_range_done");
     CHECK_STR_EQ(ipc_type_name((ipc_type_t)0), "unknown");
     CHECK_STR_EQ(ipc_type_name((ipc_type_t)99), "unknown");
 }
@@ -632,6 +688,7 @@ test_decode_wrong_arity(void)
         {"copy_progress", 3}, {"stop", 1},    {"error", 2},  {"status", 1},
         {"status_reply", 10}, {"ok", 2},      {"retry", 2},  {"resync", 2},
         {"pause", 1},         {"resume", 1},  {"reload", 1}, {"table_removed", 2},
+        {"copy_plan", 6},     {"copy_plan_get", 3},           {"copy_range_done", 5},
     };
     msgpack_sbuffer sb;
     msgpack_packer pk;
@@ -1247,6 +1304,62 @@ test_optional_elements(void)
     msgpack_sbuffer_destroy(&sb);
 }
 
+/* (issue 11) copy_plan: a range of the wrong size, a done that is not a boolean, too many
+ * ranges; and the encoder refuses what the decoder would. */
+static void
+test_copy_plan_bad(void)
+{
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    ipc_msg_t m;
+
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_array(&pk, 6);
+    pack_str(&pk, "copy_plan");
+    msgpack_pack_uint32(&pk, 1);
+    msgpack_pack_uint32(&pk, 16384);
+    msgpack_pack_uint64(&pk, 5);
+    pack_str(&pk, "snap");
+    msgpack_pack_array(&pk, 1);
+    msgpack_pack_array(&pk, 4);
+    for (int i = 0; i < 4; i++)
+        msgpack_pack_uint32(&pk, 1);
+    expect_decode_error(&sb, "invalid \"copy_plan\" message: element 5 (ranges) item 0 must "
+                             "have 5 elements, got 4");
+    msgpack_pack_array(&pk, 6);
+    pack_str(&pk, "copy_plan");
+    msgpack_pack_uint32(&pk, 1);
+    msgpack_pack_uint32(&pk, 16384);
+    msgpack_pack_uint64(&pk, 5);
+    pack_str(&pk, "snap");
+    msgpack_pack_array(&pk, 1);
+    msgpack_pack_array(&pk, 5);
+    for (int i = 0; i < 4; i++)
+        msgpack_pack_uint32(&pk, 1);
+    msgpack_pack_uint32(&pk, 1);
+    expect_decode_error(&sb, "element 5 (ranges) item 0 element 4 (done) must be a boolean");
+    msgpack_pack_array(&pk, 6);
+    pack_str(&pk, "copy_plan");
+    msgpack_pack_uint32(&pk, 1);
+    msgpack_pack_uint32(&pk, 16384);
+    msgpack_pack_uint64(&pk, 5);
+    pack_str(&pk, "snap");
+    msgpack_pack_array(&pk, IPC_MAX_COPY_RANGES + 1);
+    for (int i = 0; i < IPC_MAX_COPY_RANGES + 1; i++)
+        msgpack_pack_nil(&pk);
+    expect_decode_error(&sb, "element 5 (ranges) must have at most 4096 items, got 4097");
+    memset(&m, 0, sizeof(m));
+    m.type = IPC_COPY_PLAN;
+    m.u.copy_plan.snapshot = "";
+    m.u.copy_plan.n = IPC_MAX_COPY_RANGES + 1;
+    m.u.copy_plan.ranges = sample_ranges;
+    msgpack_sbuffer_clear(&sb);
+    CHECK_INT_EQ(ipc_encode(&m, &sb), WR_EINVAL);
+    CHECK_INT_EQ(sb.size, 0);
+    msgpack_sbuffer_destroy(&sb);
+}
+
 /* The control commands and table_removed refuse wrong element types. */
 static void
 test_decode_commands_bad(void)
@@ -1320,5 +1433,6 @@ main(void)
     RUN(test_status_reply_without_message);
     RUN(test_decode_commands_bad);
     RUN(test_optional_elements);
+    RUN(test_copy_plan_bad);
     return unit_done();
 }
