@@ -2276,7 +2276,7 @@ sq_key_is_index(const sq_table_t *t)
     return nk > 1 || (nk == 1 && strcmp(sqt_decl(t->schema->cols[col].type_oid), "INTEGER") != 0);
 }
 
-/* Forgets the committed ranges of relid's copy (a copy begins or ends). */
+/* Forgets the committed ranges of relid's last copy (a new copy begins). */
 static int
 sq_forget_ranges(dest_sqlite_t *d, uint32_t relid, wr_err_t *err)
 {
@@ -2370,8 +2370,9 @@ sq_copy_done(dest_t *base, uint32_t relid, wr_err_t *err)
             return rc;
         t->staged = false;
     }
-    if ((rc = sq_forget_ranges(d, t->relid, err)) < 0)
-        return rc;
+    /* the ranges' records stay until the next copy of the table (sq_copy_start): a worker
+     * that dies between this commit and FinishedCopy is followed by one that finds every
+     * range committed and copies nothing again */
     t->copying = false;
     t->created_in_txn = true; /* a rollback forgets the table (see above) */
     if ((rc = sq_prepare_inserts(d, t, err)) < 0)

@@ -162,6 +162,75 @@ static const colspec_t items_cols[] = {
 
 /* ---- tests ------------------------------------------------------------------------ */
 
+/* (issue 11) Ranges: commit_range records a range with its rows atomically (a rolled back
+ * one is not recorded), ranges_done reads them for one snapshot lsn, a new handle takes the
+ * copy up with copy_resume (the staging table and its rows kept), copy_done ends it and the
+ * records stay until the next copy of the table begins. */
+static void
+test_copy_ranges(void)
+{
+    static const colspec_t cols[] = {{"k", PGT_TEXT, true}, {"n", PGT_INT4, false}};
+    dest_t *d = open_new();
+    wr_schema_t *s = mk_schema(64, "public", "rk", cols, 2);
+    wr_err_t err = {0};
+    dest_tmeta_t meta;
+    wr_val_t v[4][2] = {
+        {TV("d"), TV("1")}, {TV("c"), TV("2")}, {TV("b"), TV("3")}, {TV("a"), TV("4")}};
+    wr_row_t rows[4] = {{2, v[0]}, {2, v[1]}, {2, v[2]}, {2, v[3]}};
+    bool done[3] = {false, false, false};
+    uint64_t nrows[3] = {0, 0, 0};
+
+    memset(&meta, 0, sizeof(meta));
+    CHECK_INT_EQ(d->ops->range_writers, 1);
+    CHECK_INT_EQ(d->ops->begin(d, &err), 0);
+    CHECK_INT_EQ(d->ops->reset_table(d, s, &meta, &err), 0);
+    CHECK_INT_EQ(d->ops->commit(d, NULL, NULL, &err), 0);
+    CHECK_INT_EQ(d->ops->begin(d, &err), 0);
+    CHECK_INT_EQ(d->ops->write_rows(d, 64, rows, 2, &err), 0);
+    CHECK_INT_EQ(d->ops->commit_range(d, 64, 0x500, 1, 2, &err), 0);
+    /* a range rolled back leaves nothing, not even its record */
+    CHECK_INT_EQ(d->ops->begin(d, &err), 0);
+    CHECK_INT_EQ(d->ops->write_rows(d, 64, rows + 2, 1, &err), 0);
+    CHECK_INT_EQ(d->ops->rollback(d, &err), 0);
+    CHECK_INT_EQ(d->ops->ranges_done(d, 64, 0x500, done, nrows, 3, &err), 0);
+    CHECK(!done[0] && done[1] && !done[2]);
+    CHECK_U64_EQ(nrows[1], 2);
+    CHECK_STR_EQ(q1("SELECT count(*) FROM _walrelay_copy_64"), "2");
+    /* another snapshot's copy knows nothing of it */
+    done[1] = false;
+    CHECK_INT_EQ(d->ops->ranges_done(d, 64, 0x600, done, nrows, 3, &err), 0);
+    CHECK(!done[1]);
+    d->ops->close(d); /* the process dies */
+
+    d = reopen();
+    CHECK_INT_EQ(d->ops->begin(d, &err), 0);
+    CHECK_INT_EQ(d->ops->copy_resume(d, s, &err), 0);
+    CHECK_INT_EQ(d->ops->commit(d, NULL, NULL, &err), 0);
+    CHECK_INT_EQ(d->ops->begin(d, &err), 0);
+    CHECK_INT_EQ(d->ops->write_rows(d, 64, rows + 2, 2, &err), 0);
+    CHECK_INT_EQ(d->ops->commit_range(d, 64, 0x500, 0, 2, &err), 0);
+    CHECK_STR_EQ(q1("SELECT count(*) FROM _walrelay_copy_64"), "4"); /* still staged */
+    CHECK_INT_EQ(d->ops->begin(d, &err), 0);
+    CHECK_INT_EQ(d->ops->copy_done(d, 64, &err), 0);
+    CHECK_INT_EQ(d->ops->commit(d, NULL, NULL, &err), 0);
+    CHECK_STR_EQ(q1("SELECT group_concat(k || n, ',') FROM (SELECT * FROM rk ORDER BY rowid)"),
+                 "a4,b3,c2,d1");
+    CHECK_STR_EQ(q1("SELECT count(*) FROM sqlite_master WHERE name = '_walrelay_copy_64'"), "0");
+    memset(done, 0, sizeof(done));
+    CHECK_INT_EQ(d->ops->ranges_done(d, 64, 0x500, done, nrows, 3, &err), 0);
+    CHECK(done[0] && done[1] && !done[2]);
+    /* the next copy of the table forgets them */
+    CHECK_INT_EQ(d->ops->begin(d, &err), 0);
+    CHECK_INT_EQ(d->ops->reset_table(d, s, &meta, &err), 0);
+    CHECK_INT_EQ(d->ops->commit(d, NULL, NULL, &err), 0);
+    memset(done, 0, sizeof(done));
+    CHECK_INT_EQ(d->ops->ranges_done(d, 64, 0x500, done, nrows, 3, &err), 0);
+    CHECK(!done[0] && !done[1]);
+    CHECK_STR_EQ(q1("SELECT count(*) FROM rk"), "0");
+    d->ops->close(d);
+    wr_schema_free(s);
+}
+
 /* (issue 11) A copy: rows through write_rows in multi-row INSERTs (with fewer rows than a
  * statement takes, and a remainder), a staged table (text key) that holds no row until
  * copy_done and then holds them all, sorted by its key, with the staging table gone; an
@@ -1824,6 +1893,7 @@ main(void)
     RUN(test_alter_new_key);
     RUN(test_copy_rows);
     RUN(test_copy_errors);
+    RUN(test_copy_ranges);
     cleanup();
     return unit_done();
 }
