@@ -32,6 +32,14 @@
  *                    commit (worthless until FinishedCopy: a restart truncates them);
  *                    FinishedCopy(X) after the last batch is durable.
  *                    Restart action: redo the copy from scratch (the slot is dropped first).
+ *                    (issue 11) A destination that copies by range (sqlite) takes the
+ *                    parallel copy below instead: the slot's snapshot exported and held by
+ *                    the supervisor, ranges of the table's pages read by several
+ *                    connections, one destination transaction per range, the plan and
+ *                    each committed range persisted (copy_plan, copy_range_done).
+ *                    Restart action there: when the plan, the held snapshot and the slot
+ *                    are all still there (a crash of this process), copy only the ranges
+ *                    the destination has not committed; otherwise from scratch.
  *   FinishedCopy     Request SYNCWAIT(X). Restart action: the same (nothing else to do).
  *   SyncWait         Wait on the channel for table_state Catchup(L) (or Errored -> exit 0,
  *                    or Init -> start over). Persisted by the supervisor: SyncWait(X).

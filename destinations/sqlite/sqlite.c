@@ -4,8 +4,9 @@
  *
  * NOTES: runs in walrelay-apply and in every walrelay-sync; each process opens its own
  * connection to the same file (WAL mode, busy_timeout 60 s, synchronous=FULL so that a
- * COMMIT is durable before the caller confirms the flush LSN to PostgreSQL). It owns and
- * persists:
+ * COMMIT is durable before the caller confirms the flush LSN to PostgreSQL; NORMAL while a
+ * copy runs, see "the copy"; a 16 MiB page cache; SQLITE_OPEN_NOMUTEX and no allocation
+ * statistics: a handle is used by one thread at a time). It owns and persists:
  *   - _walrelay_progress(stream, commit_lsn, ordinal, updated_at): the resume key of the
  *     last change applied per stream, upserted in the same transaction as the data;
  *     commit_lsn holds the int64 bit pattern of the uint64 LSN.
@@ -14,12 +15,18 @@
  *   - one table per registered source table, named by dest_table_name(), columns in the
  *     source's order, declared types from sqt_decl(), PRIMARY KEY(key columns
  *     of the schema that created it: the source's primary key, see sq_in_primary_key).
+ *   - (issue 11) during a copy, _walrelay_copy_<relid>: the copied rows of a table whose key
+ *     is an index of its own, moved in key order by copy_done (see "the copy");
+ *     _walrelay_copy_ranges(relid, lsn, part, rows): the ranges of a table's last parallel
+ *     copy committed so far (commit_range), kept until its next copy begins.
  * In memory it keeps relid -> table (schema, per-column storage class, the columns
  * UPDATE/DELETE match on (sq_table_identity: the replica identity's key, or under FULL the
  * table's PRIMARY KEY, or every column NULL-safely for one row of a keyless table), cached
  * INSERT, DELETE-by-key, UPDATE-all-by-key and a few UPDATE statements that leave
  * unchanged TOAST columns out of SET). The per-row path allocates nothing: statements are reused,
- * text binds point at the producer's buffer, bytea is decoded into one scratch buffer.
+ * text binds point at the producer's buffer, bytea is decoded into one scratch buffer. Copied
+ * rows (write_rows) go in multi-row INSERTs of up to 64 rows (sq_insert_multi), which share
+ * the cost of a statement's execution; a failing one is redone row by row to name the row.
  */
 #include "sqlite.h"
 
