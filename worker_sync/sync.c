@@ -1254,6 +1254,11 @@ syw_reader_main(void *arg)
     wr_err_t err;
 
     wr_err_clear(&err);
+    {
+        char name[16];
+        snprintf(name, sizeof(name), "sync-copy-%d", r->id);
+        (void)pthread_setname_np(pthread_self(), name); /* for top, perf */
+    }
     for (;;) {
         uint32_t part = UINT32_MAX;
         int rc;
