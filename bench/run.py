@@ -1,8 +1,10 @@
 #!/usr/bin/python3
 """walrelay benchmarks, each compared in the same run with what a user would use instead.
 
-  copy:  initial copy of a table of N rows (mixed types) into the `null` and `sqlite`
-         destinations, against `psql -c "COPY t TO STDOUT" > /dev/null`.
+  copy:  initial copy of a table of N rows (mixed types) into the `null` destination and
+         into `sqlite` once per --copy-connections value ([sync]
+         max_copy_connections_per_table: the parallel copy's source connections), against
+         `psql -c "COPY t TO STDOUT" > /dev/null`.
   drain: a backlog of N changes (inserts, updates, deletes in 1000-row transactions)
          drained into `null` and into `sqlite` by walrelay, against `pg_recvlogical`
          (pgoutput, proto_version=1) draining the same backlog from another slot; the
@@ -24,7 +26,8 @@ worker's own figure from its log line is reported beside it. Peak RSS (VmHWM) of
 walrelay process is sampled during each run.
 
 Usage: bench/run.py [--rows 1000000] [--changes 1000000] [--bigtx-rows 2000000] [--build build]
-                    [--scale-tables 500] [--scale-rows 10000] [--only copy|drain|bigtx|scale]
+                    [--copy-connections 1,2] [--scale-tables 500] [--scale-rows 10000]
+                    [--only copy|drain|bigtx|scale]
 """
 import argparse
 import json
@@ -46,7 +49,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class Walrelay:
-    def __init__(self, build, pg, publication, dest, name):
+    def __init__(self, build, pg, publication, dest, name, conf=None):
         self.bin = os.path.join(ROOT, build, "walrelay")
         self.dir = tempfile.mkdtemp(prefix=f"walrelay-bench-{name}-")
         self.pg = pg
@@ -54,6 +57,13 @@ class Walrelay:
         subprocess.run([self.bin, "init", self.dir, "--source", pg.conninfo, "--publication",
                         publication, "--destination", dest, "--name", name], check=True,
                        stdout=subprocess.DEVNULL)
+        # keys walrelay init wrote with their defaults, set to other values
+        path = os.path.join(self.dir, "walrelay.conf")
+        text = open(path).read()
+        for k, v in (conf or {}).items():
+            text, n = re.subn(r"(?m)^%s = .*$" % re.escape(k), "%s = %s" % (k, v), text)
+            assert n == 1, "walrelay.conf has no key %s" % k
+        open(path, "w").write(text)
         self.proc = None
         self.log = os.path.join(self.dir, "run.log")
         self.peak = {}
@@ -163,8 +173,10 @@ def bench_copy(pg, args, out):
     out.append("|---|---|---|---|---|---|")
     out.append(f"| `psql -c \"COPY ... TO STDOUT\" > /dev/null` (best of {args.repeat}) | {base:.2f} | "
                f"{args.rows / base:,.0f} | 1.00 | | |")
-    for dest in ("null", "sqlite"):
-        w = Walrelay(args.build, pg, "pub_copy", dest, f"copy_{dest}")
+    runs = [("null", None)] + [("sqlite", c) for c in args.copy_connections.split(",")]
+    for dest, conns in runs:
+        conf = {"max_copy_connections_per_table": conns} if conns else None
+        w = Walrelay(args.build, pg, "pub_copy", dest, f"copy_{dest}{conns or ''}", conf)
         try:
             t0 = time.monotonic()
             w.start()
@@ -173,13 +185,14 @@ def bench_copy(pg, args, out):
             w.stop()
             ws = w.copy_seconds_from_log()
             p = w.peak
-            out.append(f"| walrelay → {dest} (run until ready) | {dt:.2f} | {args.rows / dt:,.0f} | "
+            label = f"{dest}, {conns} connection{'s' if conns != '1' else ''}" if conns else dest
+            out.append(f"| walrelay → {label} (run until ready) | {dt:.2f} | {args.rows / dt:,.0f} | "
                        f"{dt / base:.2f} | {ws if ws is not None else '?'} | "
                        f"{mb(p.get('supervisor', 0))}/{mb(p.get('walrelay-apply', 0))}/{mb(p.get('walrelay-sync', 0))} |")
         finally:
             w.stop() if w.proc and w.proc.poll() is None else None
             w.cleanup()
-    print("\n".join(out[-(3 + 2):]), flush=True)
+    print("\n".join(out[-(3 + len(runs)):]), flush=True)
 
 
 def bench_drain(pg, args, out):
@@ -395,6 +408,8 @@ def main():
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--build", default="build")
     ap.add_argument("--bigtx-rows", type=int, default=2_000_000)
+    ap.add_argument("--copy-connections", default="1,2",
+                    help="copy into sqlite with each of these max_copy_connections_per_table")
     ap.add_argument("--scale-tables", type=int, default=500)
     ap.add_argument("--scale-rows", type=int, default=10000)
     ap.add_argument("--only", choices=["copy", "drain", "bigtx", "scale"])

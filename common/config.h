@@ -17,7 +17,7 @@
  *                 store validates (state_abi.c: state_config_check).
  *   [batch]       max_fill_ms = 200 ; max_bytes = 8388608
  *   [sync]        max_table_sync_workers = 4 ; copy_batch_rows = 10000 ;
- *                 max_copy_connections_per_table = 2
+ *                 max_copy_connections_per_table = 1
  *   [retry]       worker_max_failures = 5 ; backoff_initial_ms = 1000 ; backoff_max_ms = 60000
  *                 healthy_reset_ms = 300000
  *                 table_error_retry_delay_ms = 10000 ; table_error_retry_max_attempts = 5

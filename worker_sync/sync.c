@@ -989,7 +989,9 @@ syw_copy_error(syw_t *w, syw_copy_t *cp, const char *kind, wr_err_t *err)
  * table published through its root is split on its own; the last range of a relation has
  * no upper bound), claimed largest first, each read with
  *   COPY (SELECT cols FROM ONLY rel WHERE ctid >= '(a,0)' AND ctid < '(b,0)' [AND (filter)])
- * The plan is persisted (copy_plan) before the first range is read.
+ * The destination table is emptied (reset_table), then the plan is persisted (copy_plan)
+ * before the first range is read; a plan of one range (a table under SYW_RANGE_MIN_PAGES)
+ * is not: there is nothing to resume, it is copied again from scratch.
  *
  * Writing (range_writers 1, sqlite): the main thread is the one writer. Readers parse their
  * rows into batches (two per reader, so a reader parses while its other batch is written)
@@ -1071,6 +1073,7 @@ struct syw_par_s {
     wr_lsn_t x; /* the snapshot's consistent point */
     char snapshot[64];
     uint64_t kept; /* rows of ranges committed before this process */
+    bool planned;  /* the plan is in the state store (copy_range_done reports each range) */
 };
 
 static void
@@ -1529,7 +1532,8 @@ syw_par_write_batch(syw_t *w, syw_par_t *par, syw_copy_t *cp, syw_pbatch_t *b, u
     par->ranges[b->part].rows = *range_rows;
     pthread_mutex_unlock(&par->mu);
     log_info("range copied table=%s part=%u rows=%" PRIu64, w->table, b->part, *range_rows);
-    if ((rc = wk_chan_copy_range_done(&w->chan, w->relid, b->part, *range_rows, err)) < 0)
+    if (par->planned &&
+        (rc = wk_chan_copy_range_done(&w->chan, w->relid, b->part, *range_rows, err)) < 0)
         return rc;
     FAILPOINT("sync.after_range");
     return 0;
@@ -1852,8 +1856,12 @@ syw_copy_ranges(syw_t *w)
         goto out;
     }
     /* the plan persisted and the snapshot held only now: a plan means the destination table
-     * was emptied for it (a restart that finds one keeps the committed ranges) */
-    if (!resume && (rc = syw_par_send_plan(w, &par, par.snapshot, held, sizeof(held), &err)) < 0) {
+     * was emptied for it (a restart that finds one keeps the committed ranges). A copy of
+     * one range has nothing to resume: no plan, no snapshot held (a small table's copy
+     * costs no connection of the supervisor's and no state store write) */
+    par.planned = resume || par.nranges > 1;
+    if (!resume && par.planned &&
+        (rc = syw_par_send_plan(w, &par, par.snapshot, held, sizeof(held), &err)) < 0) {
         code = syw_copy_error(w, &cp, NULL, &err);
         goto out;
     }
