@@ -16,8 +16,9 @@
  *   copy_range_done  marks a range committed (state.h copy_range_done).
  * A held snapshot is let go (the connection closed) as soon as the table is in any phase
  * but DataSync (checked every tick: FinishedCopy, Errored, Init after a resync, a removed
- * table), when the worker sends an empty plan (it starts over), or when the supervisor
- * stops; the plan goes from the store with it (or, after a restart of the supervisor, when
+ * table), when the worker sends an empty plan (it starts over), when the sync worker exits
+ * with an exit code (it ended its copy itself and dropped its slot: only a worker killed
+ * by a signal leaves a copy to resume), or when the supervisor stops; the plan goes from the store with it (or, after a restart of the supervisor, when
  * the worker replaces it or the table is removed: without the snapshot it means nothing).
  * Persists: the copy plan only.
  * A store without the copy plan ops (a plugin store): the plan is not kept, the ack and

@@ -732,6 +732,10 @@ sup__worker_exited(sup_worker_t *w, sup_proc_t *p)
     } else if (w->is_apply) {
         apply_exited(s, w, p, how);
     } else {
+        /* (issue 11) a sync worker that ended by itself ended its copy too (its slot is
+         * dropped); one that was killed left its copy for the next to resume */
+        if (!p->term_signal)
+            sup__copy_release(w->table, "sync worker exited");
         sync_exited(s, w, p, how);
     }
     sup__schedule(s);
