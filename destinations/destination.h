@@ -208,16 +208,17 @@ typedef struct dest_ops_s {
     int (*copy_done)(dest_t *d, uint32_t relid, wr_err_t *err);
 
     /* ---- the parallel, resumable copy (issue 11); optional ----
-     * A destination that sets range_writers copies a table in ranges of its pages, each
+     * A destination whose range_writers says so copies a table in ranges of its pages, each
      * range in one destination transaction committed with commit_range, so that a sync
      * worker that dies mid-copy is followed by one that copies only the ranges not
      * committed (ranges_done), under the same snapshot (worker_sync/sync.c). The copy
      * begins with reset_table (or copy_resume in the new process) in a transaction of its
-     * own, and ends with copy_done in another. range_writers 0: one COPY, the calls above. */
+     * own, and ends with copy_done in another. range_writers NULL or 0: one COPY, the calls
+     * above. */
     /* How many handles may write ranges of one table at the same time, each in its own
      * transaction: 1 for a destination with one writer (sqlite), more where writers do not
-     * wait for each other (postgres). A value, not a call. */
-    int range_writers;
+     * wait for each other; 0 when this handle does not copy by range. */
+    int (*range_writers)(dest_t *d);
     /* Commits the open transaction, which holds the rows of range `part` of the copy of relid
      * under the snapshot of lsn, with a record that it does: atomic with the rows, and durable
      * when this returns. */

@@ -977,7 +977,7 @@ syw_copy_error(syw_t *w, syw_copy_t *cp, const char *kind, wr_err_t *err)
 
 /* ---- the parallel, resumable copy (issue 11) -------------------------------------------
  *
- * For a destination with range_writers (sqlite, postgres). The slot is created with an
+ * For a destination whose range_writers is not 0 (sqlite). The slot is created with an
  * exported snapshot (SNAPSHOT 'export', outside a transaction) on the replication
  * connection, which then stays idle so the snapshot stays importable; the supervisor
  * imports it into a transaction of its own and exports it again (copy_plan; sup_copy.c),
@@ -2020,8 +2020,9 @@ syw_copy(syw_t *w)
         code = syw_fail("preparing the copy", &err);
         goto out;
     }
-    if (w->dest->ops->range_writers > 0 && w->dest->ops->commit_range != NULL &&
-        w->dest->ops->ranges_done != NULL && w->dest->ops->copy_resume != NULL) {
+    if (w->dest->ops->range_writers != NULL && w->dest->ops->range_writers(w->dest) > 0 &&
+        w->dest->ops->commit_range != NULL && w->dest->ops->ranges_done != NULL &&
+        w->dest->ops->copy_resume != NULL) {
         code = syw_copy_ranges(w); /* issue 11: by range, resumable */
         goto out;
     }

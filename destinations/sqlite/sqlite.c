@@ -2388,6 +2388,14 @@ sq_copy_done(dest_t *base, uint32_t relid, wr_err_t *err)
     return 0;
 }
 
+/* range_writers: one writer, SQLite's. */
+static int
+sq_range_writers(dest_t *base)
+{
+    WR_UNUSED(base);
+    return 1;
+}
+
 /* commit_range: the range's record, then the commit, made durable (the copy's commits are
  * NORMAL: the WAL is synced after this one). */
 static int
@@ -2693,7 +2701,7 @@ const dest_ops_t dest_sqlite_ops = {
     .alter_table = sq_alter_table,
     .reset_table = sq_reset_table,
     .copy_done = sq_copy_done,
-    .range_writers = 1,
+    .range_writers = sq_range_writers,
     .commit_range = sq_commit_range,
     .ranges_done = sq_ranges_done,
     .copy_resume = sq_copy_resume,

@@ -428,7 +428,7 @@ test_add_tables(state_store_t *s)
     wr_err_t err;
 
     if (s->ops->add_tables == NULL)
-        return; /* optional */
+        return; /* optional: conf_run does not run this test then */
     CHECK_INT_EQ(s->ops->add_table(s, 73, "sales", "b", &err), 0);
     CHECK_INT_EQ(s->ops->set_phase(s, 73, PH_READY, 0x500, "", "", "", &err), 0);
     CHECK_INT_EQ(s->ops->add_tables(s, nt, 3, &err), 0);
@@ -472,7 +472,7 @@ test_copy_plan(state_store_t *s)
 
     if (s->ops->put_copy_plan == NULL) {
         CHECK(s->ops->copy_range_done == NULL && s->ops->get_copy_plan == NULL);
-        return; /* optional */
+        return; /* optional: conf_run does not run this test then */
     }
     CHECK_INT_EQ(s->ops->add_table(s, 77, "public", "p", &err), 0);
     CHECK_INT_EQ(s->ops->get_copy_plan(s, 77, &lsn, &got, &n, &err), 0);
@@ -869,14 +869,43 @@ conf_run(conf_target_t *t)
         const char *name;
         conf_store_fn fn;
     } calls[] = {
-        {"tables", test_tables},       {"phases", test_phases},   {"rollback", test_rollback},
-        {"remove", test_remove},       {"schemas", test_schemas}, {"mapping", test_mapping},
-        {"progress", test_progress},   {"flags", test_flags},     {"add_tables", test_add_tables},
+        {"tables", test_tables},     {"phases", test_phases},   {"rollback", test_rollback},
+        {"remove", test_remove},     {"schemas", test_schemas}, {"mapping", test_mapping},
+        {"progress", test_progress}, {"flags", test_flags},
+    };
+    /* (issue 11) calls a store may leave out: tested where it has them, else reported as
+     * skipped (not counted) */
+    static const struct {
+        const char *name;
+        conf_store_fn fn;
+    } optional[] = {
+        {"add_tables", test_add_tables},
         {"copy_plan", test_copy_plan},
     };
+    bool has[2] = {false, false};
 
     for (size_t i = 0; i < sizeof(calls) / sizeof(calls[0]); i++)
         CONF_RUN(t, calls[i].name, conf_with_store(t, calls[i].fn));
+    {
+        state_store_t *s = NULL;
+        wr_err_t err;
+        int seq = ++t->seq;
+
+        if (t->open(t, seq, "supervisor", &s, &err) == 0) {
+            has[0] = s->ops->add_tables != NULL;
+            has[1] = s->ops->put_copy_plan != NULL;
+            state_close(s);
+        }
+        if (t->cleanup)
+            t->cleanup(t, seq);
+    }
+    for (size_t i = 0; i < sizeof(optional) / sizeof(optional[0]); i++) {
+        if (has[i])
+            CONF_RUN(t, optional[i].name, conf_with_store(t, optional[i].fn));
+        else
+            printf("ok - %s: %s # SKIP the store does not have this optional call\n", t->label,
+                   optional[i].name);
+    }
     if (t->persistent) {
         int seq = ++t->seq;
 

@@ -181,7 +181,7 @@ test_copy_ranges(void)
     uint64_t nrows[3] = {0, 0, 0};
 
     memset(&meta, 0, sizeof(meta));
-    CHECK_INT_EQ(d->ops->range_writers, 1);
+    CHECK_INT_EQ(d->ops->range_writers(d), 1);
     CHECK_INT_EQ(d->ops->begin(d, &err), 0);
     CHECK_INT_EQ(d->ops->reset_table(d, s, &meta, &err), 0);
     CHECK_INT_EQ(d->ops->commit(d, NULL, NULL, &err), 0);
