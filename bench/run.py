@@ -124,7 +124,11 @@ class Walrelay:
         self.logf.close()
 
     def copy_seconds_from_log(self):
-        m = re.findall(r"copy finished.*?seconds=([0-9.]+)", open(self.log).read())
+        m = re.findall(r"copy finished.*? seconds=([0-9.]+)", open(self.log).read())
+        return float(m[-1]) if m else None
+
+    def copy_cpu_from_log(self):
+        m = re.findall(r"copy finished.*?cpu_seconds=([0-9.]+)", open(self.log).read())
         return float(m[-1]) if m else None
 
     def cleanup(self):
@@ -169,7 +173,7 @@ def bench_copy(pg, args, out):
     psql = [f"{PGBIN}/psql", pg.conninfo, "-X", "-q", "-c", "COPY bench_copy TO STDOUT"]
     base = min(timed(psql, stdout=subprocess.DEVNULL) for _ in range(args.repeat))
     out.append(f"\n### Copy of {args.rows:,} rows ({size}: bigint, int, numeric, text, timestamptz, bool)\n")
-    out.append("| what | seconds | rows/s | ratio to COPY | worker copy s | peak RSS MB (supervisor/apply/sync) |")
+    out.append("| what | seconds | rows/s | ratio to COPY | worker copy s (CPU s) | peak RSS MB (supervisor/apply/sync) |")
     out.append("|---|---|---|---|---|---|")
     out.append(f"| `psql -c \"COPY ... TO STDOUT\" > /dev/null` (best of {args.repeat}) | {base:.2f} | "
                f"{args.rows / base:,.0f} | 1.00 | | |")
@@ -184,10 +188,11 @@ def bench_copy(pg, args, out):
             dt = time.monotonic() - t0
             w.stop()
             ws = w.copy_seconds_from_log()
+            wc = w.copy_cpu_from_log()
             p = w.peak
             label = f"{dest}, {conns} connection{'s' if conns != '1' else ''}" if conns else dest
             out.append(f"| walrelay → {label} (run until ready) | {dt:.2f} | {args.rows / dt:,.0f} | "
-                       f"{dt / base:.2f} | {ws if ws is not None else '?'} | "
+                       f"{dt / base:.2f} | {ws if ws is not None else '?'}{f' ({wc:.2f})' if wc is not None else ''} | "
                        f"{mb(p.get('supervisor', 0))}/{mb(p.get('walrelay-apply', 0))}/{mb(p.get('walrelay-sync', 0))} |")
         finally:
             w.stop() if w.proc and w.proc.poll() is None else None

@@ -193,6 +193,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 
 #include "common/catalog.h"
@@ -1076,6 +1077,19 @@ struct syw_par_s {
     bool planned;  /* the plan is in the state store (copy_range_done reports each range) */
 };
 
+/* CPU time of this process (every thread), user and system: what a copy cost, whatever
+ * else the machine runs (the log line; bench/run.py). */
+static double
+syw_cpu_seconds(void)
+{
+    struct rusage ru;
+
+    if (getrusage(RUSAGE_SELF, &ru) != 0)
+        return 0;
+    return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
+           (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
+}
+
 static void
 syw_par_fail(syw_par_t *par, const wr_err_t *err, bool parse)
 {
@@ -1711,6 +1725,7 @@ syw_copy_ranges(syw_t *w)
         w->cfg.max_copy_connections_per_table > 0 ? w->cfg.max_copy_connections_per_table : 1;
     int nreaders, rc, code;
     int64_t t0 = wr_now_ms();
+    double cpu0 = syw_cpu_seconds();
     uint32_t ndone = 0;
     wr_lsn_t x = 0;
     uint64_t kept = 0;
@@ -1968,9 +1983,10 @@ syw_copy_ranges(syw_t *w)
     {
         double secs = (double)(wr_now_ms() - t0) / 1000.0;
         log_info("copy finished table=%s rows=%" PRIu64 " rows_this_run=%" PRIu64
-                 " seconds=%.3f rows_per_second=%.0f",
+                 " seconds=%.3f rows_per_second=%.0f cpu_seconds=%.3f",
                  w->table, cp.rows, cp.rows - kept, secs,
-                 secs > 0 ? (double)(cp.rows - kept) / secs : (double)cp.rows);
+                 secs > 0 ? (double)(cp.rows - kept) / secs : (double)cp.rows,
+                 syw_cpu_seconds() - cpu0);
     }
 
     FAILPOINT("sync.before_finishedcopy");
