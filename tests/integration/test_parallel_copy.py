@@ -12,8 +12,9 @@ row by row.
 import os
 import re
 import sqlite3
+import time
 
-from pipeline import WaitTimeout, wait_equal
+from pipeline import WaitTimeout, alive_walrelay_pids, deadline, wait_equal
 from workload import BackgroundWriter, create_mixed_table, publish
 
 RANGE_RE = re.compile(r"range copied table=(\S+) part=(\d+) rows=(\d+)")
@@ -152,3 +153,40 @@ def test_partitioned_root_by_range(db, pipelines):
     assert int(m.group(2)) >= 5 and len(done) == int(m.group(2)), (m.group(0), done)
     assert sum(r for _, r in done) == db.scalar("SELECT count(*) FROM meas WHERE v <> 3") - 1
     assert sum(1 for _, r in done if r == 0) >= 1  # meas_empty
+
+
+def test_kill_supervisor_mid_range_starts_over(db, pipelines, tmp_path, monkeypatch):
+    """kill -9 of the supervisor in the middle of a parallel copy: the snapshot it held is
+    gone with it, its sync worker exits on the channel's end (dropping its slot), and the
+    next `walrelay run` copies the table again from scratch (no "copy resumed"); equal."""
+    create_mixed_table(db, "big", 150_000)
+    publish(db, "pub", ["big"])
+    p = pipelines()
+    p.init(db.conninfo, "pub", config={"sync": {"copy_batch_rows": "5000"}})
+    monkeypatch.setenv("WALRELAY_FAILPOINTS", "sync.mid_copy=sleep(200)")
+    monkeypatch.setenv("WALRELAY_FAILPOINT_DIR", str(tmp_path / "fp"))
+    os.makedirs(tmp_path / "fp", exist_ok=True)
+    try:
+        p.start()
+    finally:
+        monkeypatch.delenv("WALRELAY_FAILPOINTS")
+        monkeypatch.delenv("WALRELAY_FAILPOINT_DIR")
+    p.wait_until(lambda: _ranges(p.log_text(), "public.big"), 120, "a range committed")
+    assert p.log_contains("copy snapshot held table=public.big")
+    st = p.status()
+    pids = p.worker_pids(st)
+    p.kill()
+    end = deadline(30)
+    while alive_walrelay_pids(pids):  # each exits on its channel's end
+        assert time.monotonic() < end, "workers %s alive after the supervisor's kill -9" % (
+            alive_walrelay_pids(pids))
+        time.sleep(0.1)
+    offset = len(p.log_text())
+    p.start()
+    p.wait_all_ready(["public.big"], timeout=300)
+    after = p.log_text()[offset:]
+    assert "copy resumed" not in after, after[-3000:]
+    m = STARTED_RE.search(after)
+    assert m and m.group(1) == "public.big", after[-3000:]
+    wait_equal(db.server, db.name, p, ["public.big"], timeout=180)
+    assert db.slots("walrelay_%s_s" % p.name) == []
