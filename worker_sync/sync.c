@@ -1000,6 +1000,11 @@ syw_copy_error(syw_t *w, syw_copy_t *cp, const char *kind, wr_err_t *err)
  * destination transaction ended by commit_range (which records the range with its rows,
  * atomically with them), then copy_range_done to the supervisor. Readers of other ranges
  * fill their two batches meanwhile and wait. Memory: two batches per reader.
+ * Writing (range_writers >= the readers, a destination whose writers do not wait for each
+ * other): each reader opens its own destination handle (copy_resume registers the table
+ * there) and writes and commits its ranges itself; the main thread reports each committed
+ * range (syw_par_collect). Tested with sqlite made to say 4 writers (its writers then take
+ * turns on the file's lock): the resume test passes the same.
  *
  * A restart in DataSync resumes instead of starting over when everything is still there:
  * the plan (copy_plan_get), the snapshot held by the supervisor, the slot with its
@@ -1053,6 +1058,12 @@ typedef struct syw_reader_s {
     copy_parser_t parser;
     uint32_t leaf; /* the relation leafname names */
     char leafname[600];
+    /* several writers (range_writers > 1): this reader's own destination handle, which
+     * writes its ranges itself (only q[0] is used) */
+    dest_t *dest;
+    bool dest_open;
+    uint64_t range_rows;
+    const char *fail_kind; /* the Errored kind of its error, if the data is at fault */
 } syw_reader_t;
 
 struct syw_par_s {
@@ -1066,15 +1077,16 @@ struct syw_par_s {
     syw_reader_t *readers;
     int nreaders;
     int nrunning;
-    bool stop;   /* the writer gives up: readers end */
-    bool failed; /* a reader failed: err */
-    bool parse;  /* its error is in the data (copy_parse) */
+    bool stop;        /* the writer gives up: readers end */
+    bool failed;      /* a reader failed: err */
+    const char *kind; /* its error is in the data: the Errored kind ("copy_parse", ...) */
     wr_err_t err;
     char *cols; /* the quoted column list */
     wr_lsn_t x; /* the snapshot's consistent point */
     char snapshot[64];
-    uint64_t kept; /* rows of ranges committed before this process */
-    bool planned;  /* the plan is in the state store (copy_range_done reports each range) */
+    uint64_t kept;  /* rows of ranges committed before this process */
+    bool planned;   /* the plan is in the state store (copy_range_done reports each range) */
+    bool *reported; /* several writers: ranges whose commit the main thread has reported */
 };
 
 /* CPU time of this process (every thread), user and system: what a copy cost, whatever
@@ -1091,12 +1103,12 @@ syw_cpu_seconds(void)
 }
 
 static void
-syw_par_fail(syw_par_t *par, const wr_err_t *err, bool parse)
+syw_par_fail(syw_par_t *par, const wr_err_t *err, const char *kind)
 {
     pthread_mutex_lock(&par->mu);
     if (!par->failed) {
         par->failed = true;
-        par->parse = parse;
+        par->kind = kind;
         par->err = *err;
     }
     par->stop = true;
@@ -1185,6 +1197,60 @@ syw_reader_hand_over(syw_reader_t *r, uint32_t part, bool last, wr_err_t *err)
     return syw_reader_wait_free(r, err);
 }
 
+/* Several writers: writes the batch with this reader's own destination handle; at the
+ * range's end commits it (commit_range) and marks it done for the main thread to report. */
+static int
+syw_reader_write_own(syw_reader_t *r, uint32_t part, bool last, wr_err_t *err)
+{
+    syw_par_t *par = r->par;
+    syw_t *w = par->w;
+    syw_batch_t *b = &r->q[0].b;
+    int rc;
+
+    if (!r->dest_open) {
+        if ((rc = r->dest->ops->begin(r->dest, err)) < 0)
+            return rc;
+        r->dest_open = true;
+        r->range_rows = 0;
+    }
+    if (b->n > 0) {
+        syw_batch_resolve(b);
+        if ((rc = r->dest->ops->write_rows(r->dest, w->relid, b->rows, b->n, err)) < 0)
+            return rc;
+    }
+    r->range_rows += b->n;
+    b->n = 0;
+    b->alen = 0;
+    if (!last) {
+        FAILPOINT("sync.mid_copy");
+        return 0;
+    }
+    r->dest_open = false; /* commit_range commits, or rolls back what it could not */
+    if ((rc = r->dest->ops->commit_range(r->dest, w->relid, par->x, part, r->range_rows, err)) < 0)
+        return rc;
+    pthread_mutex_lock(&par->mu);
+    par->ranges[part].done = true;
+    par->ranges[part].rows = r->range_rows;
+    pthread_cond_broadcast(&par->cv);
+    pthread_mutex_unlock(&par->mu);
+    return 0;
+}
+
+/* A batch is full, or the range ended: to the writer, or written here (several writers). */
+static int
+syw_reader_deliver(syw_reader_t *r, uint32_t part, bool last, wr_err_t *err)
+{
+    int rc;
+
+    if (r->dest == NULL)
+        return syw_reader_hand_over(r, part, last, err);
+    if ((rc = syw_reader_write_own(r, part, last, err)) < 0) {
+        r->fail_kind = "dest_refused"; /* syw_copy_error: Errored only for data errors */
+        return rc == WR_ESTOP ? WR_ECONN : rc;
+    }
+    return 0;
+}
+
 /* Reads range part into batches. */
 static int
 syw_reader_copy(syw_reader_t *r, uint32_t part, wr_err_t *err)
@@ -1238,7 +1304,7 @@ syw_reader_copy(syw_reader_t *r, uint32_t part, wr_err_t *err)
             return wr_err_set(err, WR_ECONN, "copying range %u: %s", part, PQerrorMessage(r->conn));
         rc = copy_parse_line(&r->parser, line, (size_t)n, w->schema->ncols, &row, err);
         if (rc == 0 && syw_batch_full(b, &row)) {
-            if ((rc = syw_reader_hand_over(r, part, false, err)) < 0) {
+            if ((rc = syw_reader_deliver(r, part, false, err)) < 0) {
                 PQfreemem(line);
                 return rc;
             }
@@ -1247,10 +1313,10 @@ syw_reader_copy(syw_reader_t *r, uint32_t part, wr_err_t *err)
         if (rc == 0)
             rc = syw_batch_add(b, &row, err);
         PQfreemem(line);
-        if (rc < 0) {
-            err->code = WR_EDATA; /* in the data: copy_parse */
-            return WR_EDATA;
-        }
+        if (rc < 0 && r->fail_kind == NULL && syw_is_data_error(rc))
+            r->fail_kind = "copy_parse"; /* a line that does not parse */
+        if (rc < 0)
+            return rc;
     }
     while ((res = PQgetResult(r->conn)) != NULL) {
         if (PQresultStatus(res) != PGRES_COMMAND_OK) {
@@ -1260,7 +1326,7 @@ syw_reader_copy(syw_reader_t *r, uint32_t part, wr_err_t *err)
         }
         PQclear(res);
     }
-    return syw_reader_hand_over(r, part, true, err);
+    return syw_reader_deliver(r, part, true, err);
 }
 
 static void *
@@ -1292,9 +1358,10 @@ syw_reader_main(void *arg)
         pthread_mutex_unlock(&par->mu);
         if (part == UINT32_MAX)
             break;
+        r->fail_kind = NULL;
         if ((rc = syw_reader_copy(r, part, &err)) < 0) {
             if (rc != WR_ESTOP)
-                syw_par_fail(par, &err, rc == WR_EDATA);
+                syw_par_fail(par, &err, r->fail_kind);
             break;
         }
     }
@@ -1331,11 +1398,14 @@ syw_par_close(syw_par_t *par)
             PQfreeCancel(r->cancel);
         if (r->conn)
             PQfinish(r->conn);
+        if (r->dest)
+            r->dest->ops->close(r->dest); /* rolls back a range not committed */
         syw_batch_close(&r->q[0].b);
         syw_batch_close(&r->q[1].b);
         copy_parser_close(&r->parser);
     }
     free(par->readers);
+    free(par->reported);
     free(par->ranges);
     free(par->order);
     free(par->cols);
@@ -1554,16 +1624,16 @@ syw_par_write_batch(syw_t *w, syw_par_t *par, syw_copy_t *cp, syw_pbatch_t *b, u
 }
 
 /* The writer (range_writers 1): one range at a time, its batches in order, until every
- * range is committed. Returns 0, WR_ESTOP (stop or signal), or an error (err; *parse when
- * a reader found a line that does not parse). */
+ * range is committed. Returns 0, WR_ESTOP (stop or signal), or an error (err; *kind the
+ * Errored kind when a reader's error is in the data). */
 static int
-syw_par_write(syw_t *w, syw_par_t *par, syw_copy_t *cp, bool *parse, wr_err_t *err)
+syw_par_write(syw_t *w, syw_par_t *par, syw_copy_t *cp, const char **kind, wr_err_t *err)
 {
     int cur = -1; /* the reader whose range the open transaction holds */
     uint64_t range_rows = 0;
     int rc;
 
-    *parse = false;
+    *kind = NULL;
     for (;;) {
         syw_pbatch_t *b = NULL;
         bool all_done = true;
@@ -1573,7 +1643,7 @@ syw_par_write(syw_t *w, syw_par_t *par, syw_copy_t *cp, bool *parse, wr_err_t *e
         pthread_mutex_lock(&par->mu);
         if (par->failed) {
             *err = par->err;
-            *parse = par->parse;
+            *kind = par->kind;
             pthread_mutex_unlock(&par->mu);
             return err->code ? err->code : WR_ECONN;
         }
@@ -1631,6 +1701,71 @@ syw_par_write(syw_t *w, syw_par_t *par, syw_copy_t *cp, bool *parse, wr_err_t *e
     }
 }
 
+/* Several writers (range_writers > 1): the readers write and commit their ranges with
+ * their own destination handles; this thread reports each committed range (log, state
+ * store, progress) and watches the channel, until every range is committed. Returns as
+ * syw_par_write. */
+static int
+syw_par_collect(syw_t *w, syw_par_t *par, syw_copy_t *cp, const char **kind, wr_err_t *err)
+{
+    int rc;
+
+    *kind = NULL;
+    for (;;) {
+        uint32_t part = UINT32_MAX;
+        uint64_t rows = 0;
+        bool all_done = true;
+
+        if (syw_should_stop(w))
+            return wr_err_set(err, WR_ESTOP, "stopped");
+        pthread_mutex_lock(&par->mu);
+        if (par->failed) {
+            *err = par->err;
+            *kind = par->kind;
+            pthread_mutex_unlock(&par->mu);
+            return err->code ? err->code : WR_ECONN;
+        }
+        for (uint32_t i = 0; i < par->nranges; i++) {
+            all_done = all_done && par->ranges[i].done;
+            if (part == UINT32_MAX && par->ranges[i].done && !par->reported[i]) {
+                part = i;
+                rows = par->ranges[i].rows;
+                par->reported[i] = true;
+            }
+        }
+        if (part == UINT32_MAX && all_done) {
+            pthread_mutex_unlock(&par->mu);
+            return 0;
+        }
+        if (part == UINT32_MAX && par->nrunning == 0) {
+            pthread_mutex_unlock(&par->mu);
+            return wr_err_set(err, WR_EPROTO, "the copy's writers ended with ranges not copied");
+        }
+        if (part == UINT32_MAX) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += 100 * 1000000L;
+            if (ts.tv_nsec >= 1000000000L) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000L;
+            }
+            pthread_cond_timedwait(&par->cv, &par->mu, &ts);
+            pthread_mutex_unlock(&par->mu);
+            if ((rc = wk_chan_poll(&w->chan, 0, err)) < 0)
+                return rc;
+            continue;
+        }
+        pthread_mutex_unlock(&par->mu);
+        cp->rows += rows;
+        log_info("range copied table=%s part=%u rows=%" PRIu64, w->table, part, rows);
+        if (par->planned && (rc = wk_chan_copy_range_done(&w->chan, w->relid, part, rows, err)) < 0)
+            return rc;
+        if ((rc = syw_copy_progress(w, cp, err)) < 0)
+            return rc;
+        FAILPOINT("sync.after_range");
+    }
+}
+
 /* Reports to the supervisor ranges the destination committed but the plan does not say
  * are done (the process died between the two). */
 static int
@@ -1657,13 +1792,30 @@ syw_par_start(syw_t *w, syw_par_t *par, int nreaders, wr_err_t *err)
         w->cfg.batch_max_bytes > 0 ? (size_t)w->cfg.batch_max_bytes : SYW_DEFAULT_BATCH_BYTES;
     int rc;
 
+    bool own = nreaders > 1 && w->dest->ops->range_writers(w->dest) >= nreaders;
+
     if (batch_bytes > SYW_PAR_BATCH_BYTES)
         batch_bytes = SYW_PAR_BATCH_BYTES; /* two a reader */
+    if (own && !(par->reported = calloc(par->nranges, sizeof(*par->reported))))
+        return wr_err_set(err, WR_ENOMEM, "out of memory for the copy's ranges");
+    for (uint32_t i = 0; own && i < par->nranges; i++)
+        par->reported[i] = par->ranges[i].done; /* committed before this process */
     for (int i = 0; i < nreaders; i++) {
         syw_reader_t *r = &par->readers[i];
 
         if (r->conn == NULL && (rc = syw_snapshot_connect(w, par->snapshot, &r->conn, err)) < 0)
             return rc;
+        if (own) {
+            /* its own handle, with the table taken up as the main one left it */
+            if ((rc = dest_open(&w->cfg, "sync", &r->dest, err)) < 0 ||
+                (rc = r->dest->ops->begin(r->dest, err)) < 0)
+                return rc;
+            if ((rc = r->dest->ops->copy_resume(r->dest, w->schema, err)) < 0 ||
+                (rc = r->dest->ops->commit(r->dest, NULL, NULL, err)) < 0) {
+                (void)r->dest->ops->rollback(r->dest, &(wr_err_t){0});
+                return rc;
+            }
+        }
         if (!(r->cancel = PQgetCancel(r->conn)))
             return wr_err_set(err, WR_ENOMEM, "out of memory for a cancel request");
         for (int k = 0; k < 2; k++)
@@ -1719,7 +1871,8 @@ syw_copy_ranges(syw_t *w)
     syw_copy_t cp;
     wr_err_t err;
     char held[64] = "";
-    bool have_plan = false, resume = false, missing = false, parse = false;
+    bool have_plan = false, resume = false, missing = false;
+    const char *kind = NULL;
     bool *was_done = NULL;
     int conns =
         w->cfg.max_copy_connections_per_table > 0 ? w->cfg.max_copy_connections_per_table : 1;
@@ -1945,7 +2098,10 @@ syw_copy_ranges(syw_t *w)
     }
     syw_repl_close(w); /* everyone who needs the exported snapshot has imported it */
 
-    rc = syw_par_write(w, &par, &cp, &parse, &err);
+    if (par.readers[0].dest != NULL)
+        rc = syw_par_collect(w, &par, &cp, &kind, &err);
+    else
+        rc = syw_par_write(w, &par, &cp, &kind, &err);
     if (rc == WR_ESTOP) {
         log_info("copy interrupted table=%s rows=%" PRIu64, w->table, cp.rows);
         syw_par_close(&par);
@@ -1954,11 +2110,7 @@ syw_copy_ranges(syw_t *w)
     }
     if (rc < 0) {
         syw_par_close(&par);
-        code = syw_copy_error(w, &cp,
-                              parse          ? "copy_parse"
-                              : cp.dest_open ? "dest_refused"
-                                             : NULL,
-                              &err);
+        code = syw_copy_error(w, &cp, kind ? kind : cp.dest_open ? "dest_refused" : NULL, &err);
         goto out;
     }
     x = par.x;
