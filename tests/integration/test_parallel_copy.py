@@ -14,6 +14,8 @@ import re
 import sqlite3
 import time
 
+import pytest
+
 from pipeline import WaitTimeout, alive_walrelay_pids, deadline, wait_equal
 from workload import BackgroundWriter, create_mixed_table, publish
 
@@ -28,10 +30,28 @@ def _ranges(text, table):
             if m.group(1) == table]
 
 
-def test_kill_sync_worker_mid_range_resumes(db, pipelines, tmp_path, monkeypatch):
+def _plan_rows(p, state_db, relid):
+    """Ranges of relid's copy plan in the pipeline's state store (sqlite or postgres)."""
+    if state_db is None:
+        con = sqlite3.connect("file:%s?mode=ro" % os.path.join(p.dir, "state.db"), uri=True)
+        try:
+            return con.execute("SELECT count(*) FROM copy_ranges WHERE relid = ?",
+                               (relid,)).fetchone()[0]
+        finally:
+            con.close()
+    return state_db.scalar("SELECT count(*) FROM walrelay_state.copy_ranges "
+                           "WHERE pipeline = %s AND relid = %s", [p.name, relid])
+
+
+@pytest.mark.parametrize("state_store", ["sqlite", "postgres", "plugin"], indirect=True)
+def test_kill_sync_worker_mid_range_resumes(db, pipelines, tmp_path, monkeypatch, state_store,
+                                            request):
     """kill -9 of the sync worker while a range is being written, writers running: the next
     worker imports the snapshot the supervisor holds, keeps the committed ranges (not one of
-    their rows is copied again) and copies the others; the table ends equal."""
+    their rows is copied again) and copies the others; the table ends equal. The plan is in
+    the state store (sqlite, postgres); a plugin store keeps none (ABI version 1), and there
+    the next worker copies the table again from scratch."""
+    keeps_plan = not (state_store or "").startswith("plugin:")
     create_mixed_table(db, "big", 300_000)
     publish(db, "pub", ["big"])
     relid = db.relid("big")
@@ -80,16 +100,24 @@ def test_kill_sync_worker_mid_range_resumes(db, pipelines, tmp_path, monkeypatch
         p.kill_worker(pid)
 
         def resumed():
-            return RESUMED_RE.search(p.log_text())
+            text = p.log_text()
+            if not keeps_plan:
+                started = list(STARTED_RE.finditer(text))
+                return started[1] if len(started) > 1 else None
+            return RESUMED_RE.search(text)
 
-        m = p.wait_until(resumed, 120, "the restarted sync worker resuming the copy")
+        m = p.wait_until(resumed, 120, "the restarted sync worker taking the copy up")
         assert m.group(1) == "public.big"
-        done_at_restart, n, kept = int(m.group(2)), int(m.group(3)), int(m.group(4))
         p.wait_all_ready(["public.big"], timeout=600)
         writer.wait_commits(20)
     finally:
         writer.stop()
     wait_equal(db.server, db.name, p, ["public.big"], timeout=300)
+    if not keeps_plan:
+        # from scratch: nothing resumed, every range copied again
+        assert "copy resumed" not in p.log_text()
+        return
+    done_at_restart, n, kept = int(m.group(2)), int(m.group(3)), int(m.group(4))
 
     text = p.log_text()
     first = dict(before)
@@ -113,13 +141,9 @@ def test_kill_sync_worker_mid_range_resumes(db, pipelines, tmp_path, monkeypatch
     total, this_run = map(int, fin[-1])
     assert this_run == sum(second.values()) and total == kept + this_run, (fin, kept, second)
     # the plan is gone from the state store once the copy is over
-    con = sqlite3.connect("file:%s?mode=ro" % os.path.join(p.dir, "state.db"), uri=True)
-    try:
-        p.wait_until(lambda: con.execute("SELECT count(*) FROM copy_ranges WHERE relid = ?",
-                                         (relid,)).fetchone()[0] == 0,
-                     30, "the copy plan removed from state.db")
-    finally:
-        con.close()
+    state_db = request.getfixturevalue("state_db") if state_store else None
+    p.wait_until(lambda: _plan_rows(p, state_db, relid) == 0, 30,
+                 "the copy plan removed from the state store")
     assert p.log_contains("copy snapshot held table=public.big")
 
 
