@@ -14,11 +14,25 @@
          every table is ready, the most replication slots and walrelay-sync processes at
          once (sampled), the peak RSS of the supervisor, the apply worker and the largest
          sync worker, and how long `walrelay status --json` takes with every table listed.
+         The CPU seconds of walrelay's apply worker (each destination) and of its walsender backend
+         (/proc/PID/stat, sampled) are reported per change, and those of pg_recvlogical
+         (getrusage) and of its walsender: goal (issue 11) walrelay >= 1.0x
+         pg_recvlogical's rate with the apply worker's CPU <= 35% of its walsender's.
   bigtx: ONE transaction updating every row of a --bigtx-rows table (default 2,000,000),
          drained by walrelay into `sqlite` and into `null` (each pipeline copied the table
          first, then stopped, so all of them face the same backlog), against
          `pg_recvlogical` on the same backlog; reports the time and the peak RSS of each
-         walrelay process (the goal: bounded memory, <= 256 MB in total, for any size).
+         walrelay process (the goal: bounded memory, <= 64 MB per process, for any size).
+         Then "live": the pipeline runs while the UPDATE runs, end to end from the start
+         of the UPDATE to confirmed_flush >= its commit, with [source] streaming = 0
+         (protocol 1: the server spills the transaction and sends it at its commit) and
+         = 1 (streamed, written into sqlite as it arrives); goal: streamed <= 0.6x.
+  latency: pgbench -R single-row INSERTs (a clock_timestamp() column) at 2,000/s and
+         5,000/s for --latency-seconds each, into walrelay -> sqlite and a native
+         subscription (a second database of the same cluster) side by side in the same
+         run; a row's latency is from its timestamp to the moment a poller (every 2 ms)
+         first sees it on each side; p50/p99. Goal: walrelay p99 <= 20 ms at 2,000/s,
+         <= 50 ms at 5,000/s, better than native at both.
 
 Times are wall clock, best of --repeat runs for the baselines. walrelay's times
 include process start, slot creation and the handoff (what a user waits for); the copy
@@ -27,7 +41,7 @@ walrelay process is sampled during each run.
 
 Usage: bench/run.py [--rows 1000000] [--changes 1000000] [--bigtx-rows 2000000] [--build build]
                     [--copy-connections 1,2] [--scale-tables 500] [--scale-rows 10000]
-                    [--only copy|drain|bigtx|scale]
+                    [--latency-seconds 20] [--only copy|drain|bigtx|bigtx-live|latency|scale]
 """
 import argparse
 import json
@@ -38,6 +52,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -57,13 +72,8 @@ class Walrelay:
         subprocess.run([self.bin, "init", self.dir, "--source", pg.conninfo, "--publication",
                         publication, "--destination", dest, "--name", name], check=True,
                        stdout=subprocess.DEVNULL)
-        # keys walrelay init wrote with their defaults, set to other values
-        path = os.path.join(self.dir, "walrelay.conf")
-        text = open(path).read()
-        for k, v in (conf or {}).items():
-            text, n = re.subn(r"(?m)^%s = .*$" % re.escape(k), "%s = %s" % (k, v), text)
-            assert n == 1, "walrelay.conf has no key %s" % k
-        open(path, "w").write(text)
+        for (section, key), value in (conf or {}).items():
+            set_conf(os.path.join(self.dir, "walrelay.conf"), section, key, value)
         self.proc = None
         self.log = os.path.join(self.dir, "run.log")
         self.peak = {}
@@ -113,6 +123,18 @@ class Walrelay:
             time.sleep(0.05)
         raise RuntimeError(f"timeout waiting for {what}; log: {open(self.log).read()[-3000:]}")
 
+    def child_pids(self):
+        pids = {}
+        try:
+            for c in open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read().split():
+                try:
+                    pids[os.path.basename(os.readlink(f"/proc/{c}/exe"))] = int(c)
+                except OSError:
+                    pass
+        except OSError:
+            pass
+        return pids
+
     def all_ready(self):
         st = self.status()
         return bool(st and st["tables"] and all(t["phase"] == "ready" for t in st["tables"]))
@@ -138,10 +160,45 @@ class Walrelay:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def set_conf(path, section, key, value):
+    """Sets key = value in [section] of a walrelay.conf (added when absent)."""
+    lines = open(path).read().split("\n")
+    out, cur, done = [], None, False
+    for line in lines:
+        st = line.strip()
+        if st.startswith("[") and st.endswith("]"):
+            if cur == section and not done:
+                out.append(f"{key} = {value}")
+                done = True
+            cur = st[1:-1]
+        elif cur == section and re.match(rf"[#;]?\s*{re.escape(key)}\s*=", st):
+            if not done:
+                out.append(f"{key} = {value}")
+                done = True
+            continue
+        out.append(line)
+    if not done:
+        if cur != section:
+            out.append(f"[{section}]")
+        out.append(f"{key} = {value}")
+    open(path, "w").write("\n".join(out) + "\n")
+
+
 def timed(cmd, **kw):
     t = time.monotonic()
     subprocess.run(cmd, check=True, **kw)
     return time.monotonic() - t
+
+
+def timed_cpu(cmd):
+    """Runs cmd; returns (seconds, peak RSS kB, CPU seconds user+system) of that process."""
+    t = time.monotonic()
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
+    _, status, ru = os.wait4(proc.pid, 0)
+    dt = time.monotonic() - t
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{cmd[0]} exited with {os.waitstatus_to_exitcode(status)}")
+    return dt, ru.ru_maxrss, ru.ru_utime + ru.ru_stime
 
 
 def timed_rss(cmd):
@@ -154,6 +211,52 @@ def timed_rss(cmd):
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd[0]} exited with {proc.returncode}")
     return dt, ru.ru_maxrss
+
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid):
+    """utime + stime of a process, in seconds (None once it is gone)."""
+    try:
+        f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(f[11]) + int(f[12])) / TICK
+
+
+class CpuWatch(threading.Thread):
+    """Samples the CPU seconds of a slot's walsender (active_pid) and of other pids every
+    50 ms until stopped; keeps the last value seen of each (a process that exits keeps its
+    last sample)."""
+
+    def __init__(self, pg, slot, pids_fn=None):
+        super().__init__(daemon=True)
+        self.pg, self.slot, self.pids_fn = pg, slot, pids_fn
+        self.pids, self.last = {}, {}
+        self.ev = threading.Event()
+
+    def run(self):
+        with psycopg.connect(self.pg.conninfo, autocommit=True) as c:
+            while not self.ev.is_set():
+                if "walsender" not in self.pids:
+                    r = c.execute("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s",
+                                  (self.slot,)).fetchone()
+                    if r and r[0]:
+                        self.pids["walsender"] = r[0]
+                if self.pids_fn:
+                    for k, v in self.pids_fn().items():
+                        self.pids.setdefault(k, v)
+                for k, pid in self.pids.items():
+                    v = cpu_seconds(pid)
+                    if v is not None:
+                        self.last[k] = v
+                time.sleep(0.05)
+
+    def stop(self):
+        self.ev.set()
+        self.join(10)
+        return self.last
 
 
 def mb(kb):
@@ -179,7 +282,7 @@ def bench_copy(pg, args, out):
                f"{args.rows / base:,.0f} | 1.00 | | |")
     runs = [("null", None)] + [("sqlite", c) for c in args.copy_connections.split(",")]
     for dest, conns in runs:
-        conf = {"max_copy_connections_per_table": conns} if conns else None
+        conf = {("sync", "max_copy_connections_per_table"): conns} if conns else None
         w = Walrelay(args.build, pg, "pub_copy", dest, f"copy_{dest}{conns or ''}", conf)
         try:
             t0 = time.monotonic()
@@ -229,29 +332,36 @@ def bench_drain(pg, args, out):
         recv = [f"{PGBIN}/pg_recvlogical", "-d", pg.conninfo, "--slot", "bench_recv", "--start",
                 "--endpos", endpos, "-o", "proto_version=1", "-o", "publication_names=pub_drain",
                 "--no-loop", "-f", "/dev/null"]
-        base = timed(recv)
+        watch = CpuWatch(pg, "bench_recv")
+        watch.start()
+        base, _, recv_cpu = timed_cpu(recv)
+        recv_ws = watch.stop().get("walsender", 0.0)
+        n = args.changes
         out.append(f"\n### Drain of a {args.changes:,}-change backlog (½ inserts, ¼ updates, ¼ deletes; 1000-row transactions)\n")
-        out.append("| what | seconds | changes/s | ratio to pg_recvlogical | peak RSS MB (supervisor/apply) |")
-        out.append("|---|---|---|---|---|")
-        out.append(f"| `pg_recvlogical` pgoutput proto 1 → /dev/null | {base:.2f} | {args.changes / base:,.0f} | 1.00 | |")
+        out.append("| what | seconds | changes/s | ratio to pg_recvlogical | CPU s: consumer / its walsender | "
+                   "consumer CPU µs per change | consumer CPU / walsender CPU | peak RSS MB (supervisor/apply) |")
+        out.append("|---|---|---|---|---|---|---|---|")
+        out.append(f"| `pg_recvlogical` pgoutput proto 1 → /dev/null | {base:.2f} | {n / base:,.0f} | 1.00 | "
+                   f"{recv_cpu:.2f} / {recv_ws:.2f} | {recv_cpu * 1e6 / n:.2f} | "
+                   f"{(recv_cpu / recv_ws if recv_ws else float('nan')):.0%} | |")
         for w in pipes:
             slot = f"walrelay_{w.name}"
-
-            def flushed():
-                with psycopg.connect(pg.conninfo, autocommit=True) as c:
-                    r = c.execute("SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots "
-                                  "WHERE slot_name = %s", (endpos, slot)).fetchone()
-                    return bool(r and r[0])
             w.peak = {}
             t0 = time.monotonic()
             w.start()
-            w.wait(flushed, 1800, "slot confirmed past the backlog")
+            watch = CpuWatch(pg, slot, lambda: w.child_pids())
+            watch.start()
+            w.wait(lambda: slot_flushed(pg, slot, endpos), 1800, "slot confirmed past the backlog")
             dt = time.monotonic() - t0
+            cpu = watch.stop()
             w.stop()
             p = w.peak
+            wr_ws, wr_apply = cpu.get("walsender", 0.0), cpu.get("walrelay-apply", 0.0)
             dest = w.name.split("_", 1)[1]
-            out.append(f"| walrelay → {dest} (until confirmed_flush ≥ end) | {dt:.2f} | {args.changes / dt:,.0f} | "
-                       f"{dt / base:.2f} | {mb(p.get('supervisor', 0))}/{mb(p.get('walrelay-apply', 0))} |")
+            out.append(f"| walrelay → {dest} (until confirmed_flush ≥ end) | {dt:.2f} | {n / dt:,.0f} | "
+                       f"{dt / base:.2f} | {wr_apply:.2f} / {wr_ws:.2f} | {wr_apply * 1e6 / n:.2f} | "
+                       f"{(wr_apply / wr_ws if wr_ws else float('nan')):.0%} | "
+                       f"{mb(p.get('supervisor', 0))}/{mb(p.get('walrelay-apply', 0))} |")
         d = sqlite3.connect(os.path.join(pipes[1].dir, "dest.db"))
         got = d.execute("SELECT count(*), sum(v) FROM bench_drain").fetchone()
         d.close()
@@ -406,6 +516,167 @@ def bench_scale(pg, args, out):
     print("\n".join(out[-9:]), flush=True)
 
 
+def insert_lsn(c):
+    return c.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0]
+
+
+def slot_flushed(pg, slot, endpos):
+    with psycopg.connect(pg.conninfo, autocommit=True) as c:
+        r = c.execute("SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots "
+                      "WHERE slot_name = %s", (endpos, slot)).fetchone()
+        return bool(r and r[0])
+
+
+def bench_bigtx_live(pg, args, out):
+    """The UPDATE of every row while the pipeline runs: protocol 1 vs streamed."""
+    n = args.bigtx_rows
+    with psycopg.connect(pg.conninfo, autocommit=True) as c:
+        c.execute("CREATE TABLE bench_live (id bigint PRIMARY KEY, v int NOT NULL, t text)")
+        c.execute("INSERT INTO bench_live SELECT g, g %% 1000, 'row ' || g "
+                  "FROM generate_series(1, %s) g", (n,))
+        c.execute("VACUUM ANALYZE bench_live")
+        c.execute("CREATE PUBLICATION pub_live FOR TABLE bench_live")
+    out.append(f"\n### Live: one UPDATE of {n:,} rows while the pipeline runs (sqlite), end to end\n")
+    out.append("| [source] streaming | UPDATE s | end to end s (UPDATE start → confirmed_flush ≥ commit) | "
+               "after the UPDATE returned s | peak RSS MB (supervisor/apply) | sqlite equal |")
+    out.append("|---|---|---|---|---|---|")
+    res = {}
+    for streaming in ("0", "1"):
+        w = Walrelay(args.build, pg, "pub_live", "sqlite", f"live_s{streaming}",
+                     conf={("source", "streaming"): streaming})
+        try:
+            w.start()
+            w.wait(w.all_ready, 1800, "table ready")
+            w.peak = {}
+            with psycopg.connect(pg.conninfo, autocommit=True) as c:
+                k = c.execute("SELECT count(*) FROM pg_stat_replication").fetchone()[0]
+                t0 = time.monotonic()
+                c.execute("UPDATE bench_live SET v = v + 1, t = 'updated ' || id")
+                upd = time.monotonic() - t0
+                endpos = insert_lsn(c)
+                want = tuple(c.execute("SELECT count(*), sum(v)::bigint FROM bench_live").fetchone())
+            w.wait(lambda: slot_flushed(pg, f"walrelay_{w.name}", endpos), 3600, "flushed past the UPDATE")
+            dt = time.monotonic() - t0
+            w.sample_rss()
+            p = w.peak
+            d = sqlite3.connect(os.path.join(w.dir, "dest.db"))
+            got = tuple(d.execute("SELECT count(*), sum(v) FROM bench_live").fetchone())
+            d.close()
+            res[streaming] = dt
+            out.append(f"| {streaming} | {upd:.1f} | {dt:.2f} | {dt - upd:.2f} | "
+                       f"{mb(p.get('supervisor', 0))}/{mb(p.get('walrelay-apply', 0))} | "
+                       f"{'equal' if got == want else f'DIFFERENT {got} != {want}'} |")
+            w.stop()
+            del k
+        finally:
+            w.stop() if w.proc and w.proc.poll() is None else None
+            w.cleanup()
+    out.append(f"\nstreamed / protocol 1 end to end: {res['1'] / res['0']:.2f} (goal <= 0.6)")
+    print("\n".join(out[-6:]), flush=True)
+
+
+class Poller(threading.Thread):
+    """Records when each new row (id > start) first becomes visible, as now - ts in ms.
+    Rows commit slightly out of id order (4 pgbench clients): every poll reads the ids
+    above (highest seen - WINDOW) and keeps a set of those seen."""
+
+    WINDOW = 2000
+
+    def __init__(self, query, connect, start):
+        super().__init__(daemon=True)
+        self.query, self.connect = query, connect
+        self.lat, self.last, self.start_id = [], start, start
+        self.seen = set()
+        self.ev = threading.Event()
+
+    def run(self):
+        conn = self.connect()
+        while not self.ev.is_set():
+            lo = max(self.start_id, self.last - self.WINDOW)
+            rows = conn.execute(self.query, (lo,)).fetchall()
+            now = time.time()
+            for rid, ts in rows:
+                if rid in self.seen:
+                    continue
+                self.seen.add(rid)
+                self.lat.append((now - float(ts)) * 1000.0)
+                self.last = max(self.last, rid)
+            time.sleep(0.002)
+        conn.close()
+
+    def stop(self):
+        self.ev.set()
+        self.join(10)
+
+
+def pct(xs, p):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(len(xs) * p / 100))] if xs else float("nan")
+
+
+def bench_latency(pg, args, out):
+    with psycopg.connect(pg.conninfo, autocommit=True) as c:
+        c.execute("CREATE TABLE lat (id bigserial PRIMARY KEY, ts double precision NOT NULL, pad text)")
+        c.execute("CREATE PUBLICATION pub_lat FOR TABLE lat")
+        c.execute("CREATE DATABASE sub")
+        c.execute("SELECT pg_create_logical_replication_slot('sub_lat', 'pgoutput')")
+    subinfo = pg.conninfo.replace("dbname=postgres", "dbname=sub")
+    with psycopg.connect(subinfo, autocommit=True) as c:
+        c.execute("CREATE TABLE lat (id bigint PRIMARY KEY, ts double precision NOT NULL, pad text)")
+        c.execute(f"CREATE SUBSCRIPTION sub_lat CONNECTION '{pg.conninfo}' PUBLICATION pub_lat "
+                  "WITH (create_slot = false, slot_name = 'sub_lat', copy_data = false)")
+    w = Walrelay(args.build, pg, "pub_lat", "sqlite", "lat")
+    script = os.path.join(w.dir, "insert.sql")
+    open(script, "w").write("INSERT INTO lat (ts, pad) VALUES (extract(epoch from clock_timestamp()), 'x');\n")
+    out.append(f"\n### Latency: pgbench -R single-row INSERTs, {args.latency_seconds} s per rate, "
+               "commit-to-visible (ms) from the row's clock_timestamp()\n")
+    out.append("| rate/s | rows | walrelay → sqlite p50 | p99 | max | native subscription p50 | p99 | max |")
+    out.append("|---|---|---|---|---|---|---|---|")
+    try:
+        w.start()
+        w.wait(w.all_ready, 300, "table ready")
+        dest = os.path.join(w.dir, "dest.db")
+        for rate in (2000, 5000):
+            with psycopg.connect(pg.conninfo, autocommit=True) as c:
+                before = c.execute("SELECT count(*) FROM lat").fetchone()[0]
+                start = c.execute("SELECT coalesce(max(id), 0) FROM lat").fetchone()[0]
+            sq = Poller("SELECT id, ts FROM lat WHERE id > ?",
+                        lambda: sqlite3.connect(f"file:{dest}?mode=ro", uri=True, timeout=30,
+                                                check_same_thread=False), start)
+            nat = Poller("SELECT id, ts FROM lat WHERE id > %s",
+                         lambda: psycopg.connect(subinfo, autocommit=True), start)
+            sq.start()
+            nat.start()
+            subprocess.run([f"{PGBIN}/pgbench", "-n", "-f", script, "-c", "4", "-j", "2", "-R", str(rate),
+                            "-T", str(args.latency_seconds), "-h", "127.0.0.1", "-p", str(pg.port),
+                            "-U", "postgres", "postgres"], check=True, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+            with psycopg.connect(pg.conninfo, autocommit=True) as c:
+                rows = c.execute("SELECT count(*) FROM lat").fetchone()[0] - before
+            end = time.time() + 120
+            while (len(sq.lat) < rows or len(nat.lat) < rows) and time.time() < end:
+                time.sleep(0.1)
+            sq.stop()
+            nat.stop()
+            out.append(f"| {rate} | {rows:,} (seen {len(sq.lat):,} / {len(nat.lat):,}) | "
+                       f"{pct(sq.lat, 50):.1f} | {pct(sq.lat, 99):.1f} | {max(sq.lat or [0]):.0f} | "
+                       f"{pct(nat.lat, 50):.1f} | {pct(nat.lat, 99):.1f} | {max(nat.lat or [0]):.0f} |")
+            print(out[-1], flush=True)
+        w.stop()
+        m = re.findall(r"worker=apply", open(w.log).read())
+        del m
+    finally:
+        w.stop() if w.proc and w.proc.poll() is None else None
+        w.cleanup()
+        with psycopg.connect(subinfo, autocommit=True) as c:
+            c.execute("ALTER SUBSCRIPTION sub_lat DISABLE")
+            c.execute("ALTER SUBSCRIPTION sub_lat SET (slot_name = NONE)")
+            c.execute("DROP SUBSCRIPTION sub_lat")
+        with psycopg.connect(pg.conninfo, autocommit=True) as c:
+            c.execute("SELECT pg_drop_replication_slot('sub_lat')")
+    print("\n".join(out[-5:]), flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=1_000_000)
@@ -417,7 +688,8 @@ def main():
                     help="copy into sqlite with each of these max_copy_connections_per_table")
     ap.add_argument("--scale-tables", type=int, default=500)
     ap.add_argument("--scale-rows", type=int, default=10000)
-    ap.add_argument("--only", choices=["copy", "drain", "bigtx", "scale"])
+    ap.add_argument("--latency-seconds", type=int, default=20)
+    ap.add_argument("--only", choices=["copy", "drain", "bigtx", "bigtx-live", "latency", "scale"])
     args = ap.parse_args()
     pg = TmpPostgres()
     out = [f"## {time.strftime('%Y-%m-%d')} — `bench/run.py {' '.join(sys.argv[1:])}`",
@@ -430,6 +702,10 @@ def main():
             bench_drain(pg, args, out)
         if args.only in (None, "bigtx"):
             bench_bigtx(pg, args, out)
+        if args.only in (None, "bigtx", "bigtx-live"):
+            bench_bigtx_live(pg, args, out)
+        if args.only in (None, "latency"):
+            bench_latency(pg, args, out)
         if args.only in (None, "scale"):
             bench_scale(pg, args, out)
     finally:

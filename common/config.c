@@ -61,6 +61,8 @@ typedef enum {
     CFG_K_SLOTLOST, /* stop | recopy */
     CFG_K_BACKEND,  /* [state] backend: sqlite | postgres | plugin */
     CFG_K_ITEM,     /* [state] keys other than backend: kept as items (cfg_state_finish) */
+    CFG_K_LISTEN,   /* [metrics] listen: HOST:PORT, empty = off */
+    CFG_K_LOGFMT,   /* [log] format: text | json */
 } cfg_kind_t;
 
 typedef struct cfg_key_s {
@@ -74,8 +76,8 @@ typedef struct cfg_key_s {
     const char *help;    /* comment cfg_write_new writes above the key */
 } cfg_key_t;
 
-static const char *const cfg_sections[] = {"pipeline", "source", "destination", "state",
-                                           "batch",    "sync",   "retry",       "log"};
+static const char *const cfg_sections[] = {"pipeline", "source", "destination", "state", "batch",
+                                           "sync",     "retry",  "metrics",     "log"};
 #define CFG_NSECTIONS (sizeof(cfg_sections) / sizeof(cfg_sections[0]))
 
 #define F(field) offsetof(wr_config_t, field)
@@ -100,6 +102,12 @@ static const cfg_key_t cfg_keys[] = {
      "user needs the REPLICATION attribute. A ';' after a space starts a comment."},
     {"source", "publication", CFG_K_PUBNAME, F(publication), 0, 0, NULL, "publication = NAME",
      "Publication whose tables are replicated (CREATE PUBLICATION ... FOR TABLE ...)."},
+    {"source", "streaming", CFG_K_INT, F(streaming), 0, 1, "1", NULL,
+     "1 = large transactions are streamed while they run (pgoutput protocol version 2,\n"
+     "streaming on): the server stops spilling them to disk and walrelay writes them into\n"
+     "the open destination transaction as they arrive (sqlite), or spools them on disk in\n"
+     "DIR/spool until their commit (other destinations). 0 = protocol version 1: a\n"
+     "transaction is sent only once it committed."},
     {"state", "backend", CFG_K_BACKEND, F(state_backend), 0, 0, "sqlite", NULL,
      "Where the replication state lives: sqlite = DIR/state.db; postgres = a schema of a\n"
      "PostgreSQL database (conninfo below), for hosts whose disk does not survive a restart\n"
@@ -147,8 +155,21 @@ static const cfg_key_t cfg_keys[] = {
      1000, "5", NULL,
      "Automatic retries of a transiently errored table before it waits for walrelay\n"
      "retry; 0 = never retry automatically. Other errors always wait for an operator."},
+    {"metrics", "listen", CFG_K_LISTEN, F(metrics_listen), 0, 0, "", "listen = 127.0.0.1:9187",
+     "HOST:PORT of the HTTP listener for Prometheus (/metrics) and the health checks\n"
+     "(/healthz, /readyz); [::1]:9187 for IPv6, 0.0.0.0:9187 for every address. Off when\n"
+     "unset. walrelay metrics DIR prints the same metrics without it."},
+    {"metrics", "lag_interval_ms", CFG_K_INT, F(metrics_lag_interval_ms), 1000, 3600000, "5000",
+     NULL,
+     "How often (milliseconds) the supervisor reads the source's WAL position and the\n"
+     "pipeline's slots for walrelay_lag_bytes and walrelay_slot_retained_bytes (a query on\n"
+     "its own connection, off the supervisor's event loop; at most once a second)."},
     {"log", "level", CFG_K_LEVEL, F(log_level), 0, 0, "info", NULL,
      "Least severe messages logged: debug, info, warn or error."},
+    {"log", "format", CFG_K_LOGFMT, F(log_format), 0, 0, "text", NULL,
+     "text = one line per event: \"TS LEVEL message key=value ... pipeline=P worker=W\";\n"
+     "json = one JSON object per line with ts, level, msg, pipeline, worker and every\n"
+     "key=value field. Passwords are redacted in both."},
 };
 #define CFG_NKEYS (sizeof(cfg_keys) / sizeof(cfg_keys[0]))
 
@@ -174,6 +195,7 @@ cfg_defaults(wr_config_t *cfg)
 {
     memset(cfg, 0, sizeof(*cfg));
     cfg->batch_max_fill_ms = 200;
+    cfg->streaming = 1;
     cfg->batch_max_bytes = 8388608;
     cfg->max_table_sync_workers = 4;
     cfg->copy_batch_rows = 10000;
@@ -187,6 +209,8 @@ cfg_defaults(wr_config_t *cfg)
     cfg->on_slot_lost = CFG_SLOT_LOST_STOP;
     cfg->table_error_retry_delay_ms = 10000;
     cfg->table_error_retry_max_attempts = 5;
+    cfg->metrics_lag_interval_ms = 5000;
+    cfg->log_format = LOG_FMT_TEXT;
 }
 
 void
@@ -206,6 +230,7 @@ cfg_free(wr_config_t *cfg)
         free(cfg->state_items[i].value);
     }
     free(cfg->state_items);
+    free(cfg->metrics_listen);
     free(cfg->publication);
     free(cfg->dest_type);
     for (size_t i = 0; i < cfg->dest_nitems; i++) {
@@ -214,6 +239,73 @@ cfg_free(wr_config_t *cfg)
     }
     free(cfg->dest_items);
     cfg_defaults(cfg);
+}
+
+int
+cfg_listen_parse(const char *s, char *host, size_t hostlen, uint16_t *port, wr_err_t *err)
+{
+    const char *h, *colon, *p;
+    size_t hl;
+    unsigned long v = 0;
+
+    if (!s || !*s)
+        return wr_err_set(err, WR_ECONFIG, "an empty address");
+    if (s[0] == '[') {
+        const char *close = strchr(s, ']');
+        if (!close || close[1] != ':') {
+            wr_err_set(err, WR_ECONFIG, "\"%s\" is not [IPV6]:PORT", s);
+            wr_err_hint(err, "write an IPv6 address in brackets: [::1]:9187");
+            return WR_ECONFIG;
+        }
+        h = s + 1;
+        hl = (size_t)(close - h);
+        colon = close + 1;
+    } else {
+        colon = strrchr(s, ':');
+        if (!colon) {
+            wr_err_set(err, WR_ECONFIG, "\"%s\" has no port", s);
+            wr_err_hint(err, "write HOST:PORT, e.g. 127.0.0.1:9187");
+            return WR_ECONFIG;
+        }
+        h = s;
+        hl = (size_t)(colon - s);
+        if (memchr(h, ':', hl)) {
+            wr_err_set(err, WR_ECONFIG, "\"%s\": an IPv6 address needs brackets", s);
+            wr_err_hint(err, "write [::1]:9187");
+            return WR_ECONFIG;
+        }
+    }
+    if (hl == 0) {
+        wr_err_set(err, WR_ECONFIG, "\"%s\" has no host", s);
+        wr_err_hint(err, "write 0.0.0.0:PORT for every IPv4 address, 127.0.0.1:PORT for this "
+                         "host only");
+        return WR_ECONFIG;
+    }
+    for (size_t i = 0; i < hl; i++) {
+        unsigned char c = (unsigned char)h[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '-' || c == '_' || c == ':' || c == '%'))
+            return wr_err_set(err, WR_ECONFIG, "\"%s\": the host has an invalid character", s);
+    }
+    p = colon + 1;
+    if (!*p)
+        return wr_err_set(err, WR_ECONFIG, "\"%s\" has no port", s);
+    for (; *p; p++) {
+        if (*p < '0' || *p > '9' || v > 65535)
+            break;
+        v = v * 10 + (unsigned long)(*p - '0');
+    }
+    if (*p || v > 65535)
+        return wr_err_set(err, WR_ECONFIG, "\"%s\": the port must be a number from 0 to 65535", s);
+    if (hl + 1 > hostlen)
+        return wr_err_set(err, WR_ECONFIG, "\"%s\": the host is too long", s);
+    if (host) {
+        memcpy(host, h, hl);
+        host[hl] = '\0';
+    }
+    if (port)
+        *port = (uint16_t)v;
+    return 0;
 }
 
 bool
@@ -230,6 +322,34 @@ cfg_pipeline_name_ok(const char *name)
             return false;
     }
     return n >= 1;
+}
+
+bool
+cfg_pipeline_name_clashes(const char *name)
+{
+    size_t n = name ? strlen(name) : 0, d = 0;
+
+    while (d < n && name[n - 1 - d] >= '0' && name[n - 1 - d] <= '9')
+        d++;
+    return d > 0 && n >= d + 3 && name[n - d - 1] == 's' && name[n - d - 2] == '_';
+}
+
+void
+cfg_pipeline_name_clash_err(const char *name, wr_err_t *err)
+{
+    size_t n = strlen(name), d = 0;
+
+    while (d < n && name[n - 1 - d] >= '0' && name[n - 1 - d] <= '9')
+        d++;
+    wr_err_set(err, WR_ECONFIG,
+               "pipeline name \"%s\" ends in \"_s\" and digits, the form of the sync slot names "
+               "of pipeline \"%.*s\" (walrelay_<pipeline>_s<relid>): that pipeline would take "
+               "this one's replication slot for one of its own and drop it",
+               name, (int)(n - d - 2), name);
+    wr_err_hint(err,
+                "choose another name ([pipeline] name, or walrelay init --name NAME), e.g. "
+                "\"%.*s_p\"",
+                (int)(n > 60 ? 60 : n), name);
 }
 
 void
@@ -605,6 +725,14 @@ cfg_set_value(cfg_parse_t *pc, const cfg_key_t *k, const char *value)
             cfg_fail_hint(pc, line, "the name becomes part of the replication slot names");
             return false;
         }
+        if (cfg_pipeline_name_clashes(value)) {
+            wr_err_t cerr;
+
+            cfg_pipeline_name_clash_err(value, &cerr);
+            cfg_fail(pc, WR_ECONFIG, "%s", cerr.msg);
+            cfg_fail_hint(pc, line, "%s", cerr.hint);
+            return false;
+        }
         return cfg_set_string(pc, k, value);
     case CFG_K_CONNINFO:
         /* never echo this value */
@@ -664,6 +792,32 @@ cfg_set_value(cfg_parse_t *pc, const cfg_key_t *k, const char *value)
         return false;
     case CFG_K_ITEM:
         break; /* kept as items: cfg_state_line */
+    case CFG_K_LISTEN: {
+        char host[256];
+        uint16_t port;
+        wr_err_t lerr;
+
+        if (!*value)
+            return true; /* off */
+        if (cfg_listen_parse(value, host, sizeof(host), &port, &lerr) != 0) {
+            cfg_fail(pc, WR_ECONFIG, "invalid value for [%s] %s: %s", k->section, k->key, lerr.msg);
+            cfg_fail_hint(pc, line, "%s",
+                          lerr.hint[0] ? lerr.hint : "write HOST:PORT, e.g. 127.0.0.1:9187");
+            return false;
+        }
+        return cfg_set_string(pc, k, value);
+    }
+    case CFG_K_LOGFMT: {
+        int f = log_format_parse(value);
+        if (f < 0) {
+            cfg_fail(pc, WR_ECONFIG,
+                     "invalid value \"%s\" for [%s] %s: expected \"text\" or \"json\"", value,
+                     k->section, k->key);
+            return false;
+        }
+        *(int *)((char *)pc->cfg + k->off) = f;
+        return true;
+    }
     case CFG_K_SLOTLOST:
         if (strcmp(value, "stop") == 0) {
             *(int *)((char *)pc->cfg + k->off) = CFG_SLOT_LOST_STOP;
@@ -1360,7 +1514,8 @@ cfg_write_all(int fd, const char *buf, size_t len)
 
 int
 cfg_write_new(const char *dir, const char *pipeline, const char *conninfo, const char *publication,
-              const char *dest_section, const char *state, cfg_check_fn check_fn, wr_err_t *err)
+              const char *dest_section, const char *state, const char *metrics,
+              cfg_check_fn check_fn, wr_err_t *err)
 {
     const char *values[CFG_NKEYS] = {0};
     char *conn = NULL, *sconn = NULL, *path = NULL, *text = NULL;
@@ -1378,6 +1533,10 @@ cfg_write_new(const char *dir, const char *pipeline, const char *conninfo, const
                    "and _",
                    pipeline ? pipeline : "", WR_PIPELINE_NAME_MAX);
         wr_err_hint(err, "the name becomes part of the replication slot names");
+        return WR_ECONFIG;
+    }
+    if (cfg_pipeline_name_clashes(pipeline)) {
+        cfg_pipeline_name_clash_err(pipeline, err);
         return WR_ECONFIG;
     }
     if (!publication || !*publication)
@@ -1460,6 +1619,17 @@ cfg_write_new(const char *dir, const char *pipeline, const char *conninfo, const
         }
         values[cfg_key_index("state", "backend")] = "postgres";
         values[cfg_key_index("state", "conninfo")] = sconn;
+    }
+    if (metrics) {
+        if ((rc = cfg_listen_parse(metrics, NULL, 256, NULL, err)) != 0) {
+            wr_err_prefix(err, "--metrics: ");
+            if (!err->hint[0])
+                wr_err_hint(err, "write HOST:PORT, e.g. 127.0.0.1:9187");
+            goto out;
+        }
+        if ((rc = cfg_check_writable("--metrics", "listen", metrics, false, err)))
+            goto out;
+        values[cfg_key_index("metrics", "listen")] = metrics;
     }
     values[cfg_key_index("pipeline", "name")] = pipeline;
     values[cfg_key_index("source", "conninfo")] = conn;

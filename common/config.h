@@ -21,7 +21,8 @@
  *   [retry]       worker_max_failures = 5 ; backoff_initial_ms = 1000 ; backoff_max_ms = 60000
  *                 healthy_reset_ms = 300000
  *                 table_error_retry_delay_ms = 10000 ; table_error_retry_max_attempts = 5
- *   [log]         level = info
+ *   [metrics]     listen = HOST:PORT (off when unset) ; lag_interval_ms = 5000
+ *   [log]         level = info ; format = text | json
  */
 #ifndef WR_CONFIG_H
 #define WR_CONFIG_H
@@ -52,6 +53,7 @@ typedef struct wr_config_s {
     wr_cfg_item_t *dest_items;
     int batch_max_fill_ms;
     int64_t batch_max_bytes;
+    int streaming; /* [source] streaming: 1 = pgoutput protocol version 2 with streaming on */
     int max_table_sync_workers;
     int copy_batch_rows;
     int max_copy_connections_per_table; /* (issue 11) the parallel copy's source connections */
@@ -75,6 +77,10 @@ typedef struct wr_config_s {
      * a plugin store gets all of them but library */
     size_t state_nitems;
     wr_cfg_item_t *state_items;
+    /* added for issue 10 (operations): */
+    char *metrics_listen;        /* [metrics] listen "HOST:PORT"; NULL = no HTTP listener */
+    int metrics_lag_interval_ms; /* [metrics] lag_interval_ms: how often the lag is read */
+    int log_format;              /* [log] format: LOG_FMT_TEXT | LOG_FMT_JSON (log.h) */
 } wr_config_t;
 
 /* [state] backend */
@@ -108,8 +114,19 @@ void cfg_free(wr_config_t *cfg);
 void cfg_apply_slot_name(const wr_config_t *cfg, char *buf, size_t len);
 /* Slot of a sync worker: walrelay_<pipeline>_s<relid> (<= 63 bytes). */
 void cfg_sync_slot_name(const wr_config_t *cfg, uint32_t relid, char *buf, size_t len);
+/* Splits "HOST:PORT" (IPv6 as "[::1]:9187") into host (brackets removed) and port
+ * (0..65535; 0 = any free port). Returns 0, or WR_ECONFIG with err saying what is wrong
+ * (err may be NULL). Names are not resolved here. */
+int cfg_listen_parse(const char *s, char *host, size_t hostlen, uint16_t *port,
+                     wr_err_t *err) WR_MUST_CHECK;
 /* Checks a pipeline name ([a-z0-9_], 1..40 bytes). */
 bool cfg_pipeline_name_ok(const char *name);
+/* True if name ends in "_s" and digits: the form of another pipeline's sync slot names
+ * (shop_s16390 beside shop), refused so that no pipeline's cleanup or drop can take the
+ * other's apply slot for a sync slot of its own. */
+bool cfg_pipeline_name_clashes(const char *name);
+/* Fills err (WR_ECONFIG) for such a name, with a hint. */
+void cfg_pipeline_name_clash_err(const char *name, wr_err_t *err);
 /* The [destination] item named key, or NULL (duplicates are refused at load). */
 const wr_cfg_item_t *cfg_dest_item(const wr_config_t *cfg, const char *key);
 /* Copies dst's [destination] type, lines and items from src (dst's are freed first). */
@@ -131,10 +148,11 @@ typedef int (*cfg_check_fn)(wr_config_t *cfg, wr_err_t *err);
 /* Writes a new DIR/walrelay.conf (mode 0600, refuses to overwrite). dest_section: the
  * body of the [destination] section (comments and "key = value" lines, from the
  * registry's dest_init_section); state: `walrelay init --state` ("sqlite",
- * "postgres:CONNINFO", "plugin:PATH", NULL = sqlite); check, if not NULL, validates the
- * file's text as loaded before anything is written. */
+ * "postgres:CONNINFO", "plugin:PATH", NULL = sqlite); metrics: `walrelay init --metrics`
+ * ("HOST:PORT" for [metrics] listen, NULL = off); check, if not NULL, validates the file's
+ * text as loaded before anything is written. */
 int cfg_write_new(const char *dir, const char *pipeline, const char *conninfo,
                   const char *publication, const char *dest_section, const char *state,
-                  cfg_check_fn check, wr_err_t *err) WR_MUST_CHECK;
+                  const char *metrics, cfg_check_fn check, wr_err_t *err) WR_MUST_CHECK;
 
 #endif

@@ -3,8 +3,8 @@
  * at an exact instruction. TEST-ONLY: they stay in production builds because an unarmed
  * failpoint costs one predictable branch on a global, but nothing but the tests sets them.
  *
- * NOTES: read by every process that reaches a FAILPOINT() (the apply and sync workers
- * today). Configuration comes from the environment, read once per process at the first
+ * NOTES: read by every process that reaches a FAILPOINT() (the apply and sync workers,
+ * and the supervisor). Configuration comes from the environment, read once per process at the first
  * FAILPOINT() it reaches; the workers inherit the supervisor's environment, so
  *
  *   WALRELAY_FAILPOINTS='sync.after_finishedcopy=abort' walrelay run DIR
@@ -32,11 +32,15 @@
  *
  * Each firing logs "failpoint fired name=N action=A pid=P" (warn) first.
  *
- * THE POINTS (each at a phase boundary of the table handoff; see the headers of
- * worker_sync/sync.c and worker_apply/apply.c for what a restart does in each phase)
+ * THE POINTS (at the phase boundaries of the table handoff, see the headers of
+ * worker_sync/sync.c and worker_apply/apply.c for what a restart does in each phase; and
+ * two where a sleep() keeps a worker away from its stream: apply.dest_commit,
+ * sync.catchup_streaming)
  *
  *   sync worker (walrelay-sync)
  *   sync.after_datasync         DATASYNC acked (persisted), before the slot is created
+ *   sync.before_copy            the slot, its snapshot and the schema are there, the COPY is
+ *                               not sent yet (no destination transaction is open)
  *   sync.mid_copy               after each copy batch is committed to the destination
  *                               (with the dir set: after the first batch only); in the
  *                               parallel copy (issue 11) after each batch written into a
@@ -47,6 +51,10 @@
  *                               is not requested yet (the slot exists, the phase is DataSync)
  *   sync.after_finishedcopy     FINISHEDCOPY(X) acked, SYNCWAIT not requested yet
  *   sync.after_syncwait         SYNCWAIT(X) acked, before waiting for Catchup
+ *   sync.catchup_streaming      in Catchup, START_REPLICATION done on the sync slot (the
+ *                               status keeper runs), before the first message is read;
+ *                               sleep() here holds the catch-up (and the waiting apply
+ *                               worker) with both streams open
  *   sync.catchup_after_commit   in Catchup, a source transaction committed to the
  *                               destination (with its resume key), before any status
  *                               update reports it to the server
@@ -54,8 +62,19 @@
  *                               apply worker must drop it)
  *
  *   apply worker (walrelay-apply)
+ *   apply.before_batch_begin    a change of an applied table is about to be written and no
+ *                               destination batch is open: before it is begun (the channel
+ *                               is not read meanwhile, as in a wait on a busy destination)
+ *   apply.before_streaming      the slot is ready, START_REPLICATION not sent yet (the
+ *                               supervisor has not heard "streaming": no READY=1)
  *   apply.catchup_granted       CATCHUP(L) acked for a table, while waiting for SyncDone
  *                               (the replication stream is paused)
+ *   apply.before_commit         a destination batch is about to be committed (its writes done)
+ *   apply.dest_commit           just before the destination's commit of a batch; sleep()
+ *                               here is a destination whose commit blocks (the status
+ *                               keeper must keep the walsender from timing out)
+ *   apply.after_last_key        the destination's resume key was read at start, the slot is
+ *                               not streamed yet (and the worker's lock is held)
  *   apply.after_commit          a destination batch committed at a transaction boundary,
  *                               before the status update that confirms it to the server
  *   apply.mid_txn_chunk         a destination batch committed in the middle of a source
@@ -65,6 +84,42 @@
  *   apply.before_ready          a table's SyncDone LSN is flushed, its destination key is
  *                               caught up, READY is not requested yet
  *   apply.after_ready           READY acked (persisted) for a table
+ *   apply.stream_commit         Stream Commit of a transaction written as it streamed:
+ *                               its destination transaction is not committed yet
+ *   apply.stream_committed      ... committed with its key, the flush not confirmed to the
+ *                               server yet (a replay streams it again: skipped by the key)
+ *   apply.restream              the stream is being restarted to spool a streamed
+ *                               transaction (the batch rolled back, not reconnected yet)
+ *
+ *   supervisor (walrelay run; issue 12: kills of the supervisor between persist and act)
+ *   sup.phase_persisted.PHASE   a worker's set_phase to PHASE (datasync, finishedcopy,
+ *                               syncwait, catchup, syncdone, ready, errored, init) is
+ *                               persisted; not acked, not relayed, not in memory yet
+ *   sup.handoff_paused          a table without its sync worker set back to FinishedCopy
+ *                               (persisted), not told to the apply worker yet
+ *   sup.slot_lost_recopy        on_slot_lost = recopy: flag slot_lost_recopied = 1 persisted,
+ *                               no table set to Init yet
+ *   sup.retry_persisted         walrelay retry (or an automatic retry): the table's new phase
+ *                               is persisted, nothing else done yet (its workers not told)
+ *
+ *   eventstore destination (in whichever worker writes; destinations/eventstore/)
+ *   eventstore.mid_batch        a batch's events are written into the store's open
+ *                               transaction; its progress row and COMMIT are not
+ *   destinations (in whichever worker writes; destinations/jsonl.c)
+ *   jsonl.after_append          a batch appended to the file and fsynced, the state that
+ *                               confirms it not written yet (the next writer cuts it)
+ *   jsonl.after_state           the state confirming the batch renamed into place, the
+ *                               lock not released yet
+ *   jsonl.mid_rotate            the full file renamed away, the state not told yet
+ *   jsonl.copy_appended         a finished copy appended from its side file and fsynced,
+ *                               the state not written yet
+ *   jsonl.copy_moved            a finished copy appended from its side file and confirmed
+ *                               by the state, the side file not removed yet
+ *   http.after_post             a batch acknowledged (2xx) by the receiver, the flush not
+ *                               returned yet (destinations/http.c)
+ *   nats.after_publish          a flush handed every message to the NATS client, before
+ *                               waiting for JetStream's acknowledgements (destinations/nats.c)
+ *   nats.after_ack              every message acknowledged, the checkpoint not written yet
  *
  * Names are plain string literals; a point not listed in WALRELAY_FAILPOINTS does nothing.
  */

@@ -158,54 +158,107 @@ jw_cstr(jw_buf_t *b, const char *s)
         jw_str(b, s, strlen(s));
 }
 
+/* Digits of v at the end of tmp (24 bytes); returns where they start. No snprintf: these
+ * run several times per event. */
+static char *
+jw_digits(uint64_t v, char *end)
+{
+    char *p = end;
+
+    do {
+        *--p = (char)('0' + v % 10);
+        v /= 10;
+    } while (v != 0);
+    return p;
+}
+
 void
 jw_i64(jw_buf_t *b, int64_t v)
 {
-    char tmp[24];
-    int n = snprintf(tmp, sizeof(tmp), "%" PRId64, v);
+    char tmp[24], *end = tmp + sizeof(tmp), *p;
 
-    jw_raw(b, tmp, (size_t)n);
+    p = jw_digits(v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v, end);
+    if (v < 0)
+        *--p = '-';
+    jw_raw(b, p, (size_t)(end - p));
 }
 
 void
 jw_u64(jw_buf_t *b, uint64_t v)
 {
-    char tmp[24];
-    int n = snprintf(tmp, sizeof(tmp), "%" PRIu64, v);
+    char tmp[24], *end = tmp + sizeof(tmp), *p = jw_digits(v, end);
 
-    jw_raw(b, tmp, (size_t)n);
+    jw_raw(b, p, (size_t)(end - p));
+}
+
+/* Upper-case hex of v without leading zeros ("0" for 0) before end. */
+static char *
+jw_hex(uint32_t v, char *end)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    char *p = end;
+
+    do {
+        *--p = hex[v & 15];
+        v >>= 4;
+    } while (v != 0);
+    return p;
 }
 
 void
 jw_lsn(jw_buf_t *b, uint64_t lsn)
 {
-    char tmp[24];
-    int n = snprintf(tmp, sizeof(tmp), "\"%X/%X\"", (unsigned)(lsn >> 32), (unsigned)lsn);
+    char tmp[24], *end = tmp + sizeof(tmp), *p = end;
 
-    jw_raw(b, tmp, (size_t)n);
+    *--p = '"';
+    p = jw_hex((uint32_t)lsn, p);
+    *--p = '/';
+    p = jw_hex((uint32_t)(lsn >> 32), p);
+    *--p = '"';
+    jw_raw(b, p, (size_t)(end - p));
 }
 
 void
 jw_time(jw_buf_t *b, int64_t us)
 {
+    /* the events of a transaction share their commit time: the date part of the last
+     * second formatted is kept (per thread) */
+    static __thread int64_t cached_secs = INT64_MIN;
+    static __thread char cached[32]; /* "\"YYYY-MM-DDTHH:MM:SS." */
+    static __thread int cached_len;
     char tmp[48];
     int64_t secs = us / 1000000, frac = us % 1000000;
-    time_t t;
-    struct tm tm;
-    int n;
 
     if (frac < 0) {
         frac += 1000000;
         secs -= 1;
     }
-    t = (time_t)secs;
-    if (gmtime_r(&t, &tm) == NULL) {
-        jw_lit(b, "null");
-        return;
+    if (secs != cached_secs) {
+        time_t t = (time_t)secs;
+        struct tm tm;
+        int n;
+
+        if (gmtime_r(&t, &tm) == NULL) {
+            jw_lit(b, "null");
+            return;
+        }
+        n = snprintf(cached, sizeof(cached), "\"%04d-%02d-%02dT%02d:%02d:%02d.", tm.tm_year + 1900,
+                     tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+        if (n <= 0 || n >= (int)sizeof(cached)) {
+            jw_lit(b, "null");
+            return;
+        }
+        cached_len = n;
+        cached_secs = secs;
     }
-    n = snprintf(tmp, sizeof(tmp), "\"%04d-%02d-%02dT%02d:%02d:%02d.%06dZ\"", tm.tm_year + 1900,
-                 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)frac);
-    jw_raw(b, tmp, (size_t)n);
+    memcpy(tmp, cached, (size_t)cached_len);
+    for (int i = 5; i >= 0; i--) {
+        tmp[cached_len + i] = (char)('0' + frac % 10);
+        frac /= 10;
+    }
+    tmp[cached_len + 6] = 'Z';
+    tmp[cached_len + 7] = '"';
+    jw_raw(b, tmp, (size_t)cached_len + 8);
 }
 
 /* A JSON number that int2/int4 output can produce: -?[0-9]+ without a leading zero

@@ -1,11 +1,14 @@
 /*
- * pgoutput.c - decoder of pgoutput logical replication messages, protocol version 1.
+ * pgoutput.c - decoder of pgoutput logical replication messages, protocol versions 1 and 2
+ * (streamed in-progress transactions: pgoutput.h, STREAMING).
  *
  * NOTES: runs in walrelay-apply and walrelay-sync on the payload of each 'w' CopyData
  * message (outside bytes). Owns nothing but the decoder's scratch arrays (tuple values
  * and relation columns), which grow with realloc and are reused by every call, so the
  * per-row path allocates only when a wider row than ever before arrives. Strings and
- * values point into the caller's buffer (zero-copy). Persists nothing.
+ * values point into the caller's buffer (zero-copy). Persists nothing. On the per-row
+ * path nothing is formatted unless there is an error (field names for messages are
+ * built only then).
  *
  * Layout (PostgreSQL src/backend/replication/logical/proto.c): big-endian integers,
  * NUL-terminated strings, one message per buffer, first byte = message type. Every read
@@ -55,6 +58,14 @@ pgo_msg_name(uint8_t type)
         return "truncate";
     case PGO_MESSAGE:
         return "message";
+    case PGO_STREAM_START:
+        return "stream start";
+    case PGO_STREAM_STOP:
+        return "stream stop";
+    case PGO_STREAM_COMMIT:
+        return "stream commit";
+    case PGO_STREAM_ABORT:
+        return "stream abort";
     default:
         return NULL;
     }
@@ -174,9 +185,12 @@ rd_tuple(pgo_decoder_t *d, pgo_reader_t *r, int which, const char *what, wr_row_
     char field[64];
     int rc;
 
-    snprintf(field, sizeof(field), "%s column count", what);
-    if ((rc = rd_u16(r, field, &ncols)) < 0)
-        return rc;
+    if (r->len - r->pos < 2) {
+        snprintf(field, sizeof(field), "%s column count", what);
+        return rd_need(r, 2, field);
+    }
+    ncols = (uint16_t)((unsigned)r->buf[r->pos] << 8 | r->buf[r->pos + 1]);
+    r->pos += 2;
     if (ncols > PGO_MAX_COLS)
         return wr_err_set(r->err, WR_EPROTO,
                           "\"%s\" message: %s at offset %zu has %u columns, more than the "
@@ -216,7 +230,13 @@ rd_tuple(pgo_decoder_t *d, pgo_reader_t *r, int which, const char *what, wr_row_
                 return rd_need(r, 4, field);
             }
             at = r->pos;
-            (void)rd_u32(r, what, &len);
+            {
+                const uint8_t *p = r->buf + r->pos;
+
+                len = (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 |
+                      (uint32_t)p[3];
+                r->pos += 4;
+            }
             if (len > PGO_MAX_DATUM)
                 return wr_err_set(r->err, WR_EPROTO,
                                   "\"%s\" message: %s column %u at offset %zu has invalid length "
@@ -517,8 +537,19 @@ pgo_schema_type_names(const pgo_decoder_t *d, wr_schema_t *s)
     return 0;
 }
 
-int
-pgo_decode(pgo_decoder_t *d, const uint8_t *buf, size_t len, pgo_msg_t *out, wr_err_t *err)
+/* True for the message types a stream block may hold (they carry an xid there). */
+static bool
+pgo_in_block_type(uint8_t type)
+{
+    return type == PGO_RELATION || type == PGO_TYPE || type == PGO_INSERT || type == PGO_UPDATE ||
+           type == PGO_DELETE || type == PGO_TRUNCATE || type == PGO_MESSAGE;
+}
+
+/* One message; streamed: inside a stream block (an xid follows the type byte of the types
+ * pgo_in_block_type accepts). */
+static int
+pgo_decode_one(pgo_decoder_t *d, const uint8_t *buf, size_t len, bool streamed, pgo_msg_t *out,
+               wr_err_t *err)
 {
     pgo_reader_t r = {.buf = buf, .len = len, .pos = 0, .msg = NULL, .err = err};
     uint8_t type;
@@ -539,13 +570,17 @@ pgo_decode(pgo_decoder_t *d, const uint8_t *buf, size_t len, pgo_msg_t *out, wr_
         else
             rc = wr_err_set(err, WR_EUNSUPPORTED,
                             "unsupported pgoutput message type 0x%02x at offset 0", type);
-        wr_err_hint(err, "walrelay speaks pgoutput protocol version 1; streaming ('S', 'E', "
-                         "'c', 'A') and two-phase messages need later versions and must not "
-                         "be enabled");
+        wr_err_hint(err, "walrelay speaks pgoutput protocol versions 1 and 2; two-phase and "
+                         "parallel streaming messages need later versions and must not be "
+                         "enabled");
         return rc;
     }
     out->type = (char)type;
     r.pos = 1;
+    if (streamed && pgo_in_block_type(type) && (rc = rd_u32(&r, "xid", &out->xid)) < 0) {
+        out->type = 0;
+        return rc;
+    }
 
     switch (type) {
     case PGO_BEGIN:
@@ -641,6 +676,44 @@ pgo_decode(pgo_decoder_t *d, const uint8_t *buf, size_t len, pgo_msg_t *out, wr_
     case PGO_MESSAGE:
         rc = pgo_read_message(&r, out);
         break;
+    case PGO_STREAM_START:
+        if ((rc = rd_u32(&r, "xid", &out->u.stream_start.xid)) < 0 ||
+            (rc = rd_u8(&r, "first_segment", &marker)) < 0)
+            break;
+        if (marker > 1) {
+            rc = wr_err_set(err, WR_EPROTO,
+                            "\"stream start\" message: field \"first_segment\" at offset 5 is %u "
+                            "(expected 0 or 1)",
+                            (unsigned)marker);
+            break;
+        }
+        out->u.stream_start.first_segment = marker == 1;
+        break;
+    case PGO_STREAM_STOP:
+        break;
+    case PGO_STREAM_COMMIT:
+        if ((rc = rd_u32(&r, "xid", &out->u.stream_commit.xid)) < 0 ||
+            (rc = rd_u8(&r, "flags", &out->u.stream_commit.flags)) < 0)
+            break;
+        if (out->u.stream_commit.flags != 0) {
+            rc = wr_err_set(err, WR_EPROTO,
+                            "\"stream commit\" message: field \"flags\" at offset 5 is %u "
+                            "(expected 0)",
+                            (unsigned)out->u.stream_commit.flags);
+            break;
+        }
+        if ((rc = rd_u64(&r, "commit_lsn", &out->u.stream_commit.commit_lsn)) < 0 ||
+            (rc = rd_u64(&r, "end_lsn", &out->u.stream_commit.end_lsn)) < 0 ||
+            (rc = rd_u64(&r, "ts", &u64)) < 0)
+            break;
+        out->u.stream_commit.ts = (int64_t)u64;
+        break;
+    case PGO_STREAM_ABORT:
+        /* with streaming = on (not parallel) there is no abort LSN or time after these */
+        if ((rc = rd_u32(&r, "xid", &out->u.stream_abort.xid)) < 0)
+            break;
+        rc = rd_u32(&r, "subxid", &out->u.stream_abort.subxid);
+        break;
     }
     if (rc == 0 && r.pos != r.len)
         rc = wr_err_set(err, WR_EPROTO, "%zu trailing bytes after \"%s\" message at offset %zu",
@@ -648,6 +721,50 @@ pgo_decode(pgo_decoder_t *d, const uint8_t *buf, size_t len, pgo_msg_t *out, wr_
     if (rc < 0)
         out->type = 0;
     return rc;
+}
+
+int
+pgo_decode(pgo_decoder_t *d, const uint8_t *buf, size_t len, pgo_msg_t *out, wr_err_t *err)
+{
+    uint8_t type = buf != NULL && len > 0 ? buf[0] : 0;
+    bool block = type == PGO_STREAM_START || type == PGO_STREAM_STOP || type == PGO_STREAM_COMMIT ||
+                 type == PGO_STREAM_ABORT || type == PGO_BEGIN || type == PGO_COMMIT;
+    int rc;
+
+    /* the stream block structure: Start opens, Stop closes, and a block holds only the
+     * messages of one transaction (an Origin may follow a first Stream Start) */
+    if (d->in_stream && block && type != PGO_STREAM_STOP) {
+        memset(out, 0, sizeof(*out));
+        return wr_err_set(err, WR_EPROTO,
+                          "pgoutput message '%c' (%s) inside a stream block (expected a Stream "
+                          "Stop first)",
+                          type, pgo_msg_name(type));
+    }
+    if (!d->in_stream && type == PGO_STREAM_STOP) {
+        memset(out, 0, sizeof(*out));
+        return wr_err_set(err, WR_EPROTO, "\"stream stop\" message outside a stream block");
+    }
+    rc = pgo_decode_one(d, buf, len, d->in_stream, out, err);
+    if (rc != 0)
+        return rc;
+    if (type == PGO_STREAM_START)
+        d->in_stream = true;
+    else if (type == PGO_STREAM_STOP)
+        d->in_stream = false;
+    return 0;
+}
+
+int
+pgo_decode_streamed(pgo_decoder_t *d, const uint8_t *buf, size_t len, pgo_msg_t *out, wr_err_t *err)
+{
+    if (buf == NULL || len == 0 || !pgo_in_block_type(buf[0])) {
+        memset(out, 0, sizeof(*out));
+        return wr_err_set(err, WR_EPROTO,
+                          "spooled pgoutput message of type 0x%02x cannot be part of a stream "
+                          "block",
+                          (unsigned)(buf != NULL && len > 0 ? buf[0] : 0));
+    }
+    return pgo_decode_one(d, buf, len, true, out, err);
 }
 
 uint32_t

@@ -1,11 +1,21 @@
 /*
- * pgoutput.h - decoder of the pgoutput logical replication protocol, version 1.
+ * pgoutput.h - decoder of the pgoutput logical replication protocol, versions 1 and 2
+ * (version 2 adds the streaming of large in-progress transactions).
  *
  * NOTES: runs in walrelay-apply and walrelay-sync on bytes from the server (outside
  * bytes: every length is checked, every string must be NUL-terminated inside the
  * buffer). Decoding is zero-copy: strings and values point into the caller's buffer,
  * which must outlive the decoded message. Tuple and column arrays live in the decoder
  * and are reused by the next call.
+ *
+ * STREAMING (protocol version 2, streaming = on): Stream Start ('S') opens a block of
+ * one in-progress transaction's messages, Stream Stop ('E') closes it; inside a block
+ * Relation, Type, Insert, Update, Delete, Truncate and Message carry the Int32 xid of the
+ * (sub)transaction that made them (msg.xid) after the type byte. The decoder tracks
+ * whether it is inside a block (d->in_stream) from the messages it decodes, and rejects
+ * a Start inside a block, a Stop outside one, and Begin/Commit/Stream Commit/Stream
+ * Abort inside one. pgo_decode_streamed decodes a message of a block out of band (a
+ * spooled one, replayed later).
  */
 #ifndef WR_PGOUTPUT_H
 #define WR_PGOUTPUT_H
@@ -23,6 +33,11 @@ typedef enum {
     PGO_DELETE = 'D',
     PGO_TRUNCATE = 'T',
     PGO_MESSAGE = 'M',
+    /* protocol version 2 */
+    PGO_STREAM_START = 'S',
+    PGO_STREAM_STOP = 'E',
+    PGO_STREAM_COMMIT = 'c',
+    PGO_STREAM_ABORT = 'A',
 } pgo_type_t;
 
 typedef struct pgo_relcol_s {
@@ -34,6 +49,7 @@ typedef struct pgo_relcol_s {
 
 typedef struct pgo_msg_s {
     char type;
+    uint32_t xid; /* inside a stream block: the (sub)transaction of the message; else 0 */
     union {
         struct {
             wr_lsn_t final_lsn;
@@ -90,6 +106,21 @@ typedef struct pgo_msg_s {
             uint32_t len;
             const char *content;
         } message;
+        struct {
+            uint32_t xid;
+            bool first_segment;
+        } stream_start;
+        struct {
+            uint32_t xid;
+            uint8_t flags;
+            wr_lsn_t commit_lsn;
+            wr_lsn_t end_lsn;
+            int64_t ts;
+        } stream_commit;
+        struct {
+            uint32_t xid;    /* the top-level transaction */
+            uint32_t subxid; /* == xid: the whole transaction aborted; else a subtransaction */
+        } stream_abort;
     } u;
 } pgo_msg_t;
 
@@ -106,6 +137,7 @@ typedef struct pgo_decoder_s {
         char *name;
     } * types;
     size_t ntypes, tcap;
+    bool in_stream; /* between a Stream Start and its Stream Stop */
 } pgo_decoder_t;
 
 void pgo_decoder_init(pgo_decoder_t *d);
@@ -115,6 +147,11 @@ void pgo_decoder_close(pgo_decoder_t *d);
  * field and the offset. */
 int pgo_decode(pgo_decoder_t *d, const uint8_t *buf, size_t len, pgo_msg_t *out,
                wr_err_t *err) WR_MUST_CHECK;
+/* Decodes one message of a stream block (xid after the type byte) regardless of
+ * d->in_stream, which it does not change: a spooled message replayed later. Only the
+ * message types a block may hold are accepted. */
+int pgo_decode_streamed(pgo_decoder_t *d, const uint8_t *buf, size_t len, pgo_msg_t *out,
+                        wr_err_t *err) WR_MUST_CHECK;
 /* i-th relid of a decoded TRUNCATE (big-endian on the wire). */
 uint32_t pgo_truncate_relid(const pgo_msg_t *m, uint32_t i);
 /* Builds an owned schema from a decoded RELATION message; NULL on OOM. */

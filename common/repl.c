@@ -23,6 +23,16 @@
     "-c DateStyle=ISO -c IntervalStyle=postgres -c extra_float_digits=3 -c TimeZone=UTC "          \
     "-c statement_timeout=0 -c idle_in_transaction_session_timeout=0 -c bytea_output=hex"
 
+/* libpq settings every connection gets unless its conninfo sets them: connect within
+ * 10 s; TCP keepalives after 10 s idle, every 5 s, 3 unanswered = dead (25 s); and data
+ * sent but not acknowledged for 30 s = dead (tcp_user_timeout, Linux): the apply worker
+ * sends a status update at least every 10 s, so a silent cut is noticed within about
+ * 40 s even while it only waits. */
+static const char *const repl_conn_defaults[][2] = {
+    {"connect_timeout", "10"},    {"keepalives", "1"},       {"keepalives_idle", "10"},
+    {"keepalives_interval", "5"}, {"keepalives_count", "3"}, {"tcp_user_timeout", "30000"},
+};
+
 /* Microseconds between the Unix epoch and the PostgreSQL epoch (2000-01-01). */
 #define REPL_PG_EPOCH_OFFSET_US INT64_C(946684800000000)
 
@@ -131,8 +141,8 @@ repl_connect(const char *conninfo, bool replication, const char *appname, PGconn
     const char *user_options = NULL;
     char *options;
     size_t olen;
-    const char *keys[8];
-    const char *vals[8];
+    const char *keys[16];
+    const char *vals[16];
     int n = 0;
     PGconn *c;
     char msg[768];
@@ -169,6 +179,16 @@ repl_connect(const char *conninfo, bool replication, const char *appname, PGconn
              REPL_SESSION_OPTIONS);
     PQconninfoFree(opts);
 
+    /* Connection defaults (issue 12): a connection whose peer is gone without a FIN (a
+     * network cut, a host that died) is noticed in bounded time. Before dbname, so that
+     * the same keys in the conninfo win (expand_dbname: later entries override earlier
+     * ones). docs/configuration.md "Connection defaults". */
+    for (size_t i = 0; i < sizeof(repl_conn_defaults) / sizeof(repl_conn_defaults[0]); i++) {
+        if (strcmp(repl_conn_defaults[i][0], "connect_timeout") == 0 && getenv("PGCONNECT_TIMEOUT"))
+            continue; /* the environment's */
+        keys[n] = repl_conn_defaults[i][0];
+        vals[n++] = repl_conn_defaults[i][1];
+    }
     keys[n] = "dbname";
     vals[n++] = conninfo;
     if (replication) {
@@ -411,6 +431,13 @@ repl_drop_slot(PGconn *sql, const char *slot, wr_err_t *err)
 int
 repl_start(PGconn *repl, const char *slot, wr_lsn_t start, const char *publication, wr_err_t *err)
 {
+    return repl_start_streaming(repl, slot, start, publication, false, err);
+}
+
+int
+repl_start_streaming(PGconn *repl, const char *slot, wr_lsn_t start, const char *publication,
+                     bool streaming, wr_err_t *err)
+{
     char *slot_ident = NULL;
     char *pub_ident = NULL;
     char *pub_lit = NULL;
@@ -438,8 +465,9 @@ repl_start(PGconn *repl, const char *slot, wr_lsn_t start, const char *publicati
     }
     snprintf(sql, len,
              "START_REPLICATION SLOT %s LOGICAL " WR_LSN_FMT
-             " (proto_version '1', publication_names %s)",
-             slot_ident, WR_LSN_ARGS(start), pub_lit);
+             " (proto_version '%d', publication_names %s%s)",
+             slot_ident, WR_LSN_ARGS(start), streaming ? 2 : 1, pub_lit,
+             streaming ? ", streaming 'on'" : "");
     res = PQexec(repl, sql);
     if (res == NULL || PQresultStatus(res) != PGRES_COPY_BOTH) {
         rc = repl_result_error(repl, res, what, err);
@@ -490,6 +518,74 @@ repl_recv(PGconn *repl, char **buf, wr_err_t *err)
     /* drain what is left so the connection can be closed cleanly */
     while ((res = PQgetResult(repl)) != NULL)
         PQclear(res);
+    return rc;
+}
+
+int
+repl_consume(PGconn *repl, wr_err_t *err)
+{
+    char msg[768];
+
+    if (PQconsumeInput(repl) != 0)
+        return 0;
+    repl_trim_copy(PQerrorMessage(repl), msg, sizeof(msg));
+    wr_err_set(err, WR_ECONN, "replication connection lost: %s", msg);
+    wr_err_hint(err, "check [source] conninfo; is the server running and reachable?");
+    return WR_ECONN;
+}
+
+int
+repl_parse_guc_ms(const char *text, int64_t *ms)
+{
+    static const struct {
+        const char *unit;
+        int64_t num, den; /* milliseconds = value * num / den */
+    } units[] = {
+        {"", 1, 1},        {"ms", 1, 1},      {"us", 1, 1000},    {"s", 1000, 1},
+        {"min", 60000, 1}, {"h", 3600000, 1}, {"d", 86400000, 1},
+    };
+    const char *p = text;
+    int64_t v = 0;
+
+    if (text == NULL || *p < '0' || *p > '9')
+        return WR_EINVAL;
+    for (; *p >= '0' && *p <= '9'; p++) {
+        if (v > (INT64_MAX - 9) / 10)
+            return WR_EINVAL;
+        v = v * 10 + (*p - '0');
+    }
+    for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++) {
+        if (strcmp(p, units[i].unit) != 0)
+            continue;
+        if (v > INT64_MAX / units[i].num)
+            return WR_EINVAL;
+        *ms = v * units[i].num / units[i].den;
+        if (*ms == 0 && v > 0)
+            *ms = 1;
+        return 0;
+    }
+    return WR_EINVAL;
+}
+
+int
+repl_wal_sender_timeout(PGconn *c, int64_t *ms, wr_err_t *err)
+{
+    PGresult *res = PQexec(c, "SHOW wal_sender_timeout");
+    int rc = 0;
+
+    *ms = 0;
+    if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK) {
+        rc = repl_result_error(c, res, "reading wal_sender_timeout", err);
+    } else if (PQntuples(res) != 1 || PQnfields(res) < 1 || PQgetisnull(res, 0, 0)) {
+        rc = wr_err_set(err, WR_EPROTO, "reading wal_sender_timeout: %d rows, expected 1",
+                        PQntuples(res));
+    } else if (repl_parse_guc_ms(PQgetvalue(res, 0, 0), ms) != 0) {
+        rc = wr_err_set(err, WR_EPROTO,
+                        "reading wal_sender_timeout: \"%.40s\" is not a time (expected e.g. "
+                        "\"60s\")",
+                        PQgetvalue(res, 0, 0));
+    }
+    PQclear(res);
     return rc;
 }
 

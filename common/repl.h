@@ -45,11 +45,29 @@ int repl_create_slot_export(PGconn *repl, const char *slot, wr_lsn_t *consistent
  * The publication name is quoted. After success the connection is in COPY BOTH mode. */
 int repl_start(PGconn *repl, const char *slot, wr_lsn_t start, const char *publication,
                wr_err_t *err) WR_MUST_CHECK;
+/* repl_start with streaming: proto_version '2' and streaming 'on' (large in-progress
+ * transactions arrive in Stream Start/Stop blocks, see pgoutput.h) */
+int repl_start_streaming(PGconn *repl, const char *slot, wr_lsn_t start, const char *publication,
+                         bool streaming, wr_err_t *err) WR_MUST_CHECK;
 
 /* One CopyData message from the stream, non-blocking (call PQconsumeInput first when the
  * socket is readable). Returns >0 length with *buf set (free with PQfreemem), 0 if none
  * is ready, WR_EEOF when the server ended the stream, <0 error. */
 int repl_recv(PGconn *repl, char **buf, wr_err_t *err) WR_MUST_CHECK;
+
+/* Reads what the socket has into libpq's buffer, without blocking (PQconsumeInput).
+ * 0, or WR_ECONN "replication connection lost: ..." with libpq's message. */
+int repl_consume(PGconn *repl, wr_err_t *err) WR_MUST_CHECK;
+
+/* SHOW wal_sender_timeout on this connection (it may be set per connection, e.g. with
+ * options=-c wal_sender_timeout=...): *ms, 0 when the timeout is off. Errors: WR_ECONN,
+ * WR_EPROTO (a value that does not parse). Before START_REPLICATION only. */
+int repl_wal_sender_timeout(PGconn *c, int64_t *ms, wr_err_t *err) WR_MUST_CHECK;
+
+/* Parses a time GUC as SHOW prints it ("60s", "1min", "500ms", "0"; units us, ms, s,
+ * min, h, d; none means ms) into milliseconds (a positive value below 1 ms gives 1).
+ * 0 or WR_EINVAL. */
+int repl_parse_guc_ms(const char *text, int64_t *ms) WR_MUST_CHECK;
 
 /* Standby status update 'r': write, flush, apply positions. */
 int repl_send_status(PGconn *repl, wr_lsn_t write, wr_lsn_t flush, wr_lsn_t apply,

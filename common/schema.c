@@ -40,6 +40,10 @@ wr_schema_copy(const wr_schema_t *src)
     if (!s)
         return NULL;
     s->replident = src->replident;
+    if (src->dest_name && !(s->dest_name = wr_strdup(src->dest_name))) {
+        wr_schema_free(s);
+        return NULL;
+    }
     for (i = 0; i < src->ncols; i++) {
         s->cols[i] = src->cols[i];
         s->cols[i].name = wr_strdup(src->cols[i].name ? src->cols[i].name : "");
@@ -66,6 +70,7 @@ wr_schema_free(wr_schema_t *s)
     free(s->cols);
     free(s->nsp);
     free(s->name);
+    free(s->dest_name);
     free(s);
 }
 
@@ -91,6 +96,18 @@ wr_schema_equal(const wr_schema_t *a, const wr_schema_t *b)
             return false;
     }
     return true;
+}
+
+int
+wr_schema_set_dest_name(wr_schema_t *s, const char *dest_name)
+{
+    char *copy = NULL;
+
+    if (dest_name && dest_name[0] && !(copy = wr_strdup(dest_name)))
+        return WR_ENOMEM;
+    free(s->dest_name);
+    s->dest_name = copy;
+    return 0;
 }
 
 int

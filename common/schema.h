@@ -46,6 +46,10 @@ typedef struct wr_schema_s {
     char replident; /* 'd' default, 'n' nothing, 'f' full, 'i' index */
     uint16_t ncols;
     wr_column_t *cols;
+    /* (issue 12) the destination table name the pipeline chose for the table (state store
+     * mappings, unique in the pipeline); NULL = dest_table_name(nsp, name). Owned; copied
+     * by wr_schema_copy, ignored by wr_schema_equal and by the IPC schema encoding. */
+    char *dest_name;
 } wr_schema_t;
 
 /* Allocates an empty schema with ncols zeroed columns; NULL on OOM. */
@@ -56,6 +60,8 @@ void wr_schema_free(wr_schema_t *s);
 /* True if both describe the same columns (names, types, typmods, key flags, replident;
  * type_name is ignored). */
 bool wr_schema_equal(const wr_schema_t *a, const wr_schema_t *b);
+/* Sets (a copy of) dest_name, or clears it for NULL or ""; 0 or WR_ENOMEM. */
+int wr_schema_set_dest_name(wr_schema_t *s, const char *dest_name) WR_MUST_CHECK;
 /* Number of key columns. */
 int wr_schema_nkeys(const wr_schema_t *s);
 

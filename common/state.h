@@ -95,6 +95,13 @@ typedef struct state_ops_s {
      * get_flag: *found=false and *value=0 when never set. */
     int (*get_flag)(state_store_t *s, const char *name, int64_t *value, bool *found, wr_err_t *err);
     int (*set_flag)(state_store_t *s, const char *name, int64_t value, wr_err_t *err);
+    /* (added for issue 12) Optional (NULL: plugin stores, whose ABI has no such read). The
+     * phase before the current one, i.e. what rollback_phase would restore (the newest
+     * history entry), without changing anything; *found=false if none. Lets `walrelay
+     * retry` decide first and then persist its decision in one write; without it, retry
+     * always copies again from scratch (also one write). */
+    int (*prev_phase)(state_store_t *s, uint32_t relid, wr_phase_t *phase, wr_lsn_t *lsn,
+                      bool *found, wr_err_t *err);
     /* Optional (NULL: the store has no lease; DIR/walrelay.pid is the only guard). Checks
      * that this process still holds the pipeline's lease on a store other hosts can reach.
      * probe = false: only what the store already knows (no I/O; the supervisor asks every

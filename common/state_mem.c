@@ -299,6 +299,18 @@ mem_rollback_phase(state_store_t *base, uint32_t relid, wr_err_t *err)
 }
 
 static int
+mem_prev_phase(state_store_t *base, uint32_t relid, wr_phase_t *phase, wr_lsn_t *lsn, bool *found,
+               wr_err_t *err)
+{
+    mem_table_t *t = mem_table((mem_store_t *)base, relid);
+    WR_UNUSED(err);
+    *found = t && t->nhist > 0;
+    *phase = *found ? t->hist[t->nhist - 1].phase : PH_INIT;
+    *lsn = *found ? t->hist[t->nhist - 1].lsn : 0;
+    return 0;
+}
+
+static int
 mem_history_len(state_store_t *base, uint32_t relid, size_t *n, wr_err_t *err)
 {
     mem_table_t *t = mem_table((mem_store_t *)base, relid);
@@ -553,6 +565,7 @@ static const state_ops_t mem_ops = {
     .set_attempts = mem_set_attempts,
     .rollback_phase = mem_rollback_phase,
     .history_len = mem_history_len,
+    .prev_phase = mem_prev_phase,
     .put_schema = mem_put_schema,
     .get_schema = mem_get_schema,
     .put_mapping = mem_put_mapping,

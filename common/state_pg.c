@@ -716,6 +716,40 @@ pgs_rollback_phase(state_store_t *base, uint32_t relid, wr_err_t *err)
 }
 
 static int
+pgs_prev_phase(state_store_t *base, uint32_t relid, wr_phase_t *phase, wr_lsn_t *lsn, bool *found,
+               wr_err_t *err)
+{
+    pgs_store_t *s = (pgs_store_t *)base;
+    pgs_num_t a;
+    const char *v[2] = {s->pipeline, pgs_u(&a, relid)};
+    PGresult *r;
+    int rc;
+
+    *found = false;
+    *phase = PH_INIT;
+    *lsn = 0;
+    if ((rc = pgs_read(s,
+                       "SELECT phase, lsn FROM table_phase_history WHERE pipeline = $1 AND "
+                       "relid = $2 ORDER BY id DESC LIMIT 1",
+                       2, v, &r, err, "reading the phase history of a table")))
+        return rc;
+    if (PQntuples(r) == 1) {
+        if (phase_parse(PQgetvalue(r, 0, 0), phase) != 0) {
+            wr_err_set(err, WR_ESTATE,
+                       "the state store holds an unknown phase \"%.32s\" in the history of table "
+                       "%u",
+                       PQgetvalue(r, 0, 0), relid);
+            PQclear(r);
+            return WR_ESTATE;
+        }
+        *lsn = pgs_get_lsn(r, 0, 1);
+        *found = true;
+    }
+    PQclear(r);
+    return 0;
+}
+
+static int
 pgs_history_len(state_store_t *base, uint32_t relid, size_t *n, wr_err_t *err)
 {
     pgs_store_t *s = (pgs_store_t *)base;
@@ -1168,6 +1202,7 @@ static const state_ops_t pgs_ops = {
     .set_attempts = pgs_set_attempts,
     .rollback_phase = pgs_rollback_phase,
     .history_len = pgs_history_len,
+    .prev_phase = pgs_prev_phase,
     .put_schema = pgs_put_schema,
     .get_schema = pgs_get_schema,
     .put_mapping = pgs_put_mapping,

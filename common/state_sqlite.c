@@ -306,8 +306,9 @@ sq_hint(sq_store_t *s, wr_err_t *err)
         break;
     case SQLITE_CORRUPT:
     case SQLITE_NOTADB:
-        wr_err_hint(err, "state.db is damaged or not a walrelay state file; restore it from a "
-                         "backup or move it away to start from scratch");
+        wr_err_hint(err, "state.db is damaged or not a walrelay state file; restore it (with its "
+                         "-wal file) from a backup, or walrelay drop DIR and start over (every "
+                         "table is copied again)");
         break;
     default:
         break;
@@ -837,6 +838,37 @@ sq_rollback_phase(state_store_t *base, uint32_t relid, wr_err_t *err)
 }
 
 static int
+sq_prev_phase(state_store_t *base, uint32_t relid, wr_phase_t *phase, wr_lsn_t *lsn, bool *found,
+              wr_err_t *err)
+{
+    sq_store_t *s = (sq_store_t *)base;
+    sqlite3_stmt *st = sq_stmt(s, SQ_LAST_HISTORY, err);
+    const char *name;
+    int step, rc = 0;
+
+    *found = false;
+    *phase = PH_INIT;
+    *lsn = 0;
+    if (!st)
+        return WR_ESTATE;
+    sqlite3_bind_int64(st, 1, relid);
+    step = sqlite3_step(st);
+    if (step == SQLITE_ROW) {
+        name = (const char *)sqlite3_column_text(st, 1);
+        if (phase_parse(name, phase) != 0)
+            rc = wr_err_set(err, WR_ESTATE,
+                            "state.db holds an unknown phase \"%.32s\" in the history of table %u",
+                            name ? name : "", relid);
+        *lsn = sq_lsn_from_db(sqlite3_column_int64(st, 2));
+        *found = rc == 0;
+    } else if (step != SQLITE_DONE) {
+        rc = sq_fail(s, err, "reading the phase history of table %u", relid);
+    }
+    sq_release(st);
+    return rc;
+}
+
+static int
 sq_history_len(state_store_t *base, uint32_t relid, size_t *n, wr_err_t *err)
 {
     sq_store_t *s = (sq_store_t *)base;
@@ -1135,6 +1167,7 @@ static const state_ops_t sq_ops = {
     .set_attempts = sq_set_attempts,
     .rollback_phase = sq_rollback_phase,
     .history_len = sq_history_len,
+    .prev_phase = sq_prev_phase,
     .put_schema = sq_put_schema,
     .get_schema = sq_get_schema,
     .put_mapping = sq_put_mapping,
@@ -1244,6 +1277,10 @@ state_open_sqlite(const char *path, state_store_t **out, wr_err_t *err)
     return 0;
 fail:
     wr_err_prefix(err, "state store \"%s\": ", path);
+    /* (issue 12) a damaged file is not retried by a service manager: a person decides */
+    if ((sqlite3_errcode(s->db) & 0xff) == SQLITE_CORRUPT ||
+        (sqlite3_errcode(s->db) & 0xff) == SQLITE_NOTADB)
+        rc = err->code = WR_ECONFIG;
     sq_close(&s->base);
     return rc;
 }

@@ -38,8 +38,16 @@ enum {
 
 /* Exit codes, see STYLE.md: 0 asked to stop, 1 error (restart), 2 config (no restart).
  * (added for issue 3) 3: walrelay-apply only, its slot lost required WAL (wal_status
- * 'lost'); the supervisor stops the pipeline or, with on_slot_lost = recopy, copies again. */
-enum { WR_EXIT_OK = 0, WR_EXIT_ERROR = 1, WR_EXIT_CONFIG = 2, WR_EXIT_SLOT_LOST = 3 };
+ * 'lost'); the supervisor stops the pipeline or, with on_slot_lost = recopy, copies again.
+ * (issue 12) 4: a worker's source is unavailable (common/srcprobe.h): restarted for as
+ * long as the outage lasts, with a capped backoff, not counted as a failure. */
+enum {
+    WR_EXIT_OK = 0,
+    WR_EXIT_ERROR = 1,
+    WR_EXIT_CONFIG = 2,
+    WR_EXIT_SLOT_LOST = 3,
+    WR_EXIT_SOURCE_DOWN = 4
+};
 
 typedef struct wr_err_s {
     int code;

@@ -6,7 +6,7 @@
  * NOTES: runs in the supervisor (init, check, run, reload: load + validate, check:
  * open("check") + check()) and in both workers (open: one instance per process).
  * Persists nothing itself. Conversions:
- *   - schemas -> relations (dest_name from dest_table_name, type names from the schema or
+ *   - schemas -> relations (dest_name from dest_schema_table_name, type names from the schema or
  *     pgt_format_type), one RELATION event before the first change of each table in this
  *     instance and after every change of its schema; without WR_DEST_CAP_SCHEMA_CHANGES a
  *     changed column list is WR_EUNSUPPORTED for that table (the apply worker errors it);
@@ -251,6 +251,71 @@ abi_host_log(void *ctx, int level, const char *message)
     log_msg(lvl, "%s destination=%s", red, name ? name : "?");
 }
 
+/* The worker's hooks (dest_set_host_hooks) behind the host's waiting and interrupted, and
+ * behind dest_host_waiting / dest_host_interrupted for an in-tree destination. */
+static dest_host_hooks_t abi_hooks;
+static char abi_wait_logged[512]; /* the last wait message logged (one line per change) */
+
+void
+dest_set_host_hooks(const dest_host_hooks_t *hooks)
+{
+    if (hooks != NULL)
+        abi_hooks = *hooks;
+    else
+        memset(&abi_hooks, 0, sizeof(abi_hooks));
+}
+
+void
+dest_host_waiting(const char *name, const char *message)
+{
+    char line[512], red[512];
+
+    if (message == NULL || message[0] == '\0') {
+        if (abi_wait_logged[0] != '\0')
+            log_info("destination no longer waiting destination=%s", name ? name : "?");
+        abi_wait_logged[0] = '\0';
+        if (abi_hooks.waiting)
+            abi_hooks.waiting(abi_hooks.arg, NULL);
+        return;
+    }
+    wr_copy_text(line, sizeof(line), message);
+    for (char *p = line; *p; p++)
+        if (*p == '\n' || *p == '\r' || *p == '\t')
+            *p = ' ';
+    log_redact_conninfo(line, red, sizeof(red));
+    if (strcmp(red, abi_wait_logged) != 0) {
+        log_warn("destination waiting destination=%s message=\"%s\"", name ? name : "?", red);
+        snprintf(abi_wait_logged, sizeof(abi_wait_logged), "%s", red);
+    }
+    if (abi_hooks.waiting)
+        abi_hooks.waiting(abi_hooks.arg, red);
+}
+
+bool
+dest_host_interrupted(void)
+{
+    return abi_hooks.interrupted != NULL && abi_hooks.interrupted(abi_hooks.arg);
+}
+
+bool
+dest_host_hooked(void)
+{
+    return abi_hooks.interrupted != NULL;
+}
+
+static void
+abi_host_waiting(void *ctx, const char *message)
+{
+    dest_host_waiting(ctx, message);
+}
+
+static bool
+abi_host_interrupted(void *ctx)
+{
+    WR_UNUSED(ctx);
+    return dest_host_interrupted();
+}
+
 /* ---- the adapter ---------------------------------------------------------------------- */
 
 typedef struct abi_rel_s {
@@ -406,7 +471,7 @@ abi_rel_set(abi_rel_t *r, const wr_schema_t *s, wr_err_t *err)
     r->schema = copy;
     r->cols = cols;
     r->names = names;
-    dest_table_name(copy->nsp, copy->name, r->dest_name, sizeof(r->dest_name));
+    dest_schema_table_name(copy, r->dest_name, sizeof(r->dest_name));
     dest_abi_relation(copy, r->dest_name, cols, names, &r->rel);
     r->announced = false;
     return 0;
@@ -565,7 +630,7 @@ abi_ensure_table(dest_t *base, const wr_schema_t *s, wr_err_t *err)
 
     if (s->name == NULL)
         return wr_err_set(err, WR_EINVAL, "ensure_table without a schema");
-    dest_table_name(s->nsp, s->name, dn, sizeof(dn));
+    dest_schema_table_name(s, dn, sizeof(dn));
     if (r != NULL && strcmp(r->dest_name, dn) == 0 && wr_schema_equal(r->schema, s))
         return 0;
     if (r != NULL && !(d->w->capabilities & WR_DEST_CAP_SCHEMA_CHANGES) &&
@@ -879,6 +944,31 @@ abi_close(dest_t *base)
     free(d);
 }
 
+/* Drops the table's relation: the next change announces a RELATION again (the table
+ * was copied again elsewhere, maybe with another key). Buffered events that point at it
+ * are written first. */
+static int
+abi_forget_table(dest_t *base, uint32_t relid, wr_err_t *err)
+{
+    dest_abi_t *d = (dest_abi_t *)base;
+    abi_rel_t *r = abi_rel_find(d, relid);
+    int rc;
+
+    if (r == NULL)
+        return 0;
+    if ((rc = abi_write_pending(d, 0, err)) < 0)
+        return rc;
+    for (size_t i = 0; i < d->nrels; i++) {
+        if (d->rels[i] == r) {
+            abi_rel_clear(r);
+            free(r);
+            d->rels[i] = d->rels[--d->nrels];
+            break;
+        }
+    }
+    return 0;
+}
+
 static const dest_ops_t dest_abi_ops = {
     .name = "abi",
     .open = NULL, /* opened through the registry (dest_abi_open) */
@@ -898,6 +988,7 @@ static const dest_ops_t dest_abi_ops = {
     .put_version = NULL,
     .alter_table = NULL,
     .reset_table = NULL,
+    .forget_table = abi_forget_table,
 };
 
 int
@@ -932,6 +1023,8 @@ dest_abi_open(const wr_dest_ops_t *ops, dest_plugin_t *plugin, const wr_config_t
     d->host.role = d->role;
     d->host.log = abi_host_log;
     d->host.ctx = d->name;
+    d->host.waiting = abi_host_waiting;
+    d->host.interrupted = abi_host_interrupted;
     if ((rc = abi_config(cfg, &dc, &kv, err)) < 0)
         goto fail;
     memset(&de, 0, sizeof(de));

@@ -63,5 +63,14 @@ void dest_abi_relation(const wr_schema_t *s, const char *dest_name, wr_dest_colu
 
 /* The built-in null destination's operations (destinations/null.c). */
 const wr_dest_ops_t *dest_null_abi(void);
+/* The streaming sinks on the ABI (issue 9): jsonl.c, http.c, nats.c. */
+const wr_dest_ops_t *dest_jsonl_abi(void);
+const wr_dest_ops_t *dest_http_abi(void);
+const wr_dest_ops_t *dest_nats_abi(void);
+/* Parsers of the sinks' own stored text (tests/fuzz/fuzz_sinkstate.c): a jsonl state file
+ * (PATH.walrelay) and a NATS checkpoint value. 0, or -1 with why (one line). */
+int dest_jsonl_state_parse(const char *text, size_t len, char *why, size_t whylen);
+int dest_nats_checkpoint_parse(const char *text, size_t len, uint64_t *seq, bool *has_key,
+                               wr_dest_key_t *key);
 
 #endif

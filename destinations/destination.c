@@ -29,6 +29,15 @@ dest_table_name(const char *nsp, const char *name, char *buf, size_t len)
         snprintf(buf, len, "%s__%s", nsp, name);
 }
 
+void
+dest_schema_table_name(const wr_schema_t *s, char *buf, size_t len)
+{
+    if (s->dest_name != NULL && s->dest_name[0] != '\0')
+        snprintf(buf, len, "%s", s->dest_name);
+    else
+        dest_table_name(s->nsp, s->name, buf, len);
+}
+
 /* ---- schema versions (issue 3) --------------------------------------------------------- */
 
 void
@@ -210,6 +219,13 @@ int
 dest_ddl_plan(const wr_schema_t *ds, const dest_tmeta_t *dm, const dest_catalog_t *cat,
               dest_ddl_plan_t *p, wr_err_t *err)
 {
+    return dest_ddl_plan_flags(ds, dm, cat, 0, p, err);
+}
+
+int
+dest_ddl_plan_flags(const wr_schema_t *ds, const dest_tmeta_t *dm, const dest_catalog_t *cat,
+                    unsigned flags, dest_ddl_plan_t *p, wr_err_t *err)
+{
     const wr_schema_t *cs = cat->schema;
     const dest_tmeta_t *cm = &cat->meta;
     int32_t *didx = NULL, *cidx = NULL;
@@ -273,7 +289,9 @@ dest_ddl_plan(const wr_schema_t *ds, const dest_tmeta_t *dm, const dest_catalog_
         if (sd == 'l' && sc == 'l') {
             const wr_column_t *d = &ds->cols[didx[a]], *c = &cs->cols[cidx[a]];
 
-            if (d->type_oid != c->type_oid || d->typmod != c->typmod) {
+            bool retyped = d->type_oid != c->type_oid || d->typmod != c->typmod;
+
+            if (retyped && (!(flags & DEST_DDL_RETYPE) || cm->relfilenode != dm->relfilenode)) {
                 dest_ddl_recopy(p,
                                 "column \"%s\" changed type (type %u typmod %d to type %u typmod "
                                 "%d): the stream does not carry the rewritten values",
@@ -282,10 +300,16 @@ dest_ddl_plan(const wr_schema_t *ds, const dest_tmeta_t *dm, const dest_catalog_
                 goto out;
             }
             p->src[cidx[a]] = didx[a];
+            if (retyped) {
+                /* not rewritten: PostgreSQL relabelled the column, every value is kept */
+                dest_ddl_say(p, "change the type of column \"%s\" to %s", c->name,
+                             c->type_name ? c->type_name : "?");
+                nother++;
+            }
             if (strcmp(d->name, c->name) != 0) {
                 dest_ddl_say(p, "rename column \"%s\" to \"%s\"", d->name, c->name);
                 nother++;
-            } else if (dm->attxmin[a - 1] != cm->attxmin[a - 1] && touched[0] == '\0') {
+            } else if (!retyped && dm->attxmin[a - 1] != cm->attxmin[a - 1] && touched[0] == '\0') {
                 snprintf(touched, sizeof(touched), "%s", c->name);
             }
         } else if (sd == 'l' && sc == 'd') {
@@ -428,4 +452,30 @@ out:
     free(didx);
     free(cidx);
     return rc;
+}
+
+/* ---- reading ahead while a destination waits --------------------------------------------- */
+
+static int dest_ra_fd = -1;
+static dest_readahead_fn dest_ra_fn;
+static void *dest_ra_arg;
+
+void
+dest_set_readahead(int fd, dest_readahead_fn fn, void *arg)
+{
+    dest_ra_fd = fn != NULL ? fd : -1;
+    dest_ra_fn = fn;
+    dest_ra_arg = arg;
+}
+
+int
+dest_readahead_fd(void)
+{
+    return dest_ra_fd;
+}
+
+bool
+dest_readahead(void)
+{
+    return dest_ra_fn != NULL && dest_ra_fn(dest_ra_arg);
 }

@@ -88,7 +88,8 @@ void dest_tmeta_clear(dest_tmeta_t *m);
 int dest_tmeta_copy(dest_tmeta_t *dst, const dest_tmeta_t *src) WR_MUST_CHECK;
 
 /* How to change a destination table from an old schema to a new one (the new schema's
- * columns in order). Type changes never get here (the table is copied again). */
+ * columns in order). Type changes get here only for a destination with DEST_DDL_RETYPE (a
+ * column whose type differs between the two schemas); otherwise the table is copied again. */
 typedef struct dest_alter_s {
     const int32_t *src;       /* per new column: index of the same column (same attnum) in the
                                * old schema, or -1 for a column that was added */
@@ -139,6 +140,17 @@ typedef struct dest_ddl_plan_s {
  * WR_ENOMEM. */
 int dest_ddl_plan(const wr_schema_t *dschema, const dest_tmeta_t *dmeta, const dest_catalog_t *cat,
                   dest_ddl_plan_t *plan, wr_err_t *err) WR_MUST_CHECK;
+/* dest_ddl_plan with the destination's DEST_DDL_* flags. With DEST_DDL_RETYPE a type or typmod
+ * change of a column is FOLLOWed (alter_table sees the same column with another type in its
+ * two schemas) when the table was not rewritten since the destination's version (the same
+ * relfilenode: PostgreSQL changed the column's label and kept every stored value, e.g.
+ * varchar(10) to varchar(20), varchar to text, numeric(10,2) to numeric(12,2), timestamp(3) to
+ * timestamp(6)); a change that rewrote the table (int to bigint, any USING) is copied again,
+ * because the rewritten values are not in the stream and the catalog does not say which
+ * conversion made them. */
+int dest_ddl_plan_flags(const wr_schema_t *dschema, const dest_tmeta_t *dmeta,
+                        const dest_catalog_t *cat, unsigned flags, dest_ddl_plan_t *plan,
+                        wr_err_t *err) WR_MUST_CHECK;
 void dest_ddl_plan_free(dest_ddl_plan_t *plan);
 /* True if a Relation message's schema (key flags = what pgoutput flags) describes the
  * catalog's table: same names, types, typmods, order, replica identity and flags. Else
@@ -165,7 +177,8 @@ typedef struct dest_ops_s {
     /* One change. Inside a transaction. */
     int (*write_event)(dest_t *d, const dest_event_t *ev, wr_err_t *err);
     /* Commits; if key is not NULL, stores it as stream's last applied key in the same
-     * transaction. Returns only once the data is durable. */
+     * transaction. Returns only once the data is durable (or, with durable below, once it
+     * is visible: durable says when it is durable). */
     int (*commit)(dest_t *d, const char *stream, const dest_key_t *key, wr_err_t *err);
     int (*rollback)(dest_t *d, wr_err_t *err);
     /* Last key committed for stream; *found=false if none (or not transactional). */
@@ -200,13 +213,50 @@ typedef struct dest_ops_s {
     int (*reset_table)(dest_t *d, const wr_schema_t *schema, const dest_tmeta_t *meta,
                        wr_err_t *err);
 
-    /* ---- the copy (issues 7 and 11); optional, NULL where not needed ---- */
-    /* Every row of the copy of relid has been written (write_rows): called in the copy's
-     * last transaction, before its commit, so that what the destination put off until the
-     * rows were in (sqlite: the primary key's index, the durability of the copy's earlier
-     * commits) commits with them. */
+    /* ---- streamed transactions (issue 11; NULL in a destination that cannot take
+     * them: the apply worker then spools a streamed transaction and writes it at its
+     * commit, see worker_apply/apply.c STREAMED TRANSACTIONS) ---- */
+    /* True if this instance takes a transaction's changes before the transaction's
+     * commit LSN is known: its write_event uses neither the key nor commit_ts of a change
+     * and needs no BEGIN/COMMIT events (none are written for such a transaction), and
+     * savepoint / rollback_to work. */
+    bool (*can_stream)(dest_t *d);
+    /* Sets a savepoint named name (letters, digits, _) in the open transaction; rollback_to
+     * undoes everything written after it (the savepoint itself stays, later ones go).
+     * Tables created after the savepoint are forgotten and must be registered again with
+     * ensure_table. Inside a transaction. */
+    int (*savepoint)(dest_t *d, const char *name, wr_err_t *err);
+    int (*rollback_to)(dest_t *d, const char *name, wr_err_t *err);
+    /* (issue 12) Forgets whatever this handle cached about the table (its registration,
+     * statements, the columns UPDATE/DELETE match on): another process copies it again,
+     * possibly with other columns or another key, and the next ensure_table must read
+     * the destination afresh. Outside a transaction. NULL if nothing is cached. */
+    int (*forget_table)(dest_t *d, uint32_t relid, wr_err_t *err);
+    /* ---- added for the postgres destination (issue 7); optional, NULL where the
+     * destination does not need them (the workers then use the calls above) ---- */
+    /* The copy's rows exactly as the source's COPY ... TO STDOUT (text format) sends them:
+     * whole lines, each ending in '\n', columns in the order of the schema reset_table
+     * registered. Lets a destination that speaks COPY pass the bytes through untouched
+     * instead of write_rows. Inside a transaction; errors may show only at commit. */
+    int (*write_copy)(dest_t *d, uint32_t relid, const char *data, size_t len, wr_err_t *err);
+    /* Every row of the copy of relid has been written (write_copy or write_rows): called in
+     * the copy's last transaction, before its commit, so that what the destination put off
+     * until the rows were in (postgres: the primary key and indexes; sqlite: the primary
+     * key's index, the durability of the copy's earlier commits) commits with them. */
     int (*copy_done)(dest_t *d, uint32_t relid, wr_err_t *err);
-
+    /* Writes what write_event held back in the open transaction (a destination that
+     * applies changes in batches), so that a failure shows before commit() and can be
+     * pinned on one table: then *relid names it (0 if the failure is not one table's),
+     * that table's held-back changes are dropped and the transaction stays usable for the
+     * others; the caller marks the table errored and calls flush again. 0 when everything
+     * is written. */
+    int (*flush)(dest_t *d, uint32_t *relid, wr_err_t *err);
+    /* flush and commit in one call, which may save a round trip: a failure of one table is
+     * reported as by flush (*relid, that table's changes dropped, the transaction still
+     * open: call again); 0 means committed with the key, as commit(). NULL: the worker
+     * calls flush, then commit. */
+    int (*flush_commit)(dest_t *d, const char *stream, const dest_key_t *key, uint32_t *relid,
+                        wr_err_t *err);
     /* ---- the parallel, resumable copy (issue 11); optional ----
      * A destination whose range_writers says so copies a table in ranges of its pages, each
      * range in one destination transaction committed with commit_range, so that a sync
@@ -214,7 +264,9 @@ typedef struct dest_ops_s {
      * committed (ranges_done), under the same snapshot (worker_sync/sync.c). The copy
      * begins with reset_table (or copy_resume in the new process) in a transaction of its
      * own, and ends with copy_done in another. range_writers NULL or 0: one COPY, the calls
-     * above. */
+     * above (write_copy or write_rows, copy_done); a destination with write_copy copies
+     * with one COPY whatever range_writers says (postgres: one destination transaction
+     * for the whole copy). */
     /* How many handles may write ranges of one table at the same time, each in its own
      * transaction: 1 for a destination with one writer (sqlite), more where writers do not
      * wait for each other; 0 when this handle does not copy by range. */
@@ -233,11 +285,64 @@ typedef struct dest_ops_s {
      * stay; registers the table as ensure_table does and takes up what reset_table began for
      * the copy (sqlite: the staging table, the commits' durability). Inside a transaction. */
     int (*copy_resume)(dest_t *d, const wr_schema_t *schema, wr_err_t *err);
+    /* DEST_DDL_* flags: schema changes this destination follows beyond dest_ddl_plan's
+     * default rules (0 for sqlite). */
+    unsigned ddl_flags;
+    /* A destination whose commit() returns once the data is visible, before it is durable
+     * (postgres in the apply worker commits with synchronous_commit = off, as PostgreSQL's
+     * own subscriber does, and watches its WAL flush): *n = how many of this handle's
+     * commits (counted from 1, in the order they returned) are durable now. It may ask the
+     * server: call it a few times a second at most. The worker confirms a position to the
+     * source only once the commit holding it is durable. NULL: every commit is durable
+     * when it returns. */
+    int (*durable)(dest_t *d, uint64_t *n, wr_err_t *err);
 } dest_ops_t;
+
+/* dest_ops_t.ddl_flags: the destination changes a column's type in place (ALTER COLUMN ...
+ * TYPE) where the source's values did not change (see dest_ddl_plan_flags). */
+#define DEST_DDL_RETYPE 1u
 
 struct dest_s {
     const dest_ops_t *ops;
 };
+
+/* What a worker lets its destination do while the destination waits on the outside world
+ * (the ABI host's waiting and interrupted, include/walrelay/destination.h "Waiting").
+ * Process-wide: a worker sets them once, after dest_open; without them a destination's
+ * wait is only logged and never interrupted. Called on the worker's thread, from inside a
+ * destination call. */
+typedef struct dest_host_hooks_s {
+    /* message: what the destination waits for and its last error; NULL: the wait is over */
+    void (*waiting)(void *arg, const char *message);
+    /* true: give up waiting (a stop was asked for, or the supervisor is gone) */
+    bool (*interrupted)(void *arg);
+    void *arg;
+} dest_host_hooks_t;
+
+void dest_set_host_hooks(const dest_host_hooks_t *hooks);
+
+/* The same waiting and interrupted for an in-tree destination (postgres): waiting logs
+ * the message once per change (redacted, as for a plugin) and reports it through the
+ * worker's hook (walrelay status); NULL or "" ends the wait. interrupted is false without
+ * hooks. name: the destination's type, for the log line. */
+void dest_host_waiting(const char *name, const char *message);
+bool dest_host_interrupted(void);
+/* True once a worker set its hooks (walrelay check and tools set none: a destination
+ * there reports a failure at once instead of waiting). */
+bool dest_host_hooked(void);
+
+/* While a destination waits for its server's answer, the worker may keep reading its own
+ * input: the apply worker reads the replication socket into the stream engine's buffer
+ * then, so that the walsender goes on decoding while the destination works (decoding and
+ * applying overlap instead of taking turns). fd is watched; fn is called when it is
+ * readable and must not block or process anything; it returns false to be left alone
+ * until the destination's next wait (its buffer is full enough, or the stream failed: the
+ * worker's next read reports that). Process-wide; fd -1 = none. */
+typedef bool (*dest_readahead_fn)(void *arg);
+void dest_set_readahead(int fd, dest_readahead_fn fn, void *arg);
+/* The registered fd (-1 if none), and one call of its function (false: stop watching). */
+int dest_readahead_fd(void);
+bool dest_readahead(void);
 
 /* Opens cfg's destination through the registry (destinations/registry.h): validates the
  * [destination] keys (dest_config_check; fills the default type), then the type's open.
@@ -248,7 +353,12 @@ void dest_sync_stream(uint32_t relid, char *buf, size_t len);
 /* Destination table name for a source table: "name" for schema public, else
  * "nsp__name". */
 void dest_table_name(const char *nsp, const char *name, char *buf, size_t len);
+/* The destination table of a schema: its dest_name (the unique name the pipeline chose
+ * and recorded in the state store's mappings, issue 12) if set, else dest_table_name().
+ * Every destination names its tables with this. */
+void dest_schema_table_name(const wr_schema_t *s, char *buf, size_t len);
 
 extern const dest_ops_t dest_sqlite_ops;
+extern const dest_ops_t dest_postgres_ops;
 
 #endif

@@ -5,7 +5,7 @@
  *
  * NOTES: runs in the supervisor (init, check, run, reload) and both workers. Persists
  * nothing. A value of a key marked secret never appears in a message. The entries live
- * with their destinations (sqlite/sqlite_entry.c, null.c, abi.c for plugin).
+ * with their destinations (sqlite/sqlite_entry.c, postgres/pg_entry.c, null.c, abi.c for plugin).
  */
 #include "registry.h"
 
@@ -14,11 +14,19 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* one line per destination type */
+/* clang-format off */
 static const dest_type_t *const dest_types[] = {
     &dest_type_sqlite,
+    &dest_type_postgres,
     &dest_type_null,
+    &dest_type_http,
+    &dest_type_jsonl,
+    &dest_type_nats,
+    &dest_type_eventstore,
     &dest_type_plugin,
 };
+/* clang-format on */
 #define DEST_NTYPES (sizeof(dest_types) / sizeof(dest_types[0]))
 
 const dest_type_t *
@@ -335,7 +343,9 @@ dest_init_section(const char *spec, char **text, wr_err_t *err)
     f = open_memstream(text, &len);
     if (f == NULL)
         return wr_err_set(err, WR_ENOMEM, "out of memory");
-    fprintf(f, "# Destination type: %s (%s). Registered types: ", t->name, t->summary);
+    /* one comment line per fact: libinih reads lines of at most 198 bytes, and the
+     * summary and the list of types grow with every destination */
+    fprintf(f, "# Destination type: %s (%s).\n# Registered types: ", t->name, t->summary);
     for (size_t i = 0; i < DEST_NTYPES; i++)
         fprintf(f, "%s%s", i ? ", " : "", dest_types[i]->name);
     fprintf(f, ".\n# The other keys depend on the type (docs/destinations.md).\ntype = %s\n",

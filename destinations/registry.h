@@ -9,10 +9,11 @@
  * relative to DIR or not), validation of those keys (errors "FILE:LINE: ..." naming the
  * key, with a hint), the preflight of `walrelay check`, and open. config.c keeps every
  * [destination] key but type as an item and knows no type; dest_config_check is called
- * wherever a loaded configuration is used. Entries: sqlite (the in-tree dest_ops_t),
+ * wherever a loaded configuration is used. Entries: sqlite and postgres (in-tree dest_ops_t),
  * null (built on the public ABI, walrelay/destination.h, through the same adapter as a
- * plugin: destinations/abi.c) and plugin (a library loaded with dlopen). Adding a
- * built-in destination = one folder plus one line in registry.c.
+ * plugin: destinations/abi.c), plugin (a library loaded with dlopen) and eventstore
+ * (in-tree, destinations/eventstore/). Adding a built-in destination = one folder plus
+ * one line in registry.c.
  */
 #ifndef WR_DEST_REGISTRY_H
 #define WR_DEST_REGISTRY_H
@@ -58,7 +59,7 @@ typedef struct dest_type_s {
 
 /* The entry named name, or NULL. */
 const dest_type_t *dest_type_find(const char *name);
-/* "sqlite, null, plugin" */
+/* "sqlite, null, plugin, eventstore" */
 void dest_type_list(char *buf, size_t len);
 /* The n-th entry (n < dest_type_count()). */
 size_t dest_type_count(void);
@@ -94,7 +95,12 @@ int dest_init_section(const char *spec, char **text, wr_err_t *err) WR_MUST_CHEC
 int dest_preflight(const wr_config_t *cfg, char *summary, size_t len, wr_err_t *err) WR_MUST_CHECK;
 
 extern const dest_type_t dest_type_sqlite;
+extern const dest_type_t dest_type_postgres;
 extern const dest_type_t dest_type_null;
+extern const dest_type_t dest_type_http;
+extern const dest_type_t dest_type_jsonl;
+extern const dest_type_t dest_type_nats;
 extern const dest_type_t dest_type_plugin;
+extern const dest_type_t dest_type_eventstore;
 
 #endif

@@ -17,6 +17,11 @@
  *   - retry, resync: ["retry", table] with table "nsp.name" or "name";
  *     table_removed: ["table_removed", relid].
  *   - copy_plan ranges: [leaf, first_page, end_page, rows, done], done a boolean.
+ *   - worker_metrics: counts are unsigned; events items are [relid, inserts, updates,
+ *     deletes, truncates]; a histogram is an array of exactly IPC_HIST_NCOUNTS unsigned
+ *     counts; last_commit_ts is a non-negative integer; caught_up a boolean.
+ *   - metrics_text: one string of at most IPC_MAX_TEXT bytes (the only string allowed
+ *     past IPC_MAX_STR: the exposition of a pipeline with many tables is long).
  *   - schema: [nsp, name, replident, [[name, oid, typmod, flags]...]], replident a
  *     one-character string ("d", "n", "f", "i"), flags bit 0 (1) = is_key,
  *     bit 1 (2) = not_null.
@@ -63,9 +68,21 @@ static const char *const ipc_type_names[] = {
     [IPC_RESUME] = "resume",
     [IPC_RELOAD] = "reload",
     [IPC_TABLE_REMOVED] = "table_removed",
+    [IPC_WORKER_METRICS] = "worker_metrics",
+    [IPC_STREAMING] = "streaming",
+    [IPC_METRICS] = "metrics",
+    [IPC_METRICS_TEXT] = "metrics_text",
+    [IPC_DEST_WAIT] = "dest_wait",
+    [IPC_WORKER_ERROR] = "worker_error",
+    [IPC_TABLE_ACK] = "table_ack",
     [IPC_COPY_PLAN] = "copy_plan",
     [IPC_COPY_PLAN_GET] = "copy_plan_get",
     [IPC_COPY_RANGE_DONE] = "copy_range_done",
+};
+
+/* Upper bounds of the histogram buckets: 1 ms .. 10 s. */
+const uint64_t ipc_hist_bounds_us[IPC_HIST_NBOUNDS] = {
+    1000, 5000, 10000, 25000, 50000, 100000, 250000, 500000, 1000000, 2500000, 5000000, 10000000,
 };
 
 /* The highest type: ipc_type_valid and the decoder's name lookup stop there. */
@@ -74,7 +91,7 @@ static const char *const ipc_type_names[] = {
 /* Number of array elements of each message, the type name included. */
 static const uint32_t ipc_arity[] = {
     [IPC_HELLO] = 5,           [IPC_WELCOME] = 3,
-    [IPC_TABLES] = 2,          [IPC_TABLE_STATE] = 4,
+    [IPC_TABLES] = 2,          [IPC_TABLE_STATE] = 5,
     [IPC_SET_PHASE] = 8,       [IPC_ACK] = 4,
     [IPC_SCHEMA] = 5,          [IPC_PROGRESS] = 4,
     [IPC_COPY_PROGRESS] = 3,   [IPC_STOP] = 1,
@@ -83,17 +100,22 @@ static const uint32_t ipc_arity[] = {
     [IPC_RETRY] = 2,           [IPC_RESYNC] = 2,
     [IPC_PAUSE] = 1,           [IPC_RESUME] = 1,
     [IPC_RELOAD] = 1,          [IPC_TABLE_REMOVED] = 2,
-    [IPC_COPY_PLAN] = 6,       [IPC_COPY_PLAN_GET] = 3,
-    [IPC_COPY_RANGE_DONE] = 5,
+    [IPC_WORKER_METRICS] = 12, [IPC_STREAMING] = 2,
+    [IPC_METRICS] = 1,         [IPC_METRICS_TEXT] = 2,
+    [IPC_DEST_WAIT] = 2,       [IPC_WORKER_ERROR] = 4,
+    [IPC_TABLE_ACK] = 4,       [IPC_COPY_PLAN] = 6,
+    [IPC_COPY_PLAN_GET] = 3,   [IPC_COPY_RANGE_DONE] = 5,
 };
 #define IPC_NRANGE_FIELDS 5 /* [leaf, first_page, end_page, rows, done] */
 /* status_reply without its last element (message), as sent before it was added */
 #define IPC_STATUS_REPLY_MIN_ARITY 9
 
-#define IPC_NTABLE_FIELDS  5  /* [relid, nsp, name, phase, lsn] */
+#define IPC_NTABLE_FIELDS  6  /* [relid, nsp, name, phase, lsn, dest_name] */
+#define IPC_NTABLE_MIN     5  /* ... without dest_name, as sent before it was added */
 #define IPC_NSTATUS_FIELDS 10 /* ... + rows_copied, attempts, err_kind, err_msg, err_hint */
 #define IPC_NWORKER_FIELDS 5
 #define IPC_NSCHEMA_FIELDS 4
+#define IPC_NEVENT_FIELDS  (1 + IPC_NOPS) /* [relid, inserts, updates, deletes, truncates] */
 #define IPC_NCOLUMN_FIELDS 4
 
 static bool
@@ -157,6 +179,25 @@ enc_str(ipc_enc_t *e, const char *s)
         enc_pack_rc(e, msgpack_pack_str_body(&e->pk, s, len));
 }
 
+/* The one long string (metrics_text): up to IPC_MAX_TEXT bytes. */
+static void
+enc_text(ipc_enc_t *e, const char *s)
+{
+    size_t len;
+    if (e->rc)
+        return;
+    if (!s)
+        s = "";
+    len = strlen(s);
+    if (len > IPC_MAX_TEXT) {
+        e->rc = WR_EINVAL;
+        return;
+    }
+    enc_pack_rc(e, msgpack_pack_str(&e->pk, len));
+    if (e->rc == 0)
+        enc_pack_rc(e, msgpack_pack_str_body(&e->pk, s, len));
+}
+
 static void
 enc_u64(ipc_enc_t *e, uint64_t v)
 {
@@ -169,6 +210,32 @@ enc_i64(ipc_enc_t *e, int64_t v)
 {
     if (e->rc == 0)
         enc_pack_rc(e, msgpack_pack_int64(&e->pk, v));
+}
+
+static void
+enc_hist(ipc_enc_t *e, const ipc_hist_t *h)
+{
+    enc_array(e, IPC_HIST_NCOUNTS);
+    for (int i = 0; i < IPC_HIST_NCOUNTS; i++)
+        enc_u64(e, h->counts[i]);
+}
+
+static void
+enc_events(ipc_enc_t *e, uint32_t n, const ipc_event_count_t *ev)
+{
+    if (e->rc)
+        return;
+    if (n > 0 && !ev) {
+        e->rc = WR_EINVAL;
+        return;
+    }
+    enc_array(e, n);
+    for (uint32_t i = 0; i < n && e->rc == 0; i++) {
+        enc_array(e, IPC_NEVENT_FIELDS);
+        enc_u64(e, ev[i].relid);
+        for (int k = 0; k < IPC_NOPS; k++)
+            enc_u64(e, ev[i].n[k]);
+    }
 }
 
 static void
@@ -228,8 +295,10 @@ enc_table(ipc_enc_t *e, const ipc_table_info_t *t, bool full)
     enc_str(e, t->name);
     enc_phase(e, t->phase);
     enc_u64(e, t->lsn);
-    if (!full)
+    if (!full) {
+        enc_str(e, t->dest_name);
         return;
+    }
     enc_u64(e, t->rows_copied);
     enc_u64(e, t->attempts);
     enc_str(e, t->err_kind);
@@ -310,9 +379,12 @@ ipc_encode(const ipc_msg_t *m, msgpack_sbuffer *sb)
             enc_bool(&e, true);
         break;
     case IPC_TABLE_STATE:
+    case IPC_TABLE_ACK:
         enc_u64(&e, m->u.table_state.relid);
         enc_phase(&e, m->u.table_state.phase);
         enc_u64(&e, m->u.table_state.lsn);
+        if (m->type == IPC_TABLE_STATE)
+            enc_str(&e, m->u.table_state.dest_name);
         break;
     case IPC_SET_PHASE:
         enc_u64(&e, m->u.set_phase.req);
@@ -388,6 +460,37 @@ ipc_encode(const ipc_msg_t *m, msgpack_sbuffer *sb)
     case IPC_TABLE_REMOVED:
         enc_u64(&e, m->u.table_removed.relid);
         break;
+    case IPC_WORKER_ERROR:
+        enc_str(&e, m->u.worker_error.kind);
+        enc_str(&e, m->u.worker_error.message);
+        enc_str(&e, m->u.worker_error.hint);
+        break;
+    case IPC_WORKER_METRICS:
+        enc_u64(&e, m->u.worker_metrics.transactions);
+        enc_u64(&e, m->u.worker_metrics.batches);
+        enc_u64(&e, m->u.worker_metrics.bytes_received);
+        enc_u64(&e, m->u.worker_metrics.status_updates);
+        enc_events(&e, m->u.worker_metrics.nevents, m->u.worker_metrics.events);
+        enc_hist(&e, &m->u.worker_metrics.batch);
+        enc_u64(&e, m->u.worker_metrics.batch.sum_us);
+        enc_hist(&e, &m->u.worker_metrics.commit);
+        enc_u64(&e, m->u.worker_metrics.commit.sum_us);
+        if (m->u.worker_metrics.last_commit_ts < 0 && e.rc == 0)
+            e.rc = WR_EINVAL;
+        enc_i64(&e, m->u.worker_metrics.last_commit_ts);
+        enc_bool(&e, m->u.worker_metrics.caught_up);
+        break;
+    case IPC_STREAMING:
+        enc_u64(&e, m->u.streaming.start_lsn);
+        break;
+    case IPC_METRICS:
+        break;
+    case IPC_METRICS_TEXT:
+        enc_text(&e, m->u.metrics_text.text);
+        break;
+    case IPC_DEST_WAIT:
+        enc_str(&e, m->u.dest_wait.message);
+        break;
     case IPC_ERROR:
         enc_str(&e, m->u.error.message);
         break;
@@ -413,6 +516,31 @@ ipc_encode(const ipc_msg_t *m, msgpack_sbuffer *sb)
     if (e.rc != 0)
         sb->size = start; /* drop the partial message */
     return e.rc;
+}
+
+int
+ipc_encode_tables(const ipc_table_info_t *tables, uint32_t n, msgpack_sbuffer *sb)
+{
+    size_t start = sb->size;
+    uint32_t off = 0;
+
+    do {
+        ipc_msg_t m;
+        uint32_t k = n - off > IPC_TABLES_CHUNK ? IPC_TABLES_CHUNK : n - off;
+        int rc;
+
+        memset(&m, 0, sizeof(m));
+        m.type = IPC_TABLES;
+        m.u.tables.n = k;
+        m.u.tables.tables = k ? (ipc_table_info_t *)&tables[off] : NULL;
+        m.u.tables.more = off + k < n;
+        if ((rc = ipc_encode(&m, sb)) != 0) {
+            sb->size = start;
+            return rc;
+        }
+        off += k;
+    } while (off < n);
+    return 0;
 }
 
 int
@@ -751,6 +879,79 @@ ipc_unpack_schema(const msgpack_object *o, uint32_t relid, wr_schema_t **out, wr
     return dec_schema(&d, o, relid, out);
 }
 
+/* metrics_text: a string of at most IPC_MAX_TEXT bytes (malloc'd, NUL-terminated). */
+static int
+dec_text(ipc_dec_t *d, const msgpack_object_array *a, uint32_t i, const char *field, char **out)
+{
+    const msgpack_object *o = &a->ptr[i];
+    if (o->type != MSGPACK_OBJECT_STR)
+        return dec_fail(d, i, field, "must be a string, got %s", obj_type_name(o));
+    if (o->via.str.size > IPC_MAX_TEXT)
+        return dec_fail(d, i, field, "must be at most %u bytes, got %u", (unsigned)IPC_MAX_TEXT,
+                        o->via.str.size);
+    if (o->via.str.size > 0 && memchr(o->via.str.ptr, '\0', o->via.str.size))
+        return dec_fail(d, i, field, "must not contain a NUL byte");
+    *out = wr_strndup(o->via.str.size ? o->via.str.ptr : "", o->via.str.size);
+    return *out ? 0 : dec_oom(d);
+}
+
+/* A histogram: exactly IPC_HIST_NCOUNTS unsigned counts at element i, its sum at i + 1. */
+static int
+dec_hist(ipc_dec_t *d, const msgpack_object_array *a, uint32_t i, const char *field,
+         const char *sum_field, ipc_hist_t *h)
+{
+    const msgpack_object_array *list;
+    size_t old;
+    int rc;
+
+    if ((rc = dec_list(d, a, i, field, IPC_HIST_NCOUNTS, &list)))
+        return rc;
+    if (list->size != IPC_HIST_NCOUNTS)
+        return dec_fail(d, i, field, "must have %u counts, got %u", (unsigned)IPC_HIST_NCOUNTS,
+                        list->size);
+    old = dec_push_elem(d, i, field);
+    for (uint32_t j = 0; j < IPC_HIST_NCOUNTS && rc == 0; j++)
+        rc = dec_u64(d, list, j, "count", &h->counts[j]);
+    dec_pop(d, old);
+    if (rc)
+        return rc;
+    return dec_u64(d, a, i + 1, sum_field, &h->sum_us);
+}
+
+/* worker_metrics element i: [[relid, inserts, updates, deletes, truncates]...]. */
+static int
+dec_events(ipc_dec_t *d, const msgpack_object_array *a, uint32_t i, uint32_t *n,
+           ipc_event_count_t **out)
+{
+    const msgpack_object_array *list, *it;
+    size_t old;
+    int rc;
+
+    if ((rc = dec_list(d, a, i, "events", IPC_MAX_ITEMS, &list)))
+        return rc;
+    if (list->size == 0)
+        return 0;
+    *out = calloc(list->size, sizeof(**out));
+    if (!*out)
+        return dec_oom(d);
+    *n = list->size;
+    for (uint32_t j = 0; j < list->size; j++) {
+        static const char *const opnames[IPC_NOPS] = {"inserts", "updates", "deletes", "truncates"};
+        ipc_event_count_t *ev = &(*out)[j];
+
+        if ((rc = dec_item(d, list, i, "events", j, IPC_NEVENT_FIELDS, &it)))
+            return rc;
+        old = dec_push_item(d, i, "events", j);
+        rc = dec_u32(d, it, 0, "relid", &ev->relid);
+        for (int k = 0; k < IPC_NOPS && rc == 0; k++)
+            rc = dec_u64(d, it, (uint32_t)k + 1, opnames[k], &ev->n[k]);
+        dec_pop(d, old);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
 /* Decodes list element i into *out (n items, calloc'd), `full` for status_reply rows. */
 static int
 dec_tables(ipc_dec_t *d, const msgpack_object_array *a, uint32_t i, bool full, uint32_t *n,
@@ -771,16 +972,23 @@ dec_tables(ipc_dec_t *d, const msgpack_object_array *a, uint32_t i, bool full, u
     *n = list->size; /* the caller's clear frees whatever was filled */
     for (j = 0; j < list->size; j++) {
         ipc_table_info_t *t = &(*out)[j];
-        if ((rc = dec_item(d, list, i, "tables", j, full ? IPC_NSTATUS_FIELDS : IPC_NTABLE_FIELDS,
-                           &it)))
+        if (!full && list->ptr[j].type == MSGPACK_OBJECT_ARRAY &&
+            list->ptr[j].via.array.size == IPC_NTABLE_MIN)
+            rc = dec_item(d, list, i, "tables", j, IPC_NTABLE_MIN, &it);
+        else
+            rc = dec_item(d, list, i, "tables", j, full ? IPC_NSTATUS_FIELDS : IPC_NTABLE_FIELDS,
+                          &it);
+        if (rc)
             return rc;
         old = dec_push_item(d, i, "tables", j);
         if (!(rc = dec_u32(d, it, 0, "relid", &t->relid)) &&
             !(rc = dec_str(d, it, 1, "nsp", &t->nsp)) &&
             !(rc = dec_str(d, it, 2, "name", &t->name)) &&
-            !(rc = dec_phase(d, it, 3, "phase", &t->phase)) &&
-            !(rc = dec_u64(d, it, 4, "lsn", &t->lsn)) && full &&
-            !(rc = dec_u64(d, it, 5, "rows_copied", &t->rows_copied)) &&
+            !(rc = dec_phase(d, it, 3, "phase", &t->phase)))
+            rc = dec_u64(d, it, 4, "lsn", &t->lsn);
+        if (!rc && !full && it->size > IPC_NTABLE_MIN)
+            rc = dec_str(d, it, 5, "dest_name", &t->dest_name);
+        if (!rc && full && !(rc = dec_u64(d, it, 5, "rows_copied", &t->rows_copied)) &&
             !(rc = dec_u32(d, it, 6, "attempts", &t->attempts)) &&
             !(rc = dec_str(d, it, 7, "err_kind", &t->err_kind)) &&
             !(rc = dec_str(d, it, 8, "err_msg", &t->err_msg)))
@@ -885,12 +1093,18 @@ dec_body(ipc_dec_t *d, const msgpack_object_array *a, ipc_msg_t *m)
     case IPC_TABLES:
         if ((rc = dec_tables(d, a, 1, false, &m->u.tables.n, &m->u.tables.tables)))
             return rc;
-        return a->size > 2 ? dec_bool(d, a, 2, "more", &m->u.tables.more) : 0;
+        if (a->size > 2)
+            return dec_bool(d, a, 2, "more", &m->u.tables.more);
+        return 0;
     case IPC_TABLE_STATE:
+    case IPC_TABLE_ACK:
         if ((rc = dec_u32(d, a, 1, "relid", &m->u.table_state.relid)) ||
-            (rc = dec_phase(d, a, 2, "phase", &m->u.table_state.phase)))
+            (rc = dec_phase(d, a, 2, "phase", &m->u.table_state.phase)) ||
+            (rc = dec_u64(d, a, 3, "lsn", &m->u.table_state.lsn)))
             return rc;
-        return dec_u64(d, a, 3, "lsn", &m->u.table_state.lsn);
+        if (m->type == IPC_TABLE_STATE && a->size > 4)
+            return dec_str(d, a, 4, "dest_name", &m->u.table_state.dest_name);
+        return 0;
     case IPC_SET_PHASE:
         if ((rc = dec_u32(d, a, 1, "req", &m->u.set_phase.req)) ||
             (rc = dec_u32(d, a, 2, "relid", &m->u.set_phase.relid)) ||
@@ -952,6 +1166,36 @@ dec_body(ipc_dec_t *d, const msgpack_object_array *a, ipc_msg_t *m)
             (rc = dec_u32(d, a, 3, "part", &m->u.copy_range_done.part)))
             return rc;
         return dec_u64(d, a, 4, "rows", &m->u.copy_range_done.rows);
+    case IPC_WORKER_ERROR:
+        if ((rc = dec_str(d, a, 1, "kind", &m->u.worker_error.kind)) ||
+            (rc = dec_str(d, a, 2, "message", &m->u.worker_error.message)))
+            return rc;
+        return dec_str(d, a, 3, "hint", &m->u.worker_error.hint);
+    case IPC_WORKER_METRICS: {
+        __typeof__(m->u.worker_metrics) *wm = &m->u.worker_metrics;
+
+        if ((rc = dec_u64(d, a, 1, "transactions", &wm->transactions)) ||
+            (rc = dec_u64(d, a, 2, "batches", &wm->batches)) ||
+            (rc = dec_u64(d, a, 3, "bytes_received", &wm->bytes_received)) ||
+            (rc = dec_u64(d, a, 4, "status_updates", &wm->status_updates)) ||
+            (rc = dec_events(d, a, 5, &wm->nevents, &wm->events)) ||
+            (rc = dec_hist(d, a, 6, "batch_hist", "batch_sum_us", &wm->batch)) ||
+            (rc = dec_hist(d, a, 8, "commit_hist", "commit_sum_us", &wm->commit)) ||
+            (rc = dec_i64(d, a, 10, "last_commit_ts", &wm->last_commit_ts)))
+            return rc;
+        if (wm->last_commit_ts < 0)
+            return dec_fail(d, 10, "last_commit_ts", "must not be negative, got %" PRId64,
+                            wm->last_commit_ts);
+        return dec_bool(d, a, 11, "caught_up", &wm->caught_up);
+    }
+    case IPC_STREAMING:
+        return dec_u64(d, a, 1, "start_lsn", &m->u.streaming.start_lsn);
+    case IPC_METRICS:
+        return 0;
+    case IPC_METRICS_TEXT:
+        return dec_text(d, a, 1, "text", &m->u.metrics_text.text);
+    case IPC_DEST_WAIT:
+        return dec_str(d, a, 1, "message", &m->u.dest_wait.message);
     case IPC_ERROR:
         return dec_str(d, a, 1, "message", &m->u.error.message);
     case IPC_OK:
@@ -1015,8 +1259,9 @@ ipc_decode(const msgpack_object *o, ipc_msg_t *m, wr_err_t *err)
     d.err = err;
     if (a->size != ipc_arity[i] &&
         !(i == IPC_STATUS_REPLY && a->size == IPC_STATUS_REPLY_MIN_ARITY) &&
+        !(i == IPC_TABLE_STATE && a->size == 4) && /* without dest_name (older) */
         !((i == IPC_TABLES || i == IPC_STATUS || i == IPC_STATUS_REPLY) &&
-          a->size == ipc_arity[i] + 1))
+          a->size == ipc_arity[i] + 1)) /* with "more" / "after" */
         return wr_err_set(err, WR_EPROTO, "invalid %s: expected %u elements, got %u", d.what,
                           ipc_arity[i], a->size);
     m->type = (ipc_type_t)i;
@@ -1035,6 +1280,7 @@ free_tables(uint32_t n, ipc_table_info_t *t)
     for (i = 0; i < n; i++) {
         free(t[i].nsp);
         free(t[i].name);
+        free(t[i].dest_name);
         free(t[i].err_kind);
         free(t[i].err_msg);
         free(t[i].err_hint);
@@ -1096,13 +1342,32 @@ ipc_msg_clear(ipc_msg_t *m)
         free(m->u.copy_plan.snapshot);
         free(m->u.copy_plan.ranges);
         break;
+    case IPC_WORKER_ERROR:
+        free(m->u.worker_error.kind);
+        free(m->u.worker_error.message);
+        free(m->u.worker_error.hint);
+        break;
+    case IPC_WORKER_METRICS:
+        free(m->u.worker_metrics.events);
+        break;
+    case IPC_METRICS_TEXT:
+        free(m->u.metrics_text.text);
+        break;
+    case IPC_DEST_WAIT:
+        free(m->u.dest_wait.message);
+        break;
+    case IPC_TABLE_STATE:
+        free(m->u.table_state.dest_name);
+        break;
+    case IPC_STREAMING:
+    case IPC_METRICS:
     case IPC_COPY_PLAN_GET:
     case IPC_COPY_RANGE_DONE:
     case IPC_PAUSE:
     case IPC_RESUME:
     case IPC_RELOAD:
     case IPC_TABLE_REMOVED:
-    case IPC_TABLE_STATE:
+    case IPC_TABLE_ACK:
     case IPC_PROGRESS:
     case IPC_COPY_PROGRESS:
     case IPC_STOP:

@@ -23,14 +23,39 @@
  *     ["copy_plan_get", req, relid] -> ["copy_plan", req, relid, lsn, snapshot, [...]]
  *                        the table's plan (an empty list if none) and the snapshot held
  *     ["copy_range_done", req, relid, part, rows] -> ack: range `part` committed
+ *     ["worker_metrics", transactions, batches, bytes_received, status_updates,
+ *        [[relid, inserts, updates, deletes, truncates]...], batch_hist, batch_sum_us,
+ *        commit_hist, commit_sum_us, last_commit_ts, caught_up]
+ *                        counts since the worker's previous worker_metrics (deltas, so
+ *                        the supervisor's totals survive a worker's restart); a hist is
+ *                        IPC_HIST_NCOUNTS per-bucket counts (not cumulative) over
+ *                        ipc_hist_bounds_us, the last one +Inf; last_commit_ts: commit
+ *                        time (us since the Unix epoch, 0 = none yet) of the last source
+ *                        transaction processed; caught_up: everything received is durable
+ *     ["streaming", start_lsn]                          apply: START_REPLICATION succeeded
+ *     ["dest_wait", message]                            the destination is waiting on the
+ *                                                       outside world (retrying): what and
+ *                                                       the last error; "" = no longer
+ *     ["table_ack", relid, phase, lsn]                  apply: it has taken the table's state
+ *                                                      into account (after Init: its writes of
+ *                                                      the table are durable, it writes none
+ *                                                      any more); the supervisor starts the copy
+ *     ["worker_error", kind, message, hint]             the error the worker is about to exit
+ *                                                      on (for status and the supervisor's
+ *                                                      decision; best effort, never acked)
  *   supervisor -> worker
  *     ["welcome", version, pipeline]
- *     ["tables", [[relid, nsp, name, phase, lsn], ...] (, more)]
- *                        all tables (apply) or its one (sync), once, at the handshake; at
- *                        most IPC_TABLES_CHUNK a message: more = true (a third element only
- *                        then) says the list goes on in the next "tables" (wk_chan_handshake
- *                        puts the pieces together)
- *     ["table_state", relid, phase, lsn]                a persisted change
+ *     ["tables", [[relid, nsp, name, phase, lsn, dest_name], ...], more]
+ *                                                      all tables (apply) or its one (sync);
+ *                                                      more = true: the list continues in the
+ *                                                      next "tables" message (at most
+ *                                                      IPC_TABLES_CHUNK tables in each, so a
+ *                                                      publication of any size fits); more
+ *                                                      may be missing (= false);
+ *                                                      dest_name (issue 12: the pipeline's
+ *                                                      unique destination table name) may be
+ *                                                      missing (5 elements) or ""
+ *     ["table_state", relid, phase, lsn, dest_name]     a persisted change (dest_name optional)
  *     ["ack", req, ok, message]
  *     ["stop"]                                          finish the write in flight, exit 0
  *     ["table_removed", relid]                          apply: the table left the publication
@@ -43,6 +68,8 @@
  *                    CLI reads them from the first.
  *     ["retry", table] ["resync", table] ["pause"] ["resume"] ["reload"]
  *                    -> ["ok", message] or ["error", message]   (table: "nsp.name" or "name")
+ *     ["metrics"] -> ["metrics_text", text]   the Prometheus text exposition (at most
+ *                    IPC_MAX_TEXT bytes, the one string allowed past IPC_MAX_STR)
  *   either direction
  *     ["error", message]                                your last message was rejected
  */
@@ -57,9 +84,19 @@
 #define IPC_MAX_MSG       (4u * 1024 * 1024) /* bigger messages are rejected */
 #define IPC_MAX_STR       (64u * 1024)
 #define IPC_MAX_ITEMS     100000
-/* (issue 11) Bounds of the messages that list tables, whatever their number: the tables of
- * the handshake go in pieces of this many, a status reply stops near this many bytes. */
-#define IPC_TABLES_CHUNK       1000
+#define IPC_TABLES_CHUNK  1000 /* tables per "tables" message: < 1 MB whatever the names */
+/* metrics_text: the whole exposition in one string, with room for the message around it */
+#define IPC_MAX_TEXT (IPC_MAX_MSG - 64)
+
+/* Histograms of worker_metrics: upper bounds (microseconds) of the finite buckets; a
+ * histogram on the wire holds IPC_HIST_NCOUNTS per-bucket counts, the last for +Inf. */
+#define IPC_HIST_NBOUNDS 12
+#define IPC_HIST_NCOUNTS (IPC_HIST_NBOUNDS + 1)
+extern const uint64_t ipc_hist_bounds_us[IPC_HIST_NBOUNDS];
+
+/* Operations counted per table in worker_metrics, in wire order. */
+enum { IPC_OP_INSERT = 0, IPC_OP_UPDATE, IPC_OP_DELETE, IPC_OP_TRUNCATE, IPC_NOPS };
+/* (issue 11) a status reply stops near this many bytes or tables, whatever their number */
 #define IPC_STATUS_PAGE_BYTES  (256u * 1024)
 #define IPC_STATUS_PAGE_TABLES 2000
 
@@ -87,6 +124,18 @@ typedef enum {
     IPC_RELOAD, /* ["reload"] */
     /* supervisor -> apply worker: */
     IPC_TABLE_REMOVED, /* ["table_removed", relid]: the table left the publication */
+    /* added for issue 10 (metrics): */
+    IPC_WORKER_METRICS, /* worker -> supervisor: counter deltas, see above */
+    IPC_STREAMING,      /* apply -> supervisor: ["streaming", start_lsn] */
+    IPC_METRICS,        /* CLI -> supervisor: ["metrics"] */
+    IPC_METRICS_TEXT,   /* supervisor -> CLI: ["metrics_text", text] */
+    /* added for issue 9 (streaming sinks); worker -> supervisor: */
+    IPC_DEST_WAIT, /* ["dest_wait", message]: the destination waits ("" = no longer) */
+    /* added for issue 12 (reliability): */
+    /* worker -> supervisor, just before an exit on an error: */
+    IPC_WORKER_ERROR, /* ["worker_error", kind, message, hint] */
+    /* apply worker -> supervisor: */
+    IPC_TABLE_ACK, /* ["table_ack", relid, phase, lsn] */
     /* added for issue 11 (the parallel copy), see above: */
     IPC_COPY_PLAN,
     IPC_COPY_PLAN_GET,
@@ -106,12 +155,26 @@ typedef struct ipc_copy_range_s {
     bool done;
 } ipc_copy_range_t;
 
+/* One table's changes in worker_metrics, indexed by IPC_OP_*. */
+typedef struct ipc_event_count_s {
+    uint32_t relid;
+    uint64_t n[IPC_NOPS];
+} ipc_event_count_t;
+
+/* A histogram delta: per-bucket counts (bucket i: at most ipc_hist_bounds_us[i], the last
+ * +Inf) and the sum of the observations in microseconds. */
+typedef struct ipc_hist_s {
+    uint64_t counts[IPC_HIST_NCOUNTS];
+    uint64_t sum_us;
+} ipc_hist_t;
+
 typedef struct ipc_table_info_s {
     uint32_t relid;
     char *nsp;
     char *name;
     wr_phase_t phase;
     wr_lsn_t lsn;
+    char *dest_name; /* tables only (not status_reply): "" or NULL = not given */
     /* status_reply only (encoded only there): */
     uint64_t rows_copied;
     uint32_t attempts;
@@ -144,13 +207,14 @@ typedef struct ipc_msg_s {
         struct {
             uint32_t n;
             ipc_table_info_t *tables;
-            bool more; /* the list goes on in the next "tables" message */
+            bool more; /* (issue 12) another "tables" message continues the list */
         } tables;
         struct {
             uint32_t relid;
             wr_phase_t phase;
             wr_lsn_t lsn;
-        } table_state;
+            char *dest_name; /* table_state only: "" or NULL = not given */
+        } table_state;       /* also table_ack */
         struct {
             uint32_t req;
             uint32_t relid;
@@ -231,6 +295,32 @@ typedef struct ipc_msg_s {
         struct {
             uint32_t relid;
         } table_removed;
+        struct {
+            uint64_t transactions;
+            uint64_t batches;
+            uint64_t bytes_received;
+            uint64_t status_updates;
+            uint32_t nevents;
+            ipc_event_count_t *events; /* tables with changes since the last report */
+            ipc_hist_t batch;          /* a batch: its first write to its commit */
+            ipc_hist_t commit;         /* the destination's commit call */
+            int64_t last_commit_ts;    /* us since the Unix epoch; 0 = none */
+            bool caught_up;
+        } worker_metrics;
+        struct {
+            wr_lsn_t start_lsn;
+        } streaming;
+        struct {
+            char *text;
+        } metrics_text;
+        struct {
+            char *message; /* "" = the wait is over */
+        } dest_wait;
+        struct {
+            char *kind; /* wr_err_code_name() of the error, or a reason ("slot_missing") */
+            char *message;
+            char *hint;
+        } worker_error;
     } u;
 } ipc_msg_t;
 
@@ -238,6 +328,12 @@ const char *ipc_type_name(ipc_type_t t);
 
 /* Appends the encoded message to sb. Returns 0 or WR_EINVAL (unknown type) / WR_ENOMEM. */
 int ipc_encode(const ipc_msg_t *m, msgpack_sbuffer *sb) WR_MUST_CHECK;
+/* Appends the "tables" list of n tables as one or more "tables" messages of at most
+ * IPC_TABLES_CHUNK tables each, all but the last with more = true (issue 12: one message
+ * had no bound, and a large publication broke IPC_MAX_MSG). Returns 0, WR_EINVAL or
+ * WR_ENOMEM (nothing appended then). */
+int ipc_encode_tables(const ipc_table_info_t *tables, uint32_t n,
+                      msgpack_sbuffer *sb) WR_MUST_CHECK;
 /* Validates and decodes one unpacked object into m (zeroed first). On error m holds
  * nothing to free and err names the message type and the offending element. */
 int ipc_decode(const msgpack_object *o, ipc_msg_t *m, wr_err_t *err) WR_MUST_CHECK;

@@ -123,6 +123,98 @@ wk_chan_send(wk_chan_t *c, const ipc_msg_t *m, wr_err_t *err)
     return rc;
 }
 
+int
+wk_lock_role(const char *dir, uint32_t relid, int chan_fd, int timeout_ms, int *lock_fd,
+             wr_err_t *err)
+{
+    char path[4096];
+    int64_t deadline = wr_now_ms() + timeout_ms;
+    bool logged = false;
+    struct flock fl;
+    int fd, n;
+
+    *lock_fd = -1;
+    n = snprintf(path, sizeof(path), "%s/%s", dir, WK_LOCK_FILE);
+    if (n < 0 || (size_t)n >= sizeof(path))
+        return wr_err_set(err, WR_EIO, "path \"%s/%s\" is too long", dir, WK_LOCK_FILE);
+    fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return wr_err_set(err, WR_EIO, "cannot open \"%s\": %s", path, strerror(errno));
+    for (;;) {
+        struct pollfd pf;
+
+        memset(&fl, 0, sizeof(fl));
+        fl.l_type = F_WRLCK;
+        fl.l_whence = SEEK_SET;
+        fl.l_start = (off_t)relid;
+        fl.l_len = 1;
+        if (fcntl(fd, F_SETLK, &fl) == 0) {
+            *lock_fd = fd;
+            if (logged)
+                log_info("the earlier worker of this role is gone, going on");
+            return 0;
+        }
+        if (errno != EAGAIN && errno != EACCES && errno != EINTR) {
+            int e = errno;
+            close(fd);
+            return wr_err_set(err, WR_EIO, "cannot lock \"%s\": %s", path, strerror(e));
+        }
+        memset(&fl, 0, sizeof(fl));
+        fl.l_type = F_WRLCK;
+        fl.l_whence = SEEK_SET;
+        fl.l_start = (off_t)relid;
+        fl.l_len = 1;
+        if (fcntl(fd, F_GETLK, &fl) != 0)
+            fl.l_pid = 0;
+        if (!logged) {
+            log_warn("another worker of this pipeline and role still runs (a supervisor was "
+                     "killed?), waiting for it to exit pid=%ld lock=%s",
+                     (long)fl.l_pid, path);
+            logged = true;
+        }
+        if (wr_now_ms() >= deadline) {
+            close(fd);
+            wr_err_set(err, WR_ECONN,
+                       "another worker of this pipeline and role still runs (pid %ld, holding "
+                       "\"%s\") after %d s",
+                       (long)fl.l_pid, path, timeout_ms / 1000);
+            wr_err_hint(err, "it is retried; if that process hangs, kill it");
+            return WR_ECONN;
+        }
+        pf.fd = chan_fd;
+        pf.events = POLLIN;
+        pf.revents = 0;
+        if (chan_fd >= 0 && poll(&pf, 1, 100) > 0 && (pf.revents & (POLLIN | POLLHUP))) {
+            char b;
+            ssize_t r = recv(chan_fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+            if (r == 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) {
+                close(fd);
+                return wr_err_set(err, WR_EEOF, "the supervisor closed the channel");
+            }
+            usleep(100 * 1000);
+        } else if (chan_fd < 0) {
+            usleep(100 * 1000);
+        }
+    }
+}
+
+void
+wk_chan_report_error(wk_chan_t *c, const char *kind, const wr_err_t *err)
+{
+    ipc_msg_t m;
+    wr_err_t werr;
+
+    if (c == NULL || c->fd < 0 || err == NULL)
+        return;
+    memset(&m, 0, sizeof(m));
+    m.type = IPC_WORKER_ERROR;
+    m.u.worker_error.kind = (char *)(kind ? kind : wr_err_code_name(err->code));
+    m.u.worker_error.message = (char *)err->msg;
+    m.u.worker_error.hint = (char *)err->hint;
+    if (wk_chan_send(c, &m, &werr) != 0)
+        log_debug("cannot report the error to the supervisor: %s", werr.msg);
+}
+
 /* Answers a rejected message with ["error", msg]; a failure to do so is only logged. */
 static void
 wk_send_error(wk_chan_t *c, const char *msg)
@@ -327,38 +419,36 @@ wk_chan_handshake(wk_chan_t *c, const char *role, uint32_t relid, ipc_msg_t *tab
     if (want.rejected)
         return wr_err_set(err, WR_EPROTO, "the supervisor rejected hello: %s", want.reject_msg);
     *tables = want.got;
-    /* (issue 11) a long list comes in pieces (ipc.h "tables"): put them together */
+    /* a large list comes in several messages (IPC_TABLES_CHUNK tables each) */
     while (tables->u.tables.more) {
         ipc_table_info_t *all;
-        uint32_t n = tables->u.tables.n;
+        uint32_t n1 = tables->u.tables.n, n2;
 
         memset(&want, 0, sizeof(want));
         want.type = IPC_TABLES;
         rc = wk_wait(c, &want, deadline, WK_HANDSHAKE_MS / 1000, WR_EPROTO, "tables", err);
         if (rc == 0 && want.rejected)
             rc = wr_err_set(err, WR_EPROTO, "the supervisor rejected hello: %s", want.reject_msg);
-        if (rc == 0 && (uint64_t)n + want.got.u.tables.n > IPC_MAX_ITEMS)
-            rc = wr_err_set(err, WR_EPROTO, "the supervisor sent more than %u tables",
-                            (unsigned)IPC_MAX_ITEMS);
-        all = rc == 0 ? realloc(tables->u.tables.tables,
-                                ((size_t)n + want.got.u.tables.n + 1) * sizeof(*all))
-                      : NULL;
+        if (rc == 0 && (uint64_t)n1 + want.got.u.tables.n > IPC_MAX_ITEMS * 100ull)
+            rc = wr_err_set(err, WR_EPROTO, "the supervisor sent more than %llu tables",
+                            IPC_MAX_ITEMS * 100ull);
+        n2 = want.got.u.tables.n;
+        all =
+            rc == 0 ? realloc(tables->u.tables.tables, ((size_t)n1 + n2 + 1) * sizeof(*all)) : NULL;
         if (rc == 0 && all == NULL)
-            rc = wr_err_set(err, WR_ENOMEM, "out of memory for the list of %u tables",
-                            n + want.got.u.tables.n);
+            rc = wr_err_set(err, WR_ENOMEM, "out of memory receiving %u tables", n1 + n2);
         if (rc != 0) {
             ipc_msg_clear(&want.got);
             ipc_msg_clear(tables);
             return rc;
         }
-        /* the entries move with their strings; the piece keeps only its emptied array */
-        if (want.got.u.tables.n > 0)
-            memcpy(all + n, want.got.u.tables.tables, want.got.u.tables.n * sizeof(*all));
+        /* the entries (and the strings they own) move over; the second shell is freed */
+        if (n2 > 0)
+            memcpy(&all[n1], want.got.u.tables.tables, (size_t)n2 * sizeof(*all));
         tables->u.tables.tables = all;
-        tables->u.tables.n = n + want.got.u.tables.n;
+        tables->u.tables.n = n1 + n2;
         tables->u.tables.more = want.got.u.tables.more;
-        want.got.u.tables.n = 0;
-        ipc_msg_clear(&want.got);
+        free(want.got.u.tables.tables);
     }
     return 0;
 }

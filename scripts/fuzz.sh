@@ -2,7 +2,7 @@
 # fuzz.sh - builds the libFuzzer targets (clang, ASan + UBSan) and runs one or all of them.
 #
 # usage: scripts/fuzz.sh TARGET|all SECONDS [extra libFuzzer arguments...]
-#   TARGET: pgoutput stream copytext pgtype ipc config (or fuzz_pgoutput, ...)
+#   TARGET: pgoutput stream copytext pgtype ipc config esfilter sinkstate (or fuzz_pgoutput, ...)
 #   scripts/fuzz.sh pgoutput 60      runs fuzz_pgoutput for 60 s
 #   scripts/fuzz.sh all 10           runs each target for 10 s
 #
@@ -15,7 +15,7 @@ set -u
 
 cd "$(dirname "$0")/.." || exit 1
 BUILD=${FUZZ_BUILD_DIR:-build-fuzz}
-ALL="pgoutput stream copytext pgtype ipc config"
+ALL="pgoutput stream copytext pgtype ipc config esfilter sinkstate"
 
 if [ $# -lt 2 ]; then
     sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'

@@ -15,10 +15,12 @@ packages=(
     clang libclang-rt-14-dev # fuzzing and sanitizers
     libjansson-dev           # JSON parsing (events CLI, configuration values)
     libcurl4-openssl-dev     # the http (webhook) destination
+    libssl-dev               # its HMAC-SHA256 signatures (libcrypto)
     libnats-dev nats-server  # the nats (JetStream) destination and its tests
     libmicrohttpd-dev        # /metrics, /healthz, /readyz
     libsystemd-dev           # sd_notify
-    prometheus python3-prometheus-client yamllint # operations tests
+    prometheus python3-prometheus-client yamllint python3-yaml systemd # operations tests
+    iproute2                 # tc: the chaos suite's network cut (tests/chaos)
 )
 
 missing=()

@@ -1,9 +1,9 @@
 /*
  * cli.c - the commands of `walrelay`: init, check, run, status, stop, retry, resync,
- * pause, resume, reload, drop.
+ * pause, resume, reload, metrics, drop.
  *
  * NOTES: runs in the user's shell. Only `run` becomes the supervisor (sup.c); `status`,
- * `stop`, `retry`, `resync`, `pause`, `resume` and `reload` talk to a running supervisor
+ * `stop`, `retry`, `resync`, `pause`, `resume`, `reload` and `metrics` talk to a running supervisor
  * over DIR/control.sock with blocking I/O (one request, one reply) and never open
  * DIR/state.db. `drop` is the one command that works on a stopped pipeline: holding the
  * pid lock, it drops the pipeline's replication slots on the source and deletes
@@ -164,13 +164,14 @@ int
 cli_init(int argc, char **argv)
 {
     const char *pos[1] = {NULL};
-    const char *source = NULL, *publication = NULL, *dest = NULL, *name = NULL, *state = NULL;
+    const char *source = NULL, *publication = NULL, *dest = NULL, *name = NULL, *state = NULL,
+               *metrics = NULL;
     const cli_opt_t opts[] = {
         {"--source", &source, NULL},    {"--publication", &publication, NULL},
         {"--destination", &dest, NULL}, {"--name", &name, NULL},
-        {"--state", &state, NULL},
+        {"--state", &state, NULL},      {"--metrics", &metrics, NULL},
     };
-    if (cli_parse(argc, argv, opts, 5, pos, 1) != 0)
+    if (cli_parse(argc, argv, opts, 6, pos, 1) != 0)
         return WR_EXIT_CONFIG;
     if (!source || !publication) {
         fprintf(stderr, "walrelay init: %s is required\n", !source ? "--source" : "--publication");
@@ -217,8 +218,8 @@ cli_init(int argc, char **argv)
             goto fail;
         }
     }
-    if (cfg_write_new(absdir, pname, source, publication, dest_section, state, init_check, &err) !=
-        0) {
+    if (cfg_write_new(absdir, pname, source, publication, dest_section, state, metrics, init_check,
+                      &err) != 0) {
         print_err(&err);
         goto fail;
     }
@@ -226,7 +227,12 @@ cli_init(int argc, char **argv)
     printf("wrote %s/walrelay.conf\n", absdir);
     printf("  pipeline     %s (replication slot walrelay_%s)\n", pname, pname);
     printf("  publication  %s\n", publication);
-    printf("  destination  %s\n", dest ? dest : DEST_DEFAULT_TYPE);
+    {
+        /* a destination argument may hold a conninfo: never show its password */
+        char shown[1024];
+        log_redact_conninfo(dest ? dest : DEST_DEFAULT_TYPE, shown, sizeof(shown));
+        printf("  destination  %s\n", shown);
+    }
     if (state && strncmp(state, "plugin:", 7) == 0)
         printf("  state        plugin %s (its keys go below [state]: walrelay check says which)\n",
                state + 7);
@@ -234,6 +240,8 @@ cli_init(int argc, char **argv)
         printf("  state        %s\n", state && strncmp(state, "postgres:", 9) == 0
                                           ? "postgres (schema " CFG_STATE_DEFAULT_SCHEMA ")"
                                           : "sqlite (state.db)");
+    if (metrics)
+        printf("  metrics      http://%s/metrics (also /healthz, /readyz)\n", metrics);
     printf("next: walrelay check %s\n", pos[0]);
     printf("then: walrelay run %s\n", pos[0]);
     return WR_EXIT_OK;
@@ -890,6 +898,35 @@ int
 cli_reload(int argc, char **argv)
 {
     return cli_plain_command(argc, argv, IPC_RELOAD);
+}
+
+/* ---- walrelay metrics ---- */
+
+int
+cli_metrics(int argc, char **argv)
+{
+    const char *pos[1] = {NULL};
+    ipc_msg_t req, reply;
+    int code = WR_EXIT_OK;
+
+    if (cli_parse(argc, argv, NULL, 0, pos, 1) != 0)
+        return WR_EXIT_CONFIG;
+    memset(&req, 0, sizeof(req));
+    req.type = IPC_METRICS;
+    if (cli_request(pos[0], &req, &reply) != 0)
+        return WR_EXIT_ERROR;
+    if (reply.type == IPC_METRICS_TEXT) {
+        fputs(reply.u.metrics_text.text ? reply.u.metrics_text.text : "", stdout);
+    } else if (reply.type == IPC_ERROR) {
+        fprintf(stderr, "walrelay: the supervisor answered: %s\n", reply.u.error.message);
+        code = WR_EXIT_ERROR;
+    } else {
+        fprintf(stderr, "walrelay: unexpected reply \"%s\" from the supervisor\n",
+                ipc_type_name(reply.type));
+        code = WR_EXIT_ERROR;
+    }
+    ipc_msg_clear(&reply);
+    return code;
 }
 
 /* ---- walrelay drop ---- */

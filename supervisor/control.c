@@ -1,11 +1,15 @@
 /*
  * control.c - the control server on DIR/control.sock: `walrelay status`, `stop`, `retry`,
- * `resync`, `pause`, `resume` and `reload`.
+ * `resync`, `pause`, `resume`, `reload` and `metrics`.
  *
  * NOTES: runs in the supervisor, on its libuv loop. The socket is mode 0600 and a peer
  * whose uid (SO_PEERCRED) is not ours is refused. Requests are msgpack messages
  * (proto/ipc.h) dispatched from a table of {type, handler}; a bad message gets
- * ["error", ...] and never crashes the supervisor. Owns nothing persistent.
+ * ["error", ...] and never crashes the supervisor. At most SUP_CONTROL_MAX_CLIENTS
+ * clients at a time (more are answered with an error and closed) and none idle for more
+ * than SUP_CONTROL_IDLE_MS (sup_control_sweep, from the tick): a flood of clients cannot
+ * take the file descriptors the supervisor needs for its workers (issue 12). Owns nothing
+ * persistent.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -24,6 +28,7 @@ typedef struct sup_client_s {
     ipc_reader_t rd;
     bool rd_ok;
     bool closing;
+    int64_t last_ms; /* accepted, or its last bytes read: for the idle sweep */
     struct sup_client_s *next;
 } sup_client_t;
 
@@ -50,6 +55,7 @@ client_close(sup_client_t *cl)
     for (sup_client_t **pp = &c->clients; *pp; pp = &(*pp)->next) {
         if (*pp == cl) {
             *pp = cl->next;
+            c->nclients--;
             break;
         }
     }
@@ -202,13 +208,40 @@ handle_reload(sup_client_t *cl, const ipc_msg_t *m)
     reply_outcome(cl, rc, msg, &err);
 }
 
+static void
+handle_metrics(sup_client_t *cl, const ipc_msg_t *m)
+{
+    ipc_msg_t r;
+    char *text = NULL;
+    size_t len = 0;
+    wr_err_t err;
+
+    WR_UNUSED(m);
+    wr_err_clear(&err);
+    if (sup_metrics_text(cl->ctl->sup, &text, &len, &err) != 0) {
+        client_send_error(cl, err.msg);
+        return;
+    }
+    if (len > IPC_MAX_TEXT) {
+        free(text);
+        client_send_error(cl, "the metrics are too long for the control socket; read them over "
+                              "HTTP ([metrics] listen)");
+        return;
+    }
+    memset(&r, 0, sizeof(r));
+    r.type = IPC_METRICS_TEXT;
+    r.u.metrics_text.text = text;
+    client_send(cl, &r);
+    free(text);
+}
+
 static const struct {
     ipc_type_t type;
     ctl_handler_fn handler;
 } ctl_handlers[] = {
-    {IPC_STATUS, handle_status}, {IPC_STOP, handle_stop},   {IPC_RETRY, handle_retry},
-    {IPC_RESYNC, handle_resync}, {IPC_PAUSE, handle_pause}, {IPC_RESUME, handle_resume},
-    {IPC_RELOAD, handle_reload},
+    {IPC_STATUS, handle_status}, {IPC_STOP, handle_stop},       {IPC_RETRY, handle_retry},
+    {IPC_RESYNC, handle_resync}, {IPC_PAUSE, handle_pause},     {IPC_RESUME, handle_resume},
+    {IPC_RELOAD, handle_reload}, {IPC_METRICS, handle_metrics},
 };
 
 static void
@@ -249,6 +282,7 @@ read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     }
     wr_err_t err;
     wr_err_clear(&err);
+    cl->last_ms = wr_now_ms();
     if (ipc_reader_feed(&cl->rd, buf->base, (size_t)nread, &err) != 0) {
         log_warn("control client sent too much error=\"%s\"", err.msg);
         client_send_error(cl, err.msg);
@@ -296,6 +330,19 @@ connection_cb(uv_stream_t *server, int status)
     }
     cl->next = c->clients;
     c->clients = cl;
+    c->nclients++;
+    cl->last_ms = wr_now_ms();
+    if (c->nclients > SUP_CONTROL_MAX_CLIENTS) {
+        /* a flood: answered and closed at once, so that it cannot take every fd */
+        static int64_t warned_ms;
+        if (cl->last_ms - warned_ms > 10000) {
+            log_warn("too many control clients, refusing more max=%d", SUP_CONTROL_MAX_CLIENTS);
+            warned_ms = cl->last_ms;
+        }
+        client_send_error(cl, "too many control clients; try again in a moment");
+        client_close_after_write(cl);
+        return;
+    }
     if (ipc_reader_init(&cl->rd) != 0) {
         log_error("out of memory accepting a control client");
         client_close(cl);
@@ -396,6 +443,20 @@ sup_control_start(sup_control_t *c, sup_t *s, const char *path, wr_err_t *err)
     }
     c->listening = true;
     return 0;
+}
+
+void
+sup_control_sweep(sup_control_t *c, int64_t now_ms)
+{
+    sup_client_t *cl = c->clients, *next;
+
+    for (; cl; cl = next) {
+        next = cl->next;
+        if (!cl->closing && now_ms - cl->last_ms >= SUP_CONTROL_IDLE_MS) {
+            log_debug("closing an idle control client");
+            client_close(cl);
+        }
+    }
 }
 
 void

@@ -21,15 +21,24 @@ static const cli_cmd_t cli_cmds[] = {
     {"init", cli_init,
      "walrelay init DIR --source CONNINFO --publication NAME\n"
      "              [--destination TYPE[:ARG]] [--name PIPELINE] [--state STORE]\n"
+     "              [--metrics HOST:PORT]\n"
      "    Writes DIR/walrelay.conf (creating DIR). The pipeline name defaults to the\n"
      "    directory's name, lowercased, other characters mapped to '_'. Destinations:\n"
-     "    sqlite (default, DIR/dest.db), sqlite:PATH, null (discards rows), and\n"
-     "    plugin:/path/to/lib.so (a library built against walrelay/destination.h; add\n"
-     "    its own keys below [destination] afterwards). State stores: sqlite (default,\n"
+     "    sqlite (default, DIR/dest.db), sqlite:PATH, postgres:CONNINFO (tables in a\n"
+     "    PostgreSQL database, exactly once; CONNINFO is a libpq connection string, its\n"
+     "    password never printed), null (discards rows),\n"
+     "    eventstore:sqlite:PATH or eventstore:postgres:CONNINFO (every change an event;\n"
+     "    read it with walrelay events), http:URL (a webhook: JSON batches POSTed to\n"
+     "    URL, at least once), jsonl:PATH (JSON lines into a file, exactly once; jsonl:-\n"
+     "    for stdout), nats:nats://HOST:PORT (a NATS JetStream stream, exactly once),\n"
+     "    and plugin:/path/to/lib.so (a library built\n"
+     "    against walrelay/destination.h; add its own keys below [destination]\n"
+     "    afterwards). State stores: sqlite (default,\n"
      "    DIR/state.db), postgres:CONNINFO (a schema walrelay_state in that database,\n"
      "    for hosts without a lasting disk; one supervisor per pipeline holds its lease)\n"
      "    and plugin:/path/to/lib.so (a library built against walrelay/store.h; add its\n"
-     "    own keys below [state] afterwards).\n"},
+     "    own keys below [state] afterwards). --metrics HOST:PORT serves /metrics,\n"
+     "    /healthz and /readyz there ([metrics] listen; off by default).\n"},
     {"check", cli_check,
      "walrelay check DIR\n"
      "    Checks the source (reachable, wal_level, publication, REPLICATION privilege,\n"
@@ -69,6 +78,27 @@ static const cli_cmd_t cli_cmds[] = {
      "    Reads walrelay.conf again (as SIGHUP does): applies what can change while\n"
      "    running, reports what needs a restart, reads the publication again. A file with\n"
      "    an error changes nothing.\n"},
+    {"metrics", cli_metrics,
+     "walrelay metrics DIR\n"
+     "    Prints the pipeline's metrics in the Prometheus text format, as GET /metrics\n"
+     "    on [metrics] listen serves them (asks the running supervisor). Exit 1 when\n"
+     "    walrelay is not running for DIR.\n"},
+    {"events", cli_events,
+     "walrelay events DIR load --filter FILTER [--filter FILTER ...] [--limit N]\n"
+     "walrelay events DIR version AGGREGATE_KIND AGGREGATE_ID\n"
+     "walrelay events DIR tail --filter FILTER [--filter ...] [--after P] --follow\n"
+     "walrelay events DIR append AGGREGATE_KIND AGGREGATE_ID --expect none|any|P\n"
+     "              --event KIND --data JSON [--metadata JSON]\n"
+     "    Reads or appends to the event store of a pipeline with --destination\n"
+     "    eventstore:... (docs/eventstore.md), one JSON object per line. FILTER is\n"
+     "    'event_kind=K[,aggregate_kind=T][,aggregate_id=ID][,after=P]'; events of any\n"
+     "    filter are printed once, by ascending position; after=P (or --after) keeps\n"
+     "    positions > P. version prints {\"position\": P, \"version\": V} or\n"
+     "    {\"position\": null}. tail --follow keeps printing new events until SIGINT or\n"
+     "    SIGTERM. append checks --expect (none: a new stream, P: the stream's last\n"
+     "    position, any: unchecked) and prints the new position; a conflict prints\n"
+     "    {\"conflict\": {\"expected\": ..., \"actual\": ...}} and exits 3. Streams of\n"
+     "    replicated tables take no appends. Exit 1: the store is not there or failed.\n"},
     {"drop", cli_drop,
      "walrelay drop DIR\n"
      "    Removes the pipeline's replication slots on the source and its state\n"

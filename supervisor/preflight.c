@@ -338,8 +338,12 @@ static int
 list_tables(pf_t *pf, sup_pub_table_t **out, size_t *nout)
 {
     const char *params[1] = {pf->cfg->publication};
-    /* column 8: the publication's column list of the table (attrs, PostgreSQL 15) */
-    char sql[1024];
+    /* column 8: the publication's column list of the table (attrs, PostgreSQL 15);
+     * column 9: its membership record (sup_pub_table_t.member): the newest
+     * pg_publication_rel row of the table or of an ancestor (partition root, inheritance
+     * parent), else the pg_publication_namespace row of their schema (PostgreSQL 15) */
+    const bool pg15 = PQserverVersion(pf->conn) >= 150000;
+    char sql[3072];
     snprintf(sql, sizeof(sql),
              "SELECT c.oid, n.nspname, c.relname, c.relreplident, "
              "       EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND "
@@ -349,11 +353,23 @@ list_tables(pf_t *pf, sup_pub_table_t **out, size_t *nout)
              "       has_table_privilege(c.oid, 'SELECT'), "
              "       (SELECT p.pubupdate OR p.pubdelete FROM pg_publication p WHERE p.pubname = "
              "$1), "
-             "       %s "
+             "       %s, "
+             "       (WITH RECURSIVE up(anc) AS (SELECT c.oid UNION "
+             "          SELECT i.inhparent FROM pg_inherits i JOIN up ON i.inhrelid = up.anc) "
+             "        SELECT COALESCE("
+             "          (SELECT max(pr.oid::int8) FROM pg_publication_rel pr "
+             "             JOIN pg_publication pb ON pb.oid = pr.prpubid "
+             "            WHERE pb.pubname = $1 AND pr.prrelid IN (SELECT anc FROM up)), "
+             "          %s 0)) "
              "FROM pg_get_publication_tables($1::text) g "
              "JOIN pg_class c ON c.oid = g.relid "
              "JOIN pg_namespace n ON n.oid = c.relnamespace ORDER BY 1",
-             PQserverVersion(pf->conn) >= 150000 ? "g.attrs IS NOT NULL" : "false");
+             pg15 ? "g.attrs IS NOT NULL" : "false",
+             pg15 ? "(SELECT max(pn.oid::int8) FROM pg_publication_namespace pn "
+                    "   JOIN pg_publication pb ON pb.oid = pn.pnpubid "
+                    "   JOIN pg_class k ON k.relnamespace = pn.pnnspid "
+                    "  WHERE pb.pubname = $1 AND k.oid IN (SELECT anc FROM up)), "
+                  : "");
     PGresult *r = pf_query(pf, "tables", "listing the publication's tables", sql, 1, params);
     if (!r)
         return -1;
@@ -376,6 +392,7 @@ list_tables(pf_t *pf, sup_pub_table_t **out, size_t *nout)
         bool can_read = strcmp(PQgetvalue(r, i, 6), "t") == 0;
         bool pub_upd_del = strcmp(PQgetvalue(r, i, 7), "f") != 0;
         bool column_list = strcmp(PQgetvalue(r, i, 8), "t") == 0;
+        t->member = strtoll(PQgetvalue(r, i, 9), NULL, 10);
 
         char *qn = repl_quote_ident(pf->conn, t->nsp);
         char *qt = repl_quote_ident(pf->conn, t->name);

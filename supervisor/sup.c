@@ -12,6 +12,9 @@
  *                publication refresh, slot drops, a lost slot, reading the state back
  *   sup_cmd.c    commands (retry, resync, pause, resume, reload) and the status reply:
  *                the API control.c calls (sup.h), never the loop's internals
+ *   metrics.c, http.c, notify.c   the operating surface (metrics.h): counters from the
+ *                workers' reports, the lag query, /metrics, /healthz, /readyz on
+ *                [metrics] listen, sd_notify; the layers above call its sup__* hooks
  * The rules below hold across the three.
  *
  * Start: config -> pid lock -> preflight (nothing written yet) -> state.db -> reconcile the
@@ -22,15 +25,26 @@
  * socketpair). The first message must be hello; we answer welcome + tables. A set_phase is
  * validated (phase_transition_ok), persisted, acked, and only then relayed as table_state
  * to the apply worker and the table's sync worker (except the requester), so what is on
- * disk is never behind what a worker believes.
+ * disk is never behind what a worker believes. A table set to Init (resync, retry, a
+ * re-copy) is copied only once the apply worker acknowledged it (["table_ack"]: what it
+ * wrote of the table is durable and it writes no more) or has exited, and only after an
+ * apply worker of this supervisor said hello (an apply process left by a killed
+ * supervisor holds DIR/apply.lock until it is gone): the copy's truncate must come after
+ * every write of the apply worker.
  *
  * A worker's exit is handled once both its process has exited and its channel reached EOF
  * (so every message it sent before exiting has been processed). Exit 0 = done or stopped;
- * 2 = fatal (no restart: the table goes to Errored, or for apply the pipeline is
- * degraded); anything else, a signal, or apply exiting 0 on its own = a failure, restarted
- * after backoff_initial_ms doubling up to backoff_max_ms; worker_max_failures in a row
- * stop the restarts; healthy_reset_ms of running resets the count. Sync failures in a row
- * are persisted as the table's attempts.
+ * 2 = fatal (no restart: the table goes to Errored; for apply nothing can progress any
+ * more, so the pipeline stops and walrelay run exits 2 with the worker's error); 4 = the
+ * source is unavailable (the worker probed it): started again after a backoff capped at
+ * SUP_OUTAGE_MAX_MS for as long as the outage lasts, not a failure, state
+ * "source_unavailable" with the last error until a worker streams or copies again;
+ * anything else, a signal, or apply exiting 0 on its own = a failure, restarted after
+ * backoff_initial_ms doubling up to backoff_max_ms; worker_max_failures in a row stop the
+ * restarts (a sync worker's table goes to Errored; for apply walrelay run exits 1, for the
+ * service manager); healthy_reset_ms of running resets the count. Sync failures in a row
+ * are persisted as the table's attempts. Each worker's last error (["worker_error"]) is
+ * kept for status and for these decisions.
  *
  * SIGTERM/SIGINT: stop starting workers, send ["stop"] to each, wait for all to exit
  * (SIGKILL after 30 s), then close everything and exit 0 (2 after a lost slot).
@@ -192,6 +206,15 @@ preflight_log(void *arg, int level, const char *check, const char *msg, const ch
 static void
 print_fatal(const wr_err_t *err)
 {
+    if (log_get_format() == LOG_FMT_JSON) {
+        /* [log] format = json: every line on stderr is JSON */
+        if (err->hint[0])
+            log_error("%s hint=\"%s\"", err->msg[0] ? err->msg : wr_err_code_name(err->code),
+                      err->hint);
+        else
+            log_error("%s", err->msg[0] ? err->msg : wr_err_code_name(err->code));
+        return;
+    }
     fprintf(stderr, "walrelay: %s\n", err->msg[0] ? err->msg : wr_err_code_name(err->code));
     if (err->hint[0])
         fprintf(stderr, "hint: %s\n", err->hint);
@@ -217,6 +240,9 @@ sup_free(sup_t *s)
     }
     state_close(s->st);
     s->st = NULL;
+    sup__http_free(s);
+    sup__notify_free(s);
+    sup__metrics_free(s);
     free(s->status_rows);
     for (size_t i = 0; i < s->ntables; i++)
         sup__table_free(s->tables[i]);
@@ -258,6 +284,7 @@ sup_run(const char *dir)
     }
     log_init(s->cfg.pipeline_name, "supervisor");
     log_set_level(s->cfg.log_level);
+    log_set_format(s->cfg.log_format);
 
     char sock[sizeof(((struct sockaddr_un *)0)->sun_path)];
     if (lock_pidfile(s, &err) != 0 || sup_sock_path(s->cfg.dir, sock, sizeof(sock), &err) != 0 ||
@@ -266,6 +293,11 @@ sup_run(const char *dir)
         goto out;
     }
     log_info("starting version=%s pid=%ld dir=%s", WR_VERSION, (long)getpid(), s->cfg.dir);
+    /* the metrics listener is bound before anything is written: a port in use stops here */
+    if (sup__metrics_init(s, &err) != 0 || sup__http_bind(s, &err) != 0) {
+        print_fatal(&err);
+        goto out;
+    }
 
     sup_pub_table_t *pub = NULL;
     size_t npub = 0;
@@ -276,7 +308,15 @@ sup_run(const char *dir)
         goto out;
     }
 
+    /* a missing state.db must not be taken for a first start (issue 12) */
+    char state_path[PATH_MAX];
+    bool state_new =
+        s->cfg.state_backend != CFG_STATE_POSTGRES &&
+        sup_path(s->cfg.dir, SUP_STATE_FILE, state_path, sizeof(state_path), &err) == 0 &&
+        access(state_path, F_OK) != 0;
     int rc = sup_state_open(&s->cfg, &s->st, &err);
+    if (rc == 0)
+        rc = sup__state_lost_check(s, conn, state_new ? state_path : NULL, &err);
     if (rc == 0)
         rc = sup__reconcile_tables(s, pub, npub, conn, &err);
     if (rc == 0)
@@ -314,6 +354,14 @@ sup_run(const char *dir)
     s->tick.data = s;
     uv_timer_start(&s->tick, sup__tick_cb, SUP_TICK_MS, SUP_TICK_MS);
     s->tick_ok = true;
+    sup__notify_init(s);
+    if (sup__http_attach(s, &err) != 0) {
+        print_fatal(&err);
+        code = WR_EXIT_ERROR;
+        s->stopping = true;
+        sup__check_stopped(s);
+        goto out;
+    }
 
     if (sup_control_start(&s->ctl, s, sock, &err) != 0) {
         print_fatal(&err);
@@ -333,6 +381,9 @@ sup_run(const char *dir)
         snprintf(s->message, sizeof(s->message),
                  "paused by walrelay pause; walrelay resume starts the workers again");
         log_info("the pipeline is paused: no worker starts until walrelay resume %s", s->cfg.dir);
+        /* started as asked: a paused pipeline is ready for the service manager */
+        sup__notify_status(s, "paused; walrelay resume starts the workers");
+        sup__notify_ready(s);
     } else {
         sup__worker_spawn(&s->apply);
         sup__schedule(s);
@@ -342,9 +393,11 @@ sup_run(const char *dir)
     log_info("stopped%s", s->degraded ? " (the pipeline was degraded)" : "");
     code = s->exit_code;
     if (code != WR_EXIT_OK) {
-        fprintf(stderr, "walrelay: %s\n", s->message);
-        if (s->fatal_hint[0])
-            fprintf(stderr, "hint: %s\n", s->fatal_hint);
+        wr_err_t fe;
+        wr_err_clear(&fe);
+        wr_copy_text(fe.msg, sizeof(fe.msg), s->message);
+        wr_copy_text(fe.hint, sizeof(fe.hint), s->fatal_hint);
+        print_fatal(&fe);
     }
 out:
     sup_free(s);

@@ -42,6 +42,9 @@ int cli_pause(int argc, char **argv);
 int cli_resume(int argc, char **argv);
 int cli_reload(int argc, char **argv);
 int cli_drop(int argc, char **argv);
+int cli_metrics(int argc, char **argv);
+/* events_cmd.c: walrelay events DIR load | version | tail | append */
+int cli_events(int argc, char **argv);
 
 /* Prints the usage of one command (main.c owns the table). */
 void cli_print_usage(const char *word, FILE *f);
@@ -65,6 +68,12 @@ typedef struct sup_pub_table_s {
     bool refused;
     char refused_msg[512];
     char refused_hint[512];
+    /* (issue 12) The publication's membership record of the table: the oid of its
+     * pg_publication_rel row (its own or an ancestor's), else of the pg_publication_namespace
+     * row of its schema, else 0 (FOR ALL TABLES). ALTER PUBLICATION ... DROP TABLE and ADD
+     * TABLE make a new record: a table whose record changed left the publication for a
+     * while, and its changes of that time were never published. */
+    int64_t member;
 } sup_pub_table_t;
 
 /*
@@ -127,6 +136,10 @@ int sup_cmd_reload(sup_t *s, char *msg, size_t len, wr_err_t *err) WR_MUST_CHECK
 
 uv_loop_t *sup_loop(sup_t *s);
 
+/* `walrelay metrics DIR`: the Prometheus text exposition /metrics serves (malloc'd into
+ * *text, caller frees). metrics.c */
+int sup_metrics_text(sup_t *s, char **text, size_t *len, wr_err_t *err) WR_MUST_CHECK;
+
 /* Encodes m and queues it on stream (the buffer is freed when written). Returns 0 or a
  * negative code (WR_ENOMEM, WR_EIO). */
 int sup_stream_send(uv_stream_t *stream, const ipc_msg_t *m) WR_MUST_CHECK;
@@ -146,12 +159,21 @@ typedef struct sup_control_s {
     bool closed;
     char path[256];
     struct sup_client_s *clients; /* linked list of open connections */
+    int nclients;                 /* in the list; at most SUP_CONTROL_MAX_CLIENTS */
 } sup_control_t;
+
+/* (issue 12) A flood of control clients must not take the supervisor's file descriptors
+ * (it spawns workers with them): more are refused at once with an error, and a client that
+ * has not finished a request for SUP_CONTROL_IDLE_MS is closed (sup_control_sweep). */
+#define SUP_CONTROL_MAX_CLIENTS 64
+#define SUP_CONTROL_IDLE_MS     30000
 
 /* Binds DIR/control.sock (mode 0600), listens. A stale socket (nobody answers) is removed;
  * a live one is an error. */
 int sup_control_start(sup_control_t *c, sup_t *s, const char *path, wr_err_t *err) WR_MUST_CHECK;
 /* Closes the server and every client; the socket file is removed. Idempotent. */
 void sup_control_close(sup_control_t *c);
+/* Closes clients idle for SUP_CONTROL_IDLE_MS (called from the supervisor's tick). */
+void sup_control_sweep(sup_control_t *c, int64_t now_ms);
 
 #endif

@@ -218,8 +218,24 @@ restart_workers_gracefully(sup_t *s)
     }
 }
 
+static int cmd_reload(sup_t *s, char *msg, size_t len, wr_err_t *err);
+
+/* The reload, between RELOADING=1 and READY=1 for the service manager (notify.c). */
 int
 sup_cmd_reload(sup_t *s, char *msg, size_t len, wr_err_t *err)
+{
+    int rc;
+
+    if (s->stopping)
+        return sup__refuse_stopping(err);
+    sup__notify_reloading(s);
+    rc = cmd_reload(s, msg, len, err);
+    sup__notify_reloaded(s);
+    return rc;
+}
+
+static int
+cmd_reload(sup_t *s, char *msg, size_t len, wr_err_t *err)
 {
     wr_config_t nc;
     char live[1024] = "", keep[1024] = "";
@@ -261,6 +277,7 @@ sup_cmd_reload(sup_t *s, char *msg, size_t len, wr_err_t *err)
     SUP_KEEP(publication, "[source] publication", false);
     SUP_KEEP(state_conninfo, "[state] conninfo", true);
     SUP_KEEP(state_schema, "[state] schema", false);
+    SUP_KEEP(metrics_listen, "[metrics] listen", false);
 #undef SUP_KEEP
     if (s->cfg.state_backend != nc.state_backend) {
         int tmp = nc.state_backend;
@@ -296,6 +313,12 @@ sup_cmd_reload(sup_t *s, char *msg, size_t len, wr_err_t *err)
                level_name(nc.log_level));
         workers = true;
     }
+    if (s->cfg.log_format != nc.log_format) {
+        bufcat(live, sizeof(live), "[log] format %s -> %s",
+               s->cfg.log_format == LOG_FMT_JSON ? "json" : "text",
+               nc.log_format == LOG_FMT_JSON ? "json" : "text");
+        workers = true;
+    }
     if (s->cfg.on_slot_lost != nc.on_slot_lost) {
         bufcat(live, sizeof(live), "[pipeline] on_slot_lost %s -> %s",
                s->cfg.on_slot_lost == CFG_SLOT_LOST_RECOPY ? "recopy" : "stop",
@@ -305,6 +328,7 @@ sup_cmd_reload(sup_t *s, char *msg, size_t len, wr_err_t *err)
     SUP_LIVE(publication_refresh_ms, "[pipeline] publication_refresh_ms", false);
     SUP_LIVE(batch_max_fill_ms, "[batch] max_fill_ms", true);
     SUP_LIVE(batch_max_bytes, "[batch] max_bytes", true);
+    SUP_LIVE(streaming, "[source] streaming", true); /* the apply worker reads it at start */
     SUP_LIVE(max_table_sync_workers, "[sync] max_table_sync_workers", false);
     SUP_LIVE(copy_batch_rows, "[sync] copy_batch_rows", true);
     SUP_LIVE(max_copy_connections_per_table, "[sync] max_copy_connections_per_table", true);
@@ -314,6 +338,7 @@ sup_cmd_reload(sup_t *s, char *msg, size_t len, wr_err_t *err)
     SUP_LIVE(healthy_reset_ms, "[retry] healthy_reset_ms", false);
     SUP_LIVE(table_error_retry_delay_ms, "[retry] table_error_retry_delay_ms", false);
     SUP_LIVE(table_error_retry_max_attempts, "[retry] table_error_retry_max_attempts", false);
+    SUP_LIVE(metrics_lag_interval_ms, "[metrics] lag_interval_ms", false);
 #undef SUP_LIVE
     /* The workers read DIR/walrelay.conf.active. It must describe what runs: when a key
      * that needs a restart changed, the new text is not handed over (the workers would
@@ -334,6 +359,7 @@ sup_cmd_reload(sup_t *s, char *msg, size_t len, wr_err_t *err)
     cfg_free(&s->cfg);
     s->cfg = nc;
     log_set_level(s->cfg.log_level);
+    log_set_format(s->cfg.log_format);
     if (workers)
         restart_workers_gracefully(s);
     sup__schedule(s); /* more sync workers may be allowed now */
@@ -358,6 +384,28 @@ sup_cmd_reload(sup_t *s, char *msg, size_t len, wr_err_t *err)
 
 /* ---- status ---- */
 
+/* A worker whose destination waits (["dest_wait"], issue 9) makes the pipeline's message,
+ * unless there is one already (paused, degraded, stopping say more): "waiting on the
+ * destination for 25 s (apply worker): <what and the last error>". */
+static void
+sup_status_dest_wait(sup_t *s, __typeof__(((ipc_msg_t *)0)->u.status_reply) *r)
+{
+    if (r->message != NULL && r->message[0] != '\0')
+        return;
+    for (size_t i = 0; i <= s->ntables; i++) {
+        sup_worker_t *w = i == 0 ? &s->apply : &s->tables[i - 1]->sync;
+        sup_proc_t *p = w->p;
+
+        if (p == NULL || p->exited || p->dest_wait[0] == '\0')
+            continue;
+        snprintf(s->status_msg, sizeof(s->status_msg),
+                 "waiting on the destination for %lld s (%s worker): %s",
+                 (long long)((wr_now_ms() - p->dest_wait_since) / 1000), w->name, p->dest_wait);
+        r->message = s->status_msg;
+        return;
+    }
+}
+
 int
 sup_status_build(sup_t *s, ipc_msg_t *out, wr_err_t *err)
 {
@@ -380,11 +428,29 @@ sup_status_page(sup_t *s, uint32_t after, ipc_msg_t *out, wr_err_t *err)
     out->type = IPC_STATUS_REPLY;
     __typeof__(out->u.status_reply) *r = &out->u.status_reply;
     r->pipeline = s->cfg.pipeline_name;
-    r->state = s->stopping   ? "stopping"
-               : s->paused   ? "paused"
-               : s->degraded ? "degraded"
-                             : "running";
+    r->state = s->stopping      ? "stopping"
+               : s->paused      ? "paused"
+               : s->degraded    ? "degraded"
+               : s->source_down ? "source_unavailable"
+                                : "running";
     r->message = s->message;
+    if (s->source_down && !s->stopping && !s->paused && !s->degraded) {
+        /* filled on each status: the message says for how long */
+        snprintf(s->status_msg, sizeof(s->status_msg),
+                 "the source is unavailable for %.0f s; retrying every %.0f s (at most "
+                 "%d s); last error: %s",
+                 (double)(wr_now_ms() - s->source_down_since) / 1000.0,
+                 (double)s->source_retry_ms / 1000.0, SUP_OUTAGE_MAX_MS / 1000, s->source_err);
+        r->message = s->status_msg;
+    } else if (!s->message[0] && !s->stopping && !s->paused && s->apply.failures > 0 &&
+               s->apply.err_msg[0]) {
+        /* restarting after an error (a full destination disk, a destination error): say
+         * which, until it runs healthy again */
+        snprintf(s->status_msg, sizeof(s->status_msg),
+                 "the apply worker is restarted after %u failure%s in a row; last error: %s",
+                 s->apply.failures, s->apply.failures == 1 ? "" : "s", s->apply.err_msg);
+        r->message = s->status_msg;
+    }
     r->pid = (int64_t)getpid();
     r->flush_lsn = s->flush_lsn;
     r->received_lsn = s->received_lsn;
@@ -451,6 +517,7 @@ sup_status_page(sup_t *s, uint32_t after, ipc_msg_t *out, wr_err_t *err)
         wi->state = (char *)wstate_names[w->state];
     }
     r->nworkers = nw;
+    sup_status_dest_wait(s, r);
     return 0;
 }
 

@@ -11,6 +11,7 @@
 #define WR_SUP_INT_H
 
 #include "../proto/ipc.h"
+#include "metrics.h"
 #include "sup.h"
 
 #define SUP_TICK_MS          1000
@@ -19,6 +20,7 @@
 #define SUP_EOF_GRACE_MS     2000
 #define SUP_PROGRESS_SAVE_MS 1000
 #define SUP_RESTART_FLOOR_MS 1000
+#define SUP_OUTAGE_MAX_MS    10000 /* longest wait between tries while the source is away */
 /* How often the state store's lease is verified while running (stores with a lease:
  * state.h check_lease); WALRELAY_LEASE_CHECK_MS overrides it (tests). */
 #define SUP_LEASE_CHECK_MS 5000
@@ -52,6 +54,11 @@ typedef struct sup_proc_s {
     bool chan_done; /* EOF, read error, or closed by us */
     bool fatal;     /* handshake refused: handle its exit like exit code 2 */
     char fatal_msg[256];
+    /* ["dest_wait", message] (issue 9): what its destination waits for, "" if nothing;
+     * shown by status as the pipeline's message */
+    char dest_wait[512];
+    int64_t dest_wait_since; /* wr_now_ms() of the first message of this wait */
+    int64_t spawned_at;      /* wr_now_ms() at spawn: its connections are at least as new */
 } sup_proc_t;
 
 typedef struct sup_table_s sup_table_t;
@@ -66,12 +73,18 @@ typedef struct sup_worker_s {
     sup_proc_t *p;     /* current process, NULL if none */
     uint32_t restarts; /* spawns after the first */
     uint32_t failures; /* failures in a row */
+    uint32_t outages;  /* exits in a row because the source is away (not failures) */
     bool ever_started;
     int64_t started_at;
     uv_timer_t timer; /* backoff */
     bool timer_ok;
     bool stop_sent;          /* we asked it to stop (pause, resync, reload): exit 0 expected */
     bool restart_after_stop; /* reload: start it again once it has exited */
+    /* ["worker_error", ...]: what its last failed process exited on; cleared once a process
+     * streams or copies again ("" none) */
+    char err_kind[32];
+    char err_msg[600];
+    char err_hint[400];
 } sup_worker_t;
 
 struct sup_table_s {
@@ -87,6 +100,11 @@ struct sup_table_s {
     bool exhausted_logged; /* "automatic retries exhausted" was logged */
     bool removing;         /* left the publication: removed once its sync worker is gone */
     bool resync_pending;   /* walrelay resync (or a re-copy): Init once its worker is gone */
+    /* its publication membership record changed (sup_pub_table_t.member): recorded once
+     * the re-copy's Init is persisted (0: nothing pending) */
+    int64_t member_pending;
+    bool init_unacked;     /* Init sent to a live apply worker that has not acknowledged it
+                            * (["table_ack"]): its copy must not start yet (issue 12, d. 6) */
     /* read back from the state store at start, written through (on_schema, mappings) */
     char dest_name[300]; /* the table's destination name (table_mappings) */
     wr_schema_t *schema; /* newest schema version stored, NULL if none; owned */
@@ -115,7 +133,16 @@ struct sup_s {
     bool shut; /* handles are closing */
     bool killed_all;
     int64_t stop_deadline;
-    bool degraded;
+    bool degraded; /* the apply worker gave up: the pipeline stops (exit_code) */
+    /* the source is unavailable (a worker exited 4) until a worker streams or copies */
+    bool source_down;
+    int64_t source_down_since; /* monotonic ms */
+    int64_t source_retry_ms;   /* the current delay between tries */
+    char source_err[600];      /* the last error a worker reported */
+    /* an apply worker of this supervisor said hello: no apply process of an earlier run
+     * can still write (it holds DIR/apply.lock until it is gone, see walrelay-apply);
+     * copies of Init tables wait for it */
+    bool apply_fenced;
     char apply_path[PATH_MAX];
     char sync_path[PATH_MAX];
     char slot_name[64];
@@ -131,6 +158,7 @@ struct sup_s {
     bool paused;             /* walrelay pause: no worker runs until resume (persisted) */
     int exit_code;           /* of `walrelay run` once stopped: 0, or 2 (slot lost) */
     char message[1024];      /* for status: why paused / degraded / stopping, or "" */
+    char status_msg[1024];   /* status: a message built for one reply (outage, waits) */
     char fatal_hint[512];    /* printed with message when exit_code is set */
     int64_t last_refresh_ms; /* last read of the publication ([pipeline] publication_refresh_ms) */
     bool refresh_busy;       /* a publication read runs in the thread pool */
@@ -141,6 +169,11 @@ struct sup_s {
     int64_t lease_checked_at; /* last probe (monotonic ms) */
     bool lease_unverified;    /* the last probe could not reach the store */
     bool lease_lost;          /* lost: stopping, exit code 2 */
+    /* the operating surface (issue 10, metrics.h): counters and lag, the HTTP listener,
+     * the service manager's notifications */
+    sup_metrics_t *metrics;
+    sup_http_t *http;
+    sup_notify_t *notify;
 };
 
 /* ---- shared between the layers ---- */
@@ -161,14 +194,17 @@ void sup__proc_send_error(sup_proc_t *p, const char *msg);
 int sup__reconcile_tables(sup_t *s, const sup_pub_table_t *pub, size_t npub, PGconn *conn,
                           wr_err_t *err);
 void sup__refresh_start(sup_t *s);
+int sup__state_lost_check(sup_t *s, PGconn *conn, const char *created, wr_err_t *err);
 int sup__refuse_stopping(wr_err_t *err);
 void sup__refuse_tables(sup_t *s, const sup_pub_table_t *pub, size_t npub);
 void sup__save_progress(sup_t *s);
+void sup__source_ok(sup_t *s, const sup_proc_t *p);
 void sup__signal_cb(uv_signal_t *h, int signum);
 void sup__stop_worker(sup_worker_t *w);
 void sup__check_stopped(sup_t *s);
 void sup__schedule(sup_t *s);
 int sup__table_do_resync(sup_t *s, sup_table_t *t, wr_err_t *err);
+void sup__table_member_check(sup_t *s, sup_table_t *t, int64_t member, bool running);
 void sup__table_free(sup_table_t *t);
 const char *sup__table_label(const sup_table_t *t, char *buf, size_t len);
 sup_table_t *sup__table_lookup(sup_t *s, const char *spec, wr_err_t *err);
@@ -177,6 +213,7 @@ int sup__table_retry(sup_t *s, sup_table_t *t, bool automatic, char *msg, size_t
                      wr_err_t *err);
 void sup__table_set_errored(sup_t *s, sup_table_t *t, const char *kind, const char *msg,
                             const char *hint);
+void sup__table_handoff_paused(sup_t *s, sup_table_t *t);
 void sup__tick_cb(uv_timer_t *h);
 void sup__lease_tick(sup_t *s, int64_t now);
 void sup__tick_table_retry(sup_t *s, sup_table_t *t, int64_t now);

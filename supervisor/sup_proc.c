@@ -8,7 +8,9 @@
  * error and the worker is killed, never trusted) and the restart policy described in
  * sup.c. It persists nothing itself: a worker's set_phase and schema requests are
  * persisted through the table layer (sup_table.c) before they are acked; progress
- * (confirmed_flush) is saved at most every SUP_PROGRESS_SAVE_MS and at the stop.
+ * (confirmed_flush) is saved at most every SUP_PROGRESS_SAVE_MS and at the stop. The
+ * workers' worker_metrics and streaming messages, their exits and restarts are handed to
+ * metrics.c (metrics.h), which the tick also drives.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -22,6 +24,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "../common/failpoint.h"
 #include "../common/log.h"
 #include "../common/repl.h"
 #include "../common/state.h"
@@ -74,6 +77,8 @@ stream_write_cb(uv_write_t *req, int status)
     free(wr);
 }
 
+static int stream_write_sbuffer(uv_stream_t *stream, msgpack_sbuffer *sb);
+
 int
 sup_stream_send(uv_stream_t *stream, const ipc_msg_t *m)
 {
@@ -84,6 +89,15 @@ sup_stream_send(uv_stream_t *stream, const ipc_msg_t *m)
         msgpack_sbuffer_destroy(&sb);
         return rc;
     }
+    return stream_write_sbuffer(stream, &sb);
+}
+
+/* Queues the encoded bytes of sb on stream (sb is taken over, freed when written). */
+static int
+stream_write_sbuffer(uv_stream_t *stream, msgpack_sbuffer *sbp)
+{
+    msgpack_sbuffer sb = *sbp;
+    int rc;
     sup_wreq_t *wr = malloc(sizeof(*wr));
     if (!wr) {
         msgpack_sbuffer_destroy(&sb);
@@ -191,36 +205,41 @@ send_ack(sup_proc_t *p, uint32_t req, bool ok, const char *msg)
     sup__proc_send(p, &a);
 }
 
-/* The tables of the handshake, in messages of at most IPC_TABLES_CHUNK (the last one, or
- * the only one, with more = false; an empty list is one message). */
+/* The tables message(s) of the handshake: every table for the apply worker, its own for a
+ * sync worker; a long list goes in IPC_TABLES_CHUNK-table messages (issue 12, defect 10:
+ * one message had no bound, and past IPC_MAX_MSG the apply worker never started). */
 static int
 send_tables(sup_t *s, sup_proc_t *p, sup_worker_t *w)
 {
-    size_t n = w->is_apply ? s->ntables : 1, done = 0;
-    ipc_table_info_t *ti =
-        calloc(n < IPC_TABLES_CHUNK ? (n ? n : 1) : IPC_TABLES_CHUNK, sizeof(*ti));
+    size_t n = w->is_apply ? s->ntables : 1;
+    ipc_table_info_t *ti = calloc(n ? n : 1, sizeof(*ti));
+    msgpack_sbuffer sb;
+    int rc;
+
     if (!ti)
         return WR_ENOMEM;
-    do {
-        size_t k = n - done < IPC_TABLES_CHUNK ? n - done : IPC_TABLES_CHUNK;
-        for (size_t i = 0; i < k; i++) {
-            const sup_table_t *t = w->is_apply ? s->tables[done + i] : w->table;
-            ti[i].relid = t->relid;
-            ti[i].nsp = (char *)t->nsp;
-            ti[i].name = (char *)t->name;
-            ti[i].phase = t->phase;
-            ti[i].lsn = t->lsn;
-        }
-        done += k;
-        ipc_msg_t m;
-        memset(&m, 0, sizeof(m));
-        m.type = IPC_TABLES;
-        m.u.tables.n = (uint32_t)k;
-        m.u.tables.tables = ti;
-        m.u.tables.more = done < n;
-        sup__proc_send(p, &m);
-    } while (done < n);
+    for (size_t i = 0; i < n; i++) {
+        const sup_table_t *t = w->is_apply ? s->tables[i] : w->table;
+        ti[i].relid = t->relid;
+        ti[i].nsp = (char *)t->nsp;
+        ti[i].name = (char *)t->name;
+        ti[i].phase = t->phase;
+        ti[i].lsn = t->lsn;
+        ti[i].dest_name = (char *)t->dest_name;
+    }
+    msgpack_sbuffer_init(&sb);
+    rc = ipc_encode_tables(ti, (uint32_t)n, &sb);
     free(ti);
+    if (rc != 0) {
+        msgpack_sbuffer_destroy(&sb);
+        return rc;
+    }
+    if (p->chan_done) {
+        msgpack_sbuffer_destroy(&sb);
+        return 0;
+    }
+    if (stream_write_sbuffer((uv_stream_t *)&p->chan, &sb) != 0)
+        log_warn("cannot send to worker worker=%s type=tables", w->name);
     return 0;
 }
 
@@ -268,6 +287,13 @@ on_hello(sup_t *s, sup_proc_t *p, const ipc_msg_t *m)
                  (long long)p->pid, (long long)m->u.hello.pid);
     p->hello = true;
     w->state = s->stopping || w->stop_sent ? W_STOPPING : W_RUNNING;
+    if (w->is_apply) {
+        /* it learns every table's phase from the tables message below: nothing it could
+         * have written of an Init table is pending */
+        s->apply_fenced = true;
+        for (size_t i = 0; i < s->ntables; i++)
+            s->tables[i]->init_unacked = false;
+    }
     log_info("worker ready worker=%s pid=%lld", w->name, (long long)p->pid);
 
     ipc_msg_t wm;
@@ -286,6 +312,8 @@ on_hello(sup_t *s, sup_proc_t *p, const ipc_msg_t *m)
         st.type = IPC_STOP;
         sup__proc_send(p, &st);
     }
+    if (w->is_apply)
+        sup__schedule(s); /* copies of Init tables waited for this hello */
 }
 
 static void
@@ -330,6 +358,12 @@ on_set_phase(sup_t *s, sup_proc_t *p, const ipc_msg_t *m)
         send_ack(p, req, false, msg);
         return;
     }
+    {
+        /* persisted, nothing acted on yet: kill -9 here is a crash between the two */
+        char fp[64];
+        snprintf(fp, sizeof(fp), "sup.phase_persisted.%s", phase_name(to));
+        FAILPOINT(fp);
+    }
     wr_phase_t from = t->phase;
     t->phase = to;
     t->lsn = m->u.set_phase.lsn;
@@ -338,6 +372,7 @@ on_set_phase(sup_t *s, sup_proc_t *p, const ipc_msg_t *m)
         t->errored_at = wr_now_ms();
         t->exhausted_logged = false;
     }
+    sup__metrics_phase(s, t, to, kind);
     if (errored)
         log_error("table errored table=%s.%s relid=%u worker=%s kind=%s message=\"%s\"", t->nsp,
                   t->name, relid, w->name, kind ? kind : "", emsg ? emsg : "");
@@ -349,6 +384,10 @@ on_set_phase(sup_t *s, sup_proc_t *p, const ipc_msg_t *m)
         t->sync.failures = 0;
         sup__persist_attempts(s, t);
     }
+    /* a sync worker starting over (a schema change in its catch-up): the apply worker
+     * acknowledges before the copy truncates; the apply worker's own request is its ack */
+    if (to == PH_INIT)
+        t->init_unacked = !w->is_apply && sup__proc_can_talk(s->apply.p);
     if (to == PH_INIT && t->sync.state == W_FAILED) {
         t->sync.state = W_IDLE;
         t->sync.failures = 0;
@@ -442,17 +481,58 @@ on_message(sup_t *s, sup_proc_t *p, const ipc_msg_t *m)
         s->flush_lsn = m->u.progress.flush_lsn;
         s->received_lsn = m->u.progress.received_lsn;
         s->events = m->u.progress.events;
+        sup__source_ok(s, p); /* it streams, and is well: */
+        w->err_kind[0] = w->err_msg[0] = w->err_hint[0] = '\0';
         return;
     case IPC_COPY_PROGRESS: {
         sup_table_t *t = sup__find_table(s, m->u.copy_progress.relid);
         if (w->is_apply || !t || t->relid != w->relid)
             break;
         t->rows_copied = m->u.copy_progress.rows;
+        sup__source_ok(s, p); /* it copies, and is well: */
+        w->err_kind[0] = w->err_msg[0] = w->err_hint[0] = '\0';
+        sup__metrics_copy_progress(s, t, p->pid, m->u.copy_progress.rows);
+        return;
+    }
+    case IPC_WORKER_METRICS:
+        sup__metrics_worker_report(s, w, m);
+        if (m->u.worker_metrics.bytes_received > 0)
+            sup__source_ok(s, p); /* it receives from the source (a catch-up streams) */
+        return;
+    case IPC_STREAMING:
+        if (!w->is_apply)
+            break;
+        sup__metrics_streaming(s, m->u.streaming.start_lsn);
+        return;
+    case IPC_DEST_WAIT: {
+        const char *dm = m->u.dest_wait.message ? m->u.dest_wait.message : "";
+        if (dm[0] != '\0' && p->dest_wait[0] == '\0')
+            p->dest_wait_since = wr_now_ms();
+        wr_copy_text(p->dest_wait, sizeof(p->dest_wait), dm);
         return;
     }
     case IPC_ERROR:
         log_warn("worker rejected a message worker=%s message=\"%s\"", w->name,
                  m->u.error.message ? m->u.error.message : "");
+        return;
+    case IPC_TABLE_ACK: {
+        sup_table_t *t = sup__find_table(s, m->u.table_state.relid);
+        if (!w->is_apply)
+            break;
+        if (t && t->init_unacked && t->phase == PH_INIT && m->u.table_state.phase == PH_INIT) {
+            t->init_unacked = false;
+            log_info("apply worker acknowledged init, the copy may start table=%s.%s relid=%u",
+                     t->nsp, t->name, t->relid);
+            sup__schedule(s);
+        }
+        return;
+    }
+    case IPC_WORKER_ERROR:
+        /* the worker logged it already; kept for status and for its exit's handling */
+        wr_copy_text(w->err_kind, sizeof(w->err_kind), m->u.worker_error.kind);
+        wr_copy_text(w->err_msg, sizeof(w->err_msg), m->u.worker_error.message);
+        wr_copy_text(w->err_hint, sizeof(w->err_hint), m->u.worker_error.hint);
+        log_debug("worker reported its error worker=%s kind=%s", w->name, w->err_kind);
         return;
     default:
         if (sup__copy_on_message(s, p, m))
@@ -462,6 +542,7 @@ on_message(sup_t *s, sup_proc_t *p, const ipc_msg_t *m)
     snprintf(msg, sizeof(msg), "unexpected message \"%s\" from the %s worker",
              ipc_type_name(m->type), w->is_apply ? "apply" : "sync");
     log_warn("protocol error worker=%s error=\"%s\"", w->name, msg);
+    sup__metrics_error(s, "protocol");
     sup__proc_send_error(p, msg);
 }
 
@@ -511,6 +592,7 @@ chan_read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
         }
         if (rc == WR_EPROTO && !p->rd.broken) {
             log_warn("invalid message from worker worker=%s error=\"%s\"", p->w->name, err.msg);
+            sup__metrics_error(s, "protocol");
             sup__proc_send_error(p, err.msg[0] ? err.msg : "invalid message");
             continue;
         }
@@ -583,6 +665,70 @@ describe_exit(const sup_proc_t *p, char *buf, size_t len)
         snprintf(buf, len, "exit code %lld", (long long)p->exit_status);
 }
 
+/* A worker exited 4 (WR_EXIT_SOURCE_DOWN): the source is away. The worker is started
+ * again after backoff_initial_ms doubling up to backoff_max_ms but at most
+ * SUP_OUTAGE_MAX_MS, for as long as the outage lasts, and it is not counted as a failure
+ * (issue 12, defect 1). The pipeline's state says so, with the last error, until a worker
+ * streams or copies again (sup__source_ok). */
+static void
+worker_source_down(sup_t *s, sup_worker_t *w)
+{
+    int64_t cap =
+        s->cfg.backoff_max_ms < SUP_OUTAGE_MAX_MS ? s->cfg.backoff_max_ms : SUP_OUTAGE_MAX_MS;
+    int64_t d = s->cfg.backoff_initial_ms > 0 ? s->cfg.backoff_initial_ms : 1000;
+
+    for (uint32_t i = 0; i < w->outages && d < cap; i++)
+        d *= 2;
+    if (d > cap)
+        d = cap;
+    w->outages++;
+    if (w->err_msg[0])
+        wr_copy_text(s->source_err, sizeof(s->source_err), w->err_msg);
+    if (!s->source_down) {
+        s->source_down = true;
+        s->source_down_since = wr_now_ms();
+        log_warn("the source is unavailable, the workers wait for it (retried every %lld ms at "
+                 "most) worker=%s error=\"%s\"",
+                 (long long)cap, w->name, s->source_err);
+    }
+    s->source_retry_ms = d;
+    worker_restart_later(w, d);
+}
+
+/* A worker streams or copies: the outage is over, unless that process was started
+ * before the outage began (what it reports may come from its old connection's buffer,
+ * read after the source went away: a copy goes on for a while on the rows it holds). */
+void
+sup__source_ok(sup_t *s, const sup_proc_t *p)
+{
+    if (!s->source_down || p->spawned_at < s->source_down_since)
+        return;
+    log_info("the source is back after %.1f s",
+             (double)(wr_now_ms() - s->source_down_since) / 1000.0);
+    s->source_down = false;
+    s->source_err[0] = '\0';
+    s->apply.outages = 0;
+    for (size_t i = 0; i < s->ntables; i++)
+        s->tables[i]->sync.outages = 0;
+}
+
+/* The apply worker cannot go on by itself: nothing of the pipeline can progress any more,
+ * so walrelay run stops and exits with code (2: a person must fix something, 1: let the
+ * service manager start it again), the worker's last error in its message. */
+static void
+apply_gave_up(sup_t *s, sup_worker_t *w, int code, const char *what)
+{
+    w->state = W_FAILED;
+    s->degraded = true;
+    snprintf(s->message, sizeof(s->message), "%s%s%s", what, w->err_msg[0] ? ": " : "", w->err_msg);
+    if (w->err_hint[0])
+        snprintf(s->fatal_hint, sizeof(s->fatal_hint), "%s", w->err_hint);
+    log_error("the apply worker cannot go on, stopping the pipeline exit_code=%d reason=\"%s\"",
+              code, s->message);
+    s->exit_code = code;
+    sup__stop_begin(s, "the apply worker cannot go on");
+}
+
 /* Counts a failure; returns true if the worker should be restarted. */
 static bool
 worker_count_failure(sup_worker_t *w)
@@ -598,6 +744,9 @@ apply_exited(sup_t *s, sup_worker_t *w, sup_proc_t *p, const char *how)
 {
     bool fatal = p->fatal || (!p->term_signal && p->exit_status == WR_EXIT_CONFIG);
     bool stopped_by_us = w->stop_sent, reload = w->restart_after_stop;
+    /* the process is gone with whatever it had not committed: no Init waits for it */
+    for (size_t i = 0; i < s->ntables; i++)
+        s->tables[i]->init_unacked = false;
     w->stop_sent = false;
     w->restart_after_stop = false;
     if (s->stopping) {
@@ -619,27 +768,27 @@ apply_exited(sup_t *s, sup_worker_t *w, sup_proc_t *p, const char *how)
         return;
     }
     if (fatal) {
-        w->state = W_FAILED;
-        s->degraded = true;
-        snprintf(s->message, sizeof(s->message),
-                 "the apply worker failed (%s) and is not restarted; see the log", how);
-        log_error("apply worker failed, not restarting; the pipeline is degraded worker=%s "
-                  "exit=\"%s\"",
-                  w->name, how);
+        char what[1200];
+        if (p->dest_wait[0] != '\0')
+            /* the destination's last word (issue 9: a webhook that refused a batch) */
+            snprintf(what, sizeof(what), "the apply worker failed (%s) and cannot go on: %s", how,
+                     p->dest_wait);
+        else
+            snprintf(what, sizeof(what), "the apply worker failed (%s) and cannot go on", how);
+        apply_gave_up(s, w, WR_EXIT_CONFIG, what);
+        return;
+    }
+    if (!p->fatal && !p->term_signal && p->exit_status == WR_EXIT_SOURCE_DOWN) {
+        worker_source_down(s, w);
         return;
     }
     if (!p->term_signal && p->exit_status == 0)
         log_warn("apply worker exited on its own, restarting worker=%s", w->name);
     if (!worker_count_failure(w)) {
-        w->state = W_FAILED;
-        s->degraded = true;
-        snprintf(s->message, sizeof(s->message),
-                 "the apply worker failed %u times in a row (last: %s) and is not restarted; "
-                 "see the log",
+        char what[600];
+        snprintf(what, sizeof(what), "the apply worker failed %u times in a row (last: %s)",
                  w->failures, how);
-        log_error("apply worker failed %u times in a row, not restarting; the pipeline is "
-                  "degraded worker=%s last_exit=\"%s\"",
-                  w->failures, w->name, how);
+        apply_gave_up(s, w, WR_EXIT_ERROR, what);
         return;
     }
     worker_restart_later(w, backoff_ms(s, w->failures));
@@ -663,6 +812,9 @@ sync_exited(sup_t *s, sup_worker_t *w, sup_proc_t *p, const char *how)
         (void)sup__table_do_resync(s, t, &err);
         return;
     }
+    /* in the handoff without its worker: the apply worker must not wait for a catch-up
+     * that nobody serves (issue 12, defect 8); the next worker asks for SyncWait again */
+    sup__table_handoff_paused(s, t);
     if (s->stopping) {
         w->state = W_IDLE;
         return;
@@ -675,9 +827,12 @@ sync_exited(sup_t *s, sup_worker_t *w, sup_proc_t *p, const char *how)
         return;
     }
     if (fatal) {
-        char msg[512];
+        char msg[640];
         if (p->fatal)
             snprintf(msg, sizeof(msg), "sync worker %s", how);
+        else if (p->dest_wait[0] != '\0')
+            snprintf(msg, sizeof(msg), "sync worker exited with code %lld: %s",
+                     (long long)p->exit_status, p->dest_wait);
         else
             snprintf(msg, sizeof(msg), "sync worker exited with code %lld",
                      (long long)p->exit_status);
@@ -689,6 +844,10 @@ sync_exited(sup_t *s, sup_worker_t *w, sup_proc_t *p, const char *how)
     if (stopped_by_us && !p->term_signal) {
         /* pause or reload: sup__schedule starts it again unless paused */
         w->state = W_IDLE;
+        return;
+    }
+    if (!p->fatal && !p->term_signal && p->exit_status == WR_EXIT_SOURCE_DOWN) {
+        worker_source_down(s, w);
         return;
     }
     if (clean) {
@@ -716,9 +875,12 @@ sup__worker_exited(sup_worker_t *w, sup_proc_t *p)
     sup_t *s = w->sup;
     char how[400];
     describe_exit(p, how, sizeof(how));
+    sup__metrics_worker_exit(s, w, p);
     if (p->term_signal)
-        log_warn("WORKER KILLED BY SIGNAL worker=%s pid=%lld signal=%d (%s) restarts=%u", w->name,
-                 (long long)p->pid, p->term_signal, strsignal(p->term_signal), w->restarts);
+        log_warn("WORKER KILLED BY SIGNAL worker=%s pid=%lld signal=%d signal_name=\"%s\" "
+                 "restarts=%u",
+                 w->name, (long long)p->pid, p->term_signal, strsignal(p->term_signal),
+                 w->restarts);
     else if (p->exit_status == 0)
         log_info("worker exited worker=%s pid=%lld status=0", w->name, (long long)p->pid);
     else
@@ -759,6 +921,7 @@ sup__worker_spawn(sup_worker_t *w)
     p->rd_ok = true;
     p->w = w;
     p->sup = s;
+    p->spawned_at = wr_now_ms();
 
     char relid[16];
     snprintf(relid, sizeof(relid), "%u", w->relid);
@@ -793,8 +956,10 @@ sup__worker_spawn(sup_worker_t *w)
 
     p->open_handles = 2;
     int rc = uv_spawn(&s->loop, &p->proc, &opt);
-    if (w->ever_started)
+    if (w->ever_started) {
         w->restarts++;
+        sup__metrics_restart(s, w);
+    }
     w->ever_started = true;
     w->started_at = wr_now_ms();
     if (rc != 0) {
@@ -809,7 +974,7 @@ sup__worker_spawn(sup_worker_t *w)
         } else {
             w->state = W_FAILED;
             if (w->is_apply)
-                s->degraded = true;
+                apply_gave_up(s, w, WR_EXIT_ERROR, "cannot start the apply worker");
             else
                 sup__table_set_errored(s, w->table, "worker_crashed",
                                        "cannot start the sync worker",
@@ -831,8 +996,10 @@ sup__worker_spawn(sup_worker_t *w)
     }
 }
 
-/* Starts sync workers for tables in Init..Catchup, lowest relid first, up to the limit.
- * A worker waiting in backoff keeps its place. */
+/* Starts sync workers for tables in Init..Catchup, up to the limit: tables in the handoff
+ * (FinishedCopy, SyncWait, Catchup) first, whose catch-up the apply worker serves, then
+ * the copies, lowest relid first in each (issue 12, defect 8). A worker waiting in backoff
+ * keeps its place. */
 void
 sup__schedule(sup_t *s)
 {
@@ -844,10 +1011,18 @@ sup__schedule(sup_t *s)
         if (w->p || w->state == W_BACKOFF)
             busy++;
     }
-    for (size_t i = 0; i < s->ntables && busy < s->cfg.max_table_sync_workers; i++) {
-        sup_table_t *t = s->tables[i];
+    for (size_t k = 0; k < 2 * s->ntables && busy < s->cfg.max_table_sync_workers; k++) {
+        sup_table_t *t = s->tables[k % s->ntables];
+        bool handoff =
+            t->phase == PH_FINISHEDCOPY || t->phase == PH_SYNCWAIT || t->phase == PH_CATCHUP;
+        if (handoff != (k < s->ntables))
+            continue; /* first pass: the handoffs; second: the copies */
         if (t->sync.state != W_IDLE || t->sync.p || !phase_needs_sync_worker(t->phase) ||
             t->removing || t->resync_pending)
+            continue;
+        /* a copy truncates the destination table: not before every apply worker that may
+         * still write it has acknowledged Init (issue 12, defect 6) */
+        if (t->phase == PH_INIT && (!s->apply_fenced || t->init_unacked))
             continue;
         sup__worker_spawn(&t->sync);
         busy++;
@@ -903,6 +1078,8 @@ sup__check_stopped(sup_t *s)
     log_info("all workers stopped");
     if (s->progress_dirty)
         sup__save_progress(s);
+    sup__http_close(s);
+    sup__notify_close(s);
     if (s->ctl_ok)
         sup_control_close(&s->ctl);
     if (s->tick_ok)
@@ -949,6 +1126,7 @@ sup__stop_begin(sup_t *s, const char *why)
     s->stopping = true;
     s->stop_deadline = wr_now_ms() + SUP_STOP_GRACE_MS;
     log_info("stopping reason=\"%s\"", why);
+    sup__notify_stopping(s);
     sup__stop_worker(&s->apply);
     for (size_t i = 0; i < s->ntables; i++)
         sup__stop_worker(&s->tables[i]->sync);
@@ -1008,6 +1186,9 @@ sup__tick_cb(uv_timer_t *h)
     sup__copy_tick(s);
     if (s->progress_dirty && now - s->progress_saved_at >= SUP_PROGRESS_SAVE_MS)
         sup__save_progress(s);
+    if (s->ctl_ok)
+        sup_control_sweep(&s->ctl, now);
+    sup__metrics_tick(s, now);
     if (!s->stopping) {
         for (size_t i = 0; i < s->ntables; i++)
             sup__tick_table_retry(s, s->tables[i], now);

@@ -19,11 +19,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "../common/failpoint.h"
 #include "../common/log.h"
 #include "../common/repl.h"
 #include "../common/state.h"
@@ -31,9 +33,9 @@
 #include "../destinations/destination.h"
 #include "../destinations/registry.h"
 
-static int sup_store_mapping(sup_t *s, uint32_t relid, const char *nsp, const char *name,
-                             wr_err_t *err);
 static int sup_add_tables(sup_t *s, const sup_pub_table_t *const *pub, size_t n, wr_err_t *err);
+static bool dest_name_taken(const sup_t *s, const sup_table_t *t, const char *name);
+static int sup_assign_mapping(sup_t *s, sup_table_t *t, wr_err_t *err);
 
 /* ---- tables ---- */
 
@@ -168,6 +170,7 @@ sup__broadcast_table_state(sup_t *s, const sup_table_t *t, const sup_proc_t *exc
     m.u.table_state.relid = t->relid;
     m.u.table_state.phase = t->phase;
     m.u.table_state.lsn = t->lsn;
+    m.u.table_state.dest_name = (char *)t->dest_name;
     if (sup__proc_can_talk(s->apply.p) && s->apply.p != except)
         sup__proc_send(s->apply.p, &m);
     if (sup__proc_can_talk(t->sync.p) && t->sync.p != except)
@@ -198,10 +201,44 @@ sup__table_set_errored(sup_t *s, sup_table_t *t, const char *kind, const char *m
     }
     log_error("table errored table=%s.%s relid=%u kind=%s message=\"%s\"", t->nsp, t->name,
               t->relid, kind, msg);
+    sup__metrics_phase(s, t, PH_ERRORED, kind);
     t->phase = PH_ERRORED;
     snprintf(t->err_kind, sizeof(t->err_kind), "%s", kind);
     t->errored_at = wr_now_ms();
     t->exhausted_logged = false;
+    sup__broadcast_table_state(s, t, NULL);
+}
+
+/*
+ * A table in SyncWait(X) or Catchup(L) whose sync worker is gone (exited, killed, stopped,
+ * or not started yet after a restart of walrelay run) goes back to FinishedCopy(X or L),
+ * persisted and told to the apply worker (issue 12, defect 8). The apply worker grants
+ * catch-up only to a table in SyncWait, which only its running sync worker asks for, and
+ * stops waiting on one that leaves Catchup: it never waits on a worker that does not
+ * exist, and WAL does not pile up behind an unrelated copy. The handoff stays exact: the
+ * next sync worker asks for SyncWait again, the apply worker grants Catchup at its
+ * position then (never below L), and the sync slot covers everything from its confirmed
+ * position on.
+ */
+void
+sup__table_handoff_paused(sup_t *s, sup_table_t *t)
+{
+    wr_err_t err;
+    wr_phase_t was = t->phase;
+
+    if ((was != PH_SYNCWAIT && was != PH_CATCHUP) || t->sync.p || t->removing)
+        return;
+    wr_err_clear(&err);
+    if (s->st->ops->set_phase(s->st, t->relid, PH_FINISHEDCOPY, t->lsn, NULL, NULL, NULL, &err) !=
+        0) {
+        log_err(LOG_LVL_ERROR, "persisting finishedcopy for a handoff without its worker", &err);
+        return;
+    }
+    FAILPOINT("sup.handoff_paused");
+    t->phase = PH_FINISHEDCOPY;
+    log_info("handoff paused until the table's sync worker runs again table=%s.%s relid=%u "
+             "was=%s lsn=" WR_LSN_FMT,
+             t->nsp, t->name, t->relid, phase_name(was), WR_LSN_ARGS(t->lsn));
     sup__broadcast_table_state(s, t, NULL);
 }
 
@@ -276,6 +313,8 @@ table_force_phase(sup_t *s, sup_table_t *t, wr_phase_t phase, wr_lsn_t lsn, wr_e
     t->phase = phase;
     t->lsn = lsn;
     t->err_kind[0] = '\0';
+    if (phase == PH_INIT)
+        t->init_unacked = sup__proc_can_talk(s->apply.p); /* its copy waits for ["table_ack"] */
     sup__broadcast_table_state(s, t, NULL);
     return 0;
 }
@@ -292,6 +331,88 @@ table_reset_failures(sup_t *s, sup_table_t *t)
     t->exhausted_logged = false;
 }
 
+/* ---- publication membership (issue 12) ----
+ *
+ * ALTER PUBLICATION ... DROP TABLE t, then ADD TABLE t, between two reads of the
+ * publication (or while the supervisor was down): the changes of t made in between were
+ * never published, yet t would look as synchronised as before. Each read gives the
+ * table's membership record (sup_pub_table_t.member, a catalog oid that such a drop and
+ * add renews); it is kept in the state store as the flag "pubmember_<relid>" (flags need
+ * no new table, so every store, plugins included, keeps it). A record that changed sends
+ * the table back to Init: it is copied again, as for walrelay resync. */
+
+static void
+member_flag_name(const sup_table_t *t, char *buf, size_t len)
+{
+    snprintf(buf, len, "pubmember_%u", t->relid);
+}
+
+static int
+member_record(sup_t *s, const sup_table_t *t, int64_t member, wr_err_t *err)
+{
+    char name[64];
+
+    member_flag_name(t, name, sizeof(name));
+    return s->st->ops->set_flag(s->st, name, member, err);
+}
+
+/*
+ * Compares t's membership record with the one recorded. Nothing recorded yet (a new
+ * table, or one from before this was kept): records it. Changed: the table is copied
+ * again; running = the supervisor's loop runs (a sync worker is stopped first, as for
+ * walrelay resync), else (at start, no worker yet) Init is persisted at once. The new
+ * record is persisted only once Init is.
+ */
+void
+sup__table_member_check(sup_t *s, sup_table_t *t, int64_t member, bool running)
+{
+    char name[64];
+    int64_t have = 0;
+    bool found = false;
+    wr_err_t err;
+
+    wr_err_clear(&err);
+    member_flag_name(t, name, sizeof(name));
+    if (member == 0 || t->removing || t->member_pending == member)
+        return;
+    if (s->st->ops->get_flag(s->st, name, &have, &found, &err) != 0) {
+        log_err(LOG_LVL_WARN, "reading the table's publication membership", &err);
+        return;
+    }
+    if (found && have == member)
+        return;
+    if (!found || have == 0 || t->phase == PH_INIT) {
+        if (member_record(s, t, member, &err) != 0)
+            log_err(LOG_LVL_WARN, "recording the table's publication membership", &err);
+        return;
+    }
+    log_warn("table left the publication and joined it again: its changes in between were not "
+             "published, copying it again table=%s.%s relid=%u phase=%s",
+             t->nsp, t->name, t->relid, phase_name(t->phase));
+    t->member_pending = member;
+    if (!running) {
+        if (s->st->ops->set_phase(s->st, t->relid, PH_INIT, 0, NULL, NULL, NULL, &err) != 0) {
+            log_err(LOG_LVL_ERROR, "persisting phase init for a re-copy", &err);
+            t->member_pending = 0;
+            return;
+        }
+        t->phase = PH_INIT;
+        t->lsn = 0;
+        t->err_kind[0] = '\0';
+        if (member_record(s, t, member, &err) != 0)
+            log_err(LOG_LVL_WARN, "recording the table's publication membership", &err);
+        t->member_pending = 0;
+        return;
+    }
+    if (t->sync.p) {
+        t->resync_pending = true;
+        sup__stop_worker(&t->sync);
+        return; /* Init once it has exited (sup__table_do_resync) */
+    }
+    sup__stop_worker(&t->sync); /* a pending backoff */
+    (void)sup__table_do_resync(s, t, &err);
+}
+
 /* Init for t, whose sync worker is gone: copied again from scratch (the copy empties the
  * destination table first). */
 int
@@ -304,6 +425,12 @@ sup__table_do_resync(sup_t *s, sup_table_t *t, wr_err_t *err)
         log_err(LOG_LVL_ERROR, "persisting phase init for a resync", err);
         return rc;
     }
+    if (t->member_pending != 0) {
+        /* after Init: a crash before this write re-copies again, never skips the copy */
+        if (member_record(s, t, t->member_pending, err) != 0)
+            log_err(LOG_LVL_WARN, "recording the table's publication membership", err);
+        t->member_pending = 0;
+    }
     table_reset_failures(s, t);
     log_info("table set to init, copying it again table=%s.%s relid=%u", t->nsp, t->name, t->relid);
     sup__schedule(s);
@@ -315,6 +442,9 @@ sup__table_do_resync(sup_t *s, sup_table_t *t, wr_err_t *err)
  * DataSync the copy starts again. A table that errored later goes to Init instead, copied
  * again from scratch: in FinishedCopy, SyncWait or Catchup its sync slot was dropped with
  * the error, and in SyncDone or Ready the changes made while it was errored were skipped.
+ * The decision is taken first (the history is read) and persisted in ONE write, so that a
+ * crash can never leave the table rolled back to Ready with those changes skipped (issue
+ * 12, defect 7: it used to roll back, then set Init, in two commits).
  * automatic: counts an attempt (transient errors); else the attempts start again from 0.
  * msg says what happened.
  */
@@ -323,27 +453,20 @@ sup__table_retry(sup_t *s, sup_table_t *t, bool automatic, char *msg, size_t len
 {
     char name[300];
     wr_phase_t back = PH_ERRORED;
+    wr_lsn_t back_lsn = 0;
     const char *why = NULL;
     state_table_t row;
     bool found = false;
     int rc;
 
     sup__table_label(t, name, sizeof(name));
-    rc = s->st->ops->rollback_phase(s->st, t->relid, err);
-    if (rc != 0 && rc != WR_EINVAL)
-        return rc;
-    if (rc == 0) {
-        rc = s->st->ops->get_table(s->st, t->relid, &row, &found, err);
+    if (s->st->ops->prev_phase) {
+        rc = s->st->ops->prev_phase(s->st, t->relid, &back, &back_lsn, &found, err);
         if (rc != 0)
             return rc;
-        if (!found)
-            return wr_err_set(err, WR_ESTATE, "table \"%s\" vanished from state.db", name);
-        back = row.phase;
-        t->phase = row.phase;
-        t->lsn = row.lsn;
-        t->err_kind[0] = '\0';
     }
-    wr_err_clear(err);
+    if (!found)
+        back = PH_ERRORED; /* unknown (or a store that cannot tell): from scratch */
     switch (back) {
     case PH_INIT:
     case PH_DATASYNC:
@@ -366,6 +489,7 @@ sup__table_retry(sup_t *s, sup_table_t *t, bool automatic, char *msg, size_t len
         rc = table_force_phase(s, t, PH_INIT, 0, err);
         if (rc != 0)
             return rc;
+        FAILPOINT("sup.retry_persisted");
         if (back == PH_ERRORED)
             snprintf(msg, len, "table \"%s\": %s: copying it again from scratch (phase init)", name,
                      why);
@@ -375,9 +499,21 @@ sup__table_retry(sup_t *s, sup_table_t *t, bool automatic, char *msg, size_t len
                      "(phase init)",
                      name, phase_name(back), why);
     } else {
+        rc = s->st->ops->rollback_phase(s->st, t->relid, err);
+        if (rc != 0)
+            return rc;
+        FAILPOINT("sup.retry_persisted");
+        rc = s->st->ops->get_table(s->st, t->relid, &row, &found, err);
+        if (rc != 0)
+            return rc;
+        if (!found)
+            return wr_err_set(err, WR_ESTATE, "table \"%s\" vanished from the state store", name);
+        t->phase = row.phase;
+        t->lsn = row.lsn;
+        t->err_kind[0] = '\0';
         sup__broadcast_table_state(s, t, NULL);
         snprintf(msg, len, "table \"%s\" rolled back to phase %s: its copy starts again", name,
-                 phase_name(back));
+                 phase_name(row.phase));
     }
     if (automatic) {
         t->sync.failures++;
@@ -592,7 +728,13 @@ table_add_published(sup_t *s, const sup_pub_table_t *pt)
         log_error("out of memory adding a table relid=%u", pt->relid);
         return;
     }
-    dest_table_name(t->nsp, t->name, t->dest_name, sizeof(t->dest_name)); /* as stored */
+    if (s->st->ops->get_mapping(s->st, t->relid, t->dest_name, sizeof(t->dest_name), &err) != 0 ||
+        (!t->dest_name[0] && sup_assign_mapping(s, t, &err) != 0)) {
+        /* no copy without a recorded name: it could take another table's */
+        log_err(LOG_LVL_ERROR, "choosing the destination name of a table", &err);
+        sup__table_set_errored(s, t, "dest_name", err.msg,
+                               "see the log; walrelay resync DIR TABLE tries again");
+    }
     log_info("table added to the publication table=%s.%s relid=%u phase=%s", t->nsp, t->name,
              t->relid, phase_name(t->phase));
     sup__broadcast_table_state(s, t, NULL);
@@ -648,14 +790,27 @@ pub_apply(sup_t *s, const sup_pub_table_t *pub, size_t npub)
             if (t && pub[i].refused)
                 sup__table_set_errored(s, t, "unsupported", pub[i].refused_msg,
                                        pub[i].refused_hint);
+            if (t)
+                sup__table_member_check(s, t, pub[i].member, true);
             continue;
         }
+        sup__table_member_check(s, t, pub[i].member, true);
         if (pub[i].refused)
             sup__table_set_errored(s, t, "unsupported", pub[i].refused_msg, pub[i].refused_hint);
         if (t->removing) {
             log_info("table published again before its removal ended table=%s.%s relid=%u",
                      pub[i].nsp, pub[i].name, t->relid);
             t->removing = false;
+            /* its changes since it left were not published: copied again */
+            if (t->phase != PH_INIT && !t->resync_pending) {
+                wr_err_t rerr;
+                wr_err_clear(&rerr);
+                if (t->sync.p) {
+                    t->resync_pending = true;
+                } else if (sup__table_do_resync(s, t, &rerr) != 0) {
+                    log_err(LOG_LVL_ERROR, "copying a table published again", &rerr);
+                }
+            }
         }
         if (strcmp(t->nsp, pub[i].nsp) != 0 || strcmp(t->name, pub[i].name) != 0) {
             log_info("table renamed table=%s.%s was=%s.%s relid=%u", pub[i].nsp, pub[i].name,
@@ -725,24 +880,47 @@ sup__refresh_start(sup_t *s)
     s->refresh_busy = true;
 }
 
-/* -- the apply slot lost required WAL (walrelay-apply exited 3) -- */
+/* -- the apply slot lost required WAL, or is missing (walrelay-apply exited 3) --
+ *
+ * The flag "slot_lost_recopied" makes on_slot_lost = recopy happen once: 1 while the
+ * tables are being set to Init (a crash there is finished at the next start,
+ * sup__load_flags), 2 once they all are. The apply worker never replaces a lost or
+ * missing slot while a table is past SyncWait, so a crash anywhere here leaves either the
+ * old slot with synced tables (the apply worker exits 3 again) or tables in Init and a
+ * slot it may replace: never a new stream under tables that look synchronised. */
+
+/* The apply worker said why (["worker_error", "slot_missing", ...]): else "lost". */
+static bool
+slot_missing(const sup_worker_t *w)
+{
+    return strcmp(w->err_kind, "slot_missing") == 0;
+}
 
 static void
-slot_lost_stop(sup_t *s, sup_worker_t *w, bool dropped)
+slot_lost_stop(sup_t *s, sup_worker_t *w, bool recopy)
 {
     wr_err_t err;
     wr_err_clear(&err);
     w->state = W_FAILED;
-    /* the apply worker dropped the lost slot (on_slot_lost = recopy): a later start must not
-     * quietly begin a new stream with the tables still marked as synced */
-    if (dropped && s->st->ops->set_flag(s->st, "slot_lost", 1, &err) != 0)
+    /* after the one re-copy: a later start must not begin a new stream with the tables
+     * still marked as synced (the slot may be dropped by hand meanwhile) */
+    if (recopy && s->st->ops->set_flag(s->st, "slot_lost", 1, &err) != 0)
         log_err(LOG_LVL_ERROR, "persisting the lost slot", &err);
-    snprintf(s->message, sizeof(s->message),
-             "replication slot \"%s\" lost required WAL; the source removed WAL this pipeline "
-             "had not consumed%s",
-             s->slot_name,
-             dropped ? " (again: on_slot_lost = recopy copies every table again only once)" : "");
-    if (dropped)
+    if (slot_missing(w))
+        snprintf(s->message, sizeof(s->message),
+                 "replication slot \"%s\" is missing while tables were already synchronised; "
+                 "the changes made since it disappeared cannot be read from the source%s",
+                 s->slot_name,
+                 recopy ? " (again: on_slot_lost = recopy copies every table again only once)"
+                        : "");
+    else
+        snprintf(s->message, sizeof(s->message),
+                 "replication slot \"%s\" lost required WAL; the source removed WAL this "
+                 "pipeline had not consumed%s",
+                 s->slot_name,
+                 recopy ? " (again: on_slot_lost = recopy copies every table again only once)"
+                        : "");
+    if (recopy)
         snprintf(s->fatal_hint, sizeof(s->fatal_hint),
                  "walrelay drop %s and start over (the destination data stays); raise "
                  "max_slot_wal_keep_size on the source",
@@ -754,41 +932,76 @@ slot_lost_stop(sup_t *s, sup_worker_t *w, bool dropped)
                  s->cfg.dir);
     log_error("%s hint=\"%s\"", s->message, s->fatal_hint);
     s->exit_code = WR_EXIT_CONFIG;
-    sup__stop_begin(s, "the replication slot lost required WAL");
+    sup__stop_begin(s, slot_missing(w) ? "the replication slot is missing"
+                                       : "the replication slot lost required WAL");
+}
+
+/* Every table to Init (persisted), sync workers stopped: they start again on the new
+ * phase once gone. Returns 0, or the first error (the rest are still tried). */
+static int
+recopy_all_tables(sup_t *s)
+{
+    int first = 0;
+
+    for (size_t i = 0; i < s->ntables; i++) {
+        sup_table_t *t = s->tables[i];
+        wr_err_t err;
+        int rc;
+
+        if (t->removing)
+            continue;
+        wr_err_clear(&err);
+        if (t->sync.p) {
+            /* a copy or handoff of the old stream: worthless now; persist Init at once
+             * (its requests are refused from here on) and copy again once it is gone */
+            rc = table_force_phase(s, t, PH_INIT, 0, &err);
+            t->resync_pending = true;
+            sup__stop_worker(&t->sync);
+        } else {
+            sup__stop_worker(&t->sync); /* a pending backoff */
+            rc = sup__table_do_resync(s, t, &err);
+        }
+        if (rc != 0) {
+            log_err(LOG_LVL_ERROR, "setting a table to init for the re-copy", &err);
+            if (first == 0)
+                first = rc;
+        }
+    }
+    return first;
 }
 
 static void
 slot_lost_recopy(sup_t *s, sup_worker_t *w)
 {
-    log_error("replication slot lost required WAL; on_slot_lost = recopy: copying every table "
-              "again (only once) slot=%s",
-              s->slot_name);
+    wr_err_t err;
+
+    wr_err_clear(&err);
+    log_error("replication slot %s; on_slot_lost = recopy: copying every table again (only "
+              "once) slot=%s",
+              slot_missing(w) ? "is missing" : "lost required WAL", s->slot_name);
     snprintf(s->message, sizeof(s->message),
-             "replication slot \"%s\" lost required WAL; every table is copied again "
-             "(on_slot_lost = recopy, used once: a second loss stops the pipeline)",
-             s->slot_name);
+             "replication slot \"%s\" %s; every table is copied again (on_slot_lost = "
+             "recopy, used once: a second loss stops the pipeline)",
+             s->slot_name, slot_missing(w) ? "was missing" : "lost required WAL");
     /* the new slot is a new stream: the old position means nothing for it */
     s->flush_lsn = 0;
     s->received_lsn = 0;
     sup__save_progress(s);
-    for (size_t i = 0; i < s->ntables; i++) {
-        sup_table_t *t = s->tables[i];
-        wr_err_t err;
-        if (t->removing)
-            continue;
-        if (t->sync.p) {
-            t->resync_pending = true;
-            sup__stop_worker(&t->sync);
-            continue;
-        }
-        sup__stop_worker(&t->sync);
-        wr_err_clear(&err);
-        (void)sup__table_do_resync(s, t, &err);
+    FAILPOINT("sup.slot_lost_recopy");
+    if (recopy_all_tables(s) != 0) {
+        /* flag 1 stays: the next start finishes the re-copy */
+        snprintf(s->fatal_hint, sizeof(s->fatal_hint), "see the log; walrelay run again");
+        s->exit_code = WR_EXIT_ERROR;
+        w->state = W_FAILED;
+        sup__stop_begin(s, "the re-copy after a lost slot could not be persisted");
+        return;
     }
+    if (s->st->ops->set_flag(s->st, "slot_lost_recopied", 2, &err) != 0)
+        log_err(LOG_LVL_ERROR, "persisting the end of the re-copy", &err);
     w->failures = 0;
     w->state = W_IDLE;
     if (!s->paused)
-        sup__worker_spawn(w); /* creates a new slot and forgets its destination key */
+        sup__worker_spawn(w); /* replaces the slot: no table is past SyncWait now */
     sup__schedule(s);
 }
 
@@ -814,6 +1027,68 @@ sup__apply_slot_lost(sup_t *s, sup_worker_t *w)
         }
     }
     slot_lost_stop(s, w, recopy);
+}
+
+/*
+ * A state store with no progress row is a new one. If the source still has this
+ * pipeline's apply slot, the pipeline ran before and its state is gone (state.db deleted,
+ * or another directory or store): starting over would copy every table again over the
+ * destination's data without a word, and the slot's position would mean nothing. Refuses
+ * (WR_ECONFIG, exit 2) with what to do; created: the sqlite file that opening just
+ * created, removed again (nothing written). conn: the preflight's connection. (issue 12)
+ */
+int
+sup__state_lost_check(sup_t *s, PGconn *conn, const char *created, wr_err_t *err)
+{
+    state_progress_t pr;
+    bool found = false, slot = false, active = false;
+    char slot_name[64];
+    wr_lsn_t confirmed = 0;
+
+    memset(&pr, 0, sizeof(pr));
+    if (s->st->ops->get_progress(s->st, &pr, &found, err) != 0)
+        return err->code ? err->code : WR_ESTATE;
+    if (found || conn == NULL)
+        return 0;
+    cfg_apply_slot_name(&s->cfg, slot_name, sizeof(slot_name));
+    if (repl_slot_info(conn, slot_name, &slot, &active, &confirmed, NULL, 0, err) != 0)
+        return err->code ? err->code : WR_ECONN;
+    if (!slot)
+        return 0;
+    if (s->cfg.state_backend == CFG_STATE_POSTGRES)
+        wr_err_set(err, WR_ECONFIG,
+                   "the state of pipeline \"%s\" is missing from the PostgreSQL state store "
+                   "(schema \"%s\"), but its replication slot \"%s\" exists on the source: "
+                   "the pipeline ran before and its state is lost",
+                   s->cfg.pipeline_name, s->cfg.state_schema, slot_name);
+    else if (s->cfg.state_backend == CFG_STATE_PLUGIN)
+        wr_err_set(err, WR_ECONFIG,
+                   "the state of pipeline \"%s\" is missing from the plugin state store (%s), "
+                   "but its replication slot \"%s\" exists on the source: the pipeline ran "
+                   "before and its state is lost",
+                   s->cfg.pipeline_name, s->cfg.state_library, slot_name);
+    else
+        wr_err_set(err, WR_ECONFIG,
+                   "%s/state.db is missing, but replication slot \"%s\" exists on the source: "
+                   "this pipeline ran before and its state is lost (deleted?); walrelay does not "
+                   "start over by itself, which would copy every table again over the "
+                   "destination's data",
+                   s->cfg.dir, slot_name);
+    wr_err_hint(err,
+                "restore the state (state.db with its -wal file) from a backup; or walrelay "
+                "drop %s, which removes the slots, and run again to copy every table again",
+                s->cfg.dir);
+    if (created) {
+        char path[PATH_MAX + 8];
+        state_close(s->st);
+        s->st = NULL;
+        unlink(created);
+        snprintf(path, sizeof(path), "%s-wal", created);
+        unlink(path);
+        snprintf(path, sizeof(path), "%s-shm", created);
+        unlink(path);
+    }
+    return WR_ECONFIG;
 }
 
 int
@@ -910,9 +1185,25 @@ sup__lease_tick(sup_t *s, int64_t now)
     sup__stop_begin(s, "the state store's lease was lost");
 }
 
+/* True if cand is the destination name of a table of the pipeline (dest_name_taken) or
+ * of one of the first n names chosen for new tables, compared without case. */
+static bool
+dest_name_taken_new(const sup_t *s, char (*names)[300], size_t n, const char *cand)
+{
+    if (dest_name_taken(s, NULL, cand))
+        return true;
+    for (size_t i = 0; i < n; i++)
+        if (strcasecmp(names[i], cand) == 0)
+            return true;
+    return false;
+}
+
 /* Adds newly published tables in Init with their destination table names, in one store
  * transaction where the store can (state.h add_tables: thousands of tables start with one
- * durable write), else one table after another. */
+ * durable write), else one table after another. Each name is unique among the pipeline's
+ * tables and the other new ones, as sup_assign_mapping chooses it (issue 12, defect 4);
+ * names recorded by the store but not loaded yet (at start) are checked by
+ * fix_colliding_mappings afterwards. */
 static int
 sup_add_tables(sup_t *s, const sup_pub_table_t *const *pub, size_t n, wr_err_t *err)
 {
@@ -922,17 +1213,6 @@ sup_add_tables(sup_t *s, const sup_pub_table_t *const *pub, size_t n, wr_err_t *
 
     if (n == 0)
         return 0;
-    if (!s->st->ops->add_tables) {
-        for (size_t i = 0; i < n && rc == 0; i++) {
-            rc = s->st->ops->add_table(s->st, pub[i]->relid, pub[i]->nsp, pub[i]->name, err);
-            if (rc == 0)
-                rc = sup_store_mapping(s, pub[i]->relid, pub[i]->nsp, pub[i]->name, err);
-            if (rc == 0)
-                log_info("table added table=%s.%s relid=%u", pub[i]->nsp, pub[i]->name,
-                         pub[i]->relid);
-        }
-        return rc;
-    }
     nt = calloc(n, sizeof(*nt));
     names = calloc(n, sizeof(*names));
     if (!nt || !names) {
@@ -941,13 +1221,34 @@ sup_add_tables(sup_t *s, const sup_pub_table_t *const *pub, size_t n, wr_err_t *
         return wr_err_set(err, WR_ENOMEM, "out of memory adding %zu tables", n);
     }
     for (size_t i = 0; i < n; i++) {
-        dest_table_name(pub[i]->nsp, pub[i]->name, names[i], sizeof(names[i]));
+        char natural[256];
+
+        dest_table_name(pub[i]->nsp, pub[i]->name, natural, sizeof(natural));
+        snprintf(names[i], sizeof(names[i]), "%s", natural);
+        for (unsigned k = 1; dest_name_taken_new(s, names, i, names[i]); k++) {
+            if (k == 1)
+                snprintf(names[i], sizeof(names[i]), "%.240s_%u", natural, pub[i]->relid);
+            else
+                snprintf(names[i], sizeof(names[i]), "%.240s_%u_%u", natural, pub[i]->relid, k);
+        }
+        if (strcmp(names[i], natural) != 0)
+            log_warn("destination name taken by another table, using another table=%s.%s "
+                     "relid=%u dest=%s taken=%s",
+                     pub[i]->nsp, pub[i]->name, pub[i]->relid, names[i], natural);
         nt[i].relid = pub[i]->relid;
         nt[i].nsp = pub[i]->nsp;
         nt[i].name = pub[i]->name;
         nt[i].dest_name = names[i];
     }
-    rc = s->st->ops->add_tables(s->st, nt, n, err);
+    if (s->st->ops->add_tables) {
+        rc = s->st->ops->add_tables(s->st, nt, n, err);
+    } else {
+        for (size_t i = 0; i < n && rc == 0; i++) {
+            rc = s->st->ops->add_table(s->st, nt[i].relid, nt[i].nsp, nt[i].name, err);
+            if (rc == 0)
+                rc = s->st->ops->put_mapping(s->st, nt[i].relid, nt[i].dest_name, err);
+        }
+    }
     for (size_t i = 0; rc == 0 && i < n; i++)
         log_info("table added table=%s.%s relid=%u", pub[i]->nsp, pub[i]->name, pub[i]->relid);
     free(nt);
@@ -955,16 +1256,85 @@ sup_add_tables(sup_t *s, const sup_pub_table_t *const *pub, size_t n, wr_err_t *
     return rc;
 }
 
-/* Persists the destination table name of a newly published table (state.db
- * table_mappings), so that operators and later tools can find where a source table
- * lands without knowing the naming rule. */
-static int
-sup_store_mapping(sup_t *s, uint32_t relid, const char *nsp, const char *name, wr_err_t *err)
+/* True if a table of the pipeline other than t has the destination name `name`, compared
+ * without case (SQLite's identifiers and those of most destinations are). */
+static bool
+dest_name_taken(const sup_t *s, const sup_table_t *t, const char *name)
 {
-    char dest_name[300];
+    for (size_t i = 0; i < s->ntables; i++) {
+        const sup_table_t *o = s->tables[i];
+        if (o != t && o->dest_name[0] && strcasecmp(o->dest_name, name) == 0)
+            return true;
+    }
+    return false;
+}
 
-    dest_table_name(nsp, name, dest_name, sizeof(dest_name));
-    return s->st->ops->put_mapping(s->st, relid, dest_name, err);
+/*
+ * Chooses and records (state store mappings) the destination table name of t: the naming
+ * rule's (dest_table_name: "name", "nsp__name"), unless another table of the pipeline has
+ * it, compared without case ("Users" and users; a.b and public."a__b": issue 12, defect
+ * 4); then "<name>_<relid>", then "<name>_<relid>_2", ... The workers receive the name
+ * with the table (tables, table_state) and every destination uses it
+ * (dest_schema_table_name), so two source tables never share a destination table.
+ */
+static int
+sup_assign_mapping(sup_t *s, sup_table_t *t, wr_err_t *err)
+{
+    char natural[256], cand[300];
+    int rc;
+
+    dest_table_name(t->nsp, t->name, natural, sizeof(natural));
+    snprintf(cand, sizeof(cand), "%s", natural);
+    for (unsigned n = 1; dest_name_taken(s, t, cand); n++) {
+        if (n == 1)
+            snprintf(cand, sizeof(cand), "%.240s_%u", natural, t->relid);
+        else
+            snprintf(cand, sizeof(cand), "%.240s_%u_%u", natural, t->relid, n);
+    }
+    rc = s->st->ops->put_mapping(s->st, t->relid, cand, err);
+    if (rc != 0)
+        return err->code ? err->code : WR_ESTATE;
+    snprintf(t->dest_name, sizeof(t->dest_name), "%s", cand);
+    if (strcmp(cand, natural) != 0)
+        log_warn("destination name taken by another table, using another table=%s.%s relid=%u "
+                 "dest=%s taken=%s",
+                 t->nsp, t->name, t->relid, cand, natural);
+    return 0;
+}
+
+/* Two tables of a pipeline mapped to one destination table (names recorded before issue
+ * 12 made them unique): their rows are mixed there. The later one gets a name of its
+ * own and both are copied again (Init), with a warning. */
+static int
+fix_colliding_mappings(sup_t *s, wr_err_t *err)
+{
+    for (size_t i = 0; i < s->ntables; i++) {
+        sup_table_t *t = s->tables[i];
+        for (size_t j = 0; j < i; j++) {
+            sup_table_t *o = s->tables[j];
+            /* a table without a recorded name yet (new) is named after this */
+            if (!t->dest_name[0] || strcasecmp(o->dest_name, t->dest_name) != 0)
+                continue;
+            log_warn("two tables share destination table %s: giving the second a name of its "
+                     "own and copying both again table=%s.%s relid=%u other=%s.%s other_relid=%u",
+                     t->dest_name, t->nsp, t->name, t->relid, o->nsp, o->name, o->relid);
+            t->dest_name[0] = '\0';
+            if (sup_assign_mapping(s, t, err) != 0)
+                return err->code ? err->code : WR_ESTATE;
+            for (int k = 0; k < 2; k++) {
+                sup_table_t *x = k ? o : t;
+                if (x->phase == PH_INIT)
+                    continue;
+                if (s->st->ops->set_phase(s->st, x->relid, PH_INIT, 0, NULL, NULL, NULL, err) != 0)
+                    return err->code ? err->code : WR_ESTATE;
+                x->phase = PH_INIT;
+                x->lsn = 0;
+                x->err_kind[0] = '\0';
+            }
+            break;
+        }
+    }
+    return 0;
 }
 
 /* Adds published tables that are new, removes tables that are no longer published (their
@@ -1041,24 +1411,33 @@ sup__reconcile_tables(sup_t *s, const sup_pub_table_t *pub, size_t npub, PGconn 
                 break;
             }
         }
-        /* read back what the store holds: the mapping (written for a table added before
-         * mappings existed) and the newest schema version */
+        /* read back what the store holds: the mapping and the newest schema version */
         if (s->st->ops->get_mapping(s->st, t->relid, t->dest_name, sizeof(t->dest_name), err) !=
                 0 ||
-            (!t->dest_name[0] && (sup_store_mapping(s, t->relid, t->nsp, t->name, err) != 0 ||
-                                  s->st->ops->get_mapping(s->st, t->relid, t->dest_name,
-                                                          sizeof(t->dest_name), err) != 0)) ||
             s->st->ops->get_schema(s->st, t->relid, UINT64_MAX, &t->schema, &t->schema_lsn, err) !=
                 0) {
             free(st);
             return err->code ? err->code : WR_ESTATE;
         }
+    }
+    free(st);
+    /* names for the tables that have none yet (new ones, or added before mappings
+     * existed), unique among those recorded */
+    if (fix_colliding_mappings(s, err) != 0)
+        return err->code ? err->code : WR_ESTATE;
+    for (size_t k = 0; k < s->ntables; k++) {
+        sup_table_t *t = s->tables[k];
+        if (!t->dest_name[0] && sup_assign_mapping(s, t, err) != 0)
+            return err->code ? err->code : WR_ESTATE;
+        sup__table_handoff_paused(s, t); /* no sync worker runs yet */
+        for (size_t q = 0; q < npub; q++)
+            if (pub[q].relid == t->relid)
+                sup__table_member_check(s, t, pub[q].member, false);
         log_info("table table=%s.%s relid=%u phase=%s lsn=" WR_LSN_FMT
                  " dest=%s schema_lsn=" WR_LSN_FMT,
                  t->nsp, t->name, t->relid, phase_name(t->phase), WR_LSN_ARGS(t->lsn), t->dest_name,
                  WR_LSN_ARGS(t->schema_lsn));
     }
-    free(st);
     return 0;
 }
 
@@ -1107,14 +1486,36 @@ sup__load_flags(sup_t *s, wr_err_t *err)
         return err->code ? err->code : WR_ESTATE;
     if (v) {
         wr_err_set(err, WR_ECONFIG,
-                   "replication slot \"%s\" lost required WAL a second time and was dropped; "
-                   "walrelay does not start this pipeline over by itself",
+                   "replication slot \"%s\" lost required WAL a second time (or went missing "
+                   "again) after its one re-copy; walrelay does not start this pipeline over by "
+                   "itself",
                    s->slot_name);
         wr_err_hint(err,
                     "walrelay drop %s and start over (the destination data stays); raise "
                     "max_slot_wal_keep_size on the source",
                     s->cfg.dir);
         return WR_ECONFIG;
+    }
+    if (s->st->ops->get_flag(s->st, "slot_lost_recopied", &v, &found, err) != 0)
+        return err->code ? err->code : WR_ESTATE;
+    if (v == 1) {
+        /* a re-copy after a lost slot was interrupted (kill -9): the apply worker would
+         * otherwise find tables past SyncWait beside a slot it cannot use */
+        log_warn("finishing the re-copy of every table after a lost replication slot (it was "
+                 "interrupted) slot=%s",
+                 s->slot_name);
+        for (size_t i = 0; i < s->ntables; i++) {
+            sup_table_t *t = s->tables[i];
+            if (t->phase == PH_INIT)
+                continue;
+            if (s->st->ops->set_phase(s->st, t->relid, PH_INIT, 0, NULL, NULL, NULL, err) != 0)
+                return err->code ? err->code : WR_ESTATE;
+            t->phase = PH_INIT;
+            t->lsn = 0;
+            t->err_kind[0] = '\0';
+        }
+        if (s->st->ops->set_flag(s->st, "slot_lost_recopied", 2, err) != 0)
+            return err->code ? err->code : WR_ESTATE;
     }
     if (s->st->ops->get_flag(s->st, "paused", &v, &found, err) != 0)
         return err->code ? err->code : WR_ESTATE;

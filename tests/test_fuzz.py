@@ -16,7 +16,7 @@ import subprocess
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-TARGETS = ["pgoutput", "stream", "copytext", "pgtype", "ipc", "config"]
+TARGETS = ["pgoutput", "stream", "copytext", "pgtype", "ipc", "config", "esfilter", "sinkstate"]
 SECONDS = int(os.environ.get("WALRELAY_FUZZ_SECONDS", "10"))
 
 

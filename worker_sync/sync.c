@@ -3,7 +3,9 @@
  * that slot until the apply worker can take the table over (PostgreSQL's tablesync).
  *
  * NOTES: runs as `walrelay-sync DIR RELID`, one process per table being synchronised,
- * spawned by the supervisor with its channel on fd 3. It owns the replication slot
+ * spawned by the supervisor with its channel on fd 3; one per table at a time, also
+ * across a killed supervisor (byte RELID of DIR/workers.lock, taken before hello and
+ * held until exit: wk_lock_role). It owns the replication slot
  * walrelay_<pipeline>_s<relid> and the destination stream "sync_<relid>". It never
  * writes state.db: every phase change is a set_phase request that the supervisor
  * validates, persists, and only then acks; this worker acts on a phase only after the
@@ -85,7 +87,24 @@
  * A connection problem (WR_ECONN) during the copy (Init, DataSync) first sets Errored with
  * kind "transient", then exits 1: the supervisor retries the table after
  * table_error_retry_delay_ms (syw_report_transient; docs/lifecycle.md). Later phases
- * keep their slot and just exit 1.
+ * keep their slot and just exit 1. Before either, a connection error is looked at once
+ * more (common/srcprobe.h, issue 12): if the source does not answer at all, the worker
+ * exits 4 (WR_EXIT_SOURCE_DOWN) in any phase, without Errored: the supervisor starts it
+ * again for as long as the outage lasts; if it answers but refuses us, exit 2. Every
+ * error exit sends ["worker_error", ...] with the error first.
+ *
+ * Raw copy (issue 7). A destination with write_copy (postgres) gets each line exactly as
+ * the source's COPY TO STDOUT sent it, without parsing (syw_copy_raw), in one destination
+ * transaction (progress is reported every copy_batch_rows rows); before its commit the
+ * destination's copy_done runs (the postgres destination builds the primary key there,
+ * once the rows are in).
+ *
+ * Metrics (proto/wkmetrics.h). COPY and stream bytes received, copy batches and catch-up
+ * transactions (batches_total, batch and destination commit timings), the changes the
+ * catch-up applied (events_total, counted when their destination transaction commits)
+ * and status updates go to the supervisor as ["worker_metrics", ...] deltas with the copy
+ * progress and from the catch-up loop, at most once a second, and once more at exit.
+ * Rows copied come from ["copy_progress", ...] as before.
  *
  * Copy batching. PQgetCopyData returns one line per call and copy_parse_line reuses its
  * buffer for every line, so each parsed row's values are copied into a per-batch arena
@@ -171,17 +190,24 @@
  *   (A SIGTERM instead of the kill commits the open destination transaction with the key
  *   (0/8200, 4) and exits 0; the replay then skips exactly those four changes.)
  *
- * What lives where. The stream engine common/stream.c (stm_*) frames and decodes the
- * CopyData messages, tracks the source transaction (Begin/Commit, the commit-LSN check,
- * ordinals counted over every table, overflow an error) and translates changes into
- * dest_event_t with their resume key; it calls syw_on_relation / syw_on_change /
- * syw_on_commit / syw_on_keepalive here. This file keeps the copy, the one-table filter
- * (syw_on_change drops other relids, which the engine has counted already), the
- * skip-by-key, the destination transaction per source transaction with its BEGIN/COMMIT
- * events, the status updates (every 10 s and on a requested reply) and the catch-up
- * termination (current >= L). The table's catalog (columns, keys, relkind, replica
- * identity flags, catalog facts) and the publication's column list are read through
- * common/catalog.c (cat_*), the same reads the apply worker's schema comparison uses.
+ * What lives where. The stream engine common/stream.c (stm_*, shared with
+ * walrelay-apply) owns the catch-up stream's replication connection (stm_connect,
+ * START_REPLICATION in stm_start), the receive step (stm_recv) and the wait (stm_wait);
+ * it frames and decodes the CopyData messages, tracks the source transaction
+ * (Begin/Commit, the commit-LSN check, ordinals counted over every table, overflow an
+ * error), translates changes into dest_event_t with their resume key, and calls
+ * syw_on_relation / syw_on_change / syw_on_commit / syw_on_keepalive here. It also sends
+ * the status updates: a requested reply at once, otherwise at least every status
+ * interval (min(10 s, wal_sender_timeout / 3)), from the loop and, while this process is
+ * inside a destination call or otherwise away from the loop, from the engine's status
+ * keeper thread; the flush they report is the one given to stm_set_flush below, never
+ * ahead of the destination. This file keeps the copy, the one-table filter (syw_on_change
+ * drops other relids, which the engine has counted already), the skip-by-key, the
+ * destination transaction per source transaction with its BEGIN/COMMIT events, the
+ * flush position and the catch-up termination (current >= L). The table's catalog
+ * (columns, keys, relkind, replica identity flags, catalog facts) and the publication's
+ * column list are read through common/catalog.c (cat_*), the same reads the apply
+ * worker's schema comparison uses.
  */
 
 #include <errno.h>
@@ -204,9 +230,11 @@
 #include "common/pgoutput.h"
 #include "common/phase.h"
 #include "common/repl.h"
+#include "common/srcprobe.h"
 #include "common/stream.h"
 #include "common/schema.h"
 #include "proto/wkipc.h"
+#include "proto/wkmetrics.h"
 #include "common/wr.h"
 #include "destinations/destination.h"
 
@@ -214,8 +242,8 @@
  * process return its exit code (0, 1, 2) instead. */
 #define SYW_CONTINUE (-1)
 
-#define SYW_STATUS_INTERVAL_MS  10000
 #define SYW_POLL_MS             1000
+#define SYW_CHAN_CHECK_MS       100 /* longest stretch of stream reading between channel reads */
 #define SYW_DEFAULT_BATCH_ROWS  10000
 #define SYW_DEFAULT_BATCH_BYTES (8 * 1024 * 1024)
 
@@ -227,13 +255,16 @@ typedef struct syw_s {
     char stream[64]; /* sync_<relid> */
     char table[300]; /* "nsp.name", for messages */
     char relkind;    /* pg_class.relkind: 'p' (partitioned) is copied with COPY (SELECT ...) */
+    /* the pipeline's destination table name (tables message), or "" */
+    char dest_name[300];
     /* the publication's row filter of the table (pg_get_expr), or NULL */
     char *row_filter;
     wk_chan_t chan;
     bool chan_open;
     dest_t *dest;
-    PGconn *sql;  /* plain connection: slot management, catalog reads in Catchup */
-    PGconn *repl; /* replication connection: the copy, then the stream */
+    PGconn *sql;    /* plain connection: slot management, catalog reads in Catchup */
+    PGconn *repl;   /* replication connection of the copy */
+    stm_t *cstream; /* the catch-up stream's engine while syw_catchup runs (its connection) */
     /* latest known phase of the table: handshake, our acked requests, table_state */
     wr_phase_t phase;
     wr_lsn_t lsn;
@@ -245,6 +276,7 @@ typedef struct syw_s {
     bool stream_registered; /* ensure_table done with syw_stream_schema() (for changes) */
     dest_tmeta_t meta;      /* catalog facts read with the copy's schema: its version */
     int recopies;           /* copies started again in this process for a schema change */
+    wkm_t metrics;          /* counts for the supervisor's metrics (proto/wkmetrics.h) */
 } syw_t;
 
 /* Values of one copy batch: rows and values allocated once, text in an arena. */
@@ -313,11 +345,14 @@ syw_on_msg(const ipc_msg_t *m, void *arg)
  * WR_EUNSUPPORTED to Errored before they get here. */
 /* The last error that made syw_fail return 1 (see syw_report_transient). */
 static wr_err_t syw_last_err;
+/* Set once the destination gave up waiting because we were asked to stop (issue 9,
+ * syw_dest_interrupted): its WR_ECONN is a stop, not a failure. */
+static bool syw_dest_gave_up;
 
 static int
 syw_fail(const char *what, const wr_err_t *err)
 {
-    if (err->code == WR_ESTOP) {
+    if (err->code == WR_ESTOP || (err->code == WR_ECONN && syw_dest_gave_up)) {
         log_info("%s: %s", what, err->msg);
         return WR_EXIT_OK;
     }
@@ -398,9 +433,13 @@ syw_sql_connect(syw_t *w, wr_err_t *err)
     return repl_connect(w->cfg.source_conninfo, false, w->slot, &w->sql, err);
 }
 
+/* Closes the replication connections: the catch-up stream's (stopping its status keeper)
+ * and the copy's. */
 static void
 syw_repl_close(syw_t *w)
 {
+    if (w->cstream != NULL)
+        stm_disconnect(w->cstream);
     if (w->repl != NULL) {
         PQfinish(w->repl);
         w->repl = NULL;
@@ -447,11 +486,43 @@ syw_clear_stream_key(syw_t *w, wr_err_t *err)
     return 0;
 }
 
+/* ---- the destination's waits (issue 9; dest_set_host_hooks) ---- */
+
+static void
+syw_dest_waiting(void *arg, const char *message)
+{
+    syw_t *w = arg;
+    ipc_msg_t m;
+    wr_err_t err;
+
+    memset(&m, 0, sizeof(m));
+    m.type = IPC_DEST_WAIT;
+    m.u.dest_wait.message = (char *)(message ? message : "");
+    if (w->chan_open && wk_chan_send(&w->chan, &m, &err) != 0)
+        log_debug("cannot report the destination's wait error=\"%s\"", err.msg);
+}
+
+static bool
+syw_dest_interrupted(void *arg)
+{
+    syw_t *w = arg;
+    wr_err_t err;
+
+    if (w->chan_open && wk_chan_poll(&w->chan, 0, &err) != 0)
+        syw_dest_gave_up = true; /* the supervisor is gone */
+    else if (syw_should_stop(w))
+        syw_dest_gave_up = true;
+    return syw_dest_gave_up;
+}
+
 static int
 syw_dest_open(syw_t *w, wr_err_t *err)
 {
+    dest_host_hooks_t hooks = {syw_dest_waiting, syw_dest_interrupted, w};
+
     if (w->dest != NULL)
         return 0;
+    dest_set_host_hooks(&hooks);
     return dest_open(&w->cfg, "sync", &w->dest, err);
 }
 
@@ -494,6 +565,10 @@ syw_load_schema(syw_t *w, PGconn *c, bool *missing, wr_err_t *err)
     }
     w->relkind = cat.relkind;
     snprintf(w->table, sizeof(w->table), "%s.%s", cat.schema->nsp, cat.schema->name);
+    if (wr_schema_set_dest_name(cat.schema, w->dest_name) != 0) {
+        dest_catalog_clear(&cat);
+        return wr_err_set(err, WR_ENOMEM, "out of memory reading the schema of \"%s\"", w->table);
+    }
     w->schema = cat.schema;
     w->relflags = cat.relflags;
     w->meta = cat.meta; /* syw_load_meta sets its version */
@@ -796,16 +871,20 @@ syw_batch_resolve(syw_batch_t *b)
 typedef struct syw_copy_s {
     syw_batch_t batch;
     copy_parser_t parser;
-    bool dest_open; /* a destination transaction is open */
+    bool dest_open;  /* a destination transaction is open */
+    bool reset_done; /* the first transaction (table emptied, catch-up key forgotten) ran */
     uint64_t rows;
     char *sql; /* the COPY statement */
-    int rr;    /* the parallel copy: the reader the writer looks at first */
+    /* (issue 7) the raw path: lines handed to write_copy since the last commit */
+    uint64_t raw_rows;
+    size_t raw_bytes;
+    int rr; /* the parallel copy: the reader the writer looks at first */
 } syw_copy_t;
 
-/* Writes and commits the batch (the first transaction also holds the truncate). last: the
- * copy's last transaction, where the destination's copy_done runs before the commit. */
+/* Opens the destination transaction if none is open; the copy's first one also empties
+ * (or creates) the table and forgets the catch-up key. */
 static int
-syw_copy_flush(syw_t *w, syw_copy_t *cp, bool last, wr_err_t *err)
+syw_copy_begin(syw_t *w, syw_copy_t *cp, wr_err_t *err)
 {
     int rc;
 
@@ -813,7 +892,30 @@ syw_copy_flush(syw_t *w, syw_copy_t *cp, bool last, wr_err_t *err)
         if ((rc = w->dest->ops->begin(w->dest, err)) < 0)
             return rc;
         cp->dest_open = true;
+        wkm_batch_begin(&w->metrics);
     }
+    if (!cp->reset_done) {
+        if ((rc = syw_copy_reset_table(w, err)) < 0 ||
+            (rc = w->dest->ops->clear_key(w->dest, w->stream, err)) < 0)
+            return rc;
+        cp->reset_done = true;
+    }
+    return 0;
+}
+
+/* Writes and commits the batch (the first transaction also empties the table and forgets
+ * the catch-up key). The destination transaction is begun here, once the batch is
+ * complete, so that none stays open while the COPY waits on the source (issue 12, defect
+ * 2: a COPY waiting on a lock, or a selective row filter, held the write lock). last: the
+ * copy's last transaction, where the destination's copy_done runs before the commit. */
+static int
+syw_copy_flush(syw_t *w, syw_copy_t *cp, bool last, wr_err_t *err)
+{
+    int64_t t0;
+    int rc;
+
+    if ((rc = syw_copy_begin(w, cp, err)) < 0)
+        return rc;
     if (cp->batch.n > 0) {
         syw_batch_resolve(&cp->batch);
         if ((rc = w->dest->ops->write_rows(w->dest, w->relid, cp->batch.rows, cp->batch.n, err)) <
@@ -823,13 +925,43 @@ syw_copy_flush(syw_t *w, syw_copy_t *cp, bool last, wr_err_t *err)
     if (last && w->dest->ops->copy_done != NULL &&
         (rc = w->dest->ops->copy_done(w->dest, w->relid, err)) < 0)
         return rc;
+    t0 = wkm_clock_us();
     if ((rc = w->dest->ops->commit(w->dest, w->stream, NULL, err)) < 0)
         return rc;
+    wkm_batch_commit(&w->metrics, t0);
     cp->dest_open = false;
-    cp->rows += cp->batch.n;
+    cp->rows += cp->batch.n + cp->raw_rows;
     cp->batch.n = 0;
     cp->batch.alen = 0;
+    cp->raw_rows = 0;
+    cp->raw_bytes = 0;
     return 0;
+}
+
+/* (issue 7) A destination that speaks COPY (write_copy) gets the source's line untouched,
+ * in one destination transaction for the whole copy: the data is streamed, not held, so
+ * nothing bounds a batch, and a restart copies from scratch anyway (a commit in the middle
+ * would only make the copy wait for the destination at every boundary). Every
+ * copy_batch_rows rows (or batch_max_bytes bytes) returns 1: the caller reports progress. */
+static int
+syw_copy_raw(syw_t *w, syw_copy_t *cp, const char *line, size_t n, size_t batch_rows,
+             size_t batch_bytes, wr_err_t *err)
+{
+    int rc, flushed = 0;
+
+    if (cp->raw_rows > 0 && (cp->raw_rows >= batch_rows || cp->raw_bytes + n > batch_bytes)) {
+        cp->rows += cp->raw_rows;
+        cp->raw_rows = 0;
+        cp->raw_bytes = 0;
+        flushed = 1;
+    }
+    if ((rc = syw_copy_begin(w, cp, err)) < 0)
+        return rc;
+    if ((rc = w->dest->ops->write_copy(w->dest, w->relid, line, n, err)) < 0)
+        return rc;
+    cp->raw_rows++;
+    cp->raw_bytes += n;
+    return flushed;
 }
 
 /* After every batch: tells the supervisor how far the copy is and reads the channel (a
@@ -844,7 +976,8 @@ syw_copy_progress(syw_t *w, syw_copy_t *cp, wr_err_t *err)
     msg.type = IPC_COPY_PROGRESS;
     msg.u.copy_progress.relid = w->relid;
     msg.u.copy_progress.rows = cp->rows;
-    if ((rc = wk_chan_send(&w->chan, &msg, err)) < 0)
+    if ((rc = wk_chan_send(&w->chan, &msg, err)) < 0 ||
+        (rc = wkm_send(&w->metrics, &w->chan, false, err)) < 0)
         return rc;
     return wk_chan_poll(&w->chan, 0, err);
 }
@@ -1017,6 +1150,20 @@ syw_copy_error(syw_t *w, syw_copy_t *cp, const char *kind, wr_err_t *err)
  * as in the single COPY, so only a crash (kill -9) leaves something to resume.
  * Logged: "copy started ... ranges=N connections=K" or "copy resumed ... ranges_done=D/N
  * rows_kept=R", and "range copied part=P rows=R" for each range this process committed.
+ *
+ * Destination transactions (issue 12, defect 2). The table is emptied (or taken up) in a
+ * transaction of its own, committed before any COPY is sent; a range's transaction begins
+ * only once its first batch is complete, so a COPY waiting on a lock holds nothing in the
+ * destination. Within a range the transaction stays open between that range's batches
+ * (the range commits atomically, that is what makes it resumable), so a very selective
+ * row filter over a large range can hold the destination's write lock while the source
+ * scans: at most one range, SYW_RANGE_MAX_PAGES pages, of waiting.
+ *
+ * Not by range: a destination with write_copy (postgres, issue 7). It takes the source's
+ * COPY bytes through one connection in one destination transaction for the whole copy
+ * (syw_copy), which a crash rolls back whole, so there is nothing a range could keep;
+ * max_copy_connections_per_table does not apply to it. Nor plugins and null
+ * (range_writers NULL).
  */
 
 #define SYW_RANGE_MIN_PAGES 1024  /* 8 MB of 8 kB pages: a smaller relation is one range */
@@ -1063,6 +1210,7 @@ typedef struct syw_reader_s {
     dest_t *dest;
     bool dest_open;
     uint64_t range_rows;
+    uint64_t bytes;        /* COPY bytes received since the last delivery */
     const char *fail_kind; /* the Errored kind of its error, if the data is at fault */
 } syw_reader_t;
 
@@ -1087,6 +1235,7 @@ struct syw_par_s {
     uint64_t kept;  /* rows of ranges committed before this process */
     bool planned;   /* the plan is in the state store (copy_range_done reports each range) */
     bool *reported; /* several writers: ranges whose commit the main thread has reported */
+    uint64_t bytes; /* COPY bytes the readers received, not yet counted in the metrics */
 };
 
 /* CPU time of this process (every thread), user and system: what a copy cost, whatever
@@ -1242,6 +1391,10 @@ syw_reader_deliver(syw_reader_t *r, uint32_t part, bool last, wr_err_t *err)
 {
     int rc;
 
+    pthread_mutex_lock(&r->par->mu);
+    r->par->bytes += r->bytes; /* the main thread counts them (wkm is not shared) */
+    r->bytes = 0;
+    pthread_mutex_unlock(&r->par->mu);
     if (r->dest == NULL)
         return syw_reader_hand_over(r, part, last, err);
     if ((rc = syw_reader_write_own(r, part, last, err)) < 0) {
@@ -1302,6 +1455,7 @@ syw_reader_copy(syw_reader_t *r, uint32_t part, wr_err_t *err)
             break;
         if (n < 0)
             return wr_err_set(err, WR_ECONN, "copying range %u: %s", part, PQerrorMessage(r->conn));
+        r->bytes += (uint64_t)n;
         rc = copy_parse_line(&r->parser, line, (size_t)n, w->schema->ncols, &row, err);
         if (rc == 0 && syw_batch_full(b, &row)) {
             if ((rc = syw_reader_deliver(r, part, false, err)) < 0) {
@@ -1582,10 +1736,26 @@ syw_par_load_plan(syw_t *w, syw_par_t *par, char *held, size_t held_len, bool *o
 
 /* Writes batch b (of reader r) in the open range transaction; at its last batch commits the
  * range and reports it. */
+/* Counts the COPY bytes the readers received since the last call in the metrics (the
+ * main thread's wkm_t; the readers only add to par->bytes). */
+static void
+syw_par_count_bytes(syw_t *w, syw_par_t *par)
+{
+    uint64_t n;
+
+    pthread_mutex_lock(&par->mu);
+    n = par->bytes;
+    par->bytes = 0;
+    pthread_mutex_unlock(&par->mu);
+    if (n > 0)
+        wkm_bytes(&w->metrics, (size_t)n);
+}
+
 static int
 syw_par_write_batch(syw_t *w, syw_par_t *par, syw_copy_t *cp, syw_pbatch_t *b, uint64_t *range_rows,
                     wr_err_t *err)
 {
+    int64_t t0;
     int rc;
 
     if (!cp->dest_open) {
@@ -1593,6 +1763,7 @@ syw_par_write_batch(syw_t *w, syw_par_t *par, syw_copy_t *cp, syw_pbatch_t *b, u
             return rc;
         cp->dest_open = true;
         *range_rows = 0;
+        wkm_batch_begin(&w->metrics);
     }
     if (b->b.n > 0) {
         syw_batch_resolve(&b->b);
@@ -1605,11 +1776,14 @@ syw_par_write_batch(syw_t *w, syw_par_t *par, syw_copy_t *cp, syw_pbatch_t *b, u
         FAILPOINT("sync.mid_copy");
         return 0;
     }
+    t0 = wkm_clock_us();
     if ((rc = w->dest->ops->commit_range(w->dest, w->relid, par->x, b->part, *range_rows, err)) <
         0) {
         cp->dest_open = false; /* commit_range rolls back what it could not commit */
+        wkm_batch_rollback(&w->metrics);
         return rc;
     }
+    wkm_batch_commit(&w->metrics, t0);
     cp->dest_open = false;
     pthread_mutex_lock(&par->mu);
     par->ranges[b->part].done = true;
@@ -1696,6 +1870,7 @@ syw_par_write(syw_t *w, syw_par_t *par, syw_copy_t *cp, const char **kind, wr_er
         pthread_mutex_unlock(&par->mu);
         if (rc < 0)
             return rc;
+        syw_par_count_bytes(w, par);
         if ((rc = syw_copy_progress(w, cp, err)) < 0)
             return rc;
     }
@@ -1760,6 +1935,7 @@ syw_par_collect(syw_t *w, syw_par_t *par, syw_copy_t *cp, const char **kind, wr_
         log_info("range copied table=%s part=%u rows=%" PRIu64, w->table, part, rows);
         if (par->planned && (rc = wk_chan_copy_range_done(&w->chan, w->relid, part, rows, err)) < 0)
             return rc;
+        syw_par_count_bytes(w, par);
         if ((rc = syw_copy_progress(w, cp, err)) < 0)
             return rc;
         FAILPOINT("sync.after_range");
@@ -1902,7 +2078,8 @@ syw_copy_ranges(syw_t *w)
         bool found = false, active = false;
         wr_lsn_t confirmed = 0;
 
-        if (repl_slot_info(w->sql, w->slot, &found, &active, &confirmed, NULL, 0, &err) < 0) {
+        if (repl_slot_info(w->sql, w->slot, &found, &active, &confirmed, NULL, 0, &err) < 0 ||
+            (found && active && src_take_slot(w->sql, w->slot, &err) < 0)) {
             code = syw_fail("reading the slot", &err);
             goto out;
         }
@@ -2002,7 +2179,10 @@ syw_copy_ranges(syw_t *w)
         goto out;
     }
 
-    /* the destination: emptied (a new copy), or taken up (a resumed one) */
+    FAILPOINT("sync.before_copy");
+    /* the destination: emptied (a new copy), or taken up (a resumed one), in a transaction
+     * of its own that waits on nothing outside: the rows' transactions begin once a batch
+     * is complete (issue 12, defect 2) */
     if ((rc = w->dest->ops->begin(w->dest, &err)) < 0) {
         code = syw_copy_error(w, &cp, NULL, &err);
         goto out;
@@ -2188,9 +2368,11 @@ syw_copy(syw_t *w)
         code = syw_fail("preparing the copy", &err);
         goto out;
     }
-    if (w->dest->ops->range_writers != NULL && w->dest->ops->range_writers(w->dest) > 0 &&
-        w->dest->ops->commit_range != NULL && w->dest->ops->ranges_done != NULL &&
-        w->dest->ops->copy_resume != NULL) {
+    /* a destination that speaks COPY (write_copy: postgres) takes the whole copy in one
+     * transaction through one connection, never by range (see the parallel copy's comment) */
+    if (w->dest->ops->write_copy == NULL && w->dest->ops->range_writers != NULL &&
+        w->dest->ops->range_writers(w->dest) > 0 && w->dest->ops->commit_range != NULL &&
+        w->dest->ops->ranges_done != NULL && w->dest->ops->copy_resume != NULL) {
         code = syw_copy_ranges(w); /* issue 11: by range, resumable */
         goto out;
     }
@@ -2200,6 +2382,7 @@ syw_copy(syw_t *w)
         wr_lsn_t confirmed;
 
         if (repl_slot_info(w->sql, w->slot, &found, &active, &confirmed, NULL, 0, &err) < 0 ||
+            (found && active && src_take_slot(w->sql, w->slot, &err) < 0) ||
             (found && repl_drop_slot(w->sql, w->slot, &err) < 0)) {
             code = syw_fail("dropping the previous slot", &err);
             goto out;
@@ -2256,6 +2439,7 @@ syw_copy(syw_t *w)
         code = syw_copy_error(w, &cp, NULL, &err);
         goto out;
     }
+    FAILPOINT("sync.before_copy");
     /* the destination table is registered in the first destination transaction below
      * (syw_copy_reset_table), where it may have to be created again */
 
@@ -2268,17 +2452,8 @@ syw_copy(syw_t *w)
         goto out;
     }
 
-    /* first destination transaction: truncate, forget the catch-up key, first batch */
-    if ((rc = w->dest->ops->begin(w->dest, &err)) < 0) {
-        code = syw_copy_error(w, &cp, NULL, &err);
-        goto out;
-    }
-    cp.dest_open = true;
-    if ((rc = syw_copy_reset_table(w, &err)) < 0 ||
-        (rc = w->dest->ops->clear_key(w->dest, w->stream, &err)) < 0) {
-        code = syw_copy_error(w, &cp, "dest_refused", &err);
-        goto out;
-    }
+    /* the first destination transaction (truncate, forget the catch-up key, first batch)
+     * begins with the first batch's flush, not before the COPY sends rows */
 
     if ((rc = syw_copy_statement(w, &cp.sql, &err)) < 0) {
         code = syw_copy_error(w, &cp, NULL, &err);
@@ -2300,7 +2475,8 @@ syw_copy(syw_t *w)
         wr_row_t row;
 
         if (syw_should_stop(w)) {
-            log_info("copy interrupted table=%s rows=%" PRIu64, w->table, cp.rows + cp.batch.n);
+            log_info("copy interrupted table=%s rows=%" PRIu64, w->table,
+                     cp.rows + cp.batch.n + cp.raw_rows);
             code = syw_copy_abort(w, &cp, WR_EXIT_OK);
             goto out;
         }
@@ -2318,6 +2494,18 @@ syw_copy(syw_t *w)
             wr_err_set(&err, WR_ECONN, "%s", PQerrorMessage(w->repl));
             code = syw_copy_error(w, &cp, NULL, &err);
             goto out;
+        }
+        wkm_bytes(&w->metrics, (size_t)n);
+        if (w->dest->ops->write_copy != NULL) {
+            rc = syw_copy_raw(w, &cp, line, (size_t)n, batch_rows, batch_bytes, &err);
+            PQfreemem(line);
+            if (rc > 0 && (rc = syw_copy_progress(w, &cp, &err)) == 0)
+                FAILPOINT("sync.mid_copy");
+            if (rc < 0) {
+                code = syw_copy_error(w, &cp, cp.dest_open ? "dest_refused" : NULL, &err);
+                goto out;
+            }
+            continue;
         }
         rc = copy_parse_line(&cp.parser, line, (size_t)n, w->schema->ncols, &row, &err);
         if (rc == 0 && syw_batch_full(&cp.batch, &row)) {
@@ -2423,30 +2611,19 @@ syw_wait_catchup(syw_t *w)
 
 typedef struct syw_stream_s {
     syw_t *w;
-    stm_t stm;        /* the stream engine: decoding, transaction, ordinals; stm.received
-                       * is the write position reported */
-    int code;         /* exit code of a handler that returned STM_STOP */
-    wr_lsn_t catchup; /* L */
-    wr_lsn_t flushed; /* flush position reported: durable in the destination */
-    wr_lsn_t current; /* end of the last processed commit, or idle keepalive WAL end */
-    int64_t next_status_ms;
+    stm_t stm;          /* the stream engine: connection, decoding, transaction, ordinals,
+                         * status feedback; stm.flush is the flush reported (durable in the
+                         * destination), stm.received the write position */
+    int code;           /* exit code of a handler that returned STM_STOP */
+    wr_lsn_t catchup;   /* L */
+    wr_lsn_t current;   /* end of the last processed commit, or idle keepalive WAL end */
     bool dest_open;     /* a destination transaction is open (its BEGIN is written) */
+    int64_t opened_ms;  /* when the open destination transaction was begun */
     bool relation_ok;   /* a Relation of our relid was seen and matched */
     dest_key_t last;    /* last key durable in the destination (skip <= this) */
     dest_key_t written; /* key of the last change written in the open transaction */
     uint64_t applied;
 } syw_stream_t;
-
-static int
-syw_send_status(syw_t *w, syw_stream_t *st, bool reply, wr_err_t *err)
-{
-    wr_lsn_t write = st->stm.received > st->flushed ? st->stm.received : st->flushed;
-    int rc = repl_send_status(w->repl, write, st->flushed, st->flushed, reply, err);
-
-    if (rc == 0)
-        st->next_status_ms = wr_now_ms() + SYW_STATUS_INTERVAL_MS;
-    return rc;
-}
 
 /* Contract step 4, end: SyncDone(S), drop the slot, forget the stream key, exit 0. The
  * slot is kept if the request fails (the phase may still be Catchup). */
@@ -2506,6 +2683,11 @@ syw_catchup_recopy(syw_t *w, syw_stream_t *st, const wr_err_t *cause)
     wr_err_t err;
 
     wr_err_clear(&err);
+    if (st->dest_open) { /* before the catalog query below: no lock across it */
+        if (w->dest->ops->rollback(w->dest, &err) < 0)
+            log_err(LOG_LVL_WARN, "destination rollback failed", &err);
+        st->dest_open = false;
+    }
     if (syw_column_list(w)) {
         wr_err_t e = *cause;
 
@@ -2576,11 +2758,16 @@ syw_apply_event(syw_t *w, syw_stream_t *st, dest_event_t *ev, wr_err_t *err)
     if (dest_key_cmp(&ev->key, &st->last) <= 0)
         return 0; /* applied before a restart */
     if (!st->dest_open) {
-        dest_event_t begin;
-
         if ((rc = w->dest->ops->begin(w->dest, err)) < 0)
             return rc;
         st->dest_open = true;
+        st->opened_ms = wr_now_ms();
+        wkm_batch_begin(&w->metrics);
+    }
+    if (!st->stm.tx.begun) {
+        /* once per source transaction, also when it spans destination transactions */
+        dest_event_t begin;
+
         stm_boundary(&st->stm.tx, DEST_EV_BEGIN, 0, &begin);
         if ((rc = w->dest->ops->write_event(w->dest, &begin, err)) < 0)
             return rc;
@@ -2588,6 +2775,7 @@ syw_apply_event(syw_t *w, syw_stream_t *st, dest_event_t *ev, wr_err_t *err)
     }
     if ((rc = w->dest->ops->write_event(w->dest, ev, err)) < 0)
         return rc;
+    wkm_event(&w->metrics, ev->relid, (int)ev->kind);
     st->written = ev->key;
     st->applied++;
     return 0;
@@ -2662,45 +2850,66 @@ syw_on_commit(void *arg, stm_tx_t *tx, wr_lsn_t end, wr_err_t *err)
     syw_stream_t *st = arg;
     syw_t *w = st->w;
 
-    if (st->dest_open) {
+    if (st->dest_open || tx->begun) {
         dest_event_t ev;
+        int64_t t0 = wkm_clock_us();
         int rc;
 
+        /* its last changes may have been committed already (syw_catchup_chunk) */
+        if (!st->dest_open) {
+            if ((rc = w->dest->ops->begin(w->dest, err)) < 0)
+                return syw_stop_with(st, syw_catchup_dest_error(w, st, err));
+            st->dest_open = true;
+            st->opened_ms = wr_now_ms();
+            wkm_batch_begin(&w->metrics);
+        }
         stm_boundary(tx, DEST_EV_COMMIT, end, &ev);
+        wkm_transaction(&w->metrics);
         if ((rc = w->dest->ops->write_event(w->dest, &ev, err)) < 0 ||
             (rc = w->dest->ops->commit(w->dest, w->stream, &st->written, err)) < 0)
             return syw_stop_with(st, syw_catchup_dest_error(w, st, err));
+        wkm_batch_commit(&w->metrics, t0);
         st->dest_open = false;
         st->last = st->written;
         FAILPOINT("sync.catchup_after_commit");
     }
     if (end > st->current)
         st->current = end;
-    if (st->current > st->flushed)
-        st->flushed = st->current;
+    stm_set_flush(&st->stm, st->current);
     if (st->current >= st->catchup)
         return syw_stop_with(st, syw_syncdone(w, st->current, st->applied));
     return 0;
 }
 
+/* A requested reply is sent by the engine after this returns 0, with the flush moved
+ * here. */
 static int
 syw_on_keepalive(void *arg, wr_lsn_t wal_end, bool reply, wr_err_t *err)
 {
     syw_stream_t *st = arg;
     syw_t *w = st->w;
 
+    (void)reply;
+    (void)err;
     if (!st->stm.tx.in_tx) {
         /* nothing in flight: everything before wal_end was sent and handled */
         if (wal_end > st->current)
             st->current = wal_end;
-        if (st->current > st->flushed)
-            st->flushed = st->current;
+        stm_set_flush(&st->stm, st->current);
         if (st->current >= st->catchup)
             return syw_stop_with(st, syw_syncdone(w, st->current, st->applied));
     }
-    if (reply && syw_send_status(w, st, false, err) < 0)
-        return syw_stop_with(st, syw_catchup_fail(w, st, "sending status", err));
     return 0;
+}
+
+/* The engine's hold callback: on a stop, or when the table left Catchup, the rest stays
+ * buffered and the loop acts on it. */
+static bool
+syw_hold(void *arg)
+{
+    const syw_stream_t *st = arg;
+
+    return syw_should_stop(st->w) || st->w->phase != PH_CATCHUP;
 }
 
 static const stm_handler_t syw_stream_handler = {
@@ -2708,25 +2917,34 @@ static const stm_handler_t syw_stream_handler = {
     .change = syw_on_change,
     .commit = syw_on_commit,
     .keepalive = syw_on_keepalive,
+    .hold = syw_hold,
 };
 
-/* Handles one CopyData message from the stream ('w' or 'k'). Returns SYW_CONTINUE or an
- * exit code. */
+/* Commits the open destination transaction in the middle of a source transaction, with
+ * the key of the last change written (a replay after a crash skips up to it; the flush
+ * reported does not move until the source transaction's Commit). Called before the
+ * stream is waited for and when the transaction has been open for batch_max_fill_ms, so
+ * that the destination's write lock is never held across a wait on the network or a long
+ * run of other tables' changes (issue 12, defect 2). Returns SYW_CONTINUE or an exit
+ * code. */
 static int
-syw_handle_copydata(syw_t *w, syw_stream_t *st, const uint8_t *buf, size_t len)
+syw_catchup_chunk(syw_t *w, syw_stream_t *st)
 {
+    int64_t t0;
     wr_err_t err;
-    int rc;
 
+    if (!st->dest_open)
+        return SYW_CONTINUE;
     wr_err_clear(&err);
-    st->code = SYW_CONTINUE;
-    rc = stm_on_copydata(&st->stm, buf, len, &err);
-    if (rc == STM_STOP)
-        return st->code;
-    if (rc < 0) {
-        wr_err_prefix(&err, "slot \"%s\": ", w->slot);
-        return syw_catchup_fail(w, st, "catch-up stream", &err);
+    t0 = wkm_clock_us();
+    if (w->dest->ops->commit(w->dest, w->stream, &st->written, &err) < 0) {
+        st->dest_open = false; /* rolled back by the failed commit */
+        wkm_batch_rollback(&w->metrics);
+        return syw_catchup_dest_error(w, st, &err);
     }
+    wkm_batch_commit(&w->metrics, t0);
+    st->dest_open = false;
+    st->last = st->written;
     return SYW_CONTINUE;
 }
 
@@ -2739,30 +2957,35 @@ syw_catchup_stop(syw_t *w, syw_stream_t *st)
 
     wr_err_clear(&err);
     if (st->dest_open) {
+        int64_t t0 = wkm_clock_us();
+
         if (w->dest->ops->commit(w->dest, w->stream, &st->written, &err) < 0)
             return syw_catchup_fail(w, st, "committing before stop", &err);
+        wkm_batch_commit(&w->metrics, t0);
         st->dest_open = false;
         st->last = st->written;
     }
-    if (syw_send_status(w, st, false, &err) < 0)
+    if (stm_feedback(&st->stm, true, &err) < 0)
         log_err(LOG_LVL_WARN, "final status", &err);
-    syw_repl_close(w);
     log_info("catchup stopped table=%s applied=%" PRIu64 " flushed=" WR_LSN_FMT, w->table,
-             st->applied, WR_LSN_ARGS(st->flushed));
+             st->applied, WR_LSN_ARGS(st->stm.flush));
+    syw_repl_close(w);
     return WR_EXIT_OK;
 }
 
-/* The streaming loop; see syw_catchup. */
+/* The streaming loop; see syw_catchup. The engine's receive step hands what libpq holds
+ * to the callbacks above; between steps the loop sends status updates, waits on the
+ * socket and the channel, and reads the channel (at least every SYW_CHAN_CHECK_MS while
+ * the server keeps sending). */
 static int
 syw_stream(syw_t *w, syw_stream_t *st)
 {
     wr_err_t err;
+    bool readable = false;
 
     wr_err_clear(&err);
     for (;;) {
-        struct pollfd pf[2];
-        int64_t now;
-        int timeout, rc;
+        int rc;
 
         if (syw_should_stop(w))
             return syw_catchup_stop(w, st);
@@ -2781,49 +3004,40 @@ syw_stream(syw_t *w, syw_stream_t *st)
             log_info("catchup lsn changed table=%s lsn=" WR_LSN_FMT, w->table, WR_LSN_ARGS(w->lsn));
             st->catchup = w->lsn;
         }
-        /* drain what libpq has buffered */
-        for (;;) {
-            char *buf = NULL;
-            int n = repl_recv(w->repl, &buf, &err);
+        /* what libpq holds (after reading the socket when it was readable) */
+        st->code = SYW_CONTINUE;
+        rc = stm_recv(&st->stm, readable, SYW_CHAN_CHECK_MS, NULL, &err);
+        readable = false;
+        if (rc == STM_STOP)
+            return st->code; /* an exit code, or SYW_CONTINUE: the table left Catchup */
+        if (rc < 0) {
+            wr_err_prefix(&err, "slot \"%s\": ", w->slot);
+            return syw_catchup_fail(w, st, "catch-up stream", &err);
+        }
+        /* about to wait on the network, or open for batch_max_fill_ms: no destination
+         * transaction stays open (issue 12, defect 2: it held the write lock) */
+        if (st->dest_open &&
+            (rc == STM_IDLE || wr_now_ms() - st->opened_ms >= w->cfg.batch_max_fill_ms)) {
+            int code = syw_catchup_chunk(w, st);
 
-            if (n == 0)
-                break;
-            if (n < 0)
-                return syw_catchup_fail(w, st, "catch-up stream", &err);
-            rc = syw_handle_copydata(w, st, (const uint8_t *)buf, (size_t)n);
-            PQfreemem(buf);
-            if (rc != SYW_CONTINUE || w->phase != PH_CATCHUP)
-                return rc; /* an exit code, or the table left Catchup (a copy again) */
-            if (syw_should_stop(w))
-                return syw_catchup_stop(w, st);
+            if (code != SYW_CONTINUE)
+                return code;
         }
-        now = wr_now_ms();
-        if (now >= st->next_status_ms && syw_send_status(w, st, false, &err) < 0)
+        if (stm_feedback(&st->stm, false, &err) < 0)
             return syw_catchup_fail(w, st, "sending status", &err);
-        timeout = (int)(st->next_status_ms - now);
-        if (timeout < 0)
-            timeout = 0;
-        if (timeout > SYW_POLL_MS)
-            timeout = SYW_POLL_MS;
-        pf[0].fd = PQsocket(w->repl);
-        pf[0].events = POLLIN;
-        pf[0].revents = 0;
-        pf[1].fd = w->chan.fd;
-        pf[1].events = POLLIN;
-        pf[1].revents = 0;
-        rc = poll(pf, 2, timeout);
-        if (rc < 0 && errno != EINTR) {
-            wr_err_set(&err, WR_EIO, "poll: %s", strerror(errno));
-            return syw_catchup_fail(w, st, "catch-up", &err);
+        {
+            uint64_t bytes, status;
+
+            stm_counters(&st->stm, &bytes, &status);
+            wkm_stream_totals(&w->metrics, bytes, status);
         }
+        if (wkm_send(&w->metrics, &w->chan, false, &err) < 0)
+            return syw_catchup_fail(w, st, "supervisor channel", &err);
+        if (rc == STM_IDLE && stm_wait(&st->stm, w->chan.fd, SYW_POLL_MS, &readable, &err) < 0)
+            return syw_catchup_fail(w, st, "catch-up", &err);
         /* unconditionally: messages that came behind an ack sit in the reader, not the fd */
         if (wk_chan_poll(&w->chan, 0, &err) < 0)
             return syw_catchup_fail(w, st, "supervisor channel", &err);
-        if (rc > 0 && pf[0].revents != 0 && PQconsumeInput(w->repl) == 0) {
-            wr_err_set(&err, WR_ECONN, "catch-up stream of \"%s\": %s", w->table,
-                       PQerrorMessage(w->repl));
-            return syw_catchup_fail(w, st, "catch-up stream", &err);
-        }
     }
 }
 
@@ -2843,6 +3057,7 @@ syw_catchup(syw_t *w)
     wr_err_clear(&err);
     stm_init(&st.stm, &syw_stream_handler, &st);
     st.w = w;
+    w->cstream = &st.stm;
     st.catchup = w->lsn;
     log_info("catchup granted table=%s lsn=" WR_LSN_FMT, w->table, WR_LSN_ARGS(st.catchup));
 
@@ -2861,6 +3076,11 @@ syw_catchup(syw_t *w)
         wr_err_hint(&err, "the copy cannot be completed without it; run \"walrelay resync\" for "
                           "the table");
         code = syw_set_errored(w, "slot_missing", &err);
+        goto out;
+    }
+    /* we hold the table's lock: an active slot is a walsender whose client is gone */
+    if (active && src_take_slot(w->sql, w->slot, &err) < 0) {
+        code = syw_fail("freeing the slot", &err);
         goto out;
     }
     if (strcmp(wal_status, "lost") == 0) {
@@ -2913,7 +3133,7 @@ syw_catchup(syw_t *w)
     }
     if (!key_found)
         memset(&st.last, 0, sizeof(st.last));
-    st.stm.received = st.flushed = st.current = confirmed;
+    st.stm.received = st.current = confirmed;
 
     /* Already there (apply granted L <= X, or a crash after the slot reached L), and
      * the destination holds nothing past the slot: no need to stream. */
@@ -2922,8 +3142,10 @@ syw_catchup(syw_t *w)
         goto out;
     }
 
-    if (repl_connect(w->cfg.source_conninfo, true, w->slot, &w->repl, &err) < 0 ||
-        repl_start(w->repl, w->slot, 0, w->cfg.publication, &err) < 0) {
+    /* from 0/0: the server resumes at the slot's confirmed flush, which is the flush
+     * reported until the destination holds more */
+    if (stm_connect(&st.stm, w->cfg.source_conninfo, w->slot, &err) < 0 ||
+        stm_start(&st.stm, w->slot, 0, w->cfg.publication, confirmed, &err) < 0) {
         syw_repl_close(w);
         code = syw_fail("starting the catch-up stream", &err);
         goto out;
@@ -2931,11 +3153,12 @@ syw_catchup(syw_t *w)
     log_info("catchup streaming table=%s slot=%s from=" WR_LSN_FMT " last_key=" WR_LSN_FMT "/%u",
              w->table, w->slot, WR_LSN_ARGS(confirmed), WR_LSN_ARGS(st.last.commit_lsn),
              st.last.ordinal);
-    st.next_status_ms = wr_now_ms() + SYW_STATUS_INTERVAL_MS;
+    FAILPOINT("sync.catchup_streaming");
     code = syw_stream(w, &st);
 
 out:
-    stm_close(&st.stm);
+    stm_close(&st.stm); /* stops the status keeper, closes the stream's connection */
+    w->cstream = NULL;
     return code;
 }
 
@@ -3034,6 +3257,7 @@ syw_close(syw_t *w)
     syw_schema_reset(w);
     free(w->row_filter);
     w->row_filter = NULL;
+    wkm_free(&w->metrics);
     cfg_free(&w->cfg);
 }
 
@@ -3045,7 +3269,7 @@ main(int argc, char **argv)
     ipc_msg_t tables;
     struct sigaction sa;
     bool known = false;
-    int code;
+    int code, lock_fd = -1; /* DIR/workers.lock, byte relid: held until exit */
 
     memset(&w, 0, sizeof(w));
     wr_err_clear(&err);
@@ -3063,6 +3287,7 @@ main(int argc, char **argv)
     }
     log_init(w.cfg.pipeline_name, w.worker);
     log_set_level(w.cfg.log_level);
+    log_set_format(w.cfg.log_format);
     cfg_sync_slot_name(&w.cfg, w.relid, w.slot, sizeof(w.slot));
     dest_sync_stream(w.relid, w.stream, sizeof(w.stream));
     snprintf(w.table, sizeof(w.table), "%u", w.relid);
@@ -3075,6 +3300,12 @@ main(int argc, char **argv)
     sa.sa_handler = SIG_IGN;
     sigaction(SIGPIPE, &sa, NULL);
 
+    /* one sync worker per table at a time, also across a killed supervisor: the slot,
+     * the stream key and the table's destination rows are touched only by the holder */
+    if (wk_lock_role(argv[1], w.relid, WK_CHAN_FD, WK_LOCK_WAIT_MS, &lock_fd, &err) < 0) {
+        code = syw_fail("taking the sync worker's lock", &err);
+        goto out;
+    }
     if (wk_chan_init(&w.chan, WK_CHAN_FD, &err) < 0) {
         code = syw_fail("opening the supervisor channel", &err);
         goto out;
@@ -3095,6 +3326,7 @@ main(int argc, char **argv)
         w.phase = t->phase;
         w.lsn = t->lsn;
         snprintf(w.table, sizeof(w.table), "%s.%s", t->nsp, t->name);
+        snprintf(w.dest_name, sizeof(w.dest_name), "%s", t->dest_name ? t->dest_name : "");
     }
     ipc_msg_clear(&tables);
     if (!known) {
@@ -3106,12 +3338,47 @@ main(int argc, char **argv)
     log_info("sync worker started table=%s relid=%u phase=%s lsn=" WR_LSN_FMT, w.table, w.relid,
              phase_name(w.phase), WR_LSN_ARGS(w.lsn));
     code = syw_run(&w);
+    if (code == WR_EXIT_ERROR && syw_last_err.code == WR_ECONN && !syw_should_stop(&w)) {
+        /* issue 12, defect 1: a source that is away is waited for (exit 4, not counted,
+         * no "transient" error that runs out of attempts), one that refuses us stops */
+        wr_err_t perr;
+
+        wr_err_clear(&perr);
+        switch (src_probe(&w.cfg, &perr)) {
+        case SRC_DOWN:
+            code = WR_EXIT_SOURCE_DOWN;
+            break;
+        case SRC_REFUSED:
+            log_err(LOG_LVL_ERROR, "the source refuses the connection", &perr);
+            syw_last_err = perr;
+            code = WR_EXIT_CONFIG;
+            break;
+        case SRC_UP:
+            break;
+        }
+    }
     if (code == WR_EXIT_ERROR)
         syw_report_transient(&w);
+    if (code != WR_EXIT_OK && syw_last_err.msg[0] && w.chan_open)
+        wk_chan_report_error(&w.chan,
+                             code == WR_EXIT_SOURCE_DOWN ? "source_unavailable"
+                             : code == WR_EXIT_CONFIG && syw_last_err.code == WR_ECONN
+                                 ? "source_refused"
+                                 : NULL,
+                             &syw_last_err);
     if (code == WR_EXIT_OK && syw_signalled)
         log_info("stopped by signal table=%s phase=%s", w.table, phase_name(w.phase));
+    {
+        /* the last counts; best effort (the supervisor may be gone) */
+        wr_err_t merr;
+
+        if (wkm_send(&w.metrics, &w.chan, true, &merr) < 0)
+            log_debug("last metrics not sent: %s", merr.msg);
+    }
 
 out:
     syw_close(&w);
+    if (lock_fd >= 0)
+        close(lock_fd); /* after everything of ours is closed */
     return code;
 }

@@ -12,9 +12,10 @@
  *     commit_lsn holds the int64 bit pattern of the uint64 LSN.
  *   - _walrelay_tables(relid, nsp, name, dest_name, columns_json, updated_at): which
  *     destination table a source relid maps to, and the schema it was registered with.
- *   - one table per registered source table, named by dest_table_name(), columns in the
- *     source's order, declared types from sqt_decl(), PRIMARY KEY(key columns
- *     of the schema that created it: the source's primary key, see sq_in_primary_key).
+ *   - one table per registered source table, named by dest_schema_table_name() (the
+ *     pipeline's unique name), columns in the source's order, declared types from
+ *     sqt_decl(), PRIMARY KEY(key columns of the schema that created it: the source's
+ *     primary key, see sq_in_primary_key).
  *   - (issue 11) during a copy, _walrelay_copy_<relid>: the copied rows of a table whose key
  *     is an index of its own, moved in key order by copy_done (see "the copy");
  *     _walrelay_copy_ranges(relid, lsn, part, rows): the ranges of a table's last parallel
@@ -27,9 +28,13 @@
  * text binds point at the producer's buffer, bytea is decoded into one scratch buffer. Copied
  * rows (write_rows) go in multi-row INSERTs of up to 64 rows (sq_insert_multi), which share
  * the cost of a statement's execution; a failing one is redone row by row to name the row.
+ * With [destination] mode = history (issue 9) each table instead appends every change as a
+ * row with _change_type, _commit_lsn, _seq, _commit_time, _old_key (see "history mode" at
+ * the end of this file); _walrelay_meta records the mode the file was made with.
  */
 #include "sqlite.h"
 
+#include "../../common/json.h"
 #include "../../common/pgtype.h"
 #include "../registry.h"
 
@@ -38,6 +43,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define SQ_BUCKETS       256
 #define SQ_PARTIAL_SLOTS 4
@@ -75,6 +81,11 @@ typedef struct sq_table_s {
     bool copying;
     bool staged;
     char stage_name[40];
+    /* history mode (issue 9): ins appends a row with the four _ columns; trunc deletes
+     * the copy's rows; hprev finds a key's latest row */
+    sqlite3_stmt *hprev;
+    wr_lsn_t copy_lsn; /* the copy's consistent point (reset_table), 0 if unknown */
+    int64_t copy_seq;  /* copied rows so far in this copy */
 } sq_table_t;
 
 typedef struct dest_sqlite_s {
@@ -97,7 +108,18 @@ typedef struct dest_sqlite_s {
     uint8_t *scratch; /* decoded bytea of the row being bound */
     size_t scratch_cap;
     size_t scratch_off;
+    bool history; /* [destination] mode = history: every change appended as a row */
 } dest_sqlite_t;
+
+/* History mode (issue 9), defined at the end of the file. */
+static int sq_hist_prepare(dest_sqlite_t *d, sq_table_t *t, wr_err_t *err);
+static int sq_hist_ensure(dest_sqlite_t *d, const wr_schema_t *s, const char *dest_name,
+                          wr_err_t *err);
+static int sq_hist_event(dest_sqlite_t *d, sq_table_t *t, const dest_event_t *ev, wr_err_t *err);
+static int sq_hist_copy_row(dest_sqlite_t *d, sq_table_t *t, const wr_row_t *row, wr_err_t *err);
+static int sq_hist_alter(dest_sqlite_t *d, const wr_schema_t *os, const wr_schema_t *ns,
+                         const dest_alter_t *plan, wr_err_t *err);
+static int sq_mode_check(dest_sqlite_t *d, const wr_config_t *cfg, wr_err_t *err);
 
 /* ---- small helpers ---------------------------------------------------------------- */
 
@@ -113,7 +135,13 @@ sq_fail(dest_sqlite_t *d, wr_err_t *err, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    return wr_err_set(err, WR_EDEST, "%s: %s", msg, d->db ? sqlite3_errmsg(d->db) : "no database");
+    wr_err_set(err, WR_EDEST, "%s: %s", msg, d->db ? sqlite3_errmsg(d->db) : "no database");
+    if (d->db && (sqlite3_extended_errcode(d->db) & 0xff) == SQLITE_FULL)
+        wr_err_hint(err,
+                    "free disk space on the file system of %s: the worker is restarted and "
+                    "resumes where the destination stopped, nothing is lost meanwhile",
+                    d->path);
+    return WR_EDEST;
 }
 
 /* A growable string for building SQL (not on the per-row path). */
@@ -374,6 +402,7 @@ sq_table_free(sq_table_t *t)
     sqlite3_finalize(t->upd);
     sqlite3_finalize(t->del);
     sqlite3_finalize(t->trunc);
+    sqlite3_finalize(t->hprev);
     for (int i = 0; i < SQ_PARTIAL_SLOTS; i++) {
         sqlite3_finalize(t->partial[i].stmt);
         free(t->partial[i].skip);
@@ -502,10 +531,13 @@ sq_prepare_insert(dest_sqlite_t *d, const sq_table_t *t, int nrows, sqlite3_stmt
     return rc;
 }
 
-/* (Re)prepares the inserts after the target changed (staging on or off). */
+/* (Re)prepares the inserts after the target changed (staging on or off). History mode
+ * copies without staging: its insert (sq_hist_prepare) stays. */
 static int
 sq_prepare_inserts(dest_sqlite_t *d, sq_table_t *t, wr_err_t *err)
 {
+    if (d->history)
+        return 0;
     sqlite3_finalize(t->ins);
     sqlite3_finalize(t->multi);
     t->ins = NULL;
@@ -519,6 +551,8 @@ sq_table_prepare(dest_sqlite_t *d, sq_table_t *t, wr_err_t *err)
     sq_buf_t b = {0};
     int rc;
 
+    if (d->history)
+        return sq_hist_prepare(d, t, err);
     if ((rc = sq_prepare_inserts(d, t, err)) < 0)
         return rc;
     sb_add(&b, "DELETE FROM ");
@@ -612,8 +646,8 @@ sq_table_identity(dest_sqlite_t *d, sq_table_t *t, wr_err_t *err)
     int rc, r;
 
     t->by_row = false;
-    if (t->schema->replident != 'f')
-        return 0;
+    if (t->schema->replident != 'f' || d->history)
+        return 0; /* history: rows are appended, never matched; keys find earlier rows */
     t->nkeys = 0;
     if ((rc = sq_prepare(d, "SELECT name FROM pragma_table_info(?1) WHERE pk > 0 ORDER BY pk", &st,
                          err)) < 0)
@@ -1045,6 +1079,7 @@ sq_delete(dest_sqlite_t *d, sq_table_t *t, const dest_event_t *ev, wr_err_t *err
 static int
 sq_truncate(dest_sqlite_t *d, sq_table_t *t, wr_err_t *err)
 {
+    t->copy_seq = 0; /* history: trunc deletes the rows of an earlier copy */
     if (sqlite3_step(t->trunc) != SQLITE_DONE) {
         sq_fail(d, err, "truncating table \"%s\"", t->dest_name);
         sqlite3_reset(t->trunc);
@@ -1130,7 +1165,10 @@ sq_create_table(dest_sqlite_t *d, const wr_schema_t *s, const char *dest_name, b
         sb_add(&b, " ");
         sb_add(&b, sqt_decl(s->cols[i].type_oid));
     }
-    for (int i = 0; with_key && i < s->ncols; i++) {
+    if (d->history) /* rows are appended: no key, the change's position instead */
+        sb_add(&b, ", _change_type TEXT NOT NULL, _commit_lsn INTEGER, _seq INTEGER NOT NULL, "
+                   "_commit_time TEXT, _old_key TEXT");
+    for (int i = 0; with_key && !d->history && i < s->ncols; i++) {
         if (!sq_in_primary_key(s, i))
             continue;
         sb_add(&b, nk++ ? ", " : ", PRIMARY KEY (");
@@ -1206,9 +1244,10 @@ sq_ensure_table(dest_t *base, const wr_schema_t *s, wr_err_t *err)
 
     if (s == NULL || s->name == NULL)
         return wr_err_set(err, WR_EINVAL, "ensure_table without a schema");
-    if (strlen(s->name) + (s->nsp ? strlen(s->nsp) : 0) + 3 > sizeof(dest_name))
+    if (strlen(s->name) + (s->nsp ? strlen(s->nsp) : 0) + 3 > sizeof(dest_name) ||
+        (s->dest_name && strlen(s->dest_name) >= sizeof(dest_name)))
         return wr_err_set(err, WR_EINVAL, "table name \"%.64s\" is too long", s->name);
-    dest_table_name(s->nsp, s->name, dest_name, sizeof(dest_name));
+    dest_schema_table_name(s, dest_name, sizeof(dest_name));
     if (s->ncols == 0) {
         wr_err_set(err, WR_EUNSUPPORTED, "table \"%s\" has no columns", dest_name);
         wr_err_hint(err, "add a column to the source table; sqlite tables need at least one");
@@ -1233,7 +1272,7 @@ sq_ensure_table(dest_t *base, const wr_schema_t *s, wr_err_t *err)
             return rc;
         own_txn = true;
     }
-    rc = sq_verify_table(d, s, dest_name, err);
+    rc = d->history ? sq_hist_ensure(d, s, dest_name, err) : sq_verify_table(d, s, dest_name, err);
     if (rc == 1) {
         if ((rc = sq_create_table(d, s, dest_name, true, err)) < 0)
             goto fail;
@@ -1513,6 +1552,12 @@ sq_write_rows(dest_t *base, uint32_t relid, const wr_row_t *rows, size_t n, wr_e
         return rc;
     if ((rc = sq_get_table(d, relid, &t, err)) < 0)
         return rc;
+    if (d->history) { /* appended one by one, each with its position (history mode) */
+        for (; i < n; i++)
+            if ((rc = sq_hist_copy_row(d, t, &rows[i], err)) < 0)
+                return rc;
+        return 0;
+    }
     if (t->multi == NULL && n >= 2 && sq_multi_rows(d, t) >= 2) {
         t->multi_rows = sq_multi_rows(d, t);
         if ((rc = sq_prepare_insert(d, t, t->multi_rows, &t->multi, err)) < 0)
@@ -1545,6 +1590,8 @@ sq_write_event(dest_t *base, const dest_event_t *ev, wr_err_t *err)
         return 0; /* changes are applied as they come; the key is stored at commit() */
     if ((rc = sq_get_table(d, ev->relid, &t, err)) < 0)
         return rc;
+    if (d->history)
+        return sq_hist_event(d, t, ev, err);
     switch (ev->kind) {
     case DEST_EV_INSERT:
         return sq_insert_row(d, t, ev->new_row, err);
@@ -1867,6 +1914,32 @@ bad:
     return 0;
 }
 
+/* Sets s->dest_name to the name the table is registered under (_walrelay_tables), so that
+ * alter_table finds it whatever naming chose it (issue 12: names recorded, not derived). */
+static int
+sq_schema_registered_name(dest_sqlite_t *d, wr_schema_t *s, wr_err_t *err)
+{
+    sqlite3_stmt *st = NULL;
+    int rc, r;
+
+    if (s == NULL)
+        return 0;
+    if ((rc = sq_prepare(d, "SELECT dest_name FROM _walrelay_tables WHERE relid = ?1", &st, err)) <
+        0)
+        return rc;
+    sqlite3_bind_int64(st, 1, s->relid);
+    r = sqlite3_step(st);
+    rc = 0;
+    if (r == SQLITE_ROW && sqlite3_column_text(st, 0) != NULL &&
+        wr_schema_set_dest_name(s, (const char *)sqlite3_column_text(st, 0)) != 0)
+        rc = wr_err_set(err, WR_ENOMEM, "out of memory reading the name of relid %u",
+                        (unsigned)s->relid);
+    else if (r != SQLITE_ROW && r != SQLITE_DONE)
+        rc = sq_fail(d, err, "reading the registration of relid %u", (unsigned)s->relid);
+    sqlite3_finalize(st);
+    return rc;
+}
+
 static int
 sq_get_version(dest_t *base, uint32_t relid, wr_schema_t **schema, dest_tmeta_t *meta,
                wr_err_t *err)
@@ -1896,6 +1969,8 @@ sq_get_version(dest_t *base, uint32_t relid, wr_schema_t **schema, dest_tmeta_t 
                                      (const char *)sqlite3_column_text(st, 6),
                                      (const char *)sqlite3_column_text(st, 7), schema, err);
         sqlite3_finalize(st);
+        if (rc == 0)
+            rc = sq_schema_registered_name(d, *schema, err);
         if (rc < 0)
             dest_tmeta_clear(meta);
         return rc;
@@ -1917,6 +1992,8 @@ sq_get_version(dest_t *base, uint32_t relid, wr_schema_t **schema, dest_tmeta_t 
     else if (r != SQLITE_ROW && r != SQLITE_DONE)
         rc = sq_fail(d, err, "reading the registration of relid %u", (unsigned)relid);
     sqlite3_finalize(st);
+    if (rc == 0 && *schema != NULL)
+        rc = sq_schema_registered_name(d, *schema, err);
     return rc;
 }
 
@@ -2185,8 +2262,10 @@ sq_alter_table(dest_t *base, const wr_schema_t *os, const wr_schema_t *ns, const
     if (os == NULL || ns == NULL || plan == NULL || plan->src == NULL || plan->fill == NULL ||
         plan->meta == NULL || ns->ncols == 0 || os->relid != ns->relid)
         return wr_err_set(err, WR_EINVAL, "alter_table without both schemas and a plan");
-    dest_table_name(os->nsp, os->name, old_name, sizeof(old_name));
-    dest_table_name(ns->nsp, ns->name, dest_name, sizeof(dest_name));
+    if (d->history)
+        return sq_hist_alter(d, os, ns, plan, err);
+    dest_schema_table_name(os, old_name, sizeof(old_name));
+    dest_schema_table_name(ns, dest_name, sizeof(dest_name));
     if (strcmp(old_name, dest_name) != 0)
         return wr_err_set(err, WR_EINVAL, "alter_table cannot rename table \"%s\" to \"%s\"",
                           old_name, dest_name);
@@ -2392,8 +2471,8 @@ sq_copy_done(dest_t *base, uint32_t relid, wr_err_t *err)
 static int
 sq_range_writers(dest_t *base)
 {
-    WR_UNUSED(base);
-    return 1;
+    /* history mode numbers the copied rows in one sequence (_seq): one COPY, not by range */
+    return ((dest_sqlite_t *)base)->history ? 0 : 1;
 }
 
 /* commit_range: the range's record, then the commit, made durable (the copy's commits are
@@ -2509,9 +2588,19 @@ sq_reset_table(dest_t *base, const wr_schema_t *s, const dest_tmeta_t *meta, wr_
 
     if ((rc = sq_need_txn(d, "reset_table", err)) < 0)
         return rc;
-    if (s == NULL || s->name == NULL || s->ncols == 0)
+    if (s == NULL || s->name == NULL || s->ncols == 0 ||
+        (s->dest_name && strlen(s->dest_name) >= sizeof(dest_name)))
         return sq_ensure_table(base, s, err); /* its error */
-    dest_table_name(s->nsp, s->name, dest_name, sizeof(dest_name));
+    dest_schema_table_name(s, dest_name, sizeof(dest_name));
+    if (d->history) {
+        /* the history stays: only an earlier copy's rows go (sq_truncate), columns that
+         * are new are added (sq_hist_ensure) */
+        if ((rc = sq_ensure_table(base, s, err)) < 0 ||
+            (rc = sq_get_table(d, s->relid, &t, err)) < 0 || (rc = sq_truncate(d, t, err)) < 0)
+            return rc;
+        t->copy_lsn = meta ? meta->version.commit_lsn : 0;
+        goto versions;
+    }
     if ((rc = sq_layout_read(d, dest_name, &l, err)) < 0)
         return rc;
     same = l.ncols == s->ncols && sq_layout_key_is(&l, s, NULL);
@@ -2533,6 +2622,7 @@ sq_reset_table(dest_t *base, const wr_schema_t *s, const dest_tmeta_t *meta, wr_
     if ((rc = sq_ensure_table(base, s, err)) < 0 || (rc = sq_get_table(d, s->relid, &t, err)) < 0 ||
         (rc = sq_truncate(d, t, err)) < 0 || (rc = sq_copy_start(d, t, err)) < 0)
         return rc;
+versions:
     if (meta == NULL)
         return 0;
     if ((rc = sq_prepare(d, "DELETE FROM _walrelay_schemas WHERE relid = ?1", &st, err)) < 0)
@@ -2597,6 +2687,8 @@ sq_open(const wr_config_t *cfg, dest_t **out, wr_err_t *err)
     }
     d->base.ops = &dest_sqlite_ops;
     d->path = path;
+    d->history = dest_config_value(cfg, "mode") != NULL &&
+                 strcmp(dest_config_value(cfg, "mode"), "history") == 0;
     /* No allocation statistics (a global mutex taken for every malloc): only possible
      * before SQLite is initialised in this process, which is the case in the workers;
      * elsewhere (the supervisor's state store came first) it is refused and harmless. */
@@ -2658,7 +2750,8 @@ sq_open(const wr_config_t *cfg, dest_t **out, wr_err_t *err)
                       "CREATE TABLE IF NOT EXISTS _walrelay_copy_ranges ("
                       "relid INTEGER NOT NULL, lsn INTEGER NOT NULL, part INTEGER NOT NULL, "
                       "rows INTEGER NOT NULL, PRIMARY KEY (relid, part))",
-                      err)) < 0)
+                      err)) < 0 ||
+        (rc = sq_mode_check(d, cfg, err)) < 0)
         goto fail;
     if ((rc = sq_prepare(d, "BEGIN IMMEDIATE", &d->st_begin, err)) < 0 ||
         (rc = sq_prepare(d, "COMMIT", &d->st_commit, err)) < 0 ||
@@ -2680,6 +2773,574 @@ fail:
     sqlite3_finalize(st);
     sq_close(&d->base);
     return rc;
+}
+
+static int
+sq_forget_table(dest_t *base, uint32_t relid, wr_err_t *err)
+{
+    dest_sqlite_t *d = (dest_sqlite_t *)base;
+
+    if (d->in_txn)
+        return wr_err_set(err, WR_EINVAL, "forget_table inside a transaction");
+    sq_forget(d, relid);
+    return 0;
+}
+
+/* ---- history mode (issue 9) ------------------------------------------------------------
+ *
+ * [destination] mode = history: each source table's destination table keeps every change
+ * as a new row instead of applying it: the source's columns (no PRIMARY KEY) and
+ *   _change_type  'copy' (a row of the table's copy), 'insert', 'update', 'delete',
+ *                 'truncate' (a row whose source columns are all NULL)
+ *   _commit_lsn   the commit LSN of the source transaction (the uint64 as INTEGER, like
+ *                 _walrelay_progress; a copy's rows: its consistent point)
+ *   _seq          the change's ordinal in its transaction (its resume key with
+ *                 _commit_lsn); a copy's rows: 1, 2, ... in copy order
+ *   _commit_time  the commit time, RFC 3339 UTC text; NULL for a copy's rows
+ *   _old_key      an update that changed the key: the old key as a JSON object (the JSON
+ *                 of docs/events.md, common/json.c); else NULL
+ * Rows are appended in commit order, in the same transaction as the stream's resume key,
+ * so a replay after a crash appends nothing twice (exactly once). An update's row holds
+ * the new values; a column PostgreSQL did not send (unchanged TOAST) takes its value from
+ * the old row (REPLICA IDENTITY FULL) or the key's latest row. A delete's row holds the
+ * old values: the old row (FULL), or the key's latest row with the key the source sent.
+ * The key columns (of REPLICA IDENTITY DEFAULT / USING INDEX) get an index
+ * "_walrelay_hk_<table>_<hash>" for those lookups.
+ * A copy (first or again: resync, a crash during it) replaces only the rows of an earlier
+ * copy (_change_type 'copy'); changes stay. Schema changes never drop anything: new
+ * columns are added (the history's earlier rows read NULL there), renames rename, a
+ * dropped column stays (NULL in later rows). The mode is recorded in _walrelay_meta at the
+ * first open; a file of the other mode is refused.
+ */
+
+/* RFC 3339 UTC with microseconds. */
+static void
+sq_hist_time(int64_t us, char *buf, size_t len)
+{
+    int64_t secs = us / 1000000, frac = us % 1000000;
+    struct tm tm;
+    time_t tt;
+
+    if (frac < 0) {
+        frac += 1000000;
+        secs -= 1;
+    }
+    tt = (time_t)secs;
+    if (gmtime_r(&tt, &tm) == NULL) {
+        snprintf(buf, len, "?");
+        return;
+    }
+    snprintf(buf, len, "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)frac);
+}
+
+/* The table exists with the history columns: 0 (the schema's columns it lacks are added),
+ * 1 if it does not exist, or an error. */
+static int
+sq_hist_ensure(dest_sqlite_t *d, const wr_schema_t *s, const char *dest_name, wr_err_t *err)
+{
+    static const char *const meta[] = {"_change_type", "_commit_lsn", "_seq", "_commit_time",
+                                       "_old_key"};
+    sq_layout_t l;
+    int rc;
+
+    if ((rc = sq_layout_read(d, dest_name, &l, err)) < 0)
+        return rc;
+    if (l.ncols == 0)
+        return 1;
+    for (size_t m = 0; m < sizeof(meta) / sizeof(meta[0]); m++) {
+        bool have = false;
+
+        for (int i = 0; i < l.ncols && !have; i++)
+            have = strcmp(l.names[i], meta[m]) == 0;
+        if (!have) {
+            wr_err_set(err, WR_EUNSUPPORTED,
+                       "destination table \"%s\" has no column \"%s\": it was not made in history "
+                       "mode",
+                       dest_name, meta[m]);
+            wr_err_hint(err, "rename or drop the table in the destination, then resync the table");
+            sq_layout_free(&l);
+            return WR_EUNSUPPORTED;
+        }
+    }
+    for (int j = 0; j < s->ncols; j++) {
+        bool have = false;
+        sq_buf_t b = {0};
+
+        for (int i = 0; i < l.ncols && !have; i++)
+            have = strcmp(l.names[i], s->cols[j].name) == 0;
+        if (have)
+            continue;
+        sb_add(&b, "ALTER TABLE ");
+        sb_ident(&b, dest_name);
+        sb_add(&b, " ADD COLUMN ");
+        sb_ident(&b, s->cols[j].name);
+        sb_add(&b, " ");
+        sb_add(&b, sqt_decl(s->cols[j].type_oid));
+        if ((rc = sq_exec_buf(d, &b, dest_name, err)) < 0) {
+            sq_layout_free(&l);
+            return rc;
+        }
+    }
+    sq_layout_free(&l);
+    return 0;
+}
+
+/* Statements of a history table: the append, the deletion of a copy's rows, the lookup of
+ * a key's latest row (and its index). */
+static int
+sq_hist_prepare(dest_sqlite_t *d, sq_table_t *t, wr_err_t *err)
+{
+    const wr_schema_t *s = t->schema;
+    sq_buf_t b = {0};
+    uint32_t h = 2166136261u;
+    char idx[SQ_NAME_MAX + 32];
+    int rc;
+
+    sb_add(&b, "INSERT INTO ");
+    sb_ident(&b, t->dest_name);
+    sb_add(&b, " (");
+    for (int i = 0; i < s->ncols; i++) {
+        sb_ident(&b, s->cols[i].name);
+        sb_add(&b, ", ");
+    }
+    sb_add(&b, "_change_type, _commit_lsn, _seq, _commit_time, _old_key) VALUES (");
+    for (int i = 0; i < s->ncols + 5; i++)
+        sb_addf(&b, "%s?%d", i ? ", " : "", i + 1);
+    sb_add(&b, ")");
+    if (b.oom)
+        goto oom;
+    if ((rc = sq_prepare(d, b.p, &t->ins, err)) < 0)
+        goto out;
+    b.len = 0;
+    sb_add(&b, "DELETE FROM ");
+    sb_ident(&b, t->dest_name);
+    sb_add(&b, " WHERE _change_type = 'copy'");
+    if (b.oom)
+        goto oom;
+    if ((rc = sq_prepare(d, b.p, &t->trunc, err)) < 0)
+        goto out;
+    rc = 0;
+    /* FULL sends whole old rows: no lookups; NOTHING has no key */
+    if (t->nkeys == 0 || s->replident == 'f')
+        goto out;
+    for (int j = 0; j < t->nkeys; j++)
+        for (const char *p = s->cols[t->keys[j]].name; *p; p++)
+            h = (h ^ (uint8_t)*p) * 16777619u;
+    snprintf(idx, sizeof(idx), "_walrelay_hk_%s_%08x", t->dest_name, (unsigned)h);
+    b.len = 0;
+    sb_add(&b, "CREATE INDEX IF NOT EXISTS ");
+    sb_ident(&b, idx);
+    sb_add(&b, " ON ");
+    sb_ident(&b, t->dest_name);
+    sb_add(&b, " (");
+    for (int j = 0; j < t->nkeys; j++) {
+        if (j)
+            sb_add(&b, ", ");
+        sb_ident(&b, s->cols[t->keys[j]].name);
+    }
+    sb_add(&b, ")");
+    if (b.oom)
+        goto oom;
+    if (sqlite3_exec(d->db, b.p, NULL, NULL, NULL) != SQLITE_OK) {
+        rc = sq_fail(d, err, "creating the key index of history table \"%s\"", t->dest_name);
+        goto out;
+    }
+    b.len = 0;
+    sb_add(&b, "SELECT ");
+    for (int i = 0; i < s->ncols; i++) {
+        if (i)
+            sb_add(&b, ", ");
+        sb_ident(&b, s->cols[i].name);
+    }
+    sb_add(&b, " FROM ");
+    sb_ident(&b, t->dest_name);
+    sb_add(&b, " WHERE _change_type <> 'truncate'");
+    for (int j = 0; j < t->nkeys; j++) {
+        sb_add(&b, " AND ");
+        sb_ident(&b, s->cols[t->keys[j]].name);
+        sb_addf(&b, " = ?%d", j + 1);
+    }
+    sb_add(&b, " ORDER BY rowid DESC LIMIT 1");
+    if (b.oom)
+        goto oom;
+    rc = sq_prepare(d, b.p, &t->hprev, err);
+    goto out;
+oom:
+    rc = wr_err_set(err, WR_ENOMEM, "out of memory preparing statements for \"%s\"", t->dest_name);
+out:
+    free(b.p);
+    return rc;
+}
+
+/* Steps hprev for the key columns of row: 1 with its row current, 0 if the key has no
+ * row yet (the statement is then reset). */
+static int
+sq_hist_lookup(dest_sqlite_t *d, sq_table_t *t, const wr_row_t *row, wr_err_t *err)
+{
+    int rc, r;
+
+    if (t->hprev == NULL)
+        return 0;
+    for (int j = 0; j < t->nkeys; j++) {
+        const wr_val_t *v = &row->vals[t->keys[j]];
+
+        if (v->kind != WR_VAL_TEXT) {
+            sqlite3_reset(t->hprev);
+            return 0;
+        }
+        if ((rc = sq_bind(d, t, t->hprev, j + 1, t->keys[j], v, err)) < 0) {
+            sqlite3_reset(t->hprev);
+            return rc;
+        }
+    }
+    r = sqlite3_step(t->hprev);
+    if (r == SQLITE_ROW)
+        return 1;
+    sqlite3_reset(t->hprev);
+    if (r != SQLITE_DONE)
+        return sq_fail(d, err, "reading the history of table \"%s\"", t->dest_name);
+    return 0;
+}
+
+/* Appends one history row. Column i takes row's value, unless it is UNCHANGED (or, with
+ * keys_only, not a key column): then the current row of t->hprev (found), else NULL. */
+static int
+sq_hist_append(dest_sqlite_t *d, sq_table_t *t, const char *type, bool has_lsn, wr_lsn_t lsn,
+               int64_t seq, const char *time, const wr_row_t *row, bool keys_only, bool found,
+               const char *old_key, wr_err_t *err)
+{
+    sqlite3_stmt *st = t->ins;
+    int n = t->schema->ncols, rc;
+
+    if ((rc = sq_scratch_reserve(d, sq_blob_need(t, row), err)) < 0)
+        return rc;
+    for (int i = 0; i < n; i++) {
+        const wr_val_t *v = row ? &row->vals[i] : NULL;
+        bool mine =
+            v != NULL && v->kind != WR_VAL_UNCHANGED && (!keys_only || t->schema->cols[i].is_key);
+
+        if (mine)
+            rc = sq_bind(d, t, st, i + 1, i, v, err);
+        else if (found)
+            rc = sqlite3_bind_value(st, i + 1, sqlite3_column_value(t->hprev, i)) == SQLITE_OK
+                     ? 0
+                     : sq_fail(d, err, "binding column \"%s\" of table \"%s\"",
+                               t->schema->cols[i].name, t->dest_name);
+        else if (v != NULL && v->kind == WR_VAL_UNCHANGED)
+            rc = wr_err_set(err, WR_EDATA,
+                            "the history of table \"%s\" has no earlier row to take the "
+                            "unchanged value of column \"%s\" from",
+                            t->dest_name, t->schema->cols[i].name);
+        else
+            rc = sqlite3_bind_null(st, i + 1) == SQLITE_OK ? 0 : WR_EDEST;
+        if (rc < 0) {
+            if (rc == WR_EDATA)
+                wr_err_hint(err, "resync the table: its copy starts the history again");
+            sqlite3_reset(st);
+            return rc;
+        }
+    }
+    sqlite3_bind_text(st, n + 1, type, -1, SQLITE_STATIC);
+    if (has_lsn)
+        sqlite3_bind_int64(st, n + 2, (int64_t)lsn);
+    else
+        sqlite3_bind_null(st, n + 2);
+    sqlite3_bind_int64(st, n + 3, seq);
+    if (time != NULL)
+        sqlite3_bind_text(st, n + 4, time, -1, SQLITE_TRANSIENT);
+    else
+        sqlite3_bind_null(st, n + 4);
+    if (old_key != NULL)
+        sqlite3_bind_text(st, n + 5, old_key, -1, SQLITE_TRANSIENT);
+    else
+        sqlite3_bind_null(st, n + 5);
+    if (sqlite3_step(st) != SQLITE_DONE) {
+        rc = sq_fail(d, err, "appending to history table \"%s\"", t->dest_name);
+        sqlite3_reset(st);
+        return rc;
+    }
+    sqlite3_reset(st);
+    return 0;
+}
+
+/* {"key column": value, ...} of an old key row, in the JSON of docs/events.md. */
+static int
+sq_hist_old_key(const sq_table_t *t, const wr_row_t *row, jw_buf_t *b, wr_err_t *err)
+{
+    bool first = true;
+
+    jw_raw(b, "{", 1);
+    for (int i = 0; i < t->schema->ncols; i++) {
+        const wr_column_t *c = &t->schema->cols[i];
+        const wr_val_t *v = &row->vals[i];
+
+        if (!c->is_key)
+            continue;
+        if (!first)
+            jw_raw(b, ",", 1);
+        first = false;
+        jw_cstr(b, c->name);
+        jw_raw(b, ":", 1);
+        jw_value(b, c->type_oid, v->kind == WR_VAL_TEXT ? 't' : 'n', v->data, v->len);
+    }
+    jw_raw(b, "}", 1);
+    if (jw_failed(b))
+        return wr_err_set(err, WR_ENOMEM, "out of memory writing an old key");
+    return 0;
+}
+
+static int
+sq_hist_copy_row(dest_sqlite_t *d, sq_table_t *t, const wr_row_t *row, wr_err_t *err)
+{
+    int rc;
+
+    if ((rc = sq_check_row(t, row, "copy", err)) < 0)
+        return rc;
+    return sq_hist_append(d, t, "copy", t->copy_lsn != 0, t->copy_lsn, ++t->copy_seq, NULL, row,
+                          false, false, NULL, err);
+}
+
+static int
+sq_hist_event(dest_sqlite_t *d, sq_table_t *t, const dest_event_t *ev, wr_err_t *err)
+{
+    char when[48];
+    const wr_row_t *keyrow = NULL;
+    bool found = false, any_unchanged = false;
+    jw_buf_t okey;
+    int rc;
+
+    jw_init(&okey);
+
+    sq_hist_time(ev->commit_ts, when, sizeof(when));
+    switch (ev->kind) {
+    case DEST_EV_INSERT:
+        if ((rc = sq_check_row(t, ev->new_row, "insert", err)) < 0)
+            return rc;
+        return sq_hist_append(d, t, "insert", true, ev->key.commit_lsn, ev->key.ordinal, when,
+                              ev->new_row, false, false, NULL, err);
+    case DEST_EV_UPDATE:
+        if ((rc = sq_check_row(t, ev->new_row, "update", err)) < 0)
+            return rc;
+        for (int i = 0; i < t->schema->ncols; i++)
+            any_unchanged = any_unchanged || ev->new_row->vals[i].kind == WR_VAL_UNCHANGED;
+        if (any_unchanged && ev->old_kind == 'O' && ev->old_row != NULL) {
+            /* FULL: the old row has every value; append it merged with the new one */
+            wr_val_t *vals = malloc(sizeof(*vals) * (t->schema->ncols ? t->schema->ncols : 1));
+            wr_row_t merged = {t->schema->ncols, vals};
+
+            if (vals == NULL)
+                return wr_err_set(err, WR_ENOMEM, "out of memory");
+            if ((rc = sq_check_row(t, ev->old_row, "old row of update", err)) < 0) {
+                free(vals);
+                return rc;
+            }
+            for (int i = 0; i < t->schema->ncols; i++)
+                vals[i] = ev->new_row->vals[i].kind == WR_VAL_UNCHANGED ? ev->old_row->vals[i]
+                                                                        : ev->new_row->vals[i];
+            rc = sq_hist_append(d, t, "update", true, ev->key.commit_lsn, ev->key.ordinal, when,
+                                &merged, false, false, NULL, err);
+            free(vals);
+            return rc;
+        }
+        if (any_unchanged) {
+            keyrow = ev->old_kind == 'K' && ev->old_row ? ev->old_row : ev->new_row;
+            if ((rc = sq_hist_lookup(d, t, keyrow, err)) < 0)
+                return rc;
+            found = rc == 1;
+        }
+        if (ev->old_kind == 'K' && ev->old_row != NULL &&
+            (rc = sq_hist_old_key(t, ev->old_row, &okey, err)) < 0) {
+            if (found)
+                sqlite3_reset(t->hprev);
+            return rc;
+        }
+        rc = sq_hist_append(d, t, "update", true, ev->key.commit_lsn, ev->key.ordinal, when,
+                            ev->new_row, false, found, okey.len ? okey.data : NULL, err);
+        if (found)
+            sqlite3_reset(t->hprev);
+        jw_free(&okey);
+        return rc;
+    case DEST_EV_DELETE:
+        if ((rc = sq_check_row(t, ev->old_row, "delete", err)) < 0)
+            return rc;
+        if (ev->old_kind != 'O') {
+            /* the key only: the other old values from the key's latest row */
+            if ((rc = sq_hist_lookup(d, t, ev->old_row, err)) < 0)
+                return rc;
+            found = rc == 1;
+        }
+        rc = sq_hist_append(d, t, "delete", true, ev->key.commit_lsn, ev->key.ordinal, when,
+                            ev->old_row, ev->old_kind != 'O', found, NULL, err);
+        if (found)
+            sqlite3_reset(t->hprev);
+        return rc;
+    case DEST_EV_TRUNCATE:
+        return sq_hist_append(d, t, "truncate", true, ev->key.commit_lsn, ev->key.ordinal, when,
+                              NULL, false, false, NULL, err);
+    case DEST_EV_BEGIN:
+    case DEST_EV_COMMIT:
+        return 0;
+    }
+    return wr_err_set(err, WR_EINVAL, "event of unknown kind %d for table \"%s\"", (int)ev->kind,
+                      t->dest_name);
+}
+
+/* A followed schema change: renames, new columns added; nothing is dropped. */
+static int
+sq_hist_alter(dest_sqlite_t *d, const wr_schema_t *os, const wr_schema_t *ns,
+              const dest_alter_t *plan, wr_err_t *err)
+{
+    char dest_name[SQ_NAME_MAX];
+    sq_table_t *nt = NULL;
+    sq_buf_t b = {0};
+    int rc;
+
+    dest_schema_table_name(ns, dest_name, sizeof(dest_name));
+    for (int pass = 0; pass < 2; pass++) {
+        for (int j = 0; j < ns->ncols; j++) {
+            char tmpname[48];
+
+            if (plan->src[j] < 0 || strcmp(os->cols[plan->src[j]].name, ns->cols[j].name) == 0)
+                continue;
+            snprintf(tmpname, sizeof(tmpname), "_walrelay_rename_%d", j);
+            sb_add(&b, "ALTER TABLE ");
+            sb_ident(&b, dest_name);
+            sb_add(&b, " RENAME COLUMN ");
+            sb_ident(&b, pass == 0 ? os->cols[plan->src[j]].name : tmpname);
+            sb_add(&b, " TO ");
+            sb_ident(&b, pass == 0 ? tmpname : ns->cols[j].name);
+            if ((rc = sq_exec_buf(d, &b, dest_name, err)) < 0) {
+                err->code = rc = WR_EUNSUPPORTED;
+                wr_err_hint(err, "a column of that name is in the history already (dropped "
+                                 "earlier): rename it in the destination, then resync the table");
+                return rc;
+            }
+        }
+    }
+    /* added columns (and a name dropped earlier that comes back: reused) */
+    if ((rc = sq_hist_ensure(d, ns, dest_name, err)) < 0)
+        return rc;
+    if ((rc = sq_table_new(ns, dest_name, &nt, err)) < 0)
+        return rc;
+    if ((rc = sq_register_altered(d, nt, err)) < 0) {
+        sq_table_free(nt);
+        return rc;
+    }
+    return sq_version_insert(d, ns, plan->meta, plan->summary, err);
+}
+
+/* _walrelay_meta(key, value): the destination's mode, recorded at the first open. A file
+ * holding tables of the other mode is refused. */
+static int
+sq_mode_check(dest_sqlite_t *d, const wr_config_t *cfg, wr_err_t *err)
+{
+    const char *want = d->history ? "history" : "mirror";
+    sqlite3_stmt *st = NULL;
+    char have[32] = "";
+    int64_t ntables = 0;
+    int rc;
+
+    if ((rc = sq_exec(d,
+                      "CREATE TABLE IF NOT EXISTS _walrelay_meta (key TEXT PRIMARY KEY, "
+                      "value TEXT NOT NULL)",
+                      err)) < 0)
+        return rc;
+    if ((rc = sq_prepare(d, "SELECT value FROM _walrelay_meta WHERE key = 'mode'", &st, err)) < 0)
+        return rc;
+    if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 0) != NULL)
+        snprintf(have, sizeof(have), "%s", (const char *)sqlite3_column_text(st, 0));
+    sqlite3_finalize(st);
+    st = NULL;
+    if (have[0] == '\0') {
+        /* a file from before modes existed holds mirror tables */
+        if ((rc = sq_prepare(d, "SELECT count(*) FROM _walrelay_tables", &st, err)) < 0)
+            return rc;
+        if (sqlite3_step(st) == SQLITE_ROW)
+            ntables = sqlite3_column_int64(st, 0);
+        sqlite3_finalize(st);
+        st = NULL;
+        snprintf(have, sizeof(have), "%s", ntables > 0 ? "mirror" : want);
+        if ((rc = sq_prepare(
+                 d, "INSERT OR IGNORE INTO _walrelay_meta (key, value) VALUES ('mode', ?1)", &st,
+                 err)) < 0)
+            return rc;
+        sqlite3_bind_text(st, 1, have, -1, SQLITE_STATIC);
+        rc = sqlite3_step(st) == SQLITE_DONE ? 0 : sq_fail(d, err, "recording the mode");
+        sqlite3_finalize(st);
+        if (rc < 0)
+            return rc;
+    }
+    if (strcmp(have, want) != 0) {
+        dest_config_error(cfg, "mode", WR_ECONFIG, err,
+                          "the destination \"%s\" holds %s tables, not %s ones", d->path, have,
+                          want);
+        wr_err_hint(err, "a file keeps the mode it was made with: set mode back, or give path a "
+                         "new file (and resync every table)");
+        return WR_ECONFIG;
+    }
+    return 0;
+}
+
+/* ---- streamed transactions (issue 11) ---------------------------------------------- */
+
+/* Table mode writes changes by key and ignores keys and boundary events; history mode
+ * stores each change's commit LSN, which a streamed transaction does not know yet. */
+static bool
+sq_can_stream(dest_t *base)
+{
+    return !((dest_sqlite_t *)base)->history;
+}
+
+static int
+sq_savepoint_sql(dest_sqlite_t *d, const char *verb, const char *name, wr_err_t *err)
+{
+    char sql[96];
+    int rc;
+
+    if ((rc = sq_need_txn(d, verb, err)) < 0)
+        return rc;
+    for (const char *p = name; *p; p++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_'))
+            return wr_err_set(err, WR_EINVAL,
+                              "savepoint name \"%s\" has a character other "
+                              "than a-z, 0-9 and _",
+                              name);
+    snprintf(sql, sizeof(sql), "%s %s", verb, name);
+    if (sqlite3_exec(d->db, sql, NULL, NULL, NULL) != SQLITE_OK)
+        return sq_fail(d, err, "%s", sql);
+    return 0;
+}
+
+static int
+sq_savepoint(dest_t *base, const char *name, wr_err_t *err)
+{
+    return sq_savepoint_sql((dest_sqlite_t *)base, "SAVEPOINT", name, err);
+}
+
+static int
+sq_rollback_to(dest_t *base, const char *name, wr_err_t *err)
+{
+    dest_sqlite_t *d = (dest_sqlite_t *)base;
+    int rc = sq_savepoint_sql(d, "ROLLBACK TO SAVEPOINT", name, err);
+
+    if (rc != 0)
+        return rc;
+    /* a table created after the savepoint is gone again; forgetting every table created
+     * in this transaction is more than needed and harmless (ensure_table registers the
+     * ones that still exist again) */
+    for (int b = 0; b < SQ_BUCKETS; b++) {
+        sq_table_t *t = d->buckets[b], *next;
+
+        for (; t != NULL; t = next) {
+            next = t->next;
+            if (t->created_in_txn) {
+                sq_unlink(d, t);
+                sq_table_free(t);
+            }
+        }
+    }
+    return 0;
 }
 
 const dest_ops_t dest_sqlite_ops = {
@@ -2705,4 +3366,8 @@ const dest_ops_t dest_sqlite_ops = {
     .commit_range = sq_commit_range,
     .ranges_done = sq_ranges_done,
     .copy_resume = sq_copy_resume,
+    .can_stream = sq_can_stream,
+    .savepoint = sq_savepoint,
+    .rollback_to = sq_rollback_to,
+    .forget_table = sq_forget_table,
 };

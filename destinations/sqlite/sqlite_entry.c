@@ -11,6 +11,7 @@
 #include "../registry.h"
 
 #include <errno.h>
+#include <sqlite3.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,7 +21,26 @@
 static const dest_keyspec_t sqlite_keys[] = {
     {"path", "dest.db", "SQLite database file, relative to this directory or absolute.", false,
      false, true},
+    {"mode", "mirror",
+     "mirror: each table holds the source's rows. history: every change is a new row\n"
+     "with _change_type, _commit_lsn, _seq, _commit_time (docs/destinations.md).",
+     false, false, false},
 };
+
+static int
+sqlite_validate(const wr_config_t *cfg, wr_err_t *err)
+{
+    const char *mode = dest_config_value(cfg, "mode");
+
+    if (mode != NULL && strcmp(mode, "mirror") != 0 && strcmp(mode, "history") != 0) {
+        dest_config_error(cfg, "mode", WR_ECONFIG, err,
+                          "invalid value \"%s\": expected mirror or history", mode);
+        wr_err_hint(err, "mode = mirror keeps the source's rows; mode = history appends every "
+                         "change as a row");
+        return WR_ECONFIG;
+    }
+    return 0;
+}
 
 static int
 sqlite_init_arg(const char *arg, const char **values, wr_err_t *err)
@@ -31,6 +51,47 @@ sqlite_init_arg(const char *arg, const char **values, wr_err_t *err)
         return WR_ECONFIG;
     }
     values[0] = arg;
+    return 0;
+}
+
+/* An existing file keeps the mode it was made with (sqlite.c sq_mode_check, which also
+ * refuses it at open): the mode it records, or mirror if it holds tables from before
+ * modes were recorded. */
+static int
+sqlite_mode_preflight(const wr_config_t *cfg, const char *path, wr_err_t *err)
+{
+    const char *want = dest_config_value(cfg, "mode") ? dest_config_value(cfg, "mode") : "mirror";
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    char have[32] = "";
+
+    if (access(path, F_OK) != 0)
+        return 0;
+    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK) {
+        sqlite3_close(db);
+        return 0; /* the workers report what is wrong with the file */
+    }
+    sqlite3_busy_timeout(db, 10000);
+    if (sqlite3_prepare_v2(db, "SELECT value FROM _walrelay_meta WHERE key = 'mode'", -1, &st,
+                           NULL) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 0) != NULL)
+        snprintf(have, sizeof(have), "%s", (const char *)sqlite3_column_text(st, 0));
+    sqlite3_finalize(st);
+    st = NULL;
+    if (have[0] == '\0' &&
+        sqlite3_prepare_v2(db, "SELECT count(*) FROM _walrelay_tables", -1, &st, NULL) ==
+            SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW && sqlite3_column_int64(st, 0) > 0)
+        snprintf(have, sizeof(have), "mirror");
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    if (have[0] != '\0' && strcmp(have, want) != 0) {
+        dest_config_error(cfg, "mode", WR_ECONFIG, err,
+                          "the destination \"%s\" holds %s tables, not %s ones", path, have, want);
+        wr_err_hint(err, "a file keeps the mode it was made with: set mode back, or give path a "
+                         "new file (and resync every table)");
+        return WR_ECONFIG;
+    }
     return 0;
 }
 
@@ -65,7 +126,13 @@ sqlite_preflight(const wr_config_t *cfg, char *summary, size_t len, wr_err_t *er
                     "create the directory or fix its permissions, or change [destination] path");
         goto out;
     }
-    snprintf(summary, len, "sqlite %s", path);
+    if ((rc = sqlite_mode_preflight(cfg, path, err)) < 0)
+        goto out;
+    snprintf(summary, len, "sqlite %s%s", path,
+             dest_config_value(cfg, "mode") &&
+                     strcmp(dest_config_value(cfg, "mode"), "history") == 0
+                 ? " (history mode)"
+                 : "");
 out:
     free(path);
     return rc;
@@ -98,6 +165,7 @@ const dest_type_t dest_type_sqlite = {
     .keys = sqlite_keys,
     .nkeys = sizeof(sqlite_keys) / sizeof(sqlite_keys[0]),
     .init_arg = sqlite_init_arg,
+    .validate = sqlite_validate,
     .preflight = sqlite_preflight,
     .describe = sqlite_describe,
     .open = sqlite_open,

@@ -74,6 +74,14 @@
  *   Its type is the column's (type_oid, type_name, typmod). Pointers handed to a call are
  *   valid only during that call: copy what you keep.
  *
+ * Waiting. A destination that retries (a server down, HTTP 503) may block inside a call
+ *   for as long as it takes. While it does, it reports what it waits for with
+ *   wr_dest_waiting() (shown by `walrelay status`) and calls wr_dest_interrupted() between
+ *   attempts, giving up with WR_DEST_ETRANSIENT once it returns true. Both are members
+ *   added to wr_dest_host_t after the first release of version 1: the host's struct_size
+ *   says whether they are there, and the helpers check it, so a plugin built with this
+ *   header runs on an older walrelay and the reverse.
+ *
  * Errors. A function returns WR_DEST_OK (0) or a negative WR_DEST_E* code and fills the
  *   wr_dest_error_t it was given (wr_dest_error_set below). The code decides what
  *   walrelay does: CONFIG stops the pipeline (a person must fix the configuration);
@@ -246,6 +254,20 @@ typedef struct wr_dest_host_s {
      * fields, the same redaction of secrets). Use wr_dest_log() below. */
     void (*log)(void *ctx, int level, const char *message);
     void *ctx;
+    /* ---- added after the first release of ABI version 1: present only when
+     * struct_size covers them; use the helpers wr_dest_waiting() and
+     * wr_dest_interrupted() below, which check. ---- */
+    /* The destination is waiting on the outside world (retrying a request, a server that
+     * is down): message says on what and the last error, one line, no secret; walrelay
+     * shows it in `walrelay status` and logs it. NULL (or "") once the wait is over. Also
+     * usable just before a call fails for good, to say why (a receiver that refused a
+     * batch): walrelay shows it with the failure. */
+    void (*waiting)(void *ctx, const char *message);
+    /* True once walrelay wants this process to stop (walrelay stop, pause, SIGTERM) or its
+     * supervisor is gone. A destination that retries "for as long as it takes" calls it
+     * between attempts (it is cheap) and then gives up with WR_DEST_ETRANSIENT: the same
+     * changes are delivered again after the restart. */
+    bool (*interrupted)(void *ctx);
 } wr_dest_host_t;
 
 /* ---- the operations table ----------------------------------------------------------- */
@@ -369,6 +391,46 @@ wr_dest_log(const wr_dest_host_t *host, int level, const char *fmt, ...)
     vsnprintf(line, sizeof(line), fmt, ap);
     va_end(ap);
     host->log(host->ctx, level, line);
+}
+
+/* True if the host (walrelay) provides field (a member of wr_dest_host_t added after the
+ * first release of ABI version 1). */
+#define WR_DEST_HOST_HAS(host, field)                                                              \
+    ((host) != NULL &&                                                                             \
+     (host)->struct_size >= offsetof(wr_dest_host_t, field) + sizeof((host)->field) &&             \
+     (host)->field != NULL)
+
+/* Tells walrelay what the destination waits for (printf-style; fmt NULL: the wait is
+ * over). Does nothing with a walrelay that has no waiting callback. */
+static inline void wr_dest_waiting(const wr_dest_host_t *host, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+static inline void
+wr_dest_waiting(const wr_dest_host_t *host, const char *fmt, ...)
+{
+    char line[1024];
+    va_list ap;
+
+    if (!WR_DEST_HOST_HAS(host, waiting))
+        return;
+    if (fmt == NULL) {
+        host->waiting(host->ctx, NULL);
+        return;
+    }
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof(line), fmt, ap);
+    va_end(ap);
+    host->waiting(host->ctx, line);
+}
+
+/* True once walrelay asks the process to stop (see wr_dest_host_t.interrupted); false with
+ * a walrelay that has no such callback. */
+static inline bool
+wr_dest_interrupted(const wr_dest_host_t *host)
+{
+    return WR_DEST_HOST_HAS(host, interrupted) && host->interrupted(host->ctx);
 }
 
 /* The value of a configuration key, or NULL if absent (the last one wins). */

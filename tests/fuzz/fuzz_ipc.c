@@ -29,6 +29,22 @@ roundtrip(const ipc_msg_t *m)
             __builtin_trap(); /* we cannot read what we wrote */
         if (again.type != m->type)
             __builtin_trap();
+        if (m->type == IPC_WORKER_METRICS) {
+            /* counts survive the round trip exactly (the supervisor adds them up) */
+            const __typeof__(m->u.worker_metrics) *x = &m->u.worker_metrics;
+            const __typeof__(again.u.worker_metrics) *y = &again.u.worker_metrics;
+            if (x->nevents != y->nevents || x->transactions != y->transactions ||
+                x->batch.sum_us != y->batch.sum_us || x->last_commit_ts != y->last_commit_ts)
+                __builtin_trap();
+            for (uint32_t i = 0; i < x->nevents; i++)
+                if (memcmp(&x->events[i], &y->events[i], sizeof(x->events[i])) != 0)
+                    __builtin_trap();
+            if (memcmp(x->commit.counts, y->commit.counts, sizeof(x->commit.counts)) != 0)
+                __builtin_trap();
+        }
+        if (m->type == IPC_METRICS_TEXT &&
+            strcmp(m->u.metrics_text.text, again.u.metrics_text.text) != 0)
+            __builtin_trap();
         ipc_msg_clear(&again);
         msgpack_unpacked_destroy(&up);
     }

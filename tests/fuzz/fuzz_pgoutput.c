@@ -64,24 +64,13 @@ check_row(const wr_row_t *row, const uint8_t *buf, size_t len)
     }
 }
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-int
-LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+/* The invariants of a decoded message m of data. */
+static void
+check_msg(const pgo_msg_t *m_, const uint8_t *data, size_t size)
 {
-    pgo_msg_t m;
-    wr_err_t err;
+    const pgo_msg_t m = *m_;
     wr_schema_t *s;
 
-    if (!dec_ready) {
-        pgo_decoder_init(&dec);
-        dec_ready = 1;
-    }
-    if (pgo_decode(&dec, data, size, &m, &err) != 0) {
-        if (err.msg[0] == '\0' || m.type != 0)
-            __builtin_trap();
-        return 0;
-    }
     if (size == 0 || m.type != (char)data[0])
         __builtin_trap();
     switch (m.type) {
@@ -124,8 +113,40 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         in_str(m.u.message.prefix, data, size);
         in_buf(m.u.message.content, m.u.message.len, data, size);
         break;
+    case PGO_STREAM_START:
+        if (m.u.stream_start.first_segment != 0 && m.u.stream_start.first_segment != 1)
+            __builtin_trap();
+        break;
     default:
         break;
+    }
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int
+LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    pgo_msg_t m;
+    wr_err_t err;
+
+    if (!dec_ready) {
+        pgo_decoder_init(&dec);
+        dec_ready = 1;
+    }
+    /* each input on its own: outside a stream block, then as a spooled block message */
+    dec.in_stream = false;
+    if (pgo_decode(&dec, data, size, &m, &err) != 0) {
+        if (err.msg[0] == '\0' || m.type != 0)
+            __builtin_trap();
+    } else {
+        check_msg(&m, data, size);
+    }
+    if (pgo_decode_streamed(&dec, data, size, &m, &err) != 0) {
+        if (err.msg[0] == '\0' || m.type != 0)
+            __builtin_trap();
+    } else {
+        check_msg(&m, data, size);
     }
     return 0;
 }

@@ -4,6 +4,9 @@ NOTES:
   pg_servers  session: a factory of throwaway PostgreSQL 15 servers, one per wal_level,
               started on first use and stopped (pg_ctl stop -m immediate) at the end
   pg          session: the wal_level=logical server most tests use
+  pg_target   session: a second cluster, the target of the postgres destination
+  target_db   per test: a fresh database on pg_target
+  destination per test: None (sqlite) or target_db (postgres), parametrised indirectly
   db          per test: a fresh database test_<n> on pg, dropped afterwards together with
               any replication slot left in it
   installed   session: `meson install --destdir` of the build under test (the public
@@ -80,6 +83,15 @@ def pg(pg_servers):
     return pg_servers("logical")
 
 
+@pytest.fixture(scope="session")
+def pg_target():
+    """A second PostgreSQL 15 cluster (its own data directory, port and processes) that the
+    postgres destination writes into: never the source cluster."""
+    s = PgServer(wal_level="replica").start()
+    yield s
+    s.stop()
+
+
 class Db:
     """One test database on a server."""
 
@@ -131,6 +143,24 @@ def db(pg):
 
 
 @pytest.fixture
+def target_db(pg_target):
+    """A fresh database on the target cluster for one test (the postgres destination's)."""
+    yield from _db(pg_target)
+
+
+@pytest.fixture
+def destination(request):
+    """The destination of the pipelines a test makes: "sqlite" (the default: None) or
+    "postgres" (the test's target_db). Suites parametrise it indirectly:
+    @pytest.mark.parametrize("destination", ["sqlite", "postgres"], indirect=True)."""
+    kind = getattr(request, "param", "sqlite")
+    if kind == "sqlite":
+        return None
+    assert kind == "postgres", kind
+    return request.getfixturevalue("target_db")
+
+
+@pytest.fixture
 def db_factory(pg_servers):
     """Databases on other servers: db_factory("replica")."""
     made = []
@@ -176,7 +206,7 @@ def state_store(request, bindir):
 
 
 @pytest.fixture
-def pipelines(bindir, pg, db, tmp_path, state_store):
+def pipelines(bindir, pg, db, tmp_path, state_store, destination):
     """make(name=None) -> Pipeline in tmp_path/<name>; name defaults to wr<n> (unique in
     the session, so slot names never collide)."""
     made = []
@@ -187,6 +217,7 @@ def pipelines(bindir, pg, db, tmp_path, state_store):
         d = tmp_path / (dirname or name)
         p = Pipeline(bindir, d, name, tmp_path / ("%s.log" % (dirname or name)))
         p.state_spec = state_store
+        p.target = destination
         if state_store and state_store.startswith("plugin:"):
             p.state_config = {"state": {"path": "state.txt"}}
         made.append(p)

@@ -134,6 +134,22 @@ class PgServer:
         self.running = True
         return self
 
+    def shutdown(self, mode="fast"):
+        """Stops the server but keeps its data directory (start_again() brings it back on
+        the same port): a database going away under its clients."""
+        if self.running:
+            self._check("pg_ctl stop", self._run(
+                [os.path.join(PG_BIN, "pg_ctl"), "-D", self.datadir, "-m", mode, "-w", "stop"]))
+            self.running = False
+
+    def start_again(self):
+        """Starts a server stopped with shutdown()."""
+        if not self.running:
+            self._check("pg_ctl start", self._run(
+                [os.path.join(PG_BIN, "pg_ctl"), "-D", self.datadir, "-l", self.logfile,
+                 "-w", "-t", "60", "start"]))
+            self.running = True
+
     def stop(self):
         if self.running:
             self._run(
@@ -143,6 +159,23 @@ class PgServer:
         if self.tmp:
             shutil.rmtree(self.tmp, ignore_errors=True)
             self.tmp = None
+
+    def halt(self, mode="fast"):
+        """Stops the server and keeps its data (pg_ctl stop -m mode: smart, fast or
+        immediate); resume() starts it again on the same port (the chaos and outage tests)."""
+        if self.running:
+            self._check("pg_ctl stop -m %s" % mode, self._run(
+                [os.path.join(PG_BIN, "pg_ctl"), "-D", self.datadir, "-m", mode, "-w", "-t", "60",
+                 "stop"]))
+            self.running = False
+
+    def resume(self):
+        if not self.running:
+            self._check("pg_ctl start", self._run(
+                [os.path.join(PG_BIN, "pg_ctl"), "-D", self.datadir, "-l", self.logfile, "-w",
+                 "-t", "60", "start"]))
+            self.running = True
+        return self
 
     def log_tail(self, n=40):
         try:

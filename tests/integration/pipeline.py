@@ -16,6 +16,8 @@ import sqlite3
 import subprocess
 import time
 
+import psycopg
+
 from pgserver import lsn_to_int
 
 # Deadlines scale on slow machines and sanitizer builds: WALRELAY_TEST_TIMEOUT_SCALE=3
@@ -165,6 +167,7 @@ class Pipeline:
         self.last_status = None
         self._log_f = None
         self.state_spec = None  # `walrelay init --state`: None = the default (sqlite)
+        self.target = None  # conftest Db of the postgres destination; None = sqlite
         self.state_config = None  # [state] keys init cannot write (a plugin store's)
 
     # -- commands --------------------------------------------------------------------
@@ -175,7 +178,8 @@ class Pipeline:
 
     @property
     def dest_path(self):
-        return os.path.join(self.dir, "dest.db")
+        """DIR/dest.db, or what a test set in dest_path_override (a destination elsewhere)."""
+        return getattr(self, "dest_path_override", None) or os.path.join(self.dir, "dest.db")
 
     def cmd(self, *args, timeout=60):
         return run_walrelay(self.bindir, *args, timeout=timeout)
@@ -197,6 +201,8 @@ class Pipeline:
             args += ["--name", name]
         if destination:
             args += ["--destination", destination]
+        elif self.target is not None:
+            args += ["--destination", "postgres:" + self.target.conninfo]
         r = self.cmd(*args)
         if check:
             assert r.rc == 0, "walrelay init failed: %r" % r
@@ -260,8 +266,9 @@ class Pipeline:
             if SANITIZER_RE.search(line):
                 bad.append(line)
             elif KILLED_RE.search(line):
-                m = re.search(r"\bpid=(\d+)", line)
-                if not m or int(m.group(1)) not in self.killed_pids:
+                # text (pid=N) or [log] format = json ("pid":N)
+                m = re.search(r"\bpid=(\d+)|\"pid\":\s*(\d+)", line)
+                if not m or int(m.group(1) or m.group(2)) not in self.killed_pids:
                     bad.append(line)
         return bad
 
@@ -385,7 +392,72 @@ class Pipeline:
 
     def dest(self):
         """A read-only connection to the SQLite destination."""
+        assert self.target is None, "dest() is the sqlite destination; use dest_query()"
         return sqlite3.connect("file:%s?mode=ro" % self.dest_path, uri=True, timeout=30)
+
+    def dest_tables(self):
+        """Names of the tables this pipeline replicated into the destination (postgres:
+        those it registered in walrelay.tables and that exist; other pipelines may share
+        the database)."""
+        if self.target is not None:
+            return {r[0] for r in self.target.execute(
+                "SELECT name FROM walrelay.tables WHERE pipeline = %s AND "
+                "to_regclass(format('%%I.%%I', nsp, name)) IS NOT NULL", [self.name])}
+        with self.dest() as d:
+            return {r[0] for r in d.execute("SELECT name FROM sqlite_master WHERE type = "
+                                            "'table' AND name NOT LIKE '\\_walrelay\\_%' "
+                                            "ESCAPE '\\'")}
+
+    def dest_columns(self, table):
+        """Column names of a destination table ("name", a table of public), in order."""
+        if self.target is not None:
+            return [r[0] for r in self.target.execute(
+                "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) AND "
+                "attnum > 0 AND NOT attisdropped ORDER BY attnum", ['"public"."%s"' % table])]
+        with self.dest() as d:
+            return [r[0] for r in d.execute("SELECT name FROM pragma_table_info(?) ORDER BY cid",
+                                            [table])]
+
+    def dest_key(self, table):
+        """The primary key columns of a destination table, in key order."""
+        if self.target is not None:
+            return [r[0] for r in self.target.execute(
+                "SELECT a.attname FROM pg_index i CROSS JOIN LATERAL unnest(i.indkey::int2[]) "
+                "WITH ORDINALITY AS k(att, n) JOIN pg_attribute a ON a.attrelid = i.indrelid "
+                "AND a.attnum = k.att WHERE i.indrelid = to_regclass(%s) AND i.indisprimary "
+                "ORDER BY k.n", ['"public"."%s"' % table])]
+        with self.dest() as d:
+            return [r[0] for r in d.execute(
+                "SELECT name FROM pragma_table_info(?) WHERE pk > 0 ORDER BY pk", [table])]
+
+    def dest_versions(self):
+        """{table name: number of schema versions the destination recorded}."""
+        if self.target is not None:
+            return dict(self.target.execute(
+                "SELECT name, count(*) FROM walrelay.schemas WHERE pipeline = %s GROUP BY name",
+                [self.name]))
+        with self.dest() as d:
+            return dict(d.execute("SELECT name, count(*) FROM _walrelay_schemas GROUP BY name"
+                                  ).fetchall())
+
+    def dest_newest_version(self, table):
+        """The columns (JSON text) of the newest schema version of a table."""
+        if self.target is not None:
+            return self.target.execute(
+                "SELECT columns::text FROM walrelay.schemas WHERE pipeline = %s AND name = %s "
+                "ORDER BY version_lsn DESC, version_ordinal DESC LIMIT 1",
+                [self.name, table])[0][0].replace(" ", "")
+        with self.dest() as d:
+            return d.execute("SELECT columns_json FROM _walrelay_schemas WHERE name = ? ORDER BY "
+                             "version_lsn DESC, version_ordinal DESC LIMIT 1", [table]).fetchone()[0]
+
+    def dest_query(self, sql):
+        """Rows of a query on the destination, sqlite or postgres (the same SQL must work in
+        both: plain SELECTs on the replicated tables)."""
+        if self.target is not None:
+            return [tuple(r) for r in self.target.execute(sql)]
+        with self.dest() as d:
+            return d.execute(sql).fetchall()
 
 
 def alive_walrelay_pids(pids):
@@ -513,6 +585,22 @@ def _source_query(cols, nsp, name, where):
     return sql if where is None else "%s WHERE (%s)" % (sql, where)
 
 
+def dest_name_of(pgconn, dest, nsp, name):
+    """The destination table of source table nsp.name: the name the destination recorded
+    for its relid (_walrelay_tables, written when the table was registered: the pipeline
+    makes names unique, issue 12), else the naming rule's."""
+    try:
+        relid = pgconn.execute("SELECT format('%%I.%%I', %s::text, %s::text)::regclass::oid",
+                               [nsp, name]).fetchone()[0]
+        row = dest.execute("SELECT dest_name FROM _walrelay_tables WHERE relid = ?",
+                           (int(relid),)).fetchone()
+        if row and row[0]:
+            return row[0]
+    except sqlite3.Error:
+        pass
+    return dest_table_name(nsp, name)
+
+
 def _compare_keyless(pgconn, dest, nsp, name, cols, max_report, where=None):
     """Tables without a primary key: the same rows, as many times each (multisets)."""
     import collections
@@ -520,7 +608,7 @@ def _compare_keyless(pgconn, dest, nsp, name, cols, max_report, where=None):
     src = collections.Counter()
     for row in pgconn.execute(_source_query(cols, nsp, name, where)):
         src[tuple(_expected(t, v) for (_, t), v in zip(cols, row))] += 1
-    dname = dest_table_name(nsp, name)
+    dname = dest_name_of(pgconn, dest, nsp, name)
     qcols = ", ".join('"%s"' % c.replace('"', '""') for c in names)
     try:
         drows = dest.execute('SELECT %s FROM "%s"' % (qcols, dname)).fetchall()
@@ -555,7 +643,7 @@ def compare_table(pgconn, dest, nsp, name, max_report=10, where=None):
     for row in pgconn.execute(_source_query(cols, nsp, name, where)):
         vals = [_expected(t, v) for (_, t), v in zip(cols, row)]
         src[tuple(vals[i] for i in kidx)] = vals
-    dname = dest_table_name(nsp, name)
+    dname = dest_name_of(pgconn, dest, nsp, name)
     qcols = ", ".join('"%s"' % c.replace('"', '""') for c in names)
     try:
         drows = dest.execute('SELECT %s FROM "%s"' % (qcols, dname)).fetchall()
@@ -600,12 +688,65 @@ def prepare_compare_conn(pgconn):
     return pgconn
 
 
+def _pg_rows_text(conn, table, order, where=None, only=False):
+    """[row::text] of a table in the given order (whole rows in PostgreSQL's own text form,
+    exact: nothing normalised)."""
+    nsp, name = table
+    sql = 'SELECT t::text FROM %s"%s"."%s" t' % ("ONLY " if only else "", nsp.replace('"', '""'),
+                                                name.replace('"', '""'))
+    if where:
+        sql += " WHERE (%s)" % where
+    return [r[0] for r in conn.execute(sql + " ORDER BY " + order)]
+
+
+def compare_pg_table(src, dst, nsp, name, max_report=10, where=None, target=None):
+    """Compares a source table with its copy in a postgres destination as text: SELECT
+    t::text FROM t ORDER BY key on both (keyless tables: ORDER BY t::text, as multisets).
+    target: (nsp, name) of the destination table, default the same. Both connections must
+    have the same session settings (prepare_compare_conn)."""
+    cols, key = _source_table(src, nsp, name, need_key=False)
+    if key:
+        order = ", ".join('t."%s"' % k.replace('"', '""') for k in key)
+    else:
+        order = "t::text"
+    want = _pg_rows_text(src, (nsp, name), order, where)
+    tnsp, tname = target or (nsp, name)
+    try:
+        got = _pg_rows_text(dst, (tnsp, tname), order)
+    except psycopg.Error as e:
+        return ["destination table %s.%s cannot be read: %s" % (tnsp, tname, e)]
+    if want == got:
+        return []
+    diffs = ["%s.%s: %d source rows, %d destination rows" % (tnsp, tname, len(want), len(got))]
+    ws, gs = set(want), set(got)
+    missing = [r for r in want if r not in gs]
+    extra = [r for r in got if r not in ws]
+    if missing:
+        diffs.append("%s.%s: %d source rows missing or different in the destination, e.g. %s" % (
+            tnsp, tname, len(missing), [r[:300] for r in missing[:max_report]]))
+    if extra:
+        diffs.append("%s.%s: %d destination rows not in the source, e.g. %s" % (
+            tnsp, tname, len(extra), [r[:300] for r in extra[:max_report]]))
+    if not missing and not extra:
+        diffs.append("%s.%s: the same rows, but not as many of each (duplicates differ)" % (
+            tnsp, tname))
+    return diffs
+
+
 def compare_tables(pg, dbname, pipeline, tables, where=None):
     """Differences between the source tables ("nsp.name") and the destination. where:
     {"nsp.name": SQL condition} for tables whose destination holds only the rows that
     match it (compare_table)."""
     diffs = []
     where = where or {}
+    if getattr(pipeline, "target", None) is not None:
+        with pg.connect(dbname) as c, pipeline.target.connect() as d:
+            prepare_compare_conn(c)
+            prepare_compare_conn(d)
+            for t in tables:
+                nsp, name = t.split(".", 1)
+                diffs += compare_pg_table(c, d, nsp, name, where=where.get(t))
+        return diffs
     with pg.connect(dbname) as c, pipeline.dest() as d:
         prepare_compare_conn(c)
         for t in tables:

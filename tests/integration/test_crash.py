@@ -1,7 +1,8 @@
 """kill -9 at every phase boundary, scripted with failpoints, with writers running.
 
-NOTES: each test_kill_at_failpoint case runs a pipeline once to make table r Ready, stops
-it, adds table t to the publication, and starts it again with
+NOTES: every case runs against the sqlite destination (with both state stores) and the
+postgres destination (STORE_DEST). Each test_kill_at_failpoint case runs a pipeline once
+to make table r Ready, stops it, adds table t to the publication, and starts it again with
 WALRELAY_FAILPOINTS="<point>=abort" (common/failpoint.h) and a marker directory, so the
 worker that reaches the point SIGKILLs itself exactly there, once: its restarted
 incarnation runs through. Two writers change r (Ready) and t (being synced) all along.
@@ -21,9 +22,11 @@ from pipeline import SCALE, alive_walrelay_pids, deadline, wait_equal
 from workload import BackgroundWriter, create_mixed_table, publish
 
 # every case runs with the state in state.db, in the PostgreSQL state store and in a
-# plugin store (examples/store-onefile through the ABI adapter)
-pytestmark = pytest.mark.parametrize("state_store", ["sqlite", "postgres", "plugin"],
-                                     indirect=True)
+# plugin store (examples/store-onefile through the ABI adapter), with the sqlite
+# destination; and with the postgres destination (a second cluster; state in state.db)
+STORE_DEST = [("sqlite", "sqlite"), ("postgres", "sqlite"), ("plugin", "sqlite"),
+              ("sqlite", "postgres")]
+pytestmark = pytest.mark.parametrize("state_store,destination", STORE_DEST, indirect=True)
 
 R_ROWS = 2_000
 T_ROWS = 3_000
@@ -298,8 +301,7 @@ def test_graceful_stop_inside_a_large_transaction(db, pipelines, tmp_path, monke
     assert p.stop() == 0, "walrelay run did not stop cleanly" + p.log_tail()
     # stopped inside the transaction: the slot must not have been confirmed past it
     assert db.count("public.r") == 2100
-    with p.dest() as d:
-        mid = d.execute("SELECT count(*) FROM r WHERE id > 7000000").fetchone()[0]
+    mid = p.dest_query("SELECT count(*) FROM r WHERE id > 7000000")[0][0]
     assert 0 < mid < 2000, "expected a partly applied transaction, found %d of 2000 rows" % mid
     p.start()
     wait_equal(db.server, db.name, p, ["public.r"])

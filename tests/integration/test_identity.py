@@ -2,11 +2,18 @@
 partitioned tables and TRUNCATE variants, end to end.
 
 Every test ends with the destination compared to the source row by row (pipeline.py
-compare_table; tables without a primary key as multisets of rows).
+compare_table; tables without a primary key as multisets of rows). Every test runs against
+the sqlite destination and the postgres destination (compared as text there:
+compare_pg_table).
 """
+
+import pytest
 
 from pipeline import compare_tables, wait_equal
 from workload import publish
+
+# the sqlite destination, and the postgres destination (a second cluster)
+pytestmark = pytest.mark.parametrize("destination", ["sqlite", "postgres"], indirect=True)
 
 # A text value of ~1.3 MB that does not compress: stored out of line (TOAST), so an
 # UPDATE that leaves it alone sends it as "unchanged TOAST".
@@ -134,15 +141,12 @@ def test_replica_identities(db, pipelines, monkeypatch, tmp_path):
     # the big values really were stored out of line and left alone
     assert db.scalar("SELECT count(*) FROM t_def WHERE length(body) > 1000000") == 4
     wait_equal(db.server, db.name, p, tables)
-    with p.dest() as d:
-        assert d.execute("SELECT count(*) FROM t_nokey WHERE a = 900 AND b = 'both' "
-                         "AND length(body) > 1000000").fetchone()[0] == 2
-        assert d.execute("SELECT count(*) FROM t_def WHERE body IS NULL AND id IN (2, 500, 900)"
-                         ).fetchone()[0] == 0
-        # keying: the source primary key, none for the keyless table
-        pks = {t: [r[0] for r in d.execute(
-            "SELECT name FROM pragma_table_info(?) WHERE pk > 0 ORDER BY pk", [t])]
-            for t in ("t_def", "t_fullpk", "t_nokey", "t_idx")}
+    assert p.dest_query("SELECT count(*) FROM t_nokey WHERE a = 900 AND b = 'both' "
+                        "AND length(body) > 1000000")[0][0] == 2
+    assert p.dest_query("SELECT count(*) FROM t_def WHERE body IS NULL AND id IN (2, 500, 900)"
+                        )[0][0] == 0
+    # keying: the source primary key, none for the keyless table
+    pks = {t: p.dest_key(t) for t in ("t_def", "t_fullpk", "t_nokey", "t_idx")}
     assert pks == {"t_def": ["id"], "t_fullpk": ["id"], "t_nokey": [], "t_idx": ["id"]}, pks
     st = p.status()
     assert all(t["phase"] == "ready" for t in st["tables"]), st
@@ -197,8 +201,7 @@ def test_refused_tables(db, pipelines):
     db.execute("INSERT INTO t_ok VALUES (100, 'new'); INSERT INTO t_nothing VALUES (100, 'x'); "
                "INSERT INTO t_nopk VALUES (5, 'y'); UPDATE t_ok SET v = 'upd' WHERE id < 5")
     wait_equal(db.server, db.name, p, ["public.t_ok"])
-    with p.dest() as d:
-        names = {r[0] for r in d.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    names = p.dest_tables()
     assert "t_nothing" not in names and "t_nopk" not in names, names
     assert p.running()
     assert p.tables()["public.t_nothing"]["phase"] == "errored"
@@ -263,20 +266,17 @@ def test_partitioned_tables(db, pipelines):
     _part_changes(db)
     wait_equal(db.server, db.name, p_leaves, leaves)
     wait_equal(db.server, db.name, p_root, ["public.meas"])
-    with p_root.dest() as d:
-        names = {r[0] for r in d.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        assert d.execute("SELECT count(*) FROM meas WHERE region = 'zz'").fetchone()[0] > 0
+    names = p_root.dest_tables()
+    assert p_root.dest_query("SELECT count(*) FROM meas WHERE region = 'zz'")[0][0] > 0
     assert "meas_a" not in names, names
-    with p_leaves.dest() as d:
-        names = {r[0] for r in d.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    names = p_leaves.dest_tables()
     assert "meas" not in names and {"meas_a", "meas_b", "meas_rest"} <= names, names
 
     # TRUNCATE of the partitioned table: the root's or every leaf's destination empties
     db.execute("TRUNCATE meas; INSERT INTO meas VALUES (1, 'a', 'x'), (2, 'b', 'y'), (3, 'q', 'z')")
     wait_equal(db.server, db.name, p_leaves, leaves)
     wait_equal(db.server, db.name, p_root, ["public.meas"])
-    with p_root.dest() as d:
-        assert d.execute("SELECT count(*) FROM meas").fetchone()[0] == 3
+    assert p_root.dest_query("SELECT count(*) FROM meas")[0][0] == 3
 
 
 def test_truncate_several_cascade_restart_identity(db, pipelines):
@@ -313,10 +313,8 @@ def test_truncate_several_cascade_restart_identity(db, pipelines):
     assert db.scalar("SELECT min(id) FROM other") == 1
     assert db.scalar("SELECT count(*) FROM child") == 1
     wait_equal(db.server, db.name, p, tables)
-    with p.dest() as d:
-        assert d.execute("SELECT group_concat(id) FROM (SELECT id FROM other ORDER BY id)"
-                         ).fetchone()[0] == "1,2,3,4,5"
-        assert d.execute("SELECT count(*) FROM kept").fetchone()[0] == 31
+    assert [r[0] for r in p.dest_query("SELECT id FROM other ORDER BY id")] == [1, 2, 3, 4, 5]
+    assert p.dest_query("SELECT count(*) FROM kept")[0][0] == 31
     # and a plain TRUNCATE of one table, then more rows
     db.execute("TRUNCATE child; INSERT INTO child (parent_id, v) VALUES (2, 'x')")
     wait_equal(db.server, db.name, p, tables)

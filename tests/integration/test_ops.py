@@ -625,7 +625,7 @@ def _lost_slot(db, p):
     assert r.rc == 2, r
     assert "lost required WAL" in r.text and "only once" in r.text, r
     assert "walrelay drop" in r.text and "on_slot_lost = recopy to copy" not in r.text, r
-    # the apply worker dropped the lost slot: the next run refuses instead of starting over
+    # the flag slot_lost: the next run refuses instead of starting over
     r = p.cmd("run", p.dir, timeout=120)
     assert r.rc == 2, r
     assert "lost required WAL a second time" in r.text and "walrelay drop" in r.text, r

@@ -116,7 +116,7 @@ def test_init_writes_plugin_section(db, pipelines, count_plugin):
     assert re.search(r"^type = plugin$", sec, re.M), sec
     assert re.search(r"^library = %s$" % re.escape(count_plugin), sec, re.M), sec
     # unknown type: listed choices; plugin without a path: refused
-    for spec, want in (("kafka", "registered destination types: sqlite, null, plugin"),
+    for spec, want in (("kafka", "registered destination types: sqlite, postgres, null, http, jsonl, nats, eventstore, plugin"),
                        ("plugin", "plugin:PATH"), ("null:x", "takes no argument")):
         q = pipelines()
         r = q.init(db.conninfo, "pub", destination=spec, check=False)

@@ -226,6 +226,23 @@ test_rollback(state_store_t *s)
     CHECK_INT_EQ(s->ops->set_phase(s, 7, PH_INIT, 0, NULL, NULL, NULL, &err), 0);
     CHECK_INT_EQ(history_len(s, 7), 3);
 
+    /* prev_phase (optional: NULL for plugin stores) reads what rollback_phase would
+     * restore, and changes nothing */
+    if (s->ops->prev_phase) {
+        wr_phase_t ph = PH_READY;
+        wr_lsn_t lsn = 1;
+        bool found = false;
+
+        CHECK_INT_EQ(s->ops->prev_phase(s, 7, &ph, &lsn, &found, &err), 0);
+        CHECK(found);
+        CHECK_INT_EQ(ph, PH_ERRORED);
+        CHECK_U64_EQ(lsn, 0x6000);
+        CHECK_INT_EQ(history_len(s, 7), 3);
+        CHECK_INT_EQ(get_table(s, 7, true).phase, PH_INIT);
+        CHECK_INT_EQ(s->ops->prev_phase(s, 8, &ph, &lsn, &found, &err), 0); /* no table */
+        CHECK(!found);
+    }
+
     CHECK_INT_EQ(s->ops->rollback_phase(s, 7, &err), 0);
     t = get_table(s, 7, true);
     CHECK_INT_EQ(t.phase, PH_ERRORED);
@@ -248,6 +265,14 @@ test_rollback(state_store_t *s)
     CHECK_INT_EQ(t.phase, PH_INIT);
     CHECK_U64_EQ(t.lsn, 0);
     CHECK_INT_EQ(history_len(s, 7), 0);
+    if (s->ops->prev_phase) {
+        wr_phase_t ph = PH_READY;
+        wr_lsn_t lsn = 1;
+        bool found = true;
+
+        CHECK_INT_EQ(s->ops->prev_phase(s, 7, &ph, &lsn, &found, &err), 0); /* empty history */
+        CHECK(!found);
+    }
     CHECK_INT_EQ(s->ops->rollback_phase(s, 7, &err), WR_EINVAL);
     CHECK_INT_EQ(get_table(s, 7, true).phase, PH_INIT);
 

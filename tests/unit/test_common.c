@@ -1,8 +1,12 @@
 /*
- * test_common.c - unit tests of common/wr.c, log.c (redaction), phase.c, schema.c.
+ * test_common.c - unit tests of common/wr.c, log.c (redaction, JSON lines), phase.c,
+ * schema.c.
  */
 #include "unit.h"
 
+#include <unistd.h>
+
+#include "common/json.h"
 #include "common/log.h"
 #include "common/phase.h"
 #include "common/schema.h"
@@ -182,6 +186,110 @@ test_redact(void)
     CHECK_INT_EQ(strlen(buf), 7);
 }
 
+/* The safety net every log line goes through. */
+static void
+test_redact_text(void)
+{
+    char buf[512];
+    log_redact_text("connecting conninfo=\"host=db password=s3cret user=u\" attempt=1", buf,
+                    sizeof(buf));
+    CHECK_STR_EQ(buf, "connecting conninfo=\"host=db password=*** user=u\" attempt=1");
+    log_redact_text("x PASSWORD = 'a b c' y", buf, sizeof(buf));
+    CHECK_STR_EQ(buf, "x PASSWORD = *** y");
+    log_redact_text("env PGPASSWORD=s3cret sslpassword=\"k e y\" done", buf, sizeof(buf));
+    CHECK_STR_EQ(buf, "env PGPASSWORD=*** sslpassword=*** done");
+    log_redact_text("source=postgresql://rep:s3cret@db:5432/app ok", buf, sizeof(buf));
+    CHECK_STR_EQ(buf, "source=postgresql://rep:***@db:5432/app ok");
+    log_redact_text("url=http://h:9187/metrics and https://u@h/", buf, sizeof(buf));
+    CHECK_STR_EQ(buf, "url=http://h:9187/metrics and https://u@h/");
+    /* what PostgreSQL says about a failed login stays */
+    log_redact_text("password authentication failed for user \"u\"", buf, sizeof(buf));
+    CHECK_STR_EQ(buf, "password authentication failed for user \"u\"");
+    log_redact_text("password=", buf, sizeof(buf));
+    CHECK_STR_EQ(buf, "password=***");
+    log_redact_text("a password=s3cret", buf, 12);
+    CHECK_INT_EQ(strlen(buf), 11);
+    CHECK(strstr(buf, "s3c") == NULL);
+}
+
+static void
+json_of(const char *text, char *out, size_t len)
+{
+    jw_buf_t b;
+    jw_init(&b);
+    log_json_line(&b, "2026-01-02T03:04:05.678Z", LOG_LVL_INFO, text, "p", "apply");
+    snprintf(out, len, "%s", b.data ? b.data : "");
+    jw_free(&b);
+}
+
+static void
+test_log_json(void)
+{
+    char buf[2048];
+
+    json_of("worker started worker=sync-1 pid=123 restarts=0", buf, sizeof(buf));
+    CHECK_STR_EQ(buf, "{\"ts\":\"2026-01-02T03:04:05.678Z\",\"level\":\"info\",\"msg\":\"worker "
+                      "started\",\"pipeline\":\"p\",\"worker\":\"apply\",\"field_worker\":"
+                      "\"sync-1\",\"pid\":123,\"restarts\":0}\n");
+    /* quoted values, LSNs and non-numbers stay strings; quotes inside a value stay */
+    json_of("table errored table=public.t kind=dest_refused message=\"value \"x\" is bad\" "
+            "lsn=0/16B3748 seconds=1.250 code=-0",
+            buf, sizeof(buf));
+    CHECK_CONTAINS(buf, "\"msg\":\"table errored\",");
+    CHECK_CONTAINS(buf, "\"table\":\"public.t\",\"kind\":\"dest_refused\",");
+    CHECK_CONTAINS(buf, "\"message\":\"value \\\"x\\\" is bad\",");
+    CHECK_CONTAINS(buf, "\"lsn\":\"0/16B3748\",\"seconds\":1.250,\"code\":-0}");
+    /* a message without fields, and one whose tail is not fields */
+    json_of("stopped", buf, sizeof(buf));
+    CHECK_CONTAINS(buf, "\"msg\":\"stopped\",\"pipeline\":\"p\",\"worker\":\"apply\"}\n");
+    json_of("preflight ok: wal_level is logical", buf, sizeof(buf));
+    CHECK_CONTAINS(buf, "\"msg\":\"preflight ok: wal_level is logical\",");
+    json_of("bad a=\"unterminated x=1", buf, sizeof(buf));
+    CHECK_CONTAINS(buf, "\"msg\":\"bad a=\\\"unterminated\",\"pipeline\":\"p\",\"worker\":"
+                        "\"apply\",\"x\":1}");
+    /* control characters, invalid UTF-8 and leading zeros */
+    json_of("odd\tmsg id=007 name=\xc3\xa9\xff", buf, sizeof(buf));
+    CHECK_CONTAINS(buf, "\"msg\":\"odd\\tmsg\",\"pipeline\":\"p\",\"worker\":\"apply\","
+                        "\"id\":\"007\",\"name\":\"\xc3\xa9?\"}");
+}
+
+/* log_msg in both formats, on a real stderr (a temporary file). */
+static void
+test_log_msg_formats(void)
+{
+    char path[] = "/tmp/walrelay_test_log_XXXXXX", buf[4096];
+    int fd = mkstemp(path), saved = dup(2);
+    ssize_t n;
+
+    CHECK(fd >= 0 && saved >= 0);
+    if (fd < 0 || saved < 0)
+        return;
+    dup2(fd, 2);
+    log_init("pipe", "supervisor");
+    log_set_format(LOG_FMT_TEXT);
+    log_msg(LOG_LVL_WARN, "a text line conninfo=\"password=s3cret\" n=%d", 5);
+    log_set_format(LOG_FMT_JSON);
+    log_msg(LOG_LVL_ERROR, "a json line conninfo=\"password=s3cret\" n=%d", 6);
+    log_msg(LOG_LVL_DEBUG, "not shown");
+    log_set_format(LOG_FMT_TEXT);
+    dup2(saved, 2);
+    close(saved);
+    n = pread(fd, buf, sizeof(buf) - 1, 0);
+    close(fd);
+    unlink(path);
+    CHECK(n > 0);
+    buf[n > 0 ? n : 0] = '\0';
+    CHECK_CONTAINS(buf, " WARN a text line conninfo=\"password=***\" n=5 pipeline=pipe "
+                        "worker=supervisor\n{\"ts\":\"");
+    CHECK_CONTAINS(buf, "\",\"level\":\"error\",\"msg\":\"a json line\",\"pipeline\":\"pipe\","
+                        "\"worker\":\"supervisor\",\"conninfo\":\"password=***\",\"n\":6}\n");
+    CHECK(strstr(buf, "s3cret") == NULL);
+    CHECK(strstr(buf, "not shown") == NULL);
+    CHECK_INT_EQ(log_format_parse("JSON"), LOG_FMT_JSON);
+    CHECK_INT_EQ(log_format_parse("text"), LOG_FMT_TEXT);
+    CHECK_INT_EQ(log_format_parse("xml"), -1);
+}
+
 int
 main(void)
 {
@@ -193,5 +301,8 @@ main(void)
     RUN(test_phase_transitions);
     RUN(test_schema);
     RUN(test_redact);
+    RUN(test_redact_text);
+    RUN(test_log_json);
+    RUN(test_log_msg_formats);
     return unit_done();
 }

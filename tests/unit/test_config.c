@@ -38,7 +38,7 @@ write_new(const char *dir, const char *name, const char *conn, const char *pub, 
     wr_err_clear(err);
     if ((rc = dest_init_section(spec, &section, err)) < 0)
         return rc;
-    rc = cfg_write_new(dir, name, conn, pub, section, NULL, dest_init_check, err);
+    rc = cfg_write_new(dir, name, conn, pub, section, NULL, NULL, dest_init_check, err);
     free(section);
     return rc;
 }
@@ -214,12 +214,14 @@ test_defaults(void)
     CHECK_STR_EQ(dpath(&cfg), "/var/lib/w/d.db");
     cfg_free(&cfg);
     /* an unknown type names its line and the registered types */
-    rc = parse(cat(good_head, "[destination]\ntype = postgres\n"), &cfg, &err);
+    rc = parse(cat(good_head, "[destination]\ntype = kafka\n"), &cfg, &err);
     CHECK_INT_EQ(rc, 0);
     CHECK_INT_EQ(dest_config_check(&cfg, &err), WR_ECONFIG);
-    CHECK_STR_EQ(err.msg, P
-                 ":7: invalid value \"postgres\" for [destination] type: no such destination type");
-    CHECK_CONTAINS(err.hint, "registered destination types: sqlite, null, plugin");
+    CHECK_STR_EQ(err.msg,
+                 P ":7: invalid value \"kafka\" for [destination] type: no such destination type");
+    CHECK_CONTAINS(
+        err.hint,
+        "registered destination types: sqlite, postgres, null, http, jsonl, nats, eventstore, plugin");
     cfg_free(&cfg);
     /* plugin needs library */
     rc = parse(cat(good_head, "[destination]\ntype = plugin\nurl = http://x\n"), &cfg, &err);
@@ -331,7 +333,7 @@ test_sections_and_syntax(void)
     expect_error(cat(good_head, "[bach]\nmax_fill_ms = 1\n"), P ":6: unknown section [bach]",
                  "valid sections: [pipeline], [source], [destination]");
     /* an empty unknown section is found too (inih calls no handler for it) */
-    expect_error(cat(good_head, "\n[metrics]\n"), P ":7: unknown section [metrics]", NULL);
+    expect_error(cat(good_head, "\n[metric]\n"), P ":7: unknown section [metric]", NULL);
     expect_error(cat(good_head, "[batch] max_fill_ms = 5\n"),
                  P ":6: unexpected text after section header [batch]", NULL);
     expect_error(cat(good_head, "[batch\nmax_fill_ms = 5\n"),
@@ -399,6 +401,20 @@ test_bad_pipeline_name(void)
     CHECK(!cfg_pipeline_name_ok("a b"));
     CHECK(!cfg_pipeline_name_ok("A"));
     CHECK(!cfg_pipeline_name_ok("\xc3\xa9"));
+
+    /* issue 12, defect 3: the form of another pipeline's sync slot names */
+    CHECK(cfg_pipeline_name_clashes("shop_s16390"));
+    CHECK(cfg_pipeline_name_clashes("a_s1"));
+    CHECK(cfg_pipeline_name_clashes("x_s1_s2"));
+    CHECK(!cfg_pipeline_name_clashes("shop"));
+    CHECK(!cfg_pipeline_name_clashes("shop_s"));
+    CHECK(!cfg_pipeline_name_clashes("_s1")); /* would be the sync slot of pipeline "" */
+    CHECK(!cfg_pipeline_name_clashes("shops1"));
+    CHECK(!cfg_pipeline_name_clashes("shop_s1x"));
+    CHECK(!cfg_pipeline_name_clashes("s123"));
+    CHECK(!cfg_pipeline_name_clashes(NULL));
+    expect_error("[pipeline]\nname = shop_s16390\n",
+                 P ":2: pipeline name \"shop_s16390\" ends in \"_s\" and digits", NULL);
 }
 
 static void
@@ -655,6 +671,27 @@ test_write_new_variants(void)
     CHECK_INT_EQ(rc, 0);
     CHECK_STR_EQ(dpath(&cfg), "/abs/x.db");
     cfg_free(&cfg);
+
+    /* every built-in type writes a file that loads (the generated comments included: a
+     * comment line longer than libinih reads once broke init of the event store) */
+    static const char *const specs[] = {
+        "sqlite",
+        "null",
+        "http:http://127.0.0.1:1/hook",
+        "jsonl:/tmp/x.jsonl",
+        "nats:nats://127.0.0.1:4222",
+        "eventstore:sqlite:/tmp/e.db",
+        "eventstore:postgres:host=a dbname=b",
+    };
+    for (size_t i = 0; i < sizeof(specs) / sizeof(specs[0]); i++) {
+        snprintf(dir, sizeof(dir), "%s/t%zu", tmpdir, i);
+        rc = write_new(dir, "t", "host=a", "pub", specs[i], &err);
+        if (rc != 0)
+            fprintf(stderr, "  %s: %s (%s)\n", specs[i], err.msg, err.hint);
+        CHECK_INT_EQ(rc, 0);
+        CHECK_INT_EQ(cfg_load(dir, &cfg, &err), 0);
+        cfg_free(&cfg);
+    }
 }
 
 static void
@@ -704,10 +741,12 @@ test_write_new_refusals(void)
     CHECK_INT_EQ(rc, WR_ECONFIG);
     CHECK_CONTAINS(err.msg, "publication name is empty");
 
-    rc = write_new(dir, "demo", "host=a", "pub", "postgres", &err);
+    rc = write_new(dir, "demo", "host=a", "pub", "kafka", &err);
     CHECK_INT_EQ(rc, WR_ECONFIG);
-    CHECK_STR_EQ(err.msg, "unknown destination type \"postgres\" in --destination postgres");
-    CHECK_CONTAINS(err.hint, "registered destination types: sqlite, null, plugin");
+    CHECK_STR_EQ(err.msg, "unknown destination type \"kafka\" in --destination kafka");
+    CHECK_CONTAINS(
+        err.hint,
+        "registered destination types: sqlite, postgres, null, http, jsonl, nats, eventstore, plugin");
     rc = write_new(dir, "demo", "host=a", "pub", "plugin", &err);
     CHECK_INT_EQ(rc, WR_ECONFIG);
     CHECK_CONTAINS(err.msg, "plugin:PATH");
@@ -878,7 +917,7 @@ test_state_section(void)
         char *section = NULL;
         CHECK_INT_EQ(dest_init_section(NULL, &section, &err), 0);
         rc = cfg_write_new(dir, "demo", "host=db", "pub", section, "plugin:/opt/s/libs.so", NULL,
-                           &err);
+                           NULL, &err);
         free(section);
     }
     CHECK_INT_EQ(rc, 0);
@@ -904,14 +943,15 @@ test_state_section(void)
     }
     /* refusals: no path, a path the file cannot hold, another scheme (never echoing what
      * follows its colon) */
-    CHECK_INT_EQ(cfg_write_new(dir, "demo", "host=db", "pub", "", "plugin:", NULL, &err),
+    CHECK_INT_EQ(cfg_write_new(dir, "demo", "host=db", "pub", "", "plugin:", NULL, NULL, &err),
                  WR_ECONFIG);
     CHECK_CONTAINS(err.msg, "--state plugin needs the library: plugin:PATH");
-    CHECK_INT_EQ(cfg_write_new(dir, "demo", "host=db", "pub", "", "plugin:/a;b.so", NULL, &err),
-                 WR_ECONFIG);
+    CHECK_INT_EQ(
+        cfg_write_new(dir, "demo", "host=db", "pub", "", "plugin:/a;b.so", NULL, NULL, &err),
+        WR_ECONFIG);
     CHECK_CONTAINS(err.msg, "state store library \"/a;b.so\" contains");
     CHECK_INT_EQ(
-        cfg_write_new(dir, "demo", "host=db", "pub", "", "mysql:password=s3cret", NULL, &err),
+        cfg_write_new(dir, "demo", "host=db", "pub", "", "mysql:password=s3cret", NULL, NULL, &err),
         WR_ECONFIG);
     CHECK_CONTAINS(err.msg, "invalid state store \"mysql\": expected \"sqlite\", "
                             "\"postgres:CONNINFO\" or \"plugin:PATH\"");
@@ -963,6 +1003,97 @@ rm_rf(const char *path)
         fprintf(stderr, "could not remove %s\n", path);
 }
 
+/* [metrics] listen and lag_interval_ms, [log] format (issue 10), cfg_listen_parse, and
+ * walrelay init --metrics. */
+static void
+test_operations_keys(void)
+{
+    wr_config_t cfg;
+    wr_err_t err;
+    char host[64], dir[512];
+    uint16_t port = 1;
+    int rc;
+
+    rc = parse(good_head, &cfg, &err);
+    CHECK_INT_EQ(rc, 0);
+    CHECK(cfg.metrics_listen == NULL);
+    CHECK_INT_EQ(cfg.metrics_lag_interval_ms, 5000);
+    CHECK_INT_EQ(cfg.log_format, LOG_FMT_TEXT);
+    cfg_free(&cfg);
+
+    rc = parse(cat(good_head, "[metrics]\nlisten = 127.0.0.1:9187\nlag_interval_ms = 1000\n"
+                              "[log]\nformat = json\n"),
+               &cfg, &err);
+    CHECK_INT_EQ(rc, 0);
+    CHECK_STR_EQ(cfg.metrics_listen, "127.0.0.1:9187");
+    CHECK_INT_EQ(cfg.metrics_lag_interval_ms, 1000);
+    CHECK_INT_EQ(cfg.log_format, LOG_FMT_JSON);
+    cfg_free(&cfg);
+    /* an empty listen is off */
+    rc = parse(cat(good_head, "[metrics]\nlisten =\n"), &cfg, &err);
+    CHECK_INT_EQ(rc, 0);
+    CHECK(cfg.metrics_listen == NULL);
+    cfg_free(&cfg);
+
+    expect_error(cat(good_head, "[metrics]\nlisten = 9187\n"),
+                 P ":7: invalid value for [metrics] listen: \"9187\" has no port",
+                 "write HOST:PORT, e.g. 127.0.0.1:9187");
+    expect_error(cat(good_head, "[metrics]\nlisten = localhost:http\n"),
+                 P ":7: invalid value for [metrics] listen: \"localhost:http\": the port must be a "
+                   "number from 0 to 65535",
+                 NULL);
+    expect_error(cat(good_head, "[metrics]\nlisten = 127.0.0.1:65536\n"),
+                 "the port must be a number from 0 to 65535", NULL);
+    expect_error(cat(good_head, "[metrics]\nlisten = ::1:9187\n"),
+                 "\"::1:9187\": an IPv6 address needs brackets", "write [::1]:9187");
+    expect_error(cat(good_head, "[metrics]\nlisten = :9187\n"), "\":9187\" has no host",
+                 "0.0.0.0:PORT");
+    expect_error(cat(good_head, "[metrics]\nport = 9187\n"),
+                 P ":7: unknown key \"port\" in section [metrics]",
+                 "valid keys in [metrics]: listen, lag_interval_ms");
+    expect_error(cat(good_head, "[metrics]\nlag_interval_ms = 10\n"),
+                 "invalid value \"10\" for [metrics] lag_interval_ms: expected an integer from "
+                 "1000 to 3600000",
+                 NULL);
+    expect_error(cat(good_head, "[log]\nformat = yaml\n"),
+                 P ":7: invalid value \"yaml\" for [log] format: expected \"text\" or \"json\"",
+                 NULL);
+
+    CHECK_INT_EQ(cfg_listen_parse("[::1]:9187", host, sizeof(host), &port, &err), 0);
+    CHECK_STR_EQ(host, "::1");
+    CHECK_INT_EQ(port, 9187);
+    CHECK_INT_EQ(cfg_listen_parse("0.0.0.0:0", host, sizeof(host), &port, &err), 0);
+    CHECK_STR_EQ(host, "0.0.0.0");
+    CHECK_INT_EQ(port, 0);
+    CHECK_INT_EQ(cfg_listen_parse("metrics.example.com:9187", host, sizeof(host), &port, &err), 0);
+    CHECK_STR_EQ(host, "metrics.example.com");
+    CHECK_INT_EQ(cfg_listen_parse("[::1]9187", host, sizeof(host), &port, &err), WR_ECONFIG);
+    CHECK_CONTAINS(err.msg, "is not [IPV6]:PORT");
+    CHECK_INT_EQ(cfg_listen_parse("a b:1", host, sizeof(host), &port, &err), WR_ECONFIG);
+    CHECK_CONTAINS(err.msg, "the host has an invalid character");
+
+    /* walrelay init --metrics writes [metrics] listen; a bad one writes nothing */
+    snprintf(dir, sizeof(dir), "%s/ops1", tmpdir);
+    {
+        char *section = NULL;
+        CHECK_INT_EQ(dest_init_section("sqlite", &section, &err), 0);
+        rc = cfg_write_new(dir, "ops1", "host=a", "pub", section, NULL, "[::1]:9187",
+                           dest_init_check, &err);
+        CHECK_INT_EQ(rc, 0);
+        rc = cfg_load(dir, &cfg, &err);
+        CHECK_INT_EQ(rc, 0);
+        CHECK_STR_EQ(cfg.metrics_listen, "[::1]:9187");
+        cfg_free(&cfg);
+        snprintf(dir, sizeof(dir), "%s/ops2", tmpdir);
+        rc = cfg_write_new(dir, "ops2", "host=a", "pub", section, NULL, "9187", dest_init_check,
+                           &err);
+        CHECK_INT_EQ(rc, WR_ECONFIG);
+        CHECK_CONTAINS(err.msg, "--metrics: \"9187\" has no port");
+        CHECK(access(dir, F_OK) != 0 || cfg_load(dir, &cfg, &err) != 0);
+        free(section);
+    }
+}
+
 int
 main(void)
 {
@@ -988,6 +1119,7 @@ main(void)
     RUN(test_slot_names);
     RUN(test_lifecycle_keys);
     RUN(test_state_section);
+    RUN(test_operations_keys);
     rm_rf(tmpdir);
     return unit_done();
 }

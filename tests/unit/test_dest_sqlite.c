@@ -367,9 +367,10 @@ test_naming(void)
     CHECK(dest_type_find("sqlite") == &dest_type_sqlite);
     CHECK(dest_type_find("null") == &dest_type_null);
     CHECK(dest_type_find("plugin") == &dest_type_plugin);
-    CHECK(dest_type_find("postgres") == NULL);
+    CHECK(dest_type_find("postgres") == &dest_type_postgres);
+    CHECK(dest_type_find("kafka") == NULL);
     dest_type_list(buf, sizeof(buf));
-    CHECK_STR_EQ(buf, "sqlite, null, plugin");
+    CHECK_STR_EQ(buf, "sqlite, postgres, null, http, jsonl, nats, eventstore, plugin");
 }
 
 static void
@@ -386,7 +387,7 @@ test_open_unknown_type(void)
     CHECK_INT_EQ(dest_open(&c, "apply", &d, &err), WR_ECONFIG);
     CHECK_STR_EQ(err.msg, "/p/walrelay.conf:7: invalid value \"x\" for [destination] type: no "
                           "such destination type");
-    CHECK_CONTAINS(err.hint, "sqlite, null, plugin");
+    CHECK_CONTAINS(err.hint, "sqlite, postgres, null, http, jsonl, nats, eventstore, plugin");
     CHECK(d == NULL);
 }
 
@@ -1501,6 +1502,32 @@ test_ddl_plan_rules(void)
     CHECK_INT_EQ(plan_vs(&c, &p), DEST_DDL_RECOPY);
     CHECK_CONTAINS(p.summary, "column \"a\" changed type (type 23 typmod -1 to type 20");
     dest_ddl_plan_free(&p);
+    dest_catalog_clear(&c);
+    /* with DEST_DDL_RETYPE (postgres): followed when not rewritten (the values kept) ... */
+    {
+        wr_schema_t *ds = mk_schema(40, "public", "t", ddl_d_cols, 3);
+        dest_tmeta_t dm;
+
+        mk_meta(&dm, "lll", 100, 5);
+        mk_cat(&c, retyped, 3, "lll", 100, 5);
+        c.meta.attxmin[1] = 300;
+        CHECK_INT_EQ(dest_ddl_plan_flags(ds, &dm, &c, DEST_DDL_RETYPE, &p, &err), 0);
+        CHECK_INT_EQ(p.action, DEST_DDL_FOLLOW);
+        CHECK_INT_EQ(p.src[1], 1);
+        CHECK_CONTAINS(p.summary, "change the type of column \"a\"");
+        dest_ddl_plan_free(&p);
+        /* ... still copied without the flag */
+        CHECK_INT_EQ(dest_ddl_plan(ds, &dm, &c, &p, &err), 0);
+        CHECK_INT_EQ(p.action, DEST_DDL_RECOPY);
+        dest_ddl_plan_free(&p);
+        /* ... and copied when the table was rewritten (int to bigint, any USING) */
+        c.meta.relfilenode = 7;
+        CHECK_INT_EQ(dest_ddl_plan_flags(ds, &dm, &c, DEST_DDL_RETYPE, &p, &err), 0);
+        CHECK_INT_EQ(p.action, DEST_DDL_RECOPY);
+        dest_ddl_plan_free(&p);
+        dest_tmeta_clear(&dm);
+        wr_schema_free(ds);
+    }
     dest_catalog_clear(&c);
     /* a type changed and back: same columns, but rewritten and the column's row changed */
     mk_cat(&c, same, 3, "lll", 100, 7);

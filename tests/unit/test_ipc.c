@@ -64,6 +64,7 @@ check_table_eq(const ipc_table_info_t *a, const ipc_table_info_t *b, bool full)
     CHECK_INT_EQ(a->phase, b->phase);
     CHECK_U64_EQ(a->lsn, b->lsn);
     if (!full) {
+        CHECK_STR_EQ(a->dest_name ? a->dest_name : "", b->dest_name);
         CHECK(b->err_kind == NULL && b->err_msg == NULL && b->err_hint == NULL);
         CHECK_U64_EQ(b->rows_copied, 0);
         return;
@@ -101,9 +102,13 @@ check_msg_eq(const ipc_msg_t *a, const ipc_msg_t *b)
             check_table_eq(&a->u.tables.tables[i], &b->u.tables.tables[i], false);
         break;
     case IPC_TABLE_STATE:
+    case IPC_TABLE_ACK:
         CHECK_INT_EQ(a->u.table_state.relid, b->u.table_state.relid);
         CHECK_INT_EQ(a->u.table_state.phase, b->u.table_state.phase);
         CHECK_U64_EQ(a->u.table_state.lsn, b->u.table_state.lsn);
+        if (a->type == IPC_TABLE_STATE)
+            CHECK_STR_EQ(a->u.table_state.dest_name ? a->u.table_state.dest_name : "",
+                         b->u.table_state.dest_name);
         break;
     case IPC_SET_PHASE:
         CHECK_INT_EQ(a->u.set_phase.req, b->u.set_phase.req);
@@ -174,6 +179,14 @@ check_msg_eq(const ipc_msg_t *a, const ipc_msg_t *b)
     case IPC_TABLE_REMOVED:
         CHECK_INT_EQ(a->u.table_removed.relid, b->u.table_removed.relid);
         break;
+    case IPC_WORKER_ERROR:
+        CHECK_STR_EQ(a->u.worker_error.kind, b->u.worker_error.kind);
+        CHECK_STR_EQ(a->u.worker_error.message, b->u.worker_error.message);
+        CHECK_STR_EQ(a->u.worker_error.hint, b->u.worker_error.hint);
+        break;
+    case IPC_DEST_WAIT:
+        CHECK_STR_EQ(a->u.dest_wait.message, b->u.dest_wait.message);
+        break;
     case IPC_ERROR:
         CHECK_STR_EQ(a->u.error.message, b->u.error.message);
         break;
@@ -204,6 +217,36 @@ check_msg_eq(const ipc_msg_t *a, const ipc_msg_t *b)
                      b->u.status_reply.message);
         CHECK_INT_EQ(a->u.status_reply.more, b->u.status_reply.more);
         break;
+    case IPC_WORKER_METRICS: {
+        const __typeof__(a->u.worker_metrics) *x = &a->u.worker_metrics, *y = &b->u.worker_metrics;
+        CHECK_U64_EQ(x->transactions, y->transactions);
+        CHECK_U64_EQ(x->batches, y->batches);
+        CHECK_U64_EQ(x->bytes_received, y->bytes_received);
+        CHECK_U64_EQ(x->status_updates, y->status_updates);
+        CHECK_INT_EQ(x->nevents, y->nevents);
+        for (i = 0; i < x->nevents && i < y->nevents; i++) {
+            CHECK_INT_EQ(x->events[i].relid, y->events[i].relid);
+            for (int k = 0; k < IPC_NOPS; k++)
+                CHECK_U64_EQ(x->events[i].n[k], y->events[i].n[k]);
+        }
+        for (int k = 0; k < IPC_HIST_NCOUNTS; k++) {
+            CHECK_U64_EQ(x->batch.counts[k], y->batch.counts[k]);
+            CHECK_U64_EQ(x->commit.counts[k], y->commit.counts[k]);
+        }
+        CHECK_U64_EQ(x->batch.sum_us, y->batch.sum_us);
+        CHECK_U64_EQ(x->commit.sum_us, y->commit.sum_us);
+        CHECK_INT_EQ(x->last_commit_ts, y->last_commit_ts);
+        CHECK_INT_EQ(x->caught_up, y->caught_up);
+        break;
+    }
+    case IPC_STREAMING:
+        CHECK_U64_EQ(a->u.streaming.start_lsn, b->u.streaming.start_lsn);
+        break;
+    case IPC_METRICS:
+        break;
+    case IPC_METRICS_TEXT:
+        CHECK_STR_EQ(a->u.metrics_text.text, b->u.metrics_text.text);
+        break;
     }
 }
 
@@ -215,7 +258,12 @@ static ipc_copy_range_t sample_ranges[] = {
 
 static ipc_table_info_t sample_tables[] = {
     {.relid = 16384, .nsp = "public", .name = "orders", .phase = PH_READY, .lsn = 0x16B374D848ull},
-    {.relid = 4294967295u, .nsp = "s", .name = "t", .phase = PH_SYNCWAIT, .lsn = UINT64_MAX},
+    {.relid = 4294967295u,
+     .nsp = "s",
+     .name = "t",
+     .phase = PH_SYNCWAIT,
+     .lsn = UINT64_MAX,
+     .dest_name = "s__t_4294967295"},
 };
 static ipc_table_info_t sample_status_tables[] = {
     {.relid = 16384,
@@ -242,7 +290,12 @@ static ipc_worker_info_t sample_workers[] = {
     {.role = "sync", .relid = 16390, .pid = 0, .restarts = 7, .state = "backoff"},
 };
 
-#define NSAMPLES 28
+static ipc_event_count_t sample_events[] = {
+    {.relid = 16384, .n = {3, 0, 1, 0}},
+    {.relid = 4294967295u, .n = {0, UINT64_MAX, 0, 2}},
+};
+
+#define NSAMPLES 37
 
 /* Fills samples[]; returns the count. samples[i] may reference the schema (freed by caller). */
 static int
@@ -275,6 +328,7 @@ make_samples(ipc_msg_t *s, wr_schema_t *schema)
     s[n].u.table_state.relid = 16384;
     s[n].u.table_state.phase = PH_CATCHUP;
     s[n].u.table_state.lsn = 0x8000000000000001ull;
+    s[n].u.table_state.dest_name = "Users_16384";
     n++;
     s[n].type = IPC_SET_PHASE;
     s[n].u.set_phase.req = 77;
@@ -372,6 +426,48 @@ make_samples(ipc_msg_t *s, wr_schema_t *schema)
     s[n].u.copy_range_done.part = 4095;
     s[n].u.copy_range_done.rows = 5000000000ull;
     n++;
+    s[n].type = IPC_WORKER_ERROR;
+    s[n].u.worker_error.kind = "slot_missing";
+    s[n].u.worker_error.message = "replication slot \"walrelay_x\" is missing \xc3\xa9";
+    s[n].u.worker_error.hint = "";
+    n++;
+    s[n].type = IPC_TABLE_ACK;
+    s[n].u.table_state.relid = 16384;
+    s[n].u.table_state.phase = PH_INIT;
+    s[n].u.table_state.lsn = 0;
+    n++;
+    s[n].type = IPC_WORKER_METRICS;
+    s[n].u.worker_metrics.transactions = 7;
+    s[n].u.worker_metrics.batches = 2;
+    s[n].u.worker_metrics.bytes_received = 1ull << 40;
+    s[n].u.worker_metrics.status_updates = 3;
+    s[n].u.worker_metrics.nevents = 2;
+    s[n].u.worker_metrics.events = sample_events;
+    s[n].u.worker_metrics.batch.counts[0] = 1;
+    s[n].u.worker_metrics.batch.counts[IPC_HIST_NCOUNTS - 1] = 1;
+    s[n].u.worker_metrics.batch.sum_us = 12000500;
+    s[n].u.worker_metrics.commit.counts[3] = 2;
+    s[n].u.worker_metrics.commit.sum_us = 40000;
+    s[n].u.worker_metrics.last_commit_ts = 1764690000123456;
+    s[n].u.worker_metrics.caught_up = true;
+    n++;
+    s[n].type = IPC_WORKER_METRICS; /* nothing happened: all zero, no events */
+    n++;
+    s[n].type = IPC_STREAMING;
+    s[n].u.streaming.start_lsn = 0x16B374D848ull;
+    n++;
+    s[n].type = IPC_METRICS;
+    n++;
+    s[n].type = IPC_METRICS_TEXT;
+    s[n].u.metrics_text.text = "# HELP walrelay_up 1 while the apply worker streams\n"
+                               "# TYPE walrelay_up gauge\nwalrelay_up{pipeline=\"p\"} 1\n";
+    n++;
+    s[n].type = IPC_DEST_WAIT;
+    s[n].u.dest_wait.message = "http: HTTP 503 from http://127.0.0.1:9/ (attempt 3)";
+    n++;
+    s[n].type = IPC_DEST_WAIT;
+    s[n].u.dest_wait.message = "";
+    n++;
     return n;
 }
 
@@ -426,6 +522,11 @@ test_type_names(void)
     CHECK_STR_EQ(ipc_type_name(IPC_COPY_PLAN), "copy_plan");
     CHECK_STR_EQ(ipc_type_name(IPC_COPY_PLAN_GET), "copy_plan_get");
     CHECK_STR_EQ(ipc_type_name(IPC_COPY_RANGE_DONE), "copy_range_done");
+    CHECK_STR_EQ(ipc_type_name(IPC_WORKER_METRICS), "worker_metrics");
+    CHECK_STR_EQ(ipc_type_name(IPC_STREAMING), "streaming");
+    CHECK_STR_EQ(ipc_type_name(IPC_METRICS), "metrics");
+    CHECK_STR_EQ(ipc_type_name(IPC_METRICS_TEXT), "metrics_text");
+    CHECK_STR_EQ(ipc_type_name(IPC_DEST_WAIT), "dest_wait");
     CHECK_STR_EQ(ipc_type_name((ipc_type_t)0), "unknown");
     CHECK_STR_EQ(ipc_type_name((ipc_type_t)99), "unknown");
 }
@@ -683,12 +784,19 @@ test_decode_wrong_arity(void)
         const char *type;
         uint32_t arity;
     } types[] = {
-        {"hello", 5},         {"welcome", 3}, {"tables", 2}, {"table_state", 4},
-        {"set_phase", 8},     {"ack", 4},     {"schema", 5}, {"progress", 4},
-        {"copy_progress", 3}, {"stop", 1},    {"error", 2},  {"status", 1},
-        {"status_reply", 10}, {"ok", 2},      {"retry", 2},  {"resync", 2},
-        {"pause", 1},         {"resume", 1},  {"reload", 1}, {"table_removed", 2},
-        {"copy_plan", 6},     {"copy_plan_get", 3},           {"copy_range_done", 5},
+        {"hello", 5},         {"welcome", 3},
+        {"tables", 2},        {"table_state", 5},
+        {"set_phase", 8},     {"ack", 4},
+        {"schema", 5},        {"progress", 4},
+        {"copy_progress", 3}, {"stop", 1},
+        {"error", 2},         {"status", 1},
+        {"status_reply", 10}, {"ok", 2},
+        {"retry", 2},         {"resync", 2},
+        {"pause", 1},         {"resume", 1},
+        {"reload", 1},        {"table_removed", 2},
+        {"dest_wait", 2},     {"worker_error", 4},
+        {"table_ack", 4},     {"copy_plan", 6},
+        {"copy_plan_get", 3}, {"copy_range_done", 5},
     };
     msgpack_sbuffer sb;
     msgpack_packer pk;
@@ -708,6 +816,8 @@ test_decode_wrong_arity(void)
                  strcmp(types[i].type, "status_reply") == 0) &&
                 bad[k] == types[i].arity + 1)
                 continue; /* (issue 11) an optional last element: test_optional_elements */
+            if (strcmp(types[i].type, "table_state") == 0 && bad[k] == 4)
+                continue; /* without dest_name: accepted (test_tables_without_dest_name) */
             msgpack_pack_array(&pk, bad[k]);
             pack_str(&pk, types[i].type);
             for (j = 1; j < bad[k]; j++)
@@ -852,7 +962,7 @@ test_decode_wrong_element(void)
         for (i = 0; i < 10; i++)
             msgpack_pack_uint32(&pk, 1);
     }
-    expect_decode_error(&sb, "element 1 (tables) item 0 must have 5 elements, got 10");
+    expect_decode_error(&sb, "element 1 (tables) item 0 must have 6 elements, got 10");
 
     /* too many items */
     msgpack_pack_array(&pk, 2);
@@ -1360,6 +1470,123 @@ test_copy_plan_bad(void)
     msgpack_sbuffer_destroy(&sb);
 }
 
+/* issue 12, defect 10: a publication so large that one "tables" message would break
+ * IPC_MAX_MSG (30,000 tables with long names: about 12 MB) is sent in chunks and read
+ * back whole, in order. */
+static void
+test_tables_in_chunks(void)
+{
+    enum { N = 30000 };
+    ipc_table_info_t *t = calloc(N, sizeof(*t));
+    char *names = malloc((size_t)N * 200);
+    msgpack_sbuffer sb;
+    ipc_msg_t one, got[40];
+    int n, i;
+    uint32_t seen = 0;
+    bool order = true;
+
+    CHECK(t != NULL && names != NULL);
+    if (!t || !names) {
+        free(t);
+        free(names);
+        return;
+    }
+    for (i = 0; i < N; i++) {
+        char *nm = names + (size_t)i * 200;
+        snprintf(nm, 200, "a_rather_long_table_name_of_a_large_publication_number_%06d_%s", i,
+                 "padding_padding_padding_padding_padding_padding_padding_padding");
+        t[i].relid = 16384 + (uint32_t)i;
+        t[i].nsp = "a_schema_with_a_long_name_as_some_applications_have";
+        t[i].name = nm;
+        t[i].phase = PH_READY;
+        t[i].lsn = 0x1000 + (uint64_t)i;
+        t[i].dest_name = nm;
+    }
+    /* one message cannot carry it */
+    msgpack_sbuffer_init(&sb);
+    memset(&one, 0, sizeof(one));
+    one.type = IPC_TABLES;
+    one.u.tables.n = N;
+    one.u.tables.tables = t;
+    CHECK_INT_EQ(ipc_encode(&one, &sb), WR_EINVAL);
+    CHECK_U64_EQ(sb.size, 0);
+    /* in chunks it goes, each under the limit */
+    CHECK_INT_EQ(ipc_encode_tables(t, N, &sb), 0);
+    n = read_all(sb.data, sb.size, 0, got, 40);
+    CHECK_INT_EQ(n, (N + IPC_TABLES_CHUNK - 1) / IPC_TABLES_CHUNK);
+    for (i = 0; i < n; i++) {
+        CHECK_INT_EQ(got[i].type, IPC_TABLES);
+        CHECK_INT_EQ(got[i].u.tables.more, i < n - 1);
+        for (uint32_t j = 0; j < got[i].u.tables.n; j++, seen++)
+            order = order && got[i].u.tables.tables[j].relid == 16384 + seen &&
+                    strcmp(got[i].u.tables.tables[j].dest_name, t[seen].name) == 0;
+        ipc_msg_clear(&got[i]);
+    }
+    CHECK_INT_EQ(seen, N);
+    CHECK(order);
+    /* an empty list is one message, without "more" */
+    sb.size = 0;
+    CHECK_INT_EQ(ipc_encode_tables(t, 0, &sb), 0);
+    n = read_all(sb.data, sb.size, 0, got, 40);
+    CHECK_INT_EQ(n, 1);
+    if (n == 1) {
+        CHECK_INT_EQ(got[0].u.tables.n, 0);
+        CHECK(!got[0].u.tables.more);
+        ipc_msg_clear(&got[0]);
+    }
+    msgpack_sbuffer_destroy(&sb);
+    free(names);
+    free(t);
+}
+
+/* issue 12: a "tables" item of 5 elements and a "table_state" of 4 (without dest_name, as
+ * sent before it was added) still decode, with no destination name. */
+static void
+test_tables_without_dest_name(void)
+{
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_unpacked up;
+    ipc_msg_t m;
+    wr_err_t err;
+    size_t off = 0;
+
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_array(&pk, 2);
+    pack_str(&pk, "tables");
+    msgpack_pack_array(&pk, 1);
+    msgpack_pack_array(&pk, 5);
+    msgpack_pack_uint64(&pk, 16384);
+    pack_str(&pk, "public");
+    pack_str(&pk, "t");
+    pack_str(&pk, "ready");
+    msgpack_pack_uint64(&pk, 7);
+    msgpack_pack_array(&pk, 4);
+    pack_str(&pk, "table_state");
+    msgpack_pack_uint64(&pk, 16384);
+    pack_str(&pk, "init");
+    msgpack_pack_uint64(&pk, 0);
+    msgpack_unpacked_init(&up);
+    CHECK_INT_EQ(msgpack_unpack_next(&up, sb.data, sb.size, &off), MSGPACK_UNPACK_SUCCESS);
+    CHECK_INT_EQ(ipc_decode(&up.data, &m, &err), 0);
+    CHECK_INT_EQ(m.type, IPC_TABLES);
+    CHECK_INT_EQ(m.u.tables.n, 1);
+    if (m.u.tables.n == 1) {
+        CHECK_STR_EQ(m.u.tables.tables[0].name, "t");
+        CHECK(m.u.tables.tables[0].dest_name == NULL);
+    }
+    ipc_msg_clear(&m);
+    CHECK_INT_EQ(msgpack_unpack_next(&up, sb.data, sb.size, &off), MSGPACK_UNPACK_SUCCESS);
+    CHECK_INT_EQ(ipc_decode(&up.data, &m, &err), 0);
+    CHECK_INT_EQ(m.type, IPC_TABLE_STATE);
+    CHECK_INT_EQ(m.u.table_state.phase, PH_INIT);
+    CHECK(m.u.table_state.dest_name == NULL);
+    ipc_msg_clear(&m);
+    msgpack_unpacked_destroy(&up);
+    msgpack_sbuffer_destroy(&sb);
+}
+
 /* The control commands and table_removed refuse wrong element types. */
 static void
 test_decode_commands_bad(void)
@@ -1413,6 +1640,194 @@ test_decode_commands_bad(void)
     msgpack_sbuffer_destroy(&sb);
 }
 
+/* Packs a worker_metrics message with n_elems elements (12 is right); hist_len counts in
+ * the batch histogram, ts as last_commit_ts; ev is packed as the events element. */
+static void
+pack_worker_metrics(msgpack_packer *pk, uint32_t n_elems, uint32_t hist_len, int64_t ts,
+                    void (*events)(msgpack_packer *))
+{
+    msgpack_pack_array(pk, n_elems);
+    pack_str(pk, "worker_metrics");
+    for (int i = 0; i < 4; i++)
+        msgpack_pack_uint64(pk, 1);
+    if (events)
+        events(pk);
+    else
+        msgpack_pack_array(pk, 0);
+    msgpack_pack_array(pk, hist_len);
+    for (uint32_t i = 0; i < hist_len; i++)
+        msgpack_pack_uint64(pk, 0);
+    msgpack_pack_uint64(pk, 0);
+    msgpack_pack_array(pk, IPC_HIST_NCOUNTS);
+    for (uint32_t i = 0; i < IPC_HIST_NCOUNTS; i++)
+        msgpack_pack_uint64(pk, 0);
+    msgpack_pack_uint64(pk, 0);
+    msgpack_pack_int64(pk, ts);
+    if (n_elems > 11)
+        msgpack_pack_true(pk);
+}
+
+static void
+events_short_item(msgpack_packer *pk)
+{
+    msgpack_pack_array(pk, 1);
+    msgpack_pack_array(pk, 4); /* [relid, inserts, updates, deletes]: truncates missing */
+    for (int i = 0; i < 4; i++)
+        msgpack_pack_uint64(pk, 1);
+}
+
+static void
+events_negative(msgpack_packer *pk)
+{
+    msgpack_pack_array(pk, 2);
+    msgpack_pack_array(pk, 5);
+    for (int i = 0; i < 5; i++)
+        msgpack_pack_uint64(pk, 1);
+    msgpack_pack_array(pk, 5);
+    msgpack_pack_uint64(pk, 16384);
+    msgpack_pack_uint64(pk, 1);
+    msgpack_pack_int64(pk, -1);
+    msgpack_pack_uint64(pk, 1);
+    msgpack_pack_uint64(pk, 1);
+}
+
+static void
+events_big_relid(msgpack_packer *pk)
+{
+    msgpack_pack_array(pk, 1);
+    msgpack_pack_array(pk, 5);
+    msgpack_pack_uint64(pk, 1ull << 32);
+    for (int i = 0; i < 4; i++)
+        msgpack_pack_uint64(pk, 1);
+}
+
+static void
+test_metrics_messages_bad(void)
+{
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_unpacked up;
+    ipc_msg_t m;
+    wr_err_t err;
+
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+
+    /* the helper's well-formed message decodes */
+    pack_worker_metrics(&pk, 12, IPC_HIST_NCOUNTS, 5, NULL);
+    msgpack_unpacked_init(&up);
+    CHECK_INT_EQ(msgpack_unpack_next(&up, sb.data, sb.size, NULL), MSGPACK_UNPACK_SUCCESS);
+    CHECK_INT_EQ(ipc_decode(&up.data, &m, &err), 0);
+    CHECK_INT_EQ(m.type, IPC_WORKER_METRICS);
+    CHECK_U64_EQ(m.u.worker_metrics.transactions, 1);
+    CHECK_INT_EQ(m.u.worker_metrics.last_commit_ts, 5);
+    CHECK(m.u.worker_metrics.caught_up);
+    ipc_msg_clear(&m);
+    msgpack_unpacked_destroy(&up);
+    sb.size = 0;
+
+    pack_worker_metrics(&pk, 11, IPC_HIST_NCOUNTS, 0, NULL);
+    expect_decode_error(&sb, "invalid \"worker_metrics\" message: expected 12 elements, got 11");
+    pack_worker_metrics(&pk, 12, IPC_HIST_NCOUNTS - 1, 0, NULL);
+    expect_decode_error(&sb, "invalid \"worker_metrics\" message: element 6 (batch_hist) must "
+                             "have 13 counts, got 12");
+    pack_worker_metrics(&pk, 12, IPC_HIST_NCOUNTS + 1, 0, NULL);
+    expect_decode_error(&sb, "element 6 (batch_hist) must have at most 13 items, got 14");
+    pack_worker_metrics(&pk, 12, IPC_HIST_NCOUNTS, -7, NULL);
+    expect_decode_error(&sb, "element 10 (last_commit_ts) must not be negative, got -7");
+    pack_worker_metrics(&pk, 12, IPC_HIST_NCOUNTS, 0, events_short_item);
+    expect_decode_error(&sb, "element 5 (events) item 0 must have 5 elements, got 4");
+    pack_worker_metrics(&pk, 12, IPC_HIST_NCOUNTS, 0, events_negative);
+    expect_decode_error(&sb, "element 5 (events) item 1 element 2 (updates) must be an "
+                             "unsigned integer, got negative integer");
+    pack_worker_metrics(&pk, 12, IPC_HIST_NCOUNTS, 0, events_big_relid);
+    expect_decode_error(&sb, "item 0 element 0 (relid) must fit in 32 bits");
+
+    /* a histogram count that is not a number */
+    msgpack_pack_array(&pk, 12);
+    pack_str(&pk, "worker_metrics");
+    for (int i = 0; i < 4; i++)
+        msgpack_pack_uint64(&pk, 0);
+    msgpack_pack_array(&pk, 0);
+    msgpack_pack_array(&pk, IPC_HIST_NCOUNTS);
+    for (int i = 0; i < IPC_HIST_NCOUNTS; i++)
+        if (i == 4)
+            pack_str(&pk, "x");
+        else
+            msgpack_pack_uint64(&pk, 0);
+    msgpack_pack_uint64(&pk, 0);
+    msgpack_pack_array(&pk, IPC_HIST_NCOUNTS);
+    for (int i = 0; i < IPC_HIST_NCOUNTS; i++)
+        msgpack_pack_uint64(&pk, 0);
+    msgpack_pack_uint64(&pk, 0);
+    msgpack_pack_uint64(&pk, 0);
+    msgpack_pack_false(&pk);
+    expect_decode_error(&sb, "element 6 (batch_hist) element 4 (count) must be an unsigned "
+                             "integer, got string");
+
+    msgpack_pack_array(&pk, 2);
+    pack_str(&pk, "streaming");
+    msgpack_pack_int64(&pk, -1);
+    expect_decode_error(&sb, "invalid \"streaming\" message: element 1 (start_lsn) must be an "
+                             "unsigned integer, got negative integer");
+
+    msgpack_pack_array(&pk, 2);
+    pack_str(&pk, "metrics");
+    pack_str(&pk, "all");
+    expect_decode_error(&sb, "invalid \"metrics\" message: expected 1 elements, got 2");
+
+    msgpack_pack_array(&pk, 2);
+    pack_str(&pk, "metrics_text");
+    msgpack_pack_bin_with_body(&pk, "x", 1);
+    expect_decode_error(&sb, "invalid \"metrics_text\" message: element 1 (text) must be a "
+                             "string, got binary");
+
+    msgpack_pack_array(&pk, 2);
+    pack_str(&pk, "metrics_text");
+    msgpack_pack_str_with_body(&pk, "a\0b", 3);
+    expect_decode_error(&sb, "element 1 (text) must not contain a NUL byte");
+    msgpack_sbuffer_destroy(&sb);
+}
+
+/* metrics_text may pass IPC_MAX_STR (other strings may not), up to IPC_MAX_TEXT. */
+static void
+test_metrics_text_long(void)
+{
+    msgpack_sbuffer sb;
+    ipc_msg_t m, got;
+    size_t big = IPC_MAX_STR * 4;
+    char *text = malloc(IPC_MAX_TEXT + 2);
+
+    CHECK(text != NULL);
+    if (!text)
+        return;
+    msgpack_sbuffer_init(&sb);
+    memset(text, 'm', big);
+    text[big] = '\0';
+    memset(&m, 0, sizeof(m));
+    m.type = IPC_METRICS_TEXT;
+    m.u.metrics_text.text = text;
+    CHECK_INT_EQ(ipc_encode(&m, &sb), 0);
+    CHECK_INT_EQ(read_all(sb.data, sb.size, 1000, &got, 1), 1);
+    CHECK_INT_EQ(got.type, IPC_METRICS_TEXT);
+    CHECK_INT_EQ(strlen(got.u.metrics_text.text), big);
+    ipc_msg_clear(&got);
+
+    /* over the limit: not written */
+    sb.size = 0;
+    memset(text, 'm', IPC_MAX_TEXT + 1);
+    text[IPC_MAX_TEXT + 1] = '\0';
+    CHECK_INT_EQ(ipc_encode(&m, &sb), WR_EINVAL);
+    CHECK_INT_EQ(sb.size, 0);
+    /* the same string in an error message is refused too (64 KiB limit) */
+    text[IPC_MAX_STR + 1] = '\0';
+    m.type = IPC_ERROR;
+    m.u.error.message = text;
+    CHECK_INT_EQ(ipc_encode(&m, &sb), WR_EINVAL);
+    free(text);
+    msgpack_sbuffer_destroy(&sb);
+}
+
 int
 main(void)
 {
@@ -1431,8 +1846,12 @@ main(void)
     RUN(test_reader_oversized);
     RUN(test_reader_huge_declared_sizes);
     RUN(test_status_reply_without_message);
+    RUN(test_tables_without_dest_name);
+    RUN(test_tables_in_chunks);
     RUN(test_decode_commands_bad);
     RUN(test_optional_elements);
     RUN(test_copy_plan_bad);
+    RUN(test_metrics_messages_bad);
+    RUN(test_metrics_text_long);
     return unit_done();
 }

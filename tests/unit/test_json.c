@@ -54,6 +54,21 @@ test_numbers_lsn_time(void)
     jw_reset(&b);
     jw_time(&b, -1); /* before the epoch: the fraction stays positive */
     CHECK_STR_EQ(b.data, "\"1969-12-31T23:59:59.999999Z\"");
+    /* the same second again, another fraction; then the next second (the date part of
+     * the last second is cached) */
+    jw_reset(&b);
+    jw_time(&b, INT64_C(1764693085123456));
+    jw_time(&b, INT64_C(1764693085000007));
+    jw_time(&b, INT64_C(1764693086000000));
+    CHECK_STR_EQ(b.data, "\"2025-12-02T16:31:25.123456Z\"\"2025-12-02T16:31:25.000007Z\""
+                         "\"2025-12-02T16:31:26.000000Z\"");
+    jw_reset(&b);
+    jw_i64(&b, 0);
+    jw_i64(&b, -7);
+    jw_u64(&b, 10);
+    jw_lsn(&b, 0);
+    jw_lsn(&b, 0xFFFFFFFFFFFFFFFFULL);
+    CHECK_STR_EQ(b.data, "0-710\"0/0\"\"FFFFFFFF/FFFFFFFF\"");
     jw_free(&b);
 }
 

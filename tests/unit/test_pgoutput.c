@@ -700,14 +700,14 @@ test_truncation_error_names_field_and_offset(void)
 static void
 test_unknown_message_type(void)
 {
-    /* Stream Start (protocol 2): Int32 xid, Int8 first_segment */
-    static const uint8_t s[] = {'S', 0, 0, 2, 0xdd, 1};
+    /* Begin Prepare (protocol 3, two_phase): never asked for */
+    static const uint8_t s[] = {'b', 0, 0, 2, 0xdd, 1};
     static const uint8_t bin[] = {0x01, 0, 0};
     pgo_msg_t m;
     wr_err_t err;
 
     CHECK_INT_EQ(decode_bytes(s, sizeof(s), &m, &err), WR_EUNSUPPORTED);
-    CHECK_CONTAINS(err.msg, "'S'");
+    CHECK_CONTAINS(err.msg, "'b'");
     CHECK_CONTAINS(err.msg, "offset 0");
     CHECK_CONTAINS(err.hint, "version");
     CHECK_INT_EQ(m.type, 0);
@@ -716,6 +716,75 @@ test_unknown_message_type(void)
     /* 'K' is Commit Prepared (v3) at the top level, not the key marker */
     CHECK_INT_EQ(decode_bytes((const uint8_t *)"K", 1, &m, &err), WR_EUNSUPPORTED);
     CHECK_CONTAINS(err.msg, "'K'");
+}
+
+/* Protocol version 2: a stream block (Start, messages with an xid, Stop), Stream Commit
+ * and Stream Abort, the block structure, and a spooled message decoded out of band. */
+static void
+test_stream_messages(void)
+{
+    static const uint8_t start[] = {'S', 0, 0, 2, 0xdd, 1};
+    /* insert by subtransaction 0x2de into relid 16384: (1) */
+    static const uint8_t ins[] = {'I', 0, 0, 2,   0xde, 0, 0, 0x40, 0,
+                                  'N', 0, 1, 't', 0,    0, 0, 1,    '1'};
+    static const uint8_t stop[] = {'E'};
+    static const uint8_t commit[] = {'c', 0, 0, 2, 0xdd, 0,    0,    0, 0, 0, 0, 0, 0x10, 0, 0,
+                                     0,   0, 0, 0, 0,    0x10, 0x30, 0, 0, 0, 0, 0, 0,    0, 7};
+    static const uint8_t abort_[] = {'A', 0, 0, 2, 0xdd, 0, 0, 2, 0xde};
+    static const uint8_t begin[] = {'B', 0, 0, 0, 0, 0, 0, 0, 1, 0, 0,
+                                    0,   0, 0, 0, 0, 0, 0, 0, 0, 9};
+    pgo_decoder_t d;
+    pgo_msg_t m;
+    wr_err_t err;
+
+    pgo_decoder_init(&d);
+    memset(&err, 0, sizeof(err));
+    CHECK_INT_EQ(pgo_decode(&d, start, sizeof(start), &m, &err), 0);
+    CHECK_INT_EQ(m.type, PGO_STREAM_START);
+    CHECK_INT_EQ(m.u.stream_start.xid, 0x2dd);
+    CHECK(m.u.stream_start.first_segment);
+    CHECK(d.in_stream);
+    /* a second Start and a Begin inside the block are refused */
+    CHECK_INT_EQ(pgo_decode(&d, start, sizeof(start), &m, &err), WR_EPROTO);
+    CHECK_CONTAINS(err.msg, "inside a stream block");
+    CHECK_INT_EQ(pgo_decode(&d, begin, sizeof(begin), &m, &err), WR_EPROTO);
+    CHECK_INT_EQ(pgo_decode(&d, ins, sizeof(ins), &m, &err), 0);
+    CHECK_INT_EQ(m.type, PGO_INSERT);
+    CHECK_INT_EQ(m.xid, 0x2de);
+    CHECK_INT_EQ(m.u.insert.relid, 16384);
+    CHECK_INT_EQ(m.u.insert.newtup.ncols, 1);
+    CHECK_INT_EQ(m.u.insert.newtup.vals[0].data[0], '1');
+    CHECK_INT_EQ(pgo_decode(&d, stop, sizeof(stop), &m, &err), 0);
+    CHECK(!d.in_stream);
+    /* outside a block: a second Stop is refused, the insert has no xid and is malformed */
+    CHECK_INT_EQ(pgo_decode(&d, stop, sizeof(stop), &m, &err), WR_EPROTO);
+    CHECK_CONTAINS(err.msg, "outside a stream block");
+    CHECK(pgo_decode(&d, ins, sizeof(ins), &m, &err) < 0);
+    /* ... but decoded out of band as a spooled message it is the same insert */
+    CHECK_INT_EQ(pgo_decode_streamed(&d, ins, sizeof(ins), &m, &err), 0);
+    CHECK_INT_EQ(m.xid, 0x2de);
+    CHECK_INT_EQ(m.u.insert.relid, 16384);
+    CHECK(!d.in_stream);
+    CHECK_INT_EQ(pgo_decode_streamed(&d, commit, sizeof(commit), &m, &err), WR_EPROTO);
+    CHECK_INT_EQ(pgo_decode(&d, commit, sizeof(commit), &m, &err), 0);
+    CHECK_INT_EQ(m.type, PGO_STREAM_COMMIT);
+    CHECK_INT_EQ(m.u.stream_commit.xid, 0x2dd);
+    CHECK_INT_EQ(m.u.stream_commit.commit_lsn, 0x1000);
+    CHECK_INT_EQ(m.u.stream_commit.end_lsn, 0x1030);
+    CHECK_INT_EQ(m.u.stream_commit.ts, 7);
+    CHECK_INT_EQ(pgo_decode(&d, abort_, sizeof(abort_), &m, &err), 0);
+    CHECK_INT_EQ(m.type, PGO_STREAM_ABORT);
+    CHECK_INT_EQ(m.u.stream_abort.xid, 0x2dd);
+    CHECK_INT_EQ(m.u.stream_abort.subxid, 0x2de);
+    /* every prefix of each is a clean error */
+    for (size_t n = 1; n < sizeof(commit); n++)
+        CHECK(pgo_decode(&d, commit, n, &m, &err) < 0);
+    for (size_t n = 1; n < sizeof(abort_); n++)
+        CHECK(pgo_decode(&d, abort_, n, &m, &err) < 0);
+    for (size_t n = 1; n < sizeof(start); n++)
+        CHECK(pgo_decode(&d, start, n, &m, &err) < 0);
+    CHECK(!d.in_stream);
+    pgo_decoder_close(&d);
 }
 
 static void
@@ -1002,6 +1071,7 @@ main(void)
     RUN(test_every_prefix_is_an_error);
     RUN(test_truncation_error_names_field_and_offset);
     RUN(test_unknown_message_type);
+    RUN(test_stream_messages);
     RUN(test_corrupt_tuples);
     RUN(test_corrupt_update_delete_markers);
     RUN(test_corrupt_strings_and_headers);

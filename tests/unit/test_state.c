@@ -785,10 +785,12 @@ test_sqlite_bad_files(void)
               f);
         fclose(f);
     }
-    CHECK_INT_EQ(state_open_sqlite(path, &s, &err), WR_ESTATE);
+    /* a configuration error (exit 2): a service manager must not retry it (issue 12) */
+    CHECK_INT_EQ(state_open_sqlite(path, &s, &err), WR_ECONFIG);
     CHECK(s == NULL);
     CHECK_CONTAINS(err.msg, path);
     CHECK_CONTAINS(err.msg, "not a database");
+    CHECK_CONTAINS(err.hint, "walrelay drop");
     remove_db(path);
 
     /* a directory that does not exist */
