@@ -1,12 +1,20 @@
 #!/usr/bin/python3
 """walrelay benchmarks, each compared in the same run with what a user would use instead.
 
-  copy:  initial copy of a table of N rows (mixed types) into the `null` and `sqlite`
-         destinations, against `psql -c "COPY t TO STDOUT" > /dev/null`.
+  copy:  initial copy of a table of N rows (mixed types) into the `null` destination and
+         into `sqlite` once per --copy-connections value ([sync]
+         max_copy_connections_per_table: the parallel copy's source connections), against
+         `psql -c "COPY t TO STDOUT" > /dev/null`.
   drain: a backlog of N changes (inserts, updates, deletes in 1000-row transactions)
-         drained into `null` by walrelay, against `pg_recvlogical` (pgoutput,
-         proto_version=1) draining the same backlog from a second slot.
-         The CPU seconds of walrelay's apply worker and of its walsender backend
+         drained into `null` and into `sqlite` by walrelay, against `pg_recvlogical`
+         (pgoutput, proto_version=1) draining the same backlog from another slot; the
+         sqlite destination is checked afterwards (row count and sum).
+  scale: --scale-tables tables (default 500) of --scale-rows rows (default 10,000) in one
+         publication, copied into `sqlite` with the default [sync] settings: the time until
+         every table is ready, the most replication slots and walrelay-sync processes at
+         once (sampled), the peak RSS of the supervisor, the apply worker and the largest
+         sync worker, and how long `walrelay status --json` takes with every table listed.
+         The CPU seconds of walrelay's apply worker (each destination) and of its walsender backend
          (/proc/PID/stat, sampled) are reported per change, and those of pg_recvlogical
          (getrusage) and of its walsender: goal (issue 11) walrelay >= 1.0x
          pg_recvlogical's rate with the apply worker's CPU <= 35% of its walsender's.
@@ -32,7 +40,8 @@ worker's own figure from its log line is reported beside it. Peak RSS (VmHWM) of
 walrelay process is sampled during each run.
 
 Usage: bench/run.py [--rows 1000000] [--changes 1000000] [--bigtx-rows 2000000] [--build build]
-                    [--latency-seconds 20] [--only copy|drain|bigtx|latency]
+                    [--copy-connections 1,2] [--scale-tables 500] [--scale-rows 10000]
+                    [--latency-seconds 20] [--only copy|drain|bigtx|bigtx-live|latency|scale]
 """
 import argparse
 import json
@@ -68,6 +77,7 @@ class Walrelay:
         self.proc = None
         self.log = os.path.join(self.dir, "run.log")
         self.peak = {}
+        self.nsync = 0
 
     def start(self):
         self.logf = open(self.log, "w")
@@ -81,17 +91,18 @@ class Walrelay:
         return json.loads(r.stdout)
 
     def sample_rss(self):
-        pids = {"supervisor": self.proc.pid}
+        pids = [("supervisor", self.proc.pid)]
         try:
             for c in open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read().split():
                 try:
                     exe = os.readlink(f"/proc/{c}/exe")
                 except OSError:
                     continue
-                pids[os.path.basename(exe)] = int(c)
+                pids.append((os.path.basename(exe), int(c)))
         except OSError:
             return
-        for kind, pid in pids.items():
+        self.nsync = sum(1 for kind, _ in pids if kind == "walrelay-sync")
+        for kind, pid in pids:
             try:
                 for line in open(f"/proc/{pid}/status"):
                     if line.startswith("VmHWM:"):
@@ -135,7 +146,11 @@ class Walrelay:
         self.logf.close()
 
     def copy_seconds_from_log(self):
-        m = re.findall(r"copy finished.*?seconds=([0-9.]+)", open(self.log).read())
+        m = re.findall(r"copy finished.*? seconds=([0-9.]+)", open(self.log).read())
+        return float(m[-1]) if m else None
+
+    def copy_cpu_from_log(self):
+        m = re.findall(r"copy finished.*?cpu_seconds=([0-9.]+)", open(self.log).read())
         return float(m[-1]) if m else None
 
     def cleanup(self):
@@ -261,12 +276,14 @@ def bench_copy(pg, args, out):
     psql = [f"{PGBIN}/psql", pg.conninfo, "-X", "-q", "-c", "COPY bench_copy TO STDOUT"]
     base = min(timed(psql, stdout=subprocess.DEVNULL) for _ in range(args.repeat))
     out.append(f"\n### Copy of {args.rows:,} rows ({size}: bigint, int, numeric, text, timestamptz, bool)\n")
-    out.append("| what | seconds | rows/s | ratio to COPY | worker copy s | peak RSS MB (supervisor/apply/sync) |")
+    out.append("| what | seconds | rows/s | ratio to COPY | worker copy s (CPU s) | peak RSS MB (supervisor/apply/sync) |")
     out.append("|---|---|---|---|---|---|")
     out.append(f"| `psql -c \"COPY ... TO STDOUT\" > /dev/null` (best of {args.repeat}) | {base:.2f} | "
                f"{args.rows / base:,.0f} | 1.00 | | |")
-    for dest in ("null", "sqlite"):
-        w = Walrelay(args.build, pg, "pub_copy", dest, f"copy_{dest}")
+    runs = [("null", None)] + [("sqlite", c) for c in args.copy_connections.split(",")]
+    for dest, conns in runs:
+        conf = {("sync", "max_copy_connections_per_table"): conns} if conns else None
+        w = Walrelay(args.build, pg, "pub_copy", dest, f"copy_{dest}{conns or ''}", conf)
         try:
             t0 = time.monotonic()
             w.start()
@@ -274,25 +291,29 @@ def bench_copy(pg, args, out):
             dt = time.monotonic() - t0
             w.stop()
             ws = w.copy_seconds_from_log()
+            wc = w.copy_cpu_from_log()
             p = w.peak
-            out.append(f"| walrelay → {dest} (run until ready) | {dt:.2f} | {args.rows / dt:,.0f} | "
-                       f"{dt / base:.2f} | {ws if ws is not None else '?'} | "
+            label = f"{dest}, {conns} connection{'s' if conns != '1' else ''}" if conns else dest
+            out.append(f"| walrelay → {label} (run until ready) | {dt:.2f} | {args.rows / dt:,.0f} | "
+                       f"{dt / base:.2f} | {ws if ws is not None else '?'}{f' ({wc:.2f})' if wc is not None else ''} | "
                        f"{mb(p.get('supervisor', 0))}/{mb(p.get('walrelay-apply', 0))}/{mb(p.get('walrelay-sync', 0))} |")
         finally:
             w.stop() if w.proc and w.proc.poll() is None else None
             w.cleanup()
-    print("\n".join(out[-(3 + 2):]), flush=True)
+    print("\n".join(out[-(3 + len(runs)):]), flush=True)
 
 
 def bench_drain(pg, args, out):
     with psycopg.connect(pg.conninfo, autocommit=True) as c:
         c.execute("CREATE TABLE bench_drain (id bigint PRIMARY KEY, v int, t text)")
         c.execute("CREATE PUBLICATION pub_drain FOR TABLE bench_drain")
-    w = Walrelay(args.build, pg, "pub_drain", "null", "drain_null")
+    pipes = [Walrelay(args.build, pg, "pub_drain", dest, f"drain_{dest}") for dest in ("null", "sqlite")]
     try:
-        w.start()
-        w.wait(w.all_ready, 300, "table ready")
-        w.stop()
+        # each pipeline copies the (empty) table, then stops: its slot waits before the backlog
+        for w in pipes:
+            w.start()
+            w.wait(w.all_ready, 300, "table ready")
+            w.stop()
         with psycopg.connect(pg.conninfo, autocommit=True) as c:
             c.execute("SELECT pg_create_logical_replication_slot('bench_recv', 'pgoutput')")
             n = args.changes
@@ -315,24 +336,7 @@ def bench_drain(pg, args, out):
         watch.start()
         base, _, recv_cpu = timed_cpu(recv)
         recv_ws = watch.stop().get("walsender", 0.0)
-
-        def flushed():
-            with psycopg.connect(pg.conninfo, autocommit=True) as c:
-                r = c.execute("SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots "
-                              "WHERE slot_name = 'walrelay_drain_null'", (endpos,)).fetchone()
-                return bool(r and r[0])
-        w.peak = {}
-        t0 = time.monotonic()
-        w.start()
-        watch = CpuWatch(pg, "walrelay_drain_null", lambda: w.child_pids())
-        watch.start()
-        w.wait(flushed, 1800, "slot confirmed past the backlog")
-        dt = time.monotonic() - t0
-        cpu = watch.stop()
-        w.stop()
-        p = w.peak
         n = args.changes
-        wr_ws, wr_apply = cpu.get("walsender", 0.0), cpu.get("walrelay-apply", 0.0)
         out.append(f"\n### Drain of a {args.changes:,}-change backlog (½ inserts, ¼ updates, ¼ deletes; 1000-row transactions)\n")
         out.append("| what | seconds | changes/s | ratio to pg_recvlogical | CPU s: consumer / its walsender | "
                    "consumer CPU µs per change | consumer CPU / walsender CPU | peak RSS MB (supervisor/apply) |")
@@ -340,16 +344,40 @@ def bench_drain(pg, args, out):
         out.append(f"| `pg_recvlogical` pgoutput proto 1 → /dev/null | {base:.2f} | {n / base:,.0f} | 1.00 | "
                    f"{recv_cpu:.2f} / {recv_ws:.2f} | {recv_cpu * 1e6 / n:.2f} | "
                    f"{(recv_cpu / recv_ws if recv_ws else float('nan')):.0%} | |")
-        out.append(f"| walrelay → null (until confirmed_flush ≥ end) | {dt:.2f} | {n / dt:,.0f} | "
-                   f"{dt / base:.2f} | {wr_apply:.2f} / {wr_ws:.2f} | {wr_apply * 1e6 / n:.2f} | "
-                   f"{(wr_apply / wr_ws if wr_ws else float('nan')):.0%} | "
-                   f"{mb(p.get('supervisor', 0))}/{mb(p.get('walrelay-apply', 0))} |")
+        for w in pipes:
+            slot = f"walrelay_{w.name}"
+            w.peak = {}
+            t0 = time.monotonic()
+            w.start()
+            watch = CpuWatch(pg, slot, lambda: w.child_pids())
+            watch.start()
+            w.wait(lambda: slot_flushed(pg, slot, endpos), 1800, "slot confirmed past the backlog")
+            dt = time.monotonic() - t0
+            cpu = watch.stop()
+            w.stop()
+            p = w.peak
+            wr_ws, wr_apply = cpu.get("walsender", 0.0), cpu.get("walrelay-apply", 0.0)
+            dest = w.name.split("_", 1)[1]
+            out.append(f"| walrelay → {dest} (until confirmed_flush ≥ end) | {dt:.2f} | {n / dt:,.0f} | "
+                       f"{dt / base:.2f} | {wr_apply:.2f} / {wr_ws:.2f} | {wr_apply * 1e6 / n:.2f} | "
+                       f"{(wr_apply / wr_ws if wr_ws else float('nan')):.0%} | "
+                       f"{mb(p.get('supervisor', 0))}/{mb(p.get('walrelay-apply', 0))} |")
+        d = sqlite3.connect(os.path.join(pipes[1].dir, "dest.db"))
+        got = d.execute("SELECT count(*), sum(v) FROM bench_drain").fetchone()
+        d.close()
+        keep = range(dele + 1, ins + 1)
+        want = (len(keep), sum(g + (1 if g <= upd else 0) for g in keep))
+        out.append(f"\nsqlite destination after the drain (rows, sum(v)): {tuple(got)}, expected {want}: "
+                   f"{'equal' if tuple(got) == want else 'DIFFERENT'}")
+        if tuple(got) != want:
+            raise RuntimeError(f"drain: the sqlite destination is wrong: {tuple(got)} != {want}")
         with psycopg.connect(pg.conninfo, autocommit=True) as c:
             c.execute("SELECT pg_drop_replication_slot('bench_recv')")
     finally:
-        w.stop() if w.proc and w.proc.poll() is None else None
-        w.cleanup()
-    print("\n".join(out[-6:]), flush=True)
+        for w in pipes:
+            w.stop() if w.proc and w.proc.poll() is None else None
+            w.cleanup()
+    print("\n".join(out[-8:]), flush=True)
 
 
 def bench_bigtx(pg, args, out):
@@ -427,6 +455,65 @@ def bench_bigtx(pg, args, out):
             w.stop() if w.proc and w.proc.poll() is None else None
             w.cleanup()
     print("\n".join(out[-8:]), flush=True)
+
+
+def bench_scale(pg, args, out):
+    n, rows = args.scale_tables, args.scale_rows
+    t = time.monotonic()
+    with psycopg.connect(pg.conninfo, autocommit=True) as c:
+        c.execute("DO $$ BEGIN FOR i IN 1..%s LOOP EXECUTE format("
+                  "'CREATE TABLE scale_%%s (id bigint PRIMARY KEY, v int NOT NULL, t text)', i); "
+                  "EXECUTE format('INSERT INTO scale_%%s SELECT g, g %%%% 1000, ''row '' || g "
+                  "FROM generate_series(1, %s) g', i); END LOOP; END $$" % (n, rows))
+        c.execute("CREATE PUBLICATION pub_scale FOR TABLES IN SCHEMA public")
+        c.execute("VACUUM ANALYZE")
+        size = c.execute("SELECT pg_size_pretty(sum(pg_table_size(relid))) FROM "
+                         "pg_get_publication_tables('pub_scale')").fetchone()[0]
+    made = time.monotonic() - t
+    w = Walrelay(args.build, pg, "pub_scale", "sqlite", "scale")
+    slots_max = sync_max = 0
+    try:
+        with psycopg.connect(pg.conninfo, autocommit=True) as c:
+            def ready():
+                nonlocal slots_max, sync_max
+                slots_max = max(slots_max, c.execute(
+                    "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE "
+                    "'walrelay_scale%%'").fetchone()[0])
+                sync_max = max(sync_max, w.nsync)
+                st = w.status()
+                return bool(st and len(st["tables"]) == n and
+                            all(x["phase"] == "ready" for x in st["tables"]))
+            t0 = time.monotonic()
+            w.start()
+            w.wait(ready, 7200, f"{n} tables ready")
+            dt = time.monotonic() - t0
+        t1 = time.monotonic()
+        st = w.status()
+        status_s = time.monotonic() - t1
+        w.sample_rss()
+        w.stop()
+        p = w.peak
+        d = sqlite3.connect(os.path.join(w.dir, "dest.db"))
+        got = sum(d.execute(f"SELECT count(*) FROM scale_{i}").fetchone()[0] for i in range(1, n + 1))
+        d.close()
+        if got != n * rows:
+            raise RuntimeError(f"scale: the destination holds {got} rows, expected {n * rows}")
+        out.append(f"\n### {n:,} tables of {rows:,} rows ({size} in all; made in {made:.0f} s), "
+                   f"into sqlite, default [sync] settings\n")
+        out.append("| what | value |")
+        out.append("|---|---|")
+        out.append(f"| time from `walrelay run` until every table is ready | {dt:.1f} s "
+                   f"({n / dt:.1f} tables/s, {n * rows / dt:,.0f} rows/s) |")
+        out.append(f"| replication slots of the pipeline at once (most sampled) | {slots_max} |")
+        out.append(f"| walrelay-sync processes at once (most sampled) | {sync_max} |")
+        out.append(f"| peak RSS MB: supervisor / apply / largest sync | {mb(p.get('supervisor', 0))} / "
+                   f"{mb(p.get('walrelay-apply', 0))} / {mb(p.get('walrelay-sync', 0))} |")
+        out.append(f"| `walrelay status --json` with {len(st['tables'])} tables | {status_s:.2f} s |")
+        out.append(f"| rows in the destination | {got:,} (expected {n * rows:,}) |")
+    finally:
+        w.stop() if w.proc and w.proc.poll() is None else None
+        w.cleanup()
+    print("\n".join(out[-9:]), flush=True)
 
 
 def insert_lsn(c):
@@ -597,8 +684,12 @@ def main():
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--build", default="build")
     ap.add_argument("--bigtx-rows", type=int, default=2_000_000)
+    ap.add_argument("--copy-connections", default="1,2",
+                    help="copy into sqlite with each of these max_copy_connections_per_table")
+    ap.add_argument("--scale-tables", type=int, default=500)
+    ap.add_argument("--scale-rows", type=int, default=10000)
     ap.add_argument("--latency-seconds", type=int, default=20)
-    ap.add_argument("--only", choices=["copy", "drain", "bigtx", "bigtx-live", "latency"])
+    ap.add_argument("--only", choices=["copy", "drain", "bigtx", "bigtx-live", "latency", "scale"])
     args = ap.parse_args()
     pg = TmpPostgres()
     out = [f"## {time.strftime('%Y-%m-%d')} — `bench/run.py {' '.join(sys.argv[1:])}`",
@@ -615,6 +706,8 @@ def main():
             bench_bigtx_live(pg, args, out)
         if args.only in (None, "latency"):
             bench_latency(pg, args, out)
+        if args.only in (None, "scale"):
+            bench_scale(pg, args, out)
     finally:
         pg.stop()
     print("\n===== markdown for bench/RESULTS.md =====\n")

@@ -132,6 +132,12 @@ static const cfg_key_t cfg_keys[] = {
      "slot each)."},
     {"sync", "copy_batch_rows", CFG_K_INT, F(copy_batch_rows), 1, 1000000, "10000", NULL,
      "Rows of the initial copy written per destination transaction."},
+    {"sync", "max_copy_connections_per_table", CFG_K_INT, F(max_copy_connections_per_table), 1, 16,
+     "1", NULL,
+     "Source connections that copy one table at the same time, each a range of its pages\n"
+     "under the same snapshot (destinations that copy by range: sqlite). More than one\n"
+     "helps when reading the source is slower than writing the destination (a remote\n"
+     "source); with sqlite's one writer on a small machine, 1 is fastest."},
     {"retry", "worker_max_failures", CFG_K_INT, F(worker_max_failures), 1, 1000, "5", NULL,
      "Failures in a row after which a worker is not restarted: the table goes to\n"
      "errored (sync) or the pipeline is degraded (apply) until walrelay retry."},
@@ -193,6 +199,7 @@ cfg_defaults(wr_config_t *cfg)
     cfg->batch_max_bytes = 8388608;
     cfg->max_table_sync_workers = 4;
     cfg->copy_batch_rows = 10000;
+    cfg->max_copy_connections_per_table = 1;
     cfg->worker_max_failures = 5;
     cfg->backoff_initial_ms = 1000;
     cfg->backoff_max_ms = 60000;

@@ -16,7 +16,8 @@
  *                 plugin: library, and any other key for the store, kept as items that the
  *                 store validates (state_abi.c: state_config_check).
  *   [batch]       max_fill_ms = 200 ; max_bytes = 8388608
- *   [sync]        max_table_sync_workers = 4 ; copy_batch_rows = 10000
+ *   [sync]        max_table_sync_workers = 4 ; copy_batch_rows = 10000 ;
+ *                 max_copy_connections_per_table = 1
  *   [retry]       worker_max_failures = 5 ; backoff_initial_ms = 1000 ; backoff_max_ms = 60000
  *                 healthy_reset_ms = 300000
  *                 table_error_retry_delay_ms = 10000 ; table_error_retry_max_attempts = 5
@@ -55,6 +56,7 @@ typedef struct wr_config_s {
     int streaming; /* [source] streaming: 1 = pgoutput protocol version 2 with streaming on */
     int max_table_sync_workers;
     int copy_batch_rows;
+    int max_copy_connections_per_table; /* (issue 11) the parallel copy's source connections */
     int worker_max_failures;
     int backoff_initial_ms;
     int backoff_max_ms;

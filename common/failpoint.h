@@ -42,7 +42,11 @@
  *   sync.before_copy            the slot, its snapshot and the schema are there, the COPY is
  *                               not sent yet (no destination transaction is open)
  *   sync.mid_copy               after each copy batch is committed to the destination
- *                               (with the dir set: after the first batch only)
+ *                               (with the dir set: after the first batch only); in the
+ *                               parallel copy (issue 11) after each batch written into a
+ *                               range's open transaction that is not the range's last
+ *   sync.after_range            parallel copy: a range committed in the destination and
+ *                               acked by the supervisor (copy_range_done)
  *   sync.before_finishedcopy    the source copy transaction is COMMITted, FINISHEDCOPY
  *                               is not requested yet (the slot exists, the phase is DataSync)
  *   sync.after_finishedcopy     FINISHEDCOPY(X) acked, SYNCWAIT not requested yet

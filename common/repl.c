@@ -325,6 +325,50 @@ repl_create_slot(PGconn *repl, const char *slot, bool use_snapshot, wr_lsn_t *co
     return rc;
 }
 
+int
+repl_create_slot_export(PGconn *repl, const char *slot, wr_lsn_t *consistent_point, char *snapshot,
+                        size_t snapshot_len, wr_err_t *err)
+{
+    char *ident;
+    char sql[512];
+    char what[160];
+    PGresult *res;
+    int rc = 0;
+
+    *consistent_point = 0;
+    if (snapshot_len > 0)
+        snapshot[0] = '\0';
+    ident = PQescapeIdentifier(repl, slot, strlen(slot));
+    if (ident == NULL)
+        return repl_result_error(repl, NULL, "quoting a slot name", err);
+    snprintf(sql, sizeof(sql), "CREATE_REPLICATION_SLOT %s LOGICAL pgoutput (SNAPSHOT 'export')",
+             ident);
+    PQfreemem(ident);
+    snprintf(what, sizeof(what), "creating replication slot \"%s\"", slot);
+    res = PQexec(repl, sql);
+    if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK) {
+        rc = repl_result_error(repl, res, what, err);
+        PQclear(res);
+        return rc;
+    }
+    /* columns: slot_name, consistent_point, snapshot_name, output_plugin */
+    if (PQntuples(res) != 1 || PQnfields(res) < 3 || PQgetisnull(res, 0, 1) ||
+        PQgetisnull(res, 0, 2)) {
+        rc = wr_err_set(err, WR_EPROTO, "%s: unexpected reply (%d rows, %d columns)", what,
+                        PQntuples(res), PQnfields(res));
+    } else if (wr_lsn_parse(PQgetvalue(res, 0, 1), consistent_point) != 0) {
+        rc = wr_err_set(err, WR_EPROTO, "%s: malformed consistent_point \"%s\"", what,
+                        PQgetvalue(res, 0, 1));
+    } else if (strlen(PQgetvalue(res, 0, 2)) >= snapshot_len) {
+        rc = wr_err_set(err, WR_EPROTO, "%s: snapshot name \"%.64s\" is too long", what,
+                        PQgetvalue(res, 0, 2));
+    } else {
+        snprintf(snapshot, snapshot_len, "%s", PQgetvalue(res, 0, 2));
+    }
+    PQclear(res);
+    return rc;
+}
+
 static void
 repl_sleep_ms(int ms)
 {

@@ -35,6 +35,11 @@ int repl_create_slot(PGconn *repl, const char *slot, bool use_snapshot, wr_lsn_t
 /* Drops a slot if it exists (SQL: pg_drop_replication_slot), waiting briefly while it is
  * active. Not an error if it does not exist. */
 int repl_drop_slot(PGconn *sql, const char *slot, wr_err_t *err) WR_MUST_CHECK;
+/* (issue 11) CREATE_REPLICATION_SLOT ... (SNAPSHOT 'export') outside a transaction: the
+ * snapshot of the consistent point stays importable (SET TRANSACTION SNAPSHOT) until the next
+ * command on repl or its end; its name goes to snapshot. */
+int repl_create_slot_export(PGconn *repl, const char *slot, wr_lsn_t *consistent_point,
+                            char *snapshot, size_t snapshot_len, wr_err_t *err) WR_MUST_CHECK;
 
 /* START_REPLICATION SLOT slot LOGICAL start (proto_version '1', publication_names 'pub').
  * The publication name is quoted. After success the connection is in COPY BOTH mode. */

@@ -130,3 +130,23 @@ state_cut_errors(state_table_t *t, wr_phase_t phase, const char *err_kind, const
     wr_copy_text(t->err_msg, sizeof(t->err_msg), keep ? err_msg : NULL);
     wr_copy_text(t->err_hint, sizeof(t->err_hint), keep ? err_hint : NULL);
 }
+
+int
+state_check_copy_plan(uint32_t relid, const state_copy_range_t *ranges, size_t n, wr_err_t *err)
+{
+    if (n > 0 && !ranges)
+        return wr_err_set(err, WR_EINVAL, "saving the copy plan of table %u: no ranges", relid);
+    if (n > STATE_MAX_COPY_RANGES)
+        return wr_err_set(err, WR_EINVAL,
+                          "saving the copy plan of table %u: %zu ranges, at most %d", relid, n,
+                          STATE_MAX_COPY_RANGES);
+    return 0;
+}
+
+int
+state_err_no_range(wr_err_t *err, uint32_t relid, uint32_t part)
+{
+    return wr_err_set(err, WR_EINVAL,
+                      "marking range %u of table %u done: the table's copy plan has no such range",
+                      part, relid);
+}

@@ -32,6 +32,25 @@ typedef struct state_table_s {
     int64_t updated_at_ms; /* wall clock, ms since epoch */
 } state_table_t;
 
+/* A table for add_tables: its source names and its destination table's name. */
+typedef struct state_new_table_s {
+    uint32_t relid;
+    const char *nsp;
+    const char *name;
+    const char *dest_name;
+} state_new_table_t;
+
+/* (issue 11) One range of a table's parallel copy: the pages [first_page, end_page) of the
+ * relation leaf (the table itself, or a partition of a table published through its root);
+ * end_page 0: to the end of the relation. */
+typedef struct state_copy_range_s {
+    uint32_t leaf;
+    uint32_t first_page;
+    uint32_t end_page;
+    bool done;
+    uint64_t rows; /* rows it held, once done */
+} state_copy_range_t;
+
 typedef struct state_progress_s {
     char slot_name[64];
     wr_lsn_t confirmed_flush; /* last flush LSN the apply worker reported as durable */
@@ -95,6 +114,23 @@ typedef struct state_ops_s {
      * every record of the store's pipeline (walrelay drop, on a store opened for it, so
      * the lease is held); *dropped = whether there were any. */
     int (*drop_pipeline)(state_store_t *s, bool *dropped, wr_err_t *err);
+    /* (issue 11) Optional (NULL: the supervisor calls add_table and put_mapping for each
+     * table). add_table and put_mapping of n tables in one transaction, all or nothing: a
+     * publication of thousands of tables is added with one durable write, not two a table.
+     * The same argument checks as the two calls, before anything is written. */
+    int (*add_tables)(state_store_t *s, const state_new_table_t *tables, size_t n, wr_err_t *err);
+    /* (issue 11) Optional, all three or none (NULL: a copy that a crash interrupts starts
+     * again from scratch). The plan of a table's parallel copy under the snapshot of its
+     * slot's consistent point lsn: put_copy_plan replaces the table's plan (n = 0: removes
+     * it), copy_range_done marks range `part` (its index in the plan) done with its rows
+     * (WR_EINVAL if the table has no such range), get_copy_plan reads it back (*n = 0 and
+     * *lsn = 0 if none; *out malloc'd, caller frees). remove_table removes it too. */
+    int (*put_copy_plan)(state_store_t *s, uint32_t relid, wr_lsn_t lsn,
+                         const state_copy_range_t *ranges, size_t n, wr_err_t *err);
+    int (*copy_range_done)(state_store_t *s, uint32_t relid, uint32_t part, uint64_t rows,
+                           wr_err_t *err);
+    int (*get_copy_plan)(state_store_t *s, uint32_t relid, wr_lsn_t *lsn, state_copy_range_t **out,
+                         size_t *n, wr_err_t *err);
 } state_ops_t;
 
 struct state_store_s {
@@ -132,7 +168,9 @@ int state_init_check(const wr_config_t *cfg, wr_err_t *err) WR_MUST_CHECK;
  * one-line summary. */
 int state_check_plugin(const wr_config_t *cfg, char *summary, size_t len,
                        wr_err_t *err) WR_MUST_CHECK;
-#define STATE_SCHEMA_VERSION 2
+#define STATE_SCHEMA_VERSION 3
+/* (issue 11) Most ranges in one table's copy plan. */
+#define STATE_MAX_COPY_RANGES 4096
 
 /* ---- shared by the implementations (state.c) ---- */
 
@@ -149,6 +187,11 @@ int state_check_mapping(uint32_t relid, const char *dest_name, wr_err_t *err) WR
 /* Also empties buf. */
 int state_check_mapping_buffer(uint32_t relid, char *buf, size_t len, wr_err_t *err) WR_MUST_CHECK;
 int state_check_flag_name(const char *name, wr_err_t *err) WR_MUST_CHECK;
+/* (issue 11) A copy plan: at most STATE_MAX_COPY_RANGES ranges, ranges given if n > 0. */
+int state_check_copy_plan(uint32_t relid, const state_copy_range_t *ranges, size_t n,
+                          wr_err_t *err) WR_MUST_CHECK;
+/* "marking range P of table R done: the table's copy plan has no such range" (WR_EINVAL). */
+int state_err_no_range(wr_err_t *err, uint32_t relid, uint32_t part);
 /* Copies a stored destination name into buf, or WR_EINVAL "needs N bytes" (never a cut). */
 int state_copy_mapping(uint32_t relid, const char *dest_name, char *buf, size_t len,
                        wr_err_t *err) WR_MUST_CHECK;

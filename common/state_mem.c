@@ -38,6 +38,13 @@ typedef struct mem_mapping_s {
     char *dest_name; /* owned */
 } mem_mapping_t;
 
+typedef struct mem_plan_s {
+    uint32_t relid;
+    wr_lsn_t lsn;
+    state_copy_range_t *ranges; /* owned */
+    size_t n;
+} mem_plan_t;
+
 typedef struct mem_store_s {
     state_store_t base; /* first: the public handle */
     bool has_progress;
@@ -48,6 +55,8 @@ typedef struct mem_store_s {
     size_t nschemas, scap;
     mem_mapping_t *maps;
     size_t nmaps, mcap;
+    mem_plan_t *plans; /* (issue 11) copy plans, one per table that has one */
+    size_t nplans, pcap;
     struct {
         char name[64];
         int64_t value;
@@ -147,6 +156,28 @@ mem_add_table(state_store_t *base, uint32_t relid, const char *nsp, const char *
     return 0;
 }
 
+static int mem_put_mapping(state_store_t *base, uint32_t relid, const char *dest_name,
+                           wr_err_t *err);
+
+/* The checks first, then one call after another: an allocation failure half-way leaves the
+ * first tables added (the memory store serves the unit tests, where none fails). */
+static int
+mem_add_tables(state_store_t *base, const state_new_table_t *t, size_t n, wr_err_t *err)
+{
+    int rc;
+    for (size_t i = 0; i < n; i++) {
+        if ((rc = state_check_table_names(t[i].relid, t[i].nsp, t[i].name, err)) ||
+            (rc = state_check_mapping(t[i].relid, t[i].dest_name, err)))
+            return rc;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if ((rc = mem_add_table(base, t[i].relid, t[i].nsp, t[i].name, err)) ||
+            (rc = mem_put_mapping(base, t[i].relid, t[i].dest_name, err)))
+            return rc;
+    }
+    return 0;
+}
+
 static int
 mem_remove_table(state_store_t *base, uint32_t relid, wr_err_t *err)
 {
@@ -173,6 +204,13 @@ mem_remove_table(state_store_t *base, uint32_t relid, wr_err_t *err)
             s->maps[k++] = s->maps[j];
     }
     s->nmaps = k;
+    for (j = 0, k = 0; j < s->nplans; j++) {
+        if (s->plans[j].relid == relid)
+            free(s->plans[j].ranges);
+        else
+            s->plans[k++] = s->plans[j];
+    }
+    s->nplans = k;
     return 0;
 }
 
@@ -396,7 +434,84 @@ mem_close(state_store_t *base)
     for (i = 0; i < s->nmaps; i++)
         free(s->maps[i].dest_name);
     free(s->maps);
+    for (i = 0; i < s->nplans; i++)
+        free(s->plans[i].ranges);
+    free(s->plans);
     free(s);
+}
+
+static mem_plan_t *
+mem_plan_find(mem_store_t *s, uint32_t relid)
+{
+    for (size_t i = 0; i < s->nplans; i++)
+        if (s->plans[i].relid == relid)
+            return &s->plans[i];
+    return NULL;
+}
+
+static int
+mem_put_copy_plan(state_store_t *base, uint32_t relid, wr_lsn_t lsn, const state_copy_range_t *r,
+                  size_t n, wr_err_t *err)
+{
+    mem_store_t *s = (mem_store_t *)base;
+    mem_plan_t *p;
+    state_copy_range_t *copy = NULL;
+    int rc;
+    if ((rc = state_check_copy_plan(relid, r, n, err)))
+        return rc;
+    if (n > 0) {
+        if (!(copy = malloc(n * sizeof(*copy))))
+            return wr_err_set(err, WR_ENOMEM, "out of memory saving a copy plan");
+        memcpy(copy, r, n * sizeof(*copy));
+    }
+    if (!(p = mem_plan_find(s, relid))) {
+        if (n == 0)
+            return 0;
+        if (!mem_grow((void **)&s->plans, &s->pcap, s->nplans, sizeof(*s->plans))) {
+            free(copy);
+            return wr_err_set(err, WR_ENOMEM, "out of memory saving a copy plan");
+        }
+        p = &s->plans[s->nplans++];
+        p->relid = relid;
+        p->ranges = NULL;
+    }
+    free(p->ranges);
+    p->ranges = copy;
+    p->n = n;
+    p->lsn = lsn;
+    if (n == 0)
+        *p = s->plans[--s->nplans]; /* removed: the last one takes its place */
+    return 0;
+}
+
+static int
+mem_copy_range_done(state_store_t *base, uint32_t relid, uint32_t part, uint64_t rows,
+                    wr_err_t *err)
+{
+    mem_plan_t *p = mem_plan_find((mem_store_t *)base, relid);
+    if (!p || part >= p->n)
+        return state_err_no_range(err, relid, part);
+    p->ranges[part].done = true;
+    p->ranges[part].rows = rows;
+    return 0;
+}
+
+static int
+mem_get_copy_plan(state_store_t *base, uint32_t relid, wr_lsn_t *lsn, state_copy_range_t **out,
+                  size_t *n, wr_err_t *err)
+{
+    mem_plan_t *p = mem_plan_find((mem_store_t *)base, relid);
+    *out = NULL;
+    *n = 0;
+    *lsn = 0;
+    if (!p)
+        return 0;
+    if (!(*out = malloc(p->n * sizeof(**out))))
+        return wr_err_set(err, WR_ENOMEM, "out of memory reading a copy plan");
+    memcpy(*out, p->ranges, p->n * sizeof(**out));
+    *n = p->n;
+    *lsn = p->lsn;
+    return 0;
 }
 
 static int
@@ -458,6 +573,10 @@ static const state_ops_t mem_ops = {
     .close = mem_close,
     .get_flag = mem_get_flag,
     .set_flag = mem_set_flag,
+    .add_tables = mem_add_tables,
+    .put_copy_plan = mem_put_copy_plan,
+    .copy_range_done = mem_copy_range_done,
+    .get_copy_plan = mem_get_copy_plan,
 };
 
 int

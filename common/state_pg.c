@@ -16,6 +16,7 @@
  *
  *   pipelines, tables, table_phase_history, table_schemas, table_schema_columns,
  *   table_mappings, errors, pipeline_flags   (as in state_sqlite.c, plus the pipeline)
+ *   copy_ranges                              (version 2, issue 11: as in state_sqlite.c)
  *
  * The lease: the supervisor holds pg_try_advisory_lock(K) on its connection for as long
  * as it runs, K a 64-bit hash of (schema, pipeline name). A second supervisor of the same
@@ -45,7 +46,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define PGS_SCHEMA_VERSION 1
+#define PGS_SCHEMA_VERSION 2
 
 /* Migration N brings the schema from version N-1 to N. */
 static const char *const pgs_migrations[] = {
@@ -116,20 +117,28 @@ static const char *const pgs_migrations[] = {
     "  value bigint NOT NULL,"
     "  updated_at bigint NOT NULL,"
     "  PRIMARY KEY (pipeline, name));",
+    /* 2: the parallel copy's ranges (issue 11) */
+    "CREATE TABLE copy_ranges ("
+    "  pipeline text NOT NULL,"
+    "  relid bigint NOT NULL,"
+    "  part int NOT NULL,"
+    "  leaf bigint NOT NULL,"
+    "  first_page bigint NOT NULL,"
+    "  end_page bigint NOT NULL,"
+    "  lsn pg_lsn NOT NULL,"
+    "  done boolean NOT NULL DEFAULT false,"
+    "  rows bigint NOT NULL DEFAULT 0,"
+    "  updated_at bigint NOT NULL,"
+    "  PRIMARY KEY (pipeline, relid, part));",
 };
 
 _Static_assert(sizeof(pgs_migrations) / sizeof(pgs_migrations[0]) == PGS_SCHEMA_VERSION + 1,
                "one migration per schema version");
 
 /* The tables that hold a pipeline's rows (drop deletes from each). */
-static const char *const pgs_tables[] = {"table_phase_history",
-                                         "table_schema_columns",
-                                         "table_schemas",
-                                         "table_mappings",
-                                         "errors",
-                                         "pipeline_flags",
-                                         "tables",
-                                         "pipelines"};
+static const char *const pgs_tables[] = {
+    "table_phase_history", "table_schema_columns", "table_schemas", "table_mappings", "errors",
+    "copy_ranges",         "pipeline_flags",       "tables",        "pipelines"};
 
 typedef struct pgs_store_s {
     state_store_t base; /* first: the public handle */
@@ -877,6 +886,143 @@ pgs_get_schema(state_store_t *base, uint32_t relid, wr_lsn_t at, wr_schema_t **o
 }
 
 static int
+pgs_add_tables(state_store_t *base, const state_new_table_t *t, size_t n, wr_err_t *err)
+{
+    pgs_store_t *s = (pgs_store_t *)base;
+    pgs_num_t a, b;
+    const char *v[6];
+    int rc;
+
+    for (size_t i = 0; i < n; i++) {
+        if ((rc = state_check_table_names(t[i].relid, t[i].nsp, t[i].name, err)) ||
+            (rc = state_check_mapping(t[i].relid, t[i].dest_name, err)))
+            return rc;
+    }
+    v[0] = s->pipeline;
+    v[5] = pgs_i(&b, wr_wall_ms());
+    v[4] = phase_name(PH_INIT);
+    if ((rc = pgs_begin(s, err)))
+        return rc;
+    for (size_t i = 0; i < n; i++) {
+        v[1] = pgs_u(&a, t[i].relid);
+        v[2] = t[i].nsp;
+        v[3] = t[i].name;
+        if ((rc = pgs_exec(s,
+                           "INSERT INTO tables (pipeline, relid, nsp, name, phase, updated_at) "
+                           "VALUES ($1, $2, $3, $4, $5, $6) "
+                           "ON CONFLICT (pipeline, relid) DO NOTHING",
+                           6, v, NULL, err, "adding a table")))
+            return pgs_abort(s, rc);
+        v[2] = t[i].dest_name;
+        if ((rc = pgs_exec(s,
+                           "INSERT INTO table_mappings (pipeline, relid, dest_name) "
+                           "VALUES ($1, $2, $3) ON CONFLICT (pipeline, relid) DO UPDATE SET "
+                           "dest_name = excluded.dest_name",
+                           3, v, NULL, err, "saving a mapping")))
+            return pgs_abort(s, rc);
+    }
+    return pgs_commit(s, err);
+}
+
+static int
+pgs_put_copy_plan(state_store_t *base, uint32_t relid, wr_lsn_t lsn, const state_copy_range_t *r,
+                  size_t n, wr_err_t *err)
+{
+    pgs_store_t *s = (pgs_store_t *)base;
+    pgs_num_t a, b, c, d, e, f, g, h;
+    const char *v[10];
+    int rc;
+
+    if ((rc = state_check_copy_plan(relid, r, n, err)))
+        return rc;
+    v[0] = s->pipeline;
+    v[1] = pgs_u(&a, relid);
+    v[6] = pgs_lsn(&b, lsn);
+    v[9] = pgs_i(&c, wr_wall_ms());
+    if ((rc = pgs_begin(s, err)))
+        return rc;
+    if ((rc = pgs_exec(s, "DELETE FROM copy_ranges WHERE pipeline = $1 AND relid = $2", 2, v, NULL,
+                       err, "replacing a copy plan")))
+        return pgs_abort(s, rc);
+    for (size_t i = 0; i < n; i++) {
+        v[2] = pgs_u(&d, i);
+        v[3] = pgs_u(&e, r[i].leaf);
+        v[4] = pgs_u(&f, r[i].first_page);
+        v[5] = pgs_u(&g, r[i].end_page);
+        v[7] = r[i].done ? "true" : "false";
+        v[8] = pgs_u(&h, r[i].rows);
+        if ((rc = pgs_exec(s,
+                           "INSERT INTO copy_ranges (pipeline, relid, part, leaf, first_page, "
+                           "end_page, lsn, done, rows, updated_at) "
+                           "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                           10, v, NULL, err, "saving a copy plan")))
+            return pgs_abort(s, rc);
+    }
+    return pgs_commit(s, err);
+}
+
+static int
+pgs_copy_range_done(state_store_t *base, uint32_t relid, uint32_t part, uint64_t rows,
+                    wr_err_t *err)
+{
+    pgs_store_t *s = (pgs_store_t *)base;
+    pgs_num_t a, b, c, d;
+    const char *v[5] = {s->pipeline, pgs_u(&a, relid), pgs_u(&b, part), pgs_u(&c, rows),
+                        pgs_i(&d, wr_wall_ms())};
+    PGresult *r = NULL;
+    int rc;
+
+    if ((rc = pgs_begin(s, err)))
+        return rc;
+    if ((rc = pgs_exec(s,
+                       "UPDATE copy_ranges SET done = true, rows = $4, updated_at = $5 "
+                       "WHERE pipeline = $1 AND relid = $2 AND part = $3 RETURNING part",
+                       5, v, &r, err, "marking a copy range done")))
+        return pgs_abort(s, rc);
+    rc = PQntuples(r) == 1 ? 0 : state_err_no_range(err, relid, part);
+    PQclear(r);
+    if (rc)
+        return pgs_abort(s, rc);
+    return pgs_commit(s, err);
+}
+
+static int
+pgs_get_copy_plan(state_store_t *base, uint32_t relid, wr_lsn_t *lsn, state_copy_range_t **out,
+                  size_t *n, wr_err_t *err)
+{
+    pgs_store_t *s = (pgs_store_t *)base;
+    pgs_num_t a;
+    const char *v[2] = {s->pipeline, pgs_u(&a, relid)};
+    PGresult *r;
+    int rc, k;
+
+    *out = NULL;
+    *n = 0;
+    *lsn = 0;
+    if ((rc = pgs_read(s,
+                       "SELECT leaf, first_page, end_page, lsn, done, rows FROM copy_ranges "
+                       "WHERE pipeline = $1 AND relid = $2 ORDER BY part",
+                       2, v, &r, err, "reading a copy plan")))
+        return rc;
+    k = PQntuples(r);
+    if (k > 0 && !(*out = calloc((size_t)k, sizeof(**out)))) {
+        PQclear(r);
+        return wr_err_set(err, WR_ENOMEM, "out of memory reading a copy plan");
+    }
+    for (int i = 0; i < k; i++) {
+        (*out)[i].leaf = (uint32_t)pgs_get_i(r, i, 0);
+        (*out)[i].first_page = (uint32_t)pgs_get_i(r, i, 1);
+        (*out)[i].end_page = (uint32_t)pgs_get_i(r, i, 2);
+        *lsn = pgs_get_lsn(r, i, 3);
+        (*out)[i].done = strcmp(PQgetvalue(r, i, 4), "t") == 0;
+        (*out)[i].rows = (uint64_t)pgs_get_i(r, i, 5);
+    }
+    *n = (size_t)k;
+    PQclear(r);
+    return 0;
+}
+
+static int
 pgs_put_mapping(state_store_t *base, uint32_t relid, const char *dest_name, wr_err_t *err)
 {
     pgs_store_t *s = (pgs_store_t *)base;
@@ -1066,6 +1212,10 @@ static const state_ops_t pgs_ops = {
     .set_flag = pgs_set_flag,
     .check_lease = pgs_check_lease,
     .drop_pipeline = pgs_drop_pipeline,
+    .add_tables = pgs_add_tables,
+    .put_copy_plan = pgs_put_copy_plan,
+    .copy_range_done = pgs_copy_range_done,
+    .get_copy_plan = pgs_get_copy_plan,
 };
 
 /* ---- open, migrate, drop ------------------------------------------------------------------ */

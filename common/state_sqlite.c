@@ -28,9 +28,7 @@
  *   table_schema_columns  the columns of one schema version, in order (attnum from 1):
  *                         name, type oid, typmod, key and not-null flags.
  *   table_mappings        the destination table name chosen for a source table.
- *   copy_partitions       ranges of a table for a resumable parallel initial copy (bounds
- *                         as text, state pending|copying|done, rows copied); created now,
- *                         not yet used.
+ *   copy_partitions       (replaced by copy_ranges in version 3; never used)
  *   errors                a log of table errors (each set_phase to Errored adds one), kept
  *                         for the operator; removed with the table.
  * Schema version 2 adds:
@@ -38,6 +36,13 @@
  *                         walrelay pause, cleared by resume), "slot_lost_recopied" (the one
  *                         re-copy of on_slot_lost = recopy was used), "slot_lost" (the slot
  *                         was lost and dropped: walrelay run refuses to start).
+ * Schema version 3 (issue 11) replaces copy_partitions with:
+ *   copy_ranges           the plan of a table's parallel copy (state.h put_copy_plan): per
+ *                         range (part = its index) the relation it reads (leaf), its pages
+ *                         [first_page, end_page) (end_page 0: to the end), the consistent
+ *                         point of the copy's snapshot (lsn, the same in every row), done
+ *                         and the rows it held. Written by the supervisor when a sync worker
+ *                         plans its copy and as each range commits in the destination.
  */
 #include "state.h"
 
@@ -129,6 +134,20 @@ static const char *const sq_migrations[] = {
     "  value INTEGER NOT NULL,"
     "  updated_at INTEGER NOT NULL"
     ");",
+    /* 3: the parallel copy's ranges (issue 11); copy_partitions was never written */
+    "DROP TABLE copy_partitions;"
+    "CREATE TABLE copy_ranges ("
+    "  relid INTEGER NOT NULL,"
+    "  part INTEGER NOT NULL,"
+    "  leaf INTEGER NOT NULL,"
+    "  first_page INTEGER NOT NULL,"
+    "  end_page INTEGER NOT NULL,"
+    "  lsn INTEGER NOT NULL,"
+    "  done INTEGER NOT NULL DEFAULT 0,"
+    "  rows INTEGER NOT NULL DEFAULT 0,"
+    "  updated_at INTEGER NOT NULL,"
+    "  PRIMARY KEY (relid, part)"
+    ");",
 };
 
 _Static_assert(sizeof(sq_migrations) / sizeof(sq_migrations[0]) == STATE_SCHEMA_VERSION + 1,
@@ -165,6 +184,9 @@ enum {
     SQ_GET_MAPPING,
     SQ_GET_FLAG,
     SQ_SET_FLAG,
+    SQ_PUT_RANGE,
+    SQ_RANGE_DONE,
+    SQ_GET_RANGES,
     SQ_NSTMT
 };
 
@@ -185,7 +207,7 @@ static const char *const sq_sql[SQ_NSTMT] = {
     [SQ_DEL_SCHEMA_COLS] = "DELETE FROM table_schema_columns WHERE relid = ?1",
     [SQ_DEL_SCHEMAS] = "DELETE FROM table_schemas WHERE relid = ?1",
     [SQ_DEL_MAPPING] = "DELETE FROM table_mappings WHERE relid = ?1",
-    [SQ_DEL_PARTITIONS] = "DELETE FROM copy_partitions WHERE relid = ?1",
+    [SQ_DEL_PARTITIONS] = "DELETE FROM copy_ranges WHERE relid = ?1",
     [SQ_DEL_ERRORS] = "DELETE FROM errors WHERE relid = ?1",
     [SQ_PUSH_HISTORY] = "INSERT INTO table_phase_history "
                         "(relid, phase, lsn, err_kind, err_msg, err_hint, at) "
@@ -223,6 +245,12 @@ static const char *const sq_sql[SQ_NSTMT] = {
     [SQ_PUT_MAPPING] = "INSERT INTO table_mappings (relid, dest_name) VALUES (?1, ?2) "
                        "ON CONFLICT (relid) DO UPDATE SET dest_name = excluded.dest_name",
     [SQ_GET_MAPPING] = "SELECT dest_name FROM table_mappings WHERE relid = ?1",
+    [SQ_PUT_RANGE] = "INSERT INTO copy_ranges (relid, part, leaf, first_page, end_page, lsn, done, "
+                     "rows, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    [SQ_RANGE_DONE] = "UPDATE copy_ranges SET done = 1, rows = ?3, updated_at = ?4 "
+                      "WHERE relid = ?1 AND part = ?2",
+    [SQ_GET_RANGES] = "SELECT part, leaf, first_page, end_page, lsn, done, rows FROM copy_ranges "
+                      "WHERE relid = ?1 ORDER BY part",
 };
 
 typedef struct sq_store_s {
@@ -451,6 +479,143 @@ sq_add_table(state_store_t *base, uint32_t relid, const char *nsp, const char *n
     if ((rc = sq_run(s, st, err, what)))
         return sq_abort(s, rc);
     return sq_commit(s, err);
+}
+
+static int
+sq_add_tables(state_store_t *base, const state_new_table_t *t, size_t n, wr_err_t *err)
+{
+    sq_store_t *s = (sq_store_t *)base;
+    int64_t now = wr_wall_ms();
+    sqlite3_stmt *st;
+    char what[64];
+    int rc;
+    for (size_t i = 0; i < n; i++) {
+        if ((rc = state_check_table_names(t[i].relid, t[i].nsp, t[i].name, err)) ||
+            (rc = state_check_mapping(t[i].relid, t[i].dest_name, err)))
+            return rc;
+    }
+    if ((rc = sq_begin(s, err)))
+        return rc;
+    for (size_t i = 0; i < n; i++) {
+        if (!(st = sq_stmt(s, SQ_ADD_TABLE, err)))
+            return sq_abort(s, WR_ESTATE);
+        sqlite3_bind_int64(st, 1, t[i].relid);
+        sqlite3_bind_text(st, 2, t[i].nsp, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 3, t[i].name, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 4, phase_name(PH_INIT), -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 5, now);
+        snprintf(what, sizeof(what), "adding table %u", t[i].relid);
+        if ((rc = sq_run(s, st, err, what)))
+            return sq_abort(s, rc);
+        if (!(st = sq_stmt(s, SQ_PUT_MAPPING, err)))
+            return sq_abort(s, WR_ESTATE);
+        sqlite3_bind_int64(st, 1, t[i].relid);
+        sqlite3_bind_text(st, 2, t[i].dest_name, -1, SQLITE_STATIC);
+        snprintf(what, sizeof(what), "saving the mapping of table %u", t[i].relid);
+        if ((rc = sq_run(s, st, err, what)))
+            return sq_abort(s, rc);
+    }
+    return sq_commit(s, err);
+}
+
+static int
+sq_put_copy_plan(state_store_t *base, uint32_t relid, wr_lsn_t lsn, const state_copy_range_t *r,
+                 size_t n, wr_err_t *err)
+{
+    sq_store_t *s = (sq_store_t *)base;
+    int64_t now = wr_wall_ms();
+    sqlite3_stmt *st;
+    int rc;
+    if ((rc = state_check_copy_plan(relid, r, n, err)))
+        return rc;
+    if ((rc = sq_begin(s, err)))
+        return rc;
+    if ((rc = sq_run_relid(s, SQ_DEL_PARTITIONS, relid, err, "replacing a copy plan")))
+        return sq_abort(s, rc);
+    for (size_t i = 0; i < n; i++) {
+        if (!(st = sq_stmt(s, SQ_PUT_RANGE, err)))
+            return sq_abort(s, WR_ESTATE);
+        sqlite3_bind_int64(st, 1, relid);
+        sqlite3_bind_int64(st, 2, (int64_t)i);
+        sqlite3_bind_int64(st, 3, r[i].leaf);
+        sqlite3_bind_int64(st, 4, r[i].first_page);
+        sqlite3_bind_int64(st, 5, r[i].end_page);
+        sqlite3_bind_int64(st, 6, sq_lsn_to_db(lsn));
+        sqlite3_bind_int64(st, 7, r[i].done ? 1 : 0);
+        sqlite3_bind_int64(st, 8, (int64_t)r[i].rows);
+        sqlite3_bind_int64(st, 9, now);
+        if ((rc = sq_run(s, st, err, "saving a copy plan")))
+            return sq_abort(s, rc);
+    }
+    return sq_commit(s, err);
+}
+
+static int
+sq_copy_range_done(state_store_t *base, uint32_t relid, uint32_t part, uint64_t rows, wr_err_t *err)
+{
+    sq_store_t *s = (sq_store_t *)base;
+    sqlite3_stmt *st;
+    int rc;
+    if ((rc = sq_begin(s, err)))
+        return rc;
+    if (!(st = sq_stmt(s, SQ_RANGE_DONE, err)))
+        return sq_abort(s, WR_ESTATE);
+    sqlite3_bind_int64(st, 1, relid);
+    sqlite3_bind_int64(st, 2, part);
+    sqlite3_bind_int64(st, 3, (int64_t)rows);
+    sqlite3_bind_int64(st, 4, wr_wall_ms());
+    if ((rc = sq_run(s, st, err, "marking a copy range done")))
+        return sq_abort(s, rc);
+    if (sqlite3_changes(s->db) != 1)
+        return sq_abort(s, state_err_no_range(err, relid, part));
+    return sq_commit(s, err);
+}
+
+static int
+sq_get_copy_plan(state_store_t *base, uint32_t relid, wr_lsn_t *lsn, state_copy_range_t **out,
+                 size_t *n, wr_err_t *err)
+{
+    sq_store_t *s = (sq_store_t *)base;
+    sqlite3_stmt *st = sq_stmt(s, SQ_GET_RANGES, err);
+    state_copy_range_t *r = NULL;
+    size_t cap = 0, k = 0;
+    int step;
+    *out = NULL;
+    *n = 0;
+    *lsn = 0;
+    if (!st)
+        return WR_ESTATE;
+    sqlite3_bind_int64(st, 1, relid);
+    while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+        if (k == cap) {
+            state_copy_range_t *g;
+            cap = cap ? cap * 2 : 16;
+            if (!(g = realloc(r, cap * sizeof(*r)))) {
+                free(r);
+                sq_release(st);
+                return wr_err_set(err, WR_ENOMEM, "out of memory reading a copy plan");
+            }
+            r = g;
+        }
+        r[k].leaf = (uint32_t)sqlite3_column_int64(st, 1);
+        r[k].first_page = (uint32_t)sqlite3_column_int64(st, 2);
+        r[k].end_page = (uint32_t)sqlite3_column_int64(st, 3);
+        *lsn = sq_lsn_from_db(sqlite3_column_int64(st, 4));
+        r[k].done = sqlite3_column_int64(st, 5) != 0;
+        r[k].rows = (uint64_t)sqlite3_column_int64(st, 6);
+        k++;
+    }
+    if (step != SQLITE_DONE) {
+        free(r);
+        sq_fail(s, err, "reading the copy plan of table %u", relid);
+        sq_release(st);
+        *lsn = 0;
+        return WR_ESTATE;
+    }
+    sq_release(st);
+    *out = r;
+    *n = k;
+    return 0;
 }
 
 static int
@@ -990,6 +1155,10 @@ sq_close(state_store_t *base)
 static const state_ops_t sq_ops = {
     .get_progress = sq_get_progress,
     .set_progress = sq_set_progress,
+    .add_tables = sq_add_tables,
+    .put_copy_plan = sq_put_copy_plan,
+    .copy_range_done = sq_copy_range_done,
+    .get_copy_plan = sq_get_copy_plan,
     .add_table = sq_add_table,
     .remove_table = sq_remove_table,
     .get_table = sq_get_table,

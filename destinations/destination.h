@@ -241,7 +241,8 @@ typedef struct dest_ops_s {
     int (*write_copy)(dest_t *d, uint32_t relid, const char *data, size_t len, wr_err_t *err);
     /* Every row of the copy of relid has been written (write_copy or write_rows): called in
      * the copy's last transaction, before its commit, so that what the destination put off
-     * until the rows were in (e.g. building the primary key) commits with them. */
+     * until the rows were in (postgres: the primary key and indexes; sqlite: the primary
+     * key's index, the durability of the copy's earlier commits) commits with them. */
     int (*copy_done)(dest_t *d, uint32_t relid, wr_err_t *err);
     /* Writes what write_event held back in the open transaction (a destination that
      * applies changes in batches), so that a failure shows before commit() and can be
@@ -256,6 +257,34 @@ typedef struct dest_ops_s {
      * calls flush, then commit. */
     int (*flush_commit)(dest_t *d, const char *stream, const dest_key_t *key, uint32_t *relid,
                         wr_err_t *err);
+    /* ---- the parallel, resumable copy (issue 11); optional ----
+     * A destination whose range_writers says so copies a table in ranges of its pages, each
+     * range in one destination transaction committed with commit_range, so that a sync
+     * worker that dies mid-copy is followed by one that copies only the ranges not
+     * committed (ranges_done), under the same snapshot (worker_sync/sync.c). The copy
+     * begins with reset_table (or copy_resume in the new process) in a transaction of its
+     * own, and ends with copy_done in another. range_writers NULL or 0: one COPY, the calls
+     * above (write_copy or write_rows, copy_done); a destination with write_copy copies
+     * with one COPY whatever range_writers says (postgres: one destination transaction
+     * for the whole copy). */
+    /* How many handles may write ranges of one table at the same time, each in its own
+     * transaction: 1 for a destination with one writer (sqlite), more where writers do not
+     * wait for each other; 0 when this handle does not copy by range. */
+    int (*range_writers)(dest_t *d);
+    /* Commits the open transaction, which holds the rows of range `part` of the copy of relid
+     * under the snapshot of lsn, with a record that it does: atomic with the rows, and durable
+     * when this returns. */
+    int (*commit_range)(dest_t *d, uint32_t relid, wr_lsn_t lsn, uint32_t part, uint64_t rows,
+                        wr_err_t *err);
+    /* Which ranges of the copy of relid under lsn commit_range committed: done[i] = true and
+     * rows[i] set for each such part i < n (the others are left as they are). Outside a
+     * transaction. */
+    int (*ranges_done)(dest_t *d, uint32_t relid, wr_lsn_t lsn, bool *done, uint64_t *rows,
+                       uint32_t n, wr_err_t *err);
+    /* The copy of schema's table goes on in a new process: the rows of its committed ranges
+     * stay; registers the table as ensure_table does and takes up what reset_table began for
+     * the copy (sqlite: the staging table, the commits' durability). Inside a transaction. */
+    int (*copy_resume)(dest_t *d, const wr_schema_t *schema, wr_err_t *err);
     /* DEST_DDL_* flags: schema changes this destination follows beyond dest_ddl_plan's
      * default rules (0 for sqlite). */
     unsigned ddl_flags;

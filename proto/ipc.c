@@ -16,6 +16,7 @@
  *       layout before it was added) is accepted and decodes with message "".
  *   - retry, resync: ["retry", table] with table "nsp.name" or "name";
  *     table_removed: ["table_removed", relid].
+ *   - copy_plan ranges: [leaf, first_page, end_page, rows, done], done a boolean.
  *   - worker_metrics: counts are unsigned; events items are [relid, inserts, updates,
  *     deletes, truncates]; a histogram is an array of exactly IPC_HIST_NCOUNTS unsigned
  *     counts; last_commit_ts is a non-negative integer; caught_up a boolean.
@@ -74,6 +75,9 @@ static const char *const ipc_type_names[] = {
     [IPC_DEST_WAIT] = "dest_wait",
     [IPC_WORKER_ERROR] = "worker_error",
     [IPC_TABLE_ACK] = "table_ack",
+    [IPC_COPY_PLAN] = "copy_plan",
+    [IPC_COPY_PLAN_GET] = "copy_plan_get",
+    [IPC_COPY_RANGE_DONE] = "copy_range_done",
 };
 
 /* Upper bounds of the histogram buckets: 1 ms .. 10 s. */
@@ -82,18 +86,27 @@ const uint64_t ipc_hist_bounds_us[IPC_HIST_NBOUNDS] = {
 };
 
 /* The highest type: ipc_type_valid and the decoder's name lookup stop there. */
-#define IPC_LAST_TYPE IPC_TABLE_ACK
+#define IPC_LAST_TYPE IPC_COPY_RANGE_DONE
 
 /* Number of array elements of each message, the type name included. */
 static const uint32_t ipc_arity[] = {
-    [IPC_HELLO] = 5,           [IPC_WELCOME] = 3,      [IPC_TABLES] = 2,    [IPC_TABLE_STATE] = 5,
-    [IPC_SET_PHASE] = 8,       [IPC_ACK] = 4,          [IPC_SCHEMA] = 5,    [IPC_PROGRESS] = 4,
-    [IPC_COPY_PROGRESS] = 3,   [IPC_STOP] = 1,         [IPC_ERROR] = 2,     [IPC_STATUS] = 1,
-    [IPC_STATUS_REPLY] = 10,   [IPC_OK] = 2,           [IPC_RETRY] = 2,     [IPC_RESYNC] = 2,
-    [IPC_PAUSE] = 1,           [IPC_RESUME] = 1,       [IPC_RELOAD] = 1,    [IPC_TABLE_REMOVED] = 2,
-    [IPC_WORKER_METRICS] = 12, [IPC_STREAMING] = 2,    [IPC_METRICS] = 1,   [IPC_METRICS_TEXT] = 2,
-    [IPC_DEST_WAIT] = 2,       [IPC_WORKER_ERROR] = 4, [IPC_TABLE_ACK] = 4,
+    [IPC_HELLO] = 5,           [IPC_WELCOME] = 3,
+    [IPC_TABLES] = 2,          [IPC_TABLE_STATE] = 5,
+    [IPC_SET_PHASE] = 8,       [IPC_ACK] = 4,
+    [IPC_SCHEMA] = 5,          [IPC_PROGRESS] = 4,
+    [IPC_COPY_PROGRESS] = 3,   [IPC_STOP] = 1,
+    [IPC_ERROR] = 2,           [IPC_STATUS] = 1,
+    [IPC_STATUS_REPLY] = 10,   [IPC_OK] = 2,
+    [IPC_RETRY] = 2,           [IPC_RESYNC] = 2,
+    [IPC_PAUSE] = 1,           [IPC_RESUME] = 1,
+    [IPC_RELOAD] = 1,          [IPC_TABLE_REMOVED] = 2,
+    [IPC_WORKER_METRICS] = 12, [IPC_STREAMING] = 2,
+    [IPC_METRICS] = 1,         [IPC_METRICS_TEXT] = 2,
+    [IPC_DEST_WAIT] = 2,       [IPC_WORKER_ERROR] = 4,
+    [IPC_TABLE_ACK] = 4,       [IPC_COPY_PLAN] = 6,
+    [IPC_COPY_PLAN_GET] = 3,   [IPC_COPY_RANGE_DONE] = 5,
 };
+#define IPC_NRANGE_FIELDS 5 /* [leaf, first_page, end_page, rows, done] */
 /* status_reply without its last element (message), as sent before it was added */
 #define IPC_STATUS_REPLY_MIN_ARITY 9
 
@@ -341,7 +354,13 @@ ipc_encode(const ipc_msg_t *m, msgpack_sbuffer *sb)
     memset(&e, 0, sizeof(e));
     msgpack_packer_init(&e.pk, sb, msgpack_sbuffer_write);
 
-    enc_array(&e, ipc_arity[m->type] + (m->type == IPC_TABLES && m->u.tables.more ? 1 : 0));
+    /* (issue 11) optional last elements, sent only when they say something */
+    if ((m->type == IPC_TABLES && m->u.tables.more) ||
+        (m->type == IPC_STATUS_REPLY && m->u.status_reply.more) ||
+        (m->type == IPC_STATUS && m->u.status.after != 0))
+        enc_array(&e, ipc_arity[m->type] + 1);
+    else
+        enc_array(&e, ipc_arity[m->type]);
     enc_str(&e, ipc_type_names[m->type]);
     switch (m->type) {
     case IPC_HELLO:
@@ -396,8 +415,11 @@ ipc_encode(const ipc_msg_t *m, msgpack_sbuffer *sb)
         enc_u64(&e, m->u.copy_progress.relid);
         enc_u64(&e, m->u.copy_progress.rows);
         break;
-    case IPC_STOP:
     case IPC_STATUS:
+        if (m->u.status.after != 0)
+            enc_u64(&e, m->u.status.after);
+        break;
+    case IPC_STOP:
     case IPC_PAUSE:
     case IPC_RESUME:
     case IPC_RELOAD:
@@ -405,6 +427,35 @@ ipc_encode(const ipc_msg_t *m, msgpack_sbuffer *sb)
     case IPC_RETRY:
     case IPC_RESYNC:
         enc_str(&e, m->u.command.table);
+        break;
+    case IPC_COPY_PLAN:
+        enc_u64(&e, m->u.copy_plan.req);
+        enc_u64(&e, m->u.copy_plan.relid);
+        enc_u64(&e, m->u.copy_plan.lsn);
+        enc_str(&e, m->u.copy_plan.snapshot);
+        if (e.rc == 0 && (m->u.copy_plan.n > IPC_MAX_COPY_RANGES ||
+                          (m->u.copy_plan.n > 0 && !m->u.copy_plan.ranges)))
+            e.rc = WR_EINVAL;
+        enc_array(&e, m->u.copy_plan.n);
+        for (uint32_t i = 0; i < m->u.copy_plan.n && e.rc == 0; i++) {
+            const ipc_copy_range_t *r = &m->u.copy_plan.ranges[i];
+            enc_array(&e, IPC_NRANGE_FIELDS);
+            enc_u64(&e, r->leaf);
+            enc_u64(&e, r->first_page);
+            enc_u64(&e, r->end_page);
+            enc_u64(&e, r->rows);
+            enc_bool(&e, r->done);
+        }
+        break;
+    case IPC_COPY_PLAN_GET:
+        enc_u64(&e, m->u.copy_plan_get.req);
+        enc_u64(&e, m->u.copy_plan_get.relid);
+        break;
+    case IPC_COPY_RANGE_DONE:
+        enc_u64(&e, m->u.copy_range_done.req);
+        enc_u64(&e, m->u.copy_range_done.relid);
+        enc_u64(&e, m->u.copy_range_done.part);
+        enc_u64(&e, m->u.copy_range_done.rows);
         break;
     case IPC_TABLE_REMOVED:
         enc_u64(&e, m->u.table_removed.relid);
@@ -456,6 +507,8 @@ ipc_encode(const ipc_msg_t *m, msgpack_sbuffer *sb)
         enc_workers(&e, m->u.status_reply.nworkers, m->u.status_reply.workers);
         enc_tables(&e, m->u.status_reply.ntables, m->u.status_reply.tables, true);
         enc_str(&e, m->u.status_reply.message);
+        if (m->u.status_reply.more)
+            enc_bool(&e, true);
         break;
     }
     if (e.rc == 0 && sb->size - start > IPC_MAX_MSG)
@@ -947,6 +1000,39 @@ dec_tables(ipc_dec_t *d, const msgpack_object_array *a, uint32_t i, bool full, u
     return 0;
 }
 
+/* (issue 11) The ranges of a copy_plan, list element i. */
+static int
+dec_ranges(ipc_dec_t *d, const msgpack_object_array *a, uint32_t i, uint32_t *n,
+           ipc_copy_range_t **out)
+{
+    const msgpack_object_array *list, *it;
+    size_t old;
+    int rc;
+
+    if ((rc = dec_list(d, a, i, "ranges", IPC_MAX_COPY_RANGES, &list)))
+        return rc;
+    if (list->size == 0)
+        return 0;
+    if (!(*out = calloc(list->size, sizeof(**out))))
+        return dec_oom(d);
+    *n = list->size;
+    for (uint32_t j = 0; j < list->size; j++) {
+        ipc_copy_range_t *r = &(*out)[j];
+        if ((rc = dec_item(d, list, i, "ranges", j, IPC_NRANGE_FIELDS, &it)))
+            return rc;
+        old = dec_push_item(d, i, "ranges", j);
+        if (!(rc = dec_u32(d, it, 0, "leaf", &r->leaf)) &&
+            !(rc = dec_u32(d, it, 1, "first_page", &r->first_page)) &&
+            !(rc = dec_u32(d, it, 2, "end_page", &r->end_page)) &&
+            !(rc = dec_u64(d, it, 3, "rows", &r->rows)))
+            rc = dec_bool(d, it, 4, "done", &r->done);
+        dec_pop(d, old);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
 static int
 dec_workers(ipc_dec_t *d, const msgpack_object_array *a, uint32_t i, uint32_t *n,
             ipc_worker_info_t **out)
@@ -1051,8 +1137,9 @@ dec_body(ipc_dec_t *d, const msgpack_object_array *a, ipc_msg_t *m)
         if ((rc = dec_u32(d, a, 1, "relid", &m->u.copy_progress.relid)))
             return rc;
         return dec_u64(d, a, 2, "rows", &m->u.copy_progress.rows);
-    case IPC_STOP:
     case IPC_STATUS:
+        return a->size > 1 ? dec_u32(d, a, 1, "after_relid", &m->u.status.after) : 0;
+    case IPC_STOP:
     case IPC_PAUSE:
     case IPC_RESUME:
     case IPC_RELOAD:
@@ -1062,6 +1149,23 @@ dec_body(ipc_dec_t *d, const msgpack_object_array *a, ipc_msg_t *m)
         return dec_str(d, a, 1, "table", &m->u.command.table);
     case IPC_TABLE_REMOVED:
         return dec_u32(d, a, 1, "relid", &m->u.table_removed.relid);
+    case IPC_COPY_PLAN:
+        if ((rc = dec_u32(d, a, 1, "req", &m->u.copy_plan.req)) ||
+            (rc = dec_u32(d, a, 2, "relid", &m->u.copy_plan.relid)) ||
+            (rc = dec_u64(d, a, 3, "lsn", &m->u.copy_plan.lsn)) ||
+            (rc = dec_str(d, a, 4, "snapshot", &m->u.copy_plan.snapshot)))
+            return rc;
+        return dec_ranges(d, a, 5, &m->u.copy_plan.n, &m->u.copy_plan.ranges);
+    case IPC_COPY_PLAN_GET:
+        if ((rc = dec_u32(d, a, 1, "req", &m->u.copy_plan_get.req)))
+            return rc;
+        return dec_u32(d, a, 2, "relid", &m->u.copy_plan_get.relid);
+    case IPC_COPY_RANGE_DONE:
+        if ((rc = dec_u32(d, a, 1, "req", &m->u.copy_range_done.req)) ||
+            (rc = dec_u32(d, a, 2, "relid", &m->u.copy_range_done.relid)) ||
+            (rc = dec_u32(d, a, 3, "part", &m->u.copy_range_done.part)))
+            return rc;
+        return dec_u64(d, a, 4, "rows", &m->u.copy_range_done.rows);
     case IPC_WORKER_ERROR:
         if ((rc = dec_str(d, a, 1, "kind", &m->u.worker_error.kind)) ||
             (rc = dec_str(d, a, 2, "message", &m->u.worker_error.message)))
@@ -1105,6 +1209,8 @@ dec_body(ipc_dec_t *d, const msgpack_object_array *a, ipc_msg_t *m)
             (rc = dec_u64(d, a, 6, "events", &m->u.status_reply.events)) ||
             (rc = dec_workers(d, a, 7, &m->u.status_reply.nworkers, &m->u.status_reply.workers)) ||
             (rc = dec_tables(d, a, 8, true, &m->u.status_reply.ntables, &m->u.status_reply.tables)))
+            return rc;
+        if (a->size > 10 && (rc = dec_bool(d, a, 10, "more", &m->u.status_reply.more)))
             return rc;
         if (a->size > 9)
             return dec_str(d, a, 9, "message", &m->u.status_reply.message);
@@ -1154,7 +1260,8 @@ ipc_decode(const msgpack_object *o, ipc_msg_t *m, wr_err_t *err)
     if (a->size != ipc_arity[i] &&
         !(i == IPC_STATUS_REPLY && a->size == IPC_STATUS_REPLY_MIN_ARITY) &&
         !(i == IPC_TABLE_STATE && a->size == 4) && /* without dest_name (older) */
-        !(i == IPC_TABLES && a->size == 3))        /* with "more" */
+        !((i == IPC_TABLES || i == IPC_STATUS || i == IPC_STATUS_REPLY) &&
+          a->size == ipc_arity[i] + 1)) /* with "more" / "after" */
         return wr_err_set(err, WR_EPROTO, "invalid %s: expected %u elements, got %u", d.what,
                           ipc_arity[i], a->size);
     m->type = (ipc_type_t)i;
@@ -1231,6 +1338,10 @@ ipc_msg_clear(ipc_msg_t *m)
     case IPC_RESYNC:
         free(m->u.command.table);
         break;
+    case IPC_COPY_PLAN:
+        free(m->u.copy_plan.snapshot);
+        free(m->u.copy_plan.ranges);
+        break;
     case IPC_WORKER_ERROR:
         free(m->u.worker_error.kind);
         free(m->u.worker_error.message);
@@ -1250,6 +1361,8 @@ ipc_msg_clear(ipc_msg_t *m)
         break;
     case IPC_STREAMING:
     case IPC_METRICS:
+    case IPC_COPY_PLAN_GET:
+    case IPC_COPY_RANGE_DONE:
     case IPC_PAUSE:
     case IPC_RESUME:
     case IPC_RELOAD:

@@ -13,6 +13,16 @@
  *     ["schema", req, relid, lsn, [nsp, name, replident, [[name, oid, typmod, flags]...]]] -> ack
  *     ["progress", flush_lsn, received_lsn, events]     apply: durable position, for status
  *     ["copy_progress", relid, rows]                    sync: rows copied so far
+ *     (issue 11, the parallel copy; sync only)
+ *     ["copy_plan", req, relid, lsn, snapshot, [[leaf, first_page, end_page, rows, done]...]]
+ *                        -> ack: persist the table's copy plan (replacing any; an empty
+ *                        list removes it), then hold `snapshot` (if not "") open in a
+ *                        transaction of the supervisor's, so that a worker started after
+ *                        a crash can import it; the ack's message is the name of the
+ *                        snapshot held ("" if none could be)
+ *     ["copy_plan_get", req, relid] -> ["copy_plan", req, relid, lsn, snapshot, [...]]
+ *                        the table's plan (an empty list if none) and the snapshot held
+ *     ["copy_range_done", req, relid, part, rows] -> ack: range `part` committed
  *     ["worker_metrics", transactions, batches, bytes_received, status_updates,
  *        [[relid, inserts, updates, deletes, truncates]...], batch_hist, batch_sum_us,
  *        commit_hist, commit_sum_us, last_commit_ts, caught_up]
@@ -50,7 +60,12 @@
  *     ["stop"]                                          finish the write in flight, exit 0
  *     ["table_removed", relid]                          apply: the table left the publication
  *   CLI -> supervisor (control socket) and replies
- *     ["status"] -> ["status_reply", ...]   ["stop"] -> ["ok", message]
+ *     ["status" (, after_relid)] -> ["status_reply", ... (, more)]   ["stop"] -> ["ok", message]
+ *                    a reply holds the tables with relid > after_relid (0: from the first)
+ *                    up to about IPC_STATUS_PAGE_BYTES or IPC_STATUS_PAGE_TABLES of them;
+ *                    more = true (an 11th element only then): ask again with the last
+ *                    relid it held. Pipeline, state and workers come with every reply; the
+ *                    CLI reads them from the first.
  *     ["retry", table] ["resync", table] ["pause"] ["resume"] ["reload"]
  *                    -> ["ok", message] or ["error", message]   (table: "nsp.name" or "name")
  *     ["metrics"] -> ["metrics_text", text]   the Prometheus text exposition (at most
@@ -81,6 +96,9 @@ extern const uint64_t ipc_hist_bounds_us[IPC_HIST_NBOUNDS];
 
 /* Operations counted per table in worker_metrics, in wire order. */
 enum { IPC_OP_INSERT = 0, IPC_OP_UPDATE, IPC_OP_DELETE, IPC_OP_TRUNCATE, IPC_NOPS };
+/* (issue 11) a status reply stops near this many bytes or tables, whatever their number */
+#define IPC_STATUS_PAGE_BYTES  (256u * 1024)
+#define IPC_STATUS_PAGE_TABLES 2000
 
 typedef enum {
     IPC_HELLO = 1,
@@ -118,7 +136,24 @@ typedef enum {
     IPC_WORKER_ERROR, /* ["worker_error", kind, message, hint] */
     /* apply worker -> supervisor: */
     IPC_TABLE_ACK, /* ["table_ack", relid, phase, lsn] */
+    /* added for issue 11 (the parallel copy), see above: */
+    IPC_COPY_PLAN,
+    IPC_COPY_PLAN_GET,
+    IPC_COPY_RANGE_DONE,
 } ipc_type_t;
+
+/* Most ranges in a copy_plan (state.h STATE_MAX_COPY_RANGES). */
+#define IPC_MAX_COPY_RANGES 4096
+
+/* One range of copy_plan: pages [first_page, end_page) of relation leaf (end_page 0: to its
+ * end); rows and done once committed. */
+typedef struct ipc_copy_range_s {
+    uint32_t leaf;
+    uint32_t first_page;
+    uint32_t end_page;
+    uint64_t rows;
+    bool done;
+} ipc_copy_range_t;
 
 /* One table's changes in worker_metrics, indexed by IPC_OP_*. */
 typedef struct ipc_event_count_s {
@@ -229,7 +264,31 @@ typedef struct ipc_msg_s {
             /* (added for issue 3) why the pipeline is paused, degraded or stopping, "" if
              * nothing to say; the 10th element on the wire, optional when decoding */
             char *message;
+            /* (issue 11) more tables follow: ask with the last one's relid (11th element,
+             * present only when true) */
+            bool more;
         } status_reply;
+        struct {
+            uint32_t after; /* (issue 11) tables with a greater relid; 0: all */
+        } status;
+        struct {
+            uint32_t req;
+            uint32_t relid;
+            wr_lsn_t lsn;
+            char *snapshot;
+            uint32_t n;
+            ipc_copy_range_t *ranges;
+        } copy_plan;
+        struct {
+            uint32_t req;
+            uint32_t relid;
+        } copy_plan_get;
+        struct {
+            uint32_t req;
+            uint32_t relid;
+            uint32_t part;
+            uint64_t rows;
+        } copy_range_done;
         struct {
             char *table;
         } command; /* retry, resync: "nsp.name" or "name" */

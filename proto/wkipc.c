@@ -258,8 +258,9 @@ wk_dispatch(wk_chan_t *c, wk_want_t *want, wr_err_t *err)
         if (m.type == IPC_STOP)
             c->stop_requested = true;
         if (want != NULL && want->type != 0) {
-            bool match =
-                m.type == want->type && (want->type != IPC_ACK || m.u.ack.req == want->req);
+            bool match = m.type == want->type &&
+                         (want->type != IPC_ACK || m.u.ack.req == want->req) &&
+                         (want->type != IPC_COPY_PLAN || m.u.copy_plan.req == want->req);
             if (match) {
                 want->got = m; /* moved: the waiter clears it */
                 want->done = true;
@@ -452,9 +453,20 @@ wk_chan_handshake(wk_chan_t *c, const char *role, uint32_t relid, ipc_msg_t *tab
     return 0;
 }
 
-/* Sends a request built by the caller (req already set) and waits for its ack. */
+/* Sends a request built by the caller (req already set) and waits for its ack; the ack's
+ * message goes to msg (if not NULL). */
+static int wk_request_msg(wk_chan_t *c, const ipc_msg_t *m, uint32_t req, const char *what,
+                          char *msg, size_t msg_len, wr_err_t *err);
+
 static int
 wk_request(wk_chan_t *c, const ipc_msg_t *m, uint32_t req, const char *what, wr_err_t *err)
+{
+    return wk_request_msg(c, m, req, what, NULL, 0, err);
+}
+
+static int
+wk_request_msg(wk_chan_t *c, const ipc_msg_t *m, uint32_t req, const char *what, char *msg,
+               size_t msg_len, wr_err_t *err)
 {
     wk_want_t want;
     int rc;
@@ -482,6 +494,8 @@ wk_request(wk_chan_t *c, const ipc_msg_t *m, uint32_t req, const char *what, wr_
         ipc_msg_clear(&want.got);
         return WR_ESTATE;
     }
+    if (msg != NULL)
+        snprintf(msg, msg_len, "%s", want.got.u.ack.message ? want.got.u.ack.message : "");
     ipc_msg_clear(&want.got);
     return 0;
 }
@@ -520,4 +534,68 @@ wk_chan_put_schema(wk_chan_t *c, const wr_schema_t *s, wr_lsn_t lsn, wr_err_t *e
     m.u.schema.schema = (wr_schema_t *)s;
     snprintf(what, sizeof(what), "schema relid=%u", s->relid);
     return wk_request(c, &m, m.u.schema.req, what, err);
+}
+
+int
+wk_chan_copy_plan(wk_chan_t *c, uint32_t relid, wr_lsn_t lsn, const char *snapshot,
+                  const ipc_copy_range_t *ranges, uint32_t n, char *held, size_t held_len,
+                  wr_err_t *err)
+{
+    ipc_msg_t m;
+    char what[96];
+
+    memset(&m, 0, sizeof(m));
+    m.type = IPC_COPY_PLAN;
+    m.u.copy_plan.req = c->next_req++;
+    m.u.copy_plan.relid = relid;
+    m.u.copy_plan.lsn = lsn;
+    m.u.copy_plan.snapshot = (char *)(snapshot ? snapshot : "");
+    m.u.copy_plan.n = n;
+    m.u.copy_plan.ranges = (ipc_copy_range_t *)ranges;
+    snprintf(what, sizeof(what), "copy_plan relid=%u ranges=%u", relid, n);
+    return wk_request_msg(c, &m, m.u.copy_plan.req, what, held, held_len, err);
+}
+
+int
+wk_chan_copy_plan_get(wk_chan_t *c, uint32_t relid, ipc_msg_t *plan, wr_err_t *err)
+{
+    ipc_msg_t m;
+    wk_want_t want;
+    int rc;
+
+    memset(plan, 0, sizeof(*plan));
+    memset(&m, 0, sizeof(m));
+    m.type = IPC_COPY_PLAN_GET;
+    m.u.copy_plan_get.req = c->next_req++;
+    m.u.copy_plan_get.relid = relid;
+    if ((rc = wk_chan_send(c, &m, err)) != 0)
+        return rc;
+    memset(&want, 0, sizeof(want));
+    want.type = IPC_COPY_PLAN;
+    want.req = m.u.copy_plan_get.req;
+    rc = wk_wait(c, &want, wr_now_ms() + WK_ACK_TIMEOUT_MS, WK_ACK_TIMEOUT_MS / 1000, WR_ESTATE,
+                 "copy_plan", err);
+    if (rc != 0)
+        return rc;
+    if (want.rejected)
+        return wr_err_set(err, WR_ESTATE, "copy_plan_get: the supervisor rejected the request: %s",
+                          want.reject_msg);
+    *plan = want.got;
+    return 0;
+}
+
+int
+wk_chan_copy_range_done(wk_chan_t *c, uint32_t relid, uint32_t part, uint64_t rows, wr_err_t *err)
+{
+    ipc_msg_t m;
+    char what[96];
+
+    memset(&m, 0, sizeof(m));
+    m.type = IPC_COPY_RANGE_DONE;
+    m.u.copy_range_done.req = c->next_req++;
+    m.u.copy_range_done.relid = relid;
+    m.u.copy_range_done.part = part;
+    m.u.copy_range_done.rows = rows;
+    snprintf(what, sizeof(what), "copy_range_done relid=%u part=%u", relid, part);
+    return wk_request(c, &m, m.u.copy_range_done.req, what, err);
 }

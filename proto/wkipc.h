@@ -68,5 +68,16 @@ void wk_chan_report_error(wk_chan_t *c, const char *kind, const wr_err_t *err);
 /* schema request; waits for the ack. */
 int wk_chan_put_schema(wk_chan_t *c, const wr_schema_t *s, wr_lsn_t lsn,
                        wr_err_t *err) WR_MUST_CHECK;
+/* (issue 11, sync only) copy_plan request; waits for the ack, whose message (the name of
+ * the snapshot the supervisor holds, "" if none) goes to held. */
+int wk_chan_copy_plan(wk_chan_t *c, uint32_t relid, wr_lsn_t lsn, const char *snapshot,
+                      const ipc_copy_range_t *ranges, uint32_t n, char *held, size_t held_len,
+                      wr_err_t *err) WR_MUST_CHECK;
+/* copy_plan_get request; *plan is the supervisor's "copy_plan" answer (caller clears). */
+int wk_chan_copy_plan_get(wk_chan_t *c, uint32_t relid, ipc_msg_t *plan,
+                          wr_err_t *err) WR_MUST_CHECK;
+/* copy_range_done request; waits for the ack. */
+int wk_chan_copy_range_done(wk_chan_t *c, uint32_t relid, uint32_t part, uint64_t rows,
+                            wr_err_t *err) WR_MUST_CHECK;
 
 #endif

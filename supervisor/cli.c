@@ -649,6 +649,47 @@ status_human(const ipc_msg_t *m)
     }
 }
 
+/* (issue 11) Asks for the status pages after the first (reply->more) and appends their
+ * tables to reply, so that the whole list prints as one. Returns 0, or the exit code of a
+ * failure (printed). */
+static int
+status_rest(const char *dir, ipc_msg_t *reply)
+{
+    while (reply->u.status_reply.more && reply->u.status_reply.ntables > 0) {
+        __typeof__(reply->u.status_reply) *r = &reply->u.status_reply;
+        ipc_msg_t req, next;
+        ipc_table_info_t *all;
+
+        memset(&req, 0, sizeof(req));
+        req.type = IPC_STATUS;
+        req.u.status.after = r->tables[r->ntables - 1].relid;
+        if (cli_request(dir, &req, &next) != 0)
+            return WR_EXIT_ERROR;
+        if (next.type != IPC_STATUS_REPLY) {
+            fprintf(stderr, "walrelay: the supervisor answered \"%s\"%s%s while listing tables\n",
+                    ipc_type_name(next.type), next.type == IPC_ERROR ? ": " : "",
+                    next.type == IPC_ERROR ? next.u.error.message : "");
+            ipc_msg_clear(&next);
+            return WR_EXIT_ERROR;
+        }
+        all = realloc(r->tables, (r->ntables + next.u.status_reply.ntables) * sizeof(*all));
+        if (!all) {
+            ipc_msg_clear(&next);
+            fprintf(stderr, "walrelay: out of memory\n");
+            return WR_EXIT_ERROR;
+        }
+        /* the entries move with their strings: next keeps only its emptied array */
+        memcpy(all + r->ntables, next.u.status_reply.tables,
+               next.u.status_reply.ntables * sizeof(*all));
+        r->tables = all;
+        r->ntables += next.u.status_reply.ntables;
+        r->more = next.u.status_reply.more && next.u.status_reply.ntables > 0;
+        next.u.status_reply.ntables = 0;
+        ipc_msg_clear(&next);
+    }
+    return 0;
+}
+
 int
 cli_status(int argc, char **argv)
 {
@@ -664,6 +705,10 @@ cli_status(int argc, char **argv)
     if (rc != 0)
         return WR_EXIT_ERROR;
     int code = WR_EXIT_OK;
+    if (reply.type == IPC_STATUS_REPLY && (code = status_rest(pos[0], &reply)) != 0) {
+        ipc_msg_clear(&reply);
+        return code;
+    }
     if (reply.type == IPC_STATUS_REPLY) {
         if (json)
             status_json(&reply);

@@ -113,11 +113,10 @@ client_send_error(sup_client_t *cl, const char *msg)
 static void
 handle_status(sup_client_t *cl, const ipc_msg_t *m)
 {
-    WR_UNUSED(m);
     ipc_msg_t r;
     wr_err_t err;
     wr_err_clear(&err);
-    if (sup_status_build(cl->ctl->sup, &r, &err) != 0) {
+    if (sup_status_page(cl->ctl->sup, m->u.status.after, &r, &err) != 0) {
         log_err(LOG_LVL_WARN, "building the status reply", &err);
         client_send_error(cl, err.msg[0] ? err.msg : "cannot build the status");
         return;

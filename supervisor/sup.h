@@ -106,6 +106,10 @@ int sup_state_open(const wr_config_t *cfg, state_store_t **out, wr_err_t *err) W
 /* Fills a status_reply (strings point into the supervisor's memory; arrays malloc'd).
  * Free with sup_status_free, not ipc_msg_clear. */
 int sup_status_build(sup_t *s, ipc_msg_t *out, wr_err_t *err) WR_MUST_CHECK;
+/* (issue 11) The same for the tables with relid > after, about IPC_STATUS_PAGE_BYTES or
+ * IPC_STATUS_PAGE_TABLES of them (at least one): out->u.status_reply.more says whether more follow.
+ * sup_status_build is the first page. */
+int sup_status_page(sup_t *s, uint32_t after, ipc_msg_t *out, wr_err_t *err) WR_MUST_CHECK;
 void sup_status_free(ipc_msg_t *m);
 
 /* The stop command: begins the graceful stop (idempotent; why is logged). */

@@ -331,6 +331,7 @@ cmd_reload(sup_t *s, char *msg, size_t len, wr_err_t *err)
     SUP_LIVE(streaming, "[source] streaming", true); /* the apply worker reads it at start */
     SUP_LIVE(max_table_sync_workers, "[sync] max_table_sync_workers", false);
     SUP_LIVE(copy_batch_rows, "[sync] copy_batch_rows", true);
+    SUP_LIVE(max_copy_connections_per_table, "[sync] max_copy_connections_per_table", true);
     SUP_LIVE(worker_max_failures, "[retry] worker_max_failures", false);
     SUP_LIVE(backoff_initial_ms, "[retry] backoff_initial_ms", false);
     SUP_LIVE(backoff_max_ms, "[retry] backoff_max_ms", false);
@@ -408,6 +409,21 @@ sup_status_dest_wait(sup_t *s, __typeof__(((ipc_msg_t *)0)->u.status_reply) *r)
 int
 sup_status_build(sup_t *s, ipc_msg_t *out, wr_err_t *err)
 {
+    return sup_status_page(s, 0, out, err);
+}
+
+/* Wire bytes a status row takes, about (its strings and a margin for the numbers). */
+static size_t
+status_row_bytes(const ipc_table_info_t *ti)
+{
+    return strlen(ti->nsp) + strlen(ti->name) + strlen(ti->err_kind) + strlen(ti->err_msg) +
+           strlen(ti->err_hint) + 64;
+}
+
+int
+sup_status_page(sup_t *s, uint32_t after, ipc_msg_t *out, wr_err_t *err)
+{
+    size_t first = 0, bytes = 0;
     memset(out, 0, sizeof(*out));
     out->type = IPC_STATUS_REPLY;
     __typeof__(out->u.status_reply) *r = &out->u.status_reply;
@@ -454,10 +470,17 @@ sup_status_build(sup_t *s, ipc_msg_t *out, wr_err_t *err)
     /* The table entries point into the stored rows: they live until the next status. */
     free(s->status_rows);
     s->status_rows = st;
-    r->ntables = (uint32_t)nst;
-    for (size_t i = 0; i < nst; i++) {
-        ipc_table_info_t *ti = &r->tables[i];
+    while (first < nst && st[first].relid <= after)
+        first++; /* list_tables is in relid order */
+    for (size_t i = first; i < nst; i++) {
+        ipc_table_info_t *ti = &r->tables[r->ntables];
         const state_table_t *row = &st[i];
+        if (r->ntables > 0 &&
+            (bytes >= IPC_STATUS_PAGE_BYTES || r->ntables >= IPC_STATUS_PAGE_TABLES)) {
+            r->more = true; /* the CLI asks again from the last relid sent */
+            break;
+        }
+        r->ntables++;
         const sup_table_t *t = sup__find_table(s, row->relid);
         ti->relid = row->relid;
         ti->nsp = (char *)(t ? t->nsp : row->nsp);
@@ -478,6 +501,7 @@ sup_status_build(sup_t *s, ipc_msg_t *out, wr_err_t *err)
         ti->err_kind = (char *)row->err_kind;
         ti->err_msg = (char *)row->err_msg;
         ti->err_hint = (char *)row->err_hint;
+        bytes += status_row_bytes(ti);
     }
 
     uint32_t nw = 0;

@@ -109,6 +109,10 @@ struct sup_table_s {
     char dest_name[300]; /* the table's destination name (table_mappings) */
     wr_schema_t *schema; /* newest schema version stored, NULL if none; owned */
     wr_lsn_t schema_lsn; /* its version LSN */
+    /* (issue 11) the copy's snapshot held for a restarted sync worker (sup_copy.c) */
+    PGconn *hold;     /* the holding connection, NULL if none */
+    char held[64];    /* the snapshot's name there */
+    bool plan_stored; /* a copy plan was stored by this supervisor, not cleared yet */
 };
 
 struct sup_s {
@@ -215,5 +219,10 @@ void sup__lease_tick(sup_t *s, int64_t now);
 void sup__tick_table_retry(sup_t *s, sup_table_t *t, int64_t now);
 void sup__worker_exited(sup_worker_t *w, sup_proc_t *p);
 void sup__worker_spawn(sup_worker_t *w);
+/* (issue 11) sup_copy.c: the copy plan requests of a sync worker (true if m was one), the
+ * held snapshots' tick, and letting one go. */
+bool sup__copy_on_message(sup_t *s, sup_proc_t *p, const ipc_msg_t *m);
+void sup__copy_tick(sup_t *s);
+void sup__copy_release(sup_table_t *t, const char *why);
 
 #endif

@@ -535,6 +535,8 @@ on_message(sup_t *s, sup_proc_t *p, const ipc_msg_t *m)
         log_debug("worker reported its error worker=%s kind=%s", w->name, w->err_kind);
         return;
     default:
+        if (sup__copy_on_message(s, p, m))
+            return;
         break;
     }
     snprintf(msg, sizeof(msg), "unexpected message \"%s\" from the %s worker",
@@ -892,6 +894,10 @@ sup__worker_exited(sup_worker_t *w, sup_proc_t *p)
     } else if (w->is_apply) {
         apply_exited(s, w, p, how);
     } else {
+        /* (issue 11) a sync worker that ended by itself ended its copy too (its slot is
+         * dropped); one that was killed left its copy for the next to resume */
+        if (!p->term_signal)
+            sup__copy_release(w->table, "sync worker exited");
         sync_exited(s, w, p, how);
     }
     sup__schedule(s);
@@ -1177,6 +1183,7 @@ sup__tick_cb(uv_timer_t *h)
     for (size_t i = 0; i < s->ntables; i++)
         tick_worker(s, &s->tables[i]->sync, now);
     sup__lease_tick(s, now);
+    sup__copy_tick(s);
     if (s->progress_dirty && now - s->progress_saved_at >= SUP_PROGRESS_SAVE_MS)
         sup__save_progress(s);
     if (s->ctl_ok)

@@ -33,6 +33,8 @@
 #include "../destinations/destination.h"
 #include "../destinations/registry.h"
 
+static int sup_add_tables(sup_t *s, const sup_pub_table_t *const *pub, size_t n, wr_err_t *err);
+static bool dest_name_taken(const sup_t *s, const sup_table_t *t, const char *name);
 static int sup_assign_mapping(sup_t *s, sup_table_t *t, wr_err_t *err);
 
 /* ---- tables ---- */
@@ -98,6 +100,7 @@ void
 sup__table_free(sup_table_t *t)
 {
     if (t) {
+        sup__copy_release(t, "supervisor exiting or table removed");
         wr_schema_free(t->schema);
         free(t);
     }
@@ -706,6 +709,7 @@ table_begin_remove(sup_t *s, sup_table_t *t)
     sup__table_remove_now(s, t);
 }
 
+/* A table the store holds now (sup_add_tables): its entry, and the workers are told. */
 static void
 table_add_published(sup_t *s, const sup_pub_table_t *pt)
 {
@@ -714,8 +718,7 @@ table_add_published(sup_t *s, const sup_pub_table_t *pt)
     sup_table_t *t;
     wr_err_t err;
     wr_err_clear(&err);
-    if (s->st->ops->add_table(s->st, pt->relid, pt->nsp, pt->name, &err) != 0 ||
-        s->st->ops->get_table(s->st, pt->relid, &row, &found, &err) != 0 || !found) {
+    if (s->st->ops->get_table(s->st, pt->relid, &row, &found, &err) != 0 || !found) {
         log_err(LOG_LVL_ERROR, "adding a table that is now published", &err);
         return;
     }
@@ -737,12 +740,20 @@ table_add_published(sup_t *s, const sup_pub_table_t *pt)
     sup__broadcast_table_state(s, t, NULL);
 }
 
+/* pub is in relid order (the preflight's query sorts it). */
 static bool
 pub_has(const sup_pub_table_t *pub, size_t npub, uint32_t relid)
 {
-    for (size_t i = 0; i < npub; i++)
-        if (pub[i].relid == relid)
+    size_t lo = 0, hi = npub;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (pub[mid].relid == relid)
             return true;
+        if (pub[mid].relid < relid)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
     return false;
 }
 
@@ -752,8 +763,23 @@ static void
 pub_apply(sup_t *s, const sup_pub_table_t *pub, size_t npub)
 {
     uint32_t *gone = NULL;
-    size_t ngone = 0;
+    size_t ngone = 0, nnew = 0;
+    const sup_pub_table_t **fresh = calloc(npub ? npub : 1, sizeof(*fresh));
+    wr_err_t err;
 
+    wr_err_clear(&err);
+    for (size_t i = 0; fresh && i < npub; i++)
+        if (!sup__find_table(s, pub[i].relid))
+            fresh[nnew++] = &pub[i];
+    if (!fresh || sup_add_tables(s, fresh, nnew, &err) != 0) {
+        if (fresh)
+            log_err(LOG_LVL_ERROR, "adding the tables that are now published", &err);
+        else
+            log_error("out of memory adding the tables that are now published");
+        free(fresh);
+        return;
+    }
+    free(fresh);
     for (size_t i = 0; i < npub; i++) {
         sup_table_t *t = sup__find_table(s, pub[i].relid);
         if (!t) {
@@ -1159,6 +1185,77 @@ sup__lease_tick(sup_t *s, int64_t now)
     sup__stop_begin(s, "the state store's lease was lost");
 }
 
+/* True if cand is the destination name of a table of the pipeline (dest_name_taken) or
+ * of one of the first n names chosen for new tables, compared without case. */
+static bool
+dest_name_taken_new(const sup_t *s, char (*names)[300], size_t n, const char *cand)
+{
+    if (dest_name_taken(s, NULL, cand))
+        return true;
+    for (size_t i = 0; i < n; i++)
+        if (strcasecmp(names[i], cand) == 0)
+            return true;
+    return false;
+}
+
+/* Adds newly published tables in Init with their destination table names, in one store
+ * transaction where the store can (state.h add_tables: thousands of tables start with one
+ * durable write), else one table after another. Each name is unique among the pipeline's
+ * tables and the other new ones, as sup_assign_mapping chooses it (issue 12, defect 4);
+ * names recorded by the store but not loaded yet (at start) are checked by
+ * fix_colliding_mappings afterwards. */
+static int
+sup_add_tables(sup_t *s, const sup_pub_table_t *const *pub, size_t n, wr_err_t *err)
+{
+    state_new_table_t *nt;
+    char(*names)[300];
+    int rc = 0;
+
+    if (n == 0)
+        return 0;
+    nt = calloc(n, sizeof(*nt));
+    names = calloc(n, sizeof(*names));
+    if (!nt || !names) {
+        free(nt);
+        free(names);
+        return wr_err_set(err, WR_ENOMEM, "out of memory adding %zu tables", n);
+    }
+    for (size_t i = 0; i < n; i++) {
+        char natural[256];
+
+        dest_table_name(pub[i]->nsp, pub[i]->name, natural, sizeof(natural));
+        snprintf(names[i], sizeof(names[i]), "%s", natural);
+        for (unsigned k = 1; dest_name_taken_new(s, names, i, names[i]); k++) {
+            if (k == 1)
+                snprintf(names[i], sizeof(names[i]), "%.240s_%u", natural, pub[i]->relid);
+            else
+                snprintf(names[i], sizeof(names[i]), "%.240s_%u_%u", natural, pub[i]->relid, k);
+        }
+        if (strcmp(names[i], natural) != 0)
+            log_warn("destination name taken by another table, using another table=%s.%s "
+                     "relid=%u dest=%s taken=%s",
+                     pub[i]->nsp, pub[i]->name, pub[i]->relid, names[i], natural);
+        nt[i].relid = pub[i]->relid;
+        nt[i].nsp = pub[i]->nsp;
+        nt[i].name = pub[i]->name;
+        nt[i].dest_name = names[i];
+    }
+    if (s->st->ops->add_tables) {
+        rc = s->st->ops->add_tables(s->st, nt, n, err);
+    } else {
+        for (size_t i = 0; i < n && rc == 0; i++) {
+            rc = s->st->ops->add_table(s->st, nt[i].relid, nt[i].nsp, nt[i].name, err);
+            if (rc == 0)
+                rc = s->st->ops->put_mapping(s->st, nt[i].relid, nt[i].dest_name, err);
+        }
+    }
+    for (size_t i = 0; rc == 0 && i < n; i++)
+        log_info("table added table=%s.%s relid=%u", pub[i]->nsp, pub[i]->name, pub[i]->relid);
+    free(nt);
+    free(names);
+    return rc;
+}
+
 /* True if a table of the pipeline other than t has the destination name `name`, compared
  * without case (SQLite's identifiers and those of most destinations are). */
 static bool
@@ -1250,13 +1347,16 @@ sup__reconcile_tables(sup_t *s, const sup_pub_table_t *pub, size_t npub, PGconn 
     size_t nst = 0;
     if (s->st->ops->list_tables(s->st, &st, &nst, err) != 0)
         return err->code ? err->code : WR_ESTATE;
-    size_t i = 0, j = 0;
+    size_t i = 0, j = 0, nadd = 0;
     int rc = 0;
+    sup_pub_table_t **added = calloc(npub ? npub : 1, sizeof(*added));
+    if (!added) {
+        free(st);
+        return wr_err_set(err, WR_ENOMEM, "out of memory");
+    }
     while (rc == 0 && (i < npub || j < nst)) {
         if (j >= nst || (i < npub && pub[i].relid < st[j].relid)) {
-            rc = s->st->ops->add_table(s->st, pub[i].relid, pub[i].nsp, pub[i].name, err);
-            if (rc == 0)
-                log_info("table added table=%s.%s relid=%u", pub[i].nsp, pub[i].name, pub[i].relid);
+            added[nadd++] = (sup_pub_table_t *)&pub[i]; /* added below, all at once */
             i++;
         } else if (i >= npub || st[j].relid < pub[i].relid) {
             rc = s->st->ops->remove_table(s->st, st[j].relid, err);
@@ -1281,6 +1381,9 @@ sup__reconcile_tables(sup_t *s, const sup_pub_table_t *pub, size_t npub, PGconn 
         }
     }
     free(st);
+    if (rc == 0)
+        rc = sup_add_tables(s, (const sup_pub_table_t *const *)added, nadd, err);
+    free(added);
     if (rc != 0)
         return rc;
 

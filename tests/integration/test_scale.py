@@ -280,3 +280,75 @@ def test_idle_retention(db, pipelines):
         ret / MB, restart, confirmed)
     assert lsn_to_int(confirmed) >= start + written, (confirmed, start + written)
     assert lsn_to_int(restart) >= start + written - 32 * MB, (restart, start + written)
+
+
+# -- 5,000 published tables (issue 11 item 6) -------------------------------------------------------
+
+MANY = 5_000
+
+
+def test_five_thousand_tables_start(db, pipelines):
+    """A publication of 5,000 tables starts: every table is added in one store write, the
+    apply worker's handshake gets all of them (in pieces of 1,000), `walrelay status`
+    lists all of them (in pages of at most 2,000), the copies proceed under the sync worker limit and a
+    change to a copied table streams. It does not wait for all 5,000 copies (a slot and a
+    process each: minutes); bench/run.py --only scale measures 500 tables to the end."""
+    db.execute("CREATE SCHEMA many")
+    for lo in range(1, MANY + 1, 500):
+        # 500 tables a transaction: each holds a lock until the commit
+        db.execute("DO $$ BEGIN FOR i IN %d..%d LOOP EXECUTE format("
+                   "'CREATE TABLE many.m_%%s (id int PRIMARY KEY, v text)', i); END LOOP; END $$"
+                   % (lo, min(lo + 499, MANY)))
+    db.execute("INSERT INTO many.m_1 VALUES (1, 'one'), (2, 'two')")
+    db.execute("CREATE PUBLICATION pub FOR TABLES IN SCHEMA many")
+    p = pipelines()
+    p.init(db.conninfo, "pub")
+    sampler = Sampler(p, interval=0.1)
+    t0 = time.monotonic()
+    p.start()
+    sampler.start()
+    slots_max = [0]
+    try:
+        st = p.wait_until(lambda: (lambda s: s if len(s["tables"]) == MANY else None)(p.status()),
+                          120, "status listing all 5,000 tables")
+        listed_s = time.monotonic() - t0
+        relids = {t["relid"] for t in st["tables"]}
+        assert len(relids) == MANY, "status lists %d distinct tables" % len(relids)
+        assert [t["relid"] for t in st["tables"]] == sorted(relids), "status out of relid order"
+        assert all(t["nsp"] == "many" for t in st["tables"])
+        apply_w = p.worker("apply", st=st)
+        assert apply_w and apply_w["pid"], st["workers"]
+
+        def some_ready():
+            slots_max[0] = max(slots_max[0], len(db.slots("walrelay_%s" % p.name)))
+            s = p.status()
+            bad = [t for t in s["tables"] if t["phase"] == "errored"]
+            if bad:
+                raise WaitTimeout("tables errored: %s" % bad[:3])
+            ready = [t for t in s["tables"] if t["phase"] == "ready"]
+            return ready if len(ready) >= 10 and any(t["name"] == "m_1" for t in ready) else None
+
+        # m_1 has the lowest relid: copied first
+        ready = p.wait_until(some_ready, 240, "m_1 and 9 more tables ready", interval=0.5)
+        db.execute("INSERT INTO many.m_1 VALUES (3, 'streamed')")
+        with p.dest() as d:
+            def streamed():
+                r = d.execute("SELECT v FROM many__m_1 WHERE id = 3").fetchone()
+                return r and r[0] == "streamed"
+            p.wait_until(streamed, 60, "the insert into many.m_1 in the destination")
+            assert d.execute("SELECT count(*) FROM many__m_1").fetchone()[0] == 3
+    finally:
+        sampler.stop()
+    sup_kb = max((kb for prog, kb in sampler.peak_kb.values() if prog == "walrelay"), default=0)
+    apply_kb = max((kb for prog, kb in sampler.peak_kb.values() if prog == "walrelay-apply"),
+                   default=0)
+    print("\n5,000 tables: status lists all after %.1f s; %d ready when checked; at most %d sync "
+          "processes and %d slots at once; peak RSS supervisor %d MB, apply %d MB"
+          % (listed_s, len(ready), sampler.max_sync, slots_max[0], sup_kb // 1024,
+             apply_kb // 1024))
+    assert sampler.max_sync <= 4, sampler.max_sync  # max_table_sync_workers' default
+    assert slots_max[0] <= 5, slots_max  # the apply slot and one per sync worker
+    if not SANITIZED:
+        assert sup_kb < 128 * 1024 and apply_kb < 64 * 1024, (sup_kb, apply_kb)
+    # each table was added once
+    assert p.log_text().count("table added table=many.") == MANY

@@ -162,6 +162,197 @@ static const colspec_t items_cols[] = {
 
 /* ---- tests ------------------------------------------------------------------------ */
 
+/* (issue 11) Ranges: commit_range records a range with its rows atomically (a rolled back
+ * one is not recorded), ranges_done reads them for one snapshot lsn, a new handle takes the
+ * copy up with copy_resume (the staging table and its rows kept), copy_done ends it and the
+ * records stay until the next copy of the table begins. */
+static void
+test_copy_ranges(void)
+{
+    static const colspec_t cols[] = {{"k", PGT_TEXT, true}, {"n", PGT_INT4, false}};
+    dest_t *d = open_new();
+    wr_schema_t *s = mk_schema(64, "public", "rk", cols, 2);
+    wr_err_t err = {0};
+    dest_tmeta_t meta;
+    wr_val_t v[4][2] = {
+        {TV("d"), TV("1")}, {TV("c"), TV("2")}, {TV("b"), TV("3")}, {TV("a"), TV("4")}};
+    wr_row_t rows[4] = {{2, v[0]}, {2, v[1]}, {2, v[2]}, {2, v[3]}};
+    bool done[3] = {false, false, false};
+    uint64_t nrows[3] = {0, 0, 0};
+
+    memset(&meta, 0, sizeof(meta));
+    CHECK_INT_EQ(d->ops->range_writers(d), 1);
+    CHECK_INT_EQ(d->ops->begin(d, &err), 0);
+    CHECK_INT_EQ(d->ops->reset_table(d, s, &meta, &err), 0);
+    CHECK_INT_EQ(d->ops->commit(d, NULL, NULL, &err), 0);
+    CHECK_INT_EQ(d->ops->begin(d, &err), 0);
+    CHECK_INT_EQ(d->ops->write_rows(d, 64, rows, 2, &err), 0);
+    CHECK_INT_EQ(d->ops->commit_range(d, 64, 0x500, 1, 2, &err), 0);
+    /* a range rolled back leaves nothing, not even its record */
+    CHECK_INT_EQ(d->ops->begin(d, &err), 0);
+    CHECK_INT_EQ(d->ops->write_rows(d, 64, rows + 2, 1, &err), 0);
+    CHECK_INT_EQ(d->ops->rollback(d, &err), 0);
+    CHECK_INT_EQ(d->ops->ranges_done(d, 64, 0x500, done, nrows, 3, &err), 0);
+    CHECK(!done[0] && done[1] && !done[2]);
+    CHECK_U64_EQ(nrows[1], 2);
+    CHECK_STR_EQ(q1("SELECT count(*) FROM _walrelay_copy_64"), "2");
+    /* another snapshot's copy knows nothing of it */
+    done[1] = false;
+    CHECK_INT_EQ(d->ops->ranges_done(d, 64, 0x600, done, nrows, 3, &err), 0);
+    CHECK(!done[1]);
+    d->ops->close(d); /* the process dies */
+
+    d = reopen();
+    CHECK_INT_EQ(d->ops->begin(d, &err), 0);
+    CHECK_INT_EQ(d->ops->copy_resume(d, s, &err), 0);
+    CHECK_INT_EQ(d->ops->commit(d, NULL, NULL, &err), 0);
+    CHECK_INT_EQ(d->ops->begin(d, &err), 0);
+    CHECK_INT_EQ(d->ops->write_rows(d, 64, rows + 2, 2, &err), 0);
+    CHECK_INT_EQ(d->ops->commit_range(d, 64, 0x500, 0, 2, &err), 0);
+    CHECK_STR_EQ(q1("SELECT count(*) FROM _walrelay_copy_64"), "4"); /* still staged */
+    CHECK_INT_EQ(d->ops->begin(d, &err), 0);
+    CHECK_INT_EQ(d->ops->copy_done(d, 64, &err), 0);
+    CHECK_INT_EQ(d->ops->commit(d, NULL, NULL, &err), 0);
+    CHECK_STR_EQ(q1("SELECT group_concat(k || n, ',') FROM (SELECT * FROM rk ORDER BY rowid)"),
+                 "a4,b3,c2,d1");
+    CHECK_STR_EQ(q1("SELECT count(*) FROM sqlite_master WHERE name = '_walrelay_copy_64'"), "0");
+    memset(done, 0, sizeof(done));
+    CHECK_INT_EQ(d->ops->ranges_done(d, 64, 0x500, done, nrows, 3, &err), 0);
+    CHECK(done[0] && done[1] && !done[2]);
+    /* the next copy of the table forgets them */
+    CHECK_INT_EQ(d->ops->begin(d, &err), 0);
+    CHECK_INT_EQ(d->ops->reset_table(d, s, &meta, &err), 0);
+    CHECK_INT_EQ(d->ops->commit(d, NULL, NULL, &err), 0);
+    memset(done, 0, sizeof(done));
+    CHECK_INT_EQ(d->ops->ranges_done(d, 64, 0x500, done, nrows, 3, &err), 0);
+    CHECK(!done[0] && !done[1]);
+    CHECK_STR_EQ(q1("SELECT count(*) FROM rk"), "0");
+    d->ops->close(d);
+    wr_schema_free(s);
+}
+
+/* (issue 11) A copy: rows through write_rows in multi-row INSERTs (with fewer rows than a
+ * statement takes, and a remainder), a staged table (text key) that holds no row until
+ * copy_done and then holds them all, sorted by its key, with the staging table gone; an
+ * INTEGER key (the rowid) is not staged; two tables copied by one handle at once. */
+static void
+test_copy_rows(void)
+{
+    static const colspec_t tcols[] = {
+        {"k", PGT_TEXT, true}, {"n", PGT_INT8, false}, {"b", PGT_BYTEA, false}};
+    static const colspec_t icols[] = {{"id", PGT_INT8, true}, {"v", PGT_TEXT, false}};
+    dest_t *d = open_new();
+    wr_schema_t *ts = mk_schema(61, "public", "tk", tcols, 3);
+    wr_schema_t *is = mk_schema(62, "public", "ik", icols, 2);
+    wr_err_t err = {0};
+    enum { N = 1000 };
+    static char keys[N][16], nums[N][16];
+    static wr_val_t vals[N][3];
+    static wr_row_t rows[N];
+    dest_tmeta_t meta;
+
+    memset(&meta, 0, sizeof(meta));
+    for (int i = 0; i < N; i++) {
+        /* keys in an order that is not the key's: 7919 is prime to N */
+        snprintf(keys[i], sizeof(keys[i]), "k%05d", (i * 7919) % N);
+        snprintf(nums[i], sizeof(nums[i]), "%d", (i * 7919) % N);
+        vals[i][0] = TV(keys[i]);
+        vals[i][1] = TV(nums[i]);
+        vals[i][2] = i % 3 == 0 ? NV : TV("\\x0aff");
+        rows[i].ncols = 3;
+        rows[i].vals = vals[i];
+    }
+    CHECK(d->ops->copy_done != NULL);
+    CHECK_INT_EQ(d->ops->begin(d, &err), 0);
+    CHECK_INT_EQ(d->ops->reset_table(d, ts, &meta, &err), 0);
+    CHECK_INT_EQ(d->ops->reset_table(d, is, &meta, &err), 0);
+    CHECK_INT_EQ(d->ops->write_rows(d, 61, rows, 1, &err), 0);
+    CHECK_INT_EQ(d->ops->commit(d, NULL, NULL, &err), 0);
+    /* the staging table has the row, the table none yet */
+    CHECK_STR_EQ(q1("SELECT count(*) FROM _walrelay_copy_61"), "1");
+    CHECK_STR_EQ(q1("SELECT count(*) FROM tk"), "0");
+    CHECK_STR_EQ(q1("SELECT count(*) FROM sqlite_master WHERE name = '_walrelay_copy_62'"), "0");
+    CHECK_INT_EQ(d->ops->begin(d, &err), 0);
+    CHECK_INT_EQ(d->ops->write_rows(d, 61, rows + 1, 700, &err), 0);
+    CHECK_INT_EQ(d->ops->commit(d, NULL, NULL, &err), 0);
+    CHECK_INT_EQ(d->ops->begin(d, &err), 0);
+    CHECK_INT_EQ(d->ops->write_rows(d, 61, rows + 701, N - 701, &err), 0);
+    CHECK_INT_EQ(d->ops->copy_done(d, 61, &err), 0);
+    CHECK_INT_EQ(d->ops->commit(d, NULL, NULL, &err), 0);
+    CHECK_STR_EQ(q1("SELECT count(*) FROM sqlite_master WHERE name = '_walrelay_copy_61'"), "0");
+    CHECK_STR_EQ(q1("SELECT count(*) || ' ' || count(DISTINCT k) || ' ' || sum(n) FROM tk"),
+                 "1000 1000 499500");
+    CHECK_STR_EQ(q1("SELECT typeof(n) || typeof(b) || hex(b) FROM tk WHERE k = 'k00919'"),
+                 "integerblob0AFF");
+    CHECK_STR_EQ(q1("SELECT typeof(b) FROM tk WHERE k = 'k00000'"), "null");
+    /* stored in key order: rowids follow the keys */
+    CHECK_STR_EQ(q1("SELECT count(*) FROM tk a JOIN tk b ON b.rowid = a.rowid + 1 WHERE b.k < a.k"),
+                 "0");
+    CHECK_STR_EQ(q1("SELECT pk FROM pragma_table_info('tk') WHERE name = 'k'"), "1");
+    /* table 62 is still being copied */
+    CHECK_INT_EQ(d->ops->begin(d, &err), 0);
+    CHECK_INT_EQ(d->ops->write_rows(d, 62, rows, 0, &err), 0);
+    CHECK_INT_EQ(d->ops->commit(d, NULL, NULL, &err), 0);
+    CHECK_INT_EQ(d->ops->begin(d, &err), 0);
+    {
+        wr_val_t v[2] = {TV("1"), TV("a")};
+        wr_row_t r = {2, v};
+        CHECK_INT_EQ(d->ops->write_rows(d, 62, &r, 1, &err), 0);
+    }
+    CHECK_INT_EQ(d->ops->copy_done(d, 62, &err), 0);
+    CHECK_INT_EQ(d->ops->commit(d, NULL, NULL, &err), 0);
+    CHECK_STR_EQ(q1("SELECT v FROM ik WHERE id = 1"), "a");
+    d->ops->close(d);
+    wr_schema_free(ts);
+    wr_schema_free(is);
+}
+
+/* (issue 11) A duplicate key inside a multi-row INSERT (the 40th of 64 rows) is reported
+ * for that row's key, and nothing of the statement stays in the transaction; a value that
+ * does not convert names its column. A rollback of the transaction that ended a copy makes
+ * the handle forget the table: a write without registering it again is refused. */
+static void
+test_copy_errors(void)
+{
+    static const colspec_t cols[] = {{"id", PGT_INT4, true}, {"v", PGT_INT4, false}};
+    dest_t *d = open_new();
+    wr_schema_t *s = mk_schema(63, "public", "dup", cols, 2);
+    wr_err_t err = {0};
+    static char ids[200][8];
+    static wr_val_t vals[200][2];
+    static wr_row_t rows[200];
+    dest_tmeta_t meta;
+
+    memset(&meta, 0, sizeof(meta));
+    for (int i = 0; i < 200; i++) {
+        snprintf(ids[i], sizeof(ids[i]), "%d", i == 39 ? 5 : i);
+        vals[i][0] = TV(ids[i]);
+        vals[i][1] = TV(ids[i]);
+        rows[i].ncols = 2;
+        rows[i].vals = vals[i];
+    }
+    CHECK_INT_EQ(d->ops->begin(d, &err), 0);
+    CHECK_INT_EQ(d->ops->reset_table(d, s, &meta, &err), 0);
+    CHECK_INT_EQ(d->ops->write_rows(d, 63, rows, 200, &err), WR_EDATA);
+    CHECK_CONTAINS(err.msg, "(id)=(5)");
+    CHECK_INT_EQ(d->ops->rollback(d, &err), 0);
+    /* forgotten with the rollback of the transaction that started the copy */
+    CHECK_INT_EQ(d->ops->begin(d, &err), 0);
+    CHECK_INT_EQ(d->ops->write_rows(d, 63, rows, 3, &err), WR_EINVAL);
+    CHECK_CONTAINS(err.msg, "not registered");
+    CHECK_INT_EQ(d->ops->reset_table(d, s, &meta, &err), 0);
+    vals[70][1] = TV("x");
+    CHECK_INT_EQ(d->ops->write_rows(d, 63, rows, 39, &err), 0);
+    CHECK_INT_EQ(d->ops->write_rows(d, 63, rows + 40, 160, &err), WR_EDATA);
+    CHECK_CONTAINS(err.msg, "column \"v\"");
+    CHECK_CONTAINS(err.msg, "\"x\"");
+    CHECK_INT_EQ(d->ops->copy_done(d, 63, &err), 0);
+    CHECK_INT_EQ(d->ops->commit(d, NULL, NULL, &err), 0);
+    CHECK_STR_EQ(q1("SELECT count(*) FROM dup"), "39");
+    d->ops->close(d);
+    wr_schema_free(s);
+}
+
 static void
 test_naming(void)
 {
@@ -1727,6 +1918,9 @@ main(void)
     RUN(test_reset_table);
     RUN(test_alter_in_place);
     RUN(test_alter_new_key);
+    RUN(test_copy_rows);
+    RUN(test_copy_errors);
+    RUN(test_copy_ranges);
     cleanup();
     return unit_done();
 }

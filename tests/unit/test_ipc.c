@@ -96,6 +96,7 @@ check_msg_eq(const ipc_msg_t *a, const ipc_msg_t *b)
         CHECK_STR_EQ(a->u.welcome.pipeline, b->u.welcome.pipeline);
         break;
     case IPC_TABLES:
+        CHECK_INT_EQ(a->u.tables.more, b->u.tables.more);
         CHECK_INT_EQ(a->u.tables.n, b->u.tables.n);
         for (i = 0; i < a->u.tables.n && i < b->u.tables.n; i++)
             check_table_eq(&a->u.tables.tables[i], &b->u.tables.tables[i], false);
@@ -138,8 +139,35 @@ check_msg_eq(const ipc_msg_t *a, const ipc_msg_t *b)
         CHECK_INT_EQ(a->u.copy_progress.relid, b->u.copy_progress.relid);
         CHECK_U64_EQ(a->u.copy_progress.rows, b->u.copy_progress.rows);
         break;
-    case IPC_STOP:
     case IPC_STATUS:
+        CHECK_INT_EQ(a->u.status.after, b->u.status.after);
+        break;
+    case IPC_COPY_PLAN:
+        CHECK_INT_EQ(a->u.copy_plan.req, b->u.copy_plan.req);
+        CHECK_INT_EQ(a->u.copy_plan.relid, b->u.copy_plan.relid);
+        CHECK_U64_EQ(a->u.copy_plan.lsn, b->u.copy_plan.lsn);
+        CHECK_STR_EQ(a->u.copy_plan.snapshot, b->u.copy_plan.snapshot);
+        CHECK_INT_EQ(a->u.copy_plan.n, b->u.copy_plan.n);
+        for (i = 0; i < a->u.copy_plan.n && i < b->u.copy_plan.n; i++) {
+            const ipc_copy_range_t *x = &a->u.copy_plan.ranges[i], *y = &b->u.copy_plan.ranges[i];
+            CHECK_INT_EQ(x->leaf, y->leaf);
+            CHECK_INT_EQ(x->first_page, y->first_page);
+            CHECK_INT_EQ(x->end_page, y->end_page);
+            CHECK_U64_EQ(x->rows, y->rows);
+            CHECK_INT_EQ(x->done, y->done);
+        }
+        break;
+    case IPC_COPY_PLAN_GET:
+        CHECK_INT_EQ(a->u.copy_plan_get.req, b->u.copy_plan_get.req);
+        CHECK_INT_EQ(a->u.copy_plan_get.relid, b->u.copy_plan_get.relid);
+        break;
+    case IPC_COPY_RANGE_DONE:
+        CHECK_INT_EQ(a->u.copy_range_done.req, b->u.copy_range_done.req);
+        CHECK_INT_EQ(a->u.copy_range_done.relid, b->u.copy_range_done.relid);
+        CHECK_INT_EQ(a->u.copy_range_done.part, b->u.copy_range_done.part);
+        CHECK_U64_EQ(a->u.copy_range_done.rows, b->u.copy_range_done.rows);
+        break;
+    case IPC_STOP:
     case IPC_PAUSE:
     case IPC_RESUME:
     case IPC_RELOAD:
@@ -187,6 +215,7 @@ check_msg_eq(const ipc_msg_t *a, const ipc_msg_t *b)
             check_table_eq(&a->u.status_reply.tables[i], &b->u.status_reply.tables[i], true);
         CHECK_STR_EQ(a->u.status_reply.message ? a->u.status_reply.message : "",
                      b->u.status_reply.message);
+        CHECK_INT_EQ(a->u.status_reply.more, b->u.status_reply.more);
         break;
     case IPC_WORKER_METRICS: {
         const __typeof__(a->u.worker_metrics) *x = &a->u.worker_metrics, *y = &b->u.worker_metrics;
@@ -222,6 +251,11 @@ check_msg_eq(const ipc_msg_t *a, const ipc_msg_t *b)
 }
 
 /* Hand-made samples of every message type. The static data outlives the tests. */
+static ipc_copy_range_t sample_ranges[] = {
+    {16390, 0, 4096, 123456789012ull, true},
+    {16391, 4096, 0, 0, false},
+};
+
 static ipc_table_info_t sample_tables[] = {
     {.relid = 16384, .nsp = "public", .name = "orders", .phase = PH_READY, .lsn = 0x16B374D848ull},
     {.relid = 4294967295u,
@@ -261,7 +295,7 @@ static ipc_event_count_t sample_events[] = {
     {.relid = 4294967295u, .n = {0, UINT64_MAX, 0, 2}},
 };
 
-#define NSAMPLES 30
+#define NSAMPLES 37
 
 /* Fills samples[]; returns the count. samples[i] may reference the schema (freed by caller). */
 static int
@@ -284,6 +318,11 @@ make_samples(ipc_msg_t *s, wr_schema_t *schema)
     s[n].u.tables.tables = sample_tables;
     n++;
     s[n].type = IPC_TABLES; /* empty list */
+    n++;
+    s[n].type = IPC_TABLES; /* (issue 11) a piece of a long list */
+    s[n].u.tables.n = 2;
+    s[n].u.tables.tables = sample_tables;
+    s[n].u.tables.more = true;
     n++;
     s[n].type = IPC_TABLE_STATE;
     s[n].u.table_state.relid = 16384;
@@ -327,6 +366,9 @@ make_samples(ipc_msg_t *s, wr_schema_t *schema)
     n++;
     s[n].type = IPC_STATUS;
     n++;
+    s[n].type = IPC_STATUS; /* (issue 11) the next page */
+    s[n].u.status.after = 4294967295u;
+    n++;
     s[n].type = IPC_OK;
     s[n].u.ok.message = "";
     n++;
@@ -343,6 +385,9 @@ make_samples(ipc_msg_t *s, wr_schema_t *schema)
     s[n].u.status_reply.tables = sample_status_tables;
     s[n].u.status_reply.message = "paused by walrelay pause \xc3\xa9";
     n++;
+    s[n] = s[n - 1]; /* (issue 11) a page with more after it */
+    s[n].u.status_reply.more = true;
+    n++;
     s[n].type = IPC_RETRY;
     s[n].u.command.table = "public.orders";
     n++;
@@ -357,6 +402,29 @@ make_samples(ipc_msg_t *s, wr_schema_t *schema)
     n++;
     s[n].type = IPC_TABLE_REMOVED;
     s[n].u.table_removed.relid = 4294967295u;
+    n++;
+    s[n].type = IPC_COPY_PLAN;
+    s[n].u.copy_plan.req = 9;
+    s[n].u.copy_plan.relid = 16384;
+    s[n].u.copy_plan.lsn = 0xFFFFFFFF00000001ull;
+    s[n].u.copy_plan.snapshot = "00000003-00000002-1";
+    s[n].u.copy_plan.n = 2;
+    s[n].u.copy_plan.ranges = sample_ranges;
+    n++;
+    s[n].type = IPC_COPY_PLAN; /* no plan, no snapshot */
+    s[n].u.copy_plan.req = 10;
+    s[n].u.copy_plan.relid = 16384;
+    s[n].u.copy_plan.snapshot = "";
+    n++;
+    s[n].type = IPC_COPY_PLAN_GET;
+    s[n].u.copy_plan_get.req = 11;
+    s[n].u.copy_plan_get.relid = 16384;
+    n++;
+    s[n].type = IPC_COPY_RANGE_DONE;
+    s[n].u.copy_range_done.req = 12;
+    s[n].u.copy_range_done.relid = 16384;
+    s[n].u.copy_range_done.part = 4095;
+    s[n].u.copy_range_done.rows = 5000000000ull;
     n++;
     s[n].type = IPC_WORKER_ERROR;
     s[n].u.worker_error.kind = "slot_missing";
@@ -451,6 +519,9 @@ test_type_names(void)
     CHECK_STR_EQ(ipc_type_name(IPC_RESUME), "resume");
     CHECK_STR_EQ(ipc_type_name(IPC_RELOAD), "reload");
     CHECK_STR_EQ(ipc_type_name(IPC_TABLE_REMOVED), "table_removed");
+    CHECK_STR_EQ(ipc_type_name(IPC_COPY_PLAN), "copy_plan");
+    CHECK_STR_EQ(ipc_type_name(IPC_COPY_PLAN_GET), "copy_plan_get");
+    CHECK_STR_EQ(ipc_type_name(IPC_COPY_RANGE_DONE), "copy_range_done");
     CHECK_STR_EQ(ipc_type_name(IPC_WORKER_METRICS), "worker_metrics");
     CHECK_STR_EQ(ipc_type_name(IPC_STREAMING), "streaming");
     CHECK_STR_EQ(ipc_type_name(IPC_METRICS), "metrics");
@@ -713,12 +784,19 @@ test_decode_wrong_arity(void)
         const char *type;
         uint32_t arity;
     } types[] = {
-        {"hello", 5},         {"welcome", 3},      {"tables", 2},    {"table_state", 5},
-        {"set_phase", 8},     {"ack", 4},          {"schema", 5},    {"progress", 4},
-        {"copy_progress", 3}, {"stop", 1},         {"error", 2},     {"status", 1},
-        {"status_reply", 10}, {"ok", 2},           {"retry", 2},     {"resync", 2},
-        {"pause", 1},         {"resume", 1},       {"reload", 1},    {"table_removed", 2},
-        {"dest_wait", 2},     {"worker_error", 4}, {"table_ack", 4},
+        {"hello", 5},         {"welcome", 3},
+        {"tables", 2},        {"table_state", 5},
+        {"set_phase", 8},     {"ack", 4},
+        {"schema", 5},        {"progress", 4},
+        {"copy_progress", 3}, {"stop", 1},
+        {"error", 2},         {"status", 1},
+        {"status_reply", 10}, {"ok", 2},
+        {"retry", 2},         {"resync", 2},
+        {"pause", 1},         {"resume", 1},
+        {"reload", 1},        {"table_removed", 2},
+        {"dest_wait", 2},     {"worker_error", 4},
+        {"table_ack", 4},     {"copy_plan", 6},
+        {"copy_plan_get", 3}, {"copy_range_done", 5},
     };
     msgpack_sbuffer sb;
     msgpack_packer pk;
@@ -734,10 +812,12 @@ test_decode_wrong_arity(void)
                 continue;
             if (strcmp(types[i].type, "status_reply") == 0 && bad[k] == 9)
                 continue; /* the layout without "message": accepted, see below */
+            if ((strcmp(types[i].type, "tables") == 0 || strcmp(types[i].type, "status") == 0 ||
+                 strcmp(types[i].type, "status_reply") == 0) &&
+                bad[k] == types[i].arity + 1)
+                continue; /* (issue 11) an optional last element: test_optional_elements */
             if (strcmp(types[i].type, "table_state") == 0 && bad[k] == 4)
                 continue; /* without dest_name: accepted (test_tables_without_dest_name) */
-            if (strcmp(types[i].type, "tables") == 0 && bad[k] == 3)
-                continue; /* with "more": accepted (test_tables_in_chunks) */
             msgpack_pack_array(&pk, bad[k]);
             pack_str(&pk, types[i].type);
             for (j = 1; j < bad[k]; j++)
@@ -1289,6 +1369,107 @@ test_status_reply_without_message(void)
     msgpack_sbuffer_destroy(&sb);
 }
 
+/* (issue 11) The optional last elements: sent only when they say something (a short list,
+ * the first page, the last page have the layout they always had), and checked. */
+static void
+test_optional_elements(void)
+{
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_unpacked up;
+    ipc_msg_t m;
+
+    msgpack_sbuffer_init(&sb);
+    memset(&m, 0, sizeof(m));
+    m.type = IPC_TABLES;
+    CHECK_INT_EQ(ipc_encode(&m, &sb), 0);
+    msgpack_unpacked_init(&up);
+    CHECK_INT_EQ(msgpack_unpack_next(&up, sb.data, sb.size, NULL), MSGPACK_UNPACK_SUCCESS);
+    CHECK_INT_EQ(up.data.via.array.size, 2);
+    msgpack_sbuffer_clear(&sb);
+    m.type = IPC_STATUS;
+    CHECK_INT_EQ(ipc_encode(&m, &sb), 0);
+    CHECK_INT_EQ(msgpack_unpack_next(&up, sb.data, sb.size, NULL), MSGPACK_UNPACK_SUCCESS);
+    CHECK_INT_EQ(up.data.via.array.size, 1);
+    msgpack_sbuffer_clear(&sb);
+
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_array(&pk, 3);
+    pack_str(&pk, "tables");
+    msgpack_pack_array(&pk, 0);
+    msgpack_pack_uint32(&pk, 1);
+    expect_decode_error(&sb, "invalid \"tables\" message: element 2 (more) must be a boolean, "
+                             "got integer");
+    msgpack_pack_array(&pk, 2);
+    pack_str(&pk, "status");
+    pack_str(&pk, "16384");
+    expect_decode_error(&sb, "invalid \"status\" message: element 1 (after_relid) must be an "
+                             "unsigned integer, got string");
+    msgpack_pack_array(&pk, 12);
+    pack_str(&pk, "status_reply");
+    for (int i = 1; i < 12; i++)
+        msgpack_pack_uint32(&pk, 1);
+    expect_decode_error(&sb, "invalid \"status_reply\" message: expected 10 elements, got 12");
+    msgpack_unpacked_destroy(&up);
+    msgpack_sbuffer_destroy(&sb);
+}
+
+/* (issue 11) copy_plan: a range of the wrong size, a done that is not a boolean, too many
+ * ranges; and the encoder refuses what the decoder would. */
+static void
+test_copy_plan_bad(void)
+{
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    ipc_msg_t m;
+
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_array(&pk, 6);
+    pack_str(&pk, "copy_plan");
+    msgpack_pack_uint32(&pk, 1);
+    msgpack_pack_uint32(&pk, 16384);
+    msgpack_pack_uint64(&pk, 5);
+    pack_str(&pk, "snap");
+    msgpack_pack_array(&pk, 1);
+    msgpack_pack_array(&pk, 4);
+    for (int i = 0; i < 4; i++)
+        msgpack_pack_uint32(&pk, 1);
+    expect_decode_error(&sb, "invalid \"copy_plan\" message: element 5 (ranges) item 0 must "
+                             "have 5 elements, got 4");
+    msgpack_pack_array(&pk, 6);
+    pack_str(&pk, "copy_plan");
+    msgpack_pack_uint32(&pk, 1);
+    msgpack_pack_uint32(&pk, 16384);
+    msgpack_pack_uint64(&pk, 5);
+    pack_str(&pk, "snap");
+    msgpack_pack_array(&pk, 1);
+    msgpack_pack_array(&pk, 5);
+    for (int i = 0; i < 4; i++)
+        msgpack_pack_uint32(&pk, 1);
+    msgpack_pack_uint32(&pk, 1);
+    expect_decode_error(&sb, "element 5 (ranges) item 0 element 4 (done) must be a boolean");
+    msgpack_pack_array(&pk, 6);
+    pack_str(&pk, "copy_plan");
+    msgpack_pack_uint32(&pk, 1);
+    msgpack_pack_uint32(&pk, 16384);
+    msgpack_pack_uint64(&pk, 5);
+    pack_str(&pk, "snap");
+    msgpack_pack_array(&pk, IPC_MAX_COPY_RANGES + 1);
+    for (int i = 0; i < IPC_MAX_COPY_RANGES + 1; i++)
+        msgpack_pack_nil(&pk);
+    expect_decode_error(&sb, "element 5 (ranges) must have at most 4096 items, got 4097");
+    memset(&m, 0, sizeof(m));
+    m.type = IPC_COPY_PLAN;
+    m.u.copy_plan.snapshot = "";
+    m.u.copy_plan.n = IPC_MAX_COPY_RANGES + 1;
+    m.u.copy_plan.ranges = sample_ranges;
+    msgpack_sbuffer_clear(&sb);
+    CHECK_INT_EQ(ipc_encode(&m, &sb), WR_EINVAL);
+    CHECK_INT_EQ(sb.size, 0);
+    msgpack_sbuffer_destroy(&sb);
+}
+
 /* issue 12, defect 10: a publication so large that one "tables" message would break
  * IPC_MAX_MSG (30,000 tables with long names: about 12 MB) is sent in chunks and read
  * back whole, in order. */
@@ -1668,6 +1849,8 @@ main(void)
     RUN(test_tables_without_dest_name);
     RUN(test_tables_in_chunks);
     RUN(test_decode_commands_bad);
+    RUN(test_optional_elements);
+    RUN(test_copy_plan_bad);
     RUN(test_metrics_messages_bad);
     RUN(test_metrics_text_long);
     return unit_done();

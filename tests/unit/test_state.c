@@ -675,7 +675,7 @@ test_sqlite_pragmas(void)
     CHECK_INT_EQ(raw_int(path, "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name "
                                "IN ('pipeline', 'tables', 'table_phase_history', "
                                "'table_schemas', 'table_schema_columns', 'table_mappings', "
-                               "'copy_partitions', 'errors')"),
+                               "'copy_ranges', 'errors')"),
                  8);
     /* Errored phases are logged */
     CHECK_INT_EQ(raw_int(path, "SELECT count(*) FROM errors WHERE relid = 90 AND kind = 'kind' "
@@ -694,7 +694,8 @@ test_sqlite_pragmas(void)
     remove_db(path);
 }
 
-/* A version 1 file (before pipeline_flags) is migrated, keeping its rows; flags persist. */
+/* A version 1 file (before pipeline_flags and copy_ranges) is migrated, keeping its rows;
+ * flags persist. */
 static void
 test_sqlite_migrate_v1(void)
 {
@@ -711,8 +712,11 @@ test_sqlite_migrate_v1(void)
     CHECK_INT_EQ(s->ops->add_table(s, 70, "public", "old", &err), 0);
     state_close(s);
     s = NULL;
-    /* make it look like a file written by schema version 1 */
-    raw_exec(path, "DROP TABLE pipeline_flags; PRAGMA user_version = 1");
+    /* make it look like a file written by schema version 1 (version 3 replaced its
+     * copy_partitions with copy_ranges) */
+    raw_exec(path,
+             "DROP TABLE pipeline_flags; DROP TABLE copy_ranges; "
+             "CREATE TABLE copy_partitions (relid INTEGER NOT NULL); PRAGMA user_version = 1");
     CHECK_INT_EQ(raw_int(path, "PRAGMA user_version"), 1);
     CHECK_INT_EQ(state_open_sqlite(path, &s, &err), 0);
     if (!s)
@@ -722,6 +726,10 @@ test_sqlite_migrate_v1(void)
     CHECK_INT_EQ(s->ops->get_flag(s, "paused", &v, &found, &err), 0);
     CHECK(!found);
     CHECK_INT_EQ(s->ops->set_flag(s, "paused", 1, &err), 0);
+    CHECK_INT_EQ(raw_int(path, "SELECT count(*) FROM sqlite_master WHERE name = 'copy_ranges'"), 1);
+    CHECK_INT_EQ(raw_int(path, "SELECT count(*) FROM sqlite_master WHERE name = "
+                               "'copy_partitions'"),
+                 0);
     state_close(s);
     s = NULL;
     CHECK_INT_EQ(state_open_sqlite(path, &s, &err), 0);
