@@ -246,6 +246,19 @@ class Pipeline:
         self._close_log()
         return rc
 
+    def wait_exit(self, timeout, what):
+        """Waits until `walrelay run` exits by itself (a pipeline that cannot go on stops:
+        issue 12); returns its exit code, or fails at the deadline with the log."""
+        assert self.proc is not None, "walrelay run was not started"
+        try:
+            self.proc.wait(timeout * SCALE)
+        except subprocess.TimeoutExpired:
+            raise WaitTimeout("timed out after %.0fs waiting for walrelay run to exit: %s%s" % (
+                timeout * SCALE, what, self.log_tail()))
+        rc = self.proc.returncode
+        self._close_log()
+        return rc
+
     def kill(self):
         """SIGKILL to the supervisor (its workers see EOF on fd 3 and exit)."""
         if self.proc is not None and self.proc.poll() is None:

@@ -240,9 +240,9 @@ def test_http_400_stops_the_pipeline(db, pipelines, receiver):
     p.start()
     p.wait_all_ready(["public.r"])
     db.execute("UPDATE r SET qty = qty + 1 WHERE id <= 5")
-    st = p.wait_until(lambda: p.status()["state"] == "degraded" and p.last_status, 60,
-                      "the pipeline degraded by the 400")
-    msg = st["message"]
+    rc = p.wait_exit(60, "the pipeline stopped by the 400")
+    assert rc == 2, "a refused batch needs a person: exit code 2, got %s%s" % (rc, p.log_tail())
+    msg = p.log_text()
     assert "HTTP 400" in msg and 'event 17: column "qty" unknown' in msg, msg
     assert re.search(r"the receiver refused a batch of 5 events \(keys [0-9A-F]{16}:0000000001 "
                      r"to [0-9A-F]{16}:0000000005\): POST %s answered HTTP 400"
@@ -250,7 +250,6 @@ def test_http_400_stops_the_pipeline(db, pipelines, receiver):
     assert "never skipped" in p.log_text()
     refused = [q for q in rcv.requests if q["status"] == 400]
     assert len(refused) == 1, "a 400 is not retried: %d attempts" % len(refused)
-    assert p.stop() == 0
 
     refuse["on"] = False
     p.start()

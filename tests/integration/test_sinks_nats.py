@@ -244,7 +244,7 @@ def test_nats_server_restarted_mid_stream(db, pipelines, nats):
 
 def test_nats_message_over_max_payload(db, pipelines, nats):
     """A change larger than the server's max_payload (1 MB by default) can never be
-    stored: the pipeline stops (degraded) with the sizes and what to change, instead of
+    stored: walrelay run stops (exit code 2) with the sizes and what to change, instead of
     retrying forever."""
     db.execute("CREATE TABLE big (id int PRIMARY KEY, body text)")
     publish(db, "pub", ["big"])
@@ -253,8 +253,9 @@ def test_nats_message_over_max_payload(db, pipelines, nats):
     p.start()
     p.wait_all_ready(["public.big"])
     db.execute("INSERT INTO big VALUES (1, repeat('x', 1500000))")
-    st = p.wait_until(lambda: p.status()["state"] == "degraded" and p.last_status, 60,
-                      "the pipeline degraded by the oversized change")
+    rc = p.wait_exit(60, "the pipeline stopped by the oversized change")
+    assert rc == 2, "an oversized change needs a person: exit code 2, got %s%s" % (
+        rc, p.log_tail())
     assert "more than the 1048576 bytes the NATS server takes in a message (max_payload)" in \
-        st["message"], st
+        p.log_text(), p.log_tail()
     assert "raise max_payload" in p.log_text(), p.log_tail()
