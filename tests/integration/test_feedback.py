@@ -162,7 +162,11 @@ def test_feedback_while_catchup_held(short_db, pipelines, monkeypatch, tmp_path)
         writer = BackgroundWriter(db, ["t"], (1, 2000), 10_000, per_txn=3, seed=7, pause=0.01)
         writer.start()
         writer.wait_commits(5, 30 * SCALE)
-        start_with_failpoint(p, monkeypatch, "sync.catchup_streaming=sleep(%d)" % HOLD_MS, fpdir)
+        # the copy held a second (mid_copy): by its syncwait the apply worker has read past
+        # the copy's consistent point X, so the catch-up has changes to stream (a copy of
+        # 2000 rows alone takes under 0.1 s, and a catch-up granted at X streams nothing)
+        start_with_failpoint(p, monkeypatch, "sync.mid_copy=sleep(1000);"
+                             "sync.catchup_streaming=sleep(%d)" % HOLD_MS, fpdir)
         t0 = wait_marker(p, fpdir, "sync.catchup_streaming")
         relid = db.relid("t")
         apply_app = "walrelay_%s_apply" % p.name
