@@ -43,8 +43,11 @@
  *                               not sent yet (no destination transaction is open)
  *   sync.mid_copy               after each copy batch is committed to the destination
  *                               (with the dir set: after the first batch only); in the
- *                               parallel copy (issue 11) after each batch written into a
- *                               range's open transaction that is not the range's last
+ *                               copy by range (issue 11) after each batch's worth of COPY
+ *                               lines read into the reader's spool (no destination
+ *                               transaction waits on it)
+ *   sync.mid_range              copy by range: after each batch written into a range's
+ *                               open transaction that is not the range's last
  *   sync.after_range            parallel copy: a range committed in the destination and
  *                               acked by the supervisor (copy_range_done)
  *   sync.before_finishedcopy    the source copy transaction is COMMITted, FINISHEDCOPY

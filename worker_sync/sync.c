@@ -220,7 +220,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "common/catalog.h"
 #include "common/config.h"
@@ -1128,7 +1130,8 @@ syw_copy_error(syw_t *w, syw_copy_t *cp, const char *kind, wr_err_t *err)
  * is not: there is nothing to resume, it is copied again from scratch.
  *
  * Writing (range_writers 1, sqlite): the main thread is the one writer. Readers parse their
- * rows into batches (two per reader, so a reader parses while its other batch is written)
+ * ranges' rows (from the spools, below) into batches (two per reader, so a reader parses
+ * while its other batch is written)
  * and the writer writes one range at a time: the batches of that range, in order, in one
  * destination transaction ended by commit_range (which records the range with its rows,
  * atomically with them), then copy_range_done to the supervisor. Readers of other ranges
@@ -1152,12 +1155,15 @@ syw_copy_error(syw_t *w, syw_copy_t *cp, const char *kind, wr_err_t *err)
  * rows_kept=R", and "range copied part=P rows=R" for each range this process committed.
  *
  * Destination transactions (issue 12, defect 2). The table is emptied (or taken up) in a
- * transaction of its own, committed before any COPY is sent; a range's transaction begins
- * only once its first batch is complete, so a COPY waiting on a lock holds nothing in the
- * destination. Within a range the transaction stays open between that range's batches
- * (the range commits atomically, that is what makes it resumable), so a very selective
- * row filter over a large range can hold the destination's write lock while the source
- * scans: at most one range, SYW_RANGE_MAX_PAGES pages, of waiting.
+ * transaction of its own, committed before any COPY is sent. A range commits atomically
+ * (that is what makes it resumable), so its transaction holds the destination's write
+ * lock from its first batch to its last: each reader therefore has a fetch thread that
+ * reads a range's COPY whole into a spool file (an unlinked file in DIR/spool; two a
+ * reader, so at most two ranges of SYW_RANGE_MAX_PAGES pages on disk), and the reader's
+ * thread parses a range into batches for the writer only once it is all there, while the
+ * fetch thread reads the next one. A COPY waiting on a lock, a selective row filter or a
+ * slow network holds nothing in the destination: the range's transaction waits only for
+ * local work (before, the apply worker's commits waited for the whole of a slow range).
  *
  * Not by range: a destination with write_copy (postgres, issue 7). It takes the source's
  * COPY bytes through one connection in one destination transaction for the whole copy
@@ -1193,6 +1199,13 @@ typedef struct syw_pbatch_s {
 
 typedef struct syw_par_s syw_par_t;
 
+/* A range's COPY lines on disk (an unlinked file in DIR/spool). */
+typedef struct syw_spool_s {
+    FILE *f;
+    uint32_t part;
+    bool full; /* read whole: the parsing thread's until it clears this (par->mu) */
+} syw_spool_t;
+
 typedef struct syw_reader_s {
     syw_par_t *par;
     int id;
@@ -1210,8 +1223,17 @@ typedef struct syw_reader_s {
     dest_t *dest;
     bool dest_open;
     uint64_t range_rows;
-    uint64_t bytes;        /* COPY bytes received since the last delivery */
     const char *fail_kind; /* the Errored kind of its error, if the data is at fault */
+    /* the network side (issue 12, defect 2): a fetch thread reads each range's COPY whole
+     * into a spool file, which this reader's thread then parses into batches; two spools,
+     * so the next range is read while this one is parsed and written */
+    syw_spool_t sp[2];
+    int sp_fill, sp_take;
+    bool fetch_end; /* the fetch thread claims no more ranges (par->mu) */
+    pthread_t fetch_thread;
+    bool fetch_started;
+    char *line; /* a line read back from a spool */
+    size_t linecap;
 } syw_reader_t;
 
 struct syw_par_s {
@@ -1232,10 +1254,11 @@ struct syw_par_s {
     char *cols; /* the quoted column list */
     wr_lsn_t x; /* the snapshot's consistent point */
     char snapshot[64];
-    uint64_t kept;  /* rows of ranges committed before this process */
-    bool planned;   /* the plan is in the state store (copy_range_done reports each range) */
-    bool *reported; /* several writers: ranges whose commit the main thread has reported */
-    uint64_t bytes; /* COPY bytes the readers received, not yet counted in the metrics */
+    uint64_t kept;     /* rows of ranges committed before this process */
+    bool planned;      /* the plan is in the state store (copy_range_done reports each range) */
+    bool *reported;    /* several writers: ranges whose commit the main thread has reported */
+    uint64_t bytes;    /* COPY bytes the readers received, not yet counted in the metrics */
+    size_t batch_rows; /* copy_batch_rows: the failpoint sync.mid_copy fires that often */
 };
 
 /* CPU time of this process (every thread), user and system: what a copy cost, whatever
@@ -1371,7 +1394,7 @@ syw_reader_write_own(syw_reader_t *r, uint32_t part, bool last, wr_err_t *err)
     b->n = 0;
     b->alen = 0;
     if (!last) {
-        FAILPOINT("sync.mid_copy");
+        FAILPOINT("sync.mid_range");
         return 0;
     }
     r->dest_open = false; /* commit_range commits, or rolls back what it could not */
@@ -1391,10 +1414,6 @@ syw_reader_deliver(syw_reader_t *r, uint32_t part, bool last, wr_err_t *err)
 {
     int rc;
 
-    pthread_mutex_lock(&r->par->mu);
-    r->par->bytes += r->bytes; /* the main thread counts them (wkm is not shared) */
-    r->bytes = 0;
-    pthread_mutex_unlock(&r->par->mu);
     if (r->dest == NULL)
         return syw_reader_hand_over(r, part, last, err);
     if ((rc = syw_reader_write_own(r, part, last, err)) < 0) {
@@ -1404,9 +1423,44 @@ syw_reader_deliver(syw_reader_t *r, uint32_t part, bool last, wr_err_t *err)
     return 0;
 }
 
-/* Reads range part into batches. */
+/* Empties a spool, creating it the first time: an unlinked file in DIR/spool (nothing to
+ * clean up after a crash). */
 static int
-syw_reader_copy(syw_reader_t *r, uint32_t part, wr_err_t *err)
+syw_spool_reset(syw_reader_t *r, syw_spool_t *sp, wr_err_t *err)
+{
+    const syw_t *w = r->par->w;
+    char dir[4096], path[4200];
+    int fd;
+
+    if (sp->f != NULL) {
+        if (fflush(sp->f) != 0 || ftruncate(fileno(sp->f), 0) != 0 ||
+            fseek(sp->f, 0, SEEK_SET) != 0)
+            return wr_err_set(err, WR_EIO, "emptying the copy's spool file: %s", strerror(errno));
+        return 0;
+    }
+    snprintf(dir, sizeof(dir), "%s/spool", w->cfg.dir ? w->cfg.dir : ".");
+    snprintf(path, sizeof(path), "%s/sync-%u-%d.XXXXXX", dir, (unsigned)w->relid, r->id);
+    if ((mkdir(dir, 0700) != 0 && errno != EEXIST) || (fd = mkstemp(path)) < 0) {
+        wr_err_set(err, WR_EIO, "cannot create the copy's spool file in \"%s\": %s", dir,
+                   strerror(errno));
+        wr_err_hint(err, "the configuration directory must be writable by walrelay and its "
+                         "disk must have room for two ranges of the table (up to 256 MB) a "
+                         "copy connection");
+        return WR_EIO;
+    }
+    (void)unlink(path);
+    if (!(sp->f = fdopen(fd, "w+b"))) {
+        close(fd);
+        return wr_err_set(err, WR_ENOMEM, "out of memory opening the copy's spool file");
+    }
+    setvbuf(sp->f, NULL, _IOFBF, 1 << 16);
+    return 0;
+}
+
+/* The fetch thread's part: range part's COPY whole into spool sp (no destination
+ * transaction waits on it). */
+static int
+syw_reader_fetch(syw_reader_t *r, syw_spool_t *sp, uint32_t part, wr_err_t *err)
 {
     syw_par_t *par = r->par;
     syw_t *w = par->w;
@@ -1445,32 +1499,32 @@ syw_reader_copy(syw_reader_t *r, uint32_t part, wr_err_t *err)
         return err->code;
     }
     PQclear(res);
-    for (;;) {
+    if ((rc = syw_spool_reset(r, sp, err)) < 0)
+        return rc;
+    for (uint64_t lines = 1, bytes = 0;; lines++) {
         char *line = NULL;
         int n = PQgetCopyData(r->conn, &line, 0);
-        wr_row_t row;
-        syw_batch_t *b = &r->q[r->fill].b;
+        bool ok;
 
+        if (n < 0 || lines % par->batch_rows == 0) {
+            /* the main thread counts them in the metrics (wkm is not shared) */
+            pthread_mutex_lock(&par->mu);
+            par->bytes += bytes;
+            pthread_mutex_unlock(&par->mu);
+            bytes = 0;
+        }
         if (n == -1)
             break;
         if (n < 0)
             return wr_err_set(err, WR_ECONN, "copying range %u: %s", part, PQerrorMessage(r->conn));
-        r->bytes += (uint64_t)n;
-        rc = copy_parse_line(&r->parser, line, (size_t)n, w->schema->ncols, &row, err);
-        if (rc == 0 && syw_batch_full(b, &row)) {
-            if ((rc = syw_reader_deliver(r, part, false, err)) < 0) {
-                PQfreemem(line);
-                return rc;
-            }
-            b = &r->q[r->fill].b;
-        }
-        if (rc == 0)
-            rc = syw_batch_add(b, &row, err);
+        bytes += (uint64_t)n;
+        ok = fwrite(line, 1, (size_t)n, sp->f) == (size_t)n;
         PQfreemem(line);
-        if (rc < 0 && r->fail_kind == NULL && syw_is_data_error(rc))
-            r->fail_kind = "copy_parse"; /* a line that does not parse */
-        if (rc < 0)
-            return rc;
+        if (!ok)
+            return wr_err_set(err, WR_EIO, "writing range %u to the copy's spool file: %s", part,
+                              strerror(errno));
+        if (lines % par->batch_rows == 0)
+            FAILPOINT("sync.mid_copy"); /* a batch's worth read: a slow source */
     }
     while ((res = PQgetResult(r->conn)) != NULL) {
         if (PQresultStatus(res) != PGRES_COMMAND_OK) {
@@ -1480,9 +1534,105 @@ syw_reader_copy(syw_reader_t *r, uint32_t part, wr_err_t *err)
         }
         PQclear(res);
     }
+    if (fflush(sp->f) != 0 || fseek(sp->f, 0, SEEK_SET) != 0)
+        return wr_err_set(err, WR_EIO, "reading range %u back from the copy's spool file: %s", part,
+                          strerror(errno));
+    return 0;
+}
+
+/* The reader's part: the rows of a range read whole (spool sp) into batches, handed to the
+ * writer or written here. */
+static int
+syw_reader_parse(syw_reader_t *r, syw_spool_t *sp, wr_err_t *err)
+{
+    syw_t *w = r->par->w;
+    uint32_t part = sp->part;
+    int rc;
+
+    for (;;) {
+        ssize_t n = getline(&r->line, &r->linecap, sp->f);
+        char *line = r->line;
+        wr_row_t row;
+        syw_batch_t *b = &r->q[r->fill].b;
+
+        if (n < 0) {
+            if (ferror(sp->f))
+                return wr_err_set(err, WR_EIO,
+                                  "reading range %u back from the copy's spool "
+                                  "file: %s",
+                                  part, strerror(errno));
+            break;
+        }
+        rc = copy_parse_line(&r->parser, line, (size_t)n, w->schema->ncols, &row, err);
+        if (rc == 0 && syw_batch_full(b, &row)) {
+            if ((rc = syw_reader_deliver(r, part, false, err)) < 0)
+                return rc;
+            b = &r->q[r->fill].b;
+        }
+        if (rc == 0)
+            rc = syw_batch_add(b, &row, err);
+        if (rc < 0 && r->fail_kind == NULL && syw_is_data_error(rc))
+            r->fail_kind = "copy_parse"; /* a line that does not parse */
+        if (rc < 0)
+            return rc;
+    }
     return syw_reader_deliver(r, part, true, err);
 }
 
+/* The fetch thread of a reader: claims ranges, largest first, and reads each into the
+ * reader's free spool. */
+static void *
+syw_fetch_main(void *arg)
+{
+    syw_reader_t *r = arg;
+    syw_par_t *par = r->par;
+    wr_err_t err;
+
+    wr_err_clear(&err);
+    {
+        char name[16];
+        snprintf(name, sizeof(name), "sync-fetch-%d", r->id);
+        (void)pthread_setname_np(pthread_self(), name); /* for top, perf */
+    }
+    for (;;) {
+        syw_spool_t *sp = &r->sp[r->sp_fill];
+        uint32_t part = UINT32_MAX;
+        int rc;
+
+        pthread_mutex_lock(&par->mu);
+        while (sp->full && !par->stop)
+            pthread_cond_wait(&par->cv, &par->mu);
+        for (uint32_t k = 0; !par->stop && k < par->nranges; k++) {
+            syw_range_t *rg = &par->ranges[par->order[k]];
+            if (!rg->claimed && !rg->done) {
+                rg->claimed = true;
+                part = par->order[k];
+                break;
+            }
+        }
+        pthread_mutex_unlock(&par->mu);
+        if (part == UINT32_MAX)
+            break;
+        if ((rc = syw_reader_fetch(r, sp, part, &err)) < 0) {
+            if (rc != WR_ESTOP)
+                syw_par_fail(par, &err, NULL);
+            break;
+        }
+        pthread_mutex_lock(&par->mu);
+        sp->part = part;
+        sp->full = true;
+        pthread_cond_broadcast(&par->cv);
+        pthread_mutex_unlock(&par->mu);
+        r->sp_fill ^= 1;
+    }
+    pthread_mutex_lock(&par->mu);
+    r->fetch_end = true;
+    pthread_cond_broadcast(&par->cv);
+    pthread_mutex_unlock(&par->mu);
+    return NULL;
+}
+
+/* The reader's thread: parses the ranges its fetch thread read, in the order read. */
 static void *
 syw_reader_main(void *arg)
 {
@@ -1497,23 +1647,25 @@ syw_reader_main(void *arg)
         (void)pthread_setname_np(pthread_self(), name); /* for top, perf */
     }
     for (;;) {
-        uint32_t part = UINT32_MAX;
+        syw_spool_t *sp = &r->sp[r->sp_take];
+        bool have;
         int rc;
 
         pthread_mutex_lock(&par->mu);
-        for (uint32_t k = 0; !par->stop && k < par->nranges; k++) {
-            syw_range_t *rg = &par->ranges[par->order[k]];
-            if (!rg->claimed && !rg->done) {
-                rg->claimed = true;
-                part = par->order[k];
-                break;
-            }
-        }
+        while (!sp->full && !r->fetch_end && !par->stop)
+            pthread_cond_wait(&par->cv, &par->mu);
+        have = sp->full && !par->stop;
         pthread_mutex_unlock(&par->mu);
-        if (part == UINT32_MAX)
+        if (!have)
             break;
         r->fail_kind = NULL;
-        if ((rc = syw_reader_copy(r, part, &err)) < 0) {
+        rc = syw_reader_parse(r, sp, &err);
+        pthread_mutex_lock(&par->mu);
+        sp->full = false;
+        pthread_cond_broadcast(&par->cv);
+        pthread_mutex_unlock(&par->mu);
+        r->sp_take ^= 1;
+        if (rc < 0) {
             if (rc != WR_ESTOP)
                 syw_par_fail(par, &err, r->fail_kind);
             break;
@@ -1540,14 +1692,16 @@ syw_par_close(syw_par_t *par)
         syw_reader_t *r = &par->readers[i];
         char buf[256];
 
-        if (r->started && r->cancel)
-            (void)PQcancel(r->cancel, buf, sizeof(buf)); /* a reader waiting for COPY data */
+        if (r->fetch_started && r->cancel)
+            (void)PQcancel(r->cancel, buf, sizeof(buf)); /* a fetch waiting for COPY data */
     }
     for (int i = 0; i < par->nreaders; i++) {
         syw_reader_t *r = &par->readers[i];
 
         if (r->started)
             pthread_join(r->thread, NULL);
+        if (r->fetch_started)
+            pthread_join(r->fetch_thread, NULL);
         if (r->cancel)
             PQfreeCancel(r->cancel);
         if (r->conn)
@@ -1557,6 +1711,10 @@ syw_par_close(syw_par_t *par)
         syw_batch_close(&r->q[0].b);
         syw_batch_close(&r->q[1].b);
         copy_parser_close(&r->parser);
+        for (int k = 0; k < 2; k++)
+            if (r->sp[k].f)
+                fclose(r->sp[k].f);
+        free(r->line);
     }
     free(par->readers);
     free(par->reported);
@@ -1773,7 +1931,7 @@ syw_par_write_batch(syw_t *w, syw_par_t *par, syw_copy_t *cp, syw_pbatch_t *b, u
     *range_rows += b->b.n;
     cp->rows += b->b.n; /* with the rows of earlier processes' ranges: for progress */
     if (!b->last) {
-        FAILPOINT("sync.mid_copy");
+        FAILPOINT("sync.mid_range");
         return 0;
     }
     t0 = wkm_clock_us();
@@ -1972,6 +2130,7 @@ syw_par_start(syw_t *w, syw_par_t *par, int nreaders, wr_err_t *err)
 
     if (batch_bytes > SYW_PAR_BATCH_BYTES)
         batch_bytes = SYW_PAR_BATCH_BYTES; /* two a reader */
+    par->batch_rows = batch_rows;
     if (own && !(par->reported = calloc(par->nranges, sizeof(*par->reported))))
         return wr_err_set(err, WR_ENOMEM, "out of memory for the copy's ranges");
     for (uint32_t i = 0; own && i < par->nranges; i++)
@@ -2010,6 +2169,15 @@ syw_par_start(syw_t *w, syw_par_t *par, int nreaders, wr_err_t *err)
             return wr_err_set(err, WR_ENOMEM, "cannot start a copy thread: %s", strerror(errno));
         }
         r->started = true;
+        if (pthread_create(&r->fetch_thread, NULL, syw_fetch_main, r) != 0) {
+            pthread_mutex_lock(&par->mu);
+            r->fetch_end = true; /* its reader thread ends at once */
+            par->nrunning -= nreaders - i - 1;
+            pthread_cond_broadcast(&par->cv);
+            pthread_mutex_unlock(&par->mu);
+            return wr_err_set(err, WR_ENOMEM, "cannot start a copy thread: %s", strerror(errno));
+        }
+        r->fetch_started = true;
     }
     return 0;
 }

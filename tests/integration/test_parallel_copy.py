@@ -65,9 +65,11 @@ def test_kill_sync_worker_mid_range_resumes(db, pipelines, tmp_path, monkeypatch
     writer.start()
     try:
         writer.wait_commits(5)
-        # every batch that does not end a range sleeps: a range takes a second or so, long
-        # enough to kill the worker in the middle of one
-        monkeypatch.setenv("WALRELAY_FAILPOINTS", "sync.mid_copy=sleep(100)")
+        # every batch read (mid_copy) and every batch written that does not end a range
+        # (mid_range, inside the range's transaction) sleeps: a range takes a second or so,
+        # long enough to kill the worker in the middle of one
+        monkeypatch.setenv("WALRELAY_FAILPOINTS",
+                           "sync.mid_copy=sleep(100);sync.mid_range=sleep(100)")
         monkeypatch.setenv("WALRELAY_FAILPOINT_DIR", str(fpdir))
         try:
             p.start()
