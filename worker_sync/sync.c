@@ -1232,8 +1232,8 @@ typedef struct syw_reader_s {
     bool fetch_end; /* the fetch thread claims no more ranges (par->mu) */
     pthread_t fetch_thread;
     bool fetch_started;
-    char *line; /* a line read back from a spool */
-    size_t linecap;
+    char *rbuf; /* a spool read back: lines found in place */
+    size_t rcap, rlen, rpos;
 } syw_reader_t;
 
 struct syw_par_s {
@@ -1518,7 +1518,8 @@ syw_reader_fetch(syw_reader_t *r, syw_spool_t *sp, uint32_t part, wr_err_t *err)
         if (n < 0)
             return wr_err_set(err, WR_ECONN, "copying range %u: %s", part, PQerrorMessage(r->conn));
         bytes += (uint64_t)n;
-        ok = fwrite(line, 1, (size_t)n, sp->f) == (size_t)n;
+        /* unlocked: the spool is the fetch thread's alone until it hands it over */
+        ok = fwrite_unlocked(line, 1, (size_t)n, sp->f) == (size_t)n;
         PQfreemem(line);
         if (!ok)
             return wr_err_set(err, WR_EIO, "writing range %u to the copy's spool file: %s", part,
@@ -1540,6 +1541,43 @@ syw_reader_fetch(syw_reader_t *r, syw_spool_t *sp, uint32_t part, wr_err_t *err)
     return 0;
 }
 
+/* The next line of spool sp (*line, *len, with its newline): 1, 0 at the end, or < 0. */
+static int
+syw_spool_next(syw_reader_t *r, syw_spool_t *sp, const char **line, size_t *len, wr_err_t *err)
+{
+    for (;;) {
+        char *nl = r->rpos < r->rlen ? memchr(r->rbuf + r->rpos, '\n', r->rlen - r->rpos) : NULL;
+        size_t got;
+
+        if (nl != NULL || (r->rpos < r->rlen && feof(sp->f))) {
+            /* a line, or the last one without its newline */
+            *line = r->rbuf + r->rpos;
+            *len = nl ? (size_t)(nl + 1 - *line) : r->rlen - r->rpos;
+            r->rpos += *len;
+            return 1;
+        }
+        if (r->rpos == r->rlen && feof(sp->f))
+            return 0;
+        memmove(r->rbuf, r->rbuf + r->rpos, r->rlen - r->rpos);
+        r->rlen -= r->rpos;
+        r->rpos = 0;
+        if (r->rlen == r->rcap) {
+            size_t cap = r->rcap ? r->rcap * 2 : (size_t)1 << 20;
+            char *g = realloc(r->rbuf, cap);
+
+            if (g == NULL)
+                return wr_err_set(err, WR_ENOMEM, "out of memory reading the copy's spool file");
+            r->rbuf = g;
+            r->rcap = cap;
+        }
+        got = fread_unlocked(r->rbuf + r->rlen, 1, r->rcap - r->rlen, sp->f);
+        if (got == 0 && ferror(sp->f))
+            return wr_err_set(err, WR_EIO, "reading range %u back from the copy's spool file: %s",
+                              sp->part, strerror(errno));
+        r->rlen += got;
+    }
+}
+
 /* The reader's part: the rows of a range read whole (spool sp) into batches, handed to the
  * writer or written here. */
 static int
@@ -1549,21 +1587,18 @@ syw_reader_parse(syw_reader_t *r, syw_spool_t *sp, wr_err_t *err)
     uint32_t part = sp->part;
     int rc;
 
+    r->rlen = r->rpos = 0;
     for (;;) {
-        ssize_t n = getline(&r->line, &r->linecap, sp->f);
-        char *line = r->line;
+        const char *line = NULL;
+        size_t n = 0;
         wr_row_t row;
         syw_batch_t *b = &r->q[r->fill].b;
 
-        if (n < 0) {
-            if (ferror(sp->f))
-                return wr_err_set(err, WR_EIO,
-                                  "reading range %u back from the copy's spool "
-                                  "file: %s",
-                                  part, strerror(errno));
+        if ((rc = syw_spool_next(r, sp, &line, &n, err)) < 0)
+            return rc;
+        if (rc == 0)
             break;
-        }
-        rc = copy_parse_line(&r->parser, line, (size_t)n, w->schema->ncols, &row, err);
+        rc = copy_parse_line(&r->parser, line, n, w->schema->ncols, &row, err);
         if (rc == 0 && syw_batch_full(b, &row)) {
             if ((rc = syw_reader_deliver(r, part, false, err)) < 0)
                 return rc;
@@ -1714,7 +1749,7 @@ syw_par_close(syw_par_t *par)
         for (int k = 0; k < 2; k++)
             if (r->sp[k].f)
                 fclose(r->sp[k].f);
-        free(r->line);
+        free(r->rbuf);
     }
     free(par->readers);
     free(par->reported);
