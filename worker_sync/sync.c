@@ -1545,6 +1545,11 @@ syw_reader_fetch(syw_reader_t *r, syw_spool_t *sp, uint32_t part, wr_err_t *err)
 static int
 syw_spool_next(syw_reader_t *r, syw_spool_t *sp, const char **line, size_t *len, wr_err_t *err)
 {
+    if (r->rbuf == NULL) {
+        if (!(r->rbuf = malloc((size_t)1 << 20)))
+            return wr_err_set(err, WR_ENOMEM, "out of memory reading the copy's spool file");
+        r->rcap = (size_t)1 << 20;
+    }
     for (;;) {
         char *nl = r->rpos < r->rlen ? memchr(r->rbuf + r->rpos, '\n', r->rlen - r->rpos) : NULL;
         size_t got;
@@ -1562,7 +1567,7 @@ syw_spool_next(syw_reader_t *r, syw_spool_t *sp, const char **line, size_t *len,
         r->rlen -= r->rpos;
         r->rpos = 0;
         if (r->rlen == r->rcap) {
-            size_t cap = r->rcap ? r->rcap * 2 : (size_t)1 << 20;
+            size_t cap = r->rcap * 2;
             char *g = realloc(r->rbuf, cap);
 
             if (g == NULL)
