@@ -102,16 +102,18 @@ struct wr_es_store_s {
     "last_position = excluded.last_position, last_version = excluded.last_version, "               \
     "last_event_kind = excluded.last_event_kind"
 
+/* The stream's last version by a correlated subquery, one index probe per pending event: as a
+ * join, the planner (es_pending, a temporary table, has no statistics) chose a hash join over
+ * a sequential scan of all of es_streams on every flush, a cost that grew with the store. */
 #define ES_EVENTS_FROM_PENDING                                                                     \
     "INSERT INTO es_events (position, aggregate_kind, aggregate_id, event_kind, stream_version, "  \
     "data, metadata, created_at, src_lsn, src_seq, src_sub) "                                      \
     "SELECT p.position, p.aggregate_kind, p.aggregate_id, p.event_kind, "                          \
-    "COALESCE(s.last_version, 0) + row_number() OVER (PARTITION BY p.aggregate_kind, "             \
-    "p.aggregate_id ORDER BY p.position), p.data, p.metadata, p.created_at, p.src_lsn, "           \
-    "p.src_seq, p.src_sub "                                                                        \
-    "FROM es_pending p LEFT JOIN es_streams s "                                                    \
-    "ON s.aggregate_kind = p.aggregate_kind AND s.aggregate_id = p.aggregate_id "                  \
-    "ORDER BY p.position"
+    "COALESCE((SELECT s.last_version FROM es_streams s WHERE s.aggregate_kind = "                 \
+    "p.aggregate_kind AND s.aggregate_id = p.aggregate_id), 0) + row_number() OVER (PARTITION "    \
+    "BY p.aggregate_kind, p.aggregate_id ORDER BY p.position), p.data, p.metadata, "               \
+    "p.created_at, p.src_lsn, p.src_seq, p.src_sub "                                               \
+    "FROM es_pending p ORDER BY p.position"
 
 #define ES_COPY_PUBLISH(TS)                                                                        \
     "INSERT INTO es_events (position, aggregate_kind, aggregate_id, event_kind, stream_version, "  \
