@@ -55,6 +55,7 @@
 #include "../registry.h"
 
 #include <inttypes.h>
+#include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -868,6 +869,10 @@ dest_es_open(const wr_config_t *cfg, const char *role, dest_t **out, wr_err_t *e
         des_close(&d->base);
         return wr_err_set(err, WR_ENOMEM, "out of memory opening the event store");
     }
+    /* No allocation statistics (a global mutex taken for every malloc of SQLite's): as in
+     * the sqlite destination, possible only before SQLite is initialised in this process,
+     * which is the case in the workers; elsewhere it is refused and harmless. */
+    (void)sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
     if ((rc = dest_es_store_open(cfg, WR_ES_OPEN_CREATE, &d->st, NULL, err)) < 0) {
         des_close(&d->base);
         return rc;

@@ -453,7 +453,10 @@ int
 es_open_sqlite(const char *path, int flags, wr_es_store_t **out, wr_es_error_t *err)
 {
     wr_es_store_t *s;
-    int oflags = SQLITE_OPEN_READWRITE | ((flags & WR_ES_OPEN_CREATE) ? SQLITE_OPEN_CREATE : 0);
+    /* NOMUTEX: a handle is used from one thread at a time (eventstore.h), so SQLite's
+     * per-connection mutex is not needed on every call */
+    int oflags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX |
+                 ((flags & WR_ES_OPEN_CREATE) ? SQLITE_OPEN_CREATE : 0);
     int rc;
 
     *out = NULL;
