@@ -908,6 +908,7 @@ stm_wait(stm_t *s, int extra_fd, int timeout_ms, bool *readable, wr_err_t *err)
     int sock;
 
     *readable = false;
+    s->extra_ready = true;
     if (s->io == NULL)
         return wr_err_set(err, WR_ECONN, "the replication stream is not started");
     if (s->buffered) {
@@ -934,5 +935,6 @@ stm_wait(stm_t *s, int extra_fd, int timeout_ms, bool *readable, wr_err_t *err)
         return wr_err_set(err, WR_EIO, "poll: %s", strerror(errno));
     }
     *readable = sock >= 0 && p[0].revents != 0;
+    s->extra_ready = extra_fd >= 0 && p[1].revents != 0;
     return 0;
 }

@@ -215,6 +215,7 @@ typedef struct stm_s {
     const stm_io_t *io; /* set while streaming */
     void *io_ctx;
     bool buffered;               /* the last stm_recv left messages in the transport */
+    bool extra_ready;            /* stm_wait: extra_fd was readable, or not looked at (buffered) */
     uint64_t bytes_received;     /* CopyData bytes received (main thread only) */
     uint64_t status_sent;        /* status updates sent, by either thread (under the lock) */
     struct stm_keeper_s *keeper; /* NULL when no keeper thread runs */
@@ -272,7 +273,8 @@ int64_t stm_feedback_wait_ms(stm_t *s);
 /* Waits until the replication socket or extra_fd (-1: none) is readable, at most
  * timeout_ms and never past stm_feedback_wait_ms(); not at all when the transport holds
  * messages already (buffered). *readable: the replication socket is readable (or
- * buffered). 0 (also on EINTR), or WR_EIO. */
+ * buffered). extra_ready: extra_fd was readable, or stm_wait did not poll (buffered, EINTR,
+ * an error) - only false when poll() said it has nothing. 0 (also on EINTR), or WR_EIO. */
 int stm_wait(stm_t *s, int extra_fd, int timeout_ms, bool *readable, wr_err_t *err) WR_MUST_CHECK;
 
 /* The descriptor to poll for the stream's input, -1 when not streaming: for a worker that

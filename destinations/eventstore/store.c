@@ -109,7 +109,7 @@ struct wr_es_store_s {
     "INSERT INTO es_events (position, aggregate_kind, aggregate_id, event_kind, stream_version, "  \
     "data, metadata, created_at, src_lsn, src_seq, src_sub) "                                      \
     "SELECT p.position, p.aggregate_kind, p.aggregate_id, p.event_kind, "                          \
-    "COALESCE((SELECT s.last_version FROM es_streams s WHERE s.aggregate_kind = "                 \
+    "COALESCE((SELECT s.last_version FROM es_streams s WHERE s.aggregate_kind = "                  \
     "p.aggregate_kind AND s.aggregate_id = p.aggregate_id), 0) + row_number() OVER (PARTITION "    \
     "BY p.aggregate_kind, p.aggregate_id ORDER BY p.position), p.data, p.metadata, "               \
     "p.created_at, p.src_lsn, p.src_seq, p.src_sub "                                               \
