@@ -33,6 +33,20 @@ static const char *const repl_conn_defaults[][2] = {
     {"keepalives_interval", "5"}, {"keepalives_count", "3"}, {"tcp_user_timeout", "30000"},
 };
 
+size_t
+repl_conn_defaults_put(const char **keys, const char **vals)
+{
+    size_t n = 0;
+
+    for (size_t i = 0; i < sizeof(repl_conn_defaults) / sizeof(repl_conn_defaults[0]); i++) {
+        if (strcmp(repl_conn_defaults[i][0], "connect_timeout") == 0 && getenv("PGCONNECT_TIMEOUT"))
+            continue; /* the environment's */
+        keys[n] = repl_conn_defaults[i][0];
+        vals[n++] = repl_conn_defaults[i][1];
+    }
+    return n;
+}
+
 /* Microseconds between the Unix epoch and the PostgreSQL epoch (2000-01-01). */
 #define REPL_PG_EPOCH_OFFSET_US INT64_C(946684800000000)
 
@@ -183,12 +197,7 @@ repl_connect(const char *conninfo, bool replication, const char *appname, PGconn
      * network cut, a host that died) is noticed in bounded time. Before dbname, so that
      * the same keys in the conninfo win (expand_dbname: later entries override earlier
      * ones). docs/configuration.md "Connection defaults". */
-    for (size_t i = 0; i < sizeof(repl_conn_defaults) / sizeof(repl_conn_defaults[0]); i++) {
-        if (strcmp(repl_conn_defaults[i][0], "connect_timeout") == 0 && getenv("PGCONNECT_TIMEOUT"))
-            continue; /* the environment's */
-        keys[n] = repl_conn_defaults[i][0];
-        vals[n++] = repl_conn_defaults[i][1];
-    }
+    n += (int)repl_conn_defaults_put(keys + n, vals + n);
     keys[n] = "dbname";
     vals[n++] = conninfo;
     if (replication) {

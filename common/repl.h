@@ -18,6 +18,12 @@
 int repl_connect(const char *conninfo, bool replication, const char *appname, PGconn **out,
                  wr_err_t *err) WR_MUST_CHECK;
 
+/* Puts the connection defaults (connect_timeout unless PGCONNECT_TIMEOUT is set, TCP
+ * keepalives, tcp_user_timeout: docs/configuration.md "Connection defaults") into keys and
+ * vals, which have room for 6; returns how many. For PQconnectdbParams before "dbname",
+ * so that the same keys in a conninfo win. */
+size_t repl_conn_defaults_put(const char **keys, const char **vals);
+
 /* Runs a command that returns no rows or any rows; result discarded. */
 int repl_exec(PGconn *c, const char *sql, wr_err_t *err) WR_MUST_CHECK;
 

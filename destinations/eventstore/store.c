@@ -508,9 +508,24 @@ es_pg_notice(void *arg, const char *message)
 int
 es_open_pg(const char *conninfo, int flags, wr_es_store_t **out, wr_es_error_t *err)
 {
-    static const char *const keys[] = {"dbname", "fallback_application_name", "client_encoding",
-                                       NULL};
-    const char *vals[] = {conninfo, "walrelay-eventstore", "UTF8", NULL};
+    /* First walrelay's connection defaults (common/repl.c, docs/configuration.md
+     * "Connection defaults"; this library does not link walrelay's common code): a store
+     * gone without a FIN is noticed in bounded time. The conninfo's own settings win. */
+    static const char *const keys[] = {"connect_timeout",  "keepalives",
+                                       "keepalives_idle",  "keepalives_interval",
+                                       "keepalives_count", "tcp_user_timeout",
+                                       "dbname",           "fallback_application_name",
+                                       "client_encoding",  NULL};
+    const char *vals[] = {getenv("PGCONNECT_TIMEOUT") ? getenv("PGCONNECT_TIMEOUT") : "10",
+                          "1",
+                          "10",
+                          "5",
+                          "3",
+                          "30000",
+                          conninfo,
+                          "walrelay-eventstore",
+                          "UTF8",
+                          NULL};
     wr_es_store_t *s;
     int rc;
 

@@ -11,6 +11,7 @@
 #include "pg.h"
 
 #include "../../common/log.h"
+#include "../../common/repl.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -330,7 +331,7 @@ pgd_connect(const char *conninfo, const char *appname, const char *what, const c
 {
     PQconninfoOption *opts;
     const char *user_options = NULL;
-    const char *keys[8], *vals[8];
+    const char *keys[16], *vals[16];
     char *perr = NULL, *options;
     char msg[768];
     size_t olen;
@@ -360,6 +361,10 @@ pgd_connect(const char *conninfo, const char *appname, const char *what, const c
     snprintf(options, olen, "%s %s%s%s", PGD_SESSION_FIRST, user_options ? user_options : "",
              user_options ? " " : "", PGD_SESSION_LAST);
     PQconninfoFree(opts);
+    /* the source's connection defaults (a target gone without a FIN - a network cut - is
+     * noticed in bounded time, not after the kernel's ~15 min of retransmissions); the
+     * conninfo's own settings win */
+    n += (int)repl_conn_defaults_put(keys + n, vals + n);
     keys[n] = "dbname";
     vals[n++] = conninfo ? conninfo : "";
     if (appname != NULL && appname[0] != '\0') {

@@ -384,6 +384,57 @@ def test_target_down_30s_mid_stream(db, pipelines, target_db, pg_target):
     assert p.log_contains("destination reachable again"), p.log_tail()
 
 
+def test_target_network_cut_without_fin(db, pipelines, target_db):
+    """The path to the target is black-holed mid-stream (no FIN, no RST: a cable pulled)
+    with walrelay's default connection settings (docs/configuration.md "Connection
+    defaults", which the destination's connection gets too): the apply worker notices
+    within their bounds instead of waiting on the kernel's retransmissions (~15 min), waits
+    for the destination, and goes on by itself once the path is back; nothing is lost and
+    nothing applied twice."""
+    import time
+    from netcut import Proxy, tc_usable
+    why = tc_usable()
+    if why:
+        pytest.skip("cannot black-hole a port here: %s" % why)
+    proxy = Proxy(target_db.server.port)
+    try:
+        create_mixed_table(db, "a", 500)
+        publish(db, "pub", ["a"])
+        p = pipelines()
+        via_proxy = "host=127.0.0.1 port=%d user=postgres dbname=%s" % (proxy.port, target_db.name)
+        p.init(db.conninfo, "pub", destination="postgres:" + via_proxy,
+               config={"retry": {"backoff_initial_ms": "500"}})
+        p.start()
+        p.wait_all_ready(["public.a"])
+        w = BackgroundWriter(db, ["a"], (1, 500), 1_000_000, per_txn=5, seed=4, pause=0.01)
+        w.start()
+        try:
+            w.wait_commits(20)
+            offset = len(p.log_text())
+            cut = time.monotonic()
+            proxy.cut()
+            try:
+                p.wait_until(lambda: re.search(r"connection to the destination lost|"
+                                               r"destination unreachable",
+                                               p.log_text()[offset:]), 120,
+                             "the apply worker noticing the cut")
+                noticed = time.monotonic() - cut
+                w.wait_commits(20)  # the source goes on meanwhile
+            finally:
+                proxy.heal()
+            w.wait_commits(20)
+        finally:
+            w.stop()
+        # tcp_user_timeout 30 s (a statement waiting for its answer), keepalives 25 s
+        assert noticed < 60, "the cut was noticed after %.1f s" % noticed
+        wait_equal(db.server, db.name, p, ["public.a"], timeout=180)
+        st = p.status()
+        assert st["state"] == "running", st
+        assert p.tables()["public.a"]["phase"] == "ready"
+    finally:
+        proxy.close()
+
+
 # -- configuration, check, secrets --------------------------------------------------------------
 
 def test_check_schema_option_and_no_password_shown(db, pipelines, target_db, pg_target):
