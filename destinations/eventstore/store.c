@@ -24,8 +24,7 @@
  *   es_copy_rows(slot_name, relid, n PK, aggregate_id, data, metadata): staged copies
  *   es_meta(key PK, value): schema_version
  *
- * and, per PostgreSQL connection, the temporary table es_pending through which events are
- * inserted. Locking, positions and the copy staging are described in store.h.
+ * Locking, positions and the copy staging are described in store.h.
  * SQLite: WAL, synchronous=FULL (a COMMIT is durable before walrelay confirms the slot),
  * busy_timeout 60 s, a 64 MB page cache and a checkpoint every 16384 WAL pages (the
  * stream indexes take inserts all over: fewer checkpoints write each hot page fewer
@@ -81,12 +80,11 @@ struct wr_es_store_s {
     int64_t copy_next;
     /* SQLite: the streams a flush touches (open addressing, strings in the arena) */
     struct es_sent_s *smap;
-    size_t scap;
+    size_t scap, smap_n; /* allocated, in use (a power of two) */
     /* PostgreSQL COPY text */
     char *cbuf;
     size_t clen, ccap;
     bool cfail;
-    bool temp_ready; /* PostgreSQL: es_pending exists in this session */
 };
 
 /* ---- the SQL ---------------------------------------------------------------------- */
@@ -102,18 +100,14 @@ struct wr_es_store_s {
     "last_position = excluded.last_position, last_version = excluded.last_version, "               \
     "last_event_kind = excluded.last_event_kind"
 
-/* The stream's last version by a correlated subquery, one index probe per pending event: as a
- * join, the planner (es_pending, a temporary table, has no statistics) chose a hash join over
- * a sequential scan of all of es_streams on every flush, a cost that grew with the store. */
-#define ES_EVENTS_FROM_PENDING                                                                     \
-    "INSERT INTO es_events (position, aggregate_kind, aggregate_id, event_kind, stream_version, "  \
-    "data, metadata, created_at, src_lsn, src_seq, src_sub) "                                      \
-    "SELECT p.position, p.aggregate_kind, p.aggregate_id, p.event_kind, "                          \
-    "COALESCE((SELECT s.last_version FROM es_streams s WHERE s.aggregate_kind = "                  \
-    "p.aggregate_kind AND s.aggregate_id = p.aggregate_id), 0) + row_number() OVER (PARTITION "    \
-    "BY p.aggregate_kind, p.aggregate_id ORDER BY p.position), p.data, p.metadata, "               \
-    "p.created_at, p.src_lsn, p.src_seq, p.src_sub "                                               \
-    "FROM es_pending p ORDER BY p.position"
+/* PostgreSQL: the last versions of the streams a flush touches, their keys given as one
+ * JSON array of [aggregate_kind, aggregate_id] pairs; NULL for a new stream. A correlated
+ * subquery, one index probe per stream, whatever the planner thinks of the array: as a
+ * join, its (cached) plan hashed a sequential scan of all of es_streams on every flush. */
+#define ES_STREAM_VERSIONS                                                                         \
+    "SELECT x.e ->> 0, x.e ->> 1, (SELECT s.last_version FROM es_streams s "                       \
+    "WHERE s.aggregate_kind = (x.e ->> 0) AND s.aggregate_id = (x.e ->> 1)) "                      \
+    "FROM json_array_elements(CAST($1 AS json)) AS x(e)"
 
 #define ES_COPY_PUBLISH(TS)                                                                        \
     "INSERT INTO es_events (position, aggregate_kind, aggregate_id, event_kind, stream_version, "  \
@@ -128,9 +122,8 @@ struct wr_es_store_s {
 static const char *const es_sql[ES_Q_COUNT][2] = {
     [ES_Q_HEAD] = {"SELECT COALESCE(max(position), 0) FROM es_events",
                    "SELECT COALESCE(max(position), 0) FROM es_events"},
-    [ES_Q_EVENTS_FROM_PENDING] = {NULL, ES_EVENTS_FROM_PENDING},
+    [ES_Q_STREAM_VERSIONS] = {NULL, ES_STREAM_VERSIONS},
     [ES_Q_STREAMS_FROM_EVENTS] = {ES_STREAMS_UPSERT, ES_STREAMS_UPSERT}, /* SQLite: copies */
-    [ES_Q_PENDING_CLEAR] = {NULL, "TRUNCATE es_pending"},
     [ES_Q_STREAM_GET] = {"SELECT last_position, last_version FROM es_streams "
                          "WHERE aggregate_kind = $1 AND aggregate_id = $2",
                          "SELECT last_position, last_version FROM es_streams "
@@ -271,12 +264,6 @@ static const char es_schema_pg[] =
     "CREATE TABLE IF NOT EXISTS es_meta (key text PRIMARY KEY, value text NOT NULL);"
     "INSERT INTO es_meta (key, value) VALUES ('schema_version', '1')"
     " ON CONFLICT (key) DO NOTHING;";
-
-static const char es_temp_pg[] =
-    "CREATE TEMP TABLE IF NOT EXISTS es_pending ("
-    " position bigint, aggregate_kind text, aggregate_id text, event_kind text, data bytea,"
-    " metadata jsonb, created_at timestamptz, src_lsn bigint, src_seq integer,"
-    " src_sub smallint)";
 
 /* ---- errors ----------------------------------------------------------------------- */
 
@@ -849,15 +836,12 @@ es_stream_hash(const char *kind, const char *id)
     return h ? h : 1;
 }
 
-/* SQLite: each event inserted straight into es_events, its stream_version from the
- * streams this flush touched or from es_streams; then one upsert per touched stream. One
- * writer holds the database, so nothing changes es_streams under us. */
+/* The streams a flush touches: open addressing over twice the flush's events, keyed by
+ * (aggregate_kind, aggregate_id), the strings in the arena. Emptied for each flush. */
 static int
-es_flush_sqlite(wr_es_store_t *s, const char *now, wr_es_error_t *err)
+es_smap_reset(wr_es_store_t *s, wr_es_error_t *err)
 {
-    const char *A = s->arena;
     size_t cap = 16;
-    int rc = 0;
 
     while (cap < s->nevents * 2)
         cap *= 2;
@@ -870,21 +854,81 @@ es_flush_sqlite(wr_es_store_t *s, const char *now, wr_es_error_t *err)
         s->scap = cap;
     }
     memset(s->smap, 0, cap * sizeof(*s->smap));
+    s->smap_n = cap;
+    return 0;
+}
+
+/* The entry of stream (kind, id), or the free slot (hash 0) where it goes; *hash is its
+ * hash, for the caller that fills the slot. */
+static es_sent_t *
+es_smap_slot(wr_es_store_t *s, const char *kind, const char *id, uint64_t *hash)
+{
+    const char *A = s->arena;
+    uint64_t h = es_stream_hash(kind, id);
+    size_t k = (size_t)h & (s->smap_n - 1);
+    es_sent_t *e;
+
+    for (;; k = (k + 1) & (s->smap_n - 1)) {
+        e = &s->smap[k];
+        if (e->hash == 0 ||
+            (e->hash == h && strcmp(A + e->off_kind, kind) == 0 && strcmp(A + e->off_id, id) == 0))
+            break;
+    }
+    *hash = h;
+    return e;
+}
+
+/* A JSON string (quotes, backslashes and control characters escaped; the text is UTF-8
+ * from PostgreSQL or the API, passed through). */
+static void
+es_cb_json_str(wr_es_store_t *s, const char *p)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t n = strlen(p);
+
+    es_cb_grow(s, n * 6 + 2);
+    if (s->cfail)
+        return;
+    s->cbuf[s->clen++] = '"';
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)p[i];
+
+        if (c == '"' || c == '\\') {
+            s->cbuf[s->clen++] = '\\';
+            s->cbuf[s->clen++] = (char)c;
+        } else if (c < 0x20) {
+            memcpy(s->cbuf + s->clen, "\\u00", 4);
+            s->clen += 4;
+            s->cbuf[s->clen++] = hex[c >> 4];
+            s->cbuf[s->clen++] = hex[c & 15];
+        } else {
+            s->cbuf[s->clen++] = (char)c;
+        }
+    }
+    s->cbuf[s->clen++] = '"';
+}
+
+/* SQLite: each event inserted straight into es_events, its stream_version from the
+ * streams this flush touched or from es_streams; then one upsert per touched stream. One
+ * writer holds the database, so nothing changes es_streams under us. */
+static int
+es_flush_sqlite(wr_es_store_t *s, const char *now, wr_es_error_t *err)
+{
+    const char *A = s->arena;
+    size_t cap;
+    int rc = 0;
+
+    if ((rc = es_smap_reset(s, err)) < 0)
+        return rc;
+    cap = s->smap_n;
     for (size_t i = 0; i < s->npend && rc == 0; i++) {
         es_pend_t *p = &s->pend[i];
 
         if (p->type == 'e') {
             const char *kind = A + p->off_kind, *id = A + p->off_id;
-            uint64_t h = es_stream_hash(kind, id);
-            size_t k = (size_t)h & (cap - 1);
-            es_sent_t *e;
+            uint64_t h;
+            es_sent_t *e = es_smap_slot(s, kind, id, &h);
 
-            for (;; k = (k + 1) & (cap - 1)) {
-                e = &s->smap[k];
-                if (e->hash == 0 || (e->hash == h && strcmp(A + e->off_kind, kind) == 0 &&
-                                     strcmp(A + e->off_id, id) == 0))
-                    break;
-            }
             if (e->hash == 0) {
                 es_param_t q[2] = {es_pt(kind), es_pt(id)};
                 es_res_t r;
@@ -946,9 +990,122 @@ es_flush_sqlite(wr_es_store_t *s, const char *now, wr_es_error_t *err)
     return rc;
 }
 
-/* Writes the pending rows: events (numbered from the head; SQLite: straight into
- * es_events, PostgreSQL: COPY into es_pending, then INSERT ... SELECT), copied rows into
- * es_copy_rows. */
+/* PostgreSQL (round trips matter): the last versions of the streams this flush touches,
+ * in one query; then one COPY straight into es_events, each event with its position and
+ * stream_version; then one upsert of es_streams from those events (first: the flush's
+ * first position). The writer holds the lock on es_events (es_lock), so nothing changes
+ * es_streams under us; a failure rolls the transaction back. */
+static int
+es_flush_pg_events(wr_es_store_t *s, const char *now, int64_t first, wr_es_error_t *err)
+{
+    const char *A = s->arena;
+    bool any = false;
+    int rc;
+
+    if ((rc = es_smap_reset(s, err)) < 0)
+        return rc;
+    s->clen = 0;
+    s->cfail = false;
+    es_cb_raw(s, "[", 1);
+    for (size_t i = 0; i < s->npend; i++) {
+        const es_pend_t *p = &s->pend[i];
+        uint64_t h;
+        es_sent_t *e;
+
+        if (p->type != 'e')
+            continue;
+        e = es_smap_slot(s, A + p->off_kind, A + p->off_id, &h);
+        if (e->hash != 0)
+            continue;
+        e->hash = h;
+        e->off_kind = p->off_kind;
+        e->off_id = p->off_id;
+        e->version = 0;
+        if (any)
+            es_cb_raw(s, ",", 1);
+        es_cb_raw(s, "[", 1);
+        es_cb_json_str(s, A + p->off_kind);
+        es_cb_raw(s, ",", 1);
+        es_cb_json_str(s, A + p->off_id);
+        es_cb_raw(s, "]", 1);
+        any = true;
+    }
+    es_cb_raw(s, "]", 1);
+    if (s->cfail)
+        return es_err(err, WR_ES_ENOMEM, "out of memory writing events");
+    s->cbuf[s->clen] = '\0';
+    {
+        es_param_t q[1] = {{'t', 0, s->cbuf, s->clen}};
+        es_res_t r;
+
+        if ((rc = es_db_query(&s->db, ES_Q_STREAM_VERSIONS, NULL, q, 1, &r, err)) < 0)
+            return rc;
+        while ((rc = es_res_next(&r, err)) > 0) {
+            uint64_t h;
+            es_sent_t *e = es_smap_slot(s, es_res_text(&r, 0, NULL), es_res_text(&r, 1, NULL), &h);
+
+            if (e->hash != 0 && !es_res_null(&r, 2))
+                e->version = es_res_i64(&r, 2);
+        }
+        es_res_close(&r);
+        if (rc < 0)
+            return rc;
+    }
+    s->clen = 0;
+    for (size_t i = 0; i < s->npend; i++) {
+        const es_pend_t *p = &s->pend[i];
+        uint64_t h;
+        es_sent_t *e;
+
+        if (p->type != 'e')
+            continue;
+        e = es_smap_slot(s, A + p->off_kind, A + p->off_id, &h);
+        e->version++;
+        es_cb_i64(s, ++s->head);
+        es_cb_raw(s, "\t", 1);
+        es_cb_text(s, A + p->off_kind, strlen(A + p->off_kind));
+        es_cb_raw(s, "\t", 1);
+        es_cb_text(s, A + p->off_id, strlen(A + p->off_id));
+        es_cb_raw(s, "\t", 1);
+        es_cb_text(s, A + p->off_ekind, strlen(A + p->off_ekind));
+        es_cb_raw(s, "\t", 1);
+        es_cb_i64(s, e->version);
+        es_cb_raw(s, "\t", 1);
+        es_cb_bytea(s, A + p->off_data, p->len_data);
+        es_cb_raw(s, "\t", 1);
+        es_cb_text(s, A + p->off_meta, p->len_meta);
+        es_cb_raw(s, "\t", 1);
+        es_cb_raw(s, now, strlen(now));
+        if (p->src.set) {
+            es_cb_raw(s, "\t", 1);
+            es_cb_i64(s, p->src.lsn);
+            es_cb_raw(s, "\t", 1);
+            es_cb_i64(s, p->src.seq);
+            es_cb_raw(s, "\t", 1);
+            es_cb_i64(s, p->src.sub);
+            es_cb_raw(s, "\n", 1);
+        } else {
+            es_cb_raw(s, "\t\\N\t\\N\t\\N\n", 10);
+        }
+    }
+    if (s->cfail)
+        return es_err(err, WR_ES_ENOMEM, "out of memory writing events");
+    rc = es_db_copy_in(&s->db,
+                       "COPY es_events (position, aggregate_kind, aggregate_id, event_kind, "
+                       "stream_version, data, metadata, created_at, src_lsn, src_seq, src_sub) "
+                       "FROM STDIN",
+                       s->cbuf, s->clen, err);
+    s->clen = 0;
+    if (rc == 0) {
+        es_param_t prm[1] = {es_pi(first - 1)};
+
+        rc = es_db_exec(&s->db, ES_Q_STREAMS_FROM_EVENTS, NULL, prm, 1, NULL, err);
+    }
+    return rc;
+}
+
+/* Writes the pending rows: events (numbered from the head; SQLite: an INSERT each,
+ * PostgreSQL: one COPY, both straight into es_events), copied rows into es_copy_rows. */
 int
 es_tx_flush(wr_es_store_t *s, wr_es_error_t *err)
 {
@@ -970,52 +1127,8 @@ es_tx_flush(wr_es_store_t *s, wr_es_error_t *err)
     } else {
         const char *A = s->arena;
 
-        s->clen = 0;
-        s->cfail = false;
-        for (size_t i = 0; i < s->npend; i++) {
-            es_pend_t *p = &s->pend[i];
-
-            if (p->type != 'e')
-                continue;
-            es_cb_i64(s, ++s->head);
-            es_cb_raw(s, "\t", 1);
-            es_cb_text(s, A + p->off_kind, strlen(A + p->off_kind));
-            es_cb_raw(s, "\t", 1);
-            es_cb_text(s, A + p->off_id, strlen(A + p->off_id));
-            es_cb_raw(s, "\t", 1);
-            es_cb_text(s, A + p->off_ekind, strlen(A + p->off_ekind));
-            es_cb_raw(s, "\t", 1);
-            es_cb_bytea(s, A + p->off_data, p->len_data);
-            es_cb_raw(s, "\t", 1);
-            es_cb_text(s, A + p->off_meta, p->len_meta);
-            es_cb_raw(s, "\t", 1);
-            es_cb_raw(s, now, strlen(now));
-            if (p->src.set) {
-                es_cb_raw(s, "\t", 1);
-                es_cb_i64(s, p->src.lsn);
-                es_cb_raw(s, "\t", 1);
-                es_cb_i64(s, p->src.seq);
-                es_cb_raw(s, "\t", 1);
-                es_cb_i64(s, p->src.sub);
-                es_cb_raw(s, "\n", 1);
-            } else {
-                es_cb_raw(s, "\t\\N\t\\N\t\\N\n", 10);
-            }
-        }
-        if (s->cfail)
-            return es_err(err, WR_ES_ENOMEM, "out of memory writing events");
-        if (s->clen > 0 && !s->temp_ready) {
-            /* created at the first write, not at open: readers never need it */
-            if ((rc = es_db_script(&s->db, es_temp_pg, err)) < 0)
-                return es_where(s, err, rc);
-            s->temp_ready = true;
-        }
-        if (s->clen > 0)
-            rc = es_db_copy_in(&s->db,
-                               "COPY es_pending (position, aggregate_kind, aggregate_id, "
-                               "event_kind, data, metadata, created_at, src_lsn, src_seq, "
-                               "src_sub) FROM STDIN",
-                               s->cbuf, s->clen, err);
+        if (s->nevents > 0)
+            rc = es_flush_pg_events(s, now, first, err);
         s->clen = 0;
         for (size_t i = 0; i < s->npend && rc == 0; i++) {
             es_pend_t *p = &s->pend[i];
@@ -1049,19 +1162,8 @@ es_tx_flush(wr_es_store_t *s, wr_es_error_t *err)
         }
         s->clen = 0;
     }
-    if (rc == 0 && s->nevents > 0 && s->db.backend == ES_BACKEND_SQLITE) {
+    if (rc == 0 && s->nevents > 0)
         s->tx_last = s->head;
-    } else if (rc == 0 && s->nevents > 0) {
-        es_param_t prm[1] = {es_pi(first - 1)};
-
-        rc = es_db_exec(&s->db, ES_Q_EVENTS_FROM_PENDING, NULL, NULL, 0, NULL, err);
-        if (rc == 0)
-            rc = es_db_exec(&s->db, ES_Q_STREAMS_FROM_EVENTS, NULL, prm, 1, NULL, err);
-        if (rc == 0)
-            rc = es_db_exec(&s->db, ES_Q_PENDING_CLEAR, NULL, NULL, 0, NULL, err);
-        if (rc == 0)
-            s->tx_last = s->head;
-    }
     if (rc < 0)
         return es_where(s, err, rc);
     s->npend = 0;
@@ -1113,7 +1215,6 @@ es_tx_rollback(wr_es_store_t *s)
     if (s->db_tx) {
         wr_es_error_t ign;
         (void)es_db_script(&s->db, "ROLLBACK", &ign);
-        s->temp_ready = false; /* a temporary table created in it is gone again */
     }
     s->copy_known = false;
     es_tx_reset(s);

@@ -22,9 +22,10 @@
  *   writer can take positions in between and every position becomes visible in order.
  *   SQLite: each event is one prepared INSERT into es_events, its stream_version taken
  *   from the streams this flush already touched or else from es_streams; then one upsert
- *   per touched stream. PostgreSQL (round trips matter): one COPY into the temporary
- *   table es_pending, one INSERT ... SELECT that computes each stream_version from
- *   es_streams (+ its rank in the batch), one upsert of es_streams. Other statements of the
+ *   per touched stream. PostgreSQL (round trips matter): one query for the last versions
+ *   of the streams the flush touches (their keys as one JSON array), one COPY straight
+ *   into es_events with each event's position and stream_version, one upsert of
+ *   es_streams from those events. Other statements of the
  * transaction (progress, claims, copy staging) run at once inside the same database transaction;
  * only events, claims and copy publication need the lock (PostgreSQL takes it lazily, SQLite holds
  * its write transaction from the first statement). A failure rolls everything back.

@@ -19,9 +19,8 @@
 /* The cached statements (store.c has their SQL per backend). */
 typedef enum {
     ES_Q_HEAD = 0,
-    ES_Q_EVENTS_FROM_PENDING,
+    ES_Q_STREAM_VERSIONS,
     ES_Q_STREAMS_FROM_EVENTS,
-    ES_Q_PENDING_CLEAR,
     ES_Q_STREAM_GET,
     ES_Q_PROGRESS_GET,
     ES_Q_PROGRESS_PUT,
