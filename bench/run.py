@@ -546,7 +546,7 @@ def bench_bigtx_live(pg, args, out):
     out.append("|---|---|---|---|---|---|")
     res = {}
     for streaming in ("0", "1"):
-        w = Walrelay(args.build, pg, "pub_live", "sqlite", f"live_s{streaming}",
+        w = Walrelay(args.build, pg, "pub_live", "sqlite", f"live_streaming_{streaming}",
                      conf={("source", "streaming"): streaming})
         try:
             w.start()
