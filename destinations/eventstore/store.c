@@ -54,6 +54,7 @@ typedef struct es_sent_s {
 typedef struct es_pend_s {
     char type; /* 'e' event, 'c' copied row */
     size_t off_kind, off_id, off_ekind, off_data, off_meta, off_slot;
+    size_t stream; /* PostgreSQL flush: its stream's entry in smap */
     size_t len_data, len_meta;
     es_src_t src;
     uint32_t relid; /* 'c' */
@@ -1008,13 +1009,14 @@ es_flush_pg_events(wr_es_store_t *s, const char *now, int64_t first, wr_es_error
     s->cfail = false;
     es_cb_raw(s, "[", 1);
     for (size_t i = 0; i < s->npend; i++) {
-        const es_pend_t *p = &s->pend[i];
+        es_pend_t *p = &s->pend[i];
         uint64_t h;
         es_sent_t *e;
 
         if (p->type != 'e')
             continue;
         e = es_smap_slot(s, A + p->off_kind, A + p->off_id, &h);
+        p->stream = (size_t)(e - s->smap);
         if (e->hash != 0)
             continue;
         e->hash = h;
@@ -1054,13 +1056,9 @@ es_flush_pg_events(wr_es_store_t *s, const char *now, int64_t first, wr_es_error
     s->clen = 0;
     for (size_t i = 0; i < s->npend; i++) {
         const es_pend_t *p = &s->pend[i];
-        uint64_t h;
-        es_sent_t *e;
 
         if (p->type != 'e')
             continue;
-        e = es_smap_slot(s, A + p->off_kind, A + p->off_id, &h);
-        e->version++;
         es_cb_i64(s, ++s->head);
         es_cb_raw(s, "\t", 1);
         es_cb_text(s, A + p->off_kind, strlen(A + p->off_kind));
@@ -1069,7 +1067,7 @@ es_flush_pg_events(wr_es_store_t *s, const char *now, int64_t first, wr_es_error
         es_cb_raw(s, "\t", 1);
         es_cb_text(s, A + p->off_ekind, strlen(A + p->off_ekind));
         es_cb_raw(s, "\t", 1);
-        es_cb_i64(s, e->version);
+        es_cb_i64(s, ++s->smap[p->stream].version);
         es_cb_raw(s, "\t", 1);
         es_cb_bytea(s, A + p->off_data, p->len_data);
         es_cb_raw(s, "\t", 1);
