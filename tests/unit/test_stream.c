@@ -884,6 +884,7 @@ test_recv_hold_budget_stop(void)
     t0 = wr_now_ms();
     CHECK_INT_EQ(stm_wait(&s, -1, 5000, &readable, &err), 0);
     CHECK(readable);
+    CHECK(s.extra_ready);           /* buffered: the other fd was not looked at, so "maybe" */
     CHECK(wr_now_ms() - t0 < 1000); /* buffered: no wait */
     r.hold_after = 0;
     /* a budget of 0 ms: one message per step */
@@ -961,7 +962,22 @@ test_feedback_interval(void)
     CHECK_INT_EQ(stm_wait(&s, -1, 5000, &readable, &err), 0); /* until the status is due */
     waited = wr_now_ms() - t0;
     CHECK(!readable);
+    CHECK(!s.extra_ready); /* no extra fd: nothing to read there */
     CHECK(waited >= 50 && waited < 3000);
+    {
+        /* the extra fd (the worker's channel): ready only when poll() saw it readable */
+        int pfd[2];
+
+        CHECK_INT_EQ(pipe(pfd), 0);
+        CHECK_INT_EQ(stm_wait(&s, pfd[0], 0, &readable, &err), 0);
+        CHECK(!s.extra_ready);
+        CHECK_INT_EQ((int)write(pfd[1], "x", 1), 1);
+        CHECK_INT_EQ(stm_wait(&s, pfd[0], 0, &readable, &err), 0);
+        CHECK(s.extra_ready);
+        CHECK(!readable);
+        close(pfd[0]);
+        close(pfd[1]);
+    }
     sleep_ms(120);
     f.durable = 0x900;
     stm_set_flush(&s, 0x900);
