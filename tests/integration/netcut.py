@@ -67,10 +67,12 @@ class Proxy:
 
     def cut(self):
         # An htb qdisc on lo: everything goes through class 1:1 (100 Gbit/s, unshaped in
-        # practice); packets to or from the proxy's port go to class 1:2, shaped to 8 bit/s
-        # with a one-packet queue, so they are dropped (at most one 60-byte packet leaks
-        # every minute). Only htb, pfifo and u32 are needed (no netem or drop action,
-        # which this kernel may lack). Other loopback traffic goes on as before.
+        # practice); packets to or from the proxy's port go to class 1:2, whose pfifo has
+        # room for no packet, so every one of them is dropped. (A one-packet queue let the
+        # first packet after the cut through, and at 8 bit/s one more a minute: an ACK that
+        # leaked restarted the sender's retransmission clock, and a cut that TCP should
+        # notice in 30 s took 75 s in CI.) Only htb, pfifo and u32 are needed (no netem or
+        # drop action, which a kernel may lack). Other loopback traffic goes on as before.
         self._tc("qdisc", "add", "dev", "lo", "root", "handle", "1:", "htb", "default", "1")
         self.cut_on = True
         self._tc("class", "add", "dev", "lo", "parent", "1:", "classid", "1:1", "htb", "rate",
@@ -78,7 +80,7 @@ class Proxy:
         self._tc("class", "add", "dev", "lo", "parent", "1:", "classid", "1:2", "htb", "rate",
                  "8bit", "ceil", "8bit", "burst", "1", "cburst", "1")
         self._tc("qdisc", "add", "dev", "lo", "parent", "1:2", "handle", "20:", "pfifo", "limit",
-                 "1")
+                 "0")
         for match in ("dport", "sport"):
             self._tc("filter", "add", "dev", "lo", "parent", "1:", "protocol", "ip", "prio", "1",
                      "u32", "match", "ip", match, str(self.port), "0xffff", "flowid", "1:2")
