@@ -614,6 +614,25 @@ def dest_name_of(pgconn, dest, nsp, name):
     return dest_table_name(nsp, name)
 
 
+def _dest_rows(dest, dname, nsp, name, names):
+    """(rows of the SQLite destination table dname, columns names in that order, None),
+    or (None, why not). The columns are checked first: SQLite reads a double-quoted name
+    that is not a column as a string literal, which would show up as every value of a
+    column differing ('c55' instead of its values) rather than as a missing column."""
+    try:
+        have = {r[0] for r in dest.execute("SELECT name FROM pragma_table_info(?)", (dname,))}
+        if not have:
+            return None, "destination table \"%s\" (for %s.%s) does not exist" % (dname, nsp, name)
+        lacking = [c for c in names if c not in have]
+        if lacking:
+            return None, ("destination table \"%s\" (for %s.%s) lacks the source's columns %s"
+                          " (it has %s)" % (dname, nsp, name, lacking, sorted(have)))
+        qcols = ", ".join('"%s"' % c.replace('"', '""') for c in names)
+        return dest.execute('SELECT %s FROM "%s"' % (qcols, dname.replace('"', '""'))).fetchall(), None
+    except sqlite3.Error as e:
+        return None, "destination table \"%s\" (for %s.%s) cannot be read: %s" % (dname, nsp, name, e)
+
+
 def _compare_keyless(pgconn, dest, nsp, name, cols, max_report, where=None):
     """Tables without a primary key: the same rows, as many times each (multisets)."""
     import collections
@@ -622,11 +641,9 @@ def _compare_keyless(pgconn, dest, nsp, name, cols, max_report, where=None):
     for row in pgconn.execute(_source_query(cols, nsp, name, where)):
         src[tuple(_expected(t, v) for (_, t), v in zip(cols, row))] += 1
     dname = dest_name_of(pgconn, dest, nsp, name)
-    qcols = ", ".join('"%s"' % c.replace('"', '""') for c in names)
-    try:
-        drows = dest.execute('SELECT %s FROM "%s"' % (qcols, dname)).fetchall()
-    except sqlite3.Error as e:
-        return ["destination table \"%s\" (for %s.%s) cannot be read: %s" % (dname, nsp, name, e)]
+    drows, err = _dest_rows(dest, dname, nsp, name, names)
+    if err:
+        return [err]
     dst = collections.Counter(tuple(_canon(t, v) for (_, t), v in zip(cols, row)) for row in drows)
     diffs = []
     missing = sorted((src - dst).elements(), key=_row_sort_key)
@@ -657,11 +674,9 @@ def compare_table(pgconn, dest, nsp, name, max_report=10, where=None):
         vals = [_expected(t, v) for (_, t), v in zip(cols, row)]
         src[tuple(vals[i] for i in kidx)] = vals
     dname = dest_name_of(pgconn, dest, nsp, name)
-    qcols = ", ".join('"%s"' % c.replace('"', '""') for c in names)
-    try:
-        drows = dest.execute('SELECT %s FROM "%s"' % (qcols, dname)).fetchall()
-    except sqlite3.Error as e:
-        return ["destination table \"%s\" (for %s.%s) cannot be read: %s" % (dname, nsp, name, e)]
+    drows, err = _dest_rows(dest, dname, nsp, name, names)
+    if err:
+        return [err]
     diffs = []
     dst = {}
     for row in drows:
