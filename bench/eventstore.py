@@ -15,7 +15,7 @@
   1..N, stream versions consistent with es_streams. The goal (issue 8): the event store
   drains at >= 0.7x the rate of the table destination on the same store.
 
-Usage: bench/eventstore.py [--changes 1000000] [--build build] [--only sqlite|postgres]
+Usage: bench/eventstore.py [--changes 1000000] [--build build] [--only sqlite|postgres] [--repeat R]
 """
 import argparse
 import os
@@ -103,6 +103,11 @@ def main():
     ap.add_argument("--changes", type=int, default=1_000_000)
     ap.add_argument("--build", default="build")
     ap.add_argument("--only", choices=["sqlite", "postgres"])
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="rounds; each drains the same backlog through a fresh pipeline of "
+                    "every kind, in turn (table destination, then event store), so that a "
+                    "machine that speeds up or slows down during the run moves both sides of "
+                    "a round's ratio alike; the median ratio is reported")
     args = ap.parse_args()
     n = args.changes
     pg = TmpPostgres()
@@ -127,13 +132,17 @@ def main():
             if has_destination(args.build, "postgres"):
                 runs.append(("postgres", "postgres:" + table_ci, None))
             runs.append(("eventstore:postgres", "eventstore:postgres:" + store_ci, "postgres"))
-        for label, dest, es in runs:
+        runs = [(label, dest, es, r) for r in range(1, args.repeat + 1)
+                for label, dest, es in runs]
+        for label, dest, es, rnd in runs:
             name = "es_" + label.replace(":", "_")
+            if args.repeat > 1:
+                name += "_r%d" % rnd
             if es == "sqlite":
                 dest = "eventstore:sqlite:EVENTS"
             w = Walrelay(args.build, pg, "pub_es", dest if dest != "eventstore:sqlite:EVENTS"
                          else "eventstore", name)
-            w.label, w.es = label, es
+            w.label, w.es, w.round = label, es, rnd
             pipes.append(w)
             # copy the (empty) table, then stop: the slot waits before the backlog
             w.start()
@@ -144,10 +153,11 @@ def main():
         gen = time.monotonic() - t
         out.append(f"\n### Drain of a {n:,}-change backlog (½ inserts, ¼ updates, ¼ deletes; "
                    f"1000-row transactions; generated in {gen:.0f} s)\n")
-        out.append("| destination | seconds | changes/s | ratio to the table destination on the "
+        out.append("| round | destination | seconds | changes/s | ratio to the table destination on the "
                    "same store | apply worker CPU s | peak RSS MB (supervisor/apply) | store check |")
-        out.append("|---|---|---|---|---|---|---|")
+        out.append("|---|---|---|---|---|---|---|---|")
         rates = {}
+        ratios = {}
         for w in pipes:
             slot = f"walrelay_{w.name}"
 
@@ -172,12 +182,14 @@ def main():
             c = apply_cpu(w)
             cpu[0] = c if c is not None else cpu[0]
             w.stop()
-            rates[w.label] = n / dt
+            rates[(w.label, w.round)] = n / dt
             ratio = ""
             check = ""
             if w.es:
-                base = rates.get(w.es)
+                base = rates.get((w.es, w.round))
                 ratio = f"{(n / dt) / base:.2f}" if base else "(no table destination)"
+                if base:
+                    ratios.setdefault(w.label, []).append((n / dt) / base)
                 where = (os.path.join(w.dir, "events.db") if w.es == "sqlite" else store_ci)
                 cnt, dense, streams_ok = check_store(w.es, where, n)
                 check = (f"{cnt:,} events, positions {'dense 1..N' if dense else 'NOT DENSE'}, "
@@ -188,9 +200,16 @@ def main():
                 ratio = "1.00"
             p = w.peak
             cpu_s = f"{cpu[0]:.1f}" if cpu[0] is not None else "?"
-            out.append(f"| {w.label} | {dt:.2f} | {n / dt:,.0f} | {ratio} | {cpu_s} | "
+            out.append(f"| {w.round} | {w.label} | {dt:.2f} | {n / dt:,.0f} | {ratio} | {cpu_s} | "
                        f"{mb(p.get('supervisor', 0))}/{mb(p.get('walrelay-apply', 0))} | {check} |")
             print(out[-1], flush=True)
+        if args.repeat > 1:
+            out.append("")
+            for label, rs in ratios.items():
+                rs = sorted(rs)
+                med = rs[len(rs) // 2] if len(rs) % 2 else (rs[len(rs) // 2 - 1] + rs[len(rs) // 2]) / 2
+                out.append(f"- {label}: median ratio **{med:.2f}** over {len(rs)} rounds "
+                           f"({', '.join(f'{r:.2f}' for r in rs)})")
     finally:
         for w in pipes:
             w.stop() if w.proc and w.proc.poll() is None else None
