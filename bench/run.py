@@ -7,8 +7,10 @@
          `psql -c "COPY t TO STDOUT" > /dev/null`.
   drain: a backlog of N changes (inserts, updates, deletes in 1000-row transactions)
          drained into `null` and into `sqlite` by walrelay, against `pg_recvlogical`
-         (pgoutput, proto_version=1) draining the same backlog from another slot; the
-         sqlite destination is checked afterwards (row count and sum).
+         (pgoutput, proto_version=1) draining the same backlog from another slot;
+         --drain-rounds (default 3) rounds of (pg_recvlogical, walrelay -> null) in turn,
+         each on its own slot, and the median ratios; then walrelay -> sqlite once, checked
+         afterwards (row count and sum).
   scale: --scale-tables tables (default 500) of --scale-rows rows (default 10,000) in one
          publication, copied into `sqlite` with the default [sync] settings: the time until
          every table is ready, the most replication slots and walrelay-sync processes at
@@ -44,7 +46,7 @@ walrelay process is sampled during each run.
 
 Usage: bench/run.py [--rows 1000000] [--changes 1000000] [--bigtx-rows 2000000] [--build build]
                     [--copy-connections 1,2] [--scale-tables 500] [--scale-rows 10000]
-                    [--latency-seconds 20] [--only copy|drain|bigtx|bigtx-live|latency|scale]
+                    [--latency-seconds 20] [--drain-rounds 3] [--only copy|drain|bigtx|bigtx-live|latency|scale]
 """
 import argparse
 import json
@@ -308,10 +310,17 @@ def bench_copy(pg, args, out):
 
 
 def bench_drain(pg, args, out):
+    """--drain-rounds rounds of (pg_recvlogical, walrelay -> null) on the same backlog, each
+    on its own slot, in turn, then walrelay -> sqlite once: a machine that speeds up or
+    slows down during the run moves both sides of a round's ratio alike."""
+    rounds = max(1, args.drain_rounds)
     with psycopg.connect(pg.conninfo, autocommit=True) as c:
         c.execute("CREATE TABLE bench_drain (id bigint PRIMARY KEY, v int, t text)")
         c.execute("CREATE PUBLICATION pub_drain FOR TABLE bench_drain")
-    pipes = [Walrelay(args.build, pg, "pub_drain", dest, f"drain_{dest}") for dest in ("null", "sqlite")]
+    nulls = [Walrelay(args.build, pg, "pub_drain", "null",
+                      "drain_null" + (f"_r{r}" if rounds > 1 else "")) for r in range(1, rounds + 1)]
+    sq = Walrelay(args.build, pg, "pub_drain", "sqlite", "drain_sqlite")
+    pipes = nulls + [sq]
     try:
         # each pipeline copies the (empty) table, then stops: its slot waits before the backlog
         for w in pipes:
@@ -319,7 +328,8 @@ def bench_drain(pg, args, out):
             w.wait(w.all_ready, 300, "table ready")
             w.stop()
         with psycopg.connect(pg.conninfo, autocommit=True) as c:
-            c.execute("SELECT pg_create_logical_replication_slot('bench_recv', 'pgoutput')")
+            for r in range(1, rounds + 1):
+                c.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (f"bench_recv_{r}",))
             n = args.changes
             ins, upd = n // 2, n // 4
             dele = n - ins - upd
@@ -333,22 +343,14 @@ def bench_drain(pg, args, out):
                 c.execute("DELETE FROM bench_drain WHERE id BETWEEN %s::bigint AND %s::bigint", (lo, min(lo + step - 1, dele)))
             endpos = c.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
             c.execute("CHECKPOINT")
-        recv = [f"{PGBIN}/pg_recvlogical", "-d", pg.conninfo, "--slot", "bench_recv", "--start",
-                "--endpos", endpos, "-o", "proto_version=1", "-o", "publication_names=pub_drain",
-                "--no-loop", "-f", "/dev/null"]
-        watch = CpuWatch(pg, "bench_recv")
-        watch.start()
-        base, _, recv_cpu = timed_cpu(recv)
-        recv_ws = watch.stop().get("walsender", 0.0)
         n = args.changes
-        out.append(f"\n### Drain of a {args.changes:,}-change backlog (½ inserts, ¼ updates, ¼ deletes; 1000-row transactions)\n")
-        out.append("| what | seconds | changes/s | ratio to pg_recvlogical | CPU s: consumer / its walsender | "
+        out.append(f"\n### Drain of a {args.changes:,}-change backlog (½ inserts, ¼ updates, ¼ deletes; 1000-row transactions)"
+                   f"{f'; {rounds} rounds of (pg_recvlogical, walrelay → null) in turn, each on its own slot' if rounds > 1 else ''}\n")
+        out.append("| round | what | seconds | changes/s | ratio to pg_recvlogical (time) | CPU s: consumer / its walsender | "
                    "consumer CPU µs per change | consumer CPU / walsender CPU | peak RSS MB (supervisor/apply) |")
-        out.append("|---|---|---|---|---|---|---|---|")
-        out.append(f"| `pg_recvlogical` pgoutput proto 1 → /dev/null | {base:.2f} | {n / base:,.0f} | 1.00 | "
-                   f"{recv_cpu:.2f} / {recv_ws:.2f} | {recv_cpu * 1e6 / n:.2f} | "
-                   f"{(recv_cpu / recv_ws if recv_ws else float('nan')):.0%} | |")
-        for w in pipes:
+        out.append("|---|---|---|---|---|---|---|---|---|")
+
+        def walrelay_row(w, rnd, base):
             slot = f"walrelay_{w.name}"
             w.peak = {}
             t0 = time.monotonic()
@@ -361,12 +363,39 @@ def bench_drain(pg, args, out):
             w.stop()
             p = w.peak
             wr_ws, wr_apply = cpu.get("walsender", 0.0), cpu.get("walrelay-apply", 0.0)
-            dest = w.name.split("_", 1)[1]
-            out.append(f"| walrelay → {dest} (until confirmed_flush ≥ end) | {dt:.2f} | {n / dt:,.0f} | "
+            dest = "null" if w in nulls else "sqlite"
+            out.append(f"| {rnd} | walrelay → {dest} (until confirmed_flush ≥ end) | {dt:.2f} | {n / dt:,.0f} | "
                        f"{dt / base:.2f} | {wr_apply:.2f} / {wr_ws:.2f} | {wr_apply * 1e6 / n:.2f} | "
                        f"{(wr_apply / wr_ws if wr_ws else float('nan')):.0%} | "
                        f"{mb(p.get('supervisor', 0))}/{mb(p.get('walrelay-apply', 0))} |")
-        d = sqlite3.connect(os.path.join(pipes[1].dir, "dest.db"))
+            print(out[-1], flush=True)
+            return dt, (wr_apply / wr_ws if wr_ws else float("nan"))
+
+        ratios, cpus = [], []
+        base = None
+        for r in range(1, rounds + 1):
+            recv = [f"{PGBIN}/pg_recvlogical", "-d", pg.conninfo, "--slot", f"bench_recv_{r}", "--start",
+                    "--endpos", endpos, "-o", "proto_version=1", "-o", "publication_names=pub_drain",
+                    "--no-loop", "-f", "/dev/null"]
+            watch = CpuWatch(pg, f"bench_recv_{r}")
+            watch.start()
+            base, _, recv_cpu = timed_cpu(recv)
+            recv_ws = watch.stop().get("walsender", 0.0)
+            out.append(f"| {r} | `pg_recvlogical` pgoutput proto 1 → /dev/null | {base:.2f} | {n / base:,.0f} | 1.00 | "
+                       f"{recv_cpu:.2f} / {recv_ws:.2f} | {recv_cpu * 1e6 / n:.2f} | "
+                       f"{(recv_cpu / recv_ws if recv_ws else float('nan')):.0%} | |")
+            print(out[-1], flush=True)
+            dt, cr = walrelay_row(nulls[r - 1], r, base)
+            ratios.append(dt / base)
+            cpus.append(cr)
+        walrelay_row(sq, rounds, base)
+        if rounds > 1:
+            med = sorted(ratios)[len(ratios) // 2]
+            medc = sorted(cpus)[len(cpus) // 2]
+            out.append(f"\nwalrelay → null, median over {rounds} rounds: time ratio to pg_recvlogical "
+                       f"**{med:.2f}** ({', '.join(f'{x:.2f}' for x in ratios)}; ≤ 1.00 is at least its rate), "
+                       f"apply CPU / walsender CPU **{medc:.0%}** ({', '.join(f'{x:.0%}' for x in cpus)})")
+        d = sqlite3.connect(os.path.join(sq.dir, "dest.db"))
         got = d.execute("SELECT count(*), sum(v) FROM bench_drain").fetchone()
         d.close()
         keep = range(dele + 1, ins + 1)
@@ -376,12 +405,13 @@ def bench_drain(pg, args, out):
         if tuple(got) != want:
             raise RuntimeError(f"drain: the sqlite destination is wrong: {tuple(got)} != {want}")
         with psycopg.connect(pg.conninfo, autocommit=True) as c:
-            c.execute("SELECT pg_drop_replication_slot('bench_recv')")
+            for r in range(1, rounds + 1):
+                c.execute("SELECT pg_drop_replication_slot(%s)", (f"bench_recv_{r}",))
     finally:
         for w in pipes:
             w.stop() if w.proc and w.proc.poll() is None else None
             w.cleanup()
-    print("\n".join(out[-8:]), flush=True)
+    print("\n".join(out[-(6 + 2 * rounds):]), flush=True)
 
 
 def bench_bigtx(pg, args, out):
@@ -706,6 +736,8 @@ def main():
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--changes", type=int, default=1_000_000)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--drain-rounds", type=int, default=3,
+                    help="drain: rounds of (pg_recvlogical, walrelay -> null), in turn")
     ap.add_argument("--build", default="build")
     ap.add_argument("--bigtx-rows", type=int, default=2_000_000)
     ap.add_argument("--copy-connections", default="1,2",
