@@ -20,7 +20,9 @@
  *   stm_wait() waits on the replication socket and on fd 3, at most 1 s, less when a
  *   status update or the open batch's fill deadline is due; the channel is read first,
  *   then stm_recv() hands every CopyData libpq holds to the engine (returning to read the
- *   channel every APW_CHAN_CHECK_MS). Each CopyData is a keepalive 'k' or an XLogData 'w'
+ *   channel every APW_CHAN_CHECK_MS). After a read that brought a burst (APW_BURST_MSGS
+ *   or more), the loop pauses APW_GATHER_US before the next stm_wait(), so that a busy
+ *   stream is read dozens of messages at a time. Each CopyData is a keepalive 'k' or an XLogData 'w'
  *   carrying one pgoutput message. The engine frames and decodes them, keeps the
  *   transaction state and ordinals below, translates changes into dest_event_t with their
  *   key, and calls apw_on_relation / apw_on_change / apw_on_commit / apw_on_keepalive
@@ -291,6 +293,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common/catalog.h"
@@ -308,7 +311,14 @@
 #define APW_CHAN_CHECK_MS 100 /* longest stretch of stream reading between channel checks */
 #define APW_PROGRESS_MS   1000
 #define APW_POLL_MAX_MS   1000
-#define APW_STREAM        "apply"
+/* A busy stream: a read of the socket that brought at least APW_BURST_MSGS messages is
+ * followed by a pause of APW_GATHER_US before the next poll(), so that the next read
+ * brings dozens of messages instead of a few (the walsender sends each change as its own
+ * segment; a poll() and a recv() per few messages were most of the worker's syscalls). A
+ * quiet stream (bursts of one transaction) never pauses. */
+#define APW_BURST_MSGS 16
+#define APW_GATHER_US  200
+#define APW_STREAM     "apply"
 
 typedef struct apw_table_s {
     uint32_t relid;
@@ -408,6 +418,7 @@ typedef struct apw_s {
     bool batch_ddl; /* the batch holds a schema change (failpoint, rollback) */
     int64_t batch_start_ms;
     int64_t chan_checked_ms; /* when the main loop last read the channel */
+    size_t last_read_n;      /* messages the last read of the socket brought */
     int64_t batch_bytes;
     wr_lsn_t batch_pending_flush; /* end_lsn of the last complete transaction in it; 0 none */
 
@@ -2455,12 +2466,16 @@ static const stm_handler_t apw_stream_handler = {
 static int
 apw_read_stream(apw_t *a, bool consume, bool *got, wr_err_t *err)
 {
+    if (consume)
+        a->last_read_n = 0;
     for (;;) {
         size_t n = 0;
         int rc;
 
         a->readahead_n = 0;
         rc = stm_recv(&a->stm, consume, APW_CHAN_CHECK_MS, &n, err);
+        if (consume)
+            a->last_read_n += n;
         consume = false;
         if (n > 0)
             *got = true;
@@ -2815,6 +2830,12 @@ apw_run(apw_t *a, wr_err_t *err)
             timeout = a->batch_start_ms + a->cfg.batch_max_fill_ms - now;
         if (timeout < 0 || buffered || idle_look)
             timeout = 0;
+        if (!buffered && a->last_read_n >= APW_BURST_MSGS) {
+            struct timespec gather = {0, APW_GATHER_US * 1000L};
+
+            a->last_read_n = 0;
+            nanosleep(&gather, NULL);
+        }
         rc = stm_wait(&a->stm, a->chan.fd, (int)timeout, &readable, err);
         if (rc != 0)
             return rc;
