@@ -433,10 +433,17 @@ stm_fb_sent(stm_fb_t *fb, int64_t now, wr_lsn_t write, wr_lsn_t flush)
 }
 
 int64_t
-stm_fb_wait_ms(const stm_fb_t *fb, int64_t now)
+stm_fb_wait_ms(const stm_fb_t *fb, int64_t now, wr_lsn_t write, wr_lsn_t flush)
 {
     int64_t left = fb->last_ms + stm_fb_interval(fb) - now;
 
+    /* a moved position is due STM_STATUS_MIN_MS after the last update */
+    if (flush != fb->sent_flush || write != fb->sent_write) {
+        int64_t moved = fb->last_ms + STM_STATUS_MIN_MS - now;
+
+        if (moved < left)
+            left = moved;
+    }
     return left < 0 ? 0 : left;
 }
 
@@ -534,14 +541,7 @@ stm_keeper_main(void *arg)
         if (k->failed) {
             wait = STM_STATUS_INTERVAL_MS;
         } else {
-            wait = stm_fb_wait_ms(&s->fb, now);
-            /* a moved position is due STM_STATUS_MIN_MS after the last update */
-            if (s->flush != s->fb.sent_flush || write != s->fb.sent_write) {
-                int64_t moved = s->fb.last_ms + STM_STATUS_MIN_MS - now;
-
-                if (moved < wait)
-                    wait = moved;
-            }
+            wait = stm_fb_wait_ms(&s->fb, now, write, s->flush);
             if (wait < 1)
                 wait = 1;
         }
@@ -817,7 +817,8 @@ stm_feedback_wait_ms(stm_t *s)
     int64_t ms;
 
     stm_lock_main(s);
-    ms = stm_fb_wait_ms(&s->fb, wr_now_ms());
+    ms = stm_fb_wait_ms(&s->fb, wr_now_ms(), s->received > s->flush ? s->received : s->flush,
+                        s->flush);
     stm_unlock(s);
     return ms;
 }
@@ -918,7 +919,11 @@ stm_wait(stm_t *s, int extra_fd, int timeout_ms, bool *readable, wr_err_t *err)
     /* under the lock: a failed send of the keeper may close the socket meanwhile (poll()
      * then reports it, and the next stm_recv the error) */
     stm_lock_main(s);
-    fbw = stm_fb_wait_ms(&s->fb, wr_now_ms());
+    /* until the next status update is due, also one for a moved position: a worker that
+     * has just made its last change durable confirms it within STM_STATUS_MIN_MS (the
+     * wait was the interval's, and the end of a drain was confirmed up to 1 s late) */
+    fbw = stm_fb_wait_ms(&s->fb, wr_now_ms(), s->received > s->flush ? s->received : s->flush,
+                         s->flush);
     sock = s->io->socket(s->io_ctx);
     stm_unlock(s);
     if (timeout_ms < 0 || timeout_ms > fbw)

@@ -570,15 +570,21 @@ test_feedback_timing(void)
     memset(&fb, 0, sizeof(fb));
     stm_fb_sent(&fb, 1000, 10, 10);
     CHECK(!stm_fb_due(&fb, 1500, 10, 10));
-    CHECK(!stm_fb_due(&fb, 1500, 20, 10)); /* moved, but less than a second ago */
-    CHECK(stm_fb_due(&fb, 2000, 20, 10));
+    CHECK(!stm_fb_due(&fb, 1099, 20, 10)); /* moved, but less than STM_STATUS_MIN_MS ago */
+    CHECK(stm_fb_due(&fb, 1100, 20, 10));
+    CHECK(stm_fb_due(&fb, 1100, 10, 20));
     CHECK(stm_fb_due(&fb, 2000, 10, 20));
     CHECK(!stm_fb_due(&fb, 10999, 10, 10));
     CHECK(stm_fb_due(&fb, 11000, 10, 10)); /* at least every 10 s */
-    CHECK_INT_EQ(stm_fb_wait_ms(&fb, 4000), 7000);
-    CHECK_INT_EQ(stm_fb_wait_ms(&fb, 12000), 0);
+    CHECK_INT_EQ(stm_fb_wait_ms(&fb, 4000, 10, 10), 7000);
+    CHECK_INT_EQ(stm_fb_wait_ms(&fb, 12000, 10, 10), 0);
+    CHECK_INT_EQ(stm_fb_wait_ms(&fb, 1040, 20, 10), 60); /* moved: STM_STATUS_MIN_MS */
+    CHECK_INT_EQ(stm_fb_wait_ms(&fb, 1040, 10, 20), 60);
+    CHECK_INT_EQ(stm_fb_wait_ms(&fb, 4000, 20, 10), 0);
     stm_fb_sent(&fb, 2000, 20, 20);
     CHECK(!stm_fb_due(&fb, 2500, 20, 20));
+    CHECK(!stm_fb_due(&fb, 2050, 30, 20));
+    CHECK(stm_fb_due(&fb, 2100, 30, 20));
 }
 
 /* ---- the engine's I/O half, through a fake transport -------------------------------- */
