@@ -22,13 +22,12 @@
  *   then stm_recv() hands every CopyData libpq holds to the engine (returning to read the
  *   channel every APW_CHAN_CHECK_MS). After a read that brought a burst (APW_BURST_MSGS
  *   or more), the loop pauses APW_GATHER_US before the next stm_wait(), so that a busy
- *   stream is read dozens of messages at a time. Each CopyData is a keepalive 'k' or an XLogData 'w'
- *   carrying one pgoutput message. The engine frames and decodes them, keeps the
- *   transaction state and ordinals below, translates changes into dest_event_t with their
- *   key, and calls apw_on_relation / apw_on_change / apw_on_commit / apw_on_keepalive
- *   here (apw_hold leaves the rest buffered on a stop or a CATCHUP); it also sends the
- *   status updates (FEEDBACK). This file keeps what to apply, batching, the skip by
- *   resume key, schema changes and the handoff:
+ *   stream is read a hundred messages or more at a time. Each CopyData is a keepalive
+ *   'k' or an XLogData 'w' carrying one pgoutput message. The engine frames and decodes them, keeps
+ * the transaction state and ordinals below, translates changes into dest_event_t with their key,
+ * and calls apw_on_relation / apw_on_change / apw_on_commit / apw_on_keepalive here (apw_hold
+ * leaves the rest buffered on a stop or a CATCHUP); it also sends the status updates (FEEDBACK).
+ * This file keeps what to apply, batching, the skip by resume key, schema changes and the handoff:
  *
  *     Begin     final_lsn = the commit LSN, ordinal = 0
  *     Relation  cached per relid; a schema that differs from the cached one is sent to
@@ -313,11 +312,12 @@
 #define APW_POLL_MAX_MS   1000
 /* A busy stream: a read of the socket that brought at least APW_BURST_MSGS messages is
  * followed by a pause of APW_GATHER_US before the next poll(), so that the next read
- * brings dozens of messages instead of a few (the walsender sends each change as its own
- * segment; a poll() and a recv() per few messages were most of the worker's syscalls). A
+ * brings a hundred messages or more instead of a few (the walsender sends each change as its own
+ * segment; a poll() and a recv() per few messages were most of the worker's syscalls, and
+ * the walsender spends less CPU too when its reader takes the socket in bulk). A
  * quiet stream (bursts of one transaction) never pauses. */
 #define APW_BURST_MSGS 16
-#define APW_GATHER_US  200
+#define APW_GATHER_US  1000
 #define APW_STREAM     "apply"
 
 typedef struct apw_table_s {
