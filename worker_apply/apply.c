@@ -21,13 +21,14 @@
  *   status update or the open batch's fill deadline is due; the channel is read first,
  *   then stm_recv() hands every CopyData libpq holds to the engine (returning to read the
  *   channel every APW_CHAN_CHECK_MS). After a read that brought a burst (APW_BURST_MSGS
- *   or more), the loop pauses APW_GATHER_US before the next stm_wait(), so that a busy
- *   stream is read a hundred messages or more at a time. Each CopyData is a keepalive
- *   'k' or an XLogData 'w' carrying one pgoutput message. The engine frames and decodes them, keeps
- * the transaction state and ordinals below, translates changes into dest_event_t with their key,
- * and calls apw_on_relation / apw_on_change / apw_on_commit / apw_on_keepalive here (apw_hold
- * leaves the rest buffered on a stop or a CATCHUP); it also sends the status updates (FEEDBACK).
- * This file keeps what to apply, batching, the skip by resume key, schema changes and the handoff:
+ *   or more), the next stm_wait() comes APW_GATHER_US after that read at the earliest,
+ *   so that a busy stream is read a hundred messages or more at a time. Each CopyData
+ *   is a keepalive 'k' or an XLogData 'w' carrying one pgoutput message. The engine
+ *   frames and decodes them, keeps the transaction state and ordinals below, translates
+ *   changes into dest_event_t with their key, and calls apw_on_relation / apw_on_change
+ *   / apw_on_commit / apw_on_keepalive here (apw_hold leaves the rest buffered on a stop
+ *   or a CATCHUP); it also sends the status updates (FEEDBACK). This file keeps what to
+ *   apply, batching, the skip by resume key, schema changes and the handoff:
  *
  *     Begin     final_lsn = the commit LSN, ordinal = 0
  *     Relation  cached per relid; a schema that differs from the cached one is sent to
@@ -291,6 +292,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -311,14 +313,17 @@
 #define APW_PROGRESS_MS   1000
 #define APW_POLL_MAX_MS   1000
 /* A busy stream: a read of the socket that brought at least APW_BURST_MSGS messages is
- * followed by a pause of APW_GATHER_US before the next poll(), so that the next read
- * brings a hundred messages or more instead of a few (the walsender sends each change as its own
- * segment; a poll() and a recv() per few messages were most of the worker's syscalls, and
- * the walsender spends less CPU too when its reader takes the socket in bulk). A
- * quiet stream (bursts of one transaction) never pauses. */
-#define APW_BURST_MSGS 16
-#define APW_GATHER_US  1000
-#define APW_STREAM     "apply"
+ * followed by the next poll() APW_GATHER_US after it at the earliest, unless the worker
+ * spent that long on the burst or the socket holds APW_GATHER_BYTES already (then it is
+ * the slower side, and a pause would only cap its rate), so that the next read
+ * brings a hundred messages or more instead of a few. The walsender sends each change as
+ * its own segment: a poll() and a recv() per few messages were most of the worker's
+ * syscalls, and the walsender spends less CPU too when its reader takes the socket in
+ * bulk. A quiet stream (bursts of one transaction) never pauses. */
+#define APW_BURST_MSGS   16
+#define APW_GATHER_US    1000
+#define APW_GATHER_BYTES 16384
+#define APW_STREAM       "apply"
 
 typedef struct apw_table_s {
     uint32_t relid;
@@ -419,6 +424,7 @@ typedef struct apw_s {
     int64_t batch_start_ms;
     int64_t chan_checked_ms; /* when the main loop last read the channel */
     size_t last_read_n;      /* messages the last read of the socket brought */
+    int64_t last_read_us;    /* when it was made (apw_now_us) */
     int64_t batch_bytes;
     wr_lsn_t batch_pending_flush; /* end_lsn of the last complete transaction in it; 0 none */
 
@@ -2463,11 +2469,34 @@ static const stm_handler_t apw_stream_handler = {
  * engine returns after APW_CHAN_CHECK_MS and the channel is read, so that a stop is
  * noticed inside it too (the open chunk is then rolled back; the committed ones are
  * skipped on the replay). */
+/* True if the replication socket holds APW_GATHER_BYTES or more already: the next read
+ * fills libpq's buffer, and a pause would only cap the rate. */
+static bool
+apw_socket_full(apw_t *a)
+{
+    int sock = stm_socket(&a->stm);
+    int avail = 0;
+
+    return sock >= 0 && ioctl(sock, FIONREAD, &avail) == 0 && avail >= APW_GATHER_BYTES;
+}
+
+/* A monotonic clock in microseconds (the gather after a burst). */
+static int64_t
+apw_now_us(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
 static int
 apw_read_stream(apw_t *a, bool consume, bool *got, wr_err_t *err)
 {
-    if (consume)
+    if (consume) {
         a->last_read_n = 0;
+        a->last_read_us = apw_now_us();
+    }
     for (;;) {
         size_t n = 0;
         int rc;
@@ -2831,10 +2860,16 @@ apw_run(apw_t *a, wr_err_t *err)
         if (timeout < 0 || buffered || idle_look)
             timeout = 0;
         if (!buffered && a->last_read_n >= APW_BURST_MSGS) {
-            struct timespec gather = {0, APW_GATHER_US * 1000L};
+            /* a burst: the next read comes APW_GATHER_US after this one at the earliest
+             * (a worker that took that long on the burst has gathered enough already) */
+            int64_t since = apw_now_us() - a->last_read_us;
 
             a->last_read_n = 0;
-            nanosleep(&gather, NULL);
+            if (since >= 0 && since < APW_GATHER_US && !apw_socket_full(a)) {
+                struct timespec gather = {0, (long)(APW_GATHER_US - since) * 1000L};
+
+                nanosleep(&gather, NULL);
+            }
         }
         rc = stm_wait(&a->stm, a->chan.fd, (int)timeout, &readable, err);
         if (rc != 0)
