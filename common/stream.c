@@ -774,6 +774,13 @@ stm_streaming(const stm_t *s)
 
 /* ---- the receive step and feedback ------------------------------------------------- */
 
+/* The write position a status update reports: what was received, never behind the flush. */
+static wr_lsn_t
+stm_write_pos(const stm_t *s)
+{
+    return s->received > s->flush ? s->received : s->flush;
+}
+
 int
 stm_feedback(stm_t *s, bool force, wr_err_t *err)
 {
@@ -787,7 +794,7 @@ stm_feedback(stm_t *s, bool force, wr_err_t *err)
     stm_lock_main(s);
     rc = stm_keeper_error(s, err);
     now = wr_now_ms();
-    write = s->received > s->flush ? s->received : s->flush;
+    write = stm_write_pos(s);
     if (rc == 0 && (force || stm_fb_due(&s->fb, now, write, s->flush))) {
         rc = stm_send_locked(s, now, write, err);
         sent = rc == 0;
@@ -817,8 +824,7 @@ stm_feedback_wait_ms(stm_t *s)
     int64_t ms;
 
     stm_lock_main(s);
-    ms = stm_fb_wait_ms(&s->fb, wr_now_ms(), s->received > s->flush ? s->received : s->flush,
-                        s->flush);
+    ms = stm_fb_wait_ms(&s->fb, wr_now_ms(), stm_write_pos(s), s->flush);
     stm_unlock(s);
     return ms;
 }
@@ -922,8 +928,7 @@ stm_wait(stm_t *s, int extra_fd, int timeout_ms, bool *readable, wr_err_t *err)
     /* until the next status update is due, also one for a moved position: a worker that
      * has just made its last change durable confirms it within STM_STATUS_MIN_MS (the
      * wait was the interval's, and the end of a drain was confirmed up to 1 s late) */
-    fbw = stm_fb_wait_ms(&s->fb, wr_now_ms(), s->received > s->flush ? s->received : s->flush,
-                         s->flush);
+    fbw = stm_fb_wait_ms(&s->fb, wr_now_ms(), stm_write_pos(s), s->flush);
     sock = s->io->socket(s->io_ctx);
     stm_unlock(s);
     if (timeout_ms < 0 || timeout_ms > fbw)
