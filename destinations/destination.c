@@ -9,6 +9,7 @@
  */
 #include "destination.h"
 
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -478,4 +479,18 @@ bool
 dest_readahead(void)
 {
     return dest_ra_fn != NULL && dest_ra_fn(dest_ra_arg);
+}
+
+void
+dest_readahead_poll(void)
+{
+    struct pollfd pf;
+
+    if (dest_ra_fd < 0)
+        return;
+    pf.fd = dest_ra_fd;
+    pf.events = POLLIN;
+    pf.revents = 0;
+    if (poll(&pf, 1, 0) > 0 && pf.revents != 0)
+        (void)dest_readahead();
 }

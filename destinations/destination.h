@@ -343,6 +343,10 @@ void dest_set_readahead(int fd, dest_readahead_fn fn, void *arg);
 /* The registered fd (-1 if none), and one call of its function (false: stop watching). */
 int dest_readahead_fd(void);
 bool dest_readahead(void);
+/* The same for a destination busy on the CPU rather than waiting (the event store's
+ * SQLite flush): call it about once a millisecond of work; it reads ahead only if the fd
+ * is readable now, and never blocks. */
+void dest_readahead_poll(void);
 
 /* Opens cfg's destination through the registry (destinations/registry.h): validates the
  * [destination] keys (dest_config_check; fills the default type), then the type's open.

@@ -442,8 +442,9 @@ typedef struct apw_s {
     size_t ndpend, dpendcap;
     int64_t durable_poll_ms;
     /* (issue 7) reading the stream ahead while the destination waits (apw_readahead) */
-    bool reading_ahead; /* inside apw_readahead's stm_recv: apw_hold keeps everything */
-    int readahead_n;    /* its socket reads since the loop last processed the stream */
+    bool reading_ahead;     /* inside apw_readahead's stm_recv: apw_hold keeps everything */
+    int readahead_n;        /* its socket reads since the loop last processed the stream */
+    size_t readahead_bytes; /* ... and what the socket held before each (FIONREAD) */
     uint64_t events;
 
     int64_t last_progress_ms;
@@ -2502,6 +2503,7 @@ apw_read_stream(apw_t *a, bool consume, bool *got, wr_err_t *err)
         int rc;
 
         a->readahead_n = 0;
+        a->readahead_bytes = 0;
         rc = stm_recv(&a->stm, consume, APW_CHAN_CHECK_MS, &n, err);
         if (consume)
             a->last_read_n += n;
@@ -2777,23 +2779,29 @@ apw_caught_up(apw_t *a)
     return !readable;
 }
 
-#define APW_READAHEAD_MAX 64 /* socket reads ahead per turn of the loop, at most */
+#define APW_READAHEAD_MAX   64         /* socket reads ahead per turn of the loop, at most */
+#define APW_READAHEAD_BYTES (8u << 20) /* ... and bytes (what the socket held), at most */
 
 /* (issue 7) While the destination waits for its server (destination.h
  * dest_set_readahead): what the walsender sent is read into libpq's buffer through the
  * engine (stm_recv with apw_hold true: under the engine's lock, nothing processed), so
  * that the walsender keeps decoding meanwhile; the loop processes it after the write.
- * At most APW_READAHEAD_MAX reads per turn of the loop, which bounds the buffer; false
- * then (the destination stops watching the socket until its next wait). */
+ * At most APW_READAHEAD_MAX reads and APW_READAHEAD_BYTES (what the socket held before
+ * each read: libpq takes at most that) per turn of the loop, which bounds the buffer;
+ * false then (the destination stops watching the socket until its next wait). */
 static bool
 apw_readahead(void *arg)
 {
     apw_t *a = arg;
     wr_err_t err;
+    int sock = stm_socket(&a->stm);
+    int avail = 0;
     int rc;
 
-    if (a->readahead_n >= APW_READAHEAD_MAX)
+    if (a->readahead_n >= APW_READAHEAD_MAX || a->readahead_bytes >= APW_READAHEAD_BYTES)
         return false;
+    if (sock >= 0 && ioctl(sock, FIONREAD, &avail) == 0 && avail > 0)
+        a->readahead_bytes += (size_t)avail;
     a->readahead_n++;
     a->reading_ahead = true;
     rc = stm_recv(&a->stm, true, -1, NULL, &err);

@@ -846,6 +846,14 @@ des_close(dest_t *base)
     free(d);
 }
 
+/* es_set_busy: the store's flush lets the worker read ahead */
+static void
+des_busy(void *arg)
+{
+    (void)arg;
+    dest_readahead_poll();
+}
+
 int
 dest_es_open(const wr_config_t *cfg, const char *role, dest_t **out, wr_err_t *err)
 {
@@ -877,6 +885,12 @@ dest_es_open(const wr_config_t *cfg, const char *role, dest_t **out, wr_err_t *e
         des_close(&d->base);
         return rc;
     }
+    /* a full buffer keeps the SQLite writer busy for tens of milliseconds: the worker
+     * reads its stream ahead meanwhile (destination.h dest_readahead_poll) */
+    es_set_busy(d->st, des_busy, NULL);
+    /* the apply worker is the store's writer: its checkpoints go to a thread */
+    if (strcmp(d->role, "apply") == 0 && (rc = es_ckpt_start(d->st, &e)) < 0)
+        log_warn("%s; the writer checkpoints the store itself", e.message);
     /* one pipeline per slot name and store */
     rc = es_pipeline_register(d->st, d->apply_slot, d->owner, strcmp(d->role, "check") == 0, &e);
     if (rc == WR_ES_CONFLICT) {

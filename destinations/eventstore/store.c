@@ -33,6 +33,7 @@
 #include "store_db.h"
 
 #include <jansson.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -49,6 +50,7 @@ typedef struct es_sent_s {
     uint64_t hash; /* 0 = free slot */
     size_t off_kind, off_id, off_ekind;
     int64_t position, version;
+    bool existed; /* SQLite: es_streams had the stream before this flush */
 } es_sent_t;
 
 typedef struct es_pend_s {
@@ -86,6 +88,11 @@ struct wr_es_store_s {
     char *cbuf;
     size_t clen, ccap;
     bool cfail;
+    /* es_set_busy */
+    es_busy_fn busy_fn;
+    void *busy_arg;
+    /* SQLite: es_ckpt_start */
+    struct es_ckpt_s *ckpt;
 };
 
 /* ---- the SQL ---------------------------------------------------------------------- */
@@ -188,12 +195,13 @@ static const char *const es_sql[ES_Q_COUNT][2] = {
                         "event_kind, stream_version, data, metadata, created_at, src_lsn, "
                         "src_seq, src_sub) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
                         NULL},
-    [ES_Q_STREAM_PUT] = {"INSERT INTO es_streams (aggregate_kind, aggregate_id, last_position, "
-                         "last_version, last_event_kind) VALUES ($1, $2, $3, $4, $5) "
-                         "ON CONFLICT (aggregate_kind, aggregate_id) DO UPDATE SET "
-                         "last_position = excluded.last_position, "
-                         "last_version = excluded.last_version, "
-                         "last_event_kind = excluded.last_event_kind",
+    /* SQLite's flush knows whether the stream exists (it read its version): one B-tree
+     * operation instead of the upsert's insert attempt and update */
+    [ES_Q_STREAM_INS] = {"INSERT INTO es_streams (aggregate_kind, aggregate_id, last_position, "
+                         "last_version, last_event_kind) VALUES ($1, $2, $3, $4, $5)",
+                         NULL},
+    [ES_Q_STREAM_UPD] = {"UPDATE es_streams SET last_position = $3, last_version = $4, "
+                         "last_event_kind = $5 WHERE aggregate_kind = $1 AND aggregate_id = $2",
                          NULL},
 };
 
@@ -468,11 +476,11 @@ es_open_sqlite(const char *path, int flags, wr_es_store_t **out, wr_es_error_t *
         return WR_ES_ESTORE;
     }
     sqlite3_busy_timeout(s->db.sq, 60000);
-    rc = es_db_script(
-        &s->db,
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; "
-        "PRAGMA temp_store = MEMORY; PRAGMA cache_size = -65536; PRAGMA wal_autocheckpoint = 16384",
-        err);
+    rc = es_db_script(&s->db,
+                      "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; "
+                      "PRAGMA temp_store = MEMORY; PRAGMA cache_size = -65536; "
+                      "PRAGMA wal_autocheckpoint = " ES_STR(ES_CKPT_LIMIT_PAGES),
+                      err);
     if (rc == 0)
         rc = es_schema_ensure(s, flags, err);
     else
@@ -571,6 +579,132 @@ wr_es_open(const char *spec, int flags, wr_es_store_t **out, wr_es_error_t *err)
     return WR_ES_EINVAL;
 }
 
+/* ---- SQLite: checkpoints in a thread of their own (es_ckpt_start) ------------------------ */
+
+/* A passive checkpoint copies the WAL's frames into the database file, next to the
+ * writer: SQLite's own locks let one connection checkpoint while another writes. */
+typedef struct es_ckpt_s {
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    sqlite3 *db; /* the checkpointer's connection (used by its thread only) */
+    bool due, stop;
+    int woke_at; /* the WAL's size in pages when the checkpointer was last woken */
+} es_ckpt_t;
+
+static void *
+es_ckpt_main(void *arg)
+{
+    es_ckpt_t *c = arg;
+
+    pthread_mutex_lock(&c->mu);
+    for (;;) {
+        while (!c->due && !c->stop)
+            pthread_cond_wait(&c->cv, &c->mu);
+        if (c->stop)
+            break;
+        c->due = false;
+        pthread_mutex_unlock(&c->mu);
+        /* SQLITE_BUSY (the writer checkpoints itself at the limit) or an I/O error: the
+         * writer's own checkpoint at ES_CKPT_LIMIT_PAGES still bounds the WAL */
+        (void)sqlite3_wal_checkpoint_v2(c->db, "main", SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+        pthread_mutex_lock(&c->mu);
+    }
+    pthread_mutex_unlock(&c->mu);
+    return NULL;
+}
+
+/* The writer's WAL hook (after each commit, on the writer's thread; it replaces SQLite's
+ * autocheckpoint): wakes the checkpointer every ES_CKPT_WAKE_PAGES new pages, and
+ * checkpoints itself (passive, as the autocheckpoint did) once the WAL holds
+ * ES_CKPT_LIMIT_PAGES, which bounds it as before: by then the checkpointer has copied
+ * most of it, and the next transaction starts the WAL over. */
+static int
+es_ckpt_hook(void *arg, sqlite3 *db, const char *name, int pages)
+{
+    es_ckpt_t *c = arg;
+
+    if (pages >= ES_CKPT_LIMIT_PAGES) {
+        (void)sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+        return SQLITE_OK;
+    }
+    if (pages < c->woke_at) /* the WAL started over */
+        c->woke_at = 0;
+    if (pages - c->woke_at >= ES_CKPT_WAKE_PAGES) {
+        c->woke_at = pages;
+        pthread_mutex_lock(&c->mu);
+        c->due = true;
+        pthread_cond_signal(&c->cv);
+        pthread_mutex_unlock(&c->mu);
+    }
+    return SQLITE_OK;
+}
+
+static void
+es_ckpt_stop(wr_es_store_t *s)
+{
+    es_ckpt_t *c = s->ckpt;
+
+    if (c == NULL)
+        return;
+    sqlite3_wal_hook(s->db.sq, NULL, NULL);
+    sqlite3_wal_autocheckpoint(s->db.sq, ES_CKPT_LIMIT_PAGES);
+    pthread_mutex_lock(&c->mu);
+    c->stop = true;
+    pthread_cond_signal(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+    pthread_join(c->thread, NULL);
+    pthread_cond_destroy(&c->cv);
+    pthread_mutex_destroy(&c->mu);
+    sqlite3_close(c->db);
+    free(c);
+    s->ckpt = NULL;
+}
+
+int
+es_ckpt_start(wr_es_store_t *s, wr_es_error_t *err)
+{
+    const char *path;
+    es_ckpt_t *c;
+
+    if (s->db.backend != ES_BACKEND_SQLITE || s->ckpt != NULL)
+        return 0;
+    if ((path = sqlite3_db_filename(s->db.sq, "main")) == NULL || path[0] == '\0')
+        return es_err(err, WR_ES_EINVAL, "%s: no file to checkpoint", s->where);
+    if ((c = calloc(1, sizeof(*c))) == NULL)
+        return es_err(err, WR_ES_ENOMEM, "out of memory");
+    if (sqlite3_open_v2(path, &c->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
+        SQLITE_OK) {
+        es_err(err, WR_ES_ESTORE, "%s: cannot open a second connection: %s", s->where,
+               c->db ? sqlite3_errmsg(c->db) : "out of memory");
+        sqlite3_close(c->db);
+        free(c);
+        return WR_ES_ESTORE;
+    }
+    sqlite3_busy_timeout(c->db, 1000);
+    /* a connection learns that the file is in WAL mode when it first reads it: before
+     * that, a checkpoint does nothing */
+    if (sqlite3_exec(c->db, "PRAGMA journal_mode = WAL", NULL, NULL, NULL) != SQLITE_OK) {
+        es_err(err, WR_ES_ESTORE, "%s: a second connection cannot read it: %s", s->where,
+               sqlite3_errmsg(c->db));
+        sqlite3_close(c->db);
+        free(c);
+        return WR_ES_ESTORE;
+    }
+    pthread_mutex_init(&c->mu, NULL);
+    pthread_cond_init(&c->cv, NULL);
+    if (pthread_create(&c->thread, NULL, es_ckpt_main, c) != 0) {
+        pthread_cond_destroy(&c->cv);
+        pthread_mutex_destroy(&c->mu);
+        sqlite3_close(c->db);
+        free(c);
+        return es_err(err, WR_ES_ESTORE, "%s: cannot start the checkpoint thread", s->where);
+    }
+    s->ckpt = c;
+    sqlite3_wal_hook(s->db.sq, es_ckpt_hook, c);
+    return 0;
+}
+
 ES_API void
 wr_es_close(wr_es_store_t *s)
 {
@@ -578,6 +712,7 @@ wr_es_close(wr_es_store_t *s)
         return;
     if (s->db_tx)
         es_tx_rollback(s);
+    es_ckpt_stop(s);
     es_db_close(&s->db);
     free(s->arena);
     free(s->pend);
@@ -925,6 +1060,8 @@ es_flush_sqlite(wr_es_store_t *s, const char *now, wr_es_error_t *err)
     for (size_t i = 0; i < s->npend && rc == 0; i++) {
         es_pend_t *p = &s->pend[i];
 
+        if (s->busy_fn != NULL && i % ES_BUSY_EVERY == ES_BUSY_EVERY - 1)
+            s->busy_fn(s->busy_arg);
         if (p->type == 'e') {
             const char *kind = A + p->off_kind, *id = A + p->off_id;
             uint64_t h;
@@ -938,10 +1075,13 @@ es_flush_sqlite(wr_es_store_t *s, const char *now, wr_es_error_t *err)
                 e->off_kind = p->off_kind;
                 e->off_id = p->off_id;
                 e->version = 0;
+                e->existed = false;
                 if ((rc = es_db_query(&s->db, ES_Q_STREAM_GET, NULL, q, 2, &r, err)) < 0)
                     break;
-                if ((rc = es_res_next(&r, err)) > 0)
+                if ((rc = es_res_next(&r, err)) > 0) {
                     e->version = es_res_i64(&r, 1);
+                    e->existed = true;
+                }
                 es_res_close(&r);
                 if (rc < 0)
                     break;
@@ -981,11 +1121,14 @@ es_flush_sqlite(wr_es_store_t *s, const char *now, wr_es_error_t *err)
     for (size_t k = 0; k < cap && rc == 0; k++) {
         const es_sent_t *e = &s->smap[k];
 
+        if (s->busy_fn != NULL && k % ES_BUSY_EVERY == ES_BUSY_EVERY - 1)
+            s->busy_fn(s->busy_arg);
         if (e->hash != 0) {
             es_param_t prm[5] = {es_pt(A + e->off_kind), es_pt(A + e->off_id), es_pi(e->position),
                                  es_pi(e->version), es_pt(A + e->off_ekind)};
 
-            rc = es_db_exec(&s->db, ES_Q_STREAM_PUT, NULL, prm, 5, NULL, err);
+            rc = es_db_exec(&s->db, e->existed ? ES_Q_STREAM_UPD : ES_Q_STREAM_INS, NULL, prm, 5,
+                            NULL, err);
         }
     }
     return rc;
@@ -1205,6 +1348,13 @@ es_tx_commit(wr_es_store_t *s, const char *slot, int64_t lsn, int32_t seq, wr_es
 fail:
     es_tx_rollback(s);
     return rc;
+}
+
+void
+es_set_busy(wr_es_store_t *s, es_busy_fn fn, void *arg)
+{
+    s->busy_fn = fn;
+    s->busy_arg = arg;
 }
 
 void

@@ -95,6 +95,23 @@ int es_tx_commit(wr_es_store_t *s, const char *slot, int64_t lsn, int32_t seq,
                  wr_es_error_t *err) ES_MUST_CHECK;
 /* Abandons the transaction (and whatever it wrote). */
 void es_tx_rollback(wr_es_store_t *s);
+/* While a flush writes its events (SQLite: CPU-bound, tens of milliseconds for a full
+ * buffer), fn(arg) is called every ES_BUSY_EVERY events, so that the caller can do a
+ * little of its own work meanwhile (the apply worker reads its stream ahead). fn must
+ * not use this handle. NULL: none. */
+#define ES_BUSY_EVERY 64u
+typedef void (*es_busy_fn)(void *arg);
+void es_set_busy(wr_es_store_t *s, es_busy_fn fn, void *arg);
+/* SQLite: checkpoints move to a thread with its own connection, woken every
+ * ES_CKPT_WAKE_PAGES pages of WAL, so that the writer (the apply worker) does not copy the
+ * WAL into the database file itself; the writer still checkpoints at ES_CKPT_LIMIT_PAGES
+ * (SQLite's autocheckpoint without the thread), which bounds the WAL as before. Stopped
+ * by wr_es_close. PostgreSQL: nothing. */
+#define ES_CKPT_WAKE_PAGES  4096
+#define ES_CKPT_LIMIT_PAGES 16384
+#define ES_STR_(x)          #x
+#define ES_STR(x)           ES_STR_(x)
+int es_ckpt_start(wr_es_store_t *s, wr_es_error_t *err) ES_MUST_CHECK;
 /* Last position this transaction wrote, 0 if none yet. */
 int64_t es_tx_last_position(const wr_es_store_t *s);
 

@@ -38,7 +38,8 @@ typedef enum {
     ES_Q_COPY_ROW_INS,
     ES_Q_COPY_PUBLISH,
     ES_Q_EVENT_INS,
-    ES_Q_STREAM_PUT,
+    ES_Q_STREAM_INS,
+    ES_Q_STREAM_UPD,
     ES_Q_COUNT
 } es_q_t;
 

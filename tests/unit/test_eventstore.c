@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "destinations/eventstore/store.h"
@@ -563,6 +564,79 @@ test_copy_staging(void)
     wr_es_close(s);
 }
 
+static long
+file_size(const char *path)
+{
+    struct stat st;
+
+    return stat(path, &st) == 0 ? (long)st.st_size : -1;
+}
+
+/* Writes ntx transactions of 1,000 events of ~1 KB each, numbered from *next. */
+static void
+write_kb_events(wr_es_store_t *s, int ntx, int *next)
+{
+    static char data[1100];
+    wr_es_error_t e;
+
+    if (data[0] == '\0') {
+        memset(data, 'x', 1000);
+        data[0] = '"';
+        data[999] = '"';
+    }
+    for (int t = 0; t < ntx; t++) {
+        es_src_t src = {true, 0x10000 + *next, 0, 0};
+
+        CHECK_INT_EQ(es_tx_begin(s, &e), 0);
+        for (int i = 0; i < 1000; i++) {
+            char id[32];
+
+            snprintf(id, sizeof(id), "[\"%d\"]", (*next)++);
+            src.seq = i;
+            CHECK_INT_EQ(es_tx_add(s, "public.big", id, "insert", data, 1000, "{}", 2, &src, &e),
+                         0);
+        }
+        CHECK_INT_EQ(es_tx_commit(s, "walrelay_ck", src.lsn, 999, &e), 0);
+    }
+}
+
+/* SQLite: the checkpoint thread (es_ckpt_start) copies the WAL into the database file
+ * before the writer's own limit, and the WAL stays bounded by that limit. */
+static void
+test_ckpt_thread(void)
+{
+    wr_es_store_t *s;
+    wr_es_error_t e;
+    char db[1024], wal[1040];
+    long before;
+    int next = 1, waited = 0;
+
+    if (strncmp(spec, "postgres:", 9) == 0) {
+        s = fresh();
+        CHECK_INT_EQ(es_ckpt_start(s, &e), 0); /* nothing to do there */
+        wr_es_close(s);
+        return;
+    }
+    s = fresh();
+    snprintf(db, sizeof(db), "%s", spec + 7);
+    snprintf(wal, sizeof(wal), "%s-wal", db);
+    CHECK_INT_EQ(es_ckpt_start(s, &e), 0);
+    before = file_size(db);
+    /* ~24 MB of WAL: past ES_CKPT_WAKE_PAGES, under ES_CKPT_LIMIT_PAGES (the writer does
+     * not checkpoint itself yet): only the thread can have grown the database file */
+    write_kb_events(s, 24, &next);
+    while (file_size(db) < before + (8L << 20) && waited++ < 500)
+        usleep(10000);
+    CHECK(file_size(db) >= before + (8L << 20));
+    /* ~100 MB more: the WAL never holds much more than the limit */
+    for (int k = 0; k < 10; k++) {
+        write_kb_events(s, 10, &next);
+        CHECK(file_size(wal) <= (long)(ES_CKPT_LIMIT_PAGES + 2048) * 4096L);
+    }
+    CHECK_INT_EQ(head(s), next - 1);
+    wr_es_close(s);
+}
+
 static void
 run_all(void)
 {
@@ -574,6 +648,7 @@ run_all(void)
     RUN(test_two_writers);
     RUN(test_claims);
     RUN(test_copy_staging);
+    RUN(test_ckpt_thread);
 }
 
 int
