@@ -35,6 +35,7 @@ typedef struct pgd_buf_s {
     int nlead;  /* statements pgd_sql_start put first (BEGIN, RELEASE, SAVEPOINT) */
     bool begin; /* ... among them BEGIN */
     bool sp;    /* ... among them SAVEPOINT */
+    bool whole; /* BEGIN ... COMMIT, all of it: its sender handles a failure */
 } pgd_buf_t;
 
 void pgd_buf_reset(pgd_buf_t *b);
@@ -168,12 +169,14 @@ typedef struct dest_pg_s {
     uint64_t ncommits; /* commits that returned */
     struct {
         uint64_t seq;
-        wr_lsn_t lsn; /* the target's WAL insert position right after the COMMIT */
-    } * dur;          /* commits not known to be durable yet, oldest first */
+        wr_lsn_t lsn; /* the target's WAL insert position when pgd_durable read it */
+    } * dur;          /* marks (pgd_durable): the first seq commits are durable once the
+                       * server flushed its WAL up to lsn; oldest first */
     size_t ndur, durcap;
-    pgd_buf_t sql;  /* statements being built (reused) */
-    pgd_buf_t data; /* COPY data of a flush (reused) */
-    pgd_buf_t aux;  /* a second buffer for small statements (reused) */
+    uint64_t durable_n; /* commits known to be durable */
+    pgd_buf_t sql;      /* statements being built (reused) */
+    pgd_buf_t data;     /* COPY data of a flush (reused) */
+    pgd_buf_t aux;      /* a second buffer for small statements (reused) */
 } dest_pg_t;
 
 /* Results of one round trip (pgd_run), one per statement. */

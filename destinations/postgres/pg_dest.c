@@ -1706,11 +1706,10 @@ pgd_flush(dest_t *base, uint32_t *relid, wr_err_t *err)
     return 0;
 }
 
-static int pgd_dur_push(dest_pg_t *d, const char *lsntext, wr_err_t *err);
-
-/* Appends the key's upsert, COMMIT and (asynchronous commits) the WAL position after it. */
+/* Appends the key's upsert and COMMIT (commit false: the upsert alone, the last statement
+ * of a whole transaction sent as one query, which commits it). */
 static void
-pgd_commit_sql(dest_pg_t *d, pgd_buf_t *b, const char *stream, const dest_key_t *key)
+pgd_commit_sql(dest_pg_t *d, pgd_buf_t *b, const char *stream, const dest_key_t *key, bool commit)
 {
     if (d->txn_copy && !d->txn_copy_last && !d->async) {
         /* a copy's batch before its last: a crash redoes the copy from scratch anyway,
@@ -1731,12 +1730,13 @@ pgd_commit_sql(dest_pg_t *d, pgd_buf_t *b, const char *stream, const dest_key_t 
         pgd_buf_addf(b,
                      ", '%s', %u, now()) ON CONFLICT (pipeline, stream) DO UPDATE SET "
                      "commit_lsn = excluded.commit_lsn, ordinal = excluded.ordinal, "
-                     "updated_at = excluded.updated_at; ",
+                     "updated_at = excluded.updated_at",
                      lsn, (unsigned)key->ordinal);
+        if (commit)
+            pgd_buf_add(b, "; ");
     }
-    pgd_buf_add(b, "COMMIT");
-    if (d->async)
-        pgd_buf_add(b, "; SELECT pg_current_wal_insert_lsn()::text");
+    if (commit)
+        pgd_buf_add(b, "COMMIT");
 }
 
 /* After the round trip that ended with pgd_commit_sql: checks that it committed, records
@@ -1744,9 +1744,7 @@ pgd_commit_sql(dest_pg_t *d, pgd_buf_t *b, const char *stream, const dest_key_t 
 static int
 pgd_commit_done(dest_pg_t *d, int rc, pgd_res_t *res, wr_err_t *err)
 {
-    int tail = d->async ? 2 : 1;
-
-    if (rc == 0 && (res->n < tail || strcmp(PQcmdStatus(res->r[res->n - tail]), "COMMIT") != 0)) {
+    if (rc == 0 && (res->n < 1 || strcmp(PQcmdStatus(res->r[res->n - 1]), "COMMIT") != 0)) {
         rc = wr_err_set(err, WR_EDEST,
                         "committing: the destination rolled the transaction back "
                         "(an earlier statement failed)");
@@ -1754,10 +1752,6 @@ pgd_commit_done(dest_pg_t *d, int rc, pgd_res_t *res, wr_err_t *err)
     }
     if (rc == 0) {
         d->ncommits++;
-        if (d->async && (rc = pgd_dur_push(d, PQgetvalue(res->r[res->n - 1], 0, 0), err)) < 0) {
-            pgd_after_txn(d, true);
-            return rc;
-        }
         pgd_after_txn(d, true);
         return 0;
     }
@@ -1801,7 +1795,7 @@ pgd_commit(dest_t *base, const char *stream, const dest_key_t *key, wr_err_t *er
         b->begin = true;
         b->nlead = 1;
     }
-    pgd_commit_sql(d, b, stream, key);
+    pgd_commit_sql(d, b, stream, key, true);
     rc = pgd_run(d, b, NULL, 0, &res, "committing", err);
     rc = pgd_commit_done(d, rc, &res, err);
     pgd_res_clear(&res);
@@ -1821,6 +1815,7 @@ pgd_flush_commit(dest_t *base, const char *stream, const dest_key_t *key, uint32
     pgd_table_t *t = d->dirty_head;
     pgd_buf_t *b = &d->sql;
     pgd_res_t res = {0};
+    bool whole;
     long n;
     int rc;
 
@@ -1829,15 +1824,27 @@ pgd_flush_commit(dest_t *base, const char *stream, const dest_key_t *key, uint32
         return rc;
     if (t == NULL || t != d->dirty_tail || d->copy_relid != 0 || key == NULL || stream == NULL)
         goto separately;
-    pgd_sql_start(d, b);
+    /* whole: the transaction begins in this round trip and holds nothing else. It goes
+     * as one query without BEGIN, COMMIT or a savepoint (the server runs a query of
+     * several statements as one transaction, and commits it at the end): those cost the
+     * target half of the round trip. A refused INSERT rolls all of it back, which leaves
+     * what rolling back to a savepoint would: our transaction open, with nothing in it. */
+    whole = !d->txn_sent && !(d->txn_copy && !d->async);
+    if (whole) {
+        pgd_buf_reset(b);
+        b->whole = true;
+    } else {
+        pgd_sql_start(d, b);
+    }
     if ((n = pgd_append_inserts(t, b)) == 0)
         goto separately;
-    pgd_buf_add(b, "RELEASE SAVEPOINT wr; ");
-    pgd_commit_sql(d, b, stream, key);
+    if (!whole)
+        pgd_buf_add(b, "RELEASE SAVEPOINT wr; ");
+    pgd_commit_sql(d, b, stream, key, !whole);
     rc = pgd_run(d, b, NULL, 0, &res, "writing changes and committing", err);
     if (rc < 0 && res.n == 0 && (rc == WR_EDATA || rc == WR_EUNSUPPORTED || rc == WR_EINVAL) &&
-        d->in_txn && d->sp_open) {
-        /* the INSERT was refused and rolled back to the savepoint: that table's problem */
+        d->in_txn && (d->sp_open || (whole && !d->txn_sent))) {
+        /* the INSERT was refused and rolled back (to the savepoint): that table's problem */
         char what[160];
 
         snprintf(what, sizeof(what), "writing changes of \"%s.%s\": ", t->nsp, t->name);
@@ -1854,6 +1861,15 @@ pgd_flush_commit(dest_t *base, const char *stream, const dest_key_t *key, uint32
                         "writing changes of \"%s.%s\": the INSERT wrote %ld of %ld "
                         "rows",
                         t->nsp, t->name, res.n ? pgd_res_count(res.r[0]) : -1L, n);
+    if (whole && rc == 0 && res.n != 2)
+        rc = wr_err_set(err, WR_EDEST, "committing: %d results instead of 2", res.n);
+    if (whole && rc == 0) {
+        /* every statement succeeded: the query's transaction committed */
+        d->ncommits++;
+        pgd_after_txn(d, true);
+        pgd_res_clear(&res);
+        return 0;
+    }
     rc = pgd_commit_done(d, rc, &res, err);
     pgd_res_clear(&res);
     return rc;
@@ -1863,14 +1879,11 @@ separately:
     return pgd_commit(base, stream, key, err);
 }
 
-/* Records the WAL position after an asynchronous commit (durable once flushed). */
+/* Records that the first seq commits are durable once the server's WAL is flushed up to
+ * lsn (its insert position when they had all returned). */
 static int
-pgd_dur_push(dest_pg_t *d, const char *lsntext, wr_err_t *err)
+pgd_dur_push(dest_pg_t *d, uint64_t seq, wr_lsn_t lsn, wr_err_t *err)
 {
-    wr_lsn_t lsn;
-
-    if (wr_lsn_parse(lsntext, &lsn) < 0)
-        return wr_err_set(err, WR_EDEST, "committing: unreadable WAL position \"%s\"", lsntext);
     if (d->ndur == d->durcap) {
         size_t cap = d->durcap ? d->durcap * 2 : 64;
         void *n = realloc(d->dur, cap * sizeof(*d->dur));
@@ -1880,10 +1893,25 @@ pgd_dur_push(dest_pg_t *d, const char *lsntext, wr_err_t *err)
         d->dur = n;
         d->durcap = cap;
     }
-    d->dur[d->ndur].seq = d->ncommits;
+    d->dur[d->ndur].seq = seq;
     d->dur[d->ndur].lsn = lsn;
     d->ndur++;
     return 0;
+}
+
+/* Moves durable_n over the marks whose position the server flushed. */
+static void
+pgd_dur_pop(dest_pg_t *d, wr_lsn_t flushed)
+{
+    size_t k = 0;
+
+    while (k < d->ndur && d->dur[k].lsn <= flushed) {
+        if (d->dur[k].seq > d->durable_n)
+            d->durable_n = d->dur[k].seq;
+        k++;
+    }
+    memmove(d->dur, d->dur + k, (d->ndur - k) * sizeof(*d->dur));
+    d->ndur -= k;
 }
 
 static int
@@ -1892,29 +1920,33 @@ pgd_durable(dest_t *base, uint64_t *n, wr_err_t *err)
     dest_pg_t *d = (dest_pg_t *)base;
     pgd_buf_t *b = &d->aux;
     pgd_res_t res = {0};
-    wr_lsn_t flushed;
-    size_t k = 0;
+    wr_lsn_t flushed, inserted;
+    uint64_t marked;
     int rc;
 
-    if (d->ndur == 0) {
+    if (d->durable_n >= d->ncommits) {
         *n = d->ncommits;
         return 0;
     }
+    /* every commit counted in ncommits has returned, so its commit record lies before the
+     * insert position read now: they are durable once the flush position passes it */
     pgd_sql_start(d, b);
-    pgd_buf_add(b, "SELECT pg_current_wal_flush_lsn()::text");
+    pgd_buf_add(b, "SELECT pg_current_wal_flush_lsn()::text, pg_current_wal_insert_lsn()::text");
     if ((rc = pgd_run(d, b, NULL, 0, &res, "reading the WAL flush position", err)) < 0)
         return rc;
     if (res.n != 1 || PQntuples(res.r[0]) != 1 ||
-        wr_lsn_parse(PQgetvalue(res.r[0], 0, 0), &flushed) < 0) {
+        wr_lsn_parse(PQgetvalue(res.r[0], 0, 0), &flushed) < 0 ||
+        wr_lsn_parse(PQgetvalue(res.r[0], 0, 1), &inserted) < 0) {
         pgd_res_clear(&res);
         return wr_err_set(err, WR_EDEST, "reading the WAL flush position: no usable answer");
     }
     pgd_res_clear(&res);
-    while (k < d->ndur && d->dur[k].lsn <= flushed)
-        k++;
-    memmove(d->dur, d->dur + k, (d->ndur - k) * sizeof(*d->dur));
-    d->ndur -= k;
-    *n = d->ndur > 0 ? d->dur[0].seq - 1 : d->ncommits;
+    pgd_dur_pop(d, flushed);
+    marked = d->ndur > 0 ? d->dur[d->ndur - 1].seq : d->durable_n;
+    if (d->ncommits > marked && (rc = pgd_dur_push(d, d->ncommits, inserted, err)) < 0)
+        return rc;
+    pgd_dur_pop(d, flushed);
+    *n = d->durable_n;
     return 0;
 }
 

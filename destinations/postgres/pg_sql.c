@@ -44,6 +44,7 @@ pgd_buf_reset(pgd_buf_t *b)
     b->nlead = 0;
     b->begin = false;
     b->sp = false;
+    b->whole = false;
     if (b->p != NULL)
         b->p[0] = '\0';
 }
@@ -429,13 +430,13 @@ pgd_ensure_conn(dest_pg_t *d, wr_err_t *err)
         PQfinish(d->conn);
         d->conn = NULL;
         log_warn("connection to the destination lost, reconnecting");
-        if (d->ndur > 0) {
+        if (d->ncommits > d->durable_n) {
             /* those commits may be lost with the server: the worker must replay them (its
              * flush position never passed them) */
             wr_err_set(err, WR_ECONN,
-                       "the connection to the destination was lost while %zu commits were "
+                       "the connection to the destination was lost while %llu commits were "
                        "not yet durable",
-                       d->ndur);
+                       (unsigned long long)(d->ncommits - d->durable_n));
             wr_err_hint(err, "walrelay replays from the last position the destination made "
                              "durable");
             d->ndur = 0;
@@ -633,7 +634,7 @@ pgd_after_failure(dest_pg_t *d, const pgd_buf_t *b, int code)
 {
     wr_err_t rerr;
 
-    if (code == WR_ECONN || !d->in_txn)
+    if (code == WR_ECONN || !d->in_txn || b->whole)
         return;
     if (!d->txn_sent)
         return; /* BEGIN itself failed: nothing is open */

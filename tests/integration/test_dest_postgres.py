@@ -348,6 +348,41 @@ def test_target_refusal_errors_only_that_table(db, pipelines, target_db):
     wait_equal(db.server, db.name, p, ["public.good", "public.bad"])
 
 
+def test_target_refuses_a_live_insert(db, pipelines, target_db):
+    """A transaction that only inserts rows into one table is written and committed in one
+    round trip, with no savepoint: when the target refuses the INSERT, that table goes to
+    errored with the target's message, nothing of that transaction is applied, and the
+    other tables go on (their later transactions arrive)."""
+    create_mixed_table(db, "good", 10)
+    create_mixed_table(db, "bad", 10)
+    publish(db, "pub", ["good", "bad"])
+    p = pipelines()
+    p.init(db.conninfo, "pub")
+    p.start()
+    p.wait_all_ready(["public.good", "public.bad"])
+    target_db.execute("ALTER TABLE bad ADD CONSTRAINT qty_small CHECK (qty < 1000000000)")
+    db.execute("INSERT INTO bad (id, name, qty) VALUES (100, 'refused', 2000000000), "
+               "(101, 'with it', 1)")
+
+    def errored():
+        t = p.tables()["public.bad"]
+        return t if t["phase"] == "errored" else None
+
+    t = p.wait_until(errored, 120, "table bad errored")
+    assert "qty_small" in t["err_msg"] and "23514" in t["err_msg"], t
+    # the row the target accepted went with the refused one
+    assert target_db.scalar("SELECT count(*) FROM bad WHERE id >= 100") == 0
+    for i in range(3):
+        db.execute("INSERT INTO good (id, name) VALUES (%s, 'after')" % (100 + i))
+    wait_equal(db.server, db.name, p, ["public.good"])
+    assert p.tables()["public.good"]["phase"] == "ready"
+    target_db.execute("ALTER TABLE bad DROP CONSTRAINT qty_small")
+    r = p.cmd("retry", p.dir, "public.bad")
+    assert r.rc == 0, r
+    p.wait_all_ready(["public.good", "public.bad"])
+    wait_equal(db.server, db.name, p, ["public.good", "public.bad"])
+
+
 def test_target_down_30s_mid_stream(db, pipelines, target_db, pg_target):
     """The target cluster stops for 30 s while writes go on: the apply worker reconnects
     by itself once it is back (no restart by hand, the pipeline never degraded), nothing is
