@@ -1706,10 +1706,28 @@ pgd_flush(dest_t *base, uint32_t *relid, wr_err_t *err)
     return 0;
 }
 
-/* Appends the key's upsert and COMMIT (commit false: the upsert alone, the last statement
- * of a whole transaction sent as one query, which commits it). */
+/* Appends the upsert of the stream's key (no ';'). */
 static void
-pgd_commit_sql(dest_pg_t *d, pgd_buf_t *b, const char *stream, const dest_key_t *key, bool commit)
+pgd_key_sql(dest_pg_t *d, pgd_buf_t *b, const char *stream, const dest_key_t *key)
+{
+    char lsn[32];
+
+    wr_lsn_format(key->commit_lsn, lsn, sizeof(lsn));
+    pgd_buf_add(b, "INSERT INTO walrelay.progress (pipeline, stream, commit_lsn, ordinal, "
+                   "updated_at) VALUES (");
+    pgd_buf_lit(b, d->pipeline, strlen(d->pipeline));
+    pgd_buf_add(b, ", ");
+    pgd_buf_lit(b, stream, strlen(stream));
+    pgd_buf_addf(b,
+                 ", '%s', %u, now()) ON CONFLICT (pipeline, stream) DO UPDATE SET "
+                 "commit_lsn = excluded.commit_lsn, ordinal = excluded.ordinal, "
+                 "updated_at = excluded.updated_at",
+                 lsn, (unsigned)key->ordinal);
+}
+
+/* Appends the key's upsert and COMMIT. */
+static void
+pgd_commit_sql(dest_pg_t *d, pgd_buf_t *b, const char *stream, const dest_key_t *key)
 {
     if (d->txn_copy && !d->txn_copy_last && !d->async) {
         /* a copy's batch before its last: a crash redoes the copy from scratch anyway,
@@ -1719,24 +1737,10 @@ pgd_commit_sql(dest_pg_t *d, pgd_buf_t *b, const char *stream, const dest_key_t 
         b->nlead++;
     }
     if (key != NULL) {
-        char lsn[32];
-
-        wr_lsn_format(key->commit_lsn, lsn, sizeof(lsn));
-        pgd_buf_add(b, "INSERT INTO walrelay.progress (pipeline, stream, commit_lsn, ordinal, "
-                       "updated_at) VALUES (");
-        pgd_buf_lit(b, d->pipeline, strlen(d->pipeline));
-        pgd_buf_add(b, ", ");
-        pgd_buf_lit(b, stream, strlen(stream));
-        pgd_buf_addf(b,
-                     ", '%s', %u, now()) ON CONFLICT (pipeline, stream) DO UPDATE SET "
-                     "commit_lsn = excluded.commit_lsn, ordinal = excluded.ordinal, "
-                     "updated_at = excluded.updated_at",
-                     lsn, (unsigned)key->ordinal);
-        if (commit)
-            pgd_buf_add(b, "; ");
+        pgd_key_sql(d, b, stream, key);
+        pgd_buf_add(b, "; ");
     }
-    if (commit)
-        pgd_buf_add(b, "COMMIT");
+    pgd_buf_add(b, "COMMIT");
 }
 
 /* After the round trip that ended with pgd_commit_sql: checks that it committed, records
@@ -1795,7 +1799,7 @@ pgd_commit(dest_t *base, const char *stream, const dest_key_t *key, wr_err_t *er
         b->begin = true;
         b->nlead = 1;
     }
-    pgd_commit_sql(d, b, stream, key, true);
+    pgd_commit_sql(d, b, stream, key);
     rc = pgd_run(d, b, NULL, 0, &res, "committing", err);
     rc = pgd_commit_done(d, rc, &res, err);
     pgd_res_clear(&res);
@@ -1825,22 +1829,27 @@ pgd_flush_commit(dest_t *base, const char *stream, const dest_key_t *key, uint32
     if (t == NULL || t != d->dirty_tail || d->copy_relid != 0 || key == NULL || stream == NULL)
         goto separately;
     /* whole: the transaction begins in this round trip and holds nothing else. It goes
-     * as one query without BEGIN, COMMIT or a savepoint (the server runs a query of
-     * several statements as one transaction, and commits it at the end): those cost the
-     * target half of the round trip. A refused INSERT rolls all of it back, which leaves
-     * what rolling back to a savepoint would: our transaction open, with nothing in it. */
+     * as one statement, WITH walrelay_key AS (<the key's upsert>) INSERT ..., which the
+     * server runs and commits as a transaction of its own: no BEGIN, savepoint, COMMIT,
+     * or second statement, which cost the target three quarters of the round trip. A
+     * refused INSERT rolls all of it back, which leaves what rolling back to a savepoint
+     * would: our transaction open, with nothing in it. */
     whole = !d->txn_sent && !(d->txn_copy && !d->async);
     if (whole) {
         pgd_buf_reset(b);
         b->whole = true;
+        pgd_buf_add(b, "WITH walrelay_key AS (");
+        pgd_key_sql(d, b, stream, key);
+        pgd_buf_add(b, ") ");
     } else {
         pgd_sql_start(d, b);
     }
     if ((n = pgd_append_inserts(t, b)) == 0)
         goto separately;
-    if (!whole)
+    if (!whole) {
         pgd_buf_add(b, "RELEASE SAVEPOINT wr; ");
-    pgd_commit_sql(d, b, stream, key, !whole);
+        pgd_commit_sql(d, b, stream, key);
+    }
     rc = pgd_run(d, b, NULL, 0, &res, "writing changes and committing", err);
     if (rc < 0 && res.n == 0 && (rc == WR_EDATA || rc == WR_EUNSUPPORTED || rc == WR_EINVAL) &&
         d->in_txn && (d->sp_open || (whole && !d->txn_sent))) {
@@ -1861,10 +1870,10 @@ pgd_flush_commit(dest_t *base, const char *stream, const dest_key_t *key, uint32
                         "writing changes of \"%s.%s\": the INSERT wrote %ld of %ld "
                         "rows",
                         t->nsp, t->name, res.n ? pgd_res_count(res.r[0]) : -1L, n);
-    if (whole && rc == 0 && res.n != 2)
-        rc = wr_err_set(err, WR_EDEST, "committing: %d results instead of 2", res.n);
+    if (whole && rc == 0 && res.n != 1)
+        rc = wr_err_set(err, WR_EDEST, "committing: %d results instead of 1", res.n);
     if (whole && rc == 0) {
-        /* every statement succeeded: the query's transaction committed */
+        /* the statement succeeded: its transaction committed */
         d->ncommits++;
         pgd_after_txn(d, true);
         pgd_res_clear(&res);

@@ -373,9 +373,15 @@ def test_target_refuses_a_live_insert(db, pipelines, target_db):
     # the row the target accepted went with the refused one
     assert target_db.scalar("SELECT count(*) FROM bad WHERE id >= 100") == 0
     for i in range(3):
+        before = db.scalar("SELECT pg_current_wal_insert_lsn()::text")
         db.execute("INSERT INTO good (id, name) VALUES (%s, 'after')" % (100 + i))
+    after = db.scalar("SELECT pg_current_wal_insert_lsn()::text")
     wait_equal(db.server, db.name, p, ["public.good"])
     assert p.tables()["public.good"]["phase"] == "ready"
+    # the key went with the rows (one statement: the upsert of the key is in its WITH)
+    key = target_db.scalar("SELECT commit_lsn::text FROM walrelay.progress WHERE stream = 'apply'")
+    assert target_db.scalar("SELECT %s::pg_lsn > %s::pg_lsn AND %s::pg_lsn <= %s::pg_lsn",
+                            (key, before, key, after)), (before, key, after)
     target_db.execute("ALTER TABLE bad DROP CONSTRAINT qty_small")
     r = p.cmd("retry", p.dir, "public.bad")
     assert r.rc == 0, r
