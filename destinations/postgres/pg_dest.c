@@ -1919,6 +1919,8 @@ pgd_dur_pop(dest_pg_t *d, wr_lsn_t flushed)
             d->durable_n = d->dur[k].seq;
         k++;
     }
+    if (k == 0)
+        return; /* also: no marks yet, d->dur may be NULL */
     memmove(d->dur, d->dur + k, (d->ndur - k) * sizeof(*d->dur));
     d->ndur -= k;
 }
