@@ -11,7 +11,7 @@ packages=(
     build-essential meson ninja-build pkg-config
     libpq-dev libuv1-dev libmsgpack-dev libsqlite3-dev libinih-dev
     postgresql-15 postgresql-client-15
-    python3 python3-pytest python3-psycopg sqlite3
+    python3 python3-pytest python3-pytest-xdist python3-psycopg sqlite3
     clang libclang-rt-14-dev # fuzzing and sanitizers
     libjansson-dev           # JSON parsing (events CLI, configuration values)
     libcurl4-openssl-dev     # the http (webhook) destination

@@ -48,3 +48,24 @@ def pytest_sessionfinish(session, exitstatus):
         tr.write_line(line)
     else:
         print(line, flush=True)
+
+
+# Parallel runs (pytest-xdist, scripts/test -n N): tests that share something outside
+# their worker's session run on one worker, one after another. The chaos suite and the
+# postgres destination's network cut both replace the loopback device's root qdisc
+# (netcut.py); the fuzz targets all configure and build build-fuzz/ (meson refuses a
+# second setup of a directory in use). Every other test has its own servers, ports and
+# directories per worker session.
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        path = item.nodeid.split("::", 1)[0]
+        if path.startswith("tests/chaos/") or item.get_closest_marker("machine_wide"):
+            item.add_marker(pytest.mark.xdist_group("machine-wide"))
+        elif path == "tests/test_fuzz.py":
+            item.add_marker(pytest.mark.xdist_group("build-fuzz"))
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "machine_wide: changes machine-wide state (the loopback qdisc); "
+        "a parallel run keeps such tests on one worker")

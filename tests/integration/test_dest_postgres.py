@@ -425,6 +425,7 @@ def test_target_down_30s_mid_stream(db, pipelines, target_db, pg_target):
     assert p.log_contains("destination reachable again"), p.log_tail()
 
 
+@pytest.mark.machine_wide
 def test_target_network_cut_without_fin(db, pipelines, target_db):
     """The path to the target is black-holed mid-stream (no FIN, no RST: a cable pulled)
     with walrelay's default connection settings (docs/configuration.md "Connection
