@@ -15,7 +15,11 @@
   1..N, stream versions consistent with es_streams. The goal (issue 8): the event store
   drains at >= 0.7x the rate of the table destination on the same store.
 
+  --store-locale L creates the two PostgreSQL store databases with LC_COLLATE/LC_CTYPE L
+  (e.g. C.utf8, as many installations have) instead of the cluster's C locale.
+
 Usage: bench/eventstore.py [--changes 1000000] [--build build] [--only sqlite|postgres] [--repeat R]
+                           [--store-locale L]
 """
 import argparse
 import os
@@ -108,6 +112,8 @@ def main():
                     "every kind, in turn (table destination, then event store), so that a "
                     "machine that speeds up or slows down during the run moves both sides of "
                     "a round's ratio alike; the median ratio is reported")
+    ap.add_argument("--store-locale", help="LC_COLLATE and LC_CTYPE of the PostgreSQL store "
+                    "databases (default: the cluster's, C)")
     args = ap.parse_args()
     n = args.changes
     pg = TmpPostgres()
@@ -121,19 +127,30 @@ def main():
         with psycopg.connect(pg.conninfo, autocommit=True) as c:
             c.execute("CREATE TABLE bench_es (id bigint PRIMARY KEY, v int, t text)")
             c.execute("CREATE PUBLICATION pub_es FOR TABLE bench_es")
-            c.execute("CREATE DATABASE es_store")
-            c.execute("CREATE DATABASE table_store")
-        store_ci = pg.conninfo.replace("dbname=postgres", "dbname=es_store")
-        table_ci = pg.conninfo.replace("dbname=postgres", "dbname=table_store")
+            loc = ""
+            if args.store_locale:
+                lit = args.store_locale.replace("'", "''")
+                loc = f" TEMPLATE template0 LC_COLLATE '{lit}' LC_CTYPE '{lit}'"
+            # a database of each kind per round: a second pipeline into the same store
+            # would be refused (its aggregate kinds belong to the first one's slot)
+            for r in range(1, args.repeat + 1):
+                c.execute(f"CREATE DATABASE es_store_r{r}" + loc)
+                c.execute(f"CREATE DATABASE table_store_r{r}" + loc)
+
+        def store_ci(r):
+            return pg.conninfo.replace("dbname=postgres", f"dbname=es_store_r{r}")
+
+        def table_ci(r):
+            return pg.conninfo.replace("dbname=postgres", f"dbname=table_store_r{r}")
         runs = []
-        if args.only in (None, "sqlite"):
-            runs += [("sqlite", "sqlite", None), ("eventstore:sqlite", None, "sqlite")]
-        if args.only in (None, "postgres"):
-            if has_destination(args.build, "postgres"):
-                runs.append(("postgres", "postgres:" + table_ci, None))
-            runs.append(("eventstore:postgres", "eventstore:postgres:" + store_ci, "postgres"))
-        runs = [(label, dest, es, r) for r in range(1, args.repeat + 1)
-                for label, dest, es in runs]
+        for r in range(1, args.repeat + 1):
+            if args.only in (None, "sqlite"):
+                runs += [("sqlite", "sqlite", None, r), ("eventstore:sqlite", None, "sqlite", r)]
+            if args.only in (None, "postgres"):
+                if has_destination(args.build, "postgres"):
+                    runs.append(("postgres", "postgres:" + table_ci(r), None, r))
+                runs.append(("eventstore:postgres", "eventstore:postgres:" + store_ci(r),
+                             "postgres", r))
         for label, dest, es, rnd in runs:
             name = "es_" + label.replace(":", "_")
             if args.repeat > 1:
@@ -190,7 +207,8 @@ def main():
                 ratio = f"{(n / dt) / base:.2f}" if base else "(no table destination)"
                 if base:
                     ratios.setdefault(w.label, []).append((n / dt) / base)
-                where = (os.path.join(w.dir, "events.db") if w.es == "sqlite" else store_ci)
+                where = (os.path.join(w.dir, "events.db") if w.es == "sqlite"
+                         else store_ci(w.round))
                 cnt, dense, streams_ok = check_store(w.es, where, n)
                 check = (f"{cnt:,} events, positions {'dense 1..N' if dense else 'NOT DENSE'}, "
                          f"es_streams {'consistent' if streams_ok else 'INCONSISTENT'}")

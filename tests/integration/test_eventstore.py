@@ -24,8 +24,8 @@ import pytest
 
 from pipeline import SCALE, deadline
 from pgserver import lsn_to_int
-from test_eventstore_helpers import (by_id, check_dense, es_pipeline, es_store, events_cmd,  # noqa: F401
-                                     load, load_cdc, parse_lines, version, wait_events,
+from test_eventstore_helpers import (Store, by_id, check_dense, es_pipeline, es_store,  # noqa: F401
+                                     events_cmd, load, load_cdc, parse_lines, version, wait_events,
                                      wait_synced)
 from workload import create_toast_table, publish
 
@@ -701,3 +701,53 @@ def test_table_without_primary_key_is_refused(db, es_store, pipelines):
     assert [(e["aggregate_kind"], e["aggregate_id"]) for e in load_cdc(p)] == [
         ("public.k", '["1"]')]
     check_dense(es_store)
+
+
+
+def test_postgres_store_keys_compare_bytes_in_a_locale_database(db, pg, pipelines):
+    """A PostgreSQL store in a database whose collation is a locale (C.utf8, as many
+    installations have): the kinds and ids are created `COLLATE "C"` (docs/eventstore.md,
+    "The schema"), so every text index of the store compares bytes, and the store works
+    there as in a C database: events in, a stream loaded by its id, versions right."""
+    name = "es_locale_%d" % os.getpid()
+    pg.execute('CREATE DATABASE "%s" TEMPLATE template0 LC_COLLATE \'C.utf8\' '
+               "LC_CTYPE 'C.utf8'" % name)
+    store = Store("postgres", pg, name)
+    try:
+        assert store.query("SELECT datcollate FROM pg_database WHERE datname = ?",
+                           (name,)) == [("C.utf8",)]
+        db.execute("CREATE TABLE t (id text PRIMARY KEY, v int)")
+        db.execute("INSERT INTO t VALUES ('b', 1), ('B', 2), ('\u00e9', 3)")
+        publish(db, "pub", ["t"])
+        p = es_pipeline(pipelines, db, store)
+        p.start()
+        p.wait_all_ready(["public.t"])
+        db.execute("UPDATE t SET v = v + 10 WHERE id = 'B'; DELETE FROM t WHERE id = 'b'")
+        wait_synced(p, db)
+        # every text key column of the store, and every index over one, compares bytes
+        cols = store.query(
+            "SELECT c.relname || '.' || a.attname, co.collname FROM pg_attribute a"
+            " JOIN pg_class c ON c.oid = a.attrelid JOIN pg_collation co ON co.oid = a.attcollation"
+            " WHERE c.relname IN ('es_events', 'es_streams', 'es_cdc_kinds', 'es_copy_rows')"
+            " AND a.attname IN ('aggregate_kind', 'aggregate_id', 'event_kind', 'last_event_kind')"
+            " ORDER BY 1")
+        assert cols == [(c, "C") for c in (
+            "es_cdc_kinds.aggregate_kind", "es_copy_rows.aggregate_id",
+            "es_events.aggregate_id", "es_events.aggregate_kind", "es_events.event_kind",
+            "es_streams.aggregate_id", "es_streams.aggregate_kind",
+            "es_streams.last_event_kind")], cols
+        other = store.query(
+            "SELECT i.indexrelid::regclass::text, co.collname FROM pg_index i,"
+            " unnest(i.indcollation::oid[]) AS k(coll) JOIN pg_collation co ON co.oid = k.coll"
+            " WHERE i.indrelid IN ('es_events'::regclass, 'es_streams'::regclass)"
+            " AND co.collname <> 'C'")
+        assert other == [], other
+        evs = load(p, "event_kind=update,aggregate_kind=public.t,aggregate_id=[\"B\"]")
+        assert [(e["aggregate_id"], e["stream_version"], e["data"]["v"]) for e in evs] == [
+            ('["B"]', 2, 12)], evs
+        assert version(p, "public.t", '["b"]')["version"] == 2
+        assert version(p, "public.t", '["\u00e9"]')["version"] == 1
+        assert check_dense(store) == 5
+        p.stop()
+    finally:
+        pg.drop_database(name)
