@@ -30,7 +30,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from pgtmp import TmpPostgres  # noqa: E402
-from run import Walrelay, mb  # noqa: E402
+from run import Walrelay, mb, slot_flushed  # noqa: E402
 
 import psycopg  # noqa: E402
 
@@ -179,11 +179,7 @@ def main():
             slot = f"walrelay_{w.name}"
 
             def flushed():
-                with psycopg.connect(pg.conninfo, autocommit=True) as c:
-                    r = c.execute("SELECT confirmed_flush_lsn >= %s::pg_lsn FROM "
-                                  "pg_replication_slots WHERE slot_name = %s",
-                                  (endpos, slot)).fetchone()
-                    return bool(r and r[0])
+                return slot_flushed(pg, slot, endpos)
             w.peak = {}
             cpu = [None]
 

@@ -37,7 +37,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests", "integration"))
 from pgtmp import TmpPostgres, PGBIN  # noqa: E402
-from run import Walrelay  # noqa: E402
+from run import Walrelay, slot_flushed  # noqa: E402
 from natsserver import NatsServer  # noqa: E402
 
 import psycopg  # noqa: E402
@@ -162,13 +162,6 @@ class Subscriber(threading.Thread):
 
 
 # -- helpers --------------------------------------------------------------------------------
-
-def slot_flushed(pg, slot, endpos):
-    with psycopg.connect(pg.conninfo, autocommit=True) as c:
-        r = c.execute("SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots "
-                      "WHERE slot_name = %s", (endpos, slot)).fetchone()
-        return bool(r and r[0])
-
 
 TICK = os.sysconf("SC_CLK_TCK")
 
