@@ -310,18 +310,45 @@ def test_type_change_followed_in_place_or_copied(db, pipelines, target_db):
 
 # -- errors ---------------------------------------------------------------------------------------
 
-def test_target_refusal_errors_only_that_table(db, pipelines, target_db):
-    """A constraint added on the target refuses a row: that table goes to errored with the
-    target's message and a hint, the other table keeps replicating; once the constraint is
-    gone, `walrelay retry` copies the table again and it is equal."""
-    create_mixed_table(db, "good", 100)
-    create_mixed_table(db, "bad", 100)
+def _good_and_bad(db, pipelines, target_db, rows):
+    """Tables good and bad replicating (ready), and a CHECK on the target's bad that
+    refuses qty >= 1e9; returns the running pipeline."""
+    create_mixed_table(db, "good", rows)
+    create_mixed_table(db, "bad", rows)
     publish(db, "pub", ["good", "bad"])
     p = pipelines()
     p.init(db.conninfo, "pub")
     p.start()
     p.wait_all_ready(["public.good", "public.bad"])
     target_db.execute("ALTER TABLE bad ADD CONSTRAINT qty_small CHECK (qty < 1000000000)")
+    return p
+
+
+def _bad_errored(p):
+    """Waits for public.bad to go errored with the target's message; its table entry."""
+    def errored():
+        t = p.tables()["public.bad"]
+        return t if t["phase"] == "errored" else None
+
+    t = p.wait_until(errored, 120, "table bad errored")
+    assert "qty_small" in t["err_msg"] and "23514" in t["err_msg"], t
+    return t
+
+
+def _retry_bad(db, p, target_db):
+    """The constraint dropped, `walrelay retry` copies bad again: both tables equal."""
+    target_db.execute("ALTER TABLE bad DROP CONSTRAINT qty_small")
+    r = p.cmd("retry", p.dir, "public.bad")
+    assert r.rc == 0, r
+    p.wait_all_ready(["public.good", "public.bad"])
+    wait_equal(db.server, db.name, p, ["public.good", "public.bad"])
+
+
+def test_target_refusal_errors_only_that_table(db, pipelines, target_db):
+    """A constraint added on the target refuses a row: that table goes to errored with the
+    target's message and a hint, the other table keeps replicating; once the constraint is
+    gone, `walrelay retry` copies the table again and it is equal."""
+    p = _good_and_bad(db, pipelines, target_db, 100)
     # both tables change in the same source transactions; the last value of bad's row is
     # one the target refuses (a batch writes each key's net change: a value a later
     # change replaced never reaches the target)
@@ -331,21 +358,11 @@ def test_target_refusal_errors_only_that_table(db, pipelines, target_db):
                 conn.execute("UPDATE good SET name = 'g%d' WHERE id = 1" % i)
                 conn.execute("UPDATE bad SET qty = %s WHERE id = 2" % (i if i < 4 else 2000000000))
                 conn.execute("INSERT INTO good (id, name) VALUES (%s, 'new')" % (1000 + i))
-
-    def errored():
-        t = p.tables()["public.bad"]
-        return t if t["phase"] == "errored" else None
-
-    t = p.wait_until(errored, 120, "table bad errored")
-    assert "qty_small" in t["err_msg"] and "23514" in t["err_msg"], t
+    t = _bad_errored(p)
     assert "walrelay retry" in t["err_hint"], t
     wait_equal(db.server, db.name, p, ["public.good"])
     assert p.tables()["public.good"]["phase"] == "ready"
-    target_db.execute("ALTER TABLE bad DROP CONSTRAINT qty_small")
-    r = p.cmd("retry", p.dir, "public.bad")
-    assert r.rc == 0, r
-    p.wait_all_ready(["public.good", "public.bad"])
-    wait_equal(db.server, db.name, p, ["public.good", "public.bad"])
+    _retry_bad(db, p, target_db)
 
 
 def test_target_refuses_a_live_insert(db, pipelines, target_db):
@@ -353,23 +370,10 @@ def test_target_refuses_a_live_insert(db, pipelines, target_db):
     round trip, with no savepoint: when the target refuses the INSERT, that table goes to
     errored with the target's message, nothing of that transaction is applied, and the
     other tables go on (their later transactions arrive)."""
-    create_mixed_table(db, "good", 10)
-    create_mixed_table(db, "bad", 10)
-    publish(db, "pub", ["good", "bad"])
-    p = pipelines()
-    p.init(db.conninfo, "pub")
-    p.start()
-    p.wait_all_ready(["public.good", "public.bad"])
-    target_db.execute("ALTER TABLE bad ADD CONSTRAINT qty_small CHECK (qty < 1000000000)")
+    p = _good_and_bad(db, pipelines, target_db, 10)
     db.execute("INSERT INTO bad (id, name, qty) VALUES (100, 'refused', 2000000000), "
                "(101, 'with it', 1)")
-
-    def errored():
-        t = p.tables()["public.bad"]
-        return t if t["phase"] == "errored" else None
-
-    t = p.wait_until(errored, 120, "table bad errored")
-    assert "qty_small" in t["err_msg"] and "23514" in t["err_msg"], t
+    _bad_errored(p)
     # the row the target accepted went with the refused one
     assert target_db.scalar("SELECT count(*) FROM bad WHERE id >= 100") == 0
     for i in range(3):
@@ -382,11 +386,7 @@ def test_target_refuses_a_live_insert(db, pipelines, target_db):
     key = target_db.scalar("SELECT commit_lsn::text FROM walrelay.progress WHERE stream = 'apply'")
     assert target_db.scalar("SELECT %s::pg_lsn > %s::pg_lsn AND %s::pg_lsn <= %s::pg_lsn",
                             (key, before, key, after)), (before, key, after)
-    target_db.execute("ALTER TABLE bad DROP CONSTRAINT qty_small")
-    r = p.cmd("retry", p.dir, "public.bad")
-    assert r.rc == 0, r
-    p.wait_all_ready(["public.good", "public.bad"])
-    wait_equal(db.server, db.name, p, ["public.good", "public.bad"])
+    _retry_bad(db, p, target_db)
 
 
 def test_target_down_30s_mid_stream(db, pipelines, target_db, pg_target):
