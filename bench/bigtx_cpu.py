@@ -23,7 +23,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from pgtmp import TmpPostgres, PGBIN  # noqa: E402
-from run import Walrelay, insert_lsn, slot_flushed  # noqa: E402
+from run import Walrelay, insert_lsn, live_table, slot_flushed  # noqa: E402
 
 import psycopg  # noqa: E402
 
@@ -38,20 +38,11 @@ def cpu(pid):
         return float("nan")
 
 
-def table(pg, n):
-    with psycopg.connect(pg.conninfo, autocommit=True) as c:
-        c.execute("CREATE TABLE bench_live (id bigint PRIMARY KEY, v int NOT NULL, t text)")
-        c.execute("INSERT INTO bench_live SELECT g, g %% 1000, 'row ' || g "
-                  "FROM generate_series(1, %s) g", (n,))
-        c.execute("VACUUM ANALYZE bench_live")
-        c.execute("CREATE PUBLICATION pub_live FOR TABLE bench_live")
-
-
 def one(reader, args):
     pg = TmpPostgres()
     w = rv = None
     try:
-        table(pg, args.rows)
+        live_table(pg, args.rows)
         with psycopg.connect(pg.conninfo, autocommit=True) as c:
             if reader == "walrelay":
                 w = Walrelay(args.build, pg, "pub_live", "sqlite", "bigtx_cpu",

@@ -584,15 +584,21 @@ def slot_flushed(pg, slot, endpos):
     return bool(r and r[0])
 
 
-def bench_bigtx_live(pg, args, out):
-    """The UPDATE of every row while the pipeline runs: protocol 1 vs streamed."""
-    n = args.bigtx_rows
+def live_table(pg, n):
+    """bench_live (n rows) in publication pub_live: the table of the live UPDATE
+    (bench_bigtx_live here, bench/bigtx_cpu.py)."""
     with psycopg.connect(pg.conninfo, autocommit=True) as c:
         c.execute("CREATE TABLE bench_live (id bigint PRIMARY KEY, v int NOT NULL, t text)")
         c.execute("INSERT INTO bench_live SELECT g, g %% 1000, 'row ' || g "
                   "FROM generate_series(1, %s) g", (n,))
         c.execute("VACUUM ANALYZE bench_live")
         c.execute("CREATE PUBLICATION pub_live FOR TABLE bench_live")
+
+
+def bench_bigtx_live(pg, args, out):
+    """The UPDATE of every row while the pipeline runs: protocol 1 vs streamed."""
+    n = args.bigtx_rows
+    live_table(pg, n)
     out.append(f"\n### Live: one UPDATE of {n:,} rows while the pipeline runs (sqlite), end to end\n")
     out.append("| [source] streaming | UPDATE s | end to end s (UPDATE start → confirmed_flush ≥ commit) | "
                "after the UPDATE returned s | peak RSS MB (supervisor/apply) | sqlite equal |")
