@@ -55,7 +55,9 @@ def pytest_sessionfinish(session, exitstatus):
 # postgres destination's network cut both replace the loopback device's root qdisc
 # (netcut.py); the fuzz targets all configure and build build-fuzz/ (meson refuses a
 # second setup of a directory in use). Every other test has its own servers, ports and
-# directories per worker session.
+# directories per worker session. tryfirst: xdist's own hook turns the marker into the
+# node id's "@group" suffix, so the marker must be there before it runs.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     for item in items:
         path = item.nodeid.split("::", 1)[0]
