@@ -703,7 +703,6 @@ def test_table_without_primary_key_is_refused(db, es_store, pipelines):
     check_dense(es_store)
 
 
-
 def test_postgres_store_keys_compare_bytes_in_a_locale_database(db, pg, pipelines):
     """A PostgreSQL store in a database whose collation is a locale (C.utf8, as many
     installations have): the kinds and ids are created `COLLATE "C"` (docs/eventstore.md,
