@@ -3,7 +3,8 @@ chaos suite's network cut of the source and the postgres destination's cut of th
 
 NOTES: cut() changes the loopback device's root qdisc with tc (needs root and iproute2,
 scripts/setup.sh); heal() and close() undo it. tc_usable() says why it cannot be used
-here, for a skip. One cut at a time: the tests run serially.
+here, for a skip. One cut at a time: the tests that cut run on one xdist worker, one
+after another (marker machine_wide and the chaos suite, tests/conftest.py).
 """
 
 import os
