@@ -11,7 +11,9 @@ acknowledgement and the checkpoint (failpoints nats.after_publish, nats.after_ac
 the supervisor, and nats-server killed and restarted under the running pipeline.
 """
 
+import json
 import re
+import threading
 import time
 
 import pytest
@@ -43,12 +45,15 @@ def nats():
     s.cleanup()
 
 
-def stream_events(nats, stream):
-    """The stream's messages as events, checking subject and headers of each."""
+def stream_events(nats, stream, skip=None):
+    """The stream's messages as events, checking subject and headers of each (but of
+    those whose subject starts with `skip`)."""
     out = []
     with nats.client() as c:
         msgs = c.messages(stream)
     for m in msgs:
+        if skip and m["subject"].startswith(skip):
+            continue
         ev = m["json"]
         check_event_shape(ev)
         assert m["headers"].get("Nats-Msg-Id") == ev["key"], m
@@ -74,8 +79,8 @@ def _run_writers(ws, commits):
             w.stop()
 
 
-def _check_stream(db, nats, p, tables, log, min_changes=1):
-    msgs = stream_events(nats, "walrelay_%s" % p.name)
+def _check_stream(db, nats, p, tables, log, min_changes=1, skip=None):
+    msgs = stream_events(nats, "walrelay_%s" % p.name, skip)
     events = [ev for _, ev in msgs]
     for m, ev in msgs:
         nsp, name = ev["table"].split(".", 1)
@@ -240,6 +245,50 @@ def test_nats_server_restarted_mid_stream(db, pipelines, nats):
     assert p.stop() == 0
     assert "NATS delivery resumed" in p.log_text(), p.log_tail()
     _check_stream(db, nats, p, ["public.r"], log, min_changes=50)
+
+
+def test_nats_another_writer_in_the_stream(db, pipelines, nats):
+    """Another client publishes into walrelay's stream (plain messages, no headers) while
+    changes stream. walrelay asks JetStream to answer only some messages and chains the
+    others to their predecessor (Nats-Expected-Last-Msg-Id); the other writer's messages
+    break those chains. walrelay notices, reads back what the stream holds and publishes
+    the rest again: every change exactly once, and every message of the other writer
+    kept."""
+    create_mixed_table(db, "r", 200)
+    publish(db, "pub", ["r"])
+    log = ChangeLog(db, "pub")
+    p = pipelines()
+    p.init(db.conninfo, "pub", destination="nats:" + nats.url, config=_config())
+    p.start()
+    p.wait_all_ready(["public.r"])
+    foreign = "walrelay.%s.other.writer" % p.name
+    stop = threading.Event()
+    sent = []
+
+    def other_writer():
+        with nats.client() as c:
+            while not stop.is_set():
+                hdrs, data = c.request(foreign + ".insert", b'{"n": %d}' % len(sent))
+                assert b'"seq"' in data and b"error" not in data, data
+                sent.append(json.loads(data)["seq"])
+                time.sleep(0.001)
+
+    th = threading.Thread(target=other_writer, daemon=True)
+    th.start()
+    try:
+        _run_writers(_writers(db, ["r"], n=2), 60)
+    finally:
+        stop.set()
+        th.join(30)
+    assert not th.is_alive() and len(sent) > 50, len(sent)
+    p.wait_flushed(db.current_wal_lsn())
+    assert p.stop() == 0
+    assert re.search(r"NATS stream walrelay_\S+ has another writer", p.log_text()), p.log_tail()
+    _check_stream(db, nats, p, ["public.r"], log, min_changes=100, skip=foreign)
+    with nats.client() as c:
+        kept = [m["seq"] for m in c.messages("walrelay_%s" % p.name)
+                if m["subject"].startswith(foreign)]
+    assert kept == sent, (len(kept), len(sent))
 
 
 def test_nats_message_over_max_payload(db, pipelines, nats):
