@@ -10,9 +10,10 @@
  * MESSAGES. Subject <subject_prefix>.<schema>.<table>.<op> (schema and table escaped: a
  *   byte outside [A-Za-z0-9_-] becomes %XX, so a name is always one subject token);
  *   headers Nats-Msg-Id = the event's key (JetStream's deduplication) and Walrelay-Stream =
- *   the walrelay stream that published it ("apply", "sync_<relid>"). Every publish expects
- *   the configured stream (a subject caught by another stream is refused, not misfiled),
- *   and most expect their predecessor (Nats-Expected-Last-Msg-Id, below).
+ *   the walrelay stream that published it ("apply", "sync_<relid>"). A message that asks
+ *   for an answer expects the configured stream (Nats-Expected-Stream: a subject caught by
+ *   another stream is refused, not misfiled); the others expect their predecessor
+ *   (Nats-Expected-Last-Msg-Id, below), which refuses them there just as well.
  *
  * STREAM. Created at the first open when missing (create_stream = true): subjects
  *   "<subject_prefix>.>", file storage, `replicas` copies. A KV bucket "<stream>_walrelay"
@@ -934,7 +935,13 @@ nt_publish_pending(nt_t *t, bool final)
         /* msgs[i - 1] is not moved: only this thread appends (and reallocates) */
         if (s == NATS_OK && chained)
             s = natsMsgHeader_Set(m, "Nats-Expected-Last-Msg-Id", t->msgs[i - 1].key);
-        if (s == NATS_OK)
+        /* a chained message needs no Nats-Expected-Stream: another stream that caught its
+         * subject would refuse it (its last message is not the predecessor; by induction
+         * down to the chain's first message, which expects the stream), and so the chain
+         * breaks. Headers are dear: libnats allocates each one, and frees every message
+         * in its garbage-collector thread (bench/RESULTS.md: 4 headers ~9.5 us a message,
+         * 3 ~7.3 us, in a loop that only publishes) */
+        if (s == NATS_OK && (reply || !chained))
             s = natsMsgHeader_Set(m, "Nats-Expected-Stream", t->stream);
         if (s == NATS_OK)
             s = natsMsgHeader_Set(m, NT_STREAM_HDR, t->wstream);
