@@ -63,9 +63,11 @@ def stream_events(nats, stream, skip=None):
     return out
 
 
-def _writers(db, tables, n=2, pause=0.003):
-    return [BackgroundWriter(db, tables, (1 + i * 1000, 1000 + i * 1000), 1_000_000 * (i + 1),
-                             per_txn=3, seed=31 + i, pause=pause) for i in range(n)]
+def _writers(db, tables, n=2, pause=0.003, round=0):
+    """n writers on their own key ranges; new ids of each round do not meet earlier ones."""
+    return [BackgroundWriter(db, tables, (1 + i * 1000, 1000 + i * 1000),
+                             1_000_000 * (i + 1) + 100_000 * round,
+                             per_txn=3, seed=31 + i + 10 * round, pause=pause) for i in range(n)]
 
 
 def _run_writers(ws, commits):
@@ -249,11 +251,12 @@ def test_nats_server_restarted_mid_stream(db, pipelines, nats):
 
 def test_nats_another_writer_in_the_stream(db, pipelines, nats):
     """Another client publishes into walrelay's stream (plain messages, no headers) while
-    changes stream. walrelay asks JetStream to answer only some messages and chains the
-    others to their predecessor (Nats-Expected-Last-Msg-Id); the other writer's messages
-    break those chains. walrelay notices, reads back what the stream holds and publishes
-    the rest again: every change exactly once, and every message of the other writer
-    kept."""
+    walrelay drains a backlog and then streams. walrelay asks JetStream to answer only some
+    messages and chains the others to their predecessor (Nats-Expected-Last-Msg-Id); the
+    other writer's messages break those chains (a backlog's batch takes milliseconds to
+    publish, the other writer publishes one message per round trip). walrelay notices,
+    reads back what the stream holds and publishes the rest again: every change exactly
+    once, and every message of the other writer kept."""
     create_mixed_table(db, "r", 200)
     publish(db, "pub", ["r"])
     log = ChangeLog(db, "pub")
@@ -261,6 +264,9 @@ def test_nats_another_writer_in_the_stream(db, pipelines, nats):
     p.init(db.conninfo, "pub", destination="nats:" + nats.url, config=_config())
     p.start()
     p.wait_all_ready(["public.r"])
+    assert p.stop() == 0
+    ws = _writers(db, ["r"], n=2, pause=0)
+    _run_writers(ws, 300)
     foreign = "walrelay.%s.other.writer" % p.name
     stop = threading.Event()
     sent = []
@@ -271,20 +277,21 @@ def test_nats_another_writer_in_the_stream(db, pipelines, nats):
                 hdrs, data = c.request(foreign + ".insert", b'{"n": %d}' % len(sent))
                 assert b'"seq"' in data and b"error" not in data, data
                 sent.append(json.loads(data)["seq"])
-                time.sleep(0.001)
 
     th = threading.Thread(target=other_writer, daemon=True)
     th.start()
     try:
-        _run_writers(_writers(db, ["r"], n=2), 60)
+        p.start()
+        p.wait_flushed(db.current_wal_lsn())
+        _run_writers(_writers(db, ["r"], n=2, round=1), 60)
+        p.wait_flushed(db.current_wal_lsn())
     finally:
         stop.set()
         th.join(30)
     assert not th.is_alive() and len(sent) > 50, len(sent)
-    p.wait_flushed(db.current_wal_lsn())
     assert p.stop() == 0
     assert re.search(r"NATS stream walrelay_\S+ has another writer", p.log_text()), p.log_tail()
-    _check_stream(db, nats, p, ["public.r"], log, min_changes=100, skip=foreign)
+    _check_stream(db, nats, p, ["public.r"], log, min_changes=1000, skip=foreign)
     with nats.client() as c:
         kept = [m["seq"] for m in c.messages("walrelay_%s" % p.name)
                 if m["subject"].startswith(foreign)]
