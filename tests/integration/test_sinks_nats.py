@@ -81,6 +81,19 @@ def _run_writers(ws, commits):
             w.stop()
 
 
+def _ready_pipeline(db, pipelines, nats, rows=500, config=None):
+    """Table r (`rows` rows) published, and a nats pipeline with r ready. Returns (p, log),
+    log reading the source's changes from before the pipeline's start."""
+    create_mixed_table(db, "r", rows)
+    publish(db, "pub", ["r"])
+    log = ChangeLog(db, "pub")
+    p = pipelines()
+    p.init(db.conninfo, "pub", destination="nats:" + nats.url, config=_config(config))
+    p.start()
+    p.wait_all_ready(["public.r"])
+    return p, log
+
+
 def _check_stream(db, nats, p, tables, log, min_changes=1, skip=None, copied_in_run=False):
     """copied_in_run: the tables were copied while changes were made, so a table's stream
     starts after its copy's snapshot (its first streamed key)."""
@@ -147,14 +160,8 @@ def test_nats_kill_apply_between_publish_and_ack(db, pipelines, nats, tmp_path, 
     its acknowledgements are awaited (after_publish), or after them and before the
     checkpoint (after_ack): the restarted worker reads back what the stream holds and
     publishes nothing twice."""
-    create_mixed_table(db, "r", 500)
-    publish(db, "pub", ["r"])
-    p = pipelines()
-    p.init(db.conninfo, "pub", destination="nats:" + nats.url, config=_config())
-    p.start()
-    p.wait_all_ready(["public.r"])
+    p, log = _ready_pipeline(db, pipelines, nats)
     assert p.stop() == 0
-    log = ChangeLog(db, "pub")
     ws = _writers(db, ["r"], n=2)
     for w in ws:
         w.start()
@@ -183,13 +190,7 @@ def test_nats_kill_apply_between_publish_and_ack(db, pipelines, nats, tmp_path, 
 def test_nats_kill_supervisor(db, pipelines, nats):
     """kill -9 of the supervisor mid-stream (the workers exit on the channel's EOF), then
     walrelay run again: exactly once."""
-    create_mixed_table(db, "r", 500)
-    publish(db, "pub", ["r"])
-    log = ChangeLog(db, "pub")
-    p = pipelines()
-    p.init(db.conninfo, "pub", destination="nats:" + nats.url, config=_config())
-    p.start()
-    p.wait_all_ready(["public.r"])
+    p, log = _ready_pipeline(db, pipelines, nats)
     ws = _writers(db, ["r"], n=2)
     for w in ws:
         w.start()
@@ -221,14 +222,8 @@ def test_nats_server_restarted_mid_stream(db, pipelines, nats):
     """nats-server is killed -9 under a running pipeline with writers, stays down a few
     seconds (status shows the wait with the last error), and comes back on the same port
     and store: the pipeline resumes by itself (no worker restart needed), exactly once."""
-    create_mixed_table(db, "r", 500)
-    publish(db, "pub", ["r"])
-    log = ChangeLog(db, "pub")
-    p = pipelines()
-    p.init(db.conninfo, "pub", destination="nats:" + nats.url,
-           config=_config({"destination": {"timeout_ms": "2000", "max_retry_ms": "1000"}}))
-    p.start()
-    p.wait_all_ready(["public.r"])
+    p, log = _ready_pipeline(db, pipelines, nats, config={
+        "destination": {"timeout_ms": "2000", "max_retry_ms": "1000"}})
     ws = _writers(db, ["r"], n=2)
     for w in ws:
         w.start()
@@ -266,13 +261,7 @@ def test_nats_another_writer_in_the_stream(db, pipelines, nats):
     publish, the other writer publishes one message per round trip). walrelay notices,
     reads back what the stream holds and publishes the rest again: every change exactly
     once, and every message of the other writer kept."""
-    create_mixed_table(db, "r", 200)
-    publish(db, "pub", ["r"])
-    log = ChangeLog(db, "pub")
-    p = pipelines()
-    p.init(db.conninfo, "pub", destination="nats:" + nats.url, config=_config())
-    p.start()
-    p.wait_all_ready(["public.r"])
+    p, log = _ready_pipeline(db, pipelines, nats, rows=200)
     assert p.stop() == 0
     ws = _writers(db, ["r"], n=2, pause=0)
     _run_writers(ws, 300)
