@@ -805,7 +805,7 @@ pgd_copy_begin(dest_pg_t *d, const pgd_buf_t *b, uint32_t relid, const char *wha
  * servers' times instead of the slower one's). The buffer is bounded: past
  * PGD_COPY_HIGH bytes pgd_copy_pump waits for the target. */
 #define PGD_COPY_PUMP (32 * 1024)
-#define PGD_COPY_HIGH (32 * 1024 * 1024)
+#define PGD_COPY_HIGH (16 * 1024 * 1024)
 
 /* Moves copy data towards the target: libpq's pending output first, then chunks of
  * d->copybuf. block: until everything is handed over (the copy's end, or the buffer past
