@@ -887,8 +887,10 @@ pgd_copy_put(dest_pg_t *d, const char *data, size_t len, wr_err_t *err)
         }
         return 0;
     }
-    /* hand data over in steps of PGD_COPY_PUMP, or whenever libpq has room again */
-    if (d->copy_busy || before / PGD_COPY_PUMP != d->copybuf.len / PGD_COPY_PUMP)
+    /* hand data over in steps of PGD_COPY_PUMP: also while libpq still holds data the
+     * socket did not take (copy_busy), which is most of the time when the target is the
+     * slower side; trying at every row then cost a send() that failed with EAGAIN per row */
+    if (before / PGD_COPY_PUMP != d->copybuf.len / PGD_COPY_PUMP)
         return pgd_copy_pump(d, false, err);
     return 0;
 }
