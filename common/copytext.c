@@ -209,3 +209,43 @@ copy_parse_line(copy_parser_t *p, const char *line, size_t len, int expect_cols,
     row->vals = p->vals;
     return 0;
 }
+
+int
+copy_binary_rows(const char *msg, size_t len, bool first, int *rows, wr_err_t *err)
+{
+    static const char sig[11] = {'P', 'G', 'C', 'O', 'P', 'Y', '\n', '\377', '\r', '\n', '\0'};
+    const unsigned char *m = (const unsigned char *)msg;
+
+    *rows = 0;
+    if (first) {
+        uint32_t ext;
+
+        if (len < 19 || memcmp(m, sig, sizeof(sig)) != 0)
+            return wr_err_set(err, WR_EPROTO,
+                              "binary COPY data does not begin with the PGCOPY signature "
+                              "(%zu bytes)",
+                              len);
+        /* the flags' high half is what a reader must understand: none defined */
+        if (m[11] != 0 || m[12] != 0)
+            return wr_err_set(err, WR_EPROTO, "binary COPY header has unknown critical flags");
+        ext = (uint32_t)m[15] << 24 | (uint32_t)m[16] << 16 | (uint32_t)m[17] << 8 | m[18];
+        if (ext > len - 19)
+            return wr_err_set(err, WR_EPROTO,
+                              "binary COPY header extension of %u bytes is longer than its "
+                              "message",
+                              ext);
+        m += 19 + (size_t)ext;
+        len -= 19 + (size_t)ext;
+        if (len == 0)
+            return 0;
+    }
+    if (len < 2)
+        return wr_err_set(err, WR_EPROTO, "binary COPY message of %zu bytes holds no field count",
+                          len);
+    if (m[0] == 0xff && m[1] == 0xff)
+        return 0; /* the trailer */
+    if (m[0] & 0x80)
+        return wr_err_set(err, WR_EPROTO, "binary COPY row has a negative field count");
+    *rows = 1;
+    return 0;
+}

@@ -25,4 +25,14 @@ void copy_parser_close(copy_parser_t *p);
 int copy_parse_line(copy_parser_t *p, const char *line, size_t len, int expect_cols, wr_row_t *row,
                     wr_err_t *err) WR_MUST_CHECK;
 
+/* (issue 7) How many rows one CopyData message of a COPY ... TO STDOUT (FORMAT binary)
+ * holds, for counting them while the bytes are passed through unparsed. first: the COPY's
+ * first message, which begins with the 11-byte signature, the flags and the header
+ * extension (checked and skipped). PostgreSQL sends each row in a message of its own and
+ * the trailer (a field count of -1) after the last, so *rows is 1 for a message that
+ * begins with a field count, 0 for the trailer or a header alone. Returns 0, or
+ * WR_EPROTO for a signature, header or message that is not a binary COPY's. */
+int copy_binary_rows(const char *msg, size_t len, bool first, int *rows,
+                     wr_err_t *err) WR_MUST_CHECK;
+
 #endif

@@ -236,9 +236,19 @@ typedef struct dest_ops_s {
      * destination does not need them (the workers then use the calls above) ---- */
     /* The copy's rows exactly as the source's COPY ... TO STDOUT (text format) sends them:
      * whole lines, each ending in '\n', columns in the order of the schema reset_table
-     * registered. Lets a destination that speaks COPY pass the bytes through untouched
-     * instead of write_rows. Inside a transaction; errors may show only at commit. */
+     * registered (the binary format instead when copy_binary said so). Lets a destination
+     * that speaks COPY pass the bytes through untouched instead of write_rows. Inside a
+     * transaction; errors may show only at commit. */
     int (*write_copy)(dest_t *d, uint32_t relid, const char *data, size_t len, wr_err_t *err);
+    /* Asked once per copy by a worker that will call write_copy, before it sends the COPY
+     * to the source: *binary = true if the destination takes this copy in PostgreSQL's
+     * binary COPY format instead (COPY ... TO STDOUT (FORMAT binary)). Then write_copy gets
+     * the source's CopyData messages untouched, the signature in the first and the trailer
+     * in the last, in order, and no other call for the table comes between them.
+     * source_version is the source's server_version_num. NULL: always text. Outside or
+     * inside a transaction; an error (the destination cannot be reached) is the copy's. */
+    int (*copy_binary)(dest_t *d, const wr_schema_t *s, int source_version, bool *binary,
+                       wr_err_t *err);
     /* Every row of the copy of relid has been written (write_copy or write_rows): called in
      * the copy's last transaction, before its commit, so that what the destination put off
      * until the rows were in (postgres: the primary key and indexes; sqlite: the primary

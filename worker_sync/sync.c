@@ -97,7 +97,10 @@
  * the source's COPY TO STDOUT sent it, without parsing (syw_copy_raw), in one destination
  * transaction (progress is reported every copy_batch_rows rows); before its commit the
  * destination's copy_done runs (the postgres destination builds the primary key there,
- * once the rows are in).
+ * once the rows are in). Where the destination's copy_binary says so, the COPY asks for
+ * the binary format (the postgres destination: built-in types, same major version) and
+ * each CopyData message goes through as it came; copy_binary_rows (common/copytext.c)
+ * only counts the rows.
  *
  * Metrics (proto/wkmetrics.h). COPY and stream bytes received, copy batches and catch-up
  * transactions (batches_total, batch and destination commit timings), the changes the
@@ -880,7 +883,9 @@ typedef struct syw_copy_s {
     /* (issue 7) the raw path: lines handed to write_copy since the last commit */
     uint64_t raw_rows;
     size_t raw_bytes;
-    int rr; /* the parallel copy: the reader the writer looks at first */
+    bool binary;    /* ... in PostgreSQL's binary COPY format (copy_binary) */
+    bool raw_begun; /* write_copy got the COPY's first message */
+    int rr;         /* the parallel copy: the reader the writer looks at first */
 } syw_copy_t;
 
 /* Opens the destination transaction if none is open; the copy's first one also empties
@@ -949,8 +954,12 @@ static int
 syw_copy_raw(syw_t *w, syw_copy_t *cp, const char *line, size_t n, size_t batch_rows,
              size_t batch_bytes, wr_err_t *err)
 {
-    int rc, flushed = 0;
+    int rc, flushed = 0, rows = 1;
 
+    /* a binary COPY's messages are one row each, but for the header and the trailer */
+    if (cp->binary && (rc = copy_binary_rows(line, n, !cp->raw_begun, &rows, err)) < 0)
+        return rc;
+    cp->raw_begun = true;
     if (cp->raw_rows > 0 && (cp->raw_rows >= batch_rows || cp->raw_bytes + n > batch_bytes)) {
         cp->rows += cp->raw_rows;
         cp->raw_rows = 0;
@@ -961,7 +970,7 @@ syw_copy_raw(syw_t *w, syw_copy_t *cp, const char *line, size_t n, size_t batch_
         return rc;
     if ((rc = w->dest->ops->write_copy(w->dest, w->relid, line, n, err)) < 0)
         return rc;
-    cp->raw_rows++;
+    cp->raw_rows += (uint64_t)rows;
     cp->raw_bytes += n;
     return flushed;
 }
@@ -990,7 +999,7 @@ syw_copy_progress(syw_t *w, syw_copy_t *cp, wr_err_t *err)
  * that tables inheriting from it are not read (COPY "nsp"."name" does not read them
  * either); a partitioned table is read with its partitions. */
 static int
-syw_copy_statement(syw_t *w, char **out, wr_err_t *err)
+syw_copy_statement(syw_t *w, bool binary, char **out, wr_err_t *err)
 {
     char *buf = NULL;
     size_t len = 0;
@@ -1041,7 +1050,7 @@ syw_copy_statement(syw_t *w, char **out, wr_err_t *err)
             fprintf(f, " WHERE (%s)", w->row_filter);
     }
     if (ok)
-        fputs(") TO STDOUT", f);
+        fputs(binary ? ") TO STDOUT (FORMAT binary)" : ") TO STDOUT", f);
     if (fclose(f) != 0)
         ok = false;
     if (!ok) {
@@ -2663,7 +2672,15 @@ syw_copy(syw_t *w)
     /* the first destination transaction (truncate, forget the catch-up key, first batch)
      * begins with the first batch's flush, not before the COPY sends rows */
 
-    if ((rc = syw_copy_statement(w, &cp.sql, &err)) < 0) {
+    /* (issue 7) the postgres destination takes built-in types in the binary format, which
+     * both servers read and write with less work than text */
+    if (w->dest->ops->write_copy != NULL && w->dest->ops->copy_binary != NULL &&
+        (rc = w->dest->ops->copy_binary(w->dest, w->schema, PQserverVersion(w->repl), &cp.binary,
+                                        &err)) < 0) {
+        code = syw_copy_error(w, &cp, NULL, &err);
+        goto out;
+    }
+    if ((rc = syw_copy_statement(w, cp.binary, &cp.sql, &err)) < 0) {
         code = syw_copy_error(w, &cp, NULL, &err);
         goto out;
     }
@@ -2756,8 +2773,10 @@ syw_copy(syw_t *w)
     syw_repl_close(w);
     {
         double secs = (double)(wr_now_ms() - t0) / 1000.0;
-        log_info("copy finished table=%s rows=%" PRIu64 " seconds=%.3f rows_per_second=%.0f",
-                 w->table, cp.rows, secs, secs > 0 ? (double)cp.rows / secs : (double)cp.rows);
+        log_info("copy finished table=%s rows=%" PRIu64
+                 " seconds=%.3f rows_per_second=%.0f format=%s",
+                 w->table, cp.rows, secs, secs > 0 ? (double)cp.rows / secs : (double)cp.rows,
+                 cp.binary ? "binary" : "text");
     }
 
     FAILPOINT("sync.before_finishedcopy");

@@ -160,7 +160,9 @@ typedef struct dest_pg_s {
     uint32_t copy_relid; /* a COPY FROM STDIN is open for this table (0: none) */
     pgd_buf_t copybuf;   /* COPY data not yet handed to libpq, from copyoff on */
     size_t copyoff;
-    bool copy_busy; /* libpq still holds COPY data the socket did not take */
+    bool copy_busy;     /* libpq still holds COPY data the socket did not take */
+    uint32_t bin_relid; /* copy_binary chose the binary format for this table's copy */
+    bool bin_begun;     /* ... and its first message (the signature) was sent */
     pgd_table_t *buckets[PGD_BUCKETS];
     pgd_table_t *last;
     pgd_table_t *dirty_head, *dirty_tail;

@@ -4,7 +4,8 @@
  * NOTES: built only with -Dfuzz=true (see README.md, scripts/fuzz.sh). Each input is one
  * line as PQgetCopyData returns it; the parser is kept across inputs (its buffers are
  * reused as in a sync worker). The line is parsed once without and once with an expected
- * column count, and every value is read back.
+ * column count, and every value is read back. The same bytes go to copy_binary_rows, as
+ * a binary COPY's first message and as a later one (issue 7).
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -62,6 +63,16 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             __builtin_trap();
     } else if (err.msg[0] == '\0') {
         __builtin_trap();
+    }
+    for (int first = 0; first < 2; first++) {
+        int rows = -1;
+
+        err.msg[0] = '\0';
+        rc = copy_binary_rows((const char *)data, size, first != 0, &rows, &err);
+        if (rows != 0 && rows != 1)
+            __builtin_trap();
+        if (rc != 0 && (err.msg[0] == '\0' || rows != 0))
+            __builtin_trap();
     }
     return 0;
 }

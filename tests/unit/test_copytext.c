@@ -517,6 +517,71 @@ test_pgt_bytea(void)
     CHECK_INT_EQ(out[1], 0x02);
 }
 
+/* CopyData messages of COPY ... TO STDOUT (FORMAT binary) as PostgreSQL 15 sent them
+ * (captured with psycopg, one message per read): the signature and header glued to the
+ * first row, the trailer alone; with no rows, header and trailer in one message. */
+static void
+test_copy_binary_rows(void)
+{
+    /* COPY (SELECT 42::int4, 'hi'::text, NULL::text) TO STDOUT (FORMAT binary) */
+    static const unsigned char first[] = {
+        0x50, 0x47, 0x43, 0x4f, 0x50, 0x59, 0x0a, 0xff, 0x0d, 0x0a, 0x00, 0x00, 0x00,
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00, 0x04, 0x00,
+        0x00, 0x00, 0x2a, 0x00, 0x00, 0x00, 0x02, 0x68, 0x69, 0xff, 0xff, 0xff, 0xff};
+    static const unsigned char trailer[] = {0xff, 0xff};
+    /* COPY (SELECT 1 WHERE false) TO STDOUT (FORMAT binary) */
+    static const unsigned char empty[] = {0x50, 0x47, 0x43, 0x4f, 0x50, 0x59, 0x0a,
+                                          0xff, 0x0d, 0x0a, 0x00, 0x00, 0x00, 0x00,
+                                          0x00, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff};
+    unsigned char buf[64];
+    wr_err_t err;
+    int rows = -1;
+
+    CHECK_INT_EQ(copy_binary_rows((const char *)first, sizeof(first), true, &rows, &err), 0);
+    CHECK_INT_EQ(rows, 1);
+    /* the same row without the header, as every later message carries one */
+    CHECK_INT_EQ(copy_binary_rows((const char *)first + 19, sizeof(first) - 19, false, &rows, &err),
+                 0);
+    CHECK_INT_EQ(rows, 1);
+    CHECK_INT_EQ(copy_binary_rows((const char *)trailer, sizeof(trailer), false, &rows, &err), 0);
+    CHECK_INT_EQ(rows, 0);
+    CHECK_INT_EQ(copy_binary_rows((const char *)empty, sizeof(empty), true, &rows, &err), 0);
+    CHECK_INT_EQ(rows, 0);
+    /* a header alone (were the server to send it by itself) */
+    CHECK_INT_EQ(copy_binary_rows((const char *)empty, 19, true, &rows, &err), 0);
+    CHECK_INT_EQ(rows, 0);
+    /* a header extension is skipped */
+    memcpy(buf, first, 19);
+    buf[18] = 3;
+    memcpy(buf + 19, "abc", 3);
+    memcpy(buf + 22, first + 19, sizeof(first) - 19);
+    CHECK_INT_EQ(copy_binary_rows((const char *)buf, 22 + sizeof(first) - 19, true, &rows, &err),
+                 0);
+    CHECK_INT_EQ(rows, 1);
+
+    /* text COPY data where binary was asked for: named */
+    rows = -1;
+    CHECK_INT_EQ(copy_binary_rows("1\tone\n", 6, true, &rows, &err), WR_EPROTO);
+    CHECK(strstr(err.msg, "PGCOPY signature") != NULL);
+    CHECK_INT_EQ(rows, 0);
+    CHECK_INT_EQ(copy_binary_rows((const char *)first, 18, true, &rows, &err), WR_EPROTO);
+    /* an unknown critical flag (bit 16 and up) */
+    memcpy(buf, first, sizeof(first));
+    buf[12] = 0x01;
+    CHECK_INT_EQ(copy_binary_rows((const char *)buf, sizeof(first), true, &rows, &err), WR_EPROTO);
+    /* an extension longer than the message */
+    memcpy(buf, first, sizeof(first));
+    buf[17] = 0x01;
+    CHECK_INT_EQ(copy_binary_rows((const char *)buf, sizeof(first), true, &rows, &err), WR_EPROTO);
+    CHECK(strstr(err.msg, "extension") != NULL);
+    /* too short for a field count, a negative field count */
+    CHECK_INT_EQ(copy_binary_rows((const char *)trailer, 1, false, &rows, &err), WR_EPROTO);
+    CHECK_INT_EQ(copy_binary_rows("", 0, false, &rows, &err), WR_EPROTO);
+    buf[0] = 0x80;
+    buf[1] = 0x01;
+    CHECK_INT_EQ(copy_binary_rows((const char *)buf, 2, false, &rows, &err), WR_EPROTO);
+}
+
 int
 main(void)
 {
@@ -527,6 +592,7 @@ main(void)
     RUN(test_malformed);
     RUN(test_buffer_reuse);
     RUN(test_copy_bytea);
+    RUN(test_copy_binary_rows);
     RUN(test_pgt_format_type);
     RUN(test_pgt_int64);
     RUN(test_pgt_bool);
