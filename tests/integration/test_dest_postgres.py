@@ -17,6 +17,16 @@ from workload import BackgroundWriter, create_mixed_table, create_toast_table, p
 pytestmark = pytest.mark.parametrize("destination", ["postgres"], indirect=True)
 
 
+def _running(db, pipelines, tables):
+    """A pipeline of publication "pub" (created for tables) started, every table ready."""
+    publish(db, "pub", tables)
+    p = pipelines()
+    p.init(db.conninfo, "pub")
+    p.start()
+    p.wait_all_ready(tables)
+    return p
+
+
 def test_copy_and_stream_mixed(db, pipelines, target_db):
     create_mixed_table(db, "a", 5_000)
     create_mixed_table(db, "b", 100)
@@ -66,11 +76,7 @@ def test_all_types_as_text(db, pipelines, target_db):
     enum, domains and composite are created on the target from the source's definition."""
     cols = _types_setup(db)
     tables = ["public.alltypes", "public.alltypes_full"]
-    publish(db, "pub", tables)
-    p = pipelines()
-    p.init(db.conninfo, "pub")
-    p.start()
-    p.wait_all_ready(tables)
+    p = _running(db, pipelines, tables)
     # 1. the copy (COPY text passed through)
     wait_equal(db.server, db.name, p, tables)
     # the user-defined types exist on the target with the source's definition
@@ -121,22 +127,15 @@ def test_binary_copy_of_builtin_types_as_text(db, pipelines, target_db):
     type of test_types.py with its edge values (NaN, infinities, BC, -0, every byte, arrays
     with bounds, ranges, values over 1 MB, NULLs). A table with an enum, a domain or a
     composite goes in text, and says why."""
-    _types_setup(db)
     text_only = ("en", "dom", "domt", "comp", "tsv", "tsq", "x")
-    cols = [r[0] for r in db.execute(
-        "SELECT attname FROM pg_attribute WHERE attrelid = 'alltypes'::regclass "
-        "AND attnum > 0 AND NOT attisdropped ORDER BY attnum") if r[0] not in text_only]
+    cols = [c for c in _types_setup(db) if c not in text_only]
     db.execute("CREATE TABLE bintypes AS SELECT %s FROM alltypes" % ", ".join(
         '"%s"' % c for c in cols))
     db.execute("ALTER TABLE bintypes ADD PRIMARY KEY (id)")
     # an empty table too: its COPY is the signature and the trailer in one message
     db.execute("CREATE TABLE binempty (id int PRIMARY KEY, v numeric, at timestamptz)")
     tables = ["public.bintypes", "public.binempty", "public.alltypes"]
-    publish(db, "pub", tables)
-    p = pipelines()
-    p.init(db.conninfo, "pub")
-    p.start()
-    p.wait_all_ready(tables)
+    p = _running(db, pipelines, tables)
     wait_equal(db.server, db.name, p, tables)
     log = p.log_text()
     rows = db.scalar("SELECT count(*) FROM bintypes")
@@ -314,11 +313,7 @@ def test_type_change_followed_in_place_or_copied(db, pipelines, target_db):
         INSERT INTO rewrite SELECT g, g, 'r' || g FROM generate_series(1, 300) g;
     """)
     tables = ["public.widen", "public.rewrite"]
-    publish(db, "pub", tables)
-    p = pipelines()
-    p.init(db.conninfo, "pub")
-    p.start()
-    p.wait_all_ready(tables)
+    p = _running(db, pipelines, tables)
     db.execute("""
         BEGIN;
         UPDATE widen SET v = 'before' WHERE id = 1;
