@@ -34,14 +34,22 @@ static const char *const src_refusals[] = {
     "server does not support SSL",
 };
 
+bool
+src_was_away(const char *msg)
+{
+    return msg != NULL &&
+           (strstr(msg, "starting up") || strstr(msg, "shutting down") ||
+            strstr(msg, "in recovery") || strstr(msg, "not yet accepting connections") ||
+            strstr(msg, "too many clients") || strstr(msg, "remaining connection slots"));
+}
+
 src_state_t
 src_classify(const char *msg)
 {
     if (msg == NULL)
         return SRC_DOWN;
     /* the server is there but busy with its own state: wait */
-    if (strstr(msg, "starting up") || strstr(msg, "shutting down") || strstr(msg, "in recovery") ||
-        strstr(msg, "too many clients") || strstr(msg, "remaining connection slots"))
+    if (src_was_away(msg))
         return SRC_DOWN;
     for (size_t i = 0; i < sizeof(src_refusals) / sizeof(src_refusals[0]); i++)
         if (strstr(msg, src_refusals[i]))

@@ -32,6 +32,12 @@ src_state_t src_probe(const wr_config_t *cfg, wr_err_t *err);
 /* The classification of one connection error message (libpq's), for src_probe and tests. */
 src_state_t src_classify(const char *msg);
 
+/* True if msg says the server itself was busy with its own state when we connected or
+ * were cut off: starting up, shutting down, in recovery, out of connection slots. A worker
+ * whose error says so treats it as an outage even when the probe right after finds the
+ * source up again (it was away a moment ago: a restart, not a fault to count). */
+bool src_was_away(const char *msg);
+
 /* Frees the replication slot `slot` that a walsender still holds although its client is
  * gone (a worker killed, or a connection cut without a FIN that the server has not
  * noticed yet: it waits for wal_sender_timeout). The caller holds its role's lock

@@ -3001,6 +3001,11 @@ apw_fail(apw_t *a, const char *what, const wr_err_t *err)
             apw_close(a);
             return WR_EXIT_CONFIG;
         case SRC_UP:
+            /* back already, but it was starting up or shutting down a moment ago */
+            if (src_was_away(err->msg)) {
+                code = WR_EXIT_SOURCE_DOWN;
+                kind = "source_unavailable";
+            }
             break;
         }
     }

@@ -3581,6 +3581,10 @@ main(int argc, char **argv)
             code = WR_EXIT_CONFIG;
             break;
         case SRC_UP:
+            /* back already, but it was starting up or shutting down a moment ago: an
+             * outage that just ended, not an error of the copy to count */
+            if (src_was_away(syw_last_err.msg))
+                code = WR_EXIT_SOURCE_DOWN;
             break;
         }
     }

@@ -36,6 +36,16 @@ test_outages(void)
     CHECK_INT_EQ(src_classify("SSL SYSCALL error: EOF detected"), SRC_DOWN);
     CHECK_INT_EQ(src_classify(NULL), SRC_DOWN);
     CHECK_INT_EQ(src_classify("something nobody has seen yet"), SRC_DOWN);
+    /* the server's own state: an outage even if the probe after it finds the server up */
+    CHECK(src_was_away("preparing the copy: cannot connect to the source: connection to "
+                       "server at \"127.0.0.1\", port 58465 failed: FATAL:  the database "
+                       "system is starting up"));
+    CHECK(src_was_away("FATAL:  the database system is shutting down"));
+    CHECK(src_was_away("FATAL:  the database system is not yet accepting connections"));
+    CHECK(src_was_away("FATAL:  sorry, too many clients already"));
+    CHECK(!src_was_away("server closed the connection unexpectedly"));
+    CHECK(!src_was_away("ERROR:  relation \"t\" does not exist"));
+    CHECK(!src_was_away(NULL));
 }
 
 static void
