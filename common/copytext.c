@@ -16,6 +16,11 @@
  */
 #include "copytext.h"
 
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -210,42 +215,151 @@ copy_parse_line(copy_parser_t *p, const char *line, size_t len, int expect_cols,
     return 0;
 }
 
+enum { CBS_HEADER, CBS_EXTENSION, CBS_FIELD_COUNT, CBS_FIELD_LEN, CBS_VALUE, CBS_DONE, CBS_FAILED };
+
+void
+copy_bin_scan_init(copy_bin_scan_t *s, int expect_fields)
+{
+    memset(s, 0, sizeof(*s));
+    s->state = CBS_HEADER;
+    s->expect_fields = expect_fields;
+}
+
+static uint32_t
+cbs_be32(const unsigned char *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static int cbs_fail(copy_bin_scan_t *s, wr_err_t *err, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int
+cbs_fail(copy_bin_scan_t *s, wr_err_t *err, const char *fmt, ...)
+{
+    char msg[200];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    s->state = CBS_FAILED;
+    return wr_err_set(err, WR_EPROTO, "binary COPY data: %s (after %" PRIu64 " rows)", msg,
+                      s->rows);
+}
+
+/* A row's field count was read, or one of its fields ended: counts the row when it is whole. */
+static void
+cbs_field_done(copy_bin_scan_t *s, int *rows)
+{
+    if (s->fields_left > 0) {
+        s->state = CBS_FIELD_LEN;
+        return;
+    }
+    s->rows++;
+    (*rows)++;
+    s->state = CBS_FIELD_COUNT;
+}
+
 int
-copy_binary_rows(const char *msg, size_t len, bool first, int *rows, wr_err_t *err)
+copy_bin_scan_feed(copy_bin_scan_t *s, const char *data, size_t len, int *rows, wr_err_t *err)
 {
     static const char sig[11] = {'P', 'G', 'C', 'O', 'P', 'Y', '\n', '\377', '\r', '\n', '\0'};
-    const unsigned char *m = (const unsigned char *)msg;
+    const unsigned char *p = (const unsigned char *)data, *end = p + len;
 
     *rows = 0;
-    if (first) {
-        uint32_t ext;
+    if (s->state == CBS_FAILED)
+        return wr_err_set(err, WR_EPROTO, "binary COPY data: the stream failed earlier");
+    while (p < end) {
+        const unsigned char *item;
+        size_t want, take;
 
-        if (len < 19 || memcmp(m, sig, sizeof(sig)) != 0)
-            return wr_err_set(err, WR_EPROTO,
-                              "binary COPY data does not begin with the PGCOPY signature "
-                              "(%zu bytes)",
-                              len);
-        /* the flags' high half is what a reader must understand: none defined */
-        if (m[11] != 0 || m[12] != 0)
-            return wr_err_set(err, WR_EPROTO, "binary COPY header has unknown critical flags");
-        ext = (uint32_t)m[15] << 24 | (uint32_t)m[16] << 16 | (uint32_t)m[17] << 8 | m[18];
-        if (ext > len - 19)
-            return wr_err_set(err, WR_EPROTO,
-                              "binary COPY header extension of %u bytes is longer than its "
-                              "message",
-                              ext);
-        m += 19 + (size_t)ext;
-        len -= 19 + (size_t)ext;
-        if (len == 0)
-            return 0;
+        switch (s->state) {
+        case CBS_EXTENSION:
+        case CBS_VALUE:
+            take = (size_t)(end - p) < s->skip ? (size_t)(end - p) : s->skip;
+            p += take;
+            s->skip -= (uint32_t)take;
+            if (s->skip > 0)
+                break;
+            if (s->state == CBS_EXTENSION)
+                s->state = CBS_FIELD_COUNT;
+            else {
+                s->fields_left--;
+                cbs_field_done(s, rows);
+            }
+            break;
+        case CBS_DONE:
+            return cbs_fail(s, err, "%zu bytes after the trailer", (size_t)(end - p));
+        default:
+            /* a fixed-size item: the header (19 bytes), a field count (2), a length (4) */
+            want = s->state == CBS_HEADER ? 19 : s->state == CBS_FIELD_COUNT ? 2 : 4;
+            if (s->acc_n == 0 && (size_t)(end - p) >= want) {
+                item = p; /* whole in this message: read in place */
+                p += want;
+            } else {
+                take = want - s->acc_n < (size_t)(end - p) ? want - s->acc_n : (size_t)(end - p);
+                memcpy(s->acc + s->acc_n, p, take);
+                s->acc_n += take;
+                p += take;
+                if (s->acc_n < want)
+                    break;
+                s->acc_n = 0;
+                item = s->acc;
+            }
+            if (s->state == CBS_HEADER) {
+                if (memcmp(item, sig, sizeof(sig)) != 0)
+                    return cbs_fail(s, err, "it does not begin with the PGCOPY signature");
+                /* the flags' high half is what a reader must understand: none defined */
+                if (item[11] != 0 || item[12] != 0)
+                    return cbs_fail(s, err, "the header has unknown critical flags");
+                s->skip = cbs_be32(item + 15);
+                if (s->skip > 0x7fffffffu)
+                    return cbs_fail(s, err, "a header extension of %u bytes", s->skip);
+                s->state = s->skip > 0 ? CBS_EXTENSION : CBS_FIELD_COUNT;
+            } else if (s->state == CBS_FIELD_COUNT) {
+                int n = (int16_t)((uint16_t)item[0] << 8 | item[1]);
+
+                if (n == -1) {
+                    s->state = CBS_DONE;
+                } else if (n < 0) {
+                    return cbs_fail(s, err, "a row with a field count of %d", n);
+                } else if (s->expect_fields > 0 && n != s->expect_fields) {
+                    return cbs_fail(s, err, "a row of %d fields, expected %d", n, s->expect_fields);
+                } else {
+                    s->fields_left = n;
+                    cbs_field_done(s, rows);
+                }
+            } else {
+                int32_t flen = (int32_t)cbs_be32(item);
+
+                if (flen == -1) { /* NULL */
+                    s->fields_left--;
+                    cbs_field_done(s, rows);
+                } else if (flen < 0) {
+                    return cbs_fail(s, err, "a field of length %d", (int)flen);
+                } else if (flen == 0) {
+                    s->fields_left--;
+                    cbs_field_done(s, rows);
+                } else {
+                    s->skip = (uint32_t)flen;
+                    s->state = CBS_VALUE;
+                }
+            }
+            break;
+        }
     }
-    if (len < 2)
-        return wr_err_set(err, WR_EPROTO, "binary COPY message of %zu bytes holds no field count",
-                          len);
-    if (m[0] == 0xff && m[1] == 0xff)
-        return 0; /* the trailer */
-    if (m[0] & 0x80)
-        return wr_err_set(err, WR_EPROTO, "binary COPY row has a negative field count");
-    *rows = 1;
     return 0;
+}
+
+int
+copy_bin_scan_end(const copy_bin_scan_t *s, wr_err_t *err)
+{
+    if (s->state == CBS_DONE)
+        return 0;
+    return wr_err_set(err, WR_EPROTO, "binary COPY data ended %s (after %" PRIu64 " rows)",
+                      s->state == CBS_FAILED   ? "after an error"
+                      : s->state == CBS_HEADER ? "before its header was whole"
+                                               : "without its trailer",
+                      s->rows);
 }

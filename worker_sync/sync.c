@@ -99,8 +99,8 @@
  * destination's copy_done runs (the postgres destination builds the primary key there,
  * once the rows are in). Where the destination's copy_binary says so, the COPY asks for
  * the binary format (the postgres destination: built-in types, same major version) and
- * each CopyData message goes through as it came; copy_binary_rows (common/copytext.c)
- * only counts the rows.
+ * each CopyData message goes through as it came; copy_bin_scan (common/copytext.c)
+ * counts the rows and checks the format's framing (not the values: the target does).
  *
  * Metrics (proto/wkmetrics.h). COPY and stream bytes received, copy batches and catch-up
  * transactions (batches_total, batch and destination commit timings), the changes the
@@ -883,9 +883,9 @@ typedef struct syw_copy_s {
     /* (issue 7) the raw path: lines handed to write_copy since the last commit */
     uint64_t raw_rows;
     size_t raw_bytes;
-    bool binary;    /* ... in PostgreSQL's binary COPY format (copy_binary) */
-    bool raw_begun; /* write_copy got the COPY's first message */
-    int rr;         /* the parallel copy: the reader the writer looks at first */
+    bool binary;           /* ... in PostgreSQL's binary COPY format (copy_binary) */
+    copy_bin_scan_t bscan; /* ... whose rows are counted as they pass */
+    int rr;                /* the parallel copy: the reader the writer looks at first */
 } syw_copy_t;
 
 /* Opens the destination transaction if none is open; the copy's first one also empties
@@ -956,10 +956,10 @@ syw_copy_raw(syw_t *w, syw_copy_t *cp, const char *line, size_t n, size_t batch_
 {
     int rc, flushed = 0, rows = 1;
 
-    /* a binary COPY's messages are one row each, but for the header and the trailer */
-    if (cp->binary && (rc = copy_binary_rows(line, n, !cp->raw_begun, &rows, err)) < 0)
+    /* a text COPY's messages are one row each; a binary COPY's rows are counted by the
+     * scanner, whatever the messages' boundaries */
+    if (cp->binary && (rc = copy_bin_scan_feed(&cp->bscan, line, n, &rows, err)) < 0)
         return rc;
-    cp->raw_begun = true;
     if (cp->raw_rows > 0 && (cp->raw_rows >= batch_rows || cp->raw_bytes + n > batch_bytes)) {
         cp->rows += cp->raw_rows;
         cp->raw_rows = 0;
@@ -2680,6 +2680,7 @@ syw_copy(syw_t *w)
         code = syw_copy_error(w, &cp, NULL, &err);
         goto out;
     }
+    copy_bin_scan_init(&cp.bscan, w->schema->ncols);
     if ((rc = syw_copy_statement(w, cp.binary, &cp.sql, &err)) < 0) {
         code = syw_copy_error(w, &cp, NULL, &err);
         goto out;
@@ -2760,6 +2761,10 @@ syw_copy(syw_t *w)
             goto out;
         }
         PQclear(res);
+    }
+    if (cp.binary && (rc = copy_bin_scan_end(&cp.bscan, &err)) < 0) {
+        code = syw_copy_error(w, &cp, NULL, &err);
+        goto out;
     }
     if ((rc = syw_copy_flush(w, &cp, true, &err)) < 0 ||
         (rc = syw_copy_progress(w, &cp, &err)) < 0) {

@@ -4,8 +4,8 @@
  * NOTES: built only with -Dfuzz=true (see README.md, scripts/fuzz.sh). Each input is one
  * line as PQgetCopyData returns it; the parser is kept across inputs (its buffers are
  * reused as in a sync worker). The line is parsed once without and once with an expected
- * column count, and every value is read back. The same bytes go to copy_binary_rows, as
- * a binary COPY's first message and as a later one (issue 7).
+ * column count, and every value is read back. The same bytes go to the binary COPY
+ * scanner (issue 7), whole and cut in two: the counts and the verdicts must agree.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -64,14 +64,29 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     } else if (err.msg[0] == '\0') {
         __builtin_trap();
     }
-    for (int first = 0; first < 2; first++) {
-        int rows = -1;
+    /* the same bytes as a binary COPY stream: whole, and cut in two where the first byte
+     * says; both must count the same rows and fail or end alike */
+    {
+        copy_bin_scan_t whole, cut;
+        size_t at = size > 0 ? data[0] % (size + 1) : 0;
+        int r0 = -1, r1 = -1, r2 = 0, rc0, rc1, rc2 = 0;
 
+        copy_bin_scan_init(&whole, size > 1 ? data[1] % 4 : 0);
+        copy_bin_scan_init(&cut, whole.expect_fields);
         err.msg[0] = '\0';
-        rc = copy_binary_rows((const char *)data, size, first != 0, &rows, &err);
-        if (rows != 0 && rows != 1)
+        rc0 = copy_bin_scan_feed(&whole, (const char *)data, size, &r0, &err);
+        if (rc0 != 0 && err.msg[0] == '\0')
             __builtin_trap();
-        if (rc != 0 && (err.msg[0] == '\0' || rows != 0))
+        rc1 = copy_bin_scan_feed(&cut, (const char *)data, at, &r1, &err);
+        if (rc1 == 0)
+            rc2 = copy_bin_scan_feed(&cut, (const char *)data + at, size - at, &r2, &err);
+        if (r0 < 0 || r1 < 0 || r2 < 0 || (uint64_t)r0 != whole.rows)
+            __builtin_trap();
+        if ((rc0 == 0) != (rc1 == 0 && rc2 == 0))
+            __builtin_trap();
+        if (rc0 == 0 &&
+            (r0 != r1 + r2 || whole.rows != cut.rows ||
+             (copy_bin_scan_end(&whole, &err) == 0) != (copy_bin_scan_end(&cut, &err) == 0)))
             __builtin_trap();
     }
     return 0;

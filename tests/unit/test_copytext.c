@@ -520,66 +520,165 @@ test_pgt_bytea(void)
 /* CopyData messages of COPY ... TO STDOUT (FORMAT binary) as PostgreSQL 15 sent them
  * (captured with psycopg, one message per read): the signature and header glued to the
  * first row, the trailer alone; with no rows, header and trailer in one message. */
-static void
-test_copy_binary_rows(void)
-{
-    /* COPY (SELECT 42::int4, 'hi'::text, NULL::text) TO STDOUT (FORMAT binary) */
-    static const unsigned char first[] = {
-        0x50, 0x47, 0x43, 0x4f, 0x50, 0x59, 0x0a, 0xff, 0x0d, 0x0a, 0x00, 0x00, 0x00,
-        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00, 0x04, 0x00,
-        0x00, 0x00, 0x2a, 0x00, 0x00, 0x00, 0x02, 0x68, 0x69, 0xff, 0xff, 0xff, 0xff};
-    static const unsigned char trailer[] = {0xff, 0xff};
-    /* COPY (SELECT 1 WHERE false) TO STDOUT (FORMAT binary) */
-    static const unsigned char empty[] = {0x50, 0x47, 0x43, 0x4f, 0x50, 0x59, 0x0a,
+/* COPY (SELECT 42::int4, 'hi'::text, NULL::text) TO STDOUT (FORMAT binary) */
+static const unsigned char bin_first[] = {
+    0x50, 0x47, 0x43, 0x4f, 0x50, 0x59, 0x0a, 0xff, 0x0d, 0x0a, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00, 0x04, 0x00,
+    0x00, 0x00, 0x2a, 0x00, 0x00, 0x00, 0x02, 0x68, 0x69, 0xff, 0xff, 0xff, 0xff};
+static const unsigned char bin_trailer[] = {0xff, 0xff};
+/* COPY (SELECT 1 WHERE false) TO STDOUT (FORMAT binary) */
+static const unsigned char bin_empty[] = {0x50, 0x47, 0x43, 0x4f, 0x50, 0x59, 0x0a,
                                           0xff, 0x0d, 0x0a, 0x00, 0x00, 0x00, 0x00,
                                           0x00, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff};
-    unsigned char buf[64];
-    wr_err_t err;
-    int rows = -1;
 
-    CHECK_INT_EQ(copy_binary_rows((const char *)first, sizeof(first), true, &rows, &err), 0);
-    CHECK_INT_EQ(rows, 1);
-    /* the same row without the header, as every later message carries one */
-    CHECK_INT_EQ(copy_binary_rows((const char *)first + 19, sizeof(first) - 19, false, &rows, &err),
-                 0);
-    CHECK_INT_EQ(rows, 1);
-    CHECK_INT_EQ(copy_binary_rows((const char *)trailer, sizeof(trailer), false, &rows, &err), 0);
-    CHECK_INT_EQ(rows, 0);
-    CHECK_INT_EQ(copy_binary_rows((const char *)empty, sizeof(empty), true, &rows, &err), 0);
-    CHECK_INT_EQ(rows, 0);
-    /* a header alone (were the server to send it by itself) */
-    CHECK_INT_EQ(copy_binary_rows((const char *)empty, 19, true, &rows, &err), 0);
-    CHECK_INT_EQ(rows, 0);
-    /* a header extension is skipped */
-    memcpy(buf, first, 19);
+/* Feeds data in pieces of `step` bytes (0: whole); returns the first error or 0, with the
+ * rows counted in *rows. */
+static int
+bin_feed(copy_bin_scan_t *s, const unsigned char *data, size_t len, size_t step, uint64_t *rows,
+         wr_err_t *err)
+{
+    size_t off = 0;
+
+    *rows = 0;
+    if (step == 0)
+        step = len;
+    while (off < len) {
+        size_t n = len - off < step ? len - off : step;
+        int r = -1, rc = copy_bin_scan_feed(s, (const char *)data + off, n, &r, err);
+
+        if (rc < 0)
+            return rc;
+        CHECK(r >= 0);
+        *rows += (uint64_t)r;
+        off += n;
+    }
+    return 0;
+}
+
+static void
+test_copy_bin_scan(void)
+{
+    unsigned char stream[128], buf[128];
+    size_t rowlen = sizeof(bin_first) - 19, slen = 0;
+    copy_bin_scan_t s;
+    uint64_t rows;
+    wr_err_t err;
+    int r;
+
+    /* two rows and the trailer, as three messages (PostgreSQL's split) */
+    memcpy(stream, bin_first, sizeof(bin_first));
+    slen = sizeof(bin_first);
+    memcpy(stream + slen, bin_first + 19, rowlen);
+    slen += rowlen;
+    memcpy(stream + slen, bin_trailer, sizeof(bin_trailer));
+    slen += sizeof(bin_trailer);
+    copy_bin_scan_init(&s, 3);
+    CHECK_INT_EQ(copy_bin_scan_feed(&s, (const char *)bin_first, sizeof(bin_first), &r, &err), 0);
+    CHECK_INT_EQ(r, 1);
+    CHECK_INT_EQ(copy_bin_scan_end(&s, &err), WR_EPROTO); /* no trailer yet */
+    CHECK(strstr(err.msg, "without its trailer") != NULL);
+    CHECK_INT_EQ(copy_bin_scan_feed(&s, (const char *)bin_first + 19, rowlen, &r, &err), 0);
+    CHECK_INT_EQ(r, 1);
+    CHECK_INT_EQ(copy_bin_scan_feed(&s, (const char *)bin_trailer, 2, &r, &err), 0);
+    CHECK_INT_EQ(r, 0);
+    CHECK_INT_EQ(copy_bin_scan_end(&s, &err), 0);
+    CHECK(s.rows == 2);
+
+    /* any split of the same bytes counts the same: two pieces at every offset, and one
+     * byte at a time */
+    for (size_t cut = 0; cut <= slen; cut++) {
+        int r1 = -1, r2 = -1;
+
+        copy_bin_scan_init(&s, 3);
+        CHECK_INT_EQ(copy_bin_scan_feed(&s, (const char *)stream, cut, &r1, &err), 0);
+        CHECK_INT_EQ(copy_bin_scan_feed(&s, (const char *)stream + cut, slen - cut, &r2, &err), 0);
+        CHECK_INT_EQ(r1 + r2, 2);
+        CHECK_INT_EQ(copy_bin_scan_end(&s, &err), 0);
+    }
+    copy_bin_scan_init(&s, 0);
+    CHECK_INT_EQ(bin_feed(&s, stream, slen, 1, &rows, &err), 0);
+    CHECK(rows == 2);
+    CHECK_INT_EQ(copy_bin_scan_end(&s, &err), 0);
+
+    /* an empty table: header and trailer in one message */
+    copy_bin_scan_init(&s, 3);
+    CHECK_INT_EQ(bin_feed(&s, bin_empty, sizeof(bin_empty), 0, &rows, &err), 0);
+    CHECK(rows == 0);
+    CHECK_INT_EQ(copy_bin_scan_end(&s, &err), 0);
+    /* a header alone is not a whole COPY; half a header neither */
+    copy_bin_scan_init(&s, 3);
+    CHECK_INT_EQ(bin_feed(&s, bin_empty, 19, 0, &rows, &err), 0);
+    CHECK_INT_EQ(copy_bin_scan_end(&s, &err), WR_EPROTO);
+    copy_bin_scan_init(&s, 3);
+    CHECK_INT_EQ(bin_feed(&s, bin_empty, 10, 0, &rows, &err), 0);
+    CHECK_INT_EQ(copy_bin_scan_end(&s, &err), WR_EPROTO);
+    CHECK(strstr(err.msg, "before its header was whole") != NULL);
+
+    /* a header extension is skipped, also when split */
+    memcpy(buf, bin_first, 19);
     buf[18] = 3;
     memcpy(buf + 19, "abc", 3);
-    memcpy(buf + 22, first + 19, sizeof(first) - 19);
-    CHECK_INT_EQ(copy_binary_rows((const char *)buf, 22 + sizeof(first) - 19, true, &rows, &err),
-                 0);
-    CHECK_INT_EQ(rows, 1);
+    memcpy(buf + 22, bin_first + 19, rowlen);
+    memcpy(buf + 22 + rowlen, bin_trailer, 2);
+    for (size_t step = 0; step < 5; step++) {
+        copy_bin_scan_init(&s, 3);
+        CHECK_INT_EQ(bin_feed(&s, buf, 22 + rowlen + 2, step, &rows, &err), 0);
+        CHECK(rows == 1);
+        CHECK_INT_EQ(copy_bin_scan_end(&s, &err), 0);
+    }
 
     /* text COPY data where binary was asked for: named */
-    rows = -1;
-    CHECK_INT_EQ(copy_binary_rows("1\tone\n", 6, true, &rows, &err), WR_EPROTO);
+    copy_bin_scan_init(&s, 0);
+    r = -1;
+    CHECK_INT_EQ(copy_bin_scan_feed(&s, "1\tone\n2\ttwo\n3\tthree\n", 20, &r, &err), WR_EPROTO);
     CHECK(strstr(err.msg, "PGCOPY signature") != NULL);
-    CHECK_INT_EQ(rows, 0);
-    CHECK_INT_EQ(copy_binary_rows((const char *)first, 18, true, &rows, &err), WR_EPROTO);
+    CHECK_INT_EQ(r, 0);
+    /* ... and the scanner stays failed */
+    CHECK_INT_EQ(copy_bin_scan_feed(&s, (const char *)bin_empty, sizeof(bin_empty), &r, &err),
+                 WR_EPROTO);
+    CHECK_INT_EQ(copy_bin_scan_end(&s, &err), WR_EPROTO);
     /* an unknown critical flag (bit 16 and up) */
-    memcpy(buf, first, sizeof(first));
+    memcpy(buf, bin_first, sizeof(bin_first));
     buf[12] = 0x01;
-    CHECK_INT_EQ(copy_binary_rows((const char *)buf, sizeof(first), true, &rows, &err), WR_EPROTO);
-    /* an extension longer than the message */
-    memcpy(buf, first, sizeof(first));
-    buf[17] = 0x01;
-    CHECK_INT_EQ(copy_binary_rows((const char *)buf, sizeof(first), true, &rows, &err), WR_EPROTO);
+    copy_bin_scan_init(&s, 0);
+    CHECK_INT_EQ(bin_feed(&s, buf, sizeof(bin_first), 0, &rows, &err), WR_EPROTO);
+    CHECK(strstr(err.msg, "critical flags") != NULL);
+    /* an extension that cannot be */
+    memcpy(buf, bin_first, sizeof(bin_first));
+    buf[15] = 0x80;
+    copy_bin_scan_init(&s, 0);
+    CHECK_INT_EQ(bin_feed(&s, buf, sizeof(bin_first), 0, &rows, &err), WR_EPROTO);
     CHECK(strstr(err.msg, "extension") != NULL);
-    /* too short for a field count, a negative field count */
-    CHECK_INT_EQ(copy_binary_rows((const char *)trailer, 1, false, &rows, &err), WR_EPROTO);
-    CHECK_INT_EQ(copy_binary_rows("", 0, false, &rows, &err), WR_EPROTO);
-    buf[0] = 0x80;
-    buf[1] = 0x01;
-    CHECK_INT_EQ(copy_binary_rows((const char *)buf, 2, false, &rows, &err), WR_EPROTO);
+    /* a negative field count other than the trailer's */
+    memcpy(buf, bin_first, sizeof(bin_first));
+    buf[19] = 0x80;
+    copy_bin_scan_init(&s, 0);
+    CHECK_INT_EQ(bin_feed(&s, buf, sizeof(bin_first), 0, &rows, &err), WR_EPROTO);
+    CHECK(strstr(err.msg, "field count") != NULL);
+    /* a field length below -1 */
+    memcpy(buf, bin_first, sizeof(bin_first));
+    buf[21] = 0xff;
+    buf[22] = 0xff;
+    buf[23] = 0xff;
+    buf[24] = 0xfe;
+    copy_bin_scan_init(&s, 0);
+    CHECK_INT_EQ(bin_feed(&s, buf, sizeof(bin_first), 0, &rows, &err), WR_EPROTO);
+    CHECK(strstr(err.msg, "length -2") != NULL);
+    /* rows of another column list */
+    copy_bin_scan_init(&s, 4);
+    CHECK_INT_EQ(bin_feed(&s, bin_first, sizeof(bin_first), 0, &rows, &err), WR_EPROTO);
+    CHECK(strstr(err.msg, "3 fields, expected 4") != NULL);
+    /* anything after the trailer */
+    memcpy(buf, bin_empty, sizeof(bin_empty));
+    buf[sizeof(bin_empty)] = 0;
+    copy_bin_scan_init(&s, 0);
+    CHECK_INT_EQ(bin_feed(&s, buf, sizeof(bin_empty) + 1, 0, &rows, &err), WR_EPROTO);
+    CHECK(strstr(err.msg, "after the trailer") != NULL);
+    /* a stream cut in the middle of a value */
+    copy_bin_scan_init(&s, 3);
+    CHECK_INT_EQ(bin_feed(&s, bin_first, 34, 0, &rows, &err), 0);
+    CHECK(rows == 0);
+    CHECK_INT_EQ(copy_bin_scan_end(&s, &err), WR_EPROTO);
 }
 
 int
@@ -592,7 +691,7 @@ main(void)
     RUN(test_malformed);
     RUN(test_buffer_reuse);
     RUN(test_copy_bytea);
-    RUN(test_copy_binary_rows);
+    RUN(test_copy_bin_scan);
     RUN(test_pgt_format_type);
     RUN(test_pgt_int64);
     RUN(test_pgt_bool);
