@@ -22,4 +22,8 @@ sqt_class_t sqt_class(uint32_t type_oid);
 /* Declared SQLite column type for a PostgreSQL type ("INTEGER", "REAL", "TEXT", "BLOB"). */
 const char *sqt_decl(uint32_t type_oid);
 
+/* The apply worker's handle (role "apply"): commits with synchronous=NORMAL, made durable
+ * by an fsync of the WAL when the worker asks (dest_ops_t.durable). See sqlite.c. */
+void dest_sqlite_set_async(dest_t *d);
+
 #endif

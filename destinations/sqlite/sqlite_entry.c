@@ -154,8 +154,11 @@ sqlite_describe(const wr_config_t *cfg, char *buf, size_t len)
 static int
 sqlite_open(const wr_config_t *cfg, const char *role, dest_t **out, wr_err_t *err)
 {
-    WR_UNUSED(role);
-    return dest_sqlite_ops.open(cfg, out, err);
+    int rc = dest_sqlite_ops.open(cfg, out, err);
+
+    if (rc == 0 && role != NULL && strcmp(role, "apply") == 0)
+        dest_sqlite_set_async(*out);
+    return rc;
 }
 
 const dest_type_t dest_type_sqlite = {

@@ -741,6 +741,65 @@ test_bad_values(void)
     wr_schema_free(s);
 }
 
+/* The apply worker's handle commits without an fsync and says on request which commits
+ * are durable (sq_durable: one fsync of the WAL); a sync worker's commits are durable when
+ * they return. */
+static void
+test_durable_on_request(void)
+{
+    static const colspec_t cols[] = {{"id", PGT_INT4, true}};
+    dest_t *d = open_new(), *sw = NULL;
+    wr_schema_t *s = mk_schema(13, "public", "dreq", cols, 1);
+    wr_err_t err = {0};
+    wr_val_t v[1] = {TV("1")};
+    wr_row_t row = {1, v};
+    dest_key_t k = {0x200, 1};
+    uint64_t n = 99;
+
+    CHECK(d->ops->durable != NULL);
+    CHECK_INT_EQ(d->ops->durable(d, &n, &err), 0);
+    CHECK(n == 0); /* nothing committed yet */
+    CHECK_INT_EQ(ensure(d, s, &err), 0);
+    for (int i = 0; i < 3; i++) {
+        CHECK_INT_EQ(d->ops->begin(d, &err), 0);
+        if (i == 0)
+            CHECK_INT_EQ(d->ops->write_rows(d, 13, &row, 1, &err), 0);
+        CHECK_INT_EQ(d->ops->commit(d, "apply", &k, &err), 0);
+        k.ordinal++;
+    }
+    CHECK_INT_EQ(d->ops->durable(d, &n, &err), 0);
+    CHECK(n == 3);
+    /* asked again with nothing new: the same answer */
+    CHECK_INT_EQ(d->ops->durable(d, &n, &err), 0);
+    CHECK(n == 3);
+    /* asked inside a transaction: the commits that returned before it */
+    CHECK_INT_EQ(d->ops->begin(d, &err), 0);
+    CHECK_INT_EQ(d->ops->commit(d, "apply", &k, &err), 0);
+    CHECK_INT_EQ(d->ops->begin(d, &err), 0);
+    CHECK_INT_EQ(d->ops->durable(d, &n, &err), 0);
+    CHECK(n == 4);
+    CHECK_INT_EQ(d->ops->rollback(d, &err), 0);
+    CHECK_INT_EQ(d->ops->durable(d, &n, &err), 0);
+    CHECK(n == 4); /* a rollback is no commit */
+
+    /* a sync worker's handle: durable at once */
+    CHECK_INT_EQ(dest_open(&cfg, "sync", &sw, &err), 0);
+    CHECK_INT_EQ(ensure(sw, s, &err), 0);
+    CHECK_INT_EQ(sw->ops->begin(sw, &err), 0);
+    CHECK_INT_EQ(sw->ops->commit(sw, "sync_x", &k, &err), 0);
+    CHECK_INT_EQ(sw->ops->durable(sw, &n, &err), 0);
+    CHECK(n == 1);
+    sw->ops->close(sw);
+    d->ops->close(d);
+
+    /* what the apply handle committed is there for the next process */
+    d = reopen();
+    CHECK_INT_EQ(ensure(d, s, &err), 0);
+    CHECK_INT_EQ(d->ops->count_rows(d, 13), 1);
+    d->ops->close(d);
+    wr_schema_free(s);
+}
+
 static void
 test_last_key_durable(void)
 {
@@ -1899,6 +1958,7 @@ main(void)
     RUN(test_value_classes);
     RUN(test_bad_values);
     RUN(test_last_key_durable);
+    RUN(test_durable_on_request);
     RUN(test_rollback_leaves_nothing);
     RUN(test_duplicate_insert);
     RUN(test_missing_row);
