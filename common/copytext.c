@@ -231,8 +231,7 @@ cbs_be32(const unsigned char *p)
     return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
 }
 
-static int cbs_fail(copy_bin_scan_t *s, wr_err_t *err, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+static int cbs_fail(copy_bin_scan_t *s, wr_err_t *err, const char *fmt, ...) WR_PRINTF(3, 4);
 
 static int
 cbs_fail(copy_bin_scan_t *s, wr_err_t *err, const char *fmt, ...)
