@@ -885,6 +885,7 @@ typedef struct syw_copy_s {
     size_t raw_bytes;
     bool binary;           /* ... in PostgreSQL's binary COPY format (copy_binary) */
     copy_bin_scan_t bscan; /* ... whose rows are counted as they pass */
+    bool scan_failed;      /* ... and were not a binary COPY's: Errored "copy_parse" */
     int rr;                /* the parallel copy: the reader the writer looks at first */
 } syw_copy_t;
 
@@ -958,8 +959,10 @@ syw_copy_raw(syw_t *w, syw_copy_t *cp, const char *line, size_t n, size_t batch_
 
     /* a text COPY's messages are one row each; a binary COPY's rows are counted by the
      * scanner, whatever the messages' boundaries */
-    if (cp->binary && (rc = copy_bin_scan_feed(&cp->bscan, line, n, &rows, err)) < 0)
+    if (cp->binary && (rc = copy_bin_scan_feed(&cp->bscan, line, n, &rows, err)) < 0) {
+        cp->scan_failed = true;
         return rc;
+    }
     if (cp->raw_rows > 0 && (cp->raw_rows >= batch_rows || cp->raw_bytes + n > batch_bytes)) {
         cp->rows += cp->raw_rows;
         cp->raw_rows = 0;
@@ -2728,7 +2731,11 @@ syw_copy(syw_t *w)
             if (rc > 0 && (rc = syw_copy_progress(w, &cp, &err)) == 0)
                 FAILPOINT("sync.mid_copy");
             if (rc < 0) {
-                code = syw_copy_error(w, &cp, cp.dest_open ? "dest_refused" : NULL, &err);
+                code = syw_copy_error(w, &cp,
+                                      cp.scan_failed ? "copy_parse"
+                                      : cp.dest_open ? "dest_refused"
+                                                     : NULL,
+                                      &err);
                 goto out;
             }
             continue;
@@ -2763,7 +2770,7 @@ syw_copy(syw_t *w)
         PQclear(res);
     }
     if (cp.binary && (rc = copy_bin_scan_end(&cp.bscan, &err)) < 0) {
-        code = syw_copy_error(w, &cp, NULL, &err);
+        code = syw_copy_error(w, &cp, "copy_parse", &err);
         goto out;
     }
     if ((rc = syw_copy_flush(w, &cp, true, &err)) < 0 ||
