@@ -1456,8 +1456,8 @@ sq_commit(dest_t *base, const char *stream, const dest_key_t *key, wr_err_t *err
  * and confirms positions to the source only past durable commits, so a machine crash
  * that loses the last commits replays them from the slot; the progress row that went
  * with them was lost too, so nothing is skipped or applied twice. The fsync leaves the
- * path of every change (a commit took one before: ~0.3 ms on this machine's disk), and
- * a busy stream pays one every 200 ms instead of one per batch. */
+ * path of every change (a commit took one before), and a busy stream pays one every
+ * 200 ms instead of one per batch. */
 static int
 sq_durable(dest_t *base, uint64_t *n, wr_err_t *err)
 {
