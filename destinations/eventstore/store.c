@@ -26,9 +26,10 @@
  *
  * Locking, positions and the copy staging are described in store.h.
  * SQLite: WAL, synchronous=FULL (a COMMIT is durable before walrelay confirms the slot),
- * busy_timeout 60 s, a 64 MB page cache and a checkpoint every 16384 WAL pages (the
+ * busy_timeout 60 s, a 16 MB page cache and a checkpoint every 16384 WAL pages (the
  * stream indexes take inserts all over: fewer checkpoints write each hot page fewer
- * times).
+ * times). 64 MB of cache was no faster for 1M events (bench/eventstore.py, RESULTS.md
+ * 2026-12-04) and put the apply worker at ~110 MB instead of ~50.
  */
 #include "store_db.h"
 
@@ -479,7 +480,7 @@ es_open_sqlite(const char *path, int flags, wr_es_store_t **out, wr_es_error_t *
     sqlite3_busy_timeout(s->db.sq, 60000);
     rc = es_db_script(&s->db,
                       "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; "
-                      "PRAGMA temp_store = MEMORY; PRAGMA cache_size = -65536; "
+                      "PRAGMA temp_store = MEMORY; PRAGMA cache_size = -16384; "
                       "PRAGMA wal_autocheckpoint = " ES_STR(ES_CKPT_LIMIT_PAGES),
                       err);
     if (rc == 0)
