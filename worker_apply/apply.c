@@ -21,8 +21,9 @@
  *   status update or the open batch's fill deadline is due; the channel is read first,
  *   then stm_recv() hands every CopyData libpq holds to the engine (returning to read the
  *   channel every APW_CHAN_CHECK_MS). After a read that brought a burst (APW_BURST_MSGS
- *   or more), the next stm_wait() comes APW_GATHER_US after that read at the earliest,
- *   so that a busy stream is read a hundred messages or more at a time. Each CopyData
+ *   or more) while the stream brings a backlog (APW_GATHER_MIN_RATE), the next
+ *   stm_wait() comes APW_GATHER_US after that read at the earliest, so that a busy
+ *   stream is read a hundred messages or more at a time. Each CopyData
  *   is a keepalive 'k' or an XLogData 'w' carrying one pgoutput message. The engine
  *   frames and decodes them, keeps the transaction state and ordinals below, translates
  *   changes into dest_event_t with their key, and calls apw_on_relation / apw_on_change
@@ -323,7 +324,14 @@
 #define APW_BURST_MSGS   16
 #define APW_GATHER_US    1000
 #define APW_GATHER_BYTES 16384
-#define APW_STREAM       "apply"
+/* ...and only while the stream brings a backlog's rate: at least APW_GATHER_MIN_RATE
+ * messages per millisecond over the last window of APW_RATE_WIN_US. Live traffic stays
+ * under it (5,000 single-row transactions a second are 15 messages a millisecond) and a
+ * pause would only add its millisecond to their latency (bench/RESULTS.md 2026-12-04); a
+ * drain reads 100 or more a millisecond, gathered or not. */
+#define APW_GATHER_MIN_RATE 50
+#define APW_RATE_WIN_US     10000
+#define APW_STREAM          "apply"
 
 typedef struct apw_table_s {
     uint32_t relid;
@@ -425,6 +433,9 @@ typedef struct apw_s {
     int64_t chan_checked_ms; /* when the main loop last read the channel */
     size_t last_read_n;      /* messages the last read of the socket brought */
     int64_t last_read_us;    /* when it was made (apw_now_us) */
+    int64_t rate_win_us;     /* the rate window's start (apw_now_us) */
+    size_t rate_win_n;       /* messages read in it */
+    bool backlog;            /* the last full window's rate was APW_GATHER_MIN_RATE or more */
     int64_t batch_bytes;
     wr_lsn_t batch_pending_flush; /* end_lsn of the last complete transaction in it; 0 none */
 
@@ -2491,6 +2502,21 @@ apw_now_us(void)
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
+/* True while the stream brings a backlog (the rate of the last full window of
+ * APW_RATE_WIN_US is APW_GATHER_MIN_RATE messages a millisecond or more). */
+static bool
+apw_backlog(apw_t *a)
+{
+    int64_t now = apw_now_us(), span = now - a->rate_win_us;
+
+    if (span < 0 || span >= APW_RATE_WIN_US) {
+        a->backlog = span > 0 && (int64_t)a->rate_win_n * 1000 >= APW_GATHER_MIN_RATE * span;
+        a->rate_win_us = now;
+        a->rate_win_n = 0;
+    }
+    return a->backlog;
+}
+
 static int
 apw_read_stream(apw_t *a, bool consume, bool *got, wr_err_t *err)
 {
@@ -2507,6 +2533,7 @@ apw_read_stream(apw_t *a, bool consume, bool *got, wr_err_t *err)
         rc = stm_recv(&a->stm, consume, APW_CHAN_CHECK_MS, &n, err);
         if (consume)
             a->last_read_n += n;
+        a->rate_win_n += n;
         consume = false;
         if (n > 0)
             *got = true;
@@ -2867,9 +2894,10 @@ apw_run(apw_t *a, wr_err_t *err)
             timeout = a->batch_start_ms + a->cfg.batch_max_fill_ms - now;
         if (timeout < 0 || buffered || idle_look)
             timeout = 0;
-        if (!buffered && a->last_read_n >= APW_BURST_MSGS) {
-            /* a burst: the next read comes APW_GATHER_US after this one at the earliest
-             * (a worker that took that long on the burst has gathered enough already) */
+        if (!buffered && a->last_read_n >= APW_BURST_MSGS && apw_backlog(a)) {
+            /* a burst of a backlog: the next read comes APW_GATHER_US after this one at
+             * the earliest (a worker that took that long on the burst has gathered enough
+             * already) */
             int64_t since = apw_now_us() - a->last_read_us;
 
             a->last_read_n = 0;
