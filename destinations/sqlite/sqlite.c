@@ -1480,6 +1480,22 @@ dest_sqlite_set_async(dest_t *base)
     ((dest_sqlite_t *)base)->async = true;
 }
 
+/* WAL pages past which a sync worker's commit checkpoints (SQLite's default is 1,000: 4 MB
+ * at 4 kB pages). A copy commits a range of up to 128 MB at a time; with the default each
+ * commit ran a checkpoint (the WAL fsynced, its pages written into the database file, that
+ * file fsynced) before the writer could go on, about a tenth of the copy's time
+ * (bench/RESULTS.md 2026-12-04). The WAL now grows to 64 MB plus one transaction before
+ * this handle checkpoints; the apply worker's handle keeps the default, so while it commits
+ * it checkpoints (concurrently with the copy's writer) as before. Durability is the same:
+ * a checkpoint only moves committed pages from the WAL into the database file. */
+#define SQ_COPY_CKPT_PAGES "16384"
+
+int
+dest_sqlite_set_copy_writer(dest_t *base, wr_err_t *err)
+{
+    return sq_exec((dest_sqlite_t *)base, "PRAGMA wal_autocheckpoint=" SQ_COPY_CKPT_PAGES, err);
+}
+
 static int
 sq_last_key(dest_t *base, const char *stream, dest_key_t *out, bool *found, wr_err_t *err)
 {

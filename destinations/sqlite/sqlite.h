@@ -25,5 +25,10 @@ const char *sqt_decl(uint32_t type_oid);
 /* The apply worker's handle (role "apply"): commits with synchronous=NORMAL, made durable
  * by an fsync of the WAL when the worker asks (dest_ops_t.durable). See sqlite.c. */
 void dest_sqlite_set_async(dest_t *d);
+/* A sync worker's handle (role "sync"): checkpoints the WAL only past SQ_COPY_CKPT_PAGES
+ * (64 MB) instead of SQLite's 1,000 pages, so that a copy's range commits do not each copy
+ * their pages into the database file and fsync it on the writer's critical path. See
+ * sqlite.c. */
+int dest_sqlite_set_copy_writer(dest_t *d, wr_err_t *err) WR_MUST_CHECK;
 
 #endif

@@ -158,6 +158,11 @@ sqlite_open(const wr_config_t *cfg, const char *role, dest_t **out, wr_err_t *er
 
     if (rc == 0 && role != NULL && strcmp(role, "apply") == 0)
         dest_sqlite_set_async(*out);
+    if (rc == 0 && role != NULL && strcmp(role, "sync") == 0 &&
+        (rc = dest_sqlite_set_copy_writer(*out, err)) < 0) {
+        (*out)->ops->close(*out);
+        *out = NULL;
+    }
     return rc;
 }
 

@@ -12,6 +12,7 @@
 #include "unit.h"
 
 #include <sqlite3.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static char tmpdir[256];
@@ -738,6 +739,52 @@ test_bad_values(void)
           NULL);
     CHECK_INT_EQ(d->ops->count_rows(d, 11), 0);
     d->ops->close(d);
+    wr_schema_free(s);
+}
+
+/* A sync worker's handle checkpoints the WAL only past 64 MB (dest_sqlite_set_copy_writer):
+ * after a commit of ~8 MB the database file holds none of it yet; an apply handle's same
+ * commit (SQLite's 1,000 pages) has been checkpointed into the file. Both read back whole. */
+static void
+test_copy_writer_checkpoints_late(void)
+{
+    static const colspec_t cols[] = {{"id", PGT_INT4, true}, {"t", PGT_TEXT, false}};
+    static char pad[1001];
+    const char *roles[2] = {"sync", "apply"};
+    wr_schema_t *s = mk_schema(14, "public", "ckpt", cols, 2);
+    wr_err_t err = {0};
+
+    memset(pad, 'x', sizeof(pad) - 1);
+    for (int r = 0; r < 2; r++) {
+        dest_t *d = NULL;
+        dest_key_t k = {0x300, 1};
+        char id[16];
+        struct stat st;
+
+        snprintf(dbpath, sizeof(dbpath), "%s/dest%d.db", tmpdir, ++dbseq);
+        set_sqlite(&cfg, dbpath);
+        CHECK_INT_EQ(dest_open(&cfg, roles[r], &d, &err), 0);
+        if (d == NULL)
+            return;
+        CHECK_INT_EQ(ensure(d, s, &err), 0);
+        CHECK_INT_EQ(d->ops->begin(d, &err), 0);
+        for (int i = 0; i < 8000; i++) {
+            wr_val_t v[2] = {TV(id), TV(pad)};
+            wr_row_t row = {2, v};
+
+            snprintf(id, sizeof(id), "%d", i);
+            v[0] = TV(id);
+            CHECK_INT_EQ(d->ops->write_rows(d, 14, &row, 1, &err), 0);
+        }
+        CHECK_INT_EQ(d->ops->commit(d, r == 0 ? "sync_ckpt" : "apply", &k, &err), 0);
+        CHECK_INT_EQ(stat(dbpath, &st), 0);
+        if (r == 0)
+            CHECK(st.st_size < 1024 * 1024); /* all of it still in the WAL */
+        else
+            CHECK(st.st_size > 6 * 1024 * 1024); /* checkpointed at the commit */
+        CHECK_INT_EQ(d->ops->count_rows(d, 14), 8000);
+        d->ops->close(d);
+    }
     wr_schema_free(s);
 }
 
@@ -1959,6 +2006,7 @@ main(void)
     RUN(test_bad_values);
     RUN(test_last_key_durable);
     RUN(test_durable_on_request);
+    RUN(test_copy_writer_checkpoints_late);
     RUN(test_rollback_leaves_nothing);
     RUN(test_duplicate_insert);
     RUN(test_missing_row);
