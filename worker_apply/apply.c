@@ -20,10 +20,10 @@
  *   stm_wait() waits on the replication socket and on fd 3, at most 1 s, less when a
  *   status update or the open batch's fill deadline is due; the channel is read first,
  *   then stm_recv() hands every CopyData libpq holds to the engine (returning to read the
- *   channel every APW_CHAN_CHECK_MS). After a read that brought a burst (APW_BURST_MSGS
- *   or more) while the stream brings a backlog (APW_GATHER_MIN_RATE), the next
- *   stm_wait() comes APW_GATHER_US after that read at the earliest, so that a busy
- *   stream is read a hundred messages or more at a time. Each CopyData
+ *   channel every APW_CHAN_CHECK_MS). While the stream brings a backlog
+ *   (APW_GATHER_MIN_RATE), the stm_wait() after a read comes APW_GATHER_US after that
+ *   read at the earliest, so that a busy stream is read a hundred messages or more at a
+ *   time. Each CopyData
  *   is a keepalive 'k' or an XLogData 'w' carrying one pgoutput message. The engine
  *   frames and decodes them, keeps the transaction state and ordinals below, translates
  *   changes into dest_event_t with their key, and calls apw_on_relation / apw_on_change
@@ -313,22 +313,23 @@
 #define APW_CHAN_CHECK_MS 100 /* longest stretch of stream reading between channel checks */
 #define APW_PROGRESS_MS   1000
 #define APW_POLL_MAX_MS   1000
-/* A busy stream: a read of the socket that brought at least APW_BURST_MSGS messages is
- * followed by the next poll() APW_GATHER_US after it at the earliest, unless the worker
- * spent that long on the burst or the socket holds APW_GATHER_BYTES already (then it is
- * the slower side, and a pause would only cap its rate), so that the next read
- * brings a hundred messages or more instead of a few. The walsender sends each change as
- * its own segment: a poll() and a recv() per few messages were most of the worker's
- * syscalls, and the walsender spends less CPU too when its reader takes the socket in
- * bulk. A quiet stream (bursts of one transaction) never pauses. */
-#define APW_BURST_MSGS   16
+/* A busy stream: a read of the socket is followed by the next poll() APW_GATHER_US after
+ * it at the earliest, unless the worker spent that long on what it read or the socket
+ * holds APW_GATHER_BYTES already (then it is the slower side, and a pause would only cap
+ * its rate), so that the next read brings a hundred messages or more instead of a few.
+ * The walsender sends each change as its own segment: a worker faster than its walsender
+ * that reads as soon as poll() says readable gets one or two messages a read, a poll()
+ * and a recv() each (in a drain of 1M changes, 0.9M syscalls: three quarters of the
+ * worker's CPU on this VM; gathered, 28k; bench/RESULTS.md 2026-12-04). Before, only a
+ * read of 16 messages or more was followed by a gather, and a worker that kept up never
+ * made one. */
 #define APW_GATHER_US    1000
 #define APW_GATHER_BYTES 16384
 /* ...and only while the stream brings a backlog's rate: at least APW_GATHER_MIN_RATE
  * messages per millisecond over the last window of APW_RATE_WIN_US. Live traffic stays
  * under it (5,000 single-row transactions a second are 15 messages a millisecond) and a
  * pause would only add its millisecond to their latency (bench/RESULTS.md 2026-12-04); a
- * drain reads 100 or more a millisecond, gathered or not. */
+ * drain reads 100 or more a millisecond, gathered or not. A quiet stream never pauses. */
 #define APW_GATHER_MIN_RATE 50
 #define APW_RATE_WIN_US     10000
 #define APW_STREAM          "apply"
@@ -2894,10 +2895,10 @@ apw_run(apw_t *a, wr_err_t *err)
             timeout = a->batch_start_ms + a->cfg.batch_max_fill_ms - now;
         if (timeout < 0 || buffered || idle_look)
             timeout = 0;
-        if (!buffered && a->last_read_n >= APW_BURST_MSGS && apw_backlog(a)) {
-            /* a burst of a backlog: the next read comes APW_GATHER_US after this one at
-             * the earliest (a worker that took that long on the burst has gathered enough
-             * already) */
+        if (!buffered && a->last_read_n > 0 && apw_backlog(a)) {
+            /* a read of a backlog: the next read comes APW_GATHER_US after this one at
+             * the earliest (a worker that took that long on what it read has gathered
+             * enough already) */
             int64_t since = apw_now_us() - a->last_read_us;
 
             a->last_read_n = 0;
