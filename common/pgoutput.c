@@ -123,7 +123,7 @@ rd_u32(pgo_reader_t *r, const char *field, uint32_t *out)
 static int
 rd_u64(pgo_reader_t *r, const char *field, uint64_t *out)
 {
-    uint32_t hi, lo;
+    uint32_t hi = 0, lo = 0; /* set by rd_u32 once rd_need passed (-O3 cannot tell) */
     int rc = rd_need(r, 8, field);
 
     if (rc < 0)

@@ -790,7 +790,7 @@ nt_read_back(nt_t *t, const char *wstream, uint64_t after, char last_id[EVJ_KEY_
     jsSubOptions so;
     jsErrCode jerr = 0;
     natsStatus s;
-    uint64_t first, last, seen = 0, nread = 0;
+    uint64_t first = 0, last = 0, seen = 0, nread = 0;
     char filter[256];
     int rc;
 
@@ -1538,7 +1538,7 @@ static int
 nt_forget_stream(void *state, const char *stream, wr_dest_error_t *err)
 {
     nt_t *t = state;
-    uint64_t first, last;
+    uint64_t first = 0, last = 0;
     wr_dest_key_t none = {0, 0};
     int rc;
 

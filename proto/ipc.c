@@ -742,7 +742,7 @@ dec_str_check(ipc_dec_t *d, const msgpack_object_array *a, uint32_t i, const cha
 static int
 dec_str(ipc_dec_t *d, const msgpack_object_array *a, uint32_t i, const char *field, char **out)
 {
-    const msgpack_object_str *s;
+    const msgpack_object_str *s = NULL;
     int rc = dec_str_check(d, a, i, field, &s);
     if (rc)
         return rc;
@@ -756,7 +756,7 @@ static int
 dec_phase(ipc_dec_t *d, const msgpack_object_array *a, uint32_t i, const char *field,
           wr_phase_t *out)
 {
-    const msgpack_object_str *s;
+    const msgpack_object_str *s = NULL;
     char buf[32], shown[48];
     int rc = dec_str_check(d, a, i, field, &s);
     if (rc)
@@ -900,7 +900,7 @@ static int
 dec_hist(ipc_dec_t *d, const msgpack_object_array *a, uint32_t i, const char *field,
          const char *sum_field, ipc_hist_t *h)
 {
-    const msgpack_object_array *list;
+    const msgpack_object_array *list = NULL;
     size_t old;
     int rc;
 
@@ -923,7 +923,7 @@ static int
 dec_events(ipc_dec_t *d, const msgpack_object_array *a, uint32_t i, uint32_t *n,
            ipc_event_count_t **out)
 {
-    const msgpack_object_array *list, *it;
+    const msgpack_object_array *list = NULL, *it = NULL;
     size_t old;
     int rc;
 
@@ -957,7 +957,7 @@ static int
 dec_tables(ipc_dec_t *d, const msgpack_object_array *a, uint32_t i, bool full, uint32_t *n,
            ipc_table_info_t **out)
 {
-    const msgpack_object_array *list, *it;
+    const msgpack_object_array *list = NULL, *it = NULL;
     uint32_t j;
     size_t old;
     int rc;
@@ -1005,7 +1005,7 @@ static int
 dec_ranges(ipc_dec_t *d, const msgpack_object_array *a, uint32_t i, uint32_t *n,
            ipc_copy_range_t **out)
 {
-    const msgpack_object_array *list, *it;
+    const msgpack_object_array *list = NULL, *it = NULL;
     size_t old;
     int rc;
 
@@ -1037,7 +1037,7 @@ static int
 dec_workers(ipc_dec_t *d, const msgpack_object_array *a, uint32_t i, uint32_t *n,
             ipc_worker_info_t **out)
 {
-    const msgpack_object_array *list, *it;
+    const msgpack_object_array *list = NULL, *it = NULL;
     uint32_t j;
     size_t old;
     int rc;

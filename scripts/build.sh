@@ -3,6 +3,8 @@
 #
 #   scripts/build.sh              build/        the normal build
 #   scripts/build.sh --sanitize   build-asan/   AddressSanitizer + UndefinedBehaviorSanitizer
+#   scripts/build.sh --release    build-release/  -O3, no debug info (what a packager may
+#                                 choose; GCC warns differently at -O3, and -Werror holds)
 #
 # Env NINJA_JOBS=N limits parallel jobs.
 set -euo pipefail
@@ -18,12 +20,16 @@ case "${1:-}" in
     # shellcheck disable=SC2054 # the comma is part of the meson value
     opts=(-Db_sanitize=address,undefined -Db_lundef=false)
     ;;
+--release)
+    dir=build-release
+    opts=(-Dbuildtype=release)
+    ;;
 -h | --help)
-    sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
     exit 0
     ;;
 *)
-    echo "build.sh: unknown option \"$1\" (expected --sanitize)" >&2
+    echo "build.sh: unknown option \"$1\" (expected --sanitize or --release)" >&2
     exit 2
     ;;
 esac

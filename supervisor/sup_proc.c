@@ -720,9 +720,13 @@ apply_gave_up(sup_t *s, sup_worker_t *w, int code, const char *what)
 {
     w->state = W_FAILED;
     s->degraded = true;
-    snprintf(s->message, sizeof(s->message), "%s%s%s", what, w->err_msg[0] ? ": " : "", w->err_msg);
-    if (w->err_hint[0])
-        snprintf(s->fatal_hint, sizeof(s->fatal_hint), "%s", w->err_hint);
+    /* a long error is cut to fit (snprintf ends it; its result is looked at for -O3) */
+    if (snprintf(s->message, sizeof(s->message), "%s%s%s", what, w->err_msg[0] ? ": " : "",
+                 w->err_msg) >= (int)sizeof(s->message))
+        s->message[sizeof(s->message) - 1] = '\0';
+    if (w->err_hint[0] && snprintf(s->fatal_hint, sizeof(s->fatal_hint), "%s", w->err_hint) >=
+                              (int)sizeof(s->fatal_hint))
+        s->fatal_hint[sizeof(s->fatal_hint) - 1] = '\0';
     log_error("the apply worker cannot go on, stopping the pipeline exit_code=%d reason=\"%s\"",
               code, s->message);
     s->exit_code = code;
