@@ -2493,7 +2493,7 @@ apw_socket_full(apw_t *a)
     return sock >= 0 && ioctl(sock, FIONREAD, &avail) == 0 && avail >= APW_GATHER_BYTES;
 }
 
-/* A monotonic clock in microseconds (the gather after a burst). */
+/* A monotonic clock in microseconds (the gather after a read). */
 static int64_t
 apw_now_us(void)
 {
