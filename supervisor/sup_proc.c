@@ -720,13 +720,12 @@ apply_gave_up(sup_t *s, sup_worker_t *w, int code, const char *what)
 {
     w->state = W_FAILED;
     s->degraded = true;
-    /* a long error is cut to fit (snprintf ends it; its result is looked at for -O3) */
+    /* a long error is cut to fit (the log line below has the same cut message) */
     if (snprintf(s->message, sizeof(s->message), "%s%s%s", what, w->err_msg[0] ? ": " : "",
                  w->err_msg) >= (int)sizeof(s->message))
-        s->message[sizeof(s->message) - 1] = '\0';
-    if (w->err_hint[0] && snprintf(s->fatal_hint, sizeof(s->fatal_hint), "%s", w->err_hint) >=
-                              (int)sizeof(s->fatal_hint))
-        s->fatal_hint[sizeof(s->fatal_hint) - 1] = '\0';
+        log_debug("the apply worker's error was cut to fit the status message");
+    if (w->err_hint[0])
+        snprintf(s->fatal_hint, sizeof(s->fatal_hint), "%s", w->err_hint);
     log_error("the apply worker cannot go on, stopping the pipeline exit_code=%d reason=\"%s\"",
               code, s->message);
     s->exit_code = code;
